@@ -1,0 +1,18 @@
+"""sdeflow: diffusion and flow-matching models as the ODEs and SDEs they are.
+
+A schedule fixes the forward process ``x_t = alpha(t) x + sigma(t) eps`` (``t = 0`` data, ``t = 1``
+noise); a denoiser answers ``x_hat = E[x | x_t]``; a sampler steps along a grid of times; one loop,
+:func:`sample`, drives it. :mod:`sdeflow.analytic` is the exact Gaussian-mixture oracle.
+"""
+
+from . import analytic, grids, parameterizations, samplers, schedules
+from .denoisers import Denoiser, ModelDenoiser
+from .grids import karras_grid, logsnr_grid, shift_grid, uniform_grid
+from .noise import GeneratorNoise, SeededNoise
+from .sampling import NonFiniteError, SampleResult, StepInfo, prior_sample, sample
+
+__version__ = "0.1.0"
+
+__all__ = ["analytic", "grids", "parameterizations", "samplers", "schedules", "Denoiser", "ModelDenoiser",
+           "karras_grid", "logsnr_grid", "shift_grid", "uniform_grid", "GeneratorNoise", "SeededNoise",
+           "NonFiniteError", "SampleResult", "StepInfo", "prior_sample", "sample"]

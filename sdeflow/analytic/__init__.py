@@ -1,0 +1,11 @@
+"""The exact oracle: Gaussian and Gaussian-mixture data whose denoiser, score, noised density,
+posterior under linear-Gaussian measurements and (for one Gaussian) probability-flow map are
+closed form. Tests, benchmarks and the demo measure every method against it."""
+
+from .covariance import Covariance, Diagonal, Full, LowRankPlusDiagonal
+from .denoiser import OracleDenoiser
+from .examples import gaussian, random_mixture, ring_2d
+from .mixture import GaussianMixture
+
+__all__ = ["GaussianMixture", "OracleDenoiser", "Covariance", "Diagonal", "Full", "LowRankPlusDiagonal",
+           "gaussian", "random_mixture", "ring_2d"]

@@ -1,0 +1,52 @@
+"""Ready-made exact problems used by the demo, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .covariance import LowRankPlusDiagonal
+from .mixture import GaussianMixture
+
+
+def ring_2d(n_components: int = 8, radius: float = 2.0, seed: int = 0) -> GaussianMixture:
+    """A 2-D ring of anisotropic Gaussians with unequal weights: well separated modes, so errors
+    show up both as blur and as samples stranded between modes."""
+    g = torch.Generator().manual_seed(seed)
+    ang = torch.arange(n_components, dtype=torch.float64) * (2 * math.pi / n_components)
+    means = radius * torch.stack([torch.cos(ang), torch.sin(ang)], 1)
+    # Each component is stretched along the ring's tangent.
+    tangent = torch.stack([-torch.sin(ang), torch.cos(ang)], 1)
+    radial = torch.stack([torch.cos(ang), torch.sin(ang)], 1)
+    big, small = 0.3 ** 2, 0.1 ** 2
+    cov = big * tangent[:, :, None] * tangent[:, None, :] + small * radial[:, :, None] * radial[:, None, :]
+    weights = 1.0 + torch.rand(n_components, generator=g, dtype=torch.float64)
+    return GaussianMixture(weights, means, cov)
+
+
+def random_mixture(dim: int, n_components: int = 4, *, structure: str = "diagonal", rank: int = 4,
+                   spread: float = 2.0, seed: int = 0) -> GaussianMixture:
+    """A random anisotropic mixture in ``dim`` dimensions with variances spanning two decades.
+
+    ``structure`` is ``"diagonal"``, ``"full"`` or ``"lowrank"`` (diagonal plus rank ``rank``)."""
+    g = torch.Generator().manual_seed(seed)
+    means = spread * torch.randn(n_components, dim, generator=g, dtype=torch.float64) / math.sqrt(dim) * 2
+    var = torch.exp(torch.empty(n_components, dim, dtype=torch.float64).uniform_(math.log(1e-2), 0.0, generator=g))
+    weights = 0.5 + torch.rand(n_components, generator=g, dtype=torch.float64)
+    if structure == "diagonal":
+        return GaussianMixture(weights, means, var)
+    if structure == "full":
+        q, _ = torch.linalg.qr(torch.randn(n_components, dim, dim, generator=g, dtype=torch.float64))
+        return GaussianMixture(weights, means, q @ torch.diag_embed(var) @ q.transpose(1, 2))
+    if structure == "lowrank":
+        u = torch.randn(n_components, dim, rank, generator=g, dtype=torch.float64) / math.sqrt(dim)
+        return GaussianMixture(weights, means, LowRankPlusDiagonal(var * 0.1, u))
+    raise ValueError(f"unknown structure {structure!r}; allowed: diagonal, full, lowrank")
+
+
+def gaussian(mean, cov) -> GaussianMixture:
+    """A single Gaussian: ``mean`` ``(D,)``, ``cov`` ``(D,)`` variances or ``(D, D)``."""
+    mean = torch.as_tensor(mean, dtype=torch.float64)
+    cov = torch.as_tensor(cov, dtype=torch.float64)
+    return GaussianMixture(torch.ones(1), mean[None], cov[None])

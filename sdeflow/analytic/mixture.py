@@ -1,0 +1,189 @@
+"""Gaussian-mixture data, for which everything a diffusion model learns is closed form.
+
+With data ``x ~ sum_k pi_k N(mu_k, Sigma_k)`` and ``x_t = alpha x + sigma eps``, the marginal is the
+mixture ``p_t = sum_k pi_k N(alpha mu_k, C_k)`` with ``C_k = alpha^2 Sigma_k + sigma^2 I``, and
+
+    x_hat(x_t) = E[x | x_t] = sum_k w_k(x_t) (mu_k + alpha Sigma_k C_k^-1 (x_t - alpha mu_k)),
+
+where ``w_k`` are the posterior responsibilities (computed with log-sum-exp). The score, eps and
+probability-flow velocity follow from ``x_hat``. For linear-Gaussian measurements
+``y = A x + noise_std * n`` the posterior is again a Gaussian mixture (:meth:`GaussianMixture.posterior`),
+and for one component the probability-flow ODE is linear with the exact map
+``x_s = alpha_s mu + C_s^{1/2} C_t^{-1/2} (x_t - alpha_t mu)`` (:meth:`GaussianMixture.flow_map`).
+
+All arithmetic is float64. States may have any trailing shape; they are flattened to ``D`` values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..schedules import Schedule
+from ..shapes import Time, as_time
+from .covariance import Covariance, Diagonal, Full
+
+
+class GaussianMixture:
+    """``sum_k weights[k] N(means[k], Sigma_k)``.
+
+    Args:
+        weights: ``(K,)`` positive mixture weights (normalised here).
+        means: ``(K, D)``.
+        cov: a :class:`~sdeflow.analytic.covariance.Covariance`, a ``(K, D)`` tensor of variances
+            (diagonal) or a ``(K, D, D)`` tensor (full).
+    """
+
+    def __init__(self, weights, means, cov: Covariance | torch.Tensor):
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        means = torch.as_tensor(means, dtype=torch.float64)
+        if not isinstance(cov, Covariance):
+            cov = torch.as_tensor(cov, dtype=torch.float64)
+            cov = Diagonal(cov) if cov.ndim == 2 else Full(cov)
+        if means.ndim != 2 or weights.shape != means.shape[:1] or bool((weights <= 0).any()):
+            raise ValueError("need weights (K,) > 0 and means (K, D)")
+        if (cov.num_components, cov.dim) != tuple(means.shape):
+            raise ValueError(f"covariance is for {cov.num_components} components in {cov.dim} dims, "
+                             f"means are {tuple(means.shape)}")
+        self.weights = weights / weights.sum()
+        self.means, self.cov = means, cov
+        self.num_components, self.dim = means.shape
+
+    # ---- data ---------------------------------------------------------------------------------
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` exact samples of the data, shape ``(n, D)``."""
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.cov.noise_dim, dtype=torch.float64, generator=generator)
+        x = self.means[comp].clone()
+        for k in range(self.num_components):
+            rows = comp == k
+            if bool(rows.any()):
+                x[rows] += self.cov.root_apply(k, z[rows])
+        return x
+
+    def sample_t(self, n: int, schedule: Schedule, t: float, generator: torch.Generator | None = None):
+        """Exact samples of ``p_t``: returns ``(x_t, x)``, each ``(n, D)``."""
+        x = self.sample(n, generator)
+        eps = torch.randn(x.shape, dtype=torch.float64, generator=generator)
+        return schedule.alpha(t) * x + schedule.sigma(t) * eps, x
+
+    def mean(self) -> torch.Tensor:
+        return self.weights @ self.means
+
+    def covariance(self) -> torch.Tensor:
+        """Covariance of the whole mixture, ``(D, D)``."""
+        m = self.mean()
+        second = torch.einsum("k,kde->de", self.weights, self.cov.dense())
+        second = second + torch.einsum("k,kd,ke->de", self.weights, self.means, self.means)
+        return second - torch.outer(m, m)
+
+    # ---- the noised marginal ------------------------------------------------------------------
+    def _terms(self, x_t: torch.Tensor, schedule: Schedule, t: Time):
+        x = x_t.reshape(x_t.shape[0], -1).to(torch.float64)
+        if x.shape[1] != self.dim:
+            raise ValueError(f"state has {x.shape[1]} values per sample, the mixture has dimension {self.dim}")
+        t = as_time(t)
+        a = schedule.alpha(t).reshape(-1, 1).expand(x.shape[0], 1)
+        s = schedule.sigma(t).reshape(-1, 1).expand(x.shape[0], 1)
+        r = x[:, None, :] - a[..., None] * self.means           # (B, K, D)
+        quad, logdet, gain = self.cov.noisy(a, s, r)
+        logits = torch.log(self.weights) - 0.5 * (quad + logdet + self.dim * math.log(2 * math.pi))
+        return x, a, s, logits, gain
+
+    def log_prob_t(self, x_t: torch.Tensor, schedule: Schedule, t: Time) -> torch.Tensor:
+        """``log p_t(x_t)``, shape ``(B,)``."""
+        return torch.logsumexp(self._terms(x_t, schedule, t)[3], dim=1)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Log density of the data (``t = 0``, no noise), shape ``(B,)``."""
+        x = x.reshape(x.shape[0], -1).to(torch.float64)
+        r = x[:, None, :] - self.means
+        one = torch.ones(x.shape[0], 1, dtype=torch.float64)
+        quad, logdet, _ = self.cov.noisy(one, 0 * one, r)
+        logits = torch.log(self.weights) - 0.5 * (quad + logdet + self.dim * math.log(2 * math.pi))
+        return torch.logsumexp(logits, dim=1)
+
+    def responsibilities(self, x_t: torch.Tensor, schedule: Schedule, t: Time) -> torch.Tensor:
+        """Posterior component probabilities ``w_k(x_t)``, shape ``(B, K)``."""
+        return torch.softmax(self._terms(x_t, schedule, t)[3], dim=1)
+
+    def x_hat(self, x_t: torch.Tensor, schedule: Schedule, t: Time) -> torch.Tensor:
+        """``E[x | x_t]`` in float64, same shape as ``x_t``."""
+        _, a, _, logits, gain = self._terms(x_t, schedule, t)
+        w = torch.softmax(logits, dim=1)
+        comp = self.means + a[..., None] * gain                  # (B, K, D)
+        return torch.einsum("bk,bkd->bd", w, comp).reshape(x_t.shape)
+
+    def eps(self, x_t, schedule, t):
+        """``E[eps | x_t] = (x_t - alpha x_hat) / sigma`` (needs sigma > 0)."""
+        t = as_time(t)
+        return _per_sample(x_t.to(torch.float64) - _per_sample(self.x_hat(x_t, schedule, t), schedule.alpha(t)),
+                           1.0 / schedule.sigma(t))
+
+    def score(self, x_t, schedule, t):
+        """``grad log p_t(x_t) = (alpha x_hat - x_t) / sigma^2`` (needs sigma > 0)."""
+        return -_per_sample(self.eps(x_t, schedule, t), 1.0 / schedule.sigma(as_time(t)))
+
+    def velocity(self, x_t, schedule, t):
+        """Probability-flow ODE field ``dx_t/dt = alpha' x_hat + sigma' eps_hat``."""
+        t = as_time(t)
+        return (_per_sample(self.x_hat(x_t, schedule, t), schedule.d_alpha(t))
+                + _per_sample(self.eps(x_t, schedule, t), schedule.d_sigma(t)))
+
+    def denoiser(self, schedule: Schedule):
+        """This mixture's exact ``x_hat`` as a :class:`~sdeflow.denoisers.Denoiser`."""
+        from .denoiser import OracleDenoiser
+
+        return OracleDenoiser(self, schedule)
+
+    # ---- exact maps and posteriors ------------------------------------------------------------
+    def flow_map(self, x_t: torch.Tensor, schedule: Schedule, t: Time, s: Time) -> torch.Tensor:
+        """Exact probability-flow ODE map from time ``t`` to time ``s`` (one component only)."""
+        if self.num_components != 1:
+            raise ValueError("the exact flow map is closed form for a single Gaussian only")
+        x = x_t.reshape(x_t.shape[0], -1).to(torch.float64)
+        t, s = as_time(t), as_time(s)
+        a_t, a_s = schedule.alpha(t).reshape(-1, 1), schedule.alpha(s).reshape(-1, 1)
+        lam, q = self.cov.eigh()
+        c_t = a_t ** 2 * lam + schedule.sigma(t).reshape(-1, 1) ** 2
+        c_s = a_s ** 2 * lam + schedule.sigma(s).reshape(-1, 1) ** 2
+        ratio = torch.sqrt(c_s / c_t)
+        r = x - a_t * self.means
+        if q is None:
+            out = ratio * r
+        else:
+            out = ((r @ q[0]) * ratio) @ q[0].T
+        return (a_s * self.means + out).reshape(x_t.shape)
+
+    def posterior(self, A: torch.Tensor, y: torch.Tensor, noise_std: float) -> "GaussianMixture":
+        """Exact posterior of ``x`` given ``y = A x + noise_std * n``, ``A`` of shape ``(M, D)``.
+
+        Component ``k`` becomes ``N(mu_k + G_k S_k^-1 (y - A mu_k), Sigma_k - G_k S_k^-1 G_k^T)`` with
+        ``G_k = Sigma_k A^T``, ``S_k = A Sigma_k A^T + noise_std^2 I``, and its weight is multiplied
+        by the evidence ``N(y; A mu_k, S_k)``. The result has dense covariances.
+        """
+        A = torch.as_tensor(A, dtype=torch.float64)
+        y = torch.as_tensor(y, dtype=torch.float64).flatten()
+        if A.ndim != 2 or A.shape[1] != self.dim or y.shape[0] != A.shape[0]:
+            raise ValueError(f"need A of shape (M, {self.dim}) and y of shape (M,), "
+                             f"got {tuple(A.shape)} and {tuple(y.shape)}")
+        if noise_std < 0:
+            raise ValueError("noise_std must be >= 0")
+        m = A.shape[0]
+        g = self.cov.matvec(A[:, None, :].expand(m, self.num_components, self.dim)).permute(1, 2, 0)  # (K,D,M)
+        s = A @ g + noise_std ** 2 * torch.eye(m, dtype=torch.float64)                             # (K,M,M)
+        chol = torch.linalg.cholesky(0.5 * (s + s.transpose(1, 2)))
+        resid = y - self.means @ A.T                                                               # (K,M)
+        sol = torch.cholesky_solve(resid[..., None], chol)[..., 0]
+        means = self.means + torch.einsum("kdm,km->kd", g, sol)
+        cov = self.cov.dense() - g @ torch.cholesky_solve(g.transpose(1, 2), chol)
+        logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        log_ev = -0.5 * ((resid * sol).sum(-1) + logdet + m * math.log(2 * math.pi))
+        logw = torch.log(self.weights) + log_ev
+        return GaussianMixture(torch.softmax(logw, 0), means, Full(cov))
+
+
+def _per_sample(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    c = torch.as_tensor(c, dtype=torch.float64)
+    return x * (c.reshape(-1, *([1] * (x.ndim - 1))) if c.ndim else c)

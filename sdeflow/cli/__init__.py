@@ -1,0 +1,1 @@
+"""Command-line interface: ``sdeflow --help``."""

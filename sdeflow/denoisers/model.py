@@ -1,0 +1,83 @@
+"""Wrap any network or plain function into a :class:`Denoiser`.
+
+``ModelDenoiser(net, schedule, "eps", time_input="index")`` calls
+``net(in(t) * x_t, c(t), **cond)`` and maps the output to ``x_hat`` with the parameterization's
+affine view. ``c(t)`` is the time input the network was trained with:
+
+- ``"t"``: continuous time in [0, 1];
+- ``"sigma"``: the noise level ``sigma / alpha`` (k-diffusion / EDM convention);
+- ``"logsnr"``: ``log(alpha / sigma)``;
+- ``"index"``: the integer training index of a discrete schedule, ``t N - 1`` (fractional between nodes);
+- ``"edm"``: EDM's ``c_noise = log(sigma / alpha) / 4``;
+- ``"t1000"``: ``1000 t`` (continuous-time models trained on a 0..1000 scale);
+- or any callable ``(schedule, t) -> tensor``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..parameterizations import Parameterization, as_parameterization
+from ..schedules import DiscreteVP, Schedule
+from ..shapes import as_time, expand_as_batch
+from .base import Denoiser
+
+
+def _index(schedule, t):
+    if not isinstance(schedule, DiscreteVP):
+        raise ValueError("time_input='index' needs a DiscreteVP schedule (the index is its training step)")
+    return schedule.index_from_t(t)
+
+
+TIME_INPUTS: dict[str, Callable[[Schedule, torch.Tensor], torch.Tensor]] = {
+    "t": lambda schedule, t: t,
+    "sigma": lambda schedule, t: schedule.noise_to_signal(t),
+    "logsnr": lambda schedule, t: schedule.logsnr(t),
+    "index": _index,
+    "edm": lambda schedule, t: 0.25 * torch.log(schedule.noise_to_signal(t)),
+    "t1000": lambda schedule, t: 1000.0 * t,
+}
+
+
+class ModelDenoiser(Denoiser):
+    """A network or function with its schedule, parameterization and time input.
+
+    Args:
+        model: ``model(x, c, **cond) -> F``; an ``nn.Module`` is registered as a submodule.
+        schedule: the forward process the model was trained on.
+        parameterization: a :class:`~sdeflow.parameterizations.Parameterization` or its name.
+        time_input: how the model expects time (see the module docstring).
+        dtype: the network's dtype (e.g. ``torch.bfloat16``); inputs are cast to it and the output
+            back to the state's dtype before the affine map. Default: the state's dtype.
+    """
+
+    def __init__(self, model: Callable, schedule: Schedule, parameterization: Parameterization | str = "eps",
+                 *, time_input: str | Callable = "t", dtype: torch.dtype | None = None):
+        super().__init__(schedule)
+        if not callable(model):
+            raise TypeError("model must be callable: model(x, time, **cond) -> output")
+        self.model = model
+        self.parameterization = as_parameterization(parameterization)
+        if isinstance(time_input, str):
+            if time_input not in TIME_INPUTS:
+                raise ValueError(f"unknown time_input {time_input!r}; allowed: {', '.join(TIME_INPUTS)} or a callable")
+            time_input = TIME_INPUTS[time_input]
+        if time_input is _index:
+            _index(schedule, 0.5)  # fail at construction, not mid-sampling
+        self.time_input = time_input
+        self.dtype = dtype
+
+    def forward(self, x_t, t, **cond):
+        t = as_time(t, device=x_t.device)
+        p, sched = self.parameterization, self.schedule
+        scale = expand_as_batch(p.input_scale(sched, t).to(x_t.dtype), x_t)
+        c = self.time_input(sched, t)
+        if c.ndim == 0:
+            c = c.expand(x_t.shape[0])
+        net_dtype = self.dtype or x_t.dtype
+        # Time goes in at full precision (bf16 cannot tell index 998 from 999); the network casts it.
+        c = c.to(torch.float64 if x_t.dtype == torch.float64 else torch.float32)
+        out = self.model((scale * x_t).to(net_dtype), c, **cond)
+        return p.to_x_hat(out.to(x_t.dtype), x_t, sched, t)

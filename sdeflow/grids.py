@@ -1,0 +1,99 @@
+"""Time grids are values: decreasing float64 tensors ``t_0 = t_max > ... > t_n`` of ``n + 1`` times.
+
+A grid of ``n`` steps has ``n + 1`` times. Grids that space their points in noise level
+(:func:`logsnr_grid`, :func:`karras_grid`) cannot reach ``t = 0`` (infinite logSNR): they place ``n``
+points between ``t_max`` and ``t_min`` and, with ``denoise_to_zero=True`` (the default), end with a
+final step to ``t = 0`` that lands on the denoised estimate. Transforms such as :func:`shift_grid`
+take a grid and return a grid.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .schedules import Schedule
+
+#: Default smallest noise level ``sigma / alpha`` of noise-spaced grids (EDM's sigma_min).
+DEFAULT_SIGMA_MIN = 0.002
+
+
+def check_grid(ts) -> torch.Tensor:
+    """Validate a user grid: 1-D, at least 2 times, strictly decreasing, inside [0, 1]."""
+    ts = torch.as_tensor(ts, dtype=torch.float64).flatten().cpu()
+    if ts.numel() < 2:
+        raise ValueError(f"a grid needs at least 2 times (1 step), got {ts.numel()}")
+    if not bool(torch.isfinite(ts).all()) or bool((ts < 0).any()) or bool((ts > 1).any()):
+        raise ValueError("grid times must be finite and inside [0, 1] (0 = data, 1 = noise)")
+    if not bool((ts[1:] < ts[:-1]).all()):
+        raise ValueError("grid times must be strictly decreasing (from noise towards data)")
+    return ts
+
+
+def _check_n(n: int) -> None:
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"number of steps must be an integer >= 1, got {n!r}")
+
+
+def default_t_min(schedule: Schedule) -> float:
+    """Time of noise level ``sigma / alpha = 0.002``, or the schedule's smallest time if later."""
+    t = float(schedule.t_from_sigma_ratio(DEFAULT_SIGMA_MIN))
+    return max(t, schedule.t_min) if t > 0 else max(schedule.t_min, 1e-5)
+
+
+def uniform_grid(n: int, t_max: float = 1.0, t_min: float = 0.0) -> torch.Tensor:
+    """``n`` equal steps in ``t`` from ``t_max`` to ``t_min``."""
+    _check_n(n)
+    return check_grid(torch.linspace(t_max, t_min, n + 1, dtype=torch.float64))
+
+
+def quadratic_grid(n: int, t_max: float = 1.0, t_min: float = 0.0) -> torch.Tensor:
+    """Quadratic in ``t`` (denser near the data): ``t_i = t_min + (t_max - t_min)(1 - i/n)^2``."""
+    _check_n(n)
+    u = torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64)
+    return check_grid(t_min + (t_max - t_min) * u * u)
+
+
+def _noise_spaced(n, schedule, t_max, t_min, denoise_to_zero, spacing):
+    _check_n(n)
+    t_min = default_t_min(schedule) if t_min is None else t_min
+    if not 0 < t_min < t_max:
+        raise ValueError(f"need 0 < t_min < t_max for a noise-spaced grid, got t_min={t_min}, t_max={t_max}")
+    points = n if denoise_to_zero else n + 1
+    lam = schedule.logsnr(torch.tensor([t_max, t_min], dtype=torch.float64))
+    if not bool(torch.isfinite(lam).all()):
+        raise ValueError("logSNR is infinite at t_max or t_min: choose t_max < 1 for a zero-terminal-SNR schedule")
+    u = torch.linspace(0.0, 1.0, points, dtype=torch.float64) if points > 1 else torch.zeros(1, dtype=torch.float64)
+    ts = schedule.t_from_logsnr(spacing(lam[0], lam[1], u))
+    ts[0], ts[-1] = t_max, (t_min if points > 1 else t_max)
+    if denoise_to_zero:
+        ts = torch.cat([ts, torch.zeros(1, dtype=torch.float64)])
+    return check_grid(ts)
+
+
+def logsnr_grid(n: int, schedule: Schedule, t_max: float = 1.0, t_min: float | None = None,
+                *, denoise_to_zero: bool = True) -> torch.Tensor:
+    """Uniform in logSNR ``lam`` (DPM-Solver's default), between ``t_max`` and ``t_min``."""
+    return _noise_spaced(n, schedule, t_max, t_min, denoise_to_zero, lambda l0, l1, u: l0 + (l1 - l0) * u)
+
+
+def karras_grid(n: int, schedule: Schedule, rho: float = 7.0, t_max: float = 1.0, t_min: float | None = None,
+                *, denoise_to_zero: bool = True) -> torch.Tensor:
+    """Karras et al.'s rho-spacing of the noise level ``sigma / alpha = exp(-lam)``:
+    ``sig_i = (sig_max^(1/rho) + u_i (sig_min^(1/rho) - sig_max^(1/rho)))^rho``.
+    Reference: "Elucidating the Design Space of Diffusion-Based Generative Models", 2022, arXiv:2206.00364."""
+
+    def spacing(l0, l1, u):
+        a, b = torch.exp(-l0 / rho), torch.exp(-l1 / rho)
+        return -rho * torch.log(a + (b - a) * u)
+
+    return _noise_spaced(n, schedule, t_max, t_min, denoise_to_zero, spacing)
+
+
+def shift_grid(ts: torch.Tensor, shift: float) -> torch.Tensor:
+    """Resolution shift of flow models: ``t -> shift t / (1 + (shift - 1) t)`` (``shift > 1`` spends
+    more steps at high noise). Reference: Esser et al., "Scaling Rectified Flow Transformers", 2024,
+    arXiv:2403.03206."""
+    if shift <= 0:
+        raise ValueError(f"shift must be > 0, got {shift}")
+    ts = check_grid(ts)
+    return check_grid(shift * ts / (1.0 + (shift - 1.0) * ts))

@@ -1,0 +1,96 @@
+"""Discrete-time VP schedules built from ``betas`` or ``alphas_cumprod`` of a DDPM-style checkpoint.
+
+Index ``n`` in ``0..N-1`` (the integer the network was trained on) sits at continuous time
+``t_n = (n + 1) / N``; ``t = 0`` is clean data (``alpha = 1``). Between the nodes ``log alpha`` is
+linear in ``t``, which makes alpha, sigma, logSNR and its inverse closed form and monotone.
+The map is explicit: :meth:`DiscreteVP.index_from_t` and :meth:`DiscreteVP.t_from_index`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..shapes import as_time
+from .vp import VPSchedule
+
+
+@dataclass(frozen=True, eq=False)
+class DiscreteVP(VPSchedule):
+    """VP schedule interpolating a given ``alphas_cumprod`` (``N`` values, strictly decreasing in (0, 1]).
+
+    Use :meth:`from_betas`, :func:`ddpm_linear` or :func:`scaled_linear` to build one.
+    """
+
+    alphas_cumprod: torch.Tensor = field(repr=False)
+
+    def __post_init__(self):
+        ac = torch.as_tensor(self.alphas_cumprod, dtype=torch.float64).flatten()
+        if ac.numel() < 2:
+            raise ValueError("alphas_cumprod needs at least 2 entries")
+        if not bool(((ac > 0) & (ac <= 1)).all()):
+            raise ValueError("alphas_cumprod must lie in (0, 1]; a zero terminal value has infinite "
+                             "negative logSNR: use a continuous schedule such as VPCosine for it")
+        if not bool((ac[1:] < ac[:-1]).all()):
+            raise ValueError("alphas_cumprod must be strictly decreasing")
+        object.__setattr__(self, "alphas_cumprod", ac)
+        n = ac.numel()
+        knots_t = torch.arange(n + 1, dtype=torch.float64) / n
+        knots_la = torch.cat([torch.zeros(1, dtype=torch.float64), 0.5 * torch.log(ac)])
+        object.__setattr__(self, "_t", knots_t)
+        object.__setattr__(self, "_la", knots_la)
+
+    @classmethod
+    def from_betas(cls, betas) -> "DiscreteVP":
+        betas = torch.as_tensor(betas, dtype=torch.float64)
+        if not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError("betas must lie in (0, 1)")
+        return cls(torch.cumprod(1.0 - betas, 0))
+
+    @property
+    def num_steps(self) -> int:
+        return self.alphas_cumprod.numel()
+
+    @property
+    def t_min(self) -> float:
+        return 1.0 / self.num_steps
+
+    def index_from_t(self, t) -> torch.Tensor:
+        """Continuous (fractional) training index ``n = t N - 1``; integer at the nodes."""
+        return as_time(t) * self.num_steps - 1.0
+
+    def t_from_index(self, n) -> torch.Tensor:
+        return (torch.as_tensor(n, dtype=torch.float64) + 1.0) / self.num_steps
+
+    def _segment(self, t):
+        n = self.num_steps
+        k = torch.clamp(torch.floor(t * n), 0, n - 1).long()
+        slope = (self._la[k + 1] - self._la[k]) * n
+        return k, slope
+
+    def log_alpha(self, t):
+        t = as_time(t)
+        k, slope = self._segment(t)
+        return self._la[k] + slope * (t - self._t[k])
+
+    def d_log_alpha(self, t):
+        return self._segment(as_time(t))[1]
+
+    def t_from_log_alpha(self, log_alpha):
+        la = torch.as_tensor(log_alpha, dtype=torch.float64)
+        desc = -self._la  # increasing
+        k = torch.clamp(torch.searchsorted(desc, -la, right=True) - 1, 0, self.num_steps - 1)
+        slope = (self._la[k + 1] - self._la[k]) * self.num_steps
+        return self._t[k] + (la - self._la[k]) / slope
+
+
+def ddpm_linear(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DiscreteVP:
+    """DDPM's linear betas (Ho et al., 2020, arXiv:2006.11239)."""
+    return DiscreteVP.from_betas(torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64))
+
+
+def scaled_linear(num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> DiscreteVP:
+    """Stable Diffusion's "scaled_linear" betas: linear in sqrt(beta)."""
+    b = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_steps, dtype=torch.float64) ** 2
+    return DiscreteVP.from_betas(b)

@@ -1,0 +1,14 @@
+import pytest
+import torch
+
+from sdeflow.cli.registry import SCHEDULES
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(params=sorted(SCHEDULES))
+def schedule(request):
+    return SCHEDULES[request.param]()
