@@ -5,7 +5,7 @@ noise); a denoiser answers ``x_hat = E[x | x_t]``; a sampler steps along a grid 
 :func:`sample`, drives it. :mod:`sdeflow.analytic` is the exact Gaussian-mixture oracle.
 """
 
-from . import analytic, grids, parameterizations, samplers, schedules
+from . import analytic, grids, metrics, parameterizations, samplers, schedules
 from .denoisers import Denoiser, ModelDenoiser
 from .grids import karras_grid, logsnr_grid, shift_grid, uniform_grid
 from .noise import GeneratorNoise, SeededNoise
@@ -13,6 +13,6 @@ from .sampling import NonFiniteError, SampleResult, StepInfo, prior_sample, samp
 
 __version__ = "0.1.0"
 
-__all__ = ["analytic", "grids", "parameterizations", "samplers", "schedules", "Denoiser", "ModelDenoiser",
+__all__ = ["analytic", "grids", "metrics", "parameterizations", "samplers", "schedules", "Denoiser", "ModelDenoiser",
            "karras_grid", "logsnr_grid", "shift_grid", "uniform_grid", "GeneratorNoise", "SeededNoise",
            "NonFiniteError", "SampleResult", "StepInfo", "prior_sample", "sample"]

@@ -1,0 +1,112 @@
+"""The contract every registered sampler keeps (later samplers get it by joining the registry)."""
+
+import pytest
+import torch
+
+from sdeflow import analytic, grids, sample
+from sdeflow.cli.registry import SAMPLERS
+from sdeflow.denoisers import ModelDenoiser
+from sdeflow.noise import SeededNoise
+from sdeflow.parameterizations import V
+from sdeflow.sampling import NonFiniteError
+from sdeflow.schedules import EDM, RectifiedFlow, VPCosine, VPLinear, ddpm_linear
+
+NAMES = sorted(SAMPLERS)
+SCHEDS = {"vp": VPLinear(), "rf": RectifiedFlow(), "edm": EDM(), "ddpm": ddpm_linear(), "cosine": VPCosine()}
+MIX = analytic.random_mixture(6, 3, seed=0)
+
+
+def problem(sch, batch=4, dtype=torch.float32):
+    x, _ = MIX.sample_t(batch, sch, 1.0, torch.Generator().manual_seed(1))
+    return MIX.denoiser(sch), x.reshape(batch, 2, 3).to(dtype)
+
+
+def ts_for(sch, n):
+    return grids.karras_grid(n, sch, t_max=0.999) if isinstance(sch, EDM) else grids.uniform_grid(n)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("sched", sorted(SCHEDS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shape_dtype_nfe_determinism(name, sched, dtype):
+    sch, sampler = SCHEDS[sched], SAMPLERS[name]()
+    den, x = problem(sch, dtype=dtype)
+    ts = ts_for(sch, 7)
+    noise = SeededNoise([11, 12, 13, 14])
+    r1 = sample(den, sampler, ts, x, noise=noise)
+    r2 = sample(den, sampler, ts, x, noise=SeededNoise([11, 12, 13, 14]))
+    assert r1.x.shape == x.shape and r1.x.dtype == dtype
+    assert torch.isfinite(r1.x).all()
+    assert r1.nfe == sampler.prepare(sch, ts).nfe
+    assert torch.equal(r1.x, r2.x)  # seeded: reproducible and re-entrant
+    assert torch.equal(x, problem(sch, dtype=dtype)[1])  # the input is not modified
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_results_do_not_depend_on_batch_composition(name):
+    sch = VPLinear()
+    den, x = problem(sch)
+    ts = grids.uniform_grid(6)
+    full = sample(den, SAMPLERS[name](), ts, x, noise=SeededNoise([5, 6, 7, 8])).x
+    part = sample(den, SAMPLERS[name](), ts, x[2:], noise=SeededNoise([7, 8])).x
+    assert torch.allclose(full[2:], part, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("ts", [[1.0, 0.0], [1.0, 0.5], [0.9, 0.3, 0.0], [1.0, 0.97, 0.5, 0.49, 0.1, 0.0]])
+def test_any_grid_of_length_two_or_more(name, ts):
+    sch = RectifiedFlow()
+    den, x = problem(sch)
+    sampler = SAMPLERS[name]()
+    r = sample(den, sampler, ts, x, noise=SeededNoise([1, 2, 3, 4]))
+    assert torch.isfinite(r.x).all() and r.nfe == sampler.prepare(sch, torch.tensor(ts, dtype=torch.float64)).nfe
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_callback_and_trajectory(name):
+    sch = VPLinear()
+    den, x = problem(sch)
+    seen = []
+    r = sample(den, SAMPLERS[name](), grids.uniform_grid(5), x, callback=seen.append, return_trajectory=True,
+               noise=SeededNoise([1, 2, 3, 4]))
+    assert [s.i for s in seen] == list(range(5)) and seen[-1].s == 0.0
+    assert r.trajectory.shape == (6, *x.shape)
+    assert torch.equal(r.trajectory[0], x) and torch.equal(r.trajectory[-1], r.x)
+    assert all(s.x_hat is not None and s.x_hat.shape == x.shape for s in seen)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("sched", ["vp", "rf", "cosine", "edm"])
+def test_bfloat16_model_stays_finite(name, sched):
+    """A v-prediction network in bfloat16, with zero-terminal SNR (cosine at t = 1) included."""
+    sch = SCHEDS[sched]
+
+    def net(x_in, t):
+        x_t = x_in.double()
+        return V().from_x_hat(MIX.x_hat(x_t, sch, t.double()), x_t, sch, t.double()).to(torch.bfloat16)
+
+    den = ModelDenoiser(net, sch, "v", time_input="t", dtype=torch.bfloat16)
+    _, x = problem(sch)
+    for dtype in [torch.float32, torch.bfloat16]:
+        r = sample(den, SAMPLERS[name](), ts_for(sch, 6), x.to(dtype), noise=SeededNoise([1, 2, 3, 4]))
+        assert r.x.dtype == dtype and torch.isfinite(r.x.float()).all()
+
+
+def test_non_finite_model_output_names_step_and_time():
+    sch = RectifiedFlow()
+    net = lambda x, t: torch.where(t[:, None] < 0.5, torch.nan, 0.0) * x  # noqa: E731
+    den = ModelDenoiser(net, sch, "velocity")
+    with pytest.raises(NonFiniteError, match=r"step 3 \(t = 0\.4"):
+        sample(den, SAMPLERS["euler"](), grids.uniform_grid(5), torch.randn(3, 2))
+
+
+def test_wrong_arguments_are_refused():
+    den, x = problem(VPLinear())
+    with pytest.raises(TypeError, match="Denoiser"):
+        sample(lambda x, t: x, SAMPLERS["euler"](), grids.uniform_grid(3), x)
+    with pytest.raises(TypeError, match="Sampler"):
+        sample(den, "euler", grids.uniform_grid(3), x)
+    with pytest.raises(ValueError, match="decreasing"):
+        sample(den, SAMPLERS["euler"](), [0.0, 1.0], x)
+    with pytest.raises(ValueError, match="eta"):
+        SAMPLERS["ddim"]().__class__(eta=2.0)
