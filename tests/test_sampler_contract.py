@@ -21,6 +21,12 @@ def problem(sch, batch=4, dtype=torch.float32):
     return MIX.denoiser(sch), x.reshape(batch, 2, 3).to(dtype)
 
 
+def nfe_ok(sampler, sch, ts, counted):
+    """Declared NFE equals counted NFE; error-controlled samplers declare None and count > 0."""
+    declared = sampler.prepare(sch, torch.as_tensor(ts, dtype=torch.float64)).nfe
+    return counted > 0 if declared is None else counted == declared
+
+
 def ts_for(sch, n):
     return grids.karras_grid(n, sch, t_max=0.999) if isinstance(sch, EDM) else grids.uniform_grid(n)
 
@@ -37,12 +43,12 @@ def test_shape_dtype_nfe_determinism(name, sched, dtype):
     r2 = sample(den, sampler, ts, x, noise=SeededNoise([11, 12, 13, 14]))
     assert r1.x.shape == x.shape and r1.x.dtype == dtype
     assert torch.isfinite(r1.x).all()
-    assert r1.nfe == sampler.prepare(sch, ts).nfe
+    assert nfe_ok(sampler, sch, ts, r1.nfe)
     assert torch.equal(r1.x, r2.x)  # seeded: reproducible and re-entrant
     assert torch.equal(x, problem(sch, dtype=dtype)[1])  # the input is not modified
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n for n in NAMES if not SAMPLERS[n]().adaptive])
 def test_results_do_not_depend_on_batch_composition(name):
     sch = VPLinear()
     den, x = problem(sch)
@@ -59,7 +65,7 @@ def test_any_grid_of_length_two_or_more(name, ts):
     den, x = problem(sch)
     sampler = SAMPLERS[name]()
     r = sample(den, sampler, ts, x, noise=SeededNoise([1, 2, 3, 4]))
-    assert torch.isfinite(r.x).all() and r.nfe == sampler.prepare(sch, torch.tensor(ts, dtype=torch.float64)).nfe
+    assert torch.isfinite(r.x).all() and nfe_ok(sampler, sch, ts, r.nfe)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -23,6 +23,31 @@ SAMPLERS: dict[str, Callable[[], samplers.Sampler]] = {
     "ddim": samplers.DDIM,
     "ddim-eta1": lambda: samplers.DDIM(eta=1.0),
     "heun": samplers.Heun,
+    "heun3": lambda: samplers.Heun(third_order=True),
+    "edm-heun": samplers.EDMHeun,
+    "dpm-solver-1": lambda: samplers.DPMSolver(solver_order=1),
+    "dpm-solver-2": lambda: samplers.DPMSolver(solver_order=2),
+    "dpm-solver-3": lambda: samplers.DPMSolver(solver_order=3),
+    "dpm-solver-2m": lambda: samplers.DPMSolverMultistep(order=2),
+    "dpm-solver-3m": lambda: samplers.DPMSolverMultistep(order=3),
+    "dpm-solver++-2s": lambda: samplers.DPMSolver(solver_order=2, form="data"),
+    "dpm-solver++-2m": lambda: samplers.DPMSolverPP(order=2, variant="midpoint"),
+    "dpm-solver++-2m-heun": lambda: samplers.DPMSolverPP(order=2, variant="heun"),
+    "dpm-solver++-3m": lambda: samplers.DPMSolverPP(order=3),
+    "dpm-solver++-3m-unic": lambda: samplers.DPMSolverPP(order=3, corrector=True),
+    "unipc-bh1": lambda: samplers.UniPC(order=2, variant="bh1"),
+    "unipc-bh2": lambda: samplers.UniPC(order=2, variant="bh2"),
+    "unipc-3": lambda: samplers.UniPC(order=3, variant="bh2"),
+    "unip-3": lambda: samplers.UniPC(order=3, corrector=False),
+    "deis-1": lambda: samplers.DEIS(order=1),
+    "deis-2": lambda: samplers.DEIS(order=2),
+    "deis-3": lambda: samplers.DEIS(order=3),
+    "deis-rho-3": lambda: samplers.DEIS(order=3, variant="rhoab"),
+    "lms": lambda: samplers.DEIS(order=4, variant="rhoab", lower_order_final=False),
+    "ipndm": samplers.IPNDM,
+    "dpm-solver-12": lambda: samplers.DPMSolverAdaptive(solver_order=2),
+    "dpm-solver-23": lambda: samplers.DPMSolverAdaptive(solver_order=3),
+    "rk45": samplers.RK45,
 }
 
 #: Grids by name: ``(n_steps, schedule) -> ts``.
@@ -46,8 +71,12 @@ def lookup(table: dict, kind: str, name: str):
 
 
 def steps_for_nfe(sampler: samplers.Sampler, schedule, grid: str, nfe: int) -> int:
-    """The largest step count whose run takes at most ``nfe`` evaluations (at least one step)."""
+    """The largest step count whose run takes at most ``nfe`` evaluations (at least one step).
+    Error-controlled samplers choose their own steps: they get one grid interval."""
+    make = lookup(GRIDS, "grid", grid)
+    if sampler.adaptive:
+        return 1
     n = 1
-    while sampler.count_nfe(schedule, lookup(GRIDS, "grid", grid)(n + 1, schedule)) <= nfe:
+    while sampler.prepare(schedule, make(n + 1, schedule)).nfe <= nfe:
         n += 1
     return n

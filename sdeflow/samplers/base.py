@@ -41,6 +41,13 @@ class Sampler:
     order: ClassVar[int] = 1
     nfe_per_step: ClassVar[int] = 1
     stochastic: ClassVar[bool] = False
+    #: Error-controlled: step sizes are chosen during sampling (shared by the batch), NFE is counted.
+    adaptive: ClassVar[bool] = False
+
+    @property
+    def convergence_order(self) -> int:
+        """Global order of accuracy on smooth grids (what the convergence tests fit)."""
+        return self.order
 
     def coefficients(self, schedule: Schedule, t: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-step coefficients for steps from ``t`` to ``s`` (both ``(n,)`` float64)."""

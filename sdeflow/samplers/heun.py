@@ -1,41 +1,44 @@
-"""Heun's second-order method on the probability-flow ODE (EDM's deterministic sampler).
+"""Heun's second-order method on the probability-flow ODE in ``t``, optionally third order.
 
-With ``u(x, t) = p(t) x + q(t) x_hat(x, t)`` and ``h = s - t``:
-``x' = x_t + h u(x_t, t)``, ``x_s = x_t + h (u(x_t, t) + u(x', s)) / 2``. Where ``sigma(s) = 0``
-(the final step to clean data) ``u`` is undefined at ``s`` and the step is Euler's, as in EDM.
-Two evaluations per step, one for such a final step.
+With ``u(x, t) = p(t) x + q(t) x_hat(x, t)`` (the ODE's field) and ``h = s - t``:
 
-Reference: Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models",
-2022, arXiv:2206.00364, Algorithm 1.
+- ``third_order=False`` (EDM's Algorithm 1): ``x' = x_t + h u_0``, ``u_1 = u(x', s)``,
+  ``x_s = x_t + h (u_0 + u_1) / 2``. Where ``sigma(s) = 0`` (a final step to clean data) ``u`` is
+  undefined at ``s`` and the step is Euler's, as in EDM.
+- ``third_order=True`` (Heun's third-order Runge-Kutta method): stages at ``t``, ``t + h/3`` and
+  ``t + 2h/3`` (never at ``s``, so also valid on the final step), ``x_s = x_t + h (u_0 + 3 u_2) / 4``.
+
+References: Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models",
+2022, arXiv:2206.00364; Heun, 1900 (third-order method as in Butcher, "Numerical Methods for
+Ordinary Differential Equations", 2016).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Sampler, ode_coefficients
+from .engine import SingleStep
 
 
 @dataclass(frozen=True)
-class Heun(Sampler):
-    order = 2
-    nfe_per_step = 2
+class Heun(SingleStep):
+    third_order: bool = False
+    form = "velocity"
+    needs_finite_logsnr = False
 
-    def coefficients(self, schedule, t, s):
-        p_t, q_t = ode_coefficients(schedule, t)
-        p_s, q_s = ode_coefficients(schedule, s)
-        euler_only = schedule.sigma(s) == 0
-        p_s, q_s = p_s.nan_to_num(0.0).where(~euler_only, 0.0), q_s.nan_to_num(0.0).where(~euler_only, 0.0)
-        return s - t, p_t, q_t, p_s, q_s, euler_only.double()
+    @property
+    def order(self) -> int:  # type: ignore[override]
+        return 3 if self.third_order else 2
 
-    def count_nfe(self, schedule, ts):
-        return 2 * (ts.numel() - 1) - int((schedule.sigma(ts[1:]) == 0).sum())
+    @property
+    def nfe_per_step(self) -> int:  # type: ignore[override]
+        return 3 if self.third_order else 2
 
-    def step(self, field, x, i, plan, state, noise):
-        h, p_t, q_t, p_s, q_s, euler_only = plan.coef[i]
-        u = x.mul(p_t).add_(field(x, plan.t[i]), alpha=q_t)
-        x_pred = x.add(u, alpha=h)
-        if euler_only:
-            return x_pred, state
-        u_s = x_pred.mul(p_s).add_(field(x_pred, plan.s[i]), alpha=q_s)
-        return x.add(u.add_(u_s), alpha=0.5 * h), state
+    def tableau(self, schedule, info):
+        h, first = info.s - info.t, (info.t, 1.0, [])
+        if self.third_order:
+            stages = [first, (info.t + h / 3, 1.0, [h / 3]), (info.t + 2 * h / 3, 1.0, [0.0, 2 * h / 3])]
+            return stages, (1.0, [h / 4, 0.0, 3 * h / 4])
+        if info.s_s == 0:
+            return [first], (1.0, [h])
+        return [first, (info.s, 1.0, [h])], (1.0, [h / 2, h / 2])

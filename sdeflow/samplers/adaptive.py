@@ -1,0 +1,177 @@
+"""Error-controlled samplers: embedded DPM-Solver pairs in logSNR, and Dormand-Prince RK45 in ``t``.
+
+Each grid interval is integrated with as many internal steps as the tolerance needs; the number
+of evaluations is only known afterwards (``Plan.nfe`` is ``None``; ``SampleResult.nfe`` reports it).
+Step-size control needs the error norm on the host, so these two samplers are the only ones that
+synchronise inside the loop.
+
+An accepted step satisfies ``sqrt(mean((x_hi - x_lo)^2 / tol^2)) <= 1`` with
+``tol = atol + rtol * max(|x_lo|, |x_prev|)``; the next step is ``h * clip(0.9 err^(-1/(q+1)), 0.2, 5)``
+with ``q`` the lower order. An interval ending at ``sigma = 0`` is integrated to the noise level
+``sigma/alpha = 0.002`` and finished with one denoising step (``x = alpha x_hat``), and one starting at
+infinite negative logSNR starts from logSNR -20 (the state moves by ``e^-20`` relative in between).
+
+References: Lu et al., "DPM-Solver", 2022, arXiv:2206.00927 (DPM-Solver-12 and -23, Algorithm 4);
+Dormand, Prince, "A family of embedded Runge-Kutta formulae", 1980.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..grids import DEFAULT_SIGMA_MIN
+from .base import Plan, Sampler, ode_coefficients
+from .engine import StepInfo64, lincomb
+from .expint import exp_moments
+
+LAM_FLOOR = -20.0
+
+
+def _error_ratio(x_hi, x_lo, x_prev, rtol, atol):
+    tol = atol + rtol * torch.maximum(x_lo.abs(), x_prev.abs())
+    return float(((x_hi - x_lo) / tol).pow(2).mean().sqrt())
+
+
+def _next_h(h, err, q):
+    return h * min(5.0, max(0.2, 0.9 * (max(err, 1e-10)) ** (-1.0 / (q + 1))))
+
+
+@dataclass(frozen=True)
+class _Adaptive(Sampler):
+    rtol: float = 0.05
+    atol: float = 0.0078
+    h_init: float = 0.05
+    max_steps: int = 10_000
+    order = 0
+    adaptive = True
+
+    def __post_init__(self):
+        if self.rtol <= 0 and self.atol <= 0:
+            raise ValueError("need rtol > 0 or atol > 0")
+
+    def prepare(self, schedule, ts):
+        plan = Plan(ts[:-1].tolist(), ts[1:].tolist(), [()] * (ts.numel() - 1), None)
+        plan.extra["schedule"] = schedule
+        return plan
+
+
+@dataclass(frozen=True)
+class DPMSolverAdaptive(_Adaptive):
+    """DPM-Solver-12 (``solver_order=2``: DPM-Solver-1 inside -2) or -23 (``solver_order=3``), in data
+    form (DPM-Solver++), adapting the logSNR step."""
+
+    solver_order: int = 3
+
+    @property
+    def order(self) -> int:  # type: ignore[override]
+        return self.solver_order
+
+    def _sub(self, sch, lam_t, x, x_hat0, h, field):
+        """Lower and higher order solutions over logSNR step h from lam_t (both data form)."""
+        lam = [lam_t + r * h for r in ((1 / 2, 1.0) if self.solver_order == 2 else (1 / 3, 2 / 3, 1.0))]
+        tt = torch.tensor([lam_t] + lam, dtype=torch.float64)
+        times = sch.t_from_logsnr(tt)
+        a, s = sch.alpha(times).tolist(), sch.sigma(times).tolist()
+
+        def e12(j):
+            big_h = lam[j] - lam_t
+            g = exp_moments(-big_h, 2) * big_h
+            return s[j + 1] / s[0], a[j + 1], g[0], g[1]
+
+        lin1, sc1, e1_1, e2_1 = e12(0)
+        x1 = lincomb(x, lin1, [(sc1 * e1_1, x_hat0)])
+        d1 = field(x1, float(times[1]))
+        if self.solver_order == 2:
+            lin, sc, e1, e2 = e12(1)
+            low = lincomb(x, lin, [(sc * e1, x_hat0)])
+            r1 = 0.5
+            high = lincomb(x, lin, [(sc * (e1 - e2 / r1), x_hat0), (sc * e2 / r1, d1)])
+            return low, high, float(times[-1])
+        r1, r2 = 1 / 3, 2 / 3
+        lin2, sc2, e1_2, e2_2 = e12(1)
+        x2 = lincomb(x, lin2, [(sc2 * (e1_2 - r2 / r1 * e2_2), x_hat0), (sc2 * r2 / r1 * e2_2, d1)])
+        d2 = field(x2, float(times[2]))
+        lin, sc, e1, e2 = e12(2)
+        low = lincomb(x, lin, [(sc * (e1 - e2 / r1), x_hat0), (sc * e2 / r1, d1)])
+        high = lincomb(x, lin, [(sc * (e1 - e2 / r2), x_hat0), (sc * e2 / r2, d2)])
+        return low, high, float(times[-1])
+
+    def step(self, field, x, i, plan, state, noise):
+        sch = plan.extra["schedule"]
+        t, s = plan.t[i], plan.s[i]
+        lam_t, lam_s = float(sch.logsnr(t)), float(sch.logsnr(s))
+        if lam_t < LAM_FLOOR:
+            lam_t, t = LAM_FLOOR, float(sch.t_from_logsnr(LAM_FLOOR))
+        denoise = not math.isfinite(lam_s)
+        if denoise:
+            lam_s = max(-math.log(DEFAULT_SIGMA_MIN), lam_t + 1e-3)
+        h, lam, t_cur, steps = self.h_init, lam_t, t, 0
+        while lam < lam_s - 1e-5:
+            h = min(h, lam_s - lam)
+            x_hat0 = field(x, t_cur)
+            while True:
+                low, high, t_new = self._sub(sch, lam, x, x_hat0, h, field)
+                err = _error_ratio(high, low, x, self.rtol, self.atol)
+                steps += 1
+                if err <= 1.0 or steps >= self.max_steps:
+                    break
+                h = _next_h(h, err, self.solver_order - 1)
+            x, lam, t_cur = high, lam + h, t_new
+            h = _next_h(h, err, self.solver_order - 1)
+        if denoise:
+            x = field(x, t_cur).mul(float(sch.alpha(s)))
+        return x, state
+
+
+#: Dormand-Prince 5(4) tableau.
+_C = [0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0]
+_A = [[], [1 / 5], [3 / 40, 9 / 40], [44 / 45, -56 / 15, 32 / 9],
+      [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
+      [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
+      [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84]]
+_B5 = [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0]
+_B4 = [5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40]
+
+
+@dataclass(frozen=True)
+class RK45(_Adaptive):
+    """Dormand-Prince 5(4) on the probability-flow ODE in ``t`` (first same as last)."""
+
+    rtol: float = 1e-3
+    atol: float = 1e-3
+    h_init: float = 0.02
+    order = 5
+
+    def step(self, field, x, i, plan, state, noise):
+        sch = plan.extra["schedule"]
+        t, s = plan.t[i], plan.s[i]
+        denoise = float(sch.sigma(s)) == 0
+        s_end = max(float(sch.t_from_sigma_ratio(DEFAULT_SIGMA_MIN)), sch.t_min) if denoise else s
+        s_end = min(s_end, t)
+
+        def u(y, tau):
+            p, q = (float(c) for c in ode_coefficients(sch, torch.tensor(tau, dtype=torch.float64)))
+            return lincomb(y, p, [(q, field(y, tau))])
+
+        tau, h, k0, steps = t, -self.h_init, None, 0
+        while tau > s_end + 1e-12:
+            h = max(h, s_end - tau)
+            k = [k0 if k0 is not None else u(x, tau)]
+            for j in range(1, 7):
+                xj = lincomb(x, 1.0, [(h * a, kk) for a, kk in zip(_A[j], k)])
+                k.append(u(xj, tau + _C[j] * h))
+            x5 = xj  # the seventh stage point is the fifth-order solution
+            x4 = lincomb(x, 1.0, [(h * b, kk) for b, kk in zip(_B4, k)])
+            err = _error_ratio(x5, x4, x, self.rtol, self.atol)
+            steps += 1
+            if err <= 1.0 or steps >= self.max_steps:
+                x, tau, k0 = x5, tau + h, k[6]
+            else:
+                k0 = k[0]
+            h = _next_h(h, err, 4)
+        if denoise:
+            x = field(x, tau).mul(float(sch.alpha(s)))
+        return x, state

@@ -1,0 +1,226 @@
+"""Two engines that run any explicit solver whose update is linear in the state and the model outputs.
+
+- :class:`Multistep`: ``x_s = c_x x + c_hat x_hat + sum_j c_j D_{i-j}`` over stored outputs ``D``
+  (``x_hat`` or ``eps_hat``, the method's form), with an optional UniC corrector that reuses the next
+  step's evaluation (no extra NFE).
+- :class:`SingleStep`: stages ``x^(j) = c_x x + sum_l a_jl D_l`` evaluated at times ``tau_j``, then
+  ``x_s = c_x x + sum_l b_l D_l`` (Runge-Kutta and DPM-Solver single-step methods).
+
+Samplers subclass one engine and only compute their coefficients; the engine owns the loop body,
+the history and the NFE count. Coefficients are Python floats computed once per grid, so a step is
+a handful of fused ``add_(alpha=...)`` calls with no scalar kernels or device synchronisation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..schedules import Schedule
+from .base import Plan, Sampler
+
+
+#: Largest ``alpha_s / alpha_t`` a noise-form step may multiply the state by (see :meth:`StepInfo64.usable`).
+MAX_ALPHA_RATIO = 1e4
+
+
+def lincomb(x: torch.Tensor, c_x: float, terms) -> torch.Tensor:
+    """``c_x x + sum c_j T_j`` over ``terms = [(c_j, T_j), ...]``, skipping zero coefficients."""
+    out = None if c_x == 0 else (x if c_x == 1 else x.mul(c_x))
+    for c, term in terms:
+        if c == 0:
+            continue
+        if out is None:
+            out = term.mul(c)
+        elif out is x:
+            out = x.add(term, alpha=c)
+        else:
+            out.add_(term, alpha=c)
+    return out if out is not None else torch.zeros_like(x)
+
+
+def native_conversion(form: str, schedule: Schedule, t: float) -> tuple[float, float]:
+    """``D = k_x x + k_hat x_hat`` at time ``t`` for the form a method works in.
+
+    ``data``: ``x_hat``; ``noise``: ``eps_hat = (x - alpha x_hat) / sigma``; ``velocity``: the
+    probability-flow field ``p x + q x_hat`` in ``t``."""
+    if form == "data":
+        return 0.0, 1.0
+    a, s = float(schedule.alpha(t)), float(schedule.sigma(t))
+    if form == "noise":
+        return 1.0 / s, -a / s
+    ds, da = float(schedule.d_sigma(t)), float(schedule.d_alpha(t))
+    return ds / s, da - a * ds / s
+
+
+def to_native(x: torch.Tensor, x_hat: torch.Tensor, conv: tuple[float, float]) -> torch.Tensor:
+    k_x, k_hat = conv
+    return x_hat if k_x == 0 and k_hat == 1 else lincomb(x, k_x, [(k_hat, x_hat)])
+
+
+def ddim_coefficients(a_t: float, s_t: float, a_s: float, s_s: float) -> tuple[float, float]:
+    """DDIM ``x_s = (sigma_s/sigma_t) x + (alpha_s - alpha_t sigma_s/sigma_t) x_hat``: the exact
+    first-order step, finite also when ``alpha_t = 0`` or ``sigma_s = 0`` (infinite logSNR)."""
+    r = s_s / s_t
+    return r, a_s - a_t * r
+
+
+@dataclass(frozen=True)
+class StepInfo64:
+    """Float64 scalars of one step from ``t`` to ``s``."""
+
+    t: float
+    s: float
+    a_t: float
+    s_t: float
+    a_s: float
+    s_s: float
+    lam_t: float
+    lam_s: float
+
+    @property
+    def h(self) -> float:
+        return self.lam_s - self.lam_t
+
+    @property
+    def finite(self) -> bool:
+        """Both ends have finite logSNR, so logSNR-based formulas apply."""
+        return math.isfinite(self.lam_t) and math.isfinite(self.lam_s)
+
+    def usable(self, form: str) -> bool:
+        """Whether a higher-order formula in ``form`` is well posed on this step. It is not where
+        a logSNR is infinite, nor for noise-form updates whose factor ``alpha_s / alpha_t`` would
+        amplify the state's round-off (next to zero terminal SNR); DDIM, the exact first-order
+        limit, takes such steps."""
+        return self.finite and (form == "data" or self.a_s <= MAX_ALPHA_RATIO * self.a_t)
+
+
+def step_infos(schedule: Schedule, ts: torch.Tensor) -> list[StepInfo64]:
+    a, s, lam = schedule.alpha(ts).tolist(), schedule.sigma(ts).tolist(), schedule.logsnr(ts).tolist()
+    t = ts.tolist()
+    return [StepInfo64(t[i], t[i + 1], a[i], s[i], a[i + 1], s[i + 1], lam[i], lam[i + 1]) for i in range(len(t) - 1)]
+
+
+@dataclass(frozen=True)
+class Multistep(Sampler):
+    """Engine for explicit multistep solvers (see the module docstring).
+
+    Subclasses set ``form`` and implement :meth:`weights`; ``corrector=True`` adds the UniC
+    corrector of the same order after every step but the last."""
+
+    order: int = 2
+    lower_order_final: bool = True
+    corrector: bool = False
+    form = "data"
+    max_order = 3
+
+    def __post_init__(self):
+        if not 1 <= self.order <= self.max_order:
+            raise ValueError(f"{type(self).__name__} order must be between 1 and {self.max_order}, got {self.order}")
+
+    @property
+    def convergence_order(self) -> int:
+        """The corrector raises the order of accuracy by one."""
+        return self.order + (1 if self.corrector else 0)
+
+    def step_order(self, i: int, n: int) -> int:
+        """Warm up with lower orders; with ``lower_order_final``, also end with them (stabler at
+        few steps)."""
+        k = min(self.order, i + 1)
+        if self.lower_order_final and n < 15:
+            k = min(k, n - i)
+        return k
+
+    def weights(self, schedule: Schedule, info: StepInfo64, history: list[StepInfo64], k: int) -> tuple[float, list[float]]:
+        """``(c_x, [c_0, c_1, ...])`` for an order-``k`` step; ``c_j`` multiplies the output stored
+        ``j`` points back (``c_0``: the current point). ``history[j]`` is the step that started at
+        that point."""
+        raise NotImplementedError
+
+    def corrector_weights(self, info: StepInfo64, history: list[StepInfo64], k: int):
+        """UniC of order ``k`` (B(h) = expm1 variant): ``(c_x, [c_0, c_1, ...], c_new)``."""
+        from .unipc import unic_weights
+
+        return unic_weights(self.form, info, history, k, "bh2")
+
+    def prepare(self, schedule, ts):
+        infos = step_infos(schedule, ts)
+        n, coef, nfe, fresh = len(infos), [], 0, False
+        for i, info in enumerate(infos):
+            if not fresh:
+                nfe += 1
+            k = self.step_order(i, n)
+            history = [infos[i - j] for j in range(k)]
+            usable = info.usable(self.form)
+            if not usable:
+                c_x, c_hat = ddim_coefficients(info.a_t, info.s_t, info.a_s, info.s_s)
+                c_hist = []
+            else:
+                c_x, c_hist = self.weights(schedule, info, history, k)
+                c_hat = 0.0
+            corr = None
+            if self.corrector and i < n - 1 and usable:
+                kx, kh, knew = self.corrector_weights(info, history, k)
+                corr = (kx, kh, knew, native_conversion(self.form, schedule, info.s))
+                nfe += 1
+            fresh = corr is not None
+            coef.append((c_x, c_hat, tuple(c_hist), native_conversion(self.form, schedule, info.t), corr))
+        return Plan(ts[:-1].tolist(), ts[1:].tolist(), coef, nfe, {"keep": self.max_order + 1})
+
+    def init_state(self, x, plan):
+        return (), None
+
+    def step(self, field, x, i, plan, state, noise):
+        hist, x_hat = state
+        c_x, c_hat, c_hist, conv, corr = plan.coef[i]
+        if x_hat is None:
+            x_hat = field(x, plan.t[i])
+            hist = (hist + (to_native(x, x_hat, conv),))[-plan.extra["keep"]:]
+        terms = [(c_hat, x_hat)] + [(c, hist[-1 - j]) for j, c in enumerate(c_hist)]
+        x_new = lincomb(x, c_x, terms)
+        if corr is None:
+            return x_new, (hist, None)
+        kx, kh, knew, conv_s = corr
+        x_hat_new = field(x_new, plan.s[i])
+        d_new = to_native(x_new, x_hat_new, conv_s)
+        x_c = lincomb(x, kx, [(c, hist[-1 - j]) for j, c in enumerate(kh)] + [(knew, d_new)])
+        return x_c, ((hist + (d_new,))[-plan.extra["keep"]:], x_hat_new)
+
+
+@dataclass(frozen=True)
+class SingleStep(Sampler):
+    """Engine for explicit single-step (Runge-Kutta type) solvers.
+
+    Subclasses set ``form`` and implement :meth:`tableau`, returning for one step
+    ``(stages, final)`` with ``stages = [(tau_j, c_x, [a_j0, ...]), ...]`` (stage 0 is ``(t, 1, [])``)
+    and ``final = (c_x, [b_0, ...])``. Steps with an infinite logSNR at either end fall back to
+    DDIM, the exact limit, when :meth:`needs_finite_logsnr` says so."""
+
+    form = "data"
+    needs_finite_logsnr = True
+
+    def tableau(self, schedule: Schedule, info: StepInfo64):
+        raise NotImplementedError
+
+    def prepare(self, schedule, ts):
+        coef, nfe = [], 0
+        for info in step_infos(schedule, ts):
+            if self.needs_finite_logsnr and not info.usable(self.form):
+                c_x, c_hat = ddim_coefficients(info.a_t, info.s_t, info.a_s, info.s_s)
+                stages, final, form = [(info.t, 1.0, [])], (c_x, [c_hat]), "data"
+            else:
+                (stages, final), form = self.tableau(schedule, info), self.form
+            convs = [native_conversion(form, schedule, tau) for tau, _, _ in stages]
+            coef.append((tuple(stages), final, tuple(convs)))
+            nfe += len(stages)
+        return Plan(ts[:-1].tolist(), ts[1:].tolist(), coef, nfe)
+
+    def step(self, field, x, i, plan, state, noise):
+        stages, (f_x, f_b), convs = plan.coef[i]
+        outs = []
+        for (tau, c_x, a), conv in zip(stages, convs):
+            x_j = lincomb(x, c_x, list(zip(a, outs))) if outs else x
+            outs.append(to_native(x_j, field(x_j, tau), conv))
+        return lincomb(x, f_x, list(zip(f_b, outs))), state

@@ -1,0 +1,84 @@
+"""Weights of exponential integrators, computed in float64 once per grid.
+
+In logSNR ``lam`` the probability-flow ODE is semi-linear. With ``h = lam_s - lam_t`` and
+``v = (lam - lam_t) / h`` running over [0, 1], its exact solution is
+
+    data form:  x_s = (sigma_s/sigma_t) x_t + alpha_s h int_0^1 exp(-h (1 - v)) x_hat(v) dv
+    noise form: x_s = (alpha_s/alpha_t) x_t - sigma_s h int_0^1 exp( h (1 - v)) eps_hat(v) dv
+
+Multistep and single-step solvers replace ``x_hat`` (or ``eps_hat``) by the polynomial through
+known values and integrate it exactly; :func:`exp_moments` and :func:`lagrange_weights` do that.
+
+Reference: Lu et al., "DPM-Solver", 2022, arXiv:2206.00927; "DPM-Solver++", 2022, arXiv:2211.01095.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def exp_moments(c: float, k: int) -> np.ndarray:
+    """``G_j(c) = int_0^1 exp(c (1 - v)) v^j dv`` for ``j < k`` (a series for ``|c| < 1``, else the
+    recurrence ``G_j = (j G_{j-1} - 1) / c``, both free of cancellation where used)."""
+    out = np.empty(k)
+    if abs(c) < 1.0:
+        for j in range(k):
+            # G_j = sum_m c^m j! / (m + j + 1)!
+            term, total, m = math.factorial(j) / math.factorial(j + 1), 0.0, 0
+            while True:
+                total += term
+                m += 1
+                term *= c / (m + j + 1)
+                if abs(term) < 1e-18 * abs(total) or m > 60:
+                    break
+            out[j] = total
+        return out
+    out[0] = math.expm1(c) / c
+    for j in range(1, k):
+        out[j] = (j * out[j - 1] - 1.0) / c
+    return out
+
+
+def lagrange_weights(nodes, moments) -> np.ndarray:
+    """Weights ``w_j = int l_j(v) dmu(v)`` of the Lagrange basis through ``nodes``, given the
+    monomial moments ``int v^k dmu(v)`` for ``k < len(nodes)``."""
+    nodes = np.asarray(nodes, dtype=np.float64)
+    vander = np.vander(nodes, len(nodes), increasing=True)      # V[j, k] = u_j^k
+    return np.linalg.solve(vander.T, np.asarray(moments[: len(nodes)], dtype=np.float64))
+
+
+def exp_adams_weights(h: float, nodes, form: str) -> np.ndarray:
+    """Weights on the history values at ``nodes`` (``v`` positions, 0 = current point, negative =
+    earlier) of the exact integral of their interpolating polynomial, multiplied by ``h``.
+
+    Data form returns ``h int exp(-h(1-v)) l_j(v) dv`` (to be scaled by ``alpha_s``); noise form
+    ``h int exp(h(1-v)) l_j(v) dv`` (to be scaled by ``-sigma_s``)."""
+    c = -h if form == "data" else h
+    return h * lagrange_weights(nodes, exp_moments(c, len(nodes)))
+
+
+def linear_part(form: str, a_t: float, s_t: float, a_s: float, s_s: float) -> tuple[float, float]:
+    """``(coefficient of x_t, scale of the integral)`` of the exact solution in ``form``."""
+    if form == "data":
+        return s_s / s_t, a_s
+    return a_s / a_t, -s_s
+
+
+def finite_nodes(info, history) -> list[float]:
+    """Positions ``v = (lam_j - lam_t) / h`` of the history points, newest first, stopping at the
+    first infinite logSNR (a point of pure noise carries no derivative information)."""
+    nodes = []
+    for past in history:
+        if not math.isfinite(past.lam_t):
+            break
+        nodes.append((past.lam_t - info.lam_t) / info.h)
+    return nodes or [0.0]
+
+
+def exp_adams(form: str, info, history) -> tuple[float, list[float]]:
+    """Exponential Adams-Bashforth step in logSNR: the polynomial through the stored outputs at the
+    finite history points, integrated exactly. Returns ``(c_x, weights newest first)``."""
+    c_x, scale = linear_part(form, info.a_t, info.s_t, info.a_s, info.s_s)
+    return c_x, list(scale * exp_adams_weights(info.h, finite_nodes(info, history), form))
