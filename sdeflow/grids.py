@@ -47,10 +47,12 @@ def uniform_grid(n: int, t_max: float = 1.0, t_min: float = 0.0) -> torch.Tensor
 
 
 def quadratic_grid(n: int, t_max: float = 1.0, t_min: float = 0.0) -> torch.Tensor:
-    """Quadratic in ``t`` (denser near the data): ``t_i = t_min + (t_max - t_min)(1 - i/n)^2``."""
+    """Uniform in ``sqrt(t)`` (DPM-Solver's "time_quadratic", denser near the data):
+    ``t_i = (sqrt(t_max) + (i/n)(sqrt(t_min) - sqrt(t_max)))^2``."""
     _check_n(n)
-    u = torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64)
-    return check_grid(t_min + (t_max - t_min) * u * u)
+    u = torch.linspace(0.0, 1.0, n + 1, dtype=torch.float64)
+    r = t_max ** 0.5 + u * (t_min ** 0.5 - t_max ** 0.5)
+    return check_grid(r * r)
 
 
 def _noise_spaced(n, schedule, t_max, t_min, denoise_to_zero, spacing):
@@ -87,6 +89,42 @@ def karras_grid(n: int, schedule: Schedule, rho: float = 7.0, t_max: float = 1.0
         return -rho * torch.log(a + (b - a) * u)
 
     return _noise_spaced(n, schedule, t_max, t_min, denoise_to_zero, spacing)
+
+
+def polyexponential_grid(n: int, schedule: Schedule, rho: float = 1.0, t_max: float = 1.0,
+                         t_min: float | None = None, *, denoise_to_zero: bool = True) -> torch.Tensor:
+    """k-diffusion's polyexponential spacing: ``log(sigma/alpha)`` follows ``(1 - u)^rho`` between
+    its ends (``rho = 1``: uniform in logSNR; larger ``rho``: more steps at low noise)."""
+    return _noise_spaced(n, schedule, t_max, t_min, denoise_to_zero, lambda l0, l1, u: l1 + (1 - u) ** rho * (l0 - l1))
+
+
+DISCRETE_SPACINGS = ("linspace", "leading", "trailing")
+
+
+def discrete_grid(n: int, schedule, spacing: str = "trailing", steps_offset: int = 0) -> torch.Tensor:
+    """Times of the integer training indices a discrete-time checkpoint is sampled at, then ``t = 0``.
+
+    ``spacing`` follows the common conventions for ``N`` training steps: ``"linspace"``
+    (``round(linspace(0, N - 1, n))``), ``"leading"`` (``k * (N // n) + steps_offset``) and
+    ``"trailing"`` (``round(N - k N / n) - 1``, which starts at the last index). Index ``m`` is at
+    ``t = (m + 1) / N``; the final step goes to clean data (``alpha = 1``)."""
+    _check_n(n)
+    num = getattr(schedule, "num_steps", None)
+    if num is None:
+        raise ValueError("discrete spacings need a discrete-time schedule (DiscreteVP)")
+    if n > num:
+        raise ValueError(f"{n} steps exceed the schedule's {num} training steps")
+    if spacing == "linspace":
+        idx = torch.linspace(0, num - 1, n, dtype=torch.float64).round().flip(0)
+    elif spacing == "leading":
+        idx = (torch.arange(n, dtype=torch.float64) * (num // n)).round().flip(0) + steps_offset
+    elif spacing == "trailing":
+        idx = torch.round(num - torch.arange(n, dtype=torch.float64) * (num / n)) - 1
+    else:
+        raise ValueError(f"unknown spacing {spacing!r}; allowed: {', '.join(DISCRETE_SPACINGS)}")
+    if int(idx.max()) > num - 1 or int(idx.min()) < 0:
+        raise ValueError(f"steps_offset={steps_offset} puts an index outside 0..{num - 1}")
+    return check_grid(torch.cat([schedule.t_from_index(idx), torch.zeros(1, dtype=torch.float64)]))
 
 
 def shift_grid(ts: torch.Tensor, shift: float) -> torch.Tensor:

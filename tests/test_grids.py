@@ -65,3 +65,40 @@ def test_bad_grids_are_refused():
         grids.logsnr_grid(5, RectifiedFlow(), t_max=1.0)
     with pytest.raises(ValueError, match="shift"):
         grids.shift_grid(grids.uniform_grid(3), -1.0)
+
+
+def test_discrete_spacings():
+    sch = ddpm_linear()
+    idx = lambda ts: sch.index_from_t(ts[:-1]).round().long().tolist()  # noqa: E731
+    assert idx(grids.discrete_grid(10, sch, "trailing")) == list(range(999, 0, -100))
+    assert idx(grids.discrete_grid(10, sch, "leading", steps_offset=1)) == list(range(901, 0, -100))
+    assert idx(grids.discrete_grid(10, sch, "linspace")) == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    for spacing in grids.DISCRETE_SPACINGS:
+        ts = grids.discrete_grid(7, sch, spacing)
+        assert ts.shape == (8,) and float(ts[-1]) == 0.0
+        assert torch.allclose(sch.index_from_t(ts[:-1]), sch.index_from_t(ts[:-1]).round(), atol=1e-9)
+    with pytest.raises(ValueError, match="discrete-time"):
+        grids.discrete_grid(5, VPLinear())
+    with pytest.raises(ValueError, match="exceed"):
+        grids.discrete_grid(2000, sch)
+    with pytest.raises(ValueError, match="allowed"):
+        grids.discrete_grid(5, sch, "middle")
+
+
+def test_polyexponential_grid():
+    sch = VPLinear()
+    assert torch.allclose(grids.polyexponential_grid(7, sch, rho=1.0), grids.logsnr_grid(7, sch))
+    ts = grids.polyexponential_grid(7, sch, rho=2.0)
+    lam = sch.logsnr(ts[:-1])
+    ramp = (lam[-1] - lam) / (lam[-1] - lam[0])            # (1 - u)^2 with u uniform
+    assert torch.allclose(ramp.sqrt(), torch.linspace(1, 0, 7, dtype=torch.float64), atol=1e-9)
+
+
+def test_user_grid_from_the_command_line_syntax():
+    from sdeflow.cli.registry import parse_grid
+
+    assert torch.equal(parse_grid("1,0.5,0", 3, VPLinear()), torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="decreasing"):
+        parse_grid("0,0.5,1", 3, VPLinear())
+    with pytest.raises(ValueError, match="comma-separated"):
+        parse_grid("1,a", 3, VPLinear())

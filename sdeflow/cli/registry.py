@@ -50,13 +50,29 @@ SAMPLERS: dict[str, Callable[[], samplers.Sampler]] = {
     "rk45": samplers.RK45,
 }
 
-#: Grids by name: ``(n_steps, schedule) -> ts``.
+#: Grids by name: ``(n_steps, schedule) -> ts``. Discrete spacings need a discrete schedule.
 GRIDS: dict[str, Callable[[int, schedules.Schedule], "grids.torch.Tensor"]] = {
     "uniform": lambda n, schedule: grids.uniform_grid(n, t_min=0.0),
     "quadratic": lambda n, schedule: grids.quadratic_grid(n),
     "logsnr": lambda n, schedule: grids.logsnr_grid(n, schedule, t_max=_t_max(schedule)),
     "karras": lambda n, schedule: grids.karras_grid(n, schedule, t_max=_t_max(schedule)),
+    "polyexponential": lambda n, schedule: grids.polyexponential_grid(n, schedule, rho=2.0, t_max=_t_max(schedule)),
+    "shifted": lambda n, schedule: grids.shift_grid(grids.uniform_grid(n), 3.0),
+    "linspace": lambda n, schedule: grids.discrete_grid(n, schedule, "linspace"),
+    "leading": lambda n, schedule: grids.discrete_grid(n, schedule, "leading", steps_offset=1),
+    "trailing": lambda n, schedule: grids.discrete_grid(n, schedule, "trailing"),
 }
+
+
+def parse_grid(text: str, n: int, schedule) -> "grids.torch.Tensor":
+    """A grid name from :data:`GRIDS`, or a user array of decreasing times ``"1,0.6,0.3,0"``."""
+    if "," in text:
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            raise ValueError(f"a user grid is comma-separated numbers, got {text!r}")
+        return grids.check_grid(values)
+    return lookup(GRIDS, "grid", text)(n, schedule)
 
 
 def _t_max(schedule) -> float:

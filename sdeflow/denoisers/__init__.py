@@ -2,5 +2,6 @@
 
 from .base import Denoiser
 from .model import TIME_INPUTS, ModelDenoiser
+from .thresholding import DynamicThresholding
 
-__all__ = ["Denoiser", "ModelDenoiser", "TIME_INPUTS"]
+__all__ = ["Denoiser", "ModelDenoiser", "TIME_INPUTS", "DynamicThresholding"]

@@ -1,0 +1,93 @@
+"""The practical options of the ODE solvers: warm-up and final orders, adaptive tolerance,
+final denoising step, thresholding, grids and their NFE."""
+
+import pytest
+import torch
+
+from sdeflow import analytic, grids, sample
+from sdeflow.cli.registry import GRIDS, SAMPLERS
+from sdeflow.denoisers import DynamicThresholding, ModelDenoiser
+from sdeflow.samplers import DPMSolverAdaptive, DPMSolverPP, RK45, UniPC
+from sdeflow.schedules import EDM, RectifiedFlow, VPLinear, ddpm_linear
+
+GAUSS = analytic.random_mixture(4, 1, structure="full", seed=3)
+
+
+def history_lengths(sampler, n, sch=VPLinear()):
+    plan = sampler.prepare(sch, grids.logsnr_grid(n, sch, denoise_to_zero=False))
+    return [len(c[2]) for c in plan.coef]
+
+
+def test_warm_up_and_lower_order_final():
+    assert history_lengths(DPMSolverPP(order=3), 20) == [1, 2] + [3] * 18       # warm-up only (n >= 15)
+    assert history_lengths(DPMSolverPP(order=3), 6) == [1, 2, 3, 3, 2, 1]       # and lower orders at the end
+    assert history_lengths(DPMSolverPP(order=3, lower_order_final=False), 6) == [1, 2, 3, 3, 3, 3]
+
+
+def test_corrector_costs_no_evaluation():
+    sch = VPLinear()
+    ts = grids.logsnr_grid(8, sch)
+    x, _ = GAUSS.sample_t(8, sch, 1.0, torch.Generator().manual_seed(0))
+    for s in [UniPC(order=3), DPMSolverPP(order=3, corrector=True), UniPC(order=2, corrector=False)]:
+        assert sample(GAUSS.denoiser(sch), s, ts, x).nfe == 8
+
+
+@pytest.mark.parametrize("sampler", [DPMSolverAdaptive(solver_order=2), DPMSolverAdaptive(solver_order=3), RK45()],
+                         ids=["dpm-12", "dpm-23", "rk45"])
+@pytest.mark.parametrize("sch", [VPLinear(), RectifiedFlow()], ids=["vp", "rf"])
+def test_adaptive_reaches_tolerance(sampler, sch):
+    """Tighter tolerances cost more NFE and give proportionally smaller errors against the exact map."""
+    t0, t1 = 1.0, float(sch.t_from_sigma_ratio(0.01))
+    x, _ = GAUSS.sample_t(32, sch, t0, torch.Generator().manual_seed(0))
+    exact = GAUSS.flow_map(x, sch, t0, t1)
+    nfes, errs = [], []
+    for tol in [1e-3, 1e-4, 1e-5]:
+        s = type(sampler)(**{**sampler.__dict__, "rtol": tol, "atol": tol})
+        r = sample(GAUSS.denoiser(sch), s, torch.tensor([t0, t1], dtype=torch.float64), x)
+        nfes.append(r.nfe)
+        errs.append(float((r.x - exact).abs().max()))
+    assert nfes[0] <= nfes[1] <= nfes[2] and nfes[0] < nfes[2]
+    assert errs[2] < errs[1] < errs[0] or (errs[2] < errs[0] and nfes[0] == nfes[1])
+    assert errs[2] < 50 * 1e-5  # the error is a modest multiple of the requested tolerance
+
+
+def test_adaptive_to_clean_data_finishes_with_denoising():
+    sch = VPLinear()
+    x, _ = GAUSS.sample_t(16, sch, 1.0, torch.Generator().manual_seed(0))
+    exact = GAUSS.flow_map(x, sch, 1.0, 0.0)
+    for s in [DPMSolverAdaptive(rtol=1e-4, atol=1e-4), RK45(rtol=1e-5, atol=1e-5)]:
+        r = sample(GAUSS.denoiser(sch), s, [1.0, 0.0], x)
+        assert float((r.x - exact).abs().max()) < 1e-2
+
+
+def test_dynamic_thresholding():
+    sch = VPLinear()
+    big = ModelDenoiser(lambda x, t: 3 * x, sch, "x0")
+    thr = DynamicThresholding(big, percentile=0.9, max_value=1.0)
+    x = torch.randn(4, 1000)
+    out = thr(x, 0.5)
+    assert out.abs().max() <= 1.0 + 1e-6
+    q = torch.quantile((3 * x).abs(), 0.9, dim=1, keepdim=True)
+    assert torch.allclose(out, (3 * x).clamp(-q, q) / q, atol=1e-6)           # whole sample rescaled
+    small = DynamicThresholding(ModelDenoiser(lambda x, t: 0.5 * x.clamp(-1, 1), sch, "x0"))
+    assert torch.equal(small(x, 0.5), 0.5 * x.clamp(-1, 1))                      # in range: untouched
+    r = sample(thr, SAMPLERS["dpm-solver++-2m"](), grids.uniform_grid(6), torch.randn(3, 50))
+    assert r.x.abs().max() <= 1.0 + 1e-5
+
+
+GRID_SCHEDULES = {"uniform": VPLinear(), "quadratic": VPLinear(), "logsnr": VPLinear(), "karras": EDM(),
+                  "polyexponential": EDM(), "shifted": RectifiedFlow(), "linspace": ddpm_linear(),
+                  "leading": ddpm_linear(), "trailing": ddpm_linear()}
+
+
+@pytest.mark.parametrize("grid", sorted(GRIDS))
+@pytest.mark.parametrize("name", sorted(n for n in SAMPLERS if not SAMPLERS[n]().adaptive))
+def test_every_sampler_and_grid_gives_the_declared_nfe(grid, name):
+    sch = GRID_SCHEDULES[grid]
+    sampler = SAMPLERS[name]()
+    den = GAUSS.denoiser(sch)
+    for n in [1, 2, 5]:
+        ts = GRIDS[grid](n, sch)
+        x, _ = GAUSS.sample_t(3, sch, float(ts[0]), torch.Generator().manual_seed(0))
+        r = sample(den, sampler, ts, x.float())
+        assert r.nfe == sampler.prepare(sch, ts).nfe and torch.isfinite(r.x).all()
