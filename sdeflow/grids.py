@@ -127,6 +127,20 @@ def discrete_grid(n: int, schedule, spacing: str = "trailing", steps_offset: int
     return check_grid(torch.cat([schedule.t_from_index(idx), torch.zeros(1, dtype=torch.float64)]))
 
 
+def reference_grid(ts: torch.Tensor, schedule: Schedule, n: int = 500) -> torch.Tensor:
+    """A fine grid over the same interval as ``ts`` for reference solves: the union of ``n`` uniform
+    steps in ``t`` and ``n`` Karras-spaced noise levels, so it is fine at every noise level."""
+    ts = check_grid(ts)
+    t0, t1 = float(ts[0]), float(ts[-1])
+    fine = [uniform_grid(n, t0, t1)]
+    lo = max(t1, default_t_min(schedule)) if t1 == 0 else t1
+    hi = t0 if bool(torch.isfinite(schedule.logsnr(t0))) else min(t0, 1 - 1e-4)
+    if lo < hi:
+        fine.append(karras_grid(n, schedule, t_max=hi, t_min=lo, denoise_to_zero=False))
+    merged = torch.unique(torch.cat(fine)).flip(0)
+    return check_grid(merged[(merged <= t0) & (merged >= t1)])
+
+
 def shift_grid(ts: torch.Tensor, shift: float) -> torch.Tensor:
     """Resolution shift of flow models: ``t -> shift t / (1 + (shift - 1) t)`` (``shift > 1`` spends
     more steps at high noise). Reference: Esser et al., "Scaling Rectified Flow Transformers", 2024,

@@ -13,7 +13,7 @@ def run(*args, cwd=None):
 def test_help_everywhere():
     top = run("--help")
     assert top.returncode == 0 and "demo" in top.stdout and "list" in top.stdout
-    for cmd in ["demo", "list"]:
+    for cmd in ["demo", "sample", "list"]:
         r = run(cmd, "--help")
         assert r.returncode == 0 and "usage: sdeflow " + cmd in r.stdout
 
@@ -56,3 +56,24 @@ def test_demo_error_shrinks_with_nfe(capsys):
     fine = run_demo(SimpleNamespace(**base, nfe=39))
     assert coarse["nfe"] == 5 and fine["nfe"] == 39
     assert fine["endpoint_rms"] < coarse["endpoint_rms"] / 4
+
+
+def test_sample_writes_npz_with_counted_nfe(tmp_path):
+    import numpy as np
+
+    out = tmp_path / "s.npz"
+    assert main(["sample", "--problem", "image-mixture", "--num", "3", "--sampler", "dpm-solver++-3m",
+                 "--nfe", "6", "--out", str(out)]) == 0
+    data = np.load(out)
+    assert data["samples"].shape == (3, 3, 32, 32) and int(data["nfe"]) == 6 and np.isfinite(data["samples"]).all()
+    assert main(["sample", "--grid", "1,0.4,0", "--num", "5", "--out", str(out)]) == 0
+    assert np.load(out)["ts"].tolist() == [1.0, 0.4, 0.0]
+
+
+def test_sample_bad_combinations_are_one_line_errors():
+    r = run("sample", "--schedule", "edm", "--grid", "trailing", "--out", "")
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "discrete" in r.stderr
+    r = run("sample", "--grid", "0,1", "--out", "")
+    assert r.returncode == 1 and "decreasing" in r.stderr
+    r = run("sample", "--problem", "nope")
+    assert r.returncode == 2 and "ring-2d" in r.stderr

@@ -14,23 +14,20 @@ import tempfile
 import torch
 
 from .. import analytic, metrics
+from ..grids import reference_grid
 from ..sampling import sample
 from ..samplers import Heun
-from .registry import GRIDS, SAMPLERS, SCHEDULES, lookup, steps_for_nfe
+from .sample_cmd import resolve
 
 
 def run_demo(args) -> dict:
-    schedule = lookup(SCHEDULES, "schedule", args.schedule)()
-    sampler = lookup(SAMPLERS, "sampler", args.sampler)()
-    make_grid = lookup(GRIDS, "grid", args.grid)
+    schedule, sampler, ts, steps = resolve(args)
     mixture = analytic.ring_2d()
     denoiser = mixture.denoiser(schedule)
-    steps = args.steps if args.steps is not None else steps_for_nfe(sampler, schedule, args.grid, args.nfe)
-    ts = make_grid(steps, schedule)
     gen = torch.Generator().manual_seed(args.seed)
     x_init, _ = mixture.sample_t(args.num, schedule, float(ts[0]), gen)
     result = sample(denoiser, sampler, ts, x_init.float())
-    reference = sample(denoiser, Heun(), make_grid(500, schedule), x_init).x
+    reference = sample(denoiser, Heun(), reference_grid(ts, schedule), x_init).x
     exact, exact2 = mixture.sample(args.num, gen), mixture.sample(args.num, gen)
     report = {
         "sampler": args.sampler, "schedule": args.schedule, "grid": args.grid, "steps": steps, "nfe": result.nfe,

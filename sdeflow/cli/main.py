@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .registry import GRIDS, SAMPLERS, SCHEDULES
+from .registry import GRIDS, PROBLEMS, SAMPLERS, SCHEDULES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,22 +29,37 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
+    def sampling_flags(p, default_sampler, default_schedule, default_grid, default_nfe):
+        p.add_argument("--sampler", default=default_sampler, choices=list(SAMPLERS), metavar="NAME",
+                       help=f"one of: {', '.join(SAMPLERS)} (default: {default_sampler})")
+        p.add_argument("--schedule", default=default_schedule, choices=list(SCHEDULES), metavar="NAME",
+                       help=f"one of: {', '.join(SCHEDULES)} (default: {default_schedule})")
+        p.add_argument("--grid", default=default_grid, metavar="NAME|T0,T1,...",
+                       help=f"one of: {', '.join(GRIDS)}, or decreasing times such as 1,0.5,0.2,0 "
+                       f"(default: {default_grid})")
+        p.add_argument("--nfe", type=_positive_int, default=default_nfe,
+                       help=f"evaluation budget; the largest step count within it is used (default: {default_nfe})")
+        p.add_argument("--steps", type=_positive_int, default=None, help="number of steps (overrides --nfe)")
+
     demo = sub.add_parser("demo", help="sample the embedded 2-D Gaussian mixture and report the exact error",
                           description="Sample the embedded 2-D Gaussian mixture with a chosen sampler and NFE, "
                           "print the error against the exact answer and write a PNG of the samples over the "
                           "true density.")
-    demo.add_argument("--sampler", default="heun", choices=list(SAMPLERS), metavar="NAME",
-                      help=f"one of: {', '.join(SAMPLERS)} (default: heun)")
-    demo.add_argument("--schedule", default="rectified-flow", choices=list(SCHEDULES), metavar="NAME",
-                      help=f"one of: {', '.join(SCHEDULES)} (default: rectified-flow)")
-    demo.add_argument("--grid", default="uniform", choices=list(GRIDS), metavar="NAME",
-                      help=f"one of: {', '.join(GRIDS)} (default: uniform)")
-    demo.add_argument("--nfe", type=_positive_int, default=19,
-                      help="evaluation budget; the largest step count within it is used (default: 19)")
-    demo.add_argument("--steps", type=_positive_int, default=None, help="number of steps (overrides --nfe)")
+    sampling_flags(demo, "heun", "rectified-flow", "uniform", 19)
     demo.add_argument("--num", type=_positive_int, default=2000, help="number of samples (default: 2000)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument("--out", default="sdeflow-demo.png", help="PNG to write; '' for none (default: sdeflow-demo.png)")
+
+    smp = sub.add_parser("sample", help="sample a named problem with any sampler and save the samples",
+                         description="Sample one of the exact problems with any sampler, grid and NFE and "
+                         "write the samples to an .npz file.")
+    smp.add_argument("--problem", default="ring-2d", choices=list(PROBLEMS), metavar="NAME",
+                     help=f"one of: {', '.join(PROBLEMS)} (default: ring-2d)")
+    sampling_flags(smp, "unipc-bh2", "vp-linear", "logsnr", 10)
+    smp.add_argument("--num", type=_positive_int, default=1000, help="number of samples (default: 1000)")
+    smp.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    smp.add_argument("--out", default="samples.npz", help="output .npz; '' for none (default: samples.npz)")
+    smp.add_argument("--progress", action="store_true", help="show a progress bar")
 
     sub.add_parser("list", help="list the registered schedules, samplers and grids",
                    description="List the names the other commands accept.")
@@ -60,7 +75,8 @@ def _list() -> None:
         s = make()
         kind = "stochastic" if s.stochastic else "deterministic"
         print(f"  {name:<12} order {s.order}, {s.nfe_per_step} NFE/step, {kind}")
-    print("grids: " + ", ".join(GRIDS))
+    print("grids: " + ", ".join(GRIDS) + " (or decreasing times: 1,0.5,0)")
+    print("problems: " + ", ".join(PROBLEMS))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             _list()
+        elif args.command == "sample":
+            from .sample_cmd import run_sample
+
+            run_sample(args)
         elif args.command == "demo":
             from .demo import run_demo
 

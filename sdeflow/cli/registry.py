@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .. import grids, samplers, schedules
+from .. import analytic, grids, samplers, schedules
 
 SCHEDULES: dict[str, Callable[[], schedules.Schedule]] = {
     "vp-linear": schedules.VPLinear,
@@ -73,6 +73,14 @@ def parse_grid(text: str, n: int, schedule) -> "grids.torch.Tensor":
             raise ValueError(f"a user grid is comma-separated numbers, got {text!r}")
         return grids.check_grid(values)
     return lookup(GRIDS, "grid", text)(n, schedule)
+
+
+#: Exact problems by name: ``() -> (mixture, sample shape)``.
+PROBLEMS = {
+    "ring-2d": lambda: (analytic.ring_2d(), (2,)),
+    "mixture-64d": lambda: (analytic.random_mixture(64, 8, seed=1), (64,)),
+    "image-mixture": lambda: (analytic.random_mixture(3 * 32 * 32, 4, seed=2), (3, 32, 32)),
+}
 
 
 def _t_max(schedule) -> float:
