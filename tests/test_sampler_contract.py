@@ -116,3 +116,25 @@ def test_wrong_arguments_are_refused():
         sample(den, SAMPLERS["euler"](), [0.0, 1.0], x)
     with pytest.raises(ValueError, match="eta"):
         SAMPLERS["ddim"]().__class__(eta=2.0)
+
+
+def test_a_single_non_finite_value_is_always_reported():
+    """A NaN in one pixel may slip past the per-step spot check, but never past the final check;
+    check_finite='full' names its step."""
+    sch = RectifiedFlow()
+
+    def net(x, t):
+        out = torch.zeros_like(x)
+        if float(t[0]) < 0.5:
+            out[0, 0, 5] = torch.nan
+        return out
+
+    den = ModelDenoiser(net, sch, "velocity")
+    x = torch.randn(2, 3, 5000)
+    with pytest.raises(NonFiniteError):
+        sample(den, SAMPLERS["euler"](), grids.uniform_grid(5), x)
+    with pytest.raises(NonFiniteError, match=r"step 3 \(t = 0\.4"):
+        sample(den, SAMPLERS["euler"](), grids.uniform_grid(5), x, check_finite="full")
+    with pytest.raises(ValueError, match="check_finite"):
+        sample(den, SAMPLERS["euler"](), grids.uniform_grid(5), x, check_finite="sometimes")
+    assert not torch.isfinite(sample(den, SAMPLERS["euler"](), grids.uniform_grid(5), x, check_finite=False).x).all()

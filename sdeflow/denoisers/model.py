@@ -68,16 +68,45 @@ class ModelDenoiser(Denoiser):
             _index(schedule, 0.5)  # fail at construction, not mid-sampling
         self.time_input = time_input
         self.dtype = dtype
+        self._cache: dict[float, tuple[float, float, float, float]] = {}
+
+    def coefficients(self, t: float) -> tuple[float, float, float, float]:
+        """``(in, skip, out, time input)`` at a scalar time, as Python floats, cached per time: the
+        sampling loop passes the same grid times every run, so a step costs no scalar arithmetic."""
+        cached = self._cache.get(t)
+        if cached is None:
+            p, sched, tt = self.parameterization, self.schedule, as_time(t)
+            skip, out = p.coefficients(sched, tt)
+            cached = (float(p.input_scale(sched, tt)), float(skip), float(out), float(self.time_input(sched, tt)))
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[t] = cached
+        return cached
 
     def forward(self, x_t, t, **cond):
+        net_dtype = self.dtype or x_t.dtype
+        # Time goes in at full precision (bf16 cannot tell index 998 from 999); the network casts it.
+        c_dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
+        if isinstance(t, float) or (isinstance(t, torch.Tensor) and t.ndim == 0 and t.device.type == "cpu"):
+            scale, skip, out, c = self.coefficients(float(t))
+            x_in = x_t if scale == 1.0 else x_t * scale
+            if x_in.dtype != net_dtype:
+                x_in = x_in.to(net_dtype)
+            f = self.model(x_in, torch.full((x_t.shape[0],), c, dtype=c_dtype, device=x_t.device), **cond)
+            if f.dtype != x_t.dtype:
+                f = f.to(x_t.dtype)
+            if skip == 0.0:
+                return f if out == 1.0 else f * out
+            # skip x + out F in two passes, factoring out the larger coefficient (no overflow in fp16)
+            if abs(skip) >= abs(out):
+                x_hat = torch.add(x_t, f, alpha=out / skip)
+                return x_hat if skip == 1.0 else x_hat.mul_(skip)
+            return torch.add(f, x_t, alpha=skip / out).mul_(out)
         t = as_time(t, device=x_t.device)
         p, sched = self.parameterization, self.schedule
         scale = expand_as_batch(p.input_scale(sched, t).to(x_t.dtype), x_t)
         c = self.time_input(sched, t)
         if c.ndim == 0:
             c = c.expand(x_t.shape[0])
-        net_dtype = self.dtype or x_t.dtype
-        # Time goes in at full precision (bf16 cannot tell index 998 from 999); the network casts it.
-        c = c.to(torch.float64 if x_t.dtype == torch.float64 else torch.float32)
-        out = self.model((scale * x_t).to(net_dtype), c, **cond)
+        out = self.model((scale * x_t).to(net_dtype), c.to(c_dtype), **cond)
         return p.to_x_hat(out.to(x_t.dtype), x_t, sched, t)

@@ -24,13 +24,17 @@ class Plan:
     """Everything a sampler needs about the grid, computed before sampling.
 
     ``t[i]``/``s[i]``: start and end time of step ``i``; ``coef[i]``: that step's coefficients;
-    ``nfe``: the number of field evaluations the whole run will take."""
+    ``nfe``: the number of field evaluations the whole run will take (``None`` if only known
+    afterwards); ``inplace``: set by the loop when nothing else holds the state, so a step may
+    overwrite its input ``x`` once it no longer needs it."""
 
     t: list[float]
     s: list[float]
     coef: list[tuple]
-    nfe: int
+    nfe: int | None
     extra: dict[str, Any] = field(default_factory=dict)
+    inplace: bool = False
+    ts: Any = None
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,8 @@ class DDIM(Sampler):
 
     def step(self, field, x, i, plan, state, noise):
         c_x, c_d, c_z = plan.coef[i]
-        x_s = x.mul(c_x).add_(field(x, plan.t[i]), alpha=c_d)
+        x_hat = field(x, plan.t[i])
+        x_s = (x.mul_(c_x) if plan.inplace else x.mul(c_x)).add_(x_hat, alpha=c_d)
         if c_z > 0:
             x_s.add_(noise(), alpha=c_z)
         return x_s, state

@@ -26,8 +26,15 @@ from .base import Plan, Sampler
 MAX_ALPHA_RATIO = 1e4
 
 
-def lincomb(x: torch.Tensor, c_x: float, terms) -> torch.Tensor:
-    """``c_x x + sum c_j T_j`` over ``terms = [(c_j, T_j), ...]``, skipping zero coefficients."""
+def lincomb(x: torch.Tensor, c_x: float, terms, inplace: bool = False) -> torch.Tensor:
+    """``c_x x + sum c_j T_j`` over ``terms = [(c_j, T_j), ...]``, skipping zero coefficients.
+    With ``inplace`` the result is written into ``x`` (which the caller no longer needs)."""
+    if inplace and c_x != 0:
+        out = x if c_x == 1 else x.mul_(c_x)
+        for c, term in terms:
+            if c != 0:
+                out.add_(term, alpha=c)
+        return out
     out = None if c_x == 0 else (x if c_x == 1 else x.mul(c_x))
     for c, term in terms:
         if c == 0:
@@ -41,18 +48,21 @@ def lincomb(x: torch.Tensor, c_x: float, terms) -> torch.Tensor:
     return out if out is not None else torch.zeros_like(x)
 
 
-def native_conversion(form: str, schedule: Schedule, t: float) -> tuple[float, float]:
-    """``D = k_x x + k_hat x_hat`` at time ``t`` for the form a method works in.
+def native_conversions(form: str, schedule: Schedule, times) -> list[tuple[float, float]]:
+    """``D = k_x x + k_hat x_hat`` at each of ``times`` for the form a method works in.
 
     ``data``: ``x_hat``; ``noise``: ``eps_hat = (x - alpha x_hat) / sigma``; ``velocity``: the
     probability-flow field ``p x + q x_hat`` in ``t``."""
     if form == "data":
-        return 0.0, 1.0
-    a, s = float(schedule.alpha(t)), float(schedule.sigma(t))
+        return [(0.0, 1.0)] * len(times)
+    t = torch.as_tensor(times, dtype=torch.float64)
+    a, s = schedule.alpha(t), schedule.sigma(t)
     if form == "noise":
-        return 1.0 / s, -a / s
-    ds, da = float(schedule.d_sigma(t)), float(schedule.d_alpha(t))
-    return ds / s, da - a * ds / s
+        k_x, k_hat = 1.0 / s, -a / s
+    else:
+        ds = schedule.d_sigma(t) / s
+        k_x, k_hat = ds, schedule.d_alpha(t) - a * ds
+    return list(zip(k_x.tolist(), k_hat.tolist()))
 
 
 def to_native(x: torch.Tensor, x_hat: torch.Tensor, conv: tuple[float, float]) -> torch.Tensor:
@@ -147,6 +157,7 @@ class Multistep(Sampler):
 
     def prepare(self, schedule, ts):
         infos = step_infos(schedule, ts)
+        convs = native_conversions(self.form, schedule, ts.tolist())
         n, coef, nfe, fresh = len(infos), [], 0, False
         for i, info in enumerate(infos):
             if not fresh:
@@ -163,11 +174,11 @@ class Multistep(Sampler):
             corr = None
             if self.corrector and i < n - 1 and usable:
                 kx, kh, knew = self.corrector_weights(info, history, k)
-                corr = (kx, kh, knew, native_conversion(self.form, schedule, info.s))
+                corr = (kx, kh, knew, convs[i + 1])
                 nfe += 1
             fresh = corr is not None
-            coef.append((c_x, c_hat, tuple(c_hist), native_conversion(self.form, schedule, info.t), corr))
-        return Plan(ts[:-1].tolist(), ts[1:].tolist(), coef, nfe, {"keep": self.max_order + 1})
+            coef.append((c_x, c_hat, tuple(c_hist), convs[i], corr))
+        return Plan(ts[:-1].tolist(), ts[1:].tolist(), coef, nfe, {"keep": self.order})
 
     def init_state(self, x, plan):
         return (), None
@@ -179,7 +190,7 @@ class Multistep(Sampler):
             x_hat = field(x, plan.t[i])
             hist = (hist + (to_native(x, x_hat, conv),))[-plan.extra["keep"]:]
         terms = [(c_hat, x_hat)] + [(c, hist[-1 - j]) for j, c in enumerate(c_hist)]
-        x_new = lincomb(x, c_x, terms)
+        x_new = lincomb(x, c_x, terms, inplace=plan.inplace and corr is None)
         if corr is None:
             return x_new, (hist, None)
         kx, kh, knew, conv_s = corr
@@ -212,7 +223,7 @@ class SingleStep(Sampler):
                 stages, final, form = [(info.t, 1.0, [])], (c_x, [c_hat]), "data"
             else:
                 (stages, final), form = self.tableau(schedule, info), self.form
-            convs = [native_conversion(form, schedule, tau) for tau, _, _ in stages]
+            convs = native_conversions(form, schedule, [tau for tau, _, _ in stages])
             coef.append((tuple(stages), final, tuple(convs)))
             nfe += len(stages)
         return Plan(ts[:-1].tolist(), ts[1:].tolist(), coef, nfe)
@@ -223,4 +234,4 @@ class SingleStep(Sampler):
         for (tau, c_x, a), conv in zip(stages, convs):
             x_j = lincomb(x, c_x, list(zip(a, outs))) if outs else x
             outs.append(to_native(x_j, field(x_j, tau), conv))
-        return lincomb(x, f_x, list(zip(f_b, outs))), state
+        return lincomb(x, f_x, list(zip(f_b, outs)), inplace=plan.inplace), state

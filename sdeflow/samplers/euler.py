@@ -28,4 +28,5 @@ class Euler(Sampler):
 
     def step(self, field, x, i, plan, state, noise):
         c_x, c_d = plan.coef[i]
-        return x.mul(c_x).add_(field(x, plan.t[i]), alpha=c_d), state
+        x_hat = field(x, plan.t[i])
+        return (x.mul_(c_x) if plan.inplace else x.mul(c_x)).add_(x_hat, alpha=c_d), state

@@ -1,0 +1,154 @@
+"""Shared pieces of the benchmarks: exact problems, oracle "networks" in each process's native
+parameterization, shared initial noise, reference solves and metrics."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from sdeflow import analytic, grids, metrics, sample
+from sdeflow.denoisers import ModelDenoiser
+from sdeflow.parameterizations import as_parameterization
+from sdeflow.samplers import Heun
+from sdeflow.schedules import EDM, RectifiedFlow, ddpm_linear
+
+NFES = [4, 5, 6, 8, 10, 12, 15, 20, 50]
+
+
+@dataclass
+class Problem:
+    name: str
+    mixture: analytic.GaussianMixture
+    shape: tuple
+    num: int
+
+
+def problems(quick: bool = False) -> list[Problem]:
+    out = [Problem("2-D mixture", analytic.ring_2d(), (2,), 1000 if quick else 4000),
+           Problem("64-D mixture", analytic.random_mixture(64, 8, seed=1), (64,), 300 if quick else 1000),
+           Problem("3x32x32 mixture", analytic.random_mixture(3 * 32 * 32, 4, seed=2), (3, 32, 32), 32 if quick else 64)]
+    return out[:2] if quick else out
+
+
+@dataclass
+class Process:
+    """A trained-model stand-in: schedule, what the network predicts and how it takes time."""
+
+    name: str
+    schedule: object
+    parameterization: str
+    time_input: str
+
+
+PROCESSES = [Process("DDPM eps (1000 discrete steps)", ddpm_linear(), "eps", "index"),
+             Process("EDM x0 (preconditioned)", EDM(), "edm", "edm"),
+             Process("rectified-flow velocity", RectifiedFlow(), "velocity", "t")]
+
+
+def time_of(process: Process, c: torch.Tensor) -> torch.Tensor:
+    """Invert the network's time input back to t (float64)."""
+    sch, c = process.schedule, c.to(torch.float64)
+    if process.time_input == "index":
+        return sch.t_from_index(c)
+    if process.time_input == "edm":
+        return sch.t_from_sigma_ratio(torch.exp(4 * c))
+    return c
+
+
+def oracle_network(problem: Problem, process: Process):
+    """``net(x_in, c) -> F``: the exact field in the process's parameterization, as a network sees it."""
+    p = as_parameterization(process.parameterization)
+    sch, mix = process.schedule, problem.mixture
+
+    def net(x_in, c):
+        t = time_of(process, c)
+        x_t = x_in.to(torch.float64) / p.input_scale(sch, t).reshape(-1, *([1] * (x_in.ndim - 1)))
+        return p.from_x_hat(mix.x_hat(x_t, sch, t), x_t, sch, t).to(x_in.dtype)
+
+    return net
+
+
+def sdeflow_denoiser(problem: Problem, process: Process) -> ModelDenoiser:
+    return ModelDenoiser(oracle_network(problem, process), process.schedule, process.parameterization,
+                         time_input=process.time_input)
+
+
+class Shared:
+    """The same data draws and noise for every method: ``x_init(t0) = alpha(t0) x + sigma(t0) eps``."""
+
+    def __init__(self, problem: Problem, process: Process, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.problem, self.process = problem, process
+        self.data = problem.mixture.sample(problem.num, g)
+        self.eps = torch.randn(self.data.shape, generator=g, dtype=torch.float64)
+        self.exact = problem.mixture.sample(problem.num, g)
+        self.exact2 = problem.mixture.sample(problem.num, g)
+        self._refs: dict[tuple, torch.Tensor] = {}
+
+    def x_init(self, t0: float) -> torch.Tensor:
+        sch = self.process.schedule
+        x = float(sch.alpha(t0)) * self.data + float(sch.sigma(t0)) * self.eps
+        return x.reshape(self.problem.num, *self.problem.shape)
+
+    def reference(self, t0: float, t_end: float = 0.0, steps: int = 1500) -> torch.Tensor:
+        """Third-order Heun on a fine grid (uniform in t merged with Karras noise levels), float64,
+        from ``x_init(t0)`` to ``t_end``."""
+        key = (round(t0, 12), round(t_end, 12), steps)
+        if key not in self._refs:
+            sch = self.process.schedule
+            ts = grids.reference_grid(torch.tensor([t0, t_end], dtype=torch.float64), sch, steps)
+            den = self.problem.mixture.denoiser(sch)
+            self._refs[key] = sample(den, Heun(third_order=True), ts, self.x_init(t0)).x
+        return self._refs[key]
+
+    def score(self, span: tuple[float, float], x_out: torch.Tensor) -> dict:
+        ref = self.reference(*span)
+        return {"rms": metrics.rms_error(x_out, ref), "median": metrics.median_error(x_out, ref),
+                "sw": metrics.sliced_wasserstein(x_out, self.exact)}
+
+    def sw_floor(self) -> float:
+        return metrics.sliced_wasserstein(self.exact2, self.exact)
+
+
+class Counter:
+    """Wraps a callable and counts its calls (the NFE a method really took)."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.fn(*args, **kwargs)
+
+
+def timed(fn, repeats: int = 5) -> float:
+    """Median wall time of ``fn()`` in seconds (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def timed_together(fns: dict, repeats: int = 15) -> dict:
+    """Median wall time (seconds) of each function, running them in rotation so that drifts of a
+    shared machine affect all alike (one warm-up round first)."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - start)
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
+def fmt(v: float) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v:.2e}"

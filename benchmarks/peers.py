@@ -1,0 +1,228 @@
+"""The peers, run on the same exact problems: diffusers schedulers and k-diffusion samplers.
+
+Both are optional. k-diffusion's package ``__init__`` imports training code with heavy dependencies
+(torchvision, ...), so only its ``sampling`` and ``external`` modules are loaded, with the one
+helper they need. Each runner returns ``(t0, x_out, nfe)`` in the process's native space, or
+``None`` when it cannot take exactly the requested NFE.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+
+import torch
+
+from common import Counter, Process, Shared, oracle_network
+
+# ---------------------------------------------------------------------------------------- k-diffusion
+
+
+def load_k_diffusion():
+    """``(sampling, external)`` modules of k-diffusion, or ``None`` with the reason."""
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or not spec.submodule_search_locations:
+        return None, "k-diffusion is not installed (pip install k-diffusion --no-deps torchsde torchdiffeq)"
+    root = list(spec.submodule_search_locations)[0]
+    pkg = types.ModuleType("k_diffusion")
+    pkg.__path__ = [root]
+    utils = types.ModuleType("k_diffusion.utils")
+    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
+    sys.modules.setdefault("k_diffusion", pkg)
+    sys.modules.setdefault("k_diffusion.utils", utils)
+    pkg.utils = utils
+    mods = []
+    try:
+        for name in ["sampling", "external"]:
+            s = importlib.util.spec_from_file_location(f"k_diffusion.{name}", f"{root}/{name}.py")
+            m = importlib.util.module_from_spec(s)
+            sys.modules[f"k_diffusion.{name}"] = m
+            s.loader.exec_module(m)
+            setattr(pkg, name, m)
+            mods.append(m)
+    except Exception as err:  # a missing optional dependency of k-diffusion's modules
+        return None, f"k-diffusion could not be loaded: {err}"
+    return tuple(mods), None
+
+
+def k_sigma_range(process: Process):
+    """k-diffusion works in sigma = sigma_t/alpha_t on y = x/alpha; its grids need a finite range."""
+    sch = process.schedule
+    if process.time_input == "index":
+        return float(sch.noise_to_signal(sch.t_min)), float(sch.noise_to_signal(1.0))
+    if process.time_input == "edm":
+        return 0.002, 80.0
+    return 0.002, 999.0
+
+
+def k_model(shared: Shared, process: Process):
+    """x_hat in k-diffusion's convention: model(y, sigma) with y = x_t / alpha_t."""
+    sch, mix = process.schedule, shared.problem.mixture
+
+    def model(y, sigma, **kw):
+        t = sch.t_from_sigma_ratio(sigma.to(torch.float64))
+        a = sch.alpha(t).reshape(-1, *([1] * (y.ndim - 1)))
+        return mix.x_hat(y.to(torch.float64) * a, sch, t).to(y.dtype)
+
+    return Counter(model)
+
+
+K_SAMPLERS = {  # name -> (function name, extra kwargs, NFE for n sigmas + final 0)
+    "euler": ("sample_euler", {}, lambda n: n),
+    "heun": ("sample_heun", {}, lambda n: 2 * n - 1),
+    "dpm_2": ("sample_dpm_2", {}, lambda n: 2 * n - 1),
+    "lms": ("sample_lms", {}, lambda n: n),
+    "dpmpp_2s": ("sample_dpmpp_2s_ancestral", {"eta": 0.0}, lambda n: 2 * n - 1),
+    "dpmpp_2m": ("sample_dpmpp_2m", {}, lambda n: n),
+    "dpmpp_2m_heun": ("sample_dpmpp_2m_sde", {"eta": 0.0, "solver_type": "heun"}, lambda n: n),
+    "dpmpp_3m": ("sample_dpmpp_3m_sde", {"eta": 0.0}, lambda n: n),
+}
+
+
+def k_runs(ks, shared: Shared, process: Process, nfe: int):
+    sampling, _ = ks
+    smin, smax = k_sigma_range(process)
+    sch = process.schedule
+    grids = {"karras": lambda n: sampling.get_sigmas_karras(n, smin, smax, 7.0, "cpu"),
+             "exponential": lambda n: sampling.get_sigmas_exponential(n, smin, smax, "cpu")}
+    for sname, (fn, kw, nfe_of) in K_SAMPLERS.items():
+        n = next((m for m in range(1, nfe + 2) if nfe_of(m) == nfe), None)
+        if n is None:
+            continue
+        for gname, make in grids.items():
+            sigmas = make(n).to(torch.float64)
+            t0 = float(sch.t_from_sigma_ratio(sigmas[0]))
+            x0 = shared.x_init(t0)
+            model = k_model(shared, process)
+            y = (x0 / float(sch.alpha(t0))).float()
+            out = getattr(sampling, fn)(model, y, sigmas.float(), disable=True, **kw)
+            yield f"k-diffusion {sname} ({gname})", (t0, 0.0), out.double(), model.calls
+    n = nfe  # DPM-Solver "fast": exactly n evaluations
+    t0 = float(sch.t_from_sigma_ratio(smax))
+    model = k_model(shared, process)
+    y = (shared.x_init(t0) / float(sch.alpha(t0))).float()
+    out = sampling.sample_dpm_fast(model, y, smin, smax, n, disable=True)
+    t_end = float(sch.t_from_sigma_ratio(smin))  # dpm_fast stops at sigma_min: judged there
+    yield "k-diffusion dpm_fast", (t0, t_end), out.double() * float(sch.alpha(t_end)), model.calls
+
+
+# ------------------------------------------------------------------------------------------ diffusers
+
+
+def load_diffusers():
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        return None, "diffusers is not installed (pip install diffusers)"
+    return diffusers, None
+
+
+def _ddpm_configs(d):
+    base = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    out = {}
+    for spacing in ["linspace", "trailing"]:
+        b = dict(base, timestep_spacing=spacing)
+        out[f"DDIM ({spacing})"] = (d.DDIMScheduler, dict(b, set_alpha_to_one=True))
+        out[f"Euler ({spacing})"] = (d.EulerDiscreteScheduler, dict(b))
+        out[f"Heun ({spacing})"] = (d.HeunDiscreteScheduler, dict(b))
+        out[f"LMS ({spacing})"] = (d.LMSDiscreteScheduler, dict(b))
+        out[f"PNDM ({spacing})"] = (d.PNDMScheduler, dict(b, skip_prk_steps=True, set_alpha_to_one=True))
+        for order in [2, 3]:
+            out[f"DPMSolverMultistep++ {order}M ({spacing})"] = (d.DPMSolverMultistepScheduler, dict(b, solver_order=order))
+            out[f"DPMSolverSinglestep {order} ({spacing})"] = (d.DPMSolverSinglestepScheduler, dict(b, solver_order=order))
+            out[f"DEIS {order} ({spacing})"] = (d.DEISMultistepScheduler, dict(b, solver_order=order))
+            for v in ["bh1", "bh2"]:
+                out[f"UniPC {v} {order} ({spacing})"] = (d.UniPCMultistepScheduler, dict(b, solver_order=order, solver_type=v))
+    for order in [2, 3]:
+        out[f"DPMSolverMultistep++ {order}M (karras)"] = (d.DPMSolverMultistepScheduler, dict(base, solver_order=order, use_karras_sigmas=True))
+        out[f"UniPC bh2 {order} (karras)"] = (d.UniPCMultistepScheduler, dict(base, solver_order=order, use_karras_sigmas=True))
+        out[f"DPMSolverMultistep++ {order}M (lu lambdas)"] = (d.DPMSolverMultistepScheduler, dict(base, solver_order=order, use_lu_lambdas=True))
+    out["DPMSolverMultistep++ 2M heun (linspace)"] = (d.DPMSolverMultistepScheduler, dict(base, solver_order=2, solver_type="heun"))
+    out["DPMSolverMultistep 2M noise (linspace)"] = (d.DPMSolverMultistepScheduler, dict(base, solver_order=2, algorithm_type="dpmsolver"))
+    out["Euler (karras)"] = (d.EulerDiscreteScheduler, dict(base, use_karras_sigmas=True))
+    out["Heun (karras)"] = (d.HeunDiscreteScheduler, dict(base, use_karras_sigmas=True))
+    return out
+
+
+def _edm_configs(d):
+    out = {"EDMEuler": (d.EDMEulerScheduler, {})}
+    for order in [2, 3]:
+        out[f"EDMDPMSolverMultistep {order}M"] = (d.EDMDPMSolverMultistepScheduler, dict(solver_order=order))
+    return out
+
+
+def _flow_configs(d):
+    out = {"FlowMatchEuler": (d.FlowMatchEulerDiscreteScheduler, dict(shift=1.0)),
+           "FlowMatchHeun": (d.FlowMatchHeunDiscreteScheduler, dict(shift=1.0))}
+    for order in [2, 3]:
+        flow = dict(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=1.0, solver_order=order)
+        out[f"DPMSolverMultistep++ {order}M (flow)"] = (d.DPMSolverMultistepScheduler, flow)
+        out[f"UniPC bh2 {order} (flow)"] = (d.UniPCMultistepScheduler, flow)
+    return out
+
+
+def diffusers_configs(d, process: Process):
+    if process.time_input == "index":
+        return _ddpm_configs(d)
+    if process.time_input == "edm":
+        return _edm_configs(d)
+    return _flow_configs(d)
+
+
+def _run_scheduler(cls, kwargs, steps, shared: Shared, process: Process, dtype=torch.float32):
+    """One diffusers run; the model is evaluated at the noise level the scheduler assumes."""
+    import warnings
+
+    sch = process.schedule
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = cls(**kwargs)
+        s.set_timesteps(steps)
+    sigmas = s.sigmas.to(torch.float64)
+    flow = process.time_input == "t"
+    edm = process.time_input == "edm"
+    # t of the first evaluation, from the scheduler's own noise level
+    if flow:
+        t0 = float(sigmas[0])
+    else:
+        t0 = float(sch.t_from_sigma_ratio(sigmas[0]))
+    x0 = shared.x_init(t0)
+    sigma_space = getattr(s, "init_noise_sigma", 1.0) != 1.0 or edm  # state is x_t / alpha
+    a0 = float(sch.alpha(t0))
+    x = (x0 / a0 if sigma_space else x0).to(dtype)
+    net = oracle_network(shared.problem, process)
+    calls = [0]
+
+    def model(xin, timestep):
+        i = calls[0]
+        calls[0] += 1
+        if hasattr(s, "sigmas"):  # evaluate at the noise level the scheduler assumes for this call
+            sig = float(s.sigmas[min(s.step_index if s.step_index is not None else i, len(s.sigmas) - 1)])
+            t = sig if flow else float(sch.t_from_sigma_ratio(sig))
+        else:  # integer training index
+            t = float(sch.t_from_index(torch.tensor(float(timestep))))
+        c = {"index": lambda: sch.index_from_t(t), "edm": lambda: torch.log(sch.noise_to_signal(t)) / 4,
+             "t": lambda: torch.tensor(t)}[process.time_input]()
+        # EDM schedulers feed c_in y and expect F with x_hat = c_skip y + c_out F: the "edm" parameterization.
+        return net(xin, torch.full((xin.shape[0],), float(c), dtype=torch.float64))
+
+    for ts in s.timesteps:
+        xin = s.scale_model_input(x, ts) if hasattr(s, "scale_model_input") else x
+        out = model(xin, ts)
+        x = s.step(out, ts, x).prev_sample
+    return t0, x.to(torch.float64), calls[0]
+
+
+def diffusers_runs(d, shared: Shared, process: Process, nfe: int):
+    for name, (cls, kwargs) in diffusers_configs(d, process).items():
+        for steps in range(1, nfe + 2):
+            try:
+                t0, x, calls = _run_scheduler(cls, kwargs, steps, shared, process)
+            except Exception:
+                break
+            if calls == nfe:
+                yield f"diffusers {name}", (t0, 0.0), x, calls
+                break
+            if calls > nfe:
+                break
