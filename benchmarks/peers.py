@@ -19,8 +19,17 @@ from common import Counter, Process, Shared, oracle_network
 # ---------------------------------------------------------------------------------------- k-diffusion
 
 
+_K_CACHE: list = []
+
+
 def load_k_diffusion():
     """``(sampling, external)`` modules of k-diffusion, or ``None`` with the reason."""
+    if not _K_CACHE:
+        _K_CACHE.append(_load_k_diffusion())
+    return _K_CACHE[0]
+
+
+def _load_k_diffusion():
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None or not spec.submodule_search_locations:
         return None, "k-diffusion is not installed (pip install k-diffusion --no-deps torchsde torchdiffeq)"
