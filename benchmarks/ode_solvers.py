@@ -54,7 +54,7 @@ def sdeflow_runs(shared: Shared, process, nfe: int):
             yield f"sdeflow {name} ({gname})", (float(ts[0]), float(ts[-1])), r.x.double(), r.nfe
 
 
-def run(quick: bool):
+def run(quick: bool, raw_path: str | None = None):
     ks, k_err = load_k_diffusion()
     d, d_err = load_diffusers()
     notes = [e for e in (k_err, d_err) if e]
@@ -83,7 +83,16 @@ def run(quick: bool):
                                         "nfe": nfe, "floor": floor, **m})
                 print(f"  {problem.name} / {process.name} / NFE {nfe}: {time.time() - start:.0f} s, "
                       f"{len(shared._refs)} reference solves", flush=True)
+            if raw_path:  # partial results survive an interrupted run
+                save_json(raw_path, {"results": results, "notes": notes, "complete": False})
     return results, notes
+
+
+def save_json(path: str, data) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
 
 
 def family(method: str) -> str:
@@ -127,10 +136,30 @@ def write_report(results, notes, overhead_md, path):
                     peer_cell[0] = peer["method"]
                 lines.append("| " + " | ".join([str(nfe)] + cell(ours) + peer_cell + [f"{ratio:.2f}"]) + " |")
             lines += ["", f"![error vs NFE]({plot_name(prob)})"]
+    lines += ["", "## Every sdeflow sampler", "", sampler_table(results)]
     lines += ["", "## Per-step overhead", "", overhead_md]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return summary
+
+
+def sampler_table(results, problem: str = "64-D mixture", nfes=(5, 10, 20)) -> str:
+    """Endpoint RMS error of each sdeflow sampler (on its best grid) per process and NFE."""
+    rows = [r for r in results if r["problem"] == problem and family(r["method"]) == "sdeflow"]
+    procs = list(dict.fromkeys(r["process"] for r in rows))
+    samplers = list(dict.fromkeys(r["method"].split(" ")[1] for r in rows))
+    head = "| sampler | " + " | ".join(f"{p.split(' (')[0]}, NFE {n}" for p in procs for n in nfes) + " |"
+    out = [f"Endpoint RMS error on the {problem}, each sampler on its most accurate grid at that NFE "
+           "(`-`: that NFE is not reachable with the sampler's evaluations per step).", "", head,
+           "|" + " --- |" * (1 + len(procs) * len(nfes))]
+    for name in samplers:
+        cells = []
+        for p in procs:
+            for n in nfes:
+                hits = [r["rms"] for r in rows if r["process"] == p and r["nfe"] == n and r["method"].split(" ")[1] == name]
+                cells.append(fmt(min(hits)) if hits else "-")
+        out.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def plot_name(problem: str) -> str:
@@ -179,9 +208,8 @@ def main():
         with open(raw) as f:
             results, notes = (lambda d: (d["results"], d["notes"]))(json.load(f))
     else:
-        results, notes = run(args.quick)
-        with open(raw, "w") as f:
-            json.dump({"results": results, "notes": notes}, f)
+        results, notes = run(args.quick, raw)
+        save_json(raw, {"results": results, "notes": notes, "complete": True})
     overhead_md = overhead_table(repeats=5 if args.quick else 21)
     summary = write_report(results, notes, overhead_md, os.path.join(args.out, "ode_solvers.md"))
     write_plots(results, args.out)

@@ -21,7 +21,7 @@ import math
 import torch
 
 from ..schedules import Schedule
-from ..shapes import Time, as_time
+from ..shapes import Time, as_time, expand_as_batch
 from .covariance import Covariance, Diagonal, Full
 
 
@@ -185,5 +185,4 @@ class GaussianMixture:
 
 
 def _per_sample(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    c = torch.as_tensor(c, dtype=torch.float64)
-    return x * (c.reshape(-1, *([1] * (x.ndim - 1))) if c.ndim else c)
+    return x * expand_as_batch(torch.as_tensor(c, dtype=torch.float64), x)

@@ -70,11 +70,13 @@ def _list() -> None:
     from .. import samplers as _s  # noqa: F401
 
     print("schedules: " + ", ".join(SCHEDULES))
-    print("samplers:")
+    print("samplers (order of accuracy, evaluations per step):")
+    width = max(map(len, SAMPLERS))
     for name, make in SAMPLERS.items():
         s = make()
+        cost = "error-controlled steps" if s.adaptive else f"{s.nfe_per_step} NFE/step"
         kind = "stochastic" if s.stochastic else "deterministic"
-        print(f"  {name:<12} order {s.order}, {s.nfe_per_step} NFE/step, {kind}")
+        print(f"  {name:<{width}}  order {s.convergence_order}, {cost}, {kind}")
     print("grids: " + ", ".join(GRIDS) + " (or decreasing times: 1,0.5,0)")
     print("problems: " + ", ".join(PROBLEMS))
 
