@@ -225,13 +225,14 @@ def _run_scheduler(cls, kwargs, steps, shared: Shared, process: Process, dtype=t
 
 def diffusers_runs(d, shared: Shared, process: Process, nfe: int):
     for name, (cls, kwargs) in diffusers_configs(d, process).items():
-        for steps in range(1, nfe + 2):
+        # the step counts that give nfe evaluations for 1, 2 (Heun: 2n - 1) or n + 1 (PLMS) per step
+        for steps in dict.fromkeys([nfe, (nfe + 1) // 2, nfe - 1]):
+            if steps < 1:
+                continue
             try:
                 t0, x, calls = _run_scheduler(cls, kwargs, steps, shared, process)
             except Exception:
                 break
             if calls == nfe:
                 yield f"diffusers {name}", (t0, 0.0), x, calls
-                break
-            if calls > nfe:
                 break

@@ -106,3 +106,14 @@ def test_user_grid_from_the_command_line_syntax():
         parse_grid("0,0.5,1", 3, VPLinear())
     with pytest.raises(ValueError, match="comma-separated"):
         parse_grid("1,a", 3, VPLinear())
+
+
+def test_auto_grid_stops_earlier_with_fewer_steps():
+    sch = EDM()
+    lows = []
+    for n in [3, 5, 8, 12, 20, 60]:
+        ts = grids.auto_grid(n, sch)
+        assert ts.shape == (n + 1,) and float(ts[-1]) == 0.0
+        lows.append(float(sch.noise_to_signal(ts[-2])))
+    assert lows == sorted(lows, reverse=True) and lows[0] == pytest.approx(0.2) and lows[-1] == pytest.approx(0.002)
+    assert float(sch.noise_to_signal(grids.auto_grid(8, sch)[-2])) == pytest.approx(5 / 64)

@@ -52,6 +52,7 @@ SAMPLERS: dict[str, Callable[[], samplers.Sampler]] = {
 
 #: Grids by name: ``(n_steps, schedule) -> ts``. Discrete spacings need a discrete schedule.
 GRIDS: dict[str, Callable[[int, schedules.Schedule], "grids.torch.Tensor"]] = {
+    "auto": lambda n, schedule: grids.auto_grid(n, schedule, t_max=_t_max(schedule)),
     "uniform": lambda n, schedule: grids.uniform_grid(n, t_min=0.0),
     "quadratic": lambda n, schedule: grids.quadratic_grid(n),
     "logsnr": lambda n, schedule: grids.logsnr_grid(n, schedule, t_max=_t_max(schedule)),

@@ -1,0 +1,90 @@
+"""Print the README's sampler table and benchmark summary from the saved benchmark results.
+
+    python benchmarks/readme_tables.py     # after python benchmarks/ode_solvers.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import fmt  # noqa: E402
+
+from sdeflow.cli.registry import SAMPLERS  # noqa: E402
+
+WHAT = {
+    "euler": "Euler on the probability-flow ODE in t",
+    "ddim": "DDIM (exponential integrator, order 1)",
+    "heun": "Heun (EDM Algorithm 1) in t",
+    "heun3": "Heun's third-order Runge-Kutta in t",
+    "edm-heun": "EDM's Heun in sigma on x / alpha",
+    "dpm-solver-1": "DPM-Solver-1 (= DDIM)",
+    "dpm-solver-2": "DPM-Solver-2, single-step",
+    "dpm-solver-3": "DPM-Solver-3, single-step",
+    "dpm-solver-2m": "DPM-Solver, multistep, order 2",
+    "dpm-solver-3m": "DPM-Solver, multistep, order 3",
+    "dpm-solver++-2s": "DPM-Solver++(2S)",
+    "dpm-solver++-2m": "DPM-Solver++(2M), midpoint",
+    "dpm-solver++-2m-heun": "DPM-Solver++(2M), Heun variant",
+    "dpm-solver++-3m": "DPM-Solver++(3M)",
+    "dpm-solver++-3m-unic": "DPM-Solver++(3M) + UniC corrector",
+    "unipc-bh1": "UniPC-2, B(h) = h",
+    "unipc-bh2": "UniPC-2, B(h) = e^h - 1",
+    "unipc-3": "UniPC-3 (bh2)",
+    "unip-3": "UniP-3, no corrector",
+    "deis-1": "DEIS tAB-1 (= DDIM)",
+    "deis-2": "DEIS tAB-2",
+    "deis-3": "DEIS tAB-3",
+    "deis-rho-3": "DEIS rhoAB-3",
+    "lms": "linear multistep in sigma (rhoAB-4)",
+    "ipndm": "iPNDM / PLMS (constant-step AB-4)",
+    "dpm-solver-12": "adaptive DPM-Solver-12",
+    "dpm-solver-23": "adaptive DPM-Solver-23",
+    "rk45": "adaptive Dormand-Prince RK45 in t",
+    "ddim-eta1": "DDIM with eta = 1 (ancestral)",
+}
+
+
+def main(path=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "ode_solvers.json")):
+    with open(path) as f:
+        results = json.load(f)["results"]
+    problem = "64-D mixture"
+    procs = [("DDPM eps (1000 discrete steps)", "DDPM eps"), ("rectified-flow velocity", "flow velocity")]
+    nfes = (5, 10, 20)
+    head = "| sampler | method | order | NFE/step | " + " | ".join(f"{short} NFE {n}" for _, short in procs for n in nfes) + " |"
+    lines = [head, "|" + " --- |" * (4 + len(procs) * len(nfes))]
+    for name, make in SAMPLERS.items():
+        s = make()
+        cost = "adaptive" if s.adaptive else str(s.nfe_per_step)
+        cells = []
+        for proc, _ in procs:
+            for n in nfes:
+                hits = [r["rms"] for r in results if r["problem"] == problem and r["process"] == proc and r["nfe"] == n
+                        and r["method"].split(" ")[1] == name]
+                cells.append(fmt(min(hits)) if hits else "-")
+        lines.append(f"| `{name}` | {WHAT.get(name, '')} | {s.convergence_order} | {cost} | " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    print()
+    # summary: ratio best peer / best sdeflow per problem, process and NFE
+    probs = list(dict.fromkeys(r["problem"] for r in results))
+    allp = list(dict.fromkeys(r["process"] for r in results))
+    nfe_all = sorted({r["nfe"] for r in results})
+    out = ["| problem | process | " + " | ".join(f"NFE {n}" for n in nfe_all) + " |", "|" + " --- |" * (2 + len(nfe_all))]
+    for pb in probs:
+        for pc in allp:
+            cells = []
+            for n in nfe_all:
+                at = [r for r in results if r["problem"] == pb and r["process"] == pc and r["nfe"] == n]
+                ours = [r["rms"] for r in at if r["method"].startswith("sdeflow ")]
+                peer = [r["rms"] for r in at if not r["method"].startswith("sdeflow ")]
+                cells.append(f"{min(peer) / min(ours):.2f}" if ours and peer and min(ours) > 0 else "-")
+            out.append(f"| {pb} | {pc} | " + " | ".join(cells) + " |")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
