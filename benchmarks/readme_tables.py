@@ -1,6 +1,6 @@
 """Print the README's sampler table and benchmark summary from the saved benchmark results.
 
-    python benchmarks/readme_tables.py     # after python benchmarks/ode_solvers.py
+    python benchmarks/readme_tables.py ["2-D mixture"]    # after python benchmarks/ode_solvers.py
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ WHAT = {
 }
 
 
-def main(path=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "ode_solvers.json")):
+def main(problem="64-D mixture",
+         path=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "ode_solvers.json")):
     with open(path) as f:
         results = json.load(f)["results"]
-    problem = "64-D mixture"
     procs = [("DDPM eps (1000 discrete steps)", "DDPM eps"), ("rectified-flow velocity", "flow velocity")]
     nfes = (5, 10, 20)
     head = "| sampler | method | order | NFE/step | " + " | ".join(f"{short} NFE {n}" for _, short in procs for n in nfes) + " |"

@@ -7,13 +7,13 @@ import torch
 
 def rms_error(x: torch.Tensor, ref: torch.Tensor) -> float:
     """Root mean over samples of the squared per-sample Euclidean error."""
-    d = (x.to(torch.float64) - ref.to(torch.float64)).reshape(x.shape[0], -1)
+    d = x.reshape(x.shape[0], -1).to(torch.float64) - ref.reshape(ref.shape[0], -1).to(torch.float64)
     return float(d.pow(2).sum(1).mean().sqrt())
 
 
 def median_error(x: torch.Tensor, ref: torch.Tensor) -> float:
     """Median over samples of the per-sample Euclidean error (robust to a few mode switches)."""
-    d = (x.to(torch.float64) - ref.to(torch.float64)).reshape(x.shape[0], -1)
+    d = x.reshape(x.shape[0], -1).to(torch.float64) - ref.reshape(ref.shape[0], -1).to(torch.float64)
     return float(d.norm(dim=1).median())
 
 
