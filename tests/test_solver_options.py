@@ -75,7 +75,7 @@ def test_dynamic_thresholding():
     assert r.x.abs().max() <= 1.0 + 1e-5
 
 
-GRID_SCHEDULES = {"uniform": VPLinear(), "quadratic": VPLinear(), "logsnr": VPLinear(), "karras": EDM(),
+GRID_SCHEDULES = {"auto": EDM(), "uniform": VPLinear(), "quadratic": VPLinear(), "logsnr": VPLinear(), "karras": EDM(),
                   "polyexponential": EDM(), "shifted": RectifiedFlow(), "linspace": ddpm_linear(),
                   "leading": ddpm_linear(), "trailing": ddpm_linear()}
 
