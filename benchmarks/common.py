@@ -129,18 +129,6 @@ class Counter:
         return self.fn(*args, **kwargs)
 
 
-def timed(fn, repeats: int = 5) -> float:
-    """Median wall time of ``fn()`` in seconds (after one warm-up call)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
-
-
 def timed_together(fns: dict, repeats: int = 15) -> dict:
     """Median wall time (seconds) of each function, running them in rotation so that drifts of a
     shared machine affect all alike (one warm-up round first)."""

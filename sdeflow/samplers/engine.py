@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..schedules import Schedule
-from .base import Plan, Sampler
+from .base import Plan, Sampler, ode_coefficients
 
 
 #: Largest ``alpha_s / alpha_t`` a noise-form step may multiply the state by (see :meth:`StepInfo64.usable`).
@@ -57,11 +57,7 @@ def native_conversions(form: str, schedule: Schedule, times) -> list[tuple[float
         return [(0.0, 1.0)] * len(times)
     t = torch.as_tensor(times, dtype=torch.float64)
     a, s = schedule.alpha(t), schedule.sigma(t)
-    if form == "noise":
-        k_x, k_hat = 1.0 / s, -a / s
-    else:
-        ds = schedule.d_sigma(t) / s
-        k_x, k_hat = ds, schedule.d_alpha(t) - a * ds
+    k_x, k_hat = (1.0 / s, -a / s) if form == "noise" else ode_coefficients(schedule, t)
     return list(zip(k_x.tolist(), k_hat.tolist()))
 
 
