@@ -32,6 +32,30 @@ def test_corrector_costs_no_evaluation():
         assert sample(GAUSS.denoiser(sch), s, ts, x).nfe == 8
 
 
+@pytest.mark.parametrize("sampler", [UniPC(order=2), UniPC(order=3), DPMSolverPP(order=3, corrector=True)],
+                         ids=["unipc-bh2-2", "unipc-bh2-3", "dpm++3m-unic"])
+def test_data_form_step_from_pure_noise_is_the_limit(sampler):
+    """A first step from t = 1 of rectified flow (logSNR = -inf) and its corrector take the limits
+    of the weights of a step from just after t = 1, not a first-order fallback."""
+    sch = RectifiedFlow()
+
+    def first_step(t0):
+        plan = sampler.prepare(sch, torch.tensor([t0, 0.5, 0.2, 0.0], dtype=torch.float64))
+        c_x, c_hat, c_hist, _, (kx, kh, knew, _) = plan.coef[0]
+        return torch.tensor([c_x, c_hat + sum(c_hist), *c_hist, kx, *kh, knew], dtype=torch.float64)
+
+    limit, near, nearer = first_step(1.0), first_step(1.0 - 1e-6), first_step(1.0 - 1e-12)
+    assert (nearer - limit).abs().max() < 1e-9 < (near - limit).abs().max()
+
+
+def test_bh1_corrector_from_pure_noise_uses_bounded_weights():
+    """bh1's B(h) = h is unbounded; from pure noise its corrector takes bh2's weights."""
+    sch, ts = RectifiedFlow(), torch.tensor([1.0, 0.6, 0.3, 0.0], dtype=torch.float64)
+    bh1, bh2 = UniPC(order=2, variant="bh1").prepare(sch, ts), UniPC(order=2).prepare(sch, ts)
+    assert bh1.coef[0][4][:3] == bh2.coef[0][4][:3]
+    assert bh1.coef[1][4][:3] != bh2.coef[1][4][:3]
+
+
 @pytest.mark.parametrize("sampler", [DPMSolverAdaptive(solver_order=2), DPMSolverAdaptive(solver_order=3), RK45()],
                          ids=["dpm-12", "dpm-23", "rk45"])
 @pytest.mark.parametrize("sch", [VPLinear(), RectifiedFlow()], ids=["vp", "rf"])

@@ -9,10 +9,18 @@
 Samplers subclass one engine and only compute their coefficients; the engine owns the loop body,
 the history and the NFE count. Coefficients are Python floats computed once per grid, so a step is
 a handful of fused ``add_(alpha=...)`` calls with no scalar kernels or device synchronisation.
+
+Ends of infinite logSNR: a step to clean data (logSNR = +inf) is DDIM, the exact limit of every
+method (the update is ``x_hat``). A data-form multistep step from pure noise (logSNR = -inf, t = 1
+of rectified flow or of a zero-terminal-SNR schedule) keeps its order and corrector, with weights
+at their large-step limits (see :data:`PURE_NOISE_SPAN`); the pure-noise output is then left out
+of later steps' interpolation, where it would only contribute at order ``1/h``. Noise-form steps
+whose factor ``alpha_s / alpha_t`` would blow up fall back to DDIM.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -24,6 +32,10 @@ from .base import Plan, Sampler, ode_coefficients
 
 #: Largest ``alpha_s / alpha_t`` a noise-form step may multiply the state by (see :meth:`StepInfo64.usable`).
 MAX_ALPHA_RATIO = 1e4
+# A data-form step from pure noise (logSNR = -inf) is planned from logSNR lam_s - PURE_NOISE_SPAN:
+# its weights are continuous in the step size h and reach their h -> inf limits to float64
+# round-off there (they differ by terms of order exp(-h)).
+PURE_NOISE_SPAN = 40.0
 
 
 def lincomb(x: torch.Tensor, c_x: float, terms, inplace: bool = False) -> torch.Tensor:
@@ -85,6 +97,7 @@ class StepInfo64:
     s_s: float
     lam_t: float
     lam_s: float
+    pure_noise: bool = False  # planned from PURE_NOISE_SPAN below lam_s (see from_pure_noise)
 
     @property
     def h(self) -> float:
@@ -101,6 +114,14 @@ class StepInfo64:
         amplify the state's round-off (next to zero terminal SNR); DDIM, the exact first-order
         limit, takes such steps."""
         return self.finite and (form == "data" or self.a_s <= MAX_ALPHA_RATIO * self.a_t)
+
+    def from_pure_noise(self, form: str) -> "StepInfo64":
+        """A data-form step that starts at pure noise with its start moved to the finite logSNR
+        ``lam_s - PURE_NOISE_SPAN``, where its weights equal their limits (see the constant); any
+        other step unchanged."""
+        if form != "data" or self.lam_t != -math.inf or not math.isfinite(self.lam_s):
+            return self
+        return dataclasses.replace(self, lam_t=self.lam_s - PURE_NOISE_SPAN, pure_noise=True)
 
 
 def step_infos(schedule: Schedule, ts: torch.Tensor) -> list[StepInfo64]:
@@ -159,7 +180,8 @@ class Multistep(Sampler):
             if not fresh:
                 nfe += 1
             k = self.step_order(i, n)
-            history = [infos[i - j] for j in range(k)]
+            info = info.from_pure_noise(self.form)
+            history = [info] + [infos[i - j] for j in range(1, k)]
             usable = info.usable(self.form)
             if not usable:
                 c_x, c_hat = ddim_coefficients(info.a_t, info.s_t, info.a_s, info.s_s)

@@ -84,4 +84,5 @@ class UniPC(Multistep):
         return unip_weights(self.form, info, history, k, self.variant)
 
     def corrector_weights(self, info, history, k):
-        return unic_weights(self.form, info, history, k, self.variant)
+        # bh1's B(h) = h grows without bound on a step from pure noise; bh2's stays bounded
+        return unic_weights(self.form, info, history, k, "bh2" if info.pure_noise else self.variant)
