@@ -45,7 +45,8 @@ class ModelDenoiser(Denoiser):
     """A network or function with its schedule, parameterization and time input.
 
     Args:
-        model: ``model(x, c, **cond) -> F``; an ``nn.Module`` is registered as a submodule.
+        model: ``model(x, c, **cond) -> F``; an ``nn.Module`` is registered as a submodule. ``c`` is a
+            ``(B,)`` tensor reused across calls at the same time: the model must not modify it in place.
         schedule: the forward process the model was trained on.
         parameterization: a :class:`~sdeflow.parameterizations.Parameterization` or its name.
         time_input: how the model expects time (see the module docstring).
@@ -69,6 +70,7 @@ class ModelDenoiser(Denoiser):
         self.time_input = time_input
         self.dtype = dtype
         self._cache: dict[float, tuple[float, float, float, float]] = {}
+        self._times: dict[tuple, torch.Tensor] = {}
 
     def coefficients(self, t: float) -> tuple[float, float, float, float]:
         """``(in, skip, out, time input)`` at a scalar time, as Python floats, cached per time: the
@@ -83,6 +85,17 @@ class ModelDenoiser(Denoiser):
             self._cache[t] = cached
         return cached
 
+    def _time_tensor(self, c: float, batch: int, dtype, device) -> torch.Tensor:
+        """The network's time input ``c`` for a batch, cached like the coefficients (a fresh
+        ``torch.full`` per step is a measurable share of a cheap step)."""
+        key = (c, batch, dtype, device)
+        out = self._times.get(key)
+        if out is None:
+            if len(self._times) > 4096:
+                self._times.clear()
+            out = self._times[key] = torch.full((batch,), c, dtype=dtype, device=device)
+        return out
+
     def forward(self, x_t, t, **cond):
         net_dtype = self.dtype or x_t.dtype
         # Time goes in at full precision (bf16 cannot tell index 998 from 999); the network casts it.
@@ -92,7 +105,7 @@ class ModelDenoiser(Denoiser):
             x_in = x_t if scale == 1.0 else x_t * scale
             if x_in.dtype != net_dtype:
                 x_in = x_in.to(net_dtype)
-            f = self.model(x_in, torch.full((x_t.shape[0],), c, dtype=c_dtype, device=x_t.device), **cond)
+            f = self.model(x_in, self._time_tensor(c, x_t.shape[0], c_dtype, x_t.device), **cond)
             if f.dtype != x_t.dtype:
                 f = f.to(x_t.dtype)
             if skip == 0.0:
