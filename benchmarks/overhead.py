@@ -50,7 +50,7 @@ def overhead_table(repeats: int = 21, steps: int = 50) -> str:
     def minimal():
         x, prev = x0.clone(), None
         for i in range(steps):
-            c_x, c_hat, c_hist, _, _ = plan.coef[i]
+            c_x, c_hat, c_hist = plan.coef[i][:3]
             c_hist = c_hist or (c_hat,)  # the final step to t = 0 is the plain denoising step
             d = torch.add(x, net(x, i), alpha=-s[i]).mul_(1.0 / a[i])
             x.mul_(c_x).add_(d, alpha=c_hist[0])

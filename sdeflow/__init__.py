@@ -8,12 +8,12 @@ noise); a denoiser answers ``x_hat = E[x | x_t]``; a sampler steps along a grid 
 from . import analytic, grids, metrics, parameterizations, samplers, schedules
 from .denoisers import Denoiser, ModelDenoiser
 from .grids import auto_grid, discrete_grid, karras_grid, logsnr_grid, polyexponential_grid, quadratic_grid, shift_grid, uniform_grid
-from .noise import GeneratorNoise, SeededNoise
+from .noise import BrownianTreeNoise, GeneratorNoise, SeededNoise
 from .sampling import NonFiniteError, SampleResult, StepInfo, prior_sample, sample
 
 __version__ = "0.1.0"
 
 __all__ = ["analytic", "grids", "metrics", "parameterizations", "samplers", "schedules", "Denoiser", "ModelDenoiser",
            "auto_grid", "discrete_grid", "karras_grid", "logsnr_grid", "polyexponential_grid", "quadratic_grid", "shift_grid",
-           "uniform_grid", "GeneratorNoise", "SeededNoise",
+           "uniform_grid", "BrownianTreeNoise", "GeneratorNoise", "SeededNoise",
            "NonFiniteError", "SampleResult", "StepInfo", "prior_sample", "sample"]

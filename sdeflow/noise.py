@@ -1,31 +1,52 @@
 """Noise sources: randomness is injected into samplers, never drawn from a global RNG in a step.
 
-A source is called as ``source(like, step, draw=0)`` and returns standard normal noise shaped and
-typed like ``like``. ``step`` is the index of the sampling step (``-1`` for the prior draw) and
-``draw`` distinguishes several draws within one step.
+A source is called as ``source(like, step, draw=0, span=None)`` and returns standard normal noise
+shaped and typed like ``like``. ``step`` is the index of the sampling step (``-1`` for the prior
+draw) and ``draw`` distinguishes several draws within one step. Samplers that integrate the
+reverse SDE over an interval pass ``span = (t, s)``: a :class:`BrownianTreeNoise` then returns the
+standardised increment ``(W(t) - W(s)) / sqrt(t - s)`` of one fixed Brownian path, so a run with more
+steps refines the same path instead of drawing a new one. Other sources ignore ``span``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 
 _MASK = (1 << 63) - 1
+_M64 = (1 << 64) - 1
 
 
 def _mix(seed: int, step: int, draw: int) -> int:
     """Decorrelate ``(seed, step, draw)`` into one 63-bit generator seed (splitmix64 finaliser)."""
-    z = (seed * 0x9E3779B97F4A7C15 + (step + 2) * 0xBF58476D1CE4E5B9 + (draw + 1) * 0x94D049BB133111EB) & ((1 << 64) - 1)
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & ((1 << 64) - 1)
+    z = (seed * 0x9E3779B97F4A7C15 + (step + 2) * 0xBF58476D1CE4E5B9 + (draw + 1) * 0x94D049BB133111EB) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
     return (z ^ (z >> 31)) & _MASK
+
+
+def _seeds(seeds) -> list[int]:
+    if isinstance(seeds, int):
+        return [seeds]
+    return [int(s) for s in (seeds.tolist() if isinstance(seeds, torch.Tensor) else seeds)]
+
+
+def _per_sample(seeds: list[int], like: torch.Tensor, key) -> torch.Tensor:
+    """One standard normal draw per sample from generator seed ``key(seed)``, in float32/64 on CPU."""
+    if like.shape[0] != len(seeds):
+        raise ValueError(f"{len(seeds)} seeds for a batch of {like.shape[0]}")
+    out = torch.empty(like.shape, dtype=torch.float64 if like.dtype == torch.float64 else torch.float32)
+    for b, seed in enumerate(seeds):
+        out[b] = torch.randn(like.shape[1:], generator=torch.Generator().manual_seed(key(seed)), dtype=out.dtype)
+    return out
 
 
 class NoiseSource:
     """Base class."""
 
-    def __call__(self, like: torch.Tensor, step: int, draw: int = 0) -> torch.Tensor:  # pragma: no cover
+    def __call__(self, like: torch.Tensor, step: int, draw: int = 0, span=None) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -34,18 +55,10 @@ class SeededNoise(NoiseSource):
     so results do not depend on the batch composition, and calling twice gives the same noise."""
 
     def __init__(self, seeds: Sequence[int] | torch.Tensor | int):
-        if isinstance(seeds, int):
-            seeds = [seeds]
-        self.seeds = [int(s) for s in (seeds.tolist() if isinstance(seeds, torch.Tensor) else seeds)]
+        self.seeds = _seeds(seeds)
 
-    def __call__(self, like, step, draw=0):
-        if like.shape[0] != len(self.seeds):
-            raise ValueError(f"{len(self.seeds)} seeds for a batch of {like.shape[0]}")
-        out = torch.empty(like.shape, dtype=torch.float64 if like.dtype == torch.float64 else torch.float32)
-        for b, seed in enumerate(self.seeds):
-            g = torch.Generator().manual_seed(_mix(seed, step, draw))
-            out[b] = torch.randn(like.shape[1:], generator=g, dtype=out.dtype)
-        return out.to(device=like.device, dtype=like.dtype)
+    def __call__(self, like, step, draw=0, span=None):
+        return _per_sample(self.seeds, like, lambda seed: _mix(seed, step, draw)).to(device=like.device, dtype=like.dtype)
 
 
 class GeneratorNoise(NoiseSource):
@@ -54,5 +67,72 @@ class GeneratorNoise(NoiseSource):
     def __init__(self, generator: torch.Generator | None = None):
         self.generator = generator
 
-    def __call__(self, like, step, draw=0):
+    def __call__(self, like, step, draw=0, span=None):
         return torch.randn(like.shape, generator=self.generator, dtype=like.dtype, device=like.device)
+
+
+class BrownianTreeNoise(NoiseSource):
+    """One Brownian path ``W_b(t)`` on ``[0, 1]`` per sample (per-sample seeds, as
+    :class:`SeededNoise`), generated lazily by bisection: ``W(1) ~ N(0, 1)`` and each midpoint drawn
+    from the Brownian bridge between its interval's ends with a generator seeded by the node, so
+    any query reproduces the same path. Intervals shorter than ``tol`` are interpolated linearly.
+
+    With ``span = (t, s)`` the source returns ``(W(t) - W(s)) / sqrt(|t - s|)``: steps over a finer
+    grid see increments of the same path, so results change smoothly with the step count. Draws
+    without a span (a Langevin corrector's noise, a restart jump) are independent seeded noise.
+    """
+
+    def __init__(self, seeds: Sequence[int] | torch.Tensor | int, tol: float = 2.0 ** -22):
+        self.seeds = _seeds(seeds)
+        if not 0 < tol < 1:
+            raise ValueError(f"tol must be in (0, 1), got {tol}")
+        self.depth = math.ceil(-math.log2(tol))
+        self._cache: dict[tuple, torch.Tensor] = {}
+        self._shape = None
+
+    def _node(self, like, level: int, index: int) -> torch.Tensor:
+        """Standard normal draws of tree node ``(level, index)``, one per sample."""
+        return _per_sample(self.seeds, like, lambda seed: _mix(seed, -1000 - level, index))
+
+    def path(self, like: torch.Tensor, t: float) -> torch.Tensor:
+        """``W(t)`` for every sample (float32, or float64 for a float64 ``like``), on the CPU.
+        Nodes are cached (up to about 256 MB), so nearby queries share their bisection."""
+        t = min(max(float(t), 0.0), 1.0)
+        shape = (tuple(like.shape), like.dtype == torch.float64)
+        if shape != getattr(self, "_shape", None) or len(self._cache) > max(64, 2 ** 26 // max(like.numel(), 1)):
+            self._shape, self._cache = shape, {}
+        lo, hi = 0.0, 1.0
+        w_hi = self._dyadic(like, 0, 1, None, None)
+        w_lo = torch.zeros_like(w_hi)
+        for level in range(1, self.depth + 1):
+            if t in (lo, hi):
+                break
+            mid = 0.5 * (lo + hi)                                  # the dyadic point index / 2^level
+            w_mid = self._dyadic(like, level, 2 * round(lo * 2 ** (level - 1)) + 1, (w_lo, w_hi), hi - lo)
+            if t < mid:
+                hi, w_hi = mid, w_mid
+            else:
+                lo, w_lo = mid, w_mid
+        return w_lo if t == lo else w_hi if t == hi else w_lo + (t - lo) / (hi - lo) * (w_hi - w_lo)
+
+    def _dyadic(self, like, level: int, index: int, ends, width) -> torch.Tensor:
+        """``W`` at the dyadic point ``index / 2^level`` (``W(1)`` for level 0), drawn from the
+        Brownian bridge between ``ends`` over an interval of length ``width``."""
+        key = (level, index)
+        w = self._cache.get(key)
+        if w is None:
+            z = self._node(like, level, index)
+            w = z if ends is None else 0.5 * (ends[0] + ends[1]) + math.sqrt(width / 4) * z
+            self._cache[key] = w
+        return w
+
+    def __call__(self, like, step, draw=0, span=None):
+        if span is None:
+            out = _per_sample(self.seeds, like, lambda seed: _mix(seed, step, draw))
+        else:
+            t, s = float(span[0]), float(span[1])
+            if t == s:
+                raise ValueError("a Brownian increment needs an interval of positive length")
+            out = (self.path(like, t) - self.path(like, s)) / math.sqrt(abs(t - s))
+            out = out if t > s else -out
+        return out.to(device=like.device, dtype=like.dtype)

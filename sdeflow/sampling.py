@@ -159,13 +159,14 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
 
 
 class _StepNoise:
-    """``noise(draw=0)`` for the current step: standard normal noise shaped like the state."""
+    """``noise(draw=0, span=None)`` for the current step: standard normal noise shaped like the
+    state (``span = (t, s)``: the standardised Brownian increment over it, see :mod:`sdeflow.noise`)."""
 
     def __init__(self, source: NoiseSource):
         self.source, self.step, self.x = source, 0, None
 
-    def __call__(self, draw: int = 0) -> torch.Tensor:
-        return self.source(self.x, self.step, draw)
+    def __call__(self, draw: int = 0, span=None) -> torch.Tensor:
+        return self.source(self.x, self.step, draw, span)
 
 
 _PLANS: dict = {}

@@ -48,7 +48,7 @@ def test_shape_dtype_nfe_determinism(name, sched, dtype):
     assert torch.equal(x, problem(sch, dtype=dtype)[1])  # the input is not modified
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if not SAMPLERS[n]().adaptive])
+@pytest.mark.parametrize("name", [n for n in NAMES if not SAMPLERS[n]().couples_batch])
 def test_results_do_not_depend_on_batch_composition(name):
     sch = VPLinear()
     den, x = problem(sch)

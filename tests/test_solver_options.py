@@ -41,7 +41,7 @@ def test_data_form_step_from_pure_noise_is_the_limit(sampler):
 
     def first_step(t0):
         plan = sampler.prepare(sch, torch.tensor([t0, 0.5, 0.2, 0.0], dtype=torch.float64))
-        c_x, c_hat, c_hist, _, (kx, kh, knew, _) = plan.coef[0]
+        c_x, c_hat, c_hist, _, (kx, kh, knew, _), _ = plan.coef[0]
         return torch.tensor([c_x, c_hat + sum(c_hist), *c_hist, kx, *kh, knew], dtype=torch.float64)
 
     limit, near, nearer = first_step(1.0), first_step(1.0 - 1e-6), first_step(1.0 - 1e-12)

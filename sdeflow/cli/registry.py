@@ -48,6 +48,22 @@ SAMPLERS: dict[str, Callable[[], samplers.Sampler]] = {
     "dpm-solver-12": lambda: samplers.DPMSolverAdaptive(solver_order=2),
     "dpm-solver-23": lambda: samplers.DPMSolverAdaptive(solver_order=3),
     "rk45": samplers.RK45,
+    # stochastic
+    "euler-maruyama": samplers.EulerMaruyama,
+    "euler-maruyama-eta0.5": lambda: samplers.EulerMaruyama(eta=0.5),
+    "ddpm": samplers.DDPM,
+    "ddpm-large": lambda: samplers.DDPM(variance="large"),
+    "euler-ancestral": samplers.EulerAncestral,
+    "edm-churn": samplers.EDMStochastic,
+    "edm-churn-euler": lambda: samplers.EDMStochastic(heun=False),
+    "sde-dpm-solver++-1": lambda: samplers.SDEDPMSolverPP(order=1),
+    "sde-dpm-solver++-2m": lambda: samplers.SDEDPMSolverPP(order=2, variant="midpoint"),
+    "sde-dpm-solver++-2m-heun": lambda: samplers.SDEDPMSolverPP(order=2, variant="heun"),
+    "sde-dpm-solver++-3m": lambda: samplers.SDEDPMSolverPP(order=3),
+    "sde-dpm-solver++-2s": samplers.SDEDPMSolverPPSingle,
+    "pc-langevin": samplers.PredictorCorrector,
+    "restart": samplers.Restart,
+    "gotta-go-fast": samplers.GottaGoFast,
 }
 
 #: Grids by name: ``(n_steps, schedule) -> ts``. Discrete spacings need a discrete schedule.

@@ -47,6 +47,7 @@ class _Adaptive(Sampler):
     max_steps: int = 10_000
     order = 0
     adaptive = True
+    couples_batch = True
 
     def __post_init__(self):
         if self.rtol <= 0 and self.atol <= 0:

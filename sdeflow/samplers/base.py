@@ -4,7 +4,9 @@
 the loop starts and stores them as Python floats (so a step launches no scalar kernels and never
 synchronises with the device). ``x, state = sampler.step(field, x, i, plan, state, noise)`` takes
 step ``i`` from ``plan.t[i]`` to ``plan.s[i]``. ``field(x, t)`` returns ``x_hat``; ``noise(draw=0)``
-returns standard normal noise for this step. Multistep history travels in ``state``.
+returns standard normal noise for this step, and ``noise(span=(t, s))`` the noise of a reverse-SDE
+step over ``[s, t]`` (a Brownian-tree source makes it an increment of one fixed path). Multistep
+history travels in ``state``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class Sampler:
     stochastic: ClassVar[bool] = False
     #: Error-controlled: step sizes are chosen during sampling (shared by the batch), NFE is counted.
     adaptive: ClassVar[bool] = False
+    #: A step uses statistics of the whole batch (a shared step size): results depend on the batch.
+    couples_batch: ClassVar[bool] = False
 
     @property
     def convergence_order(self) -> int:
@@ -68,6 +72,11 @@ class Sampler:
 
     def init_state(self, x: torch.Tensor, plan: Plan) -> Any:
         return None
+
+    def after_external_update(self, state: Any) -> Any:
+        """The state to continue from after something else (a corrector) moved ``x``: drop any
+        model evaluation cached for the old ``x``."""
+        return state
 
     def step(self, field: Field, x: torch.Tensor, i: int, plan: Plan, state: Any,
              noise: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, Any]:  # pragma: no cover - abstract

@@ -166,6 +166,10 @@ class Multistep(Sampler):
         that point."""
         raise NotImplementedError
 
+    def noise_weight(self, info: StepInfo64) -> float:
+        """Coefficient of the step's reverse-SDE noise (0 for ODE solvers)."""
+        return 0.0
+
     def corrector_weights(self, info: StepInfo64, history: list[StepInfo64], k: int):
         """UniC of order ``k`` (B(h) = expm1 variant): ``(c_x, [c_0, c_1, ...], c_new)``."""
         from .unipc import unic_weights
@@ -185,30 +189,36 @@ class Multistep(Sampler):
             usable = info.usable(self.form)
             if not usable:
                 c_x, c_hat = ddim_coefficients(info.a_t, info.s_t, info.a_s, info.s_s)
-                c_hist = []
+                c_hist, c_z = [], 0.0
             else:
                 c_x, c_hist = self.weights(schedule, info, history, k)
-                c_hat = 0.0
+                c_hat, c_z = 0.0, self.noise_weight(info)
             corr = None
             if self.corrector and i < n - 1 and usable:
                 kx, kh, knew = self.corrector_weights(info, history, k)
                 corr = (kx, kh, knew, convs[i + 1])
                 nfe += 1
             fresh = corr is not None
-            coef.append((c_x, c_hat, tuple(c_hist), convs[i], corr))
+            coef.append((c_x, c_hat, tuple(c_hist), convs[i], corr, c_z))
         return Plan(ts[:-1].tolist(), ts[1:].tolist(), coef, nfe, {"keep": self.order})
 
     def init_state(self, x, plan):
         return (), None
 
+    def after_external_update(self, state):
+        return state[0], None
+
     def step(self, field, x, i, plan, state, noise):
         hist, x_hat = state
-        c_x, c_hat, c_hist, conv, corr = plan.coef[i]
+        c_x, c_hat, c_hist, conv, corr, c_z = plan.coef[i]
         if x_hat is None:
             x_hat = field(x, plan.t[i])
             hist = (hist + (to_native(x, x_hat, conv),))[-plan.extra["keep"]:]
         terms = [(c_hat, x_hat)] + [(c, hist[-1 - j]) for j, c in enumerate(c_hist)]
         x_new = lincomb(x, c_x, terms, inplace=plan.inplace and corr is None)
+        if c_z != 0:
+            x_new = x_new.add_(noise(span=(plan.t[i], plan.s[i])), alpha=c_z) if x_new is not x else x_new.add(
+                noise(span=(plan.t[i], plan.s[i])), alpha=c_z)
         if corr is None:
             return x_new, (hist, None)
         kx, kh, knew, conv_s = corr
