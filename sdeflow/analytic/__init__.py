@@ -6,6 +6,7 @@ from .covariance import Covariance, Diagonal, Full, LowRankPlusDiagonal
 from .denoiser import OracleDenoiser
 from .examples import gaussian, random_mixture, ring_2d
 from .mixture import GaussianMixture
+from .sampler_law import gaussian_output_law, gaussian_w2
 
 __all__ = ["GaussianMixture", "OracleDenoiser", "Covariance", "Diagonal", "Full", "LowRankPlusDiagonal",
-           "gaussian", "random_mixture", "ring_2d"]
+           "gaussian", "random_mixture", "ring_2d", "gaussian_output_law", "gaussian_w2"]

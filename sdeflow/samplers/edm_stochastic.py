@@ -46,8 +46,9 @@ class EDMStochastic(Sampler):
 
     @property
     def convergence_order(self) -> int:
-        """Weak order 1 with churn (the added noise is undone by a first-order split); without, the ODE order."""
-        return (2 if self.heun else 1) if self.churn == 0 else 1
+        """2 with Heun, 1 with Euler (weak order with churn), once ``n > churn / (sqrt(2) - 1)``: below
+        that the per-step churn is capped and does not shrink with the step count."""
+        return 2 if self.heun else 1
 
     def prepare(self, schedule, ts):
         n, coef, nfe = len(ts) - 1, [], 0

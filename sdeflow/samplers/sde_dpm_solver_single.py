@@ -46,7 +46,8 @@ class SDEDPMSolverPPSingle(Sampler):
 
     @property
     def convergence_order(self) -> int:
-        return 2 if self.eta == 0 else 1
+        """2: strong order at ``eta = 0``, weak order with noise."""
+        return 2
 
     def prepare(self, schedule, ts):
         coef, nfe = [], 0
