@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from sdeflow.cli.main import main
@@ -77,3 +78,19 @@ def test_sample_bad_combinations_are_one_line_errors():
     assert r.returncode == 1 and "decreasing" in r.stderr
     r = run("sample", "--problem", "nope")
     assert r.returncode == 2 and "ring-2d" in r.stderr
+
+
+@pytest.mark.parametrize("noise", ["generator", "seeded", "brownian"])
+def test_stochastic_sampling_is_reproducible_from_the_seed(tmp_path, noise):
+    paths = [tmp_path / f"{k}.npz" for k in range(3)]
+    for path, seed in zip(paths, [1, 1, 2]):
+        assert main(["sample", "--sampler", "sde-dpm-solver++-2m", "--num", "6", "--nfe", "8", "--noise", noise,
+                     "--seed", str(seed), "--out", str(path)]) == 0
+    a, b, c = (np.load(p)["samples"] for p in paths)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_demo_of_a_stochastic_sampler_reports_the_distribution_only(capsys):
+    assert main(["demo", "--sampler", "ddpm", "--num", "300", "--nfe", "30", "--out", ""]) == 0
+    out = capsys.readouterr().out
+    assert "judged by its distribution only" in out and "endpoint" not in out

@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--nfe", type=_positive_int, default=default_nfe,
                        help=f"evaluation budget; the largest step count within it is used (default: {default_nfe})")
         p.add_argument("--steps", type=_positive_int, default=None, help="number of steps (overrides --nfe)")
+        p.add_argument("--noise", default="generator", choices=["generator", "seeded", "brownian"],
+                       help="noise of stochastic samplers: one seeded generator (fast), per-sample seeds "
+                       "(independent of --num), or per-sample Brownian trees (refined, not redrawn, when "
+                       "the step count changes) (default: generator)")
 
     demo = sub.add_parser("demo", help="sample the embedded 2-D Gaussian mixture and report the exact error",
                           description="Sample the embedded 2-D Gaussian mixture with a chosen sampler and NFE, "
@@ -75,8 +79,11 @@ def _list() -> None:
     for name, make in SAMPLERS.items():
         s = make()
         cost = "error-controlled steps" if s.adaptive else f"{s.nfe_per_step} NFE/step"
+        if getattr(s, "intervals", None):
+            cost += " + restart passes"
         kind = "stochastic" if s.stochastic else "deterministic"
-        print(f"  {name:<{width}}  order {s.convergence_order}, {cost}, {kind}")
+        order = "no fixed order" if s.convergence_order == 0 else f"order {s.convergence_order}"
+        print(f"  {name:<{width}}  {order}, {cost}, {kind}")
     print("grids: " + ", ".join(GRIDS) + " (or decreasing times: 1,0.5,0)")
     print("problems: " + ", ".join(PROBLEMS))
 

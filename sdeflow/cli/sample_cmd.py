@@ -12,6 +12,7 @@ import tempfile
 import numpy as np
 import torch
 
+from ..noise import BrownianTreeNoise, GeneratorNoise, SeededNoise
 from ..sampling import sample
 from .registry import PROBLEMS, SAMPLERS, SCHEDULES, lookup, parse_grid, steps_for_nfe
 
@@ -27,13 +28,20 @@ def resolve(args):
     return schedule, sampler, parse_grid(args.grid, steps, schedule), steps
 
 
+def noise_source(args, gen):
+    """The ``--noise`` choice; per-sample seeds are derived from ``--seed``."""
+    seeds = [args.seed * 1_000_003 + b for b in range(args.num)]
+    return {"generator": lambda: GeneratorNoise(gen), "seeded": lambda: SeededNoise(seeds),
+            "brownian": lambda: BrownianTreeNoise(seeds)}[getattr(args, "noise", "generator")]()
+
+
 def run_sample(args) -> dict:
     schedule, sampler, ts, steps = resolve(args)
     mixture, shape = lookup(PROBLEMS, "problem", args.problem)()
     gen = torch.Generator().manual_seed(args.seed)
     x_init, _ = mixture.sample_t(args.num, schedule, float(ts[0]), gen)
     result = sample(mixture.denoiser(schedule), sampler, ts, x_init.float().reshape(args.num, *shape),
-                    progress=args.progress)
+                    noise=noise_source(args, gen), progress=args.progress)
     print(f"{args.num} samples of {args.problem} with {args.sampler} on {args.schedule}: {steps} steps, NFE {result.nfe}")
     if args.out:
         save_npz(args.out, samples=result.x.numpy(), nfe=np.array(result.nfe), ts=ts.numpy())

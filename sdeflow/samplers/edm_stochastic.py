@@ -30,7 +30,10 @@ class EDMStochastic(Sampler):
     s_noise: float = 1.003
     heun: bool = True
     order = 2
-    nfe_per_step = 2
+
+    @property
+    def nfe_per_step(self) -> int:  # type: ignore[override]
+        return 2 if self.heun else 1
 
     def __post_init__(self):
         for name in ("churn", "s_tmin", "s_noise"):

@@ -56,6 +56,10 @@ class PredictorCorrector(Sampler):
         return self.predictor.order
 
     @property
+    def nfe_per_step(self) -> int:  # type: ignore[override]
+        return self.predictor.nfe_per_step + self.n_steps
+
+    @property
     def convergence_order(self) -> int:
         """0 with a corrector: its Langevin bias at fixed ``snr`` does not shrink with the step count."""
         return self.predictor.convergence_order if self.n_steps == 0 else 0
