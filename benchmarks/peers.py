@@ -9,6 +9,7 @@ helper they need. Each runner returns ``(t0, x_out, nfe)`` in the process's nati
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 import types
 
@@ -89,13 +90,28 @@ K_SAMPLERS = {  # name -> (function name, extra kwargs, NFE for n sigmas + final
 }
 
 
-def k_runs(ks, shared: Shared, process: Process, nfe: int):
+K_SDE_SAMPLERS = {  # stochastic samplers, with k-diffusion's defaults (eta = 1, churn as EDM's ImageNet setting)
+    "euler_ancestral": ("sample_euler_ancestral", {}, lambda n: n),
+    "dpm_2_ancestral": ("sample_dpm_2_ancestral", {}, lambda n: 2 * n - 1),
+    "dpmpp_2s_ancestral": ("sample_dpmpp_2s_ancestral", {}, lambda n: 2 * n - 1),
+    "dpmpp_sde": ("sample_dpmpp_sde", {}, lambda n: 2 * n - 1),
+    "dpmpp_2m_sde": ("sample_dpmpp_2m_sde", {}, lambda n: n),
+    "dpmpp_2m_sde_heun": ("sample_dpmpp_2m_sde", {"solver_type": "heun"}, lambda n: n),
+    "dpmpp_3m_sde": ("sample_dpmpp_3m_sde", {}, lambda n: n),
+    "euler_churn": ("sample_euler", {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0}, lambda n: n),
+    "heun_churn": ("sample_heun", {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0}, lambda n: 2 * n - 1),
+}
+
+
+def k_runs(ks, shared: Shared, process: Process, nfe: int, table=None, seed: int | None = None):
+    """k-diffusion's samplers in ``table`` (the ODE ones by default); stochastic ones draw from the
+    global RNG, seeded with ``seed`` before each run."""
     sampling, _ = ks
     smin, smax = k_sigma_range(process)
     sch = process.schedule
     grids = {"karras": lambda n: sampling.get_sigmas_karras(n, smin, smax, 7.0, "cpu"),
              "exponential": lambda n: sampling.get_sigmas_exponential(n, smin, smax, "cpu")}
-    for sname, (fn, kw, nfe_of) in K_SAMPLERS.items():
+    for sname, (fn, kw, nfe_of) in (table or K_SAMPLERS).items():
         n = next((m for m in range(1, nfe + 2) if nfe_of(m) == nfe), None)
         if n is None:
             continue
@@ -105,8 +121,12 @@ def k_runs(ks, shared: Shared, process: Process, nfe: int):
             x0 = shared.x_init(t0)
             model = k_model(shared, process)
             y = (x0 / float(sch.alpha(t0))).float()
+            if seed is not None:
+                torch.manual_seed(seed)
             out = getattr(sampling, fn)(model, y, sigmas.float(), disable=True, **kw)
             yield f"k-diffusion {sname} ({gname})", (t0, 0.0), out.double(), model.calls
+    if table is not None:
+        return
     n = nfe  # DPM-Solver "fast": exactly n evaluations
     t0 = float(sch.t_from_sigma_ratio(smax))
     model = k_model(shared, process)
@@ -171,7 +191,38 @@ def _flow_configs(d):
     return out
 
 
-def diffusers_configs(d, process: Process):
+def _sde_configs(d, process: Process):
+    """diffusers' stochastic schedulers for each process (those it has)."""
+    if process.time_input == "index":
+        base = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+        out = {}
+        for spacing in ["leading", "trailing"]:
+            b = dict(base, timestep_spacing=spacing)
+            out[f"DDPM small ({spacing})"] = (d.DDPMScheduler, dict(b, variance_type="fixed_small"))
+            out[f"DDPM large ({spacing})"] = (d.DDPMScheduler, dict(b, variance_type="fixed_large"))
+            out[f"DDIM eta=1 ({spacing})"] = (d.DDIMScheduler, dict(b, set_alpha_to_one=True))
+            out[f"EulerAncestral ({spacing})"] = (d.EulerAncestralDiscreteScheduler, b)
+            out[f"KDPM2Ancestral ({spacing})"] = (d.KDPM2AncestralDiscreteScheduler, b)
+            for order in [2, 3]:
+                out[f"DPMSolverMultistep SDE++ {order}M ({spacing})"] = (
+                    d.DPMSolverMultistepScheduler, dict(b, algorithm_type="sde-dpmsolver++", solver_order=order))
+            out[f"DPMSolverSDE ({spacing})"] = (d.DPMSolverSDEScheduler, b)
+        out["DPMSolverMultistep SDE++ 2M (karras)"] = (
+            d.DPMSolverMultistepScheduler, dict(base, algorithm_type="sde-dpmsolver++", use_karras_sigmas=True))
+        return out
+    if process.time_input == "edm":
+        return {f"EDMDPMSolverMultistep SDE++ {o}M": (d.EDMDPMSolverMultistepScheduler,
+                                                      dict(algorithm_type="sde-dpmsolver++", solver_order=o)) for o in [2, 3]}
+    flow = dict(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=1.0)
+    out = {f"DPMSolverMultistep SDE++ {o}M (flow)": (d.DPMSolverMultistepScheduler,
+                                                    dict(flow, algorithm_type="sde-dpmsolver++", solver_order=o)) for o in [2, 3]}
+    out["FlowMatchEuler stochastic"] = (d.FlowMatchEulerDiscreteScheduler, dict(shift=1.0, stochastic_sampling=True))
+    return out
+
+
+def diffusers_configs(d, process: Process, stochastic: bool = False):
+    if stochastic:
+        return _sde_configs(d, process)
     if process.time_input == "index":
         return _ddpm_configs(d)
     if process.time_input == "edm":
@@ -179,7 +230,7 @@ def diffusers_configs(d, process: Process):
     return _flow_configs(d)
 
 
-def _run_scheduler(cls, kwargs, steps, shared: Shared, process: Process, dtype=torch.float32):
+def _run_scheduler(cls, kwargs, steps, shared: Shared, process: Process, dtype=torch.float32, seed=None):
     """One diffusers run; the model is evaluated at the noise level the scheduler assumes."""
     import warnings
 
@@ -216,21 +267,27 @@ def _run_scheduler(cls, kwargs, steps, shared: Shared, process: Process, dtype=t
         # EDM schedulers feed c_in y and expect F with x_hat = c_skip y + c_out F: the "edm" parameterization.
         return net(xin, torch.full((xin.shape[0],), float(c), dtype=torch.float64))
 
+    extra = {}
+    if seed is not None:
+        torch.manual_seed(seed)  # schedulers that draw noise without a generator argument
+        if "generator" in inspect.signature(s.step).parameters:
+            extra["generator"] = torch.Generator().manual_seed(seed)
     for ts in s.timesteps:
         xin = s.scale_model_input(x, ts) if hasattr(s, "scale_model_input") else x
         out = model(xin, ts)
-        x = s.step(out, ts, x).prev_sample
+        x = s.step(out, ts, x, **extra).prev_sample
     return t0, x.to(torch.float64), calls[0]
 
 
-def diffusers_runs(d, shared: Shared, process: Process, nfe: int):
-    for name, (cls, kwargs) in diffusers_configs(d, process).items():
+def diffusers_runs(d, shared: Shared, process: Process, nfe: int, seed: int | None = None):
+    """diffusers' ODE schedulers, or with ``seed`` its stochastic ones (seeded per run)."""
+    for name, (cls, kwargs) in diffusers_configs(d, process, stochastic=seed is not None).items():
         # the step counts that give nfe evaluations for 1, 2 (Heun: 2n - 1) or n + 1 (PLMS) per step
         for steps in dict.fromkeys([nfe, (nfe + 1) // 2, nfe - 1]):
             if steps < 1:
                 continue
             try:
-                t0, x, calls = _run_scheduler(cls, kwargs, steps, shared, process)
+                t0, x, calls = _run_scheduler(cls, kwargs, steps, shared, process, seed=seed)
             except Exception:
                 break
             if calls == nfe:

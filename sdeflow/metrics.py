@@ -30,3 +30,25 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_projections: int = 25
     px, _ = torch.sort(x @ dirs, dim=0)
     py, _ = torch.sort(y @ dirs, dim=0)
     return float((px - py).pow(2).mean().sqrt())
+
+
+def frechet_distance(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> float:
+    """Frechet distance (2-Wasserstein between Gaussians) from the samples' mean and covariance to
+    an exact ``mean`` ``(D,)`` and covariance ``(D, D)``: ``sqrt(|m - mean|^2 + tr(C + cov - 2 (cov^1/2 C
+    cov^1/2)^1/2))``. The sample moments carry a floor of order ``D / sqrt(N)``."""
+    x = x.reshape(x.shape[0], -1).to(torch.float64)
+    mean, cov = mean.to(torch.float64), cov.to(torch.float64)
+    if x.shape[0] < 2 or mean.shape != x.shape[1:] or cov.shape != (x.shape[1], x.shape[1]):
+        raise ValueError(f"need samples (N >= 2, D), mean (D,) and cov (D, D); got {tuple(x.shape)}, "
+                         f"{tuple(mean.shape)}, {tuple(cov.shape)}")
+    m = x.mean(0)
+    c = torch.cov(x.T).reshape(x.shape[1], x.shape[1])
+
+    def sqrtm(a):
+        w, v = torch.linalg.eigh((a + a.T) / 2)
+        return (v * w.clamp_min(0).sqrt()) @ v.T
+
+    root = sqrtm(cov)
+    cross = torch.linalg.eigvalsh((root @ c @ root + (root @ c @ root).T) / 2).clamp_min(0).sqrt().sum()
+    d2 = (m - mean).pow(2).sum() + torch.trace(c) + torch.trace(cov) - 2 * cross
+    return float(d2.clamp_min(0).sqrt())

@@ -182,3 +182,21 @@ def test_oracle_denoiser_keeps_dtype_and_bad_inputs():
         Full(-torch.eye(2)[None])
     with pytest.raises(ValueError):
         Diagonal(-torch.ones(1, 2))
+
+
+def test_frechet_distance_between_gaussians():
+    """Exact for two Gaussians given their moments (commuting covariances: the per-axis formula),
+    and it shrinks like the sampling error when the samples come from the target."""
+    from sdeflow import metrics
+
+    g = torch.Generator().manual_seed(0)
+    mean, var = torch.tensor([0.0, 1.0, -2.0], dtype=torch.float64), torch.tensor([1.0, 4.0, 0.25], dtype=torch.float64)
+    m2, v2 = torch.tensor([0.5, 1.0, -2.0], dtype=torch.float64), torch.tensor([2.0, 4.0, 1.0], dtype=torch.float64)
+    z = torch.randn(200_000, 3, generator=g, dtype=torch.float64)
+    z = (z - z.mean(0)) / z.std(0)              # exact sample moments
+    x = m2 + z * v2.sqrt()
+    exact = math.sqrt(0.25 + float(((var.sqrt() - v2.sqrt()) ** 2).sum()))
+    assert metrics.frechet_distance(x, mean, torch.diag(var)) == pytest.approx(exact, rel=1e-3)
+    small = metrics.frechet_distance(mean + torch.randn(1000, 3, generator=g, dtype=torch.float64) * var.sqrt(), mean, torch.diag(var))
+    large = metrics.frechet_distance(mean + torch.randn(100, 3, generator=g, dtype=torch.float64) * var.sqrt(), mean, torch.diag(var))
+    assert small < large < 1.0

@@ -1,0 +1,364 @@
+"""sdeflow's stochastic samplers next to k-diffusion's and diffusers', and next to the ODE samplers.
+
+Every method starts from exact samples of ``p_t`` at its own first time (the same data draws and
+noise for all) and is judged by its distribution against the exact Gaussian mixture: the sliced
+Wasserstein distance to exact data samples and the Frechet (Gaussian-moment W2) distance to the
+mixture's exact mean and covariance, each printed beside its floor (what exact samples of the same
+size score). Processes as in ``ode_solvers.py``: a discrete 1000-step DDPM eps-model, an
+EDM-preconditioned x0-model and a rectified-flow velocity model; float32 states; counted NFE.
+
+    python benchmarks/sde_samplers.py            # 2-D and 64-D mixtures, NFE 10 ... 200
+    python benchmarks/sde_samplers.py --quick    # fewer samples and NFE 10, 50
+
+Writes docs/benchmarks/sde_samplers.{md,json} and a plot per problem. Peers are optional.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import PROCESSES, Shared, fmt, problems, sdeflow_denoiser  # noqa: E402
+from peers import K_SDE_SAMPLERS, diffusers_runs, k_runs, load_diffusers, load_k_diffusion  # noqa: E402
+
+from sdeflow import GeneratorNoise, metrics, sample  # noqa: E402
+from sdeflow.cli.registry import GRIDS, SAMPLERS  # noqa: E402
+from sdeflow.samplers import GottaGoFast  # noqa: E402
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks")
+NFES = [10, 20, 50, 100, 200]
+GRIDS_FOR = {"index": ["logsnr", "karras", "trailing"], "edm": ["karras", "logsnr"], "t": ["uniform", "logsnr"]}
+ODE_SAMPLERS = ["ddim", "dpm-solver++-2m", "dpm-solver++-3m", "unipc-bh2"]
+GGF_TOLERANCES = [(0.1, 0.02), (0.05, 0.0078), (0.02, 0.004), (0.01, 0.002)]
+SEED = 1234
+
+
+def sampler_names(kind: str) -> list[str]:
+    if kind == "ode":
+        return ODE_SAMPLERS
+    return [n for n, make in SAMPLERS.items() if make().stochastic and not make().adaptive]
+
+
+def sdeflow_runs(shared: Shared, process, nfe: int, kind: str):
+    den = sdeflow_denoiser(shared.problem, process)
+    sch = process.schedule
+    for name in sampler_names(kind):
+        sampler = SAMPLERS[name]()
+        for gname in GRIDS_FOR[process.time_input]:
+            n = next((m for m in range(1, nfe + 1) if sampler.prepare(sch, GRIDS[gname](m, sch)).nfe == nfe), None)
+            if n is None:
+                continue
+            ts = GRIDS[gname](n, sch)
+            noise = GeneratorNoise(torch.Generator().manual_seed(SEED))
+            r = sample(den, sampler, ts, shared.x_init(float(ts[0])).float(), noise=noise)
+            yield f"sdeflow {name} ({gname})", r.x.double(), r.nfe
+
+
+def ggf_runs(shared: Shared, process):
+    """The adaptive SDE solver at several tolerances (its NFE is what the tolerance costs)."""
+    den = sdeflow_denoiser(shared.problem, process)
+    for rtol, atol in GGF_TOLERANCES:
+        noise = GeneratorNoise(torch.Generator().manual_seed(SEED))
+        r = sample(den, GottaGoFast(rtol=rtol, atol=atol), [1.0, 0.0], shared.x_init(1.0).float(), noise=noise)
+        yield f"sdeflow gotta-go-fast (rtol {rtol}, atol {atol})", r.x.double(), r.nfe
+
+
+# ------------------------------------------------------------------ exact weak errors on a Gaussian
+GAUSS_DIM = 16
+
+
+def k_output_law(ks, fn: str, kw: dict, mixture, process, sigmas: torch.Tensor):
+    """Exact per-coordinate mean and variance of a k-diffusion sampler's output on one diagonal
+    Gaussian: the sampler is affine in its input and its noise draws, so it is run on probes (the
+    mean input, a unit input shift, one unit noise draw at a time) through its ``noise_sampler``."""
+    sampling, _ = ks
+    sch = process.schedule
+    mu, var = mixture.means[0], mixture.cov.var[0]
+    rho0 = float(sigmas[0])
+
+    def model(y, sigma, **kwargs):
+        t = sch.t_from_sigma_ratio(sigma.to(torch.float64))
+        a = sch.alpha(t).reshape(-1, 1)
+        return mixture.x_hat(y * a, sch, t)
+
+    calls = []
+
+    def counting(sigma, sigma_next):
+        calls.append(None)
+        return torch.zeros(1, mu.numel(), dtype=torch.float64)
+
+    getattr(sampling, fn)(model, mu[None].clone(), sigmas, disable=True, noise_sampler=counting, **kw)
+    n = len(calls)
+    k = iter(range(n))
+
+    def probe(sigma, sigma_next):
+        out = torch.zeros(2 + n, mu.numel(), dtype=torch.float64)
+        out[2 + next(k)] = 1.0
+        return out
+
+    y = mu.expand(2 + n, -1).clone()
+    y[1] += 1.0
+    out = getattr(sampling, fn)(model, y, sigmas, disable=True, noise_sampler=probe, **kw)
+    m, gain, b = out[0], out[1] - out[0], out[2:] - out[0]
+    return m, gain * gain * (var + rho0 * rho0) + (b * b).sum(0)
+
+
+def exact_law_rows(ks, nfes, quick):
+    """Exact W2 between the output law and the data, sdeflow and k-diffusion, on a 16-D Gaussian."""
+    from sdeflow import analytic
+
+    from peers import k_sigma_range
+
+    g = analytic.random_mixture(GAUSS_DIM, 1, seed=11)
+    rows = []
+    for process in PROCESSES:
+        sch = process.schedule
+        for nfe in nfes:
+            for name in sampler_names("sde"):
+                sampler = SAMPLERS[name]()
+                if sampler.couples_batch:
+                    continue
+                for gname in GRIDS_FOR[process.time_input]:
+                    n = next((m for m in range(1, nfe + 1) if sampler.prepare(sch, GRIDS[gname](m, sch)).nfe == nfe), None)
+                    if n is None:
+                        continue
+                    m, v = analytic.gaussian_output_law(g, sampler, sch, GRIDS[gname](n, sch))
+                    rows.append({"process": process.name, "nfe": nfe, "method": f"sdeflow {name} ({gname})",
+                                 "w2": analytic.gaussian_w2(m, v, g.means[0], g.cov.var[0])})
+            if ks is None:
+                continue
+            sampling, _ = ks
+            smin, smax = k_sigma_range(process)
+            for sname, (fn, kw, nfe_of) in K_SDE_SAMPLERS.items():
+                if "s_churn" in kw:  # draws with torch.randn_like, which cannot be probed
+                    continue
+                steps = next((m for m in range(1, nfe + 2) if nfe_of(m) == nfe), None)
+                if steps is None:
+                    continue
+                for gname, sig in [("karras", sampling.get_sigmas_karras(steps, smin, smax, 7.0, "cpu")),
+                                   ("exponential", sampling.get_sigmas_exponential(steps, smin, smax, "cpu"))]:
+                    m, v = k_output_law(ks, fn, kw, g, process, sig.to(torch.float64))
+                    rows.append({"process": process.name, "nfe": nfe, "method": f"k-diffusion {sname} ({gname})",
+                                 "w2": analytic.gaussian_w2(m, v, g.means[0], g.cov.var[0])})
+    return rows
+
+
+def exact_law_table(rows) -> tuple[str, list]:
+    procs = list(dict.fromkeys(r["process"] for r in rows))
+    nfes = sorted({r["nfe"] for r in rows})
+    out = ["| process | NFE | sdeflow best | W2 | k-diffusion best | W2 | k-diffusion / sdeflow |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    summary = []
+    for p in procs:
+        for n in nfes:
+            at = [r for r in rows if r["process"] == p and r["nfe"] == n]
+            ours = min((r for r in at if family(r["method"]) == "sdeflow"), key=lambda r: r["w2"], default=None)
+            peer = min((r for r in at if family(r["method"]) != "sdeflow"), key=lambda r: r["w2"], default=None)
+            ratio = peer["w2"] / ours["w2"] if ours and peer else math.nan
+            summary.append((p, n, ratio))
+            out.append(f"| {p} | {n} | {ours['method'].split(' ', 1)[1] if ours else '-'} | {fmt(ours['w2']) if ours else '-'} | "
+                       f"{peer['method'].split(' ', 1)[1] if peer else '-'} | {fmt(peer['w2']) if peer else '-'} | {ratio:.2f} |")
+    return "\n".join(out), summary
+
+
+def frechet(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> float:
+    return metrics.frechet_distance(x, mean, cov)
+
+
+def score(shared: Shared, x: torch.Tensor) -> dict:
+    x = x.reshape(shared.problem.num, -1)
+    if not bool(torch.isfinite(x).all()):
+        return {"sw": math.inf, "fd": math.inf}
+    mix = shared.problem.mixture
+    return {"sw": metrics.sliced_wasserstein(x, shared.exact), "fd": frechet(x, mix.mean(), mix.covariance())}
+
+
+def run(quick: bool, raw_path: str | None):
+    ks, k_err = load_k_diffusion()
+    d, d_err = load_diffusers()
+    notes = [e for e in (k_err, d_err) if e]
+    nfes = [10, 50] if quick else NFES
+    results = []
+    for problem in problems(quick)[:2]:
+        problem.num = (1000 if quick else 10000) if problem.shape == (2,) else (500 if quick else 2000)
+        for process in PROCESSES:
+            shared = Shared(problem, process)
+            mix = problem.mixture
+            floors = {"sw": metrics.sliced_wasserstein(shared.exact2, shared.exact),
+                      "fd": frechet(shared.exact2, mix.mean(), mix.covariance())}
+            start = time.time()
+            base = {"problem": problem.name, "process": process.name, "floor_sw": floors["sw"], "floor_fd": floors["fd"]}
+            for nfe in nfes:
+                sources = [("sde", sdeflow_runs(shared, process, nfe, "sde")), ("ode", sdeflow_runs(shared, process, nfe, "ode"))]
+                if d is not None:
+                    sources.append(("sde", ((n, x, c) for n, _, x, c in diffusers_runs(d, shared, process, nfe, seed=SEED))))
+                if ks is not None:
+                    sources.append(("sde", ((n, x, c) for n, _, x, c in k_runs(ks, shared, process, nfe, K_SDE_SAMPLERS, SEED))))
+                for kind, source in sources:
+                    for name, x, calls in source:
+                        if calls == nfe:
+                            results.append({**base, "kind": kind, "method": name, "nfe": nfe, **score(shared, x)})
+                print(f"  {problem.name} / {process.name} / NFE {nfe}: {time.time() - start:.0f} s", flush=True)
+            for name, x, calls in ggf_runs(shared, process):
+                results.append({**base, "kind": "sde", "method": name, "nfe": calls, "adaptive": True, **score(shared, x)})
+            if raw_path:
+                save_json(raw_path, {"results": results, "notes": notes, "complete": False})
+    exact = exact_law_rows(ks, nfes, quick)
+    return results, notes, exact
+
+
+def save_json(path: str, data) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def family(method: str) -> str:
+    return method.split(" ", 1)[0]
+
+
+def best(rows, key="sw"):
+    rows = [r for r in rows if math.isfinite(r[key])]
+    return min(rows, key=lambda r: r[key]) if rows else None
+
+
+def write_report(results, notes, exact, path):
+    lines = ["# Stochastic samplers: sdeflow, k-diffusion and diffusers on exact mixtures", "",
+             "Written by `python benchmarks/sde_samplers.py`. Every method starts from exact samples of `p_t` at its",
+             "first time and is judged by its distribution: `SW` is the sliced Wasserstein distance to exact data",
+             "samples, `FD` the Frechet distance (W2 between Gaussians with the samples' and the mixture's exact",
+             "mean and covariance). Both have a floor: what independent exact samples of the same size score.",
+             "For each family the table shows its best configuration (sampler and grid) by SW at that NFE.",
+             "k-diffusion's samplers run with their defaults (eta = 1; churn 40 in [0.05, 50] like EDM).", ""]
+    lines += [f"- {n}" for n in notes]
+    summary = []
+    for prob in dict.fromkeys(r["problem"] for r in results):
+        for proc in dict.fromkeys(r["process"] for r in results):
+            rows = [r for r in results if r["problem"] == prob and r["process"] == proc and not r.get("adaptive")]
+            if not rows:
+                continue
+            lines += ["", f"## {prob}, {proc}", "", f"Floors: SW {rows[0]['floor_sw']:.3g}, FD {rows[0]['floor_fd']:.3g}", "",
+                      "| NFE | sdeflow SDE best | SW | FD | best peer | SW | FD | peer SW / sdeflow SW | sdeflow ODE best | SW | FD |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            for nfe in sorted({r["nfe"] for r in rows}):
+                at = [r for r in rows if r["nfe"] == nfe]
+                ours = best([r for r in at if family(r["method"]) == "sdeflow" and r["kind"] == "sde"])
+                ode = best([r for r in at if family(r["method"]) == "sdeflow" and r["kind"] == "ode"])
+                peer = best([r for r in at if family(r["method"]) != "sdeflow"])
+                ratio = peer["sw"] / ours["sw"] if ours and peer else math.nan
+                summary.append((prob, proc, nfe, ratio, ours, peer, ode))
+
+                def cell(r, full=False):
+                    if not r:
+                        return ["-", "-", "-"]
+                    return [r["method"] if full else r["method"].split(" ", 1)[1], fmt(r["sw"]), fmt(r["fd"])]
+                lines.append("| " + " | ".join([str(nfe)] + cell(ours) + cell(peer, True) + [f"{ratio:.2f}"] + cell(ode)) + " |")
+            ggf = [r for r in results if r["problem"] == prob and r["process"] == proc and r.get("adaptive")]
+            if ggf:
+                lines += ["", "Adaptive (Gotta Go Fast), by tolerance: " + "; ".join(
+                    f"{r['method'].split('(')[1].rstrip(')')}: NFE {r['nfe']}, SW {fmt(r['sw'])}, FD {fmt(r['fd'])}" for r in ggf)]
+            lines += ["", f"![distribution error vs NFE]({plot_name(prob)})"]
+    table, exact_summary = exact_law_table(exact)
+    lines += ["", f"## Exact weak error on a {GAUSS_DIM}-D Gaussian", "",
+              "With Gaussian data every sampler here is affine in its input and its noise, so the exact law of its",
+              "output follows from running it on probes (`sdeflow.analytic.gaussian_output_law`; k-diffusion's",
+              "samplers through their `noise_sampler`): the W2 distance to the data below has no sampling noise.",
+              "k-diffusion's churn samplers draw with `torch.randn_like` and cannot be probed; diffusers' schedulers",
+              "draw internally too.", "", table]
+    lines += ["", "## Every sdeflow stochastic sampler (64-D mixture, SW on its best grid)", "", sampler_table(results)]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return summary, exact_summary
+
+
+def sampler_table(results, problem="64-D mixture", nfes=(10, 50, 200)) -> str:
+    rows = [r for r in results if r["problem"] == problem and family(r["method"]) == "sdeflow" and r["kind"] == "sde"
+            and not r.get("adaptive")]
+    procs = list(dict.fromkeys(r["process"] for r in rows))
+    names = list(dict.fromkeys(r["method"].split(" ")[1] for r in rows))
+    out = ["| sampler | " + " | ".join(f"{p.split(' (')[0]}, NFE {n}" for p in procs for n in nfes) + " |",
+           "|" + " --- |" * (1 + len(procs) * len(nfes))]
+    for name in names:
+        cells = []
+        for p in procs:
+            for n in nfes:
+                hits = [r["sw"] for r in rows if r["process"] == p and r["nfe"] == n and r["method"].split(" ")[1] == name]
+                cells.append(fmt(min(hits)) if hits else "-")
+        out.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def plot_name(problem: str) -> str:
+    return "sde_" + problem.split()[0].lower().replace("-", "") + ".png"
+
+
+def write_plots(results, folder):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("skipped plots: matplotlib is not installed")
+        return
+    for prob in dict.fromkeys(r["problem"] for r in results):
+        procs = list(dict.fromkeys(r["process"] for r in results if r["problem"] == prob))
+        fig, axes = plt.subplots(1, len(procs), figsize=(5 * len(procs), 4.2), dpi=110, squeeze=False)
+        for ax, proc in zip(axes[0], procs):
+            rows = [r for r in results if r["problem"] == prob and r["process"] == proc]
+            series = [("sdeflow SDE", lambda r: family(r["method"]) == "sdeflow" and r["kind"] == "sde" and not r.get("adaptive"), "-o"),
+                      ("sdeflow ODE", lambda r: family(r["method"]) == "sdeflow" and r["kind"] == "ode", "-.d"),
+                      ("k-diffusion", lambda r: family(r["method"]) == "k-diffusion", ":^"),
+                      ("diffusers", lambda r: family(r["method"]) == "diffusers", "--s")]
+            for label, keep, style in series:
+                pts = [(n, best([r for r in rows if r["nfe"] == n and keep(r)])) for n in sorted({r["nfe"] for r in rows})]
+                pts = [(n, b["sw"]) for n, b in pts if b]
+                if pts:
+                    ax.loglog(*zip(*pts), style, label=f"best {label}")
+            ax.axhline(rows[0]["floor_sw"], color="gray", lw=0.8, ls=":", label="floor (exact samples)")
+            ax.set_title(proc, fontsize=9)
+            ax.set_xlabel("NFE")
+            ax.set_ylabel("sliced Wasserstein to the data")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.suptitle(prob)
+        fig.tight_layout()
+        fig.savefig(os.path.join(folder, plot_name(prob)))
+        plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples, NFE 10 and 50 only")
+    parser.add_argument("--out", default=OUT, help="folder for the report and plots")
+    parser.add_argument("--from-json", action="store_true", help="rebuild the report from the saved raw results")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    raw = os.path.join(args.out, "sde_samplers.json")
+    if args.from_json:
+        with open(raw) as f:
+            data = json.load(f)
+        results, notes, exact = data["results"], data["notes"], data["exact"]
+    else:
+        results, notes, exact = run(args.quick, raw)
+        save_json(raw, {"results": results, "notes": notes, "exact": exact, "complete": True})
+    summary, exact_summary = write_report(results, notes, exact, os.path.join(args.out, "sde_samplers.md"))
+    write_plots(results, args.out)
+    for prob, proc, nfe, ratio, ours, peer, ode in summary:
+        print(f"{prob:14s} {proc:32s} NFE {nfe:3d}: best peer SW / best sdeflow SW = {ratio:.2f}  "
+              f"(sdeflow {ours['method'] if ours else '-'}; peer {peer['method'] if peer else '-'}; "
+              f"ODE {ode['sw'] if ode else float('nan'):.3g})")
+    for proc, nfe, ratio in exact_summary:
+        print(f"exact Gaussian {proc:32s} NFE {nfe:3d}: best k-diffusion W2 / best sdeflow W2 = {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
