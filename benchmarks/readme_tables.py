@@ -1,6 +1,6 @@
-"""Print the README's sampler table and benchmark summary from the saved benchmark results.
+"""Print the README's sampler tables and benchmark summaries from the saved benchmark results.
 
-    python benchmarks/readme_tables.py ["2-D mixture"]    # after python benchmarks/ode_solvers.py
+    python benchmarks/readme_tables.py    # after benchmarks/ode_solvers.py and benchmarks/sde_samplers.py
 """
 
 from __future__ import annotations
@@ -46,6 +46,21 @@ WHAT = {
     "dpm-solver-23": "adaptive DPM-Solver-23",
     "rk45": "adaptive Dormand-Prince RK45 in t",
     "ddim-eta1": "DDIM with eta = 1 (ancestral)",
+    "euler-maruyama": "Euler-Maruyama on the reverse SDE",
+    "euler-maruyama-eta0.5": "Euler-Maruyama, half the reverse SDE's noise",
+    "ddpm": "DDPM ancestral, posterior variance",
+    "ddpm-large": "DDPM ancestral, variance beta",
+    "euler-ancestral": "Euler-ancestral (= DDIM eta = 1)",
+    "edm-churn": "EDM stochastic Heun (churn 40)",
+    "edm-churn-euler": "EDM stochastic Euler (churn 40)",
+    "sde-dpm-solver++-1": "SDE-DPM-Solver-1 (= DDPM)",
+    "sde-dpm-solver++-2m": "SDE-DPM-Solver++(2M), midpoint",
+    "sde-dpm-solver++-2m-heun": "SDE-DPM-Solver++(2M), Heun",
+    "sde-dpm-solver++-3m": "SDE-DPM-Solver++(3M)",
+    "sde-dpm-solver++-2s": "SDE-DPM-Solver++(2S), single-step",
+    "pc-langevin": "DDPM predictor + Langevin corrector",
+    "restart": "Restart (Heun, jumps in rho 0.1 to 2)",
+    "gotta-go-fast": "adaptive SDE solver (Gotta Go Fast)",
 }
 
 
@@ -59,6 +74,8 @@ def main(problem="64-D mixture",
     lines = [head, "|" + " --- |" * (4 + len(procs) * len(nfes))]
     for name, make in SAMPLERS.items():
         s = make()
+        if s.stochastic:
+            continue
         cost = "adaptive" if s.adaptive else str(s.nfe_per_step)
         cells = []
         for proc, _ in procs:
@@ -83,6 +100,49 @@ def main(problem="64-D mixture",
                 peer = [r["rms"] for r in at if not r["method"].startswith("sdeflow ")]
                 cells.append(f"{min(peer) / min(ours):.2f}" if ours and peer and min(ours) > 0 else "-")
             out.append(f"| {pb} | {pc} | " + " | ".join(cells) + " |")
+    print("\n".join(out))
+    print()
+    sde_tables()
+
+
+def sde_tables(path=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "sde_samplers.json")):
+    """The stochastic samplers' table (sliced Wasserstein on the 64-D mixture) and the peer ratios."""
+    if not os.path.exists(path):
+        print("(no stochastic-sampler results yet: run benchmarks/sde_samplers.py)")
+        return
+    with open(path) as f:
+        data = json.load(f)
+    results = [r for r in data["results"] if not r.get("adaptive")]
+    procs = [("DDPM eps (1000 discrete steps)", "DDPM eps"), ("rectified-flow velocity", "flow velocity")]
+    nfes = (10, 50, 200)
+    lines = ["| sampler | method | weak order | NFE/step | " + " | ".join(f"{short} NFE {n}" for _, short in procs for n in nfes) + " |",
+             "|" + " --- |" * (4 + len(procs) * len(nfes))]
+    for name, make in SAMPLERS.items():
+        s = make()
+        if not s.stochastic:
+            continue
+        cells = []
+        for proc, _ in procs:
+            for n in nfes:
+                hits = [r["sw"] for r in results if r["problem"] == "64-D mixture" and r["process"] == proc and r["nfe"] == n
+                        and r["kind"] == "sde" and r["method"].split(" ")[1] == name]
+                cells.append(fmt(min(hits)) if hits else "-")
+        order = "-" if s.convergence_order == 0 else str(s.convergence_order)
+        cost = "adaptive" if s.adaptive else str(s.nfe_per_step)
+        lines.append(f"| `{name}` | {WHAT.get(name, '')} | {order} | {cost} | " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    print()
+    floors = {(r["problem"], r["process"]): r["floor_sw"] for r in results}
+    nfe_all = sorted({r["nfe"] for r in results})
+    out = ["| problem | process | SW floor | " + " | ".join(f"NFE {n}" for n in nfe_all) + " |", "|" + " --- |" * (3 + len(nfe_all))]
+    for (pb, pc), floor in floors.items():
+        cells = []
+        for n in nfe_all:
+            at = [r for r in results if r["problem"] == pb and r["process"] == pc and r["nfe"] == n]
+            ours = [r["sw"] for r in at if r["method"].startswith("sdeflow ") and r["kind"] == "sde"]
+            peer = [r["sw"] for r in at if not r["method"].startswith("sdeflow ")]
+            cells.append(f"{min(peer) / min(ours):.2f}" if ours and peer else "-")
+        out.append(f"| {pb} | {pc} | {floor:.3g} | " + " | ".join(cells) + " |")
     print("\n".join(out))
 
 

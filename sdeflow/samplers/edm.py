@@ -5,6 +5,12 @@ scaled state ``y = x / alpha`` (EDM's choice ``sigma(t) = t``, ``s(t) = 1``, for
 ``y_s = y_t + (rho_s - rho_t)(eps_hat_0 + eps_hat_1)/2``, skipping the correction when ``rho_s = 0``.
 On EDM's own schedule this equals :class:`~sdeflow.samplers.Heun`.
 
+Heun's trapezoid in ``rho`` assumes ``eps_hat`` varies little over a step. EDM starts at
+``rho = 80`` on a Karras grid, where that holds; a grid that starts at a far larger noise level and
+jumps to ``rho ~ 1`` in one step (rectified flow from ``t = 0.999``, ``rho = 999``, with three or
+four steps) makes the first correction ``(rho_s - rho_t)/2 (eps_hat_1 - eps_hat_0)`` huge. Use a
+Karras grid with a moderate ``rho_max`` for this sampler, or a logSNR-based solver.
+
 Reference: Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models",
 2022, arXiv:2206.00364, Algorithm 1.
 """
