@@ -29,7 +29,7 @@ class Problem:
 def problems(quick: bool = False) -> list[Problem]:
     out = [Problem("2-D mixture", analytic.ring_2d(), (2,), 1000 if quick else 2000),
            Problem("64-D mixture", analytic.random_mixture(64, 8, seed=1), (64,), 300 if quick else 500),
-           Problem("3x32x32 mixture", analytic.random_mixture(3 * 32 * 32, 4, seed=2), (3, 32, 32), 32 if quick else 64)]
+           Problem("3x32x32 mixture", analytic.random_mixture(3 * 32 * 32, 4, seed=2), (3, 32, 32), 32)]
     return out[:2] if quick else out
 
 

@@ -54,15 +54,17 @@ def sdeflow_runs(shared: Shared, process, nfe: int):
             yield f"sdeflow {name} ({gname})", (float(ts[0]), float(ts[-1])), r.x.double(), r.nfe
 
 
-def run(quick: bool, raw_path: str | None = None):
+def run(quick: bool, raw_path: str | None = None, only: list[str] | None = None, keep: list | None = None):
     ks, k_err = load_k_diffusion()
     d, d_err = load_diffusers()
     notes = [e for e in (k_err, d_err) if e]
     for e in notes:
         print("skipped:", e)
     nfes = [5, 10, 20] if quick else NFES
-    results = []
+    results = list(keep or [])
     for problem in problems(quick):
+        if only and not any(o.lower() in problem.name.lower() for o in only):
+            continue
         for process in PROCESSES:
             shared = Shared(problem, process)
             floor = shared.sw_floor()
@@ -201,6 +203,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="smaller problems and NFE 5, 10, 20 only")
     parser.add_argument("--out", default=OUT, help="folder for the report and plots")
     parser.add_argument("--from-json", action="store_true", help="rebuild the report from the saved raw results")
+    parser.add_argument("--problems", nargs="+", metavar="NAME",
+                        help="run only these problems (e.g. 3x32x32); the saved results of the others are kept")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     raw = os.path.join(args.out, "ode_solvers.json")
@@ -208,7 +212,12 @@ def main():
         with open(raw) as f:
             results, notes = (lambda d: (d["results"], d["notes"]))(json.load(f))
     else:
-        results, notes = run(args.quick, raw)
+        keep = []
+        if args.problems and os.path.exists(raw):
+            with open(raw) as f:
+                keep = [r for r in json.load(f)["results"]
+                        if not any(o.lower() in r["problem"].lower() for o in args.problems)]
+        results, notes = run(args.quick, raw, args.problems, keep)
         save_json(raw, {"results": results, "notes": notes, "complete": True})
     overhead_md = overhead_table(repeats=5 if args.quick else 21)
     summary = write_report(results, notes, overhead_md, os.path.join(args.out, "ode_solvers.md"))
