@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .base import Sampler
+from .base import Plan, Sampler
 
 
 def check_eta(eta: float, name: str = "eta") -> None:
@@ -51,7 +51,7 @@ def exact_sde_step(a_t: float, s_t: float, a_s: float, s_s: float, eta: float) -
 
 @dataclass(frozen=True)
 class AffineStep(Sampler):
-    """One evaluation per step, ``x_s = c_x x_t + c_hat x_hat(x_t, t) + c_z z`` with ``coefficients``
+    """One evaluation per step, ``x_s = c_x x_t + c_hat x_hat(x_t, t) + c_z z`` with :meth:`step_coefficients`
     returning ``(c_x, c_hat, c_z)``; ``z`` is the step's reverse-SDE noise (``span = (t, s)``)."""
 
     nfe_per_step = 1
@@ -69,9 +69,8 @@ class AffineStep(Sampler):
         rows = [self.step_coefficients(*v) for v in zip(schedule.alpha(t).tolist(), schedule.sigma(t).tolist(),
                                                        schedule.alpha(s).tolist(), schedule.sigma(s).tolist(),
                                                        t.tolist(), s.tolist(), [schedule] * t.numel())]
-        from .base import Plan
-
         return Plan(t.tolist(), s.tolist(), rows, self.count_nfe(schedule, ts))
 
     def step_coefficients(self, a_t, s_t, a_s, s_s, t, s, schedule) -> tuple[float, float, float]:
+        """``(c_x, c_hat, c_z)`` of one step from the float64 ends of the step."""
         raise NotImplementedError
