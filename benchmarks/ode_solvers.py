@@ -54,7 +54,8 @@ def sdeflow_runs(shared: Shared, process, nfe: int):
             yield f"sdeflow {name} ({gname})", (float(ts[0]), float(ts[-1])), r.x.double(), r.nfe
 
 
-def run(quick: bool, raw_path: str | None = None, only: list[str] | None = None, keep: list | None = None):
+def run(quick: bool, raw_path: str | None = None, only: list[str] | None = None, keep: list | None = None,
+        processes: list[str] | None = None):
     ks, k_err = load_k_diffusion()
     d, d_err = load_diffusers()
     notes = [e for e in (k_err, d_err) if e]
@@ -66,6 +67,8 @@ def run(quick: bool, raw_path: str | None = None, only: list[str] | None = None,
         if only and not any(o.lower() in problem.name.lower() for o in only):
             continue
         for process in PROCESSES:
+            if processes and not any(o.lower() in process.name.lower() for o in processes):
+                continue
             shared = Shared(problem, process)
             floor = shared.sw_floor()
             start = time.time()
@@ -205,6 +208,8 @@ def main():
     parser.add_argument("--from-json", action="store_true", help="rebuild the report from the saved raw results")
     parser.add_argument("--problems", nargs="+", metavar="NAME",
                         help="run only these problems (e.g. 3x32x32); the saved results of the others are kept")
+    parser.add_argument("--processes", nargs="+", metavar="NAME",
+                        help="with --problems: run only these processes (e.g. rectified); others' saved results are kept")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     raw = os.path.join(args.out, "ode_solvers.json")
@@ -216,8 +221,9 @@ def main():
         if args.problems and os.path.exists(raw):
             with open(raw) as f:
                 keep = [r for r in json.load(f)["results"]
-                        if not any(o.lower() in r["problem"].lower() for o in args.problems)]
-        results, notes = run(args.quick, raw, args.problems, keep)
+                        if not (any(o.lower() in r["problem"].lower() for o in args.problems)
+                                and (not args.processes or any(o.lower() in r["process"].lower() for o in args.processes)))]
+        results, notes = run(args.quick, raw, args.problems, keep, args.processes)
         save_json(raw, {"results": results, "notes": notes, "complete": True})
     overhead_md = overhead_table(repeats=5 if args.quick else 21)
     summary = write_report(results, notes, overhead_md, os.path.join(args.out, "ode_solvers.md"))

@@ -159,7 +159,8 @@ def _ddpm_configs(d):
         out[f"PNDM ({spacing})"] = (d.PNDMScheduler, dict(b, skip_prk_steps=True, set_alpha_to_one=True))
         for order in [2, 3]:
             out[f"DPMSolverMultistep++ {order}M ({spacing})"] = (d.DPMSolverMultistepScheduler, dict(b, solver_order=order))
-            out[f"DPMSolverSinglestep {order} ({spacing})"] = (d.DPMSolverSinglestepScheduler, dict(b, solver_order=order))
+            if spacing == "linspace":  # the single-step scheduler has one spacing of its own
+                out[f"DPMSolverSinglestep {order}"] = (d.DPMSolverSinglestepScheduler, dict(base, solver_order=order))
             out[f"DEIS {order} ({spacing})"] = (d.DEISMultistepScheduler, dict(b, solver_order=order))
             for v in ["bh1", "bh2"]:
                 out[f"UniPC {v} {order} ({spacing})"] = (d.UniPCMultistepScheduler, dict(b, solver_order=order, solver_type=v))
@@ -168,7 +169,8 @@ def _ddpm_configs(d):
         out[f"UniPC bh2 {order} (karras)"] = (d.UniPCMultistepScheduler, dict(base, solver_order=order, use_karras_sigmas=True))
         out[f"DPMSolverMultistep++ {order}M (lu lambdas)"] = (d.DPMSolverMultistepScheduler, dict(base, solver_order=order, use_lu_lambdas=True))
     out["DPMSolverMultistep++ 2M heun (linspace)"] = (d.DPMSolverMultistepScheduler, dict(base, solver_order=2, solver_type="heun"))
-    out["DPMSolverMultistep 2M noise (linspace)"] = (d.DPMSolverMultistepScheduler, dict(base, solver_order=2, algorithm_type="dpmsolver"))
+    out["DPMSolverMultistep 2M noise (linspace)"] = (d.DPMSolverMultistepScheduler, dict(
+        base, solver_order=2, algorithm_type="dpmsolver", final_sigmas_type="sigma_min"))
     out["Euler (karras)"] = (d.EulerDiscreteScheduler, dict(base, use_karras_sigmas=True))
     out["Heun (karras)"] = (d.HeunDiscreteScheduler, dict(base, use_karras_sigmas=True))
     return out
@@ -200,7 +202,7 @@ def _sde_configs(d, process: Process):
             b = dict(base, timestep_spacing=spacing)
             out[f"DDPM small ({spacing})"] = (d.DDPMScheduler, dict(b, variance_type="fixed_small"))
             out[f"DDPM large ({spacing})"] = (d.DDPMScheduler, dict(b, variance_type="fixed_large"))
-            out[f"DDIM eta=1 ({spacing})"] = (d.DDIMScheduler, dict(b, set_alpha_to_one=True))
+            out[f"DDIM eta=1 ({spacing})"] = (d.DDIMScheduler, dict(b, set_alpha_to_one=True, _step={"eta": 1.0}))
             out[f"EulerAncestral ({spacing})"] = (d.EulerAncestralDiscreteScheduler, b)
             out[f"KDPM2Ancestral ({spacing})"] = (d.KDPM2AncestralDiscreteScheduler, b)
             for order in [2, 3]:
@@ -237,16 +239,19 @@ def _run_scheduler(cls, kwargs, steps, shared: Shared, process: Process, dtype=t
     sch = process.schedule
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        kwargs = dict(kwargs)
+        step_kwargs = kwargs.pop("_step", {})
         s = cls(**kwargs)
         s.set_timesteps(steps)
-    sigmas = s.sigmas.to(torch.float64)
     flow = process.time_input == "t"
     edm = process.time_input == "edm"
-    # t of the first evaluation, from the scheduler's own noise level
-    if flow:
-        t0 = float(sigmas[0])
+    # t of the first evaluation, from the scheduler's own noise level (or its integer training index)
+    if not hasattr(s, "sigmas"):
+        t0 = float(sch.t_from_index(torch.tensor(float(s.timesteps[0]))))
+    elif flow:
+        t0 = float(s.sigmas[0])
     else:
-        t0 = float(sch.t_from_sigma_ratio(sigmas[0]))
+        t0 = float(sch.t_from_sigma_ratio(s.sigmas.to(torch.float64)[0]))
     x0 = shared.x_init(t0)
     sigma_space = getattr(s, "init_noise_sigma", 1.0) != 1.0 or edm  # state is x_t / alpha
     a0 = float(sch.alpha(t0))
@@ -267,7 +272,7 @@ def _run_scheduler(cls, kwargs, steps, shared: Shared, process: Process, dtype=t
         # EDM schedulers feed c_in y and expect F with x_hat = c_skip y + c_out F: the "edm" parameterization.
         return net(xin, torch.full((xin.shape[0],), float(c), dtype=torch.float64))
 
-    extra = {}
+    extra = dict(step_kwargs)
     if seed is not None:
         torch.manual_seed(seed)  # schedulers that draw noise without a generator argument
         if "generator" in inspect.signature(s.step).parameters:
