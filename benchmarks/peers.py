@@ -121,9 +121,12 @@ def k_runs(ks, shared: Shared, process: Process, nfe: int, table=None, seed: int
             x0 = shared.x_init(t0)
             model = k_model(shared, process)
             y = (x0 / float(sch.alpha(t0))).float()
+            extra = {}
             if seed is not None:
+                # seeds the global RNG and, explicitly, the Brownian-tree samplers' noise
                 torch.manual_seed(seed)
-            out = getattr(sampling, fn)(model, y, sigmas.float(), disable=True, **kw)
+                extra["extra_args"] = {"seed": seed}
+            out = getattr(sampling, fn)(model, y, sigmas.float(), disable=True, **kw, **extra)
             yield f"k-diffusion {sname} ({gname})", (t0, 0.0), out.double(), model.calls
     if table is not None:
         return
