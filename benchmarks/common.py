@@ -3,7 +3,9 @@ parameterization, shared initial noise, reference solves and metrics."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -145,3 +147,42 @@ def timed_together(fns: dict, repeats: int = 15) -> dict:
 
 def fmt(v: float) -> str:
     return "-" if v is None or not math.isfinite(v) else f"{v:.2e}"
+
+
+def save_json(path: str, data) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file, then a rename)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def family(method: str) -> str:
+    """``sdeflow``, ``diffusers`` or ``k-diffusion``: the first word of a result's method name."""
+    return method.split(" ", 1)[0]
+
+
+def write_problem_plots(results, folder: str, plot_name, draw, ylabel: str) -> None:
+    """One figure per problem with a log-log panel per process; ``draw(ax, rows)`` plots a panel."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("skipped plots: matplotlib is not installed")
+        return
+    for prob in dict.fromkeys(r["problem"] for r in results):
+        procs = list(dict.fromkeys(r["process"] for r in results if r["problem"] == prob))
+        fig, axes = plt.subplots(1, len(procs), figsize=(5 * len(procs), 4.2), dpi=110, squeeze=False)
+        for ax, proc in zip(axes[0], procs):
+            draw(ax, [r for r in results if r["problem"] == prob and r["process"] == proc])
+            ax.set_title(proc, fontsize=9)
+            ax.set_xlabel("NFE")
+            ax.set_ylabel(ylabel)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.suptitle(prob)
+        fig.tight_layout()
+        fig.savefig(os.path.join(folder, plot_name(prob)))
+        plt.close(fig)

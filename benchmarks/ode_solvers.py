@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import NFES, PROCESSES, Shared, fmt, problems, sdeflow_denoiser  # noqa: E402
+from common import NFES, PROCESSES, Shared, family, fmt, problems, save_json, sdeflow_denoiser, write_problem_plots  # noqa: E402
 from overhead import overhead_table  # noqa: E402
 from peers import diffusers_runs, k_runs, load_diffusers, load_k_diffusion  # noqa: E402
 
@@ -91,17 +91,6 @@ def run(quick: bool, raw_path: str | None = None, only: list[str] | None = None,
             if raw_path:  # partial results survive an interrupted run
                 save_json(raw_path, {"results": results, "notes": notes, "complete": False})
     return results, notes
-
-
-def save_json(path: str, data) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
-
-
-def family(method: str) -> str:
-    return method.split(" ", 1)[0]
 
 
 def best(rows, fam):
@@ -172,33 +161,14 @@ def plot_name(problem: str) -> str:
 
 
 def write_plots(results, folder):
-    try:
-        import matplotlib
+    def draw(ax, rows):
+        for fam, style in [("sdeflow", "-o"), ("diffusers", "--s"), ("k-diffusion", ":^")]:
+            pts = [(n, best([r for r in rows if r["nfe"] == n], fam)) for n in sorted({r["nfe"] for r in rows})]
+            pts = [(n, b["rms"]) for n, b in pts if b and math.isfinite(b["rms"])]
+            if pts:
+                ax.loglog(*zip(*pts), style, label=f"best {fam}")
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("skipped plots: matplotlib is not installed")
-        return
-    for prob in dict.fromkeys(r["problem"] for r in results):
-        procs = list(dict.fromkeys(r["process"] for r in results if r["problem"] == prob))
-        fig, axes = plt.subplots(1, len(procs), figsize=(5 * len(procs), 4.2), dpi=110, squeeze=False)
-        for ax, proc in zip(axes[0], procs):
-            rows = [r for r in results if r["problem"] == prob and r["process"] == proc]
-            for fam, style in [("sdeflow", "-o"), ("diffusers", "--s"), ("k-diffusion", ":^")]:
-                pts = [(n, best([r for r in rows if r["nfe"] == n], fam)) for n in sorted({r["nfe"] for r in rows})]
-                pts = [(n, b["rms"]) for n, b in pts if b and math.isfinite(b["rms"])]
-                if pts:
-                    ax.loglog(*zip(*pts), style, label=f"best {fam}")
-            ax.set_title(proc, fontsize=9)
-            ax.set_xlabel("NFE")
-            ax.set_ylabel("endpoint RMS error")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.suptitle(prob)
-        fig.tight_layout()
-        fig.savefig(os.path.join(folder, plot_name(prob)))
-        plt.close(fig)
+    write_problem_plots(results, folder, plot_name, draw, "endpoint RMS error")
 
 
 def main():

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import PROCESSES, Shared, fmt, problems, sdeflow_denoiser  # noqa: E402
+from common import PROCESSES, Shared, family, fmt, problems, save_json, sdeflow_denoiser, write_problem_plots  # noqa: E402
 from peers import K_SDE_SAMPLERS, diffusers_runs, k_runs, load_diffusers, load_k_diffusion  # noqa: E402
 
 from sdeflow import GeneratorNoise, metrics, sample  # noqa: E402
@@ -216,17 +216,6 @@ def run(quick: bool, raw_path: str | None):
     return results, notes, exact
 
 
-def save_json(path: str, data) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
-
-
-def family(method: str) -> str:
-    return method.split(" ", 1)[0]
-
-
 def best(rows, key="sw"):
     rows = [r for r in rows if math.isfinite(r[key])]
     return min(rows, key=lambda r: r[key]) if rows else None
@@ -303,38 +292,20 @@ def plot_name(problem: str) -> str:
 
 
 def write_plots(results, folder):
-    try:
-        import matplotlib
+    series = [("sdeflow SDE", lambda r: family(r["method"]) == "sdeflow" and r["kind"] == "sde" and not r.get("adaptive"), "-o"),
+              ("sdeflow ODE", lambda r: family(r["method"]) == "sdeflow" and r["kind"] == "ode", "-.d"),
+              ("k-diffusion", lambda r: family(r["method"]) == "k-diffusion", ":^"),
+              ("diffusers", lambda r: family(r["method"]) == "diffusers", "--s")]
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("skipped plots: matplotlib is not installed")
-        return
-    for prob in dict.fromkeys(r["problem"] for r in results):
-        procs = list(dict.fromkeys(r["process"] for r in results if r["problem"] == prob))
-        fig, axes = plt.subplots(1, len(procs), figsize=(5 * len(procs), 4.2), dpi=110, squeeze=False)
-        for ax, proc in zip(axes[0], procs):
-            rows = [r for r in results if r["problem"] == prob and r["process"] == proc]
-            series = [("sdeflow SDE", lambda r: family(r["method"]) == "sdeflow" and r["kind"] == "sde" and not r.get("adaptive"), "-o"),
-                      ("sdeflow ODE", lambda r: family(r["method"]) == "sdeflow" and r["kind"] == "ode", "-.d"),
-                      ("k-diffusion", lambda r: family(r["method"]) == "k-diffusion", ":^"),
-                      ("diffusers", lambda r: family(r["method"]) == "diffusers", "--s")]
-            for label, keep, style in series:
-                pts = [(n, best([r for r in rows if r["nfe"] == n and keep(r)])) for n in sorted({r["nfe"] for r in rows})]
-                pts = [(n, b["sw"]) for n, b in pts if b]
-                if pts:
-                    ax.loglog(*zip(*pts), style, label=f"best {label}")
-            ax.axhline(rows[0]["floor_sw"], color="gray", lw=0.8, ls=":", label="floor (exact samples)")
-            ax.set_title(proc, fontsize=9)
-            ax.set_xlabel("NFE")
-            ax.set_ylabel("sliced Wasserstein to the data")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.suptitle(prob)
-        fig.tight_layout()
-        fig.savefig(os.path.join(folder, plot_name(prob)))
-        plt.close(fig)
+    def draw(ax, rows):
+        for label, keep, style in series:
+            pts = [(n, best([r for r in rows if r["nfe"] == n and keep(r)])) for n in sorted({r["nfe"] for r in rows})]
+            pts = [(n, b["sw"]) for n, b in pts if b]
+            if pts:
+                ax.loglog(*zip(*pts), style, label=f"best {label}")
+        ax.axhline(rows[0]["floor_sw"], color="gray", lw=0.8, ls=":", label="floor (exact samples)")
+
+    write_problem_plots(results, folder, plot_name, draw, "sliced Wasserstein to the data")
 
 
 def main():
