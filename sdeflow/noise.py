@@ -99,7 +99,7 @@ class BrownianTreeNoise(NoiseSource):
         Nodes are cached (up to about 256 MB), so nearby queries share their bisection."""
         t = min(max(float(t), 0.0), 1.0)
         shape = (tuple(like.shape), like.dtype == torch.float64)
-        if shape != getattr(self, "_shape", None) or len(self._cache) > max(64, 2 ** 26 // max(like.numel(), 1)):
+        if shape != self._shape or len(self._cache) > max(64, 2 ** 26 // max(like.numel(), 1)):
             self._shape, self._cache = shape, {}
         lo, hi = 0.0, 1.0
         w_hi = self._dyadic(like, 0, 1, None, None)

@@ -35,12 +35,23 @@ def _error_ratio(x_hi, x_lo, x_prev, rtol, atol):
     return float(((x_hi - x_lo) / tol).pow(2).mean().sqrt())
 
 
+def end_time(sch, t: float, s: float) -> tuple[float, bool]:
+    """``(s_end, denoise)``: an interval ending at ``sigma = 0`` is integrated to the noise level
+    ``DEFAULT_SIGMA_MIN`` (or the schedule's smallest time) and finished with a denoising step."""
+    denoise = float(sch.sigma(s)) == 0
+    s_end = max(float(sch.t_from_sigma_ratio(DEFAULT_SIGMA_MIN)), sch.t_min) if denoise else s
+    return min(s_end, t), denoise
+
+
 def _next_h(h, err, q):
     return h * min(5.0, max(0.2, 0.9 * (max(err, 1e-10)) ** (-1.0 / (q + 1))))
 
 
 @dataclass(frozen=True)
-class _Adaptive(Sampler):
+class Adaptive(Sampler):
+    """Base of the error-controlled samplers: tolerances, the initial step, a step limit, and a
+    plan that only carries the grid and the schedule (step sizes are chosen while sampling)."""
+
     rtol: float = 0.05
     atol: float = 0.0078
     h_init: float = 0.05
@@ -60,7 +71,7 @@ class _Adaptive(Sampler):
 
 
 @dataclass(frozen=True)
-class DPMSolverAdaptive(_Adaptive):
+class DPMSolverAdaptive(Adaptive):
     """DPM-Solver-12 (``solver_order=2``: DPM-Solver-1 inside -2) or -23 (``solver_order=3``), in data
     form (DPM-Solver++), adapting the logSNR step."""
 
@@ -138,7 +149,7 @@ _B4 = [5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 
 
 
 @dataclass(frozen=True)
-class RK45(_Adaptive):
+class RK45(Adaptive):
     """Dormand-Prince 5(4) on the probability-flow ODE in ``t`` (first same as last)."""
 
     rtol: float = 1e-3
@@ -149,9 +160,7 @@ class RK45(_Adaptive):
     def step(self, field, x, i, plan, state, noise):
         sch = plan.extra["schedule"]
         t, s = plan.t[i], plan.s[i]
-        denoise = float(sch.sigma(s)) == 0
-        s_end = max(float(sch.t_from_sigma_ratio(DEFAULT_SIGMA_MIN)), sch.t_min) if denoise else s
-        s_end = min(s_end, t)
+        s_end, denoise = end_time(sch, t, s)
 
         def u(y, tau):
             p, q = (float(c) for c in ode_coefficients(sch, torch.tensor(tau, dtype=torch.float64)))

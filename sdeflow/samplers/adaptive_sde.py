@@ -31,36 +31,25 @@ from dataclasses import dataclass
 
 import torch
 
-from ..grids import DEFAULT_SIGMA_MIN
-from .base import Plan, Sampler
+from .adaptive import LAM_FLOOR, Adaptive, end_time
 from .sde import check_eta, exact_sde_step
-
-LAM_FLOOR = -20.0
 
 
 @dataclass(frozen=True)
-class GottaGoFast(Sampler):
-    eta: float = 1.0
-    rtol: float = 0.05
-    atol: float = 0.0078
+class GottaGoFast(Adaptive):
     h_init: float = 0.01
     max_steps: int = 100_000
+    eta: float = 1.0
     order = 1
     stochastic = True
-    adaptive = True
-    couples_batch = True
 
     def __post_init__(self):
+        super().__post_init__()
         check_eta(self.eta)
-        if not (self.rtol > 0 or self.atol > 0) or self.rtol < 0 or self.atol < 0:
-            raise ValueError(f"need rtol >= 0 and atol >= 0, not both 0; got rtol={self.rtol}, atol={self.atol}")
+        if self.rtol < 0 or self.atol < 0:
+            raise ValueError(f"need rtol >= 0 and atol >= 0, got rtol={self.rtol}, atol={self.atol}")
         if not 0 < self.h_init <= 1:
             raise ValueError(f"h_init must be in (0, 1], got {self.h_init}")
-
-    def prepare(self, schedule, ts):
-        plan = Plan(ts[:-1].tolist(), ts[1:].tolist(), [()] * (ts.numel() - 1), None)
-        plan.extra["schedule"] = schedule
-        return plan
 
     def _drift(self, sch, t: float):
         """``(c_x, c_hat, g)``: ``b(x, t) = c_x x + c_hat x_hat`` and the diffusion ``g(t)``."""
@@ -83,8 +72,7 @@ class GottaGoFast(Sampler):
                 if c[2]:
                     x.add_(noise(draw=draw, span=(t, t_new)), alpha=c[2])
                 draw, t = draw + 1, t_new
-        denoise = float(sch.sigma(s)) == 0
-        s_end = min(max(float(sch.t_from_sigma_ratio(DEFAULT_SIGMA_MIN)), sch.t_min), t) if denoise else s
+        s_end, denoise = end_time(sch, t, s)
         h, x_prev, steps = self.h_init, None, 0
         b0 = None
         while t > s_end + 1e-12:

@@ -20,11 +20,10 @@ Sampling of Diffusion Probabilistic Models", 2022, arXiv:2211.01095.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from .engine import Multistep
-from .expint import exp_adams, finite_nodes, linear_part
+from .expint import exp_adams, finite_nodes, linear_part, midpoint_weights
 
 
 @dataclass(frozen=True)
@@ -44,10 +43,8 @@ class DPMSolverMultistep(Multistep):
     def weights(self, schedule, info, history, k):
         if self.variant == "midpoint" and k == 2 and len(finite_nodes(info, history[:2])) == 2:
             c_x, scale = linear_part(self.form, info.a_t, info.s_t, info.a_s, info.s_s)
-            h = info.h
-            e1 = -math.expm1(-h) if self.form == "data" else math.expm1(h)   # h int exp(+-h(1-v)) dv
-            r = (info.lam_t - history[1].lam_t) / h
-            return c_x, [scale * e1 * (1 + 0.5 / r), -scale * e1 * 0.5 / r]
+            r = (info.lam_t - history[1].lam_t) / info.h
+            return c_x, [scale * w for w in midpoint_weights(info.h, r, self.form)]
         return exp_adams(self.form, info, history[:k])
 
 

@@ -215,10 +215,9 @@ class Multistep(Sampler):
             x_hat = field(x, plan.t[i])
             hist = (hist + (to_native(x, x_hat, conv),))[-plan.extra["keep"]:]
         terms = [(c_hat, x_hat)] + [(c, hist[-1 - j]) for j, c in enumerate(c_hist)]
-        x_new = lincomb(x, c_x, terms, inplace=plan.inplace and corr is None)
         if c_z != 0:
-            x_new = x_new.add_(noise(span=(plan.t[i], plan.s[i])), alpha=c_z) if x_new is not x else x_new.add(
-                noise(span=(plan.t[i], plan.s[i])), alpha=c_z)
+            terms.append((c_z, noise(span=(plan.t[i], plan.s[i]))))
+        x_new = lincomb(x, c_x, terms, inplace=plan.inplace and corr is None)
         if corr is None:
             return x_new, (hist, None)
         kx, kh, knew, conv_s = corr

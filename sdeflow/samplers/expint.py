@@ -59,6 +59,14 @@ def exp_adams_weights(h: float, nodes, form: str) -> np.ndarray:
     return h * lagrange_weights(nodes, exp_moments(c, len(nodes)))
 
 
+def midpoint_weights(h: float, r: float, form: str) -> list[float]:
+    """DPM-Solver-2M's midpoint rule: ``x_hat_0 + (x_hat_0 - x_hat_1) / (2 r)`` (``r`` the previous
+    step over this one) times ``h int exp(-+h(1-v)) dv``, as weights on ``(x_hat_0, x_hat_1)`` (to be
+    scaled like :func:`exp_adams_weights`)."""
+    e1 = -math.expm1(-h) if form == "data" else math.expm1(h)
+    return [e1 * (1 + 0.5 / r), -e1 * 0.5 / r]
+
+
 def linear_part(form: str, a_t: float, s_t: float, a_s: float, s_s: float) -> tuple[float, float]:
     """``(coefficient of x_t, scale of the integral)`` of the exact solution in ``form``."""
     if form == "data":

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 
 from .engine import Multistep
-from .expint import exp_adams_weights, finite_nodes
+from .expint import exp_adams_weights, finite_nodes, midpoint_weights
 from .sde import check_eta
 
 
@@ -56,8 +56,7 @@ class SDEDPMSolverPP(Multistep):
         c_x = info.s_s / info.s_t * math.exp(-self.eta * h)
         nodes = finite_nodes(info, history[:k])
         if self.variant == "midpoint" and len(nodes) == 2:
-            e1, r = -math.expm1(-kk * h), -nodes[1]
-            return c_x, [info.a_s * e1 * (1 + 0.5 / r), -info.a_s * e1 * 0.5 / r]
+            return c_x, [info.a_s * w for w in midpoint_weights(kk * h, -nodes[1], "data")]
         return c_x, list(info.a_s * exp_adams_weights(kk * h, nodes, "data"))
 
     def noise_weight(self, info):
