@@ -8,12 +8,11 @@ distance between two independent exact sample sets of the same size).
 
 from __future__ import annotations
 
-import os
-import tempfile
 
 import torch
 
 from .. import analytic, metrics
+from ..files import atomic_write
 from ..grids import reference_grid
 from ..sampling import sample
 from ..samplers import Heun
@@ -76,19 +75,5 @@ def _plot(mixture, x, report, path):
     ax.set_title(f"{report['sampler']} / {report['schedule']} / {report['grid']}, NFE {report['nfe']}\n"
                  f"{endpoint}sliced W2 {report['sliced_w2']:.3g} (floor {report['sliced_w2_floor']:.3g})", fontsize=9)
     fig.tight_layout()
-    atomic_savefig(fig, path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
-
-
-def atomic_savefig(fig, path: str) -> None:
-    """Write a figure to ``path`` through a temporary file in the same folder, then rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -6,12 +6,10 @@ exact sample of ``p_{t_max}``, so the samples can be compared with the exact dat
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import numpy as np
 import torch
 
+from ..files import save_npz
 from ..noise import BrownianTreeNoise, GeneratorNoise, SeededNoise
 from ..sampling import sample
 from .registry import PROBLEMS, SAMPLERS, SCHEDULES, lookup, parse_grid, steps_for_nfe
@@ -47,17 +45,3 @@ def run_sample(args) -> dict:
         save_npz(args.out, samples=result.x.numpy(), nfe=np.array(result.nfe), ts=ts.numpy())
         print(f"  wrote {args.out}")
     return {"x": result.x, "nfe": result.nfe}
-
-
-def save_npz(path: str, **arrays) -> None:
-    """Write ``arrays`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

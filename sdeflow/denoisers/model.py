@@ -116,10 +116,16 @@ class ModelDenoiser(Denoiser):
                 return x_hat if skip == 1.0 else x_hat.mul_(skip)
             return torch.add(f, x_t, alpha=skip / out).mul_(out)
         t = as_time(t, device=x_t.device)
+        return self.parameterization.to_x_hat(self.network_output(x_t, t, **cond).to(x_t.dtype), x_t, self.schedule, t)
+
+    def network_output(self, x_t: torch.Tensor, t, **cond) -> torch.Tensor:
+        """The raw network output ``F(in(t) x_t, c(t))`` at a scalar or per-sample ``(B,)`` time (what
+        the training losses compare with their target), in the network's dtype."""
+        t = as_time(t, device=x_t.device)
         p, sched = self.parameterization, self.schedule
         scale = expand_as_batch(p.input_scale(sched, t).to(x_t.dtype), x_t)
         c = self.time_input(sched, t)
         if c.ndim == 0:
             c = c.expand(x_t.shape[0])
-        out = self.model((scale * x_t).to(net_dtype), c.to(c_dtype), **cond)
-        return p.to_x_hat(out.to(x_t.dtype), x_t, sched, t)
+        c_dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
+        return self.model((scale * x_t).to(self.dtype or x_t.dtype), c.to(c_dtype), **cond)

@@ -1,0 +1,25 @@
+"""Reference networks: an MLP for low-dimensional data, a compact UNet for small images and a small
+image classifier (for quality measurements). All take ``net(x, c, label=None)`` where ``c`` is the
+``(B,)`` time input of :class:`~sdeflow.denoisers.ModelDenoiser`; each is rebuilt from its
+``config`` dict, which checkpoints store as JSON."""
+
+from .classifier import Classifier
+from .embedding import TimeEmbedding
+from .mlp import MLP
+from .unet import UNet
+
+#: Architectures by name, for checkpoints: ``ARCHITECTURES[name](**config)``.
+ARCHITECTURES = {"mlp": MLP, "unet": UNet, "classifier": Classifier}
+
+
+def build(name: str, config: dict):
+    """Rebuild a network from its architecture name and ``config`` (a checkpoint's JSON)."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; allowed: {', '.join(ARCHITECTURES)}")
+    try:
+        return ARCHITECTURES[name](**config)
+    except TypeError as err:
+        raise ValueError(f"bad {name} configuration {config}: {err}") from None
+
+
+__all__ = ["ARCHITECTURES", "Classifier", "MLP", "TimeEmbedding", "UNet", "build"]

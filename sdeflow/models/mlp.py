@@ -1,0 +1,41 @@
+"""An MLP with a time embedding, for low-dimensional data (the 2-D toys, tabular arrays)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .embedding import TimeEmbedding
+
+
+class MLP(nn.Module):
+    """``F(x, c) = out(h_L)``, ``h_{k+1} = h_k + Linear(SiLU(LayerNorm(h_k) * (1 + a_k) + b_k))``:
+    residual blocks whose normalised input is modulated by the time (and label) embedding.
+
+    Args:
+        dim: data dimension (inputs are flattened ``(B, dim)``).
+        width, depth: hidden width and number of residual blocks.
+        num_classes: > 0 adds a class embedding (label dropout index ``num_classes``).
+        time_scale: scale of the time input for the sinusoidal features (see :class:`TimeEmbedding`).
+    """
+
+    def __init__(self, dim: int, width: int = 256, depth: int = 4, num_classes: int = 0, time_scale: float = 1000.0):
+        super().__init__()
+        self.config = dict(dim=dim, width=width, depth=depth, num_classes=num_classes, time_scale=time_scale)
+        self.embed = TimeEmbedding(width, time_scale, num_classes)
+        self.inp = nn.Linear(dim, width)
+        self.norms = nn.ModuleList(nn.LayerNorm(width, elementwise_affine=False) for _ in range(depth))
+        self.mods = nn.ModuleList(nn.Linear(width, 2 * width) for _ in range(depth))
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.out = nn.Linear(width, dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        shape = x.shape
+        emb = nn.functional.silu(self.embed(c, label))
+        h = self.inp(x.reshape(shape[0], -1))
+        for norm, mod, layer in zip(self.norms, self.mods, self.layers):
+            a, b = mod(emb).chunk(2, dim=1)
+            h = h + layer(nn.functional.silu(norm(h) * (1 + a) + b))
+        return self.out(h).reshape(shape)

@@ -1,0 +1,128 @@
+"""Training configuration: one flat record, from a TOML/YAML file and/or command-line flags.
+
+Recipes fill the process-related fields with the combinations people train with; any field given
+explicitly overrides the recipe:
+
+========== ================ ============== =========== =============== ============
+recipe     schedule         prediction     time input  time density    weighting
+========== ================ ============== =========== =============== ============
+``flow``   rectified-flow   velocity       t           logit-normal    output
+``edm``    edm              edm            edm         log-normal      edm
+``ddpm``   ddpm-linear      eps            index       uniform         output
+``vp-v``   vp-cosine        v              t           uniform         min-snr
+========== ================ ============== =========== =============== ============
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+RECIPES = {
+    "flow": dict(schedule="rectified-flow", parameterization="velocity", time_input="t", time_density="logit-normal",
+                 weighting="output"),
+    "edm": dict(schedule="edm", parameterization="edm", time_input="edm", time_density="log-normal", weighting="edm"),
+    "ddpm": dict(schedule="ddpm-linear", parameterization="eps", time_input="index", time_density="uniform",
+                 weighting="output"),
+    "vp-v": dict(schedule="vp-cosine", parameterization="v", time_input="t", time_density="uniform", weighting="min-snr"),
+}
+
+#: Scale of the sinusoidal time features for each time input (so the features span their range).
+TIME_SCALES = {"t": 1000.0, "t1000": 1.0, "index": 1.0, "edm": 250.0, "logsnr": 50.0, "sigma": 10.0}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; stored in every checkpoint. ``None`` fields come from the recipe or
+    are chosen from the data (network: UNet for images, MLP otherwise)."""
+
+    data: str = "digits"
+    out: str = "runs/digits"
+    recipe: str = "flow"
+    schedule: str | None = None
+    parameterization: str | None = None
+    time_input: str | None = None
+    time_density: str | None = None
+    weighting: str | None = None
+    min_snr_gamma: float = 5.0
+    sigma_data: float = 0.5
+    ot_coupling: bool = False
+    image_size: int = 32
+    standardize: bool = False
+    toy_size: int = 100_000
+    architecture: str | None = None
+    model: dict = field(default_factory=dict)
+    conditional: bool = True
+    label_dropout: float = 0.1
+    steps: int = 20_000
+    batch_size: int = 128
+    lr: float = 2e-4
+    warmup: int = 500
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    precision: str = "fp32"
+    device: str = "auto"
+    checkpoint_every: int = 1000
+    sample_every: int = 1000
+    sample_sampler: str = "dpm-solver++-2m"
+    sample_nfe: int = 20
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the recipe's fields filled in, after checking every value."""
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; allowed: {', '.join(RECIPES)}")
+        filled = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in RECIPES[self.recipe].items()}
+        cfg = dataclasses.replace(self, **filled)
+        if cfg.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {cfg.precision!r}")
+        if cfg.time_input not in TIME_SCALES:
+            raise ValueError(f"unknown time input {cfg.time_input!r}; allowed: {', '.join(TIME_SCALES)}")
+        for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "image_size", "sample_nfe"):
+            if getattr(cfg, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+        if not 0.0 <= cfg.label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {cfg.label_dropout}")
+        if cfg.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {cfg.lr}")
+        return cfg
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"{where}: unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+        return cls(**d)
+
+
+def read_config_file(path: str) -> dict:
+    """A flat table of settings from a ``.toml`` or ``.yaml``/``.yml`` file (names as in
+    :class:`TrainConfig`, dashes or underscores)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"config file {path!r} does not exist")
+    if path.endswith(".toml"):
+        import tomllib
+
+        try:
+            with open(path, "rb") as f:
+                d = tomllib.load(f)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path}: not valid TOML ({err})") from None
+    elif path.endswith((".yaml", ".yml")):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError("YAML config files need PyYAML (pip install pyyaml); TOML works without it") from None
+        with open(path) as f:
+            d = yaml.safe_load(f) or {}
+    else:
+        raise ValueError(f"config file {path!r}: use .toml, .yaml or .yml")
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a table of settings")
+    return {k.replace("-", "_"): v for k, v in d.items()}
