@@ -67,14 +67,14 @@ def test_sample_writes_npz_with_counted_nfe(tmp_path):
                  "--nfe", "6", "--out", str(out)]) == 0
     data = np.load(out)
     assert data["samples"].shape == (3, 3, 32, 32) and int(data["nfe"]) == 6 and np.isfinite(data["samples"]).all()
-    assert main(["sample", "--grid", "1,0.4,0", "--num", "5", "--out", str(out)]) == 0
+    assert main(["sample", "--problem", "ring-2d", "--grid", "1,0.4,0", "--num", "5", "--out", str(out)]) == 0
     assert np.load(out)["ts"].tolist() == [1.0, 0.4, 0.0]
 
 
 def test_sample_bad_combinations_are_one_line_errors():
-    r = run("sample", "--schedule", "edm", "--grid", "trailing", "--out", "")
+    r = run("sample", "--problem", "ring-2d", "--schedule", "edm", "--grid", "trailing", "--out", "")
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "discrete" in r.stderr
-    r = run("sample", "--grid", "0,1", "--out", "")
+    r = run("sample", "--problem", "ring-2d", "--grid", "0,1", "--out", "")
     assert r.returncode == 1 and "decreasing" in r.stderr
     r = run("sample", "--problem", "nope")
     assert r.returncode == 2 and "ring-2d" in r.stderr
@@ -84,7 +84,7 @@ def test_sample_bad_combinations_are_one_line_errors():
 def test_stochastic_sampling_is_reproducible_from_the_seed(tmp_path, noise):
     paths = [tmp_path / f"{k}.npz" for k in range(3)]
     for path, seed in zip(paths, [1, 1, 2]):
-        assert main(["sample", "--sampler", "sde-dpm-solver++-2m", "--num", "6", "--nfe", "8", "--noise", noise,
+        assert main(["sample", "--problem", "ring-2d", "--sampler", "sde-dpm-solver++-2m", "--num", "6", "--nfe", "8", "--noise", noise,
                      "--seed", str(seed), "--out", str(path)]) == 0
     a, b, c = (np.load(p)["samples"] for p in paths)
     assert np.array_equal(a, b) and not np.array_equal(a, c)

@@ -33,10 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--sampler", default=default_sampler, choices=list(SAMPLERS), metavar="NAME",
                        help=f"one of: {', '.join(SAMPLERS)} (default: {default_sampler})")
         p.add_argument("--schedule", default=default_schedule, choices=list(SCHEDULES), metavar="NAME",
-                       help=f"one of: {', '.join(SCHEDULES)} (default: {default_schedule})")
+                       help=f"one of: {', '.join(SCHEDULES)} (default: {default_schedule or 'the model schedule; vp-linear for problems'})")
         p.add_argument("--grid", default=default_grid, metavar="NAME|T0,T1,...",
                        help=f"one of: {', '.join(GRIDS)}, or decreasing times such as 1,0.5,0.2,0 "
-                       f"(default: {default_grid})")
+                       f"(default: {default_grid or 'auto for models, logsnr for problems'})")
         p.add_argument("--nfe", type=_positive_int, default=default_nfe,
                        help=f"evaluation budget; the largest step count within it is used (default: {default_nfe})")
         p.add_argument("--steps", type=_positive_int, default=None, help="number of steps (overrides --nfe)")
@@ -54,16 +54,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument("--out", default="sdeflow-demo.png", help="PNG to write; '' for none (default: sdeflow-demo.png)")
 
-    smp = sub.add_parser("sample", help="sample a named problem with any sampler and save the samples",
-                         description="Sample one of the exact problems with any sampler, grid and NFE and "
-                         "write the samples to an .npz file.")
-    smp.add_argument("--problem", default="ring-2d", choices=list(PROBLEMS), metavar="NAME",
-                     help=f"one of: {', '.join(PROBLEMS)} (default: ring-2d)")
-    sampling_flags(smp, "unipc-bh2", "vp-linear", "logsnr", 10)
-    smp.add_argument("--num", type=_positive_int, default=1000, help="number of samples (default: 1000)")
+    smp = sub.add_parser("sample", help="sample a trained model (default: the shipped digits model) or an exact problem",
+                         description="Sample a checkpoint (default: the shipped class-conditional digits model) or one "
+                         "of the exact Gaussian-mixture problems with any sampler, grid and NFE; write a PNG picture "
+                         "and/or an .npz of the samples. Under torchrun the samples are sharded over the processes "
+                         "and are bit-identical to a single-process run.")
+    smp.add_argument("--checkpoint", default=None, metavar="NAME|PATH",
+                     help="a shipped model (digits, moons, swiss-roll, eight-gaussians, checkerboard), a "
+                     "checkpoint .safetensors or a training run folder (default: digits)")
+    smp.add_argument("--problem", default=None, choices=list(PROBLEMS), metavar="NAME",
+                     help=f"sample an exact problem instead of a model: one of {', '.join(PROBLEMS)}")
+    sampling_flags(smp, "dpm-solver++-2m", None, None, 20)
+    smp.add_argument("--label", default=None, metavar="all|none|K[,K...]",
+                     help="classes of a class-conditional model: all (cycle, default), none, or class numbers")
+    smp.add_argument("--num", type=_positive_int, default=100, help="number of samples (default: 100)")
+    smp.add_argument("--batch-size", type=_positive_int, default=256, help="samples per network batch (default: 256)")
     smp.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    smp.add_argument("--out", default="samples.npz", help="output .npz; '' for none (default: samples.npz)")
+    smp.add_argument("--out", nargs="+", default=None, metavar="FILE",
+                     help="one or more .png (picture) / .npz (arrays) files (default: samples.png for a model, "
+                     "samples.npz for a problem; '' for none)")
+    smp.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     smp.add_argument("--progress", action="store_true", help="show a progress bar")
+
+    from .train_cmd import add_train_parser
+
+    add_train_parser(sub)
 
     sub.add_parser("list", help="list the registered schedules, samplers and grids",
                    description="List the names the other commands accept.")
@@ -86,6 +101,9 @@ def _list() -> None:
         print(f"  {name:<{width}}  {order}, {cost}, {kind}")
     print("grids: " + ", ".join(GRIDS) + " (or decreasing times: 1,0.5,0)")
     print("problems: " + ", ".join(PROBLEMS))
+    from ..pretrained import PRETRAINED
+
+    print("shipped models (sdeflow sample --checkpoint NAME): " + ", ".join(PRETRAINED))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
             from .sample_cmd import run_sample
 
             run_sample(args)
+        elif args.command == "train":
+            from .train_cmd import run_train
+
+            run_train(args)
         elif args.command == "demo":
             from .demo import run_demo
 

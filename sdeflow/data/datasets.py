@@ -44,11 +44,11 @@ class Dataset:
 
 def digits() -> Dataset:
     """scikit-learn's bundled handwritten digits: 1797 images 1x8x8, values 0..16 mapped to [-1, 1],
-    labels 0..9. Needs scikit-learn (``pip install "sdeflow[data]"``)."""
+    labels 0..9. Needs scikit-learn (``pip install "sdeflow[train]"``)."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise ValueError("the digits dataset needs scikit-learn: pip install scikit-learn") from None
+        raise ValueError("the digits dataset needs scikit-learn: pip install \"sdeflow[train]\" (or scikit-learn)") from None
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
     return Dataset(x, torch.tensor(d.target, dtype=torch.int64), scale=1 / 8.0, shift=-1.0, kind="image", name="digits")

@@ -55,10 +55,10 @@ class TrainConfig:
     model: dict = field(default_factory=dict)
     conditional: bool = True
     label_dropout: float = 0.1
-    steps: int = 20_000
+    steps: int = 4000
     batch_size: int = 128
-    lr: float = 2e-4
-    warmup: int = 500
+    lr: float = 4e-4
+    warmup: int = 200
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999

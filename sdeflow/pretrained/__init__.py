@@ -1,0 +1,75 @@
+"""Shipped models and loading any sdeflow checkpoint as a ready-to-sample denoiser.
+
+The package ships small models trained with ``sdeflow train`` (commands in ``docs/training.md``):
+``digits`` (class-conditional 8x8 digits, rectified flow), the 2-D toys ``moons``, ``swiss-roll``,
+``eight-gaussians`` and ``checkerboard``, and ``digits-classifier`` (the classifier of the quality
+benchmark). :func:`load_model` takes one of these names or the path of any checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .. import models
+from ..denoisers import ModelDenoiser
+from ..training import checkpoint as ckpt
+from ..training.config import TrainConfig
+
+FOLDER = os.path.dirname(os.path.abspath(__file__))
+PRETRAINED = ("digits", "moons", "swiss-roll", "eight-gaussians", "checkerboard")
+
+
+def path_of(spec: str) -> str:
+    """The file of a shipped model name, or ``spec`` itself (a path; a run folder means its checkpoint)."""
+    if spec in PRETRAINED or spec == "digits-classifier":
+        return os.path.join(FOLDER, f"{spec}.safetensors")
+    if os.path.isdir(spec):
+        return os.path.join(spec, "checkpoint.safetensors")
+    if not os.path.exists(spec):
+        raise ValueError(f"no checkpoint {spec!r}: give a .safetensors file, a training run folder, or one of the "
+                         f"shipped models: {', '.join(PRETRAINED)}")
+    return spec
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint ready to sample: the denoiser (EMA weights), one sample's shape, the data kind
+    (``image``/``vector``), the number of classes (0: unconditional) and the stored metadata."""
+
+    denoiser: ModelDenoiser
+    shape: tuple[int, ...]
+    kind: str
+    num_classes: int
+    meta: dict
+    path: str
+
+    @property
+    def config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.meta["config"]).resolved()
+
+
+def load_network(spec: str, prefix: str = "ema") -> tuple[torch.nn.Module, dict, str]:
+    """The network stored in a checkpoint (its ``prefix`` weights, falling back to ``model``)."""
+    path = path_of(spec)
+    tensors, meta = ckpt.load(path)
+    if "architecture" not in meta or "network" not in meta:
+        raise ValueError(f"checkpoint {path!r} holds no network description")
+    net = models.build(meta["architecture"], meta["network"])
+    weights = ckpt.state(prefix, tensors) or ckpt.state("model", tensors)
+    ckpt.load_weights(net, {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, path)
+    return net.eval().requires_grad_(False), meta, path
+
+
+def load_model(spec: str = "digits", device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a shipped model by name or any sdeflow checkpoint (EMA weights) as a denoiser."""
+    from ..cli.registry import SCHEDULES, lookup
+
+    net, meta, path = load_network(spec)
+    cfg = TrainConfig.from_dict(meta["config"], where=path).resolved()
+    schedule = lookup(SCHEDULES, "schedule", cfg.schedule)()
+    denoiser = ModelDenoiser(net.to(device), schedule, cfg.parameterization, time_input=cfg.time_input)
+    data = meta["data"]
+    return LoadedModel(denoiser, tuple(data["shape"]), data["kind"], meta["network"].get("num_classes", 0), meta, path)

@@ -1,0 +1,269 @@
+"""The training loop behind ``sdeflow train``: single process or torchrun / DistributedDataParallel.
+
+Reproducible and resumable by construction: everything random in step ``n`` (the batch indices,
+times, noise, label dropout and the network's dropout) is drawn from generators seeded by
+``(seed, n)``, the data order by ``(seed, epoch)``, and the learning rate is a function of ``n``. A
+checkpoint therefore only has to hold the weights, the EMA, the optimiser state and ``n``: a run
+killed at any moment and resumed with ``--resume`` from its last checkpoint produces the same
+weights as an uninterrupted run. SIGINT/SIGTERM make the loop save a checkpoint after the current
+step before it exits.
+
+With ``torchrun --nproc_per_node=N`` each process draws the whole global batch's randomness from
+the same generators and trains on its ``1/N`` slice; DistributedDataParallel averages the gradients,
+so N processes follow the same trajectory as one (up to the order of floating-point sums).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+
+import torch
+
+from .. import models
+from ..data import Dataset, load as load_data
+from ..data.pictures import save_samples
+from ..denoisers import ModelDenoiser
+from ..files import write_json
+from ..noise import _mix
+from . import checkpoint as ckpt
+from .config import TIME_SCALES, TrainConfig
+from .coupling import global_ot_pairing
+from .distributed import Distributed
+from .ema import EMA
+from .losses import DenoisingLoss
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+def build_network(cfg: TrainConfig, data: dict) -> torch.nn.Module:
+    """The network of a run: ``cfg.architecture`` with ``cfg.model`` overrides, sized from the data."""
+    arch = cfg.architecture or ("unet" if data["kind"] == "image" else "mlp")
+    classes = data["num_classes"] if cfg.conditional else 0
+    base = {"time_scale": TIME_SCALES[cfg.time_input], "num_classes": classes}
+    if arch == "unet":
+        if data["kind"] != "image":
+            raise ValueError(f"the UNet needs image data (N, C, H, W); {data['name']} has samples of shape {data['shape']}")
+        c, h, w = data["shape"]
+        if h != w:
+            raise ValueError(f"the UNet needs square images, got {h}x{w}")
+        small = h <= 16
+        base.update(channels=c, size=h, base=32 if small else 64, mults=[1, 2] if small else [1, 2, 2],
+                    attention=[1] if small else [2], dropout=0.1)
+    elif arch == "mlp":
+        base.update(dim=math.prod(data["shape"]))
+    config = {**base, **cfg.model}
+    return models.build(arch, config)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up over ``cfg.warmup`` steps, then constant."""
+    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+
+
+class Trainer:
+    """Builds everything from a :class:`TrainConfig` and runs :meth:`fit`. ``resume=True`` continues
+    from ``cfg.out/checkpoint.safetensors`` when it exists (its configuration must match)."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True, dataset: Dataset | None = None):
+        from ..cli.registry import SCHEDULES, lookup
+
+        self.cfg = cfg = cfg.resolved()
+        self.dist = Distributed(cfg.device)
+        self.progress = progress and self.dist.main
+        self.path = os.path.join(cfg.out, CHECKPOINT)
+        start = None
+        if resume and os.path.exists(self.path):
+            start = ckpt.load(self.path)
+            saved = TrainConfig.from_dict(start[1]["config"], where=self.path).resolved()
+            changed = {k for k, v in saved.to_dict().items() if v != cfg.to_dict()[k] and k not in ("steps", "checkpoint_every", "sample_every", "device")}
+            if changed:
+                raise ValueError(f"--resume: the settings {', '.join(sorted(changed))} differ from the run in {cfg.out}; "
+                                 "only steps, checkpoint_every, sample_every and device may change")
+        elif not resume and os.path.exists(self.path):
+            raise ValueError(f"{self.path} exists: pass --resume to continue that run, or choose another --out")
+        self.data = dataset if dataset is not None else load_data(cfg.data, image_size=cfg.image_size,
+                                                                  standardize=cfg.standardize, toy_size=cfg.toy_size, seed=cfg.seed)
+        if cfg.batch_size % self.dist.world:
+            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.dist.world} processes")
+        self.data_info = self.data.describe()
+        self.schedule = lookup(SCHEDULES, "schedule", cfg.schedule)()
+        self.net = build_network(cfg, self.data_info).to(self.dist.device)
+        self.architecture = cfg.architecture or ("unet" if self.data_info["kind"] == "image" else "mlp")
+        self.ema = EMA(self.net, cfg.ema_decay)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16" and self.dist.device.type == "cuda")
+        self.loss = DenoisingLoss(cfg.weighting, cfg.time_density, min_snr_gamma=cfg.min_snr_gamma,
+                                  sigma_data=cfg.sigma_data)
+        self.step = 0
+        if start is not None:
+            tensors, meta = start
+            ckpt.load_weights(self.net, ckpt.state("model", tensors), self.path)
+            ckpt.load_weights(self.ema.model, ckpt.state("ema", tensors), self.path)
+            ckpt.restore_optimizer(self.opt, tensors, meta["optimizer"])
+            self.ema.updates, self.step = meta["ema_updates"], meta["step"]
+            if "grad_scale" in meta and self.scaler.is_enabled():
+                self.scaler.update(meta["grad_scale"])
+        module = self.net
+        if self.dist.world > 1:
+            ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+            module = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        self.denoiser = ModelDenoiser(module, self.schedule, cfg.parameterization, time_input=cfg.time_input)
+        self._perm: dict[int, torch.Tensor] = {}
+        self._stop = False
+
+    # ---- randomness as a function of the step ------------------------------------------------------
+    def _batch_indices(self, step: int) -> torch.Tensor:
+        n, b = len(self.data), self.cfg.batch_size
+        pos = torch.arange(step * b, (step + 1) * b)
+        epochs = (pos // n).unique().tolist()
+        for e in epochs:
+            if e not in self._perm:
+                self._perm = {k: v for k, v in self._perm.items() if k >= e - 1}
+                self._perm[e] = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(self.cfg.seed, e, 7)))
+        return torch.stack([self._perm[int(p) // n][int(p) % n] for p in pos]) if len(epochs) > 1 else \
+            self._perm[epochs[0]][pos % n]
+
+    def _global_batch(self, step: int):
+        """``(x, labels, t, eps)`` of this rank's slice of the global batch of ``step``."""
+        cfg, dev = self.cfg, self.dist.device
+        g = torch.Generator().manual_seed(_mix(cfg.seed, step, 1))
+        idx = self._batch_indices(step)
+        t, eps = self.loss.draw(self.data.x[idx], self.schedule, g)
+        drop = torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout
+        b = cfg.batch_size // self.dist.world
+        mine = slice(self.dist.rank * b, (self.dist.rank + 1) * b)
+        x = self.data.x[idx[mine]].to(dev)
+        labels = None
+        if self.net_classes:
+            labels = torch.where(drop, self.net_classes, self.data.labels[idx])[mine].to(dev)
+        if cfg.ot_coupling:
+            eps_mine = global_ot_pairing(x, eps.to(dev), self.dist.rank, self.dist.world)
+        else:
+            eps_mine = eps[mine].to(dev)
+        return x, labels, t[mine], eps_mine
+
+    @property
+    def net_classes(self) -> int:
+        return getattr(self.net, "config", {}).get("num_classes", 0)
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def train_step(self, step: int) -> float:
+        cfg = self.cfg
+        x, labels, t, eps = self._global_batch(step)
+        torch.manual_seed(_mix(cfg.seed, step, 2 + self.dist.rank))  # the network's dropout
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        cond = {} if labels is None else {"label": labels}
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+        with torch.autocast(self.dist.device.type, dtype=dtype, enabled=dtype is not None):
+            loss = self.loss(self.denoiser, x, cond=cond, t=t, eps=eps).mean()
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.ema.update(self.net)
+        return loss.detach()
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        handlers = self._catch_signals()
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, unit="step", desc="training", dynamic_ncols=True)
+        if self.dist.main:
+            os.makedirs(cfg.out, exist_ok=True)
+            write_json(os.path.join(cfg.out, "config.json"), {"config": cfg.to_dict(), "data": self.data_info})
+        self.net.train()
+        t0, done0, losses = time.perf_counter(), self.step, []
+        try:
+            while self.step < cfg.steps and not self._stop:
+                loss = self.train_step(self.step)
+                self.step += 1
+                losses.append(loss)
+                if self.dist.world > 1:  # stop together, or the others would wait in DDP's all-reduce
+                    flag = torch.tensor([float(self._stop)], device=self.dist.device)
+                    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                    self._stop = bool(flag.item())
+                if bar is not None and (self.step % 10 == 0 or self.step == cfg.steps):
+                    rate = (self.step - done0) * cfg.batch_size / (time.perf_counter() - t0)
+                    bar.set_postfix(loss=f"{float(torch.stack(losses[-50:]).float().mean()):.4f}", samples_per_s=f"{rate:.0f}")
+                    bar.update(self.step - bar.n)
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or self._stop:
+                    self.save()
+                if self.step % cfg.sample_every == 0 or self.step == cfg.steps:
+                    self.preview()
+        finally:
+            self._restore_signals(handlers)
+            if bar is not None:
+                bar.close()
+        elapsed = time.perf_counter() - t0
+        self.check_ranks_agree()
+        return {"steps": self.step, "seconds": elapsed, "samples_per_s": (self.step - done0) * cfg.batch_size / max(elapsed, 1e-9),
+                "loss": float(torch.stack(losses[-100:]).float().mean()) if losses else float("nan"), "interrupted": self._stop}
+
+    # ---- checkpoints, previews, signals ------------------------------------------------------------
+    def metadata(self) -> dict:
+        return {"config": self.cfg.to_dict(), "architecture": self.architecture, "network": self.net.config,
+                "data": self.data_info, "step": self.step, "ema_updates": self.ema.updates}
+
+    def save(self) -> None:
+        if not self.dist.main:
+            return
+        opt_tensors, opt_meta = ckpt.optimizer_tensors(self.opt)
+        tensors = {**{f"model.{k}": v for k, v in self.net.state_dict().items()},
+                   **{f"ema.{k}": v for k, v in self.ema.model.state_dict().items()}, **opt_tensors}
+        meta = {**self.metadata(), "optimizer": opt_meta}
+        if self.scaler.is_enabled():
+            meta["grad_scale"] = float(self.scaler.get_scale())
+        ckpt.save(self.path, tensors, meta)
+
+    def preview(self) -> None:
+        """A picture of EMA samples in ``out/samples/step_<n>.png`` (images and 2-D data)."""
+        if not self.dist.main or not (self.data_info["kind"] == "image" or self.data_info["shape"] == [2]):
+            return
+        from ..cli.registry import GRIDS, SAMPLERS, lookup, steps_for_nfe
+        from ..generation import gather, generate
+
+        denoiser = ModelDenoiser(self.ema.model, self.schedule, self.cfg.parameterization, time_input=self.cfg.time_input)
+        sampler = lookup(SAMPLERS, "sampler", self.cfg.sample_sampler)()
+        ts = GRIDS["auto"](steps_for_nfe(sampler, self.schedule, "auto", self.cfg.sample_nfe), self.schedule)
+
+        n = 100 if self.data_info["kind"] == "image" else 2000
+        labels = torch.arange(n) % self.net_classes if self.net_classes else None
+        x = gather(generate(denoiser, sampler, ts, tuple(self.data_info["shape"]), n, seed=self.cfg.seed, labels=labels,
+                            device=self.dist.device), 1)
+        save_samples(x, os.path.join(self.cfg.out, "samples", f"step_{self.step:07d}.png"), self.data_info["kind"],
+                     nrow=self.net_classes or None)
+
+    def check_ranks_agree(self) -> None:
+        """All processes must hold the same weights at the end (DDP keeps them in step)."""
+        if self.dist.world == 1:
+            return
+        flat = torch.cat([p.detach().double().reshape(-1) for p in self.net.parameters()])
+        sums = torch.stack([flat.sum(), (flat * torch.arange(flat.numel(), dtype=torch.float64, device=flat.device)).sum()])
+        parts = [torch.empty_like(sums) for _ in range(self.dist.world)]
+        torch.distributed.all_gather(parts, sums)
+        if not all(torch.equal(parts[0], p) for p in parts):
+            raise RuntimeError("the processes ended with different weights: " + ", ".join(str(p.tolist()) for p in parts))
+
+    def _catch_signals(self):
+        def stop(signum, frame):
+            self._stop = True
+
+        try:
+            return {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread
+            return {}
+
+    @staticmethod
+    def _restore_signals(handlers):
+        for s, h in handlers.items():
+            signal.signal(s, h)
