@@ -90,6 +90,7 @@ class Trainer:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.dist.world} processes")
         self.data_info = self.data.describe()
         self.schedule = lookup(SCHEDULES, "schedule", cfg.schedule)()
+        torch.manual_seed(_mix(cfg.seed, -1, 3))  # the initial weights, identical on every rank
         self.net = build_network(cfg, self.data_info).to(self.dist.device)
         self.architecture = cfg.architecture or ("unet" if self.data_info["kind"] == "image" else "mlp")
         self.ema = EMA(self.net, cfg.ema_decay)

@@ -1,0 +1,221 @@
+"""Training runs end to end: loss decreases, checkpoints round-trip, a killed run resumes to the same
+weights, two processes train and sample like one, bad inputs are clear errors that overwrite nothing."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from sdeflow.cli.main import main
+from sdeflow.pretrained import load_model
+from sdeflow.training import checkpoint as ckpt
+from sdeflow.training.config import TrainConfig
+from sdeflow.training.trainer import Trainer
+
+SMALL = ["--data", "moons", "--toy-size", "2000", "--model", "width=32", "--model", "depth=2", "--batch-size", "64",
+         "--warmup", "5", "--lr", "3e-3", "--sample-every", "100000", "--no-progress"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "sdeflow", *args], capture_output=True, text=True, env=ENV, **kw)
+
+
+def weights(path):
+    tensors, meta = ckpt.load(path)
+    return tensors, meta
+
+
+def small_config(out, **kw):
+    base = dict(data="moons", toy_size=2000, model={"width": 32, "depth": 2}, batch_size=64, warmup=5, lr=3e-3,
+                sample_every=100000, out=str(out))
+    return TrainConfig(**{**base, **kw})
+
+
+def test_toy_training_reduces_the_loss_with_finite_gradients(tmp_path):
+    trainer = Trainer(small_config(tmp_path / "run", steps=1), progress=False)
+    x = trainer.data.x[:2000]
+    t, eps = trainer.loss.draw(x, trainer.schedule, torch.Generator().manual_seed(5))
+
+    def held_out():
+        with torch.no_grad():
+            return trainer.loss(trainer.denoiser, x, t=t, eps=eps)
+
+    before = held_out()
+    for step in range(200):
+        trainer.train_step(step)
+        for p in trainer.net.parameters():
+            assert torch.isfinite(p.grad).all()
+    after = held_out()
+    drop = before - after  # paired: the same points, times and noise
+    assert float(after.mean()) < 0.8 * float(before.mean())
+    assert float(drop.mean()) > 5 * float(drop.std()) / len(drop) ** 0.5
+
+
+def test_checkpoint_round_trip(tmp_path):
+    trainer = Trainer(small_config(tmp_path / "run", steps=7, checkpoint_every=3), progress=False)
+    trainer.fit()
+    tensors, meta = ckpt.load(trainer.path)
+    assert meta["step"] == 7 and meta["ema_updates"] == 7
+    for k, v in trainer.net.state_dict().items():
+        assert torch.equal(tensors[f"model.{k}"], v)
+    for k, v in trainer.ema.model.state_dict().items():
+        assert torch.equal(tensors[f"ema.{k}"], v)
+    again = Trainer(small_config(tmp_path / "run", steps=7), resume=True, progress=False)
+    s1, s2 = trainer.opt.state_dict()["state"], again.opt.state_dict()["state"]
+    assert s1.keys() == s2.keys()
+    for i in s1:
+        assert all(torch.equal(torch.as_tensor(s1[i][k]), torch.as_tensor(s2[i][k])) for k in s1[i])
+    model = load_model(str(tmp_path / "run"))
+    x, t = torch.randn(5, 2), torch.rand(5)
+    expected = trainer.ema.model(x, t)
+    assert torch.equal(model.denoiser.model(x, t), expected)
+    assert model.shape == (2,) and model.num_classes == 0
+    ckpt.export_weights(trainer.path, str(tmp_path / "w.safetensors"), dtype=torch.float16)
+    small = load_model(str(tmp_path / "w.safetensors"))
+    assert torch.allclose(small.denoiser.model(x, t), expected, atol=1e-2)
+    assert os.path.getsize(tmp_path / "w.safetensors") < os.path.getsize(trainer.path) / 4
+
+
+def _wait_for_step(path, step, proc, timeout=120):
+    start = time.time()
+    while time.time() - start < timeout:
+        if os.path.exists(path):
+            try:
+                if ckpt.load(path)[1]["step"] >= step:
+                    return
+            except ValueError:
+                pass
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint in time")
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, how):
+    steps = ["--steps", "60", "--checkpoint-every", "10"]
+    ref = cli("train", *SMALL, *steps, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "sdeflow", "train", *SMALL, *steps, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    path = str(out / "checkpoint.safetensors")
+    _wait_for_step(path, 20, proc)
+    proc.send_signal(how)
+    proc.wait(timeout=60)
+    stopped = ckpt.load(path)[1]["step"]
+    assert 20 <= stopped < 60
+    if how == signal.SIGTERM:  # a polite stop saves the step it was in and says so
+        assert proc.returncode == 0 and "stopped by a signal" in proc.stdout.read()
+    assert main(["train", *SMALL, *steps, "--out", str(out)]) == 1  # without --resume: refuses to overwrite
+    assert ckpt.load(path)[1]["step"] == stopped
+    res = cli("train", *SMALL, *steps, "--out", str(out), "--resume")
+    assert res.returncode == 0, res.stderr
+    a, b = weights(str(tmp_path / "ref" / "checkpoint.safetensors"))[0], weights(path)[0]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].double(), b[k].double(), rtol=1e-6, atol=1e-7), k
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(n, *args):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_addr=127.0.0.1",
+                           f"--master_port={_free_port()}", "-m", "sdeflow", *args], capture_output=True, text=True,
+                          env=ENV, timeout=300)
+
+
+def test_two_process_training_agrees_with_one_process(tmp_path):
+    args = [*SMALL, "--steps", "25", "--ot-coupling"]
+    one = cli("train", *args, "--out", str(tmp_path / "one"))
+    two = torchrun(2, "train", *args, "--out", str(tmp_path / "two"))
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "on 2 processes" in two.stdout
+    a = weights(str(tmp_path / "one" / "checkpoint.safetensors"))[0]
+    b = weights(str(tmp_path / "two" / "checkpoint.safetensors"))[0]
+    for k in a:
+        if k.startswith(("model.", "ema.")):
+            assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), k
+
+
+def test_two_process_sampling_is_bit_identical(tmp_path):
+    run = tmp_path / "run"
+    Trainer(small_config(run, steps=3), progress=False).fit()
+    common = ["sample", "--checkpoint", str(run), "-n", "11", "--batch-size", "4", "--sampler", "sde-dpm-solver++-2m",
+              "--nfe", "6"]
+    one = cli(*common, "--out", str(tmp_path / "one.npz"))
+    two = torchrun(2, *common, "--out", str(tmp_path / "two.npz"))
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    a, b = np.load(tmp_path / "one.npz")["samples"], np.load(tmp_path / "two.npz")["samples"]
+    assert a.shape == (11, 2) and np.array_equal(a, b)
+    # and the batch size does not matter either
+    assert main([*common[:-4], "--batch-size", "11", "--sampler", "sde-dpm-solver++-2m", "--nfe", "6", "--out",
+                 str(tmp_path / "three.npz")]) == 0
+    assert np.array_equal(a, np.load(tmp_path / "three.npz")["samples"])
+
+
+def test_bad_inputs_are_clear_errors_and_overwrite_nothing(tmp_path):
+    from PIL import Image
+
+    r = cli("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x"), "--no-progress")
+    assert r.returncode == 1 and "does not exist" in r.stderr and r.stderr.count("\n") == 1
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (10, 12), (10, 20, 30)).save(folder / "a.png")
+    Image.new("RGBA", (10, 12)).save(folder / "b.png")
+    r = cli("train", "--data", str(folder), "--out", str(tmp_path / "x"), "--no-progress")
+    assert r.returncode == 1 and "mode RGBA" in r.stderr and "b.png" in r.stderr
+    assert not (tmp_path / "x" / "checkpoint.safetensors").exists()
+    # an existing run: another architecture, a corrupted file
+    run = tmp_path / "run"
+    Trainer(small_config(run, steps=2), progress=False).fit()
+    path = run / "checkpoint.safetensors"
+    before = path.read_bytes()
+    r = cli("train", *SMALL, "--model", "width=48", "--steps", "4", "--out", str(run), "--resume")
+    assert r.returncode == 1 and "model" in r.stderr and "differ" in r.stderr
+    tensors, meta = ckpt.load(str(path))
+    meta["network"]["width"] = 48  # a checkpoint whose weights do not fit its stated network
+    bad = tmp_path / "other.safetensors"
+    ckpt.save(str(bad), tensors, meta)
+    r = cli("sample", "--checkpoint", str(bad), "--out", str(tmp_path / "s.png"))
+    assert r.returncode == 1 and "does not fit" in r.stderr and not (tmp_path / "s.png").exists()
+    path.write_bytes(before[: len(before) // 2])
+    truncated = path.read_bytes()
+    r = cli("train", *SMALL, "--steps", "4", "--out", str(run), "--resume")
+    assert r.returncode == 1 and "corrupted" in r.stderr
+    assert path.read_bytes() == truncated
+    r = cli("sample", "--checkpoint", str(path))
+    assert r.returncode == 1 and "corrupted" in r.stderr
+    r = cli("sample", "--checkpoint", str(tmp_path / "nope.safetensors"))
+    assert r.returncode == 1 and "no checkpoint" in r.stderr
+    r = cli("sample", "--label", "12")
+    assert r.returncode == 1 and "0..9" in r.stderr
+
+
+def test_config_file_and_flags(tmp_path):
+    from sdeflow.cli.main import build_parser
+    from sdeflow.cli.train_cmd import config_from_args
+
+    toml = tmp_path / "c.toml"
+    toml.write_text('data = "moons"\nsteps = 7\nbatch-size = 32\nrecipe = "edm"\n[model]\nwidth = 16\n')
+    cfg = config_from_args(build_parser().parse_args(["train", "--config", str(toml), "--steps", "9"]))
+    assert (cfg.data, cfg.steps, cfg.batch_size, cfg.model, cfg.schedule, cfg.weighting) == ("moons", 9, 32, {"width": 16}, "edm", "edm")
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("data: moons\nlr: 0.01\n")
+    assert config_from_args(build_parser().parse_args(["train", "--config", str(yaml_file)])).lr == 0.01
+    toml.write_text("stepz = 3\n")
+    with pytest.raises(ValueError, match="unknown setting"):
+        config_from_args(build_parser().parse_args(["train", "--config", str(toml)]))
+    with pytest.raises(ValueError, match="recipe"):
+        TrainConfig(recipe="nope").resolved()
