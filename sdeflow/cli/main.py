@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     sampling_flags(smp, "dpm-solver++-2m", None, None, 20)
     smp.add_argument("--label", default=None, metavar="all|none|K[,K...]",
                      help="classes of a class-conditional model: all (cycle, default), none, or class numbers")
-    smp.add_argument("-n", "--num", "--num-samples", dest="num", type=_positive_int, default=100,
-                     help="number of samples (default: 100); under torchrun write -n or --num-samples, since "
+    smp.add_argument("-n", "--num", "--num-samples", dest="num", type=_positive_int, default=None,
+                     help="number of samples (default: 100 images, 2000 points, 1000 for a problem); under torchrun write -n or --num-samples, since "
                      "torchrun reads --num as a prefix of its own --numa-binding")
     smp.add_argument("--batch-size", type=_positive_int, default=256, help="samples per network batch (default: 256)")
     smp.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

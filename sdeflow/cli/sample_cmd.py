@@ -57,6 +57,7 @@ def run_sample(args) -> dict:
 
 
 def _sample_problem(args) -> dict:
+    args.num = args.num or 1000
     args.schedule = args.schedule or "vp-linear"
     args.grid = args.grid or "logsnr"
     schedule, sampler, ts, steps = resolve(args)
@@ -112,6 +113,7 @@ def _sample_model(args) -> dict:
     schedule, sampler, ts, steps = resolve(args, model.denoiser.schedule)
     if args.noise == "generator":
         args.noise = "seeded"  # per-sample seeds: independent of the batch size and of the number of processes
+    args.num = args.num or (100 if model.kind == "image" else 2000)
     labels = parse_labels(args.label, args.num, model.num_classes)
     chunks = generate(model.denoiser, sampler, ts, model.shape, args.num, seed=args.seed, labels=labels,
                       batch_size=args.batch_size, noise=args.noise, rank=dist.rank, world=dist.world,

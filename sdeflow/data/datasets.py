@@ -76,7 +76,7 @@ def _read_image(path: str, size: int, mode: str | None):
             w, h = img.size
             side = min(w, h)
             box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
-            img = img.resize((size, size), Image.BICUBIC, box=box)  # centre crop, then resize
+            img = img.crop(box).resize((size, size), Image.BICUBIC)  # centre crop, then resize
             arr = np.asarray(img, dtype=np.float32)
             return (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)), img.mode
     except OSError as err:
