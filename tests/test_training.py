@@ -77,7 +77,7 @@ def test_checkpoint_round_trip(tmp_path):
     expected = trainer.ema.model(x, t)
     assert torch.equal(model.denoiser.model(x, t), expected)
     assert model.shape == (2,) and model.num_classes == 0
-    ckpt.export_weights(trainer.path, str(tmp_path / "w.safetensors"), dtype=torch.float16)
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "w.safetensors"), "--half"]) == 0
     small = load_model(str(tmp_path / "w.safetensors"))
     assert torch.allclose(small.denoiser.model(x, t), expected, atol=1e-2)
     assert os.path.getsize(tmp_path / "w.safetensors") < os.path.getsize(trainer.path) / 4

@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .train_cmd import add_train_parser
 
     add_train_parser(sub)
+    exp = sub.add_parser("export", help="write a run's EMA weights as a small sampling-only checkpoint",
+                         description="Write the EMA weights and the metadata of a training run (no optimiser state) "
+                         "to a new .safetensors file, optionally in float16; sdeflow sample --checkpoint reads it.")
+    exp.add_argument("run", help="a training run folder or its checkpoint.safetensors")
+    exp.add_argument("out", help="the .safetensors file to write")
+    exp.add_argument("--half", action="store_true", help="store the weights in float16 (half the size)")
 
     sub.add_parser("list", help="list the registered schedules, samplers and grids",
                    description="List the names the other commands accept.")
@@ -117,6 +123,14 @@ def main(argv: list[str] | None = None) -> int:
             from .sample_cmd import run_sample
 
             run_sample(args)
+        elif args.command == "export":
+            import torch
+
+            from ..pretrained import path_of
+            from ..training.checkpoint import export_weights
+
+            export_weights(path_of(args.run), args.out, torch.float16 if args.half else None)
+            print(f"wrote {args.out}")
         elif args.command == "train":
             from .train_cmd import run_train
 
