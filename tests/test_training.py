@@ -38,8 +38,8 @@ def small_config(out, **kw):
     return TrainConfig(**{**base, **kw})
 
 
-def test_toy_training_reduces_the_loss_with_finite_gradients(tmp_path):
-    trainer = Trainer(small_config(tmp_path / "run", steps=1), progress=False)
+def _held_out_improvement(trainer, steps):
+    """Train ``steps`` steps; the held-out loss (same points, times and noise) before and after."""
     x = trainer.data.x[:2000]
     t, eps = trainer.loss.draw(x, trainer.schedule, torch.Generator().manual_seed(5))
 
@@ -48,14 +48,22 @@ def test_toy_training_reduces_the_loss_with_finite_gradients(tmp_path):
             return trainer.loss(trainer.denoiser, x, t=t, eps=eps)
 
     before = held_out()
-    for step in range(200):
+    for step in range(steps):
         trainer.train_step(step)
         for p in trainer.net.parameters():
             assert torch.isfinite(p.grad).all()
     after = held_out()
-    drop = before - after  # paired: the same points, times and noise
+    drop = before - after
     assert float(after.mean()) < 0.8 * float(before.mean())
     assert float(drop.mean()) > 5 * float(drop.std()) / len(drop) ** 0.5
+
+
+def test_toy_training_reduces_the_loss_with_finite_gradients(tmp_path):
+    _held_out_improvement(Trainer(small_config(tmp_path / "run", steps=1), progress=False), 200)
+
+
+def test_bf16_autocast_training_reduces_the_loss(tmp_path):
+    _held_out_improvement(Trainer(small_config(tmp_path / "run", steps=1, precision="bf16"), progress=False), 200)
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -219,3 +227,27 @@ def test_config_file_and_flags(tmp_path):
         config_from_args(build_parser().parse_args(["train", "--config", str(toml)]))
     with pytest.raises(ValueError, match="recipe"):
         TrainConfig(recipe="nope").resolved()
+
+
+
+def test_image_folder_run_with_labels_writes_previews_and_samples_by_class(tmp_path):
+    from PIL import Image
+
+    for cls in ("a", "b", "c"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for k in range(4):
+            Image.fromarray(np.random.default_rng(k).integers(0, 255, (9, 9, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{k}.jpg")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "imgs"), "--image-size", "8", "--model", "base=8", "--steps", "2",
+                 "--batch-size", "4", "--sample-every", "2", "--sample-nfe", "3", "--out", str(out), "--no-progress"]) == 0
+    from PIL import Image as I
+
+    preview = I.open(out / "samples" / "step_0000002.png")
+    assert preview.size[0] > 3 * 32  # three classes side by side, upscaled
+    model = load_model(str(out))
+    assert model.num_classes == 3 and model.shape == (3, 8, 8) and model.kind == "image"
+    assert main(["sample", "--checkpoint", str(out), "-n", "6", "--label", "2", "--nfe", "4", "--out",
+                 str(tmp_path / "s.npz"), str(tmp_path / "s.png")]) == 0
+    saved = np.load(tmp_path / "s.npz")
+    assert saved["samples"].shape == (6, 3, 8, 8) and saved["labels"].tolist() == [2] * 6
+    assert np.allclose(saved["raw"], (saved["samples"] + 1) * 127.5, atol=1e-3)
