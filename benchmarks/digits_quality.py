@@ -34,7 +34,7 @@ from sdeflow.pretrained import load_model, load_network  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOCS = os.path.join(os.path.dirname(HERE), "docs", "benchmarks")
-SAMPLER_NAMES = ["euler", "heun", "dpm-solver++-2m", "dpm-solver++-3m", "unipc-bh2", "unipc-3", "deis-3", "ipndm",
+SAMPLER_NAMES = ["euler", "heun", "dpm-solver++-2m", "dpm-solver++-3m", "unipc-bh2", "unipc-3", "ipndm",
                  "euler-maruyama", "sde-dpm-solver++-2m"]
 NFES = [5, 10, 20, 50]
 N_PER_CLASS = 100
