@@ -1,0 +1,270 @@
+"""Measurement operators ``y = A(x) + noise_std * n`` with their adjoints.
+
+Every linear operator acts on a batch ``x`` of shape ``(B, *shape)`` and returns ``(B, *out_shape)``;
+``adjoint(y)`` applies ``A^T``. ``matrix()`` gives the dense ``(M, D)`` matrix (for small problems
+and the exact Gaussian-mixture posterior). Subclasses with a cheap singular value decomposition
+expose it through ``svd() -> (s, u, ut, vt, v)``: ``A = U diag(s) V^T`` with ``s`` the ``M`` singular
+values and ``u``/``ut``/``vt``/``v`` functions applying ``U`` (flat ``(B, M)`` to measurement shape),
+``U^T``, ``V^T`` (sample to flat ``(B, D)``) and ``V``; the SVD-based samplers use it.
+
+- :class:`Identity` (denoising), :class:`Mask` (inpainting), :class:`Blur` (convolution with a given
+  kernel, zero boundary), :class:`Downsample` (average pooling by an integer factor:
+  super-resolution), :class:`RandomProjection` (compressed sensing with a seeded Gaussian matrix),
+  :class:`Matrix` (any dense matrix), and :class:`Nonlinear` (any differentiable function; no
+  adjoint, the gradient methods differentiate it with autograd).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch.nn import functional as F
+
+
+class Operator:
+    """Base class: ``shape`` (one input sample), ``out_shape``; ``__call__(x)``."""
+
+    linear = False
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = tuple(shape)
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.shape)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _check(self, x: torch.Tensor) -> None:
+        if tuple(x.shape[1:]) != self.shape:
+            raise ValueError(f"{type(self).__name__} acts on samples of shape {self.shape}, got {tuple(x.shape[1:])}")
+
+    def measure(self, x: torch.Tensor, noise_std: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``A(x) + noise_std * n`` (noise drawn on the CPU from ``generator``)."""
+        y = self(x)
+        n = torch.randn(y.shape, generator=generator, dtype=torch.float64).to(device=y.device, dtype=y.dtype)
+        return y + noise_std * n
+
+
+class LinearOperator(Operator):
+    linear = True
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(self(torch.zeros(1, *self.shape, dtype=torch.float64)).shape[1:])
+
+    @property
+    def out_dim(self) -> int:
+        return math.prod(self.out_shape)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def matrix(self) -> torch.Tensor:
+        """Dense ``(M, D)`` float64 matrix (``A`` applied to the basis vectors)."""
+        eye = torch.eye(self.dim, dtype=torch.float64).reshape(self.dim, *self.shape)
+        return self(eye).reshape(self.dim, -1).T.contiguous()
+
+    def gram_solve(self, r: torch.Tensor, lam: torch.Tensor | float, iters: int = 50) -> torch.Tensor:
+        """Solve ``(A A^T + lam I) u = r`` per sample by conjugate gradients (overridden in closed
+        form where ``A A^T`` is diagonal)."""
+        return conjugate_gradient(lambda u: self(self.adjoint(u)) + _bcast(lam, u) * u, r, iters)
+
+
+def _bcast(c, x):
+    c = torch.as_tensor(c, dtype=x.dtype, device=x.device)
+    return c.reshape(-1, *([1] * (x.ndim - 1))) if c.ndim == 1 else c
+
+
+def conjugate_gradient(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int = 50,
+                       tol: float = 1e-10) -> torch.Tensor:
+    """Per-sample CG for a symmetric positive definite ``apply`` on a batch ``b`` ``(B, ...)``.
+    Runs a fixed number of iterations (no host synchronisation); converged samples stay put."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    dims = tuple(range(1, b.ndim))
+    rr = (r * r).sum(dims, keepdim=True)
+    floor = tol * tol * rr.clamp_min(1e-300)
+    for _ in range(iters):
+        ap = apply(p)
+        pap = (p * ap).sum(dims, keepdim=True)
+        active = rr > floor
+        alpha = torch.where(active, rr / torch.where(pap == 0, torch.ones_like(pap), pap), torch.zeros_like(rr))
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = (r * r).sum(dims, keepdim=True)
+        beta = torch.where(active, rr_new / torch.where(rr == 0, torch.ones_like(rr), rr), torch.zeros_like(rr))
+        p = r + beta * p
+        rr = rr_new
+    return x
+
+
+class Identity(LinearOperator):
+    """``A = I`` (denoising)."""
+
+    def __call__(self, x):
+        self._check(x)
+        return x
+
+    def adjoint(self, y):
+        return y
+
+    def svd(self):
+        flat = lambda x: x.reshape(x.shape[0], -1)
+        unflat = lambda z: z.reshape(z.shape[0], *self.shape)
+        return torch.ones(self.dim, dtype=torch.float64), unflat, flat, flat, unflat
+
+    def gram_solve(self, r, lam, iters=50):
+        return r / (1 + _bcast(lam, r))
+
+
+class Mask(LinearOperator):
+    """Keep the entries where ``mask`` is true (inpainting); ``y`` is the kept entries, ``(B, M)``."""
+
+    def __init__(self, mask: torch.Tensor):
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        super().__init__(mask.shape)
+        self.mask = mask
+        self.index = torch.nonzero(mask.flatten()).flatten()
+        if self.index.numel() == 0:
+            raise ValueError("the mask keeps nothing")
+
+    def __call__(self, x):
+        self._check(x)
+        return x.reshape(x.shape[0], -1)[:, self.index.to(x.device)]
+
+    def adjoint(self, y):
+        out = y.new_zeros(y.shape[0], self.dim)
+        out[:, self.index.to(y.device)] = y
+        return out.reshape(y.shape[0], *self.shape)
+
+    def gram_solve(self, r, lam, iters=50):
+        return r / (1 + _bcast(lam, r))
+
+    def svd(self):
+        """``A = U S V^T`` with ``U = I``, ``S = 1`` and ``V^T`` the coordinate permutation that puts
+        the kept entries first."""
+        order = torch.cat([self.index, torch.nonzero(~self.mask.flatten()).flatten()])
+        inv = torch.argsort(order)
+        vt = lambda x: x.reshape(x.shape[0], -1)[:, order.to(x.device)]
+        v = lambda z: z[:, inv.to(z.device)].reshape(z.shape[0], *self.shape)
+        return torch.ones(self.index.numel(), dtype=torch.float64), lambda u: u, lambda u: u, vt, v
+
+
+class Downsample(LinearOperator):
+    """Average over ``factor x factor`` blocks of the last two axes (super-resolution)."""
+
+    def __init__(self, shape, factor: int):
+        super().__init__(shape)
+        if len(self.shape) < 2 or self.shape[-1] % factor or self.shape[-2] % factor:
+            raise ValueError(f"downsampling by {factor} needs the last two sides of {self.shape} divisible by it")
+        self.factor = int(factor)
+
+    def __call__(self, x):
+        self._check(x)
+        lead = x.shape[:-2]
+        return F.avg_pool2d(x.reshape(-1, 1, *x.shape[-2:]), self.factor).reshape(*lead, *(s // self.factor for s in x.shape[-2:]))
+
+    def adjoint(self, y):
+        lead = y.shape[:-2]
+        up = y.reshape(-1, 1, *y.shape[-2:]).repeat_interleave(self.factor, -2).repeat_interleave(self.factor, -1)
+        return (up / self.factor ** 2).reshape(*lead, *self.shape[-2:])
+
+    def gram_solve(self, r, lam, iters=50):  # A A^T = I / factor^2
+        return r / (1.0 / self.factor ** 2 + _bcast(lam, r))
+
+
+class Blur(LinearOperator):
+    """Convolution of each channel of ``(C, H, W)`` images with ``kernel`` (odd sides), zero boundary.
+    ``Blur.gaussian(shape, std, size)`` builds the usual Gaussian kernel."""
+
+    def __init__(self, shape, kernel: torch.Tensor):
+        super().__init__(shape)
+        kernel = torch.as_tensor(kernel, dtype=torch.float64)
+        if kernel.ndim != 2 or kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
+            raise ValueError(f"the blur kernel must be 2-D with odd sides, got shape {tuple(kernel.shape)}")
+        if len(self.shape) != 3:
+            raise ValueError(f"blur acts on (C, H, W) images, got sample shape {self.shape}")
+        self.kernel = kernel
+
+    @classmethod
+    def gaussian(cls, shape, std: float = 1.0, size: int | None = None) -> "Blur":
+        size = size or 2 * math.ceil(2 * std) + 1
+        r = torch.arange(size, dtype=torch.float64) - size // 2
+        g = torch.exp(-0.5 * (r / std) ** 2)
+        k = g[:, None] * g[None]
+        return cls(shape, k / k.sum())
+
+    def _conv(self, x, kernel):
+        c = self.shape[0]
+        w = kernel.to(device=x.device, dtype=x.dtype).expand(c, 1, *kernel.shape)
+        return F.conv2d(x, w, padding=(kernel.shape[0] // 2, kernel.shape[1] // 2), groups=c)
+
+    def __call__(self, x):
+        self._check(x)
+        return self._conv(x, self.kernel)
+
+    def adjoint(self, y):
+        return self._conv(y, torch.flip(self.kernel, (0, 1)))
+
+
+class Matrix(LinearOperator):
+    """Any dense ``(M, D)`` matrix acting on flattened samples of ``shape``."""
+
+    def __init__(self, A: torch.Tensor, shape=None):
+        A = torch.as_tensor(A, dtype=torch.float64)
+        if A.ndim != 2:
+            raise ValueError(f"A must be a matrix (M, D), got shape {tuple(A.shape)}")
+        shape = tuple(shape) if shape is not None else (A.shape[1],)
+        super().__init__(shape)
+        if math.prod(shape) != A.shape[1]:
+            raise ValueError(f"A has {A.shape[1]} columns but samples of shape {shape} have {math.prod(shape)} entries")
+        self.A = A
+        self._svd = None
+
+    def __call__(self, x):
+        self._check(x)
+        return x.reshape(x.shape[0], -1) @ self.A.to(device=x.device, dtype=x.dtype).T
+
+    def adjoint(self, y):
+        return (y @ self.A.to(device=y.device, dtype=y.dtype)).reshape(y.shape[0], *self.shape)
+
+    def matrix(self):
+        return self.A
+
+    def svd(self):
+        if self._svd is None:
+            self._svd = torch.linalg.svd(self.A, full_matrices=True)
+        u, s, vh = self._svd
+
+        def mm(m, x):
+            return x.reshape(x.shape[0], -1) @ m.to(device=x.device, dtype=x.dtype).T
+
+        return (s, lambda z: mm(u, z), lambda y: mm(u.T, y), lambda x: mm(vh, x),
+                lambda z: mm(vh.T, z).reshape(z.shape[0], *self.shape))
+
+
+class RandomProjection(Matrix):
+    """Compressed sensing: ``m`` rows of a seeded Gaussian matrix with entries ``N(0, 1/m)``."""
+
+    def __init__(self, shape, m: int, seed: int = 0):
+        d = math.prod(tuple(shape))
+        g = torch.Generator().manual_seed(seed)
+        super().__init__(torch.randn(m, d, generator=g, dtype=torch.float64) / math.sqrt(m), shape)
+
+
+class Nonlinear(Operator):
+    """A user-defined differentiable operator ``fn(x) -> y`` (batched). Gradient-based methods
+    differentiate it with autograd; the ensemble-Kalman method only evaluates it."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], shape):
+        super().__init__(shape)
+        self.fn = fn
+
+    def __call__(self, x):
+        self._check(x)
+        return self.fn(x)
