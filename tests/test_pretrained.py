@@ -5,12 +5,12 @@ import torch
 
 from sdeflow import data, metrics, samplers
 from sdeflow.generation import gather, generate
-from sdeflow.grids import auto_grid
+from sdeflow.cli.registry import GRIDS
 from sdeflow.pretrained import PRETRAINED, load_model, load_network
 
 
 def _samples(model, n, nfe=10, labels=None):
-    ts = auto_grid(nfe, model.denoiser.schedule)
+    ts = GRIDS["auto"](nfe, model.denoiser.schedule)
     return gather(generate(model.denoiser, samplers.DPMSolverPP(order=2), ts, model.shape, n, labels=labels), 1)
 
 
