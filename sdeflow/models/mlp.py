@@ -9,22 +9,27 @@ from .embedding import TimeEmbedding
 
 
 class MLP(nn.Module):
-    """``F(x, c) = out(h_L)``, ``h_{k+1} = h_k + Linear(SiLU(LayerNorm(h_k) * (1 + a_k) + b_k))``:
-    residual blocks whose normalised input is modulated by the time (and label) embedding.
+    """``F(x, c) = out(h_L)``, ``h_{k+1} = h_k + Linear(SiLU(N(h_k) * (1 + a_k) + b_k))``: residual
+    blocks whose input is modulated by the time (and label) embedding. ``N`` is the identity, or a
+    LayerNorm with ``norm=True`` (which divides out the input's scale: poor for low-dimensional
+    data, where the scale is information).
 
     Args:
         dim: data dimension (inputs are flattened ``(B, dim)``).
         width, depth: hidden width and number of residual blocks.
         num_classes: > 0 adds a class embedding (label dropout index ``num_classes``).
+        norm: LayerNorm at the input of each block.
         time_scale: scale of the time input for the sinusoidal features (see :class:`TimeEmbedding`).
     """
 
-    def __init__(self, dim: int, width: int = 256, depth: int = 4, num_classes: int = 0, time_scale: float = 1000.0):
+    def __init__(self, dim: int, width: int = 256, depth: int = 4, num_classes: int = 0, time_scale: float = 1000.0,
+                 norm: bool = False):
         super().__init__()
-        self.config = dict(dim=dim, width=width, depth=depth, num_classes=num_classes, time_scale=time_scale)
+        self.config = dict(dim=dim, width=width, depth=depth, num_classes=num_classes, time_scale=time_scale, norm=norm)
+        self.norms = nn.ModuleList((nn.LayerNorm(width, elementwise_affine=False) if norm else nn.Identity())
+                                   for _ in range(depth))
         self.embed = TimeEmbedding(width, time_scale, num_classes)
         self.inp = nn.Linear(dim, width)
-        self.norms = nn.ModuleList(nn.LayerNorm(width, elementwise_affine=False) for _ in range(depth))
         self.mods = nn.ModuleList(nn.Linear(width, 2 * width) for _ in range(depth))
         self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
         self.out = nn.Linear(width, dim)
