@@ -1,0 +1,97 @@
+"""Posterior samplers against the exact Gaussian / Gaussian-mixture posterior."""
+
+import math
+
+import pytest
+import torch
+
+from sdeflow import analytic, samplers, sample, schedules
+from sdeflow.grids import logsnr_grid, uniform_grid
+from sdeflow.inverse import Matrix, Mask
+from sdeflow.inverse.guidance import DPS, MMPS, PiGDM
+from sdeflow.inverse.projection import DDNM, DiffPIR
+from sdeflow.inverse.smc import twisted_smc
+
+D, M = 6, 3
+
+
+def gaussian_problem(noise_std=0.1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=torch.float64))
+    lam = torch.linspace(0.2, 1.5, D, dtype=torch.float64)
+    prior = analytic.GaussianMixture(torch.ones(1, dtype=torch.float64), 0.3 * torch.randn(1, D, generator=g, dtype=torch.float64),
+                                     ((q * lam) @ q.T)[None])
+    A = torch.randn(M, D, generator=g, dtype=torch.float64) / math.sqrt(D)
+    op = Matrix(A)
+    x_true = prior.sample(1, g)
+    y = op.measure(x_true, noise_std, g)[0]
+    return prior, op, y, prior.posterior(A, y, noise_std)
+
+
+def run(method, prior, n=3000, steps=30, seed=1):
+    sched = schedules.VPLinear()
+    ts = logsnr_grid(steps, sched)
+    x_init, _ = prior.sample_t(n, sched, float(ts[0]), torch.Generator().manual_seed(seed))
+    return sample(method(prior.denoiser(sched)), samplers.DPMSolverPP(order=2), ts, x_init).x
+
+
+def test_moment_matching_is_exact_for_a_gaussian_prior():
+    prior, op, y, post = gaussian_problem()
+    n = 3000
+    x = run(lambda d: MMPS(d, op, y, 0.1), prior, n=n)
+    cov = post.covariance()
+    se_mean = torch.sqrt(torch.diagonal(cov) / n)
+    assert ((x.mean(0) - post.mean()).abs() < 5 * se_mean).all()
+    # covariance entries: standard error sqrt((C_ii C_jj + C_ij^2) / n)
+    se_cov = torch.sqrt((torch.outer(torch.diagonal(cov), torch.diagonal(cov)) + cov ** 2) / n)
+    assert ((torch.cov(x.T) - cov).abs() < 5 * se_cov).all()
+
+
+@pytest.mark.parametrize("name", ["mmps", "pigdm", "dps", "ddnm", "diffpir"])
+def test_every_method_is_closer_to_the_posterior_than_the_prior(name):
+    prior, op, y, post = gaussian_problem()
+    make = {"mmps": lambda d: MMPS(d, op, y, 0.1), "pigdm": lambda d: PiGDM(d, op, y, 0.1),
+            "dps": lambda d: DPS(d, op, y, 0.1, zeta=0.3), "ddnm": lambda d: DDNM(d, op, y, 0.1),
+            "diffpir": lambda d: DiffPIR(d, op, y, 0.1)}[name]
+    x = run(make, prior, n=1000)
+    prior_err = (prior.mean() - post.mean()).norm()
+    assert (x.mean(0) - post.mean()).norm() < prior_err
+
+
+@pytest.mark.parametrize("name", ["mmps", "pigdm", "dps", "ddnm", "diffpir"])
+def test_no_nan_at_zero_measurement_noise(name):
+    prior, op, y, _ = gaussian_problem(noise_std=0.0)
+    make = {"mmps": MMPS, "pigdm": PiGDM, "dps": DPS, "ddnm": DDNM, "diffpir": DiffPIR}[name]
+    x = run(lambda d: make(d, op, y, 0.0), prior, n=200)
+    assert torch.isfinite(x).all()
+    if name in ("mmps", "ddnm"):  # consistent with a noiseless measurement
+        assert (op(x) - y).abs().max() < 0.05
+
+
+def test_inpainting_mask_keeps_the_measured_entries():
+    prior, _, _, _ = gaussian_problem()
+    mask = torch.tensor([True, False, True, False, False, True])
+    op = Mask(mask)
+    x_true = prior.sample(1, torch.Generator().manual_seed(3))
+    y = op(x_true)[0]
+    x = run(lambda d: DDNM(d, op, y, 0.0), prior, n=100)
+    assert torch.allclose(x[:, mask], y.expand(100, -1).to(x.dtype), atol=1e-3)
+
+
+def test_twisted_smc_error_shrinks_with_particles():
+    """On a bimodal 2-D posterior, the particle method's error in the posterior mean (averaged over
+    independent runs) decreases as the number of particles grows."""
+    prior = analytic.ring_2d()
+    A = torch.tensor([[1.0, 0.3]], dtype=torch.float64)
+    op, y, sy = Matrix(A), torch.tensor([1.5], dtype=torch.float64), 0.3
+    post = prior.posterior(A, y, sy)
+    sched = schedules.VPLinear()
+    ts = uniform_grid(60)
+    errs = {}
+    for k in (8, 512):
+        e = []
+        for rep in range(6):
+            r = twisted_smc(prior.denoiser(sched), op, y, sy, ts, k, data_var=4.0, generator=torch.Generator().manual_seed(rep))
+            e.append(float((r.x.mean(0) - post.mean()).pow(2).sum()))
+        errs[k] = sum(e) / len(e)
+    assert errs[512] < 0.3 * errs[8]
