@@ -10,6 +10,7 @@ from sdeflow.grids import logsnr_grid, uniform_grid
 from sdeflow.inverse import Matrix, Mask
 from sdeflow.inverse.guidance import DPS, MMPS, PiGDM
 from sdeflow.inverse.projection import DDNM, DiffPIR
+from sdeflow.inverse.repaint import repaint
 from sdeflow.inverse.smc import twisted_smc
 
 D, M = 6, 3
@@ -95,3 +96,22 @@ def test_twisted_smc_error_shrinks_with_particles():
             e.append(float((r.x.mean(0) - post.mean()).pow(2).sum()))
         errs[k] = sum(e) / len(e)
     assert errs[512] < 0.3 * errs[8]
+
+
+def test_repaint_keeps_the_known_entries_and_improves_with_resampling():
+    prior, _, _, _ = gaussian_problem()
+    mask = torch.tensor([True, False, True, False, False, True])
+    op = Mask(mask)
+    x_true = prior.sample(1, torch.Generator().manual_seed(3))
+    y = op(x_true)[0]
+    post = prior.posterior(op.matrix(), y, 0.0)
+    sched = schedules.VPLinear()
+    ts = uniform_grid(50)
+    errs = []
+    for resample in (1, 5):
+        x, nfe = repaint(prior.denoiser(sched), op, y, ts, 2000, resample=resample, generator=torch.Generator().manual_seed(0),
+                         dtype=torch.float64)
+        assert nfe == 50 * resample and torch.allclose(x[:, mask], y.expand(2000, -1), atol=1e-9)
+        errs.append(float((x.mean(0) - post.mean()).norm()))
+    prior_err = float((prior.mean() - post.mean()).norm())
+    assert errs[1] < errs[0] < prior_err

@@ -36,6 +36,15 @@ class SMCResult:
     nfe: int
 
 
+def ancestral_coefficients(schedule, t, s) -> tuple[float, float, float]:
+    """``(a, b, v)`` of the ancestral reverse kernel ``p(x_s | x_t, x) = N(a x_t + b x, v I)`` for
+    ``s < t`` (the posterior of the forward process; DDPM's kernel when ``x`` is ``x_hat``)."""
+    a_t, s_t, a_s, s_s = (float(v) for v in (schedule.alpha(t), schedule.sigma(t), schedule.alpha(s), schedule.sigma(s)))
+    ratio = a_t / a_s
+    var_ts = s_t ** 2 - ratio ** 2 * s_s ** 2  # variance of x_t given x_s
+    return ratio * s_s ** 2 / s_t ** 2, a_s * var_ts / s_t ** 2, var_ts * s_s ** 2 / s_t ** 2
+
+
 def _systematic(log_w: torch.Tensor, generator) -> torch.Tensor:
     w = torch.softmax(log_w.double(), 0)
     k = w.numel()
@@ -77,11 +86,7 @@ def twisted_smc(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_s
     nfe, ess = 1, []
     for i in range(len(ts) - 1):
         t, s = ts[i], ts[i + 1]
-        a_t, s_t, a_s, s_s = (float(v) for v in (sched.alpha(t), sched.sigma(t), sched.alpha(s), sched.sigma(s)))
-        ratio = a_t / a_s
-        var_ts = s_t ** 2 - ratio ** 2 * s_s ** 2  # variance of x_t given x_s
-        ca, cb = ratio * s_s ** 2 / s_t ** 2, a_s * var_ts / s_t ** 2
-        v = var_ts * s_s ** 2 / s_t ** 2
+        ca, cb, v = ancestral_coefficients(sched, t, s)
         prior_mean = ca * x + cb * d_t
         if v > 0:
             noise = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(dtype)
