@@ -10,7 +10,9 @@ from sdeflow.grids import logsnr_grid, uniform_grid
 from sdeflow.inverse import Matrix, Mask
 from sdeflow.inverse.guidance import DPS, MMPS, PiGDM
 from sdeflow.inverse.projection import DDNM, DiffPIR
+from sdeflow.inverse.daps import daps
 from sdeflow.inverse.repaint import repaint
+from sdeflow.inverse.variational import red_diff
 from sdeflow.inverse.smc import twisted_smc
 
 D, M = 6, 3
@@ -115,3 +117,17 @@ def test_repaint_keeps_the_known_entries_and_improves_with_resampling():
         errs.append(float((x.mean(0) - post.mean()).norm()))
     prior_err = float((prior.mean() - post.mean()).norm())
     assert errs[1] < errs[0] < prior_err
+
+
+@pytest.mark.parametrize("noise_std", [0.1, 0.0])
+@pytest.mark.parametrize("method", ["daps", "red-diff"])
+def test_loop_methods_approach_the_posterior_without_nan(method, noise_std):
+    prior, op, y, post = gaussian_problem(noise_std=noise_std)
+    den = prior.denoiser(schedules.VPLinear())
+    g = torch.Generator().manual_seed(0)
+    if method == "daps":
+        x, nfe = daps(den, op, y, noise_std, uniform_grid(30), 500, generator=g, dtype=torch.float64)
+    else:
+        x, nfe = red_diff(den, op, y, noise_std, uniform_grid(60), 50, generator=g, dtype=torch.float64)
+    assert torch.isfinite(x).all() and nfe > 0
+    assert (x.mean(0) - post.mean()).norm() < (prior.mean() - post.mean()).norm()
