@@ -7,10 +7,11 @@ import torch
 
 from sdeflow import analytic, samplers, sample, schedules
 from sdeflow.grids import logsnr_grid, uniform_grid
-from sdeflow.inverse import Matrix, Mask
+from sdeflow.inverse import Mask, Matrix, Nonlinear
 from sdeflow.inverse.guidance import DPS, MMPS, PiGDM
 from sdeflow.inverse.projection import DDNM, DiffPIR
 from sdeflow.inverse.daps import daps
+from sdeflow.inverse.enkg import enkg
 from sdeflow.inverse.repaint import repaint
 from sdeflow.inverse.variational import red_diff
 from sdeflow.inverse.smc import twisted_smc
@@ -131,3 +132,22 @@ def test_loop_methods_approach_the_posterior_without_nan(method, noise_std):
         x, nfe = red_diff(den, op, y, noise_std, uniform_grid(60), 50, generator=g, dtype=torch.float64)
     assert torch.isfinite(x).all() and nfe > 0
     assert (x.mean(0) - post.mean()).norm() < (prior.mean() - post.mean()).norm()
+
+
+def test_ensemble_kalman_needs_no_gradient_of_the_operator():
+    prior, op, y, post = gaussian_problem()
+
+    def forward(x):  # refuses autograd: a black box
+        if x.requires_grad:
+            raise RuntimeError("no gradients through this operator")
+        return torch.from_numpy((x.reshape(x.shape[0], -1).numpy() @ op.A.numpy().T))
+
+    black_box = Nonlinear(forward, (D,))
+    for noise_std in (0.1, 0.0):
+        x, nfe = enkg(prior.denoiser(schedules.VPLinear()), black_box, y, noise_std, uniform_grid(40), 500,
+                      generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        assert torch.isfinite(x).all() and nfe == 40
+        if noise_std > 0:
+            assert (x.mean(0) - post.mean()).norm() < 0.5 * (prior.mean() - post.mean()).norm()
+    with pytest.raises(RuntimeError, match="no gradients"):
+        DPS(prior.denoiser(schedules.VPLinear()), black_box, y, 0.1)(torch.zeros(2, D, dtype=torch.float64), 0.5)
