@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .train_cmd import add_train_parser
 
     add_train_parser(sub)
+    from .restore_cmd import add_restore_parser
+
+    add_restore_parser(sub)
     exp = sub.add_parser("export", help="write a run's EMA weights as a small sampling-only checkpoint",
                          description="Write the EMA weights and the metadata of a training run (no optimiser state) "
                          "to a new .safetensors file, optionally in float16; sdeflow sample --checkpoint reads it.")
@@ -131,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
 
             export_weights(path_of(args.run), args.out, torch.float16 if args.half else None)
             print(f"wrote {args.out}")
+        elif args.command == "restore":
+            from .restore_cmd import run_restore
+
+            run_restore(args)
         elif args.command == "train":
             from .train_cmd import run_train
 
