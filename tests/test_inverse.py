@@ -151,3 +151,37 @@ def test_ensemble_kalman_needs_no_gradient_of_the_operator():
             assert (x.mean(0) - post.mean()).norm() < 0.5 * (prior.mean() - post.mean()).norm()
     with pytest.raises(RuntimeError, match="no gradients"):
         DPS(prior.denoiser(schedules.VPLinear()), black_box, y, 0.1)(torch.zeros(2, D, dtype=torch.float64), 0.5)
+
+
+@pytest.mark.parametrize("method", ["mmps", "pigdm", "dps", "ddnm", "diffpir", "repaint", "daps", "red-diff", "enkg", "smc"])
+def test_solve_runs_every_method_on_image_operators_within_its_budget(method):
+    from sdeflow.cli.restore_cmd import OPERATORS, make_operator
+    from sdeflow.inverse import solve
+
+    prior = analytic.random_mixture(16, 3, seed=4)
+    den = prior.denoiser(schedules.VPLinear())
+    shape = (1, 4, 4)
+    for name in OPERATORS:
+        op = make_operator(name, shape)
+        if method == "repaint" and not isinstance(op, Mask):
+            continue
+        x_true = prior.sample(1, torch.Generator().manual_seed(0)).reshape(1, *shape)
+        y = op.measure(x_true, 0.1, torch.Generator().manual_seed(1))[0]
+        sol = solve(method, den, op, y, 0.1, 12, 20, dtype=torch.float64)
+        assert sol.x.shape == (20, *shape) and torch.isfinite(sol.x).all() and 0 < sol.nfe <= 12, (method, name)
+
+
+def test_restore_command(tmp_path):
+    from sdeflow.cli.main import main
+
+    out, npz = tmp_path / "r.png", tmp_path / "r.npz"
+    assert main(["restore", "--operator", "superres", "--method", "pigdm", "--nfe", "8", "--num", "3",
+                 "--out", str(out), "--npz", str(npz)]) == 0
+    import numpy as np
+    from PIL import Image
+
+    saved = np.load(npz)
+    assert saved["samples"].shape == (3, 1, 8, 8) and saved["measurement"].shape == (1, 4, 4)
+    assert Image.open(out).size[0] > 5 * 32  # input, measurement, 3 samples, mean
+    assert main(["restore", "--operator", "blur", "--method", "repaint", "--out", ""]) == 1
+    assert main(["restore", "--checkpoint", "moons", "--out", ""]) == 1
