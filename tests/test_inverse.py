@@ -32,6 +32,14 @@ def gaussian_problem(noise_std=0.1, seed=0):
     return prior, op, y, prior.posterior(A, y, noise_std)
 
 
+def masked_problem():
+    """The Gaussian prior observed on three of its six coordinates, without noise."""
+    prior = gaussian_problem()[0]
+    mask = torch.tensor([True, False, True, False, False, True])
+    op = Mask(mask)
+    return prior, mask, op, op(prior.sample(1, torch.Generator().manual_seed(3)))[0]
+
+
 def run(method, prior, n=3000, steps=30, seed=1):
     sched = schedules.VPLinear()
     ts = logsnr_grid(steps, sched)
@@ -73,11 +81,7 @@ def test_no_nan_at_zero_measurement_noise(name):
 
 
 def test_inpainting_mask_keeps_the_measured_entries():
-    prior, _, _, _ = gaussian_problem()
-    mask = torch.tensor([True, False, True, False, False, True])
-    op = Mask(mask)
-    x_true = prior.sample(1, torch.Generator().manual_seed(3))
-    y = op(x_true)[0]
+    prior, mask, op, y = masked_problem()
     x = run(lambda d: DDNM(d, op, y, 0.0), prior, n=100)
     assert torch.allclose(x[:, mask], y.expand(100, -1).to(x.dtype), atol=1e-3)
 
@@ -102,11 +106,7 @@ def test_twisted_smc_error_shrinks_with_particles():
 
 
 def test_repaint_keeps_the_known_entries_and_improves_with_resampling():
-    prior, _, _, _ = gaussian_problem()
-    mask = torch.tensor([True, False, True, False, False, True])
-    op = Mask(mask)
-    x_true = prior.sample(1, torch.Generator().manual_seed(3))
-    y = op(x_true)[0]
+    prior, mask, op, y = masked_problem()
     post = prior.posterior(op.matrix(), y, 0.0)
     sched = schedules.VPLinear()
     ts = uniform_grid(50)
