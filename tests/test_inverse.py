@@ -185,3 +185,24 @@ def test_restore_command(tmp_path):
     assert Image.open(out).size[0] > 5 * 32  # input, measurement, 3 samples, mean
     assert main(["restore", "--operator", "blur", "--method", "repaint", "--out", ""]) == 1
     assert main(["restore", "--checkpoint", "moons", "--out", ""]) == 1
+
+
+@pytest.mark.parametrize("method,noise_std", [("ddnm", 0.0), ("pigdm", 0.1)])
+def test_range_null_and_pseudo_inverse_guidance_are_exact_for_an_isotropic_gaussian(method, noise_std):
+    """For a prior N(mu, v I) the range and null space of A are independent, so DDNM's projection
+    (noiseless y) and PiGDM (with data_var = v) give the exact posterior denoiser."""
+    v, n = 0.7, 3000
+    g = torch.Generator().manual_seed(5)
+    prior = analytic.GaussianMixture(torch.ones(1, dtype=torch.float64), torch.randn(1, D, generator=g, dtype=torch.float64),
+                                     torch.full((1, D), v, dtype=torch.float64))
+    A = torch.randn(M, D, generator=g, dtype=torch.float64) / math.sqrt(D)
+    op = Matrix(A)
+    y = op.measure(prior.sample(1, g), noise_std, g)[0]
+    post = prior.posterior(A, y, noise_std)
+    make = (lambda d: DDNM(d, op, y, 0.0)) if method == "ddnm" else (lambda d: PiGDM(d, op, y, noise_std, data_var=v))
+    x = run(make, prior, n=n, steps=40)
+    cov = post.covariance()
+    se_mean = torch.sqrt(torch.diagonal(cov).clamp_min(1e-12) / n)
+    assert ((x.mean(0) - post.mean()).abs() < 5 * se_mean + 2e-3).all()
+    se_cov = torch.sqrt((torch.outer(torch.diagonal(cov), torch.diagonal(cov)) + cov ** 2) / n)
+    assert ((torch.cov(x.T) - cov).abs() < 5 * se_cov + 2e-3).all()
