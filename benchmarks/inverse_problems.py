@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sdeflow import analytic, data, metrics, schedules  # noqa: E402
 from sdeflow.cli.restore_cmd import make_operator, psnr  # noqa: E402
 from sdeflow.files import atomic_write, write_json  # noqa: E402
-from sdeflow.inverse import METHODS, Bound, Mask, Matrix, solve  # noqa: E402
+from sdeflow.inverse import METHODS, Bound, Identity, Mask, Matrix, solve  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOCS = os.path.join(os.path.dirname(HERE), "docs")
@@ -42,10 +42,11 @@ DOCS = os.path.join(os.path.dirname(HERE), "docs")
 def problems(quick: bool):
     """``(name, prior, shape, {operator name: operator}, noise levels)``."""
     ring = analytic.ring_2d()
-    two = {"mask": Mask(torch.tensor([True, False])), "projection": Matrix(torch.tensor([[0.6, 0.8]], dtype=torch.float64))}
+    two = {"denoise": Identity((2,)), "mask": Mask(torch.tensor([True, False])),
+           "projection": Matrix(torch.tensor([[0.6, 0.8]], dtype=torch.float64))}
     mix = analytic.random_mixture(64, 8, seed=1)
     shape = (1, 8, 8)
-    ops = {k: make_operator(k, shape) for k in ("inpaint", "superres", "blur", "compressed-sensing")}
+    ops = {k: make_operator(k, shape) for k in ("denoise", "inpaint", "superres", "blur", "compressed-sensing")}
     out = [("2-D ring", ring, (2,), two, (0.05, 0.3)), ("64-D mixture", mix, shape, ops, (0.05, 0.3))]
     return out[:1] if quick else out
 
@@ -126,8 +127,9 @@ def report(res) -> str:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     nfes = sorted({r["nfe"] for r in rows})
     lines = ["# Posterior samplers against the exact posterior", "",
-             "`python benchmarks/inverse_problems.py`. Averages over problems (2-D ring: mask, projection; 64-D "
-             "mixture as 1x8x8: inpainting, 2x super-resolution, Gaussian blur, compressed sensing 16/64), two "
+             "`python benchmarks/inverse_problems.py`. Averages over problems (2-D ring: denoising, mask, projection; "
+             "64-D mixture as 1x8x8: denoising, inpainting, 2x super-resolution, Gaussian blur, compressed sensing "
+             "16/64), two "
              "noise levels (0.05, 0.3) and the measurement draws. Mean error is relative to the posterior's "
              "spread; SW / floor is the sliced Wasserstein distance to exact posterior samples divided by the "
              "distance between two exact sample sets (1 = indistinguishable at this sample size); coverage of "
