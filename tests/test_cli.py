@@ -14,7 +14,7 @@ def run(*args, cwd=None):
 def test_help_everywhere():
     top = run("--help")
     assert top.returncode == 0 and "demo" in top.stdout and "list" in top.stdout
-    for cmd in ["demo", "sample", "list"]:
+    for cmd in ["demo", "sample", "list", "train", "restore", "export"]:
         r = run(cmd, "--help")
         assert r.returncode == 0 and "usage: sdeflow " + cmd in r.stdout
 

@@ -24,8 +24,8 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="sdeflow", description="Diffusion and flow models as ODEs/SDEs: samplers measured "
-                     "against an exact Gaussian-mixture oracle.")
+    parser = _Parser(prog="sdeflow", description="Diffusion and flow models as ODEs/SDEs: train, sample and solve "
+                     "inverse problems; every method measured against an exact Gaussian-mixture oracle.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
