@@ -79,3 +79,37 @@ def test_bad_operators_are_clear_errors():
         Mask(torch.zeros(SHAPE, dtype=torch.bool))
     with pytest.raises(ValueError, match="acts on samples of shape"):
         Identity(SHAPE)(torch.zeros(1, 3))
+
+
+@pytest.mark.parametrize("name", sorted(operators()) + ["tall-matrix"])
+def test_gram_apply_is_a_function_of_the_dense_gram_matrix(name):
+    """``gram_apply(r, fn) = Q fn(E) Q^T r`` for ``A A^T = Q E Q^T``: the closed forms (identity, masks,
+    downsampling), the Kronecker factors of a separable blur and the dense default agree with a
+    dense eigendecomposition, also for per-sample factors."""
+    g = torch.Generator().manual_seed(4)
+    op = operators().get(name) or Matrix(torch.randn(90, 72, generator=g, dtype=torch.float64), SHAPE)
+    A = op.matrix()
+    e, Q = torch.linalg.eigh(A @ A.T)
+    e = e.clamp_min(0.0)
+    r = torch.randn(3, *op.out_shape, generator=g, dtype=torch.float64)
+    fn = lambda ev: ev.sqrt() + 1.0 / (1.0 + ev)
+    want = (r.reshape(3, -1) @ Q * fn(e)) @ Q.T
+    assert torch.allclose(op.gram_apply(r, fn).reshape(3, -1), want, atol=1e-10)
+    scale = torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64)
+    per_sample = op.gram_apply(r, lambda ev: scale.reshape(-1, *([1] * ev.ndim)) * fn(ev))
+    assert torch.allclose(per_sample.reshape(3, -1), scale[:, None] * want, atol=1e-10)
+
+
+def test_separable_blur_uses_small_factors():
+    op = Blur.gaussian((1, 40, 40), std=1.5)
+    e, qt, q = op.gram_eig()
+    assert e.shape == (40, 40)  # two 40 x 40 factors, not a 1600 x 1600 matrix
+    x = torch.randn(2, 1, 40, 40, dtype=torch.float64)
+    assert torch.allclose(q(qt(x)), x, atol=1e-10)
+
+
+def test_dense_gram_refuses_huge_operators():
+    """A non-separable kernel on 100 x 100 images would need a 10^4 x 10^4 eigendecomposition."""
+    op = Blur((1, 100, 100), torch.rand(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="10000 measurements.*conjugate gradients"):
+        op.gram_eig()

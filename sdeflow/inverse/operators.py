@@ -5,7 +5,11 @@ Every linear operator acts on a batch ``x`` of shape ``(B, *shape)`` and returns
 and the exact Gaussian-mixture posterior). Subclasses with a cheap singular value decomposition
 expose it through ``svd() -> (s, u, ut, vt, v)``: ``A = U diag(s) V^T`` with ``s`` the ``M`` singular
 values and ``u``/``ut``/``vt``/``v`` functions applying ``U`` (flat ``(B, M)`` to measurement shape),
-``U^T``, ``V^T`` (sample to flat ``(B, D)``) and ``V``; the SVD-based samplers use it.
+``U^T``, ``V^T`` (sample to flat ``(B, D)``) and ``V``. Every linear operator gives the
+eigendecomposition of ``A A^T`` (``gram_eig``) and with it ``gram_apply(r, fn) = fn(A A^T) r``, a
+function of the squared singular values: in closed form where ``A A^T`` is a multiple of the identity
+(identity, masks, downsampling), from two small 1-D factors for separable blur kernels (``A A^T`` is a
+Kronecker product), densely otherwise (up to ``MAX_DENSE`` measurements).
 
 - :class:`Identity` (denoising), :class:`Mask` (inpainting), :class:`Blur` (convolution with a given
   kernel, zero boundary), :class:`Downsample` (average pooling by an integer factor:
@@ -73,6 +77,48 @@ class LinearOperator(Operator):
         form where ``A A^T`` is diagonal)."""
         return conjugate_gradient(lambda u: self(self.adjoint(u)) + _bcast(lam, u) * u, r, iters)
 
+    def gram_eig(self):
+        """``(e, qt, q)``: ``A A^T = Q diag(e) Q^T`` with ``e`` float64 eigenvalues (the squared singular
+        values, shape broadcastable against ``qt(r)``), ``qt`` mapping a batch of measurements to
+        coordinates and ``q`` back. This default factorises the dense ``A A^T`` once."""
+        if getattr(self, "_eig", None) is None:
+            m = self.out_dim
+            if m > MAX_DENSE:
+                raise ValueError(f"{type(self).__name__} has {m} measurements; the dense eigendecomposition of A A^T "
+                                 f"is limited to {MAX_DENSE}. Use a method based on conjugate gradients "
+                                 "(mmps, pigdm, dps, diffpir) or an operator with a structured decomposition.")
+            A = self.matrix()
+            e, Q = torch.linalg.eigh(A @ A.T)
+            self._eig = (e.clamp_min(0.0), Q)
+        e, Q = self._eig
+        out = self.out_shape
+
+        def qt(r):
+            return r.reshape(r.shape[0], -1) @ Q.to(device=r.device, dtype=r.dtype)
+
+        def q(z):
+            return (z @ Q.T.to(device=z.device, dtype=z.dtype)).reshape(z.shape[0], *out)
+
+        return e, qt, q
+
+    def gram_apply(self, r: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``fn(A A^T) r`` per sample; ``fn`` maps the eigenvalues ``e`` (float64) to factors of
+        ``e``'s shape, or ``(B, *e.shape)`` for factors that differ between samples."""
+        e, qt, q = self.gram_eig()
+        z = qt(r)
+        f = fn(e.to(z.device))
+        if f.ndim > e.ndim:
+            f = f.reshape(f.shape[0], *([1] * (z.ndim - 1 - e.ndim)), *e.shape)
+        return q(f.to(z.dtype) * z)
+
+
+MAX_DENSE = 8192
+
+
+def _scaled_identity(c: float):
+    """``gram_eig`` of an operator with ``A A^T = c I``."""
+    return torch.tensor(float(c), dtype=torch.float64), (lambda r: r), (lambda z: z)
+
 
 def _bcast(c, x):
     c = torch.as_tensor(c, dtype=x.dtype, device=x.device)
@@ -121,6 +167,9 @@ class Identity(LinearOperator):
     def gram_solve(self, r, lam, iters=50):
         return r / (1 + _bcast(lam, r))
 
+    def gram_eig(self):
+        return _scaled_identity(1.0)
+
 
 class Mask(LinearOperator):
     """Keep the entries where ``mask`` is true (inpainting); ``y`` is the kept entries, ``(B, M)``."""
@@ -144,6 +193,9 @@ class Mask(LinearOperator):
 
     def gram_solve(self, r, lam, iters=50):
         return r / (1 + _bcast(lam, r))
+
+    def gram_eig(self):
+        return _scaled_identity(1.0)
 
     def svd(self):
         """``A = U S V^T`` with ``U = I``, ``S = 1`` and ``V^T`` the coordinate permutation that puts
@@ -176,6 +228,9 @@ class Downsample(LinearOperator):
 
     def gram_solve(self, r, lam, iters=50):  # A A^T = I / factor^2
         return r / (1.0 / self.factor ** 2 + _bcast(lam, r))
+
+    def gram_eig(self):
+        return _scaled_identity(1.0 / self.factor ** 2)
 
 
 class Blur(LinearOperator):
@@ -210,6 +265,39 @@ class Blur(LinearOperator):
 
     def adjoint(self, y):
         return self._conv(y, torch.flip(self.kernel, (0, 1)))
+
+    def gram_eig(self):
+        """For a separable kernel ``k = a b^T`` every channel is ``X -> A_a X A_b^T`` (1-D zero-boundary
+        convolutions), so ``A A^T = (A_a A_a^T) x (A_b A_b^T)`` per channel and its eigenvectors are
+        products of the two small factors' (``H x H`` and ``W x W``). Other kernels: dense."""
+        u, sv, vh = torch.linalg.svd(self.kernel)
+        if sv.numel() > 1 and float(sv[1]) > 1e-12 * float(sv[0]):
+            return super().gram_eig()
+        if getattr(self, "_eig", None) is None:
+            a, b = u[:, 0] * sv[0].sqrt(), vh[0] * sv[0].sqrt()
+            _, h, w = self.shape
+
+            def conv_matrix(k, n):  # rows: outputs of the 1-D cross-correlation with zero padding
+                p = k.numel() // 2
+                m = torch.zeros(n, n, dtype=torch.float64)
+                for i in range(n):
+                    for j in range(k.numel()):
+                        if 0 <= i + j - p < n:
+                            m[i, i + j - p] = k[j]
+                return m
+
+            ea, qa = torch.linalg.eigh(conv_matrix(a, h) @ conv_matrix(a, h).T)
+            eb, qb = torch.linalg.eigh(conv_matrix(b, w) @ conv_matrix(b, w).T)
+            self._eig = ((ea[:, None] * eb[None, :]).clamp_min(0.0), qa, qb)
+        e, qa, qb = self._eig
+
+        def qt(r):
+            return qa.T.to(device=r.device, dtype=r.dtype) @ r @ qb.to(device=r.device, dtype=r.dtype)
+
+        def q(z):
+            return qa.to(device=z.device, dtype=z.dtype) @ z @ qb.T.to(device=z.device, dtype=z.dtype)
+
+        return e, qt, q
 
 
 class Matrix(LinearOperator):
