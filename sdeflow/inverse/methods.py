@@ -21,13 +21,13 @@ from .daps import daps
 from .enkg import enkg
 from .guidance import DPS, MMPS, PiGDM
 from .operators import Operator
-from .projection import DDNM, DiffPIR
+from .projection import DDNM, DiffPIR, ddrm
 from .repaint import repaint
 from .smc import twisted_smc
 from .variational import red_diff
 
 TRANSFORMS = {"mmps": MMPS, "pigdm": PiGDM, "dps": DPS, "ddnm": DDNM, "diffpir": DiffPIR}
-LOOPS = ("repaint", "daps", "red-diff", "enkg", "smc")
+LOOPS = ("ddrm", "repaint", "daps", "red-diff", "enkg", "smc")
 METHODS = tuple(TRANSFORMS) + LOOPS
 
 
@@ -75,6 +75,9 @@ def solve(name: str, denoiser: Denoiser, operator: Operator, y: torch.Tensor, no
         resample = options.pop("resample", 2)
         ts = uniform_grid(max(1, nfe // resample), t_max=t_max)
         x, used = repaint(denoiser, operator, y, ts, num, resample=resample, generator=g, dtype=dtype, **options)
+    elif name == "ddrm":
+        x, used = ddrm(denoiser, operator, y, noise_std, uniform_grid(nfe, t_max=t_max), num, generator=g, dtype=dtype,
+                       **options)
     elif name == "daps":
         ode_steps = options.pop("ode_steps", 2)
         ts = uniform_grid(max(1, nfe // max(1, ode_steps)), t_max=t_max)
