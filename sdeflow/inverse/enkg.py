@@ -11,6 +11,10 @@ preconditioning by ``C^{xx}`` (approximated by its mean variance ``v_t``) gives
     Gamma_t = (noise^2 + r_t^2 tr(A A^T) / M) I,   r_t^2 = v sigma^2 / (alpha^2 v + sigma^2),
 
 so no derivative of ``A`` or of the network is taken; the particles interact through ``C^{xG}``.
+From few particles the estimate, multiplied by ``sigma^2 / alpha``, can overshoot near pure noise;
+each particle's correction is then scaled back to the least-squares point along its direction (see
+``_no_overshoot``; an exact Kalman step is never scaled). The corrections live in the span of the
+ensemble: use more particles than the signal has dimensions.
 ``tr(A A^T)`` is estimated from forward evaluations on random inputs. Zheng, Chu, Wang, Kovachki,
 Baptista, Yue, "Ensemble Kalman Diffusion Guidance: A Derivative-free Method for Inverse Problems",
 2024, arXiv:2409.20175.
