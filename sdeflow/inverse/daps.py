@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..denoisers import Denoiser
+from ..sampling import prior_sample
 from .operators import Operator
 
 
@@ -28,7 +29,7 @@ def daps(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: flo
     y = torch.as_tensor(y, dtype=dtype)
     shape = operator.shape
     randn = lambda: torch.randn((num, *shape), generator=generator, dtype=torch.float64).to(dtype)
-    x_t = randn() * float((sched.alpha(ts[0]) ** 2 * data_var + sched.sigma(ts[0]) ** 2) ** 0.5)
+    x_t = prior_sample(sched, (num, *shape), t=float(ts[0]), data_std=data_var ** 0.5, generator=generator, dtype=dtype)
     noise_var = max(noise_std, 1e-3) ** 2
     lip = _lipschitz(operator, shape, dtype)  # largest eigenvalue of A^T A (1 for nonlinear operators)
     nfe = 0

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from ..denoisers import Denoiser
+from ..sampling import prior_sample
 from .operators import Operator
 
 
@@ -62,8 +63,7 @@ def enkg(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: flo
     shape = operator.shape
     m = y.numel()
     tr_aat = _trace_aat(operator, shape, dtype)
-    x = torch.randn((num, *shape), generator=generator, dtype=torch.float64).to(dtype)
-    x = x * float((sched.alpha(ts[0]) ** 2 * data_var + sched.sigma(ts[0]) ** 2) ** 0.5)
+    x = prior_sample(sched, (num, *shape), t=float(ts[0]), data_std=data_var ** 0.5, generator=generator, dtype=dtype)
     nfe = 0
     for i in range(len(ts) - 1):
         t, s = float(ts[i]), float(ts[i + 1])

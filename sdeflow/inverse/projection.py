@@ -38,6 +38,7 @@ from __future__ import annotations
 import torch
 
 from ..denoisers import Denoiser
+from ..sampling import prior_sample
 from ..shapes import as_time
 from .guidance import PosteriorDenoiser
 from .operators import LinearOperator
@@ -101,7 +102,7 @@ def ddrm(denoiser: Denoiser, operator: LinearOperator, y: torch.Tensor, noise_st
     y_bar = qt(y.reshape(-1, *A.out_shape)) * inv_s     # S^-1 U^T y
     n = noise_std * inv_s
     randn = lambda: torch.randn((num, *A.shape), generator=generator, dtype=torch.float64).to(dtype)
-    x = randn() * float((sched.alpha(ts[0]) ** 2 + sched.sigma(ts[0]) ** 2) ** 0.5)
+    x = prior_sample(sched, (num, *A.shape), t=float(ts[0]), data_std=1.0, generator=generator, dtype=dtype)
     keep = keep.to(x.device)
     for i in range(len(ts) - 1):
         a_t, s_t, a_s, s_s = (float(v) for v in (sched.alpha(ts[i]), sched.sigma(ts[i]), sched.alpha(ts[i + 1]),

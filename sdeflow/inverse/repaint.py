@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..denoisers import Denoiser
+from ..sampling import prior_sample
 from .operators import Mask
 from .smc import ancestral_coefficients
 
@@ -32,7 +33,7 @@ def repaint(denoiser: Denoiser, operator: Mask, y: torch.Tensor, ts: torch.Tenso
     keep = operator.adjoint(torch.ones_like(y)).bool()  # (num, *shape)
     y_full = operator.adjoint(y)
     randn = lambda: torch.randn((num, *shape), generator=generator, dtype=torch.float64).to(dtype)
-    x = randn() * float((sched.alpha(ts[0]) ** 2 + sched.sigma(ts[0]) ** 2) ** 0.5)
+    x = prior_sample(sched, (num, *shape), t=float(ts[0]), data_std=1.0, generator=generator, dtype=dtype)
     nfe = 0
     for i in range(len(ts) - 1):
         t, s = ts[i], ts[i + 1]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..denoisers import Denoiser
+from ..sampling import prior_sample
 from .operators import Operator
 
 
@@ -64,8 +65,7 @@ def twisted_smc(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_s
     shape = operator.shape
     k = int(num_particles)
     y = torch.as_tensor(y, dtype=dtype)
-    a0, s0 = float(sched.alpha(ts[0])), float(sched.sigma(ts[0]))
-    x = (torch.randn(k, *shape, generator=generator, dtype=torch.float64) * (a0 ** 2 * data_var + s0 ** 2) ** 0.5).to(dtype)
+    x = prior_sample(sched, (k, *shape), t=float(ts[0]), data_std=data_var ** 0.5, generator=generator, dtype=dtype)
     dims = tuple(range(1, x.ndim))
 
     def twist(x_t, t):
