@@ -93,9 +93,10 @@ def ddrm(denoiser: Denoiser, operator: LinearOperator, y: torch.Tensor, noise_st
         raise ValueError(f"eta and eta_b must lie in [0, 1], got {eta} and {eta_b}")
     sched, cond, A = denoiser.schedule, cond or {}, operator
     ts = torch.as_tensor(ts, dtype=torch.float64)
+    if float(sched.alpha(ts[0])) == 0.0:
+        raise ValueError("DDRM needs alpha > 0 on the whole grid; start it below t = 1 for this schedule")
     e, qt, q = A.gram_eig()
-    keep = e > 1e-10 * e.max()
-    inv_s = torch.where(keep, torch.where(keep, e, torch.ones_like(e)).rsqrt(), torch.zeros_like(e)).to(dtype)
+    inv_s = _pseudo_inverse(e).sqrt().to(dtype)          # 1 / s_i on the kept directions, 0 elsewhere
     to_c = lambda v: qt(A(v)) * inv_s                     # V^T v on the range
     from_c = lambda c: A.adjoint(q(c * inv_s))            # V c
     y = torch.as_tensor(y, dtype=dtype)
@@ -103,7 +104,7 @@ def ddrm(denoiser: Denoiser, operator: LinearOperator, y: torch.Tensor, noise_st
     n = noise_std * inv_s
     randn = lambda: torch.randn((num, *A.shape), generator=generator, dtype=torch.float64).to(dtype)
     x = prior_sample(sched, (num, *A.shape), t=float(ts[0]), data_std=1.0, generator=generator, dtype=dtype)
-    keep = keep.to(x.device)
+    keep = (inv_s > 0).to(x.device)
     for i in range(len(ts) - 1):
         a_t, s_t, a_s, s_s = (float(v) for v in (sched.alpha(ts[i]), sched.sigma(ts[i]), sched.alpha(ts[i + 1]),
                                                   sched.sigma(ts[i + 1])))
