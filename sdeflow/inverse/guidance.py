@@ -63,7 +63,9 @@ class PosteriorDenoiser(Denoiser):
         return out.detach()
 
     def correct(self, x: torch.Tensor, d: torch.Tensor, t) -> torch.Tensor:
-        raise NotImplementedError
+        """The posterior denoiser from ``x_t`` (``x``, requiring grad) and the prior's ``d``; each method
+        defines it."""
+        raise NotImplementedError(f"{type(self).__name__} does not define correct()")
 
 
 def _vjp(d: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ class Operator:
         return math.prod(self.shape)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define how it acts (__call__)")
 
     def _check(self, x: torch.Tensor) -> None:
         if tuple(x.shape[1:]) != self.shape:
@@ -65,7 +65,7 @@ class LinearOperator(Operator):
         return math.prod(self.out_shape)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define its adjoint")
 
     def matrix(self) -> torch.Tensor:
         """Dense ``(M, D)`` float64 matrix (``A`` applied to the basis vectors)."""
