@@ -270,26 +270,11 @@ class Blur(LinearOperator):
         """For a separable kernel ``k = a b^T`` every channel is ``X -> A_a X A_b^T`` (1-D zero-boundary
         convolutions), so ``A A^T = (A_a A_a^T) x (A_b A_b^T)`` per channel and its eigenvectors are
         products of the two small factors' (``H x H`` and ``W x W``). Other kernels: dense."""
-        u, sv, vh = torch.linalg.svd(self.kernel)
-        if sv.numel() > 1 and float(sv[1]) > 1e-12 * float(sv[0]):
+        if getattr(self, "_factors", None) is None:  # once per operator
+            self._factors = self._kronecker_factors()
+        if self._factors is False:
             return super().gram_eig()
-        if getattr(self, "_eig", None) is None:
-            a, b = u[:, 0] * sv[0].sqrt(), vh[0] * sv[0].sqrt()
-            _, h, w = self.shape
-
-            def conv_matrix(k, n):  # rows: outputs of the 1-D cross-correlation with zero padding
-                p = k.numel() // 2
-                m = torch.zeros(n, n, dtype=torch.float64)
-                for i in range(n):
-                    for j in range(k.numel()):
-                        if 0 <= i + j - p < n:
-                            m[i, i + j - p] = k[j]
-                return m
-
-            ea, qa = torch.linalg.eigh(conv_matrix(a, h) @ conv_matrix(a, h).T)
-            eb, qb = torch.linalg.eigh(conv_matrix(b, w) @ conv_matrix(b, w).T)
-            self._eig = ((ea[:, None] * eb[None, :]).clamp_min(0.0), qa, qb)
-        e, qa, qb = self._eig
+        e, qa, qb = self._factors
 
         def qt(r):
             return qa.T.to(device=r.device, dtype=r.dtype) @ r @ qb.to(device=r.device, dtype=r.dtype)
@@ -298,6 +283,27 @@ class Blur(LinearOperator):
             return qa.to(device=z.device, dtype=z.dtype) @ z @ qb.T.to(device=z.device, dtype=z.dtype)
 
         return e, qt, q
+
+    def _kronecker_factors(self):
+        """``(e, Q_a, Q_b)`` for a separable kernel, ``False`` otherwise."""
+        u, sv, vh = torch.linalg.svd(self.kernel)
+        if sv.numel() > 1 and float(sv[1]) > 1e-12 * float(sv[0]):
+            return False
+        a, b = u[:, 0] * sv[0].sqrt(), vh[0] * sv[0].sqrt()
+        _, h, w = self.shape
+
+        def conv_matrix(k, n):  # rows: outputs of the 1-D cross-correlation with zero padding
+            p = k.numel() // 2
+            m = torch.zeros(n, n, dtype=torch.float64)
+            for i in range(n):
+                for j in range(k.numel()):
+                    if 0 <= i + j - p < n:
+                        m[i, i + j - p] = k[j]
+            return m
+
+        ea, qa = torch.linalg.eigh(conv_matrix(a, h) @ conv_matrix(a, h).T)
+        eb, qb = torch.linalg.eigh(conv_matrix(b, w) @ conv_matrix(b, w).T)
+        return (ea[:, None] * eb[None, :]).clamp_min(0.0), qa, qb
 
 
 class Matrix(LinearOperator):
