@@ -16,7 +16,9 @@ from __future__ import annotations
 import torch
 
 from ..denoisers import Denoiser
-from ..sampling import prior_sample
+from ..samplers import DDIM
+from ..sampling import prior_sample, sample
+from .guidance import gaussian_posterior_var
 from .operators import Operator
 
 
@@ -39,8 +41,7 @@ def daps(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: flo
         # (1) the prior's estimate of the clean signal
         with torch.no_grad():
             x_hat, nfe = _ode_estimate(denoiser, x_t, t, ode_steps, nfe)
-        a, sg = float(sched.alpha(t)), float(sched.sigma(t))
-        r2 = data_var * sg * sg / (a * a * data_var + sg * sg)
+        r2 = gaussian_posterior_var(sched, t, data_var)
         # (2) Langevin on the decoupled posterior of x given x_hat and y
         x0 = x_hat.clone()
         eta = step_size / (1.0 / r2 + lip / noise_var)  # stable for the stiffer of the two terms
@@ -70,23 +71,17 @@ def _lipschitz(operator, shape, dtype, iters: int = 20) -> float:
 
 
 def _ode_estimate(denoiser, x_t, t, steps, nfe):
-    """``x_hat`` from an Euler solve of the probability-flow ODE in ``sigma / alpha`` from ``t`` to 0
+    """``x_hat`` from ``steps - 1`` DDIM steps of the probability-flow ODE, uniform in
+    ``log(sigma / alpha)`` from ``t`` down to a hundredth of its level, and the denoiser there
     (``steps`` evaluations), or ``D(x_t)`` when ``steps == 0``."""
     sched = denoiser.schedule
     if steps == 0:
         return denoiser(x_t, t), nfe + 1
-    # uniform steps in log(sigma/alpha) down to a small level, then the final denoiser output
-    lo = max(float(sched.noise_to_signal(t)) * 1e-2, 1e-3)
-    levels = torch.logspace(torch.log10(sched.noise_to_signal(t)), torch.log10(torch.tensor(lo)), steps, dtype=torch.float64)
-    x = x_t / float(sched.alpha(t))  # the scaled state, noise level sigma/alpha
-    cur_t = t
-    for k in range(steps):
-        d = denoiser(x * float(sched.alpha(cur_t)), cur_t)
-        nfe += 1
-        if k == steps - 1:
-            return d, nfe
-        nxt = float(sched.t_from_sigma_ratio(levels[k + 1]))
-        lvl, lvl_next = float(levels[k]), float(levels[k + 1])
-        x = d + (lvl_next / lvl) * (x - d)  # exact step of the scaled ODE with frozen x_hat (DDIM)
-        cur_t = nxt
-    return d, nfe
+    level = sched.noise_to_signal(torch.tensor(t, dtype=torch.float64))
+    lo = max(float(level) * 1e-2, 1e-3)
+    levels = torch.logspace(torch.log10(level), torch.log10(torch.tensor(lo, dtype=torch.float64)), steps,
+                            dtype=torch.float64)
+    grid = torch.cat([torch.tensor([t], dtype=torch.float64), sched.t_from_sigma_ratio(levels[1:])])
+    if steps > 1:
+        x_t = sample(denoiser, DDIM(), grid, x_t, check_finite=False).x
+    return denoiser(x_t, float(grid[-1])), nfe + steps

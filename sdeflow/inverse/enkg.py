@@ -26,6 +26,7 @@ import torch
 
 from ..denoisers import Denoiser
 from ..sampling import prior_sample
+from .guidance import gaussian_posterior_var
 from .operators import Operator
 
 
@@ -76,7 +77,7 @@ def enkg(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: flo
             dg = pred - pred.mean(0)
             c_xg = dx.T @ dg / (num - 1)                                   # (D, M)
             v_t = float(dx.pow(2).sum(1).mean()) / dx.shape[1] + 1e-12
-            r2 = data_var * s_t ** 2 / (a_t ** 2 * data_var + s_t ** 2)
+            r2 = gaussian_posterior_var(sched, t, data_var)
             gam = noise_std ** 2 + r2 * tr_aat / m + 1e-12
             step = gamma * (s_t ** 2 / a_t) / v_t / gam
             delta = step * ((y - pred) @ c_xg.T).reshape(x.shape)

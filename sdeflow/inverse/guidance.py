@@ -68,6 +68,15 @@ class PosteriorDenoiser(Denoiser):
         raise NotImplementedError(f"{type(self).__name__} does not define correct()")
 
 
+def gaussian_posterior_var(schedule, t, data_var: float = 1.0):
+    """``r_t^2 = Var[x | x_t] = v sigma^2 / (alpha^2 v + sigma^2)`` for data ``N(m, v I)``: the
+    isotropic stand-in for the Tweedie covariance used by PiGDM, DAPS, twisted SMC and EnKG (a float
+    for a float ``t``, a tensor otherwise; 0 at ``sigma = 0``)."""
+    a, s = schedule.alpha(as_time(t)), schedule.sigma(as_time(t))
+    r2 = data_var * s * s / (a * a * data_var + s * s)
+    return float(r2) if isinstance(t, float) else r2
+
+
 def _vjp(d: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.autograd.grad(d, x, v, retain_graph=True)[0]
 
@@ -100,9 +109,7 @@ class PiGDM(PosteriorDenoiser):
 
     def correct(self, x, d, t):
         A = self.operator
-        tt = as_time(t)
-        a2, s2 = self.schedule.alpha(tt) ** 2, self.schedule.sigma(tt) ** 2
-        r2 = (self.data_var * s2 / (a2 * self.data_var + s2)).to(torch.float64)
+        r2 = torch.as_tensor(gaussian_posterior_var(self.schedule, as_time(t), self.data_var), dtype=torch.float64)
         r = (self._y(d) - A(d)).detach()
         lam = (self.noise_std ** 2 / r2.clamp_min(1e-30)).to(d.dtype)
         u = A.gram_solve(r, lam, self.cg_iters) / expand_as_batch(r2.clamp_min(1e-30).to(d.dtype), r)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import torch
 
 from ..denoisers import Denoiser
+from ..samplers import DDIM
 from ..sampling import prior_sample
 from ..shapes import as_time
 from .guidance import PosteriorDenoiser
@@ -105,15 +106,16 @@ def ddrm(denoiser: Denoiser, operator: LinearOperator, y: torch.Tensor, noise_st
     randn = lambda: torch.randn((num, *A.shape), generator=generator, dtype=torch.float64).to(dtype)
     x = prior_sample(sched, (num, *A.shape), t=float(ts[0]), data_std=1.0, generator=generator, dtype=dtype)
     keep = (inv_s > 0).to(x.device)
+    ddim = DDIM(eta=eta)
     for i in range(len(ts) - 1):
         a_t, s_t, a_s, s_s = (float(v) for v in (sched.alpha(ts[i]), sched.sigma(ts[i]), sched.alpha(ts[i + 1]),
                                                   sched.sigma(ts[i + 1])))
-        l_t, l_s = s_t / a_t, s_s / a_s
+        l_s = s_s / a_s
         with torch.no_grad():
             x_hat = denoiser(x, float(ts[i]), **cond)
         z = randn()
-        fresh = eta * l_s * (1 - (l_s / l_t) ** 2) ** 0.5
-        u = x_hat + (l_s ** 2 - fresh ** 2) ** 0.5 * (x / a_t - x_hat) / l_t + fresh * z   # DDIM, every direction
+        c_x, c_hat, c_z = ddim.step_coefficients(a_t, s_t, a_s, s_s, ts[i], ts[i + 1], sched)
+        u = (c_x * x + c_hat * x_hat + c_z * z) / a_s                          # DDIM, every direction
         c_hat, c_z = to_c(x_hat), to_c(z)
         c = (1 - eta_b) * c_hat + eta_b * y_bar + (l_s ** 2 - (eta_b * n) ** 2).clamp_min(0.0).sqrt() * c_z
         if noise_std > 0:

@@ -22,6 +22,7 @@ import torch
 
 from ..denoisers import Denoiser
 from ..sampling import prior_sample
+from .guidance import gaussian_posterior_var
 from .operators import Operator
 
 
@@ -70,8 +71,8 @@ def twisted_smc(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_s
 
     def twist(x_t, t):
         """``(log p~_t(y | x_t), grad of it, x_hat)`` per particle."""
-        a, s = float(sched.alpha(t)), float(sched.sigma(t))
-        var = noise_std ** 2 + (data_var * s * s / (a * a * data_var + s * s) if s > 0 else 0.0)
+        s = float(sched.sigma(t))
+        var = noise_std ** 2 + gaussian_posterior_var(sched, float(t), data_var)
         with torch.enable_grad():
             xr = x_t.detach().requires_grad_(True)
             d = denoiser(xr, float(t))
