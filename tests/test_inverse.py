@@ -183,6 +183,11 @@ def test_restore_command(tmp_path):
     saved = np.load(npz)
     assert saved["samples"].shape == (3, 1, 8, 8) and saved["measurement"].shape == (1, 4, 4)
     assert Image.open(out).size[0] > 5 * 32  # input, measurement, 3 samples, mean
+    img = tmp_path / "in.png"  # any picture is converted to the model's channels, centre-cropped and resized
+    Image.fromarray(np.full((40, 30, 4), 255, dtype=np.uint8), "RGBA").save(img)
+    assert main(["restore", "--input", str(img), "--method", "ddnm", "--nfe", "4", "--num", "2", "--out", "",
+                 "--npz", str(npz)]) == 0
+    assert np.allclose(np.load(npz)["input"], 1.0)  # white is the top of [-1, 1]
     assert main(["restore", "--operator", "blur", "--method", "repaint", "--out", ""]) == 1
     assert main(["restore", "--checkpoint", "moons", "--out", ""]) == 1
 

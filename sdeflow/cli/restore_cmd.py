@@ -64,16 +64,10 @@ def _load_input(args, model) -> torch.Tensor:
         return x
     if model.kind != "image":
         raise ValueError(f"this model's samples have shape {shape}: give a .npy file, not an image")
-    from PIL import Image
+    from ..data.datasets import read_image
 
-    try:
-        with Image.open(args.input) as img:
-            img = img.convert("L" if shape[0] == 1 else "RGB").resize(shape[-2:][::-1], Image.BICUBIC)
-            arr = np.asarray(img, dtype=np.float32)
-    except OSError as err:
-        raise ValueError(f"{args.input}: not a readable image ({err})") from None
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(arr) / 127.5 - 1.0
+    arr, _ = read_image(args.input, shape[-1], "L" if shape[0] == 1 else "RGB", convert=True)
+    return torch.from_numpy(arr) / 127.5 - 1.0  # the training scaling of image folders
 
 
 def run_restore(args) -> dict:

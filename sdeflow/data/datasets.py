@@ -61,12 +61,17 @@ def toy(name: str, n: int = 100_000, seed: int = 0) -> Dataset:
     return Dataset(TOYS[name](n, seed), name=name)
 
 
-def _read_image(path: str, size: int, mode: str | None):
+def read_image(path: str, size: int, mode: str | None = None, convert: bool = False):
+    """``(array (C, size, size) of 0..255 floats, mode)``: the image centre-cropped to a square and
+    resized. Only L and RGB images are read, and one of ``mode`` when given, unless ``convert`` (then
+    any image is converted to ``mode``)."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
             img.load()
+            if convert:
+                img = img.convert(mode)
             if img.mode not in ("L", "RGB"):
                 raise ValueError(f"{path}: image mode {img.mode}; sdeflow reads 8-bit grayscale (L) or RGB "
                                  "images, convert it first (e.g. drop alpha onto a background)")
@@ -96,7 +101,7 @@ def image_folder(path: str, size: int = 32) -> Dataset:
         raise ValueError(f"no PNG or JPEG images under {path!r}")
     images, mode = [], None
     for f in files:
-        arr, mode = _read_image(f, size, mode)
+        arr, mode = read_image(f, size, mode)
         images.append(arr)
     x = torch.from_numpy(np.stack(images)) / 127.5 - 1.0
     classes = sorted({os.path.relpath(os.path.dirname(f), path) for f in files})
