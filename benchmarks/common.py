@@ -108,7 +108,7 @@ class Shared:
             sch = self.process.schedule
             ts = grids.reference_grid(torch.tensor([t0, t_end], dtype=torch.float64), sch, steps)
             den = self.problem.mixture.denoiser(sch)
-            self._refs[key] = sample(den, DPMSolver(solver_order=3, form="data"), ts, self.x_init(t0)).x
+            self._refs[key] = sample(den, DPMSolver(order=3, form="data"), ts, self.x_init(t0)).x
         return self._refs[key]
 
     def score(self, span: tuple[float, float], x_out: torch.Tensor) -> dict:

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sdeflow import data  # noqa: E402
-from sdeflow.cli.registry import GRIDS, SAMPLERS, steps_for_nfe  # noqa: E402
+from sdeflow.registry import GRIDS, SAMPLERS, steps_for_nfe  # noqa: E402
 from sdeflow.files import atomic_write, write_json  # noqa: E402
 from sdeflow.generation import gather, generate  # noqa: E402
 from sdeflow.metrics import frechet_distance  # noqa: E402

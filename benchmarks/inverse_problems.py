@@ -32,7 +32,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sdeflow import analytic, data, metrics, schedules  # noqa: E402
-from sdeflow.cli.restore_cmd import make_operator, psnr  # noqa: E402
+from sdeflow.metrics import psnr  # noqa: E402
+from sdeflow.registry import make_operator  # noqa: E402
 from sdeflow.files import atomic_write, write_json  # noqa: E402
 from sdeflow.inverse import METHODS, Bound, Identity, Mask, Matrix, solve  # noqa: E402
 

@@ -30,7 +30,7 @@ from overhead import overhead_table  # noqa: E402
 from peers import diffusers_runs, k_runs, load_diffusers, load_k_diffusion  # noqa: E402
 
 from sdeflow import sample  # noqa: E402
-from sdeflow.cli.registry import GRIDS, SAMPLERS  # noqa: E402
+from sdeflow.registry import GRIDS, SAMPLERS  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks")
 GRIDS_FOR = {"index": ["auto", "logsnr", "karras", "quadratic", "trailing"],

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 
@@ -14,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import fmt  # noqa: E402
 
-from sdeflow.cli.registry import SAMPLERS  # noqa: E402
+from sdeflow.registry import SAMPLERS  # noqa: E402
 
 WHAT = {
     "euler": "Euler on the probability-flow ODE in t",

@@ -30,7 +30,7 @@ from common import PROCESSES, Shared, family, fmt, problems, save_json, sdeflow_
 from peers import K_SDE_SAMPLERS, diffusers_runs, k_runs, load_diffusers, load_k_diffusion  # noqa: E402
 
 from sdeflow import GeneratorNoise, metrics, sample  # noqa: E402
-from sdeflow.cli.registry import GRIDS, SAMPLERS  # noqa: E402
+from sdeflow.registry import GRIDS, SAMPLERS  # noqa: E402
 from sdeflow.samplers import GottaGoFast  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks")

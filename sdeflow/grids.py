@@ -2,7 +2,8 @@
 
 A grid of ``n`` steps has ``n + 1`` times. Grids that space their points in noise level
 (:func:`logsnr_grid`, :func:`karras_grid`) cannot reach ``t = 0`` (infinite logSNR): they place ``n``
-points between ``t_max`` and ``t_min`` and, with ``denoise_to_zero=True`` (the default), end with a
+points between ``t_max`` (default :func:`start_time`: 1, or 0.999 for a zero-terminal-SNR schedule,
+where logSNR is infinite at 1) and ``t_min`` and, with ``denoise_to_zero=True`` (the default), end with a
 final step to ``t = 0`` that lands on the denoised estimate. Transforms such as :func:`shift_grid`
 take a grid and return a grid.
 """
@@ -41,6 +42,12 @@ def default_t_min(schedule: Schedule, sigma_min: float = DEFAULT_SIGMA_MIN) -> f
     return max(t, schedule.t_min) if t > 0 else max(schedule.t_min, 1e-5)
 
 
+def start_time(schedule: Schedule) -> float:
+    """Where a grid for ``schedule`` starts: ``t = 1``, or just below it (0.999) for a zero-terminal-SNR
+    schedule, whose logSNR is infinite at 1 (noise-spaced grids and guidance need it finite there)."""
+    return 1.0 if bool(schedule.logsnr(1.0) > -30) else 0.999
+
+
 def uniform_grid(n: int, t_max: float = 1.0, t_min: float = 0.0) -> torch.Tensor:
     """``n`` equal steps in ``t`` from ``t_max`` to ``t_min``."""
     _check_n(n)
@@ -58,6 +65,7 @@ def quadratic_grid(n: int, t_max: float = 1.0, t_min: float = 0.0) -> torch.Tens
 
 def _noise_spaced(n, schedule, t_max, t_min, denoise_to_zero, spacing):
     _check_n(n)
+    t_max = start_time(schedule) if t_max is None else t_max
     t_min = default_t_min(schedule) if t_min is None else t_min
     if not 0 < t_min < t_max:
         raise ValueError(f"need 0 < t_min < t_max for a noise-spaced grid, got t_min={t_min}, t_max={t_max}")
@@ -73,13 +81,13 @@ def _noise_spaced(n, schedule, t_max, t_min, denoise_to_zero, spacing):
     return check_grid(ts)
 
 
-def logsnr_grid(n: int, schedule: Schedule, t_max: float = 1.0, t_min: float | None = None,
+def logsnr_grid(n: int, schedule: Schedule, t_max: float | None = None, t_min: float | None = None,
                 *, denoise_to_zero: bool = True) -> torch.Tensor:
     """Uniform in logSNR ``lam`` (DPM-Solver's default), between ``t_max`` and ``t_min``."""
     return _noise_spaced(n, schedule, t_max, t_min, denoise_to_zero, lambda l0, l1, u: l0 + (l1 - l0) * u)
 
 
-def karras_grid(n: int, schedule: Schedule, rho: float = 7.0, t_max: float = 1.0, t_min: float | None = None,
+def karras_grid(n: int, schedule: Schedule, rho: float = 7.0, t_max: float | None = None, t_min: float | None = None,
                 *, denoise_to_zero: bool = True) -> torch.Tensor:
     """Karras et al.'s rho-spacing of the noise level ``sigma / alpha = exp(-lam)``:
     ``sig_i = (sig_max^(1/rho) + u_i (sig_min^(1/rho) - sig_max^(1/rho)))^rho``.
@@ -92,14 +100,14 @@ def karras_grid(n: int, schedule: Schedule, rho: float = 7.0, t_max: float = 1.0
     return _noise_spaced(n, schedule, t_max, t_min, denoise_to_zero, spacing)
 
 
-def polyexponential_grid(n: int, schedule: Schedule, rho: float = 1.0, t_max: float = 1.0,
+def polyexponential_grid(n: int, schedule: Schedule, rho: float = 1.0, t_max: float | None = None,
                          t_min: float | None = None, *, denoise_to_zero: bool = True) -> torch.Tensor:
     """k-diffusion's polyexponential spacing: ``log(sigma/alpha)`` follows ``(1 - u)^rho`` between
     its ends (``rho = 1``: uniform in logSNR; larger ``rho``: more steps at low noise)."""
     return _noise_spaced(n, schedule, t_max, t_min, denoise_to_zero, lambda l0, l1, u: l1 + (1 - u) ** rho * (l0 - l1))
 
 
-def auto_grid(n: int, schedule: Schedule, t_max: float = 1.0) -> torch.Tensor:
+def auto_grid(n: int, schedule: Schedule, t_max: float | None = None) -> torch.Tensor:
     """sdeflow's default grid for few steps: polyexponential in the noise level, ending at a noise
     level that grows as the budget shrinks, then a final denoising step to ``t = 0``.
 

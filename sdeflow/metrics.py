@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -52,3 +54,9 @@ def frechet_distance(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> 
     cross = torch.linalg.eigvalsh((root @ c @ root + (root @ c @ root).T) / 2).clamp_min(0).sqrt().sum()
     d2 = (m - mean).pow(2).sum() + torch.trace(c) + torch.trace(cov) - 2 * cross
     return float(d2.clamp_min(0).sqrt())
+
+
+def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 2.0) -> float:
+    """Peak signal-to-noise ratio in dB for data in a range of width ``data_range`` ([-1, 1]: 2)."""
+    mse = float((x - ref).pow(2).mean())
+    return float("inf") if mse == 0 else 10 * math.log10(data_range ** 2 / mse)

@@ -136,3 +136,25 @@ class BrownianTreeNoise(NoiseSource):
             out = (self.path(like, t) - self.path(like, s)) / math.sqrt(abs(t - s))
             out = out if t > s else -out
         return out.to(device=like.device, dtype=like.dtype)
+
+
+class LoopNoise:
+    """Successive draws from a :class:`NoiseSource` for a method that runs its own loop (an
+    inverse-problem sampler) rather than :func:`sdeflow.sample`: draw ``k`` is the source's step ``k``,
+    so a :class:`SeededNoise` keeps each sample's randomness independent of the batch, and the default
+    (``None``) draws from the global RNG like the sampling loop does."""
+
+    def __init__(self, source: NoiseSource | None, batch: int, dtype=torch.float32, device=None):
+        self.source = source if source is not None else GeneratorNoise()
+        self.batch, self.dtype, self.device, self.count = batch, dtype, device, 0
+
+    def next(self, shape) -> torch.Tensor:
+        """Standard normal noise of ``shape = (batch, ...)``."""
+        like = torch.empty(tuple(shape), dtype=self.dtype, device=self.device)
+        self.count += 1
+        return self.source(like, self.count - 1)
+
+    def uniform(self) -> float:
+        """One uniform number in (0, 1) (e.g. the offset of systematic resampling)."""
+        z = float(self.next((self.batch,))[0])
+        return min(max(0.5 * (1.0 + math.erf(z / math.sqrt(2.0))), 1e-12), 1 - 1e-12)

@@ -70,7 +70,7 @@ class CountingField:
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
         x_hat = self.denoiser(x, t, **self.cond)
         if self.check != "off":
-            probe = x_hat
+            probe = x_hat.detach()
             if self.check == "spot" and x_hat.is_contiguous() and x_hat.numel() > 8192:
                 # 16 evenly spread runs of 256 contiguous values (one as_strided view: indexing is slow)
                 probe = x_hat.as_strided((16, 256), ((x_hat.numel() // 4096) * 256, 1), x_hat.storage_offset())
@@ -132,13 +132,16 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
         raise TypeError("x_init must be a floating-point tensor of shape (B, ...)")
     plan = planned(sampler, denoiser.schedule, ts)
     # Nothing outside the loop sees intermediate states unless a trajectory or callback asks for
-    # them: then steps may update the state in place (one copy protects the caller's x_init).
-    plan.inplace = not return_trajectory and callback is None
+    # them, or autograd records the run (gradients through sampling): otherwise steps after the first
+    # update the state in place. Until the state is a new tensor no step does, so the caller's x_init
+    # is never touched; then a state or model output that requires grad shows that autograd records.
+    may_overwrite = not return_trajectory and callback is None
+    plan.inplace = False
     mode = {True: "spot", False: "off"}.get(check_finite, check_finite) if isinstance(check_finite, bool) else check_finite
     field = CountingField(denoiser, cond, mode)
     draw = _StepNoise(noise or GeneratorNoise())
     state = sampler.init_state(x_init, plan)
-    x = x_init.clone() if plan.inplace else x_init
+    x = x_init
     traj = [x_init] if return_trajectory else None
     steps = range(len(plan.t))
     if progress:
@@ -150,6 +153,10 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
         field.step = draw.step = i
         draw.x = x
         x, state = step(field, x, i, plan, state, draw)
+        if may_overwrite and x is not x_init:
+            may_overwrite = False
+            recording = torch.is_grad_enabled() and (x.requires_grad or (field.last is not None and field.last.requires_grad))
+            plan.inplace = not recording
         if traj is not None:
             traj.append(x)
         if callback is not None:
@@ -176,6 +183,11 @@ def planned(sampler: Sampler, schedule: Schedule, ts) -> Plan:
     """``sampler.prepare(schedule, ts)``, cached: sampling many batches on one grid plans it once.
     Returns a fresh copy whose ``inplace`` flag the caller may set."""
     ts = check_grid(ts)
+    t_min = schedule.t_min
+    below = ts[(ts > 0) & (ts < t_min * (1 - 1e-12))]
+    if below.numel():
+        raise ValueError(f"grid time {float(below[0]):.6g} lies below the schedule's smallest time {t_min:.6g} "
+                         "(a discrete schedule's first training step): a grid may end at that time, then 0")
     try:
         key = (sampler, schedule, tuple(ts.tolist()))
         hash(key)
@@ -199,5 +211,9 @@ def prior_sample(schedule: Schedule, shape: tuple[int, ...], *, t: float = 1.0, 
     ``seeds`` (one per sample) give per-sample reproducible draws; else ``generator`` is used."""
     like = torch.empty(shape, dtype=dtype, device=device)
     source = SeededNoise(seeds) if seeds is not None else GeneratorNoise(generator)
-    std = float(torch.sqrt(schedule.alpha(t) ** 2 * data_std ** 2 + schedule.sigma(t) ** 2))
-    return source(like, -1) * std
+    return source(like, -1) * prior_std(schedule, t, data_std)
+
+
+def prior_std(schedule: Schedule, t: float, data_std: float = 0.0) -> float:
+    """Standard deviation ``sqrt(alpha^2 data_std^2 + sigma^2)`` of the Gaussian approximation of ``p_t``."""
+    return float(torch.sqrt(schedule.alpha(t) ** 2 * data_std ** 2 + schedule.sigma(t) ** 2))

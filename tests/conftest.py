@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sdeflow.cli.registry import SCHEDULES
+from sdeflow.registry import SCHEDULES
 
 
 @pytest.fixture(autouse=True)

@@ -94,3 +94,87 @@ def test_demo_of_a_stochastic_sampler_reports_the_distribution_only(capsys):
     assert main(["demo", "--sampler", "ddpm", "--num", "300", "--nfe", "30", "--out", ""]) == 0
     out = capsys.readouterr().out
     assert "judged by its distribution only" in out and "endpoint" not in out
+
+
+BARE = ["train", "--data", "moons", "--toy-size", "200", "--no-progress"]  # steps and model left to a config file
+TRAIN = [*BARE, "--model", "width=8", "--steps", "2"]
+
+
+def _bad_inputs(tmp):
+    """(name, argv, files to create first): every kind of input a user can get wrong."""
+    (tmp / "afile").write_text("x")
+    (tmp / "folder").mkdir()
+    (tmp / "steps-text.toml").write_text('steps = "many"\n')
+    (tmp / "model-3.toml").write_text("model = 3\n")
+    (tmp / "steps-real.toml").write_text("steps = 10.5\n")
+    (tmp / "broken.yaml").write_text("steps: [1, 2\nlr: 3\n")
+    np.savez(tmp / "good.npz", x=np.zeros((40, 2), np.float32))
+    (tmp / "truncated.npz").write_bytes((tmp / "good.npz").read_bytes()[:150])
+    (tmp / "good.npz").unlink()
+    unwritable = str(tmp / "afile" / "x.png")  # its folder is a file: no user can write there
+    cases = [
+        ("out-unwritable", ["sample", "--problem", "ring-2d", "--out", unwritable.replace(".png", ".npz")]),
+        ("out-folder", ["sample", "--problem", "ring-2d", "--out", str(tmp / "folder")]),
+        ("out-jpg", ["sample", "--out", str(tmp / "x.jpg")]),
+        ("demo-out-folder", ["demo", "--out", str(tmp / "folder")]),
+        ("device-tpu", ["sample", "--device", "tpu"]),
+        ("toml-text", [*BARE, "--out", str(tmp / "r1"), "--config", str(tmp / "steps-text.toml")]),
+        ("toml-model", [*BARE, "--out", str(tmp / "r2"), "--config", str(tmp / "model-3.toml")]),
+        ("toml-real", [*BARE, "--out", str(tmp / "r3"), "--config", str(tmp / "steps-real.toml")]),
+        ("yaml-syntax", [*BARE, "--out", str(tmp / "r4"), "--config", str(tmp / "broken.yaml")]),
+        ("model-width", [*TRAIN, "--out", str(tmp / "r5"), "--model", "width=-3"]),
+        ("toy-size", [*TRAIN, "--out", str(tmp / "r6"), "--toy-size", "0"]),
+        ("truncated-npz", [*TRAIN[:1], "--data", str(tmp / "truncated.npz"), *TRAIN[3:], "--out", str(tmp / "r7")]),
+        ("train-sampler", [*TRAIN, "--out", str(tmp / "r8"), "--sample-sampler", "foo"]),
+        ("train-out-file", [*TRAIN, "--out", str(tmp / "afile")]),
+        ("restore-num", ["restore", "--num", "0", "--out", ""]),
+        ("restore-nfe", ["restore", "--nfe", "0", "--out", ""]),
+        ("restore-out", ["restore", "--out", str(tmp / "folder")]),
+        ("export-unwritable", ["export", "moons", unwritable.replace(".png", ".safetensors")]),
+        ("export-suffix", ["export", "moons", str(tmp / "w.bin")]),
+        ("classifier", ["sample", "--checkpoint", "digits-classifier", "--out", ""]),
+        ("grid-short", ["sample", "--problem", "ring-2d", "--grid", "1,0.5", "--out", str(tmp / "s.npz")]),
+        ("grid-below-index-0", ["sample", "--problem", "ring-2d", "--schedule", "ddpm-linear", "--grid", "1,0.0005,0",
+                                "--out", str(tmp / "s.npz")]),
+        ("nfe-zero", ["sample", "--nfe", "0"]),
+    ]
+    import torch
+
+    if not torch.cuda.is_available():
+        cases.append(("device-cuda", ["sample", "--device", "cuda"]))
+    return cases
+
+
+def _listing(folder):
+    return sorted((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("case", [c[0] for c in _bad_inputs(__import__("pathlib").Path(__import__("tempfile").mkdtemp()))])
+def test_bad_input_is_one_line_with_no_traceback_and_changes_nothing(tmp_path, case, monkeypatch, capsys):
+    argv = dict(_bad_inputs(tmp_path))[case]
+    before = _listing(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    try:  # in process: any exception other than the boundary's answer fails the test, as a traceback would
+        code = main(argv)
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code in (1, 2), (code, err)
+    assert len(lines) == 1 and lines[0].startswith("sdeflow"), err
+    assert out == "", out  # refused before any work started
+    assert _listing(tmp_path) == before
+
+
+def test_steps_for_nfe_is_the_largest_step_count_within_the_budget():
+    """Against a brute-force count for samplers with 1, 2 and 3 evaluations per step, restarts and
+    correctors, at budgets where the prediction from small plans and the bisection both act."""
+    from sdeflow.registry import GRIDS, SAMPLERS, steps_for_nfe
+    from sdeflow.schedules import VPLinear
+
+    sch = VPLinear()
+    for name in ["heun", "dpm-solver++-3m", "unipc-3", "restart", "dpm-solver-3", "edm-churn", "pc-langevin"]:
+        for nfe in [1, 2, 3, 7, 65, 130, 257]:
+            n = steps_for_nfe(SAMPLERS[name](), sch, "karras", nfe)
+            cost = [SAMPLERS[name]().prepare(sch, GRIDS["karras"](k, sch)).nfe for k in (n, n + 1)]
+            assert (cost[0] <= nfe or n == 1) and cost[1] > nfe, (name, nfe, n, cost)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sdeflow import analytic, grids, sample
-from sdeflow.cli.registry import SAMPLERS
+from sdeflow.registry import SAMPLERS
 from sdeflow.samplers import DDIM, IPNDM, Euler
 from sdeflow.schedules import EDM, RectifiedFlow, VPLinear
 
@@ -64,7 +64,7 @@ def test_dpm_solver_3_is_third_order_on_a_mixture(case):
     steps = [16, 32, 64, 128]
     x, _ = mix.sample_t(64, sch, float(make_grid(16, sch)[0]), torch.Generator().manual_seed(0))
     ref = sample(mix.denoiser(sch), Heun(third_order=True), make_grid(4000, sch), x).x
-    errs = [(sample(mix.denoiser(sch), DPMSolver(solver_order=3), make_grid(n, sch), x).x - ref)
+    errs = [(sample(mix.denoiser(sch), DPMSolver(order=3), make_grid(n, sch), x).x - ref)
             .pow(2).sum(1).mean().sqrt().item() for n in steps]
     assert abs(fitted_order(steps, errs) - 3) <= 0.3, errs
 
@@ -112,7 +112,7 @@ def test_first_order_solvers_coincide(sch):
     ts = grids.karras_grid(10, sch, t_max=0.99)
     x, _ = GAUSS.sample_t(16, sch, float(ts[0]), torch.Generator().manual_seed(1))
     ref = sample(GAUSS.denoiser(sch), DDIM(), ts, x).x
-    others = [DPMSolver(solver_order=1), DPMSolver(solver_order=1, form="data"), DPMSolverPP(order=1),
+    others = [DPMSolver(order=1), DPMSolver(order=1, form="data"), DPMSolverPP(order=1),
               UniPC(order=1, corrector=False)] + [SAMPLERS[n]() for n in FIRST_ORDER_ALIASES]
     for s in others:
         assert torch.allclose(sample(GAUSS.denoiser(sch), s, ts, x).x, ref, rtol=1e-10, atol=1e-10), s

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sdeflow import grids
-from sdeflow.cli.registry import GRIDS
+from sdeflow.registry import GRIDS
 from sdeflow.schedules import EDM, RectifiedFlow, VPLinear, ddpm_linear
 
 
@@ -99,7 +99,7 @@ def test_polyexponential_grid():
 
 
 def test_user_grid_from_the_command_line_syntax():
-    from sdeflow.cli.registry import parse_grid
+    from sdeflow.registry import parse_grid
 
     assert torch.equal(parse_grid("1,0.5,0", 3, VPLinear()), torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="decreasing"):
@@ -117,3 +117,30 @@ def test_auto_grid_stops_earlier_with_fewer_steps():
         lows.append(float(sch.noise_to_signal(ts[-2])))
     assert lows == sorted(lows, reverse=True) and lows[0] == pytest.approx(0.2) and lows[-1] == pytest.approx(0.002)
     assert float(sch.noise_to_signal(grids.auto_grid(8, sch)[-2])) == pytest.approx(5 / 64)
+
+
+GRID_FUNCTIONS = {
+    "uniform": lambda n, s: grids.uniform_grid(n),
+    "quadratic": lambda n, s: grids.quadratic_grid(n),
+    "logsnr": grids.logsnr_grid,
+    "karras": grids.karras_grid,
+    "polyexponential": grids.polyexponential_grid,
+    "auto": grids.auto_grid,
+    "discrete": grids.discrete_grid,
+    "shift": lambda n, s: grids.shift_grid(grids.auto_grid(n, s), 3.0),
+}
+
+
+@pytest.mark.parametrize("fn", sorted(GRID_FUNCTIONS))
+@pytest.mark.parametrize("n", [1, 2, 7, 50])
+def test_every_grid_function_works_with_every_schedule_or_says_why(schedule, fn, n):
+    """Each public grid function, called with its defaults, returns a valid grid from the schedule's
+    start to t = 0 with n steps, or refuses with a ValueError that names what it needs."""
+    try:
+        ts = GRID_FUNCTIONS[fn](n, schedule)
+    except ValueError as e:
+        assert fn == "discrete" and not hasattr(schedule, "num_steps") and "discrete" in str(e)
+        return
+    assert ts.numel() == n + 1 and float(ts[-1]) == 0.0
+    assert float(ts[0]) <= 1.0 and bool(torch.isfinite(schedule.logsnr(ts[:1])).all()) or fn in ("uniform", "quadratic")
+    assert (ts[1:] < ts[:-1]).all()

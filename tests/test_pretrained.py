@@ -5,7 +5,7 @@ import torch
 
 from sdeflow import data, metrics, samplers
 from sdeflow.generation import gather, generate
-from sdeflow.cli.registry import GRIDS
+from sdeflow.registry import GRIDS
 from sdeflow.pretrained import PRETRAINED, load_model, load_network
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sdeflow import analytic, grids, sample
-from sdeflow.cli.registry import SAMPLERS
+from sdeflow.registry import SAMPLERS
 from sdeflow.denoisers import ModelDenoiser
 from sdeflow.noise import SeededNoise
 from sdeflow.parameterizations import V
@@ -138,3 +138,50 @@ def test_a_single_non_finite_value_is_always_reported():
     with pytest.raises(ValueError, match="check_finite"):
         sample(den, SAMPLERS["euler"](), grids.uniform_grid(5), x, check_finite="sometimes")
     assert not torch.isfinite(sample(den, SAMPLERS["euler"](), grids.uniform_grid(5), x, check_finite=False).x).all()
+
+
+class Recording(torch.nn.Module):
+    """The exact denoiser, recording every time the sampler evaluates it at."""
+
+    def __init__(self, sch):
+        super().__init__()
+        self.inner, self.schedule, self.times = MIX.denoiser(sch), sch, []
+
+    def forward(self, x_t, t, **cond):
+        self.times.extend(torch.as_tensor(t, dtype=torch.float64).reshape(-1).tolist())
+        return self.inner(x_t, t, **cond)
+
+
+def _domain_cases():
+    from sdeflow.registry import GRIDS, SCHEDULES
+
+    for sched in sorted(SCHEDULES):
+        discrete = hasattr(SCHEDULES[sched](), "num_steps")
+        for grid in sorted(GRIDS):
+            if (grid in ("linspace", "leading", "trailing")) != discrete and grid in ("linspace", "leading", "trailing"):
+                continue
+            yield sched, grid
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("sched,grid", list(_domain_cases()))
+def test_the_field_is_only_evaluated_inside_the_schedules_domain(name, sched, grid):
+    """Every call of the model lies in ``t_min <= t <= 1`` (a discrete schedule: training index >= 0),
+    for every sampler, schedule and grid kind, at few and many steps."""
+    from sdeflow.denoisers import Denoiser
+    from sdeflow.registry import GRIDS, SCHEDULES
+
+    sch = SCHEDULES[sched]()
+    rec = Recording(sch)
+
+    class Wrapped(Denoiser):
+        def forward(self, x_t, t, **cond):
+            return rec(x_t, t, **cond)
+
+    den = Wrapped(sch)
+    x, _ = MIX.sample_t(3, sch, 0.999, torch.Generator().manual_seed(1))
+    for n in (3, 12):
+        ts = GRIDS[grid](n, sch)
+        rec.times.clear()
+        sample(den, SAMPLERS[name](), ts, x.reshape(3, 2, 3), noise=SeededNoise([1, 2, 3]))
+        assert rec.times and min(rec.times) >= sch.t_min - 1e-15 and max(rec.times) <= 1.0, (n, min(rec.times))

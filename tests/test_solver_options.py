@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from sdeflow import analytic, grids, sample
-from sdeflow.cli.registry import GRIDS, SAMPLERS
+from sdeflow.registry import GRIDS, SAMPLERS
 from sdeflow.denoisers import DynamicThresholding, ModelDenoiser
 from sdeflow.samplers import DPMSolverAdaptive, DPMSolverPP, RK45, UniPC
-from sdeflow.schedules import EDM, RectifiedFlow, VPLinear, ddpm_linear
+from sdeflow.schedules import EDM, RectifiedFlow, VPCosine, VPLinear, ddpm_linear
 
 GAUSS = analytic.random_mixture(4, 1, structure="full", seed=3)
 
@@ -56,7 +56,7 @@ def test_bh1_corrector_from_pure_noise_uses_bounded_weights():
     assert bh1.coef[1][4][:3] != bh2.coef[1][4][:3]
 
 
-@pytest.mark.parametrize("sampler", [DPMSolverAdaptive(solver_order=2), DPMSolverAdaptive(solver_order=3), RK45()],
+@pytest.mark.parametrize("sampler", [DPMSolverAdaptive(order=2), DPMSolverAdaptive(order=3), RK45()],
                          ids=["dpm-12", "dpm-23", "rk45"])
 @pytest.mark.parametrize("sch", [VPLinear(), RectifiedFlow()], ids=["vp", "rf"])
 def test_adaptive_reaches_tolerance(sampler, sch):
@@ -75,13 +75,44 @@ def test_adaptive_reaches_tolerance(sampler, sch):
     assert errs[2] < 50 * 1e-5  # the error is a modest multiple of the requested tolerance
 
 
-def test_adaptive_to_clean_data_finishes_with_denoising():
+ADAPTIVE_TOLS = {"dpm-12": [1e-3, 1e-6], "dpm-23": [1e-3, 1e-6, 1e-9], "rk45": [1e-3, 1e-6, 1e-9]}
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTIVE_TOLS))
+@pytest.mark.parametrize("sch", [VPLinear(), VPCosine(), RectifiedFlow(), EDM()], ids=["vp", "cosine", "rf", "edm"])
+def test_adaptive_meets_tight_tolerances_down_to_clean_data(name, sch):
+    """Over the whole interval to t = 0 (the denoising jump included), the error against the exact
+    probability-flow map is a small multiple of the requested tolerance, down to 1e-9 (float64)."""
+    make = {"dpm-12": lambda tol: DPMSolverAdaptive(order=2, rtol=tol, atol=tol),
+            "dpm-23": lambda tol: DPMSolverAdaptive(order=3, rtol=tol, atol=tol),
+            "rk45": lambda tol: RK45(rtol=tol, atol=tol)}[name]
+    t0 = grids.start_time(sch)
+    x, _ = GAUSS.sample_t(16, sch, t0, torch.Generator().manual_seed(0))
+    x = x.double()
+    exact = GAUSS.flow_map(x, sch, t0, 0.0)
+    for tol in ADAPTIVE_TOLS[name]:
+        r = sample(GAUSS.denoiser(sch), make(tol), [t0, 0.0], x)
+        assert float((r.x - exact).abs().max()) < 20 * tol, tol
+
+
+def test_adaptive_stop_is_configurable_and_stays_in_a_discrete_schedule():
+    """A discrete schedule is integrated to its first training index (never below) and finished
+    with the jump from there; ``sigma_stop`` moves the jump to a given noise level."""
+    sch = ddpm_linear()
+    x, _ = GAUSS.sample_t(8, sch, 1.0, torch.Generator().manual_seed(0))
+    x = x.double()
+    t_min = sch.t_min
+    exact = GAUSS.x_hat(GAUSS.flow_map(x, sch, 1.0, t_min), sch, t_min)
+    r = sample(GAUSS.denoiser(sch), DPMSolverAdaptive(rtol=1e-6, atol=1e-6), [1.0, 0.0], x)
+    assert float((r.x - exact).abs().max()) < 2e-5
     sch = VPLinear()
-    x, _ = GAUSS.sample_t(16, sch, 1.0, torch.Generator().manual_seed(0))
-    exact = GAUSS.flow_map(x, sch, 1.0, 0.0)
-    for s in [DPMSolverAdaptive(rtol=1e-4, atol=1e-4), RK45(rtol=1e-5, atol=1e-5)]:
-        r = sample(GAUSS.denoiser(sch), s, [1.0, 0.0], x)
-        assert float((r.x - exact).abs().max()) < 1e-2
+    stop = 0.05
+    t_stop = float(sch.t_from_sigma_ratio(stop))
+    exact = GAUSS.x_hat(GAUSS.flow_map(x, sch, 1.0, t_stop), sch, t_stop)
+    r = sample(GAUSS.denoiser(sch), RK45(rtol=1e-8, atol=1e-8, sigma_stop=stop), [1.0, 0.0], x)
+    assert float((r.x - exact).abs().max()) < 1e-6
+    with pytest.raises(ValueError, match="sigma_stop"):
+        RK45(sigma_stop=0.0)
 
 
 def test_dynamic_thresholding():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sdeflow import BrownianTreeNoise, GeneratorNoise, SeededNoise, analytic, grids, metrics, sample
-from sdeflow.cli.registry import SAMPLERS
+from sdeflow.registry import SAMPLERS
 from sdeflow.samplers import (DDIM, DDPM, DPMSolver, DPMSolverPP, EDMHeun, EDMStochastic, Euler, EulerAncestral,
                               EulerMaruyama, GottaGoFast, Heun, PredictorCorrector, Restart, SDEDPMSolverPP,
                               SDEDPMSolverPPSingle, UniPC)
@@ -70,7 +70,7 @@ def test_coincidences(sch):
         assert torch.allclose(run(SDEDPMSolverPP(order=order, variant=variant, eta=0.0), sch, ts, x),
                               run(DPMSolverPP(order=order, variant=variant), sch, ts, x), atol=1e-10)
     assert torch.allclose(run(SDEDPMSolverPPSingle(eta=0.0), sch, ts, x),
-                          run(DPMSolver(solver_order=2, form="data", variant="taylor"), sch, ts, x), atol=1e-10)
+                          run(DPMSolver(order=2, form="data", variant="taylor"), sch, ts, x), atol=1e-10)
     assert torch.allclose(run(EDMStochastic(churn=0.0), sch, ts, x), run(EDMHeun(), sch, ts, x), atol=1e-10)
     assert torch.allclose(run(EDMStochastic(churn=0.0, heun=False), sch, ts, x), run(DDIM(), sch, ts, x), atol=1e-10)
     assert torch.allclose(run(PredictorCorrector(predictor=UniPC(), n_steps=0), sch, ts, x), run(UniPC(), sch, ts, x))

@@ -91,18 +91,21 @@ def test_checkpoint_round_trip(tmp_path):
     assert os.path.getsize(tmp_path / "w.safetensors") < os.path.getsize(trainer.path) / 4
 
 
-def _wait_for_step(path, step, proc, timeout=120):
-    start = time.time()
-    while time.time() - start < timeout:
-        if os.path.exists(path):
-            try:
-                if ckpt.load(path)[1]["step"] >= step:
-                    return
-            except ValueError:
-                pass
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.2)
-    raise AssertionError("no checkpoint in time")
+KILLED_AT = 25
+# The child signals itself when it starts step KILLED_AT: where the kill lands does not depend on
+# how fast this machine is (a SIGKILL leaves the step-20 checkpoint; a SIGTERM saves after step 25).
+SELF_SIGNAL = """
+import os, sys
+from sdeflow.cli.main import main
+from sdeflow.training.trainer import Trainer
+step_once = Trainer.train_step
+def train_step(self, step):
+    if step == {at}:
+        os.kill(os.getpid(), {sig})
+    return step_once(self, step)
+Trainer.train_step = train_step
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
@@ -111,16 +114,15 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, how):
     ref = cli("train", *SMALL, *steps, "--out", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "sdeflow", "train", *SMALL, *steps, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.run([sys.executable, "-c", SELF_SIGNAL.format(at=KILLED_AT, sig=int(how)), "train", *SMALL, *steps,
+                           "--out", str(out)], capture_output=True, text=True, env=ENV, timeout=300)
     path = str(out / "checkpoint.safetensors")
-    _wait_for_step(path, 20, proc)
-    proc.send_signal(how)
-    proc.wait(timeout=60)
     stopped = ckpt.load(path)[1]["step"]
-    assert 20 <= stopped < 60
     if how == signal.SIGTERM:  # a polite stop saves the step it was in and says so
-        assert proc.returncode == 0 and "stopped by a signal" in proc.stdout.read()
+        assert proc.returncode == 0 and "stopped by a signal" in proc.stdout, proc.stderr
+        assert stopped == KILLED_AT + 1
+    else:
+        assert proc.returncode == -signal.SIGKILL and stopped == 20
     assert main(["train", *SMALL, *steps, "--out", str(out)]) == 1  # without --resume: refuses to overwrite
     assert ckpt.load(path)[1]["step"] == stopped
     res = cli("train", *SMALL, *steps, "--out", str(out), "--resume")
@@ -129,6 +131,20 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, how):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k].double(), b[k].double(), rtol=1e-6, atol=1e-7), k
+
+
+@pytest.mark.parametrize("rows,batch", [(1, 4), (7, 4), (7, 1), (60, 128)])
+def test_datasets_smaller_than_a_batch_train(tmp_path, rows, batch):
+    """A batch may span many epochs (1 or 7 rows at batch 4, 60 rows at batch 128). Indices come from
+    each epoch's permutation in order, so ``rows`` consecutive batches cover exactly ``batch`` whole
+    epochs: every row appears exactly ``batch`` times; and training steps run."""
+    data = np.random.default_rng(0).normal(size=(rows, 2)).astype(np.float32)
+    np.save(tmp_path / "d.npy", data)
+    trainer = Trainer(small_config(tmp_path / "run", data=str(tmp_path / "d.npy"), batch_size=batch))
+    idx = torch.cat([trainer._batch_indices(step) for step in range(rows)])
+    assert torch.equal(torch.bincount(idx, minlength=rows), torch.full((rows,), batch))
+    for step in range(2):
+        trainer.train_step(step)
 
 
 def _free_port():
@@ -251,3 +267,37 @@ def test_image_folder_run_with_labels_writes_previews_and_samples_by_class(tmp_p
     saved = np.load(tmp_path / "s.npz")
     assert saved["samples"].shape == (6, 3, 8, 8) and saved["labels"].tolist() == [2] * 6
     assert np.allclose(saved["raw"], (saved["samples"] + 1) * 127.5, atol=1e-3)
+
+
+def test_a_run_folder_has_one_writer_and_stale_locks_and_temporaries_are_cleared(tmp_path):
+    out = tmp_path / "run"
+    first = Trainer(small_config(out))
+    with pytest.raises(ValueError, match="in use by process"):
+        Trainer(small_config(out))
+    del first  # the lock goes with its trainer (and the folder it made, still empty)
+    assert not out.exists()
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / ".lock").write_text(f"{socket.gethostname()} {int(dead.stdout)}\n")   # a killed run's lock
+    (out / ".tmp-abc.safetensors").write_bytes(b"half a checkpoint")               # and its temporary
+    trainer = Trainer(small_config(out))
+    assert not (out / ".tmp-abc.safetensors").exists()
+    trainer.fit()
+    assert not (out / ".lock").exists() and (out / "checkpoint.safetensors").exists()
+
+
+def test_a_second_train_into_a_running_runs_folder_is_refused(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "sdeflow", "train", *SMALL, "--steps", "100000", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        for _ in range(600):
+            if (out / ".lock").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        second = cli("train", *SMALL, "--steps", "5", "--out", str(out))
+        assert second.returncode == 1 and "in use by process" in second.stderr and len(second.stderr.splitlines()) == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    assert proc.returncode == 0

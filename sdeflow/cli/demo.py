@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import analytic, metrics
-from ..files import atomic_write
+from ..files import atomic_write, check_output
 from ..grids import reference_grid
 from ..sampling import sample
 from ..samplers import Heun
@@ -20,6 +20,9 @@ from .sample_cmd import noise_source, resolve
 
 
 def run_demo(args) -> dict:
+    if args.out:
+        check_output(args.out, (".png",))
+        _matplotlib()
     schedule, sampler, ts, steps = resolve(args)
     mixture = analytic.ring_2d()
     denoiser = mixture.denoiser(schedule)
@@ -50,14 +53,19 @@ def run_demo(args) -> dict:
     return report
 
 
-def _plot(mixture, x, report, path):
+def _matplotlib():
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ValueError("writing the PNG needs matplotlib: pip install 'sdeflow[plots]' (or pass --out '')")
+        raise ValueError("writing the PNG needs matplotlib: pip install 'sdeflow[plots]' (or pass --out '')") from None
+    return plt
+
+
+def _plot(mixture, x, report, path):
+    plt = _matplotlib()
     lim = 3.2
     u = torch.linspace(-lim, lim, 300, dtype=torch.float64)
     gx, gy = torch.meshgrid(u, u, indexing="xy")

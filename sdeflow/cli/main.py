@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .registry import GRIDS, PROBLEMS, SAMPLERS, SCHEDULES
+from ..registry import GRIDS, PROBLEMS, SAMPLERS, SCHEDULES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--nfe", type=_positive_int, default=default_nfe,
                        help=f"evaluation budget; the largest step count within it is used (default: {default_nfe})")
         p.add_argument("--steps", type=_positive_int, default=None, help="number of steps (overrides --nfe)")
+        p.add_argument("--partial", action="store_true",
+                       help="allow a grid that stops before t = 0 (the samples are then still noisy)")
         p.add_argument("--noise", default="generator", choices=["generator", "seeded", "brownian"],
                        help="noise of stochastic samplers: one seeded generator (fast), per-sample seeds "
                        "(independent of --num), or per-sample Brownian trees (refined, not redrawn, when "
@@ -75,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--out", nargs="+", default=None, metavar="FILE",
                      help="one or more .png (picture) / .npz (arrays) files (default: samples.png for a model, "
                      "samples.npz for a problem; '' for none)")
-    smp.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    smp.add_argument("--progress", action="store_true", help="show a progress bar")
+    smp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    smp.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
     from .train_cmd import add_train_parser
 
@@ -91,14 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("out", help="the .safetensors file to write")
     exp.add_argument("--half", action="store_true", help="store the weights in float16 (half the size)")
 
-    sub.add_parser("list", help="list the registered schedules, samplers and grids",
+    sub.add_parser("list", help="list the registered schedules, samplers, grids, inverse methods and operators",
                    description="List the names the other commands accept.")
     return parser
 
 
 def _list() -> None:
-    from .. import samplers as _s  # noqa: F401
-
     print("schedules: " + ", ".join(SCHEDULES))
     print("samplers (order of accuracy, evaluations per step):")
     width = max(map(len, SAMPLERS))
@@ -112,12 +112,22 @@ def _list() -> None:
         print(f"  {name:<{width}}  {order}, {cost}, {kind}")
     print("grids: " + ", ".join(GRIDS) + " (or decreasing times: 1,0.5,0)")
     print("problems: " + ", ".join(PROBLEMS))
+    from ..registry import INVERSE_METHODS, OPERATORS
+
+    print("inverse-problem methods (sdeflow restore --method NAME; sdeflow.inverse.solve):")
+    width = max(map(len, INVERSE_METHODS))
+    for name, exact in INVERSE_METHODS.items():
+        print(f"  {name:<{width}}  {exact}")
+    print("measurement operators (sdeflow restore --operator NAME): " + ", ".join(OPERATORS))
     from ..pretrained import PRETRAINED
 
     print("shipped models (sdeflow sample --checkpoint NAME): " + ", ".join(PRETRAINED))
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every failure a user's input can cause (a bad value, a file that cannot be
+    read or written, a missing device) ends as one line on stderr naming what is wrong and what is
+    allowed, exit code 1 (usage errors: 2); a traceback means a bug in sdeflow."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "list":
@@ -132,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             from ..pretrained import path_of
             from ..training.checkpoint import export_weights
 
+            from ..files import check_output
+
+            check_output(args.out, (".safetensors",), what="export OUT")
             export_weights(path_of(args.run), args.out, torch.float16 if args.half else None)
             print(f"wrote {args.out}")
         elif args.command == "restore":
@@ -147,9 +160,18 @@ def main(argv: list[str] | None = None) -> int:
 
             run_demo(args)
     except (ValueError, FloatingPointError) as err:
-        print(f"sdeflow: error: {err}", file=sys.stderr)
-        return 1
+        return _fail(str(err))
+    except OSError as err:  # a file or folder that cannot be read or written
+        where = f"{err.filename}: " if err.filename else ""
+        return _fail(f"{where}{err.strerror or err}")
+    except KeyboardInterrupt:
+        return _fail("interrupted")
     return 0
+
+
+def _fail(message: str) -> int:
+    print(f"sdeflow: error: {' '.join(message.split())}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

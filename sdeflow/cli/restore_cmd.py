@@ -9,42 +9,14 @@ the input, and writes a picture (input | measurement | samples | mean) and optio
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
 
-from ..files import save_npz
-from ..inverse import Blur, Bound, Downsample, Identity, Mask, RandomProjection, METHODS, solve
-
-OPERATORS = ("inpaint", "inpaint-random", "superres", "blur", "denoise", "compressed-sensing")
-
-
-def make_operator(name: str, shape: tuple[int, ...], seed: int = 0):
-    """A measurement operator by name for samples of ``shape``."""
-    if name == "inpaint":  # hide a centred box covering the middle half of each side
-        mask = torch.ones(shape, dtype=torch.bool)
-        h, w = shape[-2:]
-        mask[..., h // 4:h - h // 4, w // 4:w - w // 4] = False
-        return Mask(mask)
-    if name == "inpaint-random":  # keep 30% of the entries
-        return Mask(torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < 0.3)
-    if name == "superres":
-        return Downsample(shape, 2)
-    if name == "blur":
-        return Blur.gaussian(shape, std=1.0)
-    if name == "denoise":
-        return Identity(shape)
-    if name == "compressed-sensing":
-        return RandomProjection(shape, max(1, math.prod(shape) // 4), seed=seed)
-    raise ValueError(f"unknown operator {name!r}; allowed: {', '.join(OPERATORS)}")
-
-
-def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 2.0) -> float:
-    """Peak signal-to-noise ratio in dB for data in a range of width ``data_range`` ([-1, 1]: 2)."""
-    mse = float((x - ref).pow(2).mean())
-    return float("inf") if mse == 0 else 10 * math.log10(data_range ** 2 / mse)
-
+from ..files import check_output, save_npz
+from ..metrics import psnr
+from ..inverse import Bound, Mask, METHODS, solve
+from ..registry import OPERATORS, make_operator
 
 def _load_input(args, model) -> torch.Tensor:
     shape = model.shape
@@ -71,22 +43,26 @@ def _load_input(args, model) -> torch.Tensor:
 
 
 def run_restore(args) -> dict:
-    from ..cli.registry import SAMPLERS, lookup
     from ..data.pictures import image_grid, save_png
     from ..pretrained import load_model
+    from ..registry import SAMPLERS, lookup
 
+    if args.out:
+        check_output(args.out, (".png",))
+    if args.npz:
+        check_output(args.npz, (".npz",), what="--npz")
+    if args.noise_std < 0:
+        raise ValueError(f"--noise-std must be >= 0, got {args.noise_std}")
+    sampler = lookup(SAMPLERS, "sampler", args.sampler)() if args.sampler else None
     model = load_model(args.checkpoint)
     x_true = _load_input(args, model)
     op = make_operator(args.operator, model.shape, args.seed)
-    if args.noise_std < 0:
-        raise ValueError(f"--noise-std must be >= 0, got {args.noise_std}")
     y = op.measure(x_true[None], args.noise_std, torch.Generator().manual_seed(args.seed))[0]
     denoiser = model.denoiser
     if model.num_classes:  # the unconditional prior of a class-conditional model
         denoiser = Bound(denoiser, label=torch.tensor([model.num_classes]))
     if args.method == "repaint" and not isinstance(op, Mask):
         raise ValueError("repaint inpaints: use it with --operator inpaint or inpaint-random")
-    sampler = lookup(SAMPLERS, "sampler", args.sampler)() if args.sampler else None
     sol = solve(args.method, denoiser, op, y, args.noise_std, args.nfe, args.num, sampler=sampler, seed=args.seed)
     x = sol.x.clamp(-3, 3)
     mean = x.mean(0)
@@ -107,6 +83,8 @@ def run_restore(args) -> dict:
 
 
 def add_restore_parser(sub) -> None:
+    from .main import _positive_int
+
     p = sub.add_parser("restore", help="solve an inverse problem (inpainting, super-resolution, deblurring, ...) "
                        "with a trained model as the prior",
                        description="Measure an input with an operator and noise, then draw posterior samples with a "
@@ -120,8 +98,8 @@ def add_restore_parser(sub) -> None:
     p.add_argument("--method", default="mmps", choices=METHODS, metavar="NAME",
                    help=f"one of: {', '.join(METHODS)} (default: mmps)")
     p.add_argument("--sampler", default=None, help="sampler for mmps/pigdm/dps/ddnm/diffpir (default: ddim-eta1)")
-    p.add_argument("--nfe", type=int, default=50, help="network evaluations (default: 50)")
-    p.add_argument("--num", type=int, default=6, help="posterior samples (default: 6)")
+    p.add_argument("--nfe", type=_positive_int, default=50, help="network evaluations (default: 50)")
+    p.add_argument("--num", type=_positive_int, default=6, help="posterior samples (default: 6)")
     p.add_argument("--seed", type=int, default=0, help="seed of the measurement noise and the sampler (default: 0)")
     p.add_argument("--out", default="restored.png", help="picture to write; '' for none (default: restored.png)")
     p.add_argument("--npz", default="", help="also write input, measurement and samples to this .npz")

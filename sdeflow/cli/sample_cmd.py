@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..files import save_npz
+from ..files import check_output, save_npz
 from ..noise import BrownianTreeNoise, GeneratorNoise, SeededNoise
 from ..sampling import sample
-from .registry import PROBLEMS, SAMPLERS, SCHEDULES, lookup, parse_grid, steps_for_nfe
+from ..registry import PROBLEMS, SAMPLERS, SCHEDULES, lookup, parse_grid, steps_for_nfe
 
 
 #: At most this many images go into a PNG grid (the .npz holds them all).
@@ -22,14 +22,23 @@ PICTURE_LIMIT = 400
 
 def resolve(args, schedule=None):
     """Schedule, sampler, grid and step count from the common sampling flags (a model's own
-    schedule when given)."""
+    schedule when given). A grid must end at clean data (t = 0) unless ``--partial`` asks for a run
+    that stops early: otherwise the samples would silently be noise."""
     schedule = schedule or lookup(SCHEDULES, "schedule", args.schedule)()
     sampler = lookup(SAMPLERS, "sampler", args.sampler)()
     if "," in args.grid:
         ts = parse_grid(args.grid, 0, schedule)
-        return schedule, sampler, ts, ts.numel() - 1
-    steps = args.steps if args.steps is not None else steps_for_nfe(sampler, schedule, args.grid, args.nfe)
-    return schedule, sampler, parse_grid(args.grid, steps, schedule), steps
+        steps = ts.numel() - 1
+    else:
+        steps = args.steps if args.steps is not None else steps_for_nfe(sampler, schedule, args.grid, args.nfe)
+        ts = parse_grid(args.grid, steps, schedule)
+    if float(ts[-1]) != 0.0 and not getattr(args, "partial", False):
+        raise ValueError(f"the grid ends at t = {float(ts[-1]):.6g}, before clean data (t = 0): the samples would "
+                         "still be noisy; end it with 0 (e.g. 1,0.5,0) or pass --partial for a run that stops early")
+    from ..sampling import planned
+
+    planned(sampler, schedule, ts)  # a grid the schedule cannot take is refused now, before any work
+    return schedule, sampler, ts, steps
 
 
 def noise_source(args, gen):
@@ -40,12 +49,9 @@ def noise_source(args, gen):
 
 
 def _outputs(args, default: str) -> list[str]:
+    """The ``--out`` files, each checked (a .png or .npz name in a writable folder) before any work."""
     outs = args.out if args.out is not None else [default]
-    outs = [o for o in outs if o]
-    for o in outs:
-        if not o.lower().endswith((".png", ".npz")):
-            raise ValueError(f"--out {o!r}: write a .png picture or an .npz array file")
-    return outs
+    return [check_output(o, (".png", ".npz")) for o in outs if o]
 
 
 def run_sample(args) -> dict:
@@ -60,6 +66,7 @@ def _sample_problem(args) -> dict:
     args.num = args.num or 1000
     args.schedule = args.schedule or "vp-linear"
     args.grid = args.grid or "logsnr"
+    outs = _outputs(args, "samples.npz")
     schedule, sampler, ts, steps = resolve(args)
     mixture, shape = lookup(PROBLEMS, "problem", args.problem)()
     gen = torch.Generator().manual_seed(args.seed)
@@ -67,7 +74,7 @@ def _sample_problem(args) -> dict:
     result = sample(mixture.denoiser(schedule), sampler, ts, x_init.float().reshape(args.num, *shape),
                     noise=noise_source(args, gen), progress=args.progress)
     print(f"{args.num} samples of {args.problem} with {args.sampler} on {args.schedule}: {steps} steps, NFE {result.nfe}")
-    for out in _outputs(args, "samples.npz"):
+    for out in outs:
         if out.lower().endswith(".npz"):
             save_npz(out, samples=result.x.numpy(), nfe=np.array(result.nfe), ts=ts.numpy())
         else:
@@ -103,12 +110,13 @@ def _sample_model(args) -> dict:
     from ..data.pictures import save_samples
     from ..generation import gather, generate
     from ..pretrained import load_model
-    from ..training.distributed import Distributed
+    from ..distributed import Distributed
 
-    dist = Distributed(args.device)
-    model = load_model(args.checkpoint or "digits", device=dist.device)
     if args.schedule is not None:
         raise ValueError("--schedule is fixed by the model's training; leave it out when sampling a checkpoint")
+    outs = _outputs(args, "samples.png")
+    dist = Distributed(args.device)
+    model = load_model(args.checkpoint or "digits", device=dist.device)
     args.grid = args.grid or "auto"
     schedule, sampler, ts, steps = resolve(args, model.denoiser.schedule)
     if args.noise == "generator":
@@ -124,7 +132,7 @@ def _sample_model(args) -> dict:
         nfe = sampler.prepare(schedule, ts).nfe if not sampler.adaptive else "adaptive"
         procs = f" on {dist.world} processes" if dist.world > 1 else ""
         print(f"{args.num} samples of {name} with {args.sampler}, {steps} steps, NFE {nfe}{procs}")
-        for out in _outputs(args, "samples.png"):
+        for out in outs:
             if out.lower().endswith(".npz"):
                 raw = x * (1.0 / model.meta["data"]["scale"]) - model.meta["data"]["shift"] / model.meta["data"]["scale"]
                 arrays = dict(samples=x.numpy(), raw=raw.numpy(), ts=ts.numpy())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -121,20 +122,20 @@ def array_file(path: str, standardize: bool = False) -> Dataset:
         raise ValueError(f"data file {path!r} does not exist")
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise ValueError(f"{path}: not a readable .npy/.npz array file ({err})") from None
-    labels = None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        keys = list(loaded.keys())
-        key = "x" if "x" in keys else (keys[0] if len(keys) == 1 else None)
-        if key is None:
-            raise ValueError(f"{path}: an .npz needs its data under 'x' (found {', '.join(keys)})")
-        arr = loaded[key]
-        for lk in ("labels", "y"):
-            if lk in keys:
-                labels = loaded[lk]
-    else:
-        arr = loaded
+        labels = None
+        if isinstance(loaded, np.lib.npyio.NpzFile):  # an .npz reads its arrays lazily: read them here
+            keys = list(loaded.keys())
+            key = "x" if "x" in keys else (keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise ValueError(f"an .npz needs its data under 'x' (found {', '.join(keys)})")
+            arr = loaded[key]
+            for lk in ("labels", "y"):
+                if lk in keys:
+                    labels = loaded[lk]
+        else:
+            arr = loaded
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: not a readable .npy/.npz array file ({' '.join(str(err).split()) or 'truncated'})") from None
     if arr.ndim < 2 or not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"{path}: expected a numeric array of shape (N, ...), got {arr.dtype} {arr.shape}")
     x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))

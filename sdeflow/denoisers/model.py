@@ -70,11 +70,17 @@ class ModelDenoiser(Denoiser):
         self.time_input = time_input
         self.dtype = dtype
         self._cache: dict[float, tuple[float, float, float, float]] = {}
+        self._cache_for: tuple = ()  # the (schedule, parameterization, time input) the cache holds
         self._times: dict[tuple, torch.Tensor] = {}
 
     def coefficients(self, t: float) -> tuple[float, float, float, float]:
         """``(in, skip, out, time input)`` at a scalar time, as Python floats, cached per time: the
-        sampling loop passes the same grid times every run, so a step costs no scalar arithmetic."""
+        sampling loop passes the same grid times every run, so a step costs no scalar arithmetic.
+        The cache is emptied when the schedule, parameterization or time input is replaced."""
+        owner = (self.schedule, self.parameterization, self.time_input)
+        if len(self._cache_for) != 3 or any(a is not b for a, b in zip(owner, self._cache_for)):
+            self._cache.clear()
+            self._cache_for = owner
         cached = self._cache.get(t)
         if cached is None:
             p, sched, tt = self.parameterization, self.schedule, as_time(t)

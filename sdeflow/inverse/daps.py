@@ -17,21 +17,24 @@ import torch
 
 from ..denoisers import Denoiser
 from ..samplers import DDIM
-from ..sampling import prior_sample, sample
+from ..noise import LoopNoise, NoiseSource
+from ..sampling import prior_std, sample
 from .guidance import gaussian_posterior_var
+from .result import Solution
 from .operators import Operator
 
 
 def daps(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: float, ts: torch.Tensor, num: int, *,
          langevin_steps: int = 20, step_size: float = 0.5, ode_steps: int = 3, data_var: float = 1.0,
-         generator: torch.Generator | None = None, dtype=torch.float32):
-    """``(x, nfe)``: ``num`` posterior samples for ``y = A(x) + noise_std n``."""
+         noise: NoiseSource | None = None, device=None, dtype=torch.float32):
+    """``num`` posterior samples for ``y = A(x) + noise_std n``."""
     sched = denoiser.schedule
     ts = torch.as_tensor(ts, dtype=torch.float64)
-    y = torch.as_tensor(y, dtype=dtype)
+    y = torch.as_tensor(y, dtype=dtype, device=device)
     shape = operator.shape
-    randn = lambda: torch.randn((num, *shape), generator=generator, dtype=torch.float64).to(dtype)
-    x_t = prior_sample(sched, (num, *shape), t=float(ts[0]), data_std=data_var ** 0.5, generator=generator, dtype=dtype)
+    draws = LoopNoise(noise, num, dtype, device)
+    randn = lambda: draws.next((num, *shape))
+    x_t = randn() * prior_std(sched, float(ts[0]), data_var ** 0.5)
     noise_var = max(noise_std, 1e-3) ** 2
     lip = _lipschitz(operator, shape, dtype)  # largest eigenvalue of A^T A (1 for nonlinear operators)
     nfe = 0
@@ -54,7 +57,7 @@ def daps(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: flo
         # (3) re-noise to the next level
         a_s, s_s = float(sched.alpha(s)), float(sched.sigma(s))
         x_t = a_s * x0 + s_s * randn() if s > 0 else x0
-    return x0.detach(), nfe
+    return Solution(x0.detach(), nfe, "daps")
 
 
 def _lipschitz(operator, shape, dtype, iters: int = 20) -> float:

@@ -25,9 +25,11 @@ from __future__ import annotations
 import torch
 
 from ..denoisers import Denoiser
-from ..sampling import prior_sample
+from ..noise import LoopNoise, NoiseSource
+from ..sampling import prior_std
 from .guidance import gaussian_posterior_var
 from .operators import Operator
+from .result import Solution
 
 
 def _trace_aat(operator: Operator, shape, dtype, probes: int = 16) -> float:
@@ -55,16 +57,17 @@ def _no_overshoot(operator: Operator, x_hat, delta, residual, pred):
 
 
 def enkg(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: float, ts: torch.Tensor, num: int, *,
-         gamma: float = 1.0, data_var: float = 1.0, generator: torch.Generator | None = None, dtype=torch.float32):
-    """``(x, nfe)``: an ensemble of ``num`` posterior samples for ``y = A(x) + noise_std n``; the grid
+         gamma: float = 1.0, data_var: float = 1.0, noise: NoiseSource | None = None, device=None, dtype=torch.float32):
+    """An ensemble of ``num`` posterior samples for ``y = A(x) + noise_std n``; the grid
     ``ts`` decreases to 0."""
     sched = denoiser.schedule
     ts = torch.as_tensor(ts, dtype=torch.float64)
-    y = torch.as_tensor(y, dtype=dtype).reshape(-1)
+    y = torch.as_tensor(y, dtype=dtype, device=device).reshape(-1)
     shape = operator.shape
     m = y.numel()
     tr_aat = _trace_aat(operator, shape, dtype)
-    x = prior_sample(sched, (num, *shape), t=float(ts[0]), data_std=data_var ** 0.5, generator=generator, dtype=dtype)
+    draws = LoopNoise(noise, num, dtype, device)
+    x = draws.next((num, *shape)) * prior_std(sched, float(ts[0]), data_var ** 0.5)
     nfe = 0
     for i in range(len(ts) - 1):
         t, s = float(ts[i]), float(ts[i + 1])
@@ -83,4 +86,4 @@ def enkg(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: flo
             delta = step * ((y - pred) @ c_xg.T).reshape(x.shape)
             x_hat = x_hat + _no_overshoot(operator, x_hat, delta, y - pred, pred)
             x = a_s * x_hat + (s_s / s_t) * (x - a_t * x_hat)              # DDIM step of the posterior's ODE
-    return x, nfe
+    return Solution(x, nfe, "enkg")

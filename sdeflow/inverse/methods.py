@@ -2,33 +2,81 @@
 
 Denoiser-transform methods (``mmps``, ``pigdm``, ``dps``, ``ddnm``, ``diffpir``) run with any sampler
 of the suite (``sampler=``, default DDIM with ``eta = 1``, the stochastic sampler these methods were
-published with); the others bring their own loop. ``nfe`` is the number of network evaluations
+published with); the others bring their own loop. Every method runs along a grid of times like
+:func:`sdeflow.sample`: ``ts=`` gives one, else :func:`default_grid` spaces ``nfe``'s worth of steps in
+noise level (Karras et al.'s rho = 7) down to a last nonzero noise level below the measurement noise,
+so well-measured directions get their posterior spread. ``nfe`` is the number of network evaluations
 (forward passes; the gradient methods also take one vector-Jacobian product per evaluation, MMPS
 ``cg_iters + 1`` of them). Each method takes its own options as keywords.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from ..denoisers import Denoiser
-from ..grids import uniform_grid
-from ..noise import GeneratorNoise
-from ..sampling import prior_sample, sample
+from ..grids import DEFAULT_SIGMA_MIN, check_grid, default_t_min, karras_grid
+from ..noise import GeneratorNoise, NoiseSource
+from ..sampling import prior_std, sample
 from .daps import daps
 from .enkg import enkg
 from .guidance import DPS, MMPS, PiGDM
 from .operators import Operator
 from .projection import DDNM, DiffPIR, ddrm
 from .repaint import repaint
+from .result import Solution
 from .smc import twisted_smc
 from .variational import red_diff
 
 TRANSFORMS = {"mmps": MMPS, "pigdm": PiGDM, "dps": DPS, "ddnm": DDNM, "diffpir": DiffPIR}
-LOOPS = ("ddrm", "repaint", "daps", "red-diff", "enkg", "smc")
-METHODS = tuple(TRANSFORMS) + LOOPS
+
+
+def _transform(name):
+    def run(denoiser, operator, y, noise_std, ts, num, *, sampler=None, noise=None, dtype=torch.float32, device=None,
+            progress=False, **options):
+        from ..samplers import DDIM
+
+        post = TRANSFORMS[name](denoiser, operator, y, noise_std, **options)
+        like = torch.empty((num, *operator.shape), dtype=dtype, device=device)
+        x_init = noise(like, -1) * prior_std(denoiser.schedule, float(ts[0]), 1.0)  # step -1: the prior draw
+        result = sample(post, sampler or DDIM(eta=1.0), ts, x_init, noise=noise, progress=progress)
+        return Solution(result.x, result.nfe, name)
+    return run
+
+
+def _loop(fn, **fixed):
+    def run(denoiser, operator, y, noise_std, ts, num, *, sampler=None, progress=False, **options):
+        return fn(denoiser, operator, y, noise_std, ts, num, **fixed, **options)
+    return run
+
+
+def _repaint(denoiser, operator, y, noise_std, ts, num, *, sampler=None, progress=False, **options):
+    return repaint(denoiser, operator, y, ts, num, **options)
+
+
+#: ``name -> (steps for an NFE budget and the options, run)``; every ``run`` takes the grid and returns a Solution.
+METHOD_TABLE: dict[str, tuple[Callable, Callable]] = {
+    **{name: (lambda nfe, sampler=None, **o: nfe // (sampler.nfe_per_step if sampler else 1), _transform(name))
+       for name in TRANSFORMS},
+    "ddrm": (lambda nfe, **o: nfe, _loop(ddrm)),
+    "repaint": (lambda nfe, resample=2, **o: nfe // resample, _repaint),
+    "daps": (lambda nfe, ode_steps=3, **o: nfe // max(1, ode_steps), _loop(daps)),
+    "red-diff": (lambda nfe, **o: nfe, _loop(red_diff)),
+    "enkg": (lambda nfe, **o: nfe, _loop(enkg)),
+    "smc": (lambda nfe, **o: nfe, _loop(twisted_smc)),
+}
+METHODS = tuple(METHOD_TABLE)
+LOOPS = tuple(m for m in METHODS if m not in TRANSFORMS)
+
+
+def default_grid(steps: int, schedule, noise_std: float) -> torch.Tensor:
+    """``steps`` steps spaced in noise level from the schedule's start to clean data, whose last
+    nonzero noise level ``sigma / alpha`` is 0.002 or half the measurement noise, the smaller (a
+    coarser end would leave well-measured directions with too little spread)."""
+    sigma_min = DEFAULT_SIGMA_MIN if noise_std <= 0 else min(DEFAULT_SIGMA_MIN, 0.5 * noise_std)
+    return karras_grid(max(1, steps), schedule, t_min=default_t_min(schedule, sigma_min))
 
 
 class Bound(Denoiser):
@@ -44,52 +92,33 @@ class Bound(Denoiser):
         return self.inner(x_t, t, **extra, **cond)
 
 
-@dataclass
-class Solution:
-    x: torch.Tensor
-    nfe: int
-    method: str
+def solve(name: str, denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: float, nfe: int | None,
+          num: int, *, sampler=None, ts=None, seed: int = 0, noise: NoiseSource | None = None, dtype=torch.float32,
+          device=None, progress: bool = False, **options) -> Solution:
+    """``num`` posterior samples (RED-diff: estimates) of ``x`` given ``y = A(x) + noise_std n``.
 
-
-def solve(name: str, denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: float, nfe: int, num: int, *,
-          sampler=None, seed: int = 0, dtype=torch.float32, t_max: float | None = None, **options) -> Solution:
-    """``num`` posterior samples (RED-diff: estimates) of ``x`` given ``y = A(x) + noise_std n``."""
-    if name not in METHODS:
+    Args:
+        name: one of :data:`METHODS`.
+        nfe: the evaluation budget the default grid is built for (ignored when ``ts`` is given).
+        sampler: the sampler of a denoiser-transform method (default DDIM with ``eta = 1``).
+        ts: a decreasing grid ending at 0 (default :func:`default_grid`).
+        noise: a :class:`~sdeflow.noise.NoiseSource` (default: a generator seeded with ``seed``).
+        progress: a progress bar (denoiser-transform methods).
+    """
+    if name not in METHOD_TABLE:
         raise ValueError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
-    if nfe < 2:
-        raise ValueError(f"nfe must be >= 2, got {nfe}")
+    steps_for, run = METHOD_TABLE[name]
     sched = denoiser.schedule
-    t_max = t_max if t_max is not None else (1.0 if bool(sched.logsnr(1.0) > -30) else 0.999)
-    g = torch.Generator().manual_seed(seed)
-    if name in TRANSFORMS:
-        from ..samplers import DDIM
-
-        sampler = sampler or DDIM(eta=1.0)
-        steps = max(1, nfe // sampler.nfe_per_step)
-        ts = uniform_grid(steps, t_max=t_max)
-        post = TRANSFORMS[name](denoiser, operator, y, noise_std, **options)
-        x_init = prior_sample(sched, (num, *operator.shape), t=float(ts[0]), data_std=1.0, generator=g, dtype=dtype)
-        result = sample(post, sampler, ts, x_init, noise=GeneratorNoise(g))
-        return Solution(result.x, result.nfe, name)
-    if name == "repaint":
-        resample = options.pop("resample", 2)
-        ts = uniform_grid(max(1, nfe // resample), t_max=t_max)
-        x, used = repaint(denoiser, operator, y, ts, num, resample=resample, generator=g, dtype=dtype, **options)
-    elif name == "ddrm":
-        x, used = ddrm(denoiser, operator, y, noise_std, uniform_grid(nfe, t_max=t_max), num, generator=g, dtype=dtype,
-                       **options)
-    elif name == "daps":
-        ode_steps = options.pop("ode_steps", 2)
-        ts = uniform_grid(max(1, nfe // max(1, ode_steps)), t_max=t_max)
-        x, used = daps(denoiser, operator, y, noise_std, ts, num, ode_steps=ode_steps, generator=g, dtype=dtype, **options)
-    elif name == "red-diff":
-        x, used = red_diff(denoiser, operator, y, noise_std, uniform_grid(nfe, t_max=t_max), num, generator=g, dtype=dtype,
-                           **options)
-    elif name == "enkg":
-        x, used = enkg(denoiser, operator, y, noise_std, uniform_grid(nfe, t_max=t_max), num, generator=g, dtype=dtype,
-                       **options)
-    else:
-        r = twisted_smc(denoiser, operator, y, noise_std, uniform_grid(nfe - 1, t_max=t_max), num, generator=g, dtype=dtype,
-                        **options)
-        x, used = r.x, r.nfe
-    return Solution(x, used, name)
+    if ts is None:
+        if nfe is None or nfe < 2:
+            raise ValueError(f"nfe must be >= 2 (or give a grid ts), got {nfe}")
+        ts = default_grid(steps_for(nfe, sampler=sampler, **options), sched, noise_std)
+    ts = check_grid(ts)
+    if float(ts[-1]) != 0.0:
+        raise ValueError(f"the grid of a posterior sampler must end at t = 0 (clean data), got {float(ts[-1]):.6g}")
+    noise = noise if noise is not None else GeneratorNoise(torch.Generator().manual_seed(seed))
+    sol = run(denoiser, operator, y, noise_std, ts, num, sampler=sampler, progress=progress, noise=noise, dtype=dtype,
+              device=device, **options)
+    sol.x = sol.x.to(dtype)
+    sol.method = name
+    return sol

@@ -39,9 +39,11 @@ import torch
 
 from ..denoisers import Denoiser
 from ..samplers import DDIM
-from ..sampling import prior_sample
+from ..noise import LoopNoise, NoiseSource
+from ..sampling import prior_std
 from ..shapes import as_time
 from .guidance import PosteriorDenoiser
+from .result import Solution
 from .operators import LinearOperator
 
 
@@ -83,9 +85,9 @@ class DDNM(_Proximal):
 
 
 def ddrm(denoiser: Denoiser, operator: LinearOperator, y: torch.Tensor, noise_std: float, ts: torch.Tensor, num: int, *,
-         eta: float = 1.0, eta_b: float = 1.0, generator: torch.Generator | None = None, dtype=torch.float32,
+         eta: float = 1.0, eta_b: float = 1.0, noise: NoiseSource | None = None, device=None, dtype=torch.float32,
          cond: dict | None = None):
-    """``(x, nfe)``: ``num`` DDRM restorations for ``y = A x + noise_std n`` along the decreasing grid
+    """``num`` DDRM restorations for ``y = A x + noise_std n`` along the decreasing grid
     ``ts`` (ending at 0). ``V^T v`` on the range is ``S^-1 U^T A v`` and ``V`` applied to range
     coordinates is ``A^T U S^-1``, so the operator's eigendecomposition of ``A A^T`` suffices."""
     if not isinstance(operator, LinearOperator):
@@ -100,11 +102,12 @@ def ddrm(denoiser: Denoiser, operator: LinearOperator, y: torch.Tensor, noise_st
     inv_s = _pseudo_inverse(e).sqrt().to(dtype)          # 1 / s_i on the kept directions, 0 elsewhere
     to_c = lambda v: qt(A(v)) * inv_s                     # V^T v on the range
     from_c = lambda c: A.adjoint(q(c * inv_s))            # V c
-    y = torch.as_tensor(y, dtype=dtype)
+    y = torch.as_tensor(y, dtype=dtype, device=device)
     y_bar = qt(y.reshape(-1, *A.out_shape)) * inv_s     # S^-1 U^T y
     n = noise_std * inv_s
-    randn = lambda: torch.randn((num, *A.shape), generator=generator, dtype=torch.float64).to(dtype)
-    x = prior_sample(sched, (num, *A.shape), t=float(ts[0]), data_std=1.0, generator=generator, dtype=dtype)
+    draws = LoopNoise(noise, num, dtype, device)
+    randn = lambda: draws.next((num, *A.shape))
+    x = randn() * prior_std(sched, float(ts[0]), 1.0)
     keep = (inv_s > 0).to(x.device)
     ddim = DDIM(eta=eta)
     for i in range(len(ts) - 1):
@@ -126,7 +129,7 @@ def ddrm(denoiser: Denoiser, operator: LinearOperator, y: torch.Tensor, noise_st
             c = torch.where(below, c_below, c)
         u = u + from_c(torch.where(keep, c - to_c(u), torch.zeros_like(c)))
         x = a_s * u
-    return x, len(ts) - 1
+    return Solution(x, len(ts) - 1, "ddrm")
 
 
 class DiffPIR(_Proximal):

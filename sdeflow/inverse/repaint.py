@@ -13,14 +13,16 @@ from __future__ import annotations
 import torch
 
 from ..denoisers import Denoiser
-from ..sampling import prior_sample
+from ..noise import LoopNoise, NoiseSource
+from ..sampling import prior_std
+from .result import Solution
 from .operators import Mask
 from .smc import ancestral_coefficients
 
 
 def repaint(denoiser: Denoiser, operator: Mask, y: torch.Tensor, ts: torch.Tensor, num: int, *, resample: int = 1,
-            generator: torch.Generator | None = None, dtype=torch.float32, cond: dict | None = None):
-    """``(x, nfe)``: ``num`` inpaintings of the entries ``operator`` does not keep, given the kept
+            noise: NoiseSource | None = None, device=None, dtype=torch.float32, cond: dict | None = None):
+    """``num`` inpaintings of the entries ``operator`` does not keep, given the kept
     entries ``y`` (``(M,)`` or ``(num, M)``)."""
     if not isinstance(operator, Mask):
         raise ValueError("RePaint inpaints: it needs a Mask operator")
@@ -29,11 +31,12 @@ def repaint(denoiser: Denoiser, operator: Mask, y: torch.Tensor, ts: torch.Tenso
     sched, cond = denoiser.schedule, cond or {}
     ts = torch.as_tensor(ts, dtype=torch.float64)
     shape = operator.shape
-    y = torch.as_tensor(y, dtype=dtype).expand(num, -1)
+    y = torch.as_tensor(y, dtype=dtype, device=device).expand(num, -1)
     keep = operator.adjoint(torch.ones_like(y)).bool()  # (num, *shape)
     y_full = operator.adjoint(y)
-    randn = lambda: torch.randn((num, *shape), generator=generator, dtype=torch.float64).to(dtype)
-    x = prior_sample(sched, (num, *shape), t=float(ts[0]), data_std=1.0, generator=generator, dtype=dtype)
+    draws = LoopNoise(noise, num, dtype, device)
+    randn = lambda: draws.next((num, *shape))
+    x = randn() * prior_std(sched, float(ts[0]), 1.0)
     nfe = 0
     for i in range(len(ts) - 1):
         t, s = ts[i], ts[i + 1]
@@ -51,4 +54,4 @@ def repaint(denoiser: Denoiser, operator: Mask, y: torch.Tensor, ts: torch.Tenso
                 x = ratio * x_s + max(float(sched.sigma(t)) ** 2 - ratio ** 2 * s_s ** 2, 0.0) ** 0.5 * randn()
             else:
                 x = x_s
-    return x, nfe
+    return Solution(x, nfe, "repaint")

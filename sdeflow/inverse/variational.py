@@ -18,26 +18,29 @@ from __future__ import annotations
 import torch
 
 from ..denoisers import Denoiser
+from ..noise import LoopNoise, NoiseSource
 from .operators import Operator
+from .result import Solution
 
 
 def red_diff(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: float, ts: torch.Tensor, num: int, *,
-             lam: float = 0.25, lr: float = 0.1, generator: torch.Generator | None = None, dtype=torch.float32,
+             lam: float = 0.25, lr: float = 0.1, noise: NoiseSource | None = None, device=None, dtype=torch.float32,
              init: torch.Tensor | None = None):
-    """``(mu, nfe)`` after one Adam step per grid time (times > 0 of ``ts``, in the given order)."""
+    """The estimates ``mu`` after one Adam step per grid time (times > 0 of ``ts``, in the given order)."""
     sched = denoiser.schedule
     ts = [float(t) for t in torch.as_tensor(ts, dtype=torch.float64) if float(t) > 0]
-    y = torch.as_tensor(y, dtype=dtype)
+    y = torch.as_tensor(y, dtype=dtype, device=device)
+    draws = LoopNoise(noise, num, dtype, device)
     shape = operator.shape
     if init is None:
         linear = getattr(operator, "linear", False)
-        init = operator.adjoint(y.expand(num, *y.shape)) if linear else torch.zeros(num, *shape, dtype=dtype)
+        init = operator.adjoint(y.expand(num, *y.shape)) if linear else torch.zeros(num, *shape, dtype=dtype, device=device)
     mu = init.clone().to(dtype).requires_grad_(True)
     opt = torch.optim.Adam([mu], lr=lr, betas=(0.9, 0.99))
     scale = 1.0 / (2 * max(noise_std, 1e-3) ** 2)
     for t in ts:
         a, s = float(sched.alpha(t)), float(sched.sigma(t))
-        eps = torch.randn(mu.shape, generator=generator, dtype=torch.float64).to(dtype)
+        eps = draws.next(mu.shape)
         with torch.no_grad():
             x_t = a * mu + s * eps
             eps_hat = (x_t - a * denoiser(x_t, t)) / s
@@ -47,4 +50,4 @@ def red_diff(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std:
         opt.zero_grad()
         (fit + reg).sum().backward()
         opt.step()
-    return mu.detach(), len(ts)
+    return Solution(mu.detach(), len(ts), "red-diff")

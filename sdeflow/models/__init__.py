@@ -18,8 +18,9 @@ def build(name: str, config: dict):
         raise ValueError(f"unknown architecture {name!r}; allowed: {', '.join(ARCHITECTURES)}")
     try:
         return ARCHITECTURES[name](**config)
-    except TypeError as err:
-        raise ValueError(f"bad {name} configuration {config}: {err}") from None
+    except (TypeError, ValueError, RuntimeError) as err:  # unknown keys, or values no network can have
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"bad {name} configuration {config}: {reason}") from None
 
 
 __all__ = ["ARCHITECTURES", "Classifier", "MLP", "TimeEmbedding", "UNet", "build"]

@@ -65,9 +65,12 @@ def load_network(spec: str, prefix: str = "ema") -> tuple[torch.nn.Module, dict,
 
 def load_model(spec: str = "digits", device: str | torch.device = "cpu") -> LoadedModel:
     """Load a shipped model by name or any sdeflow checkpoint (EMA weights) as a denoiser."""
-    from ..cli.registry import SCHEDULES, lookup
+    from ..registry import SCHEDULES, lookup
 
     net, meta, path = load_network(spec)
+    if "config" not in meta or "data" not in meta:
+        raise ValueError(f"{spec!r} is not a generative model (its checkpoint holds no training configuration, e.g. "
+                         f"the digits classifier); give a run folder, its .safetensors, or one of: {', '.join(PRETRAINED)}")
     cfg = TrainConfig.from_dict(meta["config"], where=path).resolved()
     schedule = lookup(SCHEDULES, "schedule", cfg.schedule)()
     denoiser = ModelDenoiser(net.to(device), schedule, cfg.parameterization, time_input=cfg.time_input)

@@ -2,14 +2,22 @@
 
 Each grid interval is integrated with as many internal steps as the tolerance needs; the number
 of evaluations is only known afterwards (``Plan.nfe`` is ``None``; ``SampleResult.nfe`` reports it).
-Step-size control needs the error norm on the host, so these two samplers are the only ones that
+Step-size control needs the error norm on the host, so these samplers are the only ones that
 synchronise inside the loop.
 
 An accepted step satisfies ``sqrt(mean((x_hi - x_lo)^2 / tol^2)) <= 1`` with
 ``tol = atol + rtol * max(|x_lo|, |x_prev|)``; the next step is ``h * clip(0.9 err^(-1/(q+1)), 0.2, 5)``
-with ``q`` the lower order. An interval ending at ``sigma = 0`` is integrated to the noise level
-``sigma/alpha = 0.002`` and finished with one denoising step (``x = alpha x_hat``), and one starting at
-infinite negative logSNR starts from logSNR -20 (the state moves by ``e^-20`` relative in between).
+with ``q`` the lower order. The field is only evaluated inside the schedule's domain
+(``t_min <= t <= 1``). An interval starting at infinite negative logSNR starts from logSNR -20 (the
+state moves by ``e^-20`` relative in between).
+
+The end at clean data (``sigma = 0``, where the ODE is singular) is reached by a denoising jump
+``x = alpha x_hat``. Its error is ``int_0^inf e^-u (x_hat(lam + u) - x_hat(lam)) du``, about
+``|d x_hat / d lam|``, which shrinks like ``(sigma/alpha)^2``. With ``sigma_stop=None`` (the default)
+the solver jumps at the first accepted point where that estimate (a finite difference over the last
+step) is within the tolerance, and at the latest at the schedule's smallest time (a discrete
+schedule's first training index) or logSNR 20; so a tight tolerance is met over the whole interval.
+``sigma_stop`` fixes the noise level ``sigma / alpha`` of the jump instead (EDM's 0.002, say).
 
 References: Lu et al., "DPM-Solver", 2022, arXiv:2206.00927 (DPM-Solver-12 and -23, Algorithm 4);
 Dormand, Prince, "A family of embedded Runge-Kutta formulae", 1980.
@@ -22,12 +30,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..grids import DEFAULT_SIGMA_MIN
 from .base import Plan, Sampler, ode_coefficients
-from .engine import StepInfo64, lincomb
+from .engine import lincomb
 from .expint import exp_moments
 
 LAM_FLOOR = -20.0
+#: Largest logSNR a continuous schedule is integrated to before the denoising jump (sigma/alpha = 2e-9).
+LAM_CEIL = 20.0
 
 
 def _error_ratio(x_hi, x_lo, x_prev, rtol, atol):
@@ -35,12 +44,41 @@ def _error_ratio(x_hi, x_lo, x_prev, rtol, atol):
     return float(((x_hi - x_lo) / tol).pow(2).mean().sqrt())
 
 
-def end_time(sch, t: float, s: float) -> tuple[float, bool]:
-    """``(s_end, denoise)``: an interval ending at ``sigma = 0`` is integrated to the noise level
-    ``DEFAULT_SIGMA_MIN`` (or the schedule's smallest time) and finished with a denoising step."""
-    denoise = float(sch.sigma(s)) == 0
-    s_end = max(float(sch.t_from_sigma_ratio(DEFAULT_SIGMA_MIN)), sch.t_min) if denoise else s
-    return min(s_end, t), denoise
+def end_time(sch, t: float, s: float, sigma_stop: float | None) -> tuple[float, bool]:
+    """``(s_end, denoise)``: an interval ending at ``sigma = 0`` is integrated to ``s_end`` and finished
+    with a denoising step; ``s_end`` is the time of noise level ``sigma_stop``, or (``None``) the
+    schedule's smallest time (logSNR ``LAM_CEIL`` where that is 0), never below the schedule's domain."""
+    if float(sch.sigma(s)) != 0:
+        return s, False
+    if sigma_stop is not None:
+        s_end = float(sch.t_from_sigma_ratio(sigma_stop))
+    else:
+        s_end = sch.t_min if sch.t_min > 0 else float(sch.t_from_logsnr(LAM_CEIL))
+    return min(max(s_end, sch.t_min), t), True
+
+
+class JumpControl:
+    """Decides when the denoising jump to clean data is within the tolerance. Its error is about
+    ``|d x_hat / d lam|`` (see the module docstring), estimated by a finite difference over the last
+    accepted step. That estimate bounds the jump's error only where it shrinks as logSNR grows (at high
+    SNR; at low SNR ``x_hat`` is flat too), so the jump needs ``lam > 0``, an estimate within the
+    tolerance, and a smaller estimate than at the previous point."""
+
+    def __init__(self, rtol: float, atol: float, active: bool):
+        self.rtol, self.atol, self.active = rtol, atol, active
+        self.prev, self.ratio = None, math.inf  # (x_hat, lam) at the previous accepted point
+
+    def accept(self, x_hat, lam: float) -> bool:
+        """Record ``x_hat`` at an accepted point of logSNR ``lam``; True where the jump may be taken."""
+        if not self.active:
+            return False
+        ok, last = False, self.ratio
+        if self.prev is not None and lam > self.prev[1]:
+            dlam = lam - self.prev[1]
+            self.ratio = _error_ratio(x_hat, self.prev[0], x_hat, self.rtol * dlam, self.atol * dlam)
+            ok = lam > 0 and self.ratio <= 1.0 and self.ratio < last
+        self.prev = (x_hat, lam)
+        return ok
 
 
 def _next_h(h, err, q):
@@ -56,6 +94,7 @@ class Adaptive(Sampler):
     atol: float = 0.0078
     h_init: float = 0.05
     max_steps: int = 10_000
+    sigma_stop: float | None = None
     order = 0
     adaptive = True
     couples_batch = True
@@ -63,6 +102,8 @@ class Adaptive(Sampler):
     def __post_init__(self):
         if self.rtol <= 0 and self.atol <= 0:
             raise ValueError("need rtol > 0 or atol > 0")
+        if self.sigma_stop is not None and not self.sigma_stop > 0:
+            raise ValueError(f"sigma_stop must be a noise level > 0 or None (automatic), got {self.sigma_stop!r}")
 
     def prepare(self, schedule, ts):
         plan = Plan(ts[:-1].tolist(), ts[1:].tolist(), [()] * (ts.numel() - 1), None)
@@ -72,18 +113,19 @@ class Adaptive(Sampler):
 
 @dataclass(frozen=True)
 class DPMSolverAdaptive(Adaptive):
-    """DPM-Solver-12 (``solver_order=2``: DPM-Solver-1 inside -2) or -23 (``solver_order=3``), in data
+    """DPM-Solver-12 (``order=2``: DPM-Solver-1 inside -2) or -23 (``order=3``), in data
     form (DPM-Solver++), adapting the logSNR step."""
 
-    solver_order: int = 3
+    order: int = 3
 
-    @property
-    def order(self) -> int:  # type: ignore[override]
-        return self.solver_order
+    def __post_init__(self):
+        super().__post_init__()
+        if self.order not in (2, 3):
+            raise ValueError(f"DPMSolverAdaptive order must be 2 (DPM-Solver-12) or 3 (DPM-Solver-23), got {self.order}")
 
     def _sub(self, sch, lam_t, x, x_hat0, h, field):
         """Lower and higher order solutions over logSNR step h from lam_t (both data form)."""
-        lam = [lam_t + r * h for r in ((1 / 2, 1.0) if self.solver_order == 2 else (1 / 3, 2 / 3, 1.0))]
+        lam = [lam_t + r * h for r in ((1 / 2, 1.0) if self.order == 2 else (1 / 3, 2 / 3, 1.0))]
         tt = torch.tensor([lam_t] + lam, dtype=torch.float64)
         times = sch.t_from_logsnr(tt)
         a, s = sch.alpha(times).tolist(), sch.sigma(times).tolist()
@@ -96,7 +138,7 @@ class DPMSolverAdaptive(Adaptive):
         lin1, sc1, e1_1, e2_1 = e12(0)
         x1 = lincomb(x, lin1, [(sc1 * e1_1, x_hat0)])
         d1 = field(x1, float(times[1]))
-        if self.solver_order == 2:
+        if self.order == 2:
             lin, sc, e1, e2 = e12(1)
             low = lincomb(x, lin, [(sc * e1, x_hat0)])
             r1 = 0.5
@@ -114,27 +156,30 @@ class DPMSolverAdaptive(Adaptive):
     def step(self, field, x, i, plan, state, noise):
         sch = plan.extra["schedule"]
         t, s = plan.t[i], plan.s[i]
-        lam_t, lam_s = float(sch.logsnr(t)), float(sch.logsnr(s))
+        s_end, denoise = end_time(sch, t, s, self.sigma_stop)
+        lam_t, lam_s = float(sch.logsnr(t)), float(sch.logsnr(s_end))
         if lam_t < LAM_FLOOR:
             lam_t, t = LAM_FLOOR, float(sch.t_from_logsnr(LAM_FLOOR))
-        denoise = not math.isfinite(lam_s)
-        if denoise:
-            lam_s = max(-math.log(DEFAULT_SIGMA_MIN), lam_t + 1e-3)
+        lam_s = min(lam_s, LAM_CEIL)
+        jump = JumpControl(self.rtol, self.atol, denoise and self.sigma_stop is None)
         h, lam, t_cur, steps = self.h_init, lam_t, t, 0
+        x_hat = None  # x_hat at (x, t_cur)
         while lam < lam_s - 1e-5:
             h = min(h, lam_s - lam)
-            x_hat0 = field(x, t_cur)
+            x_hat = field(x, t_cur)
+            if jump.accept(x_hat, lam):
+                break
             while True:
-                low, high, t_new = self._sub(sch, lam, x, x_hat0, h, field)
+                low, high, t_new = self._sub(sch, lam, x, x_hat, h, field)
                 err = _error_ratio(high, low, x, self.rtol, self.atol)
                 steps += 1
                 if err <= 1.0 or steps >= self.max_steps:
                     break
-                h = _next_h(h, err, self.solver_order - 1)
-            x, lam, t_cur = high, lam + h, t_new
-            h = _next_h(h, err, self.solver_order - 1)
+                h = _next_h(h, err, self.order - 1)
+            x, lam, t_cur, x_hat = high, lam + h, t_new, None
+            h = _next_h(h, err, self.order - 1)
         if denoise:
-            x = field(x, t_cur).mul(float(sch.alpha(s)))
+            x = (x_hat if x_hat is not None else field(x, t_cur)).mul(float(sch.alpha(s)))
         return x, state
 
 
@@ -150,7 +195,9 @@ _B4 = [5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 
 
 @dataclass(frozen=True)
 class RK45(Adaptive):
-    """Dormand-Prince 5(4) on the probability-flow ODE in ``t`` (first same as last)."""
+    """Dormand-Prince 5(4) on the probability-flow ODE in ``t`` (first same as last). On a discrete
+    schedule the ODE's coefficients jump at every training index (``log alpha`` is piecewise linear in
+    ``t``), which an error estimate in ``t`` does not see: use :class:`DPMSolverAdaptive` (in logSNR) there."""
 
     rtol: float = 1e-3
     atol: float = 1e-3
@@ -160,16 +207,26 @@ class RK45(Adaptive):
     def step(self, field, x, i, plan, state, noise):
         sch = plan.extra["schedule"]
         t, s = plan.t[i], plan.s[i]
-        s_end, denoise = end_time(sch, t, s)
+        s_end, denoise = end_time(sch, t, s, self.sigma_stop)
+        jump = JumpControl(self.rtol, self.atol, denoise and self.sigma_stop is None)
+        hats = {}  # x_hat of the last field call at each stage time (the FSAL one is reused)
 
         def u(y, tau):
             p, q = (float(c) for c in ode_coefficients(sch, torch.tensor(tau, dtype=torch.float64)))
-            return lincomb(y, p, [(q, field(y, tau))])
+            hats[tau] = field(y, tau)
+            return lincomb(y, p, [(q, hats[tau])])
 
         tau, h, k0, steps = t, -self.h_init, None, 0
+        x_hat, fresh = None, True  # x_hat at (x, tau); fresh: tau was just reached
         while tau > s_end + 1e-12:
-            h = max(h, s_end - tau)
+            # the ODE is singular at sigma = 0: near it, a step may cover at most 80% of the way to
+            # t = 0, so that the error estimate sees the field's growth (one step to 1e-17 passes it)
+            h = max(h, s_end - tau, -0.8 * tau if denoise else -math.inf)
+            hats.clear()
             k = [k0 if k0 is not None else u(x, tau)]
+            x_hat = x_hat if k0 is not None else hats[tau]
+            if fresh and jump.accept(x_hat, float(sch.logsnr(tau))):
+                break
             for j in range(1, 7):
                 xj = lincomb(x, 1.0, [(h * a, kk) for a, kk in zip(_A[j], k)])
                 k.append(u(xj, tau + _C[j] * h))
@@ -177,11 +234,12 @@ class RK45(Adaptive):
             x4 = lincomb(x, 1.0, [(h * b, kk) for b, kk in zip(_B4, k)])
             err = _error_ratio(x5, x4, x, self.rtol, self.atol)
             steps += 1
-            if err <= 1.0 or steps >= self.max_steps:
-                x, tau, k0 = x5, tau + h, k[6]
+            fresh = err <= 1.0 or steps >= self.max_steps
+            if fresh:
+                x, tau, k0, x_hat = x5, tau + h, k[6], hats[tau + h]
             else:
                 k0 = k[0]
             h = _next_h(h, err, 4)
         if denoise:
-            x = field(x, tau).mul(float(sch.alpha(s)))
+            x = (x_hat if x_hat is not None else field(x, tau)).mul(float(sch.alpha(s)))
         return x, state

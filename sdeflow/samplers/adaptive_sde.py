@@ -17,8 +17,8 @@ A rejected step retries with fresh noise: with a :class:`~sdeflow.noise.Brownian
 retry sees the increment of the same path over the shorter interval instead, which removes the
 bias that resampling on rejection introduces. An interval that starts at pure noise first takes
 the exact frozen-``x_hat`` step to logSNR -20 (the SDE's coefficients are infinite at pure noise);
-one that ends at ``sigma = 0`` is integrated to ``sigma/alpha = 0.002`` and finished with the
-denoising step.
+one that ends at ``sigma = 0`` is integrated to ``sigma/alpha = sigma_stop`` (0.002 by default; ``None``:
+the schedule's smallest time) and finished with the denoising step.
 
 Reference: Jolicoeur-Martineau et al., "Gotta Go Fast When Generating Data with Score-Based
 Models", 2021, arXiv:2105.14080, Algorithm 1.
@@ -40,6 +40,7 @@ class GottaGoFast(Adaptive):
     h_init: float = 0.01
     max_steps: int = 100_000
     eta: float = 1.0
+    sigma_stop: float | None = 0.002
     order = 1
     stochastic = True
 
@@ -72,7 +73,7 @@ class GottaGoFast(Adaptive):
                 if c[2]:
                     x.add_(noise(draw=draw, span=(t, t_new)), alpha=c[2])
                 draw, t = draw + 1, t_new
-        s_end, denoise = end_time(sch, t, s)
+        s_end, denoise = end_time(sch, t, s, self.sigma_stop)
         h, x_prev, steps = self.h_init, None, 0
         b0 = None
         while t > s_end + 1e-12:

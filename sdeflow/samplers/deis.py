@@ -17,7 +17,6 @@ arXiv:2204.13902.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

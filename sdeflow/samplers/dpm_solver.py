@@ -27,23 +27,19 @@ from .expint import exp_moments, linear_part
 
 @dataclass(frozen=True)
 class DPMSolver(SingleStep):
-    solver_order: int = 2
+    order: int = 2
     form: str = "noise"
     variant: str = "midpoint"
 
     def __post_init__(self):
-        if self.solver_order not in (1, 2, 3):
-            raise ValueError(f"DPMSolver order must be 1, 2 or 3, got {self.solver_order}")
+        if self.order not in (1, 2, 3):
+            raise ValueError(f"DPMSolver order must be 1, 2 or 3, got {self.order}")
         if self.form not in ("data", "noise") or self.variant not in ("midpoint", "taylor"):
             raise ValueError("form must be 'data' or 'noise' and variant 'midpoint' or 'taylor'")
 
     @property
-    def order(self) -> int:  # type: ignore[override]
-        return self.solver_order
-
-    @property
     def nfe_per_step(self) -> int:  # type: ignore[override]
-        return self.solver_order
+        return self.order
 
     def _point(self, schedule, info, r):
         """Time, linear part, scale, E1 and E2 for the sub-step from t to logSNR lam_t + r h."""
@@ -60,9 +56,9 @@ class DPMSolver(SingleStep):
     def tableau(self, schedule, info):
         _, lin, sc, e1, e2 = self._point(schedule, info, 1.0)
         first = (info.t, 1.0, [])
-        if self.solver_order == 1:
+        if self.order == 1:
             return [first], (lin, [sc * e1])
-        if self.solver_order == 2:
+        if self.order == 2:
             r1 = 0.5
             tau1, lin1, sc1, e1_1, _ = self._point(schedule, info, r1)
             if self.variant == "midpoint":

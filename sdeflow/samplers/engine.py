@@ -234,7 +234,8 @@ class SingleStep(Sampler):
     Subclasses set ``form`` and implement :meth:`tableau`, returning for one step
     ``(stages, final)`` with ``stages = [(tau_j, c_x, [a_j0, ...]), ...]`` (stage 0 is ``(t, 1, [])``)
     and ``final = (c_x, [b_0, ...])``. Steps with an infinite logSNR at either end fall back to
-    DDIM, the exact limit, when :meth:`needs_finite_logsnr` says so."""
+    DDIM, the exact limit, when :meth:`needs_finite_logsnr` says so, and so do steps with a stage
+    below the schedule's smallest time."""
 
     form = "data"
     needs_finite_logsnr = True
@@ -245,11 +246,15 @@ class SingleStep(Sampler):
     def prepare(self, schedule, ts):
         coef, nfe = [], 0
         for info in step_infos(schedule, ts):
-            if self.needs_finite_logsnr and not info.usable(self.form):
+            runge_kutta = not (self.needs_finite_logsnr and not info.usable(self.form))
+            if runge_kutta:
+                (stages, final), form = self.tableau(schedule, info), self.form
+                # a stage below the schedule's smallest time (a discrete model's first training
+                # index) is outside the model's domain: the step from there is the final denoising step
+                runge_kutta = all(tau >= schedule.t_min for tau, _, _ in stages)
+            if not runge_kutta:
                 c_x, c_hat = ddim_coefficients(info.a_t, info.s_t, info.a_s, info.s_s)
                 stages, final, form = [(info.t, 1.0, [])], (c_x, [c_hat]), "data"
-            else:
-                (stages, final), form = self.tableau(schedule, info), self.form
             convs = native_conversions(form, schedule, [tau for tau, _, _ in stages])
             coef.append((tuple(stages), final, tuple(convs)))
             nfe += len(stages)

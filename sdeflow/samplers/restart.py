@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import torch
 
 from .base import Plan, Sampler
 from .engine import Multistep
@@ -65,7 +64,7 @@ class Restart(Sampler):
         rho_grid = schedule.noise_to_signal(ts).tolist()
         at = {}
         for rho_lo, rho_hi, n_steps, repeats in sorted(self.intervals, key=lambda iv: -iv[0]):
-            inside = [j for j in range(1, len(tl)) if 0 < rho_grid[j] < math.inf]
+            inside = [j for j in range(1, len(tl)) if tl[j] > 0 and 0 < rho_grid[j] < math.inf]
             if not inside or not min(rho_grid[j] for j in inside) <= rho_lo <= max(rho_grid[j] for j in inside):
                 continue
             j = min(inside, key=lambda j: abs(math.log(rho_grid[j] / rho_lo)))

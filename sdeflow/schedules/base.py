@@ -69,6 +69,13 @@ class Schedule:
         return self.t_from_logsnr(-torch.log(as_time(ratio)))
 
 
+def exact_ends(t, value: torch.Tensor, at_0: float, at_1: float) -> torch.Tensor:
+    """``value`` with its entries at ``t = 0`` and ``t = 1`` replaced by the exact ``at_0`` and ``at_1``:
+    boundary values hold by construction, not by the luck of one CPU's rounding."""
+    t = as_time(t)
+    return torch.where(t <= 0, at_0, torch.where(t >= 1, at_1, value))
+
+
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
     """``log(1 - exp(x))`` for ``x <= 0``, accurate at both ends."""
     return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))

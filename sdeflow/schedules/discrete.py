@@ -40,6 +40,16 @@ class DiscreteVP(VPSchedule):
         knots_la = torch.cat([torch.zeros(1, dtype=torch.float64), 0.5 * torch.log(ac)])
         object.__setattr__(self, "_t", knots_t)
         object.__setattr__(self, "_la", knots_la)
+        object.__setattr__(self, "_key", hash(ac.numpy().tobytes()))
+
+    # Value semantics over the defining tensor: two schedules are equal exactly when their
+    # alphas_cumprod are (caches of planned coefficients key on schedules).
+    def __eq__(self, other):
+        return (type(other) is type(self) and self._key == other._key
+                and torch.equal(self.alphas_cumprod, other.alphas_cumprod))
+
+    def __hash__(self):
+        return self._key
 
     @classmethod
     def from_betas(cls, betas) -> "DiscreteVP":

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..shapes import as_time
-from .base import Schedule
+from .base import Schedule, exact_ends
 
 
 @dataclass(frozen=True)
@@ -38,13 +38,14 @@ class RectifiedFlow(Schedule):
 
 @dataclass(frozen=True)
 class Trigonometric(Schedule):
-    """``alpha = cos(pi t / 2)``, ``sigma = sin(pi t / 2)``: variance preserving, zero terminal SNR."""
+    """``alpha = cos(pi t / 2)``, ``sigma = sin(pi t / 2)``: variance preserving, zero terminal SNR
+    (``alpha(1) = 0`` and ``sigma(0) = 0`` exactly)."""
 
     def alpha(self, t):
-        return torch.cos(as_time(t) * (math.pi / 2))
+        return exact_ends(t, torch.cos(as_time(t) * (math.pi / 2)), 1.0, 0.0)
 
     def sigma(self, t):
-        return torch.sin(as_time(t) * (math.pi / 2))
+        return exact_ends(t, torch.sin(as_time(t) * (math.pi / 2)), 0.0, 1.0)
 
     def d_alpha(self, t):
         return -(math.pi / 2) * self.sigma(t)

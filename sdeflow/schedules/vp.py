@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..shapes import Time, as_time
-from .base import Schedule, log1mexp
+from .base import Schedule, exact_ends, log1mexp
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,8 @@ class VPLinear(VPSchedule):
 @dataclass(frozen=True)
 class VPCosine(VPSchedule):
     """Improved-DDPM cosine schedule, ``alpha(t) = cos(phi(t)) / cos(phi(0))`` with
-    ``phi(t) = (t + s) / (1 + s) * pi / 2``. At ``t = 1`` alpha is zero up to round-off
-    (zero terminal SNR); ``t_max`` below 1 avoids it where a sampler needs a finite logSNR."""
+    ``phi(t) = (t + s) / (1 + s) * pi / 2``. ``alpha(1) = 0`` exactly (zero terminal SNR, logSNR
+    ``-inf``); ``t_max`` below 1 avoids it where a grid needs a finite logSNR."""
 
     s: float = 0.008
 
@@ -95,12 +95,24 @@ class VPCosine(VPSchedule):
         return (t + self.s) / (1.0 + self.s) * (math.pi / 2)
 
     def log_alpha(self, t):
-        return torch.log(torch.cos(self._phi(t))) - math.log(math.cos(self.s / (1.0 + self.s) * math.pi / 2))
+        # log(cos phi / cos phi0) without cancellation at either end: near t = 0 as log1p of
+        # (cos phi - cos phi0) / cos phi0 = -2 sin((phi + phi0)/2) sin((phi - phi0)/2) / cos phi0 (with
+        # phi - phi0 = t pi / (2 (1 + s)) exact), near t = 1 as the log of the ratio. The ends are
+        # exact by construction: alpha(0) = 1, alpha(1) = 0.
+        t = as_time(t)
+        phi, phi0 = self._phi(t), self._phi(0.0)
+        rel = -2.0 * torch.sin(0.5 * (phi + phi0)) * torch.sin(t * (math.pi / 4) / (1.0 + self.s)) / math.cos(phi0)
+        la = torch.where(rel > -0.5, torch.log1p(rel), torch.log(torch.cos(phi) / math.cos(phi0))).clamp(max=0.0)
+        return exact_ends(t, la, 0.0, -math.inf)
 
     def d_log_alpha(self, t):
         return -torch.tan(self._phi(t)) * (math.pi / 2) / (1.0 + self.s)
 
     def t_from_log_alpha(self, log_alpha):
-        cos0 = math.cos(self.s / (1.0 + self.s) * math.pi / 2)
-        phi = torch.arccos((torch.exp(log_alpha) * cos0).clamp(-1.0, 1.0))
-        return phi * 2.0 * (1.0 + self.s) / math.pi - self.s
+        # phi = atan2(sin phi, cos phi) with cos phi = cos0 e^la and, without cancellation near t = 0,
+        # sin^2 phi = sin0^2 - cos0^2 expm1(2 la): accurate at both ends (arccos loses it near t = 0).
+        la = torch.as_tensor(log_alpha, dtype=torch.float64)
+        phi0 = self._phi(0.0)
+        sin2 = math.sin(phi0) ** 2 - math.cos(phi0) ** 2 * torch.expm1(2.0 * la)
+        phi = torch.atan2(torch.sqrt(sin2.clamp(min=0.0)), math.cos(phi0) * torch.exp(la))
+        return (phi * 2.0 * (1.0 + self.s) / math.pi - self.s).clamp(0.0, 1.0)

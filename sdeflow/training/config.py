@@ -80,7 +80,18 @@ class TrainConfig:
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {cfg.precision!r}")
         if cfg.time_input not in TIME_SCALES:
             raise ValueError(f"unknown time input {cfg.time_input!r}; allowed: {', '.join(TIME_SCALES)}")
-        for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "image_size", "sample_nfe"):
+        from ..parameterizations import PARAMETERIZATIONS
+        from ..registry import SAMPLERS, SCHEDULES
+        from .densities import DENSITIES
+        from .losses import WEIGHTINGS
+
+        for name, table in [("schedule", SCHEDULES), ("parameterization", PARAMETERIZATIONS), ("time_density", DENSITIES),
+                            ("weighting", WEIGHTINGS), ("sample_sampler", SAMPLERS)]:
+            if getattr(cfg, name) not in table:
+                raise ValueError(f"unknown {name} {getattr(cfg, name)!r}; allowed: {', '.join(table)}")
+        if cfg.architecture not in (None, "unet", "mlp"):
+            raise ValueError(f"unknown architecture {cfg.architecture!r}; allowed: unet, mlp")
+        for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "image_size", "sample_nfe", "toy_size"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
         if not 0.0 <= cfg.label_dropout < 1.0:
@@ -98,7 +109,25 @@ class TrainConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"{where}: unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+        for f in dataclasses.fields(cls):
+            if f.name in d:
+                _check_type(f, d[f.name], where)
         return cls(**d)
+
+
+def _check_type(f: dataclasses.Field, value, where: str) -> None:
+    """A setting's value has its field's type: an integer for integer settings (10.5 is refused), a
+    number for real ones, true/false for switches, text for names, a table for ``model``."""
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    kind = type(default) if default is not None else str
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str),
+          dict: lambda v: isinstance(v, dict)}[kind](value)
+    if not ok and not (value is None and default is None):
+        words = {bool: "true or false", int: "an integer", float: "a number", str: "text", dict: "a table of KEY = VALUE"}
+        raise ValueError(f"{where}: {f.name} must be {words[kind]}, got {value!r}")
 
 
 def read_config_file(path: str) -> dict:
@@ -119,8 +148,11 @@ def read_config_file(path: str) -> dict:
             import yaml
         except ImportError:
             raise ValueError("YAML config files need PyYAML (pip install pyyaml); TOML works without it") from None
-        with open(path) as f:
-            d = yaml.safe_load(f) or {}
+        try:
+            with open(path) as f:
+                d = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
     else:
         raise ValueError(f"config file {path!r}: use .toml, .yaml or .yml")
     if not isinstance(d, dict):

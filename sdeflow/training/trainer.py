@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import time
+import weakref
 
 import torch
 
@@ -26,12 +27,12 @@ from .. import models
 from ..data import Dataset, load as load_data
 from ..data.pictures import save_samples
 from ..denoisers import ModelDenoiser
-from ..files import write_json
+from ..distributed import Distributed
+from ..files import FolderLock, write_json
 from ..noise import _mix
 from . import checkpoint as ckpt
 from .config import TIME_SCALES, TrainConfig
 from .coupling import global_ot_pairing
-from .distributed import Distributed
 from .ema import EMA
 from .losses import DenoisingLoss
 
@@ -68,12 +69,24 @@ class Trainer:
     from ``cfg.out/checkpoint.safetensors`` when it exists (its configuration must match)."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True, dataset: Dataset | None = None):
-        from ..cli.registry import SCHEDULES, lookup
-
         self.cfg = cfg = cfg.resolved()
         self.dist = Distributed(cfg.device)
         self.progress = progress and self.dist.main
         self.path = os.path.join(cfg.out, CHECKPOINT)
+        # one run per folder: the main process locks it (released when the trainer is gone)
+        self.lock = FolderLock(cfg.out) if self.dist.main else None
+        if self.lock is not None:
+            weakref.finalize(self, self.lock.release)
+        try:
+            self._build(cfg, resume, dataset)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _build(self, cfg: TrainConfig, resume: bool, dataset: Dataset | None) -> None:
+        from ..registry import SCHEDULES, lookup
+
         start = None
         if resume and os.path.exists(self.path):
             start = ckpt.load(self.path)
@@ -119,13 +132,13 @@ class Trainer:
     def _batch_indices(self, step: int) -> torch.Tensor:
         n, b = len(self.data), self.cfg.batch_size
         pos = torch.arange(step * b, (step + 1) * b)
-        epochs = (pos // n).unique().tolist()
-        for e in epochs:
-            if e not in self._perm:
-                self._perm = {k: v for k, v in self._perm.items() if k >= e - 1}
-                self._perm[e] = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(self.cfg.seed, e, 7)))
-        return torch.stack([self._perm[int(p) // n][int(p) % n] for p in pos]) if len(epochs) > 1 else \
-            self._perm[epochs[0]][pos % n]
+        first, last = step * b // n, ((step + 1) * b - 1) // n   # the epochs this batch spans
+        # keep exactly the epochs' permutations this batch needs (one batch can span many epochs
+        # when the dataset is smaller than a batch)
+        self._perm = {e: self._perm[e] if e in self._perm else torch.randperm(
+            n, generator=torch.Generator().manual_seed(_mix(self.cfg.seed, e, 7))) for e in range(first, last + 1)}
+        perms = torch.stack([self._perm[e] for e in range(first, last + 1)])
+        return perms[pos // n - first, pos % n]
 
     def _global_batch(self, step: int):
         """``(x, labels, t, eps)`` of this rank's slice of the global batch of ``step``."""
@@ -205,6 +218,8 @@ class Trainer:
             self._restore_signals(handlers)
             if bar is not None:
                 bar.close()
+            if self.lock is not None:
+                self.lock.release()
         elapsed = time.perf_counter() - t0
         self.check_ranks_agree()
         return {"steps": self.step, "seconds": elapsed, "samples_per_s": (self.step - done0) * cfg.batch_size / max(elapsed, 1e-9),
@@ -230,7 +245,7 @@ class Trainer:
         """A picture of EMA samples in ``out/samples/step_<n>.png`` (images and 2-D data)."""
         if not self.dist.main or not (self.data_info["kind"] == "image" or self.data_info["shape"] == [2]):
             return
-        from ..cli.registry import GRIDS, SAMPLERS, lookup, steps_for_nfe
+        from ..registry import GRIDS, SAMPLERS, lookup, steps_for_nfe
         from ..generation import gather, generate
 
         denoiser = ModelDenoiser(self.ema.model, self.schedule, self.cfg.parameterization, time_input=self.cfg.time_input)

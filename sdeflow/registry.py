@@ -1,10 +1,15 @@
-"""The one table from names to objects. Strings live here, at the edge; the library passes objects."""
+"""The one table from names to objects: samplers, schedules, grids, parameterizations, exact problems and
+inverse-problem methods. Every layer (the CLI, training, shipped models, benchmarks, tests) reads names
+here; inside the library, objects are passed."""
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
-from .. import analytic, grids, samplers, schedules
+import torch
+
+from . import analytic, grids, samplers, schedules
 
 SCHEDULES: dict[str, Callable[[], schedules.Schedule]] = {
     "vp-linear": schedules.VPLinear,
@@ -25,12 +30,12 @@ SAMPLERS: dict[str, Callable[[], samplers.Sampler]] = {
     "heun": samplers.Heun,
     "heun3": lambda: samplers.Heun(third_order=True),
     "edm-heun": samplers.EDMHeun,
-    "dpm-solver-1": lambda: samplers.DPMSolver(solver_order=1),
-    "dpm-solver-2": lambda: samplers.DPMSolver(solver_order=2),
-    "dpm-solver-3": lambda: samplers.DPMSolver(solver_order=3),
+    "dpm-solver-1": lambda: samplers.DPMSolver(order=1),
+    "dpm-solver-2": lambda: samplers.DPMSolver(order=2),
+    "dpm-solver-3": lambda: samplers.DPMSolver(order=3),
     "dpm-solver-2m": lambda: samplers.DPMSolverMultistep(order=2),
     "dpm-solver-3m": lambda: samplers.DPMSolverMultistep(order=3),
-    "dpm-solver++-2s": lambda: samplers.DPMSolver(solver_order=2, form="data"),
+    "dpm-solver++-2s": lambda: samplers.DPMSolver(order=2, form="data"),
     "dpm-solver++-2m": lambda: samplers.DPMSolverPP(order=2, variant="midpoint"),
     "dpm-solver++-2m-heun": lambda: samplers.DPMSolverPP(order=2, variant="heun"),
     "dpm-solver++-3m": lambda: samplers.DPMSolverPP(order=3),
@@ -45,8 +50,8 @@ SAMPLERS: dict[str, Callable[[], samplers.Sampler]] = {
     "deis-rho-3": lambda: samplers.DEIS(order=3, variant="rhoab"),
     "lms": lambda: samplers.DEIS(order=4, variant="rhoab", lower_order_final=False),
     "ipndm": samplers.IPNDM,
-    "dpm-solver-12": lambda: samplers.DPMSolverAdaptive(solver_order=2),
-    "dpm-solver-23": lambda: samplers.DPMSolverAdaptive(solver_order=3),
+    "dpm-solver-12": lambda: samplers.DPMSolverAdaptive(order=2),
+    "dpm-solver-23": lambda: samplers.DPMSolverAdaptive(order=3),
     "rk45": samplers.RK45,
     # stochastic
     "euler-maruyama": samplers.EulerMaruyama,
@@ -68,12 +73,12 @@ SAMPLERS: dict[str, Callable[[], samplers.Sampler]] = {
 
 #: Grids by name: ``(n_steps, schedule) -> ts``. Discrete spacings need a discrete schedule.
 GRIDS: dict[str, Callable[[int, schedules.Schedule], "grids.torch.Tensor"]] = {
-    "auto": lambda n, schedule: grids.auto_grid(n, schedule, t_max=_t_max(schedule)),
+    "auto": lambda n, schedule: grids.auto_grid(n, schedule),
     "uniform": lambda n, schedule: grids.uniform_grid(n, t_min=0.0),
     "quadratic": lambda n, schedule: grids.quadratic_grid(n),
-    "logsnr": lambda n, schedule: grids.logsnr_grid(n, schedule, t_max=_t_max(schedule)),
-    "karras": lambda n, schedule: grids.karras_grid(n, schedule, t_max=_t_max(schedule)),
-    "polyexponential": lambda n, schedule: grids.polyexponential_grid(n, schedule, rho=2.0, t_max=_t_max(schedule)),
+    "logsnr": lambda n, schedule: grids.logsnr_grid(n, schedule),
+    "karras": lambda n, schedule: grids.karras_grid(n, schedule),
+    "polyexponential": lambda n, schedule: grids.polyexponential_grid(n, schedule, rho=2.0),
     "shifted": lambda n, schedule: grids.shift_grid(grids.uniform_grid(n), 3.0),
     "linspace": lambda n, schedule: grids.discrete_grid(n, schedule, "linspace"),
     "leading": lambda n, schedule: grids.discrete_grid(n, schedule, "leading", steps_offset=1),
@@ -100,9 +105,54 @@ PROBLEMS = {
 }
 
 
-def _t_max(schedule) -> float:
-    """Noise-spaced grids need finite logSNR at the start: zero-terminal-SNR schedules start just below 1."""
-    return 1.0 if bool(schedule.logsnr(1.0) > -30) else 0.999
+def _inpaint_box(shape, seed=0):  # hide a centred box covering the middle half of each side
+    from .inverse import Mask
+
+    mask = torch.ones(shape, dtype=torch.bool)
+    h, w = shape[-2:]
+    mask[..., h // 4:h - h // 4, w // 4:w - w // 4] = False
+    return Mask(mask)
+
+
+def _operators():
+    from .inverse import Blur, Downsample, Identity, Mask, RandomProjection
+
+    return {
+        "inpaint": _inpaint_box,
+        "inpaint-random": lambda shape, seed=0: Mask(torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < 0.3),
+        "superres": lambda shape, seed=0: Downsample(shape, 2),
+        "blur": lambda shape, seed=0: Blur.gaussian(shape, std=1.0),
+        "denoise": lambda shape, seed=0: Identity(shape),
+        "compressed-sensing": lambda shape, seed=0: RandomProjection(shape, max(1, math.prod(shape) // 4), seed=seed),
+    }
+
+
+#: Measurement operators by name: ``(sample shape, seed) -> Operator`` (keep 30% of the entries at
+#: random, 2x super-resolution, Gaussian blur of std 1, identity, a random projection to a quarter).
+OPERATORS = ("inpaint", "inpaint-random", "superres", "blur", "denoise", "compressed-sensing")
+
+
+def make_operator(name: str, shape: tuple[int, ...], seed: int = 0):
+    """A measurement operator by name for samples of ``shape``."""
+    return lookup(_operators(), "operator", name)(shape, seed)
+
+
+#: Posterior samplers (``sdeflow.inverse.solve``) and when each is exact.
+INVERSE_METHODS = {
+    "mmps": "exact for a Gaussian prior of any covariance and a linear operator",
+    "pigdm": "exact for an isotropic Gaussian prior whose variance is data_var",
+    "dps": "approximate at every NFE (its step size zeta sets the bias)",
+    "ddnm": "exact for an isotropic Gaussian prior and noiseless measurements; biased when the prior correlates "
+            "measured and unmeasured directions",
+    "diffpir": "approximate",
+    "ddrm": "exact for an isotropic Gaussian prior (to O(1/steps)); biased when the prior correlates measured and "
+            "unmeasured directions",
+    "repaint": "approximate; masks only (more resampling, smaller error)",
+    "daps": "approximate (Langevin on a Gaussian approximation of p(x | x_t))",
+    "red-diff": "a point estimate: no posterior spread",
+    "enkg": "approximate; needs no gradient of the operator, and more particles than measured dimensions",
+    "smc": "asymptotically exact as the particles grow, for any prior (reports its effective sample size)",
+}
 
 
 def lookup(table: dict, kind: str, name: str):
@@ -113,11 +163,31 @@ def lookup(table: dict, kind: str, name: str):
 
 def steps_for_nfe(sampler: samplers.Sampler, schedule, grid: str, nfe: int) -> int:
     """The largest step count whose run takes at most ``nfe`` evaluations (at least one step).
+
+    The NFE of a run grows with its step count and every step costs at least one evaluation, so the
+    answer lies in ``1..nfe``. Beyond a few steps the NFE is affine in the step count (a fixed cost per
+    step, plus warm-up and final steps), so two small plans predict the answer and two plans around
+    it confirm it; where they do not, bisection finds it with about ``log2(nfe)`` plans.
     Error-controlled samplers choose their own steps: they get one grid interval."""
     make = lookup(GRIDS, "grid", grid)
     if sampler.adaptive:
         return 1
-    n = 1
-    while sampler.prepare(schedule, make(n + 1, schedule)).nfe <= nfe:
-        n += 1
-    return n
+    limit = getattr(schedule, "num_steps", None) if grid in ("linspace", "leading", "trailing") else None
+    hi = max(1, min(nfe, limit or nfe))
+
+    def fits(n):
+        return sampler.prepare(schedule, make(n, schedule)).nfe <= nfe
+
+    if hi > 64:
+        c16, c32 = (sampler.prepare(schedule, make(n, schedule)).nfe for n in (16, 32))
+        slope = max((c32 - c16) / 16, 1.0)
+        guess = min(max(1, int((nfe - (c16 - 16 * slope)) // slope)), hi)
+        if fits(guess) and (guess == hi or not fits(guess + 1)):
+            return guess
+    if fits(hi):
+        return hi
+    lo = 1  # fits(1) holds: one step is the least a run can take
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
