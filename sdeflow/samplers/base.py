@@ -1,5 +1,18 @@
 """The sampler interface: an immutable step rule with its coefficients planned once per grid.
 
+A new sampler subclasses one of three engines and computes only its coefficients, returned as one
+of the named records below; the engine owns the loop body, the history and the NFE count:
+
+- :class:`~sdeflow.samplers.sde.AffineStep` (one evaluation): ``step_coefficients`` returns an
+  :class:`Affine`, ``x_s = c_x x_t + c_hat x_hat(x_t, t) + c_z z`` (DDIM, DDPM, Euler, Euler-Maruyama);
+- :class:`~sdeflow.samplers.engine.Multistep`: ``weights`` returns :class:`Weights`,
+  ``x_s = c_x x_t + sum_j c_j D_{i-j}`` over stored outputs (DPM-Solver(++) multistep, UniPC, DEIS, iPNDM);
+- :class:`~sdeflow.samplers.engine.SingleStep`: ``tableau`` returns a :class:`Tableau` of
+  :class:`Stage` s and a final :class:`Weights` (Heun, DPM-Solver single-step, EDM's Heun).
+
+Samplers that compose others (restart, predictor-corrector, churn) or choose their steps while
+sampling (the adaptive ones) implement :meth:`Sampler.prepare` and :meth:`Sampler.step` directly.
+
 ``plan = sampler.prepare(schedule, ts)`` computes every per-step coefficient in float64 before
 the loop starts and stores them as Python floats (so a step launches no scalar kernels and never
 synchronises with the device). ``x, state = sampler.step(field, x, i, plan, state, noise)`` takes
@@ -12,13 +25,53 @@ history travels in ``state``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
 
 from ..schedules import Schedule
 
 Field = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+class Affine(NamedTuple):
+    """One affine step: ``x_s = c_x x_t + c_hat x_hat(x_t, t) + c_z z`` (``z``: the step's noise)."""
+
+    c_x: float
+    c_hat: float
+    c_z: float = 0.0
+
+
+class Weights(NamedTuple):
+    """A linear update ``x_s = c_x x_t + sum_j c[j] D_j`` over model outputs ``D_j`` in the method's
+    form (multistep: ``c[j]`` weighs the output stored ``j`` points back; a tableau's final row: stage ``j``)."""
+
+    c_x: float
+    c: list
+
+
+class Corrector(NamedTuple):
+    """A corrector that also uses ``D_new``, the output at the predicted ``x_s``:
+    ``x_s^c = c_x x_t + sum_j c[j] D_{i-j} + c_new D_new``."""
+
+    c_x: float
+    c: list
+    c_new: float
+
+
+class Stage(NamedTuple):
+    """A Runge-Kutta stage evaluated at time ``tau``: ``x^(j) = c_x x_t + sum_l a[l] D_l``."""
+
+    tau: float
+    c_x: float
+    a: list
+
+
+class Tableau(NamedTuple):
+    """One single-step update: its stages (the first is ``Stage(t, 1, [])``) and the final combination."""
+
+    stages: list
+    final: Weights
 
 
 @dataclass
@@ -41,8 +94,8 @@ class Plan:
 
 @dataclass(frozen=True)
 class Sampler:
-    """Base class. Subclasses set ``order`` and ``nfe_per_step`` and implement
-    :meth:`coefficients` (float64 tensors over all steps at once) and :meth:`step`."""
+    """Base class. Subclasses set ``order`` and ``nfe_per_step``; most subclass an engine (see the
+    module docstring), the others implement :meth:`prepare` and :meth:`step`."""
 
     order: ClassVar[int] = 1
     nfe_per_step: ClassVar[int] = 1
@@ -57,18 +110,12 @@ class Sampler:
         """Global order of accuracy on smooth grids (what the convergence tests fit)."""
         return self.order
 
-    def coefficients(self, schedule: Schedule, t: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Per-step coefficients for steps from ``t`` to ``s`` (both ``(n,)`` float64)."""
-        return ()
-
     def count_nfe(self, schedule: Schedule, ts: torch.Tensor) -> int:
         return (ts.numel() - 1) * self.nfe_per_step
 
-    def prepare(self, schedule: Schedule, ts: torch.Tensor) -> Plan:
-        t, s = ts[:-1], ts[1:]
-        cols = [torch.as_tensor(c, dtype=torch.float64).expand(t.shape) for c in self.coefficients(schedule, t, s)]
-        coef = list(zip(*[c.tolist() for c in cols])) if cols else [()] * t.numel()
-        return Plan(t.tolist(), s.tolist(), coef, self.count_nfe(schedule, ts))
+    def prepare(self, schedule: Schedule, ts: torch.Tensor) -> Plan:  # pragma: no cover - abstract
+        """Every per-step coefficient of the grid ``ts`` (float64), once, before sampling."""
+        raise NotImplementedError(f"{type(self).__name__} must implement prepare (or subclass an engine)")
 
     def init_state(self, x: torch.Tensor, plan: Plan) -> Any:
         return None

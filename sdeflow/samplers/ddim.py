@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .base import Affine
 from .sde import AffineStep
 
 
@@ -39,4 +40,4 @@ class DDIM(AffineStep):
         decay = (a_t * s_s / (s_t * a_s)) ** 2
         c = self.eta * s_s * math.sqrt(max(0.0, 1.0 - decay))
         c_x = math.sqrt(max(0.0, s_s * s_s - c * c)) / s_t
-        return c_x, a_s - a_t * c_x, c
+        return Affine(c_x, a_s - a_t * c_x, c)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .base import Affine
 from .sde import AffineStep, exact_sde_step
 
 VARIANCES = ("small", "large")
@@ -39,4 +40,4 @@ class DDPM(AffineStep):
         c_x, c_hat, c_z = exact_sde_step(a_t, s_t, a_s, s_s, 1.0)
         if self.variance == "large" and s_s > 0:
             c_z = math.sqrt(max(0.0, s_t * s_t - (a_t / a_s) ** 2 * s_s * s_s))
-        return c_x, c_hat, c_z
+        return Affine(c_x, c_hat, c_z)

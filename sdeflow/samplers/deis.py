@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .base import Weights
 from .engine import Multistep
 from .expint import lagrange_weights
 
@@ -45,10 +46,10 @@ class DEIS(Multistep):
             pts = [p.s_t / p.a_t for p in history[:k] if p.a_t > 0]
             nodes = [(r - rho_t) / (rho_s - rho_t) for r in pts]
             moments = [1.0 / (j + 1) for j in range(len(nodes))]
-            return c_x, list(info.a_s * (rho_s - rho_t) * lagrange_weights(nodes, moments))
+            return Weights(c_x, list(info.a_s * (rho_s - rho_t) * lagrange_weights(nodes, moments)))
         times = [p.t for p in history[:k]]
         if len(times) == 1:
-            return c_x, [info.a_s * (rho_s - rho_t)]
+            return Weights(c_x, [info.a_s * (rho_s - rho_t)])
         # Quadrature over [s, t] of l_j(tau) rho'(tau), in the scaled variable v = (tau - t)/(s - t).
         tau = info.t + (info.s - info.t) * (_GL_X + 1) / 2
         import torch
@@ -59,4 +60,4 @@ class DEIS(Multistep):
         nodes = [(tj - info.t) / (info.s - info.t) for tj in times]
         v = (_GL_X + 1) / 2
         moments = [float(np.sum(_GL_W * drho * v ** j) * (info.s - info.t) / 2) for j in range(len(nodes))]
-        return c_x, list(info.a_s * lagrange_weights(nodes, moments))
+        return Weights(c_x, list(info.a_s * lagrange_weights(nodes, moments)))

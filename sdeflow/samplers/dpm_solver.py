@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .base import Stage, Tableau, Weights
 from .engine import SingleStep
 from .expint import exp_moments, linear_part
 
@@ -55,9 +56,9 @@ class DPMSolver(SingleStep):
 
     def tableau(self, schedule, info):
         _, lin, sc, e1, e2 = self._point(schedule, info, 1.0)
-        first = (info.t, 1.0, [])
+        first = Stage(info.t, 1.0, [])
         if self.order == 1:
-            return [first], (lin, [sc * e1])
+            return Tableau([first], Weights(lin, [sc * e1]))
         if self.order == 2:
             r1 = 0.5
             tau1, lin1, sc1, e1_1, _ = self._point(schedule, info, r1)
@@ -65,10 +66,10 @@ class DPMSolver(SingleStep):
                 final = [sc * e1 * (1 - 0.5 / r1), sc * e1 * 0.5 / r1]
             else:
                 final = [sc * (e1 - e2 / r1), sc * e2 / r1]
-            return [first, (tau1, lin1, [sc1 * e1_1])], (lin, final)
+            return Tableau([first, Stage(tau1, lin1, [sc1 * e1_1])], Weights(lin, final))
         r1, r2 = 1 / 3, 2 / 3
         tau1, lin1, sc1, e1_1, _ = self._point(schedule, info, r1)
         tau2, lin2, sc2, e1_2, e2_2 = self._point(schedule, info, r2)
         stage2 = [sc2 * (e1_2 - r2 / r1 * e2_2), sc2 * r2 / r1 * e2_2]
         final = [sc * (e1 - e2 / r2), 0.0, sc * e2 / r2]
-        return [first, (tau1, lin1, [sc1 * e1_1]), (tau2, lin2, stage2)], (lin, final)
+        return Tableau([first, Stage(tau1, lin1, [sc1 * e1_1]), Stage(tau2, lin2, stage2)], Weights(lin, final))

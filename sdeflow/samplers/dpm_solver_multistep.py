@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .base import Weights
 from .engine import Multistep
 from .expint import exp_adams, finite_nodes, linear_part, midpoint_weights
 
@@ -44,7 +45,7 @@ class DPMSolverMultistep(Multistep):
         if self.variant == "midpoint" and k == 2 and len(finite_nodes(info, history[:2])) == 2:
             c_x, scale = linear_part(self.form, info.a_t, info.s_t, info.a_s, info.s_s)
             r = (info.lam_t - history[1].lam_t) / info.h
-            return c_x, [scale * w for w in midpoint_weights(info.h, r, self.form)]
+            return Weights(c_x, [scale * w for w in midpoint_weights(info.h, r, self.form)])
         return exp_adams(self.form, info, history[:k])
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .base import Stage, Tableau, Weights
 from .engine import SingleStep
 
 
@@ -31,7 +32,7 @@ class EDMHeun(SingleStep):
     def tableau(self, schedule, info):
         lin = info.a_s / info.a_t
         step = info.a_s * (info.s_s / info.a_s - info.s_t / info.a_t)
-        first = (info.t, 1.0, [])
+        first = Stage(info.t, 1.0, [])
         if info.s_s == 0:
-            return [first], (lin, [step])
-        return [first, (info.s, lin, [step])], (lin, [step / 2, step / 2])
+            return Tableau([first], Weights(lin, [step]))
+        return Tableau([first, Stage(info.s, lin, [step])], Weights(lin, [step / 2, step / 2]))

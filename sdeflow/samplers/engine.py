@@ -6,8 +6,9 @@
 - :class:`SingleStep`: stages ``x^(j) = c_x x + sum_l a_jl D_l`` evaluated at times ``tau_j``, then
   ``x_s = c_x x + sum_l b_l D_l`` (Runge-Kutta and DPM-Solver single-step methods).
 
-Samplers subclass one engine and only compute their coefficients; the engine owns the loop body,
-the history and the NFE count. Coefficients are Python floats computed once per grid, so a step is
+Samplers subclass one engine and only compute their coefficients, as the named records of
+:mod:`.base` (:class:`~.base.Weights`, :class:`~.base.Tableau` of :class:`~.base.Stage` s); the engine
+owns the loop body, the history and the NFE count. Coefficients are Python floats computed once per grid, so a step is
 a handful of fused ``add_(alpha=...)`` calls with no scalar kernels or device synchronisation.
 
 Ends of infinite logSNR: a step to clean data (logSNR = +inf) is DDIM, the exact limit of every
@@ -27,7 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from ..schedules import Schedule
-from .base import Plan, Sampler, ode_coefficients
+from .base import Corrector, Plan, Sampler, Weights, ode_coefficients
+from .expint import unic_weights
 
 
 #: Largest ``alpha_s / alpha_t`` a noise-form step may multiply the state by (see :meth:`StepInfo64.usable`).
@@ -160,8 +162,8 @@ class Multistep(Sampler):
             k = min(k, n - i)
         return k
 
-    def weights(self, schedule: Schedule, info: StepInfo64, history: list[StepInfo64], k: int) -> tuple[float, list[float]]:
-        """``(c_x, [c_0, c_1, ...])`` for an order-``k`` step; ``c_j`` multiplies the output stored
+    def weights(self, schedule: Schedule, info: StepInfo64, history: list[StepInfo64], k: int) -> Weights:
+        """``Weights(c_x, [c_0, c_1, ...])`` for an order-``k`` step; ``c_j`` multiplies the output stored
         ``j`` points back (``c_0``: the current point). ``history[j]`` is the step that started at
         that point."""
         raise NotImplementedError
@@ -170,10 +172,8 @@ class Multistep(Sampler):
         """Coefficient of the step's reverse-SDE noise (0 for ODE solvers)."""
         return 0.0
 
-    def corrector_weights(self, info: StepInfo64, history: list[StepInfo64], k: int):
-        """UniC of order ``k`` (B(h) = expm1 variant): ``(c_x, [c_0, c_1, ...], c_new)``."""
-        from .unipc import unic_weights
-
+    def corrector_weights(self, info: StepInfo64, history: list[StepInfo64], k: int) -> Corrector:
+        """UniC of order ``k`` (B(h) = expm1 variant) as a :class:`~.base.Corrector`."""
         return unic_weights(self.form, info, history, k, "bh2")
 
     def prepare(self, schedule, ts):
@@ -231,9 +231,9 @@ class Multistep(Sampler):
 class SingleStep(Sampler):
     """Engine for explicit single-step (Runge-Kutta type) solvers.
 
-    Subclasses set ``form`` and implement :meth:`tableau`, returning for one step
-    ``(stages, final)`` with ``stages = [(tau_j, c_x, [a_j0, ...]), ...]`` (stage 0 is ``(t, 1, [])``)
-    and ``final = (c_x, [b_0, ...])``. Steps with an infinite logSNR at either end fall back to
+    Subclasses set ``form`` and implement :meth:`tableau`, returning for one step a
+    ``Tableau(stages, final)`` with ``stages = [Stage(tau_j, c_x, [a_j0, ...]), ...]`` (stage 0 is
+    ``Stage(t, 1, [])``) and ``final = Weights(c_x, [b_0, ...])``. Steps with an infinite logSNR at either end fall back to
     DDIM, the exact limit, when :meth:`needs_finite_logsnr` says so, and so do steps with a stage
     below the schedule's smallest time."""
 

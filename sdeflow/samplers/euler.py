@@ -13,20 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Sampler, ode_coefficients
+import torch
+
+from .base import Affine, ode_coefficients
+from .sde import AffineStep
 
 
 @dataclass(frozen=True)
-class Euler(Sampler):
+class Euler(AffineStep):
     order = 1
-    nfe_per_step = 1
 
-    def coefficients(self, schedule, t, s):
-        p, q = ode_coefficients(schedule, t)
-        h = s - t
-        return 1.0 + h * p, h * q
-
-    def step(self, field, x, i, plan, state, noise):
-        c_x, c_d = plan.coef[i]
-        x_hat = field(x, plan.t[i])
-        return (x.mul_(c_x) if plan.inplace else x.mul(c_x)).add_(x_hat, alpha=c_d), state
+    def step_coefficients(self, a_t, s_t, a_s, s_s, t, s, schedule):
+        p, q = (float(c) for c in ode_coefficients(schedule, torch.tensor(t, dtype=torch.float64)))
+        return Affine(1.0 + (s - t) * p, (s - t) * q)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .base import Affine
 from .sde import AffineStep, check_eta, exact_sde_step
 
 
@@ -39,4 +40,4 @@ class EulerMaruyama(AffineStep):
             return exact_sde_step(a_t, s_t, a_s, s_s, self.eta)
         dt, k = s - t, 1.0 + self.eta
         g2 = -2.0 * s_t * s_t * dlam
-        return 1.0 + dt * (f - k * dlam), dt * k * dlam * a_t, math.sqrt(max(0.0, self.eta * g2 * (t - s)))
+        return Affine(1.0 + dt * (f - k * dlam), dt * k * dlam * a_t, math.sqrt(max(0.0, self.eta * g2 * (t - s))))

@@ -8,6 +8,8 @@ In logSNR ``lam`` the probability-flow ODE is semi-linear. With ``h = lam_s - la
 
 Multistep and single-step solvers replace ``x_hat`` (or ``eps_hat``) by the polynomial through
 known values and integrate it exactly; :func:`exp_moments` and :func:`lagrange_weights` do that.
+:func:`unip_weights` and :func:`unic_weights` are UniPC's predictor and corrector (the corrector
+serves every multistep solver, see :class:`~sdeflow.samplers.engine.Multistep`).
 
 Reference: Lu et al., "DPM-Solver", 2022, arXiv:2206.00927; "DPM-Solver++", 2022, arXiv:2211.01095.
 """
@@ -17,6 +19,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from .base import Corrector, Weights
 
 
 def exp_moments(c: float, k: int) -> np.ndarray:
@@ -85,8 +89,49 @@ def finite_nodes(info, history) -> list[float]:
     return nodes or [0.0]
 
 
-def exp_adams(form: str, info, history) -> tuple[float, list[float]]:
+def exp_adams(form: str, info, history) -> Weights:
     """Exponential Adams-Bashforth step in logSNR: the polynomial through the stored outputs at the
     finite history points, integrated exactly. Returns ``(c_x, weights newest first)``."""
     c_x, scale = linear_part(form, info.a_t, info.s_t, info.a_s, info.s_s)
-    return c_x, list(scale * exp_adams_weights(info.h, finite_nodes(info, history), form))
+    return Weights(c_x, list(scale * exp_adams_weights(info.h, finite_nodes(info, history), form)))
+
+
+# ---- UniPC: the unified predictor (UniP) and corrector (UniC), see unipc.py for the formulas ----
+def _system(form, info, history, k, variant):
+    h = info.h
+    hh = -h if form == "data" else h
+    c_x, _ = linear_part(form, info.a_t, info.s_t, info.a_s, info.s_s)
+    big_s = info.a_s if form == "data" else info.s_s
+    rks = finite_nodes(info, history[:k])[1:]
+    h_phi_1 = math.expm1(hh)
+    b_h = hh if variant == "bh1" else h_phi_1
+    b, h_phi_k, fact = [], h_phi_1 / hh - 1.0, 1.0
+    for i in range(1, len(rks) + 2):
+        b.append(h_phi_k * fact / b_h)
+        fact *= i + 1
+        h_phi_k = h_phi_k / hh - 1.0 / fact
+    nodes = np.array(rks + [1.0])
+    big_r = np.vander(nodes, len(nodes), increasing=True).T      # R[i, j] = r_j^i
+    return c_x, big_s, h_phi_1, b_h, rks, big_r, np.array(b)
+
+
+def _expand(c_x, big_s, h_phi_1, b_h, rks, rho):
+    """Coefficients on (D_0, D_1, ...) of x~ - S B(h) sum_j rho_j D1_j."""
+    c0 = -big_s * h_phi_1 + big_s * b_h * sum(r / rk for r, rk in zip(rho, rks))
+    return Weights(c_x, [c0] + [-big_s * b_h * r / rk for r, rk in zip(rho, rks)])
+
+
+def unip_weights(form, info, history, k, variant="bh2"):
+    c_x, big_s, h_phi_1, b_h, rks, big_r, b = _system(form, info, history, k, variant)
+    m = len(rks)
+    rho = [] if m == 0 else ([0.5] if m == 1 else list(np.linalg.solve(big_r[:m, :m], b[:m])))
+    return _expand(c_x, big_s, h_phi_1, b_h, rks, rho)
+
+
+def unic_weights(form, info, history, k, variant="bh2"):
+    """``(c_x, [c_0, c_1, ...], c_new)`` of the UniC corrector of order ``k``."""
+    c_x, big_s, h_phi_1, b_h, rks, big_r, b = _system(form, info, history, k, variant)
+    rho = [0.5] if not rks else list(np.linalg.solve(big_r, b))
+    c_x, coefs = _expand(c_x, big_s, h_phi_1, b_h, rks, rho[:-1])
+    coefs[0] += big_s * b_h * rho[-1]
+    return Corrector(c_x, coefs, -big_s * b_h * rho[-1])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .base import Stage, Tableau, Weights
 from .engine import SingleStep
 
 
@@ -35,10 +36,10 @@ class Heun(SingleStep):
         return 3 if self.third_order else 2
 
     def tableau(self, schedule, info):
-        h, first = info.s - info.t, (info.t, 1.0, [])
+        h, first = info.s - info.t, Stage(info.t, 1.0, [])
         if self.third_order:
-            stages = [first, (info.t + h / 3, 1.0, [h / 3]), (info.t + 2 * h / 3, 1.0, [0.0, 2 * h / 3])]
-            return stages, (1.0, [h / 4, 0.0, 3 * h / 4])
+            stages = [first, Stage(info.t + h / 3, 1.0, [h / 3]), Stage(info.t + 2 * h / 3, 1.0, [0.0, 2 * h / 3])]
+            return Tableau(stages, Weights(1.0, [h / 4, 0.0, 3 * h / 4]))
         if info.s_s == 0:
-            return [first], (1.0, [h])
-        return [first, (info.s, 1.0, [h])], (1.0, [h / 2, h / 2])
+            return Tableau([first], Weights(1.0, [h]))
+        return Tableau([first, Stage(info.s, 1.0, [h])], Weights(1.0, [h / 2, h / 2]))

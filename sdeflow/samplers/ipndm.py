@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .base import Weights
 from .engine import Multistep
 
 AB = {1: [1.0], 2: [1.5, -0.5], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
@@ -37,4 +38,4 @@ class IPNDM(Multistep):
     def weights(self, schedule, info, history, k):
         k = min(k, sum(1 for p in history[:k] if p.a_t > 0))
         step = info.a_s * (info.s_s / info.a_s - info.s_t / info.a_t)
-        return info.a_s / info.a_t, [step * c for c in AB[max(k, 1)]]
+        return Weights(info.a_s / info.a_t, [step * c for c in AB[max(k, 1)]])

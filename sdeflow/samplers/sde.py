@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .base import Plan, Sampler
+from .base import Affine, Plan, Sampler
 
 
 def check_eta(eta: float, name: str = "eta") -> None:
@@ -36,23 +36,23 @@ def check_eta(eta: float, name: str = "eta") -> None:
         raise ValueError(f"{name} must be a finite number >= 0 (0: probability-flow ODE, 1: reverse SDE), got {eta!r}")
 
 
-def exact_sde_step(a_t: float, s_t: float, a_s: float, s_s: float, eta: float) -> tuple[float, float, float]:
+def exact_sde_step(a_t: float, s_t: float, a_s: float, s_s: float, eta: float) -> Affine:
     """``(c_x, c_hat, c_z)`` of the frozen-``x_hat`` solution above, finite at both infinite-logSNR
     ends (``alpha_t = 0``: the start is forgotten unless ``eta = 0``; ``sigma_s = 0``: ``x_s = x_hat``)."""
     if s_s == 0.0:
-        return 0.0, a_s, 0.0
+        return Affine(0.0, a_s, 0.0)
     # e^{-h} = alpha_t sigma_s / (sigma_t alpha_s), 0 from pure noise
     decay = a_t * s_s / (s_t * a_s)
     c_x = s_s / s_t * decay ** eta if eta > 0 else s_s / s_t
     c_hat = a_s * (1.0 - decay ** (1.0 + eta))
     c_z = s_s * math.sqrt(max(0.0, 1.0 - decay ** (2.0 * eta)))
-    return c_x, c_hat, c_z
+    return Affine(c_x, c_hat, c_z)
 
 
 @dataclass(frozen=True)
 class AffineStep(Sampler):
     """One evaluation per step, ``x_s = c_x x_t + c_hat x_hat(x_t, t) + c_z z`` with :meth:`step_coefficients`
-    returning ``(c_x, c_hat, c_z)``; ``z`` is the step's reverse-SDE noise (``span = (t, s)``)."""
+    returning an :class:`~sdeflow.samplers.base.Affine`; ``z`` is the step's reverse-SDE noise (``span = (t, s)``)."""
 
     nfe_per_step = 1
 
@@ -71,6 +71,6 @@ class AffineStep(Sampler):
                                                        t.tolist(), s.tolist(), [schedule] * t.numel())]
         return Plan(t.tolist(), s.tolist(), rows, self.count_nfe(schedule, ts))
 
-    def step_coefficients(self, a_t, s_t, a_s, s_s, t, s, schedule) -> tuple[float, float, float]:
-        """``(c_x, c_hat, c_z)`` of one step from the float64 ends of the step."""
+    def step_coefficients(self, a_t, s_t, a_s, s_s, t, s, schedule) -> Affine:
+        """The :class:`~sdeflow.samplers.base.Affine` step from the float64 ends of the step."""
         raise NotImplementedError

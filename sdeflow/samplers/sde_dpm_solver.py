@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .base import Weights
 from .engine import Multistep
 from .expint import exp_adams_weights, finite_nodes, midpoint_weights
 from .sde import check_eta
@@ -56,8 +57,8 @@ class SDEDPMSolverPP(Multistep):
         c_x = info.s_s / info.s_t * math.exp(-self.eta * h)
         nodes = finite_nodes(info, history[:k])
         if self.variant == "midpoint" and len(nodes) == 2:
-            return c_x, [info.a_s * w for w in midpoint_weights(kk * h, -nodes[1], "data")]
-        return c_x, list(info.a_s * exp_adams_weights(kk * h, nodes, "data"))
+            return Weights(c_x, [info.a_s * w for w in midpoint_weights(kk * h, -nodes[1], "data")])
+        return Weights(c_x, list(info.a_s * exp_adams_weights(kk * h, nodes, "data")))
 
     def noise_weight(self, info):
         return info.s_s * math.sqrt(max(0.0, -math.expm1(-2.0 * self.eta * info.h)))
