@@ -180,7 +180,7 @@ def test_restore_command(tmp_path):
 
     out, npz = tmp_path / "r.png", tmp_path / "r.npz"
     assert main(["restore", "--operator", "superres", "--method", "pigdm", "--nfe", "8", "--num", "3",
-                 "--out", str(out), "--npz", str(npz)]) == 0
+                 "--out", str(out), str(npz)]) == 0
     import numpy as np
     from PIL import Image
 
@@ -189,8 +189,7 @@ def test_restore_command(tmp_path):
     assert Image.open(out).size[0] > 5 * 32  # input, measurement, 3 samples, mean
     img = tmp_path / "in.png"  # any picture is converted to the model's channels, centre-cropped and resized
     Image.fromarray(np.full((40, 30, 4), 255, dtype=np.uint8), "RGBA").save(img)
-    assert main(["restore", "--input", str(img), "--method", "ddnm", "--nfe", "4", "--num", "2", "--out", "",
-                 "--npz", str(npz)]) == 0
+    assert main(["restore", "--input", str(img), "--method", "ddnm", "--nfe", "4", "-n", "2", "--out", str(npz)]) == 0
     assert np.allclose(np.load(npz)["input"], 1.0)  # white is the top of [-1, 1]
     assert main(["restore", "--operator", "blur", "--method", "repaint", "--out", ""]) == 1
     assert main(["restore", "--checkpoint", "moons", "--out", ""]) == 1

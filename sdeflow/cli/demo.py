@@ -8,6 +8,7 @@ distance between two independent exact sample sets of the same size).
 
 from __future__ import annotations
 
+import sys
 
 import torch
 
@@ -40,7 +41,8 @@ def run_demo(args) -> dict:
     if sampler.stochastic:  # a stochastic sampler follows no ODE path: only its distribution is judged
         print("  stochastic sampler: judged by its distribution only")
     else:
-        reference = sample(denoiser, Heun(), reference_grid(ts, schedule), x_init).x
+        reference = sample(denoiser, Heun(), reference_grid(ts, schedule), x_init,
+                           progress=getattr(args, "progress", False) and sys.stderr.isatty()).x
         report["endpoint_rms"] = metrics.rms_error(result.x, reference)
         report["endpoint_median"] = metrics.median_error(result.x, reference)
         print(f"  endpoint error vs reference ODE solve: RMS {report['endpoint_rms']:.4g}, "
@@ -70,15 +72,21 @@ def _plot(mixture, x, report, path):
     u = torch.linspace(-lim, lim, 300, dtype=torch.float64)
     gx, gy = torch.meshgrid(u, u, indexing="xy")
     logp = mixture.log_prob(torch.stack([gx.flatten(), gy.flatten()], 1)).reshape(gx.shape)
-    fig, ax = plt.subplots(figsize=(5.2, 5.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(5.6, 5.6), dpi=120)
     ax.imshow(logp.exp().numpy(), extent=(-lim, lim, -lim, lim), origin="lower", cmap="Blues")
     pts = x.double().numpy()
     ax.scatter(pts[:, 0], pts[:, 1], s=2, c="#d62728", alpha=0.6, linewidths=0)
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
     ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Line2D([], [], marker="o", ls="", color="#d62728", markersize=4, label=f"{len(pts)} samples"),
+                       Patch(color=plt.get_cmap("Blues")(0.7), label="true density (exact)")],
+              loc="upper right", fontsize=8, framealpha=0.9)
     endpoint = "" if report["endpoint_rms"] is None else f"endpoint RMS {report['endpoint_rms']:.3g}, "
     ax.set_title(f"{report['sampler']} / {report['schedule']} / {report['grid']}, NFE {report['nfe']}\n"
                  f"{endpoint}sliced W2 {report['sliced_w2']:.3g} (floor {report['sliced_w2_floor']:.3g})", fontsize=9)

@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "print the error against the exact answer and write a PNG of the samples over the "
                           "true density.")
     sampling_flags(demo, "heun", "rectified-flow", "uniform", 19)
-    demo.add_argument("--num", type=_positive_int, default=2000, help="number of samples (default: 2000)")
+    demo.add_argument("-n", "--num", "--num-samples", dest="num", type=_positive_int, default=2000,
+                      help="number of samples (default: 2000)")
+    demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument("--out", default="sdeflow-demo.png", help="PNG to write; '' for none (default: sdeflow-demo.png)")
 

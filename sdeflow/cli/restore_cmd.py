@@ -10,6 +10,8 @@ the input, and writes a picture (input | measurement | samples | mean) and optio
 from __future__ import annotations
 
 
+import sys
+
 import numpy as np
 import torch
 
@@ -43,18 +45,20 @@ def _load_input(args, model) -> torch.Tensor:
 
 
 def run_restore(args) -> dict:
-    from ..data.pictures import image_grid, save_png
     from ..pretrained import load_model
     from ..registry import SAMPLERS, lookup
 
-    if args.out:
-        check_output(args.out, (".png",))
-    if args.npz:
-        check_output(args.npz, (".npz",), what="--npz")
+    outs = [check_output(o, (".png", ".npz")) for o in args.out if o]
+    if any(o.lower().endswith(".png") for o in outs):
+        from .demo import _matplotlib
+
+        _matplotlib()
     if args.noise_std < 0:
         raise ValueError(f"--noise-std must be >= 0, got {args.noise_std}")
     sampler = lookup(SAMPLERS, "sampler", args.sampler)() if args.sampler else None
     model = load_model(args.checkpoint)
+    if model.kind != "image" and any(o.lower().endswith(".png") for o in outs):
+        raise ValueError("pictures are for image models; write an .npz instead (--out restored.npz)")
     x_true = _load_input(args, model)
     op = make_operator(args.operator, model.shape, args.seed)
     y = op.measure(x_true[None], args.noise_std, torch.Generator().manual_seed(args.seed))[0]
@@ -63,23 +67,46 @@ def run_restore(args) -> dict:
         denoiser = Bound(denoiser, label=torch.tensor([model.num_classes]))
     if args.method == "repaint" and not isinstance(op, Mask):
         raise ValueError("repaint inpaints: use it with --operator inpaint or inpaint-random")
-    sol = solve(args.method, denoiser, op, y, args.noise_std, args.nfe, args.num, sampler=sampler, seed=args.seed)
+    sol = solve(args.method, denoiser, op, y, args.noise_std, args.nfe, args.num, sampler=sampler, seed=args.seed,
+                progress=args.progress and sys.stderr.isatty())
     x = sol.x.clamp(-3, 3)
     mean = x.mean(0)
     report = {"psnr_mean": psnr(mean, x_true), "psnr_best": max(psnr(s, x_true) for s in x), "nfe": sol.nfe}
     shown = op.adjoint(op.gram_solve(y[None], 1e-3)) if op.linear else torch.zeros_like(x_true)[None]
     print(f"{args.method} on {args.operator} (noise {args.noise_std}), NFE {sol.nfe}: PSNR of the mean "
           f"{report['psnr_mean']:.2f} dB, best of {args.num} samples {report['psnr_best']:.2f} dB")
-    if args.out:
-        if model.kind != "image":
-            raise ValueError("pictures are for image models; write --npz instead")
-        row = torch.cat([x_true[None], shown.reshape(1, *model.shape), x, mean[None]])
-        save_png(image_grid(row, nrow=row.shape[0], upscale=max(1, 32 // model.shape[-1])), args.out)
-        print(f"  wrote {args.out} (input | measurement | {args.num} samples | mean)")
-    if args.npz:
-        save_npz(args.npz, input=x_true.numpy(), measurement=y.numpy(), samples=sol.x.numpy())
-        print(f"  wrote {args.npz}")
+    for out in outs:
+        if out.lower().endswith(".npz"):
+            save_npz(out, input=x_true.numpy(), measurement=y.numpy(), samples=sol.x.numpy())
+        else:
+            _picture(out, x_true, shown[0].reshape(model.shape), x, mean, args)
+        print(f"  wrote {out}")
     return report
+
+
+def _picture(path, x_true, shown, x, mean, args, columns: int = 8):
+    """Truth, measurement (back-projected), the samples and their mean, each titled (with its PSNR)."""
+    from ..files import atomic_write
+    from .demo import _matplotlib
+
+    plt = _matplotlib()
+    panels = [(x_true, "truth"), (shown, "measurement")]
+    panels += [(s, f"sample {k + 1}\n{psnr(s, x_true):.1f} dB") for k, s in enumerate(x)]
+    panels += [(mean, f"mean\n{psnr(mean, x_true):.1f} dB")]
+    cols = min(columns, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.75 * rows + 0.4), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (img, title) in zip(axes.flat, panels):
+        img = ((img.float().clamp(-1, 1) + 1) / 2).cpu()
+        ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+    fig.suptitle(f"{args.method} on {args.operator}, noise {args.noise_std}, NFE {args.nfe}", fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
 
 
 def add_restore_parser(sub) -> None:
@@ -88,7 +115,8 @@ def add_restore_parser(sub) -> None:
     p = sub.add_parser("restore", help="solve an inverse problem (inpainting, super-resolution, deblurring, ...) "
                        "with a trained model as the prior",
                        description="Measure an input with an operator and noise, then draw posterior samples with a "
-                       "diffusion-prior method; writes input | measurement | samples | mean as a picture.")
+                       "diffusion-prior method; writes truth, measurement, samples and their mean, each with its "
+                       "PSNR, as a picture and/or the arrays as an .npz.")
     p.add_argument("--checkpoint", default="digits", help="shipped model name, run folder or .safetensors (default: digits)")
     p.add_argument("--input", default=None, help="an image or .npy file (default: a real digit, see --index)")
     p.add_argument("--index", type=int, default=0, help="which scikit-learn digit to restore (default: 0)")
@@ -99,7 +127,10 @@ def add_restore_parser(sub) -> None:
                    help=f"one of: {', '.join(METHODS)} (default: mmps)")
     p.add_argument("--sampler", default=None, help="sampler for mmps/pigdm/dps/ddnm/diffpir (default: ddim-eta1)")
     p.add_argument("--nfe", type=_positive_int, default=50, help="network evaluations (default: 50)")
-    p.add_argument("--num", type=_positive_int, default=6, help="posterior samples (default: 6)")
+    p.add_argument("-n", "--num", "--num-samples", dest="num", type=_positive_int, default=6,
+                   help="posterior samples (default: 6)")
     p.add_argument("--seed", type=int, default=0, help="seed of the measurement noise and the sampler (default: 0)")
-    p.add_argument("--out", default="restored.png", help="picture to write; '' for none (default: restored.png)")
-    p.add_argument("--npz", default="", help="also write input, measurement and samples to this .npz")
+    p.add_argument("--out", nargs="+", default=["restored.png"], metavar="FILE",
+                   help="one or more .png (picture) / .npz (input, measurement, samples) files; '' for none "
+                   "(default: restored.png)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -7,6 +7,8 @@ they do not depend on ``--batch-size`` nor on the number of processes under torc
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 
@@ -72,7 +74,7 @@ def _sample_problem(args) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     x_init, _ = mixture.sample_t(args.num, schedule, float(ts[0]), gen)
     result = sample(mixture.denoiser(schedule), sampler, ts, x_init.float().reshape(args.num, *shape),
-                    noise=noise_source(args, gen), progress=args.progress)
+                    noise=noise_source(args, gen), progress=args.progress and sys.stderr.isatty())
     print(f"{args.num} samples of {args.problem} with {args.sampler} on {args.schedule}: {steps} steps, NFE {result.nfe}")
     for out in outs:
         if out.lower().endswith(".npz"):
@@ -107,7 +109,7 @@ def parse_labels(text: str | None, num: int, num_classes: int) -> torch.Tensor |
 
 
 def _sample_model(args) -> dict:
-    from ..data.pictures import save_samples
+    from ..data.pictures import class_columns, save_samples
     from ..generation import gather, generate
     from ..pretrained import load_model
     from ..distributed import Distributed
@@ -125,7 +127,7 @@ def _sample_model(args) -> dict:
     labels = parse_labels(args.label, args.num, model.num_classes)
     chunks = generate(model.denoiser, sampler, ts, model.shape, args.num, seed=args.seed, labels=labels,
                       batch_size=args.batch_size, noise=args.noise, rank=dist.rank, world=dist.world,
-                      progress=args.progress and dist.main, device=dist.device)
+                      progress=args.progress and dist.main and sys.stderr.isatty(), device=dist.device)
     x = gather(chunks, dist.world)
     name = args.checkpoint or "digits"
     if dist.main:
@@ -140,7 +142,7 @@ def _sample_model(args) -> dict:
                     arrays["labels"] = labels.numpy()
                 save_npz(out, **arrays)
             else:
-                nrow = model.num_classes if (labels is not None and args.label in (None, "all")) else None
+                nrow = class_columns(model.num_classes) if (labels is not None and args.label in (None, "all")) else None
                 shown = x[:PICTURE_LIMIT] if model.kind == "image" else x
                 save_samples(shown, out, model.kind, nrow=nrow)
             print(f"  wrote {out}")

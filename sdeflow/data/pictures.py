@@ -54,6 +54,12 @@ def save_png(array: np.ndarray, path: str) -> None:
     atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
+def class_columns(num_classes: int, most: int = 16) -> int | None:
+    """Columns of a picture of class-conditional samples cycling through the classes: one class per
+    column when they fit (up to ``most``), else ``None`` (a square grid)."""
+    return num_classes if 0 < num_classes <= most else None
+
+
 def save_samples(x: torch.Tensor, path: str, kind: str, nrow: int | None = None) -> None:
     """Images as a grid (upscaled to at least 32 pixels per image), 2-D points as a scatter."""
     if kind == "image":

@@ -35,24 +35,24 @@ TRANSFORMS = {"mmps": MMPS, "pigdm": PiGDM, "dps": DPS, "ddnm": DDNM, "diffpir":
 
 def _transform(name):
     def run(denoiser, operator, y, noise_std, ts, num, *, sampler=None, noise=None, dtype=torch.float32, device=None,
-            progress=False, **options):
+            **options):
         from ..samplers import DDIM
 
         post = TRANSFORMS[name](denoiser, operator, y, noise_std, **options)
         like = torch.empty((num, *operator.shape), dtype=dtype, device=device)
         x_init = noise(like, -1) * prior_std(denoiser.schedule, float(ts[0]), 1.0)  # step -1: the prior draw
-        result = sample(post, sampler or DDIM(eta=1.0), ts, x_init, noise=noise, progress=progress)
+        result = sample(post, sampler or DDIM(eta=1.0), ts, x_init, noise=noise)
         return Solution(result.x, result.nfe, name)
     return run
 
 
 def _loop(fn, **fixed):
-    def run(denoiser, operator, y, noise_std, ts, num, *, sampler=None, progress=False, **options):
+    def run(denoiser, operator, y, noise_std, ts, num, *, sampler=None, **options):
         return fn(denoiser, operator, y, noise_std, ts, num, **fixed, **options)
     return run
 
 
-def _repaint(denoiser, operator, y, noise_std, ts, num, *, sampler=None, progress=False, **options):
+def _repaint(denoiser, operator, y, noise_std, ts, num, *, sampler=None, **options):
     return repaint(denoiser, operator, y, ts, num, **options)
 
 
@@ -79,6 +79,19 @@ def default_grid(steps: int, schedule, noise_std: float) -> torch.Tensor:
     return karras_grid(max(1, steps), schedule, t_min=default_t_min(schedule, sigma_min))
 
 
+class _Counting(Denoiser):
+    """A denoiser that advances a progress bar at every evaluation."""
+
+    def __init__(self, inner: Denoiser, bar):
+        super().__init__(inner.schedule)
+        self.inner, self.bar = inner, bar
+
+    def forward(self, x_t, t, **cond):
+        out = self.inner(x_t, t, **cond)
+        self.bar.update(1)
+        return out
+
+
 class Bound(Denoiser):
     """A denoiser with fixed conditioning keywords (e.g. ``label=`` of a class-conditional model)."""
 
@@ -103,7 +116,7 @@ def solve(name: str, denoiser: Denoiser, operator: Operator, y: torch.Tensor, no
         sampler: the sampler of a denoiser-transform method (default DDIM with ``eta = 1``).
         ts: a decreasing grid ending at 0 (default :func:`default_grid`).
         noise: a :class:`~sdeflow.noise.NoiseSource` (default: a generator seeded with ``seed``).
-        progress: a progress bar (denoiser-transform methods).
+        progress: a progress bar counting the network evaluations.
     """
     if name not in METHOD_TABLE:
         raise ValueError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
@@ -117,8 +130,18 @@ def solve(name: str, denoiser: Denoiser, operator: Operator, y: torch.Tensor, no
     if float(ts[-1]) != 0.0:
         raise ValueError(f"the grid of a posterior sampler must end at t = 0 (clean data), got {float(ts[-1]):.6g}")
     noise = noise if noise is not None else GeneratorNoise(torch.Generator().manual_seed(seed))
-    sol = run(denoiser, operator, y, noise_std, ts, num, sampler=sampler, progress=progress, noise=noise, dtype=dtype,
-              device=device, **options)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=nfe, desc=name, unit="NFE", leave=False)
+        denoiser = _Counting(denoiser, bar)
+    try:
+        sol = run(denoiser, operator, y, noise_std, ts, num, sampler=sampler, noise=noise, dtype=dtype, device=device,
+                  **options)
+    finally:
+        if bar is not None:
+            bar.close()
     sol.x = sol.x.to(dtype)
     sol.method = name
     return sol

@@ -25,7 +25,7 @@ import torch
 
 from .. import models
 from ..data import Dataset, load as load_data
-from ..data.pictures import save_samples
+from ..data.pictures import class_columns, save_samples
 from ..denoisers import ModelDenoiser
 from ..distributed import Distributed
 from ..files import FolderLock, write_json
@@ -257,7 +257,7 @@ class Trainer:
         x = gather(generate(denoiser, sampler, ts, tuple(self.data_info["shape"]), n, seed=self.cfg.seed, labels=labels,
                             device=self.dist.device), 1)
         save_samples(x, os.path.join(self.cfg.out, "samples", f"step_{self.step:07d}.png"), self.data_info["kind"],
-                     nrow=self.net_classes or None)
+                     nrow=class_columns(self.net_classes))
 
     def check_ranks_agree(self) -> None:
         """All processes must hold the same weights at the end (DDP keeps them in step)."""
