@@ -153,12 +153,13 @@ def discrete_grid(n: int, schedule, spacing: str = "trailing", steps_offset: int
 def reference_grid(ts: torch.Tensor, schedule: Schedule, n: int = 500) -> torch.Tensor:
     """A fine grid over the same interval as ``ts`` for reference solves: the union of ``n`` uniform
     steps in ``t`` and ``n`` Karras-spaced noise levels, so it is fine at every noise level, and
-    of a discrete schedule's knots, where its coefficients bend."""
+    of a discrete schedule's knots, where its coefficients bend. It never goes below the schedule's
+    smallest time except to end at ``t = 0``."""
     ts = check_grid(ts)
     t0, t1 = float(ts[0]), float(ts[-1])
     fine = [uniform_grid(n, t0, t1)]
-    if t1 == 0:  # resolve the noise levels down to 1e-4, below a discrete schedule's first index too
-        lo = float(schedule.t_from_sigma_ratio(1e-4))
+    if t1 == 0:  # resolve the noise levels down to 1e-4 (or the schedule's smallest time)
+        lo = max(float(schedule.t_from_sigma_ratio(1e-4)), schedule.t_min)
         lo = lo if 0 < lo < t0 else default_t_min(schedule)
     else:
         lo = t1
@@ -168,7 +169,21 @@ def reference_grid(ts: torch.Tensor, schedule: Schedule, n: int = 500) -> torch.
     if hasattr(schedule, "num_steps"):  # a discrete schedule bends at its knots: step onto each of them
         fine.append(torch.arange(schedule.num_steps + 1, dtype=torch.float64) / schedule.num_steps)
     merged = torch.unique(torch.cat(fine)).flip(0)
-    return check_grid(merged[(merged <= t0) & (merged >= t1)])
+    # never below the schedule's smallest time (a discrete model's first index): from there the
+    # reference, like every sampler, takes the final denoising step
+    inside = (merged >= schedule.t_min) | (merged == 0)
+    return check_grid(merged[(merged <= t0) & (merged >= t1) & inside])
+
+
+def within_domain(make, n: int, schedule: Schedule) -> torch.Tensor:
+    """``make(n, t_min)`` (a grid function of the step count and the last time), unless its points would
+    fall below the schedule's smallest time (a discrete schedule's first training index, where no model
+    was trained): then ``n - 1`` steps down to that time and a final step to clean data."""
+    ts = make(n, 0.0)
+    t_min = schedule.t_min
+    if t_min > 0 and n > 1 and bool(((ts > 0) & (ts < t_min * (1 - 1e-12))).any()):
+        ts = torch.cat([make(n - 1, t_min), torch.zeros(1, dtype=torch.float64)])
+    return check_grid(ts)
 
 
 def shift_grid(ts: torch.Tensor, shift: float) -> torch.Tensor:

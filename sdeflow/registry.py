@@ -74,8 +74,8 @@ SAMPLERS: dict[str, Callable[[], samplers.Sampler]] = {
 #: Grids by name: ``(n_steps, schedule) -> ts``. Discrete spacings need a discrete schedule.
 GRIDS: dict[str, Callable[[int, schedules.Schedule], "grids.torch.Tensor"]] = {
     "auto": lambda n, schedule: grids.auto_grid(n, schedule),
-    "uniform": lambda n, schedule: grids.uniform_grid(n, t_min=0.0),
-    "quadratic": lambda n, schedule: grids.quadratic_grid(n),
+    "uniform": lambda n, schedule: grids.within_domain(lambda k, lo: grids.uniform_grid(k, t_min=lo), n, schedule),
+    "quadratic": lambda n, schedule: grids.within_domain(lambda k, lo: grids.quadratic_grid(k, t_min=lo), n, schedule),
     "logsnr": lambda n, schedule: grids.logsnr_grid(n, schedule),
     "karras": lambda n, schedule: grids.karras_grid(n, schedule),
     "polyexponential": lambda n, schedule: grids.polyexponential_grid(n, schedule, rho=2.0),
@@ -84,6 +84,31 @@ GRIDS: dict[str, Callable[[int, schedules.Schedule], "grids.torch.Tensor"]] = {
     "leading": lambda n, schedule: grids.discrete_grid(n, schedule, "leading", steps_offset=1),
     "trailing": lambda n, schedule: grids.discrete_grid(n, schedule, "trailing"),
 }
+
+
+#: sdeflow's default ``(sampler, grid)`` per schedule family, for NFE budgets up to the first number
+#: (then the next row), chosen from the ODE benchmark (``docs/benchmarks/ode_solvers.json``; the
+#: ratios to the best configuration are in ``docs/benchmarks/defaults.md``, ``python benchmarks/defaults.py``).
+DEFAULTS = {
+    "vp": [(10, "deis-3", "quadratic"), (35, "ipndm", "quadratic"), (math.inf, "dpm-solver++-3m-unic", "quadratic")],
+    "sigma": [(10, "dpm-solver++-3m-unic", "auto"), (math.inf, "ipndm", "auto")],
+    "flow": [(15, "unipc-bh2", "uniform"), (math.inf, "dpm-solver++-3m-unic", "quadratic")],
+}
+
+
+def family(schedule) -> str:
+    """``sigma`` (alpha = 1: VE, EDM), ``flow`` (interpolants: rectified flow, trigonometric) or ``vp``
+    (every other variance-preserving or general schedule, discrete ones included)."""
+    if isinstance(schedule, (schedules.VE, schedules.EDM)):
+        return "sigma"
+    if isinstance(schedule, (schedules.RectifiedFlow, schedules.Trigonometric)):
+        return "flow"
+    return "vp"
+
+
+def default_sampling(schedule, nfe: int) -> tuple[str, str]:
+    """The default sampler and grid names for ``schedule`` at a budget of ``nfe`` evaluations."""
+    return next((sampler, grid) for most, sampler, grid in DEFAULTS[family(schedule)] if nfe <= most)
 
 
 def parse_grid(text: str, n: int, schedule) -> "grids.torch.Tensor":

@@ -31,12 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     def sampling_flags(p, default_sampler, default_schedule, default_grid, default_nfe):
         p.add_argument("--sampler", default=default_sampler, choices=list(SAMPLERS), metavar="NAME",
-                       help=f"one of: {', '.join(SAMPLERS)} (default: {default_sampler})")
+                       help=f"one of: {', '.join(SAMPLERS)} (default: "
+                       f"{default_sampler or 'the best for the schedule family and --nfe, with its grid; see sdeflow list'})")
         p.add_argument("--schedule", default=default_schedule, choices=list(SCHEDULES), metavar="NAME",
                        help=f"one of: {', '.join(SCHEDULES)} (default: {default_schedule or 'the model schedule; vp-linear for problems'})")
         p.add_argument("--grid", default=default_grid, metavar="NAME|T0,T1,...",
                        help=f"one of: {', '.join(GRIDS)}, or decreasing times such as 1,0.5,0.2,0 "
-                       f"(default: {default_grid or 'auto for models, logsnr for problems'})")
+                       f"(default: {default_grid or 'the grid of the default sampler; with --sampler: auto for models, logsnr for problems'})")
         p.add_argument("--nfe", type=_positive_int, default=default_nfe,
                        help=f"evaluation budget; the largest step count within it is used (default: {default_nfe})")
         p.add_argument("--steps", type=_positive_int, default=None, help="number of steps (overrides --nfe)")
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "checkpoint .safetensors or a training run folder (default: digits)")
     smp.add_argument("--problem", default=None, choices=list(PROBLEMS), metavar="NAME",
                      help=f"sample an exact problem instead of a model: one of {', '.join(PROBLEMS)}")
-    sampling_flags(smp, "dpm-solver++-2m", None, None, 20)
+    sampling_flags(smp, None, None, None, 20)
     smp.add_argument("--label", default=None, metavar="all|none|K[,K...]",
                      help="classes of a class-conditional model: all (cycle, default), none, or class numbers")
     smp.add_argument("-n", "--num", "--num-samples", dest="num", type=_positive_int, default=None,
@@ -113,6 +114,15 @@ def _list() -> None:
         order = "no fixed order" if s.convergence_order == 0 else f"order {s.convergence_order}"
         print(f"  {name:<{width}}  {order}, {cost}, {kind}")
     print("grids: " + ", ".join(GRIDS) + " (or decreasing times: 1,0.5,0)")
+    from ..registry import DEFAULTS
+
+    print("defaults of sdeflow sample (by schedule family and NFE; from the ODE benchmark):")
+    for fam, rows in DEFAULTS.items():
+        lo, parts = 1, []
+        for most, sampler, grid in rows:
+            parts.append(f"NFE {lo}-{most if most != float('inf') else ''}: {sampler} on {grid}".replace("-: ", "+: "))
+            lo = most + 1 if most != float("inf") else lo
+        print(f"  {fam:<6} {'; '.join(parts)}")
     print("problems: " + ", ".join(PROBLEMS))
     from ..registry import INVERSE_METHODS, OPERATORS
 

@@ -15,7 +15,7 @@ import torch
 from ..files import check_output, save_npz
 from ..noise import BrownianTreeNoise, GeneratorNoise, SeededNoise
 from ..sampling import sample
-from ..registry import PROBLEMS, SAMPLERS, SCHEDULES, lookup, parse_grid, steps_for_nfe
+from ..registry import PROBLEMS, SAMPLERS, SCHEDULES, default_sampling, lookup, parse_grid, steps_for_nfe
 
 
 #: At most this many images go into a PNG grid (the .npz holds them all).
@@ -27,6 +27,9 @@ def resolve(args, schedule=None):
     schedule when given). A grid must end at clean data (t = 0) unless ``--partial`` asks for a run
     that stops early: otherwise the samples would silently be noise."""
     schedule = schedule or lookup(SCHEDULES, "schedule", args.schedule)()
+    if args.sampler is None:  # sdeflow's default for this schedule family and budget (see registry.DEFAULTS)
+        args.sampler, grid = default_sampling(schedule, args.nfe)
+        args.grid = args.grid or grid
     sampler = lookup(SAMPLERS, "sampler", args.sampler)()
     if "," in args.grid:
         ts = parse_grid(args.grid, 0, schedule)
@@ -67,7 +70,8 @@ def run_sample(args) -> dict:
 def _sample_problem(args) -> dict:
     args.num = args.num or 1000
     args.schedule = args.schedule or "vp-linear"
-    args.grid = args.grid or "logsnr"
+    if args.sampler is not None:
+        args.grid = args.grid or "logsnr"
     outs = _outputs(args, "samples.npz")
     schedule, sampler, ts, steps = resolve(args)
     mixture, shape = lookup(PROBLEMS, "problem", args.problem)()
@@ -119,7 +123,8 @@ def _sample_model(args) -> dict:
     outs = _outputs(args, "samples.png")
     dist = Distributed(args.device)
     model = load_model(args.checkpoint or "digits", device=dist.device)
-    args.grid = args.grid or "auto"
+    if args.sampler is not None:
+        args.grid = args.grid or "auto"
     schedule, sampler, ts, steps = resolve(args, model.denoiser.schedule)
     if args.noise == "generator":
         args.noise = "seeded"  # per-sample seeds: independent of the batch size and of the number of processes
