@@ -178,3 +178,11 @@ def test_steps_for_nfe_is_the_largest_step_count_within_the_budget():
             n = steps_for_nfe(SAMPLERS[name](), sch, "karras", nfe)
             cost = [SAMPLERS[name]().prepare(sch, GRIDS["karras"](k, sch)).nfe for k in (n, n + 1)]
             assert (cost[0] <= nfe or n == 1) and cost[1] > nfe, (name, nfe, n, cost)
+
+
+def test_a_grid_that_stops_short_runs_only_when_asked(tmp_path, capsys):
+    out = tmp_path / "partial.npz"
+    assert main(["sample", "--problem", "ring-2d", "--grid", "1,0.5", "--out", str(out)]) == 1
+    assert "--partial" in capsys.readouterr().err and not out.exists()
+    assert main(["sample", "--problem", "ring-2d", "--grid", "1,0.5", "--partial", "--num", "20", "--out", str(out)]) == 0
+    assert np.load(out)["ts"].tolist() == [1.0, 0.5]

@@ -185,3 +185,17 @@ def test_the_field_is_only_evaluated_inside_the_schedules_domain(name, sched, gr
         rec.times.clear()
         sample(den, SAMPLERS[name](), ts, x.reshape(3, 2, 3), noise=SeededNoise([1, 2, 3]))
         assert rec.times and min(rec.times) >= sch.t_min - 1e-15 and max(rec.times) <= 1.0, (n, min(rec.times))
+
+
+def test_model_denoiser_coefficients_follow_a_replaced_schedule():
+    """ModelDenoiser caches its per-time coefficients; replacing its schedule (or parameterization)
+    must not reuse the old ones."""
+    from sdeflow.schedules import scaled_linear
+
+    net = lambda x, c: 0.1 * x  # noqa: E731
+    den = ModelDenoiser(net, ddpm_linear(), "eps", time_input="index")
+    x = torch.randn(3, 4, dtype=torch.float64)
+    den(x, 0.5)
+    den.schedule = scaled_linear()
+    fresh = ModelDenoiser(net, scaled_linear(), "eps", time_input="index")
+    assert torch.equal(den(x, 0.5), fresh(x, 0.5))
