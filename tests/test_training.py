@@ -280,7 +280,7 @@ def test_a_run_folder_has_one_writer_and_stale_locks_and_temporaries_are_cleared
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (out / ".lock").write_text(f"{socket.gethostname()} {int(dead.stdout)}\n")   # a killed run's lock
     (out / ".tmp-abc.safetensors").write_bytes(b"half a checkpoint")               # and its temporary
-    trainer = Trainer(small_config(out))
+    trainer = Trainer(small_config(out, steps=3))
     assert not (out / ".tmp-abc.safetensors").exists()
     trainer.fit()
     assert not (out / ".lock").exists() and (out / "checkpoint.safetensors").exists()

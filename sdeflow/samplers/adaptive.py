@@ -40,8 +40,14 @@ LAM_CEIL = 20.0
 
 
 def _error_ratio(x_hi, x_lo, x_prev, rtol, atol):
-    tol = atol + rtol * torch.maximum(x_lo.abs(), x_prev.abs())
-    return float(((x_hi - x_lo) / tol).pow(2).mean().sqrt())
+    """RMS of ``(x_hi - x_lo) / tol``, in float32 at least. A state stored in a low-precision dtype
+    cannot hold a relative error below that dtype's resolution, so ``rtol`` is floored there (a
+    bfloat16 state asked for 1e-3 would otherwise reject steps until ``max_steps``)."""
+    rtol = max(rtol, torch.finfo(x_hi.dtype).eps)
+    work = torch.promote_types(x_hi.dtype, torch.float32)
+    hi, lo, prev = x_hi.to(work), x_lo.to(work), x_prev.to(work)
+    tol = atol + rtol * torch.maximum(lo.abs(), prev.abs())
+    return float(((hi - lo) / tol).pow(2).mean().sqrt())
 
 
 def end_time(sch, t: float, s: float, sigma_stop: float | None) -> tuple[float, bool]:
