@@ -19,7 +19,7 @@ import torch
 from ..denoisers import Denoiser
 from ..grids import DEFAULT_SIGMA_MIN, check_grid, default_t_min, karras_grid
 from ..noise import GeneratorNoise, NoiseSource
-from ..sampling import prior_std, sample
+from ..sampling import NonFiniteError, prior_std, sample
 from .daps import daps
 from .enkg import enkg
 from .guidance import DPS, MMPS, PiGDM
@@ -142,6 +142,9 @@ def solve(name: str, denoiser: Denoiser, operator: Operator, y: torch.Tensor, no
     finally:
         if bar is not None:
             bar.close()
+    if not bool(torch.isfinite(sol.x).all()):  # the loops' own arithmetic; transforms are checked by sample()
+        raise NonFiniteError(f"{name} returned NaN or Inf (grid of {ts.numel() - 1} steps, dtype {dtype}); "
+                             "check the model and its dtype, or try more steps")
     sol.x = sol.x.to(dtype)
     sol.method = name
     return sol

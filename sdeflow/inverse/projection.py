@@ -124,8 +124,12 @@ def ddrm(denoiser: Denoiser, operator: LinearOperator, y: torch.Tensor, noise_st
         if noise_std > 0:
             below = l_s < n
             n_b = torch.where(below, n, torch.ones_like(n))
-            fresh_b = eta * l_s * (1 - (l_s / n_b) ** 2).clamp_min(0.0).sqrt()
-            c_below = c_hat + (l_s ** 2 - fresh_b ** 2).sqrt() * (y_bar - c_hat) / n_b + fresh_b * c_z
+            r2 = (l_s / n_b) ** 2
+            fresh_b = eta * l_s * (1 - r2).clamp_min(0.0).sqrt()
+            # sqrt(l_s^2 - fresh_b^2) = l_s sqrt(1 - eta^2 (1 - r^2)), written without the cancellation
+            # that made it the root of a negative number (NaN) in float32
+            toward_y = l_s * ((1 - eta ** 2) + eta ** 2 * r2).clamp_min(0.0).sqrt()
+            c_below = c_hat + toward_y * (y_bar - c_hat) / n_b + fresh_b * c_z
             c = torch.where(below, c_below, c)
         u = u + from_c(torch.where(keep, c - to_c(u), torch.zeros_like(c)))
         x = a_s * u
