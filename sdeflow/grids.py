@@ -42,6 +42,12 @@ def default_t_min(schedule: Schedule, sigma_min: float = DEFAULT_SIGMA_MIN) -> f
     return max(t, schedule.t_min) if t > 0 else max(schedule.t_min, 1e-5)
 
 
+def below_domain(ts: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    """Which times of ``ts`` lie strictly between 0 and the schedule's smallest time (below a discrete
+    schedule's first training index, where no model was trained; ``t = 0`` itself is clean data)."""
+    return (ts > 0) & (ts < schedule.t_min * (1 - 1e-12))
+
+
 def start_time(schedule: Schedule) -> float:
     """Where a grid for ``schedule`` starts: ``t = 1``, or just below it (0.999) for a zero-terminal-SNR
     schedule, whose logSNR is infinite at 1 (noise-spaced grids and guidance need it finite there)."""
@@ -171,8 +177,7 @@ def reference_grid(ts: torch.Tensor, schedule: Schedule, n: int = 500) -> torch.
     merged = torch.unique(torch.cat(fine)).flip(0)
     # never below the schedule's smallest time (a discrete model's first index): from there the
     # reference, like every sampler, takes the final denoising step
-    inside = (merged >= schedule.t_min) | (merged == 0)
-    return check_grid(merged[(merged <= t0) & (merged >= t1) & inside])
+    return check_grid(merged[(merged <= t0) & (merged >= t1) & ~below_domain(merged, schedule)])
 
 
 def within_domain(make, n: int, schedule: Schedule) -> torch.Tensor:
@@ -180,9 +185,8 @@ def within_domain(make, n: int, schedule: Schedule) -> torch.Tensor:
     fall below the schedule's smallest time (a discrete schedule's first training index, where no model
     was trained): then ``n - 1`` steps down to that time and a final step to clean data."""
     ts = make(n, 0.0)
-    t_min = schedule.t_min
-    if t_min > 0 and n > 1 and bool(((ts > 0) & (ts < t_min * (1 - 1e-12))).any()):
-        ts = torch.cat([make(n - 1, t_min), torch.zeros(1, dtype=torch.float64)])
+    if n > 1 and bool(below_domain(ts, schedule).any()):
+        ts = torch.cat([make(n - 1, schedule.t_min), torch.zeros(1, dtype=torch.float64)])
     return check_grid(ts)
 
 

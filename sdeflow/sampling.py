@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from .denoisers import Denoiser
-from .grids import check_grid
+from .grids import below_domain, check_grid
 from .noise import GeneratorNoise, NoiseSource, SeededNoise
 from .samplers.base import Plan, Sampler
 from .schedules import Schedule
@@ -183,10 +183,9 @@ def planned(sampler: Sampler, schedule: Schedule, ts) -> Plan:
     """``sampler.prepare(schedule, ts)``, cached: sampling many batches on one grid plans it once.
     Returns a fresh copy whose ``inplace`` flag the caller may set."""
     ts = check_grid(ts)
-    t_min = schedule.t_min
-    below = ts[(ts > 0) & (ts < t_min * (1 - 1e-12))]
+    below = ts[below_domain(ts, schedule)]
     if below.numel():
-        raise ValueError(f"grid time {float(below[0]):.6g} lies below the schedule's smallest time {t_min:.6g} "
+        raise ValueError(f"grid time {float(below[0]):.6g} lies below the schedule's smallest time {schedule.t_min:.6g} "
                          "(a discrete schedule's first training step): a grid may end at that time, then 0")
     try:
         key = (sampler, schedule, tuple(ts.tolist()))

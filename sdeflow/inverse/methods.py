@@ -46,9 +46,9 @@ def _transform(name):
     return run
 
 
-def _loop(fn, **fixed):
+def _loop(fn):
     def run(denoiser, operator, y, noise_std, ts, num, *, sampler=None, **options):
-        return fn(denoiser, operator, y, noise_std, ts, num, **fixed, **options)
+        return fn(denoiser, operator, y, noise_std, ts, num, **options)
     return run
 
 

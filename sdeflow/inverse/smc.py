@@ -30,6 +30,7 @@ import torch
 
 from ..denoisers import Denoiser
 from ..noise import LoopNoise, NoiseSource
+from ..sampling import prior_std
 from .guidance import gaussian_posterior_var
 from .operators import Operator
 from .result import Solution
@@ -69,7 +70,7 @@ def twisted_smc(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_s
     y = torch.as_tensor(y, dtype=dtype, device=device)
     draws = LoopNoise(noise, k, dtype, device)
     randn = draws.next
-    x = randn((k, *shape)) * float(torch.sqrt(sched.alpha(float(ts[0])) ** 2 * data_var + sched.sigma(float(ts[0])) ** 2))
+    x = randn((k, *shape)) * prior_std(sched, float(ts[0]), data_var ** 0.5)
     dims = tuple(range(1, x.ndim))
 
     def twist(x_t, t):
@@ -93,10 +94,10 @@ def twisted_smc(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_s
         t, s = ts[i], ts[i + 1]
         ca, cb, v = ancestral_coefficients(sched, t, s)
         prior_mean = ca * x + cb * d_t
-        noise = randn(x.shape)
-        x_new = prior_mean + v * grad_t + v ** 0.5 * noise
+        z = randn(x.shape)
+        x_new = prior_mean + v * grad_t + v ** 0.5 * z
         # log p(x_s | x_t) - log q(x_s | x_t) for equal-variance Gaussians
-        log_ratio = (-(x_new - prior_mean).pow(2).sum(dims) + noise.pow(2).sum(dims) * v) / (2 * v)
+        log_ratio = (-(x_new - prior_mean).pow(2).sum(dims) + z.pow(2).sum(dims) * v) / (2 * v)
         logp_s, grad_s, d_s = twist(x_new, s)
         nfe += 1
         log_w = log_w + (log_ratio + logp_s - logp_t).double()

@@ -215,23 +215,23 @@ class RK45(Adaptive):
         t, s = plan.t[i], plan.s[i]
         s_end, denoise = end_time(sch, t, s, self.sigma_stop)
         jump = JumpControl(self.rtol, self.atol, denoise and self.sigma_stop is None)
-        hats = {}  # x_hat of the last field call at each stage time (the FSAL one is reused)
+        last = [None]  # x_hat of the latest field call (the first-same-as-last stage's is reused)
 
         def u(y, tau):
             p, q = (float(c) for c in ode_coefficients(sch, torch.tensor(tau, dtype=torch.float64)))
-            hats[tau] = field(y, tau)
-            return lincomb(y, p, [(q, hats[tau])])
+            last[0] = field(y, tau)
+            return lincomb(y, p, [(q, last[0])])
 
         tau, h, k0, steps = t, -self.h_init, None, 0
-        x_hat, fresh = None, True  # x_hat at (x, tau); fresh: tau was just reached
+        x_hat = None  # x_hat at (x, tau)
         while tau > s_end + 1e-12:
             # the ODE is singular at sigma = 0: near it, a step may cover at most 80% of the way to
             # t = 0, so that the error estimate sees the field's growth (one step to 1e-17 passes it)
             h = max(h, s_end - tau, -0.8 * tau if denoise else -math.inf)
-            hats.clear()
-            k = [k0 if k0 is not None else u(x, tau)]
-            x_hat = x_hat if k0 is not None else hats[tau]
-            if fresh and jump.accept(x_hat, float(sch.logsnr(tau))):
+            if k0 is None:
+                k0, x_hat = u(x, tau), last[0]
+            k = [k0]
+            if jump.accept(x_hat, float(sch.logsnr(tau))):  # after a rejection tau repeats: no decision
                 break
             for j in range(1, 7):
                 xj = lincomb(x, 1.0, [(h * a, kk) for a, kk in zip(_A[j], k)])
@@ -240,11 +240,8 @@ class RK45(Adaptive):
             x4 = lincomb(x, 1.0, [(h * b, kk) for b, kk in zip(_B4, k)])
             err = _error_ratio(x5, x4, x, self.rtol, self.atol)
             steps += 1
-            fresh = err <= 1.0 or steps >= self.max_steps
-            if fresh:
-                x, tau, k0, x_hat = x5, tau + h, k[6], hats[tau + h]
-            else:
-                k0 = k[0]
+            if err <= 1.0 or steps >= self.max_steps:
+                x, tau, k0, x_hat = x5, tau + h, k[6], last[0]
             h = _next_h(h, err, 4)
         if denoise:
             x = (x_hat if x_hat is not None else field(x, tau)).mul(float(sch.alpha(s)))
