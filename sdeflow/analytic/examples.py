@@ -10,9 +10,10 @@ from .covariance import LowRankPlusDiagonal
 from .mixture import GaussianMixture
 
 
-def ring_2d(n_components: int = 8, radius: float = 2.0, seed: int = 0) -> GaussianMixture:
+def ring_2d(n_components: int = 8, radius: float = 2.0, seed: int = 0, n_classes: int = 0) -> GaussianMixture:
     """A 2-D ring of anisotropic Gaussians with unequal weights: well separated modes, so errors
-    show up both as blur and as samples stranded between modes."""
+    show up both as blur and as samples stranded between modes. ``n_classes > 0`` labels component
+    ``k`` with class ``k mod n_classes`` (classes interleaved around the ring)."""
     g = torch.Generator().manual_seed(seed)
     ang = torch.arange(n_components, dtype=torch.float64) * (2 * math.pi / n_components)
     means = radius * torch.stack([torch.cos(ang), torch.sin(ang)], 1)
@@ -22,7 +23,14 @@ def ring_2d(n_components: int = 8, radius: float = 2.0, seed: int = 0) -> Gaussi
     big, small = 0.3 ** 2, 0.1 ** 2
     cov = big * tangent[:, :, None] * tangent[:, None, :] + small * radial[:, :, None] * radial[:, None, :]
     weights = 1.0 + torch.rand(n_components, generator=g, dtype=torch.float64)
-    return GaussianMixture(weights, means, cov)
+    classes = torch.arange(n_components) % n_classes if n_classes else None
+    return GaussianMixture(weights, means, cov, classes=classes)
+
+
+def two_classes_1d(mean: float = 1.5, std: float = 0.5) -> GaussianMixture:
+    """Two equally likely 1-D Gaussians ``N(-mean, std^2)`` (class 0) and ``N(mean, std^2)``
+    (class 1): the smallest problem on which guidance visibly departs from its tilted target."""
+    return GaussianMixture(torch.ones(2), torch.tensor([[-mean], [mean]]), torch.full((2, 1), std ** 2), classes=[0, 1])
 
 
 def random_mixture(dim: int, n_components: int = 4, *, structure: str = "diagonal", rank: int = 4,

@@ -11,6 +11,12 @@ probability-flow velocity follow from ``x_hat``. For linear-Gaussian measurement
 and for one component the probability-flow ODE is linear with the exact map
 ``x_s = alpha_s mu + C_s^{1/2} C_t^{-1/2} (x_t - alpha_t mu)`` (:meth:`GaussianMixture.flow_map`).
 
+A labelled mixture gives each component a class (``classes``). The class-conditional data
+``p(x | c)`` is the mixture of class ``c``'s components, so every quantity above exists exactly for
+it too (pass ``label=``, one class per sample; ``-1`` or ``None`` means unconditional), and the
+noise-aware classifier is ``log p_t(c | x_t) = logsumexp_{k in c} l_k - logsumexp_k l_k`` over the
+same component log-likelihoods ``l_k`` (:meth:`GaussianMixture.class_log_prob`).
+
 All arithmetic is float64. States may have any trailing shape; they are flattened to ``D`` values.
 """
 
@@ -33,9 +39,11 @@ class GaussianMixture:
         means: ``(K, D)``.
         cov: a :class:`~sdeflow.analytic.covariance.Covariance`, a ``(K, D)`` tensor of variances
             (diagonal) or a ``(K, D, D)`` tensor (full).
+        classes: optional ``(K,)`` class of each component, integers ``0..C-1`` each used at least
+            once: the mixture is then labelled (class-conditional data).
     """
 
-    def __init__(self, weights, means, cov: Covariance | torch.Tensor):
+    def __init__(self, weights, means, cov: Covariance | torch.Tensor, classes=None):
         weights = torch.as_tensor(weights, dtype=torch.float64)
         means = torch.as_tensor(means, dtype=torch.float64)
         if not isinstance(cov, Covariance):
@@ -49,11 +57,65 @@ class GaussianMixture:
         self.weights = weights / weights.sum()
         self.means, self.cov = means, cov
         self.num_components, self.dim = means.shape
+        self.classes, self.num_classes = None, 0
+        if classes is not None:
+            classes = torch.as_tensor(classes).long().flatten()
+            if classes.shape != weights.shape:
+                raise ValueError(f"classes must give one class per component ({weights.shape[0]}), got {tuple(classes.shape)}")
+            c = int(classes.max()) + 1
+            if int(classes.min()) < 0 or torch.bincount(classes, minlength=c).min() == 0:
+                raise ValueError("classes must be integers 0..C-1 with every class used by some component")
+            self.classes, self.num_classes = classes, c
+
+    # ---- labels -------------------------------------------------------------------------------
+    def _labels(self, label, batch: int) -> torch.Tensor | None:
+        """``label`` as a ``(batch,)`` long tensor (``-1``: unconditional), or None when all are."""
+        if label is None:
+            return None
+        if self.classes is None:
+            raise ValueError("this mixture has no classes: pass classes= to condition on a label")
+        label = torch.as_tensor(label).long().cpu().reshape(-1)
+        if label.numel() == 1:
+            label = label.expand(batch)
+        if label.shape[0] != batch:
+            raise ValueError(f"label must be one class or one per sample ({batch}), got {label.shape[0]}")
+        if bool(((label < -1) | (label >= self.num_classes)).any()):
+            raise ValueError(f"labels must be classes 0..{self.num_classes - 1} or -1 (unconditional)")
+        return None if bool((label == -1).all()) else label
+
+    def _condition(self, logits: torch.Tensor, label) -> torch.Tensor:
+        """Component log-weights restricted to each sample's class (rows with label -1 unchanged)."""
+        label = self._labels(label, logits.shape[0])
+        if label is None:
+            return logits
+        keep = (self.classes[None, :] == label[:, None]) | (label[:, None] == -1)
+        return logits.masked_fill(~keep, -math.inf)
+
+    def class_weights(self) -> torch.Tensor:
+        """``p(c)``, shape ``(C,)``."""
+        if self.classes is None:
+            raise ValueError("this mixture has no classes")
+        return torch.zeros(self.num_classes, dtype=torch.float64).index_add_(0, self.classes, self.weights)
+
+    def conditional(self, c: int) -> "GaussianMixture":
+        """``p(x | c)``: class ``c``'s components as a mixture of their own."""
+        if self.classes is None or not 0 <= int(c) < self.num_classes:
+            raise ValueError(f"no class {c!r} in this mixture")
+        rows = torch.nonzero(self.classes == int(c)).flatten()
+        return GaussianMixture(self.weights[rows], self.means[rows], Full(self.cov.dense()[rows]))
+
+    def class_log_prob(self, x_t: torch.Tensor, schedule: Schedule, t: Time, label) -> torch.Tensor:
+        """``log p_t(c | x_t)`` for each sample's class ``c``, shape ``(B,)`` (the exact noise-aware classifier)."""
+        logits = self._terms(x_t, schedule, t)[3]
+        label = self._labels(label, logits.shape[0])
+        if label is None or bool((label < 0).any()):
+            raise ValueError("class_log_prob needs a class 0..C-1 for every sample")
+        return torch.logsumexp(self._condition(logits, label), 1) - torch.logsumexp(logits, 1)
 
     # ---- data ---------------------------------------------------------------------------------
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` exact samples of the data, shape ``(n, D)``."""
-        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+    def sample(self, n: int, generator: torch.Generator | None = None, label=None) -> torch.Tensor:
+        """``n`` exact samples of the data, shape ``(n, D)`` (of ``p(x | label)`` when given)."""
+        comp = self.sample_components(n, generator, label)
         z = torch.randn(n, self.cov.noise_dim, dtype=torch.float64, generator=generator)
         x = self.means[comp].clone()
         for k in range(self.num_components):
@@ -62,9 +124,24 @@ class GaussianMixture:
                 x[rows] += self.cov.root_apply(k, z[rows])
         return x
 
-    def sample_t(self, n: int, schedule: Schedule, t: float, generator: torch.Generator | None = None):
-        """Exact samples of ``p_t``: returns ``(x_t, x)``, each ``(n, D)``."""
-        x = self.sample(n, generator)
+    def sample_components(self, n: int, generator: torch.Generator | None = None, label=None) -> torch.Tensor:
+        """``n`` component indices drawn from the weights (within each sample's class when labelled)."""
+        label = self._labels(label, n)
+        if label is None:
+            return torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        logw = self._condition(torch.log(self.weights).expand(n, -1), label)
+        return torch.multinomial(torch.softmax(logw, 1), 1, generator=generator)[:, 0]
+
+    def sample_labelled(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, c)``: ``n`` samples with their classes, drawn from the joint ``p(x, c)``."""
+        if self.classes is None:
+            raise ValueError("this mixture has no classes")
+        labels = torch.multinomial(self.class_weights(), n, replacement=True, generator=generator)
+        return self.sample(n, generator, labels), labels
+
+    def sample_t(self, n: int, schedule: Schedule, t: float, generator: torch.Generator | None = None, label=None):
+        """Exact samples of ``p_t`` (``p_t(. | label)`` when given): returns ``(x_t, x)``, each ``(n, D)``."""
+        x = self.sample(n, generator, label)
         eps = torch.randn(x.shape, dtype=torch.float64, generator=generator)
         return schedule.alpha(t) * x + schedule.sigma(t) * eps, x
 
@@ -91,51 +168,65 @@ class GaussianMixture:
         logits = torch.log(self.weights) - 0.5 * (quad + logdet + self.dim * math.log(2 * math.pi))
         return x, a, s, logits, gain
 
-    def log_prob_t(self, x_t: torch.Tensor, schedule: Schedule, t: Time) -> torch.Tensor:
-        """``log p_t(x_t)``, shape ``(B,)``."""
-        return torch.logsumexp(self._terms(x_t, schedule, t)[3], dim=1)
+    def log_prob_t(self, x_t: torch.Tensor, schedule: Schedule, t: Time, label=None) -> torch.Tensor:
+        """``log p_t(x_t)`` (``log p_t(x_t | label)`` when given), shape ``(B,)``."""
+        return self._log_given(self._terms(x_t, schedule, t)[3], label)
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Log density of the data (``t = 0``, no noise), shape ``(B,)``."""
+    def _log_given(self, logits: torch.Tensor, label) -> torch.Tensor:
+        out = torch.logsumexp(self._condition(logits, label), dim=1)
+        labels = self._labels(label, logits.shape[0])
+        if labels is None:
+            return out
+        log_pc = torch.log(self.class_weights())[labels.clamp_min(0)]
+        return out - torch.where(labels >= 0, log_pc, torch.zeros_like(log_pc))
+
+    def log_prob(self, x: torch.Tensor, label=None) -> torch.Tensor:
+        """Log density of the data (``t = 0``, no noise; given ``label`` when passed), shape ``(B,)``."""
         x = x.reshape(x.shape[0], -1).to(torch.float64)
         r = x[:, None, :] - self.means
         one = torch.ones(x.shape[0], 1, dtype=torch.float64)
         quad, logdet, _ = self.cov.noisy(one, 0 * one, r)
         logits = torch.log(self.weights) - 0.5 * (quad + logdet + self.dim * math.log(2 * math.pi))
-        return torch.logsumexp(logits, dim=1)
+        return self._log_given(logits, label)
 
-    def responsibilities(self, x_t: torch.Tensor, schedule: Schedule, t: Time) -> torch.Tensor:
-        """Posterior component probabilities ``w_k(x_t)``, shape ``(B, K)``."""
-        return torch.softmax(self._terms(x_t, schedule, t)[3], dim=1)
+    def responsibilities(self, x_t: torch.Tensor, schedule: Schedule, t: Time, label=None) -> torch.Tensor:
+        """Posterior component probabilities ``w_k(x_t)`` (given ``label`` when passed), shape ``(B, K)``."""
+        return torch.softmax(self._condition(self._terms(x_t, schedule, t)[3], label), dim=1)
 
-    def x_hat(self, x_t: torch.Tensor, schedule: Schedule, t: Time) -> torch.Tensor:
-        """``E[x | x_t]`` in float64, same shape as ``x_t``."""
+    def x_hat(self, x_t: torch.Tensor, schedule: Schedule, t: Time, label=None) -> torch.Tensor:
+        """``E[x | x_t]`` (``E[x | x_t, c]`` given ``label``) in float64, same shape as ``x_t``."""
         _, a, _, logits, gain = self._terms(x_t, schedule, t)
-        w = torch.softmax(logits, dim=1)
+        w = torch.softmax(self._condition(logits, label), dim=1)
         comp = self.means + a[..., None] * gain                  # (B, K, D)
         return torch.einsum("bk,bkd->bd", w, comp).reshape(x_t.shape)
 
-    def eps(self, x_t, schedule, t):
+    def eps(self, x_t, schedule, t, label=None):
         """``E[eps | x_t] = (x_t - alpha x_hat) / sigma`` (needs sigma > 0)."""
         t = as_time(t)
-        return _per_sample(x_t.to(torch.float64) - _per_sample(self.x_hat(x_t, schedule, t), schedule.alpha(t)),
+        return _per_sample(x_t.to(torch.float64) - _per_sample(self.x_hat(x_t, schedule, t, label), schedule.alpha(t)),
                            1.0 / schedule.sigma(t))
 
-    def score(self, x_t, schedule, t):
+    def score(self, x_t, schedule, t, label=None):
         """``grad log p_t(x_t) = (alpha x_hat - x_t) / sigma^2`` (needs sigma > 0)."""
-        return -_per_sample(self.eps(x_t, schedule, t), 1.0 / schedule.sigma(as_time(t)))
+        return -_per_sample(self.eps(x_t, schedule, t, label), 1.0 / schedule.sigma(as_time(t)))
 
-    def velocity(self, x_t, schedule, t):
+    def velocity(self, x_t, schedule, t, label=None):
         """Probability-flow ODE field ``dx_t/dt = alpha' x_hat + sigma' eps_hat``."""
         t = as_time(t)
-        return (_per_sample(self.x_hat(x_t, schedule, t), schedule.d_alpha(t))
-                + _per_sample(self.eps(x_t, schedule, t), schedule.d_sigma(t)))
+        return (_per_sample(self.x_hat(x_t, schedule, t, label), schedule.d_alpha(t))
+                + _per_sample(self.eps(x_t, schedule, t, label), schedule.d_sigma(t)))
 
     def denoiser(self, schedule: Schedule):
         """This mixture's exact ``x_hat`` as a :class:`~sdeflow.denoisers.Denoiser`."""
         from .denoiser import OracleDenoiser
 
         return OracleDenoiser(self, schedule)
+
+    def classifier(self, schedule: Schedule):
+        """This mixture's exact noise-aware classifier ``(x_t, t, label) -> log p_t(c | x_t)``."""
+        from .denoiser import OracleClassifier
+
+        return OracleClassifier(self, schedule)
 
     # ---- exact maps and posteriors ------------------------------------------------------------
     def flow_map(self, x_t: torch.Tensor, schedule: Schedule, t: Time, s: Time) -> torch.Tensor:
@@ -181,7 +272,7 @@ class GaussianMixture:
         logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
         log_ev = -0.5 * ((resid * sol).sum(-1) + logdet + m * math.log(2 * math.pi))
         logw = torch.log(self.weights) + log_ev
-        return GaussianMixture(torch.softmax(logw, 0), means, Full(cov))
+        return GaussianMixture(torch.softmax(logw, 0), means, Full(cov), classes=self.classes)
 
 
 def _per_sample(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

@@ -124,6 +124,19 @@ class ModelDenoiser(Denoiser):
         t = as_time(t, device=x_t.device)
         return self.parameterization.to_x_hat(self.network_output(x_t, t, **cond).to(x_t.dtype), x_t, self.schedule, t)
 
+    def null_cond(self, cond: dict) -> dict:
+        """The conditioning of the unconditional pass (classifier-free guidance) for sdeflow's
+        networks: label ``num_classes``, the class that label dropout trained as "no label"."""
+        classes = getattr(self.model, "config", {}).get("num_classes", 0) if isinstance(getattr(self.model, "config", None), dict) else 0
+        if not classes:
+            raise ValueError("this network has no class labels, so it has no unconditional pass to guide with: "
+                             "pass null= to the guided denoiser (the conditioning of the unconditional pass)")
+        label = cond.get("label")
+        if label is None:
+            return {**cond, "label": None}
+        label = torch.as_tensor(label)
+        return {**cond, "label": torch.full(label.shape or (1,), classes, dtype=torch.long, device=label.device)}
+
     def network_output(self, x_t: torch.Tensor, t, **cond) -> torch.Tensor:
         """The raw network output ``F(in(t) x_t, c(t))`` at a scalar or per-sample ``(B,)`` time (what
         the training losses compare with their target), in the network's dtype."""

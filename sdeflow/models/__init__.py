@@ -1,15 +1,15 @@
-"""Reference networks: an MLP for low-dimensional data, a compact UNet for small images and a small
-image classifier (for quality measurements). All take ``net(x, c, label=None)`` where ``c`` is the
+"""Reference networks: an MLP for low-dimensional data, a compact UNet for small images, a small
+image classifier (for quality measurements) and a noise-aware one (classifier guidance). All take ``net(x, c, label=None)`` where ``c`` is the
 ``(B,)`` time input of :class:`~sdeflow.denoisers.ModelDenoiser`; each is rebuilt from its
 ``config`` dict, which checkpoints store as JSON."""
 
-from .classifier import Classifier
+from .classifier import Classifier, NoisyClassifier
 from .embedding import TimeEmbedding
 from .mlp import MLP
 from .unet import UNet
 
 #: Architectures by name, for checkpoints: ``ARCHITECTURES[name](**config)``.
-ARCHITECTURES = {"mlp": MLP, "unet": UNet, "classifier": Classifier}
+ARCHITECTURES = {"mlp": MLP, "unet": UNet, "classifier": Classifier, "noisy-classifier": NoisyClassifier}
 
 
 def build(name: str, config: dict):
@@ -23,4 +23,4 @@ def build(name: str, config: dict):
         raise ValueError(f"bad {name} configuration {config}: {reason}") from None
 
 
-__all__ = ["ARCHITECTURES", "Classifier", "MLP", "TimeEmbedding", "UNet", "build"]
+__all__ = ["ARCHITECTURES", "Classifier", "NoisyClassifier", "MLP", "TimeEmbedding", "UNet", "build"]

@@ -28,6 +28,10 @@ RECIPES = {
     "vp-v": dict(schedule="vp-cosine", parameterization="v", time_input="t", time_density="uniform", weighting="min-snr"),
 }
 
+#: What a run trains: the denoiser of a diffusion / flow model, or a noise-aware classifier of
+#: ``p_t(c | x_t)`` on the same forward process (for classifier guidance; cross-entropy on noised data).
+OBJECTIVES = ("denoise", "classifier")
+
 #: Scale of the sinusoidal time features for each time input (so the features span their range).
 TIME_SCALES = {"t": 1000.0, "t1000": 1.0, "index": 1.0, "edm": 250.0, "logsnr": 50.0, "sigma": 10.0}
 
@@ -39,6 +43,7 @@ class TrainConfig:
 
     data: str = "digits"
     out: str = "runs/digits"
+    objective: str = "denoise"
     recipe: str = "flow"
     schedule: str | None = None
     parameterization: str | None = None
@@ -89,8 +94,12 @@ class TrainConfig:
                             ("weighting", WEIGHTINGS), ("sample_sampler", SAMPLERS)]:
             if getattr(cfg, name) not in table:
                 raise ValueError(f"unknown {name} {getattr(cfg, name)!r}; allowed: {', '.join(table)}")
-        if cfg.architecture not in (None, "unet", "mlp"):
-            raise ValueError(f"unknown architecture {cfg.architecture!r}; allowed: unet, mlp")
+        if cfg.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {cfg.objective!r}; allowed: {', '.join(OBJECTIVES)}")
+        allowed = ("unet", "mlp") if cfg.objective == "denoise" else ("noisy-classifier",)
+        if cfg.architecture not in (None, *allowed):
+            raise ValueError(f"unknown architecture {cfg.architecture!r} for the {cfg.objective} objective; "
+                             f"allowed: {', '.join(allowed)}")
         for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "image_size", "sample_nfe", "toy_size"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")

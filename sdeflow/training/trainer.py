@@ -30,6 +30,7 @@ from ..denoisers import ModelDenoiser
 from ..distributed import Distributed
 from ..files import FolderLock, write_json
 from ..noise import _mix
+from ..shapes import expand_as_batch
 from . import checkpoint as ckpt
 from .config import TIME_SCALES, TrainConfig
 from .coupling import global_ot_pairing
@@ -41,6 +42,12 @@ CHECKPOINT = "checkpoint.safetensors"
 
 def build_network(cfg: TrainConfig, data: dict) -> torch.nn.Module:
     """The network of a run: ``cfg.architecture`` with ``cfg.model`` overrides, sized from the data."""
+    if cfg.objective == "classifier":
+        if data["kind"] != "image" or not data.get("num_classes"):
+            raise ValueError(f"the classifier objective needs labelled images; {data['name']} has "
+                             f"{data.get('num_classes') or 'no'} classes and samples of shape {data['shape']}")
+        base = dict(channels=data["shape"][0], num_classes=data["num_classes"], time_scale=TIME_SCALES[cfg.time_input])
+        return models.build("noisy-classifier", {**base, **cfg.model})
     arch = cfg.architecture or ("unet" if data["kind"] == "image" else "mlp")
     classes = data["num_classes"] if cfg.conditional else 0
     base = {"time_scale": TIME_SCALES[cfg.time_input], "num_classes": classes}
@@ -105,7 +112,8 @@ class Trainer:
         self.schedule = lookup(SCHEDULES, "schedule", cfg.schedule)()
         torch.manual_seed(_mix(cfg.seed, -1, 3))  # the initial weights, identical on every rank
         self.net = build_network(cfg, self.data_info).to(self.dist.device)
-        self.architecture = cfg.architecture or ("unet" if self.data_info["kind"] == "image" else "mlp")
+        self.architecture = ("noisy-classifier" if cfg.objective == "classifier" else
+                             cfg.architecture or ("unet" if self.data_info["kind"] == "image" else "mlp"))
         self.ema = EMA(self.net, cfg.ema_decay)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16" and self.dist.device.type == "cuda")
@@ -125,6 +133,10 @@ class Trainer:
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             module = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
         self.denoiser = ModelDenoiser(module, self.schedule, cfg.parameterization, time_input=cfg.time_input)
+        if cfg.objective == "classifier":
+            from ..guidance.classifier import ModelClassifier
+
+            self.classifier = ModelClassifier(module, self.schedule, time_input=cfg.time_input, sigma_data=cfg.sigma_data)
         self._perm: dict[int, torch.Tensor] = {}
         self._stop = False
 
@@ -151,7 +163,9 @@ class Trainer:
         mine = slice(self.dist.rank * b, (self.dist.rank + 1) * b)
         x = self.data.x[idx[mine]].to(dev)
         labels = None
-        if self.net_classes:
+        if self.cfg.objective == "classifier":
+            labels = self.data.labels[idx][mine].to(dev)
+        elif self.net_classes:
             labels = torch.where(drop, self.net_classes, self.data.labels[idx])[mine].to(dev)
         if cfg.ot_coupling:
             eps_mine = global_ot_pairing(x, eps.to(dev), self.dist.rank, self.dist.world)
@@ -173,7 +187,13 @@ class Trainer:
         cond = {} if labels is None else {"label": labels}
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         with torch.autocast(self.dist.device.type, dtype=dtype, enabled=dtype is not None):
-            loss = self.loss(self.denoiser, x, cond=cond, t=t, eps=eps).mean()
+            if cfg.objective == "classifier":  # cross-entropy of the class of x_t = alpha x + sigma eps
+                t_dev = t.to(x.device)
+                a = expand_as_batch(self.schedule.alpha(t_dev).to(x.dtype), x)
+                s = expand_as_batch(self.schedule.sigma(t_dev).to(x.dtype), x)
+                loss = torch.nn.functional.cross_entropy(self.classifier.logits(a * x + s * eps, t_dev), labels)
+            else:
+                loss = self.loss(self.denoiser, x, cond=cond, t=t, eps=eps).mean()
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.grad_clip > 0:
@@ -243,7 +263,8 @@ class Trainer:
 
     def preview(self) -> None:
         """A picture of EMA samples in ``out/samples/step_<n>.png`` (images and 2-D data)."""
-        if not self.dist.main or not (self.data_info["kind"] == "image" or self.data_info["shape"] == [2]):
+        if not self.dist.main or not (self.data_info["kind"] == "image" or self.data_info["shape"] == [2]) \
+                or self.cfg.objective != "denoise":
             return
         from ..registry import GRIDS, SAMPLERS, lookup, steps_for_nfe
         from ..generation import gather, generate
