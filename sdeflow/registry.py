@@ -125,6 +125,7 @@ def parse_grid(text: str, n: int, schedule) -> "grids.torch.Tensor":
 #: Exact problems by name: ``() -> (mixture, sample shape)``.
 PROBLEMS = {
     "ring-2d": lambda: (analytic.ring_2d(), (2,)),
+    "labelled-ring-2d": lambda: (analytic.ring_2d(n_classes=4), (2,)),
     "mixture-64d": lambda: (analytic.random_mixture(64, 8, seed=1), (64,)),
     "image-mixture": lambda: (analytic.random_mixture(3 * 32 * 32, 4, seed=2), (3, 32, 32)),
 }

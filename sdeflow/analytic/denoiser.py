@@ -21,7 +21,7 @@ rows, ``None`` for all); other conditioning keywords are accepted and ignored.""
 
     def forward(self, x_t: torch.Tensor, t, label=None, **cond) -> torch.Tensor:
         label = label if self.mixture.classes is not None else None
-        x_hat = self.mixture.x_hat(x_t.cpu(), self.schedule, torch.as_tensor(t).detach().cpu(), label)
+        x_hat = self.mixture.x_hat(x_t.cpu(), self.schedule, torch.as_tensor(t, dtype=torch.float64).detach().cpu(), label)
         return x_hat.to(device=x_t.device, dtype=x_t.dtype)
 
     def null_cond(self, cond: dict) -> dict:
@@ -41,4 +41,4 @@ class OracleClassifier:
         self.mixture, self.schedule = mixture, schedule
 
     def __call__(self, x_t: torch.Tensor, t, label) -> torch.Tensor:
-        return self.mixture.class_log_prob(x_t.cpu(), self.schedule, torch.as_tensor(t).detach().cpu(), label)
+        return self.mixture.class_log_prob(x_t.cpu(), self.schedule, torch.as_tensor(t, dtype=torch.float64).detach().cpu(), label)

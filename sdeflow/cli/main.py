@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "and/or an .npz of the samples. Under torchrun the samples are sharded over the processes "
                          "and are bit-identical to a single-process run.")
     smp.add_argument("--checkpoint", default=None, metavar="NAME|PATH",
-                     help="a shipped model (digits, moons, swiss-roll, eight-gaussians, checkerboard), a "
+                     help="a shipped model (digits, digits-small, moons, swiss-roll, eight-gaussians, checkerboard), a "
                      "checkpoint .safetensors or a training run folder (default: digits)")
     smp.add_argument("--problem", default=None, choices=list(PROBLEMS), metavar="NAME",
                      help=f"sample an exact problem instead of a model: one of {', '.join(PROBLEMS)}")
@@ -82,6 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
                      "samples.npz for a problem; '' for none)")
     smp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     smp.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    from ..guidance import METHODS
+
+    g = smp.add_argument_group("guidance (class-conditional models and labelled problems)")
+    g.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="guidance scale (1: the conditional model; cfg++ takes W in [0, 1]) (default: no guidance)")
+    g.add_argument("--guidance-method", default="cfg", choices=list(METHODS), metavar="NAME",
+                   help=f"one of: {', '.join(METHODS)} (default: cfg; see sdeflow list)")
+    g.add_argument("--guidance-interval", default=None, metavar="LO,HI",
+                   help="guide only at noise levels sigma/alpha in (LO, HI], e.g. 0.3,5 (inf allowed); the "
+                   "unconditional pass is skipped outside (default: every noise level)")
+    g.add_argument("--guidance-logsnr", action="store_true",
+                   help="read --guidance-interval as bounds on log(alpha/sigma) (sdeflow's logsnr) instead of sigma/alpha")
+    g.add_argument("--guidance-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="a setting of the method (repeatable), e.g. phi=0.7, eta=0, momentum=-0.5, "
+                   "norm_threshold=4, zero_sigma=20")
+    g.add_argument("--guide", default=None, metavar="NAME|PATH",
+                   help="the weaker model of autoguidance (default for digits: digits-small)")
+    g.add_argument("--classifier", default=None, metavar="NAME|PATH",
+                   help="the noise-aware classifier of classifier guidance (default for digits: digits-noisy-classifier)")
+    g.add_argument("--guidance-separate", action="store_true",
+                   help="run the conditional and unconditional passes as two forwards (less memory) instead of one batched")
 
     from .train_cmd import add_train_parser
 
@@ -131,6 +152,14 @@ def _list() -> None:
     for name, exact in INVERSE_METHODS.items():
         print(f"  {name:<{width}}  {exact}")
     print("measurement operators (sdeflow restore --operator NAME): " + ", ".join(OPERATORS))
+    from ..guidance import METHODS
+
+    print("guidance methods (sdeflow sample --guidance W --guidance-method NAME; sdeflow.guidance.guided):")
+    width = max(map(len, METHODS))
+    for name, text in METHODS.items():
+        print(f"  {name:<{width}}  {text}")
+    print("  (predictor-corrector guidance: any method with --sampler pc-langevin, whose corrector targets the "
+          "tilted p_t(x|c)^w p_t(x)^(1-w))")
     from ..pretrained import PRETRAINED
 
     print("shipped models (sdeflow sample --checkpoint NAME): " + ", ".join(PRETRAINED))

@@ -59,7 +59,84 @@ def _outputs(args, default: str) -> list[str]:
     return [check_output(o, (".png", ".npz")) for o in outs if o]
 
 
+def _option_values(items: list[str] | None) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--guidance-option takes KEY=VALUE, got {item!r}")
+        try:
+            out[key] = None if value.lower() == "none" else float(value)
+        except ValueError:
+            raise ValueError(f"--guidance-option {key}: expected a number or none, got {value!r}") from None
+    return out
+
+
+def check_guidance(args) -> None:
+    """Refuse guidance flags that cannot work, before any model is loaded."""
+    args.sampler_given = args.sampler is not None
+    given = [f for f in ("guidance_interval", "guidance_option", "guide", "classifier") if getattr(args, f, None)]
+    if args.guidance is None:
+        if given or args.guidance_logsnr or args.guidance_separate or args.guidance_method != "cfg":
+            raise ValueError("the guidance settings need --guidance W (the scale)")
+        return
+    from ..guidance import parse_interval
+
+    if args.guidance_method == "cfg++" and not 0.0 <= args.guidance <= 1.0:
+        raise ValueError(f"cfg++ takes a guidance scale in [0, 1], got {args.guidance}")
+    args.guidance_options = _option_values(args.guidance_option)
+    args.interval = parse_interval(args.guidance_interval, "logsnr" if args.guidance_logsnr else "sigma")
+    if args.guide is not None and args.guidance_method != "auto":
+        raise ValueError("--guide is the weaker model of autoguidance: use it with --guidance-method auto")
+    if args.classifier is not None and args.guidance_method != "classifier":
+        raise ValueError("--classifier is for --guidance-method classifier")
+
+
+def apply_guidance(args, denoiser, sampler, default_model: str | None, device="cpu"):
+    """The guided denoiser and sampler of the ``--guidance`` flags (unchanged without them)."""
+    if args.guidance is None:
+        return denoiser, sampler
+    from ..guidance import guided, guided_sampler
+    from ..pretrained import load_classifier, load_model
+
+    guide = classifier = None
+    if args.guidance_method == "auto":
+        name = args.guide or (f"{default_model}-small" if default_model == "digits" else None)
+        if name is None:
+            raise ValueError("autoguidance needs --guide (a weaker checkpoint of the same task)")
+        guide = load_model(name, device=device).denoiser
+    if args.guidance_method == "classifier":
+        name = args.classifier or (f"{default_model}-noisy-classifier" if default_model == "digits" else None)
+        if name is None:
+            raise ValueError("classifier guidance needs --classifier (a noise-aware classifier checkpoint)")
+        classifier = load_classifier(name, device=device)
+    options = dict(args.guidance_options)
+    g = guided(denoiser, args.guidance_method, args.guidance, interval=args.interval, guide=guide,
+               classifier=classifier, batched=not args.guidance_separate, **options)
+    try:
+        sampler = guided_sampler(args.guidance_method, sampler)
+    except ValueError:
+        if args.sampler_given:
+            raise
+        # the default sampler of this budget carries corrector evaluations over: CFG++'s own DDIM instead
+        from ..samplers import DDIM
+
+        args.sampler, sampler = "ddim", guided_sampler(args.guidance_method, DDIM())
+    from ..sampling import planned
+
+    planned(sampler, denoiser.schedule, args.ts)
+    return g, sampler
+
+
+def _forwards_note(g, samples: int) -> str:
+    forwards = getattr(g, "forwards", None)
+    if not forwards:
+        return ""
+    return f", {forwards / samples:.4g} network forwards per sample"
+
+
 def run_sample(args) -> dict:
+    check_guidance(args)
     if args.problem is not None:
         if args.checkpoint is not None:
             raise ValueError("give either --checkpoint (a model) or --problem (an exact mixture), not both")
@@ -75,11 +152,22 @@ def _sample_problem(args) -> dict:
     outs = _outputs(args, "samples.npz")
     schedule, sampler, ts, steps = resolve(args)
     mixture, shape = lookup(PROBLEMS, "problem", args.problem)()
+    labels = parse_labels(args.label, args.num, mixture.num_classes) if (mixture.num_classes or args.label) else None
+    if labels is not None:
+        labels = torch.where(labels == mixture.num_classes, -1, labels)  # "none": the oracle's unconditional label
+    elif args.guidance is not None:
+        raise ValueError(f"--guidance needs a problem with classes (labelled-ring-2d); {args.problem} has none")
+    args.ts = ts
+    denoiser, sampler = apply_guidance(args, mixture.denoiser(schedule), sampler, None)
+    if args.guidance_method == "classifier" and args.guidance is not None:
+        raise ValueError("classifier guidance on a problem: use sdeflow.guidance.ClassifierGuided with "
+                         "mixture.classifier(schedule) in Python")
     gen = torch.Generator().manual_seed(args.seed)
     x_init, _ = mixture.sample_t(args.num, schedule, float(ts[0]), gen)
-    result = sample(mixture.denoiser(schedule), sampler, ts, x_init.float().reshape(args.num, *shape),
+    result = sample(denoiser, sampler, ts, x_init.float().reshape(args.num, *shape), cond={"label": labels},
                     noise=noise_source(args, gen), progress=args.progress and sys.stderr.isatty())
-    print(f"{args.num} samples of {args.problem} with {args.sampler} on {args.schedule}: {steps} steps, NFE {result.nfe}")
+    print(f"{args.num} samples of {args.problem} with {args.sampler} on {args.schedule}: {steps} steps, NFE {result.nfe}"
+          + _forwards_note(denoiser, args.num))
     for out in outs:
         if out.lower().endswith(".npz"):
             save_npz(out, samples=result.x.numpy(), nfe=np.array(result.nfe), ts=ts.numpy())
@@ -130,15 +218,22 @@ def _sample_model(args) -> dict:
         args.noise = "seeded"  # per-sample seeds: independent of the batch size and of the number of processes
     args.num = args.num or (100 if model.kind == "image" else 2000)
     labels = parse_labels(args.label, args.num, model.num_classes)
-    chunks = generate(model.denoiser, sampler, ts, model.shape, args.num, seed=args.seed, labels=labels,
+    if args.guidance is not None and model.num_classes == 0:
+        raise ValueError("--guidance needs a class-conditional model; this one is unconditional")
+    args.ts = ts
+    name = args.checkpoint or "digits"
+    denoiser, sampler = apply_guidance(args, model.denoiser, sampler, name if name in ("digits",) else None, dist.device)
+    chunks = generate(denoiser, sampler, ts, model.shape, args.num, seed=args.seed, labels=labels,
                       batch_size=args.batch_size, noise=args.noise, rank=dist.rank, world=dist.world,
                       progress=args.progress and dist.main and sys.stderr.isatty(), device=dist.device)
     x = gather(chunks, dist.world)
-    name = args.checkpoint or "digits"
     if dist.main:
         nfe = sampler.prepare(schedule, ts).nfe if not sampler.adaptive else "adaptive"
         procs = f" on {dist.world} processes" if dist.world > 1 else ""
-        print(f"{args.num} samples of {name} with {args.sampler}, {steps} steps, NFE {nfe}{procs}")
+        guide = "" if args.guidance is None else f", {args.guidance_method} guidance at {args.guidance:g}"
+        mine = sum(len(c) for c in chunks.values())  # this process's samples (all of them on one process)
+        print(f"{args.num} samples of {name} with {args.sampler}{guide}, {steps} steps, NFE {nfe}{procs}"
+              + _forwards_note(denoiser, mine))
         for out in outs:
             if out.lower().endswith(".npz"):
                 raw = x * (1.0 / model.meta["data"]["scale"]) - model.meta["data"]["shift"] / model.meta["data"]["scale"]

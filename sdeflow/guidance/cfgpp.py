@@ -19,7 +19,8 @@ the guidance CFG++ applies per step grows as steps shrink: ``lambda`` is tuned f
 
 Stages after a step's first evaluation (Heun's second stage, the corrector's evaluations) see the
 guided field at their own states. Samplers that do not start a step by evaluating at the current
-state (adaptive solvers, EDM's churn, restart) are refused.
+state (adaptive solvers, EDM's churn, restart) or that carry the evaluation of a corrector over
+to the next step (UniPC, DPM-Solver++ with UniC) are refused.
 """
 
 from __future__ import annotations
@@ -62,10 +63,12 @@ class CFGPlusPlus(Sampler):
             raise TypeError(f"inner must be a sdeflow Sampler, got {type(self.inner).__name__}")
         from ..samplers import EDMStochastic, Restart
 
-        if self.inner.adaptive or isinstance(self.inner, (CFGPlusPlus, EDMStochastic, Restart)):
-            raise ValueError(f"CFG++ cannot wrap {type(self.inner).__name__}: it needs a fixed-grid sampler whose steps "
-                             "start by evaluating the model at the current state (DDIM, DPM-Solver(++), UniPC, DEIS, "
-                             "iPNDM, Heun, DDPM, Euler, ...)")
+        if self.inner.adaptive or isinstance(self.inner, (CFGPlusPlus, EDMStochastic, Restart)) \
+                or getattr(self.inner, "corrector", False) is True:
+            raise ValueError(f"CFG++ cannot wrap {type(self.inner).__name__}"
+                             f"{' with a corrector' if getattr(self.inner, 'corrector', False) is True else ''}: it needs a "
+                             "fixed-grid sampler whose steps start by evaluating the model at the current state (DDIM, "
+                             "DPM-Solver(++), DEIS, iPNDM, UniP without corrector, Heun, DDPM, Euler, ...)")
 
     @property
     def order(self) -> int:  # type: ignore[override]

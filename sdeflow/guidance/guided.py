@@ -16,7 +16,8 @@ same on every grid.
 
 The rule's state (APG's momentum) belongs to one run: it is emptied when an evaluation comes back
 to the top of the grid (or higher), and by :meth:`Guided.reset`. ``forwards`` counts network forwards per sample (a batched CFG evaluation is 2, a skipped negative
-pass 1), beside the sampler's NFE, which counts denoiser evaluations.
+pass 1) summed over the samples evaluated: one run over ``B`` samples adds ``B`` times its
+forwards per sample. It stands beside the sampler's NFE, which counts denoiser evaluations.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from .rules import CFG, Rule
 @dataclass(frozen=True)
 class Interval:
     """Noise levels where guidance is on: ``lo < level <= hi``, with ``level`` the noise-to-signal
-    ratio ``sigma / alpha`` (``kind="sigma"``, the EDM / k-diffusion convention) or the log
-    signal-to-noise ratio ``log(alpha^2 / sigma^2)`` (``kind="logsnr"``, on whose scale the bounds
-    then lie; a high logSNR is a low noise level)."""
+    ratio ``sigma / alpha`` (``kind="sigma"``, the EDM / k-diffusion convention) or sdeflow's
+    ``schedule.logsnr = log(alpha / sigma) = -log(sigma / alpha)`` (``kind="logsnr"``, on whose scale
+    the bounds then lie; a high logSNR is a low noise level)."""
 
     lo: float
     hi: float
@@ -56,7 +57,7 @@ class Interval:
         t = as_time(t)
         if self.kind == "sigma":
             level = schedule.noise_to_signal(t)
-        else:  # on the sigma scale: logSNR <= hi and > lo means sigma in [exp(-hi/2), exp(-lo/2))
+        else:  # lo < logsnr <= hi
             level = -schedule.logsnr(t)
             return (level >= -self.hi) & (level < -self.lo)
         return (level > self.lo) & (level <= self.hi)
@@ -156,13 +157,12 @@ class Guided(Denoiser):
 
     def _negative(self, x_t, t, cond: dict, need_pos: bool = True):
         """``(pos, neg)``: the conditional prediction and the negative one."""
+        self.forwards += 2 * x_t.shape[0]
         if self.guide is not None:
-            self.forwards += 2
             return self.inner(x_t, t, **cond), self.guide(x_t, t, **cond)
         null = self.null(cond)
         b = x_t.shape[0]
         both = _stacked(cond, null, b) if self.batched else None
-        self.forwards += 2
         if both is None:
             return self.inner(x_t, t, **cond), self.inner(x_t, t, **null)
         tt = t if not (isinstance(t, torch.Tensor) and t.ndim == 1) else torch.cat([t, t])
@@ -176,7 +176,7 @@ class Guided(Denoiser):
         self._last_t = t_now
         active = None if self.interval is None else self.interval.contains(self.schedule, t)
         if self.rule.is_identity or (active is not None and not bool(active.any())):
-            self.forwards += 1
+            self.forwards += x_t.shape[0]
             self.last_unconditional = None
             return self.inner(x_t, t, **cond)
         pos, neg = self._negative(x_t, t, cond)

@@ -18,7 +18,7 @@ which quantity they act on.
   the velocity is zero above a noise level (zero-init) (Fan et al., 2025, arXiv:2503.18886).
 
 Each rule has a ``scale``; ``scale = 1`` returns ``pos`` to round-off (exactly for CFG, rescale
-and APG, which then skip the negative pass), ``scale = 0`` returns ``neg`` for CFG and rescale.
+and APG, which then skip the negative pass); ``scale = 0`` returns ``neg`` for CFG.
 """
 
 from __future__ import annotations

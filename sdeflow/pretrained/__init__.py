@@ -1,9 +1,12 @@
 """Shipped models and loading any sdeflow checkpoint as a ready-to-sample denoiser.
 
 The package ships small models trained with ``sdeflow train`` (commands in ``docs/training.md``):
-``digits`` (class-conditional 8x8 digits, rectified flow), the 2-D toys ``moons``, ``swiss-roll``,
-``eight-gaussians`` and ``checkerboard``, and ``digits-classifier`` (the classifier of the quality
-benchmark). :func:`load_model` takes one of these names or the path of any checkpoint.
+``digits`` (class-conditional 8x8 digits, rectified flow), ``digits-small`` (a deliberately weaker
+digits model: a quarter of the width, a quarter of the training; the default guide of
+autoguidance), the 2-D toys ``moons``, ``swiss-roll``, ``eight-gaussians`` and ``checkerboard``,
+``digits-classifier`` (the classifier of the quality benchmark) and ``digits-noisy-classifier`` (a
+noise-aware classifier of noised digits, for classifier guidance). :func:`load_model` takes one of
+the models' names or the path of any checkpoint; :func:`load_classifier` loads a noise-aware classifier.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ from ..training import checkpoint as ckpt
 from ..training.config import TrainConfig
 
 FOLDER = os.path.dirname(os.path.abspath(__file__))
-PRETRAINED = ("digits", "moons", "swiss-roll", "eight-gaussians", "checkerboard")
+PRETRAINED = ("digits", "digits-small", "moons", "swiss-roll", "eight-gaussians", "checkerboard")
+CLASSIFIERS = ("digits-classifier", "digits-noisy-classifier")
 
 
 def path_of(spec: str) -> str:
     """The file of a shipped model name, or ``spec`` itself (a path; a run folder means its checkpoint)."""
-    if spec in PRETRAINED or spec == "digits-classifier":
+    if spec in PRETRAINED or spec in CLASSIFIERS:
         return os.path.join(FOLDER, f"{spec}.safetensors")
     if os.path.isdir(spec):
         return os.path.join(spec, "checkpoint.safetensors")
@@ -72,7 +76,23 @@ def load_model(spec: str = "digits", device: str | torch.device = "cpu") -> Load
         raise ValueError(f"{spec!r} is not a generative model (its checkpoint holds no training configuration, e.g. "
                          f"the digits classifier); give a run folder, its .safetensors, or one of: {', '.join(PRETRAINED)}")
     cfg = TrainConfig.from_dict(meta["config"], where=path).resolved()
+    if cfg.objective != "denoise":
+        raise ValueError(f"{spec!r} is a {cfg.objective}, not a generative model (load it with load_classifier)")
     schedule = lookup(SCHEDULES, "schedule", cfg.schedule)()
     denoiser = ModelDenoiser(net.to(device), schedule, cfg.parameterization, time_input=cfg.time_input)
     data = meta["data"]
     return LoadedModel(denoiser, tuple(data["shape"]), data["kind"], meta["network"].get("num_classes", 0), meta, path)
+
+
+def load_classifier(spec: str = "digits-noisy-classifier", device: str | torch.device = "cpu"):
+    """A noise-aware classifier checkpoint (``sdeflow train --objective classifier``) as a
+    :class:`~sdeflow.guidance.ModelClassifier`: ``(x_t, t, label) -> log p_t(c | x_t)``."""
+    from ..guidance.classifier import ModelClassifier
+    from ..registry import SCHEDULES, lookup
+
+    net, meta, path = load_network(spec)
+    cfg = TrainConfig.from_dict(meta["config"], where=path).resolved() if "config" in meta else None
+    if cfg is None or cfg.objective != "classifier":
+        raise ValueError(f"{spec!r} is not a noise-aware classifier (train one with sdeflow train --objective classifier)")
+    schedule = lookup(SCHEDULES, "schedule", cfg.schedule)()
+    return ModelClassifier(net.to(device), schedule, time_input=cfg.time_input, sigma_data=cfg.sigma_data)
