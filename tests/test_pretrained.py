@@ -6,7 +6,7 @@ import torch
 from sdeflow import data, metrics, samplers
 from sdeflow.generation import gather, generate
 from sdeflow.registry import GRIDS
-from sdeflow.pretrained import PRETRAINED, load_model, load_network
+from sdeflow.pretrained import PRETRAINED, load_classifier, load_model, load_network
 
 
 def _samples(model, n, nfe=10, labels=None):
@@ -44,7 +44,7 @@ def test_digits_samples_are_recognised_as_their_class():
     assert acc > 0.85
 
 
-@pytest.mark.parametrize("name", [n for n in PRETRAINED if n != "digits"])
+@pytest.mark.parametrize("name", [n for n in PRETRAINED if not n.startswith("digits")])
 def test_toy_models_reproduce_their_data(name):
     model = load_model(name)
     x = _samples(model, 2000, nfe=20)
@@ -52,3 +52,35 @@ def test_toy_models_reproduce_their_data(name):
     gauss = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0)) * target.std(0)
     floor = metrics.sliced_wasserstein(data.load(name, toy_size=2000, seed=12).x, target)
     assert metrics.sliced_wasserstein(x, target) < 0.25 * metrics.sliced_wasserstein(gauss, target) + floor
+
+
+def test_the_weaker_digits_model_is_weaker_and_the_same_task():
+    """digits-small (autoguidance's default guide) has the same conditioning and output shape, and its
+    class-conditional samples are recognised less often than the full model's at the same budget."""
+    good, small = load_model("digits"), load_model("digits-small")
+    assert small.shape == good.shape and small.num_classes == good.num_classes
+    assert sum(p.numel() for p in small.denoiser.model.parameters()) < 0.5 * sum(p.numel() for p in good.denoiser.model.parameters())
+    labels = torch.arange(300) % 10
+    clf, _, _ = load_network("digits-classifier")
+    with torch.no_grad():
+        acc = {name: float((clf(_samples(m, 300, labels=labels)).argmax(1) == labels).double().mean())
+               for name, m in (("good", good), ("small", small))}
+    assert acc["small"] < acc["good"]
+
+
+def test_the_noise_aware_classifier_knows_clean_digits_and_forgets_them_in_noise():
+    """Accurate on lightly noised digits, near chance (0.1) in pure noise, and monotone in between."""
+    clf = load_classifier()
+    d = data.digits()
+    g = torch.Generator().manual_seed(0)
+    accs = []
+    for t in (0.1, 0.5, 1.0):
+        a, s = clf.schedule.alpha(torch.tensor(t)), clf.schedule.sigma(torch.tensor(t))
+        x = float(a) * d.x + float(s) * torch.randn(d.x.shape, generator=g)
+        with torch.no_grad():
+            accs.append(float((clf.logits(x, t).argmax(1) == d.labels).double().mean()))
+    assert accs[0] > 0.95 and accs[0] > accs[1] > accs[2] and accs[2] < 0.2
+    with pytest.raises(ValueError, match="not a noise-aware classifier"):
+        load_classifier("digits")
+    with pytest.raises(ValueError, match="load_classifier"):
+        load_model("digits-noisy-classifier")

@@ -7,6 +7,7 @@ they do not depend on ``--batch-size`` nor on the number of processes under torc
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -82,6 +83,8 @@ def check_guidance(args) -> None:
         return
     from ..guidance import parse_interval
 
+    if not math.isfinite(args.guidance):
+        raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
     if args.guidance_method == "cfg++" and not 0.0 <= args.guidance <= 1.0:
         raise ValueError(f"cfg++ takes a guidance scale in [0, 1], got {args.guidance}")
     args.guidance_options = _option_values(args.guidance_option)
