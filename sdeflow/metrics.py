@@ -60,3 +60,22 @@ def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 2.0) -> float:
     """Peak signal-to-noise ratio in dB for data in a range of width ``data_range`` ([-1, 1]: 2)."""
     mse = float((x - ref).pow(2).mean())
     return float("inf") if mse == 0 else 10 * math.log10(data_range ** 2 / mse)
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """k-nearest-neighbour precision and recall of two feature sets ``(N, D)`` (Kynkaanniemi et al.,
+    2019, arXiv:1904.06991): each set's manifold is the union of balls around its points reaching
+    their ``k``-th nearest neighbour in the set; precision is the fraction of ``fake`` inside the real
+    manifold (fidelity), recall the fraction of ``real`` inside the fake manifold (coverage)."""
+    real = real.reshape(real.shape[0], -1).to(torch.float64)
+    fake = fake.reshape(fake.shape[0], -1).to(torch.float64)
+    if not 1 <= k < min(real.shape[0], fake.shape[0]):
+        raise ValueError(f"k must lie in [1, {min(real.shape[0], fake.shape[0]) - 1}], got {k}")
+
+    def radii(x):
+        return torch.cdist(x, x).kthvalue(k + 1, dim=1).values  # the 1st nearest is the point itself
+
+    def covered(points, centres, r):
+        return float((torch.cdist(points, centres) <= r[None, :]).any(dim=1).double().mean())
+
+    return covered(fake, real, radii(real)), covered(real, fake, radii(fake))

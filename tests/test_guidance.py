@@ -366,3 +366,14 @@ def test_apg_momentum_starts_afresh_on_each_run():
     a = sample(g, samplers.DPMSolverPP(order=2), ts, x, cond={"label": lab}).x
     b = sample(g, samplers.DPMSolverPP(order=2), ts, x, cond={"label": lab}).x
     assert torch.equal(a, b)
+
+
+def test_the_guide_s_first_example_runs():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "guidance.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    scope = {}
+    exec(compile(code, "docs/guidance.md", "exec"), scope)
+    assert scope["x"].shape == (16, 1, 8, 8) and torch.isfinite(scope["x"]).all()
