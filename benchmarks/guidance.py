@@ -66,6 +66,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Guidance methods against the guidance scale on the shipped digits model.")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--nfe", nargs="+", type=int, default=[10, 20])
+    p.add_argument("--scales", nargs="+", type=float, default=SCALES, help="scales of every method but CFG++")
+    p.add_argument("--tag", default="", help="write guidance-TAG.{md,json} (a supplementary sweep), no picture")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, small = load_model("digits"), load_model("digits-small")
@@ -81,7 +83,7 @@ def main(argv=None):
     rows, pictures = [], {}
     for nfe in args.nfe:
         for method in args.methods:
-            for scale in (CFGPP_SCALES if method == "cfg++" else SCALES):
+            for scale in (CFGPP_SCALES if method == "cfg++" else args.scales):
                 x, forwards, seconds = run(model, small, method, scale, nfe, labels)
                 with torch.no_grad():
                     f = clf.features(x)
@@ -91,14 +93,24 @@ def main(argv=None):
                                  recall=rec, forwards=forwards, seconds=seconds))
                 print(f"NFE {nfe:2d} {method:>14} w {scale:4.1f}: acc {acc:.3f} FD {rows[-1]['fd']:6.3f} "
                       f"P {prec:.3f} R {rec:.3f}  ({forwards:.0f} forwards/sample, {seconds:.1f} s)", flush=True)
-                if method == "cfg" and nfe == 20:
+                if method == "cfg" and nfe == 20 and not args.tag:
                     pictures[scale] = x[:10]
+    name = "guidance" + (f"-{args.tag}" if args.tag else "")
+    old = os.path.join(DOCS, "benchmarks", name + ".json")
+    if os.path.exists(old):  # a run of some methods or NFEs replaces their rows and keeps the others
+        import json
+
+        done = {(r["method"], r["nfe"], r["scale"]) for r in rows}
+        kept = [r for r in json.load(open(old))["rows"] if (r["method"], r["nfe"], r["scale"]) not in done]
+        order = {m: k for k, m in enumerate(METHODS)}
+        rows = sorted(kept + rows, key=lambda r: (r["nfe"], order[r["method"]], r["scale"]))
     result = dict(rows=rows, fd_floor=floor, precision_floor=floor_pr[0], recall_floor=floor_pr[1],
                   n_samples=len(labels), n_real_b=len(half_b), interval=INTERVAL,
-                  options={m: METHODS[m][1] for m in METHODS}, classifier_test_accuracy=meta["test_accuracy"])
+                  options={m: METHODS[m][1] for m in METHODS}, classifier_test_accuracy=meta["test_accuracy"],
+                  tag=args.tag)
     os.makedirs(os.path.join(DOCS, "benchmarks"), exist_ok=True)
-    write_json(os.path.join(DOCS, "benchmarks", "guidance.json"), result)
-    atomic_write(os.path.join(DOCS, "benchmarks", "guidance.md"), lambda tmp: open(tmp, "w").write(report(result)))
+    write_json(os.path.join(DOCS, "benchmarks", name + ".json"), result)
+    atomic_write(os.path.join(DOCS, "benchmarks", name + ".md"), lambda tmp: open(tmp, "w").write(report(result)))
     if pictures:
         from sdeflow.data.pictures import save_samples
 
@@ -115,6 +127,11 @@ def report(r: dict) -> str:
            f"{r['precision_floor']:.3f}, recall {r['recall_floor']:.3f} (the floors). Interval: sigma/alpha in "
            f"({r['interval'][0]}, {r['interval'][1]}]. Scale 1 is the unguided conditional model for every method "
            "but CFG++ (whose lambda runs over 0.2 .. 1). Forwards: network passes per sample.", ""]
+    if r.get("tag"):
+        out[0] += f" ({r['tag']})"
+        out += ["A supplementary sweep of the scales around 1 "
+                f"(`python benchmarks/guidance.py --tag {r['tag']} --methods ... --scales ...`); the main table is "
+                "[guidance.md](guidance.md).", ""]
     for nfe in sorted({row["nfe"] for row in r["rows"]}):
         out += [f"## NFE {nfe}", "", "| method | scale | accuracy | FD | precision | recall | forwards |",
                 "|---|---|---|---|---|---|---|"]

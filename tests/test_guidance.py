@@ -150,7 +150,7 @@ def test_batched_forward_equals_two_forwards_and_forwards_are_counted():
         assert torch.allclose(G.Guided(d, 0.0)(x, 0.7, label=lab), u, atol=1e-6)
     unlabelled = ModelDenoiser(MLP(dim=2, width=8, depth=1), RectifiedFlow(), "velocity")
     with pytest.raises(ValueError, match="null="):
-        G.Guided(unlabelled, 3.0)(x, 0.5)
+        G.Guided(unlabelled, 3.0)  # refused when built, before any sampling
     g = G.Guided(unlabelled, 3.0, null={"scale": 0.0})  # a user's null conditioning, merged over cond
     assert g.null({"scale": 1.0}) == {"scale": 0.0}
 
@@ -314,6 +314,12 @@ def test_cfgpp_ddim_step_is_a_cfg_step_of_scale_lambda_over_one_minus_exp_minus_
     h = float(sch.logsnr(torch.tensor(s, dtype=torch.float64)) - sch.logsnr(torch.tensor(t, dtype=torch.float64)))
     cfg = sample(G.Guided(d, lam / (1 - math.exp(-h))), samplers.DDIM(), ts, x, cond={"label": lab}).x
     assert torch.allclose(ours, cfg, atol=1e-10)
+    # lambda = 1: the conditional clean estimate with the unconditional noise (not the conditional sampler)
+    one = sample(G.Guided(d, 1.0), G.CFGPlusPlus(samplers.DDIM()), ts, x, cond={"label": lab}).x
+    a_s, s_s = float(sch.alpha(torch.tensor(s))), float(sch.sigma(torch.tensor(s)))
+    a_t, s_t = float(sch.alpha(torch.tensor(t))), float(sch.sigma(torch.tensor(t)))
+    expect = a_s * RING.x_hat(x, sch, t, lab) + s_s * (x - a_t * RING.x_hat(x, sch, t)) / s_t
+    assert torch.allclose(one, expect, atol=1e-10)
     zero = sample(G.Guided(d, 0.0), G.CFGPlusPlus(samplers.DPMSolverPP(order=2)), grids.logsnr_grid(8, sch), x,
                   cond={"label": lab}).x
     plain = sample(d, samplers.DPMSolverPP(order=2), grids.logsnr_grid(8, sch), x, cond={"label": -1}).x

@@ -127,7 +127,8 @@ class ModelDenoiser(Denoiser):
     def null_cond(self, cond: dict) -> dict:
         """The conditioning of the unconditional pass (classifier-free guidance) for sdeflow's
         networks: label ``num_classes``, the class that label dropout trained as "no label"."""
-        classes = getattr(self.model, "config", {}).get("num_classes", 0) if isinstance(getattr(self.model, "config", None), dict) else 0
+        config = getattr(self.model, "config", None)
+        classes = config.get("num_classes", 0) if isinstance(config, dict) else 0
         if not classes:
             raise ValueError("this network has no class labels, so it has no unconditional pass to guide with: "
                              "pass null= to the guided denoiser (the conditioning of the unconditional pass)")

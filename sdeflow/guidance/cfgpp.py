@@ -105,6 +105,7 @@ class CFGPlusPlus(Sampler):
         guided = getattr(field, "denoiser", None)
         if not isinstance(guided, Guided):
             raise TypeError("CFG++ samples a guidance.Guided denoiser (it needs the unconditional prediction)")
+        guided.keep_negative = True  # at lambda = 1 the rule alone would skip the unconditional pass
         t, a = plan.t[i], plan.coef[i]
         x_hat = field(x, t)
         neg = guided.last_unconditional

@@ -79,11 +79,13 @@ def parse_interval(text: str | tuple | None, kind: str = "sigma") -> Interval | 
 
 
 def _null_of(denoiser) -> Callable[[dict], dict]:
+    """The denoiser's own ``null_cond``, checked now (a network without labels has none)."""
     null = getattr(denoiser, "null_cond", None)
     if null is None:
         raise ValueError(f"{type(denoiser).__name__} does not say what its unconditional input is: pass "
                          "null= (a dict of conditioning for the unconditional pass, e.g. an empty-prompt embedding, "
                          "or a function cond -> null cond)")
+    null({})
     return null
 
 
@@ -145,6 +147,8 @@ class Guided(Denoiser):
                 self.null = null if null is not None else _null_of(denoiser)
         else:
             self.null = None
+        #: evaluate the negative even when the rule would not need it (CFG++ re-noises with it)
+        self.keep_negative = False
         self.forwards = 0.0
         self.last_unconditional: torch.Tensor | None = None
         self.state: dict = {}
@@ -155,7 +159,7 @@ class Guided(Denoiser):
         self.forwards, self.state, self.last_unconditional = 0.0, {}, None
         self._last_t = self._start = -math.inf
 
-    def _negative(self, x_t, t, cond: dict, need_pos: bool = True):
+    def _negative(self, x_t, t, cond: dict):
         """``(pos, neg)``: the conditional prediction and the negative one."""
         self.forwards += 2 * x_t.shape[0]
         if self.guide is not None:
@@ -175,7 +179,7 @@ class Guided(Denoiser):
             self.state, self._start = {}, t_now  # back at the top of a grid: a new run started
         self._last_t = t_now
         active = None if self.interval is None else self.interval.contains(self.schedule, t)
-        if self.rule.is_identity or (active is not None and not bool(active.any())):
+        if (self.rule.is_identity and not self.keep_negative) or (active is not None and not bool(active.any())):
             self.forwards += x_t.shape[0]
             self.last_unconditional = None
             return self.inner(x_t, t, **cond)
