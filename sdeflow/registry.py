@@ -39,6 +39,7 @@ SAMPLERS: dict[str, Callable[[], samplers.Sampler]] = {
     "dpm-solver++-2m": lambda: samplers.DPMSolverPP(order=2, variant="midpoint"),
     "dpm-solver++-2m-heun": lambda: samplers.DPMSolverPP(order=2, variant="heun"),
     "dpm-solver++-3m": lambda: samplers.DPMSolverPP(order=3),
+    "dpm-solver++-3m-paper": lambda: samplers.DPMSolverPP(order=3, variant="midpoint"),
     "dpm-solver++-3m-unic": lambda: samplers.DPMSolverPP(order=3, corrector=True),
     "unipc-bh1": lambda: samplers.UniPC(order=2, variant="bh1"),
     "unipc-bh2": lambda: samplers.UniPC(order=2, variant="bh2"),

@@ -10,7 +10,9 @@ Order 1 is DDIM. For order 2 the ``"heun"`` variant is the exact integral of the
 interpolant, ``x_s = ... - alpha_s phi_1 D_0 + alpha_s phi_2 (D_0 - D_1)/r`` with
 ``phi_1 = expm1(-h)``, ``phi_2 = phi_1/h + 1`` and ``r = h_prev/h``; the ``"midpoint"`` variant
 replaces ``phi_2`` by ``-phi_1/2`` (2M in the paper's Algorithm 2 and in most implementations).
-Order 3 (3M) integrates the quadratic through three points exactly. ``corrector=True`` adds the
+Order 3 (3M) integrates the quadratic through three points exactly; with ``variant="midpoint"`` it
+takes the papers' finite-difference 3M update instead (what their reference code and diffusers'
+``DPMSolverMultistepScheduler`` compute; also third order, see :func:`.expint.paper_3m_weights`). ``corrector=True`` adds the
 UniC corrector after each step (no extra NFE).
 
 References: Lu et al., "DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 
 from .base import Weights
 from .engine import Multistep
-from .expint import exp_adams, finite_nodes, linear_part, midpoint_weights
+from .expint import exp_adams, finite_nodes, linear_part, midpoint_weights, paper_3m_weights
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,13 @@ class DPMSolverMultistep(Multistep):
             raise ValueError(f"variant must be 'heun' or 'midpoint', got {self.variant!r}")
 
     def weights(self, schedule, info, history, k):
-        if self.variant == "midpoint" and k == 2 and len(finite_nodes(info, history[:2])) == 2:
+        if self.variant == "midpoint" and k in (2, 3) and len(finite_nodes(info, history[:k])) == k:
             c_x, scale = linear_part(self.form, info.a_t, info.s_t, info.a_s, info.s_s)
-            r = (info.lam_t - history[1].lam_t) / info.h
-            return Weights(c_x, [scale * w for w in midpoint_weights(info.h, r, self.form)])
+            r0 = (info.lam_t - history[1].lam_t) / info.h
+            if k == 2:
+                return Weights(c_x, [scale * w for w in midpoint_weights(info.h, r0, self.form)])
+            r1 = (history[1].lam_t - history[2].lam_t) / info.h
+            return Weights(c_x, [scale * w for w in paper_3m_weights(info.h, r0, r1, self.form)])
         return exp_adams(self.form, info, history[:k])
 
 

@@ -71,6 +71,24 @@ def midpoint_weights(h: float, r: float, form: str) -> list[float]:
     return [e1 * (1 + 0.5 / r), -e1 * 0.5 / r]
 
 
+def paper_3m_weights(h: float, r0: float, r1: float, form: str) -> list[float]:
+    """DPM-Solver(++)-3M's update as written in the papers and their reference code: finite-difference
+    estimates ``D1 ~ h f'`` and ``D2 ~ h^2 f'' / 2`` from the last three outputs (``r0``, ``r1``: the
+    previous two steps over this one) with ``phi_2`` and ``phi_3`` weights; third order like the exact
+    quadratic integral of :func:`exp_adams_weights`, but not equal to it. Weights on
+    ``(x_hat_0, x_hat_1, x_hat_2)`` (to be scaled like :func:`exp_adams_weights`)."""
+    d10, d11 = [1 / r0, -1 / r0, 0.0], [0.0, 1 / r1, -1 / r1]
+    d1 = [(1 + r0 / (r0 + r1)) * a - r0 / (r0 + r1) * b for a, b in zip(d10, d11)]
+    d2 = [(a - b) / (r0 + r1) for a, b in zip(d10, d11)]
+    if form == "data":
+        e = math.expm1(-h)
+        phi1, phi2, phi3 = -e, e / h + 1, (e + h) / h ** 2 - 0.5
+        return [phi1 * (j == 0) + phi2 * a - phi3 * b for j, (a, b) in enumerate(zip(d1, d2))]
+    e = math.expm1(h)
+    phi1, phi2, phi3 = e, e / h - 1, (e - h) / h ** 2 - 0.5
+    return [phi1 * (j == 0) + phi2 * a + phi3 * b for j, (a, b) in enumerate(zip(d1, d2))]
+
+
 def linear_part(form: str, a_t: float, s_t: float, a_s: float, s_s: float) -> tuple[float, float]:
     """``(coefficient of x_t, scale of the integral)`` of the exact solution in ``form``."""
     if form == "data":

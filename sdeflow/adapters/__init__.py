@@ -1,0 +1,15 @@
+"""Bridges to the libraries users already have models in. Each optional dependency is imported
+only when its adapter is used.
+
+- :mod:`.diffusers`: a diffusers network and scheduler as a sdeflow denoiser and grid
+  (:func:`from_diffusers`), and sdeflow samplers as a diffusers scheduler (:class:`SdeflowScheduler`).
+- :mod:`.k_diffusion`: k-diffusion denoisers (sigma in, denoised out) as sdeflow denoisers, sigma
+  arrays as grids, and sdeflow samplers with k-diffusion's ``sample_*(model, x, sigmas)`` signature.
+- :mod:`.flow_matching`: velocity fields with time running from noise (0) to data (1).
+
+See ``docs/conventions.md`` for the conventions of each library and the sampler name table.
+"""
+
+from .diffusers import ClipSample, DiffusersBridge, from_diffusers, schedule_from_scheduler
+
+__all__ = ["ClipSample", "DiffusersBridge", "from_diffusers", "schedule_from_scheduler"]

