@@ -12,7 +12,7 @@ import torch
 
 import sdeflow
 from sdeflow import samplers
-from sdeflow.registry import SAMPLERS
+from sdeflow.registry import GRIDS, SAMPLERS
 
 # ------------------------------------------------------------------------------------------ diffusers
 
@@ -200,3 +200,49 @@ def test_conditioning_is_passed_through_and_output_objects_are_unwrapped():
     # diffusers' DDIM default spacing is "leading": timesteps 750, 500, 250, 0 for 4 steps
     assert torch.equal(ts[:4], bridge.schedule.t_from_index(torch.tensor([750.0, 500.0, 250.0, 0.0])))
     assert torch.allclose(seen["t"], torch.full((3,), 500.0))
+
+
+@pytest.mark.parametrize("sampler,grid", [("unipc-bh2", "logsnr"), ("heun", "karras"), ("dpm-solver++-3m", "trailing"),
+                                          ("ddpm", "leading")])
+def test_sdeflow_scheduler_in_a_diffusers_pipeline_equals_the_sdeflow_loop(unet, sampler, grid):
+    d = pytest.importorskip("diffusers")
+    from sdeflow.adapters import SdeflowScheduler, from_diffusers
+
+    # explicit settings travel with from_config (diffusers drops the ones left at a class's default)
+    original = d.DDPMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction", clip_sample=True)
+    scheduler = SdeflowScheduler.from_config(original.config, sampler=sampler, grid=grid, seed=5)
+    pipe = d.DDPMPipeline(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        images = pipe(batch_size=2, num_inference_steps=6, generator=torch.Generator().manual_seed(3), output_type="np").images
+        # the same run in sdeflow's loop: the pipeline's initial latents, then noise from the same generator
+        g = torch.Generator().manual_seed(3)
+        z = torch.randn(2, 3, 8, 8, generator=g)
+        bridge = from_diffusers(unet, original)
+        grid_ts = GRIDS[grid](6, bridge.schedule)
+        run = sdeflow.sample(bridge.denoiser, SAMPLERS[sampler](), grid_ts, z,
+                             noise=sdeflow.GeneratorNoise(g))
+    out = run.x
+    assert len(scheduler.timesteps) == run.nfe
+    expected = (out / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    assert abs(images - expected).max() < 1e-5
+
+
+def test_sdeflow_scheduler_config_round_trip_and_bad_names(tmp_path):
+    pytest.importorskip("diffusers")
+    from sdeflow.adapters import SdeflowScheduler
+
+    s = SdeflowScheduler(beta_schedule="scaled_linear", sampler="dpm-solver++-2m", grid="karras")
+    s.save_config(tmp_path)
+    back = SdeflowScheduler.from_config(SdeflowScheduler.load_config(tmp_path))
+    assert back.config.sampler == "dpm-solver++-2m" and back.config.grid == "karras" and back.schedule == s.schedule
+    s.set_timesteps(5)
+    assert len(s.timesteps) == 5 and float(s.timesteps[0]) == pytest.approx(999.0, abs=1e-3)
+    noisy = s.add_noise(torch.zeros(2, 3), torch.ones(2, 3), torch.tensor([999, 0]))
+    assert torch.allclose(noisy[:, 0], s.schedule.sigma(s._t_of(torch.tensor([999, 0]))).float())
+    with pytest.raises(ValueError, match="unknown sampler"):
+        SdeflowScheduler(sampler="nope")
+    with pytest.raises(ValueError, match="unknown grid"):
+        SdeflowScheduler(grid="nope")
+    with pytest.raises(ValueError, match="chooses its steps"):
+        SdeflowScheduler(sampler="rk45")

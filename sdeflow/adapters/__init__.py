@@ -12,4 +12,12 @@ See ``docs/conventions.md`` for the conventions of each library and the sampler 
 
 from .diffusers import ClipSample, DiffusersBridge, from_diffusers, schedule_from_scheduler
 
-__all__ = ["ClipSample", "DiffusersBridge", "from_diffusers", "schedule_from_scheduler"]
+__all__ = ["ClipSample", "DiffusersBridge", "SdeflowScheduler", "from_diffusers", "schedule_from_scheduler"]
+
+
+def __getattr__(name):
+    if name == "SdeflowScheduler":  # subclasses diffusers' scheduler classes: imported on first use
+        from .scheduler import SdeflowScheduler
+
+        return SdeflowScheduler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

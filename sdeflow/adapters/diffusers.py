@@ -161,14 +161,26 @@ class ClipSample(Denoiser):
         super().__init__(denoiser.schedule)
         self.inner, self.clip_range, self.ratio, self.max_value = denoiser, clip_range, ratio, max_value
 
-    def forward(self, x_t, t, **cond):
-        x_hat = self.inner(x_t, t, **cond)
+    @classmethod
+    def settings(cls, config) -> dict | None:
+        """The keyword arguments a diffusers scheduler config asks for, or ``None`` (no clipping)."""
+        if config.get("thresholding", False):
+            return dict(ratio=float(config.get("dynamic_thresholding_ratio", 0.995)),
+                        max_value=float(config.get("sample_max_value", 1.0)))
+        if config.get("clip_sample", False):
+            return dict(clip_range=float(config.get("clip_sample_range", 1.0)))
+        return None
+
+    def clip(self, x_hat: torch.Tensor) -> torch.Tensor:
         if self.ratio is not None:
             flat = x_hat.reshape(x_hat.shape[0], -1).abs().float()
             s = torch.quantile(flat, self.ratio, dim=1).clamp(1.0, self.max_value).to(x_hat.dtype)
             s = s.reshape(-1, *([1] * (x_hat.ndim - 1)))
             return torch.minimum(torch.maximum(x_hat, -s), s) / s
         return x_hat.clamp(-self.clip_range, self.clip_range)
+
+    def forward(self, x_t, t, **cond):
+        return self.clip(self.inner(x_t, t, **cond))
 
     def null_cond(self, cond):
         return self.inner.null_cond(cond)
@@ -228,11 +240,12 @@ class DiffusersBridge:
 
 
 def from_diffusers(model, scheduler_or_config, *, dtype: torch.dtype | None = None,
-                   clip: bool | None = None) -> DiffusersBridge:
+                   clip: bool = True) -> DiffusersBridge:
     """A diffusers network (``UNet2DModel``, ``UNet2DConditionModel``, a transformer, ...) with its
     scheduler (an instance, its config dict, or a local ``from_pretrained`` folder) as a sdeflow
-    denoiser and grid. ``dtype``: the network's dtype if it differs from the state's; ``clip``: apply
-    the config's ``clip_sample`` / ``thresholding`` to ``x_hat`` (default: when the config asks)."""
+    denoiser and grid. ``dtype``: the network's dtype if it differs from the state's; ``clip=False``
+    ignores the config's ``clip_sample`` / ``thresholding`` (applied to ``x_hat`` by default, as the
+    scheduler would)."""
     s = _scheduler(scheduler_or_config)
     cfg = s.config
     schedule = schedule_from_scheduler(s)
@@ -245,14 +258,9 @@ def from_diffusers(model, scheduler_or_config, *, dtype: torch.dtype | None = No
     times = _Timesteps(schedule, int(cfg.get("num_train_timesteps", 1000)))
     inner = ModelDenoiser(_Network(model), schedule, PREDICTION_TYPES[pred], time_input=times, dtype=dtype)
     den: Denoiser = inner
-    if clip is None:
-        clip = bool(cfg.get("clip_sample", False)) or bool(cfg.get("thresholding", False))
-    if clip:
-        if cfg.get("thresholding", False):
-            den = ClipSample(inner, ratio=float(cfg.get("dynamic_thresholding_ratio", 0.995)),
-                             max_value=float(cfg.get("sample_max_value", 1.0)))
-        elif cfg.get("clip_sample", False):
-            den = ClipSample(inner, float(cfg.get("clip_sample_range", 1.0)))
+    settings = ClipSample.settings(cfg)
+    if settings is not None and clip is not False:
+        den = ClipSample(inner, **settings)
     return DiffusersBridge(den, inner, s, times)
 
 
