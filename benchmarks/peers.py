@@ -8,10 +8,7 @@ helper they need. Each runner returns ``(t0, x_out, nfe)`` in the process's nati
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import sys
-import types
 
 import torch
 
@@ -31,29 +28,12 @@ def load_k_diffusion():
 
 
 def _load_k_diffusion():
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        return None, "k-diffusion is not installed (pip install k-diffusion --no-deps torchsde torchdiffeq)"
-    root = list(spec.submodule_search_locations)[0]
-    pkg = types.ModuleType("k_diffusion")
-    pkg.__path__ = [root]
-    utils = types.ModuleType("k_diffusion.utils")
-    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
-    sys.modules.setdefault("k_diffusion", pkg)
-    sys.modules.setdefault("k_diffusion.utils", utils)
-    pkg.utils = utils
-    mods = []
+    from sdeflow.adapters.k_diffusion import import_k_diffusion
+
     try:
-        for name in ["sampling", "external"]:
-            s = importlib.util.spec_from_file_location(f"k_diffusion.{name}", f"{root}/{name}.py")
-            m = importlib.util.module_from_spec(s)
-            sys.modules[f"k_diffusion.{name}"] = m
-            s.loader.exec_module(m)
-            setattr(pkg, name, m)
-            mods.append(m)
-    except Exception as err:  # a missing optional dependency of k-diffusion's modules
-        return None, f"k-diffusion could not be loaded: {err}"
-    return tuple(mods), None
+        return import_k_diffusion("sampling", "external"), None
+    except ImportError as err:  # not installed, or a missing optional dependency of its modules
+        return None, str(err)
 
 
 def k_sigma_range(process: Process):

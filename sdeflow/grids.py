@@ -198,3 +198,14 @@ def shift_grid(ts: torch.Tensor, shift: float) -> torch.Tensor:
         raise ValueError(f"shift must be > 0, got {shift}")
     ts = check_grid(ts)
     return check_grid(shift * ts / (1.0 + (shift - 1.0) * ts))
+
+
+def from_sigmas(sigmas, schedule: Schedule) -> torch.Tensor:
+    """A grid from decreasing noise levels ``sigma / alpha`` (k-diffusion's ``sigmas`` arrays, diffusers'
+    ``scheduler.sigmas``): each is mapped to the time where the schedule has that noise level, and a
+    final ``0`` to ``t = 0`` (clean data)."""
+    sig = torch.as_tensor(sigmas, dtype=torch.float64).flatten().cpu()
+    if not bool(torch.isfinite(sig).all()) or bool((sig < 0).any()):
+        raise ValueError("sigmas must be finite and >= 0")
+    t = schedule.t_from_sigma_ratio(sig.clamp_min(1e-300)).clamp(0.0, 1.0)
+    return check_grid(torch.where(sig > 0, t, torch.zeros_like(t)))

@@ -246,3 +246,112 @@ def test_sdeflow_scheduler_config_round_trip_and_bad_names(tmp_path):
         SdeflowScheduler(grid="nope")
     with pytest.raises(ValueError, match="chooses its steps"):
         SdeflowScheduler(sampler="rk45")
+
+
+# ---------------------------------------------------------------------------------------- k-diffusion
+
+
+def _k_sampling():
+    from sdeflow.adapters.k_diffusion import import_k_diffusion
+
+    try:
+        return import_k_diffusion("sampling")[0]
+    except ImportError as err:
+        pytest.skip(str(err))
+
+
+def _k_model():
+    """A smooth nonlinear denoiser in k-diffusion's convention (y, sigma) -> x0_hat."""
+    w = torch.randn(4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) / 2
+
+    def model(y, sigma, **kw):
+        s = sigma.reshape(-1, 1)
+        return torch.tanh(y @ w) * s / (1 + s) + y / (1 + s ** 2)
+
+    return model
+
+
+@pytest.mark.parametrize("k_name,sdeflow_name,kw,tol", [
+    ("sample_euler", "ddim", {}, 1e-5),
+    ("sample_euler", "euler", {}, 1e-5),
+    ("sample_heun", "edm-heun", {}, 1e-5),
+    ("sample_dpm_2", "dpm-solver-2", {}, 1e-5),
+    ("sample_dpmpp_2m", "dpm-solver++-2m", {}, 1e-5),
+    ("sample_dpmpp_2m_sde", "dpm-solver++-2m-heun", {"eta": 0.0, "solver_type": "heun"}, 1e-5),
+    ("sample_lms", "lms", {}, 1e-3),  # k-diffusion integrates LMS's polynomials by scipy quadrature
+])
+@pytest.mark.parametrize("grid", ["karras", "exponential"])
+def test_k_diffusion_samplers_equal_sdeflow_on_the_same_sigmas(k_name, sdeflow_name, kw, tol, grid):
+    ks = _k_sampling()
+    from sdeflow.adapters.k_diffusion import from_k_diffusion, k_sampler, sigmas_to_grid
+
+    sigmas = (ks.get_sigmas_karras(9, 0.02, 20.0) if grid == "karras" else ks.get_sigmas_exponential(9, 0.02, 20.0)).double()
+    model = _k_model()
+    y = torch.randn(16, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 20.0
+    ref = getattr(ks, k_name)(model, y, sigmas, disable=True, **kw)
+    out = k_sampler(sdeflow_name)(model, y, sigmas)
+    assert float((out - ref).abs().max() / ref.abs().max()) < tol
+    # the same through the pieces: the wrapped denoiser and the grid of the sigmas
+    den, ts = from_k_diffusion(model, sigma_max=float(sigmas[0])), sigmas_to_grid(sigmas)
+    assert torch.allclose(den.schedule.sigma(ts), sigmas, rtol=1e-12, atol=0)
+    assert torch.allclose(sdeflow.sample(den, SAMPLERS[sdeflow_name](), ts, y).x, out, rtol=1e-12, atol=1e-12)
+
+
+def test_k_sampler_callback_and_bad_names():
+    ks = _k_sampling()
+    from sdeflow.adapters.k_diffusion import k_sampler
+
+    seen = []
+    sigmas = ks.get_sigmas_karras(4, 0.1, 10.0)
+    k_sampler("heun")(_k_model(), torch.randn(3, 4, dtype=torch.float64) * 10, sigmas.double(), callback=seen.append)
+    assert [c["i"] for c in seen] == [0, 1, 2, 3] and seen[0]["sigma"] == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        k_sampler("nope")
+
+
+# ------------------------------------------------------------------------------------- flow_matching
+
+
+def test_a_flow_matching_velocity_sampled_by_sdeflow_matches_an_adaptive_reference_solve():
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    from sdeflow.adapters import from_flow_matching
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2)).double()
+
+    def velocity(x, t):  # noise (t = 0) to data (t = 1), as flow_matching and torchcfm train it
+        return net(torch.cat([x, t.reshape(-1, 1).expand(x.shape[0], 1).to(x.dtype)], 1))
+
+    x0 = torch.randn(64, 2, dtype=torch.float64)
+    with torch.no_grad():
+        ref = torchdiffeq.odeint(lambda t, x: velocity(x, t), x0, torch.tensor([0.0, 1.0], dtype=torch.float64),
+                                 method="dopri5", rtol=1e-10, atol=1e-10)[-1]
+        den = from_flow_matching(velocity)
+        errs = [float((sdeflow.sample(den, SAMPLERS["heun3"](), sdeflow.uniform_grid(n), x0).x - ref).abs().max())
+                for n in (16, 32, 64)]
+    assert errs[-1] < 1e-6 and errs[0] / errs[-1] > 30, errs  # converges to the reference at third order
+
+
+def test_flow_matching_solver_agrees_with_sdeflow_on_its_own_wrapper():
+    fm = pytest.importorskip("flow_matching.solver")
+    from flow_matching.utils import ModelWrapper
+
+    from sdeflow.adapters import from_flow_matching
+
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).double()
+
+    class Velocity(ModelWrapper):
+        def forward(self, x, t, **extras):
+            return self.model(torch.cat([x, t.reshape(-1, 1).expand(x.shape[0], 1).to(x.dtype)], 1))
+
+    v = Velocity(net)
+    x0 = torch.randn(32, 2, dtype=torch.float64)
+    grid = torch.linspace(0, 1, 9, dtype=torch.float64)
+    with torch.no_grad():
+        ref = fm.ODESolver(velocity_model=v).sample(x_init=x0, step_size=None, method="euler", time_grid=grid)
+        # flow_matching's Euler with those 8 steps is sdeflow's Euler on the reversed grid
+        out = sdeflow.sample(from_flow_matching(v, time_kw="t"), SAMPLERS["euler"](), 1 - grid, x0).x
+    assert torch.allclose(out, ref, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="not rectified flow"):
+        from_flow_matching(v, sigma_min=1e-4)

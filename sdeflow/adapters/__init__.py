@@ -11,8 +11,11 @@ See ``docs/conventions.md`` for the conventions of each library and the sampler 
 """
 
 from .diffusers import ClipSample, DiffusersBridge, from_diffusers, schedule_from_scheduler
+from .flow_matching import from_flow_matching
+from .k_diffusion import from_k_diffusion, import_k_diffusion, k_sampler, sigmas_to_grid
 
-__all__ = ["ClipSample", "DiffusersBridge", "SdeflowScheduler", "from_diffusers", "schedule_from_scheduler"]
+__all__ = ["ClipSample", "DiffusersBridge", "SdeflowScheduler", "from_diffusers", "from_flow_matching",
+           "from_k_diffusion", "import_k_diffusion", "k_sampler", "schedule_from_scheduler", "sigmas_to_grid"]
 
 
 def __getattr__(name):
