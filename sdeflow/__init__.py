@@ -2,11 +2,12 @@
 
 A schedule fixes the forward process ``x_t = alpha(t) x + sigma(t) eps`` (``t = 0`` data, ``t = 1``
 noise); a denoiser answers ``x_hat = E[x | x_t]``; a sampler steps along a grid of times; one loop,
-:func:`sample`, drives it. :mod:`sdeflow.analytic` is the exact Gaussian-mixture oracle; :mod:`sdeflow.guidance` guides any denoiser.
+:func:`sample`, drives it. :mod:`sdeflow.analytic` is the exact Gaussian-mixture oracle; :mod:`sdeflow.guidance` guides any denoiser;
+:mod:`sdeflow.adapters` bridges to diffusers, k-diffusion and flow_matching.
 """
 
 from . import analytic, grids, metrics, parameterizations, samplers, schedules
-from . import guidance
+from . import adapters, guidance
 from .denoisers import Denoiser, ModelDenoiser
 from .grids import auto_grid, discrete_grid, karras_grid, logsnr_grid, polyexponential_grid, quadratic_grid, shift_grid, uniform_grid
 from .noise import BrownianTreeNoise, GeneratorNoise, SeededNoise
@@ -14,7 +15,7 @@ from .sampling import NonFiniteError, SampleResult, StepInfo, prior_sample, samp
 
 __version__ = "0.1.0"
 
-__all__ = ["analytic", "grids", "guidance", "metrics", "parameterizations", "samplers", "schedules", "Denoiser", "ModelDenoiser",
+__all__ = ["adapters", "analytic", "grids", "guidance", "metrics", "parameterizations", "samplers", "schedules", "Denoiser", "ModelDenoiser",
            "auto_grid", "discrete_grid", "karras_grid", "logsnr_grid", "polyexponential_grid", "quadratic_grid", "shift_grid",
            "uniform_grid", "BrownianTreeNoise", "GeneratorNoise", "SeededNoise",
            "NonFiniteError", "SampleResult", "StepInfo", "prior_sample", "sample"]
