@@ -200,12 +200,19 @@ def shift_grid(ts: torch.Tensor, shift: float) -> torch.Tensor:
     return check_grid(shift * ts / (1.0 + (shift - 1.0) * ts))
 
 
-def from_sigmas(sigmas, schedule: Schedule) -> torch.Tensor:
-    """A grid from decreasing noise levels ``sigma / alpha`` (k-diffusion's ``sigmas`` arrays, diffusers'
-    ``scheduler.sigmas``): each is mapped to the time where the schedule has that noise level, and a
-    final ``0`` to ``t = 0`` (clean data)."""
+def sigma_times(sigmas, schedule: Schedule) -> torch.Tensor:
+    """Times where ``schedule`` has the noise levels ``sigma / alpha`` of ``sigmas`` (0 for 0), not
+    checked as a grid (repeats allowed). Levels a rounding error beyond the schedule's range (float32
+    tables of other libraries) are clamped into ``[t_min, 1]``."""
     sig = torch.as_tensor(sigmas, dtype=torch.float64).flatten().cpu()
     if not bool(torch.isfinite(sig).all()) or bool((sig < 0).any()):
         raise ValueError("sigmas must be finite and >= 0")
-    t = schedule.t_from_sigma_ratio(sig.clamp_min(1e-300)).clamp(0.0, 1.0)
-    return check_grid(torch.where(sig > 0, t, torch.zeros_like(t)))
+    t = schedule.t_from_sigma_ratio(sig.clamp_min(1e-300)).clamp(schedule.t_min, 1.0)
+    return torch.where(sig > 0, t, torch.zeros_like(t))
+
+
+def from_sigmas(sigmas, schedule: Schedule) -> torch.Tensor:
+    """A grid from decreasing noise levels ``sigma / alpha`` (k-diffusion's ``sigmas`` arrays, diffusers'
+    ``scheduler.sigmas``): each is mapped to the time where the schedule has that noise level, and a
+    final ``0`` to ``t = 0`` (clean data); see :func:`sigma_times`."""
+    return check_grid(sigma_times(sigmas, schedule))

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from ..denoisers import Denoiser, ModelDenoiser
-from ..grids import check_grid
+from ..grids import check_grid, sigma_times
 from ..schedules import DiscreteVP, RectifiedFlow, Schedule
 from ..shapes import as_time
 
@@ -152,6 +152,17 @@ class _Network(torch.nn.Module):
         return out
 
 
+def clip_x_hat(x_hat: torch.Tensor, clip_range: float | None = None, *, ratio: float | None = None,
+               max_value: float = 1.0) -> torch.Tensor:
+    """diffusers' ``thresholding`` (with ``ratio``) or ``clip_sample`` (with ``clip_range``) of ``x_hat``."""
+    if ratio is not None:
+        flat = x_hat.reshape(x_hat.shape[0], -1).abs().float()
+        s = torch.quantile(flat, ratio, dim=1).clamp(1.0, max_value).to(x_hat.dtype)
+        s = s.reshape(-1, *([1] * (x_hat.ndim - 1)))
+        return torch.minimum(torch.maximum(x_hat, -s), s) / s
+    return x_hat.clamp(-clip_range, clip_range)
+
+
 class ClipSample(Denoiser):
     """diffusers' ``clip_sample`` (``x_hat`` clipped to ``[-r, r]``) and ``thresholding`` (per sample,
     ``s = clamp(quantile(|x_hat|, ratio), 1, max)`` and ``x_hat <- clamp(x_hat, -s, s) / s``)."""
@@ -171,16 +182,8 @@ class ClipSample(Denoiser):
             return dict(clip_range=float(config.get("clip_sample_range", 1.0)))
         return None
 
-    def clip(self, x_hat: torch.Tensor) -> torch.Tensor:
-        if self.ratio is not None:
-            flat = x_hat.reshape(x_hat.shape[0], -1).abs().float()
-            s = torch.quantile(flat, self.ratio, dim=1).clamp(1.0, self.max_value).to(x_hat.dtype)
-            s = s.reshape(-1, *([1] * (x_hat.ndim - 1)))
-            return torch.minimum(torch.maximum(x_hat, -s), s) / s
-        return x_hat.clamp(-self.clip_range, self.clip_range)
-
     def forward(self, x_t, t, **cond):
-        return self.clip(self.inner(x_t, t, **cond))
+        return clip_x_hat(self.inner(x_t, t, **cond), clip_range=self.clip_range, ratio=self.ratio, max_value=self.max_value)
 
     def null_cond(self, cond):
         return self.inner.null_cond(cond)
@@ -225,12 +228,7 @@ class DiffusersBridge:
         else:
             sig = torch.as_tensor(sigmas).to(torch.float64).cpu()
             keep = torch.cat([torch.tensor([True]), sig[1:] != sig[:-1]])  # Heun-style repeated sigmas
-            if self.flow:
-                ts = sig
-            else:
-                # float32 sigmas can sit a rounding error beyond the schedule's ends: clamp into it
-                t = sch.t_from_sigma_ratio(sig.clamp_min(1e-30)).clamp(sch.t_min, 1.0)
-                ts = torch.where(sig > 0, t, torch.zeros_like(sig))
+            ts = sig if self.flow else sigma_times(sig, sch)
             # the timestep fed at each evaluation (repeated sigmas are evaluated with their own timestep)
             pairs = list(zip(ts[: len(timesteps)].tolist(), timesteps.tolist()))
             ts = ts[keep]

@@ -62,19 +62,17 @@ def k_sampler(sampler) -> Callable:
 
     @torch.no_grad()
     def run(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None):
-        sig = torch.as_tensor(sigmas, dtype=torch.float64).flatten().cpu()
-        schedule = k_schedule(float(sig[0]))
-        ts = from_sigmas(sig, schedule)
-        denoiser = ModelDenoiser(model, schedule, "x0", time_input="sigma")
+        ts = sigmas_to_grid(sigmas)
+        denoiser = from_k_diffusion(model, float(torch.as_tensor(sigmas).flatten()[0]))
+        schedule = denoiser.schedule
         noise = GeneratorNoise()
         if noise_sampler is not None:
             noise = _NoiseSampler(noise_sampler, schedule)
-        hook = None
-        if callback is not None:
-            def hook(info):
-                callback({"x": info.x, "i": info.i, "sigma": float(schedule.sigma(info.t)),
-                          "sigma_hat": float(schedule.sigma(info.t)), "denoised": info.x_hat})
-        return sample(denoiser, sampler, ts, x, cond=extra_args or {}, noise=noise, callback=hook,
+        def hook(info):  # k-diffusion's callback dict
+            sigma = float(schedule.sigma(info.t))
+            callback({"x": info.x, "i": info.i, "sigma": sigma, "sigma_hat": sigma, "denoised": info.x_hat})
+
+        return sample(denoiser, sampler, ts, x, cond=extra_args or {}, noise=noise, callback=hook if callback is not None else None,
                       progress=disable is False).x
 
     run.__name__ = f"sample_{type(sampler).__name__.lower()}"

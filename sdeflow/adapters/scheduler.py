@@ -29,7 +29,7 @@ from ..noise import GeneratorNoise
 from ..parameterizations import as_parameterization
 from ..sampling import sample
 from ..schedules import DiscreteVP, RectifiedFlow
-from .diffusers import PREDICTION_TYPES, ClipSample, _Timesteps
+from .diffusers import PREDICTION_TYPES, ClipSample, _Timesteps, clip_x_hat
 
 
 def _registry():
@@ -57,7 +57,7 @@ class _Waiting(Denoiser):
             raise _Cancelled()
         f = reply.to(x_t.dtype)
         x_hat = own.parameterization.to_x_hat(f, x_t, own.schedule, torch.as_tensor(float(t), dtype=torch.float64))
-        return own._clip.clip(x_hat) if own._clip is not None else x_hat
+        return clip_x_hat(x_hat, **own._clip) if own._clip is not None else x_hat
 
 
 class SdeflowScheduler(SchedulerMixin, ConfigMixin):
@@ -96,8 +96,7 @@ class SdeflowScheduler(SchedulerMixin, ConfigMixin):
                 num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
                 beta_schedule=beta_schedule, trained_betas=trained_betas, rescale_betas_zero_snr=rescale_betas_zero_snr))
         self.parameterization = as_parameterization(PREDICTION_TYPES[prediction_type])
-        settings = ClipSample.settings(self.config)
-        self._clip = ClipSample(_Waiting(self), **settings) if settings is not None else None  # x_hat as diffusers clips it
+        self._clip = ClipSample.settings(self.config)  # x_hat clipped as diffusers clips it (or None)
         self._timesteps_of = _Timesteps(self.schedule, num_train_timesteps)
         self.ts = None
         self.timesteps = None

@@ -95,7 +95,12 @@ def check_guidance(args) -> None:
         raise ValueError("--classifier is for --guidance-method classifier")
 
 
-def apply_guidance(args, denoiser, sampler, default_model: str | None, device="cpu"):
+#: The shipped guide (autoguidance) and noise-aware classifier of each shipped model that has them.
+DEFAULT_GUIDES = {"digits": "digits-small"}
+DEFAULT_CLASSIFIERS = {"digits": "digits-noisy-classifier"}
+
+
+def apply_guidance(args, denoiser, sampler, model_name: str | None, device="cpu"):
     """The guided denoiser and sampler of the ``--guidance`` flags (unchanged without them)."""
     if args.guidance is None:
         return denoiser, sampler
@@ -104,12 +109,12 @@ def apply_guidance(args, denoiser, sampler, default_model: str | None, device="c
 
     guide = classifier = None
     if args.guidance_method == "auto":
-        name = args.guide or (f"{default_model}-small" if default_model == "digits" else None)
+        name = args.guide or DEFAULT_GUIDES.get(model_name)
         if name is None:
             raise ValueError("autoguidance needs --guide (a weaker checkpoint of the same task)")
         guide = load_model(name, device=device).denoiser
     if args.guidance_method == "classifier":
-        name = args.classifier or (f"{default_model}-noisy-classifier" if default_model == "digits" else None)
+        name = args.classifier or DEFAULT_CLASSIFIERS.get(model_name)
         if name is None:
             raise ValueError("classifier guidance needs --classifier (a noise-aware classifier checkpoint)")
         classifier = load_classifier(name, device=device)
@@ -160,11 +165,11 @@ def _sample_problem(args) -> dict:
         labels = torch.where(labels == mixture.num_classes, -1, labels)  # "none": the oracle's unconditional label
     elif args.guidance is not None:
         raise ValueError(f"--guidance needs a problem with classes (labelled-ring-2d); {args.problem} has none")
-    args.ts = ts
-    denoiser, sampler = apply_guidance(args, mixture.denoiser(schedule), sampler, None)
     if args.guidance_method == "classifier" and args.guidance is not None:
         raise ValueError("classifier guidance on a problem: use sdeflow.guidance.ClassifierGuided with "
                          "mixture.classifier(schedule) in Python")
+    args.ts = ts
+    denoiser, sampler = apply_guidance(args, mixture.denoiser(schedule), sampler, None)
     gen = torch.Generator().manual_seed(args.seed)
     x_init, _ = mixture.sample_t(args.num, schedule, float(ts[0]), gen)
     result = sample(denoiser, sampler, ts, x_init.float().reshape(args.num, *shape), cond={"label": labels},
@@ -225,7 +230,7 @@ def _sample_model(args) -> dict:
         raise ValueError("--guidance needs a class-conditional model; this one is unconditional")
     args.ts = ts
     name = args.checkpoint or "digits"
-    denoiser, sampler = apply_guidance(args, model.denoiser, sampler, name if name in ("digits",) else None, dist.device)
+    denoiser, sampler = apply_guidance(args, model.denoiser, sampler, name, dist.device)
     chunks = generate(denoiser, sampler, ts, model.shape, args.num, seed=args.seed, labels=labels,
                       batch_size=args.batch_size, noise=args.noise, rank=dist.rank, world=dist.world,
                       progress=args.progress and dist.main and sys.stderr.isatty(), device=dist.device)
