@@ -33,14 +33,78 @@ def _seeds(seeds) -> list[int]:
     return [int(s) for s in (seeds.tolist() if isinstance(seeds, torch.Tensor) else seeds)]
 
 
-def _per_sample(seeds: list[int], like: torch.Tensor, key) -> torch.Tensor:
-    """One standard normal draw per sample from generator seed ``key(seed)``, in float32/64 on CPU."""
-    if like.shape[0] != len(seeds):
-        raise ValueError(f"{len(seeds)} seeds for a batch of {like.shape[0]}")
-    out = torch.empty(like.shape, dtype=torch.float64 if like.dtype == torch.float64 else torch.float32)
-    for b, seed in enumerate(seeds):
-        out[b] = torch.randn(like.shape[1:], generator=torch.Generator().manual_seed(key(seed)), dtype=out.dtype)
+# -------------------------------------------------------- counter-based normal draws, on any device
+# Sample b's draw (step, draw) is a pure function of (seeds[b], step, draw, element index): a 64-bit
+# key per sample and draw is hashed with the element's counter (two rounds of the splitmix64
+# finaliser, integer arithmetic modulo 2^64), each 64-bit word gives two 32-bit uniforms, and the
+# inverse normal CDF maps them to N(0, 1). Everything is elementwise tensor arithmetic on the
+# sampling device (no Python loop over the batch); the integer part is exact everywhere, and the
+# inverse CDF is evaluated element by element in float64, so a sample's noise does not depend on
+# the batch it is drawn in.
+
+def _signed(c: int) -> int:
+    """A 64-bit pattern as the int64 value with the same bits."""
+    c &= _M64
+    return c - (1 << 64) if c >> 63 else c
+
+
+_K1, _K2, _GAMMA = _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB), _signed(0x9E3779B97F4A7C15)
+
+
+def _srl(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns (``>>`` on int64 is arithmetic)."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix64(z: torch.Tensor) -> torch.Tensor:
+    """The splitmix64 finaliser on int64 tensors (products wrap modulo 2^64), a bijection of 64-bit words."""
+    z = (z ^ _srl(z, 30)) * _K1
+    z = (z ^ _srl(z, 27)) * _K2
+    return z ^ _srl(z, 31)
+
+
+_COUNTERS: dict = {}
+
+
+def _counters(pairs: int, device) -> torch.Tensor:
+    """Hashed element counters ``mix64(j * gamma)``, ``j < pairs``, cached per length and device."""
+    key = (pairs, str(device))
+    out = _COUNTERS.get(key)
+    if out is None:
+        if len(_COUNTERS) > 16:
+            _COUNTERS.clear()
+        out = _COUNTERS[key] = _mix64(torch.arange(pairs, dtype=torch.int64, device=device) * _GAMMA)
     return out
+
+
+class _SeedTable:
+    """Per-sample seeds as hashed int64 words, kept on each device they are used on."""
+
+    def __init__(self, seeds: list[int]):
+        self.seeds = seeds
+        self._on: dict[str, torch.Tensor] = {}
+
+    def __len__(self):
+        return len(self.seeds)
+
+    def normal(self, like: torch.Tensor, step: int, draw: int) -> torch.Tensor:
+        """Standard normal noise shaped like ``like`` (float64; float32 on devices without float64):
+        row ``b`` depends only on ``seeds[b]``, ``step`` and ``draw``."""
+        if like.shape[0] != len(self.seeds):
+            raise ValueError(f"{len(self.seeds)} seeds for a batch of {like.shape[0]}")
+        device = like.device
+        base = self._on.get(str(device))
+        if base is None:
+            base = self._on[str(device)] = _mix64(torch.tensor([_signed(s) for s in self.seeds], dtype=torch.int64,
+                                                                 device=device))
+        numel = math.prod(like.shape[1:])
+        pairs = (numel + 1) // 2
+        k1 = _mix64(base ^ _signed(_mix(0, step, draw)))
+        k2 = _mix64(k1 + _signed(_mix(1, step, draw)))
+        words = _mix64(_mix64(_counters(pairs, device)[None, :] ^ k1[:, None]) + k2[:, None])
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        u = torch.cat([_srl(words, 32), words & 0xFFFFFFFF], 1)[:, :numel].to(dtype).add_(0.5).mul_(2.0 ** -32)
+        return torch.special.ndtri(u).reshape(like.shape)
 
 
 class NoiseSource:
@@ -52,13 +116,17 @@ class NoiseSource:
 
 class SeededNoise(NoiseSource):
     """Per-sample seeds: sample ``b``'s noise depends only on ``seeds[b]``, the step and the draw,
-    so results do not depend on the batch composition, and calling twice gives the same noise."""
+    so results do not depend on the batch composition, and calling twice gives the same noise.
+
+    The noise is generated on the state's device by counter-based hashing (no Python loop over the
+    batch, no host-to-device copy); CPU and GPU draws agree to float rounding."""
 
     def __init__(self, seeds: Sequence[int] | torch.Tensor | int):
         self.seeds = _seeds(seeds)
+        self._table = _SeedTable(self.seeds)
 
     def __call__(self, like, step, draw=0, span=None):
-        return _per_sample(self.seeds, like, lambda seed: _mix(seed, step, draw)).to(device=like.device, dtype=like.dtype)
+        return self._table.normal(like, step, draw).to(dtype=like.dtype)
 
 
 class GeneratorNoise(NoiseSource):
@@ -84,6 +152,7 @@ class BrownianTreeNoise(NoiseSource):
 
     def __init__(self, seeds: Sequence[int] | torch.Tensor | int, tol: float = 2.0 ** -22):
         self.seeds = _seeds(seeds)
+        self._table = _SeedTable(self.seeds)
         if not 0 < tol < 1:
             raise ValueError(f"tol must be in (0, 1), got {tol}")
         self.depth = math.ceil(-math.log2(tol))
@@ -92,13 +161,14 @@ class BrownianTreeNoise(NoiseSource):
 
     def _node(self, like, level: int, index: int) -> torch.Tensor:
         """Standard normal draws of tree node ``(level, index)``, one per sample."""
-        return _per_sample(self.seeds, like, lambda seed: _mix(seed, -1000 - level, index))
+        return self._table.normal(like, -1000 - level, index).to(torch.float64 if like.dtype == torch.float64
+                                                                  else torch.float32)
 
     def path(self, like: torch.Tensor, t: float) -> torch.Tensor:
-        """``W(t)`` for every sample (float32, or float64 for a float64 ``like``), on the CPU.
+        """``W(t)`` for every sample (float32, or float64 for a float64 ``like``), on ``like``'s device.
         Nodes are cached (up to about 256 MB), so nearby queries share their bisection."""
         t = min(max(float(t), 0.0), 1.0)
-        shape = (tuple(like.shape), like.dtype == torch.float64)
+        shape = (tuple(like.shape), like.dtype == torch.float64, str(like.device))
         if shape != self._shape or len(self._cache) > max(64, 2 ** 26 // max(like.numel(), 1)):
             self._shape, self._cache = shape, {}
         lo, hi = 0.0, 1.0
@@ -128,7 +198,7 @@ class BrownianTreeNoise(NoiseSource):
 
     def __call__(self, like, step, draw=0, span=None):
         if span is None:
-            out = _per_sample(self.seeds, like, lambda seed: _mix(seed, step, draw))
+            out = self._table.normal(like, step, draw)
         else:
             t, s = float(span[0]), float(span[1])
             if t == s:

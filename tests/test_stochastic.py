@@ -119,6 +119,71 @@ def test_distribution_matches_the_mixture(name):
     assert metrics.sliced_wasserstein(out, exact) < 2.0 * floor + 0.01
 
 
+# ---------------------------------------------------------------------------------- seeded noise
+def test_integer_hash_matches_its_definition():
+    """The tensor hash is the splitmix64 finaliser computed modulo 2^64: checked against Python's
+    exact integers (this certifies that int64 products wrap on this machine)."""
+    from sdeflow.noise import _mix64, _signed
+
+    words = [int(w) for w in torch.randint(-2 ** 62, 2 ** 62, (500,), generator=torch.Generator().manual_seed(3))]
+    words += [0, 1, -1, 2 ** 63 - 1, -2 ** 63]
+
+    def reference(z):
+        m = (1 << 64) - 1
+        z &= m
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+        return z ^ (z >> 31)
+
+    got = _mix64(torch.tensor(words, dtype=torch.int64)).tolist()
+    assert got == [_signed(reference(w)) for w in words]
+
+
+def test_seeded_noise_is_standard_normal_and_independent():
+    """Moments, quantiles against the normal CDF (Kolmogorov-Smirnov), and no correlation between
+    samples, steps, draws or neighbouring elements."""
+    n = 4000
+    like = torch.empty(n, 3, 5, dtype=torch.float64)  # an odd number of elements per sample
+    src = SeededNoise(list(range(n)))
+    z = src(like, 0)
+    flat = z.reshape(-1)
+    m = flat.numel()
+    assert abs(float(flat.mean())) < 5 / math.sqrt(m) and abs(float(flat.var()) - 1) < 5 * math.sqrt(2 / m)
+    srt = flat.sort().values
+    cdf = 0.5 * (1 + torch.erf(srt / math.sqrt(2)))
+    ks = float((cdf - torch.arange(1, m + 1, dtype=torch.float64) / m).abs().max())
+    assert ks < 1.63 / math.sqrt(m)  # the 1% critical value
+    assert float(srt[0]) < -3.5 and float(srt[-1]) > 3.5  # the tails are there
+    bound = 5 / math.sqrt(n * 15)
+    pairs = [(z, src(like, 1)), (z, src(like, 0, draw=1)), (z, z.roll(1, 0)),
+             (z.reshape(n, -1)[:, :-1], z.reshape(n, -1)[:, 1:]),          # neighbours within a sample
+             (z.reshape(n, -1)[:, :7], z.reshape(n, -1)[:, 8:15])]          # the two halves of the hashed words
+    for a, b in pairs:
+        assert abs(float((a * b).mean())) < bound
+    assert torch.equal(src(like, 0), z)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_seeded_noise_does_not_depend_on_the_batch(dtype):
+    like = torch.empty(9, 3, 7, dtype=dtype)
+    full = SeededNoise(list(range(100, 109)))(like, 4, draw=2)
+    assert full.dtype == dtype
+    for lo, hi in [(0, 1), (3, 8), (8, 9)]:
+        assert torch.equal(SeededNoise(list(range(100 + lo, 100 + hi)))(like[lo:hi], 4, draw=2), full[lo:hi])
+    # different seeds, steps and draws give different noise; the seed reaches every bit of the key
+    assert not torch.equal(SeededNoise([2 ** 40 + 100] + list(range(101, 109)))(like, 4, draw=2)[0], full[0])
+    assert not torch.equal(SeededNoise(list(range(100, 109)))(like, 5, draw=2), full)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_seeded_noise_on_the_gpu_matches_the_cpu():
+    like = torch.empty(16, 4, 8)
+    src = SeededNoise(list(range(16)))
+    on_gpu = src(like.cuda(), 3)
+    assert on_gpu.device.type == "cuda"
+    assert torch.allclose(on_gpu.cpu(), src(like, 3), atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------- Brownian tree
 def test_brownian_tree_increments():
     """Unit variance, independent over disjoint intervals, additive, reproducible, per sample."""
