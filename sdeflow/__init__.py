@@ -3,11 +3,13 @@
 A schedule fixes the forward process ``x_t = alpha(t) x + sigma(t) eps`` (``t = 0`` data, ``t = 1``
 noise); a denoiser answers ``x_hat = E[x | x_t]``; a sampler steps along a grid of times; one loop,
 :func:`sample`, drives it. :mod:`sdeflow.analytic` is the exact Gaussian-mixture oracle; :mod:`sdeflow.guidance` guides any denoiser;
-:mod:`sdeflow.adapters` bridges to diffusers, k-diffusion and flow_matching.
+:mod:`sdeflow.adapters` bridges to diffusers, k-diffusion and flow_matching; :mod:`sdeflow.compiled` runs
+the fixed-grid loop as one compiled program or CUDA graph.
 """
 
 from . import analytic, grids, metrics, parameterizations, samplers, schedules
-from . import adapters, guidance
+from . import adapters, compiled, guidance
+from .compiled import FixedGridLoop
 from .denoisers import Denoiser, ModelDenoiser
 from .grids import auto_grid, discrete_grid, karras_grid, logsnr_grid, polyexponential_grid, quadratic_grid, shift_grid, uniform_grid
 from .noise import BrownianTreeNoise, GeneratorNoise, SeededNoise
@@ -15,7 +17,7 @@ from .sampling import NonFiniteError, SampleResult, StepInfo, prior_sample, samp
 
 __version__ = "0.1.0"
 
-__all__ = ["adapters", "analytic", "grids", "guidance", "metrics", "parameterizations", "samplers", "schedules", "Denoiser", "ModelDenoiser",
+__all__ = ["adapters", "analytic", "compiled", "grids", "guidance", "metrics", "parameterizations", "samplers", "schedules", "Denoiser", "ModelDenoiser",
            "auto_grid", "discrete_grid", "karras_grid", "logsnr_grid", "polyexponential_grid", "quadratic_grid", "shift_grid",
            "uniform_grid", "BrownianTreeNoise", "GeneratorNoise", "SeededNoise",
-           "NonFiniteError", "SampleResult", "StepInfo", "prior_sample", "sample"]
+           "NonFiniteError", "SampleResult", "StepInfo", "prior_sample", "sample", "FixedGridLoop"]

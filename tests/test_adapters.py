@@ -114,6 +114,50 @@ def test_sdeflow_on_a_diffusers_model_equals_diffusers_scheduler_loop(unet, name
     assert err < tol, f"{name}: relative difference {err:.2e}"
 
 
+@pytest.mark.parametrize("name", ["DDPM", "DDIM eta 1", "Euler ancestral", "DPM++ 2M SDE", "DPM++ 2M SDE heun"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_stochastic_schedulers_equal_sdeflow_given_the_same_noise(unet, name, prediction_type):
+    """diffusers' stochastic schedulers draw their noise from a generator, one draw per step; sdeflow's
+    samplers draw from GeneratorNoise on a generator seeded alike: the same noise, the same samples.
+    (diffusers also draws on its last step, where the noise is multiplied by zero; sdeflow does not draw
+    there, so the sequences agree.)"""
+    d = pytest.importorskip("diffusers")
+    cases = {  # name -> (class, config, step keyword arguments, sdeflow sampler)
+        "DDPM": (d.DDPMScheduler, dict(clip_sample=False, timestep_spacing="trailing"), {}, SAMPLERS["ddpm"]()),
+        "DDIM eta 1": (d.DDIMScheduler, dict(clip_sample=False, timestep_spacing="trailing"), dict(eta=1.0),
+                       SAMPLERS["ddim-eta1"]()),
+        "Euler ancestral": (d.EulerAncestralDiscreteScheduler, {}, {}, SAMPLERS["euler-ancestral"]()),
+        "DPM++ 2M SDE": (d.DPMSolverMultistepScheduler, dict(algorithm_type="sde-dpmsolver++"), {},
+                         SAMPLERS["sde-dpm-solver++-2m"]()),
+        "DPM++ 2M SDE heun": (d.DPMSolverMultistepScheduler, dict(algorithm_type="sde-dpmsolver++", solver_type="heun"),
+                              {}, SAMPLERS["sde-dpm-solver++-2m-heun"]()),
+    }
+    cls, config, step_kw, sampler = cases[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scheduler = cls(num_train_timesteps=1000, beta_schedule="scaled_linear", prediction_type=prediction_type, **config)
+    z = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        scheduler.set_timesteps(8)
+        x = z * scheduler.init_noise_sigma
+        first, g = x.clone(), torch.Generator().manual_seed(7)
+        for t in scheduler.timesteps:
+            x = scheduler.step(unet(scheduler.scale_model_input(x, t), t).sample, t, x, generator=g, **step_kw).prev_sample
+        from sdeflow.adapters import from_diffusers
+
+        bridge = from_diffusers(unet, scheduler)
+        ts = bridge.grid(8)
+        scale = float(bridge.schedule.alpha(float(ts[0]))) if scheduler.init_noise_sigma != 1.0 else 1.0
+        out = sdeflow.sample(bridge.denoiser, sampler, ts, first * scale,
+                             noise=sdeflow.GeneratorNoise(torch.Generator().manual_seed(7)))
+    err = float((out.x - x).abs().max() / x.abs().max())
+    assert err < 1e-5, f"{name}: relative difference {err:.2e}"
+    # and the noise matters: another generator gives other samples
+    other = sdeflow.sample(bridge.denoiser, sampler, ts, first * scale,
+                           noise=sdeflow.GeneratorNoise(torch.Generator().manual_seed(8)))
+    assert float((other.x - x).abs().max() / x.abs().max()) > 1e-2
+
+
 @pytest.mark.parametrize("config", [dict(shift=1.0), dict(shift=3.0),
                                     dict(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)])
 @pytest.mark.parametrize("heun", [False, True])

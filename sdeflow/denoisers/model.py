@@ -106,7 +106,10 @@ class ModelDenoiser(Denoiser):
         net_dtype = self.dtype or x_t.dtype
         # Time goes in at full precision (bf16 cannot tell index 998 from 999); the network casts it.
         c_dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
-        if isinstance(t, float) or (isinstance(t, torch.Tensor) and t.ndim == 0 and t.device.type == "cpu"):
+        # A scalar time takes the cached-float path; a traced program (torch.compile) takes the tensor path,
+        # so a grid's times are inputs of the program, not constants it is specialised on.
+        if isinstance(t, float) or (isinstance(t, torch.Tensor) and t.ndim == 0 and t.device.type == "cpu"
+                                    and not torch.compiler.is_compiling()):
             scale, skip, out, c = self.coefficients(float(t))
             x_in = x_t if scale == 1.0 else x_t * scale
             if x_in.dtype != net_dtype:

@@ -16,6 +16,9 @@ from .base import Denoiser
 
 
 class DynamicThresholding(Denoiser):
+    """``denoiser`` with its ``x_hat`` dynamically thresholded per sample (see the module docstring):
+    ``percentile`` of ``|x_hat|`` sets the threshold, never below ``max_value``, the data's range."""
+
     def __init__(self, denoiser: Denoiser, percentile: float = 0.995, max_value: float = 1.0):
         super().__init__(denoiser.schedule)
         if not 0.0 < percentile <= 1.0 or max_value <= 0:

@@ -54,6 +54,10 @@ class Operator:
 
 
 class LinearOperator(Operator):
+    """A linear measurement ``A``: subclasses define ``__call__`` and :meth:`adjoint`; the dense
+    :meth:`matrix`, the output shape and the Gram solve ``(A A^T + lam I)^-1 r`` (closed form where a
+    subclass knows it, conjugate gradients otherwise) follow."""
+
     linear = True
 
     @property

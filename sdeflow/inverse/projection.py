@@ -69,6 +69,10 @@ def _pseudo_inverse(e: torch.Tensor) -> torch.Tensor:
 
 
 class DDNM(_Proximal):
+    """Range-null space data consistency as a denoiser transform: ``x_hat`` takes its range of ``A^T``
+    from the measurement (fractionally, by DDNM+'s rule, under measurement noise) and keeps the
+    prior's null space (see the module docstring)."""
+
     def correct(self, x, d, t):
         A = self.operator
         r = self._y(d) - A(d)
@@ -137,6 +141,10 @@ def ddrm(denoiser: Denoiser, operator: LinearOperator, y: torch.Tensor, noise_st
 
 
 class DiffPIR(_Proximal):
+    """DiffPIR's proximal step as a denoiser transform: ``x_hat`` moved to ``argmin ||y - A x||^2 +
+    rho_t ||x - x_hat||^2`` with ``rho_t = lam noise_std^2 / (sigma_t / alpha_t)^2`` (see the module
+    docstring); pair it with a DDIM-type sampler."""
+
     def __init__(self, denoiser, operator, y, noise_std, lam: float = 1.0, cg_iters: int = 50):
         super().__init__(denoiser, operator, y, noise_std, cg_iters)
         self.lam = float(lam)

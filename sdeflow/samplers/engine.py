@@ -40,25 +40,38 @@ MAX_ALPHA_RATIO = 1e4
 PURE_NOISE_SPAN = 40.0
 
 
-def lincomb(x: torch.Tensor, c_x: float, terms, inplace: bool = False) -> torch.Tensor:
+def _is(c, value: float) -> bool:
+    """``c == value`` for a Python coefficient; a tensor coefficient (a compiled loop's) is never
+    taken as a structural 0 or 1."""
+    return not isinstance(c, torch.Tensor) and c == value
+
+
+def axpy_(out: torch.Tensor, c, term: torch.Tensor) -> torch.Tensor:
+    """``out += c term`` in place, for a Python or a 0-d tensor coefficient ``c``."""
+    return out.add_(term, alpha=c) if not isinstance(c, torch.Tensor) else out.add_(term * c)
+
+
+def lincomb(x: torch.Tensor, c_x, terms, inplace: bool = False) -> torch.Tensor:
     """``c_x x + sum c_j T_j`` over ``terms = [(c_j, T_j), ...]``, skipping zero coefficients.
-    With ``inplace`` the result is written into ``x`` (which the caller no longer needs)."""
-    if inplace and c_x != 0:
-        out = x if c_x == 1 else x.mul_(c_x)
+    With ``inplace`` the result is written into ``x`` (which the caller no longer needs).
+    Coefficients are Python floats, or 0-d tensors in a compiled fixed-grid loop (see
+    :mod:`sdeflow.compiled`)."""
+    if inplace and not _is(c_x, 0):
+        out = x if _is(c_x, 1) else x.mul_(c_x)
         for c, term in terms:
-            if c != 0:
-                out.add_(term, alpha=c)
+            if not _is(c, 0):
+                axpy_(out, c, term)
         return out
-    out = None if c_x == 0 else (x if c_x == 1 else x.mul(c_x))
+    out = None if _is(c_x, 0) else (x if _is(c_x, 1) else x.mul(c_x))
     for c, term in terms:
-        if c == 0:
+        if _is(c, 0):
             continue
         if out is None:
             out = term.mul(c)
         elif out is x:
-            out = x.add(term, alpha=c)
+            out = x.add(term * c) if isinstance(c, torch.Tensor) else x.add(term, alpha=c)
         else:
-            out.add_(term, alpha=c)
+            axpy_(out, c, term)
     return out if out is not None else torch.zeros_like(x)
 
 
@@ -77,7 +90,7 @@ def native_conversions(form: str, schedule: Schedule, times) -> list[tuple[float
 
 def to_native(x: torch.Tensor, x_hat: torch.Tensor, conv: tuple[float, float]) -> torch.Tensor:
     k_x, k_hat = conv
-    return x_hat if k_x == 0 and k_hat == 1 else lincomb(x, k_x, [(k_hat, x_hat)])
+    return x_hat if _is(k_x, 0) and _is(k_hat, 1) else lincomb(x, k_x, [(k_hat, x_hat)])
 
 
 def ddim_coefficients(a_t: float, s_t: float, a_s: float, s_s: float) -> tuple[float, float]:
@@ -215,7 +228,7 @@ class Multistep(Sampler):
             x_hat = field(x, plan.t[i])
             hist = (hist + (to_native(x, x_hat, conv),))[-plan.extra["keep"]:]
         terms = [(c_hat, x_hat)] + [(c, hist[-1 - j]) for j, c in enumerate(c_hist)]
-        if c_z != 0:
+        if not _is(c_z, 0):
             terms.append((c_z, noise(span=(plan.t[i], plan.s[i]))))
         x_new = lincomb(x, c_x, terms, inplace=plan.inplace and corr is None)
         if corr is None:

@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass
 
 from .base import Affine, Plan, Sampler
+from .engine import _is, axpy_
 
 
 def check_eta(eta: float, name: str = "eta") -> None:
@@ -59,9 +60,9 @@ class AffineStep(Sampler):
     def step(self, field, x, i, plan, state, noise):
         c_x, c_hat, c_z = plan.coef[i]
         x_hat = field(x, plan.t[i])
-        x_s = (x.mul_(c_x) if plan.inplace else x.mul(c_x)).add_(x_hat, alpha=c_hat)
-        if c_z != 0:
-            x_s.add_(noise(span=(plan.t[i], plan.s[i])), alpha=c_z)
+        x_s = axpy_(x.mul_(c_x) if plan.inplace else x.mul(c_x), c_hat, x_hat)
+        if not _is(c_z, 0):
+            axpy_(x_s, c_z, noise(span=(plan.t[i], plan.s[i])))
         return x_s, state
 
     def prepare(self, schedule, ts):
