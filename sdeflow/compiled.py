@@ -281,6 +281,10 @@ class FixedGridLoop:
         """Capture the loop for ``x_init``'s shape on its CUDA device (after ``warmup`` eager runs on a
         side stream); the returned :class:`GraphedLoop` replays it for new inputs and grids of the
         same structure."""
+        mode = (self._compile or {}).get("mode") or ""
+        if mode in ("reduce-overhead", "max-autotune"):
+            raise ValueError(f"compile mode {mode!r} captures CUDA graphs itself: use it without cuda_graph(), or "
+                             "capture with mode='default' or 'max-autotune-no-cudagraphs'")
         if x_init.device.type != "cuda":
             raise ValueError(f"CUDA graph capture needs a state on a CUDA device, got {x_init.device}")
         if isinstance(self.noise, GeneratorNoise) and self.noise.generator is not None:

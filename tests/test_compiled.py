@@ -144,6 +144,9 @@ def test_what_cannot_run_as_a_program_is_refused():
         loop(torch.zeros(2, 2), grids.logsnr_grid(4, sch))
     with pytest.raises(ValueError, match="CUDA device"):
         loop.cuda_graph(torch.zeros(2, 2), grids.logsnr_grid(5, sch))
+    with pytest.raises(ValueError, match="captures CUDA graphs itself"):
+        FixedGridLoop(den, SAMPLERS["ddim"](), 5).compile(mode="reduce-overhead").cuda_graph(
+            torch.zeros(2, 2), grids.logsnr_grid(5, sch))
     mix = analytic.ring_2d(n_classes=4)
     guided = guidance.Guided(mix.denoiser(sch), 2.0)
     traced = FixedGridLoop(guided, SAMPLERS["ddim"](), 4, cond={"label": torch.zeros(2, dtype=torch.long)})
