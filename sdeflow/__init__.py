@@ -8,7 +8,7 @@ the fixed-grid loop as one compiled program or CUDA graph.
 """
 
 from . import analytic, grids, metrics, parameterizations, samplers, schedules
-from . import adapters, compiled, guidance
+from . import adapters, compiled, guidance, likelihood
 from .compiled import FixedGridLoop
 from .denoisers import Denoiser, ModelDenoiser
 from .grids import auto_grid, discrete_grid, karras_grid, logsnr_grid, polyexponential_grid, quadratic_grid, shift_grid, uniform_grid
@@ -17,7 +17,7 @@ from .sampling import NonFiniteError, SampleResult, StepInfo, prior_sample, samp
 
 __version__ = "0.1.0"
 
-__all__ = ["adapters", "analytic", "compiled", "grids", "guidance", "metrics", "parameterizations", "samplers", "schedules", "Denoiser", "ModelDenoiser",
+__all__ = ["adapters", "analytic", "compiled", "grids", "guidance", "likelihood", "metrics", "parameterizations", "samplers", "schedules", "Denoiser", "ModelDenoiser",
            "auto_grid", "discrete_grid", "karras_grid", "logsnr_grid", "polyexponential_grid", "quadratic_grid", "shift_grid",
            "uniform_grid", "BrownianTreeNoise", "GeneratorNoise", "SeededNoise",
            "NonFiniteError", "SampleResult", "StepInfo", "prior_sample", "sample", "FixedGridLoop"]
