@@ -109,8 +109,6 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, cond: dict | None = N
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not isinstance(probes, int) or probes < 1:
         raise ValueError(f"probes must be a positive integer, got {probes!r}")
-    if trace == "hutchinson" and probes < 2:
-        pass  # one probe: an unbiased estimate without a standard error (reported as NaN)
     if method != "dopri5" and (not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     t_min = default_t_min(sch) if t_min is None else float(t_min)

@@ -149,6 +149,12 @@ def _bad_inputs(tmp):
         ("guidance-problem", ["sample", "--problem", "ring-2d", "--guidance", "3", "--out", ""]),
         ("guidance-guide", ["sample", "--guidance", "3", "--guide", "digits-small", "--out", ""]),
         ("guidance-nan", ["sample", "--guidance", "nan", "--out", ""]),
+        ("likelihood-both", ["likelihood", "--problem", "ring-2d", "--checkpoint", "moons"]),
+        ("likelihood-schedule", ["likelihood", "--schedule", "edm"]),
+        ("likelihood-num", ["likelihood", "--problem", "ring-2d", "-n", "0"]),
+        ("likelihood-tol", ["likelihood", "--problem", "ring-2d", "--tol", "-1"]),
+        ("likelihood-too-many", ["likelihood", "--checkpoint", "digits", "-n", "5000"]),
+        ("likelihood-trace", ["likelihood", "--trace", "jacobian"]),
     ]
     import torch
 
@@ -231,3 +237,17 @@ def test_guidance_on_a_labelled_problem_moves_samples_to_their_class(tmp_path, c
         x = torch.as_tensor(np.load(tmp_path / f"w{w}.npz")["samples"]).double()
         found[w] = float(mix.class_log_prob(x, SCHEDULES["vp-linear"](), 0.0, 2).exp().mean())
     assert found["1"] > 0.9 and found["4"] > found["1"]
+
+
+def test_likelihood_on_an_exact_problem_reports_its_error(capsys):
+    assert main(["likelihood", "--problem", "ring-2d", "-n", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "NLL" in out and "bits per dimension" in out and "evaluations" in out
+    err = float(out.split("max error ")[1].split()[0])
+    assert err < 1e-4
+
+
+def test_likelihood_of_a_shipped_model(capsys):
+    assert main(["likelihood", "--checkpoint", "moons", "-n", "8", "--method", "rk4", "--steps", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "first 8 points of moons" in out and "2 dimensions" in out and "trace: exact" in out

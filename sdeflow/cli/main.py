@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .restore_cmd import add_restore_parser
 
     add_restore_parser(sub)
+    from .likelihood_cmd import add_likelihood_parser
+
+    add_likelihood_parser(sub)
     exp = sub.add_parser("export", help="write a run's EMA weights as a small sampling-only checkpoint",
                          description="Write the EMA weights and the metadata of a training run (no optimiser state) "
                          "to a new .safetensors file, optionally in float16; sdeflow sample --checkpoint reads it.")
@@ -188,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             check_output(args.out, (".safetensors",), what="export OUT")
             export_weights(path_of(args.run), args.out, torch.float16 if args.half else None)
             print(f"wrote {args.out}")
+        elif args.command == "likelihood":
+            from .likelihood_cmd import run_likelihood
+
+            run_likelihood(args)
         elif args.command == "restore":
             from .restore_cmd import run_restore
 
