@@ -41,6 +41,7 @@ class DiscreteVP(VPSchedule):
         object.__setattr__(self, "_t", knots_t)
         object.__setattr__(self, "_la", knots_la)
         object.__setattr__(self, "_key", hash(ac.numpy().tobytes()))
+        object.__setattr__(self, "_devices", {})  # the knots copied to each accelerator that asks for them
 
     # Value semantics over the defining tensor: two schedules are equal exactly when their
     # alphas_cumprod are (caches of planned coefficients key on schedules).
@@ -73,26 +74,38 @@ class DiscreteVP(VPSchedule):
     def t_from_index(self, n) -> torch.Tensor:
         return (torch.as_tensor(n, dtype=torch.float64) + 1.0) / self.num_steps
 
+    def _knots(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The knots ``(t, log alpha)`` on ``device`` (times on an accelerator index them there)."""
+        if device.type == "cpu":
+            return self._t, self._la
+        key = str(device)
+        if key not in self._devices:
+            self._devices[key] = (self._t.to(device), self._la.to(device))
+        return self._devices[key]
+
     def _segment(self, t):
         n = self.num_steps
+        _, la = self._knots(t.device)
         k = torch.clamp(torch.floor(t * n), 0, n - 1).long()
-        slope = (self._la[k + 1] - self._la[k]) * n
+        slope = (la[k + 1] - la[k]) * n
         return k, slope
 
     def log_alpha(self, t):
         t = as_time(t)
+        knots_t, la = self._knots(t.device)
         k, slope = self._segment(t)
-        return self._la[k] + slope * (t - self._t[k])
+        return la[k] + slope * (t - knots_t[k])
 
     def d_log_alpha(self, t):
         return self._segment(as_time(t))[1]
 
     def t_from_log_alpha(self, log_alpha):
         la = torch.as_tensor(log_alpha, dtype=torch.float64)
-        desc = -self._la  # increasing
+        knots_t, knots_la = self._knots(la.device)
+        desc = -knots_la  # increasing
         k = torch.clamp(torch.searchsorted(desc, -la, right=True) - 1, 0, self.num_steps - 1)
-        slope = (self._la[k + 1] - self._la[k]) * self.num_steps
-        return self._t[k] + (la - self._la[k]) / slope
+        slope = (knots_la[k + 1] - knots_la[k]) * self.num_steps
+        return knots_t[k] + (la - knots_la[k]) / slope
 
 
 def ddpm_linear(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DiscreteVP:
