@@ -101,6 +101,21 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, cond: dict | None = N
     sch = denoiser.schedule
     if not isinstance(x, torch.Tensor) or x.ndim < 1 or not x.dtype.is_floating_point:
         raise TypeError("x must be a floating-point tensor of shape (B, ...)")
+    if not (rtol > 0 and atol > 0):
+        raise ValueError("rtol and atol must be positive")
+    field, t_min, t_max, k = _setup(denoiser, x, cond, t_min, t_max, trace, probes, probe, generator, steps, method,
+                                    create_graph)
+    y0 = (x, torch.zeros(x.shape[0], k, dtype=torch.float64, device=x.device))
+    if method == "dopri5":
+        x_end, acc = _dopri5(field, y0, t_min, t_max, rtol, atol, max_steps)
+    else:
+        x_end, acc = _fixed(field, y0, _logsnr_grid(sch, t_min, t_max, steps).tolist(), method)
+    return _result(_prior(sch, x_end, t_max, data_std, log_prior), acc, x_end, field, t_min, t_max)
+
+
+def _setup(denoiser, x, cond, t_min, t_max, trace, probes, probe, generator, steps, method, create_graph):
+    """Checks, the probes and the augmented field; returns ``(field, t_min, t_max, K)``."""
+    sch = denoiser.schedule
     if trace not in TRACES:
         raise ValueError(f"trace must be one of {', '.join(TRACES)}, got {trace!r}")
     if probe not in PROBES:
@@ -116,9 +131,6 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, cond: dict | None = N
     if not (max(sch.t_min, 0.0) < t_min < t_max <= 1.0) or float(sch.sigma(t_min)) <= 0:
         raise ValueError(f"need {sch.t_min:g} < t_min < t_max <= 1 with sigma(t_min) > 0, got t_min={t_min:g}, "
                          f"t_max={t_max:g} (the ODE is singular where sigma = 0)")
-    if not (rtol > 0 and atol > 0):
-        raise ValueError("rtol and atol must be positive")
-    batch, d = x.shape[0], x[0].numel()
     eps = None
     if trace == "hutchinson":
         shape = (probes, *x.shape)
@@ -127,28 +139,34 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, cond: dict | None = N
         else:
             eps = torch.randn(shape, generator=generator, dtype=x.dtype)
         eps = eps.to(x.device)
-    k = 1 if eps is None else probes
-    field = _Field(denoiser, cond or {}, d, eps, create_graph)
+    field = _Field(denoiser, cond or {}, x[0].numel(), eps, create_graph)
+    return field, t_min, t_max, (1 if eps is None else probes)
 
-    y0 = (x, torch.zeros(batch, k, dtype=torch.float64, device=x.device))
-    if method == "dopri5":
-        y_end = _dopri5(field, y0, t_min, t_max, rtol, atol, max_steps)
-    else:
-        # uniform in logSNR, down to -12 where t_max is pure noise (logSNR -inf); the last point is t_max
-        lam_end = max(float(sch.logsnr(t_max)), LAM_NOISE)
-        lam = torch.linspace(float(sch.logsnr(t_min)), lam_end, steps + 1, dtype=torch.float64)
-        ts = sch.t_from_logsnr(lam)
-        ts[0], ts[-1] = t_min, t_max
-        y_end = _fixed(field, y0, ts.tolist(), method)
-    x_end, acc = y_end
-    if log_prior is None:
-        std = prior_std(sch, t_max, data_std)
-        flat = x_end.reshape(batch, -1).to(torch.float64)
-        prior = -0.5 * (flat / std).pow(2).sum(1) - d * (math.log(std) + 0.5 * math.log(2 * math.pi))
-    else:
-        prior = log_prior(x_end).to(torch.float64)
+
+def _logsnr_grid(sch, t_min, t_max, steps) -> torch.Tensor:
+    """``steps + 1`` increasing times uniform in logSNR, down to :data:`LAM_NOISE` where ``t_max`` is pure
+    noise (logSNR -inf); the ends are ``t_min`` and ``t_max`` exactly."""
+    lam_end = max(float(sch.logsnr(t_max)), LAM_NOISE)
+    lam = torch.linspace(float(sch.logsnr(t_min)), lam_end, steps + 1, dtype=torch.float64)
+    ts = sch.t_from_logsnr(lam)
+    ts[0], ts[-1] = t_min, t_max
+    return ts
+
+
+def _prior(sch, x_end, t_max, data_std, log_prior) -> torch.Tensor:
+    if log_prior is not None:
+        return log_prior(x_end).to(torch.float64)
+    std = prior_std(sch, t_max, data_std)
+    flat = x_end.reshape(x_end.shape[0], -1).to(torch.float64)
+    d = flat.shape[1]
+    return -0.5 * (flat / std).pow(2).sum(1) - d * (math.log(std) + 0.5 * math.log(2 * math.pi))
+
+
+def _result(prior, acc, x_end, field, t_min, t_max) -> Likelihood:
+    """The estimate over the probes, with its standard error (0 for the exact trace, NaN for one probe)."""
+    k = acc.shape[1]
     mean = acc.mean(1)
-    stderr = (acc.std(1) / math.sqrt(k)) if k > 1 else torch.full_like(mean, math.nan if eps is not None else 0.0)
+    stderr = (acc.std(1) / math.sqrt(k)) if k > 1 else torch.full_like(mean, math.nan if field.eps is not None else 0.0)
     return Likelihood(prior + mean, stderr, prior, mean, x_end, field.calls, t_min, t_max)
 
 
@@ -247,3 +265,27 @@ def _dopri5(field, y, t0, t1, rtol, atol, max_steps):
             y, t, k0 = y5, t + h, ks[6]
         h = _next_h(h, err, 4)
     return y
+
+
+def sample_with_log_prob(denoiser: Denoiser, x_init: torch.Tensor, *, cond: dict | None = None,
+                         t_min: float | None = None, t_max: float = 1.0, method: str = "rk4", steps: int = 64,
+                         trace: str = "exact", probes: int = 1, probe: str = "rademacher",
+                         generator: torch.Generator | None = None, data_std: float = 0.0,
+                         log_prior: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Likelihood:
+    """Generate by the probability-flow ODE from ``x_init`` (a draw of ``p_{t_max}``) down to ``t_min`` on a
+    fixed grid (``"rk4"``, ``"heun"`` or ``"euler"``, uniform in logSNR) and integrate the divergence on the
+    same grid: ``log_prob`` is the log-density of each generated sample, ``x_end`` the sample,
+    ``prior`` the log-density of ``x_init``. Costs the trace at every evaluation (see :func:`log_likelihood`)."""
+    sch = denoiser.schedule
+    if not isinstance(x_init, torch.Tensor) or x_init.ndim < 1 or not x_init.dtype.is_floating_point:
+        raise TypeError("x_init must be a floating-point tensor of shape (B, ...)")
+    if method not in METHODS or method == "dopri5":
+        raise ValueError(f"method must be one of rk4, heun, euler (a fixed grid), got {method!r}")
+    field, t_min, t_max, k = _setup(denoiser, x_init, cond, t_min, t_max, trace, probes, probe, generator, steps,
+                                    method, create_graph=False)
+    ts = _logsnr_grid(sch, t_min, t_max, steps).flip(0)
+    x_end, acc = _fixed(field, (x_init, torch.zeros(x_init.shape[0], k, dtype=torch.float64, device=x_init.device)),
+                        ts.tolist(), method)
+    prior = _prior(sch, x_init, t_max, data_std, log_prior)
+    # the accumulator integrated int_{t_max}^{t_min} div v dt, the negative of the likelihood's integral
+    return _result(prior, -acc, x_end, field, t_min, t_max)
