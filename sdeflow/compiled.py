@@ -35,6 +35,7 @@ from .sampling import NonFiniteError, SampleResult, planned
 from .samplers.base import Plan, Sampler
 from .samplers.engine import Multistep, SingleStep
 from .samplers.sde import AffineStep
+from .shapes import check_batch
 
 ENGINES = (AffineStep, Multistep, SingleStep)
 
@@ -97,6 +98,13 @@ class _Program:
     values: torch.Tensor  # float64, on the CPU: [plan slots | per-call (scale, skip, out, c)]
     n_slots: int
     n_calls: int
+    on: dict = dataclasses.field(default_factory=dict)  # the values copied to each device, once
+
+    def values_on(self, device) -> torch.Tensor:
+        key = str(device)
+        if key not in self.on:
+            self.on[key] = self.values.to(device)
+        return self.on[key]
 
 
 class _StaticField:
@@ -234,18 +242,17 @@ class FixedGridLoop:
     # ---------------------------------------------------------------------------------- running
     def __call__(self, x_init: torch.Tensor, ts) -> SampleResult:
         """Sample from ``x_init`` along ``ts``; the same result as :func:`sdeflow.sample` to float rounding."""
-        if not isinstance(x_init, torch.Tensor) or x_init.ndim < 1 or not x_init.dtype.is_floating_point:
-            raise TypeError("x_init must be a floating-point tensor of shape (B, ...)")
+        check_batch(x_init, "x_init")
         prog = self._packed(ts)
-        self.noise(x_init, 0)  # builds the source's device tables outside the program
-        values = prog.values.to(x_init.device)
+        self.noise.prepare(x_init)  # the source's device tables, built outside the program
+        values = prog.values_on(x_init.device)
         if self._compile is None:
             x = self._program(prog)(x_init, values, self.cond)
         else:
             try:
                 x = self._traced(prog, x_init, values)
-            except Exception as err:  # Dynamo's own failures carry the user frames it was tracing
-                if not (isinstance(err, torch._dynamo.exc.TorchDynamoException) or "from user code:" in str(err)):
+            except Exception as err:
+                if not _trace_failure(err):
                     raise
                 raise TypeError(
                     f"the loop with {type(self.denoiser).__name__} could not be traced as one program "
@@ -260,8 +267,8 @@ class FixedGridLoop:
         trace again with the network inlined."""
         try:
             return self._program(prog)(x_init, values, self.cond)
-        except Exception:
-            if self._network is self._plain_network:
+        except Exception as err:
+            if self._network is self._plain_network or not _trace_failure(err):
                 raise
             self._network = self._plain_network
             self._fns.clear()
@@ -291,9 +298,9 @@ class FixedGridLoop:
             raise ValueError("a captured loop draws from the device's default generator: pass no generator, "
                              "or SeededNoise")
         prog = self._packed(ts)
-        self.noise(x_init, 0)
+        self.noise.prepare(x_init)
         fn = self._program(prog)
-        static_x, static_v = x_init.clone(), prog.values.to(x_init.device)
+        static_x, static_v = x_init.clone(), prog.values.to(x_init.device)  # the graph's own input buffer
         stream = torch.cuda.Stream(device=x_init.device)
         stream.wait_stream(torch.cuda.current_stream(x_init.device))
         with torch.cuda.stream(stream), torch.no_grad():
@@ -329,6 +336,12 @@ class GraphedLoop:
         x = self.static_out.clone()
         _check_finite(x)
         return SampleResult(x, self.nfe, _as_grid(ts))
+
+
+def _trace_failure(err: Exception) -> bool:
+    """Whether ``err`` is Dynamo failing to trace (its errors carry the user frames it was tracing),
+    not an error of the run itself."""
+    return isinstance(err, torch._dynamo.exc.TorchDynamoException) or "from user code:" in str(err)
 
 
 def _as_grid(ts) -> torch.Tensor:

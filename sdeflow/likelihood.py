@@ -37,6 +37,7 @@ from .denoisers import Denoiser
 from .samplers.adaptive import _A, _B4, _C, _error_ratio, _next_h
 from .samplers.base import ode_coefficients
 from .sampling import prior_std
+from .shapes import check_batch
 
 TRACES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
@@ -99,8 +100,7 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, cond: dict | None = N
         create_graph: keep the graph, so that the result can be differentiated (w.r.t. ``x`` or parameters).
     """
     sch = denoiser.schedule
-    if not isinstance(x, torch.Tensor) or x.ndim < 1 or not x.dtype.is_floating_point:
-        raise TypeError("x must be a floating-point tensor of shape (B, ...)")
+    check_batch(x, "x")
     if not (rtol > 0 and atol > 0):
         raise ValueError("rtol and atol must be positive")
     field, t_min, t_max, k = _setup(denoiser, x, cond, t_min, t_max, trace, probes, probe, generator, steps, method,
@@ -277,8 +277,7 @@ def sample_with_log_prob(denoiser: Denoiser, x_init: torch.Tensor, *, cond: dict
     same grid: ``log_prob`` is the log-density of each generated sample, ``x_end`` the sample,
     ``prior`` the log-density of ``x_init``. Costs the trace at every evaluation (see :func:`log_likelihood`)."""
     sch = denoiser.schedule
-    if not isinstance(x_init, torch.Tensor) or x_init.ndim < 1 or not x_init.dtype.is_floating_point:
-        raise TypeError("x_init must be a floating-point tensor of shape (B, ...)")
+    check_batch(x_init, "x_init")
     if method not in METHODS or method == "dopri5":
         raise ValueError(f"method must be one of rk4, heun, euler (a fixed grid), got {method!r}")
     field, t_min, t_max, k = _setup(denoiser, x_init, cond, t_min, t_max, trace, probes, probe, generator, steps,
@@ -327,8 +326,7 @@ def discrete_vlb(denoiser: Denoiser, x: torch.Tensor, *, times=None, draws: int 
     from .schedules import DiscreteVP
 
     sch = denoiser.schedule
-    if not isinstance(x, torch.Tensor) or x.ndim < 1 or not x.dtype.is_floating_point:
-        raise TypeError("x must be a floating-point tensor of shape (B, ...)")
+    check_batch(x, "x")
     if not isinstance(draws, int) or draws < 1:
         raise ValueError(f"draws must be a positive integer, got {draws!r}")
     if times is None:

@@ -87,9 +87,8 @@ class _SeedTable:
     def __len__(self):
         return len(self.seeds)
 
-    def normal(self, like: torch.Tensor, step: int, draw: int) -> torch.Tensor:
-        """Standard normal noise shaped like ``like`` (float64; float32 on devices without float64):
-        row ``b`` depends only on ``seeds[b]``, ``step`` and ``draw``."""
+    def tables(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hashed seeds ``(B,)`` and element counters on ``like``'s device (built once, then cached)."""
         if like.shape[0] != len(self.seeds):
             raise ValueError(f"{len(self.seeds)} seeds for a batch of {like.shape[0]}")
         device = like.device
@@ -97,21 +96,30 @@ class _SeedTable:
         if base is None:
             base = self._on[str(device)] = _mix64(torch.tensor([_signed(s) for s in self.seeds], dtype=torch.int64,
                                                                  device=device))
+        return base, _counters((math.prod(like.shape[1:]) + 1) // 2, device)
+
+    def normal(self, like: torch.Tensor, step: int, draw: int) -> torch.Tensor:
+        """Standard normal noise shaped like ``like`` (float64; float32 on devices without float64):
+        row ``b`` depends only on ``seeds[b]``, ``step`` and ``draw``."""
+        base, counters = self.tables(like)
         numel = math.prod(like.shape[1:])
-        pairs = (numel + 1) // 2
         k1 = _mix64(base ^ _signed(_mix(0, step, draw)))
         k2 = _mix64(k1 + _signed(_mix(1, step, draw)))
-        words = _mix64(_mix64(_counters(pairs, device)[None, :] ^ k1[:, None]) + k2[:, None])
-        dtype = torch.float32 if device.type == "mps" else torch.float64
+        words = _mix64(_mix64(counters[None, :] ^ k1[:, None]) + k2[:, None])
+        dtype = torch.float32 if like.device.type == "mps" else torch.float64
         u = torch.cat([_srl(words, 32), words & 0xFFFFFFFF], 1)[:, :numel].to(dtype).add_(0.5).mul_(2.0 ** -32)
         return torch.special.ndtri(u).reshape(like.shape)
 
 
 class NoiseSource:
-    """Base class."""
+    """Base class: subclasses implement ``__call__``."""
 
     def __call__(self, like: torch.Tensor, step: int, draw: int = 0, span=None) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def prepare(self, like: torch.Tensor) -> None:
+        """Build whatever the source keeps per device and shape, without drawing (a traced or
+        captured loop calls this first, so that the program itself creates no tables)."""
 
 
 class SeededNoise(NoiseSource):
@@ -127,6 +135,9 @@ class SeededNoise(NoiseSource):
 
     def __call__(self, like, step, draw=0, span=None):
         return self._table.normal(like, step, draw).to(dtype=like.dtype)
+
+    def prepare(self, like):
+        self._table.tables(like)
 
 
 class GeneratorNoise(NoiseSource):

@@ -18,6 +18,7 @@ from .grids import below_domain, check_grid
 from .noise import GeneratorNoise, NoiseSource, SeededNoise
 from .samplers.base import Plan, Sampler
 from .schedules import Schedule
+from .shapes import check_batch
 
 
 class NonFiniteError(FloatingPointError):
@@ -128,8 +129,7 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
         raise TypeError("denoiser must be a sdeflow Denoiser (wrap a network with ModelDenoiser)")
     if not isinstance(sampler, Sampler):
         raise TypeError(f"sampler must be a sdeflow Sampler, got {type(sampler).__name__}")
-    if not isinstance(x_init, torch.Tensor) or x_init.ndim < 1 or not x_init.dtype.is_floating_point:
-        raise TypeError("x_init must be a floating-point tensor of shape (B, ...)")
+    check_batch(x_init, "x_init")
     plan = planned(sampler, denoiser.schedule, ts)
     # Nothing outside the loop sees intermediate states unless a trajectory or callback asks for
     # them, or autograd records the run (gradients through sampling): otherwise steps after the first

@@ -25,3 +25,9 @@ def expand_as_batch(c: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor | 
     if c.ndim != 1 or c.shape[0] not in (1, x.shape[0]):
         raise ValueError(f"coefficient of shape {tuple(c.shape)} does not match a batch of {x.shape[0]}")
     return c.reshape(c.shape[0], *([1] * (x.ndim - 1)))
+
+
+def check_batch(x, name: str = "x") -> None:
+    """Refuse anything but a floating-point ``(B, *)`` tensor, naming the argument."""
+    if not isinstance(x, torch.Tensor) or x.ndim < 1 or not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor of shape (B, ...)")

@@ -65,6 +65,21 @@ def test_fixed_grid_program_equals_the_sampling_loop(name, case):
             assert out.nfe == ref.nfe
 
 
+@pytest.mark.parametrize("name", ["ddpm", "sde-dpm-solver++-2m"])
+def test_generator_noise_is_drawn_as_the_sampling_loop_draws_it(name):
+    """No extra draws: with generators seeded alike, the program and the loop see the same noise."""
+    from sdeflow import GeneratorNoise
+
+    sch = VPLinear()
+    den = ModelDenoiser(Net(torch.float64), sch, "eps")
+    x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    ts = grids.logsnr_grid(6, sch)
+    loop = FixedGridLoop(den, SAMPLERS[name](), 6, noise=GeneratorNoise(torch.Generator().manual_seed(9)))
+    with torch.no_grad():
+        ref = sample(den, SAMPLERS[name](), ts, x, noise=GeneratorNoise(torch.Generator().manual_seed(9))).x
+        assert rel(loop(x, ts).x, ref) < 1e-11
+
+
 def traced_graphs():
     return counters["stats"]["unique_graphs"]
 

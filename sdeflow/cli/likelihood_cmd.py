@@ -74,7 +74,7 @@ def run_likelihood(args) -> None:
 
         model = load_model(args.checkpoint or "digits")
         denoiser, meta = model.denoiser, model.meta["data"]
-        data = load(meta["name"]) if meta["name"] in ("digits",) or meta["kind"] == "vector" else None
+        data = load(meta["name"]) if meta["name"] == "digits" or meta["kind"] == "vector" else None
         if data is None:
             raise ValueError(f"the training data of this model ({meta['name']}) are not shipped: likelihood of "
                              "shipped models and exact problems only")

@@ -74,8 +74,9 @@ def midpoint_weights(h: float, r: float, form: str) -> list[float]:
 def paper_3m_weights(h: float, r0: float, r1: float, form: str) -> list[float]:
     """DPM-Solver(++)-3M's update as written in the papers and their reference code: finite-difference
     estimates ``D1 ~ h f'`` and ``D2 ~ h^2 f'' / 2`` from the last three outputs (``r0``, ``r1``: the
-    previous two steps over this one) with ``phi_2`` and ``phi_3`` weights; third order like the exact
-    quadratic integral of :func:`exp_adams_weights`, but not equal to it. Weights on
+    previous two steps over this one) with ``phi_2`` and ``phi_3`` weights. It is not the exact
+    quadratic integral of :func:`exp_adams_weights`: its ``D2`` weight is half the exact one, so it
+    converges at second order (see :mod:`.dpm_solver_multistep`). Weights on
     ``(x_hat_0, x_hat_1, x_hat_2)`` (to be scaled like :func:`exp_adams_weights`)."""
     d10, d11 = [1 / r0, -1 / r0, 0.0], [0.0, 1 / r1, -1 / r1]
     d1 = [(1 + r0 / (r0 + r1)) * a - r0 / (r0 + r1) * b for a, b in zip(d10, d11)]
