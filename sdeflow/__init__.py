@@ -4,11 +4,13 @@ A schedule fixes the forward process ``x_t = alpha(t) x + sigma(t) eps`` (``t = 
 noise); a denoiser answers ``x_hat = E[x | x_t]``; a sampler steps along a grid of times; one loop,
 :func:`sample`, drives it. :mod:`sdeflow.analytic` is the exact Gaussian-mixture oracle; :mod:`sdeflow.guidance` guides any denoiser;
 :mod:`sdeflow.adapters` bridges to diffusers, k-diffusion and flow_matching; :mod:`sdeflow.compiled` runs
-the fixed-grid loop as one compiled program or CUDA graph.
+the fixed-grid loop as one compiled program or CUDA graph; :func:`invert` finds the noise a sampler maps
+to given data.
 """
 
 from . import analytic, grids, metrics, parameterizations, samplers, schedules
 from . import adapters, compiled, guidance, likelihood
+from .invert import Inversion, invert
 from .compiled import FixedGridLoop
 from .denoisers import Denoiser, ModelDenoiser
 from .grids import auto_grid, discrete_grid, karras_grid, logsnr_grid, polyexponential_grid, quadratic_grid, shift_grid, uniform_grid
@@ -20,4 +22,5 @@ __version__ = "0.1.0"
 __all__ = ["adapters", "analytic", "compiled", "grids", "guidance", "likelihood", "metrics", "parameterizations", "samplers", "schedules", "Denoiser", "ModelDenoiser",
            "auto_grid", "discrete_grid", "karras_grid", "logsnr_grid", "polyexponential_grid", "quadratic_grid", "shift_grid",
            "uniform_grid", "BrownianTreeNoise", "GeneratorNoise", "SeededNoise",
-           "NonFiniteError", "SampleResult", "StepInfo", "prior_sample", "sample", "FixedGridLoop"]
+           "NonFiniteError", "SampleResult", "StepInfo", "prior_sample", "sample", "FixedGridLoop",
+           "Inversion", "invert"]

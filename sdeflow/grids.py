@@ -18,14 +18,17 @@ from .schedules import Schedule
 DEFAULT_SIGMA_MIN = 0.002
 
 
-def check_grid(ts) -> torch.Tensor:
-    """Validate a user grid: 1-D, at least 2 times, strictly decreasing, inside [0, 1]."""
+def check_grid(ts, *, increasing: bool = False) -> torch.Tensor:
+    """Validate a user grid: 1-D, at least 2 times, strictly decreasing (``increasing``: strictly
+    increasing, a grid for inversion), inside [0, 1]."""
     ts = torch.as_tensor(ts, dtype=torch.float64).flatten().cpu()
     if ts.numel() < 2:
         raise ValueError(f"a grid needs at least 2 times (1 step), got {ts.numel()}")
     if not bool(torch.isfinite(ts).all()) or bool((ts < 0).any()) or bool((ts > 1).any()):
         raise ValueError("grid times must be finite and inside [0, 1] (0 = data, 1 = noise)")
-    if not bool((ts[1:] < ts[:-1]).all()):
+    if increasing and not bool((ts[1:] > ts[:-1]).all()):
+        raise ValueError("an inversion grid's times must be strictly increasing (from data towards noise)")
+    if not increasing and not bool((ts[1:] < ts[:-1]).all()):
         raise ValueError("grid times must be strictly decreasing (from noise towards data)")
     return ts
 

@@ -131,14 +131,25 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
         raise TypeError(f"sampler must be a sdeflow Sampler, got {type(sampler).__name__}")
     check_batch(x_init, "x_init")
     plan = planned(sampler, denoiser.schedule, ts)
+    mode = {True: "spot", False: "off"}.get(check_finite, check_finite) if isinstance(check_finite, bool) else check_finite
+    field = CountingField(denoiser, cond, mode)
+    x, traj = integrate(field, sampler, plan, x_init, noise=noise, callback=callback, progress=progress,
+                        return_trajectory=return_trajectory)
+    field.finish(x, plan)
+    return SampleResult(x, field.calls, plan.ts, traj)
+
+
+def integrate(field: CountingField, sampler: Sampler, plan: Plan, x_init: torch.Tensor, *,
+              noise: NoiseSource | None = None, callback: Callable[[StepInfo], None] | None = None,
+              progress: bool = False, return_trajectory: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The loop of :func:`sample` over a planned grid (in either direction: :mod:`sdeflow.invert` runs
+    it on increasing grids). Returns the final state and, if asked, the stacked trajectory."""
     # Nothing outside the loop sees intermediate states unless a trajectory or callback asks for
     # them, or autograd records the run (gradients through sampling): otherwise steps after the first
     # update the state in place. Until the state is a new tensor no step does, so the caller's x_init
     # is never touched; then a state or model output that requires grad shows that autograd records.
     may_overwrite = not return_trajectory and callback is None
     plan.inplace = False
-    mode = {True: "spot", False: "off"}.get(check_finite, check_finite) if isinstance(check_finite, bool) else check_finite
-    field = CountingField(denoiser, cond, mode)
     draw = _StepNoise(noise or GeneratorNoise())
     state = sampler.init_state(x_init, plan)
     x = x_init
@@ -161,8 +172,7 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
             traj.append(x)
         if callback is not None:
             callback(StepInfo(i, plan.t[i], plan.s[i], x, field.last))
-    field.finish(x, plan)
-    return SampleResult(x, field.calls, plan.ts, torch.stack(traj) if traj is not None else None)
+    return x, (torch.stack(traj) if traj is not None else None)
 
 
 class _StepNoise:
@@ -179,10 +189,11 @@ class _StepNoise:
 _PLANS: dict = {}
 
 
-def planned(sampler: Sampler, schedule: Schedule, ts) -> Plan:
+def planned(sampler: Sampler, schedule: Schedule, ts, *, increasing: bool = False) -> Plan:
     """``sampler.prepare(schedule, ts)``, cached: sampling many batches on one grid plans it once.
-    Returns a fresh copy whose ``inplace`` flag the caller may set."""
-    ts = check_grid(ts)
+    Returns a fresh copy whose ``inplace`` flag the caller may set. ``increasing``: the grid runs from
+    data towards noise (the step rules integrating the probability-flow ODE forwards, for inversion)."""
+    ts = check_grid(ts, increasing=increasing)
     below = ts[below_domain(ts, schedule)]
     if below.numel():
         raise ValueError(f"grid time {float(below[0]):.6g} lies below the schedule's smallest time {schedule.t_min:.6g} "

@@ -37,7 +37,9 @@ class DDIM(AffineStep):
 
     def step_coefficients(self, a_t, s_t, a_s, s_s, t, s, schedule):
         # exp(-2h) = (alpha_t sigma_s / (sigma_t alpha_s))^2, written to stay finite at sigma_s = 0.
-        decay = (a_t * s_s / (s_t * a_s)) ** 2
-        c = self.eta * s_s * math.sqrt(max(0.0, 1.0 - decay))
+        c = 0.0
+        if self.eta > 0:
+            decay = (a_t * s_s / (s_t * a_s)) ** 2
+            c = self.eta * s_s * math.sqrt(max(0.0, 1.0 - decay))
         c_x = math.sqrt(max(0.0, s_s * s_s - c * c)) / s_t
         return Affine(c_x, a_s - a_t * c_x, c)
