@@ -10,7 +10,7 @@ to given data.
 
 from . import analytic, grids, metrics, parameterizations, samplers, schedules
 from . import adapters, compiled, guidance, likelihood
-from .invert import Inversion, invert
+from .inversion import Inversion, invert
 from .compiled import FixedGridLoop
 from .denoisers import Denoiser, ModelDenoiser
 from .grids import auto_grid, discrete_grid, karras_grid, logsnr_grid, polyexponential_grid, quadratic_grid, shift_grid, uniform_grid

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sdeflow import analytic, grids, sample
-from sdeflow.invert import has_history, invert
+from sdeflow.inversion import has_history, invert
 from sdeflow.registry import SAMPLERS
 from sdeflow.schedules import RectifiedFlow, VPLinear
 
