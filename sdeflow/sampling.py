@@ -15,7 +15,7 @@ import torch
 
 from .denoisers import Denoiser
 from .grids import below_domain, check_grid
-from .noise import GeneratorNoise, NoiseSource, SeededNoise
+from .noise import BrownianTreeNoise, GeneratorNoise, NoiseSource, SeededNoise
 from .samplers.base import Plan, Sampler
 from .schedules import Schedule
 from .shapes import check_batch
@@ -100,6 +100,7 @@ class CountingField:
         """Raise for a failure recorded on the device, or for a non-finite final state."""
         if self._bad is not None and float(self._bad) >= 0:
             self._raise(int(self._bad), plan=plan)
+        x = x.detach()
         if self.check == "spot" and not math.isfinite(float(x.sum(dtype=torch.float32))) \
                 and not bool(torch.isfinite(x).all()):
             raise NonFiniteError("the samples contain NaN or Inf: a model output was not finite at some step "
@@ -108,7 +109,8 @@ class CountingField:
 
 def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, cond: dict | None = None,
            noise: NoiseSource | None = None, callback: Callable[[StepInfo], None] | None = None,
-           progress: bool = False, return_trajectory: bool = False, check_finite: bool | str = True) -> SampleResult:
+           progress: bool = False, return_trajectory: bool = False, check_finite: bool | str = True,
+           gradient: str = "autograd") -> SampleResult:
     """Integrate from ``ts[0]`` to ``ts[-1]`` with ``sampler``.
 
     Args:
@@ -124,15 +126,37 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
         check_finite: raise :class:`NonFiniteError` naming the step and time if the model returns NaN/Inf:
             ``True``/``"spot"`` (a cheap spot check per step and a full check of the result),
             ``"full"`` (every output in full) or ``False``/``"off"`` (see :class:`CountingField`).
+        gradient: how gradients of the result flow back to ``x_init``, ``cond``'s tensors and the
+            denoiser's parameters when autograd is on: ``"autograd"`` records every step (memory grows
+            with the steps); ``"checkpoint"`` records nothing and recomputes steps in the backward
+            pass, keeping at most ``log2(n) + 1`` states (see :mod:`sdeflow.checkpoint`). Both give
+            the gradient of the discrete steps taken.
     """
     if not isinstance(denoiser, Denoiser):
         raise TypeError("denoiser must be a sdeflow Denoiser (wrap a network with ModelDenoiser)")
     if not isinstance(sampler, Sampler):
         raise TypeError(f"sampler must be a sdeflow Sampler, got {type(sampler).__name__}")
     check_batch(x_init, "x_init")
+    if gradient not in ("autograd", "checkpoint"):
+        raise ValueError(f"gradient must be 'autograd' or 'checkpoint', got {gradient!r}")
     plan = planned(sampler, denoiser.schedule, ts)
     mode = {True: "spot", False: "off"}.get(check_finite, check_finite) if isinstance(check_finite, bool) else check_finite
     field = CountingField(denoiser, cond, mode)
+    if gradient == "checkpoint":
+        _check_recomputable(sampler, noise, return_trajectory)
+        params = [p for p in denoiser.parameters() if p.requires_grad]
+        params += [v for v in (cond or {}).values() if isinstance(v, torch.Tensor) and v.requires_grad]
+        if torch.is_grad_enabled() and (x_init.requires_grad or params):
+            from .checkpoint import sample_checkpointed
+
+            def step_callback(i, x):
+                callback(StepInfo(i, plan.t[i], plan.s[i], x, field.last))
+            plan.inplace = False
+            x = sample_checkpointed(sampler, plan, field, _StepNoise(noise or GeneratorNoise()), x_init, params,
+                                    step_callback if callback is not None else None)
+            calls = field.calls
+            field.finish(x, plan)
+            return SampleResult(x, calls, plan.ts, None)
     x, traj = integrate(field, sampler, plan, x_init, noise=noise, callback=callback, progress=progress,
                         return_trajectory=return_trajectory)
     field.finish(x, plan)
@@ -142,7 +166,7 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
 def integrate(field: CountingField, sampler: Sampler, plan: Plan, x_init: torch.Tensor, *,
               noise: NoiseSource | None = None, callback: Callable[[StepInfo], None] | None = None,
               progress: bool = False, return_trajectory: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The loop of :func:`sample` over a planned grid (in either direction: :mod:`sdeflow.invert` runs
+    """The loop of :func:`sample` over a planned grid (in either direction: :mod:`sdeflow.inversion` runs
     it on increasing grids). Returns the final state and, if asked, the stacked trajectory."""
     # Nothing outside the loop sees intermediate states unless a trajectory or callback asks for
     # them, or autograd records the run (gradients through sampling): otherwise steps after the first
@@ -173,6 +197,19 @@ def integrate(field: CountingField, sampler: Sampler, plan: Plan, x_init: torch.
         if callback is not None:
             callback(StepInfo(i, plan.t[i], plan.s[i], x, field.last))
     return x, (torch.stack(traj) if traj is not None else None)
+
+
+def _check_recomputable(sampler: Sampler, noise, return_trajectory: bool) -> None:
+    """Refuse what ``gradient="checkpoint"`` cannot recompute step by step."""
+    if sampler.adaptive:
+        raise ValueError(f"{type(sampler).__name__} chooses its steps while sampling: gradient='checkpoint' needs "
+                         "a fixed-grid sampler")
+    if sampler.stochastic and not isinstance(noise, (SeededNoise, BrownianTreeNoise)):
+        raise ValueError("gradient='checkpoint' recomputes steps, so a stochastic sampler's noise must be drawn "
+                         "again identically: pass noise=SeededNoise(seeds) or BrownianTreeNoise(...)")
+    if return_trajectory:
+        raise ValueError("gradient='checkpoint' keeps no intermediate states: return_trajectory is not available "
+                         "(use a callback to see them)")
 
 
 class _StepNoise:

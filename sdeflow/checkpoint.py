@@ -1,0 +1,90 @@
+"""Gradients through sampling in memory that does not grow with the number of steps.
+
+``sample(..., gradient="checkpoint")`` runs the loop without recording it and returns a result
+whose backward pass recomputes the steps it needs: to differentiate steps ``[a, b)`` from the
+snapshot ``(x_a, state_a)``, it samples to the midpoint ``m`` without recording, differentiates
+``[m, b)`` from that snapshot, drops it, and then differentiates ``[a, m)``. At most ``log2(n) + 1``
+snapshots (a state and the sampler's history) are alive at once and only one step is recorded at
+a time, for about ``log2(n) / 2`` extra sampling passes. The gradient is that of the discrete steps
+actually taken, equal to plain autograd through them (to round-off), with respect to the initial
+state, every tensor in ``cond`` that requires grad and the denoiser's parameters.
+
+Stochastic samplers are differentiated for a fixed noise path, so their noise must be drawn again
+identically when a step is recomputed (:class:`~sdeflow.noise.SeededNoise` or
+:class:`~sdeflow.noise.BrownianTreeNoise`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+
+class _Steps:
+    """Steps ``i`` of a planned run, from a snapshot ``(x, state)``, with the loop's bookkeeping."""
+
+    def __init__(self, sampler, plan, field, draw):
+        self.sampler, self.plan, self.field, self.draw = sampler, plan, field, draw
+        self.params, self.callback = [], None
+
+    def run(self, snap, a: int, b: int, callback=None):
+        x, state = snap
+        for i in range(a, b):
+            self.field.step = self.draw.step = i
+            self.draw.x = x
+            x, state = self.sampler.step(self.field, x, i, self.plan, state, self.draw)
+            if callback is not None:
+                callback(i, x)
+        return x, state
+
+    def backward(self, snap, a: int, b: int, cot, params, grads):
+        """Cotangents of the snapshot at ``a`` given those (``cot``, flattened) of the one at ``b``;
+        accumulates the parameters' gradients into ``grads``."""
+        if b - a > 1:
+            m = (a + b) // 2
+            with torch.no_grad():
+                mid = self.run(snap, a, m)
+            cot = self.backward(mid, m, b, cot, params, grads)
+            del mid
+            return self.backward(snap, a, m, cot, params, grads)
+        leaves, spec = tree_flatten(snap)
+        inputs = [t.detach().requires_grad_(t.is_floating_point()) if isinstance(t, torch.Tensor) else t for t in leaves]
+        with torch.enable_grad():
+            outs, _ = tree_flatten(self.run(tree_unflatten(inputs, spec), a, b))
+        pairs = [(o, c) for o, c in zip(outs, cot) if c is not None and isinstance(o, torch.Tensor) and o.requires_grad]
+        wrt = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+        if not pairs:
+            return [None] * len(inputs)
+        got = torch.autograd.grad([o for o, _ in pairs], wrt + params, [c for _, c in pairs], allow_unused=True)
+        for k, g in enumerate(got[len(wrt):]):
+            if g is not None:
+                grads[k] = g if grads[k] is None else grads[k] + g
+        it = iter(got[: len(wrt)])
+        return [next(it) if isinstance(t, torch.Tensor) and t.requires_grad else None for t in inputs]
+
+
+class _Checkpointed(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, steps, x_init, *params):
+        x_init = x_init.detach()
+        ctx.snap = (x_init, steps.sampler.init_state(x_init, steps.plan))
+        x, state = steps.run(ctx.snap, 0, len(steps.plan.t), steps.callback)
+        ctx.steps, ctx.leaves = steps, len(tree_flatten((x, state))[0])
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        steps = ctx.steps
+        grads = [None] * len(steps.params)
+        # the final snapshot's leaves are x (first) and the sampler's state, which nothing downstream uses
+        cot = steps.backward(ctx.snap, 0, len(steps.plan.t), [g] + [None] * (ctx.leaves - 1), list(steps.params), grads)
+        return (None, cot[0], *grads)
+
+
+def sample_checkpointed(sampler, plan, field, draw, x_init, params, callback=None):
+    """The final state of the run, differentiable through :class:`_Checkpointed` (see the module
+    docstring); ``params``: the tensors other than ``x_init`` to differentiate with respect to;
+    ``callback(i, x)`` is called after each step of the first pass."""
+    steps = _Steps(sampler, plan, field, draw)
+    steps.params, steps.callback = params, callback
+    return _Checkpointed.apply(steps, x_init, *params)
