@@ -19,23 +19,15 @@ from __future__ import annotations
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from .sampling import Steps
 
-class _Steps:
-    """Steps ``i`` of a planned run, from a snapshot ``(x, state)``, with the loop's bookkeeping."""
 
-    def __init__(self, sampler, plan, field, draw):
-        self.sampler, self.plan, self.field, self.draw = sampler, plan, field, draw
-        self.params, self.callback = [], None
+class _Recomputed:
+    """Differentiates steps ``[a, b)`` of a run by recomputing them (see the module docstring)."""
 
-    def run(self, snap, a: int, b: int, callback=None):
-        x, state = snap
-        for i in range(a, b):
-            self.field.step = self.draw.step = i
-            self.draw.x = x
-            x, state = self.sampler.step(self.field, x, i, self.plan, state, self.draw)
-            if callback is not None:
-                callback(i, x)
-        return x, state
+    def __init__(self, steps: Steps, params: list, callback=None):
+        self.steps, self.params, self.callback = steps, params, callback
+        self.run = steps.run
 
     def backward(self, snap, a: int, b: int, cot, params, grads):
         """Cotangents of the snapshot at ``a`` given those (``cot``, flattened) of the one at ``b``;
@@ -65,26 +57,23 @@ class _Steps:
 
 class _Checkpointed(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, steps, x_init, *params):
-        x_init = x_init.detach()
-        ctx.snap = (x_init, steps.sampler.init_state(x_init, steps.plan))
-        x, state = steps.run(ctx.snap, 0, len(steps.plan.t), steps.callback)
-        ctx.steps, ctx.leaves = steps, len(tree_flatten((x, state))[0])
+    def forward(ctx, rec, x_init, *params):
+        ctx.snap = rec.steps.start(x_init.detach())
+        x, state = rec.run(ctx.snap, 0, len(rec.steps.plan.t), rec.callback)
+        ctx.rec, ctx.leaves = rec, len(tree_flatten((x, state))[0])
         return x
 
     @staticmethod
     def backward(ctx, g):
-        steps = ctx.steps
-        grads = [None] * len(steps.params)
+        rec = ctx.rec
+        grads = [None] * len(rec.params)
         # the final snapshot's leaves are x (first) and the sampler's state, which nothing downstream uses
-        cot = steps.backward(ctx.snap, 0, len(steps.plan.t), [g] + [None] * (ctx.leaves - 1), list(steps.params), grads)
+        cot = rec.backward(ctx.snap, 0, len(rec.steps.plan.t), [g] + [None] * (ctx.leaves - 1), rec.params, grads)
         return (None, cot[0], *grads)
 
 
-def sample_checkpointed(sampler, plan, field, draw, x_init, params, callback=None):
+def sample_checkpointed(steps: Steps, x_init: torch.Tensor, params: list, callback=None) -> torch.Tensor:
     """The final state of the run, differentiable through :class:`_Checkpointed` (see the module
     docstring); ``params``: the tensors other than ``x_init`` to differentiate with respect to;
     ``callback(i, x)`` is called after each step of the first pass."""
-    steps = _Steps(sampler, plan, field, draw)
-    steps.params, steps.callback = params, callback
-    return _Checkpointed.apply(steps, x_init, *params)
+    return _Checkpointed.apply(_Recomputed(steps, params, callback), x_init, *params)

@@ -31,7 +31,7 @@ import torch
 
 from .denoisers import Denoiser, ModelDenoiser
 from .noise import BrownianTreeNoise, GeneratorNoise, NoiseSource
-from .sampling import NonFiniteError, SampleResult, planned
+from .sampling import NonFiniteError, SampleResult, check_models, planned
 from .samplers.base import Plan, Sampler
 from .samplers.engine import Multistep, SingleStep
 from .samplers.sde import AffineStep
@@ -148,10 +148,7 @@ class FixedGridLoop:
 
     def __init__(self, denoiser: Denoiser, sampler: Sampler, steps: int, *, cond: dict | None = None,
                  noise: NoiseSource | None = None):
-        if not isinstance(denoiser, Denoiser):
-            raise TypeError("denoiser must be a sdeflow Denoiser (wrap a network with ModelDenoiser)")
-        if not isinstance(sampler, Sampler):
-            raise TypeError(f"sampler must be a sdeflow Sampler, got {type(sampler).__name__}")
+        check_models(denoiser, sampler)
         if not isinstance(sampler, ENGINES) or sampler.adaptive:
             raise ValueError(f"{type(sampler).__name__} cannot run as a fixed-grid program: supported are the samplers "
                              "built on the AffineStep, Multistep and SingleStep engines (DDIM, DDPM, Euler, "

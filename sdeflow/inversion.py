@@ -32,7 +32,7 @@ from .denoisers import Denoiser
 from .grids import check_grid
 from .samplers.base import Sampler
 from .samplers.engine import Multistep
-from .sampling import CountingField, integrate, planned
+from .sampling import CountingField, Steps, check_models, integrate, planned, sample
 from .shapes import check_batch
 
 METHODS = ("explicit", "exact", "fixed-point", "newton")
@@ -70,10 +70,6 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).to(torch.float64).pow(2).mean(1).sqrt()
 
 
-def _no_noise(*args, **kwargs):
-    raise RuntimeError("a deterministic sampler asked for noise during inversion")
-
-
 def invert(denoiser: Denoiser, sampler: Sampler, ts, x: torch.Tensor, *, cond: dict | None = None,
            method: str = "explicit", tol: float | None = None, max_iter: int = 30, inner: int = 40,
            check_round_trip: bool = True, return_trajectory: bool = False, check_finite: bool | str = True) -> Inversion:
@@ -98,10 +94,7 @@ def invert(denoiser: Denoiser, sampler: Sampler, ts, x: torch.Tensor, *, cond: d
         return_trajectory: explicit only: also return the states on the grid, data first.
         check_finite: as for :func:`~sdeflow.sample`.
     """
-    if not isinstance(denoiser, Denoiser):
-        raise TypeError("denoiser must be a sdeflow Denoiser (wrap a network with ModelDenoiser)")
-    if not isinstance(sampler, Sampler):
-        raise TypeError(f"sampler must be a sdeflow Sampler, got {type(sampler).__name__}")
+    check_models(denoiser, sampler)
     if sampler.stochastic or sampler.adaptive:
         kind = "stochastic" if sampler.stochastic else "adaptive (its steps depend on the run)"
         raise ValueError(f"{type(sampler).__name__} is {kind}: inversion needs a deterministic fixed-grid "
@@ -127,26 +120,23 @@ def invert(denoiser: Denoiser, sampler: Sampler, ts, x: torch.Tensor, *, cond: d
                          "states to one and has no inverse (end the grid at the data's smallest noise level, "
                          "e.g. grids.karras_grid(n, schedule, denoise_to_zero=False))")
     sch = denoiser.schedule
-    mode = {True: "spot", False: "off"}.get(check_finite, check_finite) if isinstance(check_finite, bool) else check_finite
-    field = CountingField(denoiser, cond, mode)
+    field = CountingField(denoiser, cond, check_finite)
     up = planned(sampler, sch, ts.flip(0), increasing=True)
     z, traj = integrate(field, sampler, up, x, return_trajectory=return_trajectory)
     field.finish(z, up)
     if method == "explicit":
         out = Inversion(z, ts, field.calls, method, trajectory=traj)
         if check_round_trip:
-            back = CountingField(denoiser, cond, mode)
             with torch.no_grad():
-                x_back, _ = integrate(back, sampler, planned(sampler, sch, ts), z)
-            back.finish(x_back, up)
-            out.round_trip, out.round_trip_nfe = _rms(x_back - x), back.calls
+                back = sample(denoiser, sampler, ts, z, cond=cond, check_finite=check_finite)
+            out.round_trip, out.round_trip_nfe = _rms(back.x - x), back.nfe
         return out
     if tol is None:
         tol = {torch.float64: 1e-9, torch.float32: 1e-4}.get(x.dtype, 1e-2)
     bound = tol * torch.clamp(_rms(x), min=1.0)
     solve = _newton if method == "newton" else _fixed_point
     down = planned(sampler, sch, ts)
-    z, residual, iterations = solve(field, sampler, down, x, z, bound, max_iter, inner)
+    z, residual, iterations = solve(Steps(sampler, down, field), x, z, bound, max_iter, inner)
     field.finish(z, down)
     return Inversion(z, ts, field.calls, method, residual, 0, iterations, bool((residual <= bound).all()))
 
@@ -156,36 +146,35 @@ def has_history(sampler: Sampler) -> bool:
     return isinstance(sampler, Multistep)
 
 
-def _pass(field, sampler, plan, z):
+def _pass(steps: Steps, z):
     """One sampling pass from ``z`` without autograd; returns the states on the grid (noise first)
     and the sampler's state before each step."""
-    path, states = [z], []
-    state, y = sampler.init_state(z, plan), z
+    path, states, snap = [z], [], steps.start(z)
     with torch.no_grad():
-        for i in range(len(plan.t)):
-            states.append(state)
-            y, state = sampler.step(field, y, i, plan, state, _no_noise)
-            path.append(y)
+        for i in range(len(steps.plan.t)):
+            states.append(snap[1])
+            snap = steps.run(snap, i, i + 1)
+            path.append(snap[0])
     return path, states
 
 
-def _fixed_point(field, sampler, plan, x, z, bound, max_iter, inner):
+def _fixed_point(steps, x, z, bound, max_iter, inner):
     """Solve ``sample(z) = x`` step by step, last step first, for a sampler whose steps carry no
     history: each step's input is found by :func:`_solve_step` from the states of a sampling pass
     from the current noise (the first from the explicit inversion); a new pass checks the result.
     Returns the noise, the per-sample round trip and the number of passes."""
     for sweep in range(1, max_iter + 1):
-        path, states = _pass(field, sampler, plan, z)
+        path, states = _pass(steps, z)
         residual = _rms(path[-1] - x)
         if bool((residual <= bound).all()) or sweep == max_iter:
             return z, residual, sweep
         target = x
-        for i in reversed(range(len(plan.t))):
-            target = _solve_step(field, sampler, plan, i, states[i], path[i], path[i + 1], target, 0.01 * bound, inner)
+        for i in reversed(range(len(steps.plan.t))):
+            target = _solve_step(steps, i, states[i], path[i], path[i + 1], target, 0.01 * bound, inner)
         z = target
 
 
-def _solve_step(field, sampler, plan, i, state, u, out, target, bound, max_iter):
+def _solve_step(steps, i, state, u, out, target, bound, max_iter):
     """The input ``u`` with ``step_i(u, state) = target``, from a guess ``u`` whose step gave
     ``out``: ``u <- u + (target - step(u)) / c`` with a per-sample slope ``c``, first the ratio of
     the step's output and input sizes, then secant estimates along the last update."""
@@ -198,7 +187,7 @@ def _solve_step(field, sampler, plan, i, state, u, out, target, bound, max_iter)
         du = r / c.reshape(view).to(r.dtype)
         u_new = u + du
         with torch.no_grad():
-            out_new, _ = sampler.step(field, u_new, i, plan, state, _no_noise)
+            out_new, _ = steps.run((u_new, state), i, i + 1)
         d_in, d_out = _flat(du), _flat(out_new - out)
         secant = (d_out * d_in).sum(1) / torch.clamp((d_in * d_in).sum(1), min=1e-300)
         c = torch.where(secant > 1e-8 * c, secant, c)
@@ -210,14 +199,17 @@ def _flat(v: torch.Tensor) -> torch.Tensor:
     return v.reshape(v.shape[0], -1).to(torch.float64)
 
 
-def _newton(field, sampler, plan, x, z, bound, max_iter, krylov):
+def _newton(steps, x, z, bound, max_iter, krylov):
     """Solve ``sample(z) = x`` by Newton's method on the whole sampling map, for any deterministic
     sampler (multistep ones included, whose steps reuse outputs at earlier states). Each Newton
     system ``J dz = x - F(z)`` is solved per sample by GMRES with Jacobian-vector products as
     difference quotients of sampling passes (every pass's evaluations counted); a step that raises
     a sample's residual is halved for that sample. Returns the noise, the per-sample round trip and
     the number of Newton steps."""
-    run = lambda v: _pass(field, sampler, plan, v)[0][-1]  # noqa: E731
+    def run(v):
+        with torch.no_grad():
+            return steps.run(steps.start(v), 0, len(steps.plan.t))[0]
+
     view = (-1,) + (1,) * (x.ndim - 1)
     fz = run(z)
     residual = _rms(fz - x)

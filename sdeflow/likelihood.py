@@ -36,7 +36,7 @@ import torch
 from .denoisers import Denoiser
 from .samplers.adaptive import _A, _B4, _C, _error_ratio, _next_h
 from .samplers.base import ode_coefficients
-from .sampling import prior_std
+from .sampling import check_denoiser, prior_std
 from .shapes import check_batch
 
 TRACES = ("exact", "hutchinson")
@@ -99,6 +99,7 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, cond: dict | None = N
         log_prior: ``(x_end) -> (B,)`` log-density at ``t_max`` instead of the Gaussian.
         create_graph: keep the graph, so that the result can be differentiated (w.r.t. ``x`` or parameters).
     """
+    check_denoiser(denoiser)
     sch = denoiser.schedule
     check_batch(x, "x")
     if not (rtol > 0 and atol > 0):
@@ -276,6 +277,7 @@ def sample_with_log_prob(denoiser: Denoiser, x_init: torch.Tensor, *, cond: dict
     fixed grid (``"rk4"``, ``"heun"`` or ``"euler"``, uniform in logSNR) and integrate the divergence on the
     same grid: ``log_prob`` is the log-density of each generated sample, ``x_end`` the sample,
     ``prior`` the log-density of ``x_init``. Costs the trace at every evaluation (see :func:`log_likelihood`)."""
+    check_denoiser(denoiser)
     sch = denoiser.schedule
     check_batch(x_init, "x_init")
     if method not in METHODS or method == "dopri5":
@@ -325,6 +327,7 @@ def discrete_vlb(denoiser: Denoiser, x: torch.Tensor, *, times=None, draws: int 
     """
     from .schedules import DiscreteVP
 
+    check_denoiser(denoiser)
     sch = denoiser.schedule
     check_batch(x, "x")
     if not isinstance(draws, int) or draws < 1:

@@ -60,7 +60,9 @@ class CountingField:
     recorded on the device (no host sync) and raised by :meth:`finish`.
     """
 
-    def __init__(self, denoiser: Callable, cond: dict | None, check: str = "spot"):
+    def __init__(self, denoiser: Callable, cond: dict | None, check: bool | str = "spot"):
+        if isinstance(check, bool):
+            check = "spot" if check else "off"
         if check not in ("spot", "full", "off"):
             raise ValueError(f"check_finite must be True, False, 'spot', 'full' or 'off', got {check!r}")
         self.denoiser, self.cond, self.check = denoiser, cond or {}, check
@@ -132,16 +134,12 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
             pass, keeping at most ``log2(n) + 1`` states (see :mod:`sdeflow.checkpoint`). Both give
             the gradient of the discrete steps taken.
     """
-    if not isinstance(denoiser, Denoiser):
-        raise TypeError("denoiser must be a sdeflow Denoiser (wrap a network with ModelDenoiser)")
-    if not isinstance(sampler, Sampler):
-        raise TypeError(f"sampler must be a sdeflow Sampler, got {type(sampler).__name__}")
+    check_models(denoiser, sampler)
     check_batch(x_init, "x_init")
     if gradient not in ("autograd", "checkpoint"):
         raise ValueError(f"gradient must be 'autograd' or 'checkpoint', got {gradient!r}")
     plan = planned(sampler, denoiser.schedule, ts)
-    mode = {True: "spot", False: "off"}.get(check_finite, check_finite) if isinstance(check_finite, bool) else check_finite
-    field = CountingField(denoiser, cond, mode)
+    field = CountingField(denoiser, cond, check_finite)
     if gradient == "checkpoint":
         _check_recomputable(sampler, noise, return_trajectory)
         params = [p for p in denoiser.parameters() if p.requires_grad]
@@ -152,7 +150,7 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
             def step_callback(i, x):
                 callback(StepInfo(i, plan.t[i], plan.s[i], x, field.last))
             plan.inplace = False
-            x = sample_checkpointed(sampler, plan, field, _StepNoise(noise or GeneratorNoise()), x_init, params,
+            x = sample_checkpointed(Steps(sampler, plan, field, noise), x_init, params,
                                     step_callback if callback is not None else None)
             calls = field.calls
             field.finish(x, plan)
@@ -161,6 +159,42 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
                         return_trajectory=return_trajectory)
     field.finish(x, plan)
     return SampleResult(x, field.calls, plan.ts, traj)
+
+
+def check_denoiser(denoiser) -> None:
+    """Refuse anything but a sdeflow denoiser."""
+    if not isinstance(denoiser, Denoiser):
+        raise TypeError("denoiser must be a sdeflow Denoiser (wrap a network with ModelDenoiser)")
+
+
+def check_models(denoiser, sampler) -> None:
+    """Refuse anything but a sdeflow denoiser and sampler."""
+    check_denoiser(denoiser)
+    if not isinstance(sampler, Sampler):
+        raise TypeError(f"sampler must be a sdeflow Sampler, got {type(sampler).__name__}")
+
+
+class Steps:
+    """Steps of a planned run taken from a snapshot ``(x, state)`` with the loop's bookkeeping (the
+    step index for error messages and noise): what recomputing (:mod:`sdeflow.checkpoint`) and
+    inverting (:mod:`sdeflow.inversion`) a run step by step share. Leaves ``plan.inplace`` alone."""
+
+    def __init__(self, sampler: Sampler, plan: Plan, field: CountingField, noise: NoiseSource | None = None):
+        self.sampler, self.plan, self.field, self.draw = sampler, plan, field, _StepNoise(noise or GeneratorNoise())
+
+    def start(self, x: torch.Tensor) -> tuple:
+        return x, self.sampler.init_state(x, self.plan)
+
+    def run(self, snap: tuple, a: int, b: int, callback: Callable[[int, torch.Tensor], None] | None = None) -> tuple:
+        """The snapshot after steps ``a .. b - 1``; ``callback(i, x)`` after each."""
+        x, state = snap
+        for i in range(a, b):
+            self.field.step = self.draw.step = i
+            self.draw.x = x
+            x, state = self.sampler.step(self.field, x, i, self.plan, state, self.draw)
+            if callback is not None:
+                callback(i, x)
+        return x, state
 
 
 def integrate(field: CountingField, sampler: Sampler, plan: Plan, x_init: torch.Tensor, *,

@@ -203,3 +203,13 @@ def test_discrete_vlb_bounds_the_exact_nll_and_tightens_with_steps():
         discrete_vlb(RING.denoiser(VPLinear()), x)
     with pytest.raises(ValueError, match="draws"):
         discrete_vlb(RING.denoiser(sch), x, draws=0)
+
+
+def test_a_non_denoiser_is_refused_with_a_message():
+    from sdeflow.likelihood import discrete_vlb, log_likelihood, sample_with_log_prob
+
+    x = torch.zeros(2, 2, dtype=torch.float64)
+    for call in (lambda: log_likelihood(lambda x, t: x, x), lambda: sample_with_log_prob(lambda x, t: x, x),
+                 lambda: discrete_vlb(lambda x, t: x, x)):
+        with pytest.raises(TypeError, match="sdeflow Denoiser"):
+            call()
