@@ -16,6 +16,11 @@
   with per-sample GMRES on Jacobian-vector products taken as difference quotients of sampling passes.
   ``"exact"`` picks the one that applies. Every evaluation is counted, and the last sampling pass
   reports the round trip.
+- ``"reversible"`` undoes the steps of an algebraically reversible sampler (BDIA, O-BELM, EDICT,
+  reversible Heun; see :mod:`sdeflow.samplers.reversible`) one by one from the data, at the
+  sampling run's own cost and with no iteration; ``"exact"`` picks it for those samplers. The
+  result carries a :attr:`Inversion.companion`, the second half of the start state: sampling with
+  ``sample(..., x_init=inv.noise, companion=inv.companion)`` gives back the data to round-off.
 
 The step to ``t = 0`` (the final denoising jump, ``x_0 = x_hat``) maps many states to one and has no
 inverse, so inversion grids end above 0, at the data's smallest noise level (``grids.*(t_min=...)``
@@ -35,7 +40,7 @@ from .samplers.engine import Multistep
 from .sampling import CountingField, Steps, check_models, integrate, planned, sample
 from .shapes import check_batch
 
-METHODS = ("explicit", "exact", "fixed-point", "newton")
+METHODS = ("explicit", "exact", "fixed-point", "newton", "reversible")
 
 
 @dataclass
@@ -45,7 +50,8 @@ class Inversion:
     coordinates of ``sample(noise) - x`` (``None`` when not checked); ``round_trip_nfe``: what that
     check cost (0 for the fixed-point method, whose last sweep is the check); ``sweeps``: sampling
     passes of the fixed-point method; ``trajectory``: ``(n + 1, B, ...)`` states from the data to
-    the noise (increasing time) when requested."""
+    the noise (increasing time) when requested; ``companion``: the reversible method's second half of
+    the start state, to pass to :func:`~sdeflow.sample` with the noise."""
 
     noise: torch.Tensor
     ts: torch.Tensor
@@ -56,6 +62,7 @@ class Inversion:
     iterations: int = 0
     converged: bool | None = None
     trajectory: torch.Tensor | None = None
+    companion: torch.Tensor | None = None
 
     @property
     def round_trip_rms(self) -> float:
@@ -82,15 +89,17 @@ def invert(denoiser: Denoiser, sampler: Sampler, ts, x: torch.Tensor, *, cond: d
         x: ``(B, *)`` data (in the dtype to work in).
         cond: conditioning passed to every evaluation (inversion under a class, a prompt, guidance).
         method: ``"explicit"`` (the sampler's steps on the reversed grid), ``"exact"`` (inverts the
-            sampling map: ``"fixed-point"`` for samplers whose steps carry no history, else
-            ``"newton"``), ``"fixed-point"`` (step by step) or ``"newton"`` (the whole map at once).
+            sampling map: ``"reversible"`` for reversible samplers, ``"fixed-point"`` for samplers
+            whose steps carry no history, else ``"newton"``), ``"fixed-point"`` (step by step),
+            ``"newton"`` (the whole map at once) or ``"reversible"`` (undoing a reversible
+            sampler's steps).
         tol: exact methods: stop when every sample's round-trip RMS is at most ``tol`` times its RMS
-            (at most ``tol`` for data near 0); default ``1e-9`` in float64, ``1e-4`` in float32,
+            (at most ``tol`` for data near 0; the reversible method reports whether it is); default ``1e-9`` in float64, ``1e-4`` in float32,
             ``1e-2`` in half precision.
         max_iter, inner: exact methods: sampling passes (fixed-point) or Newton steps, and the
             iterations per step (fixed-point) or the Krylov dimension per Newton step.
-        check_round_trip: explicit only: sample the noise back and report the round trip (the exact
-            methods always report theirs, from their last pass).
+        check_round_trip: explicit and reversible: sample the noise back and report the round trip
+            (the iterative methods always report theirs, from their last pass).
         return_trajectory: explicit only: also return the states on the grid, data first.
         check_finite: as for :func:`~sdeflow.sample`.
     """
@@ -102,7 +111,10 @@ def invert(denoiser: Denoiser, sampler: Sampler, ts, x: torch.Tensor, *, cond: d
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "exact":
-        method = "newton" if has_history(sampler) else "fixed-point"
+        method = "reversible" if sampler.reversible else "newton" if has_history(sampler) else "fixed-point"
+    if method == "reversible" and not sampler.reversible:
+        raise ValueError(f"method='reversible' needs a reversible sampler (BDIA, OBELM, EDICT, ReversibleHeun), "
+                         f"got {type(sampler).__name__}: use method='exact'")
     if method == "fixed-point" and has_history(sampler):
         raise ValueError(f"{type(sampler).__name__} reuses model outputs at earlier states, so its steps cannot "
                          "be inverted one by one: use method='newton' (or 'exact'), which inverts the whole map")
@@ -121,6 +133,11 @@ def invert(denoiser: Denoiser, sampler: Sampler, ts, x: torch.Tensor, *, cond: d
                          "e.g. grids.karras_grid(n, schedule, denoise_to_zero=False))")
     sch = denoiser.schedule
     field = CountingField(denoiser, cond, check_finite)
+    if tol is None:
+        tol = {torch.float64: 1e-9, torch.float32: 1e-4}.get(x.dtype, 1e-2)
+    bound = tol * torch.clamp(_rms(x), min=1.0)
+    if method == "reversible":
+        return _reversible(denoiser, sampler, ts, x, field, cond, check_round_trip, check_finite, bound)
     up = planned(sampler, sch, ts.flip(0), increasing=True)
     z, traj = integrate(field, sampler, up, x, return_trajectory=return_trajectory)
     field.finish(z, up)
@@ -131,9 +148,6 @@ def invert(denoiser: Denoiser, sampler: Sampler, ts, x: torch.Tensor, *, cond: d
                 back = sample(denoiser, sampler, ts, z, cond=cond, check_finite=check_finite)
             out.round_trip, out.round_trip_nfe = _rms(back.x - x), back.nfe
         return out
-    if tol is None:
-        tol = {torch.float64: 1e-9, torch.float32: 1e-4}.get(x.dtype, 1e-2)
-    bound = tol * torch.clamp(_rms(x), min=1.0)
     solve = _newton if method == "newton" else _fixed_point
     down = planned(sampler, sch, ts)
     z, residual, iterations = solve(Steps(sampler, down, field), x, z, bound, max_iter, inner)
@@ -142,8 +156,28 @@ def invert(denoiser: Denoiser, sampler: Sampler, ts, x: torch.Tensor, *, cond: d
 
 
 def has_history(sampler: Sampler) -> bool:
-    """Whether the sampler's steps reuse model outputs at earlier states (multistep methods)."""
-    return isinstance(sampler, Multistep)
+    """Whether the sampler's steps depend on more than their input ``x``: model outputs at earlier
+    states (multistep methods) or a second state (reversible samplers)."""
+    return isinstance(sampler, Multistep) or sampler.reversible
+
+
+def _reversible(denoiser, sampler, ts, x, field, cond, check_round_trip, check_finite, bound) -> Inversion:
+    """Undo a reversible sampler's steps from the state its last step may have produced with output
+    ``x``; ``converged``: whether the round trip (when checked) is within ``bound``, which only
+    round-off amplified by the undone steps can exceed."""
+    plan = planned(sampler, denoiser.schedule, ts)
+    sampler.check_invertible(plan)
+    steps = Steps(sampler, plan, field)
+    with torch.no_grad():
+        z, state = steps.unrun((x, sampler.end_state(field, x, plan)), len(plan.t), 0)
+    field.finish(z, plan)
+    out = Inversion(z, ts, field.calls, "reversible", companion=sampler.companion(state))
+    if check_round_trip:
+        with torch.no_grad():
+            back = sample(denoiser, sampler, ts, z, cond=cond, check_finite=check_finite, companion=out.companion)
+        out.round_trip, out.round_trip_nfe = _rms(back.x - x), back.nfe
+        out.converged = bool((out.round_trip <= bound).all())
+    return out
 
 
 def _pass(steps: Steps, z):

@@ -54,6 +54,11 @@ SAMPLERS: dict[str, Callable[[], samplers.Sampler]] = {
     "dpm-solver-12": lambda: samplers.DPMSolverAdaptive(order=2),
     "dpm-solver-23": lambda: samplers.DPMSolverAdaptive(order=3),
     "rk45": samplers.RK45,
+    # reversible
+    "bdia": samplers.BDIA,
+    "obelm": samplers.OBELM,
+    "edict": samplers.EDICT,
+    "reversible-heun": samplers.ReversibleHeun,
     # stochastic
     "euler-maruyama": samplers.EulerMaruyama,
     "euler-maruyama-eta0.5": lambda: samplers.EulerMaruyama(eta=0.5),

@@ -112,7 +112,7 @@ class CountingField:
 def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, cond: dict | None = None,
            noise: NoiseSource | None = None, callback: Callable[[StepInfo], None] | None = None,
            progress: bool = False, return_trajectory: bool = False, check_finite: bool | str = True,
-           gradient: str = "autograd") -> SampleResult:
+           gradient: str = "autograd", companion: torch.Tensor | None = None) -> SampleResult:
     """Integrate from ``ts[0]`` to ``ts[-1]`` with ``sampler``.
 
     Args:
@@ -131,16 +131,28 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
         gradient: how gradients of the result flow back to ``x_init``, ``cond``'s tensors and the
             denoiser's parameters when autograd is on: ``"autograd"`` records every step (memory grows
             with the steps); ``"checkpoint"`` records nothing and recomputes steps in the backward
-            pass, keeping at most ``log2(n) + 1`` states (see :mod:`sdeflow.checkpoint`). Both give
-            the gradient of the discrete steps taken.
+            pass, keeping at most ``log2(n) + 1`` states (see :mod:`sdeflow.checkpoint`);
+            ``"reversible"`` (reversible samplers) reconstructs each step's input backwards from
+            the final state, keeping one. All give the gradient of the discrete steps taken.
+        companion: reversible samplers only: the second half of the start state, as an exact
+            inversion returns it (:attr:`~sdeflow.inversion.Inversion.companion`), so that the run
+            reproduces the inverted data exactly (see :mod:`sdeflow.samplers.reversible`).
     """
     check_models(denoiser, sampler)
     check_batch(x_init, "x_init")
-    if gradient not in ("autograd", "checkpoint"):
-        raise ValueError(f"gradient must be 'autograd' or 'checkpoint', got {gradient!r}")
+    if gradient not in GRADIENTS:
+        raise ValueError(f"gradient must be one of {', '.join(GRADIENTS)}, got {gradient!r}")
+    if (gradient == "reversible" or companion is not None) and not sampler.reversible:
+        what = "gradient='reversible'" if gradient == "reversible" else "a companion"
+        raise ValueError(f"{what} needs a reversible sampler (BDIA, OBELM, EDICT, ReversibleHeun), "
+                         f"got {type(sampler).__name__}")
+    if companion is not None and (not isinstance(companion, torch.Tensor) or companion.shape != x_init.shape):
+        raise ValueError(f"companion must be a tensor shaped like x_init {tuple(x_init.shape)}, got "
+                         f"{tuple(companion.shape) if isinstance(companion, torch.Tensor) else type(companion).__name__}")
     plan = planned(sampler, denoiser.schedule, ts)
     field = CountingField(denoiser, cond, check_finite)
-    if gradient == "checkpoint":
+    start = None if companion is None else sampler.start_state(x_init, companion.to(x_init), plan)
+    if gradient != "autograd":
         _check_recomputable(sampler, noise, return_trajectory)
         params = [p for p in denoiser.parameters() if p.requires_grad]
         params += [v for v in (cond or {}).values() if isinstance(v, torch.Tensor) and v.requires_grad]
@@ -150,15 +162,18 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
             def step_callback(i, x):
                 callback(StepInfo(i, plan.t[i], plan.s[i], x, field.last))
             plan.inplace = False
-            x = sample_checkpointed(Steps(sampler, plan, field, noise), x_init, params,
-                                    step_callback if callback is not None else None)
+            x = sample_checkpointed(Steps(sampler, plan, field, noise, start), x_init, params,
+                                    step_callback if callback is not None else None, gradient == "reversible")
             calls = field.calls
             field.finish(x, plan)
             return SampleResult(x, calls, plan.ts, None)
     x, traj = integrate(field, sampler, plan, x_init, noise=noise, callback=callback, progress=progress,
-                        return_trajectory=return_trajectory)
+                        return_trajectory=return_trajectory, state=start)
     field.finish(x, plan)
     return SampleResult(x, field.calls, plan.ts, traj)
+
+
+GRADIENTS = ("autograd", "checkpoint", "reversible")
 
 
 def check_denoiser(denoiser) -> None:
@@ -177,13 +192,24 @@ def check_models(denoiser, sampler) -> None:
 class Steps:
     """Steps of a planned run taken from a snapshot ``(x, state)`` with the loop's bookkeeping (the
     step index for error messages and noise): what recomputing (:mod:`sdeflow.checkpoint`) and
-    inverting (:mod:`sdeflow.inversion`) a run step by step share. Leaves ``plan.inplace`` alone."""
+    inverting (:mod:`sdeflow.inversion`) a run step by step share. Leaves ``plan.inplace`` alone.
+    ``state``: the sampler's state at the start (default: its ``init_state``)."""
 
-    def __init__(self, sampler: Sampler, plan: Plan, field: CountingField, noise: NoiseSource | None = None):
+    def __init__(self, sampler: Sampler, plan: Plan, field: CountingField, noise: NoiseSource | None = None,
+                 state=None):
         self.sampler, self.plan, self.field, self.draw = sampler, plan, field, _StepNoise(noise or GeneratorNoise())
+        self.state = state
 
     def start(self, x: torch.Tensor) -> tuple:
-        return x, self.sampler.init_state(x, self.plan)
+        return x, self.sampler.init_state(x, self.plan) if self.state is None else self.state
+
+    def unrun(self, snap: tuple, b: int, a: int) -> tuple:
+        """A reversible sampler's snapshot before steps ``a .. b - 1`` given the one after them."""
+        x, state = snap
+        for i in reversed(range(a, b)):
+            self.field.step = i
+            x, state = self.sampler.unstep(self.field, x, i, self.plan, state)
+        return x, state
 
     def run(self, snap: tuple, a: int, b: int, callback: Callable[[int, torch.Tensor], None] | None = None) -> tuple:
         """The snapshot after steps ``a .. b - 1``; ``callback(i, x)`` after each."""
@@ -199,9 +225,10 @@ class Steps:
 
 def integrate(field: CountingField, sampler: Sampler, plan: Plan, x_init: torch.Tensor, *,
               noise: NoiseSource | None = None, callback: Callable[[StepInfo], None] | None = None,
-              progress: bool = False, return_trajectory: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+              progress: bool = False, return_trajectory: bool = False, state=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The loop of :func:`sample` over a planned grid (in either direction: :mod:`sdeflow.inversion` runs
-    it on increasing grids). Returns the final state and, if asked, the stacked trajectory."""
+    it on increasing grids), from the sampler's ``state`` (default: its ``init_state``). Returns the
+    final state and, if asked, the stacked trajectory."""
     # Nothing outside the loop sees intermediate states unless a trajectory or callback asks for
     # them, or autograd records the run (gradients through sampling): otherwise steps after the first
     # update the state in place. Until the state is a new tensor no step does, so the caller's x_init
@@ -209,7 +236,8 @@ def integrate(field: CountingField, sampler: Sampler, plan: Plan, x_init: torch.
     may_overwrite = not return_trajectory and callback is None
     plan.inplace = False
     draw = _StepNoise(noise or GeneratorNoise())
-    state = sampler.init_state(x_init, plan)
+    if state is None:
+        state = sampler.init_state(x_init, plan)
     x = x_init
     traj = [x_init] if return_trajectory else None
     steps = range(len(plan.t))
@@ -242,8 +270,8 @@ def _check_recomputable(sampler: Sampler, noise, return_trajectory: bool) -> Non
         raise ValueError("gradient='checkpoint' recomputes steps, so a stochastic sampler's noise must be drawn "
                          "again identically: pass noise=SeededNoise(seeds) or BrownianTreeNoise(...)")
     if return_trajectory:
-        raise ValueError("gradient='checkpoint' keeps no intermediate states: return_trajectory is not available "
-                         "(use a callback to see them)")
+        raise ValueError("gradient='checkpoint' or 'reversible' keeps no intermediate states: return_trajectory is "
+                         "not available (use a callback to see them)")
 
 
 class _StepNoise:

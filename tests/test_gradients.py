@@ -109,6 +109,21 @@ def test_checkpointed_gradients_of_stochastic_samplers_for_a_fixed_noise_path(na
         _grads(name, VPLinear(), "checkpoint")
 
 
+REVERSIBLE = [n for n in DETERMINISTIC if SAMPLERS[n]().reversible]
+
+
+@pytest.mark.parametrize("name", REVERSIBLE)
+@pytest.mark.parametrize("sch", [VPLinear(), RectifiedFlow()], ids=["vp", "rf"])
+def test_reversible_gradients_equal_autograd(name, sch):
+    """``gradient="reversible"`` (inputs reconstructed backwards by undoing the steps; the final step
+    to t = 0, which cannot be undone, kept) gives plain autograd's gradients to round-off."""
+    nfe, plain = _grads(name, sch, "autograd")
+    nfe_r, reversed_ = _grads(name, sch, "reversible")
+    assert nfe_r == nfe
+    for a, b in zip(plain, reversed_):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-11 * float(a.abs().max())), (a, b)
+
+
 def test_checkpoint_refuses_what_it_cannot_recompute():
     x = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
     den = ModelDenoiser(Net(), VPLinear(), "x0")
@@ -118,6 +133,8 @@ def test_checkpoint_refuses_what_it_cannot_recompute():
         sample(den, SAMPLERS["ddim"](), grids.uniform_grid(4), x, gradient="checkpoint", return_trajectory=True)
     with pytest.raises(ValueError, match="gradient must be"):
         sample(den, SAMPLERS["ddim"](), grids.uniform_grid(4), x, gradient="adjoint")
+    with pytest.raises(ValueError, match="reversible sampler"):
+        sample(den, SAMPLERS["ddim"](), grids.uniform_grid(4), x, gradient="reversible")
 
 
 def test_jacobian_of_the_sampling_map_converges_to_the_exact_flow_maps():
@@ -143,9 +160,10 @@ def test_jacobian_of_the_sampling_map_converges_to_the_exact_flow_maps():
     assert abs(fitted_order(steps, errs) - 2) <= 0.3, errs
 
 
-def test_checkpointed_memory_does_not_grow_with_the_steps():
+@pytest.mark.parametrize("name, mode", [("dpm-solver++-2m", "checkpoint"), ("bdia", "reversible")])
+def test_gradient_memory_does_not_grow_with_the_steps(name, mode):
     """Peak tensor memory of sampling plus backward: flat within 10% from 10 to 1000 steps with
-    checkpointing, while plain autograd grows with the steps."""
+    checkpointing or reversible reconstruction, while plain autograd grows with the steps."""
     from sdeflow.profiling import PeakMemory
 
     torch.manual_seed(0)
@@ -157,13 +175,13 @@ def test_checkpointed_memory_does_not_grow_with_the_steps():
     def peak(n, mode):
         ts = grids.uniform_grid(n, t_min=1e-3)
         with torch.no_grad():  # fill the denoiser's per-time input cache outside the measurement
-            sample(den, SAMPLERS["dpm-solver++-2m"](), ts, x0)
+            sample(den, SAMPLERS[name](), ts, x0)
         x = x0.clone().requires_grad_()
         with PeakMemory() as m:
-            sample(den, SAMPLERS["dpm-solver++-2m"](), ts, x, gradient=mode).x.pow(2).sum().backward()
+            sample(den, SAMPLERS[name](), ts, x, gradient=mode).x.pow(2).sum().backward()
         return m.peak
 
-    flat = [peak(n, "checkpoint") for n in [10, 100, 1000]]
+    flat = [peak(n, mode) for n in [10, 100, 1000]]
     assert max(flat) <= 1.1 * min(flat), flat
     plain = [peak(n, "autograd") for n in [10, 100]]
     assert plain[1] > 5 * plain[0] and plain[0] > flat[0], (plain, flat)

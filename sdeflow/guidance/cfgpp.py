@@ -19,7 +19,8 @@ the guidance CFG++ applies per step grows as steps shrink: ``lambda`` is tuned f
 
 Stages after a step's first evaluation (Heun's second stage, the corrector's evaluations) see the
 guided field at their own states. Samplers that do not start a step by evaluating at the current
-state (adaptive solvers, EDM's churn, restart) or that carry the evaluation of a corrector over
+state (adaptive solvers, EDM's churn, restart, EDICT and reversible Heun, which evaluate at their
+second state) or that carry the evaluation of a corrector over
 to the next step (UniPC, DPM-Solver++ with UniC) are refused.
 """
 
@@ -61,9 +62,9 @@ class CFGPlusPlus(Sampler):
     def __post_init__(self):
         if not isinstance(self.inner, Sampler):
             raise TypeError(f"inner must be a sdeflow Sampler, got {type(self.inner).__name__}")
-        from ..samplers import EDMStochastic, Restart
+        from ..samplers import EDICT, EDMStochastic, Restart, ReversibleHeun
 
-        if self.inner.adaptive or isinstance(self.inner, (CFGPlusPlus, EDMStochastic, Restart)) \
+        if self.inner.adaptive or isinstance(self.inner, (CFGPlusPlus, EDMStochastic, Restart, EDICT, ReversibleHeun)) \
                 or getattr(self.inner, "corrector", False) is True:
             raise ValueError(f"CFG++ cannot wrap {type(self.inner).__name__}"
                              f"{' with a corrector' if getattr(self.inner, 'corrector', False) is True else ''}: it needs a "

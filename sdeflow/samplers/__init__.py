@@ -5,6 +5,9 @@ order), :class:`EDMHeun`, :class:`DPMSolver` (single-step, noise or data form),
 :class:`DPMSolverMultistep` / :class:`DPMSolverPP`, :class:`UniPC`, :class:`DEIS` (tAB, rhoAB/LMS),
 :class:`IPNDM`, and the error-controlled :class:`DPMSolverAdaptive` and :class:`RK45`.
 
+Reversible (each step undone exactly, see :mod:`.reversible`): :class:`BDIA`, :class:`OBELM`,
+:class:`EDICT`, :class:`ReversibleHeun`.
+
 Stochastic (the reverse-SDE family of :mod:`.sde`): :class:`EulerMaruyama`, :class:`DDPM`,
 :class:`DDIM` with ``eta``, :class:`EulerAncestral`, :class:`EDMStochastic` (churn),
 :class:`SDEDPMSolverPP` (1, 2M, 3M), :class:`SDEDPMSolverPPSingle` (2S), the Langevin
@@ -14,12 +17,15 @@ Stochastic (the reverse-SDE family of :mod:`.sde`): :class:`EulerMaruyama`, :cla
 from .adaptive import RK45, DPMSolverAdaptive
 from .adaptive_sde import GottaGoFast
 from .base import Plan, Sampler, ode_coefficients
+from .bdia import BDIA
+from .belm import OBELM
 from .ddim import DDIM
 from .ddpm import DDPM
 from .deis import DEIS
 from .dpm_solver import DPMSolver
 from .dpm_solver_multistep import DPMSolverMultistep, DPMSolverPP
 from .edm import EDMHeun
+from .edict import EDICT
 from .edm_stochastic import EDMStochastic
 from .engine import Multistep, SingleStep
 from .euler import Euler
@@ -29,6 +35,8 @@ from .heun import Heun
 from .ipndm import IPNDM
 from .predictor_corrector import PredictorCorrector
 from .restart import Restart
+from .reversible import Reversible, TwoStep
+from .reversible_heun import ReversibleHeun
 from .sde_dpm_solver import SDEDPMSolverPP
 from .sde_dpm_solver_single import SDEDPMSolverPPSingle
 from .unipc import UniPC
@@ -36,4 +44,5 @@ from .unipc import UniPC
 __all__ = ["Sampler", "Plan", "ode_coefficients", "Multistep", "SingleStep", "Euler", "DDIM", "Heun", "EDMHeun",
            "DPMSolver", "DPMSolverMultistep", "DPMSolverPP", "UniPC", "DEIS", "IPNDM", "DPMSolverAdaptive", "RK45",
            "EulerMaruyama", "DDPM", "EulerAncestral", "EDMStochastic", "SDEDPMSolverPP", "SDEDPMSolverPPSingle",
-           "PredictorCorrector", "Restart", "GottaGoFast"]
+           "PredictorCorrector", "Restart", "GottaGoFast", "Reversible", "TwoStep", "BDIA", "OBELM", "EDICT",
+           "ReversibleHeun"]

@@ -104,6 +104,8 @@ class Sampler:
     adaptive: ClassVar[bool] = False
     #: A step uses statistics of the whole batch (a shared step size): results depend on the batch.
     couples_batch: ClassVar[bool] = False
+    #: Each step is undone exactly by ``unstep`` (see :mod:`sdeflow.samplers.reversible`).
+    reversible: ClassVar[bool] = False
 
     @property
     def convergence_order(self) -> int:
