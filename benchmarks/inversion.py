@@ -5,9 +5,12 @@
    t_min (no final jump to 0), at 10, 20 and 50 steps per direction.
 2. Exact inversion of the sampling map (fixed-point or Newton): worst round trip, NFE spent and
    iterations, on the 2-D ring and a 16-D mixture, at 10 and 20 steps.
-3. Gradients through sampling: peak tensor memory (sdeflow.profiling.PeakMemory) and time of sampling
+3. Reversible samplers: inversion by undoing their steps (worst round trip, noise scale, NFE) on the
+   2-D ring for VP, rectified flow and EDM; their forward error against the exact flow map of a
+   4-D Gaussian next to their base solvers' at equal NFE.
+4. Gradients through sampling: peak tensor memory (sdeflow.profiling.PeakMemory) and time of sampling
    plus backward for an MLP denoiser (width 512, batch 64), plain autograd against
-   gradient="checkpoint", at 10, 100 and 1000 DPM-Solver++(2M) steps.
+   gradient="checkpoint" (DPM-Solver++(2M)) and gradient="reversible" (BDIA), at 10, 100 and 1000 steps.
 
     python benchmarks/inversion.py [--quick]
 """
@@ -23,9 +26,11 @@ from sdeflow import ModelDenoiser, analytic, grids, sample
 from sdeflow.inversion import invert
 from sdeflow.profiling import PeakMemory
 from sdeflow.registry import SAMPLERS
-from sdeflow.schedules import VPLinear
+from sdeflow.schedules import EDM, RectifiedFlow, VPLinear
 
 DETERMINISTIC = sorted(n for n, make in SAMPLERS.items() if not make().stochastic and not make().adaptive)
+REVERSIBLE = sorted(n for n, make in SAMPLERS.items() if make().reversible)
+SCHEDULES = {"VP linear": VPLinear(), "rectified flow": RectifiedFlow(), "EDM": EDM()}
 EXACT = ["ddim", "heun", "dpm-solver-2", "dpm-solver++-2m", "dpm-solver++-3m", "unipc-bh2", "ipndm"]
 
 
@@ -61,29 +66,68 @@ def exact_table(steps) -> str:
     return "\n".join(rows)
 
 
-def gradient_table(steps) -> str:
+def reversible_table(steps) -> str:
+    ring = analytic.ring_2d()
+    rows = ["| schedule | sampler | steps | worst round trip | noise std / sigma_max | NFE (invert + sample back) |",
+            "|---|---|---:|---:|---:|---:|"]
+    for sname, sch in SCHEDULES.items():
+        for name in REVERSIBLE:
+            for n in steps:
+                ts = _grid(n, sch)
+                x = ring.sample_t(256, sch, float(ts[-1]), torch.Generator().manual_seed(0))[0]
+                r = invert(ring.denoiser(sch), SAMPLERS[name](), ts, x, method="exact")
+                rows.append(f"| {sname} | {name} | {n} | {float(r.round_trip.max()):.1e} | "
+                            f"{float(r.noise.std()) / float(sch.sigma(ts[0])):.3g} | {r.nfe} + {r.round_trip_nfe} |")
+    return "\n".join(rows)
+
+
+def forward_table(nfes) -> str:
+    """Forward error (RMS over 256 samples of the distance to the exact flow map, 4-D Gaussian)."""
+    g = analytic.random_mixture(4, 1, structure="full", seed=3)
+
+    def error(name, sch, n):
+        ts = _grid(n, sch)
+        x = g.sample_t(256, sch, float(ts[0]), torch.Generator().manual_seed(0))[0]
+        r = sample(g.denoiser(sch), SAMPLERS[name](), ts, x)
+        return float((r.x - g.flow_map(x, sch, float(ts[0]), float(ts[-1]))).pow(2).sum(1).mean().sqrt()), r.nfe
+
+    runs = [("ddim", lambda n: n), ("bdia", lambda n: n), ("obelm", lambda n: n), ("edict", lambda n: n // 2),
+            ("heun", lambda n: n // 2), ("reversible-heun", lambda n: n - 1), ("dpm-solver++-2m", lambda n: n)]
+    rows = ["| schedule | NFE | " + " | ".join(name for name, _ in runs) + " |", "|---|---:|" + "---:|" * len(runs)]
+    for sname, sch in SCHEDULES.items():
+        for nfe in nfes:
+            cells = []
+            for name, steps in runs:
+                err, used = error(name, sch, steps(nfe))
+                assert used == nfe, (name, used, nfe)
+                cells.append(f"{err:.2e}")
+            rows.append(f"| {sname} | {nfe} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def gradient_table(steps, name="dpm-solver++-2m", modes=("autograd", "checkpoint")) -> str:
     torch.manual_seed(0)
     mlp = torch.nn.Sequential(torch.nn.Linear(3, 512), torch.nn.SiLU(), torch.nn.Linear(512, 512), torch.nn.SiLU(),
                               torch.nn.Linear(512, 2))
     den = ModelDenoiser(lambda x, t: mlp(torch.cat([x, t[:, None]], 1)), VPLinear(), "eps")
     x0 = torch.randn(64, 2)
-    rows = ["| steps | autograd peak MiB | checkpoint peak MiB | ratio | autograd s | checkpoint s |",
-            "|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| sampler | steps | " + " | ".join(f"{m} peak MiB" for m in modes) + " | "
+            + " | ".join(f"{m} s" for m in modes) + " |", "|---|---:|" + "---:|" * (2 * len(modes))]
     for n in steps:
         ts = grids.uniform_grid(n, t_min=1e-3)
         with torch.no_grad():
-            sample(den, SAMPLERS["dpm-solver++-2m"](), ts, x0)  # per-time input cache, outside the measurement
-        got = {}
-        for mode in ["autograd", "checkpoint"]:
+            sample(den, SAMPLERS[name](), ts, x0)  # per-time input cache, outside the measurement
+        mem, sec = [], []
+        for mode in modes:
             x = x0.clone().requires_grad_()
             with PeakMemory() as m:
-                sample(den, SAMPLERS["dpm-solver++-2m"](), ts, x, gradient=mode).x.pow(2).sum().backward()
+                sample(den, SAMPLERS[name](), ts, x, gradient=mode).x.pow(2).sum().backward()
             x = x0.clone().requires_grad_()
             start = time.perf_counter()
-            sample(den, SAMPLERS["dpm-solver++-2m"](), ts, x, gradient=mode).x.pow(2).sum().backward()
-            got[mode] = (m.peak / 2 ** 20, time.perf_counter() - start)
-        (ma, ta), (mc, tc) = got["autograd"], got["checkpoint"]
-        rows.append(f"| {n} | {ma:.2f} | {mc:.2f} | {ma / mc:.1f} | {ta:.2f} | {tc:.2f} |")
+            sample(den, SAMPLERS[name](), ts, x, gradient=mode).x.pow(2).sum().backward()
+            mem.append(f"{m.peak / 2 ** 20:.2f}")
+            sec.append(f"{time.perf_counter() - start:.2f}")
+        rows.append(f"| {name} | {n} | " + " | ".join(mem) + " | " + " | ".join(sec) + " |")
     return "\n".join(rows)
 
 
@@ -95,8 +139,15 @@ def main() -> None:
     print(explicit_table([10, 20] if args.quick else [10, 20, 50]))
     print("\n## Exact inversion (tol 1e-9, float64)\n")
     print(exact_table([20] if args.quick else [10, 20]))
+    print("\n## Reversible samplers: inversion by undoing the steps (2-D ring, float64)\n")
+    print(reversible_table([5, 20] if args.quick else [5, 10, 20, 50]))
+    print("\n## Forward error at equal NFE against the exact flow map (4-D Gaussian, Karras grid)\n")
+    print(forward_table([10, 20] if args.quick else [10, 20, 40]))
     print("\n## Gradients through sampling: peak tensor memory and time (sampling + backward)\n")
-    print(gradient_table([10, 100] if args.quick else [10, 100, 1000]))
+    grad_steps = [10, 100] if args.quick else [10, 100, 1000]
+    print(gradient_table(grad_steps))
+    print()
+    print(gradient_table(grad_steps, "bdia", ("autograd", "checkpoint", "reversible")))
 
 
 if __name__ == "__main__":

@@ -157,8 +157,10 @@ def invert(denoiser: Denoiser, sampler: Sampler, ts, x: torch.Tensor, *, cond: d
 
 def has_history(sampler: Sampler) -> bool:
     """Whether the sampler's steps depend on more than their input ``x``: model outputs at earlier
-    states (multistep methods) or a second state (reversible samplers)."""
-    return isinstance(sampler, Multistep) or sampler.reversible
+    states (multistep methods) or a second state (reversible samplers), also inside a wrapper
+    (CFG++ around a sampler)."""
+    inner = getattr(sampler, "inner", None)
+    return isinstance(sampler, Multistep) or sampler.reversible or (isinstance(inner, Sampler) and has_history(inner))
 
 
 def _reversible(denoiser, sampler, ts, x, field, cond, check_round_trip, check_finite, bound) -> Inversion:
@@ -197,10 +199,16 @@ def _fixed_point(steps, x, z, bound, max_iter, inner):
     history: each step's input is found by :func:`_solve_step` from the states of a sampling pass
     from the current noise (the first from the explicit inversion); a new pass checks the result.
     Returns the noise, the per-sample round trip and the number of passes."""
+    best, stalled = None, 0
     for sweep in range(1, max_iter + 1):
         path, states = _pass(steps, z)
         residual = _rms(path[-1] - x)
-        if bool((residual <= bound).all()) or sweep == max_iter:
+        # stop when done, or when three sweeps in a row did not lower the worst residual (data
+        # outside the sampling map's image has no preimage to converge to)
+        worst = float(residual.max())
+        stalled = 0 if best is None or worst < 0.9 * best else stalled + 1
+        best = worst if best is None else min(best, worst)
+        if bool((residual <= bound).all()) or sweep == max_iter or stalled == 3:
             return z, residual, sweep
         target = x
         for i in reversed(range(len(steps.plan.t))):
