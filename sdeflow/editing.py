@@ -68,11 +68,12 @@ def flow_edit(denoiser: Denoiser, ts, x: torch.Tensor, *, source: dict, target: 
     t64 = ts.to(torch.float64)
     a, s = sch.alpha(t64).tolist(), sch.sigma(t64).tolist()
     p, q = (v.tolist() for v in ode_coefficients(sch, t64[:-1]))
+    times = t64.tolist()
     src, tar = CountingField(denoiser, source, check_finite), CountingField(denoiser, target, check_finite)
     draw = noise or GeneratorNoise()
     z = x
     for i in range(len(ts) - 1):
-        t, h = float(ts[i]), float(ts[i + 1] - ts[i])
+        t, h = times[i], times[i + 1] - times[i]
         src.step = tar.step = i
         drift = torch.zeros_like(x)
         for k in range(n_avg):
@@ -82,5 +83,6 @@ def flow_edit(denoiser: Denoiser, ts, x: torch.Tensor, *, source: dict, target: 
             u_tar = p[i] * z_t + q[i] * tar(z_t, t)
             drift += (u_tar - u_src) / n_avg
         z = z + h * drift
+    tar.finish(z, None)
     src.finish(z, None)
     return SampleResult(z, src.calls + tar.calls, ts)

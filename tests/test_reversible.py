@@ -89,8 +89,8 @@ def test_reversible_samplers_are_as_accurate_as_their_base_solvers_at_equal_nfe(
         assert edict <= 2.5 * ddim, (nfe, edict, ddim)
 
 
-def test_bdia_below_gamma_one_is_first_order_and_damps_what_inversion_amplifies():
-    """gamma < 1 mixes in DDIM (first order); undoing a step divides by gamma."""
+def test_bdia_below_gamma_one_is_first_order():
+    """gamma < 1 mixes in DDIM: first order (gamma = 1 is the second-order leapfrog)."""
     from test_convergence import endpoint_errors, fitted_order
 
     sch = VPLinear()

@@ -10,8 +10,11 @@ of the named records below; the engine owns the loop body, the history and the N
 - :class:`~sdeflow.samplers.engine.SingleStep`: ``tableau`` returns a :class:`Tableau` of
   :class:`Stage` s and a final :class:`Weights` (Heun, DPM-Solver single-step, EDM's Heun).
 
-Samplers that compose others (restart, predictor-corrector, churn) or choose their steps while
-sampling (the adaptive ones) implement :meth:`Sampler.prepare` and :meth:`Sampler.step` directly.
+Reversible samplers (:mod:`.reversible`) also implement ``unstep``, which undoes a step exactly; the
+two-step ones (BDIA, O-BELM) subclass its :class:`~.reversible.TwoStep` engine and return
+``(c_prev, c_x, c_hat)`` per step. Samplers that compose others (restart, predictor-corrector,
+churn) or choose their steps while sampling (the adaptive ones) implement :meth:`Sampler.prepare`
+and :meth:`Sampler.step` directly.
 
 ``plan = sampler.prepare(schedule, ts)`` computes every per-step coefficient in float64 before
 the loop starts and stores them as Python floats (so a step launches no scalar kernels and never

@@ -96,7 +96,7 @@ class TwoStep(Reversible):
         return None, companion
 
     def companion(self, state):
-        return state[1] if state[1] is not None else None
+        return state[1]
 
     def step(self, field, x, i, plan, state, noise):
         prev, offset = state
