@@ -2,7 +2,8 @@
 
 1. Explicit inversion (each sampler's own steps on the reversed grid): round-trip RMS (invert, then
    sample back) on the 2-D ring mixture with the exact field, VP linear, Karras grid ending at
-   t_min (no final jump to 0), at 10, 20 and 50 steps per direction.
+   t_min (no final jump to 0), at 10, 20 and 50 steps per direction; and on a flow (rectified flow)
+   at equal NFE per direction, first against second order (the midpoint rule: RF-Solver).
 2. Exact inversion of the sampling map (fixed-point or Newton): worst round trip, NFE spent and
    iterations, on the 2-D ring and a 16-D mixture, at 10 and 20 steps.
 3. Reversible samplers: inversion by undoing their steps (worst round trip, noise scale, NFE) on the
@@ -47,6 +48,27 @@ def explicit_table(steps) -> str:
             x = mix.sample_t(512, sch, float(_grid(n, sch)[-1]), torch.Generator().manual_seed(0))[0]
             cells.append(f"{invert(mix.denoiser(sch), SAMPLERS[name](), _grid(n, sch), x).round_trip_rms:.2e}")
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+#: First- and second-order explicit inversions of a flow, compared at equal NFE (midpoint: RF-Solver).
+FLOW_INVERSIONS = ["euler", "heun", "midpoint", "heun3", "dpm-solver++-2m", "unipc-bh2", "bdia"]
+
+
+def flow_table(nfes) -> str:
+    """Explicit inversion round trip on a flow (2-D ring, rectified flow) at equal NFE per direction."""
+    mix, sch = analytic.ring_2d(), RectifiedFlow()
+    rows = ["| sampler | NFE/step | " + " | ".join(f"NFE {n}" for n in nfes) + " |", "|---|---:|" + "---:|" * len(nfes)]
+    for name in FLOW_INVERSIONS:
+        sampler = SAMPLERS[name]()
+        cells = []
+        for n in nfes:
+            ts = _grid(n // sampler.nfe_per_step, sch)
+            x = mix.sample_t(512, sch, float(ts[-1]), torch.Generator().manual_seed(0))[0]
+            method = "exact" if sampler.reversible else "explicit"  # a reversible sampler undoes its steps
+            cells.append(f"{invert(mix.denoiser(sch), sampler, ts, x, method=method).round_trip_rms:.2e}")
+        label = f"{name} (undone)" if sampler.reversible else name
+        rows.append(f"| {label} | {sampler.nfe_per_step} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -137,6 +159,8 @@ def main() -> None:
     args = parser.parse_args()
     print("## Explicit inversion: round-trip RMS, 2-D ring, VP linear\n")
     print(explicit_table([10, 20] if args.quick else [10, 20, 50]))
+    print("\n## Explicit inversion of a flow at equal NFE: round-trip RMS, 2-D ring, rectified flow\n")
+    print(flow_table([10, 20] if args.quick else [10, 20, 50]))
     print("\n## Exact inversion (tol 1e-9, float64)\n")
     print(exact_table([20] if args.quick else [10, 20]))
     print("\n## Reversible samplers: inversion by undoing the steps (2-D ring, float64)\n")

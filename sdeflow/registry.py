@@ -29,6 +29,7 @@ SAMPLERS: dict[str, Callable[[], samplers.Sampler]] = {
     "ddim-eta1": lambda: samplers.DDIM(eta=1.0),
     "heun": samplers.Heun,
     "heun3": lambda: samplers.Heun(third_order=True),
+    "midpoint": samplers.Midpoint,
     "edm-heun": samplers.EDMHeun,
     "dpm-solver-1": lambda: samplers.DPMSolver(order=1),
     "dpm-solver-2": lambda: samplers.DPMSolver(order=2),

@@ -8,9 +8,16 @@ With ``u(x, t) = p(t) x + q(t) x_hat(x, t)`` (the ODE's field) and ``h = s - t``
 - ``third_order=True`` (Heun's third-order Runge-Kutta method): stages at ``t``, ``t + h/3`` and
   ``t + 2h/3`` (never at ``s``, so also valid on the final step), ``x_s = x_t + h (u_0 + 3 u_2) / 4``.
 
+- :class:`Midpoint`: the explicit midpoint rule, ``x_m = x_t + (h/2) u_0``, ``x_s = x_t + h u(x_m, t + h/2)``,
+  second order with two evaluations and none at ``s`` (valid on the final step). On rectified flow it
+  is RF-Solver's second-order step: a Taylor step ``x_t + h u_0 + (h^2/2) u'`` with the time
+  derivative ``u'`` estimated by the difference quotient ``(u(x_m) - u_0) / (h/2)`` is exactly this rule.
+  Run on an increasing grid (:func:`~sdeflow.invert`) it is RF-Solver's inversion.
+
 References: Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models",
 2022, arXiv:2206.00364; Heun, 1900 (third-order method as in Butcher, "Numerical Methods for
-Ordinary Differential Equations", 2016).
+Ordinary Differential Equations", 2016); Wang et al., "Taming Rectified Flow for Inversion and
+Editing", 2024, arXiv:2411.04746 (RF-Solver).
 """
 
 from __future__ import annotations
@@ -43,3 +50,17 @@ class Heun(SingleStep):
         if info.s_s == 0:
             return Tableau([first], Weights(1.0, [h]))
         return Tableau([first, Stage(info.s, 1.0, [h])], Weights(1.0, [h / 2, h / 2]))
+
+
+@dataclass(frozen=True)
+class Midpoint(SingleStep):
+    """The explicit midpoint rule in ``t`` (RF-Solver's second-order step on rectified flow)."""
+
+    form = "velocity"
+    needs_finite_logsnr = False
+    order = 2
+    nfe_per_step = 2
+
+    def tableau(self, schedule, info):
+        h = info.s - info.t
+        return Tableau([Stage(info.t, 1.0, []), Stage(info.t + h / 2, 1.0, [h / 2])], Weights(1.0, [0.0, h]))
