@@ -38,10 +38,12 @@ GRIDS_FOR = {"index": ["auto", "logsnr", "karras", "quadratic", "trailing"],
              "t": ["auto", "uniform", "logsnr", "quadratic", "shifted"]}
 
 
-def sdeflow_runs(shared: Shared, process, nfe: int):
+def sdeflow_runs(shared: Shared, process, nfe: int, names=None):
     den = sdeflow_denoiser(shared.problem, process)
     sch = process.schedule
     for name, make in SAMPLERS.items():
+        if names and name not in names:
+            continue
         sampler = make()
         if sampler.stochastic or sampler.adaptive:
             continue
@@ -55,7 +57,7 @@ def sdeflow_runs(shared: Shared, process, nfe: int):
 
 
 def run(quick: bool, raw_path: str | None = None, only: list[str] | None = None, keep: list | None = None,
-        processes: list[str] | None = None):
+        processes: list[str] | None = None, samplers: list[str] | None = None):
     ks, k_err = load_k_diffusion()
     d, d_err = load_diffusers()
     notes = [e for e in (k_err, d_err) if e]
@@ -73,10 +75,10 @@ def run(quick: bool, raw_path: str | None = None, only: list[str] | None = None,
             floor = shared.sw_floor()
             start = time.time()
             for nfe in nfes:
-                sources = [sdeflow_runs(shared, process, nfe)]
-                if d is not None:
+                sources = [sdeflow_runs(shared, process, nfe, samplers)]
+                if d is not None and not samplers:
                     sources.append(diffusers_runs(d, shared, process, nfe))
-                if ks is not None:
+                if ks is not None and not samplers:
                     sources.append(k_runs(ks, shared, process, nfe))
                 for source in sources:
                     for name, span, x, calls in source:
@@ -180,7 +182,11 @@ def main():
                         help="run only these problems (e.g. 3x32x32); the saved results of the others are kept")
     parser.add_argument("--processes", nargs="+", metavar="NAME",
                         help="with --problems: run only these processes (e.g. rectified); others' saved results are kept")
+    parser.add_argument("--samplers", nargs="+", metavar="NAME", choices=list(SAMPLERS),
+                        help="with --problems: run only these sdeflow samplers (no peers); every other saved result is kept")
     args = parser.parse_args()
+    if (args.processes or args.samplers) and not args.problems:
+        parser.error("--processes and --samplers narrow a --problems run")
     os.makedirs(args.out, exist_ok=True)
     raw = os.path.join(args.out, "ode_solvers.json")
     if args.from_json:
@@ -192,8 +198,9 @@ def main():
             with open(raw) as f:
                 keep = [r for r in json.load(f)["results"]
                         if not (any(o.lower() in r["problem"].lower() for o in args.problems)
-                                and (not args.processes or any(o.lower() in r["process"].lower() for o in args.processes)))]
-        results, notes = run(args.quick, raw, args.problems, keep, args.processes)
+                                and (not args.processes or any(o.lower() in r["process"].lower() for o in args.processes))
+                                and (not args.samplers or r["method"].split(" ")[:2] in (["sdeflow", s] for s in args.samplers)))]
+        results, notes = run(args.quick, raw, args.problems, keep, args.processes, args.samplers)
         save_json(raw, {"results": results, "notes": notes, "complete": True})
     overhead_md = overhead_table(repeats=5 if args.quick else 21)
     summary = write_report(results, notes, overhead_md, os.path.join(args.out, "ode_solvers.md"))

@@ -1,5 +1,7 @@
 """Editing: moving data from one condition to another (a class, a prompt) with a generative model.
 
+- :func:`edit_grid`: the grid both take by default: logSNR-spaced from the time editing starts to
+  the smallest noise level (no final jump to ``t = 0``, which an inversion cannot undo).
 - :func:`edit_by_inversion`: invert ``x`` under the source condition (:func:`~sdeflow.invert`, exact
   by default) and sample the noise back under the target one.
 - :func:`flow_edit`: FlowEdit, which needs no inversion. It integrates an ODE on the edited sample
@@ -24,12 +26,24 @@ from __future__ import annotations
 import torch
 
 from .denoisers import Denoiser
-from .grids import check_grid
+from .grids import check_grid, default_t_min, logsnr_grid, start_time
 from .inversion import invert
 from .noise import GeneratorNoise, NoiseSource
 from .samplers.base import Sampler, ode_coefficients
 from .sampling import CountingField, SampleResult, check_denoiser, sample
 from .shapes import check_batch
+
+
+def edit_grid(n: int, schedule, start: float | None = None) -> torch.Tensor:
+    """``n`` logSNR-spaced steps from ``start`` (default: where the schedule's grids start, ``t = 1``
+    or just below) down to the noise level 0.002 (:func:`~sdeflow.grids.default_t_min`). A later
+    ``start`` keeps more of the input: its noise levels above ``start`` are never visited."""
+    top, t_min = start_time(schedule), default_t_min(schedule)
+    start = top if start is None else float(start)
+    if not t_min < start <= top:
+        raise ValueError(f"the start of editing must be a time in ({t_min:.3g}, {top:g}] (above the smallest noise "
+                         f"level, at most where the schedule starts), got {start}")
+    return logsnr_grid(n, schedule, t_max=start, t_min=t_min, denoise_to_zero=False)
 
 
 def edit_by_inversion(denoiser: Denoiser, sampler: Sampler, ts, x: torch.Tensor, *, source: dict, target: dict,

@@ -200,3 +200,27 @@ def test_frechet_distance_between_gaussians():
     small = metrics.frechet_distance(mean + torch.randn(1000, 3, generator=g, dtype=torch.float64) * var.sqrt(), mean, torch.diag(var))
     large = metrics.frechet_distance(mean + torch.randn(100, 3, generator=g, dtype=torch.float64) * var.sqrt(), mean, torch.diag(var))
     assert small < large < 1.0
+
+
+def test_tilt_by_a_linear_reward_is_exact():
+    """log q(x) - log p(x) - b^T x is one constant, -log E_p[exp(b^T x)], for the tilted mixture q."""
+    from sdeflow.analytic import random_mixture
+
+    mix = random_mixture(3, 4, structure="full", seed=7)
+    b = torch.tensor([0.7, -0.4, 0.3], dtype=torch.float64)
+    q = mix.tilted(b)
+    x = mix.sample(200, torch.Generator().manual_seed(0))
+    gap = q.log_prob(x) - mix.log_prob(x) - x @ b
+    assert float(gap.max() - gap.min()) < 1e-10
+    e = torch.exp(mix.sample(400_000, torch.Generator().manual_seed(1)) @ b)
+    log_z, se = torch.log(e.mean()), e.std() / e.mean() / math.sqrt(len(e))
+    assert abs(float(-gap[0] - log_z)) < 4 * float(se)
+
+
+def test_noised_mixture_is_the_marginal_at_t():
+    from sdeflow.analytic import random_mixture
+    from sdeflow.schedules import VPLinear
+
+    mix, sch = random_mixture(3, 4, structure="lowrank", rank=2, seed=2), VPLinear()
+    x_t, _ = mix.sample_t(50, sch, 0.4, torch.Generator().manual_seed(0))
+    assert torch.allclose(mix.noised(sch, 0.4).log_prob(x_t), mix.log_prob_t(x_t, sch, 0.4), atol=1e-10)

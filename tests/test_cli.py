@@ -15,7 +15,7 @@ def run(*args, cwd=None):
 def test_help_everywhere():
     top = run("--help")
     assert top.returncode == 0 and "demo" in top.stdout and "list" in top.stdout
-    for cmd in ["demo", "sample", "list", "train", "restore", "export"]:
+    for cmd in ["demo", "sample", "list", "train", "restore", "export", "likelihood", "edit"]:
         r = run(cmd, "--help")
         assert r.returncode == 0 and "usage: sdeflow " + cmd in r.stdout
 
@@ -155,6 +155,15 @@ def _bad_inputs(tmp):
         ("likelihood-tol", ["likelihood", "--problem", "ring-2d", "--tol", "-1"]),
         ("likelihood-too-many", ["likelihood", "--checkpoint", "digits", "-n", "5000"]),
         ("likelihood-trace", ["likelihood", "--trace", "jacobian"]),
+        ("edit-same-class", ["edit", "--from", "3", "--to", "3"]),
+        ("edit-class-range", ["edit", "--from", "3", "--to", "10"]),
+        ("edit-input-missing", ["edit", "--from", "3", "--to", "8", "--input", str(tmp / "none.png")]),
+        ("edit-input-shape", ["edit", "--from", "3", "--to", "8", "--input", str(tmp / "afile")]),
+        ("edit-start", ["edit", "--from", "3", "--to", "8", "--start", "1.5"]),
+        ("edit-unconditional", ["edit", "--checkpoint", "moons", "--from", "0", "--to", "1", "--out", ""]),
+        ("edit-out-jpg", ["edit", "--from", "3", "--to", "8", "--out", str(tmp / "x.jpg")]),
+        ("edit-sampler", ["edit", "--from", "3", "--to", "8", "--sampler", "ddpm"]),
+        ("edit-guidance-nan", ["edit", "--from", "3", "--to", "8", "--guidance", "nan"]),
     ]
     import torch
 
@@ -251,3 +260,22 @@ def test_likelihood_of_a_shipped_model(capsys):
     assert main(["likelihood", "--checkpoint", "moons", "-n", "8", "--method", "rk4", "--steps", "16"]) == 0
     out = capsys.readouterr().out
     assert "first 8 points of moons" in out and "2 dimensions" in out and "trace: exact" in out
+
+
+def test_edit_moves_digits_to_the_target_class(tmp_path, capsys):
+    """Both editors turn real 3s into what the shipped classifier reads as 8s, the exact inversion's
+    round trip is at round-off, and the files hold the input and each edit."""
+    from PIL import Image
+
+    png, npz = str(tmp_path / "e.png"), str(tmp_path / "e.npz")
+    assert main(["edit", "--from", "3", "--to", "8", "--steps", "8", "-n", "4", "--out", png, npz]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split(":")[0].split(" (")[0]: line for line in out.splitlines() if "NFE" in line}
+    for name in ("inversion", "FlowEdit"):
+        assert float(lines[name].split("classifier p(8) ")[1].split()[0].rstrip(";")) > 0.9, out
+    assert float(lines["inversion"].split("round trip under 3: ")[1].split()[0]) < 1e-4, out
+    arrays = np.load(npz)
+    assert arrays["input"].shape == arrays["inversion"].shape == arrays["flowedit"].shape == (4, 1, 8, 8)
+    assert np.sqrt(((arrays["flowedit"] - arrays["input"]) ** 2).mean()) > 0.1
+    with Image.open(png) as img:
+        assert img.size[0] > 400

@@ -275,5 +275,23 @@ class GaussianMixture:
         return GaussianMixture(torch.softmax(logw, 0), means, Full(cov), classes=self.classes)
 
 
+    def noised(self, schedule: Schedule, t: float) -> "GaussianMixture":
+        """``p_t`` as a mixture of its own: ``N(alpha m_k, alpha^2 Sigma_k + sigma^2 I)`` (dense covariances)."""
+        a, s = float(schedule.alpha(t)), float(schedule.sigma(t))
+        cov = a * a * self.cov.dense() + s * s * torch.eye(self.dim, dtype=torch.float64)
+        return GaussianMixture(self.weights, a * self.means, Full(cov), classes=self.classes)
+
+    def tilted(self, b) -> "GaussianMixture":
+        """The exact tilt ``p(x) exp(b^T x) / Z`` by a linear reward ``b^T x``: component ``k`` becomes
+        ``N(m_k + Sigma_k b, Sigma_k)`` and its weight is multiplied by ``exp(b^T m_k + b^T Sigma_k b / 2)``
+        (completing the square in each component's exponent)."""
+        b = torch.as_tensor(b, dtype=torch.float64).flatten()
+        if b.shape != (self.dim,) or not bool(torch.isfinite(b).all()):
+            raise ValueError(f"the reward direction b must be {self.dim} finite numbers, got shape {tuple(b.shape)}")
+        shift = self.cov.matvec(b.expand(1, self.num_components, self.dim))[0]                     # (K, D)
+        logw = torch.log(self.weights) + self.means @ b + 0.5 * shift @ b
+        return GaussianMixture(torch.softmax(logw, 0), self.means + shift, self.cov, classes=self.classes)
+
+
 def _per_sample(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return x * expand_as_batch(torch.as_tensor(c, dtype=torch.float64), x)

@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .likelihood_cmd import add_likelihood_parser
 
     add_likelihood_parser(sub)
+    from .edit_cmd import add_edit_parser
+
+    add_edit_parser(sub)
     exp = sub.add_parser("export", help="write a run's EMA weights as a small sampling-only checkpoint",
                          description="Write the EMA weights and the metadata of a training run (no optimiser state) "
                          "to a new .safetensors file, optionally in float16; sdeflow sample --checkpoint reads it.")
@@ -195,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
             from .likelihood_cmd import run_likelihood
 
             run_likelihood(args)
+        elif args.command == "edit":
+            from .edit_cmd import run_edit
+
+            run_edit(args)
         elif args.command == "restore":
             from .restore_cmd import run_restore
 

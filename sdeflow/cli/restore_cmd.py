@@ -21,7 +21,6 @@ from ..inverse import Bound, Mask, METHODS, solve
 from ..registry import OPERATORS, make_operator
 
 def _load_input(args, model) -> torch.Tensor:
-    shape = model.shape
     if args.input is None:
         if model.meta["data"]["name"] != "digits":
             raise ValueError("give --input (an image or .npy file): only the digits model has a default input")
@@ -31,16 +30,27 @@ def _load_input(args, model) -> torch.Tensor:
         if not 0 <= args.index < len(d):
             raise ValueError(f"--index must be in 0..{len(d) - 1}")
         return d.x[args.index]
-    if args.input.lower().endswith(".npy"):
-        x = torch.from_numpy(np.load(args.input, allow_pickle=False).astype(np.float32))
+    return read_input(args.input, model)
+
+
+def read_input(path: str, model) -> torch.Tensor:
+    """One sample for ``model`` from a file: an ``.npy`` array of its shape, or (image models) a
+    PNG/JPEG picture, centre-cropped, resized and scaled as image folders are in training."""
+    import os
+
+    shape = model.shape
+    if not os.path.isfile(path):
+        raise ValueError(f"--input {path!r}: no such file (give a PNG/JPEG picture or an .npy array)")
+    if path.lower().endswith(".npy"):
+        x = torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float32))
         if tuple(x.shape) != shape:
-            raise ValueError(f"{args.input}: expected one sample of shape {shape}, got {tuple(x.shape)}")
+            raise ValueError(f"{path}: expected one sample of shape {shape}, got {tuple(x.shape)}")
         return x
     if model.kind != "image":
         raise ValueError(f"this model's samples have shape {shape}: give a .npy file, not an image")
     from ..data.datasets import read_image
 
-    arr, _ = read_image(args.input, shape[-1], "L" if shape[0] == 1 else "RGB", convert=True)
+    arr, _ = read_image(path, shape[-1], "L" if shape[0] == 1 else "RGB", convert=True)
     return torch.from_numpy(arr) / 127.5 - 1.0  # the training scaling of image folders
 
 
