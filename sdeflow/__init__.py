@@ -5,11 +5,12 @@ noise); a denoiser answers ``x_hat = E[x | x_t]``; a sampler steps along a grid 
 :func:`sample`, drives it. :mod:`sdeflow.analytic` is the exact Gaussian-mixture oracle; :mod:`sdeflow.guidance` guides any denoiser;
 :mod:`sdeflow.adapters` bridges to diffusers, k-diffusion and flow_matching; :mod:`sdeflow.compiled` runs
 the fixed-grid loop as one compiled program or CUDA graph; :func:`invert` finds the noise a sampler maps
-to given data; :mod:`sdeflow.editing` moves data from one condition to another.
+to given data; :mod:`sdeflow.editing` moves data from one condition to another; :mod:`sdeflow.reward`
+fine-tunes a model towards a reward with a KL to its base.
 """
 
 from . import analytic, grids, metrics, parameterizations, samplers, schedules
-from . import adapters, compiled, editing, guidance, likelihood
+from . import adapters, compiled, editing, guidance, likelihood, reward
 from .inversion import Inversion, invert
 from .compiled import FixedGridLoop
 from .denoisers import Denoiser, ModelDenoiser
@@ -19,7 +20,7 @@ from .sampling import NonFiniteError, SampleResult, StepInfo, prior_sample, samp
 
 __version__ = "0.1.0"
 
-__all__ = ["adapters", "analytic", "compiled", "editing", "grids", "guidance", "likelihood", "metrics", "parameterizations", "samplers", "schedules", "Denoiser", "ModelDenoiser",
+__all__ = ["adapters", "analytic", "compiled", "editing", "grids", "guidance", "likelihood", "metrics", "reward", "parameterizations", "samplers", "schedules", "Denoiser", "ModelDenoiser",
            "auto_grid", "discrete_grid", "karras_grid", "logsnr_grid", "polyexponential_grid", "quadratic_grid", "shift_grid",
            "uniform_grid", "BrownianTreeNoise", "GeneratorNoise", "SeededNoise",
            "NonFiniteError", "SampleResult", "StepInfo", "prior_sample", "sample", "FixedGridLoop",
