@@ -42,6 +42,8 @@ import torch
 
 from .denoisers import Denoiser
 from .grids import check_grid
+from .samplers.engine import step_infos
+from .samplers.sde import exact_sde_step
 from .sampling import check_denoiser
 
 
@@ -53,18 +55,6 @@ class Chain:
     x: torch.Tensor
     kl: torch.Tensor
     nfe: int
-
-
-def _coefficients(schedule, ts: torch.Tensor):
-    """Per step ``(c_x, k, std)``: ``x_s = c_x x_t + k x_hat + std z`` (float64 numbers)."""
-    t64 = ts.to(torch.float64)
-    a, s = schedule.alpha(t64).tolist(), schedule.sigma(t64).tolist()
-    out = []
-    for i in range(len(a) - 1):
-        ratio = a[i] / a[i + 1]
-        c2 = s[i] ** 2 - ratio ** 2 * s[i + 1] ** 2
-        out.append((ratio * s[i + 1] ** 2 / s[i] ** 2, a[i + 1] * c2 / s[i] ** 2, math.sqrt(c2) * s[i + 1] / s[i]))
-    return out
 
 
 def ancestral_chain(model: Denoiser, ts, x: torch.Tensor, *, base: Denoiser | None = None, cond: dict | None = None,
@@ -83,7 +73,9 @@ def ancestral_chain(model: Denoiser, ts, x: torch.Tensor, *, base: Denoiser | No
     cond = cond or {}
     kl = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     times = ts.tolist()
-    for i, (c_x, k, std) in enumerate(_coefficients(sch, ts)):
+    # DDPM's posterior step with its small variance is the exact SDE step at eta = 1
+    steps = [exact_sde_step(v.a_t, v.s_t, v.a_s, v.s_s, 1.0) for v in step_infos(sch, ts)]
+    for i, (c_x, k, std) in enumerate(steps):
         x_hat = model(x, times[i], **cond)
         if base is not None:  # differentiated through x too: the KL is a function of the model's trajectory
             ref = base(x, times[i], **cond)

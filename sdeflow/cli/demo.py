@@ -66,6 +66,21 @@ def _matplotlib():
     return plt
 
 
+def show_image(ax, img) -> None:
+    """Draw one ``(C, H, W)`` image in [-1, 1] (C = 1: grey) on a matplotlib axis, pixels unsmoothed."""
+    img = ((img.float().clamp(-1, 1) + 1) / 2).cpu()
+    ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1,
+              interpolation="nearest")
+
+
+def save_figure(fig, path: str) -> None:
+    """Write a matplotlib figure as a PNG, atomically, and free it."""
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
 def _plot(mixture, x, report, path):
     plt = _matplotlib()
     lim = 3.2
@@ -91,5 +106,4 @@ def _plot(mixture, x, report, path):
     ax.set_title(f"{report['sampler']} / {report['schedule']} / {report['grid']}, NFE {report['nfe']}\n"
                  f"{endpoint}sliced W2 {report['sliced_w2']:.3g} (floor {report['sliced_w2_floor']:.3g})", fontsize=9)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)

@@ -155,8 +155,7 @@ def _classifier(model):
 
 def _picture(path, x, p_in, rows, args, ts) -> None:
     """The input row and one row per editor, each picture titled with the classifier's probability."""
-    from ..files import atomic_write
-    from .demo import _matplotlib
+    from .demo import _matplotlib, save_figure, show_image
 
     plt = _matplotlib()
     panels = [("input", x, p_in, args.source)] + [(label, z, p, args.target) for label, (z, p) in rows.items()]
@@ -168,14 +167,11 @@ def _picture(path, x, p_in, rows, args, ts) -> None:
             ax = axes[r, c]
             ax.set_xticks([])
             ax.set_yticks([])
-            img = ((imgs[c].float().clamp(-1, 1) + 1) / 2).cpu()
-            ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1,
-                      interpolation="nearest")
+            show_image(ax, imgs[c])
             if p is not None:
                 ax.set_title(f"p({k}) {float(p[c]):.2f}", fontsize=7)
         axes[r, 0].set_ylabel(label, fontsize=8)
     guidance = "" if args.guidance is None else f", CFG {args.guidance:g}"
     fig.suptitle(f"{args.source} -> {args.target}: {args.steps} steps from t = {float(ts[0]):.3g}{guidance}", fontsize=9)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)

@@ -96,8 +96,7 @@ def run_restore(args) -> dict:
 
 def _picture(path, x_true, shown, x, mean, args, columns: int = 8):
     """Truth, measurement (back-projected), the samples and their mean, each titled (with its PSNR)."""
-    from ..files import atomic_write
-    from .demo import _matplotlib
+    from .demo import _matplotlib, save_figure, show_image
 
     plt = _matplotlib()
     panels = [(x_true, "truth"), (shown, "measurement")]
@@ -109,14 +108,11 @@ def _picture(path, x_true, shown, x, mean, args, columns: int = 8):
     for ax in axes.flat:
         ax.axis("off")
     for ax, (img, title) in zip(axes.flat, panels):
-        img = ((img.float().clamp(-1, 1) + 1) / 2).cpu()
-        ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1,
-                  interpolation="nearest")
+        show_image(ax, img)
         ax.set_title(title, fontsize=8)
     fig.suptitle(f"{args.method} on {args.operator}, noise {args.noise_std}, NFE {args.nfe}", fontsize=9)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def add_restore_parser(sub) -> None:
