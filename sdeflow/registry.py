@@ -30,6 +30,7 @@ SAMPLERS: dict[str, Callable[[], samplers.Sampler]] = {
     "heun": samplers.Heun,
     "heun3": lambda: samplers.Heun(third_order=True),
     "midpoint": samplers.Midpoint,
+    "rk4": samplers.RK4,
     "edm-heun": samplers.EDMHeun,
     "dpm-solver-1": lambda: samplers.DPMSolver(order=1),
     "dpm-solver-2": lambda: samplers.DPMSolver(order=2),

@@ -1,3 +1,7 @@
+import io
+from contextlib import redirect_stderr, redirect_stdout
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -12,3 +16,23 @@ def _seed():
 @pytest.fixture(params=sorted(SCHEDULES))
 def schedule(request):
     return SCHEDULES[request.param]()
+
+
+@pytest.fixture
+def cli_here(monkeypatch):
+    """``cli_here(*args, cwd=None)``: run ``sdeflow *args`` in this process (a new interpreter costs seconds of
+    imports); returns ``returncode``, ``stdout`` and ``stderr`` like :func:`subprocess.run`. An exception
+    that ``main`` lets escape (a traceback a user would see) fails the test."""
+    from sdeflow.cli.main import main
+
+    def run(*args, cwd=None):
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        return SimpleNamespace(returncode=code or 0, stdout=out.getvalue(), stderr=err.getvalue())
+    return run

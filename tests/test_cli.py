@@ -12,11 +12,11 @@ def run(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "sdeflow", *args], capture_output=True, text=True, cwd=cwd)
 
 
-def test_help_everywhere():
-    top = run("--help")
+def test_help_everywhere(cli_here):
+    top = run("--help")  # the installed entry point, in a new interpreter
     assert top.returncode == 0 and "demo" in top.stdout and "list" in top.stdout
     for cmd in ["demo", "sample", "list", "train", "restore", "export", "likelihood", "edit"]:
-        r = run(cmd, "--help")
+        r = cli_here(cmd, "--help")
         assert r.returncode == 0 and "usage: sdeflow " + cmd in r.stdout
 
 
@@ -27,13 +27,13 @@ def test_list_shows_registries(capsys):
         assert word in out
 
 
-def test_bad_arguments_give_one_line_errors():
-    r = run("demo", "--sampler", "nope")
+def test_bad_arguments_give_one_line_errors(cli_here):
+    r = run("demo", "--sampler", "nope")  # in a new interpreter: what a user's shell shows
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "invalid choice: 'nope'" in r.stderr and "heun" in r.stderr
-    r = run("demo", "--steps", "0")
+    r = cli_here("demo", "--steps", "0")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and ">= 1" in r.stderr
-    r = run("demo", "--grid", "nope")
+    r = cli_here("demo", "--grid", "nope")
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "karras" in r.stderr
 
 
@@ -72,12 +72,12 @@ def test_sample_writes_npz_with_counted_nfe(tmp_path):
     assert np.load(out)["ts"].tolist() == [1.0, 0.4, 0.0]
 
 
-def test_sample_bad_combinations_are_one_line_errors():
-    r = run("sample", "--problem", "ring-2d", "--schedule", "edm", "--grid", "trailing", "--out", "")
+def test_sample_bad_combinations_are_one_line_errors(cli_here):
+    r = cli_here("sample", "--problem", "ring-2d", "--schedule", "edm", "--grid", "trailing", "--out", "")
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "discrete" in r.stderr
-    r = run("sample", "--problem", "ring-2d", "--grid", "0,1", "--out", "")
+    r = cli_here("sample", "--problem", "ring-2d", "--grid", "0,1", "--out", "")
     assert r.returncode == 1 and "decreasing" in r.stderr
-    r = run("sample", "--problem", "nope")
+    r = cli_here("sample", "--problem", "nope")
     assert r.returncode == 2 and "ring-2d" in r.stderr
 
 

@@ -161,7 +161,7 @@ def test_default_sampling_is_registered_and_runs_within_its_budget_on_every_sche
 
 
 @pytest.mark.parametrize("sched", [ddpm_linear(), EDM(), RectifiedFlow()], ids=["ddpm", "edm", "rf"])
-@pytest.mark.parametrize("nfe", [5, 50])
+@pytest.mark.parametrize("nfe", [5, pytest.param(50, marks=pytest.mark.slow)])
 def test_the_default_is_near_the_best_configuration_on_the_2d_problem(sched, nfe):
     """Re-measured here: on the 2-D mixture the default sampler and grid are within 1.5x of the best of
     every deterministic sampler on every grid at the same NFE (docs/benchmarks/defaults.md). Every run

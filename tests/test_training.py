@@ -108,7 +108,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("how", [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, how):
     steps = ["--steps", "60", "--checkpoint-every", "10"]
     ref = cli("train", *SMALL, *steps, "--out", str(tmp_path / "ref"))
@@ -159,6 +159,7 @@ def torchrun(n, *args):
                           env=ENV, timeout=300)
 
 
+@pytest.mark.slow
 def test_two_process_training_agrees_with_one_process(tmp_path):
     args = [*SMALL, "--steps", "25", "--ot-coupling"]
     one = cli("train", *args, "--out", str(tmp_path / "one"))
@@ -173,6 +174,7 @@ def test_two_process_training_agrees_with_one_process(tmp_path):
             assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), k
 
 
+@pytest.mark.slow
 def test_two_process_sampling_is_bit_identical(tmp_path):
     run = tmp_path / "run"
     Trainer(small_config(run, steps=3), progress=False).fit()
@@ -189,16 +191,16 @@ def test_two_process_sampling_is_bit_identical(tmp_path):
     assert np.array_equal(a, np.load(tmp_path / "three.npz")["samples"])
 
 
-def test_bad_inputs_are_clear_errors_and_overwrite_nothing(tmp_path):
+def test_bad_inputs_are_clear_errors_and_overwrite_nothing(tmp_path, cli_here):
     from PIL import Image
 
-    r = cli("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x"), "--no-progress")
+    r = cli_here("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x"), "--no-progress")
     assert r.returncode == 1 and "does not exist" in r.stderr and r.stderr.count("\n") == 1
     folder = tmp_path / "imgs"
     folder.mkdir()
     Image.new("RGB", (10, 12), (10, 20, 30)).save(folder / "a.png")
     Image.new("RGBA", (10, 12)).save(folder / "b.png")
-    r = cli("train", "--data", str(folder), "--out", str(tmp_path / "x"), "--no-progress")
+    r = cli_here("train", "--data", str(folder), "--out", str(tmp_path / "x"), "--no-progress")
     assert r.returncode == 1 and "mode RGBA" in r.stderr and "b.png" in r.stderr
     assert not (tmp_path / "x" / "checkpoint.safetensors").exists()
     # an existing run: another architecture, a corrupted file
@@ -206,24 +208,24 @@ def test_bad_inputs_are_clear_errors_and_overwrite_nothing(tmp_path):
     Trainer(small_config(run, steps=2), progress=False).fit()
     path = run / "checkpoint.safetensors"
     before = path.read_bytes()
-    r = cli("train", *SMALL, "--model", "width=48", "--steps", "4", "--out", str(run), "--resume")
+    r = cli_here("train", *SMALL, "--model", "width=48", "--steps", "4", "--out", str(run), "--resume")
     assert r.returncode == 1 and "model" in r.stderr and "differ" in r.stderr
     tensors, meta = ckpt.load(str(path))
     meta["network"]["width"] = 48  # a checkpoint whose weights do not fit its stated network
     bad = tmp_path / "other.safetensors"
     ckpt.save(str(bad), tensors, meta)
-    r = cli("sample", "--checkpoint", str(bad), "--out", str(tmp_path / "s.png"))
+    r = cli_here("sample", "--checkpoint", str(bad), "--out", str(tmp_path / "s.png"))
     assert r.returncode == 1 and "does not fit" in r.stderr and not (tmp_path / "s.png").exists()
     path.write_bytes(before[: len(before) // 2])
     truncated = path.read_bytes()
-    r = cli("train", *SMALL, "--steps", "4", "--out", str(run), "--resume")
+    r = cli_here("train", *SMALL, "--steps", "4", "--out", str(run), "--resume")
     assert r.returncode == 1 and "corrupted" in r.stderr
     assert path.read_bytes() == truncated
-    r = cli("sample", "--checkpoint", str(path))
+    r = cli_here("sample", "--checkpoint", str(path))
     assert r.returncode == 1 and "corrupted" in r.stderr
-    r = cli("sample", "--checkpoint", str(tmp_path / "nope.safetensors"))
+    r = cli_here("sample", "--checkpoint", str(tmp_path / "nope.safetensors"))
     assert r.returncode == 1 and "no checkpoint" in r.stderr
-    r = cli("sample", "--label", "12")
+    r = cli_here("sample", "--label", "12")
     assert r.returncode == 1 and "0..9" in r.stderr
 
 

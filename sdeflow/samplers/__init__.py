@@ -1,7 +1,7 @@
 """Samplers: immutable step rules driven by :func:`sdeflow.sample`, one per file.
 
 Deterministic (probability-flow ODE): :class:`Euler`, :class:`DDIM`, :class:`Heun` (2nd or 3rd
-order), :class:`Midpoint` (RF-Solver), :class:`EDMHeun`, :class:`DPMSolver` (single-step, noise or data form),
+order), :class:`Midpoint` (RF-Solver), :class:`RK4`, :class:`EDMHeun`, :class:`DPMSolver` (single-step, noise or data form),
 :class:`DPMSolverMultistep` / :class:`DPMSolverPP`, :class:`UniPC`, :class:`DEIS` (tAB, rhoAB/LMS),
 :class:`IPNDM`, and the error-controlled :class:`DPMSolverAdaptive` and :class:`RK45`.
 
@@ -31,7 +31,7 @@ from .engine import Multistep, SingleStep
 from .euler import Euler
 from .euler_ancestral import EulerAncestral
 from .euler_maruyama import EulerMaruyama
-from .heun import Heun, Midpoint
+from .heun import RK4, Heun, Midpoint
 from .ipndm import IPNDM
 from .predictor_corrector import PredictorCorrector
 from .restart import Restart
@@ -41,7 +41,7 @@ from .sde_dpm_solver import SDEDPMSolverPP
 from .sde_dpm_solver_single import SDEDPMSolverPPSingle
 from .unipc import UniPC
 
-__all__ = ["Sampler", "Plan", "ode_coefficients", "Multistep", "SingleStep", "Euler", "DDIM", "Heun", "Midpoint", "EDMHeun",
+__all__ = ["Sampler", "Plan", "ode_coefficients", "Multistep", "SingleStep", "Euler", "DDIM", "Heun", "Midpoint", "RK4", "EDMHeun",
            "DPMSolver", "DPMSolverMultistep", "DPMSolverPP", "UniPC", "DEIS", "IPNDM", "DPMSolverAdaptive", "RK45",
            "EulerMaruyama", "DDPM", "EulerAncestral", "EDMStochastic", "SDEDPMSolverPP", "SDEDPMSolverPPSingle",
            "PredictorCorrector", "Restart", "GottaGoFast", "Reversible", "TwoStep", "BDIA", "OBELM", "EDICT",

@@ -13,8 +13,12 @@ With ``u(x, t) = p(t) x + q(t) x_hat(x, t)`` (the ODE's field) and ``h = s - t``
   is RF-Solver's second-order step: a Taylor step ``x_t + h u_0 + (h^2/2) u'`` with the time
   derivative ``u'`` estimated by the difference quotient ``(u(x_m) - u_0) / (h/2)`` is exactly this rule.
   Run on an increasing grid (:func:`~sdeflow.invert`) it is RF-Solver's inversion.
+- :class:`RK4`: the classical fourth-order Runge-Kutta method, stages at ``t``, ``t + h/2`` (twice) and
+  ``s``, ``x_s = x_t + h (u_0 + 2 u_1 + 2 u_2 + u_3) / 6``, four evaluations per step. Every explicit
+  four-stage fourth-order method evaluates at ``s``, where ``u`` is undefined if ``sigma(s) = 0``; a final
+  step to clean data is Heun's third-order step (three evaluations, none at ``s``).
 
-References: Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models",
+References: Kutta, 1901 (the classical fourth-order method, as in Butcher, 2016); Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models",
 2022, arXiv:2206.00364; Heun, 1900 (third-order method as in Butcher, "Numerical Methods for
 Ordinary Differential Equations", 2016); Wang et al., "Taming Rectified Flow for Inversion and
 Editing", 2024, arXiv:2411.04746 (RF-Solver).
@@ -64,3 +68,21 @@ class Midpoint(SingleStep):
     def tableau(self, schedule, info):
         h = info.s - info.t
         return Tableau([Stage(info.t, 1.0, []), Stage(info.t + h / 2, 1.0, [h / 2])], Weights(1.0, [0.0, h]))
+
+
+@dataclass(frozen=True)
+class RK4(SingleStep):
+    """The classical fourth-order Runge-Kutta method in ``t`` (Heun's third-order step onto ``sigma = 0``)."""
+
+    form = "velocity"
+    needs_finite_logsnr = False
+    order = 4
+    nfe_per_step = 4
+
+    def tableau(self, schedule, info):
+        if info.s_s == 0:
+            return Heun(third_order=True).tableau(schedule, info)
+        h, m = info.s - info.t, info.t + (info.s - info.t) / 2
+        stages = [Stage(info.t, 1.0, []), Stage(m, 1.0, [h / 2]), Stage(m, 1.0, [0.0, h / 2]),
+                  Stage(info.s, 1.0, [0.0, 0.0, h])]
+        return Tableau(stages, Weights(1.0, [h / 6, h / 3, h / 3, h / 6]))
