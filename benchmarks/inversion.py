@@ -9,7 +9,10 @@
 3. Reversible samplers: inversion by undoing their steps (worst round trip, noise scale, NFE) on the
    2-D ring for VP, rectified flow and EDM; their forward error against the exact flow map of a
    4-D Gaussian next to their base solvers' at equal NFE.
-4. Gradients through sampling: peak tensor memory (sdeflow.profiling.PeakMemory) and time of sampling
+4. Next to diffusers' inverse schedulers (DDIMInverseScheduler, DPMSolverMultistepInverseScheduler
+   2M, each with its sampling scheduler) on the discrete 1000-step DDPM-linear eps-model of the 2-D
+   ring (the exact field, float32 as users run): round-trip RMS at equal NFE per direction.
+5. Gradients through sampling: peak tensor memory (sdeflow.profiling.PeakMemory) and time of sampling
    plus backward for an MLP denoiser (width 512, batch 64), plain autograd against
    gradient="checkpoint" (DPM-Solver++(2M)) and gradient="reversible" (BDIA), at 10, 100 and 1000 steps.
 
@@ -127,6 +130,68 @@ def forward_table(nfes) -> str:
     return "\n".join(rows)
 
 
+def peer_table(steps) -> str:
+    """Round trip (invert, sample back) of 512 ring samples under the discrete DDPM eps-model, float32:
+    diffusers' inverse schedulers paired with their samplers against sdeflow's inversions on the
+    linspace grid of training steps at equal NFE per direction (an inversion's NFE in brackets where it
+    differs)."""
+    import sys
+
+    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    from common import PROCESSES, Problem, oracle_network, sdeflow_denoiser
+    from peers import load_diffusers
+
+    process = PROCESSES[0]
+    rows = ["| data | method | " + " | ".join(f"NFE {n}" for n in steps) + " |", "|---|---|" + "---:|" * len(steps)]
+    for pname, mix in {"2-D ring": analytic.ring_2d(),
+                       "16-D mixture": analytic.random_mixture(16, 4, structure="full", seed=2)}.items():
+        rows += _peer_rows(pname, mix, process, steps, Problem, oracle_network, sdeflow_denoiser, load_diffusers)
+    return "\n".join(rows)
+
+
+def _peer_rows(pname, mix, process, steps, Problem, oracle_network, sdeflow_denoiser, load_diffusers):
+    problem = Problem(pname, mix, (mix.dim,), 512)
+    x = mix.sample(512, torch.Generator().manual_seed(0)).float()
+    net = oracle_network(problem, process)
+    rms = lambda y: float((y.double() - x.double()).pow(2).mean().sqrt())  # noqa: E731
+    rows = []
+    d, why = load_diffusers()
+    if d is None:
+        rows.append(f"| {pname} | diffusers: {why} |" + " |" * len(steps))
+    else:
+        base = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+        pairs = {"diffusers DDIMInverseScheduler + DDIMScheduler": (
+                     d.DDIMInverseScheduler(**base), d.DDIMScheduler(**base)),
+                 "diffusers DPMSolverMultistepInverseScheduler + DPMSolverMultistepScheduler (2M)": (
+                     d.DPMSolverMultistepInverseScheduler(**base), d.DPMSolverMultistepScheduler(**base, final_sigmas_type="sigma_min"))}
+        for label, (up, down) in pairs.items():
+            cells = []
+            for n in steps:
+                y, calls = x.clone(), 0
+                for sched in (up, down):
+                    sched.set_timesteps(n)
+                    for t in sched.timesteps:
+                        out = net(y, torch.full((y.shape[0],), float(t), dtype=torch.float64))
+                        y, calls = sched.step(out, t, y).prev_sample, calls + 1
+                assert calls == 2 * n, (label, calls)
+                cells.append(f"{rms(y):.2e}")
+            rows.append(f"| {pname} | {label} | " + " | ".join(cells) + " |")
+    den, sch = sdeflow_denoiser(problem, process), process.schedule
+    for label, name, method in [("sdeflow ddim, explicit", "ddim", "explicit"),
+                                ("sdeflow dpm-solver++-2m, explicit", "dpm-solver++-2m", "explicit"),
+                                ("sdeflow unipc-bh2, explicit", "unipc-bh2", "explicit"),
+                                ("sdeflow ddim, exact (fixed point)", "ddim", "exact"),
+                                ("sdeflow bdia, exact (undone)", "bdia", "exact")]:
+        cells = []
+        for n in steps:
+            ts = sch.t_from_index(torch.linspace(999, 0, n + 1, dtype=torch.float64).round())
+            r = invert(den, SAMPLERS[name](), ts, x, method=method)
+            extra = f" ({r.nfe})" if r.nfe != n else ""
+            cells.append(f"{r.round_trip_rms:.2e}{extra}")
+        rows.append(f"| {pname} | {label} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def gradient_table(steps, name="dpm-solver++-2m", modes=("autograd", "checkpoint")) -> str:
     torch.manual_seed(0)
     mlp = torch.nn.Sequential(torch.nn.Linear(3, 512), torch.nn.SiLU(), torch.nn.Linear(512, 512), torch.nn.SiLU(),
@@ -156,7 +221,11 @@ def gradient_table(steps, name="dpm-solver++-2m", modes=("autograd", "checkpoint
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer step counts")
+    parser.add_argument("--only", choices=["peers"], help="print one table only")
     args = parser.parse_args()
+    if args.only == "peers":
+        print(peer_table([10, 20] if args.quick else [10, 20, 50]))
+        return
     print("## Explicit inversion: round-trip RMS, 2-D ring, VP linear\n")
     print(explicit_table([10, 20] if args.quick else [10, 20, 50]))
     print("\n## Explicit inversion of a flow at equal NFE: round-trip RMS, 2-D ring, rectified flow\n")
@@ -167,6 +236,8 @@ def main() -> None:
     print(reversible_table([5, 20] if args.quick else [5, 10, 20, 50]))
     print("\n## Forward error at equal NFE against the exact flow map (4-D Gaussian, Karras grid)\n")
     print(forward_table([10, 20] if args.quick else [10, 20, 40]))
+    print("\n## Next to diffusers' inverse schedulers: round-trip RMS, 2-D ring, DDPM eps-model (float32)\n")
+    print(peer_table([10, 20] if args.quick else [10, 20, 50]))
     print("\n## Gradients through sampling: peak tensor memory and time (sampling + backward)\n")
     grad_steps = [10, 100] if args.quick else [10, 100, 1000]
     print(gradient_table(grad_steps))

@@ -21,6 +21,7 @@ WHAT = {
     "heun": "Heun (EDM Algorithm 1) in t",
     "heun3": "Heun's third-order Runge-Kutta in t",
     "midpoint": "explicit midpoint in t (RF-Solver on flows)",
+    "rk4": "classical Runge-Kutta 4 in t",
     "edm-heun": "EDM's Heun in sigma on x / alpha",
     "dpm-solver-1": "DPM-Solver-1 (= DDIM)",
     "dpm-solver-2": "DPM-Solver-2, single-step",

@@ -17,8 +17,14 @@ error over the probes. The prior term is the Gaussian ``N(0, (alpha^2 data_std^2
 The ODE is singular at ``sigma = 0``, so the integral starts at ``t_min > 0`` (default: noise level
 ``sigma / alpha = 1e-3``); ``log p_{t_min}`` approaches ``log p_0`` as ``t_min -> 0``. Solvers:
 ``"dopri5"`` (Dormand-Prince 5(4) with error control on the state and the accumulated divergence,
-the reference) and fixed grids ``"rk4"``, ``"heun"`` and ``"euler"`` of ``steps`` steps uniform in
-logSNR (down to logSNR -12 where ``t_max`` is pure noise). Gradients flow to ``x`` and the network's parameters when ``create_graph=True``.
+the reference) and any deterministic fixed-grid sampler of sdeflow's, by name (``"rk4"``, ``"heun"``,
+``"euler"``, ``"dpm-solver++-2m"``, ``"unipc-bh2"``, ...) or as a :class:`~sdeflow.samplers.Sampler`,
+on ``steps`` steps uniform in logSNR (down to logSNR -12 where ``t_max`` is pure noise). A sampler runs
+its own step rules forwards (as in :func:`~sdeflow.invert`) on the augmented state ``(x, a)``, so the
+divergence is integrated in the same scheme as the state: ``a`` obeys ``da/dt = p D + q tr``, which is
+the probability-flow form ``da/dt = p a + q a_hat`` with ``a_hat = (p / q)(D - a) + tr`` (``q`` never
+vanishes), and every step rule written for that form applies to it unchanged. The augmented state is
+float64; the network sees the data's dtype. Gradients flow to ``x`` and the network's parameters when ``create_graph=True``.
 
 Reference: Chen et al., "Neural Ordinary Differential Equations", 2018 (instantaneous change of
 variables); Grathwohl et al., "FFJORD", 2019 (Hutchinson's estimator); Song et al., "Score-Based
@@ -35,13 +41,22 @@ import torch
 
 from .denoisers import Denoiser
 from .samplers.adaptive import _A, _B4, _C, _error_ratio, _next_h
-from .samplers.base import ode_coefficients
-from .sampling import check_denoiser, prior_std
+from .samplers.base import Sampler, ode_coefficients
+from .sampling import CountingField, check_denoiser, integrate, planned, prior_std
 from .shapes import check_batch
 
 TRACES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
-METHODS = ("dopri5", "rk4", "heun", "euler")
+
+
+def _fixed_grid_samplers() -> tuple[str, ...]:
+    from .registry import SAMPLERS
+
+    return tuple(n for n, make in SAMPLERS.items() if not (make().stochastic or make().adaptive))
+
+
+#: ``"dopri5"`` and every deterministic fixed-grid sampler of the registry.
+METHODS = ("dopri5", *_fixed_grid_samplers())
 #: Lowest logSNR of a fixed grid (its last point is ``t_max`` itself, also where that is pure noise).
 LAM_NOISE = -12.0
 
@@ -82,7 +97,7 @@ def default_t_min(schedule) -> float:
 
 
 def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, cond: dict | None = None, t_min: float | None = None,
-                   t_max: float = 1.0, method: str = "dopri5", steps: int = 64, rtol: float = 1e-6,
+                   t_max: float = 1.0, method: str | Sampler = "dopri5", steps: int = 64, rtol: float = 1e-6,
                    atol: float = 1e-6, trace: str = "exact", probes: int = 1, probe: str = "rademacher",
                    generator: torch.Generator | None = None, data_std: float = 0.0,
                    log_prior: Callable[[torch.Tensor], torch.Tensor] | None = None, create_graph: bool = False,
@@ -93,7 +108,8 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, cond: dict | None = N
         denoiser: the model, with its schedule.
         x: ``(B, ...)`` data.
         t_min, t_max: the ends of the integral (``t_min`` default: :func:`default_t_min`).
-        method: ``"dopri5"`` (``rtol``, ``atol``) or a fixed grid ``"rk4"``, ``"heun"``, ``"euler"`` of ``steps`` steps.
+        method: ``"dopri5"`` (``rtol``, ``atol``), or a deterministic fixed-grid sampler (a name of
+            :data:`METHODS` or a :class:`~sdeflow.samplers.Sampler`) on ``steps`` steps.
         trace: ``"exact"`` or ``"hutchinson"`` with ``probes`` probes of kind ``probe`` (drawn from ``generator``).
         data_std: the data's standard deviation in the Gaussian prior at ``t_max`` (0: pure noise).
         log_prior: ``(x_end) -> (B,)`` log-density at ``t_max`` instead of the Gaussian.
@@ -106,11 +122,11 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, cond: dict | None = N
         raise ValueError("rtol and atol must be positive")
     field, t_min, t_max, k = _setup(denoiser, x, cond, t_min, t_max, trace, probes, probe, generator, steps, method,
                                     create_graph)
-    y0 = (x, torch.zeros(x.shape[0], k, dtype=torch.float64, device=x.device))
     if method == "dopri5":
+        y0 = (x, torch.zeros(x.shape[0], k, dtype=torch.float64, device=x.device))
         x_end, acc = _dopri5(field, y0, t_min, t_max, rtol, atol, max_steps)
     else:
-        x_end, acc = _fixed(field, y0, _logsnr_grid(sch, t_min, t_max, steps).tolist(), method)
+        x_end, acc = _run(field, method, _logsnr_grid(sch, t_min, t_max, steps), x, k)
     return _result(_prior(sch, x_end, t_max, data_std, log_prior), acc, x_end, field, t_min, t_max)
 
 
@@ -121,17 +137,22 @@ def _setup(denoiser, x, cond, t_min, t_max, trace, probes, probe, generator, ste
         raise ValueError(f"trace must be one of {', '.join(TRACES)}, got {trace!r}")
     if probe not in PROBES:
         raise ValueError(f"probe must be one of {', '.join(PROBES)}, got {probe!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if isinstance(method, Sampler):
+        if method.stochastic or method.adaptive:
+            raise ValueError(f"method must be a deterministic fixed-grid sampler, got {type(method).__name__} "
+                             f"({'stochastic' if method.stochastic else 'adaptive'}): use method='dopri5' for error control")
+    elif method not in METHODS:
+        raise ValueError(f"method must be 'dopri5', a deterministic fixed-grid sampler or one of its names "
+                         f"({', '.join(METHODS[1:])}), got {method!r}")
     if not isinstance(probes, int) or probes < 1:
         raise ValueError(f"probes must be a positive integer, got {probes!r}")
     if method != "dopri5" and (not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     t_min = default_t_min(sch) if t_min is None else float(t_min)
     t_max = float(t_max)
-    if not (max(sch.t_min, 0.0) < t_min < t_max <= 1.0) or float(sch.sigma(t_min)) <= 0:
-        raise ValueError(f"need {sch.t_min:g} < t_min < t_max <= 1 with sigma(t_min) > 0, got t_min={t_min:g}, "
-                         f"t_max={t_max:g} (the ODE is singular where sigma = 0)")
+    if not (0.0 < t_min < t_max <= 1.0 and t_min >= sch.t_min) or float(sch.sigma(t_min)) <= 0:
+        raise ValueError(f"need 0 < t_min < t_max <= 1, t_min >= {sch.t_min:g} (the schedule's smallest time) and "
+                         f"sigma(t_min) > 0, got t_min={t_min:g}, t_max={t_max:g} (the ODE is singular where sigma = 0)")
     eps = None
     if trace == "hutchinson":
         shape = (probes, *x.shape)
@@ -178,18 +199,24 @@ class _Field:
         self.denoiser, self.cond, self.d, self.eps, self.create_graph = denoiser, cond, d, eps, create_graph
         self.calls = 0
 
-    def __call__(self, y, t: float):
-        x, _ = y
-        p, q = (float(c) for c in ode_coefficients(self.denoiser.schedule, torch.tensor(t, dtype=torch.float64)))
+    def coefficients(self, t) -> tuple[float, float]:
+        return tuple(float(c) for c in ode_coefficients(self.denoiser.schedule, torch.as_tensor(t, dtype=torch.float64)))
+
+    def evaluate(self, x, t):
+        """``(x_hat, (B, K) trace terms)`` at ``x``, kept in the graph only with ``create_graph``."""
         self.calls += 1
         with torch.enable_grad():
             xg = x if (x.requires_grad and self.create_graph) else x.detach().requires_grad_(True)
             x_hat, tr = self._exact(xg, t) if self.eps is None else self._hutchinson(xg, t)
-        v = p * xg + q * x_hat
-        div = p * self.d + q * tr
         if not self.create_graph:
-            v, div = v.detach(), div.detach()
-        return v, div
+            x_hat, tr = x_hat.detach(), tr.detach()
+        return x_hat, tr
+
+    def __call__(self, y, t: float):
+        x, _ = y
+        p, q = self.coefficients(t)
+        x_hat, tr = self.evaluate(x, t)
+        return p * x + q * x_hat, p * self.d + q * tr
 
     def _exact(self, x, t):
         """``x_hat`` and ``(B, 1)`` ``tr(d x_hat / d x)`` in one forward and one backward pass: each sample is
@@ -228,21 +255,36 @@ def _axpy(y, h, ks, coefs):
     return x, acc
 
 
-def _fixed(field, y, ts, method):
-    for t, s in zip(ts[:-1], ts[1:]):
-        h = s - t
-        k1 = field(y, t)
-        if method == "euler":
-            y = _axpy(y, h, [k1], [1.0])
-        elif method == "heun":
-            k2 = field(_axpy(y, h, [k1], [1.0]), s)
-            y = _axpy(y, h, [k1, k2], [0.5, 0.5])
-        else:
-            k2 = field(_axpy(y, h, [k1], [0.5]), t + h / 2)
-            k3 = field(_axpy(y, h, [k2], [0.5]), t + h / 2)
-            k4 = field(_axpy(y, h, [k3], [1.0]), s)
-            y = _axpy(y, h, [k1, k2, k3, k4], [1 / 6, 1 / 3, 1 / 3, 1 / 6])
-    return y
+class _Augmented(Denoiser):
+    """The field of the state and the divergence accumulator as one denoiser on flat float64 states
+    ``(B, D + K)``: ``x_hat`` for ``x`` and ``a_hat = (p / q)(D - a) + tr`` for ``a`` (module docstring)."""
+
+    def __init__(self, field: _Field, like: torch.Tensor):
+        super().__init__(field.denoiser.schedule)
+        self.field, self.shape, self.dtype = field, like.shape, like.dtype
+
+    def forward(self, y, t, **cond):
+        d = self.field.d
+        x_hat, tr = self.field.evaluate(y[:, :d].reshape(self.shape).to(self.dtype), t)
+        p, q = self.field.coefficients(t)
+        a_hat = (p / q) * (d - y[:, d:]) + tr
+        return torch.cat([x_hat.reshape(y.shape[0], d).to(y.dtype), a_hat], 1)
+
+
+def _run(field, method, ts, x, k):
+    """Integrate ``(x, 0)`` along the grid ``ts`` (either direction) with a sampler's step rules; returns
+    the state at the end and the ``(B, K)`` accumulated divergence."""
+    from .registry import SAMPLERS
+
+    sampler = method if isinstance(method, Sampler) else SAMPLERS[method]()
+    flat = x.reshape(x.shape[0], -1)
+    y0 = torch.cat([flat.to(torch.float64), torch.zeros(x.shape[0], k, dtype=torch.float64, device=x.device)], 1)
+    aug = _Augmented(field, x)
+    plan = planned(sampler, aug.schedule, ts, increasing=bool(ts[-1] > ts[0]))
+    counted = CountingField(aug, None)
+    y, _ = integrate(counted, sampler, plan, y0)
+    counted.finish(y, plan)
+    return y[:, :field.d].reshape(x.shape).to(x.dtype), y[:, field.d:]
 
 
 def _dopri5(field, y, t0, t1, rtol, atol, max_steps):
@@ -269,24 +311,23 @@ def _dopri5(field, y, t0, t1, rtol, atol, max_steps):
 
 
 def sample_with_log_prob(denoiser: Denoiser, x_init: torch.Tensor, *, cond: dict | None = None,
-                         t_min: float | None = None, t_max: float = 1.0, method: str = "rk4", steps: int = 64,
+                         t_min: float | None = None, t_max: float = 1.0, method: str | Sampler = "rk4", steps: int = 64,
                          trace: str = "exact", probes: int = 1, probe: str = "rademacher",
                          generator: torch.Generator | None = None, data_std: float = 0.0,
                          log_prior: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Likelihood:
-    """Generate by the probability-flow ODE from ``x_init`` (a draw of ``p_{t_max}``) down to ``t_min`` on a
-    fixed grid (``"rk4"``, ``"heun"`` or ``"euler"``, uniform in logSNR) and integrate the divergence on the
-    same grid: ``log_prob`` is the log-density of each generated sample, ``x_end`` the sample,
-    ``prior`` the log-density of ``x_init``. Costs the trace at every evaluation (see :func:`log_likelihood`)."""
+    """Generate by the probability-flow ODE from ``x_init`` (a draw of ``p_{t_max}``) down to ``t_min`` with a
+    deterministic fixed-grid sampler (``method``: a name or a :class:`~sdeflow.samplers.Sampler`; ``steps``
+    steps uniform in logSNR) and integrate the divergence in the same scheme: ``log_prob`` is the
+    log-density of each generated sample, ``x_end`` the sample, ``prior`` the log-density of ``x_init``.
+    Costs the trace at every evaluation (see :func:`log_likelihood`)."""
     check_denoiser(denoiser)
     sch = denoiser.schedule
     check_batch(x_init, "x_init")
-    if method not in METHODS or method == "dopri5":
-        raise ValueError(f"method must be one of rk4, heun, euler (a fixed grid), got {method!r}")
+    if isinstance(method, str) and method == "dopri5":
+        raise ValueError("method must be a fixed-grid sampler (rk4, heun, dpm-solver++-2m, ...), got 'dopri5'")
     field, t_min, t_max, k = _setup(denoiser, x_init, cond, t_min, t_max, trace, probes, probe, generator, steps,
                                     method, create_graph=False)
-    ts = _logsnr_grid(sch, t_min, t_max, steps).flip(0)
-    x_end, acc = _fixed(field, (x_init, torch.zeros(x_init.shape[0], k, dtype=torch.float64, device=x_init.device)),
-                        ts.tolist(), method)
+    x_end, acc = _run(field, method, _logsnr_grid(sch, t_min, t_max, steps).flip(0), x_init, k)
     prior = _prior(sch, x_init, t_max, data_std, log_prior)
     # the accumulator integrated int_{t_max}^{t_min} div v dt, the negative of the likelihood's integral
     return _result(prior, -acc, x_end, field, t_min, t_max)

@@ -98,6 +98,37 @@ def test_fixed_grids_converge_at_their_order(method, order):
     assert math.log2(errs[0] / errs[1]) > order - 0.5
 
 
+@pytest.mark.parametrize("method,order", [("dpm-solver++-2m", 2), ("unipc-bh2", 3), ("ipndm", 2), ("bdia", 2)])
+def test_any_fixed_grid_sampler_integrates_the_divergence_at_its_order(method, order):
+    """The divergence accumulator rides along as one more coordinate of the probability-flow form, so a
+    sampler's step rules carry the likelihood at the sampler's own order on these logSNR grids (UniPC-bh2:
+    its corrector makes it third order; iPNDM: second order off grids uniform in sigma / alpha)."""
+    sch = VPLinear()
+    den = RING.denoiser(sch)
+    x = data(RING, 4)
+    prior = lambda xe: RING.log_prob_t(xe, sch, 1.0)  # noqa: E731
+    errs = []
+    for n in (128, 256):
+        r = log_likelihood(den, x, method=method, steps=n, log_prior=prior)
+        errs.append(float((r.log_prob - RING.log_prob_t(x, sch, r.t_min)).abs().max()))
+    assert abs(math.log2(errs[0] / errs[1]) - order) < 0.4, errs
+
+
+def test_generation_with_log_prob_follows_the_samplers_own_path():
+    """The state of the augmented run is the sampler's sample on the same grid: the accumulator leaves the
+    path untouched."""
+    from sdeflow import sample
+    from sdeflow.likelihood import _logsnr_grid, sample_with_log_prob
+    from sdeflow.samplers import UniPC
+
+    sch = RectifiedFlow()
+    den = RING.denoiser(sch)
+    z = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    r = sample_with_log_prob(den, z, method=UniPC(order=2), steps=10)
+    plain = sample(den, UniPC(order=2), _logsnr_grid(sch, r.t_min, r.t_max, 10).flip(0), z)
+    assert torch.allclose(r.x_end, plain.x, rtol=0, atol=1e-12) and r.nfe == plain.nfe
+
+
 def test_gradient_is_the_exact_score_and_matches_finite_differences():
     """d log p_{t_min}(x) / dx is the exact score at t_min; the fixed-grid map is differentiated exactly."""
     sch = VPLinear()
@@ -148,11 +179,27 @@ def test_bits_per_dimension_on_a_lattice():
     assert torch.allclose(r.bits_per_dim(levels=256, scale=2.0), (-r.log_prob - d * math.log(2 / 255)) / (d * math.log(2)))
 
 
+def test_a_discrete_schedule_starts_at_its_first_training_step():
+    """The default t_min of a 1000-step DDPM schedule is its smallest time (noise level 1e-2 > 1e-3), which is
+    inside its domain: the likelihood there is the exact noised density. Its log alpha is linear between
+    training steps, with a kink at each: solvers lose their order across kinks, and the error (1e-3 at 64
+    RK4 steps, 3e-3 at dopri5 tol 1e-6) falls slowly."""
+    from sdeflow.schedules import ddpm_linear
+
+    sch = ddpm_linear()
+    x = data(RING, 3)
+    r = log_likelihood(RING.denoiser(sch), x, method="rk4", steps=64, log_prior=lambda xe: RING.log_prob_t(xe, sch, 1.0))
+    assert r.t_min == sch.t_min
+    assert float((r.log_prob - RING.log_prob_t(x, sch, sch.t_min)).abs().max()) <= 1e-2
+    with pytest.raises(ValueError, match="smallest time"):
+        log_likelihood(RING.denoiser(sch), x, t_min=sch.t_min / 2)
+
+
 def test_bad_input_is_refused():
     den = RING.denoiser(VPLinear())
     x = data(RING, 2)
     for kw, match in [(dict(trace="jacobian"), "trace"), (dict(probe="uniform", trace="hutchinson"), "probe"),
-                      (dict(method="rk45"), "method"), (dict(probes=0), "probes"), (dict(method="rk4", steps=0), "steps"),
+                      (dict(method="rk45"), "method"), (dict(method="ddpm"), "method"), (dict(probes=0), "probes"), (dict(method="rk4", steps=0), "steps"),
                       (dict(t_min=0.0), "t_min"), (dict(t_min=0.5, t_max=0.4), "t_min"), (dict(rtol=0.0), "rtol")]:
         with pytest.raises(ValueError, match=match):
             log_likelihood(den, x, **kw)
@@ -174,7 +221,7 @@ def test_log_density_of_generated_samples():
         assert r.nfe == 4 * steps
         errs.append(float((r.log_prob - RING.log_prob_t(r.x_end, sch, r.t_min)).abs().max()))
     assert errs[1] < 1e-3 and errs[1] < errs[0] / 8
-    with pytest.raises(ValueError, match="fixed grid"):
+    with pytest.raises(ValueError, match="fixed-grid"):
         sample_with_log_prob(den, z, method="dopri5")
 
 

@@ -33,7 +33,9 @@ def add_likelihood_parser(sub) -> None:
                    "and models up to 2, else hutchinson: the exact trace costs one network pass per dimension)")
     p.add_argument("--probes", type=int, default=4, help="Hutchinson probes per point (default: 4)")
     p.add_argument("--probe", default="rademacher", choices=PROBES, help="probe distribution (default: rademacher)")
-    p.add_argument("--method", default="dopri5", choices=METHODS, help="ODE solver (default: dopri5)")
+    p.add_argument("--method", default="dopri5", choices=METHODS, metavar="METHOD",
+                   help="dopri5 (error control, the default) or any deterministic fixed-grid sampler, whose step "
+                   "rules then carry the divergence too (rk4, heun, dpm-solver++-2m, unipc-bh2, ...: sdeflow list)")
     p.add_argument("--steps", type=int, default=64, help="steps of a fixed-grid method (default: 64)")
     p.add_argument("--tol", type=float, default=None,
                    help="rtol = atol of dopri5 (default: 1e-7 for problems, 1e-4 for models)")
