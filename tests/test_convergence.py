@@ -72,7 +72,7 @@ def mixture_errors(sampler, case, steps):
             for n in steps]
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", [c if c == "vp-linear" else pytest.param(c, marks=pytest.mark.slow) for c in sorted(CASES)])
 def test_dpm_solver_3_is_third_order_on_a_mixture(case):
     from sdeflow.samplers import DPMSolver
 

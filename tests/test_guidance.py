@@ -274,6 +274,7 @@ def test_cfg_does_not_sample_the_tilted_target_and_predictor_corrector_closes_th
     assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 0.04 and gaps[0] > 0.4
 
 
+@pytest.mark.slow
 def test_predictor_corrector_guidance_reaches_the_tilted_target_in_2d():
     """The same on a 2-D two-class mixture of correlated Gaussians, with the tilted target's mean and
     covariance by quadrature: the ODE is off by about 0.32, 3 corrector steps by 0.2, 20 by 0.03."""

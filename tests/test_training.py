@@ -288,6 +288,7 @@ def test_a_run_folder_has_one_writer_and_stale_locks_and_temporaries_are_cleared
     assert not (out / ".lock").exists() and (out / "checkpoint.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_a_second_train_into_a_running_runs_folder_is_refused(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "sdeflow", "train", *SMALL, "--steps", "100000", "--out", str(out)],
