@@ -22,6 +22,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import torch
@@ -31,6 +33,10 @@ from sdeflow.inversion import invert
 from sdeflow.profiling import PeakMemory
 from sdeflow.registry import SAMPLERS
 from sdeflow.schedules import EDM, RectifiedFlow, VPLinear
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import PROCESSES, Problem, oracle_network, sdeflow_denoiser  # noqa: E402
+from peers import load_diffusers  # noqa: E402
 
 DETERMINISTIC = sorted(n for n, make in SAMPLERS.items() if not make().stochastic and not make().adaptive)
 REVERSIBLE = sorted(n for n, make in SAMPLERS.items() if make().reversible)
@@ -135,21 +141,15 @@ def peer_table(steps) -> str:
     diffusers' inverse schedulers paired with their samplers against sdeflow's inversions on the
     linspace grid of training steps at equal NFE per direction (an inversion's NFE in brackets where it
     differs)."""
-    import sys
-
-    sys.path.insert(0, __file__.rsplit("/", 1)[0])
-    from common import PROCESSES, Problem, oracle_network, sdeflow_denoiser
-    from peers import load_diffusers
-
     process = PROCESSES[0]
     rows = ["| data | method | " + " | ".join(f"NFE {n}" for n in steps) + " |", "|---|---|" + "---:|" * len(steps)]
     for pname, mix in {"2-D ring": analytic.ring_2d(),
                        "16-D mixture": analytic.random_mixture(16, 4, structure="full", seed=2)}.items():
-        rows += _peer_rows(pname, mix, process, steps, Problem, oracle_network, sdeflow_denoiser, load_diffusers)
+        rows += _peer_rows(pname, mix, process, steps)
     return "\n".join(rows)
 
 
-def _peer_rows(pname, mix, process, steps, Problem, oracle_network, sdeflow_denoiser, load_diffusers):
+def _peer_rows(pname, mix, process, steps):
     problem = Problem(pname, mix, (mix.dim,), 512)
     x = mix.sample(512, torch.Generator().manual_seed(0)).float()
     net = oracle_network(problem, process)

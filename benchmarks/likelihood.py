@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from sdeflow import analytic
-from sdeflow.likelihood import _logsnr_grid, default_t_min, log_likelihood
+from sdeflow.likelihood import logsnr_grid, default_t_min, log_likelihood
 from sdeflow.schedules import RectifiedFlow, VPLinear
 
 PROBLEMS = {"2-D ring": (analytic.ring_2d(), 16), "64-D low-rank": (analytic.random_mixture(64, 4, structure="lowrank", seed=3), 4)}
@@ -60,7 +60,7 @@ def sampler_table() -> str:
                 for name in SAMPLERS:
                     t_min = default_t_min(sch)
                     steps = next((n for n in range(nfe, 0, -1)  # the step count that spends exactly nfe evaluations
-                                  if ALL[name]().prepare(sch, _logsnr_grid(sch, t_min, 1.0, n)).nfe == nfe), None)
+                                  if ALL[name]().prepare(sch, logsnr_grid(sch, t_min, 1.0, n)).nfe == nfe), None)
                     if steps is None:
                         continue
                     err, r = error(mix, sch, x, method=name, steps=steps)

@@ -195,6 +195,11 @@ def lookup(table: dict, kind: str, name: str):
     return table[name]
 
 
+def deterministic_samplers() -> list[str]:
+    """Names of the deterministic fixed-grid samplers: those inversion, editing and likelihood run."""
+    return [name for name, make in SAMPLERS.items() if not ((s := make()).stochastic or s.adaptive)]
+
+
 def steps_for_nfe(sampler: samplers.Sampler, schedule, grid: str, nfe: int) -> int:
     """The largest step count whose run takes at most ``nfe`` evaluations (at least one step).
 

@@ -118,14 +118,14 @@ def test_generation_with_log_prob_follows_the_samplers_own_path():
     """The state of the augmented run is the sampler's sample on the same grid: the accumulator leaves the
     path untouched."""
     from sdeflow import sample
-    from sdeflow.likelihood import _logsnr_grid, sample_with_log_prob
+    from sdeflow.likelihood import logsnr_grid, sample_with_log_prob
     from sdeflow.samplers import UniPC
 
     sch = RectifiedFlow()
     den = RING.denoiser(sch)
     z = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     r = sample_with_log_prob(den, z, method=UniPC(order=2), steps=10)
-    plain = sample(den, UniPC(order=2), _logsnr_grid(sch, r.t_min, r.t_max, 10).flip(0), z)
+    plain = sample(den, UniPC(order=2), logsnr_grid(sch, r.t_min, r.t_max, 10).flip(0), z)
     assert torch.allclose(r.x_end, plain.x, rtol=0, atol=1e-12) and r.nfe == plain.nfe
 
 

@@ -26,7 +26,7 @@ EDITORS = ("inversion", "flowedit")
 
 
 def add_edit_parser(sub) -> None:
-    from ..registry import SAMPLERS
+    from ..registry import deterministic_samplers
     from .main import _positive_int
 
     p = sub.add_parser("edit", help="move pictures from one class to another (inversion or FlowEdit)",
@@ -43,7 +43,7 @@ def add_edit_parser(sub) -> None:
     p.add_argument("--to", dest="target", type=int, required=True, metavar="K", help="the class to edit it into")
     p.add_argument("--method", default="both", choices=[*EDITORS, "both"],
                    help="inversion, flowedit or both (default: both)")
-    deterministic = [n for n, make in SAMPLERS.items() if not make().stochastic and not make().adaptive]
+    deterministic = deterministic_samplers()
     p.add_argument("--sampler", default="bdia", choices=deterministic, metavar="NAME",
                    help=f"deterministic sampler of the inversion: one of {', '.join(deterministic)} (default: bdia, "
                    "exactly reversible)")
