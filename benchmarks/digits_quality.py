@@ -31,6 +31,7 @@ from sdeflow.files import atomic_write, write_json  # noqa: E402
 from sdeflow.generation import gather, generate  # noqa: E402
 from sdeflow.metrics import frechet_distance  # noqa: E402
 from sdeflow.pretrained import load_model, load_network  # noqa: E402
+from sdeflow.tuning import find_tuned, tuned_path  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOCS = os.path.join(os.path.dirname(HERE), "docs", "benchmarks")
@@ -63,6 +64,9 @@ def main(argv=None):
     p.add_argument("--samplers", nargs="+", default=SAMPLER_NAMES)
     p.add_argument("--nfe", nargs="+", type=int, default=NFES)
     p.add_argument("--checkpoint", default="digits")
+    p.add_argument("--grids", nargs="+", default=["auto"],
+                   help="grids to compare (tuned: the model's grids from sdeflow tune) (default: auto)")
+    p.add_argument("--name", default="digits_quality", help="report name under docs/benchmarks (default: digits_quality)")
     args = p.parse_args(argv)
 
     model = load_model(args.checkpoint)
@@ -77,45 +81,52 @@ def main(argv=None):
     schedule = model.denoiser.schedule
     for name in args.samplers:
         for nfe in args.nfe:
-            sampler = SAMPLERS[name]()
-            steps = steps_for_nfe(sampler, schedule, "auto", nfe)
-            ts = GRIDS["auto"](steps, schedule)
-            used = sampler.prepare(schedule, ts).nfe
-            start = time.perf_counter()
-            x = gather(generate(model.denoiser, sampler, ts, model.shape, len(labels), labels=labels, batch_size=500), 1)
-            seconds = time.perf_counter() - start
-            with torch.no_grad():
-                acc = float((clf(x).argmax(1) == labels).double().mean())
-                dist = fd(clf.features(x), feats[half_b])
-            rows.append(dict(sampler=name, budget=nfe, nfe=used, accuracy=acc, fd=dist, seconds=seconds))
-            print(f"{name:>22} NFE {used:3d}: accuracy {acc:.3f}  FD {dist:7.3f}  ({seconds:.1f} s)", flush=True)
+            for grid in args.grids:
+                sampler = SAMPLERS[name]()
+                if grid == "tuned":
+                    tuned = find_tuned(tuned_path(model.path), name, nfe, steps_for_nfe(sampler, schedule, "logsnr", nfe))
+                    ts = tuned.grid()
+                else:
+                    ts = GRIDS[grid](steps_for_nfe(sampler, schedule, grid, nfe), schedule)
+                used = sampler.prepare(schedule, ts).nfe
+                start = time.perf_counter()
+                x = gather(generate(model.denoiser, sampler, ts, model.shape, len(labels), labels=labels, batch_size=500), 1)
+                seconds = time.perf_counter() - start
+                with torch.no_grad():
+                    acc = float((clf(x).argmax(1) == labels).double().mean())
+                    dist = fd(clf.features(x), feats[half_b])
+                rows.append(dict(sampler=name, grid=grid, budget=nfe, nfe=used, accuracy=acc, fd=dist, seconds=seconds))
+                print(f"{name:>22} ({grid}) NFE {used:3d}: accuracy {acc:.3f}  FD {dist:7.3f}  ({seconds:.1f} s)", flush=True)
     result = dict(rows=rows, fd_floor=floor, classifier_test_accuracy=meta["test_accuracy"],
-                  n_samples=len(labels), n_real_b=len(half_b), model=args.checkpoint, grid="auto")
+                  n_samples=len(labels), n_real_b=len(half_b), model=args.checkpoint, grids=args.grids)
     os.makedirs(DOCS, exist_ok=True)
-    write_json(os.path.join(DOCS, "digits_quality.json"), result)
-    atomic_write(os.path.join(DOCS, "digits_quality.md"), lambda tmp: open(tmp, "w").write(report(result)))
+    write_json(os.path.join(DOCS, f"{args.name}.json"), result)
+    atomic_write(os.path.join(DOCS, f"{args.name}.md"), lambda tmp: open(tmp, "w").write(report(result)))
     print(report(result))
 
 
 def report(r: dict) -> str:
     nfes = sorted({row["budget"] for row in r["rows"]})
-    samplers = list(dict.fromkeys(row["sampler"] for row in r["rows"]))
-    cell = {(row["sampler"], row["budget"]): row for row in r["rows"]}
+    samplers = list(dict.fromkeys((row["sampler"], row.get("grid", "auto")) for row in r["rows"]))
+    cell = {(row["sampler"], row.get("grid", "auto"), row["budget"]): row for row in r["rows"]}
+    grids = r.get("grids", [r.get("grid", "auto")])
+    which = (f"sdeflow's `{grids[0]}` grid" if len(grids) == 1 else
+             "the grids " + ", ".join(f"`{g}`" for g in grids) + " (`tuned`: fitted by `sdeflow tune`, stored beside the checkpoint)")
     out = ["# Sample quality of the shipped digits model", "",
            f"`python benchmarks/digits_quality.py`: {r['n_samples']} class-conditional samples per cell (100 per class, "
-           f"per-sample seeds, sdeflow's `auto` grid; a sampler whose steps do not fit the budget exactly uses the largest count within it, shown in brackets), scored by the shipped digits classifier. Accuracy: fraction "
+           f"per-sample seeds, {which}; a sampler whose steps do not fit the budget exactly uses the largest count within it, shown in brackets), scored by the shipped digits classifier. Accuracy: fraction "
            f"classified as the requested class (the classifier scores {r['classifier_test_accuracy']:.3f} on held-out "
            f"real digits). FD: squared Frechet distance between classifier features of the samples and of "
            f"{r['n_real_b']} real digits; two disjoint real halves are **{r['fd_floor']:.2f}** apart (the floor).", "",
-           "| sampler | " + " | ".join(f"NFE {n}: acc / FD" for n in nfes) + " |",
+           "| sampler (grid) | " + " | ".join(f"NFE {n}: acc / FD" for n in nfes) + " |",
            "|---|" + "---|" * len(nfes)]
-    for s in samplers:
+    for s, g in samplers:
         vals = []
         for n in nfes:
-            row = cell.get((s, n))
+            row = cell.get((s, g, n))
             used = "" if row is None or row["nfe"] == n else f" (NFE {row['nfe']})"
             vals.append("-" if row is None else f"{row['accuracy']:.3f} / {row['fd']:.2f}{used}")
-        out.append(f"| {s} | " + " | ".join(vals) + " |")
+        out.append(f"| {s} ({g}) | " + " | ".join(vals) + " |")
     return "\n".join(out) + "\n"
 
 

@@ -446,12 +446,13 @@ def save_tuned(path: str, new: list[TunedGrid]) -> list[TunedGrid]:
     return entries
 
 
-def find_tuned(path: str, sampler: str, nfe: int) -> TunedGrid:
-    """The grid tuned for ``sampler`` at ``nfe`` in ``path``, or an error naming what is stored."""
+def find_tuned(path: str, sampler: str, nfe: int, steps: int | None = None) -> TunedGrid:
+    """The grid tuned for ``sampler`` at a budget of ``nfe`` in ``path`` (its NFE, or, where the sampler
+    cannot spend the budget exactly, its number of ``steps``), or an error naming what is stored."""
     stored = load_tuned(path)
     for g in stored:
-        if g.sampler == sampler and g.nfe == nfe:
+        if g.sampler == sampler and (g.nfe == nfe or (steps is not None and len(g.ts) - 1 == steps and g.nfe <= nfe)):
             return g
     have = ", ".join(f"{g.sampler} at NFE {g.nfe}" for g in stored) or "none"
     raise ValueError(f"no grid tuned for {sampler} at NFE {nfe} in {path} (stored: {have}); "
-                     f"write one with: sdeflow tune --sampler {sampler} --nfe {nfe}")
+                     f"write one with: sdeflow tune --checkpoint ... --sampler {sampler} --nfe {nfe}")

@@ -131,3 +131,33 @@ def test_bad_tuning_requests_are_refused_before_any_work():
         optimize_grid(den, SAMPLERS["euler"](), 5, x, method="ld3")
     with pytest.raises(ValueError, match="data_std"):
         ays_gaussian_grid(5, sch, 0.0)
+
+
+def test_tune_writes_grids_beside_the_checkpoint_and_sample_uses_them(tmp_path, cli_here):
+    """``sdeflow tune`` stores a grid per sampler and budget beside a checkpoint; ``sdeflow sample
+    --grid tuned`` samples on exactly that grid; a budget with no tuned grid, a stochastic sampler and
+    --grid tuned on an exact problem are refused with what is allowed."""
+    import shutil
+
+    import numpy as np
+
+    from sdeflow.pretrained import path_of
+
+    ckpt = tmp_path / "moons.safetensors"
+    shutil.copy(path_of("moons"), ckpt)
+    r = cli_here("tune", "--checkpoint", ckpt, "--sampler", "euler,heun", "--nfe", "3,4", "--samples", "16",
+                 "--teacher-steps", "20", "--method", "dp")
+    assert r.returncode == 0, r.stderr
+    stored = load_tuned(str(tmp_path / "moons.grids.json"))
+    # heun spends 2 evaluations per step but 1 on its last step to t = 0: NFE 3 is 2 steps, NFE 4 too
+    assert sorted((g.sampler, g.nfe, len(g.ts) - 1) for g in stored) == [("euler", 3, 3), ("euler", 4, 4), ("heun", 3, 2)]
+    out = tmp_path / "s.npz"
+    r = cli_here("sample", "--checkpoint", ckpt, "--sampler", "euler", "--nfe", "4", "--grid", "tuned", "-n", "8", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert np.allclose(np.load(out)["ts"], find_tuned(str(tmp_path / "moons.grids.json"), "euler", 4).ts)
+    r = cli_here("sample", "--checkpoint", ckpt, "--sampler", "euler", "--nfe", "6", "--grid", "tuned", "-n", "8", "--out", out)
+    assert r.returncode == 1 and "no grid tuned for euler at NFE 6" in r.stderr and "stored: euler at NFE 3" in r.stderr
+    r = cli_here("tune", "--checkpoint", ckpt, "--sampler", "ddpm", "--nfe", "4")
+    assert r.returncode == 1 and "stochastic" in r.stderr
+    r = cli_here("sample", "--problem", "ring-2d", "--grid", "tuned", "--out", out)
+    assert r.returncode == 1 and "exact problems have none" in r.stderr

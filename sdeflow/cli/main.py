@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--schedule", default=default_schedule, choices=list(SCHEDULES), metavar="NAME",
                        help=f"one of: {', '.join(SCHEDULES)} (default: {default_schedule or 'the model schedule; vp-linear for problems'})")
         p.add_argument("--grid", default=default_grid, metavar="NAME|T0,T1,...",
-                       help=f"one of: {', '.join(GRIDS)}, or decreasing times such as 1,0.5,0.2,0 "
+                       help=f"one of: {', '.join(GRIDS)}, tuned (a model's grid fitted by sdeflow tune for the sampler "
+                       "and --nfe), or decreasing times such as 1,0.5,0.2,0 "
                        f"(default: {default_grid or 'the grid of the default sampler; with --sampler: auto for models, logsnr for problems'})")
         p.add_argument("--nfe", type=_positive_int, default=default_nfe,
                        help=f"evaluation budget; the largest step count within it is used (default: {default_nfe})")
@@ -116,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .edit_cmd import add_edit_parser
 
     add_edit_parser(sub)
+    from .tune_cmd import add_tune_parser
+
+    add_tune_parser(sub)
     exp = sub.add_parser("export", help="write a run's EMA weights as a small sampling-only checkpoint",
                          description="Write the EMA weights and the metadata of a training run (no optimiser state) "
                          "to a new .safetensors file, optionally in float16; sdeflow sample --checkpoint reads it.")
@@ -198,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
             from .likelihood_cmd import run_likelihood
 
             run_likelihood(args)
+        elif args.command == "tune":
+            from .tune_cmd import run_tune
+
+            run_tune(args)
         elif args.command == "edit":
             from .edit_cmd import run_edit
 

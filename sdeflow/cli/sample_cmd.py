@@ -32,6 +32,8 @@ def resolve(args, schedule=None):
         args.sampler, grid = default_sampling(schedule, args.nfe)
         args.grid = args.grid or grid
     sampler = lookup(SAMPLERS, "sampler", args.sampler)()
+    if args.grid == "tuned":
+        raise ValueError("--grid tuned takes a model's grids from sdeflow tune; exact problems have none (use a named grid)")
     if "," in args.grid:
         ts = parse_grid(args.grid, 0, schedule)
         steps = ts.numel() - 1
@@ -45,6 +47,22 @@ def resolve(args, schedule=None):
 
     planned(sampler, schedule, ts)  # a grid the schedule cannot take is refused now, before any work
     return schedule, sampler, ts, steps
+
+
+def use_tuned_grid(args, model) -> None:
+    """``--grid tuned``: the grid ``sdeflow tune`` stored beside the checkpoint for the sampler (default:
+    sdeflow's default at ``--nfe``) and the budget ``--nfe``, set as a user grid."""
+    from ..tuning import find_tuned, steps_for, tuned_path
+
+    if args.steps is not None:
+        raise ValueError("--grid tuned fixes the steps of the budget --nfe; leave --steps out")
+    schedule = model.denoiser.schedule
+    args.sampler = args.sampler or default_sampling(schedule, args.nfe)[0]
+    sampler = lookup(SAMPLERS, "sampler", args.sampler)()
+    if sampler.stochastic or sampler.adaptive:
+        raise ValueError(f"--grid tuned: grids are tuned for deterministic fixed-grid samplers, not {args.sampler}")
+    tuned = find_tuned(tuned_path(model.path), args.sampler, args.nfe, steps_for(sampler, schedule, args.nfe))
+    args.grid = ",".join(repr(t) for t in tuned.ts)
 
 
 def noise_source(args, gen):
@@ -219,6 +237,8 @@ def _sample_model(args) -> dict:
     outs = _outputs(args, "samples.png")
     dist = Distributed(args.device)
     model = load_model(args.checkpoint or "digits", device=dist.device)
+    if args.grid == "tuned":
+        use_tuned_grid(args, model)
     if args.sampler is not None:
         args.grid = args.grid or "auto"
     schedule, sampler, ts, steps = resolve(args, model.denoiser.schedule)

@@ -1,0 +1,93 @@
+"""``sdeflow tune``: fit time grids to a model for samplers and NFE budgets, stored beside its checkpoint.
+
+The grids are fitted on ``--samples`` prior draws (per-sample seeds; labels cycle through the
+classes of a class-conditional model) against one teacher solve shared by every sampler and budget,
+and written to ``<checkpoint>.grids.json`` (merged with what is there), where
+``sdeflow sample --checkpoint ... --grid tuned`` reads them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..registry import SAMPLERS, default_sampling, lookup
+
+
+def add_tune_parser(sub) -> None:
+    p = sub.add_parser("tune", help="fit time grids to a model for given samplers and NFE budgets",
+                       description="Fit a time grid to a model for each sampler and NFE budget on a batch of prior "
+                       "draws against a many-step teacher solve (dynamic programming over logSNR candidates, then "
+                       "BFGS on the endpoint error), print each fitted grid's error beside the best hand grid's, and "
+                       "store the grids beside the checkpoint for sdeflow sample --grid tuned.")
+    p.add_argument("--checkpoint", default="digits", metavar="NAME|PATH",
+                   help="a shipped model, a checkpoint .safetensors or a training run folder (default: digits)")
+    p.add_argument("--sampler", default=None, metavar="NAME[,NAME...]",
+                   help="deterministic fixed-grid samplers to tune for (default: sdeflow's default at each budget)")
+    p.add_argument("--nfe", default="5,6,8,10", metavar="N[,N...]", help="NFE budgets (default: 5,6,8,10)")
+    p.add_argument("--samples", type=int, default=100, help="prior draws the grids are fitted on (default: 100)")
+    p.add_argument("--method", default="dp+descent", choices=["dp+descent", "dp", "descent"],
+                   help="dynamic programming, descent from the best hand grids, or both (default: dp+descent)")
+    p.add_argument("--starts", type=int, default=2, help="best hand grids the descent also starts from (default: 2)")
+    p.add_argument("--teacher-steps", type=int, default=150,
+                   help="resolution of the teacher's reference grid (default: 150)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default: 0)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="the .json file to write (default: <checkpoint>.grids.json beside the checkpoint)")
+
+
+def _budgets(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--nfe takes budgets such as 5 or 5,6,8,10; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"every --nfe budget must be >= 1, got {text!r}")
+    return sorted(set(values))
+
+
+def run_tune(args) -> None:
+    from ..files import check_output
+    from ..generation import sample_seed
+    from ..pretrained import load_model
+    from ..sampling import prior_sample
+    from ..tuning import Teacher, GridSpace, candidate_times, optimize_grid, save_tuned, steps_for, tuned_path
+
+    budgets = _budgets(args.nfe)
+    for name in ("samples", "teacher_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.starts < 0:
+        raise ValueError(f"--starts must be >= 0, got {args.starts}")
+    model = load_model(args.checkpoint)
+    den, sch = model.denoiser, model.denoiser.schedule
+    names = args.sampler.split(",") if args.sampler else [None]
+    jobs = []
+    for budget in budgets:
+        for name in names:
+            name = name or default_sampling(sch, budget)[0]
+            sampler = lookup(SAMPLERS, "sampler", name)()
+            if sampler.stochastic or sampler.adaptive:
+                raise ValueError(f"{name} is {'stochastic' if sampler.stochastic else 'adaptive'}: grids are tuned "
+                                 "for deterministic fixed-grid samplers (sdeflow list shows them)")
+            jobs.append((name, sampler, budget))
+    out = check_output(args.out or tuned_path(model.path), (".json",))
+    seeds = [sample_seed(args.seed, i) for i in range(args.samples)]
+    x = prior_sample(sch, (args.samples, *model.shape), t=GridSpace(sch, 1).t_max, seeds=seeds)
+    cond = {"label": torch.arange(args.samples) % model.num_classes} if model.num_classes else None
+    start = time.time()
+    want_dp = args.method != "descent"
+    times = candidate_times(GridSpace(sch, 1)) if want_dp else None
+    teacher = Teacher(den, x, cond=cond, steps=args.teacher_steps, times=times)
+    print(f"teacher: {teacher.calls} evaluations on {args.samples} draws, {time.time() - start:.0f} s")
+    for name, sampler, budget in jobs:
+        start = time.time()
+        tuned = optimize_grid(den, sampler, budget, teacher=teacher, sampler_name=name, method=args.method,
+                              starts=args.starts)
+        hand, hand_loss = tuned.best_hand
+        print(f"{name} NFE {tuned.nfe} ({steps_for(sampler, sch, budget)} steps): error {tuned.loss:.3g} vs "
+              f"{hand_loss:.3g} ({hand} grid), {tuned.cost_nfe} evaluations, {time.time() - start:.0f} s; "
+              f"grid {', '.join(f'{t:.4g}' for t in tuned.ts)}")
+        save_tuned(out, [tuned])  # after each fit: an interrupted run keeps what it finished
+    print(f"wrote {out}")
