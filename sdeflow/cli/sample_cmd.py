@@ -52,15 +52,14 @@ def resolve(args, schedule=None):
 def use_tuned_grid(args, model) -> None:
     """``--grid tuned``: the grid ``sdeflow tune`` stored beside the checkpoint for the sampler (default:
     sdeflow's default at ``--nfe``) and the budget ``--nfe``, set as a user grid."""
-    from ..tuning import find_tuned, steps_for, tuned_path
+    from ..tuning import check_tunable, find_tuned, steps_for, tuned_path
 
     if args.steps is not None:
         raise ValueError("--grid tuned fixes the steps of the budget --nfe; leave --steps out")
     schedule = model.denoiser.schedule
     args.sampler = args.sampler or default_sampling(schedule, args.nfe)[0]
     sampler = lookup(SAMPLERS, "sampler", args.sampler)()
-    if sampler.stochastic or sampler.adaptive:
-        raise ValueError(f"--grid tuned: grids are tuned for deterministic fixed-grid samplers, not {args.sampler}")
+    check_tunable(sampler, args.sampler)
     tuned = find_tuned(tuned_path(model.path), args.sampler, args.nfe, steps_for(sampler, schedule, args.nfe))
     args.grid = ",".join(repr(t) for t in tuned.ts)
 

@@ -52,7 +52,7 @@ def run_tune(args) -> None:
     from ..generation import sample_seed
     from ..pretrained import load_model
     from ..sampling import prior_sample
-    from ..tuning import Teacher, GridSpace, candidate_times, optimize_grid, save_tuned, steps_for, tuned_path
+    from ..tuning import GridSpace, Teacher, candidate_times, check_tunable, optimize_grid, save_tuned, tuned_path
 
     budgets = _budgets(args.nfe)
     for name in ("samples", "teacher_steps"):
@@ -68,25 +68,23 @@ def run_tune(args) -> None:
         for name in names:
             name = name or default_sampling(sch, budget)[0]
             sampler = lookup(SAMPLERS, "sampler", name)()
-            if sampler.stochastic or sampler.adaptive:
-                raise ValueError(f"{name} is {'stochastic' if sampler.stochastic else 'adaptive'}: grids are tuned "
-                                 "for deterministic fixed-grid samplers (sdeflow list shows them)")
+            check_tunable(sampler, name)
             jobs.append((name, sampler, budget))
     out = check_output(args.out or tuned_path(model.path), (".json",))
     seeds = [sample_seed(args.seed, i) for i in range(args.samples)]
-    x = prior_sample(sch, (args.samples, *model.shape), t=GridSpace(sch, 1).t_max, seeds=seeds)
+    space = GridSpace(sch, 1)  # the candidate times and the start time do not depend on the step count
+    x = prior_sample(sch, (args.samples, *model.shape), t=space.t_max, seeds=seeds)
     cond = {"label": torch.arange(args.samples) % model.num_classes} if model.num_classes else None
     start = time.time()
-    want_dp = args.method != "descent"
-    times = candidate_times(GridSpace(sch, 1)) if want_dp else None
-    teacher = Teacher(den, x, cond=cond, steps=args.teacher_steps, times=times)
+    times = candidate_times(space) if args.method != "descent" else None
+    teacher = Teacher(den, x, cond=cond, t_max=space.t_max, steps=args.teacher_steps, times=times)
     print(f"teacher: {teacher.calls} evaluations on {args.samples} draws, {time.time() - start:.0f} s")
     for name, sampler, budget in jobs:
         start = time.time()
         tuned = optimize_grid(den, sampler, budget, teacher=teacher, sampler_name=name, method=args.method,
                               starts=args.starts)
         hand, hand_loss = tuned.best_hand
-        print(f"{name} NFE {tuned.nfe} ({steps_for(sampler, sch, budget)} steps): error {tuned.loss:.3g} vs "
+        print(f"{name} NFE {tuned.nfe} ({len(tuned.ts) - 1} steps): error {tuned.loss:.3g} vs "
               f"{hand_loss:.3g} ({hand} grid), {tuned.cost_nfe} evaluations, {time.time() - start:.0f} s; "
               f"grid {', '.join(f'{t:.4g}' for t in tuned.ts)}")
         save_tuned(out, [tuned])  # after each fit: an interrupted run keeps what it finished

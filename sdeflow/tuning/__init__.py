@@ -1,0 +1,45 @@
+"""Time grids tuned to a model, a sampler and a budget of evaluations.
+
+At 5-10 evaluations the error of a good solver is dominated by where its steps fall, and the best
+places depend on the model and its data. :func:`optimize_grid` fits a grid for one model, sampler and
+NFE on a batch of prior draws against a *teacher*: a many-step reference solve of the
+probability-flow ODE from the same draws (third-order DPM-Solver on a fine grid, float64).
+
+- ``"dp"``: dynamic programming over a fine candidate grid, uniform in logSNR. The cost of a step
+  between two candidates is the RMS error of one step of the sampler started on the teacher's
+  trajectory; the ``n``-step grid with the least summed local error is found exactly (the
+  optimal-stepsize / GITS construction).
+- ``"descent"``: the endpoint RMS error against the teacher (LD3's teacher loss) minimised over the
+  grid's ``n`` free parameters by BFGS, from the best hand grids. The samplers plan their coefficients
+  as Python floats, so the loss is a smooth function of ``n`` numbers with no autograd path; its
+  gradient is taken by central differences (``2n`` sampler runs per iteration).
+- ``"dp+descent"`` (the default): descents from the DP grid and from the best hand grids.
+
+Every tuned grid has ``n`` steps and ends with a step to clean data:
+``t_max = t_0 > t_1 > ... > t_{n-1} > t_n = 0``. Its free times are parameterized in logSNR between
+``lam(t_max)`` and the smallest level allowed (noise level ``sigma / alpha = 1e-3``, or a discrete
+schedule's first training step) by a softmax of ``n`` logits (``n - 1`` increments and a remainder),
+so every parameter value is a valid, strictly decreasing grid inside the schedule's domain.
+
+For Gaussian data the exact output law of a sampler is a function of the grid
+(:func:`~sdeflow.analytic.gaussian_output_law`): :func:`exact_optimal_grid` minimises the exact W2
+over the same parameters, the certificate every fitted or hand grid is scored against, and
+:func:`ays_gaussian_grid` is Align Your Steps' closed form (a tangent law in the noise level).
+
+The pieces: :mod:`.space` (the parameterized grids, candidates, hand grids), :mod:`.fit` (the teacher,
+the DP, the descent, :func:`optimize_grid`), :mod:`.exact` (the Gaussian certificate and the tangent
+law), :mod:`.store` (tuned grids beside a checkpoint).
+
+Tuned grids are values: :class:`TunedGrid` records the grid with its sampler, NFE, loss, the best
+hand grid's loss and the fitting cost, and :func:`save_tuned` / :func:`load_tuned` keep them in a JSON
+file beside a checkpoint (``<checkpoint>.grids.json``), where ``sdeflow sample --grid tuned`` finds them.
+"""
+
+from .exact import ays_gaussian_grid, exact_optimal_grid
+from .fit import METHODS, Teacher, best_path, check_tunable, descend, dp_grid, endpoint_loss, optimize_grid
+from .space import HAND_GRIDS, SIGMA_FLOOR, GridSpace, candidate_times, hand_grids, steps_for
+from .store import TunedGrid, find_tuned, load_tuned, save_tuned, tuned_path
+
+__all__ = ["HAND_GRIDS", "METHODS", "SIGMA_FLOOR", "GridSpace", "Teacher", "TunedGrid", "ays_gaussian_grid",
+           "best_path", "candidate_times", "check_tunable", "descend", "dp_grid", "endpoint_loss", "exact_optimal_grid", "find_tuned",
+           "hand_grids", "load_tuned", "optimize_grid", "save_tuned", "steps_for", "tuned_path"]

@@ -1,0 +1,233 @@
+"""Fitting a grid to a model: the teacher solve, the DP over candidate times, the descent, and
+:func:`optimize_grid`, which combines them (see :mod:`sdeflow.tuning`)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import grids
+from ..denoisers import Denoiser
+from ..metrics import rms_error
+from ..samplers import DPMSolver
+from ..sampling import sample
+from .space import GridSpace, candidate_times, hand_grids, steps_for
+from .store import TunedGrid
+
+METHODS = ("dp+descent", "dp", "descent")
+
+
+class _Counted(Denoiser):
+    """The denoiser counting its calls; it sees states in ``dtype`` (the model's) and answers in the
+    caller's dtype, so a float64 reference solve can drive a float32 network."""
+
+    def __init__(self, denoiser, dtype):
+        super().__init__(denoiser.schedule)
+        self.inner, self.dtype, self.calls = denoiser, dtype, 0
+
+    def forward(self, x_t, t, **cond):
+        self.calls += 1
+        return self.inner(x_t.to(self.dtype), t, **cond).to(x_t.dtype)
+
+
+class Teacher:
+    """The reference solve from the draws ``x_init`` of ``p_{t_max}`` to ``t = 0``: third-order
+    DPM-Solver in data form, float64 states, on :func:`~sdeflow.grids.reference_grid` with ``steps``
+    (merged with ``times``). ``end``: its endpoint; ``states``: its states at ``times`` (decreasing),
+    which the DP search starts its one-step trials from. ``calls``: model evaluations it took.
+    One teacher serves every sampler and NFE tuned on the same draws."""
+
+    def __init__(self, denoiser, x_init: torch.Tensor, *, cond: dict | None = None, t_max: float | None = None,
+                 steps: int = 300, times=None):
+        sch = denoiser.schedule
+        self.denoiser, self.cond, self.x_init = denoiser, cond, x_init.detach()
+        self.t_max = grids.start_time(sch) if t_max is None else float(t_max)
+        ts = grids.reference_grid(torch.tensor([self.t_max, 0.0], dtype=torch.float64), sch, steps)
+        self.times = None if times is None else torch.as_tensor(times, dtype=torch.float64)
+        if self.times is not None:
+            ts = torch.unique(torch.cat([ts, self.times])).flip(0)
+        counted = _Counted(denoiser, self.x_init.dtype)
+        with torch.no_grad():
+            r = sample(counted, DPMSolver(order=3, form="data"), ts, self.x_init.to(torch.float64), cond=cond,
+                       return_trajectory=self.times is not None)
+        self.calls, self.end, self.states = counted.calls, r.x, None
+        if self.times is not None:
+            self.states = r.trajectory[[int(torch.nonzero(ts == float(t))[0, 0]) for t in self.times]]
+
+
+def endpoint_loss(denoiser, sampler, ts, x_init, target, cond=None) -> float:
+    """RMS over the draws of the endpoint error of ``sampler`` on ``ts`` against ``target``
+    (``inf`` where the run is not finite)."""
+    with torch.no_grad():
+        x = sample(denoiser, sampler, ts, x_init, cond=cond, check_finite=False).x
+    loss = rms_error(x, target)
+    return loss if math.isfinite(loss) else math.inf
+
+
+def dp_grid(denoiser, sampler, space: GridSpace, teacher: Teacher) -> torch.Tensor:
+    """The ``n``-step grid over the teacher's candidate times (and ``t = 0``) whose summed one-step
+    errors along the teacher's trajectory are least (exact dynamic programming, :func:`best_path`)."""
+    n, m = space.n, len(teacher.times)
+    points = teacher.times.tolist() + [0.0]
+    targets = list(teacher.states) + [teacher.end]
+    cost = [[math.inf] * (m + 1) for _ in range(m)]
+    dtype = teacher.x_init.dtype
+    for i in range(m):
+        for j in range(i + 1, m + 1):
+            if j == m or n > 1:  # with one step only the jump to t = 0 is allowed
+                cost[i][j] = endpoint_loss(denoiser, sampler, [points[i], points[j]], teacher.states[i].to(dtype),
+                                           targets[j], teacher.cond)
+    return grids.check_grid([points[p] for p in best_path(cost, n)])
+
+
+def best_path(cost: list[list[float]], n: int) -> list[int]:
+    """The path ``0 = p_0 < p_1 < ... < p_n = m`` of ``n`` steps through points ``0..m`` whose summed
+    ``cost[p_k][p_{k+1}]`` is least (``cost`` is ``m x (m + 1)``; ``inf`` forbids a step), by dynamic
+    programming in ``O(n m^2)``."""
+    m = len(cost)
+    inf = math.inf
+    best = [[inf] * (m + 1) for _ in range(n + 1)]  # best[k][j]: least cost of k steps from 0 to j
+    back = [[-1] * (m + 1) for _ in range(n + 1)]
+    best[0][0] = 0.0
+    for k in range(1, n + 1):
+        for j in (range(1, m) if k < n else [m]):
+            for i in range(j):
+                c = best[k - 1][i] + cost[i][j]
+                if c < best[k][j]:
+                    best[k][j], back[k][j] = c, i
+    if not math.isfinite(best[n][m]):
+        raise ValueError(f"no {n}-step path over {m} candidates: use more candidates than steps")
+    path, j = [m], m
+    for k in range(n, 0, -1):
+        j = back[k][j]
+        path.append(j)
+    return path[::-1]
+
+
+def descend(loss, theta: torch.Tensor, *, iters: int = 60, h: float = 1e-3,
+            tol: float = 1e-5) -> tuple[torch.Tensor, float, int]:
+    """Minimise ``loss(theta) > 0`` by BFGS on ``log loss`` (scale-free: a grid's error spans decades)
+    with central-difference gradients and a backtracking line search. Returns the best ``theta``,
+    its loss and the number of loss evaluations. Stops after ``iters`` iterations, when a step no
+    longer lowers ``log loss`` by ``tol``, or when no step along the search direction helps."""
+    evals = 0
+
+    def f(th):
+        nonlocal evals
+        evals += 1
+        value = loss(th)
+        return math.log(value) if value > 0 and math.isfinite(value) else (-math.inf if value == 0 else math.inf)
+
+    def grad(th):
+        g = torch.zeros_like(th)
+        for k in range(th.numel()):
+            e = torch.zeros_like(th)
+            e[k] = h
+            up, down = f(th + e), f(th - e)
+            g[k] = (up - down) / (2 * h) if math.isfinite(up) and math.isfinite(down) else 0.0
+        return g
+
+    theta = theta.clone().to(torch.float64)
+    fx = f(theta)
+    if theta.numel() == 0 or not math.isfinite(fx):
+        return theta, math.exp(fx) if fx < math.inf else math.inf, evals
+    g = grad(theta)
+    inv = None  # the inverse-Hessian estimate; None: a scaled steepest-descent step
+    for _ in range(iters):
+        d = -g if inv is None else -(inv @ g)
+        if float(d @ g) >= 0:  # not a descent direction: restart from steepest descent
+            inv, d = None, -g
+        if inv is None:
+            d = d * (0.5 / max(float(d.abs().max()), 1e-12))  # a first step of at most 0.5 in any logit
+        step, slope = 1.0, float(d @ g)
+        while step > 1e-4:
+            new = theta + step * d
+            fn = f(new)
+            if fn <= fx + 1e-4 * step * slope:
+                break
+            step /= 2
+        else:
+            if inv is None:
+                break
+            inv = None
+            continue
+        g_new = grad(new)
+        s_k, y_k = new - theta, g_new - g
+        sy = float(s_k @ y_k)
+        if sy > 1e-12:
+            eye = torch.eye(theta.numel(), dtype=torch.float64)
+            inv = eye * (sy / float(y_k @ y_k)) if inv is None else inv  # the first curvature sets the scale
+            rho = 1.0 / sy
+            inv = (eye - rho * torch.outer(s_k, y_k)) @ inv @ (eye - rho * torch.outer(y_k, s_k)) + rho * torch.outer(s_k, s_k)
+        done = fx - fn < tol
+        theta, fx, g = new, fn, g_new
+        if done:
+            break
+    return theta, math.exp(fx), evals
+
+
+def check_tunable(sampler, name: str) -> None:
+    """Refuse a sampler whose grid cannot be tuned: a stochastic or an error-controlled one."""
+    if sampler.stochastic or sampler.adaptive:
+        raise ValueError(f"{name} is {'stochastic' if sampler.stochastic else 'adaptive'}: grids are tuned for "
+                         "deterministic fixed-grid samplers (sdeflow list shows them)")
+
+
+def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = None, *, teacher: Teacher | None = None,
+                  sampler_name: str | None = None, cond: dict | None = None, method: str = "dp+descent",
+                  candidates: int = 40, starts: int = 3, iters: int = 60, teacher_steps: int = 300,
+                  t_max: float | None = None) -> TunedGrid:
+    """A grid for ``denoiser``, ``sampler`` and a budget of ``nfe`` evaluations, fitted on the draws
+    ``x_init`` of ``p_{t_max}`` (about 100 are enough; see :func:`~sdeflow.sampling.prior_sample`)
+    against the teacher (see the module docstring for ``method``), or against a :class:`Teacher`
+    already computed on those draws (give ``teacher`` instead of ``x_init``, ``cond`` and ``t_max``).
+    The descent runs from the DP grid and from the ``starts`` hand grids with the least loss (the
+    landscape has several basins); the best result wins.
+
+    Returns a :class:`TunedGrid` with the fitted loss, every hand grid's loss and the cost of fitting
+    in model evaluations (each on the whole batch of draws), including the teacher's when it is
+    computed here (a shared ``teacher`` is paid once, by its caller: ``teacher.calls``)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown tuning method {method!r}; allowed: {', '.join(METHODS)}")
+    label = sampler_name or type(sampler).__name__
+    check_tunable(sampler, label)
+    if candidates < 4 or starts < 0:
+        raise ValueError(f"need candidates >= 4 and starts >= 0, got {candidates} and {starts}")
+    if (x_init is None) == (teacher is None):
+        raise ValueError("give the draws x_init or a Teacher computed on them, not both")
+    sch = denoiser.schedule
+    n = steps_for(sampler, sch, nfe)
+    t_max = teacher.t_max if teacher is not None else t_max
+    space = GridSpace(sch, n, t_max)
+    want_dp = method in ("dp", "dp+descent")
+    teacher_calls = 0
+    if teacher is None or (want_dp and teacher.times is None):
+        draws = teacher.x_init if teacher is not None else x_init
+        cond = teacher.cond if teacher is not None else cond
+        teacher = Teacher(denoiser, draws, cond=cond, t_max=space.t_max, steps=teacher_steps,
+                          times=candidate_times(space, candidates) if want_dp else None)
+        teacher_calls = teacher.calls
+    counted = _Counted(denoiser, teacher.x_init.dtype)
+
+    def loss_of(ts):
+        return endpoint_loss(counted, sampler, ts, teacher.x_init, teacher.end, teacher.cond)
+
+    hands = hand_grids(sch, n, space.t_max)
+    hand = {name: loss_of(ts) for name, ts in hands.items()}
+    finite = sorted((v, k) for k, v in hand.items() if math.isfinite(v))
+    begin = [space.grid(space.logits(hands[k])) for _, k in finite[:starts]] if method != "dp" else []
+    if want_dp:
+        begin.insert(0, dp_grid(counted, sampler, space, teacher))
+    if not begin:
+        raise ValueError("no hand grid gives a finite result to start the descent from")
+    ts, best = None, math.inf
+    for start in begin:  # the DP grid (kept as it is for "dp") and the best hand grids, each refined
+        now = loss_of(start)
+        if method != "dp" and n > 1:
+            theta, now, _ = descend(lambda th: loss_of(space.grid(th)), space.logits(start), iters=iters)
+            start = space.grid(theta)
+        if now < best:
+            ts, best = start, now
+    return TunedGrid(ts.tolist(), label, sampler.prepare(sch, ts).nfe, method, best, hand,
+                     counted.calls + teacher_calls, teacher.x_init.shape[0])

@@ -1,0 +1,77 @@
+"""Tuned grids as values, kept in a JSON file beside a checkpoint (``<checkpoint>.grids.json``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .. import grids
+from ..files import write_json
+
+
+@dataclass
+class TunedGrid:
+    """A grid fitted for one model, sampler and NFE.
+
+    ``loss``: its endpoint RMS error to the teacher on the fitting draws; ``hand``: the same loss
+    of every hand grid with the same number of steps; ``cost_nfe``: model evaluations spent fitting
+    (each on the batch of ``samples`` draws), teacher included."""
+
+    ts: list[float]
+    sampler: str
+    nfe: int
+    method: str
+    loss: float
+    hand: dict[str, float] = field(default_factory=dict)
+    cost_nfe: int = 0
+    samples: int = 0
+
+    @property
+    def best_hand(self) -> tuple[str, float]:
+        name = min(self.hand, key=self.hand.get)
+        return name, self.hand[name]
+
+    def grid(self) -> torch.Tensor:
+        return grids.check_grid(self.ts)
+
+
+def tuned_path(checkpoint_path: str) -> str:
+    """Where the tuned grids of a checkpoint file live: ``<name>.grids.json`` beside it."""
+    root, _ = os.path.splitext(checkpoint_path)
+    return root + ".grids.json"
+
+
+def load_tuned(path: str) -> list[TunedGrid]:
+    """The tuned grids stored in ``path`` (none if the file does not exist)."""
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return [TunedGrid(**entry) for entry in data["grids"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a tuned-grid file: {e}") from None
+
+
+def save_tuned(path: str, new: list[TunedGrid]) -> list[TunedGrid]:
+    """Add ``new`` to the grids in ``path`` (replacing any for the same sampler and NFE), atomically."""
+    keep = {(g.sampler, g.nfe): g for g in load_tuned(path)}
+    keep.update({(g.sampler, g.nfe): g for g in new})
+    entries = sorted(keep.values(), key=lambda g: (g.sampler, g.nfe))
+    write_json(path, {"grids": [asdict(g) for g in entries]})
+    return entries
+
+
+def find_tuned(path: str, sampler: str, nfe: int, steps: int | None = None) -> TunedGrid:
+    """The grid tuned for ``sampler`` at a budget of ``nfe`` in ``path`` (its NFE, or, where the sampler
+    cannot spend the budget exactly, its number of ``steps``), or an error naming what is stored."""
+    stored = load_tuned(path)
+    for g in stored:
+        if g.sampler == sampler and (g.nfe == nfe or (steps is not None and len(g.ts) - 1 == steps and g.nfe <= nfe)):
+            return g
+    have = ", ".join(f"{g.sampler} at NFE {g.nfe}" for g in stored) or "none"
+    raise ValueError(f"no grid tuned for {sampler} at NFE {nfe} in {path} (stored: {have}); "
+                     f"write one with: sdeflow tune --checkpoint ... --sampler {sampler} --nfe {nfe}")
