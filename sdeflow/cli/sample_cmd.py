@@ -51,7 +51,8 @@ def resolve(args, schedule=None):
 
 def use_tuned_grid(args, model) -> None:
     """``--grid tuned``: the grid ``sdeflow tune`` stored beside the checkpoint for the sampler (default:
-    sdeflow's default at ``--nfe``) and the budget ``--nfe``, set as a user grid."""
+    sdeflow's default at ``--nfe``) and the budget ``--nfe``, set as a user grid. Returns the stored entry
+    (its fitted coefficients, if any, replace the sampler's: :meth:`~sdeflow.tuning.TunedGrid.sampler_for`)."""
     from ..tuning import check_tunable, find_tuned, steps_for, tuned_path
 
     if args.steps is not None:
@@ -62,6 +63,7 @@ def use_tuned_grid(args, model) -> None:
     check_tunable(sampler, args.sampler)
     tuned = find_tuned(tuned_path(model.path), args.sampler, args.nfe, steps_for(sampler, schedule, args.nfe))
     args.grid = ",".join(repr(t) for t in tuned.ts)
+    return tuned
 
 
 def noise_source(args, gen):
@@ -236,11 +238,12 @@ def _sample_model(args) -> dict:
     outs = _outputs(args, "samples.png")
     dist = Distributed(args.device)
     model = load_model(args.checkpoint or "digits", device=dist.device)
-    if args.grid == "tuned":
-        use_tuned_grid(args, model)
+    tuned = use_tuned_grid(args, model) if args.grid == "tuned" else None
     if args.sampler is not None:
         args.grid = args.grid or "auto"
     schedule, sampler, ts, steps = resolve(args, model.denoiser.schedule)
+    if tuned is not None:
+        sampler = tuned.sampler_for(sampler)
     if args.noise == "generator":
         args.noise = "seeded"  # per-sample seeds: independent of the batch size and of the number of processes
     args.num = args.num or (100 if model.kind == "image" else 2000)
@@ -259,7 +262,8 @@ def _sample_model(args) -> dict:
         procs = f" on {dist.world} processes" if dist.world > 1 else ""
         guide = "" if args.guidance is None else f", {args.guidance_method} guidance at {args.guidance:g}"
         mine = sum(len(c) for c in chunks.values())  # this process's samples (all of them on one process)
-        print(f"{args.num} samples of {name} with {args.sampler}{guide}, {steps} steps, NFE {nfe}{procs}"
+        fitted = " (fitted coefficients)" if tuned is not None and tuned.shift is not None else ""
+        print(f"{args.num} samples of {name} with {args.sampler}{fitted}{guide}, {steps} steps, NFE {nfe}{procs}"
               + _forwards_note(denoiser, mine))
         for out in outs:
             if out.lower().endswith(".npz"):

@@ -3,7 +3,9 @@
 The grids are fitted on ``--samples`` prior draws (per-sample seeds; labels cycle through the
 classes of a class-conditional model) against one teacher solve shared by every sampler and budget,
 and written to ``<checkpoint>.grids.json`` (merged with what is there), where
-``sdeflow sample --checkpoint ... --grid tuned`` reads them.
+``sdeflow sample --checkpoint ... --grid tuned`` reads them. ``--coefficients`` also fits each
+sampler's coefficients on its tuned grid (:func:`~sdeflow.tuning.optimize_coefficients`), stored with
+the grid and used by ``--grid tuned`` too.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ def add_tune_parser(sub) -> None:
     p.add_argument("--starts", type=int, default=2, help="best hand grids the descent also starts from (default: 2)")
     p.add_argument("--teacher-steps", type=int, default=150,
                    help="resolution of the teacher's reference grid (default: 150)")
+    p.add_argument("--coefficients", action="store_true",
+                   help="also fit each sampler's coefficients on its tuned grid (through autograd, early-stopped on "
+                   "held-out draws; give it several hundred --samples)")
+    p.add_argument("--holdout", type=float, default=0.2,
+                   help="fraction of the draws the coefficient fit keeps aside to stop on (default: 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default: 0)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="the .json file to write (default: <checkpoint>.grids.json beside the checkpoint)")
@@ -52,7 +59,9 @@ def run_tune(args) -> None:
     from ..generation import sample_seed
     from ..pretrained import load_model
     from ..sampling import prior_sample
-    from ..tuning import GridSpace, Teacher, candidate_times, check_tunable, optimize_grid, save_tuned, tuned_path
+    from ..samplers.fitted import check_fittable
+    from ..tuning import (GridSpace, Teacher, candidate_times, check_tunable, optimize_coefficients, optimize_grid,
+                          save_tuned, tuned_path)
 
     budgets = _budgets(args.nfe)
     for name in ("samples", "teacher_steps"):
@@ -60,6 +69,11 @@ def run_tune(args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.starts < 0:
         raise ValueError(f"--starts must be >= 0, got {args.starts}")
+    if args.coefficients and not 0.0 < args.holdout < 1.0:
+        raise ValueError(f"--holdout must be a fraction between 0 and 1, got {args.holdout}")
+    if args.coefficients and args.samples * min(args.holdout, 1 - args.holdout) < 1:
+        raise ValueError(f"--coefficients needs draws on both sides of --holdout {args.holdout}; "
+                         f"{args.samples} --samples are too few")
     model = load_model(args.checkpoint)
     den, sch = model.denoiser, model.denoiser.schedule
     names = args.sampler.split(",") if args.sampler else [None]
@@ -69,6 +83,8 @@ def run_tune(args) -> None:
             name = name or default_sampling(sch, budget)[0]
             sampler = lookup(SAMPLERS, "sampler", name)()
             check_tunable(sampler, name)
+            if args.coefficients:
+                check_fittable(sampler, name)
             jobs.append((name, sampler, budget))
     out = check_output(args.out or tuned_path(model.path), (".json",))
     seeds = [sample_seed(args.seed, i) for i in range(args.samples)]
@@ -87,5 +103,12 @@ def run_tune(args) -> None:
         print(f"{name} NFE {tuned.nfe} ({len(tuned.ts) - 1} steps): error {tuned.loss:.3g} vs "
               f"{hand_loss:.3g} ({hand} grid), {tuned.cost_nfe} evaluations, {time.time() - start:.0f} s; "
               f"grid {', '.join(f'{t:.4g}' for t in tuned.ts)}")
+        if args.coefficients:
+            start = time.time()
+            tuned = optimize_coefficients(den, sampler, tuned.grid(), teacher=teacher, sampler_name=name,
+                                          holdout=args.holdout, tuned=tuned)
+            print(f"  coefficients: error {tuned.loss:.3g} vs {tuned.base_loss:.3g} with {name}'s own "
+                  f"({tuned.heldout:.3g} on the held-out draws), {len(tuned.shift)} coefficients, "
+                  f"{tuned.cost_grad} evaluations differentiated, {time.time() - start:.0f} s")
         save_tuned(out, [tuned])  # after each fit: an interrupted run keeps what it finished
     print(f"wrote {out}")

@@ -5,6 +5,9 @@ order), :class:`Midpoint` (RF-Solver), :class:`RK4`, :class:`EDMHeun`, :class:`D
 :class:`DPMSolverMultistep` / :class:`DPMSolverPP`, :class:`UniPC`, :class:`DEIS` (tAB, rhoAB/LMS),
 :class:`IPNDM`, and the error-controlled :class:`DPMSolverAdaptive` and :class:`RK45`.
 
+Fitted to a model: :class:`FittedSampler` runs a deterministic sampler of the linear engines with
+coefficients that :func:`sdeflow.tuning.optimize_coefficients` fitted on one grid.
+
 Reversible (each step undone exactly, see :mod:`.reversible`): :class:`BDIA`, :class:`OBELM`,
 :class:`EDICT`, :class:`ReversibleHeun`.
 
@@ -31,6 +34,7 @@ from .engine import Multistep, SingleStep
 from .euler import Euler
 from .euler_ancestral import EulerAncestral
 from .euler_maruyama import EulerMaruyama
+from .fitted import FittedSampler
 from .heun import RK4, Heun, Midpoint
 from .ipndm import IPNDM
 from .predictor_corrector import PredictorCorrector
@@ -45,4 +49,4 @@ __all__ = ["Sampler", "Plan", "ode_coefficients", "Multistep", "SingleStep", "Eu
            "DPMSolver", "DPMSolverMultistep", "DPMSolverPP", "UniPC", "DEIS", "IPNDM", "DPMSolverAdaptive", "RK45",
            "EulerMaruyama", "DDPM", "EulerAncestral", "EDMStochastic", "SDEDPMSolverPP", "SDEDPMSolverPPSingle",
            "PredictorCorrector", "Restart", "GottaGoFast", "Reversible", "TwoStep", "BDIA", "OBELM", "EDICT",
-           "ReversibleHeun"]
+           "ReversibleHeun", "FittedSampler"]

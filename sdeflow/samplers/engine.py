@@ -24,11 +24,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from ..schedules import Schedule
-from .base import Corrector, Plan, Sampler, Weights, ode_coefficients
+from .base import Corrector, Plan, Sampler, Stage, Weights, ode_coefficients
 from .expint import unic_weights
 
 
@@ -75,17 +76,25 @@ def lincomb(x: torch.Tensor, c_x, terms, inplace: bool = False) -> torch.Tensor:
     return out if out is not None else torch.zeros_like(x)
 
 
-def native_conversions(form: str, schedule: Schedule, times) -> list[tuple[float, float]]:
-    """``D = k_x x + k_hat x_hat`` at each of ``times`` for the form a method works in.
+class Conversion(NamedTuple):
+    """``D = k_x x + k_hat x_hat``: a model output ``x_hat`` in the form ``D`` a method works in (a change
+    of variables, not a coefficient of the method)."""
+
+    k_x: float
+    k_hat: float
+
+
+def native_conversions(form: str, schedule: Schedule, times) -> list[Conversion]:
+    """The :class:`Conversion` at each of ``times`` for the form a method works in.
 
     ``data``: ``x_hat``; ``noise``: ``eps_hat = (x - alpha x_hat) / sigma``; ``velocity``: the
     probability-flow field ``p x + q x_hat`` in ``t``."""
     if form == "data":
-        return [(0.0, 1.0)] * len(times)
+        return [Conversion(0.0, 1.0)] * len(times)
     t = torch.as_tensor(times, dtype=torch.float64)
     a, s = schedule.alpha(t), schedule.sigma(t)
     k_x, k_hat = (1.0 / s, -a / s) if form == "noise" else ode_coefficients(schedule, t)
-    return list(zip(k_x.tolist(), k_hat.tolist()))
+    return [Conversion(a, b) for a, b in zip(k_x.tolist(), k_hat.tolist())]
 
 
 def to_native(x: torch.Tensor, x_hat: torch.Tensor, conv: tuple[float, float]) -> torch.Tensor:
@@ -267,7 +276,7 @@ class SingleStep(Sampler):
                 runge_kutta = all(tau >= schedule.t_min for tau, _, _ in stages)
             if not runge_kutta:
                 c_x, c_hat = ddim_coefficients(info.a_t, info.s_t, info.a_s, info.s_s)
-                stages, final, form = [(info.t, 1.0, [])], (c_x, [c_hat]), "data"
+                stages, final, form = [Stage(info.t, 1.0, [])], Weights(c_x, [c_hat]), "data"
             convs = native_conversions(form, schedule, [tau for tau, _, _ in stages])
             coef.append((tuple(stages), final, tuple(convs)))
             nfe += len(stages)

@@ -26,15 +26,21 @@ For Gaussian data the exact output law of a sampler is a function of the grid
 over the same parameters, the certificate every fitted or hand grid is scored against, and
 :func:`ays_gaussian_grid` is Align Your Steps' closed form (a tangent law in the noise level).
 
+A second stage fits the sampler itself on the tuned grid: :func:`optimize_coefficients` changes every
+coefficient of the sampler's plan (the weights of the state and of the model outputs each step
+combines) to lower the same teacher loss, through autograd, with early stopping on held-out draws;
+:class:`~sdeflow.samplers.FittedSampler` runs the result.
+
 The pieces: :mod:`.space` (the parameterized grids, candidates, hand grids), :mod:`.fit` (the teacher,
-the DP, the descent, :func:`optimize_grid`), :mod:`.exact` (the Gaussian certificate and the tangent
-law), :mod:`.store` (tuned grids beside a checkpoint).
+the DP, the descent, :func:`optimize_grid`), :mod:`.coefficients` (:func:`optimize_coefficients`),
+:mod:`.exact` (the Gaussian certificate and the tangent law), :mod:`.store` (tuned grids beside a checkpoint).
 
 Tuned grids are values: :class:`TunedGrid` records the grid with its sampler, NFE, loss, the best
 hand grid's loss and the fitting cost, and :func:`save_tuned` / :func:`load_tuned` keep them in a JSON
 file beside a checkpoint (``<checkpoint>.grids.json``), where ``sdeflow sample --grid tuned`` finds them.
 """
 
+from .coefficients import optimize_coefficients
 from .exact import ays_gaussian_grid, exact_optimal_grid
 from .fit import METHODS, Teacher, best_path, check_tunable, descend, dp_grid, endpoint_loss, optimize_grid
 from .space import HAND_GRIDS, SIGMA_FLOOR, GridSpace, candidate_times, hand_grids, steps_for
@@ -42,4 +48,4 @@ from .store import TunedGrid, find_tuned, load_tuned, save_tuned, tuned_path
 
 __all__ = ["HAND_GRIDS", "METHODS", "SIGMA_FLOOR", "GridSpace", "Teacher", "TunedGrid", "ays_gaussian_grid",
            "best_path", "candidate_times", "check_tunable", "descend", "dp_grid", "endpoint_loss", "exact_optimal_grid", "find_tuned",
-           "hand_grids", "load_tuned", "optimize_grid", "save_tuned", "steps_for", "tuned_path"]
+           "hand_grids", "load_tuned", "optimize_coefficients", "optimize_grid", "save_tuned", "steps_for", "tuned_path"]

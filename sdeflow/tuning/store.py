@@ -10,6 +10,8 @@ import torch
 
 from .. import grids
 from ..files import write_json
+from ..samplers import Sampler
+from ..samplers.fitted import FittedSampler
 
 
 @dataclass
@@ -18,7 +20,13 @@ class TunedGrid:
 
     ``loss``: its endpoint RMS error to the teacher on the fitting draws; ``hand``: the same loss
     of every hand grid with the same number of steps; ``cost_nfe``: model evaluations spent fitting
-    (each on the batch of ``samples`` draws), teacher included."""
+    (each on the batch of ``samples`` draws), teacher included.
+
+    With fitted coefficients (:func:`~sdeflow.tuning.optimize_coefficients`): ``shift``, the relative
+    change of each of the sampler's coefficients on this grid (see :class:`~sdeflow.samplers.FittedSampler`);
+    ``loss`` is then the error with them and ``base_loss`` the error with the sampler's own,
+    ``heldout`` the error on the draws the fit did not see, and ``cost_grad`` counts the evaluations
+    the fit differentiated through."""
 
     ts: list[float]
     sampler: str
@@ -28,6 +36,10 @@ class TunedGrid:
     hand: dict[str, float] = field(default_factory=dict)
     cost_nfe: int = 0
     samples: int = 0
+    shift: list[float] | None = None
+    base_loss: float | None = None
+    heldout: float | None = None
+    cost_grad: int = 0
 
     @property
     def best_hand(self) -> tuple[str, float]:
@@ -36,6 +48,10 @@ class TunedGrid:
 
     def grid(self) -> torch.Tensor:
         return grids.check_grid(self.ts)
+
+    def sampler_for(self, base: Sampler) -> Sampler:
+        """The sampler to run on :meth:`grid`: ``base`` itself, or with this entry's fitted coefficients."""
+        return base if self.shift is None else FittedSampler(base, tuple(self.ts), tuple(self.shift))
 
 
 def tuned_path(checkpoint_path: str) -> str:

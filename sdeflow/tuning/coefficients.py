@@ -1,0 +1,121 @@
+"""The second stage of tuning: a sampler's coefficients fitted to a model on a fixed grid.
+
+:func:`optimize_coefficients` takes a grid (a hand grid, or one :func:`~.fit.optimize_grid` fitted) and
+fits the relative change of every coefficient of the sampler's plan on it (see
+:class:`~sdeflow.samplers.FittedSampler`) to the endpoint RMS error against the teacher. Unlike the
+grid, the coefficients enter the sampling loop as plain multipliers, so the run is differentiated
+with autograd: each loss and its gradient cost one sampling run and one backward pass through it,
+and L-BFGS minimises the loss.
+
+A step has several coefficients and a run some tens, more than the grid's few times, so the fit can
+learn the draws rather than the model. The draws are split: the fit sees the first ``1 - holdout``
+of them, and the coefficients kept are those with the least error on the rest, checked after every
+round of L-BFGS iterations (early stopping). The stored loss is on all draws, like the grid's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..samplers.fitted import check_fittable, coefficient_values, with_coefficients
+from ..sampling import planned
+from .fit import Teacher, _Counted
+from .store import TunedGrid
+
+
+def _rms(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (x - target).flatten(1).pow(2).sum(1).mean().sqrt()
+
+
+def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = None, *, teacher: Teacher | None = None,
+                          sampler_name: str | None = None, cond: dict | None = None, holdout: float = 0.2,
+                          rounds: int = 15, iters: int = 10, patience: int = 3, teacher_steps: int = 300,
+                          tuned: TunedGrid | None = None) -> TunedGrid:
+    """Coefficients of ``sampler`` on the grid ``ts`` fitted to ``denoiser`` on the draws ``x_init`` of
+    ``p_{ts[0]}`` (or on a :class:`~.fit.Teacher` already computed from ``ts[0]`` on them), by L-BFGS
+    through autograd with early stopping on the held-out fraction ``holdout`` of the draws: at most
+    ``rounds`` rounds of ``iters`` iterations, stopping after ``patience`` rounds without a better
+    held-out error.
+
+    Returns a :class:`TunedGrid` whose ``shift`` holds the fitted relative changes (a
+    :class:`~sdeflow.samplers.FittedSampler` runs them: :meth:`TunedGrid.sampler_for`), ``loss`` the
+    error on all draws with them and ``base_loss`` without, ``heldout`` the held-out error. ``tuned``:
+    the :class:`TunedGrid` that fitted ``ts`` (its hand losses and cost carry over; the cost grows by
+    this fit's evaluations, forward in ``cost_nfe`` and differentiated in ``cost_grad``)."""
+    label = sampler_name or type(sampler).__name__
+    check_fittable(sampler, label)
+    if not 0.0 < holdout < 1.0:
+        raise ValueError(f"holdout must be a fraction between 0 and 1, got {holdout}")
+    if min(rounds, iters, patience) < 1:
+        raise ValueError(f"rounds, iters and patience must be >= 1, got {rounds}, {iters}, {patience}")
+    if (x_init is None) == (teacher is None):
+        raise ValueError("give the draws x_init or a Teacher computed on them, not both")
+    sch = denoiser.schedule
+    plan = planned(sampler, sch, ts)
+    ts = plan.ts
+    teacher_calls = 0
+    if teacher is None:
+        teacher = Teacher(denoiser, x_init, cond=cond, t_max=float(ts[0]), steps=teacher_steps)
+        teacher_calls = teacher.calls
+    elif abs(teacher.t_max - float(ts[0])) > 1e-9:
+        raise ValueError(f"the teacher starts at t = {teacher.t_max:.6g} but the grid at t = {float(ts[0]):.6g}")
+    x, cond = teacher.x_init, teacher.cond
+    n_fit = int(round(x.shape[0] * (1.0 - holdout)))
+    if not 1 <= n_fit < x.shape[0]:
+        raise ValueError(f"{x.shape[0]} draws cannot be split into fitting and held-out draws at holdout={holdout}")
+    target = teacher.end.to(x.dtype)
+    counted = _Counted(denoiser, x.dtype)
+    base = torch.tensor(coefficient_values(plan.coef), dtype=torch.float64)
+    if base.numel() == 0:
+        raise ValueError(f"{label} plans no coefficients on this grid to fit")
+    part = {"fit": slice(0, n_fit), "held": slice(n_fit, None), "all": slice(None)}
+
+    def run(r: torch.Tensor, which: str) -> torch.Tensor:
+        p = planned(sampler, sch, ts)
+        p.coef = with_coefficients(p.coef, (base * (1.0 + r)).unbind(0))
+        sl = part[which]
+        c = None if cond is None else {k: v[sl] for k, v in cond.items()}
+        field = (lambda y, t: counted(y, t)) if c is None else (lambda y, t: counted(y, t, **c))
+        y, state = x[sl], sampler.init_state(x[sl], p)
+        for i in range(len(p.t)):
+            y, state = sampler.step(field, y, i, p, state, None)
+        return _rms(y, target[sl])
+
+    def value(r: torch.Tensor, which: str) -> float:
+        with torch.no_grad():
+            v = float(run(r, which))
+        return v if math.isfinite(v) else math.inf
+
+    r = torch.zeros_like(base, requires_grad=True)
+    opt = torch.optim.LBFGS([r], lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe")
+    grads = 0
+
+    def closure():
+        nonlocal grads
+        opt.zero_grad()
+        before = counted.calls
+        loss = run(r, "fit")
+        grads += counted.calls - before
+        if not torch.isfinite(loss):  # a line-search trial the run does not survive: refuse it
+            return torch.tensor(math.inf, dtype=loss.dtype)
+        loss.backward()
+        return loss
+
+    best_r, best_held = torch.zeros_like(base), value(torch.zeros_like(base), "held")
+    stale = 0
+    for _ in range(rounds):
+        opt.step(closure)
+        held = value(r.detach(), "held")
+        if held < best_held:
+            best_r, best_held, stale = r.detach().clone(), held, 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    base_loss, loss = value(torch.zeros_like(base), "all"), value(best_r, "all")
+    prior = tuned or TunedGrid(ts.tolist(), label, plan.nfe, "given", base_loss)
+    return TunedGrid(ts.tolist(), label, plan.nfe, prior.method, loss, prior.hand,
+                     prior.cost_nfe + counted.calls + teacher_calls, x.shape[0], shift=best_r.tolist(),
+                     base_loss=base_loss, heldout=best_held, cost_grad=prior.cost_grad + grads)
