@@ -158,7 +158,7 @@ def save_json(path: str, data) -> None:
 
 
 def family(method: str) -> str:
-    """``sdeflow``, ``diffusers`` or ``k-diffusion``: the first word of a result's method name."""
+    """``sdeflow``, ``diffusers``, ``k-diffusion`` or ``flow_matching``: the first word of a result's method name."""
     return method.split(" ", 1)[0]
 
 

@@ -65,7 +65,7 @@ def main(argv=None):
     p.add_argument("--nfe", nargs="+", type=int, default=NFES)
     p.add_argument("--checkpoint", default="digits")
     p.add_argument("--grids", nargs="+", default=["auto"],
-                   help="grids to compare (tuned: the model's grids from sdeflow tune) (default: auto)")
+                   help="grids to compare (tuned: the model's grids from sdeflow tune, with fitted coefficients where stored; tuned-grid: the grid alone) (default: auto)")
     p.add_argument("--name", default="digits_quality", help="report name under docs/benchmarks (default: digits_quality)")
     args = p.parse_args(argv)
 
@@ -83,9 +83,11 @@ def main(argv=None):
         for nfe in args.nfe:
             for grid in args.grids:
                 sampler = SAMPLERS[name]()
-                if grid == "tuned":
+                if grid in ("tuned", "tuned-grid"):
                     tuned = find_tuned(tuned_path(model.path), name, nfe, steps_for(sampler, schedule, nfe))
                     ts = tuned.grid()
+                    if grid == "tuned":
+                        sampler = tuned.sampler_for(sampler)  # with its fitted coefficients, where stored
                 else:
                     ts = GRIDS[grid](steps_for_nfe(sampler, schedule, grid, nfe), schedule)
                 used = sampler.prepare(schedule, ts).nfe
@@ -111,7 +113,8 @@ def report(r: dict) -> str:
     cell = {(row["sampler"], row.get("grid", "auto"), row["budget"]): row for row in r["rows"]}
     grids = r.get("grids", [r.get("grid", "auto")])
     which = (f"sdeflow's `{grids[0]}` grid" if len(grids) == 1 else
-             "the grids " + ", ".join(f"`{g}`" for g in grids) + " (`tuned`: fitted by `sdeflow tune`, stored beside the checkpoint)")
+             "the grids " + ", ".join(f"`{g}`" for g in grids) + " (`tuned`: fitted by `sdeflow tune`, stored beside the checkpoint, "
+             "with the sampler's fitted coefficients where stored; `tuned-grid`: the same grid with the sampler's own)")
     out = ["# Sample quality of the shipped digits model", "",
            f"`python benchmarks/digits_quality.py`: {r['n_samples']} class-conditional samples per cell (100 per class, "
            f"per-sample seeds, {which}; a sampler whose steps do not fit the budget exactly uses the largest count within it, shown in brackets), scored by the shipped digits classifier. Accuracy: fraction "

@@ -1,4 +1,4 @@
-"""sdeflow's ODE samplers next to diffusers' schedulers and k-diffusion's samplers.
+"""sdeflow's ODE samplers next to diffusers' schedulers, k-diffusion's samplers and flow_matching's ODE solver.
 
 Every method starts from the same data draws and noise (``x_init = alpha(t0) x + sigma(t0) eps`` at
 its own first time ``t0``) and is judged against the exact probability-flow ODE solution from that
@@ -27,7 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import NFES, PROCESSES, Shared, family, fmt, problems, save_json, sdeflow_denoiser, write_problem_plots  # noqa: E402
 from overhead import overhead_table  # noqa: E402
-from peers import diffusers_runs, k_runs, load_diffusers, load_k_diffusion  # noqa: E402
+from peers import diffusers_runs, flow_matching_runs, k_runs, load_diffusers, load_flow_matching, load_k_diffusion  # noqa: E402
+
+PEERS = ("diffusers", "k-diffusion", "flow_matching")
 
 from sdeflow import sample  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS  # noqa: E402
@@ -60,7 +62,8 @@ def run(quick: bool, raw_path: str | None = None, only: list[str] | None = None,
         processes: list[str] | None = None, samplers: list[str] | None = None):
     ks, k_err = load_k_diffusion()
     d, d_err = load_diffusers()
-    notes = [e for e in (k_err, d_err) if e]
+    fm, fm_err = load_flow_matching()
+    notes = [e for e in (k_err, d_err, fm_err) if e]
     for e in notes:
         print("skipped:", e)
     nfes = [5, 10, 20] if quick else NFES
@@ -80,6 +83,8 @@ def run(quick: bool, raw_path: str | None = None, only: list[str] | None = None,
                     sources.append(diffusers_runs(d, shared, process, nfe))
                 if ks is not None and not samplers:
                     sources.append(k_runs(ks, shared, process, nfe))
+                if fm is not None and not samplers:
+                    sources.append(flow_matching_runs(fm, shared, process, nfe))
                 for source in sources:
                     for name, span, x, calls in source:
                         if calls != nfe:
@@ -101,7 +106,7 @@ def best(rows, fam):
 
 
 def write_report(results, notes, overhead_md, path):
-    lines = ["# ODE samplers: sdeflow, diffusers and k-diffusion on exact problems", "",
+    lines = ["# ODE samplers: sdeflow, diffusers, k-diffusion and flow_matching on exact problems", "",
              "Written by `python benchmarks/ode_solvers.py`. Every method starts from the same data draws and",
              "noise at its own first time and is judged against the exact probability-flow ODE solution from",
              "that start (third-order reference on 600 uniform steps merged with 600 Karras noise levels, float64); states are float32; NFE is counted.",
@@ -122,7 +127,7 @@ def write_report(results, notes, overhead_md, path):
             for nfe in sorted({r["nfe"] for r in rows}):
                 at = [r for r in rows if r["nfe"] == nfe]
                 ours = best(at, "sdeflow")
-                peers = [b for b in (best(at, "diffusers"), best(at, "k-diffusion")) if b]
+                peers = [b for b in (best(at, fam) for fam in PEERS) if b]
                 peer = min(peers, key=lambda r: r["rms"]) if peers else None
                 ratio = peer["rms"] / ours["rms"] if ours and peer else math.nan
                 summary.append((prob, proc, nfe, ratio))
@@ -164,7 +169,7 @@ def plot_name(problem: str) -> str:
 
 def write_plots(results, folder):
     def draw(ax, rows):
-        for fam, style in [("sdeflow", "-o"), ("diffusers", "--s"), ("k-diffusion", ":^")]:
+        for fam, style in [("sdeflow", "-o"), ("diffusers", "--s"), ("k-diffusion", ":^"), ("flow_matching", "-.d")]:
             pts = [(n, best([r for r in rows if r["nfe"] == n], fam)) for n in sorted({r["nfe"] for r in rows})]
             pts = [(n, b["rms"]) for n, b in pts if b and math.isfinite(b["rms"])]
             if pts:

@@ -1,6 +1,7 @@
-"""The peers, run on the same exact problems: diffusers schedulers and k-diffusion samplers.
+"""The peers, run on the same exact problems: diffusers schedulers, k-diffusion samplers and
+flow_matching's ODE solver (rectified flow only).
 
-Both are optional. k-diffusion's package ``__init__`` imports training code with heavy dependencies
+All are optional. k-diffusion's package ``__init__`` imports training code with heavy dependencies
 (torchvision, ...), so only its ``sampling`` and ``external`` modules are loaded, with the one
 helper they need. Each runner returns ``(t0, x_out, nfe)`` in the process's native space, or
 ``None`` when it cannot take exactly the requested NFE.
@@ -280,4 +281,51 @@ def diffusers_runs(d, shared: Shared, process: Process, nfe: int, seed: int | No
                 break
             if calls == nfe:
                 yield f"diffusers {name}", (t0, 0.0), x, calls
+                break
+
+
+# -------------------------------------------------------------------------------------- flow_matching
+
+
+def load_flow_matching():
+    try:
+        from flow_matching.solver import ODESolver
+        from flow_matching.utils import ModelWrapper
+    except ImportError:
+        return None, "flow_matching is not installed (pip install flow_matching)"
+    return (ODESolver, ModelWrapper), None
+
+
+#: flow_matching's fixed-grid ODE methods (torchdiffeq's) on its default uniform time grid.
+FM_METHODS = ("euler", "midpoint", "heun3", "rk4")
+
+
+def flow_matching_runs(fm, shared: Shared, process: Process, nfe: int):
+    """flow_matching's ``ODESolver`` on the rectified-flow process (its own kind of model; it takes
+    velocity fields only). Its time runs from noise (0) to data (1): the oracle's velocity is
+    negated and evaluated at ``1 - t``; where a method evaluates at the data end (RK4's last stage),
+    the field is its exact limit there."""
+    if process.time_input != "t":
+        return
+    solver_cls, wrapper_cls = fm
+    net = oracle_network(shared.problem, process)
+
+    class Velocity(wrapper_cls):
+        def forward(self, x, t, **extras):
+            if float(t) == 1.0:  # at the data end the exact field is its limit u = x (E[noise | x] = 0); RK4 evaluates there
+                return x
+            return -net(x, (1.0 - t).to(torch.float64).expand(x.shape[0]))
+
+    for method in FM_METHODS:
+        for steps in range(1, nfe + 1):
+            model = Velocity(None)
+            counted = Counter(model.forward)
+            model.forward = counted
+            x0 = shared.x_init(1.0).float()
+            grid = torch.linspace(0.0, 1.0, steps + 1)
+            out = solver_cls(velocity_model=model).sample(x_init=x0, step_size=None, method=method, time_grid=grid)
+            if counted.calls == nfe:
+                yield f"flow_matching {method} (uniform)", (1.0, 0.0), out.double(), counted.calls
+                break
+            if counted.calls > nfe:
                 break

@@ -5,12 +5,13 @@ for the exact-optimal grid (``exact_optimal_grid``), the grids fitted on 100 dra
 (``dp``, ``descent``, ``dp+descent``), Align Your Steps' tangent law and the best hand grid.
 
 Part 2, the ODE benchmark's problems (``common.py``: same 500 draws, same float64 reference solve,
-float32 states): for each process and sampler, a grid fitted on 100 *other* draws (seed 7) is scored
-on the benchmark's draws, next to the same sampler's best hand grid in this run and to the best
-sdeflow and best peer rows (any method, any grid) of ``docs/benchmarks/ode_solvers.json``.
+float32 states): for each process and sampler, a grid fitted on 100 *other* draws, then the sampler's
+coefficients fitted on that grid on 1000 further draws (``--coef-draws``), are scored on the benchmark's
+draws, next to the same sampler's best hand grid in this run and to the best sdeflow and best peer rows
+(any method, any grid; peers: diffusers, k-diffusion, flow_matching) of ``docs/benchmarks/ode_solvers.json``.
 
     python benchmarks/tuning.py                 # both parts, writes docs/benchmarks/tuning.{md,json}
-    python benchmarks/tuning.py --part 1        # the certificate only
+    python benchmarks/tuning.py --part 2 --nfe 5 6 8 10 20   # the ODE problems only (the stored certificate is kept)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from sdeflow.analytic.sampler_law import gaussian_output_law, gaussian_w2  # noq
 from sdeflow.files import atomic_write, write_json  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS, SCHEDULES  # noqa: E402
 from sdeflow.tuning import Teacher, ays_gaussian_grid, candidate_times, exact_optimal_grid, GridSpace, \
-    hand_grids, optimize_grid, steps_for  # noqa: E402
+    hand_grids, optimize_coefficients, optimize_grid, steps_for  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks")
 SAMPLER_NAMES = ["dpm-solver++-2m", "unipc-bh2", "ipndm"]
@@ -89,7 +90,22 @@ def stored_best(problem: str, process: str, nfe: int) -> dict:
     return best
 
 
-def mixtures(nfes, names) -> list[dict]:
+def fit_draws(problem, process, t0: float, num: int, seed: int = 7) -> torch.Tensor:
+    """``num`` draws of ``p_{t0}`` independent of the benchmark's (float32, as the samplers run)."""
+    g = torch.Generator().manual_seed(seed)
+    sch = process.schedule
+    data = problem.mixture.sample(num, g)
+    eps = torch.randn(data.shape, generator=g, dtype=torch.float64)
+    return (float(sch.alpha(t0)) * data + float(sch.sigma(t0)) * eps).reshape(num, *problem.shape).float()
+
+
+def samplers_for(process) -> list[str]:
+    """The tuned samplers: the exponential integrators everywhere, and on rectified flow also the
+    Runge-Kutta family that leads its hand-grid rows."""
+    return SAMPLER_NAMES + (["heun", "midpoint"] if process.time_input == "t" else [])
+
+
+def mixtures(nfes, names, coef_draws: int) -> list[dict]:
     rows = []
     for problem in problems():
         if problem.name not in names:
@@ -99,36 +115,48 @@ def mixtures(nfes, names) -> list[dict]:
             den = sdeflow_denoiser(problem, process)
             shared = Shared(problem, process)
             t0 = grids.start_time(sch)
-            fit = Shared(problem, process, seed=7).x_init(t0)[:100].float()
             start = time.time()
-            teacher = Teacher(den, fit, times=candidate_times(GridSpace(sch, 1)))
-            print(f"{problem.name}, {process.name}: teacher {teacher.calls} evaluations, {time.time() - start:.0f} s", flush=True)
+            teacher = Teacher(den, fit_draws(problem, process, t0, 100), times=candidate_times(GridSpace(sch, 1)))
+            coef_teacher = Teacher(den, fit_draws(problem, process, t0, coef_draws, seed=8), t_max=t0)
+            print(f"{problem.name}, {process.name}: teachers {teacher.calls} and {coef_teacher.calls} evaluations, "
+                  f"{time.time() - start:.0f} s", flush=True)
+
+            def fresh(sampler, ts):
+                out = sample(den, sampler, ts, shared.x_init(float(ts[0])).float()).x.double()
+                return shared.score((float(ts[0]), float(ts[-1])), out)["rms"]
+
             for nfe in nfes:
                 stored = stored_best(problem.name, process.name, nfe)
-                for name in SAMPLER_NAMES:
+                for name in samplers_for(process):
                     sampler = SAMPLERS[name]()
+                    n = steps_for(sampler, sch, nfe)
+                    if sampler.prepare(sch, GRIDS["uniform"](n, sch)).nfe != nfe:
+                        continue  # this sampler cannot spend exactly this budget
                     start = time.time()
                     tuned = optimize_grid(den, sampler, nfe, teacher=teacher, sampler_name=name)
-                    seconds = time.time() - start
                     ts = tuned.grid()
-                    score = shared.score((float(ts[0]), 0.0), sample(den, sampler, ts, shared.x_init(float(ts[0])).float()).x.double())
+                    grid_seconds = time.time() - start
+                    coef = optimize_coefficients(den, sampler, ts, teacher=coef_teacher, sampler_name=name)
+                    seconds = time.time() - start
                     hand = {}
                     for g in HAND[process.time_input]:
-                        n = next((m for m in range(1, nfe + 1) if sampler.prepare(sch, GRIDS[g](m, sch)).nfe == nfe), None)
-                        if n is None:
-                            continue
                         hts = GRIDS[g](n, sch)
-                        hx = sample(den, sampler, hts, shared.x_init(float(hts[0])).float()).x.double()
-                        hand[g] = shared.score((float(hts[0]), float(hts[-1])), hx)["rms"]
+                        if sampler.prepare(sch, hts).nfe == nfe:
+                            hand[g] = fresh(sampler, hts)
                     best_hand = min(hand, key=hand.get) if hand else None
                     row = dict(problem=problem.name, process=process.name, sampler=name, nfe=nfe, used_nfe=tuned.nfe,
-                               tuned=score["rms"], fit_loss=tuned.loss, cost_nfe=tuned.cost_nfe + teacher.calls,
-                               seconds=seconds, hand=hand.get(best_hand), hand_grid=best_hand,
-                               best_sdeflow=stored.get("sdeflow"), best_peer=stored.get("peer"), ts=tuned.ts)
+                               tuned=fresh(sampler, ts), fit_loss=tuned.loss, cost_nfe=tuned.cost_nfe + teacher.calls,
+                               coef=fresh(coef.sampler_for(sampler), ts), coef_fit_loss=coef.loss,
+                               coef_heldout=coef.heldout, coef_cost_nfe=coef.cost_nfe + coef_teacher.calls,
+                               coef_cost_grad=coef.cost_grad, coef_draws=coef_draws, coefficients=len(coef.shift),
+                               grid_seconds=grid_seconds, seconds=seconds, hand=hand.get(best_hand), hand_grid=best_hand,
+                               best_sdeflow=stored.get("sdeflow"), best_peer=stored.get("peer"), ts=tuned.ts,
+                               shift=coef.shift)
                     rows.append(row)
                     peer = row["best_peer"][0] if row["best_peer"] else float("nan")
-                    print(f"  {name} NFE {nfe}: tuned {score['rms']:.3e} (fit {tuned.loss:.3e}), best hand "
-                          f"{row['hand'] or float('nan'):.3e} ({best_hand}), best peer {peer:.3e} [{seconds:.0f} s]", flush=True)
+                    print(f"  {name} NFE {nfe}: tuned grid {row['tuned']:.3e}, + coefficients {row['coef']:.3e} "
+                          f"(fit {coef.loss:.3e}, held out {coef.heldout:.3e}), best hand {row['hand'] or float('nan'):.3e} "
+                          f"({best_hand}), best peer {peer:.3e} [{seconds:.0f} s]", flush=True)
     return rows
 
 
@@ -149,32 +177,53 @@ def report(cert, mix) -> str:
         out.append("")
     if mix:
         out += ["## The ODE benchmark's problems", "",
-                "Endpoint RMS error on the benchmark's draws against its reference solve. `tuned`: the grid fitted on 100 "
-                "other draws (fit cost in model evaluations on that batch, teacher included); `hand`: the same sampler's "
+                "Endpoint RMS error on the benchmark's draws against its reference solve. `tuned grid`: the grid fitted "
+                "on 100 other draws; `+ coefficients`: the sampler's coefficients then fitted on that grid on "
+                f"{mix[0]['coef_draws']} further draws (a fifth held out for early stopping); `hand`: the same sampler's "
                 "best hand grid; `best sdeflow` / `best peer`: the best row of any method and grid in "
-                "docs/benchmarks/ode_solvers.json at that NFE.", "",
-                "| problem | process | sampler | NFE | tuned | hand (grid) | tuned / hand | best sdeflow | best peer | tuned / best peer | fit cost |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+                "docs/benchmarks/ode_solvers.json at that NFE (peers: diffusers, k-diffusion, flow_matching). Costs: "
+                "model evaluations of the fits (teachers included; each on its batch of draws), and the evaluations "
+                "the coefficient fit differentiated through.", "",
+                "| problem | process | sampler | NFE | hand (grid) | tuned grid | + coefficients | best sdeflow hand | best peer "
+                "| tuned grid / best peer | + coefficients / best peer | fit cost (grid; coefficients, of them differentiated) |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in mix:
             peer = r["best_peer"][0] if r["best_peer"] else float("nan")
             bs = r["best_sdeflow"][0] if r["best_sdeflow"] else float("nan")
             hand = r["hand"] if r["hand"] is not None else float("nan")
-            out.append(f"| {r['problem']} | {r['process'].split(' (')[0]} | {r['sampler']} | {r['nfe']} | {r['tuned']:.3e} | "
-                       f"{hand:.3e} ({r['hand_grid']}) | {r['tuned'] / hand:.2f} | {bs:.3e} | {peer:.3e} | "
-                       f"**{r['tuned'] / peer:.2f}** | {r['cost_nfe']} |")
+            out.append(f"| {r['problem']} | {r['process'].split(' (')[0]} | {r['sampler']} | {r['nfe']} | "
+                       f"{hand:.3e} ({r['hand_grid']}) | {r['tuned']:.3e} | {r['coef']:.3e} | {bs:.3e} | {peer:.3e} | "
+                       f"{r['tuned'] / peer:.2f} | **{r['coef'] / peer:.2f}** | "
+                       f"{r['cost_nfe']}; {r['coef_cost_nfe']}, {r['coef_cost_grad']} |")
+        out += ["", "Best of each process and NFE (any tuned sampler, grid only or with coefficients):", "",
+                "| problem | process | NFE | best tuned | best peer | ratio |", "|---|---|---|---|---|---|"]
+        for key in dict.fromkeys((r["problem"], r["process"], r["nfe"]) for r in mix):
+            at = [r for r in mix if (r["problem"], r["process"], r["nfe"]) == key]
+            err, label = min((v, f"{r['sampler']}{' + coefficients' if c else ''}")
+                             for r in at for v, c in ((r["tuned"], False), (r["coef"], True)))
+            peer = at[0]["best_peer"][0] if at[0]["best_peer"] else float("nan")
+            out.append(f"| {key[0]} | {key[1].split(' (')[0]} | {key[2]} | {err:.3e} ({label}) | {peer:.3e} "
+                       f"({at[0]['best_peer'][1] if at[0]['best_peer'] else '-'}) | **{err / peer:.2f}** |")
     return "\n".join(out) + "\n"
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--part", type=int, choices=[1, 2], default=None, help="run one part only")
+    p.add_argument("--part", type=int, choices=[1, 2], default=None,
+                   help="run one part only (the other part's stored results are kept)")
     p.add_argument("--nfe", nargs="+", type=int, default=NFES)
     p.add_argument("--problems", nargs="+", default=["64-D mixture"])
+    p.add_argument("--coef-draws", type=int, default=1000, help="draws the coefficients are fitted on (default: 1000)")
     args = p.parse_args(argv)
-    cert = certificate([n for n in args.nfe if n in (5, 8)]) if args.part in (None, 1) else []
-    mix = mixtures(args.nfe, args.problems) if args.part in (None, 2) else []
+    path = os.path.join(OUT, "tuning.json")
+    old = {}
+    if args.part is not None and os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+    cert = certificate([n for n in args.nfe if n in (5, 8)]) if args.part in (None, 1) else old.get("certificate", [])
+    mix = mixtures(args.nfe, args.problems, args.coef_draws) if args.part in (None, 2) else old.get("mixtures", [])
     os.makedirs(OUT, exist_ok=True)
-    write_json(os.path.join(OUT, "tuning.json"), dict(certificate=cert, mixtures=mix))
+    write_json(path, dict(certificate=cert, mixtures=mix))
     text = report(cert, mix)
     atomic_write(os.path.join(OUT, "tuning.md"), lambda tmp: open(tmp, "w").write(text))
     print(text)

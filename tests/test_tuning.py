@@ -169,6 +169,16 @@ def test_tune_writes_grids_beside_the_checkpoint_and_sample_uses_them(tmp_path, 
     assert len(fitted.shift) == len(coefficient_values(plan.coef)) and fitted.loss <= fitted.base_loss
     r = cli_here("sample", "--checkpoint", ckpt, "--sampler", "heun", "--nfe", "4", "--grid", "tuned", "-n", "8", "--out", out)
     assert r.returncode == 0 and "heun (fitted coefficients)" in r.stdout, r.stderr
+    before = find_tuned(str(tmp_path / "moons.grids.json"), "euler", 4)
+    r = cli_here("tune", "--checkpoint", ckpt, "--sampler", "euler", "--nfe", "4", "--samples", "20", "--teacher-steps", "20",
+                 "--method", "stored", "--coefficients")
+    assert r.returncode == 0 and "the stored grid" in r.stdout, r.stderr
+    after = find_tuned(str(tmp_path / "moons.grids.json"), "euler", 4)
+    assert after.ts == before.ts and after.shift is not None and before.shift is None
+    r = cli_here("tune", "--checkpoint", ckpt, "--sampler", "euler", "--nfe", "4", "--method", "stored")
+    assert r.returncode == 1 and "add --coefficients" in r.stderr
+    r = cli_here("tune", "--checkpoint", ckpt, "--sampler", "euler", "--nfe", "7", "--method", "stored", "--coefficients")
+    assert r.returncode == 1 and "no grid tuned for euler at NFE 7" in r.stderr
     r = cli_here("tune", "--checkpoint", ckpt, "--sampler", "ddpm", "--nfe", "4")
     assert r.returncode == 1 and "stochastic" in r.stderr
     r = cli_here("tune", "--checkpoint", ckpt, "--sampler", "rk45", "--nfe", "4", "--coefficients")

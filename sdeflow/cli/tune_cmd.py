@@ -29,8 +29,9 @@ def add_tune_parser(sub) -> None:
                    help="deterministic fixed-grid samplers to tune for (default: sdeflow's default at each budget)")
     p.add_argument("--nfe", default="5,6,8,10", metavar="N[,N...]", help="NFE budgets (default: 5,6,8,10)")
     p.add_argument("--samples", type=int, default=100, help="prior draws the grids are fitted on (default: 100)")
-    p.add_argument("--method", default="dp+descent", choices=["dp+descent", "dp", "descent"],
-                   help="dynamic programming, descent from the best hand grids, or both (default: dp+descent)")
+    p.add_argument("--method", default="dp+descent", choices=["dp+descent", "dp", "descent", "stored"],
+                   help="dynamic programming, descent from the best hand grids, or both (default: dp+descent); "
+                   "stored: keep the grid already stored for the sampler and budget (with --coefficients)")
     p.add_argument("--starts", type=int, default=2, help="best hand grids the descent also starts from (default: 2)")
     p.add_argument("--teacher-steps", type=int, default=150,
                    help="resolution of the teacher's reference grid (default: 150)")
@@ -60,8 +61,8 @@ def run_tune(args) -> None:
     from ..pretrained import load_model
     from ..sampling import prior_sample
     from ..samplers.fitted import check_fittable
-    from ..tuning import (GridSpace, Teacher, candidate_times, check_tunable, optimize_coefficients, optimize_grid,
-                          save_tuned, tuned_path)
+    from ..tuning import (GridSpace, Teacher, candidate_times, check_tunable, find_tuned, optimize_coefficients,
+                          optimize_grid, save_tuned, steps_for, tuned_path)
 
     budgets = _budgets(args.nfe)
     for name in ("samples", "teacher_steps"):
@@ -69,6 +70,8 @@ def run_tune(args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.starts < 0:
         raise ValueError(f"--starts must be >= 0, got {args.starts}")
+    if args.method == "stored" and not args.coefficients:
+        raise ValueError("--method stored keeps the stored grids and only fits coefficients: add --coefficients")
     if args.coefficients and not 0.0 < args.holdout < 1.0:
         raise ValueError(f"--holdout must be a fraction between 0 and 1, got {args.holdout}")
     if args.coefficients and args.samples * min(args.holdout, 1 - args.holdout) < 1:
@@ -92,17 +95,29 @@ def run_tune(args) -> None:
     x = prior_sample(sch, (args.samples, *model.shape), t=space.t_max, seeds=seeds)
     cond = {"label": torch.arange(args.samples) % model.num_classes} if model.num_classes else None
     start = time.time()
-    times = candidate_times(space) if args.method != "descent" else None
+    stored = {}
+    if args.method == "stored":  # every grid is looked up before the teacher runs
+        stored = {(name, budget): find_tuned(out, name, budget, steps_for(sampler, sch, budget))
+                  for name, sampler, budget in jobs}
+    times = candidate_times(space) if args.method in ("dp", "dp+descent") else None
     teacher = Teacher(den, x, cond=cond, t_max=space.t_max, steps=args.teacher_steps, times=times)
     print(f"teacher: {teacher.calls} evaluations on {args.samples} draws, {time.time() - start:.0f} s")
     for name, sampler, budget in jobs:
         start = time.time()
-        tuned = optimize_grid(den, sampler, budget, teacher=teacher, sampler_name=name, method=args.method,
-                              starts=args.starts)
-        hand, hand_loss = tuned.best_hand
-        print(f"{name} NFE {tuned.nfe} ({len(tuned.ts) - 1} steps): error {tuned.loss:.3g} vs "
-              f"{hand_loss:.3g} ({hand} grid), {tuned.cost_nfe} evaluations, {time.time() - start:.0f} s; "
-              f"grid {', '.join(f'{t:.4g}' for t in tuned.ts)}")
+        if args.method == "stored":
+            tuned = stored[name, budget]
+            if abs(tuned.ts[0] - teacher.t_max) > 1e-9:
+                raise ValueError(f"the stored {name} grid at NFE {budget} starts at t = {tuned.ts[0]:.6g}, not at "
+                                 f"{teacher.t_max:.6g} where the draws are: refit it with --method dp+descent")
+            print(f"{name} NFE {tuned.nfe} ({len(tuned.ts) - 1} steps): the stored grid "
+                  f"{', '.join(f'{t:.4g}' for t in tuned.ts)}")
+        else:
+            tuned = optimize_grid(den, sampler, budget, teacher=teacher, sampler_name=name, method=args.method,
+                                  starts=args.starts)
+            hand, hand_loss = tuned.best_hand
+            print(f"{name} NFE {tuned.nfe} ({len(tuned.ts) - 1} steps): error {tuned.loss:.3g} vs "
+                  f"{hand_loss:.3g} ({hand} grid), {tuned.cost_nfe} evaluations, {time.time() - start:.0f} s; "
+                  f"grid {', '.join(f'{t:.4g}' for t in tuned.ts)}")
         if args.coefficients:
             start = time.time()
             tuned = optimize_coefficients(den, sampler, tuned.grid(), teacher=teacher, sampler_name=name,
