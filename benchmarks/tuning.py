@@ -2,7 +2,8 @@
 
 Part 1, the certificate (NFE 5 and 8): on a 16-D Gaussian (variances 0.01-4) the exact W2 of each sampler's output,
 for the exact-optimal grid (``exact_optimal_grid``), the grids fitted on 100 draws by each method
-(``dp``, ``descent``, ``dp+descent``), Align Your Steps' tangent law and the best hand grid.
+(``dp``, ``descent``, ``dp+descent``), the ``dp+descent`` grid with the sampler's coefficients fitted on
+the same draws, Align Your Steps' tangent law and the best hand grid.
 
 Part 2, the ODE benchmark's problems (``common.py``: same 500 draws, same float64 reference solve,
 float32 states): for each process and sampler, a grid fitted on 100 *other* draws, then the sampler's
@@ -32,7 +33,7 @@ from sdeflow import analytic, grids, sample  # noqa: E402
 from sdeflow.analytic.sampler_law import gaussian_output_law, gaussian_w2  # noqa: E402
 from sdeflow.files import atomic_write, write_json  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS, SCHEDULES  # noqa: E402
-from sdeflow.tuning import Teacher, ays_gaussian_grid, candidate_times, exact_optimal_grid, GridSpace, \
+from sdeflow.tuning import Teacher, ays_gaussian_grid, candidate_times, endpoint_loss, exact_optimal_grid, GridSpace, \
     hand_grids, optimize_coefficients, optimize_grid, steps_for  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks")
@@ -55,8 +56,8 @@ def certificate(nfes) -> list[dict]:
         for name in SAMPLER_NAMES:
             sampler = SAMPLERS[name]()
             for nfe in nfes:
-                def w2(ts):
-                    m, v = gaussian_output_law(gauss, sampler, sch, ts)
+                def w2(ts, run=sampler):
+                    m, v = gaussian_output_law(gauss, run, sch, ts)
                     return gaussian_w2(m, v.clamp_min(0), gauss.means[0], gauss.cov.var[0])
 
                 start = time.time()
@@ -69,8 +70,11 @@ def certificate(nfes) -> list[dict]:
                 for method in ("dp", "descent", "dp+descent"):
                     tuned = optimize_grid(den, sampler, nfe, x, method=method, sampler_name=name)
                     row[method], row[method + " cost"] = w2(tuned.grid()), tuned.cost_nfe
+                coef = optimize_coefficients(den, sampler, tuned.grid(), x, sampler_name=name, tuned=tuned)
+                row["coefficients"], row["coefficients cost"] = w2(tuned.grid(), coef.sampler_for(sampler)), coef.cost_nfe
                 rows.append(row)
-                print(f"{sched} {name} NFE {nfe}: exact-optimal {opt:.3e}, dp+descent {row['dp+descent']:.3e}, "
+                print(f"{sched} {name} NFE {nfe}: exact-optimal {opt:.3e}, dp+descent {row['dp+descent']:.3e} "
+                      f"(+ coefficients {row['coefficients']:.3e}), "
                       f"dp {row['dp']:.3e}, descent {row['descent']:.3e}, AYS {row['ays']:.3e}, best hand "
                       f"{row['hand']:.3e} ({row['hand_grid']}) [{time.time() - start:.0f} s]", flush=True)
     return rows
@@ -102,15 +106,17 @@ def fit_draws(problem, process, t0: float, num: int, seed: int = 7) -> torch.Ten
 def samplers_for(process) -> list[str]:
     """The tuned samplers: the exponential integrators everywhere, and on rectified flow also the
     Runge-Kutta family that leads its hand-grid rows."""
-    return SAMPLER_NAMES + (["heun", "midpoint"] if process.time_input == "t" else [])
+    return SAMPLER_NAMES + (["heun", "heun3", "midpoint"] if process.time_input == "t" else [])
 
 
-def mixtures(nfes, names, coef_draws: int) -> list[dict]:
+def mixtures(nfes, names, coef_draws: int, processes=None) -> list[dict]:
     rows = []
     for problem in problems():
         if problem.name not in names:
             continue
         for process in PROCESSES:
+            if processes and not any(o.lower() in process.name.lower() for o in processes):
+                continue
             sch = process.schedule
             den = sdeflow_denoiser(problem, process)
             shared = Shared(problem, process)
@@ -136,25 +142,39 @@ def mixtures(nfes, names, coef_draws: int) -> list[dict]:
                     tuned = optimize_grid(den, sampler, nfe, teacher=teacher, sampler_name=name)
                     ts = tuned.grid()
                     grid_seconds = time.time() - start
-                    coef = optimize_coefficients(den, sampler, ts, teacher=coef_teacher, sampler_name=name)
-                    seconds = time.time() - start
-                    hand = {}
+                    hand, hand_grids_ = {}, {}
                     for g in HAND[process.time_input]:
                         hts = GRIDS[g](n, sch)
                         if sampler.prepare(sch, hts).nfe == nfe:
-                            hand[g] = fresh(sampler, hts)
+                            hand[g], hand_grids_[g] = fresh(sampler, hts), hts
                     best_hand = min(hand, key=hand.get) if hand else None
+                    # the coefficients are fitted on the tuned grid and on the hand grid that is best on the
+                    # coefficient draws (the tuned grid saw only 100 draws); the lower held-out error wins
+                    starts = {"tuned": ts}
+                    on_draws = {g: endpoint_loss(den, sampler, hts.clone().index_fill_(0, torch.tensor([0]), t0),
+                                                 coef_teacher.x_init, coef_teacher.end)
+                                for g, hts in hand_grids_.items()}
+                    if on_draws:
+                        g = min(on_draws, key=on_draws.get)
+                        starts[g] = hand_grids_[g].clone().index_fill_(0, torch.tensor([0]), t0)
+                    fits = {k: optimize_coefficients(den, sampler, v, teacher=coef_teacher, sampler_name=name)
+                            for k, v in starts.items()}
+                    coef_grid = min(fits, key=lambda k: fits[k].heldout)
+                    coef, coef_ts = fits[coef_grid], starts[coef_grid]
+                    seconds = time.time() - start
                     row = dict(problem=problem.name, process=process.name, sampler=name, nfe=nfe, used_nfe=tuned.nfe,
                                tuned=fresh(sampler, ts), fit_loss=tuned.loss, cost_nfe=tuned.cost_nfe + teacher.calls,
-                               coef=fresh(coef.sampler_for(sampler), ts), coef_fit_loss=coef.loss,
-                               coef_heldout=coef.heldout, coef_cost_nfe=coef.cost_nfe + coef_teacher.calls,
-                               coef_cost_grad=coef.cost_grad, coef_draws=coef_draws, coefficients=len(coef.shift),
+                               coef=fresh(coef.sampler_for(sampler), coef_ts), coef_grid=coef_grid, coef_fit_loss=coef.loss,
+                               coef_heldout=coef.heldout,
+                               coef_cost_nfe=sum(f.cost_nfe for f in fits.values()) + coef_teacher.calls,
+                               coef_cost_grad=sum(f.cost_grad for f in fits.values()), coef_draws=coef_draws,
+                               coefficients=len(coef.shift),
                                grid_seconds=grid_seconds, seconds=seconds, hand=hand.get(best_hand), hand_grid=best_hand,
                                best_sdeflow=stored.get("sdeflow"), best_peer=stored.get("peer"), ts=tuned.ts,
-                               shift=coef.shift)
+                               coef_ts=coef_ts.tolist(), shift=coef.shift)
                     rows.append(row)
                     peer = row["best_peer"][0] if row["best_peer"] else float("nan")
-                    print(f"  {name} NFE {nfe}: tuned grid {row['tuned']:.3e}, + coefficients {row['coef']:.3e} "
+                    print(f"  {name} NFE {nfe}: tuned grid {row['tuned']:.3e}, + coefficients {row['coef']:.3e} on {coef_grid} "
                           f"(fit {coef.loss:.3e}, held out {coef.heldout:.3e}), best hand {row['hand'] or float('nan'):.3e} "
                           f"({best_hand}), best peer {peer:.3e} [{seconds:.0f} s]", flush=True)
     return rows
@@ -165,21 +185,26 @@ def report(cert, mix) -> str:
            "`python benchmarks/tuning.py`. See `sdeflow.tuning` and docs/tuning.md for the methods.", ""]
     if cert:
         out += ["## The certificate: exact W2 on a 16-D Gaussian", "",
-                "Exact W2 between each sampler's output law and the data (no Monte Carlo error). Fitted grids use "
-                "100 draws against the teacher; `cost`: model evaluations of the fit on that batch (teacher included).", "",
-                "| schedule | sampler | NFE | exact-optimal | dp+descent | dp | descent | AYS tangent law | best hand grid |",
-                "|---|---|---|---|---|---|---|---|---|"]
+                "Exact W2 between each sampler's output law and the data (no Monte Carlo error). Fitted grids and "
+                "coefficients use 100 draws against the teacher (coefficients: a fifth of them held out); `cost`: model evaluations of the fit on that batch (teacher included).", "",
+                "| schedule | sampler | NFE | exact-optimal | dp+descent | dp+descent + coefficients | dp | descent "
+                "| AYS tangent law | best hand grid |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
         for r in cert:
+            c = r.get("coefficients", float("nan"))
             out.append(f"| {r['schedule']} | {r['sampler']} | {r['nfe']} | {r['exact_optimal']:.3e} | {r['dp+descent']:.3e} "
-                       f"({r['dp+descent'] / r['exact_optimal']:.2f}x) | {r['dp']:.3e} ({r['dp'] / r['exact_optimal']:.1f}x) | "
+                       f"({r['dp+descent'] / r['exact_optimal']:.2f}x) | {c:.3e} ({c / r['exact_optimal']:.2f}x) | "
+                       f"{r['dp']:.3e} ({r['dp'] / r['exact_optimal']:.1f}x) | "
                        f"{r['descent']:.3e} ({r['descent'] / r['exact_optimal']:.2f}x) | {r['ays']:.3e} "
                        f"({r['ays'] / r['exact_optimal']:.1f}x) | {r['hand']:.3e} ({r['hand'] / r['exact_optimal']:.1f}x, {r['hand_grid']}) |")
         out.append("")
     if mix:
         out += ["## The ODE benchmark's problems", "",
                 "Endpoint RMS error on the benchmark's draws against its reference solve. `tuned grid`: the grid fitted "
-                "on 100 other draws; `+ coefficients`: the sampler's coefficients then fitted on that grid on "
-                f"{mix[0]['coef_draws']} further draws (a fifth held out for early stopping); `hand`: the same sampler's "
+                "on 100 other draws; `+ coefficients`: the sampler's coefficients fitted on the tuned grid and on the hand grid "
+                "that is best on the coefficient draws, the one with the lower held-out error kept (named), on "
+                + ", ".join(f"{n} further draws ({p})" for p, n in dict.fromkeys((r["problem"], r["coef_draws"]) for r in mix))
+                + " (a fifth held out for early stopping); `hand`: the same sampler's "
                 "best hand grid; `best sdeflow` / `best peer`: the best row of any method and grid in "
                 "docs/benchmarks/ode_solvers.json at that NFE (peers: diffusers, k-diffusion, flow_matching). Costs: "
                 "model evaluations of the fits (teachers included; each on its batch of draws), and the evaluations "
@@ -192,7 +217,7 @@ def report(cert, mix) -> str:
             bs = r["best_sdeflow"][0] if r["best_sdeflow"] else float("nan")
             hand = r["hand"] if r["hand"] is not None else float("nan")
             out.append(f"| {r['problem']} | {r['process'].split(' (')[0]} | {r['sampler']} | {r['nfe']} | "
-                       f"{hand:.3e} ({r['hand_grid']}) | {r['tuned']:.3e} | {r['coef']:.3e} | {bs:.3e} | {peer:.3e} | "
+                       f"{hand:.3e} ({r['hand_grid']}) | {r['tuned']:.3e} | {r['coef']:.3e} ({r.get('coef_grid', 'tuned')}) | {bs:.3e} | {peer:.3e} | "
                        f"{r['tuned'] / peer:.2f} | **{r['coef'] / peer:.2f}** | "
                        f"{r['cost_nfe']}; {r['coef_cost_nfe']}, {r['coef_cost_grad']} |")
         out += ["", "Best of each process and NFE (any tuned sampler, grid only or with coefficients):", "",
@@ -212,7 +237,11 @@ def main(argv=None):
     p.add_argument("--part", type=int, choices=[1, 2], default=None,
                    help="run one part only (the other part's stored results are kept)")
     p.add_argument("--nfe", nargs="+", type=int, default=NFES)
-    p.add_argument("--problems", nargs="+", default=["64-D mixture"])
+    p.add_argument("--problems", nargs="+", default=["64-D mixture"],
+                   help="ODE benchmark problems for part 2 (64-D mixture, 3x32x32 mixture, 2-D mixture); the stored rows "
+                   "of the others are kept")
+    p.add_argument("--processes", nargs="+", default=None, metavar="NAME",
+                   help="part 2 for these processes only (e.g. rectified); the stored rows of the others are kept")
     p.add_argument("--coef-draws", type=int, default=1000, help="draws the coefficients are fitted on (default: 1000)")
     args = p.parse_args(argv)
     path = os.path.join(OUT, "tuning.json")
@@ -221,7 +250,13 @@ def main(argv=None):
         with open(path) as f:
             old = json.load(f)
     cert = certificate([n for n in args.nfe if n in (5, 8)]) if args.part in (None, 1) else old.get("certificate", [])
-    mix = mixtures(args.nfe, args.problems, args.coef_draws) if args.part in (None, 2) else old.get("mixtures", [])
+    mix = old.get("mixtures", [])
+    if args.part in (None, 2):  # the stored rows of other problems are kept
+        def chosen(r):
+            return r["problem"] in args.problems and (not args.processes or any(
+                o.lower() in r["process"].lower() for o in args.processes))
+
+        mix = [r for r in mix if not chosen(r)] + mixtures(args.nfe, args.problems, args.coef_draws, args.processes)
     os.makedirs(OUT, exist_ok=True)
     write_json(path, dict(certificate=cert, mixtures=mix))
     text = report(cert, mix)
