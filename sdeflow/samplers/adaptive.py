@@ -45,7 +45,8 @@ def _error_ratio(x_hi, x_lo, x_prev, rtol, atol):
     bfloat16 state asked for 1e-3 would otherwise reject steps until ``max_steps``)."""
     rtol = max(rtol, torch.finfo(x_hi.dtype).eps)
     work = torch.promote_types(x_hi.dtype, torch.float32)
-    hi, lo, prev = x_hi.to(work), x_lo.to(work), x_prev.to(work)
+    # the step-size control reads the error as a number: no gradient flows through it
+    hi, lo, prev = x_hi.detach().to(work), x_lo.detach().to(work), x_prev.detach().to(work)
     tol = atol + rtol * torch.maximum(lo.abs(), prev.abs())
     return float(((hi - lo) / tol).pow(2).mean().sqrt())
 
