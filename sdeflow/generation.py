@@ -23,7 +23,8 @@ def sample_seed(seed: int, i: int) -> int:
 
 def generate(denoiser: Denoiser, sampler, ts: torch.Tensor, shape: tuple[int, ...], num: int, *, seed: int = 0,
              labels: torch.Tensor | None = None, batch_size: int = 256, noise: str = "seeded", rank: int = 0,
-             world: int = 1, progress: bool = False, device=None, dtype=torch.float32) -> dict[int, torch.Tensor]:
+             world: int = 1, progress: bool = False, device=None, dtype=torch.float32,
+             first: int = 0) -> dict[int, torch.Tensor]:
     """``{chunk index: samples}`` for the chunks of this process (all of them when ``world == 1``).
 
     Args:
@@ -31,6 +32,8 @@ def generate(denoiser: Denoiser, sampler, ts: torch.Tensor, shape: tuple[int, ..
         shape: one sample's shape; num: total number of samples.
         labels: ``(num,)`` class labels passed as ``cond={"label": ...}`` (None: unconditional).
         noise: ``"seeded"`` (per-sample seeds) or ``"brownian"`` (per-sample Brownian trees).
+        first: the index of the first sample (the samples ``first .. first + num - 1`` of the run
+            seeded ``seed``: a run made in parts gives the samples of one run made at once).
     """
     if noise not in ("seeded", "brownian"):
         raise ValueError(f"noise must be 'seeded' or 'brownian' for sharded generation, got {noise!r}")
@@ -44,7 +47,7 @@ def generate(denoiser: Denoiser, sampler, ts: torch.Tensor, shape: tuple[int, ..
         bar = tqdm(total=sum(hi - lo for _, lo, hi in mine), unit="sample", desc="sampling")
     out = {}
     for k, lo, hi in mine:
-        seeds = [sample_seed(seed, i) for i in range(lo, hi)]
+        seeds = [sample_seed(seed, first + i) for i in range(lo, hi)]
         x_init = prior_sample(denoiser.schedule, (hi - lo, *shape), t=t_start, seeds=seeds, dtype=dtype, device=device)
         cond = {} if labels is None else {"label": labels[lo:hi].to(x_init.device)}
         source = SeededNoise(seeds) if noise == "seeded" else BrownianTreeNoise(seeds)

@@ -79,6 +79,16 @@ SAMPLERS: dict[str, Callable[[], samplers.Sampler]] = {
     "gotta-go-fast": samplers.GottaGoFast,
 }
 
+#: Few-step samplers of flow maps (they need a flow-map model, so they are not in ``SAMPLERS``,
+#: whose contract tests run on denoisers): plain jumps, and consistency sampling (re-noising).
+FLOW_MAP_SAMPLERS: dict[str, Callable[[], samplers.Sampler]] = {
+    "flow-map": samplers.FlowMapSampler,
+    "consistency": lambda: samplers.FlowMapSampler(gamma=1.0),
+}
+
+#: Every sampler name the command line accepts.
+ALL_SAMPLERS = {**SAMPLERS, **FLOW_MAP_SAMPLERS}
+
 #: Grids by name: ``(n_steps, schedule) -> ts``. Discrete spacings need a discrete schedule.
 GRIDS: dict[str, Callable[[int, schedules.Schedule], "grids.torch.Tensor"]] = {
     "auto": lambda n, schedule: grids.auto_grid(n, schedule),

@@ -70,8 +70,8 @@ class CountingField:
         self.last: torch.Tensor | None = None
         self._bad = None  # device-side step index of the first non-finite output (-1: none)
 
-    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
-        x_hat = self.denoiser(x, t, **self.cond)
+    def __call__(self, x: torch.Tensor, t, **jump) -> torch.Tensor:
+        x_hat = self.denoiser(x, t, **self.cond, **jump)
         if self.check != "off":
             probe = x_hat.detach()
             if self.check == "spot" and x_hat.is_contiguous() and x_hat.numel() > 8192:
@@ -187,6 +187,17 @@ def check_models(denoiser, sampler) -> None:
     check_denoiser(denoiser)
     if not isinstance(sampler, Sampler):
         raise TypeError(f"sampler must be a sdeflow Sampler, got {type(sampler).__name__}")
+    if sampler.needs_flow_map and not is_flow_map(denoiser):
+        raise ValueError(f"{type(sampler).__name__} jumps with a flow map, and this model is a plain denoiser: use it "
+                         "with a flow-map model (a few-step objective of sdeflow train, or analytic.OracleFlowMap), "
+                         "or sample this model with an ODE or SDE sampler")
+
+
+def is_flow_map(denoiser) -> bool:
+    """Whether ``denoiser`` answers jumps ``denoiser(x_t, t, target=s)`` (a :class:`~sdeflow.denoisers.FlowMap`)."""
+    from .denoisers import FlowMap
+
+    return isinstance(denoiser, FlowMap)
 
 
 class Steps:

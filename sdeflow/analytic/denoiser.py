@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..denoisers import Denoiser
+from ..denoisers.flow_map import FlowMap, jump_coefficients
 from ..schedules import Schedule
 from .mixture import GaussianMixture
 
@@ -29,6 +30,33 @@ rows, ``None`` for all); other conditioning keywords are accepted and ignored.""
         if "label" not in cond or cond["label"] is None:
             return dict(cond)
         return {**cond, "label": torch.full_like(torch.as_tensor(cond["label"]).long(), -1)}
+
+
+class OracleFlowMap(FlowMap):
+    """The exact flow map of one Gaussian (:meth:`GaussianMixture.flow_map`) as a
+    :class:`~sdeflow.denoisers.FlowMap`: ``forward(x_t, t, target=s)`` returns the jump denoiser
+    ``D = (X - a x_t) / b`` of the exact jump ``X`` (``x_hat`` when ``s = t`` or no target is given),
+    in float64 and differentiable in ``x_t``, ``t`` and ``s``. The certificate of the few-step
+    samplers and of the flow-map training losses."""
+
+    def __init__(self, mixture: GaussianMixture, schedule: Schedule):
+        super().__init__(schedule)
+        if mixture.num_components != 1:
+            raise ValueError(f"the exact flow map is closed form for one Gaussian, got {mixture.num_components} components")
+        self.mixture = mixture
+
+    def forward(self, x_t: torch.Tensor, t, target=None, **cond) -> torch.Tensor:
+        x = x_t.to(torch.float64)
+        t64 = torch.as_tensor(t, dtype=torch.float64, device=x.device)
+        x_hat = self.mixture.x_hat(x, self.schedule, t64)
+        if target is None:
+            return x_hat.to(x_t.dtype)
+        s64 = torch.as_tensor(target, dtype=torch.float64, device=x.device)
+        a, b = jump_coefficients(self.schedule, t64, s64)
+        safe = torch.where(b == 0, torch.ones_like(b), b)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        d = (self.mixture.flow_map(x, self.schedule, t64, s64) - a.reshape(shape) * x) / safe.reshape(shape)
+        return torch.where((b == 0).reshape(shape), x_hat, d).to(x_t.dtype)
 
 
 class OracleClassifier:

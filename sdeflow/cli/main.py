@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..registry import GRIDS, PROBLEMS, SAMPLERS, SCHEDULES
+from ..registry import ALL_SAMPLERS, GRIDS, PROBLEMS, SAMPLERS, SCHEDULES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     def sampling_flags(p, default_sampler, default_schedule, default_grid, default_nfe):
-        p.add_argument("--sampler", default=default_sampler, choices=list(SAMPLERS), metavar="NAME",
-                       help=f"one of: {', '.join(SAMPLERS)} (default: "
+        p.add_argument("--sampler", default=default_sampler, choices=list(ALL_SAMPLERS), metavar="NAME",
+                       help=f"one of: {', '.join(ALL_SAMPLERS)} (flow-map and consistency need a few-step flow-map "
+                       "model) (default: "
                        f"{default_sampler or 'the best for the schedule family and --nfe, with its grid; see sdeflow list'})")
         p.add_argument("--schedule", default=default_schedule, choices=list(SCHEDULES), metavar="NAME",
                        help=f"one of: {', '.join(SCHEDULES)} (default: {default_schedule or 'the model schedule; vp-linear for problems'})")
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "and --nfe), or decreasing times such as 1,0.5,0.2,0 "
                        f"(default: {default_grid or 'the grid of the default sampler; with --sampler: auto for models, logsnr for problems'})")
         p.add_argument("--nfe", type=_positive_int, default=default_nfe,
-                       help=f"evaluation budget; the largest step count within it is used (default: {default_nfe})")
+                       help="evaluation budget; the largest step count within it is used (default: "
+                       f"{default_nfe or '20, or the budget a few-step model was trained for'})")
         p.add_argument("--steps", type=_positive_int, default=None, help="number of steps (overrides --nfe)")
         p.add_argument("--partial", action="store_true",
                        help="allow a grid that stops before t = 0 (the samples are then still noisy)")
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "checkpoint .safetensors or a training run folder (default: digits)")
     smp.add_argument("--problem", default=None, choices=list(PROBLEMS), metavar="NAME",
                      help=f"sample an exact problem instead of a model: one of {', '.join(PROBLEMS)}")
-    sampling_flags(smp, None, None, None, 20)
+    sampling_flags(smp, None, None, None, None)
     smp.add_argument("--label", default=None, metavar="all|none|K[,K...]",
                      help="classes of a class-conditional model: all (cycle, default), none, or class numbers")
     smp.add_argument("-n", "--num", "--num-samples", dest="num", type=_positive_int, default=None,

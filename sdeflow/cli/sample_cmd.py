@@ -16,8 +16,11 @@ import torch
 from ..files import check_output, save_npz
 from ..noise import BrownianTreeNoise, GeneratorNoise, SeededNoise
 from ..sampling import sample
-from ..registry import PROBLEMS, SAMPLERS, SCHEDULES, default_sampling, lookup, parse_grid, steps_for_nfe
+from ..registry import ALL_SAMPLERS, PROBLEMS, SAMPLERS, SCHEDULES, default_sampling, lookup, parse_grid, steps_for_nfe
 
+
+#: The evaluation budget without --nfe (a few-step model's default is the budget it was trained for).
+DEFAULT_NFE = 20
 
 #: At most this many images go into a PNG grid (the .npz holds them all).
 PICTURE_LIMIT = 400
@@ -31,7 +34,7 @@ def resolve(args, schedule=None):
     if args.sampler is None:  # sdeflow's default for this schedule family and budget (see registry.DEFAULTS)
         args.sampler, grid = default_sampling(schedule, args.nfe)
         args.grid = args.grid or grid
-    sampler = lookup(SAMPLERS, "sampler", args.sampler)()
+    sampler = lookup(ALL_SAMPLERS, "sampler", args.sampler)()
     if args.grid == "tuned":
         raise ValueError("--grid tuned takes a model's grids from sdeflow tune; exact problems have none (use a named grid)")
     if "," in args.grid:
@@ -173,6 +176,7 @@ def run_sample(args) -> dict:
 
 def _sample_problem(args) -> dict:
     args.num = args.num or 1000
+    args.nfe = args.nfe or DEFAULT_NFE
     args.schedule = args.schedule or "vp-linear"
     if args.sampler is not None:
         args.grid = args.grid or "logsnr"
@@ -232,12 +236,17 @@ def _sample_model(args) -> dict:
     from ..generation import gather, generate
     from ..pretrained import load_model
     from ..distributed import Distributed
+    from ..training.students import student_sampling
 
     if args.schedule is not None:
         raise ValueError("--schedule is fixed by the model's training; leave it out when sampling a checkpoint")
     outs = _outputs(args, "samples.png")
     dist = Distributed(args.device)
     model = load_model(args.checkpoint or "digits", device=dist.device)
+    own = student_sampling(model.config)
+    if own is not None and args.sampler is None:   # a few-step model: the sampling it was trained for
+        args.sampler, args.grid = own[0], args.grid or own[1]
+    args.nfe = args.nfe or (own[2] if own is not None else DEFAULT_NFE)
     tuned = use_tuned_grid(args, model) if args.grid == "tuned" else None
     if args.sampler is not None:
         args.grid = args.grid or "auto"

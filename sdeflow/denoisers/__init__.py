@@ -1,7 +1,8 @@
 """Denoisers: the learned (or exact) field ``x_hat(x_t, t) = E[x | x_t]``."""
 
 from .base import Denoiser
+from .flow_map import FlowMap, FlowMapDenoiser, jump_coefficients
 from .model import TIME_INPUTS, ModelDenoiser
 from .thresholding import DynamicThresholding
 
-__all__ = ["Denoiser", "ModelDenoiser", "TIME_INPUTS", "DynamicThresholding"]
+__all__ = ["Denoiser", "FlowMap", "FlowMapDenoiser", "jump_coefficients", "ModelDenoiser", "TIME_INPUTS", "DynamicThresholding"]

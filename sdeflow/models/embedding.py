@@ -16,9 +16,15 @@ class TimeEmbedding(nn.Module):
 
     The time input ``c`` may live on any scale: ``t`` in [0, 1] wants ``scale=1000``, EDM's
     ``c_noise`` or a logSNR ``scale`` of about 100 (the default of the trainer picks it from the
-    time input)."""
+    time input).
 
-    def __init__(self, dim: int, scale: float = 1000.0, num_classes: int = 0, freq_dim: int | None = None):
+    ``jump=True`` (flow maps, :class:`~sdeflow.denoisers.FlowMapDenoiser`) adds the features of a
+    second input, the gap ``t - s`` in [0, 1] between a jump's start and target times, through an
+    MLP of its own whose last layer starts at zero: a jump network initialised from a denoiser's
+    weights starts as that denoiser (``gap=None`` is a gap of 0, the instantaneous field)."""
+
+    def __init__(self, dim: int, scale: float = 1000.0, num_classes: int = 0, freq_dim: int | None = None,
+                 jump: bool = False):
         super().__init__()
         self.dim, self.scale, self.num_classes = dim, float(scale), int(num_classes)
         self.freq_dim = freq_dim or dim
@@ -26,10 +32,23 @@ class TimeEmbedding(nn.Module):
         self.register_buffer("freqs", torch.exp(-math.log(1e4) * torch.arange(half) / half), persistent=False)
         self.mlp = nn.Sequential(nn.Linear(2 * half, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.label = nn.Embedding(self.num_classes + 1, dim) if self.num_classes else None
+        self.gap = None
+        if jump:
+            self.gap = nn.Sequential(nn.Linear(2 * half, dim), nn.SiLU(), nn.Linear(dim, dim))
+            nn.init.zeros_(self.gap[-1].weight)
+            nn.init.zeros_(self.gap[-1].bias)
 
-    def forward(self, c: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
-        arg = (self.scale * c.float())[:, None] * self.freqs[None]
-        emb = self.mlp(torch.cat([torch.sin(arg), torch.cos(arg)], dim=1).to(self.mlp[0].weight.dtype))
+    def _features(self, c: torch.Tensor, scale: float) -> torch.Tensor:
+        arg = (scale * c.float())[:, None] * self.freqs[None]
+        return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1).to(self.mlp[0].weight.dtype)
+
+    def forward(self, c: torch.Tensor, label: torch.Tensor | None = None, gap: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.mlp(self._features(c, self.scale))
+        if self.gap is not None:
+            gap = torch.zeros_like(c, dtype=torch.float32) if gap is None else torch.as_tensor(gap, device=c.device)
+            emb = emb + self.gap(self._features(gap.reshape(-1).expand(c.shape[0]), 1000.0))
+        elif gap is not None:
+            raise ValueError("this network is not a flow map: it takes no gap (train one with a few-step objective)")
         if self.label is not None:
             if label is None:
                 label = torch.full((c.shape[0],), self.num_classes, device=c.device)

@@ -20,15 +20,18 @@ class MLP(nn.Module):
         num_classes: > 0 adds a class embedding (label dropout index ``num_classes``).
         norm: LayerNorm at the input of each block.
         time_scale: scale of the time input for the sinusoidal features (see :class:`TimeEmbedding`).
+        jump: also take the gap ``t - s`` of a flow-map jump (``forward(x, c, gap=...)``).
     """
 
     def __init__(self, dim: int, width: int = 256, depth: int = 4, num_classes: int = 0, time_scale: float = 1000.0,
-                 norm: bool = False):
+                 norm: bool = False, jump: bool = False):
         super().__init__()
         self.config = dict(dim=dim, width=width, depth=depth, num_classes=num_classes, time_scale=time_scale, norm=norm)
+        if jump:
+            self.config["jump"] = True
         self.norms = nn.ModuleList((nn.LayerNorm(width, elementwise_affine=False) if norm else nn.Identity())
                                    for _ in range(depth))
-        self.embed = TimeEmbedding(width, time_scale, num_classes)
+        self.embed = TimeEmbedding(width, time_scale, num_classes, jump=jump)
         self.inp = nn.Linear(dim, width)
         self.mods = nn.ModuleList(nn.Linear(width, 2 * width) for _ in range(depth))
         self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
@@ -36,9 +39,10 @@ class MLP(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, label: torch.Tensor | None = None,
+                gap: torch.Tensor | None = None) -> torch.Tensor:
         shape = x.shape
-        emb = nn.functional.silu(self.embed(c, label))
+        emb = nn.functional.silu(self.embed(c, label, gap))
         h = self.inp(x.reshape(shape[0], -1))
         for norm, mod, layer in zip(self.norms, self.mods, self.layers):
             a, b = mod(emb).chunk(2, dim=1)

@@ -62,10 +62,12 @@ class UNet(nn.Module):
         blocks: residual blocks per level; dropout: inside the blocks.
         num_classes: > 0 adds a class embedding; label ``num_classes`` is "no label" (label dropout).
         time_scale: scale of the time input (see :class:`TimeEmbedding`).
+        jump: also take the gap ``t - s`` of a flow-map jump (``forward(x, c, gap=...)``).
     """
 
     def __init__(self, channels: int = 3, size: int = 32, base: int = 64, mults=(1, 2, 2), blocks: int = 2,
-                 attention=(), heads: int = 4, dropout: float = 0.1, num_classes: int = 0, time_scale: float = 1000.0):
+                 attention=(), heads: int = 4, dropout: float = 0.1, num_classes: int = 0, time_scale: float = 1000.0,
+                 jump: bool = False):
         super().__init__()
         mults, attention = tuple(mults), tuple(attention)
         if size % 2 ** (len(mults) - 1):
@@ -73,8 +75,10 @@ class UNet(nn.Module):
         self.config = dict(channels=channels, size=size, base=base, mults=list(mults), blocks=blocks,
                            attention=list(attention), heads=heads, dropout=dropout, num_classes=num_classes,
                            time_scale=time_scale)
+        if jump:
+            self.config["jump"] = True
         emb = 4 * base
-        self.embed = TimeEmbedding(emb, time_scale, num_classes, freq_dim=base)
+        self.embed = TimeEmbedding(emb, time_scale, num_classes, freq_dim=base, jump=jump)
         self.inp = nn.Conv2d(channels, base, 3, padding=1)
         self.down, skips, ch = nn.ModuleList(), [base], base
         for level, m in enumerate(mults):
@@ -109,8 +113,9 @@ class UNet(nn.Module):
             h = m(h, emb) if isinstance(m, (ResBlock, Attention)) else m(h)
         return h
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
-        emb = F.silu(self.embed(c, label))
+    def forward(self, x: torch.Tensor, c: torch.Tensor, label: torch.Tensor | None = None,
+                gap: torch.Tensor | None = None) -> torch.Tensor:
+        emb = F.silu(self.embed(c, label, gap))
         h = self.inp(x)
         hs = [h]
         for layer in self.down:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import models
-from ..denoisers import ModelDenoiser
+from ..denoisers import FlowMapDenoiser, ModelDenoiser
 from ..training import checkpoint as ckpt
 from ..training.config import TrainConfig
 
@@ -40,7 +40,8 @@ def path_of(spec: str) -> str:
 
 @dataclass
 class LoadedModel:
-    """A checkpoint ready to sample: the denoiser (EMA weights), one sample's shape, the data kind
+    """A checkpoint ready to sample: the denoiser (EMA weights; a :class:`~sdeflow.denoisers.FlowMapDenoiser`
+    for a flow-map model), one sample's shape, the data kind
     (``image``/``vector``), the number of classes (0: unconditional) and the stored metadata."""
 
     denoiser: ModelDenoiser
@@ -76,10 +77,11 @@ def load_model(spec: str = "digits", device: str | torch.device = "cpu") -> Load
         raise ValueError(f"{spec!r} is not a generative model (its checkpoint holds no training configuration, e.g. "
                          f"the digits classifier); give a run folder, its .safetensors, or one of: {', '.join(PRETRAINED)}")
     cfg = TrainConfig.from_dict(meta["config"], where=path).resolved()
-    if cfg.objective != "denoise":
+    if cfg.objective == "classifier":
         raise ValueError(f"{spec!r} is a {cfg.objective}, not a generative model (load it with load_classifier)")
     schedule = lookup(SCHEDULES, "schedule", cfg.schedule)()
-    denoiser = ModelDenoiser(net.to(device), schedule, cfg.parameterization, time_input=cfg.time_input)
+    kind = FlowMapDenoiser if meta["network"].get("jump") else ModelDenoiser
+    denoiser = kind(net.to(device), schedule, cfg.parameterization, time_input=cfg.time_input)
     data = meta["data"]
     return LoadedModel(denoiser, tuple(data["shape"]), data["kind"], meta["network"].get("num_classes", 0), meta, path)
 

@@ -8,6 +8,9 @@ order), :class:`Midpoint` (RF-Solver), :class:`RK4`, :class:`EDMHeun`, :class:`D
 Fitted to a model: :class:`FittedSampler` runs a deterministic sampler of the linear engines with
 coefficients that :func:`sdeflow.tuning.optimize_coefficients` fitted on one grid.
 
+Few-step, for flow maps (:class:`~sdeflow.denoisers.FlowMap`): :class:`FlowMapSampler` (jumps,
+or consistency sampling with re-noising).
+
 Reversible (each step undone exactly, see :mod:`.reversible`): :class:`BDIA`, :class:`OBELM`,
 :class:`EDICT`, :class:`ReversibleHeun`.
 
@@ -35,6 +38,7 @@ from .euler import Euler
 from .euler_ancestral import EulerAncestral
 from .euler_maruyama import EulerMaruyama
 from .fitted import FittedSampler
+from .flow_map import FlowMapSampler
 from .heun import RK4, Heun, Midpoint
 from .ipndm import IPNDM
 from .predictor_corrector import PredictorCorrector
@@ -49,4 +53,4 @@ __all__ = ["Sampler", "Plan", "ode_coefficients", "Multistep", "SingleStep", "Eu
            "DPMSolver", "DPMSolverMultistep", "DPMSolverPP", "UniPC", "DEIS", "IPNDM", "DPMSolverAdaptive", "RK45",
            "EulerMaruyama", "DDPM", "EulerAncestral", "EDMStochastic", "SDEDPMSolverPP", "SDEDPMSolverPPSingle",
            "PredictorCorrector", "Restart", "GottaGoFast", "Reversible", "TwoStep", "BDIA", "OBELM", "EDICT",
-           "ReversibleHeun", "FittedSampler"]
+           "ReversibleHeun", "FittedSampler", "FlowMapSampler"]

@@ -109,6 +109,8 @@ class Sampler:
     couples_batch: ClassVar[bool] = False
     #: Each step is undone exactly by ``unstep`` (see :mod:`sdeflow.samplers.reversible`).
     reversible: ClassVar[bool] = False
+    #: Steps ask for jumps ``field(x, t, target=s)``: the model must be a flow map (:mod:`.flow_map`).
+    needs_flow_map: ClassVar[bool] = False
 
     @property
     def convergence_order(self) -> int:

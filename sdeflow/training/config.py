@@ -28,9 +28,18 @@ RECIPES = {
     "vp-v": dict(schedule="vp-cosine", parameterization="v", time_input="t", time_density="uniform", weighting="min-snr"),
 }
 
-#: What a run trains: the denoiser of a diffusion / flow model, or a noise-aware classifier of
-#: ``p_t(c | x_t)`` on the same forward process (for classifier guidance; cross-entropy on noised data).
-OBJECTIVES = ("denoise", "classifier")
+#: What a run trains: the denoiser of a diffusion / flow model, a noise-aware classifier of
+#: ``p_t(c | x_t)`` on the same forward process (for classifier guidance; cross-entropy on noised data),
+#: or a few-step model (:mod:`sdeflow.training.fewstep`, :mod:`sdeflow.training.reflow`): ``reflow``
+#: (a denoiser trained on a teacher's noise-data pairs), ``progressive`` (a denoiser distilled to half
+#: its teacher's steps), and the flow maps ``consistency``, ``shortcut`` and ``meanflow``.
+OBJECTIVES = ("denoise", "classifier", "reflow", "progressive", "consistency", "shortcut", "meanflow")
+
+#: Objectives whose network is a flow map (it takes the gap of a jump besides the time).
+FLOW_MAP_OBJECTIVES = ("consistency", "shortcut", "meanflow")
+
+#: Objectives that need a teacher checkpoint (the others may start from one).
+TEACHER_OBJECTIVES = ("reflow", "progressive")
 
 #: Scale of the sinusoidal time features for each time input (so the features span their range).
 TIME_SCALES = {"t": 1000.0, "t1000": 1.0, "index": 1.0, "edm": 250.0, "logsnr": 50.0, "sigma": 10.0}
@@ -74,6 +83,12 @@ class TrainConfig:
     sample_every: int = 1000
     sample_sampler: str = "dpm-solver++-2m"
     sample_nfe: int = 20
+    teacher: str | None = None
+    teacher_sampler: str = "dpm-solver++-2m"
+    teacher_nfe: int = 20
+    pairs: int = 20_000
+    distill_steps: int = 4
+    jump_fraction: float = 0.25
 
     def resolved(self) -> "TrainConfig":
         """A copy with the recipe's fields filled in, after checking every value."""
@@ -100,7 +115,15 @@ class TrainConfig:
         if cfg.architecture not in (None, *allowed):
             raise ValueError(f"unknown architecture {cfg.architecture!r} for the {cfg.objective} objective; "
                              f"allowed: {', '.join(allowed)}")
-        for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "image_size", "sample_nfe", "toy_size"):
+        if cfg.objective in TEACHER_OBJECTIVES and not cfg.teacher:
+            raise ValueError(f"the {cfg.objective} objective needs --teacher (a checkpoint or shipped model name)")
+        if cfg.teacher_sampler not in SAMPLERS or SAMPLERS[cfg.teacher_sampler]().stochastic:
+            raise ValueError(f"teacher_sampler must be a deterministic sampler (the teacher's ODE solve), got "
+                             f"{cfg.teacher_sampler!r}")
+        if not 0.0 < cfg.jump_fraction <= 1.0:
+            raise ValueError(f"jump_fraction must be in (0, 1], got {cfg.jump_fraction}")
+        for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "image_size", "sample_nfe", "toy_size",
+                     "teacher_nfe", "pairs", "distill_steps"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
         if not 0.0 <= cfg.label_dropout < 1.0:

@@ -32,10 +32,10 @@ from ..files import FolderLock, write_json
 from ..noise import _mix
 from ..shapes import expand_as_batch
 from . import checkpoint as ckpt
-from .config import TIME_SCALES, TrainConfig
+from .config import FLOW_MAP_OBJECTIVES, TIME_SCALES, TrainConfig
 from .coupling import global_ot_pairing
 from .ema import EMA
-from .losses import DenoisingLoss
+from .students import load_teacher, make_loss, reflow_data
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -63,6 +63,8 @@ def build_network(cfg: TrainConfig, data: dict) -> torch.nn.Module:
     elif arch == "mlp":
         base.update(dim=math.prod(data["shape"]))
     config = {**base, **cfg.model}
+    if cfg.objective in FLOW_MAP_OBJECTIVES:
+        config["jump"] = True
     return models.build(arch, config)
 
 
@@ -108,17 +110,32 @@ class Trainer:
                                                                   standardize=cfg.standardize, toy_size=cfg.toy_size, seed=cfg.seed)
         if cfg.batch_size % self.dist.world:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.dist.world} processes")
-        self.data_info = self.data.describe()
         self.schedule = lookup(SCHEDULES, "schedule", cfg.schedule)()
+        self.teacher, self.teacher_meta = load_teacher(cfg, self.data, self.dist.device) if cfg.teacher else (None, None)
+        self.pair_noise = None
+        if cfg.objective == "reflow":
+            self.data, self.pair_noise = reflow_data(cfg, self.data, self.teacher, self.dist, self.progress)
+        self.data_info = self.data.describe()
         torch.manual_seed(_mix(cfg.seed, -1, 3))  # the initial weights, identical on every rank
-        self.net = build_network(cfg, self.data_info).to(self.dist.device)
-        self.architecture = ("noisy-classifier" if cfg.objective == "classifier" else
-                             cfg.architecture or ("unet" if self.data_info["kind"] == "image" else "mlp"))
+        if self.teacher is not None:  # the teacher's network, a flow map's with the jump input, from its weights
+            self.architecture = self.teacher_meta["architecture"]
+            config = {**self.teacher_meta["network"], **cfg.model}
+            if cfg.objective in FLOW_MAP_OBJECTIVES:
+                config["jump"] = True
+            self.net = models.build(self.architecture, config).to(self.dist.device)
+            if start is None:
+                from ..pretrained import path_of
+                weights = self.teacher.model.state_dict()
+                own = self.net.state_dict()
+                ckpt.load_weights(self.net, {**{k: v for k, v in own.items() if k not in weights}, **weights}, path_of(cfg.teacher))
+        else:
+            self.net = build_network(cfg, self.data_info).to(self.dist.device)
+            self.architecture = ("noisy-classifier" if cfg.objective == "classifier" else
+                                 cfg.architecture or ("unet" if self.data_info["kind"] == "image" else "mlp"))
         self.ema = EMA(self.net, cfg.ema_decay)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16" and self.dist.device.type == "cuda")
-        self.loss = DenoisingLoss(cfg.weighting, cfg.time_density, min_snr_gamma=cfg.min_snr_gamma,
-                                  sigma_data=cfg.sigma_data)
+        self.loss = make_loss(cfg, self.teacher)
         self.step = 0
         if start is not None:
             tensors, meta = start
@@ -132,13 +149,20 @@ class Trainer:
         if self.dist.world > 1:
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             module = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
-        self.denoiser = ModelDenoiser(module, self.schedule, cfg.parameterization, time_input=cfg.time_input)
+        self.denoiser = self._wrap(module)
         if cfg.objective == "classifier":
             from ..guidance.classifier import ModelClassifier
 
             self.classifier = ModelClassifier(module, self.schedule, time_input=cfg.time_input, sigma_data=cfg.sigma_data)
         self._perm: dict[int, torch.Tensor] = {}
         self._stop = False
+
+    def _wrap(self, module) -> ModelDenoiser:
+        """The network as the run's denoiser (a flow map for the flow-map objectives)."""
+        from ..denoisers import FlowMapDenoiser
+
+        kind = FlowMapDenoiser if self.cfg.objective in FLOW_MAP_OBJECTIVES else ModelDenoiser
+        return kind(module, self.schedule, self.cfg.parameterization, time_input=self.cfg.time_input)
 
     # ---- randomness as a function of the step ------------------------------------------------------
     def _batch_indices(self, step: int) -> torch.Tensor:
@@ -159,6 +183,9 @@ class Trainer:
         idx = self._batch_indices(step)
         t, eps = self.loss.draw(self.data.x[idx], self.schedule, g)
         drop = torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout
+        extra = self.loss.extra(cfg.batch_size, self.schedule, g) if getattr(self.loss, "columns", 0) else None
+        if self.pair_noise is not None:
+            eps = self.pair_noise[idx].to(eps.dtype)
         b = cfg.batch_size // self.dist.world
         mine = slice(self.dist.rank * b, (self.dist.rank + 1) * b)
         x = self.data.x[idx[mine]].to(dev)
@@ -171,7 +198,7 @@ class Trainer:
             eps_mine = global_ot_pairing(x, eps.to(dev), self.dist.rank, self.dist.world)
         else:
             eps_mine = eps[mine].to(dev)
-        return x, labels, t[mine], eps_mine
+        return x, labels, t[mine], eps_mine, (None if extra is None else extra[mine])
 
     @property
     def net_classes(self) -> int:
@@ -180,7 +207,7 @@ class Trainer:
     # ---- the loop ----------------------------------------------------------------------------------
     def train_step(self, step: int) -> float:
         cfg = self.cfg
-        x, labels, t, eps = self._global_batch(step)
+        x, labels, t, eps, extra = self._global_batch(step)
         torch.manual_seed(_mix(cfg.seed, step, 2 + self.dist.rank))  # the network's dropout
         for group in self.opt.param_groups:
             group["lr"] = lr_at(cfg, step)
@@ -192,6 +219,8 @@ class Trainer:
                 a = expand_as_batch(self.schedule.alpha(t_dev).to(x.dtype), x)
                 s = expand_as_batch(self.schedule.sigma(t_dev).to(x.dtype), x)
                 loss = torch.nn.functional.cross_entropy(self.classifier.logits(a * x + s * eps, t_dev), labels)
+            elif extra is not None:
+                loss = self.loss(self.denoiser, x, cond=cond, t=t, eps=eps, extra=extra, step=step).mean()
             else:
                 loss = self.loss(self.denoiser, x, cond=cond, t=t, eps=eps).mean()
         self.opt.zero_grad(set_to_none=True)
@@ -264,14 +293,13 @@ class Trainer:
     def preview(self) -> None:
         """A picture of EMA samples in ``out/samples/step_<n>.png`` (images and 2-D data)."""
         if not self.dist.main or not (self.data_info["kind"] == "image" or self.data_info["shape"] == [2]) \
-                or self.cfg.objective != "denoise":
+                or self.cfg.objective == "classifier":
             return
-        from ..registry import GRIDS, SAMPLERS, lookup, steps_for_nfe
         from ..generation import gather, generate
+        from .students import sampling
 
-        denoiser = ModelDenoiser(self.ema.model, self.schedule, self.cfg.parameterization, time_input=self.cfg.time_input)
-        sampler = lookup(SAMPLERS, "sampler", self.cfg.sample_sampler)()
-        ts = GRIDS["auto"](steps_for_nfe(sampler, self.schedule, "auto", self.cfg.sample_nfe), self.schedule)
+        denoiser = self._wrap(self.ema.model)
+        sampler, ts = sampling(self.cfg, self.schedule)
 
         n = 100 if self.data_info["kind"] == "image" else 2000
         labels = torch.arange(n) % self.net_classes if self.net_classes else None

@@ -1,0 +1,260 @@
+"""Few-step models: flow maps and their samplers against the exact flow map of a Gaussian, the
+losses' fixed points (each objective's residual vanishes at the exact flow map), reflow pairs, and
+students distilled from the shipped 2-D model that beat their teacher at equal NFE."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sdeflow import sample
+from sdeflow.analytic import OracleFlowMap, gaussian
+from sdeflow.cli.main import main
+from sdeflow.denoisers import FlowMapDenoiser, ModelDenoiser, jump_coefficients
+from sdeflow.generation import gather, generate
+from sdeflow.grids import uniform_grid
+from sdeflow.metrics import sliced_wasserstein
+from sdeflow.models import MLP
+from sdeflow.registry import SCHEDULES
+from sdeflow.samplers import DDIM, Euler, FlowMapSampler
+from sdeflow.training import checkpoint as ckpt
+from sdeflow.training.config import TrainConfig
+from sdeflow.training.fewstep import ConsistencyLoss, MeanFlowLoss, ProgressiveDistillationLoss, ShortcutLoss
+from sdeflow.training.trainer import Trainer
+
+PROCESSES = ["rectified-flow", "vp-cosine", "edm"]
+GAUSS = gaussian(torch.tensor([1.0, -2.0, 0.5]), torch.tensor([[1.0, 0.3, 0.0], [0.3, 0.5, 0.1], [0.0, 0.1, 0.2]]))
+
+
+def _draws(n=64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = GAUSS.sample(n, g).double()
+    return x, torch.randn(x.shape, generator=g, dtype=torch.float64), 0.01 + 0.98 * torch.rand(n, generator=g, dtype=torch.float64)
+
+
+class Scaled(OracleFlowMap):
+    """The exact flow map with its jump denoiser off by 1%: every residual must see it."""
+
+    def forward(self, x_t, t, target=None, **cond):
+        return 1.01 * super().forward(x_t, t, target, **cond)
+
+
+# ---- the flow map and its sampler --------------------------------------------------------------------
+@pytest.mark.parametrize("name", PROCESSES)
+def test_jump_coefficients_have_the_exact_special_cases(name):
+    sched = SCHEDULES[name]()
+    t = torch.tensor([0.3, 0.7, 1.0], dtype=torch.float64)
+    a, b = jump_coefficients(sched, t, t)
+    assert torch.equal(a, torch.ones(3, dtype=torch.float64)) and torch.equal(b, torch.zeros(3, dtype=torch.float64))
+    a, b = jump_coefficients(sched, t, torch.zeros(3, dtype=torch.float64))
+    assert torch.allclose(a, torch.zeros(3, dtype=torch.float64)) and torch.allclose(b, torch.ones(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", PROCESSES)
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_jumps_of_the_exact_flow_map_are_the_exact_flow_map(name, steps):
+    """Composing jumps along any grid gives the exact probability-flow map from t = 1 to the data."""
+    sched = SCHEDULES[name]()
+    fm = OracleFlowMap(GAUSS, sched)
+    x1 = GAUSS.sample_t(256, sched, 1.0, torch.Generator().manual_seed(0))[0]
+    out = sample(fm, FlowMapSampler(), uniform_grid(steps), x1)
+    assert out.nfe == steps
+    assert torch.allclose(out.x, GAUSS.flow_map(x1, sched, 1.0, 0.0), atol=1e-9)
+
+
+@pytest.mark.parametrize("name", PROCESSES)
+@pytest.mark.parametrize("gamma", [0.5, 1.0])
+def test_renoising_jumps_of_the_exact_flow_map_sample_the_data(name, gamma):
+    """Consistency sampling (and gamma-sampling) re-noises between jumps: the output law is still the
+    data's; mean and covariance within 5 standard errors of 20000 draws."""
+    sched = SCHEDULES[name]()
+    n = 20000
+    g = torch.Generator().manual_seed(3)
+    x1 = GAUSS.sample_t(n, sched, 1.0, g)[0]
+    torch.manual_seed(4)
+    out = sample(OracleFlowMap(GAUSS, sched), FlowMapSampler(gamma), uniform_grid(3), x1).x
+    cov = GAUSS.covariance()
+    assert ((out.mean(0) - GAUSS.mean()).abs() <= 5 * torch.sqrt(torch.diagonal(cov) / n)).all()
+    se = torch.sqrt((cov ** 2 + torch.outer(torch.diagonal(cov), torch.diagonal(cov))) / n)
+    assert ((torch.cov(out.T) - cov).abs() <= 5 * se).all()
+
+
+def test_flow_map_samplers_refuse_plain_denoisers_and_bad_gamma():
+    sched = SCHEDULES["rectified-flow"]()
+    with pytest.raises(ValueError, match="plain denoiser"):
+        sample(GAUSS.denoiser(sched), FlowMapSampler(), uniform_grid(2), torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="gamma"):
+        FlowMapSampler(gamma=1.5)
+
+
+def test_a_jump_network_from_a_denoisers_weights_starts_as_that_denoiser():
+    """The gap input starts at zero: every jump denoiser equals the teacher's x_hat, and a flow-map
+    step with it is the teacher's DDIM step."""
+    torch.manual_seed(0)
+    sched = SCHEDULES["rectified-flow"]()
+    plain, jump = MLP(3, width=32, depth=2), MLP(3, width=32, depth=2, jump=True)
+    for p in plain.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    jump.load_state_dict({**jump.state_dict(), **plain.state_dict()})
+    teacher = ModelDenoiser(plain, sched, "velocity")
+    student = FlowMapDenoiser(jump, sched, "velocity")
+    x = torch.randn(16, 3)
+    for s in (0.0, 0.3, 0.6):
+        assert torch.allclose(student(x, 0.6, target=s), teacher(x, 0.6), atol=1e-6)
+    a = sample(student, FlowMapSampler(), uniform_grid(3), x).x
+    b = sample(teacher, DDIM(), uniform_grid(3), x).x
+    assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="not a flow map"):
+        plain(x, torch.full((16,), 0.5), gap=torch.zeros(16))
+
+
+# ---- each objective's residual vanishes at the exact flow map ----------------------------------------
+@pytest.mark.parametrize("name", PROCESSES)
+def test_the_meanflow_identity_holds_for_the_exact_flow_map(name):
+    """d/dt X(x_t, t, s) = 0 along the exact flow: the MeanFlow target equals the exact map's output
+    (to rounding), in every schedule; a 1% wrong map is seen."""
+    sched = SCHEDULES[name]()
+    x, eps, t = _draws()
+    loss = MeanFlowLoss(teacher=GAUSS.denoiser(sched), jump_fraction=1.0, power=0)
+    extra = loss.extra(64, sched, torch.Generator().manual_seed(2))
+    assert loss(OracleFlowMap(GAUSS, sched), x, t=t, eps=eps, extra=extra).max() < 1e-20
+    assert loss(Scaled(GAUSS, sched), x, t=t, eps=eps, extra=extra).mean() > 1e-6
+
+
+@pytest.mark.parametrize("name", PROCESSES)
+def test_the_exact_flow_map_is_self_consistent_in_its_step_size(name):
+    """X(x_t, t, s) = X(X(x_t, t, m), m, s): the shortcut residual vanishes at every level but the
+    finest (whose halves are instantaneous DDIM steps), and sees a 1% wrong map."""
+    sched = SCHEDULES[name]()
+    x, eps, t = _draws()
+    loss = ShortcutLoss(jump_fraction=1.0, levels=4)
+    level = torch.arange(64) % 3
+    s = t * (1 - 2.0 ** -level.double())
+    x_t = sched.alpha(t)[:, None] * x + sched.sigma(t)[:, None] * eps
+    assert loss.residual(OracleFlowMap(GAUSS, sched), x_t, t, s, level, {}).abs().max() < 1e-9
+    assert loss.residual(Scaled(GAUSS, sched), x_t, t, s, level, {}).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name", PROCESSES)
+def test_consistency_distillation_residual_is_the_teachers_third_order_local_error(name):
+    """With the exact consistency function, what remains of the distillation loss is the local error
+    of the teacher's second-order step: it falls 8-fold when the discretisation doubles."""
+    sched = SCHEDULES[name]()
+    x, eps, _ = _draws()
+    extra = torch.rand(64, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    errors = []
+    for n in (40, 80, 160):
+        loss = ConsistencyLoss(GAUSS.denoiser(sched), total_steps=1, s0=n, s1=n, huber_c=0)
+        ts, cdf = loss.grid(sched, n)
+        i = torch.searchsorted(cdf, extra[:, 0]).clamp(max=n - 1)
+        ratio = lambda v: torch.where(v > 0, sched.sigma(v) / sched.alpha(v), torch.zeros_like(v))
+        per = loss(OracleFlowMap(GAUSS, sched), x, eps=eps, extra=extra) * (ratio(ts[i]) - ratio(ts[i + 1]))
+        errors.append(float(per.sqrt().mean()))
+    assert all(6.0 < errors[k] / errors[k + 1] < 10.0 for k in range(2)), errors
+
+
+@pytest.mark.parametrize("name", PROCESSES)
+def test_progressive_distillation_targets_are_exact_for_a_point_mass(name):
+    """For data at one point DDIM is exact, so two teacher steps land where one step with the true
+    x_hat lands: the target is the point itself (loss 0); a spread-out Gaussian leaves a gap."""
+    sched = SCHEDULES[name]()
+    x, eps, _ = _draws()
+    point = gaussian(torch.tensor([0.7, -0.3, 0.2]), 1e-14 * torch.eye(3))
+    extra = torch.rand(64, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    assert ProgressiveDistillationLoss(point.denoiser(sched), 4)(point.denoiser(sched), x, eps=eps, extra=extra).max() < 1e-18
+    loss = ProgressiveDistillationLoss(GAUSS.denoiser(sched), 4)(GAUSS.denoiser(sched), x, eps=eps, extra=extra)
+    assert loss.mean() > 1e-4
+
+
+# ---- training: students of the shipped moons model ---------------------------------------------------
+MOONS = ["--data", "moons", "--teacher", "moons", "--batch-size", "256", "--lr", "1e-3", "--warmup", "20",
+         "--toy-size", "20000", "--no-progress", "--sample-every", "100000"]
+
+
+def _sliced(den, sampler, ts, data, n=3000):
+    return sliced_wasserstein(gather(generate(den, sampler, ts, (2,), n, seed=7, batch_size=n), 1), data[:n])
+
+
+@pytest.mark.parametrize("objective,steps,nfe", [("consistency", 300, 2), ("shortcut", 300, 2), ("meanflow", 600, 2),
+                                                 ("progressive", 200, 4), ("reflow", 300, 1)])
+def test_students_of_the_moons_model_beat_their_teacher_at_equal_nfe(tmp_path, objective, steps, nfe):
+    """Each objective, started from the shipped moons model, samples the moons at its few-step budget
+    far better than the teacher's Euler steps at that budget (sliced W2 to fresh data)."""
+    from sdeflow.data import load as load_data
+    from sdeflow.pretrained import load_model
+    from sdeflow.training.students import sampling
+
+    out = tmp_path / objective
+    assert main(["train", "--objective", objective, "--out", str(out), "--steps", str(steps), "--pairs", "3000",
+                 *MOONS]) == 0
+    data = load_data("moons", toy_size=20000, seed=11).x
+    student = load_model(str(out))
+    sampler, ts = sampling(student.config, student.denoiser.schedule, nfe)
+    mine = _sliced(student.denoiser, sampler, ts, data)
+    teacher = _sliced(load_model("moons").denoiser, Euler(), uniform_grid(nfe), data)
+    assert mine < 0.6 * teacher, (mine, teacher)
+
+
+def test_reflow_pairs_are_kept_reused_and_refused_with_other_settings(tmp_path, monkeypatch):
+    """Pairs are made in chunks and kept: made in two chunks they are those made at once; a second
+    run reuses the file; a run with another teacher budget refuses it."""
+    from sdeflow.pretrained import load_model
+    from sdeflow.training import reflow
+
+    teacher = load_model("moons").denoiser
+    whole = reflow.reflow_pairs(teacher, "heun", 6, 40, (2,), seed=3)
+    monkeypatch.setattr(reflow, "CHUNK", 25)
+    path = str(tmp_path / "pairs.safetensors")
+    parts = reflow.reflow_pairs(teacher, "heun", 6, 40, (2,), seed=3, path=path)
+    assert torch.equal(whole[0], parts[0]) and torch.allclose(whole[1], parts[1], atol=1e-6)
+    assert ckpt.load(path)[0]["data"].shape == (40, 2)
+    again = reflow.reflow_pairs(teacher, "heun", 6, 40, (2,), seed=3, path=path)
+    assert torch.equal(again[1], parts[1])
+    with pytest.raises(ValueError, match="nfe"):
+        reflow.reflow_pairs(teacher, "heun", 8, 40, (2,), seed=3, path=path)
+    # the noise is the standard normal draw the solve started from: the teacher maps it to the data
+    from sdeflow.registry import GRIDS, steps_for_nfe
+    from sdeflow.samplers import Heun
+
+    ts = GRIDS["auto"](steps_for_nfe(Heun(), teacher.schedule, "auto", 6), teacher.schedule)
+    x0 = whole[0][:5] * float(teacher.schedule.sigma(float(ts[0])))
+    assert torch.allclose(sample(teacher, Heun(), ts, x0).x, whole[1][:5], atol=1e-5)
+
+
+def test_a_few_step_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
+    base = ["train", "--objective", "shortcut", *MOONS, "--checkpoint-every", "5"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--steps", "12"]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--steps", "6"]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--steps", "12", "--resume"]) == 0
+    a = ckpt.load(str(tmp_path / "a" / "checkpoint.safetensors"))[0]
+    b = ckpt.load(str(tmp_path / "b" / "checkpoint.safetensors"))[0]
+    assert all(torch.allclose(a[k].double(), b[k].double(), rtol=1e-6, atol=1e-7) for k in a if k.startswith("ema."))
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(objective="reflow"), "needs --teacher"),
+    (dict(objective="progressive"), "needs --teacher"),
+    (dict(objective="meanflow", jump_fraction=0.0), "jump_fraction"),
+    (dict(objective="shortcut", teacher_sampler="ddim-eta1"), "deterministic"),
+])
+def test_bad_few_step_settings_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(data="moons", **settings).resolved()
+
+
+def test_a_teacher_of_another_task_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="shape"):
+        Trainer(TrainConfig(data="digits", objective="shortcut", teacher="moons", out=str(tmp_path / "x")), progress=False)
+    with pytest.raises(ValueError, match="schedule"):
+        Trainer(TrainConfig(data="moons", objective="shortcut", teacher="moons", recipe="edm", out=str(tmp_path / "y")),
+                progress=False)
+
+
+def test_sample_uses_a_few_step_models_own_sampling(tmp_path, capsys):
+    out = tmp_path / "sc"
+    assert main(["train", "--objective", "shortcut", "--out", str(out), "--steps", "3", *MOONS]) == 0
+    assert main(["sample", "--checkpoint", str(out), "--out", str(tmp_path / "s.npz")]) == 0
+    assert "with flow-map, 2 steps, NFE 2" in capsys.readouterr().out
+    assert main(["sample", "--checkpoint", str(out), "--sampler", "heun", "--nfe", "5", "--out", str(tmp_path / "h.npz")]) == 0
+    assert main(["sample", "--checkpoint", "moons", "--sampler", "consistency", "--out", str(tmp_path / "x.npz")]) == 1
+    assert "plain denoiser" in capsys.readouterr().err
