@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 
-import torch
 
 from sdeflow.data import load as load_data
 from sdeflow.files import atomic_write, write_json
@@ -101,5 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     main()

@@ -65,6 +65,19 @@ def _output(model: Denoiser, d: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
     return (d - _cast(skip, x_t) * x_t) / _cast(out, x_t)
 
 
+def _step(schedule: Schedule, x: torch.Tensor, d: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """One DDIM step ``a(t, s) x + b(t, s) d`` with per-sample times (the form of every jump)."""
+    a, b = jump_coefficients(schedule, t, s)
+    return _cast(a, x) * x + _cast(b, x) * d
+
+
+def _smooth_jump(schedule: Schedule, t: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, b)`` without the exact ``s = t`` case of :func:`jump_coefficients`, so that their
+    derivatives in ``t`` are right at ``s = t`` too (needs ``sigma_t > 0``)."""
+    a = schedule.sigma(s) / schedule.sigma(t)
+    return a, schedule.alpha(s) - schedule.alpha(t) * a
+
+
 def _mse(err: torch.Tensor) -> torch.Tensor:
     return err.float().pow(2).reshape(err.shape[0], -1).mean(1)
 
@@ -151,15 +164,12 @@ class MeanFlowLoss(_FewStepLoss):
             v = _cast(p, x) * x_t + _cast(q, x) * self.clean(x, x_t, t, cond)
 
         def jump_and_output(x_t, t):
-            sigma_t = sched.sigma(t)
-            a = sched.sigma(s) / sigma_t          # the smooth form of the jump coefficients (t > 0)
-            b = sched.alpha(s) - sched.alpha(t) * a
+            a, b = _smooth_jump(sched, t, s)
             d = model(x_t, t, target=s, **cond)
             return _cast(a, x_t) * x_t + _cast(b, x_t) * d, _output(model, d, x_t, t)
 
         def b_out(t):
-            b = sched.alpha(s) - sched.alpha(t) * sched.sigma(s) / sched.sigma(t)
-            return b * _skip_out(model, t)[1]
+            return _smooth_jump(sched, t, s)[1] * _skip_out(model, t)[1]
 
         ones = torch.ones_like(t)
         (_, f), (x_dot, _) = torch.func.jvp(jump_and_output, (x_t, t), (v, ones))
@@ -196,10 +206,8 @@ class ShortcutLoss(_FewStepLoss):
         m = 0.5 * (t + s)
         finest = level == self.levels - 1
 
-        def half(x, t0, t1):
-            a, b = jump_coefficients(model.schedule, t0, t1)
-            d = torch.where(expand_as_batch(finest, x), model(x, t0, **cond), model(x, t0, target=t1, **cond))
-            return _cast(a, x) * x + _cast(b, x) * d
+        def half(x, t0, t1):  # D(x, t0, t0) is the instantaneous x_hat: one evaluation either way
+            return _step(model.schedule, x, model(x, t0, target=torch.where(finest, t0, t1), **cond), t0, t1)
 
         with torch.no_grad():
             return half(half(x_t, t, m), m, s)
@@ -208,9 +216,7 @@ class ShortcutLoss(_FewStepLoss):
         """``(X(x_t, t, s) - X*) / B(t, s)``: the self-consistency error in output space."""
         _, b = jump_coefficients(model.schedule, t, s)
         _, out = _skip_out(model, t)
-        d = model(x_t, t, target=s, **cond)
-        x_s = _cast(jump_coefficients(model.schedule, t, s)[0], x_t) * x_t + _cast(b, x_t) * d
-        return (x_s - self.target(model, x_t, t, s, level, cond)) / _cast(b * out, x_t)
+        return (model.jump(x_t, t, s, **cond) - self.target(model, x_t, t, s, level, cond)) / _cast(b * out, x_t)
 
     def __call__(self, model, x, *, cond=None, t, eps, extra, step=0):
         _check(model, True, "The shortcut objective")
@@ -287,11 +293,10 @@ class ConsistencyLoss(_FewStepLoss):
             x_u = _noised(sched, x, eps, u)
         else:
             with torch.no_grad():   # Heun's step in the data form: DDIM, then the trapezoid of its two outputs
-                a, b = jump_coefficients(sched, t, u)
                 d_t = self.clean(x, x_t, t, cond)
-                x_u = _cast(a, x) * x_t + _cast(b, x) * d_t
+                x_u = _step(sched, x_t, d_t, t, u)
                 d_u = torch.where(_cast(u, x) > 0, self.teacher(x_u, u, **cond).to(x.dtype), x_u)
-                x_u = _cast(a, x) * x_t + _cast(b, x) * 0.5 * (d_t + d_u)
+                x_u = _step(sched, x_t, 0.5 * (d_t + d_u), t, u)
         zero = torch.zeros_like(t)
         with torch.no_grad():
             target = torch.where(_cast(u, x) > 0, model(x_u, u, target=zero, **cond), x_u)
@@ -323,10 +328,8 @@ class ProgressiveDistillationLoss(_FewStepLoss):
         t, m, s = [v.to(x.device) for v in (1.0 - i / n, 1.0 - (i + 0.5) / n, 1.0 - (i + 1) / n)]
         x_t = _noised(sched, x, eps, t)
         with torch.no_grad():
-            a, b = jump_coefficients(sched, t, m)
-            x_m = _cast(a, x) * x_t + _cast(b, x) * self.teacher(x_t, t, **cond).to(x.dtype)
-            a, b = jump_coefficients(sched, m, s)
-            x_s = _cast(a, x) * x_m + _cast(b, x) * self.teacher(x_m, m, **cond).to(x.dtype)
+            x_m = _step(sched, x_t, self.teacher(x_t, t, **cond).to(x.dtype), t, m)
+            x_s = _step(sched, x_m, self.teacher(x_m, m, **cond).to(x.dtype), m, s)
             a, b = jump_coefficients(sched, t, s)
             target = (x_s - _cast(a, x) * x_t) / _cast(b, x)   # the x_hat whose DDIM step lands at x_s
         return _mse((model(x_t, t, **cond) - target) / _cast(_skip_out(model, t)[1], x_t))
