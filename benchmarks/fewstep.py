@@ -3,9 +3,10 @@
 For each toy and objective, ``sdeflow train --objective OBJ --teacher TOY`` distils the shipped model
 (its weights are the start) and the student is sampled the way it was trained for (flow-map jumps,
 consistency sampling, DDIM steps after progressive distillation, Euler steps after reflow) at NFE 1,
-2 and 4. The teacher is sampled with Euler and with sdeflow's best ODE sampler at the same NFE. The
+2, 4 and 8 (whether more steps help a flow map and a consistency model alike). The teacher is sampled with Euler and with sdeflow's best ODE sampler at the same NFE. The
 score is the sliced Wasserstein distance to fresh data (its floor, two data sets of the same size, is
-reported). Writes docs/benchmarks/fewstep.{md,json}.
+reported). Writes docs/benchmarks/fewstep.{md,json}; the toys of an earlier run that this one does
+not redo stay in the report.
 
     python benchmarks/fewstep.py [--toys moons eight-gaussians] [--steps 2000]
 """
@@ -32,7 +33,7 @@ from sdeflow.samplers import Euler
 from sdeflow.training.students import sampling
 
 OBJECTIVES = ("reflow", "shortcut", "meanflow", "consistency", "progressive")
-NFES = (1, 2, 4)
+NFES = (1, 2, 4, 8)
 N = 5000
 
 
@@ -60,7 +61,10 @@ def main() -> None:
     ap.add_argument("--objectives", nargs="+", default=list(OBJECTIVES))
     ap.add_argument("--out", default="docs/benchmarks/fewstep")
     args = ap.parse_args()
-    rows, results = [], {}
+    results = {}
+    if os.path.exists(args.out + ".json"):
+        with open(args.out + ".json") as f:
+            results = {toy: r for toy, r in json.load(f).items() if toy not in args.toys}
     with tempfile.TemporaryDirectory() as folder:
         for toy in args.toys:
             data = load_data(toy, toy_size=4 * N, seed=11).x
@@ -73,8 +77,6 @@ def main() -> None:
                 sampler = lookup(ALL_SAMPLERS, "sampler", name)()
                 ts = GRIDS[grid](steps_for_nfe(sampler, teacher.schedule, grid, nfe), teacher.schedule)
                 res["teacher-best"][nfe] = score(teacher, sampler, ts, data)
-            rows.append((toy, "teacher, Euler", *[res["teacher-euler"][k] for k in NFES], None))
-            rows.append((toy, "teacher, sdeflow default sampler", *[res["teacher-best"][k] for k in NFES], None))
             for objective in args.objectives:
                 path, seconds = train(toy, objective, args.steps, folder)
                 student = load_model(path)
@@ -83,20 +85,35 @@ def main() -> None:
                     sampler, ts = sampling(student.config, student.denoiser.schedule, nfe)
                     got[nfe] = score(student.denoiser, sampler, ts, data)
                 res[objective] = {"sliced_w2": got, "train_seconds": seconds, "steps": args.steps}
-                rows.append((toy, objective, *[got[k] for k in NFES], seconds))
                 print(toy, objective, {k: round(v, 4) for k, v in got.items()}, f"{seconds:.0f} s", flush=True)
-    lines = ["# Few-step students of the shipped 2-D models", "",
-             f"Sliced W2 to {N} fresh data points (512 projections) at NFE 1, 2, 4; students distilled from the shipped "
-             f"model for {args.steps} steps (batch 512, lr 1e-3) on this CPU. Floor (two data sets): " +
-             ", ".join(f"{t} {results[t]['floor']:.3f}" for t in args.toys) + ".", "",
-             "Command: `python benchmarks/fewstep.py`", "",
-             "| toy | model | NFE 1 | NFE 2 | NFE 4 | training |", "|---|---|---|---|---|---|"]
-    for toy, what, a, b, c, sec in rows:
-        lines.append(f"| {toy} | {what} | {a:.3f} | {b:.3f} | {c:.3f} | {'' if sec is None else f'{sec:.0f} s'} |")
-    text = "\n".join(lines) + "\n"
+    results = json.loads(json.dumps(results, default=float))  # NFE keys as strings, as read back
+    text = report(results)
     atomic_write(args.out + ".md", lambda tmp: open(tmp, "w").write(text))
-    write_json(args.out + ".json", json.loads(json.dumps(results, default=float)))
-    print("\n".join(lines))
+    write_json(args.out + ".json", results)
+    print(text)
+
+
+def report(results: dict) -> str:
+    nfes = sorted({int(k) for r in results.values() for k in r["teacher-euler"]})
+    steps = sorted({r[o]["steps"] for r in results.values() for o in OBJECTIVES if o in r})
+    lines = ["# Few-step students of the shipped 2-D models", "",
+             f"Sliced W2 to {N} fresh data points (512 projections); students distilled from the shipped model for "
+             f"{', '.join(map(str, steps))} steps (batch 512, lr 1e-3) on this CPU. Floor (two data sets): " +
+             ", ".join(f"{t} {r['floor']:.3f}" for t, r in results.items()) + ".", "",
+             "Command: `python benchmarks/fewstep.py`", "",
+             "| toy | model | " + " | ".join(f"NFE {n}" for n in nfes) + " | training |", "|---|---|" + "---|" * (len(nfes) + 1)]
+
+    def row(toy, what, values, sec=None):
+        cells = [f"{values[str(n)]:.3f}" if str(n) in values else "-" for n in nfes]
+        lines.append(f"| {toy} | {what} | " + " | ".join(cells) + f" | {'' if sec is None else f'{sec:.0f} s'} |")
+
+    for toy, r in results.items():
+        row(toy, "teacher, Euler", r["teacher-euler"])
+        row(toy, "teacher, sdeflow default sampler", r["teacher-best"])
+        for objective in OBJECTIVES:
+            if objective in r:
+                row(toy, objective, r[objective]["sliced_w2"], r[objective]["train_seconds"])
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch
 
 from sdeflow import analytic, schedules
 from sdeflow.parameterizations import PARAMETERIZATIONS
-from sdeflow.training import EMA, DenoisingLoss, LogitNormal, LogNormalSigma, Stratified, Uniform, ot_pairing
+from sdeflow.training import EMA, DenoisingLoss, LogitNormal, LogNormalSigma, Stratified, Uniform, UShaped, ot_pairing
 from sdeflow.training.losses import WEIGHTINGS
 
 D = 4
@@ -102,6 +102,16 @@ def test_time_densities():
         assert torch.allclose(idx, idx.round(), atol=1e-9) and idx.min() >= 0 and idx.max() <= 999
     idx = ddpm.index_from_t(Uniform().sample(100000, ddpm, g)).round()
     assert abs(float(idx.mean()) - 499.5) < 5 * 288.7 / math.sqrt(100000)
+
+
+def test_u_shaped_density_follows_its_cdf():
+    # p(t) ~ cosh(a (t - 1/2)): Kolmogorov-Smirnov distance to the exact CDF, and its symmetry
+    a, n = 4.0, 40000
+    t = torch.sort(UShaped(a).sample(n, schedules.RectifiedFlow(), torch.Generator().manual_seed(0))).values
+    cdf = (torch.sinh(a * (t - 0.5)) + math.sinh(a / 2)) / (2 * math.sinh(a / 2))
+    ks = torch.maximum(torch.arange(1, n + 1) / n - cdf, cdf - torch.arange(n) / n).max()
+    assert float(ks) < 1.63 / math.sqrt(n)  # the 1% critical value
+    assert abs(float(t.mean()) - 0.5) < 0.01 and float((t < 0.1).double().mean()) > 2 * float(((t > 0.45) & (t < 0.55)).double().mean())
 
 
 def test_ot_pairing_is_the_exact_assignment():

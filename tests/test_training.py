@@ -117,7 +117,8 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, how):
     proc = subprocess.run([sys.executable, "-c", SELF_SIGNAL.format(at=KILLED_AT, sig=int(how)), "train", *SMALL, *steps,
                            "--out", str(out)], capture_output=True, text=True, env=ENV, timeout=300)
     path = str(out / "checkpoint.safetensors")
-    stopped = ckpt.load(path)[1]["step"]
+    stopped, spent = (ckpt.load(path)[1][k] for k in ("step", "train_seconds"))
+    assert spent > 0
     if how == signal.SIGTERM:  # a polite stop saves the step it was in and says so
         assert proc.returncode == 0 and "stopped by a signal" in proc.stdout, proc.stderr
         assert stopped == KILLED_AT + 1
@@ -127,6 +128,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, how):
     assert ckpt.load(path)[1]["step"] == stopped
     res = cli("train", *SMALL, *steps, "--out", str(out), "--resume")
     assert res.returncode == 0, res.stderr
+    assert ckpt.load(path)[1]["train_seconds"] > spent  # the training time adds up over the resumed parts
     a, b = weights(str(tmp_path / "ref" / "checkpoint.safetensors"))[0], weights(path)[0]
     assert a.keys() == b.keys()
     for k in a:

@@ -3,9 +3,9 @@ density, minibatch optimal-transport coupling, EMA of weights, checkpoints (safe
 the training loop behind ``sdeflow train`` (single process or torchrun / DistributedDataParallel)."""
 
 from .coupling import global_ot_pairing, ot_pairing
-from .densities import DENSITIES, LogitNormal, LogNormalSigma, Stratified, TimeDensity, Uniform
+from .densities import DENSITIES, LogitNormal, LogNormalSigma, Stratified, TimeDensity, UShaped, Uniform
 from .ema import EMA
 from .losses import WEIGHTINGS, DenoisingLoss
 
-__all__ = ["DENSITIES", "DenoisingLoss", "EMA", "LogNormalSigma", "LogitNormal", "Stratified", "TimeDensity",
+__all__ = ["DENSITIES", "DenoisingLoss", "EMA", "LogNormalSigma", "LogitNormal", "Stratified", "TimeDensity", "UShaped",
            "Uniform", "WEIGHTINGS", "global_ot_pairing", "ot_pairing"]

@@ -12,6 +12,9 @@ uniform density, as in DDPM).
   Esser et al., "Scaling Rectified Flow Transformers", 2024, arXiv:2403.03206).
 - ``LogNormalSigma(mean=-1.2, std=1.2)``: ``log(sigma / alpha) ~ N(mean, std^2)`` (EDM,
   Karras et al. 2022, arXiv:2206.00364), mapped to ``t`` through the schedule.
+- ``UShaped(a=4)``: ``p(t) ~ cosh(a (t - 1/2))``, most weight near both ends, where a reflowed
+  (nearly straight) flow's one-step prediction from pure noise and its last steps live (Lee, Lin,
+  Fanti, "Improving the Training of Rectified Flows", 2024, arXiv:2405.20320).
 """
 
 from __future__ import annotations
@@ -75,7 +78,18 @@ class LogNormalSigma(TimeDensity):
         return schedule.t_from_sigma_ratio(ratio)
 
 
-DENSITIES = {"uniform": Uniform, "stratified": Stratified, "logit-normal": LogitNormal, "log-normal": LogNormalSigma}
+@dataclass(frozen=True)
+class UShaped(TimeDensity):
+    a: float = 4.0
+
+    def draw(self, n, schedule, generator):
+        # inverse of the CDF  F(t) = (sinh(a (t - 1/2)) + sinh(a / 2)) / (2 sinh(a / 2))
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        return 0.5 + torch.asinh((2 * u - 1) * torch.sinh(torch.tensor(self.a / 2, dtype=torch.float64))) / self.a
+
+
+DENSITIES = {"uniform": Uniform, "stratified": Stratified, "logit-normal": LogitNormal, "log-normal": LogNormalSigma,
+             "u-shaped": UShaped}
 
 
 def as_density(d: TimeDensity | str) -> TimeDensity:

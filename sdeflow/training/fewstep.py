@@ -14,8 +14,9 @@ network, ``F`` is the average velocity over ``[s, t]``). With ``x_t = alpha_t x 
   weight ``1 / (sg(err) + c)^p``. Geng et al., "Mean Flows for One-step Generative Modeling", 2025,
   arXiv:2505.13447.
 - :class:`ShortcutLoss`: self-consistency in the step size, ``X(x_t, t, s) = X(X(x_t, t, m), m, s)``
-  at the midpoint ``m``, with stop-gradient targets and no Jacobian-vector product; the finest level
-  takes its two halves as instantaneous (DDIM) steps; the rest of the batch is flow matching.
+  at the midpoint ``m``, with stop-gradient targets and no Jacobian-vector product, for the steps
+  ``t - s = 2^-k`` of the uniform grids (those the sampler takes); the finest level takes its two
+  halves as instantaneous (DDIM) steps; the rest of the batch is flow matching.
   Frans et al., "One Step Diffusion via Shortcut Models", 2024, arXiv:2410.12557.
 - :class:`ConsistencyLoss`: ``D(x_t, t, 0) = D(x_u, u, 0)`` for adjacent times ``u < t`` of a
   discretisation refined during training (the improved schedule: ``N`` doubles from 10 to 1280,
@@ -45,7 +46,7 @@ from ..denoisers.flow_map import jump_coefficients
 from ..samplers.base import ode_coefficients
 from ..schedules import Schedule
 from ..shapes import expand_as_batch
-from .densities import TimeDensity, as_density
+from .densities import T_HI, T_LO, TimeDensity, as_density
 
 
 def _cast(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -133,8 +134,6 @@ class MeanFlowLoss(_FewStepLoss):
         teacher: a denoiser whose probability-flow velocity replaces the conditional velocity.
     """
 
-    columns = 2
-
     def __init__(self, time_density: TimeDensity | str = "uniform", teacher: Denoiser | None = None, *,
                  jump_fraction: float = 0.25, power: float = 1.0, c: float = 1e-3):
         super().__init__(time_density, teacher)
@@ -142,14 +141,14 @@ class MeanFlowLoss(_FewStepLoss):
             raise ValueError(f"jump_fraction must be in (0, 1], got {jump_fraction}")
         self.jump_fraction, self.power, self.c = float(jump_fraction), float(power), float(c)
 
-    def extra(self, n, schedule, generator=None):
-        return torch.stack([self.time_density.sample(n, schedule, generator),
-                            torch.rand(n, generator=generator, dtype=torch.float64)], 1)
+    columns = 3
 
     def times(self, t: torch.Tensor, extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        jump = extra[:, 1] < self.jump_fraction
-        t2 = extra[:, 0]
-        return torch.where(jump, torch.maximum(t, t2), t), torch.where(jump, torch.minimum(t, t2), t)
+        """``(t, s)``: ``s = t`` (flow matching) or, for the jumps, the ends of a uniformly drawn pair
+        (the density of ``t`` grows towards 1, where sampling starts, whatever the time density)."""
+        jump = extra[:, 2] < self.jump_fraction
+        hi = torch.maximum(extra[:, 0], extra[:, 1]).clamp(T_LO, T_HI)
+        return torch.where(jump, hi, t), torch.where(jump, torch.minimum(extra[:, 0], extra[:, 1]), t)
 
     def __call__(self, model, x, *, cond=None, t, eps, extra, step=0):
         _check(model, True, "MeanFlow")
@@ -186,11 +185,12 @@ class ShortcutLoss(_FewStepLoss):
 
     Args:
         jump_fraction: share of the batch trained on self-consistency (the rest: flow matching).
-        levels: jumps span ``t 2^-k`` of the time left for ``k = 0 .. levels - 1``; the finest level
-            splits into two instantaneous steps.
+        levels: jumps are the steps of the uniform ``2^k``-step grids, ``k = 0 .. levels - 1``, drawn
+            uniformly per level (the jumps the flow-map sampler takes at ``2^k`` steps); the finest
+            level splits into two instantaneous steps.
     """
 
-    columns = 2
+    columns = 3
 
     def __init__(self, time_density: TimeDensity | str = "uniform", teacher: Denoiser | None = None, *,
                  jump_fraction: float = 0.25, levels: int = 7):
@@ -200,6 +200,14 @@ class ShortcutLoss(_FewStepLoss):
         if not (isinstance(levels, int) and levels >= 1):
             raise ValueError(f"levels must be an integer >= 1, got {levels!r}")
         self.jump_fraction, self.levels = float(jump_fraction), levels
+
+    @staticmethod
+    def jump_times(level: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(t, s)``: a step of the ``2^level``-step uniform grid, drawn uniformly by ``u`` in [0, 1)
+        (so the one-step jump always starts at ``t = 1``, where sampling does)."""
+        n = torch.pow(2.0, level.double())
+        t = (torch.floor(u * n).clamp(max=n - 1) + 1) / n
+        return t, t - 1 / n
 
     def target(self, model, x_t, t, s, level, cond) -> torch.Tensor:
         """``X(X(x_t, t, m), m, s)`` with ``m`` the midpoint; instantaneous halves at the finest level."""
@@ -234,8 +242,7 @@ class ShortcutLoss(_FewStepLoss):
         if idx.numel():
             sub = {k: (v[idx] if isinstance(v, torch.Tensor) and v.ndim else v) for k, v in cond.items()}
             level = torch.clamp((extra[idx, 0] * self.levels).long(), max=self.levels - 1)
-            tj = t[idx]
-            s = tj * (1.0 - torch.pow(2.0, -level.double()))
+            tj, s = self.jump_times(level, extra[idx, 2])
             loss = loss.index_put((idx,), _mse(self.residual(model, x_t[idx], tj, s, level, sub)))
         return loss
 

@@ -79,6 +79,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True, dataset: Dataset | None = None):
         self.cfg = cfg = cfg.resolved()
+        self._started = time.perf_counter()  # wall-clock from here on counts as training time (reflow's pairs included)
         self.dist = Distributed(cfg.device)
         self.progress = progress and self.dist.main
         self.path = os.path.join(cfg.out, CHECKPOINT)
@@ -136,9 +137,10 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16" and self.dist.device.type == "cuda")
         self.loss = make_loss(cfg, self.teacher)
-        self.step = 0
+        self.step, self.seconds_before = 0, 0.0
         if start is not None:
             tensors, meta = start
+            self.seconds_before = float(meta.get("train_seconds", 0.0))
             ckpt.load_weights(self.net, ckpt.state("model", tensors), self.path)
             ckpt.load_weights(self.ema.model, ckpt.state("ema", tensors), self.path)
             ckpt.restore_optimizer(self.opt, tensors, meta["optimizer"])
@@ -277,7 +279,8 @@ class Trainer:
     # ---- checkpoints, previews, signals ------------------------------------------------------------
     def metadata(self) -> dict:
         return {"config": self.cfg.to_dict(), "architecture": self.architecture, "network": self.net.config,
-                "data": self.data_info, "step": self.step, "ema_updates": self.ema.updates}
+                "data": self.data_info, "step": self.step, "ema_updates": self.ema.updates,
+                "train_seconds": self.seconds_before + time.perf_counter() - self._started}
 
     def save(self) -> None:
         if not self.dist.main:
