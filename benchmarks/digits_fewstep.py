@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from digits_quality import N_PER_CLASS, fd, real_split  # noqa: E402
 
 from sdeflow import data  # noqa: E402
-from sdeflow.data.pictures import save_samples  # noqa: E402
+from sdeflow.data.pictures import image_grid, save_png  # noqa: E402
 from sdeflow.files import atomic_write, write_json  # noqa: E402
 from sdeflow.generation import gather, generate  # noqa: E402
 from sdeflow.grids import uniform_grid  # noqa: E402
@@ -98,7 +98,8 @@ def main(argv=None) -> None:
     print(text)
     if args.picture:
         order = [("teacher, Euler", n) for n in args.nfe] + [(args.picture, n) for n in args.nfe]
-        save_samples(torch.cat([pictures[k] for k in order]), os.path.join(DOCS, "fewstep.png"), "image", nrow=10)
+        grid = image_grid(torch.cat([pictures[k] for k in order]), nrow=10, pad=2, upscale=6)
+        save_png(grid, os.path.join(DOCS, "fewstep.png"))
 
 
 def report(r: dict) -> str:

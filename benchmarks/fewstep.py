@@ -5,8 +5,8 @@ For each toy and objective, ``sdeflow train --objective OBJ --teacher TOY`` dist
 consistency sampling, DDIM steps after progressive distillation, Euler steps after reflow) at NFE 1,
 2, 4 and 8 (whether more steps help a flow map and a consistency model alike). The teacher is sampled with Euler and with sdeflow's best ODE sampler at the same NFE. The
 score is the sliced Wasserstein distance to fresh data (its floor, two data sets of the same size, is
-reported). Writes docs/benchmarks/fewstep.{md,json}; the toys of an earlier run that this one does
-not redo stay in the report.
+reported). Writes docs/benchmarks/fewstep.{md,json}; the toys and objectives of an earlier run that
+this one does not redo stay in the report.
 
     python benchmarks/fewstep.py [--toys moons eight-gaussians] [--steps 2000]
 """
@@ -62,15 +62,16 @@ def main() -> None:
     ap.add_argument("--out", default="docs/benchmarks/fewstep")
     args = ap.parse_args()
     results = {}
-    if os.path.exists(args.out + ".json"):
+    if os.path.exists(args.out + ".json"):  # keep what this run does not redo
         with open(args.out + ".json") as f:
-            results = {toy: r for toy, r in json.load(f).items() if toy not in args.toys}
+            results = json.load(f)
     with tempfile.TemporaryDirectory() as folder:
         for toy in args.toys:
             data = load_data(toy, toy_size=4 * N, seed=11).x
             floor = sliced_wasserstein(data[N:2 * N], data[:N], n_projections=512)
             teacher = load_model(toy).denoiser
-            res = results[toy] = {"floor": floor, "teacher-euler": {}, "teacher-best": {}}
+            kept = {o: r for o, r in results.get(toy, {}).items() if o in OBJECTIVES and o not in args.objectives}
+            res = results[toy] = {"floor": floor, "teacher-euler": {}, "teacher-best": {}, **kept}
             for nfe in NFES:
                 res["teacher-euler"][nfe] = score(teacher, Euler(), uniform_grid(nfe), data)
                 name, grid = default_sampling(teacher.schedule, nfe)

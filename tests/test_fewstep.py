@@ -340,7 +340,7 @@ def test_reflow_rounds_straighten_a_mixture_monotonically(tmp_path):
     from sdeflow.pretrained import load_model
     from sdeflow.training.reflow import straightness
 
-    teacher, rounds = "eight-gaussians", []
+    teacher = "eight-gaussians"
     for k in (2, 3):
         out = str(tmp_path / f"round{k}")
         assert main(["train", "--data", "eight-gaussians", "--teacher", teacher, "--objective", "reflow", "--out", out,

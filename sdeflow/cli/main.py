@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..pretrained import PRETRAINED
 from ..registry import ALL_SAMPLERS, GRIDS, PROBLEMS, SAMPLERS, SCHEDULES
 
 
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "and/or an .npz of the samples. Under torchrun the samples are sharded over the processes "
                          "and are bit-identical to a single-process run.")
     smp.add_argument("--checkpoint", default=None, metavar="NAME|PATH",
-                     help="a shipped model (digits, digits-small, moons, swiss-roll, eight-gaussians, checkerboard), a "
+                     help=f"a shipped model ({', '.join(PRETRAINED)}), a "
                      "checkpoint .safetensors or a training run folder (default: digits)")
     smp.add_argument("--problem", default=None, choices=list(PROBLEMS), metavar="NAME",
                      help=f"sample an exact problem instead of a model: one of {', '.join(PROBLEMS)}")

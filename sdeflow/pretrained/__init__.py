@@ -22,7 +22,7 @@ from ..training import checkpoint as ckpt
 from ..training.config import TrainConfig
 
 FOLDER = os.path.dirname(os.path.abspath(__file__))
-PRETRAINED = ("digits", "digits-small", "moons", "swiss-roll", "eight-gaussians", "checkerboard")
+PRETRAINED = ("digits", "digits-small", "digits-reflow", "moons", "swiss-roll", "eight-gaussians", "checkerboard")
 CLASSIFIERS = ("digits-classifier", "digits-noisy-classifier")
 
 
