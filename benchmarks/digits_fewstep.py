@@ -111,7 +111,7 @@ def report(r: dict) -> str:
              "class, per-sample seeds) scored by the shipped digits classifier: accuracy / squared Frechet distance "
              "of its features to real digits (two real halves are 1.20 apart). Students sampled with their own "
              "sampler (`sdeflow sample --checkpoint` does the same); training time: wall clock on this 2-core CPU, "
-             "from the teacher's weights, reflow's pair generation included.", "",
+             "from the teacher's weights, reflow's pair generation included unless the run found its pairs already made.", "",
              "| model | " + " | ".join(f"NFE {n}" for n in nfes) + " | training |", "|---|" + "---|" * (len(nfes) + 1)]
     for m in models:
         vals = [f"{cell[m, n]['accuracy']:.3f} / {cell[m, n]['fd']:.2f}" if (m, n) in cell else "" for n in nfes]

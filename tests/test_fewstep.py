@@ -351,3 +351,12 @@ def test_reflow_rounds_straighten_a_mixture_monotonically(tmp_path):
          for name in ("eight-gaussians", str(tmp_path / "round2"), str(tmp_path / "round3"))]
     # measured: 0.71, 0.0016, 0.00045
     assert s[0] > s[1] > s[2], s
+
+
+def test_consistency_training_refines_its_grid_to_1280_intervals_and_distillation_to_160():
+    teacher = GAUSS.denoiser(SCHEDULES["rectified-flow"]())
+    ct, cd = ConsistencyLoss(total_steps=800), ConsistencyLoss(teacher, total_steps=800)
+    assert [ct.intervals(k) for k in (0, 100, 799)] == [10, 20, 1280]
+    assert [cd.intervals(k) for k in (0, 100, 799)] == [10, 10, 160]
+    with pytest.raises(ValueError, match="s0 <= s1"):
+        ConsistencyLoss(teacher, s0=40, s1=20)
