@@ -37,7 +37,7 @@ def run_demo(args) -> dict:
         "sliced_w2": metrics.sliced_wasserstein(result.x, exact),
         "sliced_w2_floor": metrics.sliced_wasserstein(exact2, exact),
     }
-    print(f"sampler {args.sampler} on {args.schedule}, {args.grid} grid: {steps} steps, NFE {result.nfe}")
+    print(f"sampler {args.sampler} on {args.schedule}, {args.grid} grid: {steps} step{'s' if steps != 1 else ''}, NFE {result.nfe}")
     if sampler.stochastic:  # a stochastic sampler follows no ODE path: only its distribution is judged
         print("  stochastic sampler: judged by its distribution only")
     else:

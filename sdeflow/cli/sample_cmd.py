@@ -197,7 +197,7 @@ def _sample_problem(args) -> dict:
     x_init, _ = mixture.sample_t(args.num, schedule, float(ts[0]), gen)
     result = sample(denoiser, sampler, ts, x_init.float().reshape(args.num, *shape), cond={"label": labels},
                     noise=noise_source(args, gen), progress=args.progress and sys.stderr.isatty())
-    print(f"{args.num} samples of {args.problem} with {args.sampler} on {args.schedule}: {steps} steps, NFE {result.nfe}"
+    print(f"{args.num} samples of {args.problem} with {args.sampler} on {args.schedule}: {steps} step{'s' if steps != 1 else ''}, NFE {result.nfe}"
           + _forwards_note(denoiser, args.num))
     for out in outs:
         if out.lower().endswith(".npz"):
@@ -272,7 +272,7 @@ def _sample_model(args) -> dict:
         guide = "" if args.guidance is None else f", {args.guidance_method} guidance at {args.guidance:g}"
         mine = sum(len(c) for c in chunks.values())  # this process's samples (all of them on one process)
         fitted = " (fitted coefficients)" if tuned is not None and tuned.shift is not None else ""
-        print(f"{args.num} samples of {name} with {args.sampler}{fitted}{guide}, {steps} steps, NFE {nfe}{procs}"
+        print(f"{args.num} samples of {name} with {args.sampler}{fitted}{guide}, {steps} step{'s' if steps != 1 else ''}, NFE {nfe}{procs}"
               + _forwards_note(denoiser, mine))
         for out in outs:
             if out.lower().endswith(".npz"):
