@@ -80,6 +80,19 @@ def _smooth_jump(schedule: Schedule, t: torch.Tensor, s: torch.Tensor) -> tuple[
     return a, schedule.alpha(s) - schedule.alpha(t) * a
 
 
+def _grid_step(n: torch.Tensor | int, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(t, s)``: a step ``(1 - i / n, 1 - (i + 1) / n)`` of the ``n``-step uniform grid, the
+    step ``i = floor(u n)`` for ``u`` uniform in [0, 1) (float64; ``n`` may vary per sample)."""
+    n = torch.as_tensor(n, dtype=torch.float64)
+    t = 1.0 - torch.minimum(torch.floor(u * n), n - 1) / n
+    return t, t - 1.0 / n
+
+
+def _rows(cond: dict, idx: torch.Tensor) -> dict:
+    """The conditioning of the batch rows ``idx`` (per-sample tensors indexed, the rest kept)."""
+    return {k: (v[idx] if isinstance(v, torch.Tensor) and v.ndim else v) for k, v in cond.items()}
+
+
 def _mse(err: torch.Tensor) -> torch.Tensor:
     return err.float().pow(2).reshape(err.shape[0], -1).mean(1)
 
@@ -206,9 +219,7 @@ class ShortcutLoss(_FewStepLoss):
     def jump_times(level: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(t, s)``: a step of the ``2^level``-step uniform grid, drawn uniformly by ``u`` in [0, 1)
         (so the one-step jump always starts at ``t = 1``, where sampling does)."""
-        n = torch.pow(2.0, level.double())
-        t = (torch.floor(u * n).clamp(max=n - 1) + 1) / n
-        return t, t - 1 / n
+        return _grid_step(torch.pow(2.0, level.double()), u)
 
     def target(self, model, x_t, t, s, level, cond) -> torch.Tensor:
         """``X(X(x_t, t, m), m, s)`` with ``m`` the midpoint; instantaneous halves at the finest level."""
@@ -237,11 +248,10 @@ class ShortcutLoss(_FewStepLoss):
         loss = torch.zeros(x.shape[0], device=x.device)
         idx = torch.nonzero(~jump).flatten()
         if idx.numel():
-            sub = {k: (v[idx] if isinstance(v, torch.Tensor) and v.ndim else v) for k, v in cond.items()}
-            loss = loss.index_put((idx,), self.instant(model, x[idx], x_t[idx], t[idx], sub))
+            loss = loss.index_put((idx,), self.instant(model, x[idx], x_t[idx], t[idx], _rows(cond, idx)))
         idx = torch.nonzero(jump).flatten()
         if idx.numel():
-            sub = {k: (v[idx] if isinstance(v, torch.Tensor) and v.ndim else v) for k, v in cond.items()}
+            sub = _rows(cond, idx)
             level = torch.clamp((extra[idx, 0] * self.levels).long(), max=self.levels - 1)
             tj, s = self.jump_times(level, extra[idx, 2])
             loss = loss.index_put((idx,), _mse(self.residual(model, x_t[idx], tj, s, level, sub)))
@@ -339,8 +349,8 @@ class ProgressiveDistillationLoss(_FewStepLoss):
 
     def __call__(self, model, x, *, cond=None, t=None, eps, extra, step=0):
         cond, sched, n = cond or {}, model.schedule, self.steps
-        i = torch.clamp((extra[:, 0] * n).long(), max=n - 1).double()
-        t, m, s = [v.to(x.device) for v in (1.0 - i / n, 1.0 - (i + 0.5) / n, 1.0 - (i + 1) / n)]
+        t, s = (v.to(x.device) for v in _grid_step(n, extra[:, 0].cpu()))
+        m = 0.5 * (t + s)
         x_t = _noised(sched, x, eps, t)
         with torch.no_grad():
             x_m = _step(sched, x_t, self.teacher(x_t, t, **cond).to(x.dtype), t, m)

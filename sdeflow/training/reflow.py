@@ -78,25 +78,23 @@ def straightness(denoiser: Denoiser, n: int = 1000, *, shape: tuple[int, ...], s
     ``denoiser`` from ``n`` prior draws (``d``: numbers per sample): zero exactly when every path is
     the straight line between its ends, the quantity reflow lowers (Liu et al. 2022, eq. 3.6).
 
-    The paths are Euler solves on ``steps`` uniform steps from ``t = 1`` and the integral the
-    left Riemann sum over the same steps (both converge at first order in ``1 / steps``)."""
+    The paths are Euler solves on ``steps`` uniform steps from ``t = 1``, whose step velocities
+    give the integral as a left Riemann sum (both converge at first order in ``1 / steps``)."""
     from ..grids import uniform_grid
-    from ..samplers.base import ode_coefficients
+    from ..samplers import Euler
+    from ..sampling import sample
 
     ts = uniform_grid(steps)
+    dt = (ts[:-1] - ts[1:]).tolist()
     total = 0.0
     for lo in range(0, n, batch_size):
         hi = min(n, lo + batch_size)
         x = prior_sample(denoiser.schedule, (hi - lo, *shape), t=1.0, seeds=[sample_seed(seed, i) for i in range(lo, hi)])
-        cond = {} if labels is None else {"label": labels[lo:hi]}
-        start, velocities = x, []
         with torch.no_grad():
-            for t, s in zip(ts[:-1], ts[1:]):
-                p, q = ode_coefficients(denoiser.schedule, t)
-                v = float(p) * x + float(q) * denoiser(x, t, **cond)
-                velocities.append(v)
-                x = x + float(s - t) * v
-        chord = start - x  # X_1 - X_0
-        dt = (ts[:-1] - ts[1:]).tolist()
-        total += sum(w * float(((v - chord) ** 2).flatten(1).mean(1).sum()) for w, v in zip(dt, velocities))
+            path = sample(denoiser, Euler(), ts, x, cond=None if labels is None else {"label": labels[lo:hi]},
+                          return_trajectory=True).trajectory
+        chord = path[0] - path[-1]  # X_1 - X_0
+        for k, h in enumerate(dt):   # the velocity of Euler step k is (X_{t_k} - X_{t_k+1}) / h
+            v = (path[k] - path[k + 1]) / h
+            total += h * float(((v - chord) ** 2).flatten(1).mean(1).sum())
     return total / n

@@ -40,8 +40,9 @@ from .students import load_teacher, make_loss, reflow_data
 CHECKPOINT = "checkpoint.safetensors"
 
 
-def build_network(cfg: TrainConfig, data: dict) -> torch.nn.Module:
-    """The network of a run: ``cfg.architecture`` with ``cfg.model`` overrides, sized from the data."""
+def build_network(cfg: TrainConfig, data: dict, teacher_meta: dict | None = None) -> torch.nn.Module:
+    """The network of a run: ``cfg.architecture`` with ``cfg.model`` overrides, sized from the data;
+    a student's is its teacher's (``teacher_meta``); a flow map's takes the gap of a jump too."""
     if cfg.objective == "classifier":
         if data["kind"] != "image" or not data.get("num_classes"):
             raise ValueError(f"the classifier objective needs labelled images; {data['name']} has "
@@ -51,7 +52,9 @@ def build_network(cfg: TrainConfig, data: dict) -> torch.nn.Module:
     arch = cfg.architecture or ("unet" if data["kind"] == "image" else "mlp")
     classes = data["num_classes"] if cfg.conditional else 0
     base = {"time_scale": TIME_SCALES[cfg.time_input], "num_classes": classes}
-    if arch == "unet":
+    if teacher_meta is not None:
+        arch, base = teacher_meta["architecture"], teacher_meta["network"]
+    elif arch == "unet":
         if data["kind"] != "image":
             raise ValueError(f"the UNet needs image data (N, C, H, W); {data['name']} has samples of shape {data['shape']}")
         c, h, w = data["shape"]
@@ -118,19 +121,15 @@ class Trainer:
             self.data, self.pair_noise = reflow_data(cfg, self.data, self.teacher, self.dist, self.progress)
         self.data_info = self.data.describe()
         torch.manual_seed(_mix(cfg.seed, -1, 3))  # the initial weights, identical on every rank
-        if self.teacher is not None:  # the teacher's network, a flow map's with the jump input, from its weights
+        self.net = build_network(cfg, self.data_info, self.teacher_meta).to(self.dist.device)
+        if self.teacher is not None:  # a student starts from its teacher's weights (a flow map's gap input: zero)
             self.architecture = self.teacher_meta["architecture"]
-            config = {**self.teacher_meta["network"], **cfg.model}
-            if cfg.objective in FLOW_MAP_OBJECTIVES:
-                config["jump"] = True
-            self.net = models.build(self.architecture, config).to(self.dist.device)
             if start is None:
                 from ..pretrained import path_of
                 weights = self.teacher.model.state_dict()
                 own = self.net.state_dict()
                 ckpt.load_weights(self.net, {**{k: v for k, v in own.items() if k not in weights}, **weights}, path_of(cfg.teacher))
         else:
-            self.net = build_network(cfg, self.data_info).to(self.dist.device)
             self.architecture = ("noisy-classifier" if cfg.objective == "classifier" else
                                  cfg.architecture or ("unet" if self.data_info["kind"] == "image" else "mlp"))
         self.ema = EMA(self.net, cfg.ema_decay)
@@ -160,10 +159,10 @@ class Trainer:
         self._stop = False
 
     def _wrap(self, module) -> ModelDenoiser:
-        """The network as the run's denoiser (a flow map for the flow-map objectives)."""
+        """The network as the run's denoiser (a flow map when the network takes jumps, as loading does)."""
         from ..denoisers import FlowMapDenoiser
 
-        kind = FlowMapDenoiser if self.cfg.objective in FLOW_MAP_OBJECTIVES else ModelDenoiser
+        kind = FlowMapDenoiser if self.net.config.get("jump") else ModelDenoiser
         return kind(module, self.schedule, self.cfg.parameterization, time_input=self.cfg.time_input)
 
     # ---- randomness as a function of the step ------------------------------------------------------
