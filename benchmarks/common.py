@@ -68,7 +68,7 @@ def oracle_network(problem: Problem, process: Process):
     def net(x_in, c):
         t = time_of(process, c)
         x_t = x_in.to(torch.float64) / p.input_scale(sch, t).reshape(-1, *([1] * (x_in.ndim - 1)))
-        return p.from_x_hat(mix.x_hat(x_t, sch, t), x_t, sch, t).to(x_in.dtype)
+        return mix.network_output(x_t, sch, t, p).to(x_in.dtype)
 
     return net
 

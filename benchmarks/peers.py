@@ -303,8 +303,8 @@ FM_METHODS = ("euler", "midpoint", "heun3", "rk4")
 def flow_matching_runs(fm, shared: Shared, process: Process, nfe: int):
     """flow_matching's ``ODESolver`` on the rectified-flow process (its own kind of model; it takes
     velocity fields only). Its time runs from noise (0) to data (1): the oracle's velocity is
-    negated and evaluated at ``1 - t``; where a method evaluates at the data end (RK4's last stage),
-    the field is its exact limit there."""
+    negated and evaluated at ``1 - t``; at the data end (RK4's last stage) the oracle answers the
+    exact limit, as it does for sdeflow's ``RK4(at_data=True)``."""
     if process.time_input != "t":
         return
     solver_cls, wrapper_cls = fm
@@ -312,8 +312,6 @@ def flow_matching_runs(fm, shared: Shared, process: Process, nfe: int):
 
     class Velocity(wrapper_cls):
         def forward(self, x, t, **extras):
-            if float(t) == 1.0:  # at the data end the exact field is its limit u = x (E[noise | x] = 0); RK4 evaluates there
-                return x
             return -net(x, (1.0 - t).to(torch.float64).expand(x.shape[0]))
 
     for method in FM_METHODS:

@@ -103,13 +103,14 @@ def fit_draws(problem, process, t0: float, num: int, seed: int = 7) -> torch.Ten
     return (float(sch.alpha(t0)) * data + float(sch.sigma(t0)) * eps).reshape(num, *problem.shape).float()
 
 
-def samplers_for(process) -> list[str]:
+def samplers_for(process, only=None) -> list[str]:
     """The tuned samplers: the exponential integrators everywhere, and on rectified flow also the
-    Runge-Kutta family that leads its hand-grid rows."""
-    return SAMPLER_NAMES + (["heun", "heun3", "midpoint"] if process.time_input == "t" else [])
+    Runge-Kutta family that leads its hand-grid rows (``only``: those of them named)."""
+    names = SAMPLER_NAMES + (["heun", "heun3", "midpoint"] if process.time_input == "t" else [])
+    return [n for n in names if not only or n in only]
 
 
-def mixtures(nfes, names, coef_draws: int, processes=None) -> list[dict]:
+def mixtures(nfes, names, coef_draws: int, processes=None, samplers=None) -> list[dict]:
     rows = []
     for problem in problems():
         if problem.name not in names:
@@ -133,7 +134,7 @@ def mixtures(nfes, names, coef_draws: int, processes=None) -> list[dict]:
 
             for nfe in nfes:
                 stored = stored_best(problem.name, process.name, nfe)
-                for name in samplers_for(process):
+                for name in samplers_for(process, samplers):
                     sampler = SAMPLERS[name]()
                     n = steps_for(sampler, sch, nfe)
                     if sampler.prepare(sch, GRIDS["uniform"](n, sch)).nfe != nfe:
@@ -242,6 +243,9 @@ def main(argv=None):
                    "of the others are kept")
     p.add_argument("--processes", nargs="+", default=None, metavar="NAME",
                    help="part 2 for these processes only (e.g. rectified); the stored rows of the others are kept")
+    p.add_argument("--samplers", nargs="+", default=None, metavar="NAME",
+                   help="part 2 for these samplers only (default: " + ", ".join(SAMPLER_NAMES) + ", and on rectified flow "
+                   "also heun, heun3, midpoint); the stored rows of the others are kept")
     p.add_argument("--coef-draws", type=int, default=1000, help="draws the coefficients are fitted on (default: 1000)")
     args = p.parse_args(argv)
     path = os.path.join(OUT, "tuning.json")
@@ -254,9 +258,10 @@ def main(argv=None):
     if args.part in (None, 2):  # the stored rows of other problems are kept
         def chosen(r):
             return r["problem"] in args.problems and (not args.processes or any(
-                o.lower() in r["process"].lower() for o in args.processes))
+                o.lower() in r["process"].lower() for o in args.processes)) and (
+                not args.samplers or r["sampler"] in args.samplers) and r["nfe"] in args.nfe
 
-        mix = [r for r in mix if not chosen(r)] + mixtures(args.nfe, args.problems, args.coef_draws, args.processes)
+        mix = [r for r in mix if not chosen(r)] + mixtures(args.nfe, args.problems, args.coef_draws, args.processes, args.samplers)
     os.makedirs(OUT, exist_ok=True)
     write_json(path, dict(certificate=cert, mixtures=mix))
     text = report(cert, mix)

@@ -31,7 +31,7 @@ import torch
 
 from .denoisers import Denoiser, ModelDenoiser
 from .noise import BrownianTreeNoise, GeneratorNoise, NoiseSource
-from .sampling import NonFiniteError, SampleResult, check_models, planned
+from .sampling import NonFiniteError, SampleResult, check_models, check_ode_velocity, planned
 from .samplers.base import Plan, Sampler
 from .samplers.engine import Multistep, SingleStep
 from .samplers.sde import AffineStep
@@ -83,9 +83,16 @@ class _Recorder:
 
     def __init__(self):
         self.times: list[float] = []
+        self.velocity: list[bool] = []  # whether each call asks for the model's velocity (a stage on clean data)
 
     def __call__(self, x, t):
         self.times.append(float(t))
+        self.velocity.append(False)
+        return torch.zeros_like(x)
+
+    def ode_velocity(self, x, t):
+        self(x, t)
+        self.velocity[-1] = True
         return torch.zeros_like(x)
 
 
@@ -115,16 +122,19 @@ class _StaticField:
         self.denoiser, self.factors, self.cond, self.calls = denoiser, factors, cond, 0
         self.network = network
 
-    def __call__(self, x, t):
+    def __call__(self, x, t, velocity: bool = False):
         m, self.calls = self.calls, self.calls + 1
         den = self.denoiser
         if self.factors is None:
-            return den(x, t, **self.cond)
-        scale, skip, out, c = self.factors[m]
+            return den.ode_velocity(x, t, **self.cond) if velocity else den(x, t, **self.cond)
+        scale, skip, out, c = self.factors[m]  # for a velocity call: the field's (c_x, c_F) in place of (skip, out)
         net_dtype = den.dtype or x.dtype
         c_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         f = self.network((x * scale).to(net_dtype), c.to(c_dtype).expand(x.shape[0]), **self.cond)
         return x * skip + f.to(x.dtype) * out
+
+    def ode_velocity(self, x, t):
+        return self(x, t, velocity=True)
 
 
 class FixedGridLoop:
@@ -191,6 +201,7 @@ class FixedGridLoop:
     def pack(self, ts) -> _Program:
         """The grid's structure and numbers (planned in float64, as :func:`sdeflow.sample` plans it)."""
         plan = planned(self.sampler, self.denoiser.schedule, ts)
+        check_ode_velocity(self.denoiser, self.sampler, plan)
         if len(plan.t) != self.steps:
             raise ValueError(f"this loop takes grids of {self.steps + 1} times ({self.steps} steps), got {len(plan.t) + 1}")
         values: list[float] = []
@@ -200,8 +211,11 @@ class FixedGridLoop:
         self._steps(recorder, torch.zeros(1, 1, dtype=torch.float64), plan, lambda i: (lambda draw=0, span=None: 0.0))
         factors = []
         if type(self.denoiser) is ModelDenoiser:
-            for t in recorder.times:
-                factors.extend(self.denoiser.coefficients(t))
+            for t, velocity in zip(recorder.times, recorder.velocity):
+                scale, skip, out, c = self.denoiser.coefficients(t)
+                if velocity:
+                    skip, out = (float(v) for v in self.denoiser.velocity_coefficients(t))
+                factors.extend((scale, skip, out, c))
         key = repr((packed, plan.extra, plan.nfe, len(recorder.times)))
         slotted = dataclasses.replace(plan, t=packed[0], s=packed[1], coef=packed[2], ts=None, inplace=False)
         return _Program(key, slotted, torch.tensor(values + factors, dtype=torch.float64), n_slots,

@@ -45,14 +45,25 @@ class Parameterization:
 
     def to_x_hat(self, output: torch.Tensor, x_t: torch.Tensor, schedule: Schedule, t: Time) -> torch.Tensor:
         skip, out = self.coefficients(schedule, t)
-        return _affine(skip, x_t, out, output)
+        return affine(skip, x_t, out, output)
 
     def from_x_hat(self, x_hat: torch.Tensor, x_t: torch.Tensor, schedule: Schedule, t: Time) -> torch.Tensor:
         skip, out = self.coefficients(schedule, t)
-        return _affine(-skip / out, x_t, 1.0 / out, x_hat)
+        return affine(-skip / out, x_t, 1.0 / out, x_hat)
+
+    def eps_coefficients(self, schedule: Schedule, t: Time) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(e_x, e_F)`` with ``eps_hat = e_x x_t + e_F F``. In general ``((1 - alpha skip) / sigma,
+        -alpha out / sigma)``, which is 0/0 where ``sigma = 0``; a parameterization that predicts the noise
+        in some form gives the closed form, finite there too, so its network's own answer at clean data
+        is kept (what :meth:`sdeflow.denoisers.ModelDenoiser.ode_velocity` needs). Not finite where the
+        output does not determine the noise (``x0``, ``score`` at ``sigma = 0``)."""
+        t = as_time(t)
+        a, s = schedule.alpha(t), schedule.sigma(t)
+        skip, out = self.coefficients(schedule, t)
+        return (1.0 - a * skip) / s, -a * out / s
 
 
-def _affine(c_x: torch.Tensor, x: torch.Tensor, c_y: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def affine(c_x: torch.Tensor, x: torch.Tensor, c_y: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``c_x * x + c_y * y`` with per-sample float64 coefficients cast to the state's dtype."""
     dtype = x.dtype if x.dtype.is_floating_point else torch.float32
     c_x = expand_as_batch(c_x.to(device=x.device, dtype=dtype), x)
@@ -73,6 +84,10 @@ class Eps(Parameterization):
         a, s = schedule.alpha(t), schedule.sigma(t)
         return 1.0 / a, -s / a
 
+    def eps_coefficients(self, schedule, t):
+        t = as_time(t)
+        return torch.zeros_like(t), torch.ones_like(t)
+
 
 @dataclass(frozen=True)
 class V(Parameterization):
@@ -82,6 +97,11 @@ class V(Parameterization):
         a, s = schedule.alpha(t), schedule.sigma(t)
         n = a * a + s * s
         return a / n, -s / n
+
+    def eps_coefficients(self, schedule, t):
+        a, s = schedule.alpha(t), schedule.sigma(t)
+        n = a * a + s * s
+        return s / n, a / n
 
 
 @dataclass(frozen=True)
@@ -102,6 +122,11 @@ class Velocity(Parameterization):
         da, ds = schedule.d_alpha(t), schedule.d_sigma(t)
         det = da * s - ds * a
         return -ds / det, s / det
+
+    def eps_coefficients(self, schedule, t):
+        a, s = schedule.alpha(t), schedule.sigma(t)
+        det = schedule.d_alpha(t) * s - schedule.d_sigma(t) * a
+        return schedule.d_alpha(t) / det, -a / det
 
 
 @dataclass(frozen=True)
@@ -125,6 +150,10 @@ class EDMPrecond(Parameterization):
     def input_scale(self, schedule, t):
         a, _, n = self._c(schedule, t)
         return 1.0 / (torch.sqrt(n) * a)
+
+    def eps_coefficients(self, schedule, t):
+        a, sig, n = self._c(schedule, t)
+        return sig / (n * a), -self.sigma_data / torch.sqrt(n)
 
 
 PARAMETERIZATIONS: dict[str, type[Parameterization]] = {

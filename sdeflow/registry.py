@@ -31,6 +31,7 @@ SAMPLERS: dict[str, Callable[[], samplers.Sampler]] = {
     "heun3": lambda: samplers.Heun(third_order=True),
     "midpoint": samplers.Midpoint,
     "rk4": samplers.RK4,
+    "rk4-at-data": lambda: samplers.RK4(at_data=True),
     "edm-heun": samplers.EDMHeun,
     "dpm-solver-1": lambda: samplers.DPMSolver(order=1),
     "dpm-solver-2": lambda: samplers.DPMSolver(order=2),

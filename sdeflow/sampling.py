@@ -71,7 +71,14 @@ class CountingField:
         self._bad = None  # device-side step index of the first non-finite output (-1: none)
 
     def __call__(self, x: torch.Tensor, t, **jump) -> torch.Tensor:
-        x_hat = self.denoiser(x, t, **self.cond, **jump)
+        return self._checked(self.denoiser(x, t, **self.cond, **jump), t)
+
+    def ode_velocity(self, x: torch.Tensor, t) -> torch.Tensor:
+        """The denoiser's probability-flow velocity (:meth:`~sdeflow.denoisers.Denoiser.ode_velocity`),
+        counted and checked like ``x_hat``: what a Runge-Kutta stage on clean data evaluates."""
+        return self._checked(self.denoiser.ode_velocity(x, t, **self.cond), t)
+
+    def _checked(self, x_hat: torch.Tensor, t) -> torch.Tensor:
         if self.check != "off":
             probe = x_hat.detach()
             if self.check == "spot" and x_hat.is_contiguous() and x_hat.numel() > 8192:
@@ -150,6 +157,7 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
         raise ValueError(f"companion must be a tensor shaped like x_init {tuple(x_init.shape)}, got "
                          f"{tuple(companion.shape) if isinstance(companion, torch.Tensor) else type(companion).__name__}")
     plan = planned(sampler, denoiser.schedule, ts)
+    check_ode_velocity(denoiser, sampler, plan)
     field = CountingField(denoiser, cond, check_finite)
     start = None if companion is None else sampler.start_state(x_init, companion.to(x_init), plan)
     if gradient != "autograd":
@@ -191,6 +199,22 @@ def check_models(denoiser, sampler) -> None:
         raise ValueError(f"{type(sampler).__name__} jumps with a flow map, and this model is a plain denoiser: use it "
                          "with a flow-map model (a few-step objective of sdeflow train, or analytic.OracleFlowMap), "
                          "or sample this model with an ODE or SDE sampler")
+
+
+def check_ode_velocity(denoiser, sampler, plan) -> None:
+    """Refuse, before any evaluation, a plan with stages on clean data (``RK4(at_data=True)``, ...) that
+    ``denoiser`` cannot give its probability-flow velocity at."""
+    def times(p: Plan) -> list[float]:  # with the plans a wrapping sampler runs (CFG++, predictor-corrector, restart)
+        inner = [v for v in p.extra.values() if isinstance(v, Plan)]
+        inner += [w for v in p.extra.values() if isinstance(v, (list, tuple)) for w in v if isinstance(w, Plan)]
+        return p.extra.get("ode_velocity_at", []) + [t for q in inner for t in times(q)]
+
+    for t in times(plan):
+        if not denoiser.has_ode_velocity(t):
+            raise ValueError(f"{type(sampler).__name__} evaluates the model's probability-flow velocity on clean data "
+                             f"(t = {t:.6g}, sigma = 0), which this {type(denoiser).__name__} cannot give: that needs a "
+                             "network predicting the noise in some form (eps, v, velocity, edm) on a schedule with finite "
+                             "sigma' there. Use the sampler without at_data=True, whose last step evaluates above t = 0")
 
 
 def is_flow_map(denoiser) -> bool:

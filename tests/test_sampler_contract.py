@@ -89,7 +89,7 @@ def test_bfloat16_model_stays_finite(name, sched):
 
     def net(x_in, t):
         x_t = x_in.double()
-        return V().from_x_hat(MIX.x_hat(x_t, sch, t.double()), x_t, sch, t.double()).to(torch.bfloat16)
+        return MIX.network_output(x_t, sch, t.double(), V()).to(torch.bfloat16)
 
     den = ModelDenoiser(net, sch, "v", time_input="t", dtype=torch.bfloat16)
     _, x = problem(sch)
@@ -178,6 +178,13 @@ def test_the_field_is_only_evaluated_inside_the_schedules_domain(name, sched, gr
     class Wrapped(Denoiser):
         def forward(self, x_t, t, **cond):
             return rec(x_t, t, **cond)
+
+        def has_ode_velocity(self, t):
+            return rec.inner.has_ode_velocity(t)
+
+        def ode_velocity(self, x_t, t, **cond):  # a Runge-Kutta stage on clean data (rk4-at-data)
+            rec.times.append(float(t))
+            return rec.inner.ode_velocity(x_t, t, **cond)
 
     den = Wrapped(sch)
     x, _ = MIX.sample_t(3, sch, 0.999, torch.Generator().manual_seed(1))

@@ -25,6 +25,22 @@ rows, ``None`` for all); other conditioning keywords are accepted and ignored.""
         x_hat = self.mixture.x_hat(x_t.cpu(), self.schedule, torch.as_tensor(t, dtype=torch.float64).detach().cpu(), label)
         return x_hat.to(device=x_t.device, dtype=x_t.dtype)
 
+    def has_ode_velocity(self, t: float) -> bool:
+        """Also at clean data where ``sigma'`` is finite there (see :meth:`ode_velocity`)."""
+        return super().has_ode_velocity(t) or bool(torch.isfinite(self.schedule.d_sigma(float(t))))
+
+    def ode_velocity(self, x_t: torch.Tensor, t, **cond) -> torch.Tensor:
+        """The exact field; at clean data (``sigma = 0``) its limit ``(alpha'/alpha) x_t``: the noise term
+        ``sigma' eps_hat = -sigma' sigma grad log p_t`` vanishes there for a smooth density (a mixture's)
+        when ``sigma'`` is finite."""
+        if super().has_ode_velocity(float(t)):
+            return super().ode_velocity(x_t, t, **cond)
+        if not self.has_ode_velocity(float(t)):
+            raise ValueError(f"the probability-flow velocity of {type(self.schedule).__name__} is unbounded at "
+                             f"t = {float(t):.6g}, where sigma = 0 and sigma' is infinite")
+        sch = self.schedule
+        return x_t * float(sch.d_alpha(float(t)) / sch.alpha(float(t)))
+
     def null_cond(self, cond: dict) -> dict:
         """The conditioning of the unconditional pass (classifier-free guidance): label -1."""
         if "label" not in cond or cond["label"] is None:

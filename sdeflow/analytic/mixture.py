@@ -216,6 +216,25 @@ class GaussianMixture:
         return (_per_sample(self.x_hat(x_t, schedule, t, label), schedule.d_alpha(t))
                 + _per_sample(self.eps(x_t, schedule, t, label), schedule.d_sigma(t)))
 
+    def network_output(self, x_t, schedule, t, parameterization, label=None):
+        """The output ``F`` a network in ``parameterization`` (a name or object) converges to at the
+        state ``x_t`` (float64): ``x_hat`` in that parameterization's form, and on clean data
+        (``sigma = 0``), where ``x_hat = x_t / alpha``, the limit that the vanishing noise prediction
+        of a smooth density gives (``eps_hat = 0``: a rectified-flow velocity network answers
+        ``-x_t`` there). The exact stand-in for a trained network, in tests and benchmarks."""
+        from ..parameterizations import as_parameterization
+
+        p, t = as_parameterization(parameterization), as_time(t)
+        x_t = x_t.to(torch.float64)
+        out = p.from_x_hat(self.x_hat(x_t, schedule, t, label), x_t, schedule, t)
+        at_data = schedule.sigma(t) == 0
+        if not bool(at_data.any()):
+            return out
+        e_x, e_f = p.eps_coefficients(schedule, t)
+        limit = _per_sample(x_t, torch.where(at_data, -e_x / e_f, torch.zeros_like(e_x)))
+        noise_form = at_data & torch.isfinite(e_x) & (e_f != 0)  # else (x0) from_x_hat holds on clean data
+        return torch.where(expand_as_batch(noise_form, x_t), limit, out)
+
     def denoiser(self, schedule: Schedule):
         """This mixture's exact ``x_hat`` as a :class:`~sdeflow.denoisers.Denoiser`."""
         from .denoiser import OracleDenoiser

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..parameterizations import velocity_from_x_hat
 from ..schedules import Schedule
 from ..shapes import Time
 
@@ -26,3 +27,22 @@ class Denoiser(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: Time, **cond) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError("a Denoiser subclass must implement forward(x_t, t, **cond) -> x_hat")
+
+    def has_ode_velocity(self, t: float) -> bool:
+        """Whether :meth:`ode_velocity` answers at the scalar time ``t``: wherever ``sigma(t) > 0``; at
+        clean data (``sigma(t) = 0``) only for denoisers that know more than ``x_hat`` there (a
+        :class:`~sdeflow.denoisers.ModelDenoiser` whose network predicts the noise in some form, the
+        exact oracle)."""
+        return float(self.schedule.sigma(float(t))) > 0
+
+    def ode_velocity(self, x_t: torch.Tensor, t: Time, **cond) -> torch.Tensor:
+        """The probability-flow ODE's field ``dx_t/dt = alpha' x_hat + sigma' eps_hat`` at a scalar time.
+
+        Where ``sigma(t) > 0`` it is ``x_hat`` in another form. At clean data ``x_hat = x_t / alpha``
+        for every model and the field's noise term is ``0 * inf``: only the model's own noise
+        prediction fixes it, which subclasses that have one give (see :meth:`has_ode_velocity`).
+        A Runge-Kutta stage on clean data (``RK4(at_data=True)``) asks for it."""
+        if not self.has_ode_velocity(float(t)):
+            raise ValueError(f"{type(self).__name__} gives x_hat only, which at t = {float(t):.6g} (sigma = 0) "
+                             "does not fix the probability-flow velocity")
+        return velocity_from_x_hat(self(x_t, t, **cond), x_t, self.schedule, t)

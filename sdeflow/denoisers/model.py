@@ -19,9 +19,9 @@ from typing import Callable
 
 import torch
 
-from ..parameterizations import Parameterization, as_parameterization
+from ..parameterizations import Parameterization, affine, as_parameterization
 from ..schedules import DiscreteVP, Schedule
-from ..shapes import as_time, expand_as_batch
+from ..shapes import Time, as_time, expand_as_batch
 from .base import Denoiser
 
 
@@ -126,6 +126,41 @@ class ModelDenoiser(Denoiser):
             return torch.add(f, x_t, alpha=skip / out).mul_(out)
         t = as_time(t, device=x_t.device)
         return self.parameterization.to_x_hat(self.network_output(x_t, t, **cond).to(x_t.dtype), x_t, self.schedule, t)
+
+    def velocity_coefficients(self, t: Time) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(c_x, c_F)`` with the probability-flow field ``dx_t/dt = c_x x_t + c_F F`` in terms of the
+        network output ``F`` (float64): ``alpha' x_hat + sigma' eps_hat`` through the parameterization's
+        affine views, finite at clean data when the network predicts the noise in some form and
+        ``sigma'`` is finite there (see :meth:`ode_velocity`)."""
+        p, sched, t = self.parameterization, self.schedule, as_time(t)
+        skip, out = p.coefficients(sched, t)
+        e_x, e_f = p.eps_coefficients(sched, t)
+        da, ds = sched.d_alpha(t), sched.d_sigma(t)
+        at_data = sched.sigma(t) == 0  # x_hat = x_t / alpha there, whatever skip * x_t + out * F computes
+        skip, out = torch.where(at_data, 1.0 / sched.alpha(t), skip), torch.where(at_data, torch.zeros_like(out), out)
+        return da * skip + ds * e_x, da * out + ds * e_f
+
+    def has_ode_velocity(self, t: float) -> bool:
+        """Everywhere ``sigma(t) > 0``; at clean data when the parameterization predicts the noise in some
+        form (``eps``, ``v``, ``velocity``, ``edm``) and the schedule's ``sigma'`` is finite there
+        (rectified flow, EDM, trigonometric; not VP, whose ``sigma ~ sqrt(t)``)."""
+        if super().has_ode_velocity(t):
+            return True
+        return all(bool(torch.isfinite(c)) for c in self.velocity_coefficients(float(t)))
+
+    def ode_velocity(self, x_t: torch.Tensor, t: Time, **cond) -> torch.Tensor:
+        """The probability-flow field from the network's own output, ``c_x x_t + c_F F``
+        (:meth:`velocity_coefficients`); at clean data it is the network's answer there (a velocity
+        network's output itself), which ``x_hat = x_t`` cannot carry."""
+        if isinstance(t, torch.Tensor) and t.ndim == 0 and not torch.compiler.is_compiling():
+            t = float(t)
+        if isinstance(t, float) and not self.has_ode_velocity(t):
+            raise ValueError(f"a {self.parameterization.name} network on {type(self.schedule).__name__} has no finite "
+                             f"probability-flow velocity at t = {t:.6g} (sigma = 0): it does not predict the noise, or "
+                             "sigma' is infinite there")
+        c_x, c_f = self.velocity_coefficients(t)
+        f = self.network_output(x_t, t, **cond).to(x_t.dtype)
+        return affine(c_x, x_t, c_f, f)
 
     def null_cond(self, cond: dict) -> dict:
         """The conditioning of the unconditional pass (classifier-free guidance) for sdeflow's

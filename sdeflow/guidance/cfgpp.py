@@ -51,6 +51,9 @@ class _Primed:
             return out
         return self.field(x, t)
 
+    def ode_velocity(self, x, t):
+        return self.field.ode_velocity(x, t)
+
 
 @dataclass(frozen=True)
 class CFGPlusPlus(Sampler):

@@ -189,3 +189,30 @@ class Guided(Denoiser):
         if active is not None and active.ndim == 1 and not bool(active.all()):
             out = torch.where(active.to(out.device).reshape(-1, *([1] * (out.ndim - 1))), out, pos)
         return out
+
+    def has_ode_velocity(self, t: float) -> bool:
+        """Above clean data always; on clean data (``sigma = 0``) when the rule is :class:`CFG`, which is
+        affine in the predictions and so means the same on velocities as on ``x_hat``, and the models
+        give their velocity there."""
+        if super().has_ode_velocity(t):
+            return True
+        models = [self.inner] + ([self.guide] if self.guide is not None else [])
+        return type(self.rule) is CFG and all(m.has_ode_velocity(t) for m in models)
+
+    def ode_velocity(self, x_t, t, **cond):
+        """The guided probability-flow velocity: from the guided ``x_hat`` above clean data; on clean
+        data CFG on the models' own velocities (see :meth:`has_ode_velocity`)."""
+        if super().has_ode_velocity(float(t)):
+            return super().ode_velocity(x_t, t, **cond)
+        if not self.has_ode_velocity(float(t)):
+            raise ValueError(f"guidance by {type(self.rule).__name__} has no velocity on clean data (t = {float(t):.6g}): "
+                             "there only CFG on models that predict the noise (eps, v, velocity, edm) has one")
+        active = None if self.interval is None else self.interval.contains(self.schedule, t)
+        if self.rule.is_identity or (active is not None and not bool(active.any())):
+            self.forwards += x_t.shape[0]
+            return self.inner.ode_velocity(x_t, t, **cond)
+        self.forwards += 2 * x_t.shape[0]
+        pos = self.inner.ode_velocity(x_t, t, **cond)
+        neg = self.guide.ode_velocity(x_t, t, **cond) if self.guide is not None else \
+            self.inner.ode_velocity(x_t, t, **self.null(cond))
+        return self.rule(pos, neg, x_t, t, self.schedule, self.state)

@@ -97,6 +97,13 @@ def native_conversions(form: str, schedule: Schedule, times) -> list[Conversion]
     return [Conversion(a, b) for a, b in zip(k_x.tolist(), k_hat.tolist())]
 
 
+#: The conversion of a velocity-form stage on clean data (``sigma = 0``): ``x_hat = x`` there for every
+#: model, so the field's noise term is lost; the stage asks the denoiser for its own probability-flow
+#: velocity instead (:meth:`~sdeflow.denoisers.Denoiser.ode_velocity`; the plan lists those times in
+#: ``extra["ode_velocity_at"]``, which :func:`sdeflow.sample` checks the denoiser can answer before it starts).
+MODEL_VELOCITY = None
+
+
 def to_native(x: torch.Tensor, x_hat: torch.Tensor, conv: tuple[float, float]) -> torch.Tensor:
     k_x, k_hat = conv
     return x_hat if _is(k_x, 0) and _is(k_hat, 1) else lincomb(x, k_x, [(k_hat, x_hat)])
@@ -257,7 +264,8 @@ class SingleStep(Sampler):
     ``Tableau(stages, final)`` with ``stages = [Stage(tau_j, c_x, [a_j0, ...]), ...]`` (stage 0 is
     ``Stage(t, 1, [])``) and ``final = Weights(c_x, [b_0, ...])``. Steps with an infinite logSNR at either end fall back to
     DDIM, the exact limit, when :meth:`needs_finite_logsnr` says so, and so do steps with a stage
-    below the schedule's smallest time."""
+    below the schedule's smallest time. A velocity-form stage on clean data (``sigma(tau) = 0``)
+    takes the model's own velocity there (:data:`MODEL_VELOCITY`)."""
 
     form = "data"
     needs_finite_logsnr = True
@@ -266,7 +274,7 @@ class SingleStep(Sampler):
         raise NotImplementedError
 
     def prepare(self, schedule, ts):
-        coef, nfe = [], 0
+        coef, nfe, velocity_at = [], 0, set()
         for info in step_infos(schedule, ts):
             runge_kutta = not (self.needs_finite_logsnr and not info.usable(self.form))
             if runge_kutta:
@@ -277,15 +285,22 @@ class SingleStep(Sampler):
             if not runge_kutta:
                 c_x, c_hat = ddim_coefficients(info.a_t, info.s_t, info.a_s, info.s_s)
                 stages, final, form = [Stage(info.t, 1.0, [])], Weights(c_x, [c_hat]), "data"
-            convs = native_conversions(form, schedule, [tau for tau, _, _ in stages])
+            taus = [tau for tau, _, _ in stages]
+            convs = native_conversions(form, schedule, taus)
+            if form == "velocity":  # a stage on clean data takes the model's own velocity (MODEL_VELOCITY)
+                at_data = [j for j, tau in enumerate(taus) if float(schedule.sigma(tau)) == 0]
+                for j in at_data:
+                    convs[j] = MODEL_VELOCITY
+                velocity_at.update(taus[j] for j in at_data)
             coef.append((tuple(stages), final, tuple(convs)))
             nfe += len(stages)
-        return Plan(ts[:-1].tolist(), ts[1:].tolist(), coef, nfe)
+        return Plan(ts[:-1].tolist(), ts[1:].tolist(), coef, nfe,
+                    {"ode_velocity_at": sorted(velocity_at)} if velocity_at else {})
 
     def step(self, field, x, i, plan, state, noise):
         stages, (f_x, f_b), convs = plan.coef[i]
         outs = []
         for (tau, c_x, a), conv in zip(stages, convs):
             x_j = lincomb(x, c_x, list(zip(a, outs))) if outs else x
-            outs.append(to_native(x_j, field(x_j, tau), conv))
+            outs.append(field.ode_velocity(x_j, tau) if conv is MODEL_VELOCITY else to_native(x_j, field(x_j, tau), conv))
         return lincomb(x, f_x, list(zip(f_b, outs)), inplace=plan.inplace), state

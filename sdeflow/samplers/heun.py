@@ -18,6 +18,15 @@ With ``u(x, t) = p(t) x + q(t) x_hat(x, t)`` (the ODE's field) and ``h = s - t``
   four-stage fourth-order method evaluates at ``s``, where ``u`` is undefined if ``sigma(s) = 0``; a final
   step to clean data is Heun's third-order step (three evaluations, none at ``s``).
 
+On clean data ``x_hat = x`` for every model, so ``x_hat`` does not fix ``u`` there; a network that
+predicts the noise in some form (a velocity, eps, v or EDM network) does, where ``sigma'`` is finite
+(rectified flow, EDM, trigonometric; not VP). With ``at_data=True``, Heun and RK4 evaluate that
+velocity (:meth:`~sdeflow.denoisers.Denoiser.ode_velocity`) and keep their rule on the last step:
+Heun's full step instead of Euler's, RK4's four stages instead of Heun's third-order step, so ``n``
+RK4 steps cost ``4n`` evaluations (as flow-matching libraries run it). On a schedule with infinite
+``sigma'`` at clean data the last step stays the default one. :func:`sdeflow.sample` refuses a model
+that cannot give the velocity before it starts.
+
 References: Kutta, 1901 (the classical fourth-order method, as in Butcher, 2016); Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models",
 2022, arXiv:2206.00364; Heun, 1900 (third-order method as in Butcher, "Numerical Methods for
 Ordinary Differential Equations", 2016); Wang et al., "Taming Rectified Flow for Inversion and
@@ -26,15 +35,24 @@ Editing", 2024, arXiv:2411.04746 (RF-Solver).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .base import Stage, Tableau, Weights
 from .engine import SingleStep
 
 
+def _evaluates_at(schedule, info, at_data: bool) -> bool:
+    """Whether a step may have a stage at its end ``s``: always above clean data; on clean data with
+    ``at_data`` where the schedule's ``sigma'`` is finite (so the model's velocity there is)."""
+    return info.s_s != 0 or (at_data and math.isfinite(float(schedule.d_sigma(info.s)))
+                             and math.isfinite(float(schedule.d_alpha(info.s))))
+
+
 @dataclass(frozen=True)
 class Heun(SingleStep):
     third_order: bool = False
+    at_data: bool = False
     form = "velocity"
     needs_finite_logsnr = False
 
@@ -51,7 +69,7 @@ class Heun(SingleStep):
         if self.third_order:
             stages = [first, Stage(info.t + h / 3, 1.0, [h / 3]), Stage(info.t + 2 * h / 3, 1.0, [0.0, 2 * h / 3])]
             return Tableau(stages, Weights(1.0, [h / 4, 0.0, 3 * h / 4]))
-        if info.s_s == 0:
+        if not _evaluates_at(schedule, info, self.at_data):
             return Tableau([first], Weights(1.0, [h]))
         return Tableau([first, Stage(info.s, 1.0, [h])], Weights(1.0, [h / 2, h / 2]))
 
@@ -72,15 +90,17 @@ class Midpoint(SingleStep):
 
 @dataclass(frozen=True)
 class RK4(SingleStep):
-    """The classical fourth-order Runge-Kutta method in ``t`` (Heun's third-order step onto ``sigma = 0``)."""
+    """The classical fourth-order Runge-Kutta method in ``t`` (Heun's third-order step onto ``sigma = 0``,
+    or with ``at_data=True`` its own step, evaluating the model's velocity there)."""
 
+    at_data: bool = False
     form = "velocity"
     needs_finite_logsnr = False
     order = 4
     nfe_per_step = 4
 
     def tableau(self, schedule, info):
-        if info.s_s == 0:
+        if not _evaluates_at(schedule, info, self.at_data):
             return Heun(third_order=True).tableau(schedule, info)
         h, m = info.s - info.t, info.t + (info.s - info.t) / 2
         stages = [Stage(info.t, 1.0, []), Stage(m, 1.0, [h / 2]), Stage(m, 1.0, [0.0, h / 2]),

@@ -20,7 +20,7 @@ import math
 import torch
 
 from ..samplers.fitted import check_fittable, coefficient_values, with_coefficients
-from ..sampling import planned
+from ..sampling import CountingField, check_ode_velocity, planned
 from .fit import Teacher, _Counted
 from .store import TunedGrid
 
@@ -54,6 +54,7 @@ def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = N
         raise ValueError("give the draws x_init or a Teacher computed on them, not both")
     sch = denoiser.schedule
     plan = planned(sampler, sch, ts)
+    check_ode_velocity(denoiser, sampler, plan)
     ts = plan.ts
     teacher_calls = 0
     if teacher is None:
@@ -77,7 +78,7 @@ def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = N
         p.coef = with_coefficients(p.coef, (base * (1.0 + r)).unbind(0))
         sl = part[which]
         c = None if cond is None else {k: v[sl] for k, v in cond.items()}
-        field = (lambda y, t: counted(y, t)) if c is None else (lambda y, t: counted(y, t, **c))
+        field = CountingField(counted, c, check="off")
         y, state = x[sl], sampler.init_state(x[sl], p)
         for i in range(len(p.t)):
             y, state = sampler.step(field, y, i, p, state, None)

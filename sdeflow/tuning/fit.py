@@ -30,6 +30,13 @@ class _Counted(Denoiser):
         self.calls += 1
         return self.inner(x_t.to(self.dtype), t, **cond).to(x_t.dtype)
 
+    def has_ode_velocity(self, t: float) -> bool:
+        return self.inner.has_ode_velocity(t)
+
+    def ode_velocity(self, x_t, t, **cond):
+        self.calls += 1
+        return self.inner.ode_velocity(x_t.to(self.dtype), t, **cond).to(x_t.dtype)
+
 
 class Teacher:
     """The reference solve from the draws ``x_init`` of ``p_{t_max}`` to ``t = 0``: third-order
