@@ -32,6 +32,8 @@ SAMPLERS: dict[str, Callable[[], samplers.Sampler]] = {
     "midpoint": samplers.Midpoint,
     "rk4": samplers.RK4,
     "rk4-at-data": lambda: samplers.RK4(at_data=True),
+    "rk4-38": lambda: samplers.RK4(variant="3/8"),
+    "rk4-38-at-data": lambda: samplers.RK4(variant="3/8", at_data=True),
     "edm-heun": samplers.EDMHeun,
     "dpm-solver-1": lambda: samplers.DPMSolver(order=1),
     "dpm-solver-2": lambda: samplers.DPMSolver(order=2),

@@ -392,10 +392,14 @@ def test_flow_matching_solver_agrees_with_sdeflow_on_its_own_wrapper():
     v = Velocity(net)
     x0 = torch.randn(32, 2, dtype=torch.float64)
     grid = torch.linspace(0, 1, 9, dtype=torch.float64)
-    with torch.no_grad():
-        ref = fm.ODESolver(velocity_model=v).sample(x_init=x0, step_size=None, method="euler", time_grid=grid)
-        # flow_matching's Euler with those 8 steps is sdeflow's Euler on the reversed grid
-        out = sdeflow.sample(from_flow_matching(v, time_kw="t"), SAMPLERS["euler"](), 1 - grid, x0).x
-    assert torch.allclose(out, ref, rtol=1e-12, atol=1e-12)
+    den = from_flow_matching(v, time_kw="t")
+    # flow_matching's method with those 8 steps is sdeflow's sampler on the reversed grid; its rk4 (torchdiffeq's
+    # 3/8 rule) evaluates the network on clean data in its last stage, as rk4-38-at-data does
+    for method, name in [("euler", "euler"), ("midpoint", "midpoint"), ("heun3", "heun3"), ("rk4", "rk4-38-at-data")]:
+        with torch.no_grad():
+            ref = fm.ODESolver(velocity_model=v).sample(x_init=x0, step_size=None, method=method, time_grid=grid)
+            out = sdeflow.sample(den, SAMPLERS[name](), 1 - grid, x0)
+        assert out.nfe == SAMPLERS[name]().nfe_per_step * 8
+        assert torch.allclose(out.x, ref, rtol=1e-12, atol=1e-12), method
     with pytest.raises(ValueError, match="not rectified flow"):
         from_flow_matching(v, sigma_min=1e-4)

@@ -91,14 +91,16 @@ def fitted_order(steps, errs):
     return -float(((lx - lx.mean()) * (ly - ly.mean())).sum() / ((lx - lx.mean()) ** 2).sum())
 
 
+@pytest.mark.parametrize("variant", ["classical", "3/8"])
 @pytest.mark.parametrize("sched", ["rectified-flow", "trigonometric"])
-def test_rk4_at_data_is_fourth_order_onto_clean_data_and_beats_its_heun_ending(sched):
-    """RK4 with its fourth stage on clean data keeps order 4 through the last step (the default ends
-    with Heun's third-order step) and is the more accurate of the two at every step count."""
+def test_rk4_at_data_is_fourth_order_onto_clean_data_and_beats_its_heun_ending(sched, variant):
+    """RK4 (classical and the 3/8 rule) with its fourth stage on clean data keeps order 4 through the last
+    step (the default ends with Heun's third-order step) and is the more accurate of the two at every
+    step count."""
     sch, steps = FINITE[sched], [24, 48, 96]
-    errs = errors_to_zero(RK4(at_data=True), sch, steps)
+    errs = errors_to_zero(RK4(variant=variant, at_data=True), sch, steps)
     assert abs(fitted_order(steps, errs) - 4) <= 0.4, errs
-    default = errors_to_zero(RK4(), sch, steps)
+    default = errors_to_zero(RK4(variant=variant), sch, steps)
     assert all(a < b for a, b in zip(errs, default)), (errs, default)
 
 
@@ -116,6 +118,8 @@ def test_rk4_at_data_spends_four_evaluations_per_step_and_falls_back_where_the_v
         plan = RK4(at_data=True).prepare(sch, ts)
         assert plan.nfe == 4 * n and plan.extra["ode_velocity_at"] == [0.0]
         assert RK4().prepare(sch, ts).nfe == 4 * n - 1
+    with pytest.raises(ValueError, match="variant"):
+        RK4(variant="ralston")
     vp = VPLinear()
     ts = grids.logsnr_grid(5, vp)
     assert RK4(at_data=True).prepare(vp, ts).nfe == RK4().prepare(vp, ts).nfe

@@ -14,7 +14,9 @@ With ``u(x, t) = p(t) x + q(t) x_hat(x, t)`` (the ODE's field) and ``h = s - t``
   derivative ``u'`` estimated by the difference quotient ``(u(x_m) - u_0) / (h/2)`` is exactly this rule.
   Run on an increasing grid (:func:`~sdeflow.invert`) it is RF-Solver's inversion.
 - :class:`RK4`: the classical fourth-order Runge-Kutta method, stages at ``t``, ``t + h/2`` (twice) and
-  ``s``, ``x_s = x_t + h (u_0 + 2 u_1 + 2 u_2 + u_3) / 6``, four evaluations per step. Every explicit
+  ``s``, ``x_s = x_t + h (u_0 + 2 u_1 + 2 u_2 + u_3) / 6``, four evaluations per step; or Kutta's 3/8
+  rule (``variant="3/8"``), stages at ``t``, ``t + h/3``, ``t + 2h/3`` and ``s``,
+  ``x_s = x_t + h (u_0 + 3 u_1 + 3 u_2 + u_3) / 8``, whose error constant is smaller on some problems. Every explicit
   four-stage fourth-order method evaluates at ``s``, where ``u`` is undefined if ``sigma(s) = 0``; a final
   step to clean data is Heun's third-order step (three evaluations, none at ``s``).
 
@@ -90,19 +92,30 @@ class Midpoint(SingleStep):
 
 @dataclass(frozen=True)
 class RK4(SingleStep):
-    """The classical fourth-order Runge-Kutta method in ``t`` (Heun's third-order step onto ``sigma = 0``,
-    or with ``at_data=True`` its own step, evaluating the model's velocity there)."""
+    """A fourth-order Runge-Kutta method in ``t``: the classical one, or with ``variant="3/8"`` Kutta's
+    3/8 rule (stages at ``t``, ``t + h/3``, ``t + 2h/3`` and ``s``, weights ``1/8, 3/8, 3/8, 1/8``: the
+    ``rk4`` of torchdiffeq and flow_matching). Heun's third-order step onto ``sigma = 0``, or with
+    ``at_data=True`` its own step, evaluating the model's velocity there."""
 
+    variant: str = "classical"
     at_data: bool = False
     form = "velocity"
     needs_finite_logsnr = False
     order = 4
     nfe_per_step = 4
 
+    def __post_init__(self):
+        if self.variant not in ("classical", "3/8"):
+            raise ValueError(f"RK4 variant must be 'classical' or '3/8', got {self.variant!r}")
+
     def tableau(self, schedule, info):
         if not _evaluates_at(schedule, info, self.at_data):
             return Heun(third_order=True).tableau(schedule, info)
-        h, m = info.s - info.t, info.t + (info.s - info.t) / 2
-        stages = [Stage(info.t, 1.0, []), Stage(m, 1.0, [h / 2]), Stage(m, 1.0, [0.0, h / 2]),
-                  Stage(info.s, 1.0, [0.0, 0.0, h])]
+        t, s, h = info.t, info.s, info.s - info.t
+        if self.variant == "3/8":
+            stages = [Stage(t, 1.0, []), Stage(t + h / 3, 1.0, [h / 3]), Stage(t + 2 * h / 3, 1.0, [-h / 3, h]),
+                      Stage(s, 1.0, [h, -h, h])]
+            return Tableau(stages, Weights(1.0, [h / 8, 3 * h / 8, 3 * h / 8, h / 8]))
+        m = t + h / 2
+        stages = [Stage(t, 1.0, []), Stage(m, 1.0, [h / 2]), Stage(m, 1.0, [0.0, h / 2]), Stage(s, 1.0, [0.0, 0.0, h])]
         return Tableau(stages, Weights(1.0, [h / 6, h / 3, h / 3, h / 6]))
