@@ -47,7 +47,7 @@ class _Slot:
     k: int
 
 
-def _pack(tree, values: list[float]):
+def pack_numbers(tree, values: list[float]):
     """``tree`` with every nonzero float replaced by a :class:`_Slot` (its value appended to ``values``);
     tuples, named tuples, lists and constants keep their shape. Zeros stay: a zero coefficient means
     a term a step does not compute (no noise for an ODE step, no history for a first step), which is
@@ -61,20 +61,20 @@ def _pack(tree, values: list[float]):
         values.append(tree)
         return _Slot(len(values) - 1)
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return type(tree)(*(_pack(v, values) for v in tree))
+        return type(tree)(*(pack_numbers(v, values) for v in tree))
     if isinstance(tree, (tuple, list)):
-        return type(tree)(_pack(v, values) for v in tree)
+        return type(tree)(pack_numbers(v, values) for v in tree)
     raise TypeError(f"cannot pack a plan entry of type {type(tree).__name__}")
 
 
-def _unpack(tree, entries):
-    """The inverse of :func:`_pack`, with slot ``k`` read from ``entries[k]``."""
+def unpack_numbers(tree, entries):
+    """The inverse of :func:`pack_numbers`, with slot ``k`` read from ``entries[k]``."""
     if isinstance(tree, _Slot):
         return entries[tree.k]
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return type(tree)(*(_unpack(v, entries) for v in tree))
+        return type(tree)(*(unpack_numbers(v, entries) for v in tree))
     if isinstance(tree, (tuple, list)):
-        return type(tree)(_unpack(v, entries) for v in tree)
+        return type(tree)(unpack_numbers(v, entries) for v in tree)
     return tree
 
 
@@ -205,7 +205,7 @@ class FixedGridLoop:
         if len(plan.t) != self.steps:
             raise ValueError(f"this loop takes grids of {self.steps + 1} times ({self.steps} steps), got {len(plan.t) + 1}")
         values: list[float] = []
-        packed = _pack((plan.t, plan.s, plan.coef), values)
+        packed = pack_numbers((plan.t, plan.s, plan.coef), values)
         n_slots = len(values)
         recorder = _Recorder()
         self._steps(recorder, torch.zeros(1, 1, dtype=torch.float64), plan, lambda i: (lambda draw=0, span=None: 0.0))
@@ -236,8 +236,8 @@ class FixedGridLoop:
 
             def run(x, values, cond):
                 entries = values[:n_slots].unbind(0)
-                p = dataclasses.replace(plan, t=_unpack(plan.t, entries), s=_unpack(plan.s, entries),
-                                        coef=_unpack(plan.coef, entries))
+                p = dataclasses.replace(plan, t=unpack_numbers(plan.t, entries), s=unpack_numbers(plan.s, entries),
+                                        coef=unpack_numbers(plan.coef, entries))
                 factors = values[n_slots:].view(n_calls, 4).unbind(0) if model_factors else None
                 field = _StaticField(self.denoiser, factors, cond, self._network)
 

@@ -62,6 +62,56 @@ def test_a_grid_fitted_on_100_draws_reaches_the_exact_optimum(sched, name):
         assert _w2(sampler, sch, grid) >= opt, label
 
 
+MIX8 = analytic.random_mixture(8, 4, seed=2)
+
+
+@pytest.mark.parametrize("sched,name", [("vp-linear", "unipc-bh2"), ("rectified-flow", "heun3"), ("edm", "dpm-solver++-2m"),
+                                        ("ddpm-linear", "ipndm"), ("rectified-flow", "rk4-at-data"), ("vp-linear", "ddim")])
+def test_the_grid_gradient_through_autograd_equals_central_differences(sched, name):
+    """One run through autograd (every number of the plan a leaf, the model differentiated in its
+    time) gives the gradient of the teacher loss in the grid's parameters that central differences
+    of the loss give, to 1e-5 relative, on a mixture (float64)."""
+    from sdeflow.tuning.fit import GridGradient, _Counted
+
+    sch, sampler = SCHEDULES[sched](), SAMPLERS[name]()
+    den = MIX8.denoiser(sch)
+    teacher = Teacher(den, MIX8.sample_t(64, sch, grids.start_time(sch), torch.Generator().manual_seed(0))[0])
+    n = 4 if sampler.nfe_per_step == 1 else 2
+    space, counted = GridSpace(sch, n, teacher.t_max), _Counted(den, torch.float64)
+    theta = 0.3 * torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    loss, grad = GridGradient(counted, sampler, space, teacher)(theta)
+
+    def at(th):
+        return endpoint_loss(den, sampler, space.grid(th), teacher.x_init, teacher.end)
+
+    h = 1e-6  # the differences' own error is O(h^2): 3e-5 relative at h = 1e-5 on this loss
+    differences = torch.tensor([(at(theta + e) - at(theta - e)) / (2 * h) for e in h * torch.eye(n, dtype=torch.float64)],
+                               dtype=torch.float64)
+    assert abs(loss - at(theta)) <= 1e-10 * loss
+    assert float((grad - differences).norm()) <= 1e-5 * float(differences.norm()), (grad, differences)
+
+
+def test_a_grid_fitted_through_autograd_matches_differences_at_a_fraction_of_the_cost():
+    """Same fitted loss (1%) as the central-difference descent, at fewer model evaluations; a model whose
+    output ignores the time's gradient is caught by the check and fitted with differences, with a warning."""
+    sch, sampler = SCHEDULES["vp-linear"](), SAMPLERS["unipc-bh2"]()
+    den, x = MIX8.denoiser(sch), MIX8.sample_t(100, sch, 1.0, torch.Generator().manual_seed(0))[0]
+    fast = optimize_grid(den, sampler, 8, x, method="descent")
+    slow = optimize_grid(den, sampler, 8, x, method="descent", gradient="differences")
+    assert fast.loss <= 1.01 * slow.loss and fast.cost_nfe < slow.cost_nfe / 2, (fast, slow)
+    assert 0 < fast.cost_grad < fast.cost_nfe and slow.cost_grad == 0
+
+    class Frozen(type(den)):  # the time reaches the mixture detached: no gradient in the evaluation times
+        def forward(self, x_t, t, **cond):
+            return super().forward(x_t, torch.as_tensor(t).detach(), **cond)
+
+    with pytest.warns(UserWarning, match="central differences"):
+        caught = optimize_grid(Frozen(MIX8, sch), sampler, 8, x, method="descent")
+    assert caught.cost_grad == 0 and caught.loss <= 1.01 * slow.loss
+    with pytest.raises(ValueError, match="gradient"):
+        optimize_grid(den, sampler, 8, x, gradient="backprop")
+
+
 def test_dynamic_programming_finds_the_least_cost_path():
     """best_path equals a brute-force search over every path of n steps through the points."""
     g = torch.Generator().manual_seed(0)

@@ -12,7 +12,7 @@ from .mixture import GaussianMixture
 
 class OracleDenoiser(Denoiser):
     """``x_hat = E[x | x_t]`` of a :class:`GaussianMixture`, computed in float64 and returned in
-    the state's dtype; differentiable in ``x_t`` (guidance methods take its vector-Jacobian
+    the state's dtype; differentiable in ``x_t`` and ``t`` (guidance methods take its vector-Jacobian
     products). A labelled mixture takes ``label=`` (one class per sample, ``-1`` for unconditional
 rows, ``None`` for all); other conditioning keywords are accepted and ignored."""
 
@@ -22,7 +22,7 @@ rows, ``None`` for all); other conditioning keywords are accepted and ignored.""
 
     def forward(self, x_t: torch.Tensor, t, label=None, **cond) -> torch.Tensor:
         label = label if self.mixture.classes is not None else None
-        x_hat = self.mixture.x_hat(x_t.cpu(), self.schedule, torch.as_tensor(t, dtype=torch.float64).detach().cpu(), label)
+        x_hat = self.mixture.x_hat(x_t.cpu(), self.schedule, torch.as_tensor(t, dtype=torch.float64).cpu(), label)
         return x_hat.to(device=x_t.device, dtype=x_t.dtype)
 
     def has_ode_velocity(self, t: float) -> bool:

@@ -32,6 +32,9 @@ def add_tune_parser(sub) -> None:
     p.add_argument("--method", default="dp+descent", choices=["dp+descent", "dp", "descent", "stored"],
                    help="dynamic programming, descent from the best hand grids, or both (default: dp+descent); "
                    "stored: keep the grid already stored for the sampler and budget (with --coefficients)")
+    p.add_argument("--gradient", default="autograd", choices=["autograd", "differences"],
+                   help="how the descent differentiates the loss: through the sampling run (autograd, one run per "
+                   "gradient; the default) or by central differences (2 runs per grid point)")
     p.add_argument("--starts", type=int, default=2, help="best hand grids the descent also starts from (default: 2)")
     p.add_argument("--teacher-steps", type=int, default=150,
                    help="resolution of the teacher's reference grid (default: 150)")
@@ -113,10 +116,11 @@ def run_tune(args) -> None:
                   f"{', '.join(f'{t:.4g}' for t in tuned.ts)}")
         else:
             tuned = optimize_grid(den, sampler, budget, teacher=teacher, sampler_name=name, method=args.method,
-                                  starts=args.starts)
+                                  starts=args.starts, gradient=args.gradient)
             hand, hand_loss = tuned.best_hand
             print(f"{name} NFE {tuned.nfe} ({len(tuned.ts) - 1} steps): error {tuned.loss:.3g} vs "
-                  f"{hand_loss:.3g} ({hand} grid), {tuned.cost_nfe} evaluations, {time.time() - start:.0f} s; "
+                  f"{hand_loss:.3g} ({hand} grid), {tuned.cost_nfe} evaluations ({tuned.cost_grad} differentiated), "
+                  f"{time.time() - start:.0f} s; "
                   f"grid {', '.join(f'{t:.4g}' for t in tuned.ts)}")
         if args.coefficients:
             start = time.time()

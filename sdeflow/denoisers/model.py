@@ -108,8 +108,9 @@ class ModelDenoiser(Denoiser):
         c_dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
         # A scalar time takes the cached-float path; a traced program (torch.compile) takes the tensor path,
         # so a grid's times are inputs of the program, not constants it is specialised on.
+        # A time that carries a gradient (a grid fitted through autograd) takes the tensor path too.
         if isinstance(t, float) or (isinstance(t, torch.Tensor) and t.ndim == 0 and t.device.type == "cpu"
-                                    and not torch.compiler.is_compiling()):
+                                    and not t.requires_grad and not torch.compiler.is_compiling()):
             scale, skip, out, c = self.coefficients(float(t))
             x_in = x_t if scale == 1.0 else x_t * scale
             if x_in.dtype != net_dtype:

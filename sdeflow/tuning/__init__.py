@@ -10,9 +10,10 @@ probability-flow ODE from the same draws (third-order DPM-Solver on a fine grid,
   trajectory; the ``n``-step grid with the least summed local error is found exactly (the
   optimal-stepsize / GITS construction).
 - ``"descent"``: the endpoint RMS error against the teacher (LD3's teacher loss) minimised over the
-  grid's ``n`` free parameters by BFGS, from the best hand grids. The samplers plan their coefficients
-  as Python floats, so the loss is a smooth function of ``n`` numbers with no autograd path; its
-  gradient is taken by central differences (``2n`` sampler runs per iteration).
+  grid's ``n`` free parameters by BFGS, from the best hand grids, with the gradient taken through the
+  sampling run by autograd (:class:`~.fit.GridGradient`: every number of the plan a leaf, the model
+  differentiated in its time input, the numbers' own derivatives by differences of the planning;
+  one run and its backward pass per gradient instead of ``2n`` runs).
 - ``"dp+descent"`` (the default): descents from the DP grid and from the best hand grids.
 
 Every tuned grid has ``n`` steps and ends with a step to clean data:
@@ -42,10 +43,11 @@ file beside a checkpoint (``<checkpoint>.grids.json``), where ``sdeflow sample -
 
 from .coefficients import optimize_coefficients
 from .exact import ays_gaussian_grid, exact_optimal_grid
-from .fit import METHODS, Teacher, best_path, check_tunable, descend, dp_grid, endpoint_loss, optimize_grid
+from .fit import GRADIENTS, METHODS, GridGradient, Teacher, best_path, check_tunable, descend, dp_grid, endpoint_loss, \
+    optimize_grid
 from .space import HAND_GRIDS, SIGMA_FLOOR, GridSpace, candidate_times, hand_grids, steps_for
 from .store import TunedGrid, find_tuned, load_tuned, save_tuned, tuned_path
 
-__all__ = ["HAND_GRIDS", "METHODS", "SIGMA_FLOOR", "GridSpace", "Teacher", "TunedGrid", "ays_gaussian_grid",
+__all__ = ["GRADIENTS", "HAND_GRIDS", "METHODS", "GridGradient", "SIGMA_FLOOR", "GridSpace", "Teacher", "TunedGrid", "ays_gaussian_grid",
            "best_path", "candidate_times", "check_tunable", "descend", "dp_grid", "endpoint_loss", "exact_optimal_grid", "find_tuned",
            "hand_grids", "load_tuned", "optimize_coefficients", "optimize_grid", "save_tuned", "steps_for", "tuned_path"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -16,6 +17,7 @@ from .space import GridSpace, candidate_times, hand_grids, steps_for
 from .store import TunedGrid
 
 METHODS = ("dp+descent", "dp", "descent")
+GRADIENTS = ("autograd", "differences")
 
 
 class _Counted(Denoiser):
@@ -112,12 +114,14 @@ def best_path(cost: list[list[float]], n: int) -> list[int]:
     return path[::-1]
 
 
-def descend(loss, theta: torch.Tensor, *, iters: int = 60, h: float = 1e-3,
-            tol: float = 1e-5) -> tuple[torch.Tensor, float, int]:
+def descend(loss, theta: torch.Tensor, *, iters: int = 60, h: float = 1e-3, tol: float = 1e-5,
+            gradient=None) -> tuple[torch.Tensor, float, int]:
     """Minimise ``loss(theta) > 0`` by BFGS on ``log loss`` (scale-free: a grid's error spans decades)
-    with central-difference gradients and a backtracking line search. Returns the best ``theta``,
-    its loss and the number of loss evaluations. Stops after ``iters`` iterations, when a step no
-    longer lowers ``log loss`` by ``tol``, or when no step along the search direction helps."""
+    with a backtracking line search. Gradients: ``gradient(theta) -> (loss, d loss / d theta)`` when
+    given (None where it cannot answer), else central differences of step ``h``. Returns the best
+    ``theta``, its loss and the number of loss evaluations (those of ``gradient`` not included).
+    Stops after ``iters`` iterations, when a step no longer lowers ``log loss`` by ``tol``, or when no
+    step along the search direction helps."""
     evals = 0
 
     def f(th):
@@ -127,6 +131,9 @@ def descend(loss, theta: torch.Tensor, *, iters: int = 60, h: float = 1e-3,
         return math.log(value) if value > 0 and math.isfinite(value) else (-math.inf if value == 0 else math.inf)
 
     def grad(th):
+        answer = gradient(th) if gradient is not None else None
+        if answer is not None and answer[0] > 0 and math.isfinite(answer[0]) and bool(torch.isfinite(answer[1]).all()):
+            return answer[1] / answer[0]  # of log loss
         g = torch.zeros_like(th)
         for k in range(th.numel()):
             e = torch.zeros_like(th)
@@ -174,6 +181,62 @@ def descend(loss, theta: torch.Tensor, *, iters: int = 60, h: float = 1e-3,
     return theta, math.exp(fx), evals
 
 
+class GridGradient:
+    """``gradient(theta) -> (loss, d loss / d theta)`` of the teacher loss of ``sampler`` on the grid
+    ``space.grid(theta)``, by one sampling run through autograd (LD3's backpropagation through the
+    sampler), whatever the number of grid points; ``None`` where it cannot answer.
+
+    A plan is numbers computed from the grid (coefficients, evaluation times, changes of variables).
+    The run takes each number as a leaf tensor, so one backward pass gives the loss's gradient in all of
+    them, the evaluation times included (through the model's time input); the numbers' own derivatives
+    in ``theta`` come from central differences of the planning, which evaluates no model. Where a
+    perturbation changes the plan's structure (a step switching to its fallback), it answers ``None``
+    and the descent takes central differences of the loss. ``calls``: model evaluations of the runs
+    (each also differentiated)."""
+
+    def __init__(self, counted, sampler, space: GridSpace, teacher: "Teacher", h: float = 1e-6):
+        self.counted, self.sampler, self.space, self.teacher, self.h = counted, sampler, space, teacher, h
+        self.calls = 0
+
+    def _numbers(self, theta):
+        from ..compiled import pack_numbers
+
+        plan = self.sampler.prepare(self.space.schedule, self.space.grid(theta))
+        values: list[float] = []
+        packed = pack_numbers((plan.t, plan.s, plan.coef), values)
+        return plan, packed, torch.tensor(values, dtype=torch.float64)
+
+    def __call__(self, theta: torch.Tensor):
+        from ..compiled import unpack_numbers
+        from ..sampling import CountingField
+
+        plan, packed, values = self._numbers(theta)
+        jac = torch.empty(values.numel(), theta.numel(), dtype=torch.float64)
+        for k in range(theta.numel()):
+            e = torch.zeros_like(theta)
+            e[k] = self.h
+            (_, up_packed, up), (_, down_packed, down) = self._numbers(theta + e), self._numbers(theta - e)
+            if up_packed != packed or down_packed != packed:
+                return None
+            jac[:, k] = (up - down) / (2 * self.h)
+        leaves = values.clone().requires_grad_(True)
+        entries = leaves.unbind(0)
+        t, s, coef = unpack_numbers(packed, entries)
+        plan.t, plan.s, plan.coef, plan.inplace = t, s, coef, False
+        field = CountingField(self.counted, self.teacher.cond, check="off")
+        x = self.teacher.x_init
+        with torch.enable_grad():
+            state = self.sampler.init_state(x, plan)
+            for i in range(len(plan.t)):
+                x, state = self.sampler.step(field, x, i, plan, state, None)
+            loss = (x.to(torch.float64) - self.teacher.end).flatten(1).pow(2).sum(1).mean().sqrt()
+            if not bool(torch.isfinite(loss)):
+                return None
+            (g,) = torch.autograd.grad(loss, leaves)
+        self.calls += field.calls
+        return float(loss.detach()), jac.T @ g
+
+
 def check_tunable(sampler, name: str) -> None:
     """Refuse a sampler whose grid cannot be tuned: a stochastic or an error-controlled one."""
     if sampler.stochastic or sampler.adaptive:
@@ -184,19 +247,24 @@ def check_tunable(sampler, name: str) -> None:
 def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = None, *, teacher: Teacher | None = None,
                   sampler_name: str | None = None, cond: dict | None = None, method: str = "dp+descent",
                   candidates: int = 40, starts: int = 3, iters: int = 60, teacher_steps: int = 300,
-                  t_max: float | None = None) -> TunedGrid:
+                  t_max: float | None = None, gradient: str = "autograd") -> TunedGrid:
     """A grid for ``denoiser``, ``sampler`` and a budget of ``nfe`` evaluations, fitted on the draws
     ``x_init`` of ``p_{t_max}`` (about 100 are enough; see :func:`~sdeflow.sampling.prior_sample`)
     against the teacher (see the module docstring for ``method``), or against a :class:`Teacher`
     already computed on those draws (give ``teacher`` instead of ``x_init``, ``cond`` and ``t_max``).
     The descent runs from the DP grid and from the ``starts`` hand grids with the least loss (the
-    landscape has several basins); the best result wins.
+    landscape has several basins); the best result wins. ``gradient``: how the descent differentiates
+    the loss, ``"autograd"`` (one run and its backward pass per gradient, :class:`GridGradient`; checked
+    once against central differences along its own direction, and replaced by them with a warning if
+    the model's output is not differentiable in time) or ``"differences"`` (``2n`` runs).
 
     Returns a :class:`TunedGrid` with the fitted loss, every hand grid's loss and the cost of fitting
     in model evaluations (each on the whole batch of draws), including the teacher's when it is
     computed here (a shared ``teacher`` is paid once, by its caller: ``teacher.calls``)."""
     if method not in METHODS:
         raise ValueError(f"unknown tuning method {method!r}; allowed: {', '.join(METHODS)}")
+    if gradient not in GRADIENTS:
+        raise ValueError(f"unknown gradient {gradient!r}; allowed: {', '.join(GRADIENTS)}")
     label = sampler_name or type(sampler).__name__
     check_tunable(sampler, label)
     if candidates < 4 or starts < 0:
@@ -229,12 +297,40 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
     if not begin:
         raise ValueError("no hand grid gives a finite result to start the descent from")
     ts, best = None, math.inf
+    slope = GridGradient(counted, sampler, space, teacher) if gradient == "autograd" and method != "dp" and n > 1 else None
+    if slope is not None and not _agrees(slope, lambda th: loss_of(space.grid(th)), space.logits(begin[0])):
+        warnings.warn(f"the teacher loss's gradient through {label}'s run disagrees with central differences (is the "
+                      "model's output differentiable in its time input?): the grid is fitted with central differences",
+                      stacklevel=2)
+        slope = None
     for start in begin:  # the DP grid (kept as it is for "dp") and the best hand grids, each refined
         now = loss_of(start)
         if method != "dp" and n > 1:
-            theta, now, _ = descend(lambda th: loss_of(space.grid(th)), space.logits(start), iters=iters)
+            theta, now, _ = descend(lambda th: loss_of(space.grid(th)), space.logits(start), iters=iters, gradient=slope)
             start = space.grid(theta)
         if now < best:
             ts, best = start, now
     return TunedGrid(ts.tolist(), label, sampler.prepare(sch, ts).nfe, method, best, hand,
-                     counted.calls + teacher_calls, teacher.x_init.shape[0])
+                     counted.calls + teacher_calls, teacher.x_init.shape[0], cost_grad=slope.calls if slope else 0)
+
+
+def _agrees(slope: GridGradient, loss, theta: torch.Tensor) -> bool:
+    """Whether ``slope``'s gradient at ``theta`` matches central differences of ``loss`` along it
+    within 5%: the check that the model's time input carries the gradient. The differences are taken
+    at steps ``e`` and ``e/2`` for ``e`` = 1e-4, 1e-3, 1e-2, and extrapolated (Richardson), since a
+    curved loss needs small steps and float32 states make small steps noisy. True where ``slope``
+    cannot answer (it then defers to differences on its own)."""
+    answer = slope(theta)
+    if answer is None or float(answer[1].norm()) == 0.0:
+        return True
+    d = answer[1] / answer[1].norm()
+    along = float(answer[1] @ d)
+
+    def differences(eps):
+        return (loss(theta + eps * d) - loss(theta - eps * d)) / (2 * eps)
+
+    for eps in (1e-4, 1e-3, 1e-2):
+        coarse, fine = differences(eps), differences(eps / 2)
+        if min(abs(v - along) for v in (coarse, fine, (4 * fine - coarse) / 3)) <= 0.05 * abs(along):
+            return True
+    return False
