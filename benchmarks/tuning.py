@@ -105,8 +105,9 @@ def fit_draws(problem, process, t0: float, num: int, seed: int = 7) -> torch.Ten
 
 def samplers_for(process, only=None) -> list[str]:
     """The tuned samplers: the exponential integrators everywhere, and on rectified flow also the
-    Runge-Kutta family that leads its hand-grid rows (``only``: those of them named)."""
-    names = SAMPLER_NAMES + (["heun", "heun3", "midpoint"] if process.time_input == "t" else [])
+    Runge-Kutta family that leads its hand-grid rows, RK4 with its last stage on clean data included
+    (``only``: those of them named)."""
+    names = SAMPLER_NAMES + (["heun", "heun3", "midpoint", "rk4-at-data", "rk4-38-at-data"] if process.time_input == "t" else [])
     return [n for n in names if not only or n in only]
 
 
@@ -245,7 +246,7 @@ def main(argv=None):
                    help="part 2 for these processes only (e.g. rectified); the stored rows of the others are kept")
     p.add_argument("--samplers", nargs="+", default=None, metavar="NAME",
                    help="part 2 for these samplers only (default: " + ", ".join(SAMPLER_NAMES) + ", and on rectified flow "
-                   "also heun, heun3, midpoint); the stored rows of the others are kept")
+                   "also heun, heun3, midpoint, rk4-at-data, rk4-38-at-data); the stored rows of the others are kept")
     p.add_argument("--coef-draws", type=int, default=1000, help="draws the coefficients are fitted on (default: 1000)")
     args = p.parse_args(argv)
     path = os.path.join(OUT, "tuning.json")
