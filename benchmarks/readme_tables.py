@@ -35,6 +35,7 @@ WHAT = {
     "dpm-solver++-2m": "DPM-Solver++(2M), midpoint",
     "dpm-solver++-2m-heun": "DPM-Solver++(2M), Heun variant",
     "dpm-solver++-3m": "DPM-Solver++(3M)",
+    "dpm-solver++-3m-paper": "DPM-Solver++(3M), the papers' finite differences",
     "dpm-solver++-3m-unic": "DPM-Solver++(3M) + UniC corrector",
     "unipc-bh1": "UniPC-2, B(h) = h",
     "unipc-bh2": "UniPC-2, B(h) = e^h - 1",
@@ -89,7 +90,7 @@ def main(problem="64-D mixture",
         for proc, _ in procs:
             for n in nfes:
                 hits = [r["rms"] for r in results if r["problem"] == problem and r["process"] == proc and r["nfe"] == n
-                        and r["method"].split(" ")[1] == name]
+                        and r["method"].startswith("sdeflow ") and r["method"].split(" ")[1] == name]
                 cells.append(fmt(min(hits)) if hits else "-")
         lines.append(f"| `{name}` | {WHAT.get(name, '')} | {s.convergence_order} | {cost} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
