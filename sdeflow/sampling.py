@@ -71,30 +71,33 @@ class CountingField:
         self._bad = None  # device-side step index of the first non-finite output (-1: none)
 
     def __call__(self, x: torch.Tensor, t, **jump) -> torch.Tensor:
-        return self._checked(self.denoiser(x, t, **self.cond, **jump), t)
+        x_hat = self._checked(self.denoiser(x, t, **self.cond, **jump), t)
+        self.last = x_hat
+        return x_hat
 
     def ode_velocity(self, x: torch.Tensor, t) -> torch.Tensor:
         """The denoiser's probability-flow velocity (:meth:`~sdeflow.denoisers.Denoiser.ode_velocity`),
-        counted and checked like ``x_hat``: what a Runge-Kutta stage on clean data evaluates."""
+        counted and checked like ``x_hat`` (``last`` keeps the last ``x_hat``): what a Runge-Kutta stage
+        on clean data evaluates."""
         return self._checked(self.denoiser.ode_velocity(x, t, **self.cond), t)
 
-    def _checked(self, x_hat: torch.Tensor, t) -> torch.Tensor:
+    def _checked(self, out: torch.Tensor, t) -> torch.Tensor:
+        """``out`` after the finiteness check, counted."""
         if self.check != "off":
-            probe = x_hat.detach()
-            if self.check == "spot" and x_hat.is_contiguous() and x_hat.numel() > 8192:
+            probe = out.detach()
+            if self.check == "spot" and out.is_contiguous() and out.numel() > 8192:
                 # 16 evenly spread runs of 256 contiguous values (one as_strided view: indexing is slow)
-                probe = x_hat.as_strided((16, 256), ((x_hat.numel() // 4096) * 256, 1), x_hat.storage_offset())
+                probe = out.as_strided((16, 256), ((out.numel() // 4096) * 256, 1), out.storage_offset())
             total = probe.sum(dtype=torch.float32)
-            if x_hat.device.type == "cpu":
+            if out.device.type == "cpu":
                 if not math.isfinite(float(total)) and not bool(torch.isfinite(probe).all()):
                     self._raise(self.step, t)
             else:
                 if self._bad is None:
-                    self._bad = torch.full((), -1.0, dtype=torch.float64, device=x_hat.device)
+                    self._bad = torch.full((), -1.0, dtype=torch.float64, device=out.device)
                 self._bad = torch.where(~torch.isfinite(total) & (self._bad < 0), float(self.step), self._bad)
         self.calls += 1
-        self.last = x_hat
-        return x_hat
+        return out
 
     def _raise(self, step, t=None, plan=None):
         where = f"at step {step}"

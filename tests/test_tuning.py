@@ -91,6 +91,28 @@ def test_the_grid_gradient_through_autograd_equals_central_differences(sched, na
     assert float((grad - differences).norm()) <= 1e-5 * float(differences.norm()), (grad, differences)
 
 
+def test_the_grid_gradient_through_a_velocity_network_on_clean_data_is_finite_and_exact():
+    """rk4-at-data on a velocity network (the mixture's exact one, whose answer on clean data is a limit):
+    the gradient through its last stage matches central differences."""
+    from sdeflow.denoisers import ModelDenoiser
+    from sdeflow.tuning.fit import GridGradient, _Counted
+
+    sch, sampler = SCHEDULES["rectified-flow"](), SAMPLERS["rk4-at-data"]()
+    den = ModelDenoiser(lambda x, c: MIX8.network_output(x, sch, c, "velocity"), sch, "velocity", time_input="t")
+    teacher = Teacher(den, MIX8.sample_t(64, sch, 0.999, torch.Generator().manual_seed(0))[0], t_max=0.999)
+    space = GridSpace(sch, 2, teacher.t_max)
+    theta = torch.tensor([-0.7, -0.7], dtype=torch.float64)
+    loss, grad = GridGradient(_Counted(den, torch.float64), sampler, space, teacher)(theta)
+
+    def at(th):
+        return endpoint_loss(den, sampler, space.grid(th), teacher.x_init, teacher.end)
+
+    h = 1e-6
+    differences = torch.tensor([(at(theta + e) - at(theta - e)) / (2 * h) for e in h * torch.eye(2, dtype=torch.float64)],
+                               dtype=torch.float64)
+    assert bool(torch.isfinite(grad).all()) and float((grad - differences).norm()) <= 1e-5 * float(differences.norm())
+
+
 def test_a_grid_fitted_through_autograd_matches_differences_at_a_fraction_of_the_cost():
     """Same fitted loss (1%) as the central-difference descent, at fewer model evaluations; a model whose
     output ignores the time's gradient is caught by the check and fitted with differences, with a warning."""

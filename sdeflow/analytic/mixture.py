@@ -226,13 +226,16 @@ class GaussianMixture:
 
         p, t = as_parameterization(parameterization), as_time(t)
         x_t = x_t.to(torch.float64)
-        out = p.from_x_hat(self.x_hat(x_t, schedule, t, label), x_t, schedule, t)
         at_data = schedule.sigma(t) == 0
         if not bool(at_data.any()):
-            return out
+            return p.from_x_hat(self.x_hat(x_t, schedule, t, label), x_t, schedule, t)
         e_x, e_f = p.eps_coefficients(schedule, t)
-        limit = _per_sample(x_t, torch.where(at_data, -e_x / e_f, torch.zeros_like(e_x)))
         noise_form = at_data & torch.isfinite(e_x) & (e_f != 0)  # else (x0) from_x_hat holds on clean data
+        # rows answered by the limit are computed at a harmless time, so that neither branch of the
+        # selection is infinite (a 0 * inf in the backward pass would poison the gradient)
+        t_safe = torch.where(noise_form, torch.full_like(t, 0.5), t)
+        out = p.from_x_hat(self.x_hat(x_t, schedule, t_safe, label), x_t, schedule, t_safe)
+        limit = _per_sample(x_t, torch.where(noise_form, -e_x / torch.where(noise_form, e_f, 1.0), 0.0))
         return torch.where(expand_as_batch(noise_form, x_t), limit, out)
 
     def denoiser(self, schedule: Schedule):

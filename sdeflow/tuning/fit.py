@@ -321,7 +321,7 @@ def _agrees(slope: GridGradient, loss, theta: torch.Tensor) -> bool:
     curved loss needs small steps and float32 states make small steps noisy. True where ``slope``
     cannot answer (it then defers to differences on its own)."""
     answer = slope(theta)
-    if answer is None or float(answer[1].norm()) == 0.0:
+    if answer is None or not bool(torch.isfinite(answer[1]).all()) or float(answer[1].norm()) == 0.0:
         return True
     d = answer[1] / answer[1].norm()
     along = float(answer[1] @ d)
