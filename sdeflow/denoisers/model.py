@@ -153,13 +153,11 @@ class ModelDenoiser(Denoiser):
         """The probability-flow field from the network's own output, ``c_x x_t + c_F F``
         (:meth:`velocity_coefficients`); at clean data it is the network's answer there (a velocity
         network's output itself), which ``x_hat = x_t`` cannot carry."""
-        if isinstance(t, torch.Tensor) and t.ndim == 0 and not torch.compiler.is_compiling():
-            t = float(t)
-        if isinstance(t, float) and not self.has_ode_velocity(t):
-            raise ValueError(f"a {self.parameterization.name} network on {type(self.schedule).__name__} has no finite "
-                             f"probability-flow velocity at t = {t:.6g} (sigma = 0): it does not predict the noise, or "
-                             "sigma' is infinite there")
         c_x, c_f = self.velocity_coefficients(t)
+        if c_x.ndim == 0 and not torch.compiler.is_compiling() and not bool(torch.isfinite(c_x) & torch.isfinite(c_f)):
+            raise ValueError(f"a {self.parameterization.name} network on {type(self.schedule).__name__} has no finite "
+                             f"probability-flow velocity at t = {float(t):.6g} (sigma = 0): it does not predict the noise, "
+                             "or sigma' is infinite there")
         f = self.network_output(x_t, t, **cond).to(x_t.dtype)
         return affine(c_x, x_t, c_f, f)
 

@@ -21,12 +21,8 @@ import torch
 
 from ..samplers.fitted import check_fittable, coefficient_values, with_coefficients
 from ..sampling import CountingField, check_ode_velocity, planned
-from .fit import Teacher, _Counted
+from .fit import Teacher, _Counted, run_error
 from .store import TunedGrid
-
-
-def _rms(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (x - target).flatten(1).pow(2).sum(1).mean().sqrt()
 
 
 def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = None, *, teacher: Teacher | None = None,
@@ -78,11 +74,7 @@ def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = N
         p.coef = with_coefficients(p.coef, (base * (1.0 + r)).unbind(0))
         sl = part[which]
         c = None if cond is None else {k: v[sl] for k, v in cond.items()}
-        field = CountingField(counted, c, check="off")
-        y, state = x[sl], sampler.init_state(x[sl], p)
-        for i in range(len(p.t)):
-            y, state = sampler.step(field, y, i, p, state, None)
-        return _rms(y, target[sl])
+        return run_error(sampler, p, CountingField(counted, c, check="off"), x[sl], target[sl])
 
     def value(r: torch.Tensor, which: str) -> float:
         with torch.no_grad():

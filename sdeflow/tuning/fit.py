@@ -181,6 +181,15 @@ def descend(loss, theta: torch.Tensor, *, iters: int = 60, h: float = 1e-3, tol:
     return theta, math.exp(fx), evals
 
 
+def run_error(sampler, plan, field, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """RMS endpoint error against ``target`` (in its dtype) of ``sampler`` running ``plan`` from ``x``
+    through ``field``, as a tensor that carries the run's gradients (the fits' differentiable loss)."""
+    state = sampler.init_state(x, plan)
+    for i in range(len(plan.t)):
+        x, state = sampler.step(field, x, i, plan, state, None)
+    return (x.to(target.dtype) - target).flatten(1).pow(2).sum(1).mean().sqrt()
+
+
 class GridGradient:
     """``gradient(theta) -> (loss, d loss / d theta)`` of the teacher loss of ``sampler`` on the grid
     ``space.grid(theta)``, by one sampling run through autograd (LD3's backpropagation through the
@@ -224,12 +233,8 @@ class GridGradient:
         t, s, coef = unpack_numbers(packed, entries)
         plan.t, plan.s, plan.coef, plan.inplace = t, s, coef, False
         field = CountingField(self.counted, self.teacher.cond, check="off")
-        x = self.teacher.x_init
         with torch.enable_grad():
-            state = self.sampler.init_state(x, plan)
-            for i in range(len(plan.t)):
-                x, state = self.sampler.step(field, x, i, plan, state, None)
-            loss = (x.to(torch.float64) - self.teacher.end).flatten(1).pow(2).sum(1).mean().sqrt()
+            loss = run_error(self.sampler, plan, field, self.teacher.x_init, self.teacher.end)
             if not bool(torch.isfinite(loss)):
                 return None
             (g,) = torch.autograd.grad(loss, leaves)
