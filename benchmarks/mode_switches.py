@@ -102,8 +102,9 @@ def main(argv=None):
             for r in stored:
                 if r["nfe"] == nfe and r["sampler"] == name:
                     run(nfe, f"{name}, tuned grid", sampler, torch.tensor(r["ts"], dtype=torch.float64))
-                    fitted = TunedGrid(r["coef_ts"], name, r["used_nfe"], "stored", 0.0, shift=r["shift"])
-                    run(nfe, f"{name} + coefficients ({r['coef_grid']} grid)", fitted.sampler_for(sampler), fitted.grid())
+                    fitted = TunedGrid(r.get("coef_ts", r["ts"]), name, r["used_nfe"], "stored", 0.0, shift=r["shift"])
+                    run(nfe, f"{name} + coefficients ({r.get('coef_grid', 'tuned')} grid)", fitted.sampler_for(sampler),
+                        fitted.grid())
     out = [f"# Draws that end in another component: {problem.name}, {process.name}", "",
            f"`python benchmarks/mode_switches.py --problem \"{problem.name}\" --process {args.process} --nfe "
            f"{' '.join(map(str, args.nfe))} --draws {args.draws}`: {args.draws} fresh draws (seed {args.seed}); endpoint "

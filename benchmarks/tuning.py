@@ -141,8 +141,9 @@ def rescore(rows: list[dict]) -> None:
             for r in at:
                 sampler = SAMPLERS[r["sampler"]]()
                 tuned = score(sampler, torch.tensor(r["ts"], dtype=torch.float64))
-                coef_ts = torch.tensor(r["coef_ts"], dtype=torch.float64)
-                fitted = TunedGrid(r["coef_ts"], r["sampler"], r["used_nfe"], "stored", 0.0, shift=r["shift"])
+                on = r.get("coef_ts", r["ts"])  # rows from before the hand-grid start fitted on the tuned grid
+                coef_ts = torch.tensor(on, dtype=torch.float64)
+                fitted = TunedGrid(on, r["sampler"], r["used_nfe"], "stored", 0.0, shift=r["shift"])
                 coef = score(fitted.sampler_for(sampler), coef_ts)
                 r.update(tuned=tuned["rms"], tuned_median=tuned["median"], coef=coef["rms"], coef_median=coef["median"])
                 if r["hand_grid"]:
