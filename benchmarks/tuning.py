@@ -111,9 +111,10 @@ def fit_draws(problem, process, t0: float, num: int, seed: int = 7) -> torch.Ten
 def samplers_for(process, only=None) -> list[str]:
     """The tuned samplers: the exponential integrators everywhere, and on rectified flow also the
     Runge-Kutta family that leads its hand-grid rows, RK4 with its last stage on clean data included
-    (``only``: those of them named)."""
-    names = SAMPLER_NAMES + (["heun", "heun3", "midpoint", "rk4-at-data", "rk4-38-at-data"] if process.time_input == "t" else [])
-    return [n for n in names if not only or n in only]
+    (``only``: the samplers named instead, any deterministic fixed-grid one)."""
+    if only:
+        return list(only)
+    return SAMPLER_NAMES + (["heun", "heun3", "midpoint", "rk4-at-data", "rk4-38-at-data"] if process.time_input == "t" else [])
 
 
 def scorer(problem, process):
@@ -317,13 +318,19 @@ def main(argv=None):
     p.add_argument("--processes", nargs="+", default=None, metavar="NAME",
                    help="part 2 for these processes only (e.g. rectified); the stored rows of the others are kept")
     p.add_argument("--samplers", nargs="+", default=None, metavar="NAME",
-                   help="part 2 for these samplers only (default: " + ", ".join(SAMPLER_NAMES) + ", and on rectified flow "
-                   "also heun, heun3, midpoint, rk4-at-data, rk4-38-at-data); the stored rows of the others are kept")
+                   help="part 2 for these samplers (any deterministic fixed-grid one; default: " + ", ".join(SAMPLER_NAMES)
+                   + ", and on rectified flow also heun, heun3, midpoint, rk4-at-data, rk4-38-at-data); the stored rows of "
+                   "the others are kept")
     p.add_argument("--coef-draws", type=int, default=1000, help="draws the coefficients are fitted on (default: 1000)")
     p.add_argument("--rescore", action="store_true",
                    help="part 2: score the chosen stored rows again from their stored grids and coefficients, "
                    "without fitting (RMS and median error)")
     args = p.parse_args(argv)
+    for name in args.samplers or []:
+        if name not in SAMPLERS:
+            p.error(f"unknown sampler {name!r}; sdeflow list shows the names")
+        if SAMPLERS[name]().stochastic or SAMPLERS[name]().adaptive:
+            p.error(f"{name} is stochastic or adaptive: grids are tuned for deterministic fixed-grid samplers")
     path = os.path.join(OUT, "tuning.json")
     old = {}
     if args.part is not None and os.path.exists(path):
