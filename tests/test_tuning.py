@@ -113,14 +113,24 @@ def test_the_grid_gradient_through_a_velocity_network_on_clean_data_is_finite_an
     assert bool(torch.isfinite(grad).all()) and float((grad - differences).norm()) <= 1e-5 * float(differences.norm())
 
 
-def test_a_grid_fitted_through_autograd_matches_differences_at_a_fraction_of_the_cost():
-    """Same fitted loss (1%) as the central-difference descent, at fewer model evaluations; a model whose
-    output ignores the time's gradient is caught by the check and fitted with differences, with a warning."""
+def test_a_grid_fitted_through_autograd_fits_as_well_as_differences_at_a_fraction_of_the_cost():
+    """Both descents (through autograd, and by central differences) fit a grid well below the best hand
+    grid's loss, and autograd's costs less than half the evaluations; a model whose output ignores the
+    time's gradient is caught by the check and fitted with differences, with a warning.
+
+    Where two descents of a multi-basin loss end is not a stable quantity: over 8 draw seeds, each also
+    with the draws scaled by 1 + 1e-7 (another CPU's rounding), the autograd fit's loss over the
+    differences fit's ranged from 0.61 to 1.50, while every fit stayed below 0.68 of the best hand grid's
+    loss and autograd spent 0.18-0.35 of the evaluations. So the fits are compared with the hand grid
+    (at most 0.8 of it) and with each other within a factor 2, not to a percent. (The gradients
+    themselves agree to 1e-5: test_the_grid_gradient_through_autograd_equals_central_differences.)"""
     sch, sampler = SCHEDULES["vp-linear"](), SAMPLERS["unipc-bh2"]()
     den, x = MIX8.denoiser(sch), MIX8.sample_t(100, sch, 1.0, torch.Generator().manual_seed(0))[0]
     fast = optimize_grid(den, sampler, 8, x, method="descent")
     slow = optimize_grid(den, sampler, 8, x, method="descent", gradient="differences")
-    assert fast.loss <= 1.01 * slow.loss and fast.cost_nfe < slow.cost_nfe / 2, (fast, slow)
+    hand = fast.best_hand[1]
+    assert max(fast.loss, slow.loss) <= 0.8 * hand and fast.loss <= 2 * slow.loss, (fast.loss, slow.loss, hand)
+    assert fast.cost_nfe < slow.cost_nfe / 2, (fast.cost_nfe, slow.cost_nfe)
     assert 0 < fast.cost_grad < fast.cost_nfe and slow.cost_grad == 0
 
     class Frozen(type(den)):  # the time reaches the mixture detached: no gradient in the evaluation times
@@ -129,7 +139,7 @@ def test_a_grid_fitted_through_autograd_matches_differences_at_a_fraction_of_the
 
     with pytest.warns(UserWarning, match="central differences"):
         caught = optimize_grid(Frozen(MIX8, sch), sampler, 8, x, method="descent")
-    assert caught.cost_grad == 0 and caught.loss <= 1.01 * slow.loss
+    assert caught.cost_grad == 0 and caught.loss <= 0.8 * hand
     with pytest.raises(ValueError, match="gradient"):
         optimize_grid(den, sampler, 8, x, gradient="backprop")
 
@@ -341,11 +351,12 @@ def test_the_shipped_digits_grids_and_coefficients_beat_unipc_on_fresh_draws():
     from sdeflow.generation import sample_seed
     from sdeflow.pretrained import load_model, path_of
     from sdeflow.sampling import prior_sample
-    from sdeflow.tuning import tuned_path
+    from sdeflow.tuning import tuned_paths
 
     model = load_model("digits")
     den, sch, base = model.denoiser, model.denoiser.schedule, SAMPLERS["unipc-bh2"]()
-    stored = {g.nfe: g for g in load_tuned(tuned_path(path_of("digits"))) if g.sampler == "unipc-bh2"}
+    shipped = tuned_paths(path_of("digits"))[-1]  # the grids shipped in the package, not a user's
+    stored = {g.nfe: g for g in load_tuned(shipped) if g.sampler == "unipc-bh2"}
     assert {5, 6, 8, 10} <= set(stored)
     for nfe, g in stored.items():
         ts = g.grid()

@@ -61,6 +61,7 @@ class Teacher:
             r = sample(counted, DPMSolver(order=3, form="data"), ts, self.x_init.to(torch.float64), cond=cond,
                        return_trajectory=self.times is not None)
         self.calls, self.end, self.states = counted.calls, r.x, None
+        self.step_costs: dict = {}  # per sampler: the DP's one-step errors between candidates (every budget's)
         if self.times is not None:
             self.states = r.trajectory[[int(torch.nonzero(ts == float(t))[0, 0]) for t in self.times]]
 
@@ -79,14 +80,21 @@ def dp_grid(denoiser, sampler, space: GridSpace, teacher: Teacher) -> torch.Tens
     errors along the teacher's trajectory are least (exact dynamic programming, :func:`best_path`)."""
     n, m = space.n, len(teacher.times)
     points = teacher.times.tolist() + [0.0]
-    targets = list(teacher.states) + [teacher.end]
-    cost = [[math.inf] * (m + 1) for _ in range(m)]
-    dtype = teacher.x_init.dtype
-    for i in range(m):
-        for j in range(i + 1, m + 1):
-            if j == m or n > 1:  # with one step only the jump to t = 0 is allowed
-                cost[i][j] = endpoint_loss(denoiser, sampler, [points[i], points[j]], teacher.states[i].to(dtype),
-                                           targets[j], teacher.cond)
+    key = sampler
+    try:
+        hash(key)
+    except TypeError:  # a user's unhashable sampler: kept by identity
+        key = id(sampler)
+    cost = teacher.step_costs.get(key)
+    if cost is None:  # computed once per teacher and sampler, shared by every budget
+        targets = list(teacher.states) + [teacher.end]
+        dtype = teacher.x_init.dtype
+        cost = [[math.inf if j <= i else endpoint_loss(denoiser, sampler, [points[i], points[j]],
+                                                       teacher.states[i].to(dtype), targets[j], teacher.cond)
+                 for j in range(m + 1)] for i in range(m)]
+        teacher.step_costs[key] = cost
+    if n == 1:  # with one step only the jump to t = 0 is allowed
+        cost = [[math.inf] * m + [row[m]] for row in cost]
     return grids.check_grid([points[p] for p in best_path(cost, n)])
 
 
@@ -263,6 +271,9 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
     once against central differences along its own direction, and replaced by them with a warning if
     the model's output is not differentiable in time) or ``"differences"`` (``2n`` runs).
 
+    A fit that does not beat the best hand grid on the draws is not kept: that hand grid is returned
+    (``method = "hand:<name>"``), with a warning.
+
     Returns a :class:`TunedGrid` with the fitted loss, every hand grid's loss and the cost of fitting
     in model evaluations (each on the whole batch of draws), including the teacher's when it is
     computed here (a shared ``teacher`` is paid once, by its caller: ``teacher.calls``)."""
@@ -315,7 +326,13 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
             start = space.grid(theta)
         if now < best:
             ts, best = start, now
-    return TunedGrid(ts.tolist(), label, sampler.prepare(sch, ts).nfe, method, best, hand,
+    kept = method
+    if finite and finite[0][0] <= best:  # the fit did not beat the best hand grid: that grid is the answer
+        best, name = finite[0]
+        ts, kept = hands[name], f"hand:{name}"
+        warnings.warn(f"the {method} grid for {label} at NFE {nfe} is no better than the {name} hand grid "
+                      f"(error {best:.3g}) on these draws: the {name} grid is returned", stacklevel=2)
+    return TunedGrid(ts.tolist(), label, sampler.prepare(sch, ts).nfe, kept, best, hand,
                      counted.calls + teacher_calls, teacher.x_init.shape[0], cost_grad=slope.calls if slope else 0)
 
 
