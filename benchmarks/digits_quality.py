@@ -31,7 +31,7 @@ from sdeflow.files import atomic_write, write_json  # noqa: E402
 from sdeflow.generation import gather, generate  # noqa: E402
 from sdeflow.metrics import frechet_distance  # noqa: E402
 from sdeflow.pretrained import load_model, load_network  # noqa: E402
-from sdeflow.tuning import find_tuned, steps_for, tuned_path  # noqa: E402
+from sdeflow.tuning import find_tuned, steps_for, tuned_paths  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOCS = os.path.join(os.path.dirname(HERE), "docs", "benchmarks")
@@ -84,7 +84,7 @@ def main(argv=None):
             for grid in args.grids:
                 sampler = SAMPLERS[name]()
                 if grid in ("tuned", "tuned-grid"):
-                    tuned = find_tuned(tuned_path(model.path), name, nfe, steps_for(sampler, schedule, nfe))
+                    tuned = find_tuned(tuned_paths(model.path), name, nfe, steps_for(sampler, schedule, nfe))
                     ts = tuned.grid()
                     if grid == "tuned":
                         sampler = tuned.sampler_for(sampler)  # with its fitted coefficients, where stored

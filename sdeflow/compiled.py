@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 
-from .denoisers import Denoiser, ModelDenoiser
+from .denoisers import Denoiser, ModelDenoiser, checked_output
 from .noise import BrownianTreeNoise, GeneratorNoise, NoiseSource
 from .sampling import NonFiniteError, SampleResult, check_models, check_ode_velocity, planned
 from .samplers.base import Plan, Sampler
@@ -128,9 +128,8 @@ class _StaticField:
         if self.factors is None:
             return den.ode_velocity(x, t, **self.cond) if velocity else den(x, t, **self.cond)
         scale, skip, out, c = self.factors[m]  # for a velocity call: the field's (c_x, c_F) in place of (skip, out)
-        net_dtype = den.dtype or x.dtype
-        c_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        f = self.network((x * scale).to(net_dtype), c.to(c_dtype).expand(x.shape[0]), **self.cond)
+        f = checked_output(self.network((x * scale).to(den.network_dtype(x)), c.to(den.time_dtype(x)).expand(x.shape[0]),
+                                        **self.cond), x)
         return x * skip + f.to(x.dtype) * out
 
     def ode_velocity(self, x, t):

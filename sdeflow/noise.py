@@ -219,6 +219,24 @@ class BrownianTreeNoise(NoiseSource):
         return out.to(device=like.device, dtype=like.dtype)
 
 
+def as_noise(noise=None, generator: torch.Generator | None = None) -> NoiseSource:
+    """The noise source of a run: a :class:`NoiseSource`, a ``torch.Generator`` (as
+    :class:`GeneratorNoise`; also given as ``generator=``, as diffusers and k-diffusion users pass it),
+    or None (the global RNG). Anything else is refused, before any work."""
+    if generator is not None:
+        if noise is not None:
+            raise ValueError("give noise= (a noise source) or generator= (a torch.Generator), not both")
+        noise = generator
+    if noise is None:
+        return GeneratorNoise()
+    if isinstance(noise, torch.Generator):
+        return GeneratorNoise(noise)
+    if not isinstance(noise, NoiseSource) and not callable(noise):
+        raise TypeError(f"noise must be a sdeflow NoiseSource (SeededNoise, GeneratorNoise, BrownianTreeNoise) or a "
+                        f"torch.Generator, got {type(noise).__name__}")
+    return noise
+
+
 class LoopNoise:
     """Successive draws from a :class:`NoiseSource` for a method that runs its own loop (an
     inverse-problem sampler) rather than :func:`sdeflow.sample`: draw ``k`` is the source's step ``k``,
@@ -226,7 +244,7 @@ class LoopNoise:
     (``None``) draws from the global RNG like the sampling loop does."""
 
     def __init__(self, source: NoiseSource | None, batch: int, dtype=torch.float32, device=None):
-        self.source = source if source is not None else GeneratorNoise()
+        self.source = as_noise(source)
         self.batch, self.dtype, self.device, self.count = batch, dtype, device, 0
 
     def next(self, shape) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 
 from .denoisers import Denoiser
 from .grids import below_domain, check_grid
-from .noise import BrownianTreeNoise, GeneratorNoise, NoiseSource, SeededNoise
+from .noise import BrownianTreeNoise, GeneratorNoise, NoiseSource, SeededNoise, as_noise
 from .samplers.base import Plan, Sampler
 from .schedules import Schedule
 from .shapes import check_batch
@@ -122,7 +122,8 @@ class CountingField:
 def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, cond: dict | None = None,
            noise: NoiseSource | None = None, callback: Callable[[StepInfo], None] | None = None,
            progress: bool = False, return_trajectory: bool = False, check_finite: bool | str = True,
-           gradient: str = "autograd", companion: torch.Tensor | None = None) -> SampleResult:
+           gradient: str = "autograd", companion: torch.Tensor | None = None,
+           generator: torch.Generator | None = None) -> SampleResult:
     """Integrate from ``ts[0]`` to ``ts[-1]`` with ``sampler``.
 
     Args:
@@ -131,7 +132,8 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
         ts: a decreasing grid of times (see :mod:`sdeflow.grids`), ``n + 1`` values for ``n`` steps.
         x_init: ``(B, *)`` state at ``ts[0]``, in the dtype sampling should keep.
         cond: keyword conditioning passed to every denoiser call.
-        noise: a :class:`~sdeflow.noise.NoiseSource` for stochastic samplers (default: the global RNG).
+        noise: a :class:`~sdeflow.noise.NoiseSource` for stochastic samplers, or a ``torch.Generator``
+            (default: the global RNG).
         callback: called with a :class:`StepInfo` after every step.
         progress: show a tqdm progress bar.
         return_trajectory: also return the states at every grid time.
@@ -147,9 +149,11 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
         companion: reversible samplers only: the second half of the start state, as an exact
             inversion returns it (:attr:`~sdeflow.inversion.Inversion.companion`), so that the run
             reproduces the inverted data exactly (see :mod:`sdeflow.samplers.reversible`).
+        generator: a ``torch.Generator`` to draw the noise from (the same as ``noise=generator``).
     """
     check_models(denoiser, sampler)
     check_batch(x_init, "x_init")
+    noise = as_noise(noise, generator)
     if gradient not in GRADIENTS:
         raise ValueError(f"gradient must be one of {', '.join(GRADIENTS)}, got {gradient!r}")
     if (gradient == "reversible" or companion is not None) and not sampler.reversible:
@@ -161,6 +165,7 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
                          f"{tuple(companion.shape) if isinstance(companion, torch.Tensor) else type(companion).__name__}")
     plan = planned(sampler, denoiser.schedule, ts)
     check_ode_velocity(denoiser, sampler, plan)
+    denoiser.check_cond(x_init, cond or {})
     field = CountingField(denoiser, cond, check_finite)
     start = None if companion is None else sampler.start_state(x_init, companion.to(x_init), plan)
     if gradient != "autograd":

@@ -31,3 +31,5 @@ def check_batch(x, name: str = "x") -> None:
     """Refuse anything but a floating-point ``(B, *)`` tensor, naming the argument."""
     if not isinstance(x, torch.Tensor) or x.ndim < 1 or not x.dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating-point tensor of shape (B, ...)")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} holds no samples (shape {tuple(x.shape)}): give at least one")

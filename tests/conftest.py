@@ -8,6 +8,15 @@ import torch
 from sdeflow.registry import SCHEDULES
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _user_folder(tmp_path_factory):
+    """What sdeflow writes for shipped models (tuned grids) goes to a temporary user folder, never to the
+    tester's home; subprocesses inherit it."""
+    import os
+
+    os.environ["SDEFLOW_HOME"] = str(tmp_path_factory.mktemp("sdeflow-home"))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

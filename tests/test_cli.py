@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -113,7 +114,30 @@ def _bad_inputs(tmp):
     (tmp / "truncated.npz").write_bytes((tmp / "good.npz").read_bytes()[:150])
     (tmp / "good.npz").unlink()
     unwritable = str(tmp / "afile" / "x.png")  # its folder is a file: no user can write there
+    corrupt = _corrupted_checkpoints(tmp)
+    np.save(tmp / "empty.npy", np.zeros((0, 2), np.float32))
+    (tmp / "garbage.npy").write_bytes(b"\x00" * 64)
+    from sdeflow.pretrained import FOLDER
+
     cases = [
+        ("export-over-its-input", ["export", str(tmp / "run"), str(tmp / "run" / "checkpoint.safetensors")]),
+        ("export-over-a-training-checkpoint", ["export", "moons", str(tmp / "run" / "checkpoint.safetensors")]),
+        ("tune-into-the-package", ["tune", "--checkpoint", "moons", "--out", os.path.join(FOLDER, "moons.grids.json")]),
+        ("grid-times-with-steps", ["sample", "--problem", "ring-2d", "--grid", "1,0.5,0", "--steps", "5", "--out", ""]),
+        ("grid-times-with-nfe", ["sample", "--problem", "ring-2d", "--grid", "1,0.5,0", "--nfe", "5", "--out", ""]),
+        ("guidance-negative", ["sample", "--guidance", "-2", "--out", ""]),
+        ("restore-sampler-unused", ["restore", "--method", "ddrm", "--sampler", "ddim", "--out", ""]),
+        ("restore-noise-nan", ["restore", "--noise-std", "nan", "--out", ""]),
+        ("restore-input-garbage", ["restore", "--input", str(tmp / "garbage.npy"), "--out", ""]),
+        ("edit-more-than-there-are", ["edit", "--from", "3", "--to", "8", "-n", "500", "--out", ""]),
+        ("edit-guidance-negative", ["edit", "--from", "3", "--to", "8", "--guidance", "-1", "--out", ""]),
+        ("resume-nothing", [*TRAIN, "--out", str(tmp / "new-run"), "--resume"]),
+        ("train-empty-data", [*TRAIN[:1], "--data", str(tmp / "empty.npy"), *TRAIN[3:], "--out", str(tmp / "r9")]),
+        ("train-garbage-data", [*TRAIN[:1], "--data", str(tmp / "garbage.npy"), *TRAIN[3:], "--out", str(tmp / "r10")]),
+        ("model-list-unclosed", [*TRAIN, "--out", str(tmp / "r11"), "--data", "digits", "--model", "mults=[1,2"]),
+        ("model-negative-base", [*TRAIN, "--out", str(tmp / "r12"), "--data", "digits", "--model", "base=-4"]),
+        ("skip-nonfinite-negative", [*TRAIN, "--out", str(tmp / "r13"), "--skip-nonfinite", "-1"]),
+        *[(f"checkpoint-{name}", ["sample", "--checkpoint", path, "--out", ""]) for name, path in corrupt.items()],
         ("out-unwritable", ["sample", "--problem", "ring-2d", "--out", unwritable.replace(".png", ".npz")]),
         ("out-folder", ["sample", "--problem", "ring-2d", "--out", str(tmp / "folder")]),
         ("out-jpg", ["sample", "--out", str(tmp / "x.jpg")]),
@@ -170,6 +194,42 @@ def _bad_inputs(tmp):
     if not torch.cuda.is_available():
         cases.append(("device-cuda", ["sample", "--device", "cuda"]))
     return cases
+
+
+def _corrupted_checkpoints(tmp) -> dict[str, str]:
+    """A run folder with a training checkpoint (``run``), and copies of the shipped moons model with one
+    thing wrong each, by name."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from sdeflow.pretrained import path_of
+    from sdeflow.training import checkpoint as ckpt
+
+    tensors, meta = ckpt.load(path_of("moons"))
+    (tmp / "run").mkdir()
+    ckpt.save(str(tmp / "run" / "checkpoint.safetensors"), tensors, {**meta, "optimizer": {"param_groups": []}})
+    first = sorted(tensors)[0]
+    variants = {
+        "int32-weights": ({**tensors, first: tensors[first].to(torch.int32)}, meta),
+        "nan-weights": ({**tensors, first: tensors[first] * float("nan")}, meta),
+        "no-schedule": (tensors, {**meta, "config": {k: v for k, v in meta["config"].items() if k != "schedule"}}),
+        "data-without-shape": (tensors, {**meta, "data": {k: v for k, v in meta["data"].items() if k != "shape"}}),
+        "data-without-kind": (tensors, {**meta, "data": {k: v for k, v in meta["data"].items() if k != "kind"}}),
+        "data-without-scale": (tensors, {**meta, "data": {k: v for k, v in meta["data"].items() if k != "scale"}}),
+        "data-scale-zero": (tensors, {**meta, "data": {**meta["data"], "scale": 0}}),
+        "data-shape-mismatch": (tensors, {**meta, "data": {**meta["data"], "shape": [3]}}),
+        "config-a-list": (tensors, {**meta, "config": [1, 2]}),
+        "data-a-list": (tensors, {**meta, "data": [2]}),
+        "network-bad-width": (tensors, {**meta, "network": {**meta["network"], "width": "wide"}}),
+    }
+    out = {}
+    for name, (t, m) in variants.items():
+        out[name] = str(tmp / f"{name}.safetensors")
+        ckpt.save(out[name], t, {k: v for k, v in m.items() if k != "format"})
+    out["metadata-a-list"] = str(tmp / "metadata-a-list.safetensors")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, out["metadata-a-list"], metadata={"sdeflow": "[1, 2]"})
+    return out
 
 
 def _listing(folder):

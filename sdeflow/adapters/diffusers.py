@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from ..denoisers import Denoiser, ModelDenoiser
+from ..denoisers import Denoiser, ModelDenoiser, unwrap_output
 from ..grids import check_grid, sigma_times
 from ..schedules import DiscreteVP, RectifiedFlow, Schedule
 from ..shapes import as_time
@@ -116,7 +116,8 @@ class _Timesteps:
 
     def __call__(self, schedule: Schedule, t) -> torch.Tensor:
         t = as_time(t)
-        if t.ndim == 0 and float(t) in self.table:
+        # a traced program (torch.compile) takes the conversion, which gives a grid's training indices as integers
+        if t.ndim == 0 and not torch.compiler.is_compiling() and float(t) in self.table:
             return torch.tensor(self.table[float(t)], dtype=torch.float64)
         if self.log_sigmas is None:
             return t * self.num_train
@@ -142,11 +143,7 @@ class _Network(torch.nn.Module):
         self.model = model
 
     def forward(self, x, c, **cond):
-        out = self.model(x, c, **cond)
-        if hasattr(out, "sample"):
-            out = out.sample
-        elif isinstance(out, (tuple, list)):
-            out = out[0]
+        out = unwrap_output(self.model(x, c, **cond))
         if out.ndim == x.ndim and out.shape[1] == 2 * x.shape[1] and out.shape[2:] == x.shape[2:]:
             out = out[:, : x.shape[1]]  # learned variance (learned / learned_range): the mean half
         return out

@@ -24,6 +24,9 @@ from ..files import check_output, save_npz
 
 EDITORS = ("inversion", "flowedit")
 
+#: The picture shows at most this many inputs (the .npz holds them all).
+PICTURE_COLUMNS = 16
+
 
 def add_edit_parser(sub) -> None:
     from ..registry import deterministic_samplers
@@ -34,8 +37,8 @@ def add_edit_parser(sub) -> None:
                        "by exact inversion under --from and sampling under --to, and by FlowEdit (no inversion). "
                        "Prints the evaluations spent, how far the pictures moved and (digits) the classifier's "
                        "probability of the target class; writes the pictures.")
-    p.add_argument("--checkpoint", default="digits", metavar="NAME|PATH",
-                   help="a class-conditional shipped model, run folder or .safetensors (default: digits)")
+    p.add_argument("--checkpoint", default="shipped:digits", metavar="NAME|PATH",
+                   help="a class-conditional shipped model, run folder or .safetensors (default: shipped:digits)")
     p.add_argument("--input", default=None, metavar="FILE",
                    help="a picture (PNG/JPEG) or .npy sample of class --from (default for digits: the first --num "
                    "digits of that class in scikit-learn's set)")
@@ -70,7 +73,11 @@ def _inputs(args, model) -> torch.Tensor:
     from ..data import digits
 
     d = digits()
-    return d.x[d.labels == args.source][:args.num]
+    chosen = d.x[d.labels == args.source]
+    if args.num > len(chosen):
+        raise ValueError(f"-n {args.num}: scikit-learn's set has {len(chosen)} digits of class {args.source}; "
+                         f"ask for at most {len(chosen)}")
+    return chosen[:args.num]
 
 
 def _check(args, model) -> None:
@@ -83,8 +90,8 @@ def _check(args, model) -> None:
             raise ValueError(f"{flag} {k} is not a class of this model (0..{model.num_classes - 1})")
     if args.source == args.target:
         raise ValueError(f"--from and --to are both {args.source}: give two different classes")
-    if args.guidance is not None and not math.isfinite(args.guidance):
-        raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
+    if args.guidance is not None and (not math.isfinite(args.guidance) or args.guidance < 0):
+        raise ValueError(f"--guidance must be a finite number >= 0, got {args.guidance}")
 
 
 def run_edit(args) -> dict:
@@ -96,7 +103,7 @@ def run_edit(args) -> dict:
     from ..registry import SAMPLERS
     from ..sampling import sample
 
-    outs = [check_output(o, (".png", ".npz")) for o in args.out if o]
+    outs = [check_output(o, (".png", ".npz"), inputs=[args.input]) for o in args.out if o]
     if any(o.lower().endswith(".png") for o in outs):
         from .demo import _matplotlib
 
@@ -149,7 +156,7 @@ def _classifier(model):
         return None
     from ..pretrained import load_network
 
-    clf, _, _ = load_network("digits-classifier")
+    clf, _, _ = load_network("shipped:digits-classifier")
     return lambda x, k: clf(x.float()).softmax(1)[:, k]
 
 
@@ -159,9 +166,9 @@ def _picture(path, x, p_in, rows, args, ts) -> None:
 
     plt = _matplotlib()
     panels = [("input", x, p_in, args.source)] + [(label, z, p, args.target) for label, (z, p) in rows.items()]
-    cols = x.shape[0]
+    cols = min(x.shape[0], PICTURE_COLUMNS)  # the .npz holds every edit
     fig, axes = plt.subplots(len(panels), cols, figsize=(1.1 * cols + 1.2, 1.3 * len(panels) + 0.4), dpi=100,
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for r, (label, imgs, p, k) in enumerate(panels):
         for c in range(cols):
             ax = axes[r, c]
@@ -172,6 +179,6 @@ def _picture(path, x, p_in, rows, args, ts) -> None:
                 ax.set_title(f"p({k}) {float(p[c]):.2f}", fontsize=7)
         axes[r, 0].set_ylabel(label, fontsize=8)
     guidance = "" if args.guidance is None else f", CFG {args.guidance:g}"
-    fig.suptitle(f"{args.source} -> {args.target}: {args.steps} steps from t = {float(ts[0]):.3g}{guidance}", fontsize=9)
-    fig.tight_layout()
+    shown = "" if cols == x.shape[0] else f" (first {cols} of {x.shape[0]})"
+    fig.suptitle(f"{args.source} -> {args.target}: {args.steps} steps from t = {float(ts[0]):.3g}{guidance}{shown}", fontsize=9)
     save_figure(fig, path)

@@ -22,7 +22,7 @@ def add_likelihood_parser(sub) -> None:
                        "(exact trace or Hutchinson's estimator) and print the negative log-likelihood in nats and "
                        "bits per dimension, with standard errors and the evaluations spent.")
     p.add_argument("--checkpoint", default=None, metavar="NAME|PATH",
-                   help="a shipped model, a checkpoint .safetensors or a training run folder (default: digits)")
+                   help="a shipped model, a checkpoint .safetensors or a training run folder (default: shipped:digits)")
     p.add_argument("--problem", default=None, choices=list(PROBLEMS), metavar="NAME",
                    help=f"an exact problem instead of a model (the exact density is printed too): one of {', '.join(PROBLEMS)}")
     p.add_argument("--schedule", default=None, choices=list(SCHEDULES), metavar="NAME",
@@ -74,7 +74,7 @@ def run_likelihood(args) -> None:
         from ..data import load
         from ..pretrained import load_model
 
-        model = load_model(args.checkpoint or "digits")
+        model = load_model(args.checkpoint or "shipped:digits")
         denoiser, meta = model.denoiser, model.meta["data"]
         data = load(meta["name"]) if meta["name"] == "digits" or meta["kind"] == "vector" else None
         if data is None:

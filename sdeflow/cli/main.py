@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from ..pretrained import PRETRAINED
 from ..registry import ALL_SAMPLERS, GRIDS, PROBLEMS, SAMPLERS, SCHEDULES
@@ -27,6 +28,9 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sdeflow", description="Diffusion and flow models as ODEs/SDEs: train, sample and solve "
                      "inverse problems; every method measured against an exact Gaussian-mixture oracle.")
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"sdeflow {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -70,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "and are bit-identical to a single-process run.")
     smp.add_argument("--checkpoint", default=None, metavar="NAME|PATH",
                      help=f"a shipped model ({', '.join(PRETRAINED)}), a "
-                     "checkpoint .safetensors or a training run folder (default: digits)")
+                     "checkpoint .safetensors or a training run folder (default: shipped:digits)")
     smp.add_argument("--problem", default=None, choices=list(PROBLEMS), metavar="NAME",
                      help=f"sample an exact problem instead of a model: one of {', '.join(PROBLEMS)}")
     sampling_flags(smp, None, None, None, None)
@@ -147,7 +151,7 @@ def _list() -> None:
         kind = "stochastic" if s.stochastic else "deterministic"
         order = "no fixed order" if s.convergence_order == 0 else f"order {s.convergence_order}"
         print(f"  {name:<{width}}  {order}, {cost}, {kind}")
-    print("grids: " + ", ".join(GRIDS) + " (or decreasing times: 1,0.5,0)")
+    print("grids: " + ", ".join(GRIDS) + ", tuned (a model's grids fitted by sdeflow tune; or decreasing times: 1,0.5,0)")
     from ..registry import DEFAULTS
 
     print("defaults of sdeflow sample (by schedule family and NFE; from the ODE benchmark):")
@@ -174,8 +178,14 @@ def _list() -> None:
     print("  (predictor-corrector guidance: any method with --sampler pc-langevin, whose corrector targets the "
           "tilted p_t(x|c)^w p_t(x)^(1-w))")
     from ..pretrained import PRETRAINED
+    from ..training.config import OBJECTIVES, RECIPES
 
-    print("shipped models (sdeflow sample --checkpoint NAME): " + ", ".join(PRETRAINED))
+    print("shipped models (sdeflow sample --checkpoint NAME, or shipped:NAME where a local folder has the name): "
+          + ", ".join(PRETRAINED))
+    print("training objectives (sdeflow train --objective NAME): " + ", ".join(OBJECTIVES))
+    print("training recipes (sdeflow train --recipe NAME):")
+    for name, fields in RECIPES.items():
+        print(f"  {name:<5} " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in fields.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,6 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     read or written, a missing device) ends as one line on stderr naming what is wrong and what is
     allowed, exit code 1 (usage errors: 2); a traceback means a bug in sdeflow."""
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _warn  # one line, what the user needs to know: not the source line that warned
+        return _run(args)
+
+
+def _warn(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"sdeflow: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _run(args) -> int:
     try:
         if args.command == "list":
             _list()
@@ -193,13 +213,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export":
             import torch
 
-            from ..pretrained import path_of
-            from ..training.checkpoint import export_weights
-
             from ..files import check_output
+            from ..pretrained import path_of
+            from ..training.checkpoint import export_weights, refuse_overwrite
 
-            check_output(args.out, (".safetensors",), what="export OUT")
-            export_weights(path_of(args.run), args.out, torch.float16 if args.half else None)
+            source = path_of(args.run)
+            check_output(args.out, (".safetensors",), what="export OUT", inputs=[source])
+            refuse_overwrite(args.out, "export OUT")
+            export_weights(source, args.out, torch.float16 if args.half else None)
             print(f"wrote {args.out}")
         elif args.command == "likelihood":
             from .likelihood_cmd import run_likelihood

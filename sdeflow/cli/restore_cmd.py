@@ -9,7 +9,7 @@ the input, and writes a picture (input | measurement | samples | mean) and optio
 
 from __future__ import annotations
 
-
+import math
 import sys
 
 import numpy as np
@@ -17,7 +17,10 @@ import torch
 
 from ..files import check_output, save_npz
 from ..metrics import psnr
-from ..inverse import Bound, Mask, METHODS, solve
+from ..inverse import TRANSFORMS, Bound, Mask, METHODS, solve
+
+#: Posterior samples without -n (ensemble Kalman guidance: one more particle than measured values).
+DEFAULT_NUM = 6
 from ..registry import OPERATORS, make_operator
 
 def _load_input(args, model) -> torch.Tensor:
@@ -42,9 +45,16 @@ def read_input(path: str, model) -> torch.Tensor:
     if not os.path.isfile(path):
         raise ValueError(f"--input {path!r}: no such file (give a PNG/JPEG picture or an .npy array)")
     if path.lower().endswith(".npy"):
-        x = torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float32))
+        from ..data.datasets import read_array
+
+        arr = read_array(path)
+        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+            raise ValueError(f"{path}: expected a real numeric array, got {arr.dtype}")
+        x = torch.from_numpy(arr.astype(np.float32))
         if tuple(x.shape) != shape:
             raise ValueError(f"{path}: expected one sample of shape {shape}, got {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{path}: the sample holds NaN or infinite values")
         return x
     if model.kind != "image":
         raise ValueError(f"this model's samples have shape {shape}: give a .npy file, not an image")
@@ -58,13 +68,16 @@ def run_restore(args) -> dict:
     from ..pretrained import load_model
     from ..registry import SAMPLERS, lookup
 
-    outs = [check_output(o, (".png", ".npz")) for o in args.out if o]
+    outs = [check_output(o, (".png", ".npz"), inputs=[args.input]) for o in args.out if o]
     if any(o.lower().endswith(".png") for o in outs):
         from .demo import _matplotlib
 
         _matplotlib()
-    if args.noise_std < 0:
-        raise ValueError(f"--noise-std must be >= 0, got {args.noise_std}")
+    if not math.isfinite(args.noise_std) or args.noise_std < 0:
+        raise ValueError(f"--noise-std must be a finite number >= 0, got {args.noise_std}")
+    if args.sampler and args.method not in TRANSFORMS:
+        raise ValueError(f"--sampler is for the methods that transform the denoiser ({', '.join(TRANSFORMS)}); "
+                         f"{args.method} brings its own steps")
     sampler = lookup(SAMPLERS, "sampler", args.sampler)() if args.sampler else None
     model = load_model(args.checkpoint)
     if model.kind != "image" and any(o.lower().endswith(".png") for o in outs):
@@ -72,6 +85,8 @@ def run_restore(args) -> dict:
     x_true = _load_input(args, model)
     op = make_operator(args.operator, model.shape, args.seed)
     y = op.measure(x_true[None], args.noise_std, torch.Generator().manual_seed(args.seed))[0]
+    if args.num is None:  # ensemble Kalman guidance needs more particles than measured values
+        args.num = y.numel() + 1 if args.method == "enkg" else DEFAULT_NUM
     denoiser = model.denoiser
     if model.num_classes:  # the unconditional prior of a class-conditional model
         denoiser = Bound(denoiser, label=torch.tensor([model.num_classes]))
@@ -85,6 +100,11 @@ def run_restore(args) -> dict:
     shown = op.adjoint(op.gram_solve(y[None], 1e-3)) if op.linear else torch.zeros_like(x_true)[None]
     print(f"{args.method} on {args.operator} (noise {args.noise_std}), NFE {sol.nfe}: PSNR of the mean "
           f"{report['psnr_mean']:.2f} dB, best of {args.num} samples {report['psnr_best']:.2f} dB")
+    if "ess" in sol.info:  # the particles' effective sample size: how many distinct particles the samples rest on
+        ess = sol.info["ess"]
+        report["ess"] = ess[-1]
+        print(f"  effective sample size: {ess[-1]:.1f} of {args.num} particles at the end (lowest on the way "
+              f"{min(ess):.1f}; a small one means the samples are copies of few particles)")
     for out in outs:
         if out.lower().endswith(".npz"):
             save_npz(out, input=x_true.numpy(), measurement=y.numpy(), samples=sol.x.numpy())
@@ -104,14 +124,13 @@ def _picture(path, x_true, shown, x, mean, args, columns: int = 8):
     panels += [(mean, f"mean\n{psnr(mean, x_true):.1f} dB")]
     cols = min(columns, len(panels))
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.75 * rows + 0.4), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.75 * rows + 0.4), dpi=100, squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, (img, title) in zip(axes.flat, panels):
         show_image(ax, img)
         ax.set_title(title, fontsize=8)
     fig.suptitle(f"{args.method} on {args.operator}, noise {args.noise_std}, NFE {args.nfe}", fontsize=9)
-    fig.tight_layout()
     save_figure(fig, path)
 
 
@@ -123,7 +142,7 @@ def add_restore_parser(sub) -> None:
                        description="Measure an input with an operator and noise, then draw posterior samples with a "
                        "diffusion-prior method; writes truth, measurement, samples and their mean, each with its "
                        "PSNR, as a picture and/or the arrays as an .npz.")
-    p.add_argument("--checkpoint", default="digits", help="shipped model name, run folder or .safetensors (default: digits)")
+    p.add_argument("--checkpoint", default="shipped:digits", help="shipped model name, run folder or .safetensors (default: shipped:digits)")
     p.add_argument("--input", default=None, help="an image or .npy file (default: a real digit, see --index)")
     p.add_argument("--index", type=int, default=0, help="which scikit-learn digit to restore (default: 0)")
     p.add_argument("--operator", default="inpaint", choices=OPERATORS, metavar="NAME",
@@ -133,8 +152,9 @@ def add_restore_parser(sub) -> None:
                    help=f"one of: {', '.join(METHODS)} (default: mmps)")
     p.add_argument("--sampler", default=None, help="sampler for mmps/pigdm/dps/ddnm/diffpir (default: ddim-eta1)")
     p.add_argument("--nfe", type=_positive_int, default=50, help="network evaluations (default: 50)")
-    p.add_argument("-n", "--num", "--num-samples", dest="num", type=_positive_int, default=6,
-                   help="posterior samples (default: 6)")
+    p.add_argument("-n", "--num", "--num-samples", dest="num", type=_positive_int, default=None,
+                   help=f"posterior samples (default: {DEFAULT_NUM}; enkg: one more than the measured values, its "
+                   "particles)")
     p.add_argument("--seed", type=int, default=0, help="seed of the measurement noise and the sampler (default: 0)")
     p.add_argument("--out", nargs="+", default=["restored.png"], metavar="FILE",
                    help="one or more .png (picture) / .npz (input, measurement, samples) files; '' for none "

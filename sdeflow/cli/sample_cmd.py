@@ -38,6 +38,9 @@ def resolve(args, schedule=None):
     if args.grid == "tuned":
         raise ValueError("--grid tuned takes a model's grids from sdeflow tune; exact problems have none (use a named grid)")
     if "," in args.grid:
+        given = [f for f, on in (("--steps", args.steps is not None), ("--nfe", getattr(args, "nfe_given", False))) if on]
+        if given:
+            raise ValueError(f"--grid {args.grid} fixes the steps; leave out {' and '.join(given)} (or give a grid name)")
         ts = parse_grid(args.grid, 0, schedule)
         steps = ts.numel() - 1
     else:
@@ -56,7 +59,7 @@ def use_tuned_grid(args, model) -> None:
     """``--grid tuned``: the grid ``sdeflow tune`` stored beside the checkpoint for the sampler (default:
     sdeflow's default at ``--nfe``) and the budget ``--nfe``, set as a user grid. Returns the stored entry
     (its fitted coefficients, if any, replace the sampler's: :meth:`~sdeflow.tuning.TunedGrid.sampler_for`)."""
-    from ..tuning import check_tunable, find_tuned, steps_for, tuned_path
+    from ..tuning import check_tunable, find_tuned, steps_for, tuned_paths
 
     if args.steps is not None:
         raise ValueError("--grid tuned fixes the steps of the budget --nfe; leave --steps out")
@@ -64,8 +67,9 @@ def use_tuned_grid(args, model) -> None:
     args.sampler = args.sampler or default_sampling(schedule, args.nfe)[0]
     sampler = lookup(SAMPLERS, "sampler", args.sampler)()
     check_tunable(sampler, args.sampler)
-    tuned = find_tuned(tuned_path(model.path), args.sampler, args.nfe, steps_for(sampler, schedule, args.nfe))
+    tuned = find_tuned(tuned_paths(model.path), args.sampler, args.nfe, steps_for(sampler, schedule, args.nfe))
     args.grid = ",".join(repr(t) for t in tuned.ts)
+    args.nfe_given = False  # the budget chose this grid
     return tuned
 
 
@@ -105,8 +109,9 @@ def check_guidance(args) -> None:
         return
     from ..guidance import parse_interval
 
-    if not math.isfinite(args.guidance):
-        raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
+    if not math.isfinite(args.guidance) or args.guidance < 0:
+        raise ValueError(f"--guidance must be a finite number >= 0 (0: unconditional, 1: the conditional model, "
+                         f"above 1: stronger guidance), got {args.guidance}")
     if args.guidance_method == "cfg++" and not 0.0 <= args.guidance <= 1.0:
         raise ValueError(f"cfg++ takes a guidance scale in [0, 1], got {args.guidance}")
     args.guidance_options = _option_values(args.guidance_option)
@@ -118,8 +123,8 @@ def check_guidance(args) -> None:
 
 
 #: The shipped guide (autoguidance) and noise-aware classifier of each shipped model that has them.
-DEFAULT_GUIDES = {"digits": "digits-small"}
-DEFAULT_CLASSIFIERS = {"digits": "digits-noisy-classifier"}
+DEFAULT_GUIDES = {"digits": "shipped:digits-small"}
+DEFAULT_CLASSIFIERS = {"digits": "shipped:digits-noisy-classifier"}
 
 
 def apply_guidance(args, denoiser, sampler, model_name: str | None, device="cpu"):
@@ -166,6 +171,7 @@ def _forwards_note(g, samples: int) -> str:
 
 
 def run_sample(args) -> dict:
+    args.nfe_given = args.nfe is not None
     check_guidance(args)
     if args.problem is not None:
         if args.checkpoint is not None:
@@ -242,7 +248,7 @@ def _sample_model(args) -> dict:
         raise ValueError("--schedule is fixed by the model's training; leave it out when sampling a checkpoint")
     outs = _outputs(args, "samples.png")
     dist = Distributed(args.device)
-    model = load_model(args.checkpoint or "digits", device=dist.device)
+    model = load_model(args.checkpoint or "shipped:digits", device=dist.device)
     own = student_sampling(model.config)
     if own is not None and args.sampler is None:   # a few-step model: the sampling it was trained for
         args.sampler, args.grid = own[0], args.grid or own[1]
@@ -261,7 +267,7 @@ def _sample_model(args) -> dict:
         raise ValueError("--guidance needs a class-conditional model; this one is unconditional")
     args.ts = ts
     name = args.checkpoint or "digits"
-    denoiser, sampler = apply_guidance(args, model.denoiser, sampler, name, dist.device)
+    denoiser, sampler = apply_guidance(args, model.denoiser, sampler, model.shipped, dist.device)
     chunks = generate(denoiser, sampler, ts, model.shape, args.num, seed=args.seed, labels=labels,
                       batch_size=args.batch_size, noise=args.noise, rank=dist.rank, world=dist.world,
                       progress=args.progress and dist.main and sys.stderr.isatty(), device=dist.device)

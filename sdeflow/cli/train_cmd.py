@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 import json
 
-from ..training.config import RECIPES, TrainConfig, read_config_file
+from ..training.config import OBJECTIVES, RECIPES, TrainConfig, read_config_file
 from ..training.densities import DENSITIES
 from ..training.losses import WEIGHTINGS
 
@@ -29,6 +29,23 @@ HELP = {
     "precision": "fp32, bf16 (autocast) or fp16 (autocast + loss scaling, GPU)",
     "device": "auto, cpu, cuda",
     "sample_sampler": "sampler of the periodic sample pictures",
+    "sample_every": "steps between sample pictures in OUT/samples (0: none)",
+    "checkpoint_every": "steps between checkpoints",
+    "skip_nonfinite": "steps with a NaN or infinite loss or gradient to skip before training stops (mixed precision); "
+                      "0 stops at the first, keeping the last checkpoint",
+    "objective": f"what the run trains, one of: {', '.join(OBJECTIVES)} (few-step objectives: see docs/fewstep.md)",
+    "teacher": "a trained model (shipped name, run folder or .safetensors) that reflow, progressive and the distilled "
+               "few-step objectives learn from",
+    "teacher_sampler": "deterministic sampler of the teacher's solves",
+    "teacher_nfe": "evaluations of each teacher solve",
+    "pairs": "noise-data pairs the teacher solves for reflow",
+    "distill_steps": "sampling steps a progressive-distillation student is trained for",
+    "jump_fraction": "share of each shortcut or meanflow batch trained on jumps (the rest: flow matching)",
+    "steps": "optimiser steps",
+    "batch_size": "samples per step (global under torchrun)",
+    "lr": "learning rate (AdamW, after a linear warm-up)",
+    "warmup": "steps of the linear learning-rate warm-up",
+    "seed": "seed of everything random in the run",
 }
 
 

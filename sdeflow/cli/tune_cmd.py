@@ -2,7 +2,8 @@
 
 The grids are fitted on ``--samples`` prior draws (per-sample seeds; labels cycle through the
 classes of a class-conditional model) against one teacher solve shared by every sampler and budget,
-and written to ``<checkpoint>.grids.json`` (merged with what is there), where
+and written to ``<checkpoint>.grids.json`` (merged with what is there; for a shipped model, whose
+files are read-only, ``<user folder>/tuned/<name>.grids.json``, see :mod:`sdeflow.tuning.store`), where
 ``sdeflow sample --checkpoint ... --grid tuned`` reads them. ``--coefficients`` also fits each
 sampler's coefficients on its tuned grid (:func:`~sdeflow.tuning.optimize_coefficients`), stored with
 the grid and used by ``--grid tuned`` too.
@@ -23,8 +24,8 @@ def add_tune_parser(sub) -> None:
                        "draws against a many-step teacher solve (dynamic programming over logSNR candidates, then "
                        "BFGS on the endpoint error), print each fitted grid's error beside the best hand grid's, and "
                        "store the grids beside the checkpoint for sdeflow sample --grid tuned.")
-    p.add_argument("--checkpoint", default="digits", metavar="NAME|PATH",
-                   help="a shipped model, a checkpoint .safetensors or a training run folder (default: digits)")
+    p.add_argument("--checkpoint", default="shipped:digits", metavar="NAME|PATH",
+                   help="a shipped model, a checkpoint .safetensors or a training run folder (default: shipped:digits)")
     p.add_argument("--sampler", default=None, metavar="NAME[,NAME...]",
                    help="deterministic fixed-grid samplers to tune for (default: sdeflow's default at each budget)")
     p.add_argument("--nfe", default="5,6,8,10", metavar="N[,N...]", help="NFE budgets (default: 5,6,8,10)")
@@ -36,6 +37,11 @@ def add_tune_parser(sub) -> None:
                    help="how the descent differentiates the loss: through the sampling run (autograd, one run per "
                    "gradient; the default) or by central differences (2 runs per grid point)")
     p.add_argument("--starts", type=int, default=2, help="best hand grids the descent also starts from (default: 2)")
+    p.add_argument("--iterations", type=int, default=60,
+                   help="BFGS iterations of each descent of a grid (default: 60; a few give a quick first look)")
+    p.add_argument("--rounds", type=int, default=15,
+                   help="at most this many rounds of 10 L-BFGS iterations of a coefficient fit, each scored on the "
+                   "held-out draws (default: 15)")
     p.add_argument("--teacher-steps", type=int, default=150,
                    help="resolution of the teacher's reference grid (default: 150)")
     p.add_argument("--coefficients", action="store_true",
@@ -45,7 +51,8 @@ def add_tune_parser(sub) -> None:
                    help="fraction of the draws the coefficient fit keeps aside to stop on (default: 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default: 0)")
     p.add_argument("--out", default=None, metavar="FILE",
-                   help="the .json file to write (default: <checkpoint>.grids.json beside the checkpoint)")
+                   help="the .json file to write (default: <checkpoint>.grids.json beside the checkpoint; for a shipped "
+                   "model ~/.local/share/sdeflow/tuned/<name>.grids.json, or under $SDEFLOW_HOME)")
 
 
 def _budgets(text: str) -> list[int]:
@@ -65,10 +72,10 @@ def run_tune(args) -> None:
     from ..sampling import prior_sample
     from ..samplers.fitted import check_fittable
     from ..tuning import (GridSpace, Teacher, candidate_times, check_tunable, find_tuned, optimize_coefficients,
-                          optimize_grid, save_tuned, steps_for, tuned_path)
+                          optimize_grid, save_tuned, steps_for, tuned_path, tuned_paths)
 
     budgets = _budgets(args.nfe)
-    for name in ("samples", "teacher_steps"):
+    for name in ("samples", "teacher_steps", "iterations", "rounds"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.starts < 0:
@@ -93,6 +100,7 @@ def run_tune(args) -> None:
                 check_fittable(sampler, name)
             jobs.append((name, sampler, budget))
     out = check_output(args.out or tuned_path(model.path), (".json",))
+    where = [out] if args.out else tuned_paths(model.path)  # --method stored: the user's grids, then the shipped ones
     seeds = [sample_seed(args.seed, i) for i in range(args.samples)]
     space = GridSpace(sch, 1)  # the candidate times and the start time do not depend on the step count
     x = prior_sample(sch, (args.samples, *model.shape), t=space.t_max, seeds=seeds)
@@ -100,7 +108,7 @@ def run_tune(args) -> None:
     start = time.time()
     stored = {}
     if args.method == "stored":  # every grid is looked up before the teacher runs
-        stored = {(name, budget): find_tuned(out, name, budget, steps_for(sampler, sch, budget))
+        stored = {(name, budget): find_tuned(where, name, budget, steps_for(sampler, sch, budget))
                   for name, sampler, budget in jobs}
     times = candidate_times(space) if args.method in ("dp", "dp+descent") else None
     teacher = Teacher(den, x, cond=cond, t_max=space.t_max, steps=args.teacher_steps, times=times)
@@ -116,16 +124,17 @@ def run_tune(args) -> None:
                   f"{', '.join(f'{t:.4g}' for t in tuned.ts)}")
         else:
             tuned = optimize_grid(den, sampler, budget, teacher=teacher, sampler_name=name, method=args.method,
-                                  starts=args.starts, gradient=args.gradient)
+                                  starts=args.starts, gradient=args.gradient, iters=args.iterations)
             hand, hand_loss = tuned.best_hand
-            print(f"{name} NFE {tuned.nfe} ({len(tuned.ts) - 1} steps): error {tuned.loss:.3g} vs "
-                  f"{hand_loss:.3g} ({hand} grid), {tuned.cost_nfe} evaluations ({tuned.cost_grad} differentiated), "
-                  f"{time.time() - start:.0f} s; "
+            result = (f"no fit beat the {hand} hand grid, kept (error {hand_loss:.3g})" if tuned.method.startswith("hand:")
+                      else f"error {tuned.loss:.3g} vs {hand_loss:.3g} ({hand} grid)")
+            print(f"{name} NFE {tuned.nfe} ({len(tuned.ts) - 1} steps): {result}, {tuned.cost_nfe} evaluations "
+                  f"({tuned.cost_grad} differentiated), {time.time() - start:.0f} s; "
                   f"grid {', '.join(f'{t:.4g}' for t in tuned.ts)}")
         if args.coefficients:
             start = time.time()
             tuned = optimize_coefficients(den, sampler, tuned.grid(), teacher=teacher, sampler_name=name,
-                                          holdout=args.holdout, tuned=tuned)
+                                          holdout=args.holdout, tuned=tuned, rounds=args.rounds)
             print(f"  coefficients: error {tuned.loss:.3g} vs {tuned.base_loss:.3g} with {name}'s own "
                   f"({tuned.heldout:.3g} on the held-out draws), {len(tuned.shift)} coefficients, "
                   f"{tuned.cost_grad} evaluations differentiated, {time.time() - start:.0f} s")

@@ -114,14 +114,32 @@ def image_folder(path: str, size: int = 32) -> Dataset:
                    info={"classes": classes} if labels is not None else {})
 
 
+def read_array(path: str):
+    """``np.load(path)`` of an ``.npy`` or ``.npz`` file, never unpickling, with one clear error for a file
+    that is missing, truncated, garbled or holds Python objects."""
+    if not os.path.isfile(path):
+        raise ValueError(f"data file {path!r} does not exist")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not (magic == b"\x93NUMPY" or magic.startswith(b"PK")):  # numpy would take anything else for a pickle
+        raise ValueError(f"{path}: not a readable .npy/.npz array file (it does not start like one)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as err:
+        if "pickle" in str(err).lower():
+            raise ValueError(f"{path}: the array holds Python objects, which sdeflow does not load (unpickling can "
+                             "run code); save a numeric array") from None
+        raise ValueError(f"{path}: not a readable .npy/.npz array file ({' '.join(str(err).split())})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: not a readable .npy/.npz array file ({' '.join(str(err).split()) or 'truncated'})") from None
+
+
 def array_file(path: str, standardize: bool = False) -> Dataset:
     """An ``.npy`` array ``(N, ...)`` or an ``.npz`` with the data under ``x`` (or its only array)
     and optional integer ``labels`` (or ``y``). Arrays of shape ``(N, C, H, W)`` are treated as images
     (for plotting) but not rescaled; ``standardize=True`` maps them to mean 0, standard deviation 1."""
-    if not os.path.isfile(path):
-        raise ValueError(f"data file {path!r} does not exist")
+    loaded = read_array(path)
     try:
-        loaded = np.load(path, allow_pickle=False)
         labels = None
         if isinstance(loaded, np.lib.npyio.NpzFile):  # an .npz reads its arrays lazily: read them here
             keys = list(loaded.keys())
@@ -136,8 +154,10 @@ def array_file(path: str, standardize: bool = False) -> Dataset:
             arr = loaded
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path}: not a readable .npy/.npz array file ({' '.join(str(err).split()) or 'truncated'})") from None
-    if arr.ndim < 2 or not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"{path}: expected a numeric array of shape (N, ...), got {arr.dtype} {arr.shape}")
+    if arr.ndim < 2 or not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{path}: expected a real numeric array of shape (N, ...), got {arr.dtype} {arr.shape}")
+    if arr.shape[0] == 0 or 0 in arr.shape[1:]:
+        raise ValueError(f"{path}: the array of shape {arr.shape} holds no samples")
     x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{path}: the array holds NaN or infinite values")

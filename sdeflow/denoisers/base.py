@@ -28,6 +28,26 @@ class Denoiser(nn.Module):
     def forward(self, x_t: torch.Tensor, t: Time, **cond) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError("a Denoiser subclass must implement forward(x_t, t, **cond) -> x_hat")
 
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        """The shape of one sample this denoiser was trained on when known (a loaded checkpoint's; a
+        wrapper's ``inner``'s), else None: what operators and inputs are checked against."""
+        own = self.__dict__.get("_sample_shape")
+        inner = getattr(self, "inner", None)
+        return own if own is not None or not isinstance(inner, Denoiser) else inner.sample_shape
+
+    @sample_shape.setter
+    def sample_shape(self, shape) -> None:
+        self.__dict__["_sample_shape"] = None if shape is None else tuple(int(n) for n in shape)
+
+    def check_cond(self, x: torch.Tensor, cond: dict) -> None:
+        """Refuse, before a run starts, conditioning this denoiser cannot take (a label outside a
+        class-conditional network's classes). The sampling loop calls it once per run; a denoiser that
+        wraps another as ``inner`` (guidance, bound conditioning) asks it, anything else accepts."""
+        inner = getattr(self, "inner", None)
+        if isinstance(inner, Denoiser):
+            inner.check_cond(x, cond)
+
     def has_ode_velocity(self, t: float) -> bool:
         """Whether :meth:`ode_velocity` answers at the scalar time ``t``: wherever ``sigma(t) > 0``; at
         clean data (``sigma(t) = 0``) only for denoisers that know more than ``x_hat`` there (a

@@ -72,9 +72,8 @@ class FlowMapDenoiser(ModelDenoiser, FlowMap):
         if target is None:
             return super().forward(x_t, t, **cond)
         if isinstance(t, (int, float)) and isinstance(target, (int, float)):  # the sampling loop's scalars
-            c_dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
-            gap = self._time_tensor(float(t) - float(target), x_t.shape[0], c_dtype, x_t.device)
+            gap = self._time_tensor(float(t) - float(target), x_t.shape[0], self.time_dtype(x_t), x_t.device)
         else:
             gap = (as_time(t, device=x_t.device) - as_time(target, device=x_t.device)).reshape(-1)
-            gap = gap.expand(x_t.shape[0]).to(torch.float64 if x_t.dtype == torch.float64 else torch.float32)
+            gap = gap.expand(x_t.shape[0]).to(self.time_dtype(x_t))
         return super().forward(x_t, t, gap=gap, **cond)

@@ -41,17 +41,43 @@ TIME_INPUTS: dict[str, Callable[[Schedule, torch.Tensor], torch.Tensor]] = {
 }
 
 
+def unwrap_output(out):
+    """A network's output tensor: diffusers' output objects (``UNet2DOutput`` and the like) carry it as
+    ``.sample``, and ``return_dict=False`` as the first element of a tuple."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "sample"):
+        out = out.sample
+    elif isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"the network returned {type(out).__name__}, not a tensor (nor an output object with .sample)")
+    return out
+
+
+def checked_output(out, x_t: torch.Tensor) -> torch.Tensor:
+    """The network's output tensor (:func:`unwrap_output`), refused unless it has the state's shape (a
+    network returning one sample, a scalar or another size would otherwise broadcast into finite garbage)."""
+    out = unwrap_output(out)
+    if out.shape != x_t.shape:
+        raise ValueError(f"the network returned shape {tuple(out.shape)} for an input of shape {tuple(x_t.shape)}: "
+                         "a denoiser's network must return one output per input value, shaped like its input")
+    return out
+
+
 class ModelDenoiser(Denoiser):
     """A network or function with its schedule, parameterization and time input.
 
     Args:
         model: ``model(x, c, **cond) -> F``; an ``nn.Module`` is registered as a submodule. ``c`` is a
             ``(B,)`` tensor reused across calls at the same time: the model must not modify it in place.
+            ``F`` must have the input's shape; diffusers' output objects are unwrapped (``.sample``).
         schedule: the forward process the model was trained on.
         parameterization: a :class:`~sdeflow.parameterizations.Parameterization` or its name.
         time_input: how the model expects time (see the module docstring).
         dtype: the network's dtype (e.g. ``torch.bfloat16``); inputs are cast to it and the output
-            back to the state's dtype before the affine map. Default: the state's dtype.
+            back to the state's dtype before the affine map. Default: the dtype of the network's weights
+            (an ``nn.Module`` with floating-point weights), else the state's dtype.
     """
 
     def __init__(self, model: Callable, schedule: Schedule, parameterization: Parameterization | str = "eps",
@@ -69,6 +95,10 @@ class ModelDenoiser(Denoiser):
             _index(schedule, 0.5)  # fail at construction, not mid-sampling
         self.time_input = time_input
         self.dtype = dtype
+        # the network's own dtype when it has weights (a float64 or fp16 state meets a float32 network cast
+        # to its dtype, not with a dtype error): one weight is kept, whose dtype follows module.to()
+        weights = [w for w in model.parameters() if w.is_floating_point()] if isinstance(model, torch.nn.Module) else []
+        self._weight = tuple(weights[:1])
         self._cache: dict[float, tuple[float, float, float, float]] = {}
         self._cache_for: tuple = ()  # the (schedule, parameterization, time input) the cache holds
         self._times: dict[tuple, torch.Tensor] = {}
@@ -102,10 +132,18 @@ class ModelDenoiser(Denoiser):
             out = self._times[key] = torch.full((batch,), c, dtype=dtype, device=device)
         return out
 
+    def network_dtype(self, x_t: torch.Tensor) -> torch.dtype:
+        """The dtype the network is fed: ``dtype``, else its weights', else the state's."""
+        return self.dtype or (self._weight[0].dtype if self._weight else x_t.dtype)
+
+    def time_dtype(self, x_t: torch.Tensor) -> torch.dtype:
+        """The dtype of the network's time input: full precision (bf16 cannot tell index 998 from 999;
+        the network casts it), float64 for a float64 network."""
+        return torch.float64 if self.network_dtype(x_t) == torch.float64 else torch.float32
+
     def forward(self, x_t, t, **cond):
-        net_dtype = self.dtype or x_t.dtype
-        # Time goes in at full precision (bf16 cannot tell index 998 from 999); the network casts it.
-        c_dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
+        net_dtype = self.network_dtype(x_t)
+        c_dtype = torch.float64 if net_dtype == torch.float64 else torch.float32
         # A scalar time takes the cached-float path; a traced program (torch.compile) takes the tensor path,
         # so a grid's times are inputs of the program, not constants it is specialised on.
         # A time that carries a gradient (a grid fitted through autograd) takes the tensor path too.
@@ -115,7 +153,7 @@ class ModelDenoiser(Denoiser):
             x_in = x_t if scale == 1.0 else x_t * scale
             if x_in.dtype != net_dtype:
                 x_in = x_in.to(net_dtype)
-            f = self.model(x_in, self._time_tensor(c, x_t.shape[0], c_dtype, x_t.device), **cond)
+            f = checked_output(self.model(x_in, self._time_tensor(c, x_t.shape[0], c_dtype, x_t.device), **cond), x_t)
             if f.dtype != x_t.dtype:
                 f = f.to(x_t.dtype)
             if skip == 0.0:
@@ -161,11 +199,32 @@ class ModelDenoiser(Denoiser):
         f = self.network_output(x_t, t, **cond).to(x_t.dtype)
         return affine(c_x, x_t, c_f, f)
 
+    @property
+    def num_classes(self) -> int:
+        """The classes of a class-conditional sdeflow network (its ``config``), 0 otherwise or when unknown."""
+        config = getattr(self.model, "config", None)
+        return config.get("num_classes", 0) if isinstance(config, dict) else 0
+
+    def check_cond(self, x: torch.Tensor, cond: dict) -> None:
+        """A label of a class-conditional sdeflow network must be a class ``0 .. num_classes - 1`` or
+        ``num_classes`` (no label), one per sample or one for all."""
+        label, classes = (cond or {}).get("label"), self.num_classes
+        if label is None or not classes:
+            return
+        label = torch.as_tensor(label)
+        if label.is_floating_point() or label.dtype == torch.bool:
+            raise ValueError(f"label must hold integer classes, got a {label.dtype} tensor")
+        if label.ndim > 1 or label.numel() not in (1, x.shape[0]):
+            raise ValueError(f"label must be one class or one per sample ({x.shape[0]}), got shape {tuple(label.shape)}")
+        bad = label[(label < 0) | (label > classes)]
+        if bad.numel():
+            raise ValueError(f"label {int(bad[0])} is not a class of this model: classes are 0..{classes - 1}, and "
+                             f"{classes} means no label")
+
     def null_cond(self, cond: dict) -> dict:
         """The conditioning of the unconditional pass (classifier-free guidance) for sdeflow's
         networks: label ``num_classes``, the class that label dropout trained as "no label"."""
-        config = getattr(self.model, "config", None)
-        classes = config.get("num_classes", 0) if isinstance(config, dict) else 0
+        classes = self.num_classes
         if not classes:
             raise ValueError("this network has no class labels, so it has no unconditional pass to guide with: "
                              "pass null= to the guided denoiser (the conditioning of the unconditional pass)")
@@ -184,5 +243,4 @@ class ModelDenoiser(Denoiser):
         c = self.time_input(sched, t)
         if c.ndim == 0:
             c = c.expand(x_t.shape[0])
-        c_dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
-        return self.model((scale * x_t).to(self.dtype or x_t.dtype), c.to(c_dtype), **cond)
+        return checked_output(self.model((scale * x_t).to(self.network_dtype(x_t)), c.to(self.time_dtype(x_t)), **cond), x_t)

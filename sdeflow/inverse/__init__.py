@@ -5,7 +5,7 @@ them by name (:data:`METHODS`)."""
 from .daps import daps
 from .enkg import enkg
 from .guidance import DPS, MMPS, PiGDM, PosteriorDenoiser
-from .methods import METHODS, Bound, Solution, solve
+from .methods import METHODS, TRANSFORMS, Bound, Solution, solve
 from .operators import (Blur, Downsample, Identity, LinearOperator, Mask, Matrix, Nonlinear, Operator, RandomProjection,
                         conjugate_gradient)
 from .projection import DDNM, DiffPIR
@@ -14,5 +14,5 @@ from .smc import twisted_smc
 from .variational import red_diff
 
 __all__ = ["Blur", "Bound", "DDNM", "DPS", "DiffPIR", "Downsample", "Identity", "LinearOperator", "METHODS", "MMPS", "Mask",
-           "Matrix", "Nonlinear", "Operator", "PiGDM", "PosteriorDenoiser", "RandomProjection", "Solution",
+           "Matrix", "Nonlinear", "Operator", "PiGDM", "PosteriorDenoiser", "RandomProjection", "Solution", "TRANSFORMS",
            "conjugate_gradient", "daps", "enkg", "red_diff", "repaint", "solve", "twisted_smc"]

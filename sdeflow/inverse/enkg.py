@@ -22,6 +22,8 @@ Baptista, Yue, "Ensemble Kalman Diffusion Guidance: A Derivative-free Method for
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ..denoisers import Denoiser
@@ -65,6 +67,12 @@ def enkg(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: flo
     y = torch.as_tensor(y, dtype=dtype, device=device).reshape(-1)
     shape = operator.shape
     m = y.numel()
+    if num < 2:
+        raise ValueError(f"ensemble Kalman guidance estimates covariances from its particles: num must be >= 2, got {num}")
+    if num <= m:
+        warnings.warn(f"ensemble Kalman guidance with {num} particles corrects along at most {num - 1} directions of the "
+                      f"{m} measured values: use more particles than measured values (num >= {m + 1})",
+                      RuntimeWarning, stacklevel=3)
     tr_aat = _trace_aat(operator, shape, dtype)
     draws = LoopNoise(noise, num, dtype, device)
     x = draws.next((num, *shape)) * prior_std(sched, float(ts[0]), data_var ** 0.5)

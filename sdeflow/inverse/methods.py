@@ -71,6 +71,40 @@ METHODS = tuple(METHOD_TABLE)
 LOOPS = tuple(m for m in METHODS if m not in TRANSFORMS)
 
 
+def check_problem(denoiser: Denoiser, operator: Operator, y, noise_std: float, num: int) -> torch.Tensor:
+    """Refuse, before any work, a problem no method can solve, and return the measurement shaped as one
+    measurement, ``operator.out_shape``: the operator must act on the model's samples (when the denoiser
+    knows their shape, :attr:`~sdeflow.denoisers.Denoiser.sample_shape`), ``y`` be one finite measurement
+    of the operator's output shape (or that with a leading 1), ``noise_std`` a finite number >= 0 and
+    ``num`` a count >= 1."""
+    import math
+
+    if not isinstance(denoiser, Denoiser):
+        raise TypeError("denoiser must be a sdeflow Denoiser (wrap a network with ModelDenoiser)")
+    if not isinstance(operator, Operator):
+        raise TypeError(f"operator must be a sdeflow.inverse Operator (Mask, Downsample, Blur, Matrix, Nonlinear, ...), "
+                        f"got {type(operator).__name__}")
+    shape = denoiser.sample_shape
+    if shape is not None and tuple(shape) != tuple(operator.shape):
+        raise ValueError(f"the operator acts on samples of shape {tuple(operator.shape)}, but the model's samples have "
+                         f"shape {tuple(shape)}: build the operator for {tuple(shape)}")
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"num must be an integer >= 1 (posterior samples), got {num!r}")
+    if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) or not math.isfinite(noise_std) \
+            or noise_std < 0:
+        raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
+    if not isinstance(y, torch.Tensor):
+        y = torch.as_tensor(y)
+    out = tuple(operator(torch.zeros(1, *operator.shape, dtype=torch.float64)).shape[1:]) if not operator.linear \
+        else tuple(operator.out_shape)
+    if tuple(y.shape) not in (out, (1, *out)):
+        raise ValueError(f"y has shape {tuple(y.shape)}; the operator measures {out} per sample: give one measurement "
+                         f"of shape {out} (or {(1, *out)})")
+    if not y.is_floating_point() or not bool(torch.isfinite(y).all()):
+        raise ValueError("y must be a floating-point measurement with finite values (it holds NaN, Inf or integers)")
+    return y.reshape(out)
+
+
 def default_grid(steps: int, schedule, noise_std: float) -> torch.Tensor:
     """``steps`` steps spaced in noise level from the schedule's start to clean data, whose last
     nonzero noise level ``sigma / alpha`` is 0.002 or half the measurement noise, the smaller (a
@@ -104,6 +138,9 @@ class Bound(Denoiser):
                  for k, v in self.cond.items()}
         return self.inner(x_t, t, **extra, **cond)
 
+    def check_cond(self, x, cond):
+        self.inner.check_cond(x, {**self.cond, **cond})
+
 
 def solve(name: str, denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: float, nfe: int | None,
           num: int, *, sampler=None, ts=None, seed: int = 0, noise: NoiseSource | None = None, dtype=torch.float32,
@@ -120,6 +157,7 @@ def solve(name: str, denoiser: Denoiser, operator: Operator, y: torch.Tensor, no
     """
     if name not in METHOD_TABLE:
         raise ValueError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
+    y = check_problem(denoiser, operator, y, noise_std, num)
     steps_for, run = METHOD_TABLE[name]
     sched = denoiser.schedule
     if ts is None:

@@ -21,6 +21,7 @@ Kronecker product), densely otherwise (up to ``MAX_DENSE`` measurements).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable
 
 import torch
@@ -33,7 +34,10 @@ class Operator:
     linear = False
 
     def __init__(self, shape: tuple[int, ...]):
-        self.shape = tuple(shape)
+        sizes = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else None
+        if not sizes or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1 for n in sizes):
+            raise ValueError(f"an operator's sample shape is a tuple of sizes >= 1 such as (1, 8, 8), got {shape!r}")
+        self.shape = tuple(int(n) for n in sizes)
 
     @property
     def dim(self) -> int:
@@ -216,6 +220,8 @@ class Downsample(LinearOperator):
 
     def __init__(self, shape, factor: int):
         super().__init__(shape)
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
+            raise ValueError(f"the downsampling factor must be an integer >= 1, got {factor!r}")
         if len(self.shape) < 2 or self.shape[-1] % factor or self.shape[-2] % factor:
             raise ValueError(f"downsampling by {factor} needs the last two sides of {self.shape} divisible by it")
         self.factor = int(factor)

@@ -47,9 +47,33 @@ def load(path: str) -> tuple[dict[str, torch.Tensor], dict]:
         info = json.loads(meta["sdeflow"])
     except json.JSONDecodeError:
         raise ValueError(f"checkpoint {path!r} has corrupted metadata") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"checkpoint {path!r} has corrupted metadata: a JSON {type(info).__name__}, not an object")
     if info.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path!r} has format {info.get('format')!r}; this sdeflow reads {FORMAT!r}")
     return tensors, info
+
+
+def is_training_checkpoint(path: str) -> bool:
+    """Whether ``path`` is an sdeflow checkpoint that holds an optimiser state (what ``--resume`` needs),
+    read from its metadata alone."""
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        return False
+    try:
+        with safe_open(path, framework="pt") as f:
+            info = json.loads((f.metadata() or {}).get("sdeflow", "{}"))
+    except Exception:  # not a safetensors file, or garbled: not a checkpoint this could destroy
+        return False
+    return isinstance(info, dict) and "optimizer" in info
+
+
+def refuse_overwrite(path: str, what: str = "OUT") -> None:
+    """No command replaces a training checkpoint: refuse ``path`` if it is one."""
+    if is_training_checkpoint(path):
+        raise ValueError(f"{what} {path!r} is a training checkpoint (it holds the optimiser state --resume needs): "
+                         "writing it would lose the run; give another file name")
 
 
 def state(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -81,6 +81,7 @@ class TrainConfig:
     device: str = "auto"
     checkpoint_every: int = 1000
     sample_every: int = 1000
+    skip_nonfinite: int = 0
     sample_sampler: str = "dpm-solver++-2m"
     sample_nfe: int = 20
     teacher: str | None = None
@@ -122,7 +123,10 @@ class TrainConfig:
                              f"{cfg.teacher_sampler!r}")
         if not 0.0 < cfg.jump_fraction <= 1.0:
             raise ValueError(f"jump_fraction must be in (0, 1], got {cfg.jump_fraction}")
-        for name in ("steps", "batch_size", "checkpoint_every", "sample_every", "image_size", "sample_nfe", "toy_size",
+        for name in ("sample_every", "skip_nonfinite"):
+            if getattr(cfg, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+        for name in ("steps", "batch_size", "checkpoint_every", "image_size", "sample_nfe", "toy_size",
                      "teacher_nfe", "pairs", "distill_steps"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")

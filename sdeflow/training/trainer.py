@@ -39,6 +39,9 @@ from .students import load_teacher, make_loss, reflow_data
 
 CHECKPOINT = "checkpoint.safetensors"
 
+#: The settings a resumed run may change (they do not change the weights it reaches).
+MAY_CHANGE = ("steps", "checkpoint_every", "sample_every", "device", "skip_nonfinite")
+
 
 def build_network(cfg: TrainConfig, data: dict, teacher_meta: dict | None = None) -> torch.nn.Module:
     """The network of a run: ``cfg.architecture`` with ``cfg.model`` overrides, sized from the data;
@@ -104,14 +107,19 @@ class Trainer:
         if resume and os.path.exists(self.path):
             start = ckpt.load(self.path)
             saved = TrainConfig.from_dict(start[1]["config"], where=self.path).resolved()
-            changed = {k for k, v in saved.to_dict().items() if v != cfg.to_dict()[k] and k not in ("steps", "checkpoint_every", "sample_every", "device")}
+            changed = {k for k, v in saved.to_dict().items() if v != cfg.to_dict()[k] and k not in MAY_CHANGE}
             if changed:
                 raise ValueError(f"--resume: the settings {', '.join(sorted(changed))} differ from the run in {cfg.out}; "
-                                 "only steps, checkpoint_every, sample_every and device may change")
+                                 f"only {', '.join(MAY_CHANGE)} may change")
         elif not resume and os.path.exists(self.path):
             raise ValueError(f"{self.path} exists: pass --resume to continue that run, or choose another --out")
+        elif resume:
+            raise ValueError(f"--resume: {cfg.out} holds no checkpoint to continue ({CHECKPOINT}); leave out --resume "
+                             "to start a new run there, or give the folder of the run to continue")
         self.data = dataset if dataset is not None else load_data(cfg.data, image_size=cfg.image_size,
                                                                   standardize=cfg.standardize, toy_size=cfg.toy_size, seed=cfg.seed)
+        if len(self.data) == 0:
+            raise ValueError(f"the data {cfg.data!r} hold no samples: nothing to train on")
         if cfg.batch_size % self.dist.world:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.dist.world} processes")
         self.schedule = lookup(SCHEDULES, "schedule", cfg.schedule)()
@@ -137,6 +145,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16" and self.dist.device.type == "cuda")
         self.loss = make_loss(cfg, self.teacher)
         self.step, self.seconds_before = 0, 0.0
+        self.skipped, self.saved_step = 0, None
         if start is not None:
             tensors, meta = start
             self.seconds_before = float(meta.get("train_seconds", 0.0))
@@ -144,6 +153,7 @@ class Trainer:
             ckpt.load_weights(self.ema.model, ckpt.state("ema", tensors), self.path)
             ckpt.restore_optimizer(self.opt, tensors, meta["optimizer"])
             self.ema.updates, self.step = meta["ema_updates"], meta["step"]
+            self.saved_step, self.skipped = self.step, int(meta.get("skipped_steps", 0))
             if "grad_scale" in meta and self.scaler.is_enabled():
                 self.scaler.update(meta["grad_scale"])
         module = self.net
@@ -206,7 +216,8 @@ class Trainer:
         return getattr(self.net, "config", {}).get("num_classes", 0)
 
     # ---- the loop ----------------------------------------------------------------------------------
-    def train_step(self, step: int) -> float:
+    def train_step(self, step: int) -> torch.Tensor | None:
+        """One optimiser step; returns its loss, or None for a step skipped as non-finite."""
         cfg = self.cfg
         x, labels, t, eps, extra = self._global_batch(step)
         torch.manual_seed(_mix(cfg.seed, step, 2 + self.dist.rank))  # the network's dropout
@@ -226,13 +237,43 @@ class Trainer:
                 loss = self.loss(self.denoiser, x, cond=cond, t=t, eps=eps).mean()
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        scaled = self.scaler.is_enabled()  # fp16's loss scaler skips steps with overflowing gradients itself
+        norm = None
         if cfg.grad_clip > 0:
             self.scaler.unscale_(self.opt)
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+        elif not scaled:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.net.parameters() if p.grad is not None])
+        ok = torch.isfinite(loss.detach().float())
+        if norm is not None and not scaled:
+            ok = ok & torch.isfinite(norm)
+        if self.dist.world > 1:  # every process takes the same decision (the gradients are already shared)
+            flag = ok.float().reshape(1)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            ok = flag[0] > 0
+        if not bool(ok):
+            self._nonfinite(step, loss, norm)
+            return None
         self.scaler.step(self.opt)
         self.scaler.update()
         self.ema.update(self.net)
         return loss.detach()
+
+    def _nonfinite(self, step: int, loss: torch.Tensor, norm: torch.Tensor | None) -> None:
+        """A step whose loss or gradient is NaN or infinite is not applied: it is skipped while
+        ``skip_nonfinite`` allows, otherwise training stops, keeping the last checkpoint written."""
+        self.skipped += 1
+        self.opt.zero_grad(set_to_none=True)
+        if self.skipped <= self.cfg.skip_nonfinite:
+            return
+        loss = loss.detach()
+        what = f"the loss is {float(loss):g}" if not bool(torch.isfinite(loss.float())) else \
+            f"the gradient norm is {float(norm):g}"
+        kept = (f"{self.path} keeps step {self.saved_step}" if self.saved_step is not None else
+                "no checkpoint had been written yet")
+        raise FloatingPointError(f"training stopped at step {step + 1}: {what} (the learning rate {self.cfg.lr:g} may be "
+                                 f"too large, or the data hold extreme values); the step was not applied and {kept}. "
+                                 "Mixed precision that overflows now and then: --skip-nonfinite N skips up to N such steps")
 
     def fit(self) -> dict:
         cfg = self.cfg
@@ -251,18 +292,19 @@ class Trainer:
             while self.step < cfg.steps and not self._stop:
                 loss = self.train_step(self.step)
                 self.step += 1
-                losses.append(loss)
+                if loss is not None:
+                    losses.append(loss)
                 if self.dist.world > 1:  # stop together, or the others would wait in DDP's all-reduce
                     flag = torch.tensor([float(self._stop)], device=self.dist.device)
                     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
                     self._stop = bool(flag.item())
-                if bar is not None and (self.step % 10 == 0 or self.step == cfg.steps):
+                if bar is not None and losses and (self.step % 10 == 0 or self.step == cfg.steps):
                     rate = (self.step - done0) * cfg.batch_size / (time.perf_counter() - t0)
                     bar.set_postfix(loss=f"{float(torch.stack(losses[-50:]).float().mean()):.4f}", samples_per_s=f"{rate:.0f}")
                     bar.update(self.step - bar.n)
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or self._stop:
                     self.save()
-                if self.step % cfg.sample_every == 0 or self.step == cfg.steps:
+                if cfg.sample_every and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
                     self.preview()
         finally:
             self._restore_signals(handlers)
@@ -278,7 +320,7 @@ class Trainer:
     # ---- checkpoints, previews, signals ------------------------------------------------------------
     def metadata(self) -> dict:
         return {"config": self.cfg.to_dict(), "architecture": self.architecture, "network": self.net.config,
-                "data": self.data_info, "step": self.step, "ema_updates": self.ema.updates,
+                "data": self.data_info, "step": self.step, "ema_updates": self.ema.updates, "skipped_steps": self.skipped,
                 "train_seconds": self.seconds_before + time.perf_counter() - self._started}
 
     def save(self) -> None:
@@ -291,6 +333,7 @@ class Trainer:
         if self.scaler.is_enabled():
             meta["grad_scale"] = float(self.scaler.get_scale())
         ckpt.save(self.path, tensors, meta)
+        self.saved_step = self.step
 
     def preview(self) -> None:
         """A picture of EMA samples in ``out/samples/step_<n>.png`` (images and 2-D data)."""

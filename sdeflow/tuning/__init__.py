@@ -38,7 +38,8 @@ the DP, the descent, :func:`optimize_grid`), :mod:`.coefficients` (:func:`optimi
 
 Tuned grids are values: :class:`TunedGrid` records the grid with its sampler, NFE, loss, the best
 hand grid's loss and the fitting cost, and :func:`save_tuned` / :func:`load_tuned` keep them in a JSON
-file beside a checkpoint (``<checkpoint>.grids.json``), where ``sdeflow sample --grid tuned`` finds them.
+file beside a checkpoint (``<checkpoint>.grids.json``; for a shipped model, in the user folder, see
+:mod:`.store`), where ``sdeflow sample --grid tuned`` finds them.
 """
 
 from .coefficients import optimize_coefficients
@@ -46,8 +47,9 @@ from .exact import ays_gaussian_grid, exact_optimal_grid
 from .fit import GRADIENTS, METHODS, GridGradient, Teacher, best_path, check_tunable, descend, dp_grid, endpoint_loss, \
     optimize_grid
 from .space import HAND_GRIDS, SIGMA_FLOOR, GridSpace, candidate_times, hand_grids, steps_for
-from .store import TunedGrid, find_tuned, load_tuned, save_tuned, tuned_path
+from .store import TunedGrid, find_tuned, load_tuned, save_tuned, tuned_path, tuned_paths
 
 __all__ = ["GRADIENTS", "HAND_GRIDS", "METHODS", "GridGradient", "SIGMA_FLOOR", "GridSpace", "Teacher", "TunedGrid", "ays_gaussian_grid",
            "best_path", "candidate_times", "check_tunable", "descend", "dp_grid", "endpoint_loss", "exact_optimal_grid", "find_tuned",
-           "hand_grids", "load_tuned", "optimize_coefficients", "optimize_grid", "save_tuned", "steps_for", "tuned_path"]
+           "hand_grids", "load_tuned", "optimize_coefficients", "optimize_grid", "save_tuned", "steps_for", "tuned_path",
+           "tuned_paths"]

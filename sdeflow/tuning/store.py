@@ -1,4 +1,9 @@
-"""Tuned grids as values, kept in a JSON file beside a checkpoint (``<checkpoint>.grids.json``)."""
+"""Tuned grids as values, kept in a JSON file beside a checkpoint (``<checkpoint>.grids.json``).
+
+A shipped model's files are read-only to sdeflow: the grids a user tunes for it go to
+``<user folder>/tuned/<name>.grids.json`` (:func:`~sdeflow.files.user_folder`), and ``--grid tuned``
+looks there first, then in the grids shipped with the model (:func:`tuned_paths`): the user's entry
+for a sampler and budget takes precedence over the shipped one."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .. import grids
-from ..files import write_json
+from ..files import in_package, user_folder, write_json
 from ..samplers import Sampler
 from ..samplers.fitted import FittedSampler
 
@@ -55,9 +60,20 @@ class TunedGrid:
 
 
 def tuned_path(checkpoint_path: str) -> str:
-    """Where the tuned grids of a checkpoint file live: ``<name>.grids.json`` beside it."""
+    """Where ``sdeflow tune`` writes the tuned grids of a checkpoint file: ``<name>.grids.json`` beside
+    it, or, for a model shipped inside the package, ``<user folder>/tuned/<name>.grids.json``."""
     root, _ = os.path.splitext(checkpoint_path)
+    if in_package(checkpoint_path):
+        return os.path.join(user_folder(), "tuned", os.path.basename(root) + ".grids.json")
     return root + ".grids.json"
+
+
+def tuned_paths(checkpoint_path: str) -> list[str]:
+    """Where ``--grid tuned`` looks for a checkpoint's grids, first match wins: :func:`tuned_path`, then,
+    for a shipped model, the grids shipped beside it."""
+    own = tuned_path(checkpoint_path)
+    shipped = os.path.splitext(checkpoint_path)[0] + ".grids.json"
+    return [own] if shipped == own else [own, shipped]
 
 
 def load_tuned(path: str) -> list[TunedGrid]:
@@ -81,13 +97,18 @@ def save_tuned(path: str, new: list[TunedGrid]) -> list[TunedGrid]:
     return entries
 
 
-def find_tuned(path: str, sampler: str, nfe: int, steps: int | None = None) -> TunedGrid:
+def find_tuned(path: str | list[str], sampler: str, nfe: int, steps: int | None = None) -> TunedGrid:
     """The grid tuned for ``sampler`` at a budget of ``nfe`` in ``path`` (its NFE, or, where the sampler
-    cannot spend the budget exactly, its number of ``steps``), or an error naming what is stored."""
-    stored = load_tuned(path)
-    for g in stored:
-        if g.sampler == sampler and (g.nfe == nfe or (steps is not None and len(g.ts) - 1 == steps and g.nfe <= nfe)):
-            return g
+    cannot spend the budget exactly, its number of ``steps``), or an error naming what is stored. A list
+    of paths is searched in order (:func:`tuned_paths`)."""
+    paths = [path] if isinstance(path, str) else list(path)
+    stored = []
+    for p in paths:
+        entries = load_tuned(p)
+        stored += entries
+        for g in entries:
+            if g.sampler == sampler and (g.nfe == nfe or (steps is not None and len(g.ts) - 1 == steps and g.nfe <= nfe)):
+                return g
     have = ", ".join(f"{g.sampler} at NFE {g.nfe}" for g in stored) or "none"
-    raise ValueError(f"no grid tuned for {sampler} at NFE {nfe} in {path} (stored: {have}); "
+    raise ValueError(f"no grid tuned for {sampler} at NFE {nfe} in {' or '.join(paths)} (stored: {have}); "
                      f"write one with: sdeflow tune --checkpoint ... --sampler {sampler} --nfe {nfe}")
