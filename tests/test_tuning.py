@@ -144,6 +144,24 @@ def test_a_grid_fitted_through_autograd_fits_as_well_as_differences_at_a_fractio
         optimize_grid(den, sampler, 8, x, gradient="backprop")
 
 
+def test_a_fit_that_does_not_beat_the_best_hand_grid_gives_that_grid_with_a_warning():
+    """Dynamic programming over 4 candidates cannot place 4 Euler steps as well as the best hand grid:
+    the result is that hand grid (its loss recomputed on the same draws), named so, with a warning; a
+    fit that wins is kept as fitted."""
+    from sdeflow.tuning import hand_grids
+
+    sch = SCHEDULES["vp-linear"]()
+    den, x = MIX8.denoiser(sch), MIX8.sample_t(50, sch, 1.0, torch.Generator().manual_seed(0))[0]
+    with pytest.warns(UserWarning, match="no better than the .* hand grid"):
+        kept = optimize_grid(den, SAMPLERS["euler"](), 4, x, method="dp", candidates=4)
+    name, loss = kept.best_hand
+    assert kept.method == f"hand:{name}" and kept.loss == loss
+    assert kept.ts == hand_grids(sch, 4, grids.start_time(sch))[name].tolist()
+    assert endpoint_loss(den, SAMPLERS["euler"](), kept.grid(), x, Teacher(den, x, steps=300).end) == pytest.approx(loss, rel=1e-9)
+    fitted = optimize_grid(den, SAMPLERS["euler"](), 4, x, method="descent", starts=1)
+    assert fitted.method == "descent" and fitted.loss < fitted.best_hand[1]
+
+
 def test_dynamic_programming_finds_the_least_cost_path():
     """best_path equals a brute-force search over every path of n steps through the points."""
     g = torch.Generator().manual_seed(0)
