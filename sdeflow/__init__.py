@@ -20,6 +20,17 @@ from .sampling import NonFiniteError, SampleResult, StepInfo, prior_sample, samp
 
 __version__ = "0.1.0"
 
+#: Subpackages imported on first use (``sdeflow.pretrained.load_model(...)`` without importing them first).
+_LAZY = ("data", "inverse", "models", "pretrained", "registry", "training", "tuning")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'sdeflow' has no attribute {name!r}")
+
 __all__ = ["adapters", "analytic", "compiled", "editing", "grids", "guidance", "likelihood", "metrics", "reward", "parameterizations", "samplers", "schedules", "Denoiser", "ModelDenoiser",
            "auto_grid", "discrete_grid", "karras_grid", "logsnr_grid", "polyexponential_grid", "quadratic_grid", "shift_grid",
            "uniform_grid", "BrownianTreeNoise", "GeneratorNoise", "SeededNoise",

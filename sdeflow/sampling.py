@@ -87,7 +87,7 @@ class CountingField:
             probe = out.detach()
             if self.check == "spot" and out.is_contiguous() and out.numel() > 8192:
                 # 16 evenly spread runs of 256 contiguous values (one as_strided view: indexing is slow)
-                probe = out.as_strided((16, 256), ((out.numel() // 4096) * 256, 1), out.storage_offset())
+                probe = probe.as_strided((16, 256), ((out.numel() // 4096) * 256, 1), out.storage_offset())
             total = probe.sum(dtype=torch.float32)
             if out.device.type == "cpu":
                 if not math.isfinite(float(total)) and not bool(torch.isfinite(probe).all()):
@@ -145,7 +145,9 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
             with the steps); ``"checkpoint"`` records nothing and recomputes steps in the backward
             pass, keeping at most ``log2(n) + 1`` states (see :mod:`sdeflow.checkpoint`);
             ``"reversible"`` (reversible samplers) reconstructs each step's input backwards from
-            the final state, keeping one. All give the gradient of the discrete steps taken.
+            the final state, keeping one. All give the gradient of the discrete steps taken, also
+            with respect to tensors a network written as a plain function captures (the recomputing
+            modes find them by one extra evaluation on one sample).
         companion: reversible samplers only: the second half of the start state, as an exact
             inversion returns it (:attr:`~sdeflow.inversion.Inversion.companion`), so that the run
             reproduces the inverted data exactly (see :mod:`sdeflow.samplers.reversible`).
@@ -172,6 +174,8 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
         _check_recomputable(sampler, noise, return_trajectory)
         params = [p for p in denoiser.parameters() if p.requires_grad]
         params += [v for v in (cond or {}).values() if isinstance(v, torch.Tensor) and v.requires_grad]
+        if torch.is_grad_enabled():  # and tensors a plain-function network captured (found by one evaluation)
+            params += graph_leaves(denoiser, x_init, plan.t[0], cond or {}, exclude=params)
         if torch.is_grad_enabled() and (x_init.requires_grad or params):
             from .checkpoint import sample_checkpointed
 
@@ -190,6 +194,29 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
 
 
 GRADIENTS = ("autograd", "checkpoint", "reversible")
+
+
+def graph_leaves(denoiser, x: torch.Tensor, t: float, cond: dict, exclude=()) -> list[torch.Tensor]:
+    """The tensors requiring grad that one evaluation of ``denoiser`` at ``(x, t)`` depends on, other than
+    ``x`` and ``exclude``: what a network written as a plain function captures. A recomputing backward
+    (``gradient="checkpoint"`` / ``"reversible"``) differentiates with respect to them too."""
+    probe = x[:1].detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = denoiser(probe, t, **{k: (v[:1] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == x.shape[0]
+                                        else v) for k, v in cond.items()})
+    known = {id(v) for v in exclude} | {id(probe)}
+    found, seen, stack = [], set(), [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        var = getattr(fn, "variable", None)  # an AccumulateGrad node: a leaf that requires grad
+        if var is not None and id(var) not in known:
+            known.add(id(var))
+            found.append(var)
+        stack.extend(f for f, _ in fn.next_functions)
+    return found
 
 
 def check_denoiser(denoiser) -> None:

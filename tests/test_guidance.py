@@ -384,3 +384,34 @@ def test_the_guide_s_first_example_runs():
     scope = {}
     exec(compile(code, "docs/guidance.md", "exec"), scope)
     assert scope["x"].shape == (16, 1, 8, 8) and torch.isfinite(scope["x"]).all()
+
+
+def test_cfg_rescale_in_float64_and_on_one_value_per_sample():
+    """CFG-rescale's standard deviations are taken in the state's dtype when it is wider than float32
+    (a nearly flat float64 state: equal to the float64 formula to 1e-12, where float32 misses it by
+    percents), and a state of one value per sample has no spread to match: plain CFG, never NaN."""
+    g = torch.Generator().manual_seed(0)
+    pos = 1.0 + 1e-7 * torch.randn(4, 64, dtype=torch.float64, generator=g)
+    neg = 1.0 + 1e-7 * torch.randn(4, 64, dtype=torch.float64, generator=g)
+    rule = G.CFGRescale(3.0, phi=0.7)
+    cfg = neg + 3.0 * (pos - neg)
+    want = 0.7 * cfg * pos.std(dim=1, keepdim=True) / cfg.std(dim=1, keepdim=True) + 0.3 * cfg
+    assert torch.allclose(rule(pos, neg, pos, 0.5, VPLinear(), {}), want, rtol=1e-12, atol=0)
+    flat = rule(pos[:, 0], neg[:, 0], pos[:, 0], 0.5, VPLinear(), {})
+    assert torch.equal(flat, cfg[:, 0])
+
+
+def test_a_guided_denoiser_is_plain_again_after_a_cfgpp_run():
+    """CFG++ asks the guided denoiser for the unconditional pass during its run; after it (and after
+    reset()) a plain run of the same denoiser at scale 1 costs one forward per evaluation."""
+    sch = VPLinear()
+    x, lab = _states(RING, sch, 0.9)
+    g = G.Guided(RING.denoiser(sch), 1.0)
+    sample(g, G.CFGPlusPlus(samplers.DDIM()), grids.logsnr_grid(4, sch), x, cond={"label": lab})
+    assert g.keep_negative is False
+    g.reset()
+    sample(g, samplers.DDIM(), grids.logsnr_grid(4, sch), x, cond={"label": lab})
+    assert g.forwards == 4 * x.shape[0]
+    g.keep_negative = True
+    g.reset()
+    assert g.keep_negative is False

@@ -15,6 +15,8 @@ from sdeflow.inverse.enkg import enkg
 from sdeflow.inverse.repaint import repaint
 from sdeflow.inverse.variational import red_diff
 from sdeflow.inverse.smc import twisted_smc
+from sdeflow.inverse import METHODS, solve
+from sdeflow.schedules import VPLinear
 
 D, M = 6, 3
 
@@ -429,3 +431,22 @@ def test_ddrm_stays_finite_in_float32_down_to_low_noise_levels_on_the_digits_mod
     y = op.measure(digits().x[:1], 0.05, torch.Generator().manual_seed(0))[0]
     sol = solve("ddrm", den, op, y, 0.05, 50, 4)
     assert torch.isfinite(sol.x).all()
+
+
+MEASUREMENT_SHAPES = {"one": lambda y: y[0], "one-with-batch": lambda y: y}
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", sorted(MEASUREMENT_SHAPES))
+def test_every_method_takes_the_same_measurement_shapes(method, shape):
+    """One measurement of the operator's output shape, with or without a leading 1, for every method
+    (twisted SMC with 200 particles and a (1, m) measurement once broke its resampling indices); both
+    give the same samples."""
+    mix = analytic.random_mixture(16, 3, seed=0)
+    op = Mask(torch.arange(16) % 2 == 0)
+    y = op(mix.sample(1)) + 0.02 * torch.randn(1, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    den = mix.denoiser(VPLinear())
+    out = solve(method, den, op, MEASUREMENT_SHAPES[shape](y), 0.02, nfe=20, num=200 if method == "smc" else 24, seed=3)
+    assert out.x.shape == ((200 if method == "smc" else 24), 16) and bool(torch.isfinite(out.x).all())
+    other = solve(method, den, op, MEASUREMENT_SHAPES["one"](y), 0.02, nfe=20, num=out.x.shape[0], seed=3)
+    assert torch.equal(out.x, other.x)

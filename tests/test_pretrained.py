@@ -112,3 +112,9 @@ def test_the_shipped_few_step_digits_model_is_good_in_one_and_two_steps(capsys):
         assert acc > 0.95 and fd < 0.3 * teacher, (nfe, acc, fd, teacher)  # measured: 0.99, FD 1.1 against 10-25
     assert main(["sample", "--checkpoint", "digits-reflow", "-n", "20", "--out", ""]) == 0
     assert "with euler, 2 steps, NFE 2" in capsys.readouterr().out
+
+
+def test_the_shipped_models_are_reached_from_the_package():
+    import sdeflow
+
+    assert sdeflow.pretrained.load_model("moons").shape == (2,)

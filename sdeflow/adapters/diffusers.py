@@ -29,6 +29,7 @@ See ``docs/conventions.md`` for which sdeflow sampler reproduces which diffusers
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,7 @@ import torch
 
 from ..denoisers import Denoiser, ModelDenoiser, unwrap_output
 from ..grids import check_grid, sigma_times
-from ..schedules import DiscreteVP, RectifiedFlow, Schedule
+from ..schedules import EDM, DiscreteVP, RectifiedFlow, Schedule
 from ..shapes import as_time
 
 #: diffusers' ``prediction_type`` -> sdeflow's parameterization.
@@ -49,6 +50,92 @@ def _require_diffusers():
     except ImportError as err:  # pragma: no cover - exercised only without the optional dependency
         raise ImportError("from_diffusers needs diffusers: pip install diffusers (or sdeflow[peers])") from err
     return diffusers
+
+
+#: Keys by which a scheduler config without ``_class_name`` (built in code) shows its process.
+BETA_KEYS = ("beta_start", "beta_end", "beta_schedule", "trained_betas")
+EDM_KEYS = ("sigma_data",)
+FLOW_KEYS = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "shift_terminal")
+
+
+def diffusers_class(name: str):
+    """diffusers' scheduler class of that name, or a clear error."""
+    d = _require_diffusers()
+    cls = getattr(d, name, None) if isinstance(name, str) else None
+    if cls is None or not hasattr(cls, "set_timesteps"):
+        raise ValueError(f"diffusers has no scheduler class {name!r}")
+    return cls
+
+
+@functools.lru_cache(maxsize=1)
+def _init_keys() -> tuple[tuple[str, frozenset], ...]:
+    """Every diffusers scheduler class with its constructor's keys; the common classes first (a config
+    several classes share, LMS's and KDPM2's say, is taken for the first)."""
+    import inspect
+
+    d = _require_diffusers()
+    rare = ("Parallel", "FlowMap", "KDPM2", "TCD", "Karras", "ScoreSde", "VQ", "Amused", "CMStochastic", "Cosine", "SASolver",
+            "CogVideo", "Unclip", "Repaint", "IPNDM", "Consistency", "Dummy")
+    out = []
+    for name in sorted((n for n in dir(d) if n.endswith("Scheduler")), key=lambda n: (any(r in n for r in rare), n)):
+        cls = getattr(d, name, None)
+        if not hasattr(cls, "set_timesteps"):
+            continue
+        try:
+            out.append((name, frozenset(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}))
+        except (TypeError, ValueError):
+            continue
+    return tuple(out)
+
+
+def _class_by_keys(config) -> str | None:
+    """The diffusers scheduler whose constructor takes exactly the config's keys (a config built in code
+    holds them all); None if none does."""
+    keys = {k for k in config if not k.startswith("_")}
+    return next((name for name, params in _init_keys() if params == keys), None)
+
+
+def recognize(config) -> tuple[str, str]:
+    """``(scheduler class name, process)`` of a diffusers scheduler config, ``process`` one of ``vp``,
+    ``flow``, ``edm``: from ``_class_name`` when it names a scheduler, or the class whose constructor
+    takes exactly the config's keys (a config built in code has no ``_class_name``), else from the keys
+    (flow matching: ``shift`` and no betas; EDM: ``sigma_data`` and no betas; betas: a DDPM-family
+    scheduler). A config that shows none of these is refused: it would otherwise be
+    read as a DDPM epsilon model and give silently wrong samples."""
+    config = dict(config)
+    betas = any(k in config for k in BETA_KEYS)
+    name = config.get("_class_name")
+    if not name:  # built in code: the class from the keys, the process from the keys below
+        name = _class_by_keys(config)
+        if name is not None:
+            return name, _process_by_keys(config, betas)
+    if name and name != "SdeflowScheduler":
+        diffusers_class(name)
+        if "FlowMatch" in name or config.get("use_flow_sigmas") or config.get("prediction_type") == "flow_prediction":
+            return name, "flow"
+        if name.startswith("EDM") or ("sigma_data" in config and not betas):
+            return name, "edm"
+        return name, "vp"
+    process = _process_by_keys(config, betas)
+    if process == "flow":
+        return ("FlowMatchEulerDiscreteScheduler" if not betas else "DPMSolverMultistepScheduler"), "flow"
+    if process == "edm":
+        return ("EDMDPMSolverMultistepScheduler" if "solver_order" in config else "EDMEulerScheduler"), "edm"
+    return ("DPMSolverMultistepScheduler" if "solver_order" in config else "DDPMScheduler"), "vp"
+
+
+def _process_by_keys(config: dict, betas: bool) -> str:
+    if config.get("use_flow_sigmas") or config.get("prediction_type") == "flow_prediction":
+        return "flow"
+    if not betas and any(k in config for k in FLOW_KEYS):
+        return "flow"
+    if not betas and all(k in config for k in ("sigma_min", "sigma_max", *EDM_KEYS)):
+        return "edm"
+    if betas:
+        return "vp"
+    raise ValueError("cannot tell which process this scheduler config describes (no _class_name, no betas, no flow "
+                     f"shift, no EDM sigmas; keys: {', '.join(sorted(k for k in config if not k.startswith('_')))}): "
+                     "pass the scheduler instance, or a config that names its class")
 
 
 def _scheduler(scheduler_or_config):
@@ -69,11 +156,8 @@ def _scheduler(scheduler_or_config):
         with open(os.path.join(folder, "scheduler_config.json")) as f:
             scheduler_or_config = json.load(f)
     config = dict(scheduler_or_config)
-    name = config.get("_class_name")
-    cls = getattr(d, name, None) if name else d.DDPMScheduler
-    if cls is None:
-        raise ValueError(f"diffusers has no scheduler class {name!r}")
-    return cls.from_config(config)
+    name, _ = recognize(config)
+    return diffusers_class(name).from_config(config)
 
 
 def _is_flow(scheduler) -> bool:
@@ -82,19 +166,34 @@ def _is_flow(scheduler) -> bool:
             or cfg.get("prediction_type") == "flow_prediction")
 
 
+def _is_edm(scheduler) -> bool:
+    return recognize({**scheduler.config, "_class_name": type(scheduler).__name__})[1] == "edm"
+
+
 def schedule_from_scheduler(scheduler_or_config) -> Schedule:
     """The forward process of a diffusers scheduler (or its config): ``DiscreteVP`` over its
-    ``alphas_cumprod``, or ``RectifiedFlow`` for flow matching. A zero-terminal-SNR schedule
+    ``alphas_cumprod``, ``RectifiedFlow`` for flow matching, or ``EDM`` for EDM schedulers. A zero-terminal-SNR schedule
     (``rescale_betas_zero_snr``) has ``alphas_cumprod[-1] = 0``, infinite logSNR; as diffusers' Euler
-    scheduler does, that value is raised to ``2**-24`` (or half the previous value if that is smaller)."""
+    scheduler does, that value is raised to ``2**-24`` (or half the previous value if that is smaller).
+    Where diffusers' float32 product underflows to 0 before the end (large betas), it is taken in float64."""
     s = _scheduler(scheduler_or_config)
     if _is_flow(s):
         return RectifiedFlow()
+    if _is_edm(s):
+        cfg = s.config
+        return EDM(sigma_max=float(cfg["sigma_max"]), sigma_min=float(cfg["sigma_min"]), sigma_data=float(cfg["sigma_data"]))
     ac = getattr(s, "alphas_cumprod", None)
     if ac is None:
-        raise ValueError(f"{type(s).__name__} has neither alphas_cumprod nor flow sigmas: its process is not "
-                         "supported (EDM-style schedulers: use sdeflow.schedules.EDM with the k-diffusion adapter)")
+        raise ValueError(f"{type(s).__name__} has neither alphas_cumprod, flow sigmas nor EDM sigmas: its process is "
+                         "not supported")
     ac = torch.as_tensor(ac, dtype=torch.float64).clone()
+    betas = getattr(s, "betas", None)
+    b = torch.as_tensor(betas, dtype=torch.float64) if betas is not None else None
+    if b is not None and (float(b[:-1].max()) >= 1.0 or float(b[-1]) > 1.0):  # a last beta of 1: zero terminal SNR
+        raise ValueError(f"the scheduler's betas reach {float(b.max()):.4g}; betas must lie in (0, 1) (the last may be "
+                         "1: zero terminal SNR); check beta_start, beta_end and beta_schedule")
+    if betas is not None and int((ac == 0).sum()) > 1:  # float32's cumprod underflowed: the product in float64
+        ac = torch.cumprod(1.0 - b, 0)
     if float(ac[-1]) <= 0:
         ac[-1] = min(2.0 ** -24, 0.5 * float(ac[-2]))
     return DiscreteVP(ac)
@@ -105,9 +204,9 @@ class _Timesteps:
     :meth:`DiffusersBridge.grid`, else diffusers' own conversion (``1000 t`` for flow models; for
     discrete models the training index, interpolated linearly in ``log sigma`` between indices)."""
 
-    def __init__(self, schedule: Schedule, num_train: int):
+    def __init__(self, schedule: Schedule, num_train: int, edm: bool = False):
         self.table: dict[float, float] = {}
-        self.num_train = num_train
+        self.num_train, self.edm = num_train, edm
         if isinstance(schedule, DiscreteVP):
             ac = schedule.alphas_cumprod
             self.log_sigmas = 0.5 * torch.log((1 - ac) / ac)
@@ -119,6 +218,8 @@ class _Timesteps:
         # a traced program (torch.compile) takes the conversion, which gives a grid's training indices as integers
         if t.ndim == 0 and not torch.compiler.is_compiling() and float(t) in self.table:
             return torch.tensor(self.table[float(t)], dtype=torch.float64)
+        if self.edm:  # EDM's c_noise = log(sigma) / 4
+            return 0.25 * torch.log(schedule.noise_to_signal(t))
         if self.log_sigmas is None:
             return t * self.num_train
         return self.from_sigma(schedule.noise_to_signal(t))
@@ -138,15 +239,15 @@ class _Timesteps:
 class _Network(torch.nn.Module):
     """``model(x, timestep, **cond)`` with diffusers' output object unwrapped and a learned variance dropped."""
 
-    def __init__(self, model):
+    def __init__(self, model, sign: float = 1.0):
         super().__init__()
-        self.model = model
+        self.model, self.sign = model, sign
 
     def forward(self, x, c, **cond):
         out = unwrap_output(self.model(x, c, **cond))
         if out.ndim == x.ndim and out.shape[1] == 2 * x.shape[1] and out.shape[2:] == x.shape[2:]:
             out = out[:, : x.shape[1]]  # learned variance (learned / learned_range): the mean half
-        return out
+        return out if self.sign == 1.0 else -out
 
 
 def clip_x_hat(x_hat: torch.Tensor, clip_range: float | None = None, *, ratio: float | None = None,
@@ -211,27 +312,33 @@ class DiffusersBridge:
         own timesteps at these times."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"number of steps must be an integer >= 1, got {n!r}")
-        s = self.scheduler
-        s.set_timesteps(n, **set_timesteps_kwargs)
-        timesteps = torch.as_tensor(s.timesteps).to(torch.float64).cpu()
-        sigmas = getattr(s, "sigmas", None)
-        sch = self.schedule
-        if sigmas is None:  # DDIM / DDPM / PNDM: integer timesteps, then the scheduler's final alpha
-            ts = sch.t_from_index(timesteps)
-            final = float(getattr(s, "final_alpha_cumprod", torch.tensor(1.0)))
-            end = 0.0 if final >= 1.0 else float(sch.t_from_index(0.0))
-            pairs = list(zip(ts.tolist(), timesteps.tolist()))
-            ts = torch.cat([ts, torch.tensor([end], dtype=torch.float64)]) if end < float(ts[-1]) else ts
-        else:
-            sig = torch.as_tensor(sigmas).to(torch.float64).cpu()
-            keep = torch.cat([torch.tensor([True]), sig[1:] != sig[:-1]])  # Heun-style repeated sigmas
-            ts = sig if self.flow else sigma_times(sig, sch)
-            # the timestep fed at each evaluation (repeated sigmas are evaluated with their own timestep)
-            pairs = list(zip(ts[: len(timesteps)].tolist(), timesteps.tolist()))
-            ts = ts[keep]
-        self.timesteps_of.table.update({t: float(c) for t, c in pairs})
+        ts = scheduler_grid(self.scheduler, self.schedule, self.timesteps_of, n, **set_timesteps_kwargs)
         self.model._cache_for = ()  # the time inputs of these times may have been cached before
-        return check_grid(ts)
+        return ts
+
+
+def scheduler_grid(s, schedule: Schedule, timesteps_of: _Timesteps, n: int | None, **set_timesteps_kwargs) -> torch.Tensor:
+    """The grid diffusers' scheduler ``s`` makes (``s.set_timesteps(n, **kwargs)``: ``timesteps=``,
+    ``sigmas=``, ``mu=`` included) as decreasing sdeflow times of ``schedule``, ending where the
+    scheduler ends; the network timestep it feeds at each time goes into ``timesteps_of``'s table."""
+    s.set_timesteps(n, **set_timesteps_kwargs) if n is not None else s.set_timesteps(**set_timesteps_kwargs)
+    timesteps = torch.as_tensor(s.timesteps).to(torch.float64).cpu()
+    sigmas = getattr(s, "sigmas", None)
+    if sigmas is None:  # DDIM / DDPM / PNDM: integer timesteps, then the scheduler's final alpha
+        ts = schedule.t_from_index(timesteps)
+        final = float(getattr(s, "final_alpha_cumprod", torch.tensor(1.0)))
+        end = 0.0 if final >= 1.0 else float(schedule.t_from_index(0.0))
+        pairs = list(zip(ts.tolist(), timesteps.tolist()))
+        ts = torch.cat([ts, torch.tensor([end], dtype=torch.float64)]) if end < float(ts[-1]) else ts
+    else:
+        sig = torch.as_tensor(sigmas).to(torch.float64).cpu()
+        keep = torch.cat([torch.tensor([True]), sig[1:] != sig[:-1]])  # Heun-style repeated sigmas
+        ts = sig if isinstance(schedule, RectifiedFlow) else sigma_times(sig, schedule)
+        # the timestep fed at each evaluation (repeated sigmas are evaluated with their own timestep)
+        pairs = list(zip(ts[: len(timesteps)].tolist(), timesteps.tolist()))
+        ts = ts[keep]
+    timesteps_of.table.update({t: float(c) for t, c in pairs})
+    return check_grid(ts)
 
 
 def from_diffusers(model, scheduler_or_config, *, dtype: torch.dtype | None = None,
@@ -244,14 +351,19 @@ def from_diffusers(model, scheduler_or_config, *, dtype: torch.dtype | None = No
     s = _scheduler(scheduler_or_config)
     cfg = s.config
     schedule = schedule_from_scheduler(s)
+    edm = isinstance(schedule, EDM)
     if isinstance(schedule, RectifiedFlow):
         pred = "flow_prediction"
     else:
         pred = cfg.get("prediction_type", "epsilon")
-    if pred not in PREDICTION_TYPES:
-        raise ValueError(f"unsupported prediction_type {pred!r}; allowed: {', '.join(PREDICTION_TYPES)}")
-    times = _Timesteps(schedule, int(cfg.get("num_train_timesteps", 1000)))
-    inner = ModelDenoiser(_Network(model), schedule, PREDICTION_TYPES[pred], time_input=times, dtype=dtype)
+    if pred not in PREDICTION_TYPES or (edm and pred not in ("epsilon", "v_prediction")):
+        raise ValueError(f"unsupported prediction_type {pred!r}; allowed: "
+                         f"{'epsilon, v_prediction (EDM)' if edm else ', '.join(PREDICTION_TYPES)}")
+    times = _Timesteps(schedule, int(cfg.get("num_train_timesteps", 1000)), edm=edm)
+    # EDM's schedulers precondition every prediction type; their v_prediction is the output with c_out negated
+    parameterization = "edm" if edm else PREDICTION_TYPES[pred]
+    network = _Network(model, sign=-1.0 if edm and pred == "v_prediction" else 1.0)
+    inner = ModelDenoiser(network, schedule, parameterization, time_input=times, dtype=dtype)
     den: Denoiser = inner
     settings = ClipSample.settings(cfg)
     if settings is not None and clip is not False:
@@ -269,6 +381,6 @@ def from_sigma_space(y: torch.Tensor, schedule: Schedule, t: float) -> torch.Ten
     return y * float(schedule.alpha(t))
 
 
-__all__ = ["DiffusersBridge", "ClipSample", "PREDICTION_TYPES", "from_diffusers", "schedule_from_scheduler",
-           "from_sigma_space", "to_sigma_space"]
+__all__ = ["DiffusersBridge", "ClipSample", "PREDICTION_TYPES", "diffusers_class", "from_diffusers", "recognize",
+           "schedule_from_scheduler", "scheduler_grid", "from_sigma_space", "to_sigma_space"]
 

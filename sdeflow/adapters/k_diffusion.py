@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from ..denoisers import ModelDenoiser
+from ..denoisers import Denoiser, ModelDenoiser
 from ..grids import from_sigmas
 from ..noise import GeneratorNoise
 from ..sampling import sample
@@ -50,8 +50,9 @@ def sigmas_to_grid(sigmas, sigma_max: float | None = None) -> torch.Tensor:
 def k_sampler(sampler) -> Callable:
     """A sdeflow sampler (an instance, or a name of ``sdeflow list``) with k-diffusion's signature
     ``fn(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None)``.
-    ``callback`` receives k-diffusion's dict (``x``, ``i``, ``sigma``, ``sigma_hat``, ``denoised``)
-    after every step; stochastic samplers draw from ``noise_sampler(sigma, sigma_next)`` if given,
+    ``callback`` receives k-diffusion's dict after every step as k-diffusion fills it: ``x`` the state
+    step ``i`` started from (after a churn sampler's noise: at ``sigma_hat``), ``sigma = sigmas[i]``, and
+    ``denoised`` the step's first evaluation (a multistep step that reuses an evaluation: that one); stochastic samplers draw from ``noise_sampler(sigma, sigma_next)`` if given,
     else from the global RNG, as k-diffusion does."""
     if isinstance(sampler, str):
         from ..registry import SAMPLERS
@@ -68,9 +69,16 @@ def k_sampler(sampler) -> Callable:
         noise = GeneratorNoise()
         if noise_sampler is not None:
             noise = _NoiseSampler(noise_sampler, schedule)
-        def hook(info):  # k-diffusion's callback dict
-            sigma = float(schedule.sigma(info.t))
-            callback({"x": info.x, "i": info.i, "sigma": sigma, "sigma_hat": sigma, "denoised": info.x_hat})
+        if callback is not None:
+            denoiser = _Recorded(denoiser)
+            before = {"x": x}
+
+            def hook(info):  # k-diffusion's contract: the state step i starts from and its first evaluation
+                seen, denoiser.seen = denoiser.seen, []
+                x_i, t_i, x_hat = seen[0] if seen else (before["x"], info.t, denoiser.last)
+                callback({"x": x_i, "i": info.i, "sigma": float(schedule.sigma(info.t)),
+                          "sigma_hat": float(schedule.sigma(t_i)), "denoised": x_hat})
+                before["x"] = info.x
 
         return sample(denoiser, sampler, ts, x, cond=extra_args or {}, noise=noise, callback=hook if callback is not None else None,
                       progress=disable is False).x
@@ -121,6 +129,19 @@ def import_k_diffusion(*names: str):
             setattr(pkg, name, m)
         mods.append(sys.modules[full])
     return tuple(mods)
+
+
+class _Recorded(Denoiser):
+    """A denoiser that keeps its evaluations since the last look, ``(x_t, t, x_hat)``, and the last ``x_hat``."""
+
+    def __init__(self, denoiser):
+        super().__init__(denoiser.schedule)
+        self.inner, self.seen, self.last = denoiser, [], None
+
+    def forward(self, x_t, t, **cond):
+        self.last = self.inner(x_t, t, **cond)
+        self.seen.append((x_t, float(t), self.last))
+        return self.last
 
 
 class _NoiseSampler:

@@ -1,35 +1,55 @@
 """Any sdeflow sampler and grid as a diffusers scheduler, for existing diffusers pipelines::
 
+    pipe.scheduler = SdeflowScheduler.from_config(pipe.scheduler.config)          # sdeflow's best for the budget
     pipe.scheduler = SdeflowScheduler.from_config(pipe.scheduler.config, sampler="unipc-bh2", grid="logsnr")
 
-The scheduler has diffusers' interface (``set_timesteps``, ``timesteps``, ``scale_model_input``,
-``step``, ``init_noise_sigma``, ``order``, ``add_noise``, config save / load) and runs sdeflow's own
-loop (:func:`sdeflow.sample`) underneath: ``timesteps`` lists every network evaluation of the
-sampler on the grid (two per step for Heun, ...), as the timestep the network was trained with,
-and ``step`` hands each network output to the loop and returns the state at which it wants the
-next one (the final sample after the last). The loop runs in a helper thread that waits for those
-outputs, so samplers with several stages per step need nothing special.
+The scheduler has diffusers' interface (``set_timesteps`` with ``num_inference_steps``, ``timesteps=``
+or ``sigmas=``, ``timesteps``, ``sigmas``, ``scale_model_input``, ``step``, ``set_begin_index``,
+``init_noise_sigma``, ``add_noise`` / ``scale_noise``, ``betas`` / ``alphas`` / ``alphas_cumprod``,
+config save / load) and takes sdeflow's own steps (the sampler's ``step`` on its planned grid, as
+:func:`sdeflow.sample` does). ``timesteps`` lists every network evaluation of the sampler on the grid
+(two per step for Heun, ...), as the timestep the network was trained with, and ``step`` takes the
+network output at the pending evaluation and returns the state at which the next one is wanted (the
+final sample after the last).
 
-The state is sdeflow's ``x_t`` (for VP models the network input itself: ``scale_model_input`` is
-the identity). A pipeline that edits the latents between steps (inpainting blends) is not
-supported: the loop continues from its own state.
+``step`` is a function of what it is given, in the caller's thread, with no loop running behind it:
+a step of the sampler is recomputed from its start state and the outputs given so far until it asks
+for an evaluation it has not been given (a few multiply-adds per evaluation; noise drawn inside a
+step is kept for the step). So:
+
+- the ``sample`` passed at the first evaluation of each step is the state that step starts from: a
+  pipeline that edits the latents between steps (``callback_on_step_end``, inpainting blends) is
+  followed (an edit of an intermediate stage's state, Heun's predictor say, is not);
+- gradients flow from ``prev_sample`` to ``model_output`` when autograd is on;
+- img2img / SDEdit: the first ``step`` at ``timesteps[k]`` (or after ``set_begin_index(k)``) starts the
+  sampler fresh from that step's time, as diffusers' multistep schedulers restart their history.
+
+The process comes from the config's keys (:func:`~sdeflow.adapters.diffusers.recognize`): betas
+(``DiscreteVP``), flow matching (``RectifiedFlow``; ``shift`` warps any grid as the model was trained)
+or EDM (``sigma_min``, ``sigma_max``, ``sigma_data``: EDM's preconditioning and time input). A config
+that is none of these is refused. ``grid="scheduler"`` reproduces the grid of the scheduler the config
+came from (its ``timestep_spacing``, ``steps_offset``, ``use_karras_sigmas``, ``final_sigmas_type``,
+``set_alpha_to_one``, ``shift``, ... are kept in the config), so a switch can start from identical
+results; the default sampler and grid are sdeflow's best for the budget (``sdeflow list``).
 """
 
 from __future__ import annotations
 
-import queue
-import threading
+import math
+import numbers
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
-from ..denoisers import Denoiser
+from ..denoisers import ModelDenoiser
+from ..grids import check_grid, shift_grid
 from ..noise import GeneratorNoise
 from ..parameterizations import as_parameterization
-from ..sampling import sample
-from ..schedules import DiscreteVP, RectifiedFlow
-from .diffusers import PREDICTION_TYPES, ClipSample, _Timesteps, clip_x_hat
+from ..sampling import planned
+from ..schedules import EDM, DiscreteVP, RectifiedFlow
+from .diffusers import (PREDICTION_TYPES, ClipSample, _Timesteps, diffusers_class, recognize, scheduler_grid,
+                        schedule_from_scheduler)
 
 
 def _registry():
@@ -38,163 +58,388 @@ def _registry():
     return registry
 
 
-class _Cancelled(Exception):
-    """The pipeline started over (``set_timesteps``) before the loop finished."""
+#: The diffusers scheduler a process's config is taken to come from when it names none (``grid="scheduler"``).
+DEFAULT_SOURCE = {"vp": "DPMSolverMultistepScheduler", "flow": "FlowMatchEulerDiscreteScheduler",
+                  "edm": "EDMEulerScheduler"}
 
 
-class _Waiting(Denoiser):
-    """The loop's denoiser: hands ``(x_t, t)`` to the pipeline and waits for the network's output."""
+class _Pending(Exception):
+    """A step asked for an evaluation it has not been given: ``(x, t)``."""
 
-    def __init__(self, scheduler: "SdeflowScheduler"):
-        super().__init__(scheduler.schedule)
-        self.owner = scheduler
+    def __init__(self, x, t):
+        super().__init__()
+        self.x, self.t = x, t
 
-    def forward(self, x_t, t, **cond):
-        own = self.owner
-        own._requests.put(("eval", x_t, float(t)))
-        reply = own._replies.get()
-        if reply is None:
-            raise _Cancelled()
-        f = reply.to(x_t.dtype)
-        x_hat = own.parameterization.to_x_hat(f, x_t, own.schedule, torch.as_tensor(float(t), dtype=torch.float64))
-        return clip_x_hat(x_hat, **own._clip) if own._clip is not None else x_hat
+
+class _Given:
+    """The network of the replayed step: returns the output it was handed (or its negative, for EDM's
+    ``v_prediction``, whose output factor is ``-c_out``)."""
+
+    def __init__(self, sign: float):
+        self.output, self.sign = None, sign
+
+    def __call__(self, x, c, **cond):
+        return self.output if self.sign == 1.0 else -self.output
+
+
+class _Replay:
+    """The field of one sampler step: its ``k``-th evaluation returns the ``k``-th output given, as ``x_hat``
+    at the state the step computes; the first evaluation not given yet raises :class:`_Pending`."""
+
+    def __init__(self, denoiser, given: _Given, outputs: list):
+        self.denoiser, self.given, self.outputs, self.calls, self.last = denoiser, given, outputs, 0, None
+
+    def _next(self, x, t):
+        if self.calls == len(self.outputs):
+            raise _Pending(x, float(t))
+        self.given.output = self.outputs[self.calls].to(x.dtype)
+        self.calls += 1
+
+    def __call__(self, x, t):
+        self._next(x, t)
+        self.last = self.denoiser(x, float(t))
+        return self.last
+
+    def ode_velocity(self, x, t):
+        self._next(x, t)
+        return self.denoiser.ode_velocity(x, float(t))
+
+
+class _Noise:
+    """``noise(draw, span)`` inside a step: drawn once per step from the generator and kept, so the
+    step's recomputations see the same noise."""
+
+    def __init__(self):
+        self.kept: dict = {}
+        self.x, self.source = None, None
+
+    def __call__(self, draw: int = 0, span=None):
+        key = (draw, span)
+        if key not in self.kept:
+            self.kept[key] = self.source(self.x, 0, draw, span)
+        return self.kept[key]
+
+
+class _Run:
+    """Where the loop stands: the plan, step ``i``, its start state and sampler state, the outputs given
+    in this step, and the pending evaluation."""
+
+    def __init__(self, plan, x, sampler):
+        self.plan, self.i, self.x, self.state = plan, 0, x, sampler.init_state(x, plan)
+        self.outputs: list = []
+        self.noise = _Noise()
+        self.pending_at_start, self.pending_t, self.done = True, None, False
+        self.first = self.given = 0  # the evaluation the run began at; outputs given since
 
 
 class SdeflowScheduler(SchedulerMixin, ConfigMixin):
-    """A diffusers scheduler backed by a sdeflow sampler (a name of ``sdeflow list``) and grid (a grid
-    name). The schedule comes from the usual diffusers config keys (betas or flow matching), and
-    ``clip_sample`` / ``thresholding`` act on ``x_hat`` as in diffusers; see the module docstring for
-    how the loop is driven."""
+    """A diffusers scheduler backed by a sdeflow sampler and grid (see the module docstring).
+
+    ``sampler``: a name of ``sdeflow list`` or ``"auto"`` (sdeflow's default for the process and the
+    budget ``num_inference_steps``); ``grid``: a grid name, ``"scheduler"`` (the source scheduler's own
+    grid) or None (the sampler's default). ``process``: ``"vp"``, ``"flow"`` or ``"edm"`` (default: read
+    from the other keys). The remaining keys are diffusers' own, read as its schedulers read them."""
 
     config_name = "scheduler_config.json"
     order = 1
+    _compatibles = ["DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+                    "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverSinglestepScheduler",
+                    "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "DEISMultistepScheduler",
+                    "UniPCMultistepScheduler", "DPMSolverSDEScheduler", "DPMSolverMultistepScheduler"]
 
     @register_to_config
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
                  beta_schedule: str = "linear", trained_betas=None, prediction_type: str = "epsilon",
                  rescale_betas_zero_snr: bool = False, clip_sample: bool = False, clip_sample_range: float = 1.0,
                  thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0,
-                 sampler: str = "unipc-bh2", grid: str = "auto", seed: int | None = None):
+                 sampler: str = "auto", grid: str | None = None, seed: int | None = None, process: str | None = None,
+                 timestep_spacing: str | None = None, steps_offset: int = 0,
+                 set_alpha_to_one: bool | None = None, final_sigmas_type: str | None = None,
+                 use_karras_sigmas: bool = False, use_exponential_sigmas: bool = False, use_beta_sigmas: bool = False,
+                 shift: float = 1.0, use_dynamic_shifting: bool = False, base_shift: float | None = None,
+                 max_shift: float | None = None, base_image_seq_len: int | None = None,
+                 max_image_seq_len: int | None = None, shift_terminal: float | None = None,
+                 time_shift_type: str | None = None, invert_sigmas: bool = False, sigma_min: float | None = None,
+                 sigma_max: float | None = None, sigma_data: float | None = None, rho: float | None = None,
+                 sigma_schedule: str | None = None):
         reg = _registry()
-        if sampler not in reg.SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; allowed: {', '.join(reg.SAMPLERS)}")
-        if grid not in reg.GRIDS:
-            raise ValueError(f"unknown grid {grid!r}; allowed: {', '.join(reg.GRIDS)}")
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"unknown prediction_type {prediction_type!r}; allowed: {', '.join(PREDICTION_TYPES)}")
-        self.sampler = reg.SAMPLERS[sampler]()
-        if getattr(self.sampler, "adaptive", False):
+        if sampler != "auto" and sampler not in reg.SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; allowed: auto, {', '.join(reg.SAMPLERS)}")
+        if grid is not None and grid != "scheduler" and grid not in reg.GRIDS:
+            raise ValueError(f"unknown grid {grid!r}; allowed: scheduler, {', '.join(reg.GRIDS)}")
+        if sampler != "auto" and reg.SAMPLERS[sampler]().adaptive:
             raise ValueError(f"{sampler} chooses its steps from the state: a scheduler needs its timesteps in advance")
-        if prediction_type == "flow_prediction":
-            self.schedule = RectifiedFlow()
+        process = process or ("flow" if prediction_type == "flow_prediction" else "edm" if sigma_data is not None
+                              else "vp")
+        if process not in DEFAULT_SOURCE:
+            raise ValueError(f"unknown process {process!r}; allowed: {', '.join(DEFAULT_SOURCE)}")
+        if process == "edm":
+            if prediction_type not in ("epsilon", "v_prediction"):
+                raise ValueError(f"EDM schedulers take prediction_type epsilon or v_prediction, got {prediction_type!r}")
+            self.schedule = EDM(sigma_max=float(sigma_max or 80.0), sigma_min=float(sigma_min or 0.002),
+                                sigma_data=float(sigma_data or 0.5))
+            self.parameterization = as_parameterization("edm")
         else:
-            from diffusers import DDPMScheduler
+            if prediction_type not in PREDICTION_TYPES:
+                raise ValueError(f"unknown prediction_type {prediction_type!r}; allowed: {', '.join(PREDICTION_TYPES)}")
+            if process == "flow":
+                self.schedule = RectifiedFlow()
+            else:
+                from diffusers import DDPMScheduler
 
-            from .diffusers import schedule_from_scheduler
-
-            self.schedule = schedule_from_scheduler(DDPMScheduler(
-                num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
-                beta_schedule=beta_schedule, trained_betas=trained_betas, rescale_betas_zero_snr=rescale_betas_zero_snr))
-        self.parameterization = as_parameterization(PREDICTION_TYPES[prediction_type])
+                self.schedule = schedule_from_scheduler(DDPMScheduler(
+                    num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+                    beta_schedule=beta_schedule, trained_betas=trained_betas,
+                    rescale_betas_zero_snr=rescale_betas_zero_snr))
+            self.parameterization = as_parameterization(PREDICTION_TYPES[prediction_type])
+        self.process = process
+        self._sign = -1.0 if process == "edm" and prediction_type == "v_prediction" else 1.0
         self._clip = ClipSample.settings(self.config)  # x_hat clipped as diffusers clips it (or None)
-        self._timesteps_of = _Timesteps(self.schedule, num_train_timesteps)
-        self.ts = None
-        self.timesteps = None
+        self._timesteps_of = _Timesteps(self.schedule, num_train_timesteps, edm=process == "edm")
+        self.ts = self.timesteps = self.sigmas = self.num_inference_steps = None
         self.eval_times: list[float] = []
-        self.num_inference_steps = None
-        self._worker = None
+        self._begin_index = self._run = None
         self.init_noise_sigma = 1.0
+        self.sampler = None if sampler == "auto" else reg.SAMPLERS[sampler]()
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """From any diffusers scheduler's config (flow-matching configs give a rectified-flow model)."""
+        """From any diffusers scheduler's config (or the scheduler itself): its process recognised from its
+        keys (flow matching, EDM or betas; see :func:`~sdeflow.adapters.diffusers.recognize`), anything
+        else refused."""
+        if hasattr(config, "set_timesteps") and hasattr(config, "config"):  # a scheduler instance: its exact class
+            config = {**config.config, "_class_name": type(config).__name__}
         config = dict(config or {})
-        if "FlowMatch" in str(config.get("_class_name", "")) or config.get("use_flow_sigmas"):
-            config["prediction_type"] = "flow_prediction"
-        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        source = config.get("_source")
+        if config.get("_class_name") != cls.__name__:
+            name, process = recognize(config)
+            # the scheduler the config came from, which grid="scheduler" rebuilds (a private key: the config
+            # stays what diffusers' compatible schedulers round-trip)
+            flow_grid = "FlowMatch" in name or bool(config.get("use_flow_sigmas"))
+            source = name if process != "flow" or flow_grid else None
+            if process == "flow":
+                config["prediction_type"] = "flow_prediction"
+                if config.get("use_flow_sigmas") and "flow_shift" in config:
+                    config["shift"] = config["flow_shift"]
+            elif process == "edm":  # the sigmas define the process: kept even where EDM's defaults
+                keys = ("sigma_min", "sigma_max", "sigma_data")
+                config.update({k: config.get(k, v) for k, v in zip(keys, (0.002, 80.0, 0.5))}, process="edm")
+                config["_use_default_values"] = [k for k in config.get("_use_default_values", []) if k not in keys]
+        made = super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        scheduler = made[0] if return_unused_kwargs else made
+        if source is not None:
+            scheduler.register_to_config(_source=source)
+        return made
+
+    # ------------------------------------------------------------------------------------ the process
+    def _ac(self) -> torch.Tensor:
+        if not isinstance(self.schedule, DiscreteVP):
+            raise AttributeError(f"a {self.process} process has no betas or alphas_cumprod")
+        return self.schedule.alphas_cumprod.to(torch.float32)
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """``prod_{m <= n} alpha_m`` of the training steps (float32, as diffusers' schedulers hold it)."""
+        return self._ac()
+
+    @property
+    def alphas(self) -> torch.Tensor:
+        ac = self.schedule.alphas_cumprod.to(torch.float64) if isinstance(self.schedule, DiscreteVP) else self._ac()
+        return torch.cat([ac[:1], ac[1:] / ac[:-1]]).to(torch.float32)
+
+    @property
+    def betas(self) -> torch.Tensor:
+        return 1.0 - self.alphas
 
     # ------------------------------------------------------------------------------------ timesteps
-    def set_timesteps(self, num_inference_steps: int, device=None, **unused):
-        """Plan ``num_inference_steps`` steps of the sampler on the grid; ``timesteps`` lists the network
-        timestep of every evaluation (found by running the loop once with a recording field)."""
-        self._stop()
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+    def _source_scheduler(self):
+        """The diffusers scheduler the config came from (or the process's usual one), for its grid."""
+        cls = diffusers_class(self.config.get("_source") or DEFAULT_SOURCE[self.process])
+        keys = {k: v for k, v in self.config.items() if v is not None and not k.startswith("_")}
+        if self.process == "flow":
+            keys.pop("prediction_type", None)
+        return cls.from_config(keys)
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None, sigmas=None,
+                      mu: float | None = None, **unused):
+        """Plan the run: ``num_inference_steps`` steps of the sampler on its grid, or the grid the source
+        scheduler makes of ``timesteps=`` (network timesteps) or ``sigmas=`` (noise levels; ``mu`` for
+        dynamic shifting), as diffusers' ``retrieve_timesteps`` passes them. ``timesteps`` lists the network
+        timestep of every evaluation."""
         reg = _registry()
-        self.ts = reg.GRIDS[self.config.grid](num_inference_steps, self.schedule)
-        self.num_inference_steps = num_inference_steps
-        times: list[float] = []
-
-        class Record(Denoiser):
-            def forward(self, x_t, t, **cond):
-                times.append(float(t))
-                return torch.zeros_like(x_t)
-
-        sample(Record(self.schedule), self.sampler, self.ts, torch.zeros(1, 1, dtype=torch.float64), check_finite=False)
-        self.eval_times = times
-        c = torch.stack([self._timesteps_of(self.schedule, t) for t in times]).to(torch.float32)
+        if timesteps is not None and sigmas is not None:
+            raise ValueError("give timesteps= or sigmas=, not both")
+        custom = timesteps is not None or sigmas is not None
+        if not custom:
+            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, numbers.Integral) \
+                    or num_inference_steps < 1:
+                raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+            num_inference_steps = int(num_inference_steps)
+        name = self.config.sampler
+        grid = self.config.grid
+        if name == "auto":
+            name, default_grid = reg.default_sampling(self.schedule, num_inference_steps or 10)
+            grid = grid or default_grid
+        self.sampler, grid = reg.SAMPLERS[name](), grid or "auto"
+        if custom or grid == "scheduler":
+            kw = {k: v for k, v in (("timesteps", timesteps), ("sigmas", sigmas), ("mu", mu)) if v is not None}
+            self.ts = scheduler_grid(self._source_scheduler(), self.schedule, self._timesteps_of,
+                                     None if custom else num_inference_steps, **kw)
+        else:
+            self.ts = reg.GRIDS[grid](num_inference_steps, self.schedule)
+            if self.process == "flow" and self.config.shift != 1.0:  # the resolution shift the model was trained for
+                self.ts = check_grid(shift_grid(self.ts, float(self.config.shift)))
+        plan = planned(self.sampler, self.schedule, self.ts)
+        self._plan = plan
+        self.num_inference_steps = len(plan.t)
+        self.eval_times, self._eval_step = self._evaluations(plan)
+        c = torch.stack([self._timesteps_of(self.schedule, t) for t in self.eval_times]).to(torch.float32)
         self.timesteps = c.to(device) if device is not None else c
+        level = self.schedule.noise_to_signal(torch.tensor(self.eval_times + [float(self.ts[-1])], dtype=torch.float64))
+        self.sigmas = level.to(torch.float32)
         t0 = float(self.ts[0])
-        # the pipeline's latents are N(0, init_noise_sigma^2): sigma(t_0) for a flow, 1 (the VP prior) otherwise
-        self.init_noise_sigma = float(self.schedule.sigma(t0)) if isinstance(self.schedule, RectifiedFlow) else 1.0
+        # the pipeline's latents are N(0, init_noise_sigma^2): the VP prior's 1, a flow's sigma(t_0), EDM's
+        # sqrt(sigma^2 + 1) (diffusers' EDM schedulers' choice)
+        sigma0 = float(self.schedule.sigma(t0))
+        self.init_noise_sigma = {"vp": 1.0, "flow": sigma0, "edm": math.sqrt(sigma0 ** 2 + 1.0)}[self.process]
+        self._begin_index = self._run = None
+
+    def _evaluations(self, plan) -> tuple[list[float], list[tuple[int, bool]]]:
+        """Every evaluation's time and ``(step, whether it is at the step's start state)``, by one run of
+        the steps that records them."""
+        times, where = [], []
+        x, state = torch.zeros(1, 1, dtype=torch.float64), None
+        step = {"i": 0}
+
+        class Record:
+            last = None
+
+            def __call__(self, x_j, t):
+                times.append(float(t))
+                where.append((step["i"], x_j is x))
+                return torch.zeros_like(x_j)
+
+            def ode_velocity(self, x_j, t):
+                return self(x_j, t)
+
+        state = self.sampler.init_state(x, plan)
+        field = Record()
+        for i in range(len(plan.t)):
+            step["i"] = i
+            x, state = self.sampler.step(field, x, i, plan, state, lambda draw=0, span=None: torch.zeros_like(x))
+        return times, where
+
+    def set_begin_index(self, begin_index: int = 0):
+        """Start the next run at evaluation ``begin_index`` of :attr:`timesteps` (img2img pipelines call
+        this); it must be the first evaluation of a step."""
+        self._begin_index = int(begin_index)
+
+    @property
+    def begin_index(self):
+        return self._begin_index
+
+    @property
+    def step_index(self):
+        """The evaluation (an index of :attr:`timesteps`) the next :meth:`step` call answers (None before the first)."""
+        return None if self._run is None else self._run.first + self._run.given
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        return sample
+        """The network's input: the state itself (VP, flows), ``c_in x`` for EDM's preconditioning."""
+        if self.process != "edm":
+            return sample
+        t = self._pending_time(timestep)
+        return sample * float(self.parameterization.input_scale(self.schedule, torch.tensor(t, dtype=torch.float64)))
+
+    def _pending_time(self, timestep) -> float:
+        if self._run is not None and self._run.pending_t is not None:
+            return self._run.pending_t
+        return self.eval_times[self._index_of(timestep)]
+
+    def _index_of(self, timestep) -> int:
+        """The evaluation whose network timestep is ``timestep`` (the first of equal ones), else 0."""
+        if timestep is None or self.timesteps is None:
+            return 0
+        value = float(torch.as_tensor(timestep).reshape(-1)[0])
+        hits = (self.timesteps.cpu().double() - value).abs() <= 1e-4 * max(1.0, abs(value))
+        return int(hits.nonzero()[0, 0]) if bool(hits.any()) else 0
 
     # ------------------------------------------------------------------------------------ stepping
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, *args, generator=None,
              return_dict: bool = True, **unused):
-        """Give the loop the network output at its pending evaluation; returns the state of the next
-        evaluation (``prev_sample``), or the final sample after the last one."""
+        """Give the pending evaluation its network output; returns the state of the next evaluation
+        (``prev_sample``), or the final sample after the last one (see the module docstring)."""
         if self.ts is None:
             raise RuntimeError("call set_timesteps before step")
-        if self._worker is None:
-            self._start(sample, generator)
-            kind, payload, _ = self._requests.get()  # the first evaluation is at the initial state
-            if kind == "error":
-                raise payload
-        self._replies.put(model_output)
-        kind, payload, _ = self._requests.get()
-        if kind == "error":
-            self._worker = None
-            raise payload
-        if kind == "done":
-            self._worker = None
-        out = payload
+        if self._run is None:
+            self._begin(timestep, sample)
+        run = self._run
+        if run.done:
+            raise RuntimeError("the sampling loop has finished; call set_timesteps to start another run")
+        if not run.outputs and run.pending_at_start:
+            run.x = sample  # the pipeline's state at the start of this step (edited or not)
+        run.noise.source = GeneratorNoise(generator if generator is not None else self._generator(sample))
+        run.outputs.append(model_output)
+        run.given += 1
+        out = self._advance()
         return SchedulerOutput(prev_sample=out) if return_dict else (out,)
 
-    def _start(self, x_init: torch.Tensor, generator):
-        self._requests: queue.Queue = queue.Queue()
-        self._replies: queue.Queue = queue.Queue()
+    def _generator(self, like):
         seed = self.config.seed
-        noise = GeneratorNoise(generator if generator is not None else
-                               (torch.Generator(device=x_init.device).manual_seed(seed) if seed is not None else None))
-        denoiser, requests = _Waiting(self), self._requests
+        if seed is None:
+            return None
+        if getattr(self, "_seeded", None) is None:
+            self._seeded = torch.Generator(device=like.device).manual_seed(seed)
+        return self._seeded
 
-        def run():
+    def _begin(self, timestep, sample):
+        """The run starts at the step whose first evaluation is ``begin_index`` (or ``timestep``): at 0 on
+        the planned grid, later on a fresh plan of the rest of the grid (img2img)."""
+        j = self._begin_index if self._begin_index is not None else self._index_of(timestep)
+        if not 0 <= j < len(self.eval_times):
+            raise ValueError(f"begin index {j} is outside the {len(self.eval_times)} evaluations of this run")
+        k, at_start = self._eval_step[j]
+        if not at_start:  # the evaluation a corrector makes at the end of step k, which step k + 1 starts from
+            if self.eval_times[j] != self._plan.s[k]:
+                raise ValueError(f"evaluation {j} lies inside step {k} of {type(self.sampler).__name__}: a run can "
+                                 "only begin at the first evaluation of a step")
+            k += 1
+        elif j > 0 and self._eval_step[j - 1][0] == k:
+            raise ValueError(f"evaluation {j} lies inside step {k} of {type(self.sampler).__name__}: a run can "
+                             "only begin at the first evaluation of a step")
+        plan = self._plan if k == 0 else planned(self.sampler, self.schedule, self.ts[k:])
+        plan.inplace = False
+        self._run = _Run(plan, sample, self.sampler)
+        self._run.first = j
+        self._seeded = None
+        given = _Given(self._sign)
+        den = ModelDenoiser(given, self.schedule, self.parameterization, time_input="t")
+        self._given, self._denoiser = given, (den if self._clip is None else ClipSample(den, **self._clip))
+
+    def _advance(self) -> torch.Tensor:
+        """Run the current step on the outputs given; at its end, the next steps until one asks for an
+        evaluation. Returns the state of that evaluation, or the final sample."""
+        run = self._run
+        while True:
+            run.noise.x = run.x
+            field = _Replay(self._denoiser, self._given, run.outputs)
             try:
-                with torch.no_grad():
-                    out = sample(denoiser, self.sampler, self.ts, x_init, noise=noise).x
-                requests.put(("done", out, None))
-            except _Cancelled:
-                pass
-            except BaseException as err:  # surfaced in the pipeline's thread by step()
-                requests.put(("error", err, None))
-
-        self._worker = threading.Thread(target=run, daemon=True)
-        self._worker.start()
-
-    def _stop(self):
-        if self._worker is not None:
-            self._replies.put(None)
-            self._worker.join(timeout=10)
-            self._worker = None
+                x, state = self.sampler.step(field, run.x, run.i, run.plan, run.state, run.noise)
+            except _Pending as p:
+                run.pending_at_start, run.pending_t = p.x is run.x, p.t
+                return p.x
+            run.i, run.x, run.state, run.outputs = run.i + 1, x, state, []
+            run.noise.kept.clear()
+            if run.i == len(run.plan.t):
+                run.done, run.pending_t = True, None
+                return x
 
     # ------------------------------------------------------------------------------------ training-side helpers
     def _t_of(self, timesteps) -> torch.Tensor:
         c = torch.as_tensor(timesteps, dtype=torch.float64).cpu()
         if isinstance(self.schedule, DiscreteVP):
             return self.schedule.t_from_index(c)
+        if self.process == "edm":  # c_noise = log(sigma) / 4
+            return torch.exp(4.0 * c) / self.schedule.sigma_max
         return c / self.config.num_train_timesteps
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
@@ -204,6 +449,10 @@ class SdeflowScheduler(SchedulerMixin, ConfigMixin):
         a = self.schedule.alpha(t).reshape(shape).to(original_samples.device, original_samples.dtype)
         s = self.schedule.sigma(t).reshape(shape).to(original_samples.device, original_samples.dtype)
         return a * original_samples + s * noise
+
+    def scale_noise(self, sample: torch.Tensor, timestep, noise: torch.Tensor) -> torch.Tensor:
+        """diffusers' flow-matching name of :meth:`add_noise` (``(1 - t) x + t noise``)."""
+        return self.add_noise(sample, noise, timestep)
 
     def __len__(self):
         return self.config.num_train_timesteps

@@ -116,4 +116,7 @@ class CFGPlusPlus(Sampler):
         if neg is not None and a != 0.0:  # outside a guidance interval there is nothing to re-noise
             x = torch.add(x, x_hat - neg, alpha=a)
             state = self.inner.after_external_update(state)
-        return self.inner.step(_Primed(field, x, t, x_hat), x, i, plan.extra["inner"], state, noise)
+        out = self.inner.step(_Primed(field, x, t, x_hat), x, i, plan.extra["inner"], state, noise)
+        if i == len(plan.t) - 1:  # the run is over: a later plain run of this denoiser skips the negative pass
+            guided.keep_negative = False
+        return out

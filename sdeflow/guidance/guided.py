@@ -155,8 +155,10 @@ class Guided(Denoiser):
         self._last_t = self._start = -math.inf  # times of the last evaluation and of the run's first
 
     def reset(self) -> None:
-        """Start a new run: the forward count and the rule's state (APG's momentum) are emptied."""
+        """Start a new run: the forward count and the rule's state (APG's momentum) are emptied, and a
+        sampler's request for the negative pass (CFG++'s) is withdrawn."""
         self.forwards, self.state, self.last_unconditional = 0.0, {}, None
+        self.keep_negative = False
         self._last_t = self._start = -math.inf
 
     def _negative(self, x_t, t, cond: dict):

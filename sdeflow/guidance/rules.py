@@ -75,7 +75,8 @@ class CFG(Rule):
 
 @dataclass(frozen=True)
 class CFGRescale(Rule):
-    """CFG, then ``phi * x_cfg * std(pos) / std(x_cfg) + (1 - phi) x_cfg`` (per-sample standard deviations)."""
+    """CFG, then ``phi * x_cfg * std(pos) / std(x_cfg) + (1 - phi) x_cfg`` (per-sample standard deviations,
+    in float32 or the state's wider dtype; a state of one value per sample has no spread: plain CFG)."""
 
     scale: float = 3.0
     phi: float = 0.7
@@ -92,7 +93,10 @@ class CFGRescale(Rule):
     def __call__(self, pos, neg, x_t, t, schedule, state):
         cfg = torch.lerp(neg, pos, float(self.scale))
         d = _dims(pos)
-        ratio = pos.float().std(dim=d, keepdim=True) / cfg.float().std(dim=d, keepdim=True).clamp_min(1e-12)
+        if not d:  # one value per sample has no spread to match: CFG itself
+            return cfg
+        wide = torch.promote_types(cfg.dtype, torch.float32)  # at least float32, float64 for a float64 state
+        ratio = pos.to(wide).std(dim=d, keepdim=True) / cfg.to(wide).std(dim=d, keepdim=True).clamp_min(1e-12)
         return torch.lerp(cfg, cfg * ratio.to(cfg.dtype), float(self.phi))
 
 

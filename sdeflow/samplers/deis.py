@@ -6,8 +6,9 @@ DEIS replaces ``eps_hat`` by the Lagrange polynomial through its last ``k`` valu
 
 - ``variant="tab"``: polynomial in ``t``; the weights ``alpha_s int l_j(tau) rho'(tau) dtau`` are
   computed once per grid by Gauss-Legendre quadrature;
-- ``variant="rhoab"``: polynomial in ``rho``; the weights are exact polynomial integrals. With
-  ``order=4`` this is the linear multistep (LMS) sampler of k-diffusion in sigma space.
+- ``variant="rhoab"``: polynomial in ``rho``; the weights are exact polynomial integrals, also on the
+  step to clean data (``rho = 0``). With ``order=4`` and no lower-order final steps this is the linear
+  multistep (LMS) sampler of k-diffusion and diffusers in sigma space, to round-off.
 
 Order 1 is DDIM in both variants.
 
@@ -17,6 +18,7 @@ arXiv:2204.13902.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +40,14 @@ class DEIS(Multistep):
         super().__post_init__()
         if self.variant not in ("tab", "rhoab"):
             raise ValueError(f"DEIS variant must be 'tab' or 'rhoab', got {self.variant!r}")
+
+    def usable(self, info):
+        """``rhoab`` integrates in ``rho = sigma / alpha``, finite at clean data (``rho = 0``): its step there
+        keeps its order (the LMS step of k-diffusion and diffusers), where logSNR-based methods fall back
+        to DDIM."""
+        if self.variant == "rhoab":
+            return info.a_t > 0 and info.a_s > 0 and math.isfinite(info.s_t / info.a_t)
+        return super().usable(info)
 
     def weights(self, schedule, info, history, k):
         c_x = info.a_s / info.a_t

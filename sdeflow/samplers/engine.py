@@ -191,6 +191,11 @@ class Multistep(Sampler):
             k = min(k, n - i)
         return k
 
+    def usable(self, info: StepInfo64) -> bool:
+        """Whether the method's own formula takes this step (else DDIM, the exact first-order limit): by
+        default where both logSNRs are finite (:meth:`StepInfo64.usable`)."""
+        return info.usable(self.form)
+
     def weights(self, schedule: Schedule, info: StepInfo64, history: list[StepInfo64], k: int) -> Weights:
         """``Weights(c_x, [c_0, c_1, ...])`` for an order-``k`` step; ``c_j`` multiplies the output stored
         ``j`` points back (``c_0``: the current point). ``history[j]`` is the step that started at
@@ -215,7 +220,7 @@ class Multistep(Sampler):
             k = self.step_order(i, n)
             info = info.from_pure_noise(self.form)
             history = [info] + [infos[i - j] for j in range(1, k)]
-            usable = info.usable(self.form)
+            usable = self.usable(info)
             if not usable:
                 c_x, c_hat = ddim_coefficients(info.a_t, info.s_t, info.a_s, info.s_s)
                 c_hist, c_z = [], 0.0

@@ -30,8 +30,19 @@ class DiscreteVP(VPSchedule):
         if ac.numel() < 2:
             raise ValueError("alphas_cumprod needs at least 2 entries")
         if not bool(((ac > 0) & (ac <= 1)).all()):
-            raise ValueError("alphas_cumprod must lie in (0, 1]; a zero terminal value has infinite "
-                             "negative logSNR: use a continuous schedule such as VPCosine for it")
+            outside = ((ac < 0) | (ac > 1) | ~torch.isfinite(ac)).nonzero()
+            zeros = (ac == 0).nonzero()
+            if outside.numel():
+                k = int(outside[0, 0])
+                raise ValueError(f"alphas_cumprod must lie in (0, 1]; entry {k} is {float(ac[k]):.6g} (a beta above 1, "
+                                 "or a table that is not a cumulative product of alphas)")
+            if zeros.numel() == 1 and int(zeros[0, 0]) == ac.numel() - 1:
+                raise ValueError("alphas_cumprod must lie in (0, 1]; a zero terminal value has infinite negative "
+                                 "logSNR: use a continuous schedule such as VPCosine for it (diffusers adapters raise it "
+                                 "to 2**-24 as diffusers' Euler scheduler does)")
+            raise ValueError(f"alphas_cumprod underflows to 0 at {zeros.numel()} of {ac.numel()} training steps (from "
+                             f"step {int(zeros[0, 0])} on): the signal is gone long before the schedule ends, so those "
+                             "steps cannot be told apart; use smaller betas (a beta_end near 0.02 for 1000 steps)")
         if not bool((ac[1:] < ac[:-1]).all()):
             raise ValueError("alphas_cumprod must be strictly decreasing")
         object.__setattr__(self, "alphas_cumprod", ac)
