@@ -41,6 +41,9 @@ def add_likelihood_parser(sub) -> None:
                    help="rtol = atol of dopri5 (default: 1e-7 for problems, 1e-4 for models)")
     p.add_argument("--batch-size", type=int, default=64, help="points per batch (default: 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the problem's data and of the probes (default: 0)")
+    p.add_argument("--to-data", action="store_true",
+                   help="estimate log p_0 of the data (the density at t_min, corrected to t = 0 to first order in "
+                   "the noise level; one more evaluation) instead of log p at t_min")
 
 
 def _check(args) -> None:
@@ -68,8 +71,9 @@ def run_likelihood(args) -> None:
         denoiser = mix.denoiser(schedule)
         x = mix.sample_t(args.num, schedule, 0.0, gen)[0].reshape(args.num, *shape).double()
         what = f"{args.num} exact samples of {args.problem} ({schedule.__class__.__name__})"
-        exact = lambda xb, t: mix.log_prob_t(xb.reshape(xb.shape[0], -1), schedule, t)  # noqa: E731
-        prior = lambda xe: exact(xe, 1.0)  # noqa: E731  the exact p_1: the error printed is the integration's
+        at = lambda xb, t: mix.log_prob_t(xb.reshape(xb.shape[0], -1), schedule, t)  # noqa: E731
+        exact = (lambda xb, t: mix.log_prob(xb.reshape(xb.shape[0], -1))) if args.to_data else at  # noqa: E731
+        prior = lambda xe: at(xe, 1.0)  # noqa: E731  the exact p_1: the error printed is the integration's
     else:
         from ..data import load
         from ..pretrained import load_model
@@ -93,7 +97,8 @@ def run_likelihood(args) -> None:
     for lo in range(0, args.num, args.batch_size):
         xb = x[lo:lo + args.batch_size]
         r = log_likelihood(denoiser, xb, method=args.method, steps=args.steps, rtol=args.tol, atol=args.tol,
-                           trace=trace, probes=args.probes, probe=args.probe, generator=gen, log_prior=prior)
+                           trace=trace, probes=args.probes, probe=args.probe, generator=gen, log_prior=prior,
+                           to_data=args.to_data)
         nll.append(-r.log_prob)
         se2.append(torch.nan_to_num(r.stderr, nan=0.0) ** 2)
         nfe += r.nfe
@@ -104,8 +109,9 @@ def run_likelihood(args) -> None:
     # standard error of the mean over the points (which includes the probes' noise)
     se = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else float(se2.sqrt().mean())
     bpd = (mean - (d * math.log(scale / (levels - 1)) if levels else 0.0)) / (d * math.log(2))
-    print(f"likelihood of {what}, {d} dimensions, at t_min = {r.t_min:.3g} (noise level 1e-3)"
-          + (", exact prior at t = 1" if prior is not None else ""))
+    where = (f"log p_0, from t_min = {r.t_min:.3g} corrected to t = 0" if args.to_data else
+             f"log p at t_min = {r.t_min:.3g} (noise level 1e-3; --to-data for log p_0)")
+    print(f"likelihood of {what}, {d} dimensions: {where}" + (", exact prior at t = 1" if prior is not None else ""))
     print(f"  trace: {trace}{f' ({args.probes} {args.probe} probes)' if trace == 'hutchinson' else ''}, "
           f"solver: {args.method}{f' tol {args.tol:g}' if args.method == 'dopri5' else f' {args.steps} steps'}, "
           f"{nfe} evaluations over {math.ceil(args.num / args.batch_size)} batch(es)")

@@ -10,12 +10,23 @@ Along the probability-flow ODE ``dx/dt = v(x, t) = p(t) x + q(t) x_hat(x, t)`` (
 integrating the ODE forwards (towards noise) from ``x_{t_min} = x``. The trace is computed exactly
 (the batch repeated once per coordinate, one backward pass: small ``D``) or estimated by
 Hutchinson's estimator with ``K`` fixed probes (the batch repeated once per probe), which is unbiased: the result carries its standard
-error over the probes. The prior term is the Gaussian ``N(0, (alpha^2 data_std^2 + sigma^2) I)`` at
-``t_max`` (a schedule whose ``alpha(t_max)`` is not 0, such as VP linear at ``t = 1`` with
-``alpha = 6.7e-3``, leaves a mismatch that ``data_std`` accounts for; ``log_prior=`` takes any other).
+error over the probes. The prior term is the Gaussian ``N(alpha data_mean, (alpha^2 data_std^2 + sigma^2) I)``
+at ``t_max``, the exact ``p_{t_max}`` of data with that mean and an isotropic spread; ``log_prior=``
+takes any other. Where ``alpha(t_max)`` is not 0 (VP linear at ``t = 1``: ``alpha = 6.7e-3``), the
+data's mean is what matters: the centred prior has a mismatch of order ``(alpha |mean|)^2 / 2`` per
+coordinate, which ``data_mean`` removes, while ``data_std`` only corrects the variance, a term of
+order ``alpha^2`` (both measured in ``docs/likelihood.md``).
 
 The ODE is singular at ``sigma = 0``, so the integral starts at ``t_min > 0`` (default: noise level
-``sigma / alpha = 1e-3``); ``log p_{t_min}`` approaches ``log p_0`` as ``t_min -> 0``. Solvers:
+``sigma / alpha = 1e-3``): the result is ``log p_{t_min}``, the density of the slightly noised data,
+which approaches ``log p_0`` as ``t_min -> 0``. ``to_data=True`` estimates ``log p_0(x)`` instead: with
+``s = sigma / alpha`` at ``t_min``, ``p_{t_min}`` at ``z = alpha x`` is ``alpha^-D`` times the data density
+blurred by ``N(0, s^2 I)``, and the heat equation undoes the blur to first order,
+
+    log p_0(x) = D log alpha + log p_{t_min}(z) - (sigma^2 / 2) (div score(z) + |score(z)|^2) + O(s^4),
+
+with the score ``(alpha x_hat - z) / sigma^2`` and its divergence from the same trace (one more
+evaluation at ``t_min``). Solvers:
 ``"dopri5"`` (Dormand-Prince 5(4) with error control on the state and the accumulated divergence,
 the reference) and any deterministic fixed-grid sampler of sdeflow's, by name (``"rk4"``, ``"heun"``,
 ``"euler"``, ``"dpm-solver++-2m"``, ``"unipc-bh2"``, ...) or as a :class:`~sdeflow.samplers.Sampler`,
@@ -58,10 +69,11 @@ LAM_NOISE = -12.0
 
 @dataclass
 class Likelihood:
-    """``log_prob``: ``(B,)`` log-density of each sample at ``t_min`` (nats); ``stderr``: its standard
-    error over Hutchinson probes (zeros for the exact trace); ``prior`` and ``divergence``: the two
-    terms of the sum; ``x_end``: the state at ``t_max``; ``nfe``: denoiser evaluations (each with
-    its trace products)."""
+    """``log_prob``: ``(B,)`` log-density of each sample (nats) at ``at``: ``"t_min"``, the density
+    ``p_{t_min}`` of the noised data (the default), or ``"data"``, the estimate of ``log p_0`` of
+    ``to_data=True``; ``stderr``: its standard error over Hutchinson probes (zeros for the exact trace);
+    ``prior`` and ``divergence``: the two terms of the integral; ``x_end``: the state at ``t_max``;
+    ``nfe``: denoiser evaluations (each with its trace products)."""
 
     log_prob: torch.Tensor
     stderr: torch.Tensor
@@ -71,6 +83,7 @@ class Likelihood:
     nfe: int
     t_min: float
     t_max: float
+    at: str = "t_min"
 
     def bits_per_dim(self, levels: int | None = None, scale: float = 1.0) -> torch.Tensor:
         """Negative log-likelihood in bits per dimension. With ``levels`` (the number of values each
@@ -94,10 +107,11 @@ def default_t_min(schedule) -> float:
 def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, cond: dict | None = None, t_min: float | None = None,
                    t_max: float = 1.0, method: str | Sampler = "dopri5", steps: int = 64, rtol: float = 1e-6,
                    atol: float = 1e-6, trace: str = "exact", probes: int = 1, probe: str = "rademacher",
-                   generator: torch.Generator | None = None, data_std: float = 0.0,
+                   generator: torch.Generator | None = None, data_std: float = 0.0, data_mean=0.0,
                    log_prior: Callable[[torch.Tensor], torch.Tensor] | None = None, create_graph: bool = False,
-                   max_steps: int = 10_000) -> Likelihood:
-    """``log p_{t_min}(x)`` by the probability-flow ODE (see the module docstring).
+                   max_steps: int = 10_000, to_data: bool = False) -> Likelihood:
+    """``log p_{t_min}(x)``, or with ``to_data`` an estimate of ``log p_0(x)``, by the probability-flow ODE
+    (see the module docstring).
 
     Args:
         denoiser: the model, with its schedule.
@@ -106,9 +120,11 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, cond: dict | None = N
         method: ``"dopri5"`` (``rtol``, ``atol``), or a deterministic fixed-grid sampler (a name of
             :data:`METHODS` or a :class:`~sdeflow.samplers.Sampler`) on ``steps`` steps.
         trace: ``"exact"`` or ``"hutchinson"`` with ``probes`` probes of kind ``probe`` (drawn from ``generator``).
-        data_std: the data's standard deviation in the Gaussian prior at ``t_max`` (0: pure noise).
+        data_std, data_mean: the data's standard deviation and mean (a number, or a tensor of one sample's
+            shape) in the Gaussian prior at ``t_max`` (0 and 0: pure noise).
         log_prior: ``(x_end) -> (B,)`` log-density at ``t_max`` instead of the Gaussian.
         create_graph: keep the graph, so that the result can be differentiated (w.r.t. ``x`` or parameters).
+        to_data: return the estimate of ``log p_0(x)`` (module docstring) instead of ``log p_{t_min}(x)``.
     """
     check_denoiser(denoiser)
     sch = denoiser.schedule
@@ -117,12 +133,38 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, cond: dict | None = N
         raise ValueError("rtol and atol must be positive")
     field, t_min, t_max, k = _setup(denoiser, x, cond, t_min, t_max, trace, probes, probe, generator, steps, method,
                                     create_graph)
+    start = x * float(sch.alpha(t_min)) if to_data else x
     if method == "dopri5":
-        y0 = (x, torch.zeros(x.shape[0], k, dtype=torch.float64, device=x.device))
+        y0 = (start, torch.zeros(x.shape[0], k, dtype=torch.float64, device=x.device))
         x_end, acc = _dopri5(field, y0, t_min, t_max, rtol, atol, max_steps)
     else:
-        x_end, acc = _run(field, method, logsnr_grid(sch, t_min, t_max, steps), x, k)
-    return _result(_prior(sch, x_end, t_max, data_std, log_prior), acc, x_end, field, t_min, t_max)
+        x_end, acc = _run(field, method, logsnr_grid(sch, t_min, t_max, steps), start, k)
+    if to_data:
+        acc = acc + _unblur(field, start, t_min)
+    result = _result(_prior(sch, x_end, t_max, data_std, data_mean, log_prior), acc, x_end, field, t_min, t_max)
+    result.at = "data" if to_data else "t_min"
+    return result
+
+
+def heat_correction(denoiser: Denoiser, z: torch.Tensor, t: float, *, cond: dict | None = None) -> torch.Tensor:
+    """``(B,)``: ``log p_0(x) - log p_t(z)`` at ``z = alpha(t) x`` to first order in ``(sigma / alpha)^2``,
+    ``D log alpha - (sigma^2 / 2) (div score + |score|^2)`` with the denoiser's score and its divergence
+    (exact trace): what ``log_likelihood(..., to_data=True)`` adds (module docstring)."""
+    check_denoiser(denoiser)
+    check_batch(z, "z")
+    field = _Field(denoiser, cond or {}, z[0].numel(), None, False)
+    return _unblur(field, z, float(t))[:, 0]
+
+
+def _unblur(field, z: torch.Tensor, t: float) -> torch.Tensor:
+    """``(B, K)``: ``D log alpha - (sigma^2 / 2) (div score + |score|^2)`` at ``(z, t)``, per probe: the step
+    from ``log p_t(alpha x)`` to ``log p_0(x)`` (module docstring)."""
+    sch = field.denoiser.schedule
+    a, s2, d = float(sch.alpha(t)), float(sch.sigma(t)) ** 2, field.d
+    x_hat, tr = field.evaluate(z, t)
+    score = (a * x_hat.to(torch.float64) - z.to(torch.float64)).reshape(z.shape[0], -1) / s2
+    div = (a * tr - d) / s2
+    return d * math.log(a) - 0.5 * s2 * (div + score.pow(2).sum(1, keepdim=True))
 
 
 def _setup(denoiser, x, cond, t_min, t_max, trace, probes, probe, generator, steps, method, create_graph):
@@ -170,11 +212,12 @@ def logsnr_grid(sch, t_min: float, t_max: float, steps: int) -> torch.Tensor:
     return ts
 
 
-def _prior(sch, x_end, t_max, data_std, log_prior) -> torch.Tensor:
+def _prior(sch, x_end, t_max, data_std, data_mean, log_prior) -> torch.Tensor:
     if log_prior is not None:
         return log_prior(x_end).to(torch.float64)
     std = prior_std(sch, t_max, data_std)
-    flat = x_end.reshape(x_end.shape[0], -1).to(torch.float64)
+    mean = float(sch.alpha(t_max)) * torch.as_tensor(data_mean, dtype=torch.float64, device=x_end.device)
+    flat = (x_end.to(torch.float64) - mean).reshape(x_end.shape[0], -1)
     d = flat.shape[1]
     return -0.5 * (flat / std).pow(2).sum(1) - d * (math.log(std) + 0.5 * math.log(2 * math.pi))
 
@@ -306,7 +349,7 @@ def _dopri5(field, y, t0, t1, rtol, atol, max_steps):
 def sample_with_log_prob(denoiser: Denoiser, x_init: torch.Tensor, *, cond: dict | None = None,
                          t_min: float | None = None, t_max: float = 1.0, method: str | Sampler = "rk4", steps: int = 64,
                          trace: str = "exact", probes: int = 1, probe: str = "rademacher",
-                         generator: torch.Generator | None = None, data_std: float = 0.0,
+                         generator: torch.Generator | None = None, data_std: float = 0.0, data_mean=0.0,
                          log_prior: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Likelihood:
     """Generate by the probability-flow ODE from ``x_init`` (a draw of ``p_{t_max}``) down to ``t_min`` with a
     deterministic fixed-grid sampler (``method``: a name or a :class:`~sdeflow.samplers.Sampler`; ``steps``
@@ -321,6 +364,6 @@ def sample_with_log_prob(denoiser: Denoiser, x_init: torch.Tensor, *, cond: dict
     field, t_min, t_max, k = _setup(denoiser, x_init, cond, t_min, t_max, trace, probes, probe, generator, steps,
                                     method, create_graph=False)
     x_end, acc = _run(field, method, logsnr_grid(sch, t_min, t_max, steps).flip(0), x_init, k)
-    prior = _prior(sch, x_init, t_max, data_std, log_prior)
+    prior = _prior(sch, x_init, t_max, data_std, data_mean, log_prior)
     # the accumulator integrated int_{t_max}^{t_min} div v dt, the negative of the likelihood's integral
     return _result(prior, -acc, x_end, field, t_min, t_max)
