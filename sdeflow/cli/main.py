@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     allowed, exit code 1 (usage errors: 2); a traceback means a bug in sdeflow."""
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():
+        warnings.filterwarnings("default", category=UserWarning)  # a command's notices are part of what it reports
         warnings.showwarning = _warn  # one line, what the user needs to know: not the source line that warned
         return _run(args)
 
