@@ -185,7 +185,10 @@ def _sliced(den, sampler, ts, data, n=3000):
     return sliced_wasserstein(gather(generate(den, sampler, ts, (2,), n, seed=7, batch_size=n), 1), data[:n])
 
 
-@pytest.mark.parametrize("objective,steps,nfe", [("consistency", 300, 2), ("shortcut", 300, 2), ("meanflow", 600, 2),
+# training runs of 300-600 steps: two in the default run, the others (6-17 s each) slow
+@pytest.mark.parametrize("objective,steps,nfe", [pytest.param("consistency", 300, 2, marks=pytest.mark.slow),
+                                                 pytest.param("shortcut", 300, 2, marks=pytest.mark.slow),
+                                                 pytest.param("meanflow", 600, 2, marks=pytest.mark.slow),
                                                  ("progressive", 200, 4), ("reflow", 300, 1)])
 def test_students_of_the_moons_model_beat_their_teacher_at_equal_nfe(tmp_path, objective, steps, nfe):
     """Each objective, started from the shipped moons model, samples the moons at its few-step budget
@@ -334,6 +337,7 @@ def test_reflow_of_a_gaussian_flow_is_straight_and_exact_in_one_euler_step(tmp_p
     assert one_step_error(rf2) < 0.15 * spread and one_step_error(rf2) < 0.2 * one_step_error(rf1)
 
 
+@pytest.mark.slow
 def test_reflow_rounds_straighten_a_mixture_monotonically(tmp_path):
     """Round 1 is the shipped eight-gaussians model; each reflow round, started from the previous
     round's weights and trained on its pairs, has straighter paths."""

@@ -10,6 +10,7 @@ from sdeflow.inversion import has_history, invert
 from sdeflow.registry import SAMPLERS
 from sdeflow.schedules import RectifiedFlow, VPLinear
 
+from cases import cross
 from test_convergence import STEPS, SUPERCONVERGENT_ON_GAUSSIANS, THIRD_ORDER_CASES, fitted_order
 
 DETERMINISTIC = sorted(n for n, make in SAMPLERS.items() if not make().stochastic and not make().adaptive)
@@ -19,6 +20,7 @@ CASES = {
     "vp-linear": (VPLinear(), 1.0),
     "rectified-flow": (RectifiedFlow(), 0.99),
 }
+DEFAULT_CASE = "vp-linear"  # every sampler here; every case with one sampler of each kind (tests/cases.py)
 #: Explicit multistep methods of order >= 3 in rho (LMS, DEIS-rhoAB) are unstable integrating
 #: towards noise at coarse grids, and the noise-form DPM-Solver-2M is pre-asymptotic there; they
 #: reach their order from finer grids (LMS from above: its errors fall slightly faster than h^4).
@@ -31,8 +33,7 @@ def _grid(n, sch, t_max):
     return grids.karras_grid(n, sch, t_max=t_max, denoise_to_zero=False)
 
 
-@pytest.mark.parametrize("name", DETERMINISTIC)
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("name,case", cross(DETERMINISTIC, sorted(CASES), DEFAULT_CASE))
 def test_explicit_inversion_converges_at_the_samplers_order(name, case):
     """The sampler's steps on the reversed grid integrate the probability-flow ODE towards noise:
     the noise they reach converges to the exact flow map of the data at the sampler's order."""
@@ -69,8 +70,8 @@ def test_ddim_inversion_round_trip_is_first_order():
     assert all(a / b >= 2 for a, b in zip(trips, trips[1:])), trips
 
 
-@pytest.mark.parametrize("name", [n for n in DETERMINISTIC if not SAMPLERS[n]().reversible])
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("name,case", cross([n for n in DETERMINISTIC if not SAMPLERS[n]().reversible], sorted(CASES),
+                                             DEFAULT_CASE))
 def test_exact_inversion_reaches_its_tolerance(name, case):
     """Sampling the noise found by the exact method lands on the data to the tolerance, for every
     deterministic sampler (2-D ring mixture, exact field, 20 steps, float64); reversible samplers

@@ -1,4 +1,9 @@
-"""The contract every registered sampler keeps (later samplers get it by joining the registry)."""
+"""The contract every registered sampler keeps (later samplers get it by joining the registry).
+
+The default run checks every sampler on a representative schedule, and every schedule with one
+sampler of each kind (:func:`kind`: the engine it is built on, stochastic or not); the full cross
+products are marked slow (CI runs them). The domain property is read from a dry run of the plan, which
+fixes the evaluation times of every sampler that does not choose its steps while sampling."""
 
 import pytest
 import torch
@@ -11,9 +16,13 @@ from sdeflow.parameterizations import V
 from sdeflow.sampling import NonFiniteError
 from sdeflow.schedules import EDM, RectifiedFlow, VPCosine, VPLinear, ddpm_linear
 
+from cases import REPRESENTATIVES, cross  # noqa: F401
+
 NAMES = sorted(SAMPLERS)
 SCHEDS = {"vp": VPLinear(), "rf": RectifiedFlow(), "edm": EDM(), "ddpm": ddpm_linear(), "cosine": VPCosine()}
 MIX = analytic.random_mixture(6, 3, seed=0)
+
+
 
 
 def problem(sch, batch=4, dtype=torch.float32):
@@ -31,8 +40,7 @@ def ts_for(sch, n):
     return grids.karras_grid(n, sch, t_max=0.999) if isinstance(sch, EDM) else grids.uniform_grid(n)
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("sched", sorted(SCHEDS))
+@pytest.mark.parametrize("name,sched", cross(NAMES, sorted(SCHEDS), "ddpm"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_shape_dtype_nfe_determinism(name, sched, dtype):
     sch, sampler = SCHEDS[sched], SAMPLERS[name]()
@@ -81,8 +89,7 @@ def test_callback_and_trajectory(name):
     assert all(s.x_hat is not None and s.x_hat.shape == x.shape for s in seen)
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("sched", ["vp", "rf", "cosine", "edm"])
+@pytest.mark.parametrize("name,sched", cross(NAMES, ["vp", "rf", "cosine", "edm"], "cosine"))
 def test_bfloat16_model_stays_finite(name, sched):
     """A v-prediction network in bfloat16, with zero-terminal SNR (cosine at t = 1) included."""
     sch = SCHEDS[sched]
@@ -163,12 +170,49 @@ def _domain_cases():
             yield sched, grid
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("sched,grid", list(_domain_cases()))
-def test_the_field_is_only_evaluated_inside_the_schedules_domain(name, sched, grid):
-    """Every call of the model lies in ``t_min <= t <= 1`` (a discrete schedule: training index >= 0),
-    for every sampler, schedule and grid kind (discrete schedules also at 40 steps, where quadratic and
-    uniform grids once fell below the first training index)."""
+def dry_run_times(sampler, sch, ts) -> list[float]:
+    """The times a fixed-grid sampler evaluates the field at on ``ts``: fixed by its plan, so a run with a
+    field of zeros and no noise finds them without evaluating a model."""
+    from sdeflow.sampling import planned
+
+    plan = planned(sampler, sch, ts)
+    times = []
+
+    class Zero:
+        def __call__(self, x, t, **jump):
+            times.append(float(t))
+            return torch.zeros_like(x)
+
+        def ode_velocity(self, x, t):
+            return self(x, t)
+
+    x, field = torch.zeros(1, 1, dtype=torch.float64), Zero()
+    state = sampler.init_state(x, plan)
+    for i in range(len(plan.t)):
+        x, state = sampler.step(field, x, i, plan, state, lambda draw=0, span=None: torch.zeros_like(x))
+    return times
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if not SAMPLERS[n]().adaptive])
+def test_the_plan_evaluates_only_inside_the_schedules_domain(name):
+    """Every time a fixed-grid sampler's plan evaluates the model at lies in ``t_min <= t <= 1`` (a discrete
+    schedule: training index >= 0), on every schedule and grid kind (discrete schedules also at 40 steps,
+    where quadratic and uniform grids once fell below the first training index)."""
+    from sdeflow.registry import GRIDS, SCHEDULES
+
+    sampler = SAMPLERS[name]()
+    for sched, grid in _domain_cases():
+        sch = SCHEDULES[sched]()
+        for n in ((12, 40) if sch.t_min > 0 else (12,)):
+            times = dry_run_times(sampler, sch, GRIDS[grid](n, sch))
+            assert times and min(times) >= sch.t_min - 1e-15 and max(times) <= 1.0, (sched, grid, n, min(times))
+
+
+@pytest.mark.parametrize("name,case", cross([n for n in NAMES if SAMPLERS[n]().adaptive], list(_domain_cases()),
+                                            ("ddpm-linear", "quadratic"), representatives=False))
+def test_the_field_is_only_evaluated_inside_the_schedules_domain(name, case):
+    """The same with the model itself, for the samplers that choose their steps while sampling."""
+    sched, grid = case
     from sdeflow.denoisers import Denoiser
     from sdeflow.registry import GRIDS, SCHEDULES
 
@@ -193,6 +237,33 @@ def test_the_field_is_only_evaluated_inside_the_schedules_domain(name, sched, gr
         rec.times.clear()
         sample(den, SAMPLERS[name](), ts, x.reshape(3, 2, 3), noise=SeededNoise([1, 2, 3]))
         assert rec.times and min(rec.times) >= sch.t_min - 1e-15 and max(rec.times) <= 1.0, (n, min(rec.times))
+
+
+@pytest.mark.parametrize("name,sched", cross([n for n in NAMES if not SAMPLERS[n]().adaptive], ["ddpm", "cosine", "edm"],
+                                             "ddpm", representatives=False))
+def test_a_dry_run_finds_the_times_a_real_run_evaluates(name, sched):
+    """What the domain test relies on: a fixed-grid sampler evaluates the model at the same times whatever
+    the model returns (the mixture's field here, zeros in the dry run)."""
+    from sdeflow.denoisers import Denoiser
+
+    sch = SCHEDS[sched]
+    rec = Recording(sch)
+
+    class Wrapped(Denoiser):
+        def forward(self, x_t, t, **cond):
+            return rec(x_t, t, **cond)
+
+        def has_ode_velocity(self, t):
+            return rec.inner.has_ode_velocity(t)
+
+        def ode_velocity(self, x_t, t, **cond):
+            rec.times.append(float(t))
+            return rec.inner.ode_velocity(x_t, t, **cond)
+
+    ts = ts_for(sch, 9) if sched == "edm" else grids.quadratic_grid(9, t_min=sch.t_min)
+    x, _ = MIX.sample_t(3, sch, float(ts[0]), torch.Generator().manual_seed(1))
+    sample(Wrapped(sch), SAMPLERS[name](), ts, x, noise=SeededNoise([1, 2, 3]))
+    assert rec.times == dry_run_times(SAMPLERS[name](), sch, ts)
 
 
 def test_model_denoiser_coefficients_follow_a_replaced_schedule():

@@ -36,8 +36,9 @@ def _draws(sch, num, seed):
     return GAUSS.sample_t(num, sch, grids.start_time(sch), torch.Generator().manual_seed(seed))[0]
 
 
-@pytest.mark.parametrize("sched,name", [("vp-linear", "unipc-bh2"), ("rectified-flow", "dpm-solver++-2m"),
-                                        ("vp-linear", "ipndm")])
+@pytest.mark.parametrize("sched,name", [("vp-linear", "unipc-bh2"),
+                                        pytest.param("rectified-flow", "dpm-solver++-2m", marks=pytest.mark.slow),
+                                        pytest.param("vp-linear", "ipndm", marks=pytest.mark.slow)])
 def test_a_grid_fitted_on_100_draws_reaches_the_exact_optimum(sched, name):
     """At NFE 5 the grid fitted on 100 draws against the teacher has an exact W2 within 10% of the
     exact-optimal grid's; its error on 1000 fresh draws is within 10% of its fitting loss (no
@@ -113,6 +114,7 @@ def test_the_grid_gradient_through_a_velocity_network_on_clean_data_is_finite_an
     assert bool(torch.isfinite(grad).all()) and float((grad - differences).norm()) <= 1e-5 * float(differences.norm())
 
 
+@pytest.mark.slow  # two grid fits by descent: 17 s
 def test_a_grid_fitted_through_autograd_fits_as_well_as_differences_at_a_fraction_of_the_cost():
     """Both descents (through autograd, and by central differences) fit a grid well below the best hand
     grid's loss, and autograd's costs less than half the evaluations; a model whose output ignores the
@@ -362,6 +364,7 @@ def test_fitted_coefficients_are_stored_with_their_grid(tmp_path):
     assert plain.sampler_for(SAMPLERS["euler"]()) == SAMPLERS["euler"]()
 
 
+@pytest.mark.slow  # the digits UNet on 16 draws against a 100-step teacher: 8 s
 def test_the_shipped_digits_grids_and_coefficients_beat_unipc_on_fresh_draws():
     """The digits model ships unipc-bh2's tuned grids and coefficients at NFE 5, 6, 8 and 10: each a valid
     grid to t = 0 with that NFE and one shift per coefficient of the plan; at NFE 8 and 10 the fitted
