@@ -65,7 +65,8 @@ def main(argv=None):
     p.add_argument("--nfe", nargs="+", type=int, default=NFES)
     p.add_argument("--checkpoint", default="digits")
     p.add_argument("--grids", nargs="+", default=["auto"],
-                   help="grids to compare (tuned: the model's grids from sdeflow tune, with fitted coefficients where stored; tuned-grid: the grid alone) (default: auto)")
+                   help="grids to compare (tuned: the model's grids from sdeflow tune, with fitted coefficients where "
+                   "stored; tuned-grid: the grid alone) (default: auto)")
     p.add_argument("--name", default="digits_quality", help="report name under docs/benchmarks (default: digits_quality)")
     args = p.parse_args(argv)
 
@@ -117,7 +118,8 @@ def report(r: dict) -> str:
              "with the sampler's fitted coefficients where stored; `tuned-grid`: the same grid with the sampler's own)")
     out = ["# Sample quality of the shipped digits model", "",
            f"`python benchmarks/digits_quality.py`: {r['n_samples']} class-conditional samples per cell (100 per class, "
-           f"per-sample seeds, {which}; a sampler whose steps do not fit the budget exactly uses the largest count within it, shown in brackets), scored by the shipped digits classifier. Accuracy: fraction "
+           f"per-sample seeds, {which}; a sampler whose steps do not fit the budget exactly uses the largest count within it, "
+           "shown in brackets), scored by the shipped digits classifier. Accuracy: fraction "
            f"classified as the requested class (the classifier scores {r['classifier_test_accuracy']:.3f} on held-out "
            f"real digits). FD: squared Frechet distance between classifier features of the samples and of "
            f"{r['n_real_b']} real digits; two disjoint real halves are **{r['fd_floor']:.2f}** apart (the floor).", "",

@@ -3,7 +3,8 @@
 For each toy and objective, ``sdeflow train --objective OBJ --teacher TOY`` distils the shipped model
 (its weights are the start) and the student is sampled the way it was trained for (flow-map jumps,
 consistency sampling, DDIM steps after progressive distillation, Euler steps after reflow) at NFE 1,
-2, 4 and 8 (whether more steps help a flow map and a consistency model alike). The teacher is sampled with Euler and with sdeflow's best ODE sampler at the same NFE. The
+2, 4 and 8 (whether more steps help a flow map and a consistency model alike). The teacher is sampled with Euler and
+with sdeflow's best ODE sampler at the same NFE. The
 score is the sliced Wasserstein distance to fresh data (its floor, two data sets of the same size, is
 reported). Writes docs/benchmarks/fewstep.{md,json}; the toys and objectives of an earlier run that
 this one does not redo stay in the report.

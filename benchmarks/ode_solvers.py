@@ -2,7 +2,8 @@
 
 Every method starts from the same data draws and noise (``x_init = alpha(t0) x + sigma(t0) eps`` at
 its own first time ``t0``) and is judged against the exact probability-flow ODE solution from that
-start (a third-order reference solve on 600 uniform steps merged with 600 Karras noise levels, float64), on exact Gaussian-mixture problems and
+start (a third-order reference solve on 600 uniform steps merged with 600 Karras noise levels, float64), on exact
+Gaussian-mixture problems and
 three processes: a discrete 1000-step DDPM-linear eps-model, an EDM-preconditioned x0-model and a
 rectified-flow velocity model. States are float32, as users run them. NFE is counted, not assumed.
 
@@ -109,7 +110,8 @@ def write_report(results, notes, overhead_md, path):
     lines = ["# ODE samplers: sdeflow, diffusers, k-diffusion and flow_matching on exact problems", "",
              "Written by `python benchmarks/ode_solvers.py`. Every method starts from the same data draws and",
              "noise at its own first time and is judged against the exact probability-flow ODE solution from",
-             "that start (third-order reference on 600 uniform steps merged with 600 Karras noise levels, float64); states are float32; NFE is counted.",
+             "that start (third-order reference on 600 uniform steps merged with 600 Karras noise levels, float64); states are "
+             "float32; NFE is counted.",
              "`RMS` is the root mean square over samples of the endpoint error, `median` the median per-sample",
              "error (robust to the few samples that end in another mode), `SW` the sliced Wasserstein distance",
              "to exact data samples, printed beside its floor (two independent exact sample sets). For each",

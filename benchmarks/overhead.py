@@ -88,7 +88,8 @@ def overhead_table(repeats: int = 21, steps: int = 50) -> str:
     per_step = {k: v / steps * 1e6 for k, v in timed_together(rows, repeats).items()}
     ours = per_step["sdeflow DPMSolverPP(2M) via sample()"]
     lines = [f"Tensor {'x'.join(map(str, SHAPE))} float32, {steps} steps, {torch.get_num_threads()} CPU threads, "
-             f"median of {repeats} runs, the loops timed in rotation.", "", "| loop | us per step | sdeflow / this |", "| --- | --- | --- |"]
+             f"median of {repeats} runs, the loops timed in rotation.", "",
+             "| loop | us per step | sdeflow / this |", "| --- | --- | --- |"]
     for k, v in per_step.items():
         lines.append(f"| {k} | {v:.0f} | {ours / v:.2f} |")
     return "\n".join(lines)

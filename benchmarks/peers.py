@@ -149,9 +149,11 @@ def _ddpm_configs(d):
             for v in ["bh1", "bh2"]:
                 out[f"UniPC {v} {order} ({spacing})"] = (d.UniPCMultistepScheduler, dict(b, solver_order=order, solver_type=v))
     for order in [2, 3]:
-        out[f"DPMSolverMultistep++ {order}M (karras)"] = (d.DPMSolverMultistepScheduler, dict(base, solver_order=order, use_karras_sigmas=True))
+        out[f"DPMSolverMultistep++ {order}M (karras)"] = (d.DPMSolverMultistepScheduler,
+                                                          dict(base, solver_order=order, use_karras_sigmas=True))
         out[f"UniPC bh2 {order} (karras)"] = (d.UniPCMultistepScheduler, dict(base, solver_order=order, use_karras_sigmas=True))
-        out[f"DPMSolverMultistep++ {order}M (lu lambdas)"] = (d.DPMSolverMultistepScheduler, dict(base, solver_order=order, use_lu_lambdas=True))
+        out[f"DPMSolverMultistep++ {order}M (lu lambdas)"] = (d.DPMSolverMultistepScheduler,
+                                                              dict(base, solver_order=order, use_lu_lambdas=True))
     out["DPMSolverMultistep++ 2M heun (linspace)"] = (d.DPMSolverMultistepScheduler, dict(base, solver_order=2, solver_type="heun"))
     out["DPMSolverMultistep 2M noise (linspace)"] = (d.DPMSolverMultistepScheduler, dict(
         base, solver_order=2, algorithm_type="dpmsolver", final_sigmas_type="sigma_min"))

@@ -156,7 +156,8 @@ def exact_law_rows(ks, nfes, quick):
 def exact_law_table(rows) -> tuple[str, list]:
     procs = list(dict.fromkeys(r["process"] for r in rows))
     nfes = sorted({r["nfe"] for r in rows})
-    out = ["| process | NFE | sdeflow best | W2 | k-diffusion best | W2 | k-diffusion / sdeflow |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    out = ["| process | NFE | sdeflow best | W2 | k-diffusion best | W2 | k-diffusion / sdeflow |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
     summary = []
     for p in procs:
         for n in nfes:

@@ -234,7 +234,8 @@ def report(cert, mix) -> str:
     if cert:
         out += ["## The certificate: exact W2 on a 16-D Gaussian", "",
                 "Exact W2 between each sampler's output law and the data (no Monte Carlo error). Fitted grids and "
-                "coefficients use 100 draws against the teacher (coefficients: a fifth of them held out); `cost`: model evaluations of the fit on that batch (teacher included).", "",
+                "coefficients use 100 draws against the teacher (coefficients: a fifth of them held out); `cost`: model "
+                "evaluations of the fit on that batch (teacher included).", "",
                 "| schedule | sampler | NFE | exact-optimal | dp+descent | dp+descent + coefficients | dp | descent "
                 "| AYS tangent law | best hand grid |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
@@ -244,7 +245,8 @@ def report(cert, mix) -> str:
                        f"({r['dp+descent'] / r['exact_optimal']:.2f}x) | {c:.3e} ({c / r['exact_optimal']:.2f}x) | "
                        f"{r['dp']:.3e} ({r['dp'] / r['exact_optimal']:.1f}x) | "
                        f"{r['descent']:.3e} ({r['descent'] / r['exact_optimal']:.2f}x) | {r['ays']:.3e} "
-                       f"({r['ays'] / r['exact_optimal']:.1f}x) | {r['hand']:.3e} ({r['hand'] / r['exact_optimal']:.1f}x, {r['hand_grid']}) |")
+                       f"({r['ays'] / r['exact_optimal']:.1f}x) | {r['hand']:.3e} "
+                       f"({r['hand'] / r['exact_optimal']:.1f}x, {r['hand_grid']}) |")
         out.append("")
     if mix:
         out += ["## The ODE benchmark's problems", "",
@@ -265,7 +267,8 @@ def report(cert, mix) -> str:
             bs = r["best_sdeflow"][0] if r["best_sdeflow"] else float("nan")
             hand = r["hand"] if r["hand"] is not None else float("nan")
             out.append(f"| {r['problem']} | {r['process'].split(' (')[0]} | {r['sampler']} | {r['nfe']} | "
-                       f"{hand:.3e} ({r['hand_grid']}) | {r['tuned']:.3e} | {r['coef']:.3e} ({r.get('coef_grid', 'tuned')}) | {bs:.3e} | {peer:.3e} | "
+                       f"{hand:.3e} ({r['hand_grid']}) | {r['tuned']:.3e} | {r['coef']:.3e} ({r.get('coef_grid', 'tuned')}) | "
+                       f"{bs:.3e} | {peer:.3e} | "
                        f"{r['tuned'] / peer:.2f} | **{r['coef'] / peer:.2f}** | "
                        f"{r['cost_nfe']}; {r['coef_cost_nfe']}, {r['coef_cost_grad']} |")
         out += ["", "Best of each process and NFE (any tuned sampler, grid only or with coefficients):", "",

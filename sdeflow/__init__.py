@@ -31,7 +31,8 @@ def __getattr__(name: str):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'sdeflow' has no attribute {name!r}")
 
-__all__ = ["adapters", "analytic", "compiled", "editing", "grids", "guidance", "likelihood", "metrics", "reward", "parameterizations", "samplers", "schedules", "Denoiser", "ModelDenoiser",
+__all__ = ["adapters", "analytic", "compiled", "editing", "grids", "guidance", "likelihood", "metrics", "reward",
+           "parameterizations", "samplers", "schedules", "Denoiser", "ModelDenoiser",
            "auto_grid", "discrete_grid", "karras_grid", "logsnr_grid", "polyexponential_grid", "quadratic_grid", "shift_grid",
            "uniform_grid", "BrownianTreeNoise", "GeneratorNoise", "SeededNoise",
            "NonFiniteError", "SampleResult", "StepInfo", "prior_sample", "sample", "FixedGridLoop",

@@ -94,7 +94,8 @@ def invert(denoiser: Denoiser, sampler: Sampler, ts, x: torch.Tensor, *, cond: d
             ``"newton"`` (the whole map at once) or ``"reversible"`` (undoing a reversible
             sampler's steps).
         tol: exact methods: stop when every sample's round-trip RMS is at most ``tol`` times its RMS
-            (at most ``tol`` for data near 0; the reversible method reports whether it is); default ``1e-9`` in float64, ``1e-4`` in float32,
+            (at most ``tol`` for data near 0; the reversible method reports whether it is); default ``1e-9`` in
+            float64, ``1e-4`` in float32,
             ``1e-2`` in half precision.
         max_iter, inner: exact methods: sampling passes (fixed-point) or Newton steps, and the
             iterations per step (fixed-point) or the Krylov dimension per Newton step.

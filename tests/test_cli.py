@@ -199,7 +199,6 @@ def _bad_inputs(tmp):
 def _corrupted_checkpoints(tmp) -> dict[str, str]:
     """A run folder with a training checkpoint (``run``), and copies of the shipped moons model with one
     thing wrong each, by name."""
-    import json
 
     from safetensors.torch import save_file
 

@@ -157,7 +157,8 @@ def test_consistency_distillation_residual_is_the_teachers_third_order_local_err
         loss = ConsistencyLoss(GAUSS.denoiser(sched), total_steps=1, s0=n, s1=n, huber_c=0)
         ts, cdf = loss.grid(sched, n)
         i = torch.searchsorted(cdf, extra[:, 0]).clamp(max=n - 1)
-        ratio = lambda v: torch.where(v > 0, sched.sigma(v) / sched.alpha(v), torch.zeros_like(v))
+        def ratio(v):
+            return torch.where(v > 0, sched.sigma(v) / sched.alpha(v), torch.zeros_like(v))
         per = loss(OracleFlowMap(GAUSS, sched), x, eps=eps, extra=extra) * (ratio(ts[i]) - ratio(ts[i + 1]))
         errors.append(float(per.sqrt().mean()))
     assert all(6.0 < errors[k] / errors[k + 1] < 10.0 for k in range(2)), errors

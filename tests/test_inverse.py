@@ -118,7 +118,8 @@ def test_repaint_keeps_the_known_entries_and_improves_with_resampling():
     ts = uniform_grid(50)
     errs = []
     for resample in (1, 5):
-        x, nfe = astuple(repaint(prior.denoiser(sched), op, y, ts, 2000, resample=resample, noise=GeneratorNoise(torch.Generator().manual_seed(0)),
+        x, nfe = astuple(repaint(prior.denoiser(sched), op, y, ts, 2000, resample=resample,
+                                 noise=GeneratorNoise(torch.Generator().manual_seed(0)),
                          dtype=torch.float64))
         assert nfe == 50 * resample and torch.allclose(x[:, mask], y.expand(2000, -1), atol=1e-9)
         errs.append(float((x.mean(0) - post.mean()).norm()))

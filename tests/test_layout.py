@@ -71,3 +71,13 @@ def test_engine_samplers_declare_coefficients_as_named_records(name):
         assert isinstance(sampler.step_coefficients(info.a_t, info.s_t, info.a_s, info.s_s, info.t, info.s, sch), Affine)
     else:  # a composite or adaptive sampler plans and steps itself
         assert type(sampler).prepare is not sdeflow.samplers.Sampler.prepare and type(sampler).step is not sdeflow.samplers.Sampler.step
+
+
+def test_the_code_passes_ruff_with_the_projects_selection():
+    """pycodestyle and pyflakes (pyproject.toml's [tool.ruff]) over the package, the tests and the benchmarks."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("ruff")
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(ROOT.parent)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-500:]

@@ -227,7 +227,8 @@ def test_bad_input_is_refused():
     den = RING.denoiser(VPLinear())
     x = data(RING, 2)
     for kw, match in [(dict(trace="jacobian"), "trace"), (dict(probe="uniform", trace="hutchinson"), "probe"),
-                      (dict(method="rk45"), "method"), (dict(method="ddpm"), "method"), (dict(probes=0), "probes"), (dict(method="rk4", steps=0), "steps"),
+                      (dict(method="rk45"), "method"), (dict(method="ddpm"), "method"), (dict(probes=0), "probes"),
+                      (dict(method="rk4", steps=0), "steps"),
                       (dict(t_min=0.0), "t_min"), (dict(t_min=0.5, t_max=0.4), "t_min"), (dict(rtol=0.0), "rtol")]:
         with pytest.raises(ValueError, match=match):
             log_likelihood(den, x, **kw)

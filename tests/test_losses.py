@@ -118,7 +118,8 @@ def test_ot_pairing_is_the_exact_assignment():
     g = torch.Generator().manual_seed(0)
     for _ in range(5):
         x, e = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
-        cost = lambda perm: float(((x - e[list(perm)]) ** 2).sum())
+        def cost(perm):
+            return float(((x - e[list(perm)]) ** 2).sum())
         best = min(cost(p) for p in itertools.permutations(range(6)))
         assert cost(ot_pairing(x, e).tolist()) == pytest.approx(best, rel=1e-9)
     x, e = torch.randn(256, 2, generator=g), torch.randn(256, 2, generator=g)

@@ -92,7 +92,8 @@ def test_gram_apply_is_a_function_of_the_dense_gram_matrix(name):
     e, Q = torch.linalg.eigh(A @ A.T)
     e = e.clamp_min(0.0)
     r = torch.randn(3, *op.out_shape, generator=g, dtype=torch.float64)
-    fn = lambda ev: ev.sqrt() + 1.0 / (1.0 + ev)
+    def fn(ev):
+        return ev.sqrt() + 1.0 / (1.0 + ev)
     want = (r.reshape(3, -1) @ Q * fn(e)) @ Q.T
     assert torch.allclose(op.gram_apply(r, fn).reshape(3, -1), want, atol=1e-10)
     scale = torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64)

@@ -323,7 +323,8 @@ def test_the_classifier_objective_trains_a_noise_aware_classifier_that_resumes(t
     t = torch.full((512,), 0.3, dtype=torch.float64)
 
     def held_out():
-        xt = trainer.schedule.alpha(t).float()[:, None, None, None] * x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+        xt = trainer.schedule.alpha(t).float()[:, None, None, None] * x + 0.3 * noise
         with torch.no_grad():
             return float(torch.nn.functional.cross_entropy(trainer.classifier.logits(xt, t), labels))
 

@@ -140,7 +140,7 @@ def _process_by_keys(config: dict, betas: bool) -> str:
 
 def _scheduler(scheduler_or_config):
     """A private scheduler instance from a scheduler, its config, or a local folder holding one."""
-    d = _require_diffusers()
+    _require_diffusers()
     if hasattr(scheduler_or_config, "set_timesteps") and hasattr(scheduler_or_config, "config"):
         return copy.deepcopy(scheduler_or_config)
     if isinstance(scheduler_or_config, str):  # a local from_pretrained folder (never downloads)

@@ -52,7 +52,8 @@ def k_sampler(sampler) -> Callable:
     ``fn(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None)``.
     ``callback`` receives k-diffusion's dict after every step as k-diffusion fills it: ``x`` the state
     step ``i`` started from (after a churn sampler's noise: at ``sigma_hat``), ``sigma = sigmas[i]``, and
-    ``denoised`` the step's first evaluation (a multistep step that reuses an evaluation: that one); stochastic samplers draw from ``noise_sampler(sigma, sigma_next)`` if given,
+    ``denoised`` the step's first evaluation (a multistep step that reuses an evaluation: that one); stochastic
+    samplers draw from ``noise_sampler(sigma, sigma_next)`` if given,
     else from the global RNG, as k-diffusion does."""
     if isinstance(sampler, str):
         from ..registry import SAMPLERS

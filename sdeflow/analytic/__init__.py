@@ -1,6 +1,7 @@
 """The exact oracle: Gaussian and Gaussian-mixture data whose denoiser, score, noised density,
 posterior under linear-Gaussian measurements, (for one Gaussian) probability-flow map and (for
-labelled mixtures) class-conditional fields and noise-aware classifier are closed form. Tests, benchmarks and the demo measure every method against it."""
+labelled mixtures) class-conditional fields and noise-aware classifier are closed form. Tests, benchmarks and the
+demo measure every method against it."""
 
 from .covariance import Covariance, Diagonal, Full, LowRankPlusDiagonal
 from .denoiser import OracleDenoiser, OracleFlowMap

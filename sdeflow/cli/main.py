@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--grid", default=default_grid, metavar="NAME|T0,T1,...",
                        help=f"one of: {', '.join(GRIDS)}, tuned (a model's grid fitted by sdeflow tune for the sampler "
                        "and --nfe), or decreasing times such as 1,0.5,0.2,0 "
-                       f"(default: {default_grid or 'the grid of the default sampler; with --sampler: auto for models, logsnr for problems'})")
+                       "(default: " + (default_grid or "the grid of the default sampler; with --sampler: auto for models, "
+                                       "logsnr for problems") + ")")
         p.add_argument("--nfe", type=_positive_int, default=default_nfe,
                        help="evaluation budget; the largest step count within it is used (default: "
                        f"{default_nfe or '20, or the budget a few-step model was trained for'})")
@@ -81,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--label", default=None, metavar="all|none|K[,K...]",
                      help="classes of a class-conditional model: all (cycle, default), none, or class numbers")
     smp.add_argument("-n", "--num", "--num-samples", dest="num", type=_positive_int, default=None,
-                     help="number of samples (default: 100 images, 2000 points, 1000 for a problem); under torchrun write -n or --num-samples, since "
+                     help="number of samples (default: 100 images, 2000 points, 1000 for a problem); under torchrun write "
+                     "-n or --num-samples, since "
                      "torchrun reads --num as a prefix of its own --numa-binding")
     smp.add_argument("--batch-size", type=_positive_int, default=256, help="samples per network batch (default: 256)")
     smp.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

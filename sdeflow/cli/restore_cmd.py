@@ -18,10 +18,11 @@ import torch
 from ..files import check_output, save_npz
 from ..metrics import psnr
 from ..inverse import TRANSFORMS, Bound, Mask, METHODS, solve
+from ..registry import OPERATORS, make_operator
 
 #: Posterior samples without -n (ensemble Kalman guidance: one more particle than measured values).
 DEFAULT_NUM = 6
-from ..registry import OPERATORS, make_operator
+
 
 def _load_input(args, model) -> torch.Tensor:
     if args.input is None:
@@ -142,7 +143,8 @@ def add_restore_parser(sub) -> None:
                        description="Measure an input with an operator and noise, then draw posterior samples with a "
                        "diffusion-prior method; writes truth, measurement, samples and their mean, each with its "
                        "PSNR, as a picture and/or the arrays as an .npz.")
-    p.add_argument("--checkpoint", default="shipped:digits", help="shipped model name, run folder or .safetensors (default: shipped:digits)")
+    p.add_argument("--checkpoint", default="shipped:digits",
+                   help="shipped model name, run folder or .safetensors (default: shipped:digits)")
     p.add_argument("--input", default=None, help="an image or .npy file (default: a real digit, see --index)")
     p.add_argument("--index", type=int, default=0, help="which scikit-learn digit to restore (default: 0)")
     p.add_argument("--operator", default="inpaint", choices=OPERATORS, metavar="NAME",

@@ -203,7 +203,8 @@ def _sample_problem(args) -> dict:
     x_init, _ = mixture.sample_t(args.num, schedule, float(ts[0]), gen)
     result = sample(denoiser, sampler, ts, x_init.float().reshape(args.num, *shape), cond={"label": labels},
                     noise=noise_source(args, gen), progress=args.progress and sys.stderr.isatty())
-    print(f"{args.num} samples of {args.problem} with {args.sampler} on {args.schedule}: {steps} step{'s' if steps != 1 else ''}, NFE {result.nfe}"
+    print(f"{args.num} samples of {args.problem} with {args.sampler} on {args.schedule}: "
+          f"{steps} step{'s' if steps != 1 else ''}, NFE {result.nfe}"
           + _forwards_note(denoiser, args.num))
     for out in outs:
         if out.lower().endswith(".npz"):

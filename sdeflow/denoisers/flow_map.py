@@ -55,7 +55,8 @@ class FlowMap(Denoiser):
     def jump(self, x_t: torch.Tensor, t: Time, s: Time, **cond) -> torch.Tensor:
         """``X(x_t, t, s) = a x_t + b D(x_t, t, s)``."""
         a, b = jump_coefficients(self.schedule, t, s)
-        cast = lambda c: expand_as_batch(c.to(device=x_t.device, dtype=x_t.dtype), x_t)
+        def cast(c):
+            return expand_as_batch(c.to(device=x_t.device, dtype=x_t.dtype), x_t)
         return cast(a) * x_t + cast(b) * self(x_t, t, target=s, **cond)
 
 

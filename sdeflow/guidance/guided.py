@@ -15,7 +15,8 @@ is skipped. The interval is a range of noise levels, never a fraction of steps, 
 same on every grid.
 
 The rule's state (APG's momentum) belongs to one run: it is emptied when an evaluation comes back
-to the top of the grid (or higher), and by :meth:`Guided.reset`. ``forwards`` counts network forwards per sample (a batched CFG evaluation is 2, a skipped negative
+to the top of the grid (or higher), and by :meth:`Guided.reset`. ``forwards`` counts network forwards per sample (a
+batched CFG evaluation is 2, a skipped negative
 pass 1) summed over the samples evaluated: one run over ``B`` samples adds ``B`` times its
 forwards per sample. It stands beside the sampler's NFE, which counts denoiser evaluations.
 """

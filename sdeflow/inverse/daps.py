@@ -33,7 +33,8 @@ def daps(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: flo
     y = torch.as_tensor(y, dtype=dtype, device=device)
     shape = operator.shape
     draws = LoopNoise(noise, num, dtype, device)
-    randn = lambda: draws.next((num, *shape))
+    def randn():
+        return draws.next((num, *shape))
     x_t = randn() * prior_std(sched, float(ts[0]), data_var ** 0.5)
     noise_var = max(noise_std, 1e-3) ** 2
     lip = _lipschitz(operator, shape, dtype)  # largest eigenvalue of A^T A (1 for nonlinear operators)

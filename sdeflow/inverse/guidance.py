@@ -94,7 +94,8 @@ class MMPS(PosteriorDenoiser):
 
     def correct(self, x, d, t):
         A, c = self.operator, self._tweedie(x, t)
-        cov = lambda v: c * _vjp(d, x, v)  # Cov[x | x_t] v, the Jacobian being symmetric
+        def cov(v):
+            return c * _vjp(d, x, v)  # Cov[x | x_t] v, the Jacobian being symmetric
         r = self._y(d) - A(d)
         u = conjugate_gradient(lambda w: A(cov(A.adjoint(w))) + self.noise_std ** 2 * w, r.detach(), self.cg_iters)
         return d + cov(A.adjoint(u))

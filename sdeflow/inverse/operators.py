@@ -168,8 +168,10 @@ class Identity(LinearOperator):
         return y
 
     def svd(self):
-        flat = lambda x: x.reshape(x.shape[0], -1)
-        unflat = lambda z: z.reshape(z.shape[0], *self.shape)
+        def flat(x):
+            return x.reshape(x.shape[0], -1)
+        def unflat(z):
+            return z.reshape(z.shape[0], *self.shape)
         return torch.ones(self.dim, dtype=torch.float64), unflat, flat, flat, unflat
 
     def gram_solve(self, r, lam, iters=50):
@@ -210,8 +212,10 @@ class Mask(LinearOperator):
         the kept entries first."""
         order = torch.cat([self.index, torch.nonzero(~self.mask.flatten()).flatten()])
         inv = torch.argsort(order)
-        vt = lambda x: x.reshape(x.shape[0], -1)[:, order.to(x.device)]
-        v = lambda z: z[:, inv.to(z.device)].reshape(z.shape[0], *self.shape)
+        def vt(x):
+            return x.reshape(x.shape[0], -1)[:, order.to(x.device)]
+        def v(z):
+            return z[:, inv.to(z.device)].reshape(z.shape[0], *self.shape)
         return torch.ones(self.index.numel(), dtype=torch.float64), lambda u: u, lambda u: u, vt, v
 
 

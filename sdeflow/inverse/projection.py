@@ -104,13 +104,16 @@ def ddrm(denoiser: Denoiser, operator: LinearOperator, y: torch.Tensor, noise_st
         raise ValueError("DDRM needs alpha > 0 on the whole grid; start it below t = 1 for this schedule")
     e, qt, q = A.gram_eig()
     inv_s = _pseudo_inverse(e).sqrt().to(dtype)          # 1 / s_i on the kept directions, 0 elsewhere
-    to_c = lambda v: qt(A(v)) * inv_s                     # V^T v on the range
-    from_c = lambda c: A.adjoint(q(c * inv_s))            # V c
+    def to_c(v):
+        return qt(A(v)) * inv_s                     # V^T v on the range
+    def from_c(c):
+        return A.adjoint(q(c * inv_s))            # V c
     y = torch.as_tensor(y, dtype=dtype, device=device)
     y_bar = qt(y.reshape(-1, *A.out_shape)) * inv_s     # S^-1 U^T y
     n = noise_std * inv_s
     draws = LoopNoise(noise, num, dtype, device)
-    randn = lambda: draws.next((num, *A.shape))
+    def randn():
+        return draws.next((num, *A.shape))
     x = randn() * prior_std(sched, float(ts[0]), 1.0)
     keep = (inv_s > 0).to(x.device)
     ddim = DDIM(eta=eta)

@@ -35,7 +35,8 @@ def repaint(denoiser: Denoiser, operator: Mask, y: torch.Tensor, ts: torch.Tenso
     keep = operator.adjoint(torch.ones_like(y)).bool()  # (num, *shape)
     y_full = operator.adjoint(y)
     draws = LoopNoise(noise, num, dtype, device)
-    randn = lambda: draws.next((num, *shape))
+    def randn():
+        return draws.next((num, *shape))
     x = randn() * prior_std(sched, float(ts[0]), 1.0)
     nfe = 0
     for i in range(len(ts) - 1):

@@ -18,7 +18,8 @@ weight ``N(y; A x_hat, r^2 A A^T + noise_std^2 I) / p~_t(y | x_t)``; for a nonli
 ``N(x_hat + r^2 grad log N(y; A(x_hat), noise_std^2 + r^2), r^2 I)`` with its importance weight. So the
 weighted particles target the posterior of the model's chain, the resampled copies of a particle end
 as distinct samples, and no sharper final reweighting collapses them. The result keeps the effective
-sample size of every step and the final log weights; a final ESS below ``min_ess K`` warns. Wu, Trippe, Naesseth, Blei, Cunningham, "Practical and Asymptotically Exact
+sample size of every step and the final log weights; a final ESS below ``min_ess K`` warns. Wu, Trippe, Naesseth,
+Blei, Cunningham, "Practical and Asymptotically Exact
 Conditional Sampling in Diffusion Models", 2023, arXiv:2306.17775 (the twisted diffusion sampler).
 """
 

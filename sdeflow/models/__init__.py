@@ -1,5 +1,6 @@
 """Reference networks: an MLP for low-dimensional data, a compact UNet for small images, a small
-image classifier (for quality measurements) and a noise-aware one (classifier guidance). All take ``net(x, c, label=None)`` where ``c`` is the
+image classifier (for quality measurements) and a noise-aware one (classifier guidance). All take ``net(x, c,
+label=None)`` where ``c`` is the
 ``(B,)`` time input of :class:`~sdeflow.denoisers.ModelDenoiser`; each is rebuilt from its
 ``config`` dict, which checkpoints store as JSON."""
 

@@ -29,7 +29,8 @@ RK4 steps cost ``4n`` evaluations (as flow-matching libraries run it). On a sche
 ``sigma'`` at clean data the last step stays the default one. :func:`sdeflow.sample` refuses a model
 that cannot give the velocity before it starts.
 
-References: Kutta, 1901 (the classical fourth-order method, as in Butcher, 2016); Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models",
+References: Kutta, 1901 (the classical fourth-order method, as in Butcher, 2016); Karras et al., "Elucidating the
+Design Space of Diffusion-Based Generative Models",
 2022, arXiv:2206.00364; Heun, 1900 (third-order method as in Butcher, "Numerical Methods for
 Ordinary Differential Equations", 2016); Wang et al., "Taming Rectified Flow for Inversion and
 Editing", 2024, arXiv:2411.04746 (RF-Solver).

@@ -326,7 +326,8 @@ class ConsistencyLoss(_FewStepLoss):
         with torch.no_grad():
             target = torch.where(_cast(u, x) > 0, model(x_u, u, target=zero, **cond), x_u)
         diff = (model(x_t, t, target=zero, **cond) - target).float().reshape(x.shape[0], -1)
-        ratio = lambda v: sched.sigma(v) / sched.alpha(v)
+        def ratio(v):
+            return sched.sigma(v) / sched.alpha(v)
         weight = (1.0 / (ratio(t) - torch.where(u > 0, ratio(u), torch.zeros_like(u)))).float()
         if self.huber_c == 0:
             return weight * diff.pow(2).mean(1)

@@ -116,7 +116,8 @@ class DenoisingLoss:
         if not bool(torch.isfinite(weight).all() & torch.isfinite(c_x).all() & torch.isfinite(c_e).all()):
             raise ValueError(f"the {self.weighting} weighting or the {p.name} target is not finite at some training "
                              f"time in [{float(t.min()):.3g}, {float(t.max()):.3g}]; narrow the time density")
-        cast = lambda c: expand_as_batch(c.to(device=x.device, dtype=x.dtype), x)
+        def cast(c):
+            return expand_as_batch(c.to(device=x.device, dtype=x.dtype), x)
         x_t = cast(alpha) * x + cast(sigma) * eps
         target = cast(c_x) * x + cast(c_e) * eps
         if isinstance(denoiser, ModelDenoiser):
