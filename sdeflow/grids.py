@@ -219,3 +219,39 @@ def from_sigmas(sigmas, schedule: Schedule) -> torch.Tensor:
     ``scheduler.sigmas``): each is mapped to the time where the schedule has that noise level, and a
     final ``0`` to ``t = 0`` (clean data); see :func:`sigma_times`."""
     return check_grid(sigma_times(sigmas, schedule))
+
+
+def _named():
+    from .names import NameTable
+
+    return NameTable("grid", {
+        "auto": (lambda n, schedule: auto_grid(n, schedule),
+                 "sdeflow's few-step default: polyexponential in the noise level, ending higher as the budget shrinks"),
+        "uniform": (lambda n, schedule: within_domain(lambda k, lo: uniform_grid(k, t_min=lo), n, schedule), "uniform in t"),
+        "quadratic": (lambda n, schedule: within_domain(lambda k, lo: quadratic_grid(k, t_min=lo), n, schedule),
+                      "quadratic in t (DDIM's quadratic spacing)"),
+        "logsnr": (lambda n, schedule: logsnr_grid(n, schedule), "uniform in logSNR (DPM-Solver's default)"),
+        "karras": (lambda n, schedule: karras_grid(n, schedule), "Karras et al.'s rho = 7 spacing of the noise level"),
+        "polyexponential": (lambda n, schedule: polyexponential_grid(n, schedule, rho=2.0), "k-diffusion's polyexponential, rho = 2"),
+        "shifted": (lambda n, schedule: shift_grid(uniform_grid(n), 3.0), "uniform in t shifted by 3 (SD3's flow resolution shift)"),
+        "linspace": (lambda n, schedule: discrete_grid(n, schedule, "linspace"), "a discrete schedule's indices, linspace spacing"),
+        "leading": (lambda n, schedule: discrete_grid(n, schedule, "leading", steps_offset=1),
+                    "a discrete schedule's indices, leading spacing with steps_offset 1"),
+        "trailing": (lambda n, schedule: discrete_grid(n, schedule, "trailing"), "a discrete schedule's indices, trailing spacing"),
+    })
+
+
+#: Grids by name: ``(n_steps, schedule) -> ts`` (a :class:`~sdeflow.names.NameTable`). Discrete spacings need a
+#: discrete schedule.
+GRIDS = _named()
+
+
+def parse_grid(text: str, n: int, schedule: Schedule) -> torch.Tensor:
+    """A grid name from :data:`GRIDS`, or a user array of decreasing times ``"1,0.6,0.3,0"``."""
+    if "," in text:
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            raise ValueError(f"a user grid is comma-separated numbers, got {text!r}") from None
+        return check_grid(values)
+    return GRIDS.lookup(text)(n, schedule)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .names import NameTable
 from .schedules import Schedule
 from .shapes import Time, as_time, expand_as_batch
 
@@ -156,18 +157,22 @@ class EDMPrecond(Parameterization):
         return sig / (n * a), -self.sigma_data / torch.sqrt(n)
 
 
-PARAMETERIZATIONS: dict[str, type[Parameterization]] = {
-    cls.name: cls for cls in (X0, Eps, V, Score, Velocity, EDMPrecond)
-}
+#: Parameterizations by name: what a network predicts.
+PARAMETERIZATIONS = NameTable("parameterization", {
+    "x0": (X0, "the clean data x_hat"),
+    "eps": (Eps, "the noise eps"),
+    "v": (V, "v = alpha eps - sigma x"),
+    "score": (Score, "the score of p_t"),
+    "velocity": (Velocity, "the probability-flow velocity dx_t/dt (flow matching)"),
+    "edm": (EDMPrecond, "EDM's preconditioned output F (sigma_data 0.5)"),
+})
 
 
 def as_parameterization(p: Parameterization | str) -> Parameterization:
     """Accept a :class:`Parameterization` or one of the names in :data:`PARAMETERIZATIONS`."""
     if isinstance(p, Parameterization):
         return p
-    if p not in PARAMETERIZATIONS:
-        raise ValueError(f"unknown parameterization {p!r}; allowed: {', '.join(PARAMETERIZATIONS)}")
-    return PARAMETERIZATIONS[p]()
+    return PARAMETERIZATIONS.lookup(p)()
 
 
 def eps_from_x_hat(x_hat: torch.Tensor, x_t: torch.Tensor, schedule: Schedule, t: Time) -> torch.Tensor:

@@ -56,7 +56,7 @@ def k_sampler(sampler) -> Callable:
     samplers draw from ``noise_sampler(sigma, sigma_next)`` if given,
     else from the global RNG, as k-diffusion does."""
     if isinstance(sampler, str):
-        from ..registry import SAMPLERS
+        from ..samplers import SAMPLERS
 
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")

@@ -43,19 +43,14 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
 from ..denoisers import ModelDenoiser
-from ..grids import check_grid, shift_grid
+from ..grids import GRIDS, check_grid, shift_grid
 from ..noise import GeneratorNoise
 from ..parameterizations import as_parameterization
+from ..samplers import SAMPLERS, default_sampling
 from ..sampling import planned
 from ..schedules import EDM, DiscreteVP, RectifiedFlow
 from .diffusers import (PREDICTION_TYPES, ClipSample, _Timesteps, diffusers_class, recognize, scheduler_grid,
                         schedule_from_scheduler)
-
-
-def _registry():
-    from .. import registry
-
-    return registry
 
 
 #: The diffusers scheduler a process's config is taken to come from when it names none (``grid="scheduler"``).
@@ -162,12 +157,11 @@ class SdeflowScheduler(SchedulerMixin, ConfigMixin):
                  time_shift_type: str | None = None, invert_sigmas: bool = False, sigma_min: float | None = None,
                  sigma_max: float | None = None, sigma_data: float | None = None, rho: float | None = None,
                  sigma_schedule: str | None = None):
-        reg = _registry()
-        if sampler != "auto" and sampler not in reg.SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; allowed: auto, {', '.join(reg.SAMPLERS)}")
-        if grid is not None and grid != "scheduler" and grid not in reg.GRIDS:
-            raise ValueError(f"unknown grid {grid!r}; allowed: scheduler, {', '.join(reg.GRIDS)}")
-        if sampler != "auto" and reg.SAMPLERS[sampler]().adaptive:
+        if sampler != "auto" and sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; allowed: auto, {', '.join(SAMPLERS)}")
+        if grid is not None and grid != "scheduler" and grid not in GRIDS:
+            raise ValueError(f"unknown grid {grid!r}; allowed: scheduler, {', '.join(GRIDS)}")
+        if sampler != "auto" and SAMPLERS[sampler]().adaptive:
             raise ValueError(f"{sampler} chooses its steps from the state: a scheduler needs its timesteps in advance")
         process = process or ("flow" if prediction_type == "flow_prediction" else "edm" if sigma_data is not None
                               else "vp")
@@ -200,7 +194,7 @@ class SdeflowScheduler(SchedulerMixin, ConfigMixin):
         self.eval_times: list[float] = []
         self._begin_index = self._run = None
         self.init_noise_sigma = 1.0
-        self.sampler = None if sampler == "auto" else reg.SAMPLERS[sampler]()
+        self.sampler = None if sampler == "auto" else SAMPLERS[sampler]()
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
@@ -266,7 +260,6 @@ class SdeflowScheduler(SchedulerMixin, ConfigMixin):
         scheduler makes of ``timesteps=`` (network timesteps) or ``sigmas=`` (noise levels; ``mu`` for
         dynamic shifting), as diffusers' ``retrieve_timesteps`` passes them. ``timesteps`` lists the network
         timestep of every evaluation."""
-        reg = _registry()
         if timesteps is not None and sigmas is not None:
             raise ValueError("give timesteps= or sigmas=, not both")
         custom = timesteps is not None or sigmas is not None
@@ -278,15 +271,15 @@ class SdeflowScheduler(SchedulerMixin, ConfigMixin):
         name = self.config.sampler
         grid = self.config.grid
         if name == "auto":
-            name, default_grid = reg.default_sampling(self.schedule, num_inference_steps or 10)
+            name, default_grid = default_sampling(self.schedule, num_inference_steps or 10)
             grid = grid or default_grid
-        self.sampler, grid = reg.SAMPLERS[name](), grid or "auto"
+        self.sampler, grid = SAMPLERS[name](), grid or "auto"
         if custom or grid == "scheduler":
             kw = {k: v for k, v in (("timesteps", timesteps), ("sigmas", sigmas), ("mu", mu)) if v is not None}
             self.ts = scheduler_grid(self._source_scheduler(), self.schedule, self._timesteps_of,
                                      None if custom else num_inference_steps, **kw)
         else:
-            self.ts = reg.GRIDS[grid](num_inference_steps, self.schedule)
+            self.ts = GRIDS[grid](num_inference_steps, self.schedule)
             if self.process == "flow" and self.config.shift != 1.0:  # the resolution shift the model was trained for
                 self.ts = check_grid(shift_grid(self.ts, float(self.config.shift)))
         plan = planned(self.sampler, self.schedule, self.ts)

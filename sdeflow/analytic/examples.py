@@ -58,3 +58,18 @@ def gaussian(mean, cov) -> GaussianMixture:
     mean = torch.as_tensor(mean, dtype=torch.float64)
     cov = torch.as_tensor(cov, dtype=torch.float64)
     return GaussianMixture(torch.ones(1), mean[None], cov[None])
+
+
+def _problems():
+    from ..names import NameTable
+
+    return NameTable("problem", {
+        "ring-2d": (lambda: (ring_2d(), (2,)), "a 2-D ring of 8 anisotropic Gaussians"),
+        "labelled-ring-2d": (lambda: (ring_2d(n_classes=4), (2,)), "the ring with 4 classes of 2 components (guidance)"),
+        "mixture-64d": (lambda: (random_mixture(64, 8, seed=1), (64,)), "an anisotropic 64-D mixture of 8"),
+        "image-mixture": (lambda: (random_mixture(3 * 32 * 32, 4, seed=2), (3, 32, 32)), "a 3x32x32 mixture of 4, diagonal covariances"),
+    })
+
+
+#: Exact problems by name: ``() -> (mixture, sample shape)`` (a :class:`~sdeflow.names.NameTable`).
+PROBLEMS = _problems()

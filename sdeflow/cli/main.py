@@ -141,9 +141,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _table(title: str, table) -> None:
+    """One table of names with their one-line summaries."""
+    print(title)
+    width = max(map(len, table))
+    for name in table:
+        print(f"  {name:<{width}}  {table.summary(name)}")
+
+
 def _list() -> None:
-    print("schedules: " + ", ".join(SCHEDULES))
-    print("samplers (order of accuracy, evaluations per step):")
+    from ..guidance import METHODS as GUIDANCE_METHODS
+    from ..inverse import METHODS as INVERSE_METHODS, OPERATORS
+    from ..pretrained import PRETRAINED
+    from ..samplers import DEFAULTS, FLOW_MAP_SAMPLERS
+    from ..training.config import OBJECTIVES, RECIPES
+
+    _table("schedules (--schedule NAME):", SCHEDULES)
+    print("samplers (--sampler NAME): what each is; order of accuracy, evaluations per step")
     width = max(map(len, SAMPLERS))
     for name, make in SAMPLERS.items():
         s = make()
@@ -152,10 +166,9 @@ def _list() -> None:
             cost += " + restart passes"
         kind = "stochastic" if s.stochastic else "deterministic"
         order = "no fixed order" if s.convergence_order == 0 else f"order {s.convergence_order}"
-        print(f"  {name:<{width}}  {order}, {cost}, {kind}")
-    print("grids: " + ", ".join(GRIDS) + ", tuned (a model's grids fitted by sdeflow tune; or decreasing times: 1,0.5,0)")
-    from ..registry import DEFAULTS
-
+        print(f"  {name:<{width}}  {SAMPLERS.summary(name)}; {order}, {cost}, {kind}")
+    _table("few-step samplers of flow-map models:", FLOW_MAP_SAMPLERS)
+    _table("grids (--grid NAME; also tuned: a model's grids fitted by sdeflow tune; or decreasing times: 1,0.5,0):", GRIDS)
     print("defaults of sdeflow sample (by schedule family and NFE; from the ODE benchmark):")
     for fam, rows in DEFAULTS.items():
         lo, parts = 1, []
@@ -163,25 +176,14 @@ def _list() -> None:
             parts.append(f"NFE {lo}-{most if most != float('inf') else ''}: {sampler} on {grid}".replace("-: ", "+: "))
             lo = most + 1 if most != float("inf") else lo
         print(f"  {fam:<6} {'; '.join(parts)}")
-    print("problems: " + ", ".join(PROBLEMS))
-    from ..registry import INVERSE_METHODS, OPERATORS
-
-    print("inverse-problem methods (sdeflow restore --method NAME; sdeflow.inverse.solve):")
-    width = max(map(len, INVERSE_METHODS))
-    for name, exact in INVERSE_METHODS.items():
-        print(f"  {name:<{width}}  {exact}")
-    print("measurement operators (sdeflow restore --operator NAME): " + ", ".join(OPERATORS))
-    from ..guidance import METHODS
-
-    print("guidance methods (sdeflow sample --guidance W --guidance-method NAME; sdeflow.guidance.guided):")
-    width = max(map(len, METHODS))
-    for name, text in METHODS.items():
-        print(f"  {name:<{width}}  {text}")
+    _table("exact problems (sdeflow sample --problem NAME):", PROBLEMS)
+    _table("inverse-problem methods (sdeflow restore --method NAME; sdeflow.inverse.solve), and when each is exact:",
+           INVERSE_METHODS)
+    _table("measurement operators (sdeflow restore --operator NAME):", OPERATORS)
+    _table("guidance methods (sdeflow sample --guidance W --guidance-method NAME; sdeflow.guidance.guided):",
+           GUIDANCE_METHODS)
     print("  (predictor-corrector guidance: any method with --sampler pc-langevin, whose corrector targets the "
           "tilted p_t(x|c)^w p_t(x)^(1-w))")
-    from ..pretrained import PRETRAINED
-    from ..training.config import OBJECTIVES, RECIPES
-
     print("shipped models (sdeflow sample --checkpoint NAME, or shipped:NAME where a local folder has the name): "
           + ", ".join(PRETRAINED))
     print("training objectives (sdeflow train --objective NAME): " + ", ".join(OBJECTIVES))

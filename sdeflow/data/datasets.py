@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..names import NameTable
 from .toys import TOYS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -174,7 +175,11 @@ def array_file(path: str, standardize: bool = False) -> Dataset:
                    name=os.path.splitext(os.path.basename(path))[0])
 
 
-DATASETS = {"digits": digits, **{name: (lambda name=name: toy(name)) for name in TOYS}}
+#: Built-in datasets by name (besides image folders and array files).
+DATASETS = NameTable("dataset", {
+    "digits": (digits, "scikit-learn's 1797 handwritten digits, 1x8x8, 10 classes"),
+    **{name: ((lambda name=name: toy(name)), TOYS.summary(name)) for name in TOYS},
+})
 
 
 def load(spec: str, *, image_size: int = 32, standardize: bool = False, toy_size: int = 100_000, seed: int = 0) -> Dataset:

@@ -7,6 +7,8 @@ import math
 
 import torch
 
+from ..names import NameTable
+
 
 def moons(n: int, seed: int = 0, noise: float = 0.1) -> torch.Tensor:
     """Two interleaved half circles (radius 1, the second shifted by (1, -0.5)) with Gaussian jitter
@@ -46,4 +48,9 @@ def checkerboard(n: int, seed: int = 0) -> torch.Tensor:
     return torch.stack([x, y], 1).float()
 
 
-TOYS = {"moons": moons, "swiss-roll": swiss_roll, "eight-gaussians": eight_gaussians, "checkerboard": checkerboard}
+TOYS = NameTable("toy dataset", {
+    "moons": (moons, "two interleaved half circles"),
+    "swiss-roll": (swiss_roll, "a 2-D swiss roll"),
+    "eight-gaussians": (eight_gaussians, "eight Gaussians on a circle"),
+    "checkerboard": (checkerboard, "a checkerboard of uniform squares"),
+})

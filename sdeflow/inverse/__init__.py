@@ -8,11 +8,12 @@ from .guidance import DPS, MMPS, PiGDM, PosteriorDenoiser
 from .methods import METHODS, TRANSFORMS, Bound, Solution, solve
 from .operators import (Blur, Downsample, Identity, LinearOperator, Mask, Matrix, Nonlinear, Operator, RandomProjection,
                         conjugate_gradient)
+from .operator_names import OPERATORS, make_operator
 from .projection import DDNM, DiffPIR
 from .repaint import repaint
 from .smc import twisted_smc
 from .variational import red_diff
 
 __all__ = ["Blur", "Bound", "DDNM", "DPS", "DiffPIR", "Downsample", "Identity", "LinearOperator", "METHODS", "MMPS", "Mask",
-           "Matrix", "Nonlinear", "Operator", "PiGDM", "PosteriorDenoiser", "RandomProjection", "Solution", "TRANSFORMS",
-           "conjugate_gradient", "daps", "enkg", "red_diff", "repaint", "solve", "twisted_smc"]
+           "Matrix", "Nonlinear", "OPERATORS", "Operator", "PiGDM", "PosteriorDenoiser", "RandomProjection", "Solution", "TRANSFORMS",
+           "conjugate_gradient", "daps", "enkg", "make_operator", "red_diff", "repaint", "solve", "twisted_smc"]

@@ -12,12 +12,12 @@ so well-measured directions get their posterior spread. ``nfe`` is the number of
 
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 
 from ..denoisers import Denoiser
 from ..grids import DEFAULT_SIGMA_MIN, check_grid, default_t_min, karras_grid
+from ..names import NameTable
 from ..noise import GeneratorNoise, NoiseSource
 from ..sampling import NonFiniteError, prior_std, sample
 from .daps import daps
@@ -43,12 +43,14 @@ def _transform(name):
         x_init = noise(like, -1) * prior_std(denoiser.schedule, float(ts[0]), 1.0)  # step -1: the prior draw
         result = sample(post, sampler or DDIM(eta=1.0), ts, x_init, noise=noise)
         return Solution(result.x, result.nfe, name)
+    run.wraps = TRANSFORMS[name]  # what the entry runs (the registration test reads it)
     return run
 
 
 def _loop(fn):
     def run(denoiser, operator, y, noise_std, ts, num, *, sampler=None, **options):
         return fn(denoiser, operator, y, noise_std, ts, num, **options)
+    run.wraps = fn
     return run
 
 
@@ -56,18 +58,35 @@ def _repaint(denoiser, operator, y, noise_std, ts, num, *, sampler=None, **optio
     return repaint(denoiser, operator, y, ts, num, **options)
 
 
-#: ``name -> (steps for an NFE budget and the options, run)``; every ``run`` takes the grid and returns a Solution.
-METHOD_TABLE: dict[str, tuple[Callable, Callable]] = {
-    **{name: (lambda nfe, sampler=None, **o: nfe // (sampler.nfe_per_step if sampler else 1), _transform(name))
-       for name in TRANSFORMS},
-    "ddrm": (lambda nfe, **o: nfe, _loop(ddrm)),
-    "repaint": (lambda nfe, resample=2, **o: nfe // resample, _repaint),
-    "daps": (lambda nfe, ode_steps=3, **o: nfe // max(1, ode_steps), _loop(daps)),
-    "red-diff": (lambda nfe, **o: nfe, _loop(red_diff)),
-    "enkg": (lambda nfe, **o: nfe, _loop(enkg)),
-    "smc": (lambda nfe, **o: nfe, _loop(twisted_smc)),
-}
-METHODS = tuple(METHOD_TABLE)
+_repaint.wraps = repaint
+
+
+def _steps_of_transform(nfe, sampler=None, **options):
+    return nfe // (sampler.nfe_per_step if sampler else 1)
+
+
+#: Every posterior sampler by name (a :class:`~sdeflow.names.NameTable`): the run (``run(denoiser, operator, y,
+#: noise_std, ts, num, sampler=, noise=, dtype=, device=, **options) -> Solution``), when it is exact (``sdeflow
+#: list`` prints it), and as ``info`` the steps an NFE budget buys (``steps(nfe, **options)``).
+METHODS = NameTable("inverse method", {
+    "mmps": (_transform("mmps"), "exact for a Gaussian prior of any covariance and a linear operator", _steps_of_transform),
+    "pigdm": (_transform("pigdm"), "exact for an isotropic Gaussian prior whose variance is data_var", _steps_of_transform),
+    "dps": (_transform("dps"), "approximate at every NFE (its step size zeta sets the bias)", _steps_of_transform),
+    "ddnm": (_transform("ddnm"), "exact for an isotropic Gaussian prior and noiseless measurements; biased when the prior "
+             "correlates measured and unmeasured directions", _steps_of_transform),
+    "diffpir": (_transform("diffpir"), "approximate", _steps_of_transform),
+    "ddrm": (_loop(ddrm), "exact for an isotropic Gaussian prior (to O(1/steps)); biased when the prior correlates measured "
+             "and unmeasured directions", lambda nfe, **o: nfe),
+    "repaint": (_repaint, "approximate; masks only (more resampling, smaller error)",
+                lambda nfe, resample=2, **o: nfe // resample),
+    "daps": (_loop(daps), "approximate (Langevin on a Gaussian approximation of p(x | x_t))",
+             lambda nfe, ode_steps=3, **o: nfe // max(1, ode_steps)),
+    "red-diff": (_loop(red_diff), "a point estimate: no posterior spread", lambda nfe, **o: nfe),
+    "enkg": (_loop(enkg), "approximate; needs no gradient of the operator, and more particles than measured dimensions",
+             lambda nfe, **o: nfe),
+    "smc": (_loop(twisted_smc), "asymptotically exact as the particles grow, for any prior (reports its effective sample "
+            "size)", lambda nfe, **o: nfe),
+})
 LOOPS = tuple(m for m in METHODS if m not in TRANSFORMS)
 
 
@@ -155,10 +174,8 @@ def solve(name: str, denoiser: Denoiser, operator: Operator, y: torch.Tensor, no
         noise: a :class:`~sdeflow.noise.NoiseSource` (default: a generator seeded with ``seed``).
         progress: a progress bar counting the network evaluations.
     """
-    if name not in METHOD_TABLE:
-        raise ValueError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
+    run, steps_for = METHODS.lookup(name), METHODS.info(name)
     y = check_problem(denoiser, operator, y, noise_std, num)
-    steps_for, run = METHOD_TABLE[name]
     sched = denoiser.schedule
     if ts is None:
         if nfe is None or nfe < 2:

@@ -376,3 +376,4 @@ class Nonlinear(Operator):
     def __call__(self, x):
         self._check(x)
         return self.fn(x)
+

@@ -51,7 +51,7 @@ from typing import Callable
 import torch
 
 from ..denoisers import Denoiser
-from ..registry import SAMPLERS, deterministic_samplers
+from ..samplers import SAMPLERS, deterministic_samplers
 from ..samplers.adaptive import _A, _B4, _C, _error_ratio, _next_h
 from ..samplers.base import Sampler, ode_coefficients
 from ..sampling import CountingField, check_denoiser, integrate, planned, prior_std

@@ -4,13 +4,19 @@ label=None)`` where ``c`` is the
 ``(B,)`` time input of :class:`~sdeflow.denoisers.ModelDenoiser`; each is rebuilt from its
 ``config`` dict, which checkpoints store as JSON."""
 
+from ..names import NameTable
 from .classifier import Classifier, NoisyClassifier
 from .embedding import TimeEmbedding
 from .mlp import MLP
 from .unet import UNet
 
 #: Architectures by name, for checkpoints: ``ARCHITECTURES[name](**config)``.
-ARCHITECTURES = {"mlp": MLP, "unet": UNet, "classifier": Classifier, "noisy-classifier": NoisyClassifier}
+ARCHITECTURES = NameTable("architecture", {
+    "mlp": (MLP, "an MLP with a time embedding, for low-dimensional data"),
+    "unet": (UNet, "a compact class-conditional UNet for small images"),
+    "classifier": (Classifier, "a small image classifier (the quality benchmark's judge)"),
+    "noisy-classifier": (NoisyClassifier, "a noise-aware classifier of p_t(c | x_t) (classifier guidance)"),
+})
 
 
 def check_config(name: str, config) -> None:

@@ -167,7 +167,7 @@ def _check_data(meta: dict, net: torch.nn.Module) -> None:
 
 def load_model(spec: str = "digits", device: str | torch.device = "cpu") -> LoadedModel:
     """Load a shipped model by name or any sdeflow checkpoint (EMA weights) as a denoiser."""
-    from ..registry import SCHEDULES, lookup
+    from ..schedules import SCHEDULES
 
     net, meta, path = load_network(spec)
     if "config" not in meta or "data" not in meta:
@@ -176,7 +176,7 @@ def load_model(spec: str = "digits", device: str | torch.device = "cpu") -> Load
     cfg = TrainConfig.from_dict(meta["config"], where=path).resolved()
     if cfg.objective == "classifier":
         raise ValueError(f"{spec!r} is a {cfg.objective}, not a generative model (load it with load_classifier)")
-    schedule = lookup(SCHEDULES, "schedule", cfg.schedule)()
+    schedule = SCHEDULES.lookup(cfg.schedule)()
     kind = FlowMapDenoiser if meta["network"].get("jump") else ModelDenoiser
     denoiser = kind(net.to(device), schedule, cfg.parameterization, time_input=cfg.time_input)
     data = meta["data"]
@@ -188,11 +188,11 @@ def load_classifier(spec: str = "digits-noisy-classifier", device: str | torch.d
     """A noise-aware classifier checkpoint (``sdeflow train --objective classifier``) as a
     :class:`~sdeflow.guidance.ModelClassifier`: ``(x_t, t, label) -> log p_t(c | x_t)``."""
     from ..guidance.classifier import ModelClassifier
-    from ..registry import SCHEDULES, lookup
+    from ..schedules import SCHEDULES
 
     net, meta, path = load_network(spec)
     cfg = TrainConfig.from_dict(meta["config"], where=path).resolved() if "config" in meta else None
     if cfg is None or cfg.objective != "classifier":
         raise ValueError(f"{spec!r} is not a noise-aware classifier (train one with sdeflow train --objective classifier)")
-    schedule = lookup(SCHEDULES, "schedule", cfg.schedule)()
+    schedule = SCHEDULES.lookup(cfg.schedule)()
     return ModelClassifier(net.to(device), schedule, time_input=cfg.time_input, sigma_data=cfg.sigma_data)

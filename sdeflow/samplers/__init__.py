@@ -14,6 +14,9 @@ or consistency sampling with re-noising).
 Reversible (each step undone exactly, see :mod:`.reversible`): :class:`BDIA`, :class:`OBELM`,
 :class:`EDICT`, :class:`ReversibleHeun`.
 
+Names: :data:`SAMPLERS` (every sampler by name, with a one-line summary), :data:`FLOW_MAP_SAMPLERS`,
+and sdeflow's default sampler and grid per schedule family and budget (:func:`default_sampling`), in :mod:`.names`.
+
 Stochastic (the reverse-SDE family of :mod:`.sde`): :class:`EulerMaruyama`, :class:`DDPM`,
 :class:`DDIM` with ``eta``, :class:`EulerAncestral`, :class:`EDMStochastic` (churn),
 :class:`SDEDPMSolverPP` (1, 2M, 3M), :class:`SDEDPMSolverPPSingle` (2S), the Langevin
@@ -48,9 +51,12 @@ from .reversible_heun import ReversibleHeun
 from .sde_dpm_solver import SDEDPMSolverPP
 from .sde_dpm_solver_single import SDEDPMSolverPPSingle
 from .unipc import UniPC
+from .names import (ALL_SAMPLERS, DEFAULTS, FLOW_MAP_SAMPLERS, SAMPLERS, default_sampling, deterministic_samplers,
+                    family, steps_for_nfe)
 
 __all__ = ["Sampler", "Plan", "ode_coefficients", "Multistep", "SingleStep", "Euler", "DDIM", "Heun", "Midpoint", "RK4", "EDMHeun",
            "DPMSolver", "DPMSolverMultistep", "DPMSolverPP", "UniPC", "DEIS", "IPNDM", "DPMSolverAdaptive", "RK45",
            "EulerMaruyama", "DDPM", "EulerAncestral", "EDMStochastic", "SDEDPMSolverPP", "SDEDPMSolverPPSingle",
            "PredictorCorrector", "Restart", "GottaGoFast", "Reversible", "TwoStep", "BDIA", "OBELM", "EDICT",
-           "ReversibleHeun", "FittedSampler", "FlowMapSampler"]
+           "ReversibleHeun", "FittedSampler", "FlowMapSampler", "SAMPLERS", "FLOW_MAP_SAMPLERS", "ALL_SAMPLERS", "DEFAULTS",
+           "default_sampling", "deterministic_samplers", "family", "steps_for_nfe"]

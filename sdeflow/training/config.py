@@ -102,7 +102,8 @@ class TrainConfig:
         if cfg.time_input not in TIME_SCALES:
             raise ValueError(f"unknown time input {cfg.time_input!r}; allowed: {', '.join(TIME_SCALES)}")
         from ..parameterizations import PARAMETERIZATIONS
-        from ..registry import SAMPLERS, SCHEDULES
+        from ..samplers import SAMPLERS
+        from ..schedules import SCHEDULES
         from .densities import DENSITIES
         from .losses import WEIGHTINGS
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..names import NameTable
 from ..schedules import DiscreteVP, Schedule
 
 T_LO, T_HI = 1e-5, 1.0 - 1e-5
@@ -88,8 +89,14 @@ class UShaped(TimeDensity):
         return 0.5 + torch.asinh((2 * u - 1) * torch.sinh(torch.tensor(self.a / 2, dtype=torch.float64))) / self.a
 
 
-DENSITIES = {"uniform": Uniform, "stratified": Stratified, "logit-normal": LogitNormal, "log-normal": LogNormalSigma,
-             "u-shaped": UShaped}
+#: Training-time densities by name (module docstring).
+DENSITIES = NameTable("time density", {
+    "uniform": (Uniform, "t uniform on [0, 1] (a discrete schedule: its training indices)"),
+    "stratified": (Stratified, "uniform, one draw per stratum of the batch"),
+    "logit-normal": (LogitNormal, "t = sigmoid(N(0, 1)) (rectified-flow training)"),
+    "log-normal": (LogNormalSigma, "log(sigma / alpha) ~ N(-1.2, 1.2^2) (EDM)"),
+    "u-shaped": (UShaped, "p(t) ~ cosh(4 (t - 1/2)): both ends (reflow)"),
+})
 
 
 def as_density(d: TimeDensity | str) -> TimeDensity:

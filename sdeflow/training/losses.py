@@ -37,6 +37,7 @@ from ..parameterizations import Parameterization, as_parameterization
 from ..schedules import Schedule
 from ..shapes import expand_as_batch
 from .coupling import ot_pairing
+from ..names import NameTable
 from .densities import TimeDensity, as_density
 
 
@@ -44,16 +45,20 @@ def _snr(schedule, t):
     return (schedule.alpha(t) / schedule.sigma(t)) ** 2
 
 
-WEIGHTINGS: dict[str, Callable] = {
-    "x0": lambda sched, t, p, g, sd: torch.ones_like(t),
-    "eps": lambda sched, t, p, g, sd: _snr(sched, t),
-    "snr": lambda sched, t, p, g, sd: _snr(sched, t),
-    "v": lambda sched, t, p, g, sd: (sched.alpha(t) ** 2 + sched.sigma(t) ** 2) ** 2 / sched.sigma(t) ** 2,
-    "min-snr": lambda sched, t, p, g, sd: torch.clamp(_snr(sched, t), max=g),
-    "edm": lambda sched, t, p, g, sd: (sched.noise_to_signal(t) ** 2 + sd ** 2) / (sched.noise_to_signal(t) * sd) ** 2,
-    "velocity": lambda sched, t, p, g, sd: (sched.d_alpha(t) - sched.d_sigma(t) * sched.alpha(t) / sched.sigma(t)) ** 2,
-    "output": lambda sched, t, p, g, sd: 1.0 / p.coefficients(sched, t)[1] ** 2,
-}
+#: Loss weightings by name: ``w(schedule, t, parameterization, min_snr_gamma, sigma_data) -> (B,)`` on the x0 error.
+WEIGHTINGS = NameTable("weighting", {
+    "x0": (lambda sched, t, p, g, sd: torch.ones_like(t), "the x0 error itself"),
+    "eps": (lambda sched, t, p, g, sd: _snr(sched, t), "the eps error (SNR times the x0 error)"),
+    "snr": (lambda sched, t, p, g, sd: _snr(sched, t), "SNR weighting (= eps)"),
+    "v": (lambda sched, t, p, g, sd: (sched.alpha(t) ** 2 + sched.sigma(t) ** 2) ** 2 / sched.sigma(t) ** 2, "the v error"),
+    "min-snr": (lambda sched, t, p, g, sd: torch.clamp(_snr(sched, t), max=g), "min-SNR-gamma (Hang et al. 2023)"),
+    "edm": (lambda sched, t, p, g, sd: (sched.noise_to_signal(t) ** 2 + sd ** 2) / (sched.noise_to_signal(t) * sd) ** 2,
+            "EDM's lambda(sigma)"),
+    "velocity": (lambda sched, t, p, g, sd: (sched.d_alpha(t) - sched.d_sigma(t) * sched.alpha(t) / sched.sigma(t)) ** 2,
+                 "the probability-flow velocity's error (flow matching)"),
+    "output": (lambda sched, t, p, g, sd: 1.0 / p.coefficients(sched, t)[1] ** 2,
+               "the network output's own error, whatever it predicts"),
+})
 
 
 class DenoisingLoss:

@@ -40,9 +40,10 @@ def reflow_pairs(teacher: Denoiser, sampler_name: str, nfe: int, num: int, shape
     """``(noise, data, labels)`` of ``num`` teacher ODE solves with ``sampler_name`` at ``nfe``
     evaluations on the ``auto`` grid (labels ``i mod num_classes`` for a class-conditional teacher,
     else None), kept in ``path`` when given (see the module docstring)."""
-    from ..registry import GRIDS, SAMPLERS, lookup, steps_for_nfe
+    from ..grids import GRIDS
+    from ..samplers import SAMPLERS, steps_for_nfe
 
-    sampler = lookup(SAMPLERS, "sampler", sampler_name)()
+    sampler = SAMPLERS.lookup(sampler_name)()
     if sampler.stochastic:
         raise ValueError(f"reflow pairs need a deterministic teacher solve; {sampler_name} is stochastic")
     ts = GRIDS["auto"](steps_for_nfe(sampler, teacher.schedule, "auto", nfe), teacher.schedule)

@@ -88,10 +88,11 @@ def student_sampling(cfg: TrainConfig) -> tuple[str, str, int] | None:
 def sampling(cfg: TrainConfig, schedule, nfe: int | None = None) -> tuple:
     """``(sampler, grid)`` of a run's model at ``nfe`` evaluations: :func:`student_sampling` for a
     few-step model, else the run's sampler (default: its ``sample_nfe``) on the ``auto`` grid."""
-    from ..registry import ALL_SAMPLERS, GRIDS, lookup, steps_for_nfe
+    from ..grids import GRIDS
+    from ..samplers import ALL_SAMPLERS, steps_for_nfe
 
     own = student_sampling(cfg)
     if own is not None:
         return ALL_SAMPLERS[own[0]](), GRIDS[own[1]](nfe or own[2], schedule)
-    sampler = lookup(ALL_SAMPLERS, "sampler", cfg.sample_sampler)()
+    sampler = ALL_SAMPLERS.lookup(cfg.sample_sampler)()
     return sampler, GRIDS["auto"](steps_for_nfe(sampler, schedule, "auto", nfe or cfg.sample_nfe), schedule)

@@ -101,7 +101,7 @@ class Trainer:
             raise
 
     def _build(self, cfg: TrainConfig, resume: bool, dataset: Dataset | None) -> None:
-        from ..registry import SCHEDULES, lookup
+        from ..schedules import SCHEDULES
 
         start = None
         if resume and os.path.exists(self.path):
@@ -122,7 +122,7 @@ class Trainer:
             raise ValueError(f"the data {cfg.data!r} hold no samples: nothing to train on")
         if cfg.batch_size % self.dist.world:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.dist.world} processes")
-        self.schedule = lookup(SCHEDULES, "schedule", cfg.schedule)()
+        self.schedule = SCHEDULES.lookup(cfg.schedule)()
         self.teacher, self.teacher_meta = load_teacher(cfg, self.data, self.dist.device) if cfg.teacher else (None, None)
         self.pair_noise = None
         if cfg.objective == "reflow":

@@ -58,7 +58,7 @@ class GridSpace:
 
 def steps_for(sampler, schedule: Schedule, nfe: int) -> int:
     """The number of steps of a grid ending at ``t = 0`` whose run takes at most ``nfe`` evaluations."""
-    from ..registry import steps_for_nfe
+    from ..samplers import steps_for_nfe
 
     return steps_for_nfe(sampler, schedule, "logsnr", nfe)
 
@@ -74,7 +74,7 @@ def candidate_times(space: GridSpace, candidates: int = 40) -> torch.Tensor:
 
 def hand_grids(schedule: Schedule, n: int, t_max: float | None = None) -> dict[str, torch.Tensor]:
     """The hand grids of :data:`HAND_GRIDS` with ``n`` steps ending at ``t = 0`` that the schedule takes."""
-    from ..registry import GRIDS
+    from ..grids import GRIDS
 
     out = {}
     for name in HAND_GRIDS:
