@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sdeflow import data, models  # noqa: E402
 from sdeflow.pretrained import FOLDER  # noqa: E402
-from sdeflow.training import checkpoint as ckpt  # noqa: E402
+from sdeflow import checkpoint as ckpt  # noqa: E402
 
 SPLIT_SEED, N_TEST = 0, 500
 

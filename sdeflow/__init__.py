@@ -16,7 +16,8 @@ from .compiled import FixedGridLoop
 from .denoisers import Denoiser, ModelDenoiser
 from .grids import auto_grid, discrete_grid, karras_grid, logsnr_grid, polyexponential_grid, quadratic_grid, shift_grid, uniform_grid
 from .noise import BrownianTreeNoise, GeneratorNoise, SeededNoise
-from .sampling import NonFiniteError, SampleResult, StepInfo, prior_sample, sample
+from .run import NonFiniteError, SampleResult, StepInfo
+from .sampling import prior_sample, sample
 
 __version__ = "0.1.0"
 

@@ -1,114 +1,128 @@
-"""Gradients through sampling in memory that does not grow with the number of steps.
+"""Checkpoints: one safetensors file (tensors) whose metadata holds the JSON configuration.
 
-``sample(..., gradient="checkpoint")`` runs the loop without recording it and returns a result
-whose backward pass recomputes the steps it needs: to differentiate steps ``[a, b)`` from the
-snapshot ``(x_a, state_a)``, it samples to the midpoint ``m`` without recording, differentiates
-``[m, b)`` from that snapshot, drops it, and then differentiates ``[a, m)``. At most ``log2(n) + 1``
-snapshots (a state and the sampler's history) are alive at once and only one step is recorded at
-a time, for about ``log2(n) / 2`` extra sampling passes. The gradient is that of the discrete steps
-actually taken, equal to plain autograd through them (to round-off), with respect to the initial
-state, every tensor in ``cond`` that requires grad and the denoiser's parameters.
-
-``gradient="reversible"`` does the same for reversible samplers (:mod:`sdeflow.samplers.reversible`)
-without recomputing forwards: the backward pass undoes the steps one at a time from the final
-state, differentiating each step from the input it reconstructs. One snapshot is alive at a time
-(plus the input of any step that cannot be undone, kept in the forward pass: a final step to
-``t = 0``), and the cost is one undo and one recorded step per step. The reconstructed inputs equal
-the forward pass's to round-off, so the gradient equals plain autograd's to round-off.
-
-Stochastic samplers are differentiated for a fixed noise path, so their noise must be drawn again
-identically when a step is recomputed (:class:`~sdeflow.noise.SeededNoise` or
-:class:`~sdeflow.noise.BrownianTreeNoise`).
+Never pickle: a checkpoint is ``checkpoint.safetensors`` with the tensors ``model.*`` (trained
+weights), ``ema.*`` (averaged weights) and ``optim.<k>.<name>`` (optimiser state), and the metadata
+entry ``"sdeflow"``: a JSON object with the training configuration, the architecture and its
+configuration, the data description, the step and the optimiser's hyper-parameters. A released model
+is the same file with only ``ema.*`` (see :func:`export_weights`). Files are written atomically (a
+temporary file in the same folder, then a rename), so a run killed while saving keeps the previous
+checkpoint intact.
 """
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
-from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from .sampling import Steps
+from .files import atomic_write
 
-
-class _Recomputed:
-    """Differentiates steps ``[a, b)`` of a run by recomputing them (see the module docstring)."""
-
-    def __init__(self, steps: Steps, params: list, callback=None):
-        self.steps, self.params, self.callback = steps, params, callback
-        self.run = steps.run
-
-    def backward(self, snap, a: int, b: int, cot, params, grads):
-        """Cotangents of the snapshot at ``a`` given those (``cot``, flattened) of the one at ``b``;
-        accumulates the parameters' gradients into ``grads``."""
-        if b - a > 1:
-            m = (a + b) // 2
-            with torch.no_grad():
-                mid = self.run(snap, a, m)
-            cot = self.backward(mid, m, b, cot, params, grads)
-            del mid
-            return self.backward(snap, a, m, cot, params, grads)
-        leaves, spec = tree_flatten(snap)
-        inputs = [t.detach().requires_grad_(t.is_floating_point()) if isinstance(t, torch.Tensor) else t for t in leaves]
-        with torch.enable_grad():
-            outs, _ = tree_flatten(self.run(tree_unflatten(inputs, spec), a, b))
-        pairs = [(o, c) for o, c in zip(outs, cot) if c is not None and isinstance(o, torch.Tensor) and o.requires_grad]
-        wrt = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
-        if not pairs:
-            return [None] * len(inputs)
-        got = torch.autograd.grad([o for o, _ in pairs], wrt + params, [c for _, c in pairs], allow_unused=True)
-        for k, g in enumerate(got[len(wrt):]):
-            if g is not None:
-                grads[k] = g if grads[k] is None else grads[k] + g
-        it = iter(got[: len(wrt)])
-        return [next(it) if isinstance(t, torch.Tensor) and t.requires_grad else None for t in inputs]
+FORMAT = "sdeflow-checkpoint-1"
 
 
-class _Checkpointed(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, rec, reverse, x_init, *params):
-        snap = rec.steps.start(x_init.detach())
-        # leaves of the start snapshot that are x_init itself (a sampler state starting as a copy of
-        # x, e.g. EDICT's second sequence): their cotangents add up to x_init's
-        ctx.alias = [k for k, t in enumerate(tree_flatten(snap)[0]) if t is snap[0]]
-        n = len(rec.steps.plan.t)
-        if reverse:  # keep the final snapshot and the inputs of the steps that cannot be undone
-            ctx.kept = {}
-            for i, ok in enumerate(rec.steps.sampler.undoable(rec.steps.plan)):
-                if not ok:
-                    ctx.kept[i] = snap
-                snap = rec.run(snap, i, i + 1, rec.callback)
-            x, state = ctx.snap = snap
-        else:
-            ctx.snap = snap
-            x, state = rec.run(snap, 0, n, rec.callback)
-        ctx.rec, ctx.reverse, ctx.leaves = rec, reverse, len(tree_flatten((x, state))[0])
-        return x
+def save(path: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write ``tensors`` and ``meta`` (JSON-serialisable) atomically."""
+    from safetensors.torch import save_file
 
-    @staticmethod
-    def backward(ctx, g):
-        rec = ctx.rec
-        grads = [None] * len(rec.params)
-        n = len(rec.steps.plan.t)
-        # the final snapshot's leaves are x (first) and the sampler's state, which nothing downstream uses
-        cot = [g] + [None] * (ctx.leaves - 1)
-        if not ctx.reverse:
-            cot = rec.backward(ctx.snap, 0, n, cot, rec.params, grads)
-        else:
-            snap = ctx.snap
-            for i in reversed(range(n)):
-                if i in ctx.kept:
-                    snap = ctx.kept.pop(i)
-                else:
-                    with torch.no_grad():
-                        snap = rec.steps.unrun(snap, i + 1, i)
-                cot = rec.backward(snap, i, i + 1, cot, rec.params, grads)
-        parts = [cot[k] for k in ctx.alias if cot[k] is not None]
-        return (None, None, sum(parts[1:], parts[0]) if parts else None, *grads)
+    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(flat, tmp, metadata={"sdeflow": json.dumps({"format": FORMAT, **meta})}))
 
 
-def sample_checkpointed(steps: Steps, x_init: torch.Tensor, params: list, callback=None,
-                        reverse: bool = False) -> torch.Tensor:
-    """The final state of the run, differentiable through :class:`_Checkpointed` (see the module
-    docstring); ``params``: the tensors other than ``x_init`` to differentiate with respect to;
-    ``callback(i, x)`` is called after each step of the first pass; ``reverse``: undo the steps of a
-    reversible sampler instead of recomputing them."""
-    return _Checkpointed.apply(_Recomputed(steps, params, callback), reverse, x_init, *params)
+def load(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(tensors, meta)`` of a checkpoint; a clear error for a missing, foreign or corrupted file."""
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path!r} does not exist")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for truncated or garbled files
+        raise ValueError(f"checkpoint {path!r} is corrupted or not a safetensors file ({err})") from None
+    if "sdeflow" not in meta:
+        raise ValueError(f"{path!r} is a safetensors file but not an sdeflow checkpoint (no 'sdeflow' metadata)")
+    try:
+        info = json.loads(meta["sdeflow"])
+    except json.JSONDecodeError:
+        raise ValueError(f"checkpoint {path!r} has corrupted metadata") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"checkpoint {path!r} has corrupted metadata: a JSON {type(info).__name__}, not an object")
+    if info.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {path!r} has format {info.get('format')!r}; this sdeflow reads {FORMAT!r}")
+    return tensors, info
+
+
+def is_training_checkpoint(path: str) -> bool:
+    """Whether ``path`` is an sdeflow checkpoint that holds an optimiser state (what ``--resume`` needs),
+    read from its metadata alone."""
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        return False
+    try:
+        with safe_open(path, framework="pt") as f:
+            info = json.loads((f.metadata() or {}).get("sdeflow", "{}"))
+    except Exception:  # not a safetensors file, or garbled: not a checkpoint this could destroy
+        return False
+    return isinstance(info, dict) and "optimizer" in info
+
+
+def refuse_overwrite(path: str, what: str = "OUT") -> None:
+    """No command replaces a training checkpoint: refuse ``path`` if it is one."""
+    if is_training_checkpoint(path):
+        raise ValueError(f"{what} {path!r} is a training checkpoint (it holds the optimiser state --resume needs): "
+                         "writing it would lose the run; give another file name")
+
+
+def state(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The entries under ``prefix.``, with the prefix removed."""
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], path: str) -> None:
+    """``module.load_state_dict`` with an error that names the mismatch (another architecture or size)."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    wrong = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
+        if wrong:
+            parts.append(f"shape of {wrong[0]}: {tuple(weights[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)}")
+        raise ValueError(f"checkpoint {path!r} does not fit this network ({'; '.join(parts)}): it was saved from "
+                         "another architecture or configuration")
+    module.load_state_dict(weights)
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """The optimiser's state as flat tensors ``optim.<k>.<name>`` plus its JSON hyper-parameters."""
+    sd = opt.state_dict()
+    tensors = {f"optim.{k}.{name}": torch.as_tensor(v) for k, s in sd["state"].items() for name, v in s.items()}
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, k, name = key.split(".", 2)
+            state.setdefault(int(k), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def export_weights(checkpoint: str, out: str, dtype: torch.dtype | None = None) -> None:
+    """A sampling-only file: the EMA weights (optionally cast, e.g. to float16) and the metadata
+    without the optimiser state."""
+    tensors, meta = load(checkpoint)
+    weights = state("ema", tensors) or state("model", tensors)
+    if dtype is not None:
+        weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
+    meta = {k: v for k, v in meta.items() if k not in ("format", "optimizer")}
+    save(out, {f"ema.{k}": v for k, v in weights.items()}, meta)

@@ -31,7 +31,8 @@ import torch
 
 from .denoisers import Denoiser, ModelDenoiser, checked_output
 from .noise import BrownianTreeNoise, GeneratorNoise, NoiseSource
-from .sampling import NonFiniteError, SampleResult, check_models, check_ode_velocity, planned
+from .run import NonFiniteError, SampleResult
+from .sampling import check_models, check_ode_velocity, planned
 from .samplers.base import Plan, Sampler
 from .samplers.engine import Multistep, SingleStep
 from .samplers.sde import AffineStep

@@ -28,9 +28,10 @@ import torch
 from .denoisers import Denoiser
 from .grids import check_grid, default_t_min, logsnr_grid, start_time
 from .inversion import invert
-from .noise import GeneratorNoise, NoiseSource
+from .noise import NoiseSource
+from .run import Run, SampleResult
 from .samplers.base import Sampler, ode_coefficients
-from .sampling import CountingField, SampleResult, check_denoiser, sample
+from .sampling import check_denoiser, sample
 from .shapes import check_batch
 
 
@@ -83,20 +84,21 @@ def flow_edit(denoiser: Denoiser, ts, x: torch.Tensor, *, source: dict, target: 
     a, s = sch.alpha(t64).tolist(), sch.sigma(t64).tolist()
     p, q = (v.tolist() for v in ode_coefficients(sch, t64[:-1]))
     times = t64.tolist()
-    src, tar = CountingField(denoiser, source, check_finite), CountingField(denoiser, target, check_finite)
-    draw = noise or GeneratorNoise()
+    run = Run(denoiser, None, check_finite, noise)
     z = x
-    for i in range(len(ts) - 1):
-        t, h = times[i], times[i + 1] - times[i]
-        src.step = tar.step = i
-        drift = torch.zeros_like(x)
-        for k in range(n_avg):
-            x_t = a[i] * x + s[i] * draw(x, i, k, None)
-            z_t = z + (x_t - x)
-            u_src = p[i] * x_t + q[i] * src(x_t, t)
-            u_tar = p[i] * z_t + q[i] * tar(z_t, t)
-            drift += (u_tar - u_src) / n_avg
-        z = z + h * drift
-    tar.finish(z, None)
-    src.finish(z, None)
-    return SampleResult(z, src.calls + tar.calls, ts)
+    with run:
+        for i in range(len(ts) - 1):
+            t, h = times[i], times[i + 1] - times[i]
+            run.step = i
+            draw = run.step_noise(x)
+            drift = torch.zeros_like(x)
+            for k in range(n_avg):
+                x_t = a[i] * x + s[i] * draw(k)
+                z_t = z + (x_t - x)
+                u_src = p[i] * x_t + q[i] * run(x_t, t, **source)
+                u_tar = p[i] * z_t + q[i] * run(z_t, t, **target)
+                drift += (u_tar - u_src) / n_avg
+            z = z + h * drift
+            run.stepped(i, times[i], times[i + 1], z)
+    run.finish(z)
+    return SampleResult(z, run.calls, ts)

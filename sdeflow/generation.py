@@ -12,13 +12,13 @@ from __future__ import annotations
 import torch
 
 from .denoisers import Denoiser
-from .noise import BrownianTreeNoise, SeededNoise, _mix
+from .noise import BrownianTreeNoise, SeededNoise, mix_seed
 from .sampling import prior_sample, sample
 
 
 def sample_seed(seed: int, i: int) -> int:
     """The seed of sample ``i`` of a run seeded ``seed``."""
-    return _mix(seed, i, 0x5D)
+    return mix_seed(seed, i, 0x5D)
 
 
 def generate(denoiser: Denoiser, sampler, ts: torch.Tensor, shape: tuple[int, ...], num: int, *, seed: int = 0,

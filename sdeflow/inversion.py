@@ -37,7 +37,8 @@ from .denoisers import Denoiser
 from .grids import check_grid
 from .samplers.base import Sampler
 from .samplers.engine import Multistep
-from .sampling import CountingField, Steps, check_models, integrate, planned, sample
+from .run import Run, Steps, integrate
+from .sampling import check_models, planned, sample
 from .shapes import check_batch
 
 METHODS = ("explicit", "exact", "fixed-point", "newton", "reversible")
@@ -133,7 +134,7 @@ def invert(denoiser: Denoiser, sampler: Sampler, ts, x: torch.Tensor, *, cond: d
                          "states to one and has no inverse (end the grid at the data's smallest noise level, "
                          "e.g. grids.karras_grid(n, schedule, denoise_to_zero=False))")
     sch = denoiser.schedule
-    field = CountingField(denoiser, cond, check_finite)
+    field = Run(denoiser, cond, check_finite)
     if tol is None:
         tol = {torch.float64: 1e-9, torch.float32: 1e-4}.get(x.dtype, 1e-2)
     bound = tol * torch.clamp(_rms(x), min=1.0)
@@ -190,7 +191,7 @@ def _pass(steps: Steps, z):
     with torch.no_grad():
         for i in range(len(steps.plan.t)):
             states.append(snap[1])
-            snap = steps.run(snap, i, i + 1)
+            snap = steps.run_steps(snap, i, i + 1)
             path.append(snap[0])
     return path, states
 
@@ -230,7 +231,7 @@ def _solve_step(steps, i, state, u, out, target, bound, max_iter):
         du = r / c.reshape(view).to(r.dtype)
         u_new = u + du
         with torch.no_grad():
-            out_new, _ = steps.run((u_new, state), i, i + 1)
+            out_new, _ = steps.run_steps((u_new, state), i, i + 1)
         d_in, d_out = _flat(du), _flat(out_new - out)
         secant = (d_out * d_in).sum(1) / torch.clamp((d_in * d_in).sum(1), min=1e-300)
         c = torch.where(secant > 1e-8 * c, secant, c)
@@ -251,7 +252,7 @@ def _newton(steps, x, z, bound, max_iter, krylov):
     the number of Newton steps."""
     def run(v):
         with torch.no_grad():
-            return steps.run(steps.start(v), 0, len(steps.plan.t))[0]
+            return steps.run_steps(steps.start(v), 0, len(steps.plan.t))[0]
 
     view = (-1,) + (1,) * (x.ndim - 1)
     fz = run(z)

@@ -19,7 +19,7 @@ _MASK = (1 << 63) - 1
 _M64 = (1 << 64) - 1
 
 
-def _mix(seed: int, step: int, draw: int) -> int:
+def mix_seed(seed: int, step: int, draw: int) -> int:
     """Decorrelate ``(seed, step, draw)`` into one 63-bit generator seed (splitmix64 finaliser)."""
     z = (seed * 0x9E3779B97F4A7C15 + (step + 2) * 0xBF58476D1CE4E5B9 + (draw + 1) * 0x94D049BB133111EB) & _M64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
@@ -103,8 +103,8 @@ class _SeedTable:
         row ``b`` depends only on ``seeds[b]``, ``step`` and ``draw``."""
         base, counters = self.tables(like)
         numel = math.prod(like.shape[1:])
-        k1 = _mix64(base ^ _signed(_mix(0, step, draw)))
-        k2 = _mix64(k1 + _signed(_mix(1, step, draw)))
+        k1 = _mix64(base ^ _signed(mix_seed(0, step, draw)))
+        k2 = _mix64(k1 + _signed(mix_seed(1, step, draw)))
         words = _mix64(_mix64(counters[None, :] ^ k1[:, None]) + k2[:, None])
         dtype = torch.float32 if like.device.type == "mps" else torch.float64
         u = torch.cat([_srl(words, 32), words & 0xFFFFFFFF], 1)[:, :numel].to(dtype).add_(0.5).mul_(2.0 ** -32)
@@ -235,25 +235,3 @@ def as_noise(noise=None, generator: torch.Generator | None = None) -> NoiseSourc
         raise TypeError(f"noise must be a sdeflow NoiseSource (SeededNoise, GeneratorNoise, BrownianTreeNoise) or a "
                         f"torch.Generator, got {type(noise).__name__}")
     return noise
-
-
-class LoopNoise:
-    """Successive draws from a :class:`NoiseSource` for a method that runs its own loop (an
-    inverse-problem sampler) rather than :func:`sdeflow.sample`: draw ``k`` is the source's step ``k``,
-    so a :class:`SeededNoise` keeps each sample's randomness independent of the batch, and the default
-    (``None``) draws from the global RNG like the sampling loop does."""
-
-    def __init__(self, source: NoiseSource | None, batch: int, dtype=torch.float32, device=None):
-        self.source = as_noise(source)
-        self.batch, self.dtype, self.device, self.count = batch, dtype, device, 0
-
-    def next(self, shape) -> torch.Tensor:
-        """Standard normal noise of ``shape = (batch, ...)``."""
-        like = torch.empty(tuple(shape), dtype=self.dtype, device=self.device)
-        self.count += 1
-        return self.source(like, self.count - 1)
-
-    def uniform(self) -> float:
-        """One uniform number in (0, 1) (e.g. the offset of systematic resampling)."""
-        z = float(self.next((self.batch,))[0])
-        return min(max(0.5 * (1.0 + math.erf(z / math.sqrt(2.0))), 1e-12), 1 - 1e-12)

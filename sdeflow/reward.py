@@ -42,6 +42,8 @@ import torch
 
 from .denoisers import Denoiser
 from .grids import check_grid
+from .noise import GeneratorNoise
+from .run import Run
 from .samplers.engine import step_infos
 from .samplers.sde import exact_sde_step
 from .sampling import check_denoiser
@@ -75,14 +77,18 @@ def ancestral_chain(model: Denoiser, ts, x: torch.Tensor, *, base: Denoiser | No
     times = ts.tolist()
     # DDPM's posterior step with its small variance is the exact SDE step at eta = 1
     steps = [exact_sde_step(v.a_t, v.s_t, v.a_s, v.s_s, 1.0) for v in step_infos(sch, ts)]
-    for i, (c_x, k, std) in enumerate(steps):
-        x_hat = model(x, times[i], **cond)
-        if base is not None:  # differentiated through x too: the KL is a function of the model's trajectory
-            ref = base(x, times[i], **cond)
-            kl = kl + (k / std) ** 2 / 2 * (x_hat - ref).flatten(1).pow(2).sum(1)
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        x = c_x * x + k * x_hat + std * z
-    return Chain(x, kl, len(ts) - 1)
+    run = Run(model, cond, noise=GeneratorNoise(generator))
+    with run:
+        for i, (c_x, k, std) in enumerate(steps):
+            run.step = i
+            x_hat = run(x, times[i])
+            if base is not None:  # differentiated through x too: the KL is a function of the model's trajectory
+                ref = base(x, times[i], **cond)
+                kl = kl + (k / std) ** 2 / 2 * (x_hat - ref).flatten(1).pow(2).sum(1)
+            x = c_x * x + k * x_hat + std * run.step_noise(x)()
+            run.stepped(i, times[i], times[i + 1], x)
+    run.finish(x)
+    return Chain(x, kl, run.calls)
 
 
 def reward_finetune(model: Denoiser, base: Denoiser, reward: Callable[[torch.Tensor], torch.Tensor], ts,

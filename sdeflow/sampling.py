@@ -1,14 +1,14 @@
-"""The one sampling loop.
+"""Sampling: ``sample(denoiser, sampler, ts, x_init)`` steps ``x_init`` (a sample of ``p_{ts[0]}``) along
+the grid and returns a :class:`SampleResult`.
 
-``sample(denoiser, sampler, ts, x_init)`` steps ``x_init`` (a sample of ``p_{ts[0]}``) along the grid
-and returns a :class:`SampleResult`. The loop owns NFE counting, the finiteness check, callbacks,
-the optional trajectory, progress and noise injection; samplers own only their step rule.
+The loop runs in a :class:`~sdeflow.run.Run`, which owns NFE counting, the finiteness check,
+callbacks, progress, noise and the per-run state of denoiser transforms; samplers own only their
+step rule. Gradients flow by autograd, or by recomputing or undoing steps (:mod:`sdeflow.replay`).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -16,107 +16,15 @@ import torch
 from .denoisers import Denoiser
 from .grids import below_domain, check_grid
 from .noise import BrownianTreeNoise, GeneratorNoise, NoiseSource, SeededNoise, as_noise
+from .replay import sample_checkpointed
+from .run import NonFiniteError, Run, SampleResult, StepInfo, Steps, integrate
 from .samplers.base import Plan, Sampler
 from .schedules import Schedule
 from .shapes import check_batch
 
-
-class NonFiniteError(FloatingPointError):
-    """The model returned NaN or Inf during sampling."""
-
-
-@dataclass
-class StepInfo:
-    """Passed to callbacks after each step: step ``i`` went from ``t`` to ``s``; ``x`` is the new
-    state and ``x_hat`` the last denoiser output."""
-
-    i: int
-    t: float
-    s: float
-    x: torch.Tensor
-    x_hat: torch.Tensor | None
-
-
-@dataclass
-class SampleResult:
-    """``x``: final state (at ``ts[-1]``); ``nfe``: counted denoiser evaluations; ``ts``: the grid;
-    ``trajectory``: ``(n + 1, B, ...)`` states at every grid time when requested."""
-
-    x: torch.Tensor
-    nfe: int
-    ts: torch.Tensor
-    trajectory: torch.Tensor | None = None
-
-
-class CountingField:
-    """``field(x, t) -> x_hat``: the denoiser with its conditioning bound, counting evaluations and
-    checking that they are finite.
-
-    ``check="spot"`` (the default) sums 16 evenly spread runs of 256 values of every output,
-    which catches the usual failures (a whole sample or channel going NaN) at the step they happen
-    for a negligible cost, and :meth:`finish` checks the final state in full, so a non-finite value
-    anywhere is still reported (NaN and Inf never leave a linear update). ``"full"`` checks every
-    output in full; ``"off"`` not at all. On the CPU a failure raises at once; on accelerators it is
-    recorded on the device (no host sync) and raised by :meth:`finish`.
-    """
-
-    def __init__(self, denoiser: Callable, cond: dict | None, check: bool | str = "spot"):
-        if isinstance(check, bool):
-            check = "spot" if check else "off"
-        if check not in ("spot", "full", "off"):
-            raise ValueError(f"check_finite must be True, False, 'spot', 'full' or 'off', got {check!r}")
-        self.denoiser, self.cond, self.check = denoiser, cond or {}, check
-        self.calls, self.step = 0, -1
-        self.last: torch.Tensor | None = None
-        self._bad = None  # device-side step index of the first non-finite output (-1: none)
-
-    def __call__(self, x: torch.Tensor, t, **jump) -> torch.Tensor:
-        x_hat = self._checked(self.denoiser(x, t, **self.cond, **jump), t)
-        self.last = x_hat
-        return x_hat
-
-    def ode_velocity(self, x: torch.Tensor, t) -> torch.Tensor:
-        """The denoiser's probability-flow velocity (:meth:`~sdeflow.denoisers.Denoiser.ode_velocity`),
-        counted and checked like ``x_hat`` (``last`` keeps the last ``x_hat``): what a Runge-Kutta stage
-        on clean data evaluates."""
-        return self._checked(self.denoiser.ode_velocity(x, t, **self.cond), t)
-
-    def _checked(self, out: torch.Tensor, t) -> torch.Tensor:
-        """``out`` after the finiteness check, counted."""
-        if self.check != "off":
-            probe = out.detach()
-            if self.check == "spot" and out.is_contiguous() and out.numel() > 8192:
-                # 16 evenly spread runs of 256 contiguous values (one as_strided view: indexing is slow)
-                probe = probe.as_strided((16, 256), ((out.numel() // 4096) * 256, 1), out.storage_offset())
-            total = probe.sum(dtype=torch.float32)
-            if out.device.type == "cpu":
-                if not math.isfinite(float(total)) and not bool(torch.isfinite(probe).all()):
-                    self._raise(self.step, t)
-            else:
-                if self._bad is None:
-                    self._bad = torch.full((), -1.0, dtype=torch.float64, device=out.device)
-                self._bad = torch.where(~torch.isfinite(total) & (self._bad < 0), float(self.step), self._bad)
-        self.calls += 1
-        return out
-
-    def _raise(self, step, t=None, plan=None):
-        where = f"at step {step}"
-        if t is not None:
-            where += f" (t = {float(torch.as_tensor(t, dtype=torch.float64).reshape(-1)[0]):.6g})"
-        elif plan is not None:
-            where += f" (from t = {plan.t[step]:.6g} to {plan.s[step]:.6g})"
-        raise NonFiniteError(f"the model returned NaN or Inf {where}; check the model, its dtype and its "
-                             "parameterization near this time")
-
-    def finish(self, x: torch.Tensor, plan) -> None:
-        """Raise for a failure recorded on the device, or for a non-finite final state."""
-        if self._bad is not None and float(self._bad) >= 0:
-            self._raise(int(self._bad), plan=plan)
-        x = x.detach()
-        if self.check == "spot" and not math.isfinite(float(x.sum(dtype=torch.float32))) \
-                and not bool(torch.isfinite(x).all()):
-            raise NonFiniteError("the samples contain NaN or Inf: a model output was not finite at some step "
-                                 "(sample again with check_finite='full' to find the step)")
+#: the loop's results and errors, re-exported where sample() is
+__all__ = ["GRADIENTS", "NonFiniteError", "SampleResult", "StepInfo", "check_denoiser", "check_models", "check_ode_velocity",
+           "graph_leaves", "is_flow_map", "planned", "prior_sample", "prior_std", "sample"]
 
 
 def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, cond: dict | None = None,
@@ -139,11 +47,11 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
         return_trajectory: also return the states at every grid time.
         check_finite: raise :class:`NonFiniteError` naming the step and time if the model returns NaN/Inf:
             ``True``/``"spot"`` (a cheap spot check per step and a full check of the result),
-            ``"full"`` (every output in full) or ``False``/``"off"`` (see :class:`CountingField`).
+            ``"full"`` (every output in full) or ``False``/``"off"`` (see :class:`~sdeflow.run.Run`).
         gradient: how gradients of the result flow back to ``x_init``, ``cond``'s tensors and the
             denoiser's parameters when autograd is on: ``"autograd"`` records every step (memory grows
             with the steps); ``"checkpoint"`` records nothing and recomputes steps in the backward
-            pass, keeping at most ``log2(n) + 1`` states (see :mod:`sdeflow.checkpoint`);
+            pass, keeping at most ``log2(n) + 1`` states (see :mod:`sdeflow.replay`);
             ``"reversible"`` (reversible samplers) reconstructs each step's input backwards from
             the final state, keeping one. All give the gradient of the discrete steps taken, also
             with respect to tensors a network written as a plain function captures (the recomputing
@@ -168,7 +76,8 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
     plan = planned(sampler, denoiser.schedule, ts)
     check_ode_velocity(denoiser, sampler, plan)
     denoiser.check_cond(x_init, cond or {})
-    field = CountingField(denoiser, cond, check_finite)
+    run = Run(denoiser, cond, check_finite, noise, callback=callback, progress=progress, total=plan.nfe,
+              desc=type(sampler).__name__)
     start = None if companion is None else sampler.start_state(x_init, companion.to(x_init), plan)
     if gradient != "autograd":
         _check_recomputable(sampler, noise, return_trajectory)
@@ -177,20 +86,17 @@ def sample(denoiser: Denoiser, sampler: Sampler, ts, x_init: torch.Tensor, *, co
         if torch.is_grad_enabled():  # and tensors a plain-function network captured (found by one evaluation)
             params += graph_leaves(denoiser, x_init, plan.t[0], cond or {}, exclude=params)
         if torch.is_grad_enabled() and (x_init.requires_grad or params):
-            from .checkpoint import sample_checkpointed
-
             def step_callback(i, x):
-                callback(StepInfo(i, plan.t[i], plan.s[i], x, field.last))
+                run.stepped(i, plan.t[i], plan.s[i], x)
             plan.inplace = False
-            x = sample_checkpointed(Steps(sampler, plan, field, noise, start), x_init, params,
+            x = sample_checkpointed(Steps(sampler, plan, run, start), x_init, params,
                                     step_callback if callback is not None else None, gradient == "reversible")
-            calls = field.calls
-            field.finish(x, plan)
+            calls = run.calls
+            run.finish(x, plan)
             return SampleResult(x, calls, plan.ts, None)
-    x, traj = integrate(field, sampler, plan, x_init, noise=noise, callback=callback, progress=progress,
-                        return_trajectory=return_trajectory, state=start)
-    field.finish(x, plan)
-    return SampleResult(x, field.calls, plan.ts, traj)
+    x, traj = integrate(run, sampler, plan, x_init, return_trajectory=return_trajectory, state=start)
+    run.finish(x, plan)
+    return SampleResult(x, run.calls, plan.ts, traj)
 
 
 GRADIENTS = ("autograd", "checkpoint", "reversible")
@@ -259,78 +165,6 @@ def is_flow_map(denoiser) -> bool:
     return isinstance(denoiser, FlowMap)
 
 
-class Steps:
-    """Steps of a planned run taken from a snapshot ``(x, state)`` with the loop's bookkeeping (the
-    step index for error messages and noise): what recomputing (:mod:`sdeflow.checkpoint`) and
-    inverting (:mod:`sdeflow.inversion`) a run step by step share. Leaves ``plan.inplace`` alone.
-    ``state``: the sampler's state at the start (default: its ``init_state``)."""
-
-    def __init__(self, sampler: Sampler, plan: Plan, field: CountingField, noise: NoiseSource | None = None,
-                 state=None):
-        self.sampler, self.plan, self.field, self.draw = sampler, plan, field, _StepNoise(noise or GeneratorNoise())
-        self.state = state
-
-    def start(self, x: torch.Tensor) -> tuple:
-        return x, self.sampler.init_state(x, self.plan) if self.state is None else self.state
-
-    def unrun(self, snap: tuple, b: int, a: int) -> tuple:
-        """A reversible sampler's snapshot before steps ``a .. b - 1`` given the one after them."""
-        x, state = snap
-        for i in reversed(range(a, b)):
-            self.field.step = i
-            x, state = self.sampler.unstep(self.field, x, i, self.plan, state)
-        return x, state
-
-    def run(self, snap: tuple, a: int, b: int, callback: Callable[[int, torch.Tensor], None] | None = None) -> tuple:
-        """The snapshot after steps ``a .. b - 1``; ``callback(i, x)`` after each."""
-        x, state = snap
-        for i in range(a, b):
-            self.field.step = self.draw.step = i
-            self.draw.x = x
-            x, state = self.sampler.step(self.field, x, i, self.plan, state, self.draw)
-            if callback is not None:
-                callback(i, x)
-        return x, state
-
-
-def integrate(field: CountingField, sampler: Sampler, plan: Plan, x_init: torch.Tensor, *,
-              noise: NoiseSource | None = None, callback: Callable[[StepInfo], None] | None = None,
-              progress: bool = False, return_trajectory: bool = False, state=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The loop of :func:`sample` over a planned grid (in either direction: :mod:`sdeflow.inversion` runs
-    it on increasing grids), from the sampler's ``state`` (default: its ``init_state``). Returns the
-    final state and, if asked, the stacked trajectory."""
-    # Nothing outside the loop sees intermediate states unless a trajectory or callback asks for
-    # them, or autograd records the run (gradients through sampling): otherwise steps after the first
-    # update the state in place. Until the state is a new tensor no step does, so the caller's x_init
-    # is never touched; then a state or model output that requires grad shows that autograd records.
-    may_overwrite = not return_trajectory and callback is None
-    plan.inplace = False
-    draw = _StepNoise(noise or GeneratorNoise())
-    if state is None:
-        state = sampler.init_state(x_init, plan)
-    x = x_init
-    traj = [x_init] if return_trajectory else None
-    steps = range(len(plan.t))
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc=type(sampler).__name__, leave=False)
-    step = sampler.step
-    for i in steps:
-        field.step = draw.step = i
-        draw.x = x
-        x, state = step(field, x, i, plan, state, draw)
-        if may_overwrite and x is not x_init:
-            may_overwrite = False
-            recording = torch.is_grad_enabled() and (x.requires_grad or (field.last is not None and field.last.requires_grad))
-            plan.inplace = not recording
-        if traj is not None:
-            traj.append(x)
-        if callback is not None:
-            callback(StepInfo(i, plan.t[i], plan.s[i], x, field.last))
-    return x, (torch.stack(traj) if traj is not None else None)
-
-
 def _check_recomputable(sampler: Sampler, noise, return_trajectory: bool) -> None:
     """Refuse what ``gradient="checkpoint"`` cannot recompute step by step."""
     if sampler.adaptive:
@@ -342,17 +176,6 @@ def _check_recomputable(sampler: Sampler, noise, return_trajectory: bool) -> Non
     if return_trajectory:
         raise ValueError("gradient='checkpoint' or 'reversible' keeps no intermediate states: return_trajectory is "
                          "not available (use a callback to see them)")
-
-
-class _StepNoise:
-    """``noise(draw=0, span=None)`` for the current step: standard normal noise shaped like the
-    state (``span = (t, s)``: the standardised Brownian increment over it, see :mod:`sdeflow.noise`)."""
-
-    def __init__(self, source: NoiseSource):
-        self.source, self.step, self.x = source, 0, None
-
-    def __call__(self, draw: int = 0, span=None) -> torch.Tensor:
-        return self.source(self.x, self.step, draw, span)
 
 
 _PLANS: dict = {}

@@ -217,7 +217,7 @@ def fault_full_disk_during_a_checkpoint(tmp_path, monkeypatch, capsys):
     """The second checkpoint of a run cannot be written: one line naming the file, the first kept."""
     import safetensors.torch
 
-    from sdeflow.training import checkpoint as ckpt
+    from sdeflow import checkpoint as ckpt
 
     out = tmp_path / "run"
     base = ["train", "--data", "moons", "--toy-size", "200", "--model", "width=8", "--no-progress", "--sample-every", "0",
@@ -272,7 +272,7 @@ def fault_a_killed_writer_leaves_a_temporary_that_the_next_write_removes(tmp_pat
 
 
 def fault_a_diverging_run_stops_at_the_first_nonfinite_step_keeping_the_last_checkpoint(tmp_path, monkeypatch, capsys):
-    from sdeflow.training import checkpoint as ckpt
+    from sdeflow import checkpoint as ckpt
 
     out = tmp_path / "run"
     code = main(["train", "--data", "moons", "--toy-size", "200", "--model", "width=8", "--no-progress", "--lr", "1e30",

@@ -203,7 +203,7 @@ def _corrupted_checkpoints(tmp) -> dict[str, str]:
     from safetensors.torch import save_file
 
     from sdeflow.pretrained import path_of
-    from sdeflow.training import checkpoint as ckpt
+    from sdeflow import checkpoint as ckpt
 
     tensors, meta = ckpt.load(path_of("moons"))
     (tmp / "run").mkdir()

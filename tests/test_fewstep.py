@@ -17,9 +17,9 @@ from sdeflow.metrics import sliced_wasserstein
 from sdeflow.models import MLP
 from sdeflow.registry import SCHEDULES
 from sdeflow.samplers import DDIM, Euler, FlowMapSampler, Heun
-from sdeflow.training import checkpoint as ckpt
+from sdeflow import checkpoint as ckpt
 from sdeflow.training.config import TrainConfig
-from sdeflow.training.fewstep import ConsistencyLoss, MeanFlowLoss, ProgressiveDistillationLoss, ShortcutLoss
+from sdeflow.objectives.fewstep import ConsistencyLoss, MeanFlowLoss, ProgressiveDistillationLoss, ShortcutLoss
 from sdeflow.training.trainer import Trainer
 
 PROCESSES = ["rectified-flow", "vp-cosine", "edm"]
@@ -204,7 +204,7 @@ def test_students_of_the_moons_model_beat_their_teacher_at_equal_nfe(tmp_path, o
                  *MOONS]) == 0
     data = load_data("moons", toy_size=20000, seed=11).x
     student = load_model(str(out))
-    sampler, ts = sampling(student.config, student.denoiser.schedule, nfe)
+    sampler, ts = sampling(TrainConfig.stored(student.meta), student.denoiser.schedule, nfe)
     mine = _sliced(student.denoiser, sampler, ts, data)
     teacher = load_model("moons").denoiser
     assert mine < 0.6 * _sliced(teacher, Euler(), uniform_grid(nfe), data), mine

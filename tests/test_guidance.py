@@ -402,16 +402,23 @@ def test_cfg_rescale_in_float64_and_on_one_value_per_sample():
 
 
 def test_a_guided_denoiser_is_plain_again_after_a_cfgpp_run():
-    """CFG++ asks the guided denoiser for the unconditional pass during its run; after it (and after
-    reset()) a plain run of the same denoiser at scale 1 costs one forward per evaluation."""
+    """CFG++ asks the guided denoiser for the unconditional pass in its run's state; after it, a plain
+    run of the same denoiser at scale 1 costs one forward per evaluation, and so does an evaluation
+    outside any run (the request ended with the run, even when it stopped early)."""
     sch = VPLinear()
     x, lab = _states(RING, sch, 0.9)
     g = G.Guided(RING.denoiser(sch), 1.0)
     sample(g, G.CFGPlusPlus(samplers.DDIM()), grids.logsnr_grid(4, sch), x, cond={"label": lab})
-    assert g.keep_negative is False
+    assert g.forwards == 2 * 4 * x.shape[0]
     g.reset()
     sample(g, samplers.DDIM(), grids.logsnr_grid(4, sch), x, cond={"label": lab})
     assert g.forwards == 4 * x.shape[0]
-    g.keep_negative = True
+
+    def stop(info):
+        if info.i == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        sample(g, G.CFGPlusPlus(samplers.DDIM()), grids.logsnr_grid(4, sch), x, cond={"label": lab}, callback=stop)
     g.reset()
-    assert g.keep_negative is False
+    g(x, 0.5, label=lab)
+    assert g.forwards == x.shape[0] and g.run_state().keep_negative is False

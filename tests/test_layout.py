@@ -1,5 +1,6 @@
-"""The house rules the layout keeps: names in the library, no upward imports, no import cycles
-among samplers, one coefficient record per engine."""
+"""The house rules the layout keeps: a declared order of layers that every import follows (also
+inside functions), no import cycle, no private name used across modules, one coefficient record per
+engine, one shape of name table, ruff."""
 
 import ast
 import pathlib
@@ -17,43 +18,109 @@ from sdeflow.samplers.sde import AffineStep
 ROOT = pathlib.Path(sdeflow.__file__).parent
 
 
+#: The layers of the package, lowest first: a module imports only from its own layer or lower ones (also
+#: inside functions). The core (schedules to objectives) knows nothing of the applications above it.
+LAYERS = [
+    # core
+    {"names", "shapes", "files", "metrics", "distributed", "profiling", "noise"},
+    {"schedules"},
+    {"parameterizations", "grids"},
+    {"denoisers", "models"},
+    {"samplers"},
+    {"run"},
+    {"replay"},
+    {"sampling"},
+    {"analytic", "compiled", "generation", "guidance", "objectives"},
+    # applications
+    {"data", "checkpoint"},
+    {"inverse", "inversion", "likelihood", "reward", "adapters", "pretrained"},
+    {"editing", "tuning"},
+    {"training"},
+    {"registry"},
+    {"__init__"},
+    {"cli", "__main__"},
+]
+LAYER = {unit: k for k, units in enumerate(LAYERS) for unit in units}
+
+
+def _module(path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_module(name: str) -> bool:
+    base = ROOT.parent / name.replace(".", "/")
+    return base.with_suffix(".py").exists() or (base / "__init__.py").exists()
+
+
 def _imports(path):
-    """Modules a file imports anywhere (also inside functions), as dotted names."""
-    package = ".".join(path.relative_to(ROOT.parent).with_suffix("").parts[:-1])
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
-            mod = ".".join(p for p in (base, node.module or "") if p)
-            out.add(mod)
-            out.update(f"{mod}.{a.name}" for a in node.names)
-        elif isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
-    return out
-
-
-def test_no_library_module_imports_the_command_line_layer():
-    for path in ROOT.rglob("*.py"):
-        if "cli" in path.relative_to(ROOT).parts or path.name == "__main__.py":
+    """``(module, name, line)`` of every sdeflow import of a file (also inside functions): ``module`` the
+    imported module (``from pkg import submodule`` counts as the submodule), ``name`` the imported name
+    (None for a module)."""
+    module = _module(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out = []
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
+                   for stmt in block.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:  # annotations only: no import at run time
             continue
-        assert not any(m.startswith("sdeflow.cli") for m in _imports(path)), path
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            mod = ".".join(base + ([node.module] if node.module else []))
+            for a in node.names:
+                sub = f"{mod}.{a.name}"
+                out.append((sub, None, node.lineno) if _is_module(sub) else (mod, a.name, node.lineno))
+        elif isinstance(node, ast.Import):
+            out.extend((a.name, None, node.lineno) for a in node.names)
+    return [(m, n, line) for m, n, line in out if m == "sdeflow" or m.startswith("sdeflow.")]
 
 
-def test_the_samplers_import_no_cycle():
-    files = {f"sdeflow.samplers.{p.stem}": p for p in (ROOT / "samplers").glob("*.py") if p.stem != "__init__"}
-    graph = {m: {d for d in _imports(p) if d in files and d != m} for m, p in files.items()}
+def _unit(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+FILES = sorted(ROOT.rglob("*.py"))
+
+
+def test_every_module_has_a_layer():
+    assert {_unit(_module(p)) for p in FILES} <= set(LAYER), {_unit(_module(p)) for p in FILES} - set(LAYER)
+
+
+def test_no_module_imports_upwards():
+    """Every import, module-level or inside a function, goes to the module's own layer or below."""
+    wrong = [f"{p.relative_to(ROOT.parent)}:{line} imports {m}" for p in FILES for m, _, line in _imports(p)
+             if LAYER[_unit(m)] > LAYER[_unit(_module(p))]]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_private_name_is_imported_across_modules():
+    wrong = [f"{p.relative_to(ROOT.parent)}:{line} imports {n} from {m}" for p in FILES for m, n, line in _imports(p)
+             if n is not None and n.startswith("_") and not n.startswith("__") and m != _module(p)]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_package_imports_no_cycle():
+    """No cycle among modules (a package's ``__init__`` re-exporting its modules is not one: the
+    package is the modules' parent, whose import runs first)."""
+    graph = {}
+    for p in FILES:
+        me = _module(p)
+        graph[me] = {m for m, _, _ in _imports(p) if m != me and not me.startswith(m + ".") and not m.startswith(me + ".")}
     state = {}
 
     def visit(m, path):
-        if state.get(m) == "done":
+        if state.get(m) == "done" or m not in graph:
             return
         assert state.get(m) != "open", " -> ".join(path + [m])
         state[m] = "open"
-        for d in graph[m]:
+        for d in sorted(graph[m]):
             visit(d, path + [m])
         state[m] = "done"
 
-    for m in graph:
+    for m in sorted(graph):
         visit(m, [])
 
 
@@ -94,8 +161,8 @@ def _tables():
     import sdeflow.parameterizations as parameterizations
     import sdeflow.samplers as samplers
     import sdeflow.schedules as schedules_module
-    import sdeflow.training.densities as densities
-    import sdeflow.training.losses as losses
+    import sdeflow.objectives.densities as densities
+    import sdeflow.objectives.losses as losses
 
     return {"samplers": samplers.SAMPLERS, "flow-map samplers": samplers.FLOW_MAP_SAMPLERS, "schedules": schedules_module.SCHEDULES,
             "grids": grids_module.GRIDS, "problems": analytic.PROBLEMS, "inverse methods": inverse.METHODS,

@@ -9,7 +9,7 @@ import torch
 from sdeflow import analytic, schedules
 from sdeflow.parameterizations import PARAMETERIZATIONS
 from sdeflow.training import EMA, DenoisingLoss, LogitNormal, LogNormalSigma, Stratified, Uniform, UShaped, ot_pairing
-from sdeflow.training.losses import WEIGHTINGS
+from sdeflow.objectives.losses import WEIGHTINGS
 
 D = 4
 SCHEDS = {"vp": schedules.VPLinear(), "rf": schedules.RectifiedFlow(), "edm": schedules.EDM(),

@@ -14,7 +14,7 @@ import torch
 
 from sdeflow.cli.main import main
 from sdeflow.pretrained import load_model
-from sdeflow.training import checkpoint as ckpt
+from sdeflow import checkpoint as ckpt
 from sdeflow.training.config import TrainConfig
 from sdeflow.training.trainer import Trainer
 

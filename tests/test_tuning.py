@@ -72,13 +72,13 @@ def test_the_grid_gradient_through_autograd_equals_central_differences(sched, na
     """One run through autograd (every number of the plan a leaf, the model differentiated in its
     time) gives the gradient of the teacher loss in the grid's parameters that central differences
     of the loss give, to 1e-5 relative, on a mixture (float64)."""
-    from sdeflow.tuning.fit import GridGradient, _Counted
+    from sdeflow.tuning.fit import GridGradient, CountedDenoiser
 
     sch, sampler = SCHEDULES[sched](), SAMPLERS[name]()
     den = MIX8.denoiser(sch)
     teacher = Teacher(den, MIX8.sample_t(64, sch, grids.start_time(sch), torch.Generator().manual_seed(0))[0])
     n = 4 if sampler.nfe_per_step == 1 else 2
-    space, counted = GridSpace(sch, n, teacher.t_max), _Counted(den, torch.float64)
+    space, counted = GridSpace(sch, n, teacher.t_max), CountedDenoiser(den, torch.float64)
     theta = 0.3 * torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     loss, grad = GridGradient(counted, sampler, space, teacher)(theta)
 
@@ -96,14 +96,14 @@ def test_the_grid_gradient_through_a_velocity_network_on_clean_data_is_finite_an
     """rk4-at-data on a velocity network (the mixture's exact one, whose answer on clean data is a limit):
     the gradient through its last stage matches central differences."""
     from sdeflow.denoisers import ModelDenoiser
-    from sdeflow.tuning.fit import GridGradient, _Counted
+    from sdeflow.tuning.fit import GridGradient, CountedDenoiser
 
     sch, sampler = SCHEDULES["rectified-flow"](), SAMPLERS["rk4-at-data"]()
     den = ModelDenoiser(lambda x, c: MIX8.network_output(x, sch, c, "velocity"), sch, "velocity", time_input="t")
     teacher = Teacher(den, MIX8.sample_t(64, sch, 0.999, torch.Generator().manual_seed(0))[0], t_max=0.999)
     space = GridSpace(sch, 2, teacher.t_max)
     theta = torch.tensor([-0.7, -0.7], dtype=torch.float64)
-    loss, grad = GridGradient(_Counted(den, torch.float64), sampler, space, teacher)(theta)
+    loss, grad = GridGradient(CountedDenoiser(den, torch.float64), sampler, space, teacher)(theta)
 
     def at(th):
         return endpoint_loss(den, sampler, space.grid(th), teacher.x_init, teacher.end)

@@ -199,7 +199,7 @@ def schedule_from_scheduler(scheduler_or_config) -> Schedule:
     return DiscreteVP(ac)
 
 
-class _Timesteps:
+class NetworkTimesteps:
     """The timestep diffusers feeds the network at sdeflow time ``t``: exact values registered by
     :meth:`DiffusersBridge.grid`, else diffusers' own conversion (``1000 t`` for flow models; for
     discrete models the training index, interpolated linearly in ``log sigma`` between indices)."""
@@ -296,7 +296,7 @@ class DiffusersBridge:
     denoiser: Denoiser
     model: ModelDenoiser
     scheduler: Any
-    timesteps_of: _Timesteps
+    timesteps_of: NetworkTimesteps
 
     @property
     def schedule(self) -> Schedule:
@@ -317,7 +317,7 @@ class DiffusersBridge:
         return ts
 
 
-def scheduler_grid(s, schedule: Schedule, timesteps_of: _Timesteps, n: int | None, **set_timesteps_kwargs) -> torch.Tensor:
+def scheduler_grid(s, schedule: Schedule, timesteps_of: NetworkTimesteps, n: int | None, **set_timesteps_kwargs) -> torch.Tensor:
     """The grid diffusers' scheduler ``s`` makes (``s.set_timesteps(n, **kwargs)``: ``timesteps=``,
     ``sigmas=``, ``mu=`` included) as decreasing sdeflow times of ``schedule``, ending where the
     scheduler ends; the network timestep it feeds at each time goes into ``timesteps_of``'s table."""
@@ -359,7 +359,7 @@ def from_diffusers(model, scheduler_or_config, *, dtype: torch.dtype | None = No
     if pred not in PREDICTION_TYPES or (edm and pred not in ("epsilon", "v_prediction")):
         raise ValueError(f"unsupported prediction_type {pred!r}; allowed: "
                          f"{'epsilon, v_prediction (EDM)' if edm else ', '.join(PREDICTION_TYPES)}")
-    times = _Timesteps(schedule, int(cfg.get("num_train_timesteps", 1000)), edm=edm)
+    times = NetworkTimesteps(schedule, int(cfg.get("num_train_timesteps", 1000)), edm=edm)
     # EDM's schedulers precondition every prediction type; their v_prediction is the output with c_out negated
     parameterization = "edm" if edm else PREDICTION_TYPES[pred]
     network = _Network(model, sign=-1.0 if edm and pred == "v_prediction" else 1.0)

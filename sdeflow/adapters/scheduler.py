@@ -49,7 +49,7 @@ from ..parameterizations import as_parameterization
 from ..samplers import SAMPLERS, default_sampling
 from ..sampling import planned
 from ..schedules import EDM, DiscreteVP, RectifiedFlow
-from .diffusers import (PREDICTION_TYPES, ClipSample, _Timesteps, diffusers_class, recognize, scheduler_grid,
+from .diffusers import (PREDICTION_TYPES, ClipSample, NetworkTimesteps, diffusers_class, recognize, scheduler_grid,
                         schedule_from_scheduler)
 
 
@@ -189,7 +189,7 @@ class SdeflowScheduler(SchedulerMixin, ConfigMixin):
         self.process = process
         self._sign = -1.0 if process == "edm" and prediction_type == "v_prediction" else 1.0
         self._clip = ClipSample.settings(self.config)  # x_hat clipped as diffusers clips it (or None)
-        self._timesteps_of = _Timesteps(self.schedule, num_train_timesteps, edm=process == "edm")
+        self._timesteps_of = NetworkTimesteps(self.schedule, num_train_timesteps, edm=process == "edm")
         self.ts = self.timesteps = self.sigmas = self.num_inference_steps = None
         self.eval_times: list[float] = []
         self._begin_index = self._run = None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..denoisers import Denoiser
 from ..denoisers.flow_map import FlowMap, jump_coefficients
 from ..schedules import Schedule
-from .mixture import GaussianMixture
+
+if TYPE_CHECKING:  # the mixture builds its denoiser: only its type is needed here
+    from .mixture import GaussianMixture
 
 
 class OracleDenoiser(Denoiser):

@@ -23,7 +23,7 @@ from .sample_cmd import noise_source, resolve
 def run_demo(args) -> dict:
     if args.out:
         check_output(args.out, (".png",))
-        _matplotlib()
+        pyplot_module()
     schedule, sampler, ts, steps = resolve(args)
     mixture = analytic.ring_2d()
     denoiser = mixture.denoiser(schedule)
@@ -56,7 +56,7 @@ def run_demo(args) -> dict:
     return report
 
 
-def _matplotlib():
+def pyplot_module():
     try:
         import matplotlib
 
@@ -83,7 +83,7 @@ def save_figure(fig, path: str) -> None:
 
 
 def _plot(mixture, x, report, path):
-    plt = _matplotlib()
+    plt = pyplot_module()
     lim = 3.2
     u = torch.linspace(-lim, lim, 300, dtype=torch.float64)
     gx, gy = torch.meshgrid(u, u, indexing="xy")

@@ -30,7 +30,7 @@ PICTURE_COLUMNS = 16
 
 def add_edit_parser(sub) -> None:
     from ..registry import deterministic_samplers
-    from .main import _positive_int
+    from .args import positive_int
 
     p = sub.add_parser("edit", help="move pictures from one class to another (inversion or FlowEdit)",
                        description="Edit pictures from class --from to class --to with a class-conditional model: "
@@ -50,13 +50,13 @@ def add_edit_parser(sub) -> None:
     p.add_argument("--sampler", default="bdia", choices=deterministic, metavar="NAME",
                    help=f"deterministic sampler of the inversion: one of {', '.join(deterministic)} (default: bdia, "
                    "exactly reversible)")
-    p.add_argument("--steps", type=_positive_int, default=20, help="steps of each editor (default: 20)")
+    p.add_argument("--steps", type=positive_int, default=20, help="steps of each editor (default: 20)")
     p.add_argument("--start", type=float, default=None, metavar="T",
                    help="time editing starts at: 1 (or the schedule's start) edits most; lower keeps more of the "
                    "input (default: the schedule's start)")
     p.add_argument("--guidance", type=float, default=None, metavar="W",
                    help="classifier-free guidance scale of both classes' fields (default: none, the conditional model)")
-    p.add_argument("-n", "--num", dest="num", type=_positive_int, default=8,
+    p.add_argument("-n", "--num", dest="num", type=positive_int, default=8,
                    help="digits to edit when no --input is given (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of FlowEdit's noise (default: 0)")
     p.add_argument("--out", nargs="+", default=["edited.png"], metavar="FILE",
@@ -105,9 +105,9 @@ def run_edit(args) -> dict:
 
     outs = [check_output(o, (".png", ".npz"), inputs=[args.input]) for o in args.out if o]
     if any(o.lower().endswith(".png") for o in outs):
-        from .demo import _matplotlib
+        from .demo import pyplot_module
 
-        _matplotlib()
+        pyplot_module()
     model = load_model(args.checkpoint)
     _check(args, model)
     if model.kind != "image" and any(o.lower().endswith(".png") for o in outs):
@@ -162,9 +162,9 @@ def _classifier(model):
 
 def _picture(path, x, p_in, rows, args, ts) -> None:
     """The input row and one row per editor, each picture titled with the classifier's probability."""
-    from .demo import _matplotlib, save_figure, show_image
+    from .demo import pyplot_module, save_figure, show_image
 
-    plt = _matplotlib()
+    plt = pyplot_module()
     panels = [("input", x, p_in, args.source)] + [(label, z, p, args.target) for label, (z, p) in rows.items()]
     cols = min(x.shape[0], PICTURE_COLUMNS)  # the .npz holds every edit
     fig, axes = plt.subplots(len(panels), cols, figsize=(1.1 * cols + 1.2, 1.3 * len(panels) + 0.4), dpi=100,

@@ -8,21 +8,12 @@ import warnings
 
 from ..pretrained import PRETRAINED
 from ..registry import ALL_SAMPLERS, GRIDS, PROBLEMS, SAMPLERS, SCHEDULES
+from .args import positive_int
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line: what is wrong and what is allowed
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,10 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "and --nfe), or decreasing times such as 1,0.5,0.2,0 "
                        "(default: " + (default_grid or "the grid of the default sampler; with --sampler: auto for models, "
                                        "logsnr for problems") + ")")
-        p.add_argument("--nfe", type=_positive_int, default=default_nfe,
+        p.add_argument("--nfe", type=positive_int, default=default_nfe,
                        help="evaluation budget; the largest step count within it is used (default: "
                        f"{default_nfe or '20, or the budget a few-step model was trained for'})")
-        p.add_argument("--steps", type=_positive_int, default=None, help="number of steps (overrides --nfe)")
+        p.add_argument("--steps", type=positive_int, default=None, help="number of steps (overrides --nfe)")
         p.add_argument("--partial", action="store_true",
                        help="allow a grid that stops before t = 0 (the samples are then still noisy)")
         p.add_argument("--noise", default="generator", choices=["generator", "seeded", "brownian"],
@@ -62,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "print the error against the exact answer and write a PNG of the samples over the "
                           "true density.")
     sampling_flags(demo, "heun", "rectified-flow", "uniform", 19)
-    demo.add_argument("-n", "--num", "--num-samples", dest="num", type=_positive_int, default=2000,
+    demo.add_argument("-n", "--num", "--num-samples", dest="num", type=positive_int, default=2000,
                       help="number of samples (default: 2000)")
     demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -81,11 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     sampling_flags(smp, None, None, None, None)
     smp.add_argument("--label", default=None, metavar="all|none|K[,K...]",
                      help="classes of a class-conditional model: all (cycle, default), none, or class numbers")
-    smp.add_argument("-n", "--num", "--num-samples", dest="num", type=_positive_int, default=None,
+    smp.add_argument("-n", "--num", "--num-samples", dest="num", type=positive_int, default=None,
                      help="number of samples (default: 100 images, 2000 points, 1000 for a problem); under torchrun write "
                      "-n or --num-samples, since "
                      "torchrun reads --num as a prefix of its own --numa-binding")
-    smp.add_argument("--batch-size", type=_positive_int, default=256, help="samples per network batch (default: 256)")
+    smp.add_argument("--batch-size", type=positive_int, default=256, help="samples per network batch (default: 256)")
     smp.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     smp.add_argument("--out", nargs="+", default=None, metavar="FILE",
                      help="one or more .png (picture) / .npz (arrays) files (default: samples.png for a model, "
@@ -220,7 +211,7 @@ def _run(args) -> int:
 
             from ..files import check_output
             from ..pretrained import path_of
-            from ..training.checkpoint import export_weights, refuse_overwrite
+            from ..checkpoint import export_weights, refuse_overwrite
 
             source = path_of(args.run)
             check_output(args.out, (".safetensors",), what="export OUT", inputs=[source])

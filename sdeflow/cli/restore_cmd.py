@@ -71,9 +71,9 @@ def run_restore(args) -> dict:
 
     outs = [check_output(o, (".png", ".npz"), inputs=[args.input]) for o in args.out if o]
     if any(o.lower().endswith(".png") for o in outs):
-        from .demo import _matplotlib
+        from .demo import pyplot_module
 
-        _matplotlib()
+        pyplot_module()
     if not math.isfinite(args.noise_std) or args.noise_std < 0:
         raise ValueError(f"--noise-std must be a finite number >= 0, got {args.noise_std}")
     if args.sampler and args.method not in TRANSFORMS:
@@ -117,9 +117,9 @@ def run_restore(args) -> dict:
 
 def _picture(path, x_true, shown, x, mean, args, columns: int = 8):
     """Truth, measurement (back-projected), the samples and their mean, each titled (with its PSNR)."""
-    from .demo import _matplotlib, save_figure, show_image
+    from .demo import pyplot_module, save_figure, show_image
 
-    plt = _matplotlib()
+    plt = pyplot_module()
     panels = [(x_true, "truth"), (shown, "measurement")]
     panels += [(s, f"sample {k + 1}\n{psnr(s, x_true):.1f} dB") for k, s in enumerate(x)]
     panels += [(mean, f"mean\n{psnr(mean, x_true):.1f} dB")]
@@ -136,7 +136,7 @@ def _picture(path, x_true, shown, x, mean, args, columns: int = 8):
 
 
 def add_restore_parser(sub) -> None:
-    from .main import _positive_int
+    from .args import positive_int
 
     p = sub.add_parser("restore", help="solve an inverse problem (inpainting, super-resolution, deblurring, ...) "
                        "with a trained model as the prior",
@@ -153,8 +153,8 @@ def add_restore_parser(sub) -> None:
     p.add_argument("--method", default="mmps", choices=METHODS, metavar="NAME",
                    help=f"one of: {', '.join(METHODS)} (default: mmps)")
     p.add_argument("--sampler", default=None, help="sampler for mmps/pigdm/dps/ddnm/diffpir (default: ddim-eta1)")
-    p.add_argument("--nfe", type=_positive_int, default=50, help="network evaluations (default: 50)")
-    p.add_argument("-n", "--num", "--num-samples", dest="num", type=_positive_int, default=None,
+    p.add_argument("--nfe", type=positive_int, default=50, help="network evaluations (default: 50)")
+    p.add_argument("-n", "--num", "--num-samples", dest="num", type=positive_int, default=None,
                    help=f"posterior samples (default: {DEFAULT_NUM}; enkg: one more than the measured values, its "
                    "particles)")
     p.add_argument("--seed", type=int, default=0, help="seed of the measurement noise and the sampler (default: 0)")

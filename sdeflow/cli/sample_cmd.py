@@ -243,6 +243,7 @@ def _sample_model(args) -> dict:
     from ..generation import gather, generate
     from ..pretrained import load_model
     from ..distributed import Distributed
+    from ..training.config import TrainConfig
     from ..training.students import student_sampling
 
     if args.schedule is not None:
@@ -250,7 +251,7 @@ def _sample_model(args) -> dict:
     outs = _outputs(args, "samples.png")
     dist = Distributed(args.device)
     model = load_model(args.checkpoint or "shipped:digits", device=dist.device)
-    own = student_sampling(model.config)
+    own = student_sampling(TrainConfig.stored(model.meta))
     if own is not None and args.sampler is None:   # a few-step model: the sampling it was trained for
         args.sampler, args.grid = own[0], args.grid or own[1]
     args.nfe = args.nfe or (own[2] if own is not None else DEFAULT_NFE)

@@ -8,8 +8,8 @@ import dataclasses
 import json
 
 from ..training.config import OBJECTIVES, RECIPES, TrainConfig, read_config_file
-from ..training.densities import DENSITIES
-from ..training.losses import WEIGHTINGS
+from ..objectives.densities import DENSITIES
+from ..objectives.losses import WEIGHTINGS
 
 HELP = {
     "data": "digits, moons, swiss-roll, eight-gaussians, checkerboard, a folder of PNG/JPEG images or a .npy/.npz file",

@@ -109,14 +109,12 @@ class CFGPlusPlus(Sampler):
         guided = getattr(field, "denoiser", None)
         if not isinstance(guided, Guided):
             raise TypeError("CFG++ samples a guidance.Guided denoiser (it needs the unconditional prediction)")
-        guided.keep_negative = True  # at lambda = 1 the rule alone would skip the unconditional pass
+        mine = guided.run_state()  # this run's: nothing outlives the run
+        mine.keep_negative = True  # at lambda = 1 the rule alone would skip the unconditional pass
         t, a = plan.t[i], plan.coef[i]
         x_hat = field(x, t)
-        neg = guided.last_unconditional
+        neg = mine.last_unconditional
         if neg is not None and a != 0.0:  # outside a guidance interval there is nothing to re-noise
             x = torch.add(x, x_hat - neg, alpha=a)
             state = self.inner.after_external_update(state)
-        out = self.inner.step(_Primed(field, x, t, x_hat), x, i, plan.extra["inner"], state, noise)
-        if i == len(plan.t) - 1:  # the run is over: a later plain run of this denoiser skips the negative pass
-            guided.keep_negative = False
-        return out
+        return self.inner.step(_Primed(field, x, t, x_hat), x, i, plan.extra["inner"], state, noise)

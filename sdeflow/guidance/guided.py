@@ -14,8 +14,10 @@ sampler, grid, schedule and parameterization samples it unchanged. The negative 
 is skipped. The interval is a range of noise levels, never a fraction of steps, so it means the
 same on every grid.
 
-The rule's state (APG's momentum) belongs to one run: it is emptied when an evaluation comes back
-to the top of the grid (or higher), and by :meth:`Guided.reset`. ``forwards`` counts network forwards per sample (a
+The rule's state (APG's momentum) belongs to one run: inside sdeflow's loops it lives in the run
+(:meth:`sdeflow.run.Run.local`) and ends with it; called from another loop (a peer's sampler), the
+denoiser starts a new state when an evaluation comes back to the top of the grid (or higher), and
+at :meth:`Guided.reset`. ``forwards`` counts network forwards per sample (a
 batched CFG evaluation is 2, a skipped negative
 pass 1) summed over the samples evaluated: one run over ``B`` samples adds ``B`` times its
 forwards per sample. It stands beside the sampler's NFE, which counts denoiser evaluations.
@@ -24,12 +26,13 @@ forwards per sample. It stands beside the sampler's NFE, which counts denoiser e
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from ..denoisers import Denoiser
+from ..run import run_local
 from ..shapes import as_time
 from .rules import CFG, Rule
 
@@ -109,6 +112,17 @@ def _stacked(cond: dict, null: dict, batch: int) -> dict | None:
     return out
 
 
+@dataclass
+class GuidedRun:
+    """A guided denoiser's state in one run: the rule's (APG's momentum), whether a sampler asked for
+    the negative pass even where the rule would skip it (CFG++ re-noises with it), and the last
+    negative prediction."""
+
+    rule: dict = field(default_factory=dict)
+    keep_negative: bool = False
+    last_unconditional: torch.Tensor | None = None
+
+
 class Guided(Denoiser):
     """A guided denoiser (see the module docstring).
 
@@ -148,19 +162,20 @@ class Guided(Denoiser):
                 self.null = null if null is not None else _null_of(denoiser)
         else:
             self.null = None
-        #: evaluate the negative even when the rule would not need it (CFG++ re-noises with it)
-        self.keep_negative = False
         self.forwards = 0.0
-        self.last_unconditional: torch.Tensor | None = None
-        self.state: dict = {}
-        self._last_t = self._start = -math.inf  # times of the last evaluation and of the run's first
+        self._outside = GuidedRun()  # the state of evaluations outside sdeflow's loops
+        self._last_t = self._start = -math.inf  # times of the last such evaluation and of its run's first
 
     def reset(self) -> None:
-        """Start a new run: the forward count and the rule's state (APG's momentum) are emptied, and a
-        sampler's request for the negative pass (CFG++'s) is withdrawn."""
-        self.forwards, self.state, self.last_unconditional = 0.0, {}, None
-        self.keep_negative = False
+        """Empty the forward count and the state of evaluations outside sdeflow's loops (a run's own
+        state ends with the run)."""
+        self.forwards, self._outside = 0.0, GuidedRun()
         self._last_t = self._start = -math.inf
+
+    def run_state(self) -> "GuidedRun":
+        """This denoiser's state in the active run (outside any: the state of the current guessed run)."""
+        mine = run_local(self, GuidedRun)
+        return mine if mine is not None else self._outside
 
     def _negative(self, x_t, t, cond: dict):
         """``(pos, neg)``: the conditional prediction and the negative one."""
@@ -177,18 +192,21 @@ class Guided(Denoiser):
         return out[:b], out[b:]
 
     def forward(self, x_t, t, **cond):
-        t_now = float(torch.as_tensor(t, dtype=torch.float64).reshape(-1).max())
-        if t_now > self._start or (t_now == self._start and self._last_t < self._start):
-            self.state, self._start = {}, t_now  # back at the top of a grid: a new run started
-        self._last_t = t_now
+        mine = run_local(self, GuidedRun)
+        if mine is None:  # a loop outside sdeflow: a new run starts when an evaluation is back at the top of a grid
+            t_now = float(torch.as_tensor(t, dtype=torch.float64).reshape(-1).max())
+            if t_now > self._start or (t_now == self._start and self._last_t < self._start):
+                self._outside, self._start = GuidedRun(), t_now
+            self._last_t = t_now
+            mine = self._outside
         active = None if self.interval is None else self.interval.contains(self.schedule, t)
-        if (self.rule.is_identity and not self.keep_negative) or (active is not None and not bool(active.any())):
+        if (self.rule.is_identity and not mine.keep_negative) or (active is not None and not bool(active.any())):
             self.forwards += x_t.shape[0]
-            self.last_unconditional = None
+            mine.last_unconditional = None
             return self.inner(x_t, t, **cond)
         pos, neg = self._negative(x_t, t, cond)
-        self.last_unconditional = neg
-        out = self.rule(pos, neg, x_t, t, self.schedule, self.state)
+        mine.last_unconditional = neg
+        out = self.rule(pos, neg, x_t, t, self.schedule, mine.rule)
         if active is not None and active.ndim == 1 and not bool(active.all()):
             out = torch.where(active.to(out.device).reshape(-1, *([1] * (out.ndim - 1))), out, pos)
         return out
@@ -218,4 +236,4 @@ class Guided(Denoiser):
         pos = self.inner.ode_velocity(x_t, t, **cond)
         neg = self.guide.ode_velocity(x_t, t, **cond) if self.guide is not None else \
             self.inner.ode_velocity(x_t, t, **self.null(cond))
-        return self.rule(pos, neg, x_t, t, self.schedule, self.state)
+        return self.rule(pos, neg, x_t, t, self.schedule, self.run_state().rule)

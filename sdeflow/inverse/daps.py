@@ -17,8 +17,9 @@ import torch
 
 from ..denoisers import Denoiser
 from ..samplers import DDIM
-from ..noise import LoopNoise, NoiseSource
-from ..sampling import prior_std, sample
+from ..noise import NoiseSource
+from ..run import Run, Steps
+from ..sampling import planned, prior_std
 from .guidance import gaussian_posterior_var
 from .result import Solution
 from .operators import Operator
@@ -26,25 +27,27 @@ from .operators import Operator
 
 def daps(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: float, ts: torch.Tensor, num: int, *,
          langevin_steps: int = 20, step_size: float = 0.5, ode_steps: int = 3, data_var: float = 1.0,
-         noise: NoiseSource | None = None, device=None, dtype=torch.float32):
+         noise: NoiseSource | None = None, device=None, dtype=torch.float32, progress: bool = False, callback=None):
     """``num`` posterior samples for ``y = A(x) + noise_std n``."""
     sched = denoiser.schedule
     ts = torch.as_tensor(ts, dtype=torch.float64)
     y = torch.as_tensor(y, dtype=dtype, device=device)
     shape = operator.shape
-    draws = LoopNoise(noise, num, dtype, device)
+    run = Run(denoiser, noise=noise, progress=progress, total=(len(ts) - 1) * max(1, ode_steps), desc="daps",
+              callback=callback)
+
     def randn():
-        return draws.next((num, *shape))
+        return run.fresh((num, *shape), dtype, device)
     x_t = randn() * prior_std(sched, float(ts[0]), data_var ** 0.5)
     noise_var = max(noise_std, 1e-3) ** 2
     lip = _lipschitz(operator, shape, dtype)  # largest eigenvalue of A^T A (1 for nonlinear operators)
-    nfe = 0
     x0 = x_t
     for i in range(len(ts) - 1):
         t, s = float(ts[i]), float(ts[i + 1])
+        run.step = i
         # (1) the prior's estimate of the clean signal
-        with torch.no_grad():
-            x_hat, nfe = _ode_estimate(denoiser, x_t, t, ode_steps, nfe)
+        with torch.no_grad(), run:
+            x_hat = _ode_estimate(run, x_t, t, ode_steps)
         r2 = gaussian_posterior_var(sched, t, data_var)
         # (2) Langevin on the decoupled posterior of x given x_hat and y
         x0 = x_hat.clone()
@@ -58,7 +61,9 @@ def daps(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: flo
         # (3) re-noise to the next level
         a_s, s_s = float(sched.alpha(s)), float(sched.sigma(s))
         x_t = a_s * x0 + s_s * randn() if s > 0 else x0
-    return Solution(x0.detach(), nfe, "daps")
+        run.stepped(i, t, s, x_t)
+    run.finish(x0)
+    return Solution(x0.detach(), run.calls, "daps")
 
 
 def _lipschitz(operator, shape, dtype, iters: int = 20) -> float:
@@ -74,18 +79,20 @@ def _lipschitz(operator, shape, dtype, iters: int = 20) -> float:
     return max(lam, 1e-12)
 
 
-def _ode_estimate(denoiser, x_t, t, steps, nfe):
+def _ode_estimate(run: Run, x_t, t, steps):
     """``x_hat`` from ``steps - 1`` DDIM steps of the probability-flow ODE, uniform in
     ``log(sigma / alpha)`` from ``t`` down to a hundredth of its level, and the denoiser there
-    (``steps`` evaluations), or ``D(x_t)`` when ``steps == 0``."""
-    sched = denoiser.schedule
+    (``steps`` evaluations in ``run``), or ``D(x_t)`` when ``steps == 0``."""
+    sched = run.denoiser.schedule
     if steps == 0:
-        return denoiser(x_t, t), nfe + 1
+        return run(x_t, t)
     level = sched.noise_to_signal(torch.tensor(t, dtype=torch.float64))
     lo = max(float(level) * 1e-2, 1e-3)
     levels = torch.logspace(torch.log10(level), torch.log10(torch.tensor(lo, dtype=torch.float64)), steps,
                             dtype=torch.float64)
     grid = torch.cat([torch.tensor([t], dtype=torch.float64), sched.t_from_sigma_ratio(levels[1:])])
     if steps > 1:
-        x_t = sample(denoiser, DDIM(), grid, x_t, check_finite=False).x
-    return denoiser(x_t, float(grid[-1])), nfe + steps
+        outer, ode = run.step, Steps(DDIM(), planned(DDIM(), sched, grid), run)
+        x_t = ode.run_steps(ode.start(x_t), 0, steps - 1)[0]
+        run.step = outer
+    return run(x_t, float(grid[-1]))

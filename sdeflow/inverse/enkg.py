@@ -27,7 +27,8 @@ import warnings
 import torch
 
 from ..denoisers import Denoiser
-from ..noise import LoopNoise, NoiseSource
+from ..noise import NoiseSource
+from ..run import Run
 from ..sampling import prior_std
 from .guidance import gaussian_posterior_var
 from .operators import Operator
@@ -59,7 +60,8 @@ def _no_overshoot(operator: Operator, x_hat, delta, residual, pred):
 
 
 def enkg(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: float, ts: torch.Tensor, num: int, *,
-         gamma: float = 1.0, data_var: float = 1.0, noise: NoiseSource | None = None, device=None, dtype=torch.float32):
+         gamma: float = 1.0, data_var: float = 1.0, noise: NoiseSource | None = None, device=None, dtype=torch.float32,
+         progress: bool = False, callback=None):
     """An ensemble of ``num`` posterior samples for ``y = A(x) + noise_std n``; the grid
     ``ts`` decreases to 0."""
     sched = denoiser.schedule
@@ -74,15 +76,14 @@ def enkg(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: flo
                       f"{m} measured values: use more particles than measured values (num >= {m + 1})",
                       RuntimeWarning, stacklevel=3)
     tr_aat = _trace_aat(operator, shape, dtype)
-    draws = LoopNoise(noise, num, dtype, device)
-    x = draws.next((num, *shape)) * prior_std(sched, float(ts[0]), data_var ** 0.5)
-    nfe = 0
+    run = Run(denoiser, noise=noise, progress=progress, total=len(ts) - 1, desc="enkg", callback=callback)
+    x = run.fresh((num, *shape), dtype, device) * prior_std(sched, float(ts[0]), data_var ** 0.5)
     for i in range(len(ts) - 1):
         t, s = float(ts[i]), float(ts[i + 1])
         a_t, s_t, a_s, s_s = (float(v) for v in (sched.alpha(t), sched.sigma(t), sched.alpha(s), sched.sigma(s)))
-        with torch.no_grad():
-            x_hat = denoiser(x, t)
-            nfe += 1
+        run.step = i
+        with torch.no_grad(), run:
+            x_hat = run(x, t)
             pred = operator(x_hat).reshape(num, -1)
             dx = (x - x.mean(0)).reshape(num, -1)
             dg = pred - pred.mean(0)
@@ -94,4 +95,6 @@ def enkg(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: flo
             delta = step * ((y - pred) @ c_xg.T).reshape(x.shape)
             x_hat = x_hat + _no_overshoot(operator, x_hat, delta, y - pred, pred)
             x = a_s * x_hat + (s_s / s_t) * (x - a_t * x_hat)              # DDIM step of the posterior's ODE
-    return Solution(x, nfe, "enkg")
+        run.stepped(i, t, s, x)
+    run.finish(x)
+    return Solution(x, run.calls, "enkg")

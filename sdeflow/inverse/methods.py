@@ -19,7 +19,7 @@ from ..denoisers import Denoiser
 from ..grids import DEFAULT_SIGMA_MIN, check_grid, default_t_min, karras_grid
 from ..names import NameTable
 from ..noise import GeneratorNoise, NoiseSource
-from ..sampling import NonFiniteError, prior_std, sample
+from ..sampling import prior_std, sample
 from .daps import daps
 from .enkg import enkg
 from .guidance import DPS, MMPS, PiGDM
@@ -35,13 +35,13 @@ TRANSFORMS = {"mmps": MMPS, "pigdm": PiGDM, "dps": DPS, "ddnm": DDNM, "diffpir":
 
 def _transform(name):
     def run(denoiser, operator, y, noise_std, ts, num, *, sampler=None, noise=None, dtype=torch.float32, device=None,
-            **options):
+            progress=False, callback=None, **options):
         from ..samplers import DDIM
 
         post = TRANSFORMS[name](denoiser, operator, y, noise_std, **options)
         like = torch.empty((num, *operator.shape), dtype=dtype, device=device)
         x_init = noise(like, -1) * prior_std(denoiser.schedule, float(ts[0]), 1.0)  # step -1: the prior draw
-        result = sample(post, sampler or DDIM(eta=1.0), ts, x_init, noise=noise)
+        result = sample(post, sampler or DDIM(eta=1.0), ts, x_init, noise=noise, progress=progress, callback=callback)
         return Solution(result.x, result.nfe, name)
     run.wraps = TRANSFORMS[name]  # what the entry runs (the registration test reads it)
     return run
@@ -132,19 +132,6 @@ def default_grid(steps: int, schedule, noise_std: float) -> torch.Tensor:
     return karras_grid(max(1, steps), schedule, t_min=default_t_min(schedule, sigma_min))
 
 
-class _Counting(Denoiser):
-    """A denoiser that advances a progress bar at every evaluation."""
-
-    def __init__(self, inner: Denoiser, bar):
-        super().__init__(inner.schedule)
-        self.inner, self.bar = inner, bar
-
-    def forward(self, x_t, t, **cond):
-        out = self.inner(x_t, t, **cond)
-        self.bar.update(1)
-        return out
-
-
 class Bound(Denoiser):
     """A denoiser with fixed conditioning keywords (e.g. ``label=`` of a class-conditional model)."""
 
@@ -163,7 +150,7 @@ class Bound(Denoiser):
 
 def solve(name: str, denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: float, nfe: int | None,
           num: int, *, sampler=None, ts=None, seed: int = 0, noise: NoiseSource | None = None, dtype=torch.float32,
-          device=None, progress: bool = False, **options) -> Solution:
+          device=None, progress: bool = False, callback=None, **options) -> Solution:
     """``num`` posterior samples (RED-diff: estimates) of ``x`` given ``y = A(x) + noise_std n``.
 
     Args:
@@ -173,6 +160,7 @@ def solve(name: str, denoiser: Denoiser, operator: Operator, y: torch.Tensor, no
         ts: a decreasing grid ending at 0 (default :func:`default_grid`).
         noise: a :class:`~sdeflow.noise.NoiseSource` (default: a generator seeded with ``seed``).
         progress: a progress bar counting the network evaluations.
+        callback: called with a :class:`~sdeflow.run.StepInfo` after every step of the method's loop.
     """
     run, steps_for = METHODS.lookup(name), METHODS.info(name)
     y = check_problem(denoiser, operator, y, noise_std, num)
@@ -185,21 +173,8 @@ def solve(name: str, denoiser: Denoiser, operator: Operator, y: torch.Tensor, no
     if float(ts[-1]) != 0.0:
         raise ValueError(f"the grid of a posterior sampler must end at t = 0 (clean data), got {float(ts[-1]):.6g}")
     noise = noise if noise is not None else GeneratorNoise(torch.Generator().manual_seed(seed))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=nfe, desc=name, unit="NFE", leave=False)
-        denoiser = _Counting(denoiser, bar)
-    try:
-        sol = run(denoiser, operator, y, noise_std, ts, num, sampler=sampler, noise=noise, dtype=dtype, device=device,
-                  **options)
-    finally:
-        if bar is not None:
-            bar.close()
-    if not bool(torch.isfinite(sol.x).all()):  # the loops' own arithmetic; transforms are checked by sample()
-        raise NonFiniteError(f"{name} returned NaN or Inf (grid of {ts.numel() - 1} steps, dtype {dtype}); "
-                             "check the model and its dtype, or try more steps")
+    sol = run(denoiser, operator, y, noise_std, ts, num, sampler=sampler, noise=noise, dtype=dtype, device=device,
+              progress=progress, callback=callback, **options)
     sol.x = sol.x.to(dtype)
     sol.method = name
     return sol

@@ -39,7 +39,8 @@ import torch
 
 from ..denoisers import Denoiser
 from ..samplers import DDIM
-from ..noise import LoopNoise, NoiseSource
+from ..noise import NoiseSource
+from ..run import Run
 from ..sampling import prior_std
 from ..shapes import as_time
 from .guidance import PosteriorDenoiser
@@ -90,7 +91,7 @@ class DDNM(_Proximal):
 
 def ddrm(denoiser: Denoiser, operator: LinearOperator, y: torch.Tensor, noise_std: float, ts: torch.Tensor, num: int, *,
          eta: float = 1.0, eta_b: float = 1.0, noise: NoiseSource | None = None, device=None, dtype=torch.float32,
-         cond: dict | None = None):
+         cond: dict | None = None, progress: bool = False, callback=None):
     """``num`` DDRM restorations for ``y = A x + noise_std n`` along the decreasing grid
     ``ts`` (ending at 0). ``V^T v`` on the range is ``S^-1 U^T A v`` and ``V`` applied to range
     coordinates is ``A^T U S^-1``, so the operator's eigendecomposition of ``A A^T`` suffices."""
@@ -111,9 +112,10 @@ def ddrm(denoiser: Denoiser, operator: LinearOperator, y: torch.Tensor, noise_st
     y = torch.as_tensor(y, dtype=dtype, device=device)
     y_bar = qt(y.reshape(-1, *A.out_shape)) * inv_s     # S^-1 U^T y
     n = noise_std * inv_s
-    draws = LoopNoise(noise, num, dtype, device)
+    run = Run(denoiser, cond, noise=noise, progress=progress, total=len(ts) - 1, desc="ddrm", callback=callback)
+
     def randn():
-        return draws.next((num, *A.shape))
+        return run.fresh((num, *A.shape), dtype, device)
     x = randn() * prior_std(sched, float(ts[0]), 1.0)
     keep = (inv_s > 0).to(x.device)
     ddim = DDIM(eta=eta)
@@ -121,8 +123,9 @@ def ddrm(denoiser: Denoiser, operator: LinearOperator, y: torch.Tensor, noise_st
         a_t, s_t, a_s, s_s = (float(v) for v in (sched.alpha(ts[i]), sched.sigma(ts[i]), sched.alpha(ts[i + 1]),
                                                   sched.sigma(ts[i + 1])))
         l_s = s_s / a_s
-        with torch.no_grad():
-            x_hat = denoiser(x, float(ts[i]), **cond)
+        run.step = i
+        with torch.no_grad(), run:
+            x_hat = run(x, float(ts[i]))
         z = randn()
         c_x, c_hat, c_z = ddim.step_coefficients(a_t, s_t, a_s, s_s, ts[i], ts[i + 1], sched)
         u = (c_x * x + c_hat * x_hat + c_z * z) / a_s                          # DDIM, every direction
@@ -140,7 +143,9 @@ def ddrm(denoiser: Denoiser, operator: LinearOperator, y: torch.Tensor, noise_st
             c = torch.where(below, c_below, c)
         u = u + from_c(torch.where(keep, c - to_c(u), torch.zeros_like(c)))
         x = a_s * u
-    return Solution(x, len(ts) - 1, "ddrm")
+        run.stepped(i, ts[i], ts[i + 1], x)
+    run.finish(x)
+    return Solution(x, run.calls, "ddrm")
 
 
 class DiffPIR(_Proximal):

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 
 from ..denoisers import Denoiser
-from ..noise import LoopNoise, NoiseSource
+from ..noise import NoiseSource
+from ..run import Run
 from ..sampling import prior_std
 from .result import Solution
 from .operators import Mask
@@ -21,7 +22,8 @@ from .smc import ancestral_coefficients
 
 
 def repaint(denoiser: Denoiser, operator: Mask, y: torch.Tensor, ts: torch.Tensor, num: int, *, resample: int = 1,
-            noise: NoiseSource | None = None, device=None, dtype=torch.float32, cond: dict | None = None):
+            noise: NoiseSource | None = None, device=None, dtype=torch.float32, cond: dict | None = None,
+            progress: bool = False, callback=None):
     """``num`` inpaintings of the entries ``operator`` does not keep, given the kept
     entries ``y`` (``(M,)`` or ``(num, M)``)."""
     if not isinstance(operator, Mask):
@@ -34,19 +36,20 @@ def repaint(denoiser: Denoiser, operator: Mask, y: torch.Tensor, ts: torch.Tenso
     y = torch.as_tensor(y, dtype=dtype, device=device).expand(num, -1)
     keep = operator.adjoint(torch.ones_like(y)).bool()  # (num, *shape)
     y_full = operator.adjoint(y)
-    draws = LoopNoise(noise, num, dtype, device)
+    run = Run(denoiser, cond, noise=noise, progress=progress, total=(len(ts) - 1) * resample, desc="repaint",
+              callback=callback)
+
     def randn():
-        return draws.next((num, *shape))
+        return run.fresh((num, *shape), dtype, device)
     x = randn() * prior_std(sched, float(ts[0]), 1.0)
-    nfe = 0
     for i in range(len(ts) - 1):
         t, s = ts[i], ts[i + 1]
+        run.step = i
         ca, cb, v = ancestral_coefficients(sched, t, s)
         a_s, s_s = float(sched.alpha(s)), float(sched.sigma(s))
         for u in range(resample):
-            with torch.no_grad():
-                x_hat = denoiser(x, float(t), **cond)
-            nfe += 1
+            with torch.no_grad(), run:
+                x_hat = run(x, float(t))
             unknown = ca * x + cb * x_hat + (v ** 0.5) * randn()
             known = a_s * y_full + s_s * randn()
             x_s = torch.where(keep, known, unknown)
@@ -55,4 +58,6 @@ def repaint(denoiser: Denoiser, operator: Mask, y: torch.Tensor, ts: torch.Tenso
                 x = ratio * x_s + max(float(sched.sigma(t)) ** 2 - ratio ** 2 * s_s ** 2, 0.0) ** 0.5 * randn()
             else:
                 x = x_s
-    return Solution(x, nfe, "repaint")
+        run.stepped(i, t, s, x)
+    run.finish(x)
+    return Solution(x, run.calls, "repaint")

@@ -30,7 +30,8 @@ import warnings
 import torch
 
 from ..denoisers import Denoiser
-from ..noise import LoopNoise, NoiseSource
+from ..noise import NoiseSource
+from ..run import Run
 from ..sampling import prior_std
 from .guidance import gaussian_posterior_var
 from .operators import Operator
@@ -56,7 +57,8 @@ def _systematic(log_w: torch.Tensor, u0: float) -> torch.Tensor:
 
 def twisted_smc(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: float, ts: torch.Tensor,
                 num_particles: int, *, data_var: float = 1.0, ess_threshold: float = 0.5, min_ess: float = 0.02,
-                noise: NoiseSource | None = None, dtype=torch.float64, device=None) -> Solution:
+                noise: NoiseSource | None = None, dtype=torch.float64, device=None, progress: bool = False,
+                callback=None) -> Solution:
     """Sample ``p(x | y)`` for ``y = A(x) + noise_std n`` with ``num_particles`` particles along the
     decreasing grid ``ts`` (which must end at 0); one denoiser evaluation (with a vector-Jacobian
     product) per step. ``noise``: a :class:`~sdeflow.noise.NoiseSource` (default: the global RNG)."""
@@ -69,8 +71,10 @@ def twisted_smc(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_s
     shape = operator.shape
     k = int(num_particles)
     y = torch.as_tensor(y, dtype=dtype, device=device)
-    draws = LoopNoise(noise, k, dtype, device)
-    randn = draws.next
+    run = Run(denoiser, noise=noise, progress=progress, total=len(ts) - 1, desc="smc", callback=callback)
+
+    def randn(shape):
+        return run.fresh(shape, dtype, device)
     x = randn((k, *shape)) * prior_std(sched, float(ts[0]), data_var ** 0.5)
     dims = tuple(range(1, x.ndim))
 
@@ -80,7 +84,7 @@ def twisted_smc(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_s
         var = noise_std ** 2 + gaussian_posterior_var(sched, float(t), data_var)
         with torch.enable_grad():
             xr = x_t.detach().requires_grad_(True)
-            d = denoiser(xr, float(t))
+            d = run(xr, float(t))
             r = (y.expand(k, *y.shape) - operator(d)).reshape(k, -1)
             m = r.shape[1]
             logp = -0.5 * (r.pow(2).sum(1) / max(var, 1e-300) + m * torch.log(torch.tensor(2 * torch.pi * max(var, 1e-300))))
@@ -88,26 +92,28 @@ def twisted_smc(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_s
         return logp.detach(), grad.detach(), d.detach()
 
     log_w = torch.zeros(k, dtype=torch.float64, device=y.device)
-    logp_t, grad_t, d_t = twist(x, ts[0])
-    nfe, ess = 1, []
-    n = len(ts) - 1
-    for i in range(n - 1):  # every step but the last, to clean data
-        t, s = ts[i], ts[i + 1]
-        ca, cb, v = ancestral_coefficients(sched, t, s)
-        prior_mean = ca * x + cb * d_t
-        z = randn(x.shape)
-        x_new = prior_mean + v * grad_t + v ** 0.5 * z
-        # log p(x_s | x_t) - log q(x_s | x_t) for equal-variance Gaussians
-        log_ratio = (-(x_new - prior_mean).pow(2).sum(dims) + z.pow(2).sum(dims) * v) / (2 * v)
-        logp_s, grad_s, d_s = twist(x_new, s)
-        nfe += 1
-        log_w = log_w + (log_ratio + logp_s - logp_t).double()
-        ess.append(_ess(log_w))
-        x, logp_t, grad_t, d_t = x_new, logp_s, grad_s, d_s
-        if ess[-1] < ess_threshold * k:
-            idx = _systematic(log_w, draws.uniform())
-            x, logp_t, grad_t, d_t = x[idx], logp_t[idx], grad_t[idx], d_t[idx]
-            log_w = torch.zeros_like(log_w)
+    with run:
+        logp_t, grad_t, d_t = twist(x, ts[0])
+        ess = []
+        n = len(ts) - 1
+        for i in range(n - 1):  # every step but the last, to clean data
+            t, s = ts[i], ts[i + 1]
+            run.step = i
+            ca, cb, v = ancestral_coefficients(sched, t, s)
+            prior_mean = ca * x + cb * d_t
+            z = randn(x.shape)
+            x_new = prior_mean + v * grad_t + v ** 0.5 * z
+            # log p(x_s | x_t) - log q(x_s | x_t) for equal-variance Gaussians
+            log_ratio = (-(x_new - prior_mean).pow(2).sum(dims) + z.pow(2).sum(dims) * v) / (2 * v)
+            logp_s, grad_s, d_s = twist(x_new, s)
+            log_w = log_w + (log_ratio + logp_s - logp_t).double()
+            ess.append(_ess(log_w))
+            x, logp_t, grad_t, d_t = x_new, logp_s, grad_s, d_s
+            if ess[-1] < ess_threshold * k:
+                idx = _systematic(log_w, run.uniform(k, dtype, device))
+                x, logp_t, grad_t, d_t = x[idx], logp_t[idx], grad_t[idx], d_t[idx]
+                log_w = torch.zeros_like(log_w)
+            run.stepped(i, t, s, x)
     r2 = gaussian_posterior_var(sched, float(ts[-2]), data_var)
     x, log_inc = _final_step(operator, y, noise_std, d_t, r2, randn, dims)
     log_w = log_w + (log_inc - logp_t).double()
@@ -116,8 +122,10 @@ def twisted_smc(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_s
         warnings.warn(f"twisted SMC: the final effective sample size is {ess[-1]:.1f} of {k} particles, so the samples "
                       "are drawn from few distinct particles; use more particles, more steps or a noise-spaced grid",
                       RuntimeWarning, stacklevel=2)
-    final = _systematic(log_w, draws.uniform())
-    return Solution(x[final], nfe, "smc", {"ess": ess, "log_weights": log_w})
+    final = _systematic(log_w, run.uniform(k, dtype, device))
+    run.stepped(n - 1, ts[-2], ts[-1], x[final])
+    run.finish(x)
+    return Solution(x[final], run.calls, "smc", {"ess": ess, "log_weights": log_w})
 
 
 def _ess(log_w: torch.Tensor) -> float:

@@ -18,19 +18,20 @@ from __future__ import annotations
 import torch
 
 from ..denoisers import Denoiser
-from ..noise import LoopNoise, NoiseSource
+from ..noise import NoiseSource
+from ..run import Run
 from .operators import Operator
 from .result import Solution
 
 
 def red_diff(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: float, ts: torch.Tensor, num: int, *,
              lam: float = 0.25, lr: float = 0.1, noise: NoiseSource | None = None, device=None, dtype=torch.float32,
-             init: torch.Tensor | None = None):
+             init: torch.Tensor | None = None, progress: bool = False, callback=None):
     """The estimates ``mu`` after one Adam step per grid time (times > 0 of ``ts``, in the given order)."""
     sched = denoiser.schedule
     ts = [float(t) for t in torch.as_tensor(ts, dtype=torch.float64) if float(t) > 0]
     y = torch.as_tensor(y, dtype=dtype, device=device)
-    draws = LoopNoise(noise, num, dtype, device)
+    run = Run(denoiser, noise=noise, progress=progress, total=len(ts), desc="red-diff", callback=callback)
     shape = operator.shape
     if init is None:
         linear = getattr(operator, "linear", False)
@@ -38,16 +39,19 @@ def red_diff(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std:
     mu = init.clone().to(dtype).requires_grad_(True)
     opt = torch.optim.Adam([mu], lr=lr, betas=(0.9, 0.99))
     scale = 1.0 / (2 * max(noise_std, 1e-3) ** 2)
-    for t in ts:
+    for i, t in enumerate(ts):
         a, s = float(sched.alpha(t)), float(sched.sigma(t))
-        eps = draws.next(mu.shape)
-        with torch.no_grad():
+        run.step = i
+        eps = run.fresh(mu.shape, dtype, device)
+        with torch.no_grad(), run:
             x_t = a * mu + s * eps
-            eps_hat = (x_t - a * denoiser(x_t, t)) / s
+            eps_hat = (x_t - a * run(x_t, t)) / s
         residual = (y - operator(mu)).reshape(num, -1)
         fit = scale * residual.pow(2).sum(1)
         reg = lam * (s / a) * ((eps_hat - eps).detach() * mu).reshape(num, -1).sum(1)
         opt.zero_grad()
         (fit + reg).sum().backward()
         opt.step()
-    return Solution(mu.detach(), len(ts), "red-diff")
+        run.stepped(i, t, ts[i + 1] if i + 1 < len(ts) else 0.0, mu.detach())
+    run.finish(mu)
+    return Solution(mu.detach(), run.calls, "red-diff")

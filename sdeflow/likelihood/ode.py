@@ -52,9 +52,10 @@ import torch
 
 from ..denoisers import Denoiser
 from ..samplers import SAMPLERS, deterministic_samplers
-from ..samplers.adaptive import _A, _B4, _C, _error_ratio, _next_h
+from ..run import Run, integrate
+from ..samplers.adaptive import DOPRI5, error_ratio, next_step
 from ..samplers.base import Sampler, ode_coefficients
-from ..sampling import CountingField, check_denoiser, integrate, planned, prior_std
+from ..sampling import check_denoiser, planned, prior_std
 from ..shapes import check_batch
 
 TRACES = ("exact", "hutchinson")
@@ -317,9 +318,9 @@ def _run(field, method, ts, x, k):
     y0 = torch.cat([flat.to(torch.float64), torch.zeros(x.shape[0], k, dtype=torch.float64, device=x.device)], 1)
     aug = _Augmented(field, x)
     plan = planned(sampler, aug.schedule, ts, increasing=bool(ts[-1] > ts[0]))
-    counted = CountingField(aug, None)
-    y, _ = integrate(counted, sampler, plan, y0)
-    counted.finish(y, plan)
+    run = Run(aug)
+    y, _ = integrate(run, sampler, plan, y0)
+    run.finish(y, plan)
     return y[:, :field.d].reshape(x.shape).to(x.dtype), y[:, field.d:]
 
 
@@ -332,17 +333,17 @@ def _dopri5(field, y, t0, t1, rtol, atol, max_steps):
             k0 = field(y, t)
         ks = [k0]
         for j in range(1, 7):
-            yj = _axpy(y, h, ks, _A[j])
-            ks.append(field(yj, t + _C[j] * h))
+            yj = _axpy(y, h, ks, DOPRI5.a[j])
+            ks.append(field(yj, t + DOPRI5.c[j] * h))
         y5 = yj
-        y4 = _axpy(y, h, ks, _B4)
-        err = max(_error_ratio(y5[0], y4[0], y[0], rtol, atol), _error_ratio(y5[1], y4[1], y[1], rtol, atol))
+        y4 = _axpy(y, h, ks, DOPRI5.b_low)
+        err = max(error_ratio(y5[0], y4[0], y[0], rtol, atol), error_ratio(y5[1], y4[1], y[1], rtol, atol))
         steps += 1
         if steps > max_steps:
             raise RuntimeError(f"the likelihood integration took more than {max_steps} steps: loosen rtol/atol")
         if err <= 1.0:
             y, t, k0 = y5, t + h, ks[6]
-        h = _next_h(h, err, 4)
+        h = next_step(h, err, 4)
     return y
 
 

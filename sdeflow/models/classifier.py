@@ -39,7 +39,7 @@ class NoisyClassifier(nn.Module):
                  time_scale: float = 1000.0):
         super().__init__()
         from .embedding import TimeEmbedding
-        from .unet import ResBlock, _norm
+        from .unet import ResBlock, group_norm
 
         if num_classes < 2:
             raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
@@ -51,7 +51,7 @@ class NoisyClassifier(nn.Module):
         self.blocks = nn.ModuleList([ResBlock(width, width, emb, 0.0), ResBlock(width, 2 * width, emb, 0.0),
                                      ResBlock(2 * width, 2 * width, emb, 0.0)])
         self.pool = nn.AvgPool2d(2)
-        self.out_norm = _norm(2 * width)
+        self.out_norm = group_norm(2 * width)
         self.head = nn.Sequential(nn.Linear(2 * width, features), nn.SiLU(), nn.Linear(features, num_classes))
 
     @property

@@ -9,7 +9,7 @@ from torch.nn import functional as F
 from .embedding import TimeEmbedding
 
 
-def _norm(ch: int) -> nn.GroupNorm:
+def group_norm(ch: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(8, ch // 4) or 1, ch)
 
 
@@ -19,9 +19,9 @@ class ResBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float):
         super().__init__()
-        self.norm1, self.conv1 = _norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm1, self.conv1 = group_norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
         self.mod = nn.Linear(emb_dim, 2 * c_out)
-        self.norm2, self.drop = _norm(c_out), nn.Dropout(dropout)
+        self.norm2, self.drop = group_norm(c_out), nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
@@ -39,7 +39,7 @@ class Attention(nn.Module):
 
     def __init__(self, ch: int, heads: int):
         super().__init__()
-        self.heads, self.norm = heads, _norm(ch)
+        self.heads, self.norm = heads, group_norm(ch)
         self.qkv, self.proj = nn.Conv2d(ch, 3 * ch, 1), nn.Conv2d(ch, ch, 1)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
@@ -103,7 +103,7 @@ class UNet(nn.Module):
                 self.up.append(layer)
             if level > 0:
                 self.up.append(nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)]))
-        self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(ch, channels, 3, padding=1))
+        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 

@@ -23,8 +23,7 @@ import torch
 
 from .. import models
 from ..denoisers import FlowMapDenoiser, ModelDenoiser
-from ..training import checkpoint as ckpt
-from ..training.config import TrainConfig
+from .. import checkpoint as ckpt
 
 FOLDER = os.path.dirname(os.path.abspath(__file__))
 PRETRAINED = ("digits", "digits-small", "digits-reflow", "moons", "swiss-roll", "eight-gaussians", "checkerboard")
@@ -95,8 +94,9 @@ class LoadedModel:
         return shipped_of(self.path)
 
     @property
-    def config(self) -> TrainConfig:
-        return TrainConfig.from_dict(self.meta["config"]).resolved()
+    def settings(self) -> dict:
+        """The training settings stored with the model (the resolved training configuration)."""
+        return settings_of(self.meta)
 
 
 def load_network(spec: str, prefix: str = "ema") -> tuple[torch.nn.Module, dict, str]:
@@ -128,6 +128,12 @@ def load_network(spec: str, prefix: str = "ema") -> tuple[torch.nn.Module, dict,
 #: The training settings that define what a stored model computes: a checkpoint without them is refused
 #: (a default would silently give another model).
 DEFINING = ("schedule", "parameterization", "time_input")
+
+
+def settings_of(meta: dict) -> dict:
+    """A checkpoint's training settings (checked on load to hold :data:`DEFINING`), with the defaults of
+    settings that later versions added."""
+    return {"objective": "denoise", "sigma_data": 0.5, **meta["config"]}
 
 
 def _check_data(meta: dict, net: torch.nn.Module) -> None:
@@ -173,12 +179,12 @@ def load_model(spec: str = "digits", device: str | torch.device = "cpu") -> Load
     if "config" not in meta or "data" not in meta:
         raise ValueError(f"{spec!r} is not a generative model (its checkpoint holds no training configuration, e.g. "
                          f"the digits classifier); give a run folder, its .safetensors, or one of: {', '.join(PRETRAINED)}")
-    cfg = TrainConfig.from_dict(meta["config"], where=path).resolved()
-    if cfg.objective == "classifier":
-        raise ValueError(f"{spec!r} is a {cfg.objective}, not a generative model (load it with load_classifier)")
-    schedule = SCHEDULES.lookup(cfg.schedule)()
+    cfg = settings_of(meta)
+    if cfg["objective"] == "classifier":
+        raise ValueError(f"{spec!r} is a classifier, not a generative model (load it with load_classifier)")
+    schedule = SCHEDULES.lookup(cfg["schedule"])()
     kind = FlowMapDenoiser if meta["network"].get("jump") else ModelDenoiser
-    denoiser = kind(net.to(device), schedule, cfg.parameterization, time_input=cfg.time_input)
+    denoiser = kind(net.to(device), schedule, cfg["parameterization"], time_input=cfg["time_input"])
     data = meta["data"]
     denoiser.sample_shape = data["shape"]
     return LoadedModel(denoiser, tuple(data["shape"]), data["kind"], meta["network"].get("num_classes", 0), meta, path)
@@ -191,8 +197,8 @@ def load_classifier(spec: str = "digits-noisy-classifier", device: str | torch.d
     from ..schedules import SCHEDULES
 
     net, meta, path = load_network(spec)
-    cfg = TrainConfig.from_dict(meta["config"], where=path).resolved() if "config" in meta else None
-    if cfg is None or cfg.objective != "classifier":
+    cfg = settings_of(meta) if "config" in meta else None
+    if cfg is None or cfg["objective"] != "classifier":
         raise ValueError(f"{spec!r} is not a noise-aware classifier (train one with sdeflow train --objective classifier)")
-    schedule = SCHEDULES.lookup(cfg.schedule)()
-    return ModelClassifier(net.to(device), schedule, time_input=cfg.time_input, sigma_data=cfg.sigma_data)
+    schedule = SCHEDULES.lookup(cfg["schedule"])()
+    return ModelClassifier(net.to(device), schedule, time_input=cfg["time_input"], sigma_data=cfg["sigma_data"])

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -39,7 +40,7 @@ LAM_FLOOR = -20.0
 LAM_CEIL = 20.0
 
 
-def _error_ratio(x_hi, x_lo, x_prev, rtol, atol):
+def error_ratio(x_hi, x_lo, x_prev, rtol, atol):
     """RMS of ``(x_hi - x_lo) / tol``, in float32 at least. A state stored in a low-precision dtype
     cannot hold a relative error below that dtype's resolution, so ``rtol`` is floored there (a
     bfloat16 state asked for 1e-3 would otherwise reject steps until ``max_steps``)."""
@@ -82,13 +83,14 @@ class JumpControl:
         ok, last = False, self.ratio
         if self.prev is not None and lam > self.prev[1]:
             dlam = lam - self.prev[1]
-            self.ratio = _error_ratio(x_hat, self.prev[0], x_hat, self.rtol * dlam, self.atol * dlam)
+            self.ratio = error_ratio(x_hat, self.prev[0], x_hat, self.rtol * dlam, self.atol * dlam)
             ok = lam > 0 and self.ratio <= 1.0 and self.ratio < last
         self.prev = (x_hat, lam)
         return ok
 
 
-def _next_h(h, err, q):
+def next_step(h, err, q):
+    """The next step size after a step of size ``h`` with error ratio ``err`` by a pair of lower order ``q``."""
     return h * min(5.0, max(0.2, 0.9 * (max(err, 1e-10)) ** (-1.0 / (q + 1))))
 
 
@@ -178,26 +180,37 @@ class DPMSolverAdaptive(Adaptive):
                 break
             while True:
                 low, high, t_new = self._sub(sch, lam, x, x_hat, h, field)
-                err = _error_ratio(high, low, x, self.rtol, self.atol)
+                err = error_ratio(high, low, x, self.rtol, self.atol)
                 steps += 1
                 if err <= 1.0 or steps >= self.max_steps:
                     break
-                h = _next_h(h, err, self.order - 1)
+                h = next_step(h, err, self.order - 1)
             x, lam, t_cur, x_hat = high, lam + h, t_new, None
-            h = _next_h(h, err, self.order - 1)
+            h = next_step(h, err, self.order - 1)
         if denoise:
             x = (x_hat if x_hat is not None else field(x, t_cur)).mul(float(sch.alpha(s)))
         return x, state
 
 
-#: Dormand-Prince 5(4) tableau.
-_C = [0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0]
-_A = [[], [1 / 5], [3 / 40, 9 / 40], [44 / 45, -56 / 15, 32 / 9],
-      [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
-      [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
-      [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84]]
-_B5 = [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0]
-_B4 = [5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40]
+class EmbeddedPair(NamedTuple):
+    """An explicit Runge-Kutta pair: nodes ``c``, stage rows ``a``, the higher-order weights ``b`` and
+    the embedded lower-order ones ``b_low`` (first same as last where the last stage is the solution)."""
+
+    c: list
+    a: list
+    b: list
+    b_low: list
+
+
+#: Dormand-Prince 5(4), first same as last: the seventh stage point is the fifth-order solution.
+DOPRI5 = EmbeddedPair(
+    c=[0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0],
+    a=[[], [1 / 5], [3 / 40, 9 / 40], [44 / 45, -56 / 15, 32 / 9],
+       [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
+       [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
+       [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84]],
+    b=[35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0],
+    b_low=[5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40])
 
 
 @dataclass(frozen=True)
@@ -235,15 +248,15 @@ class RK45(Adaptive):
             if jump.accept(x_hat, float(sch.logsnr(tau))):  # after a rejection tau repeats: no decision
                 break
             for j in range(1, 7):
-                xj = lincomb(x, 1.0, [(h * a, kk) for a, kk in zip(_A[j], k)])
-                k.append(u(xj, tau + _C[j] * h))
+                xj = lincomb(x, 1.0, [(h * a, kk) for a, kk in zip(DOPRI5.a[j], k)])
+                k.append(u(xj, tau + DOPRI5.c[j] * h))
             x5 = xj  # the seventh stage point is the fifth-order solution
-            x4 = lincomb(x, 1.0, [(h * b, kk) for b, kk in zip(_B4, k)])
-            err = _error_ratio(x5, x4, x, self.rtol, self.atol)
+            x4 = lincomb(x, 1.0, [(h * b, kk) for b, kk in zip(DOPRI5.b_low, k)])
+            err = error_ratio(x5, x4, x, self.rtol, self.atol)
             steps += 1
             if err <= 1.0 or steps >= self.max_steps:
                 x, tau, k0, x_hat = x5, tau + h, k[6], last[0]
-            h = _next_h(h, err, 4)
+            h = next_step(h, err, 4)
         if denoise:
             x = (x_hat if x_hat is not None else field(x, tau)).mul(float(sch.alpha(s)))
         return x, state

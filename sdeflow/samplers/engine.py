@@ -41,7 +41,7 @@ MAX_ALPHA_RATIO = 1e4
 PURE_NOISE_SPAN = 40.0
 
 
-def _is(c, value: float) -> bool:
+def is_exactly(c, value: float) -> bool:
     """``c == value`` for a Python coefficient; a tensor coefficient (a compiled loop's) is never
     taken as a structural 0 or 1."""
     return not isinstance(c, torch.Tensor) and c == value
@@ -57,15 +57,15 @@ def lincomb(x: torch.Tensor, c_x, terms, inplace: bool = False) -> torch.Tensor:
     With ``inplace`` the result is written into ``x`` (which the caller no longer needs).
     Coefficients are Python floats, or 0-d tensors in a compiled fixed-grid loop (see
     :mod:`sdeflow.compiled`)."""
-    if inplace and not _is(c_x, 0):
-        out = x if _is(c_x, 1) else x.mul_(c_x)
+    if inplace and not is_exactly(c_x, 0):
+        out = x if is_exactly(c_x, 1) else x.mul_(c_x)
         for c, term in terms:
-            if not _is(c, 0):
+            if not is_exactly(c, 0):
                 axpy_(out, c, term)
         return out
-    out = None if _is(c_x, 0) else (x if _is(c_x, 1) else x.mul(c_x))
+    out = None if is_exactly(c_x, 0) else (x if is_exactly(c_x, 1) else x.mul(c_x))
     for c, term in terms:
-        if _is(c, 0):
+        if is_exactly(c, 0):
             continue
         if out is None:
             out = term.mul(c)
@@ -106,7 +106,7 @@ MODEL_VELOCITY = None
 
 def to_native(x: torch.Tensor, x_hat: torch.Tensor, conv: tuple[float, float]) -> torch.Tensor:
     k_x, k_hat = conv
-    return x_hat if _is(k_x, 0) and _is(k_hat, 1) else lincomb(x, k_x, [(k_hat, x_hat)])
+    return x_hat if is_exactly(k_x, 0) and is_exactly(k_hat, 1) else lincomb(x, k_x, [(k_hat, x_hat)])
 
 
 def ddim_coefficients(a_t: float, s_t: float, a_s: float, s_s: float) -> tuple[float, float]:
@@ -249,7 +249,7 @@ class Multistep(Sampler):
             x_hat = field(x, plan.t[i])
             hist = (hist + (to_native(x, x_hat, conv),))[-plan.extra["keep"]:]
         terms = [(c_hat, x_hat)] + [(c, hist[-1 - j]) for j, c in enumerate(c_hist)]
-        if not _is(c_z, 0):
+        if not is_exactly(c_z, 0):
             terms.append((c_z, noise(span=(plan.t[i], plan.s[i]))))
         x_new = lincomb(x, c_x, terms, inplace=plan.inplace and corr is None)
         if corr is None:

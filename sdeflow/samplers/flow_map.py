@@ -27,7 +27,7 @@ import torch
 
 from ..denoisers.flow_map import jump_coefficients
 from .base import Plan, Sampler
-from .engine import _is, axpy_
+from .engine import is_exactly, axpy_
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,6 @@ class FlowMapSampler(Sampler):
         u, c_x, c_d, c_z = plan.coef[i]
         d = field(x, plan.t[i], target=u)
         x_s = axpy_(x.mul_(c_x) if plan.inplace else x.mul(c_x), c_d, d)
-        if not _is(c_z, 0):
+        if not is_exactly(c_z, 0):
             axpy_(x_s, c_z, noise())
         return x_s, state

@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 
 from .base import Affine, Plan, Sampler
-from .engine import _is, axpy_
+from .engine import is_exactly, axpy_
 
 
 def check_eta(eta: float, name: str = "eta") -> None:
@@ -61,7 +61,7 @@ class AffineStep(Sampler):
         c_x, c_hat, c_z = plan.coef[i]
         x_hat = field(x, plan.t[i])
         x_s = axpy_(x.mul_(c_x) if plan.inplace else x.mul(c_x), c_hat, x_hat)
-        if not _is(c_z, 0):
+        if not is_exactly(c_z, 0):
             axpy_(x_s, c_z, noise(span=(plan.t[i], plan.s[i])))
         return x_s, state
 

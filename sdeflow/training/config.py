@@ -30,7 +30,7 @@ RECIPES = {
 
 #: What a run trains: the denoiser of a diffusion / flow model, a noise-aware classifier of
 #: ``p_t(c | x_t)`` on the same forward process (for classifier guidance; cross-entropy on noised data),
-#: or a few-step model (:mod:`sdeflow.training.fewstep`, :mod:`sdeflow.training.reflow`): ``reflow``
+#: or a few-step model (:mod:`sdeflow.objectives.fewstep`, :mod:`sdeflow.training.reflow`): ``reflow``
 #: (a denoiser trained on a teacher's noise-data pairs), ``progressive`` (a denoiser distilled to half
 #: its teacher's steps), and the flow maps ``consistency``, ``shortcut`` and ``meanflow``.
 OBJECTIVES = ("denoise", "classifier", "reflow", "progressive", "consistency", "shortcut", "meanflow")
@@ -104,8 +104,8 @@ class TrainConfig:
         from ..parameterizations import PARAMETERIZATIONS
         from ..samplers import SAMPLERS
         from ..schedules import SCHEDULES
-        from .densities import DENSITIES
-        from .losses import WEIGHTINGS
+        from ..objectives.densities import DENSITIES
+        from ..objectives.losses import WEIGHTINGS
 
         for name, table in [("schedule", SCHEDULES), ("parameterization", PARAMETERIZATIONS), ("time_density", DENSITIES),
                             ("weighting", WEIGHTINGS), ("sample_sampler", SAMPLERS)]:
@@ -139,6 +139,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def stored(cls, meta: dict) -> "TrainConfig":
+        """The resolved configuration a checkpoint's metadata holds (``LoadedModel.meta``)."""
+        return cls.from_dict(meta["config"]).resolved()
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> "TrainConfig":

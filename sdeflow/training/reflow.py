@@ -29,7 +29,7 @@ import torch
 from ..denoisers import Denoiser
 from ..generation import generate, sample_seed
 from ..sampling import prior_sample, prior_std
-from . import checkpoint as ckpt
+from .. import checkpoint as ckpt
 
 CHUNK = 1024
 

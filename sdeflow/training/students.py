@@ -12,7 +12,7 @@ import os
 import torch
 
 from .config import TrainConfig
-from .losses import DenoisingLoss
+from ..objectives.losses import DenoisingLoss
 
 
 def load_teacher(cfg: TrainConfig, data, device) -> tuple:
@@ -21,7 +21,7 @@ def load_teacher(cfg: TrainConfig, data, device) -> tuple:
     from ..pretrained import load_model
 
     loaded = load_model(cfg.teacher, device=device)
-    theirs = loaded.config
+    theirs = TrainConfig.stored(loaded.meta)
     for name in ("schedule", "parameterization", "time_input"):
         if getattr(theirs, name) != getattr(cfg, name):
             raise ValueError(f"the teacher {cfg.teacher!r} has {name} {getattr(theirs, name)!r} and this run "
@@ -62,7 +62,7 @@ def reflow_data(cfg: TrainConfig, data, teacher, dist, progress: bool = False) -
 
 def make_loss(cfg: TrainConfig, teacher=None):
     """The objective's loss (:class:`DenoisingLoss` for denoisers and reflow; its time draws for classifiers)."""
-    from . import fewstep
+    from ..objectives import fewstep
 
     if cfg.objective == "meanflow":
         return fewstep.MeanFlowLoss(cfg.time_density, teacher, jump_fraction=cfg.jump_fraction)

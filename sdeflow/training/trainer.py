@@ -29,11 +29,11 @@ from ..data.pictures import class_columns, save_samples
 from ..denoisers import ModelDenoiser
 from ..distributed import Distributed
 from ..files import FolderLock, write_json
-from ..noise import _mix
+from ..noise import mix_seed
 from ..shapes import expand_as_batch
-from . import checkpoint as ckpt
+from .. import checkpoint as ckpt
 from .config import FLOW_MAP_OBJECTIVES, TIME_SCALES, TrainConfig
-from .coupling import global_ot_pairing
+from ..objectives.coupling import global_ot_pairing
 from .ema import EMA
 from .students import load_teacher, make_loss, reflow_data
 
@@ -128,7 +128,7 @@ class Trainer:
         if cfg.objective == "reflow":
             self.data, self.pair_noise = reflow_data(cfg, self.data, self.teacher, self.dist, self.progress)
         self.data_info = self.data.describe()
-        torch.manual_seed(_mix(cfg.seed, -1, 3))  # the initial weights, identical on every rank
+        torch.manual_seed(mix_seed(cfg.seed, -1, 3))  # the initial weights, identical on every rank
         self.net = build_network(cfg, self.data_info, self.teacher_meta).to(self.dist.device)
         if self.teacher is not None:  # a student starts from its teacher's weights (a flow map's gap input: zero)
             self.architecture = self.teacher_meta["architecture"]
@@ -183,14 +183,14 @@ class Trainer:
         # keep exactly the epochs' permutations this batch needs (one batch can span many epochs
         # when the dataset is smaller than a batch)
         self._perm = {e: self._perm[e] if e in self._perm else torch.randperm(
-            n, generator=torch.Generator().manual_seed(_mix(self.cfg.seed, e, 7))) for e in range(first, last + 1)}
+            n, generator=torch.Generator().manual_seed(mix_seed(self.cfg.seed, e, 7))) for e in range(first, last + 1)}
         perms = torch.stack([self._perm[e] for e in range(first, last + 1)])
         return perms[pos // n - first, pos % n]
 
     def _global_batch(self, step: int):
         """``(x, labels, t, eps)`` of this rank's slice of the global batch of ``step``."""
         cfg, dev = self.cfg, self.dist.device
-        g = torch.Generator().manual_seed(_mix(cfg.seed, step, 1))
+        g = torch.Generator().manual_seed(mix_seed(cfg.seed, step, 1))
         idx = self._batch_indices(step)
         t, eps = self.loss.draw(self.data.x[idx], self.schedule, g)
         drop = torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout
@@ -220,7 +220,7 @@ class Trainer:
         """One optimiser step; returns its loss, or None for a step skipped as non-finite."""
         cfg = self.cfg
         x, labels, t, eps, extra = self._global_batch(step)
-        torch.manual_seed(_mix(cfg.seed, step, 2 + self.dist.rank))  # the network's dropout
+        torch.manual_seed(mix_seed(cfg.seed, step, 2 + self.dist.rank))  # the network's dropout
         for group in self.opt.param_groups:
             group["lr"] = lr_at(cfg, step)
         cond = {} if labels is None else {"label": labels}

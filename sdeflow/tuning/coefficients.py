@@ -20,8 +20,9 @@ import math
 import torch
 
 from ..samplers.fitted import check_fittable, coefficient_values, with_coefficients
-from ..sampling import CountingField, check_ode_velocity, planned
-from .fit import Teacher, _Counted, run_error
+from ..run import Run
+from ..sampling import check_ode_velocity, planned
+from .fit import Teacher, CountedDenoiser, run_error
 from .store import TunedGrid
 
 
@@ -63,7 +64,7 @@ def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = N
     if not 1 <= n_fit < x.shape[0]:
         raise ValueError(f"{x.shape[0]} draws cannot be split into fitting and held-out draws at holdout={holdout}")
     target = teacher.end.to(x.dtype)
-    counted = _Counted(denoiser, x.dtype)
+    counted = CountedDenoiser(denoiser, x.dtype)
     base = torch.tensor(coefficient_values(plan.coef), dtype=torch.float64)
     if base.numel() == 0:
         raise ValueError(f"{label} plans no coefficients on this grid to fit")
@@ -74,7 +75,7 @@ def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = N
         p.coef = with_coefficients(p.coef, (base * (1.0 + r)).unbind(0))
         sl = part[which]
         c = None if cond is None else {k: v[sl] for k, v in cond.items()}
-        return run_error(sampler, p, CountingField(counted, c, check="off"), x[sl], target[sl])
+        return run_error(sampler, p, Run(counted, c, check="off"), x[sl], target[sl])
 
     def value(r: torch.Tensor, which: str) -> float:
         with torch.no_grad():

@@ -11,6 +11,7 @@ import torch
 from .. import grids
 from ..denoisers import Denoiser
 from ..metrics import rms_error
+from ..run import Run, Steps
 from ..samplers import DPMSolver
 from ..sampling import sample
 from .space import GridSpace, candidate_times, hand_grids, steps_for
@@ -20,7 +21,7 @@ METHODS = ("dp+descent", "dp", "descent")
 GRADIENTS = ("autograd", "differences")
 
 
-class _Counted(Denoiser):
+class CountedDenoiser(Denoiser):
     """The denoiser counting its calls; it sees states in ``dtype`` (the model's) and answers in the
     caller's dtype, so a float64 reference solve can drive a float32 network."""
 
@@ -56,7 +57,7 @@ class Teacher:
         self.times = None if times is None else torch.as_tensor(times, dtype=torch.float64)
         if self.times is not None:
             ts = torch.unique(torch.cat([ts, self.times])).flip(0)
-        counted = _Counted(denoiser, self.x_init.dtype)
+        counted = CountedDenoiser(denoiser, self.x_init.dtype)
         with torch.no_grad():
             r = sample(counted, DPMSolver(order=3, form="data"), ts, self.x_init.to(torch.float64), cond=cond,
                        return_trajectory=self.times is not None)
@@ -192,9 +193,8 @@ def descend(loss, theta: torch.Tensor, *, iters: int = 60, h: float = 1e-3, tol:
 def run_error(sampler, plan, field, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """RMS endpoint error against ``target`` (in its dtype) of ``sampler`` running ``plan`` from ``x``
     through ``field``, as a tensor that carries the run's gradients (the fits' differentiable loss)."""
-    state = sampler.init_state(x, plan)
-    for i in range(len(plan.t)):
-        x, state = sampler.step(field, x, i, plan, state, None)
+    steps = Steps(sampler, plan, field)
+    x, _ = steps.run_steps(steps.start(x), 0, len(plan.t))
     return (x.to(target.dtype) - target).flatten(1).pow(2).sum(1).mean().sqrt()
 
 
@@ -225,7 +225,6 @@ class GridGradient:
 
     def __call__(self, theta: torch.Tensor):
         from ..compiled import unpack_numbers
-        from ..sampling import CountingField
 
         plan, packed, values = self._numbers(theta)
         jac = torch.empty(values.numel(), theta.numel(), dtype=torch.float64)
@@ -240,7 +239,7 @@ class GridGradient:
         entries = leaves.unbind(0)
         t, s, coef = unpack_numbers(packed, entries)
         plan.t, plan.s, plan.coef, plan.inplace = t, s, coef, False
-        field = CountingField(self.counted, self.teacher.cond, check="off")
+        field = Run(self.counted, self.teacher.cond, check="off")
         with torch.enable_grad():
             loss = run_error(self.sampler, plan, field, self.teacher.x_init, self.teacher.end)
             if not bool(torch.isfinite(loss)):
@@ -299,7 +298,7 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
         teacher = Teacher(denoiser, draws, cond=cond, t_max=space.t_max, steps=teacher_steps,
                           times=candidate_times(space, candidates) if want_dp else None)
         teacher_calls = teacher.calls
-    counted = _Counted(denoiser, teacher.x_init.dtype)
+    counted = CountedDenoiser(denoiser, teacher.x_init.dtype)
 
     def loss_of(ts):
         return endpoint_loss(counted, sampler, ts, teacher.x_init, teacher.end, teacher.cond)

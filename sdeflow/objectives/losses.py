@@ -71,13 +71,13 @@ class DenoisingLoss:
     Args:
         weighting: a name from the table above, or ``w(schedule, t) -> (B,)`` float64.
         time_density: ``"uniform"``, ``"stratified"``, ``"logit-normal"``, ``"log-normal"`` or a
-            :class:`~sdeflow.training.densities.TimeDensity`.
+            :class:`~sdeflow.objectives.densities.TimeDensity`.
         min_snr_gamma: gamma of ``min-snr`` (5 in the paper).
         sigma_data: data standard deviation of the ``edm`` weighting.
         ot_coupling: pair data and noise by an exact minibatch optimal-transport assignment (flow
             matching with OT coupling, Tong et al. 2023, arXiv:2302.00482; Pooladian et al. 2023,
             arXiv:2304.14772). Noise passed as ``eps`` is used as given: the trainer couples the global
-            batch across processes itself (:func:`~sdeflow.training.coupling.global_ot_pairing`).
+            batch across processes itself (:func:`~sdeflow.objectives.coupling.global_ot_pairing`).
     """
 
     def __init__(self, weighting: str | Callable = "output", time_density: TimeDensity | str = "uniform", *,
