@@ -33,12 +33,8 @@ from .denoisers import Denoiser, ModelDenoiser, checked_output
 from .noise import BrownianTreeNoise, GeneratorNoise, NoiseSource
 from .run import NonFiniteError, SampleResult
 from .sampling import check_models, check_ode_velocity, planned
-from .samplers.base import Plan, Sampler
-from .samplers.engine import Multistep, SingleStep
-from .samplers.sde import AffineStep
+from .samplers.base import Plan, Sampler, is_number, map_numbers
 from .shapes import check_batch
-
-ENGINES = (AffineStep, Multistep, SingleStep)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,34 +45,23 @@ class _Slot:
 
 
 def pack_numbers(tree, values: list[float]):
-    """``tree`` with every nonzero float replaced by a :class:`_Slot` (its value appended to ``values``);
-    tuples, named tuples, lists and constants keep their shape. Zeros stay: a zero coefficient means
-    a term a step does not compute (no noise for an ODE step, no history for a first step), which is
-    structure; every other number, a 1 included, is data, so grids that start at t = 1 or below it
-    share one program."""
-    if isinstance(tree, bool) or tree is None or isinstance(tree, (int, str)):
-        return tree
-    if isinstance(tree, float):
-        if tree == 0.0:
-            return tree
-        values.append(tree)
-        return _Slot(len(values) - 1)
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return type(tree)(*(pack_numbers(v, values) for v in tree))
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(pack_numbers(v, values) for v in tree)
-    raise TypeError(f"cannot pack a plan entry of type {type(tree).__name__}")
+    """``tree`` with every nonzero float replaced by a :class:`_Slot` (its value appended to ``values``),
+    by :func:`~sdeflow.samplers.base.map_numbers`. Zeros stay: a zero coefficient means a term a step
+    does not compute (no noise for an ODE step, no history for a first step), which is structure; every
+    other number, a 1 included, is data, so grids that start at t = 1 or below it share one program."""
+    def slot(v):
+        if is_number(v):
+            values.append(v)
+            return _Slot(len(values) - 1)
+        if v is not None and not isinstance(v, (bool, int, float, str)):
+            raise TypeError(f"cannot pack a plan entry of type {type(v).__name__}")
+        return v
+    return map_numbers(tree, slot)
 
 
 def unpack_numbers(tree, entries):
     """The inverse of :func:`pack_numbers`, with slot ``k`` read from ``entries[k]``."""
-    if isinstance(tree, _Slot):
-        return entries[tree.k]
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return type(tree)(*(unpack_numbers(v, entries) for v in tree))
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(unpack_numbers(v, entries) for v in tree)
-    return tree
+    return map_numbers(tree, lambda v: entries[v.k] if isinstance(v, _Slot) else v)
 
 
 class _Recorder:
@@ -159,7 +144,7 @@ class FixedGridLoop:
     def __init__(self, denoiser: Denoiser, sampler: Sampler, steps: int, *, cond: dict | None = None,
                  noise: NoiseSource | None = None):
         check_models(denoiser, sampler)
-        if not isinstance(sampler, ENGINES) or sampler.adaptive:
+        if not sampler.linear_plan or sampler.adaptive:
             raise ValueError(f"{type(sampler).__name__} cannot run as a fixed-grid program: supported are the samplers "
                              "built on the AffineStep, Multistep and SingleStep engines (DDIM, DDPM, Euler, "
                              "DPM-Solver(++), UniPC, DEIS, iPNDM, Heun, ...); use sdeflow.sample for the others")
@@ -216,7 +201,7 @@ class FixedGridLoop:
                 if velocity:
                     skip, out = (float(v) for v in self.denoiser.velocity_coefficients(t))
                 factors.extend((scale, skip, out, c))
-        key = repr((packed, plan.extra, plan.nfe, len(recorder.times)))
+        key = repr((packed, plan.history, plan.velocity_at, plan.nfe, len(recorder.times)))
         slotted = dataclasses.replace(plan, t=packed[0], s=packed[1], coef=packed[2], ts=None, inplace=False)
         return _Program(key, slotted, torch.tensor(values + factors, dtype=torch.float64), n_slots,
                         len(recorder.times))

@@ -36,7 +36,6 @@ import torch
 from .denoisers import Denoiser
 from .grids import check_grid
 from .samplers.base import Sampler
-from .samplers.engine import Multistep
 from .run import Run, Steps, integrate
 from .sampling import check_models, planned, sample
 from .shapes import check_batch
@@ -113,11 +112,11 @@ def invert(denoiser: Denoiser, sampler: Sampler, ts, x: torch.Tensor, *, cond: d
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "exact":
-        method = "reversible" if sampler.reversible else "newton" if has_history(sampler) else "fixed-point"
+        method = "reversible" if sampler.reversible else "newton" if sampler.has_history else "fixed-point"
     if method == "reversible" and not sampler.reversible:
         raise ValueError(f"method='reversible' needs a reversible sampler (BDIA, OBELM, EDICT, ReversibleHeun), "
                          f"got {type(sampler).__name__}: use method='exact'")
-    if method == "fixed-point" and has_history(sampler):
+    if method == "fixed-point" and sampler.has_history:
         raise ValueError(f"{type(sampler).__name__} reuses model outputs at earlier states, so its steps cannot "
                          "be inverted one by one: use method='newton' (or 'exact'), which inverts the whole map")
     if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
@@ -155,14 +154,6 @@ def invert(denoiser: Denoiser, sampler: Sampler, ts, x: torch.Tensor, *, cond: d
     z, residual, iterations = solve(Steps(sampler, down, field), x, z, bound, max_iter, inner)
     field.finish(z, down)
     return Inversion(z, ts, field.calls, method, residual, 0, iterations, bool((residual <= bound).all()))
-
-
-def has_history(sampler: Sampler) -> bool:
-    """Whether the sampler's steps depend on more than their input ``x``: model outputs at earlier
-    states (multistep methods) or a second state (reversible samplers), also inside a wrapper
-    (CFG++ around a sampler)."""
-    inner = getattr(sampler, "inner", None)
-    return isinstance(sampler, Multistep) or sampler.reversible or (isinstance(inner, Sampler) and has_history(inner))
 
 
 def _reversible(denoiser, sampler, ts, x, field, cond, check_round_trip, check_finite, bound) -> Inversion:

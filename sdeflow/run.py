@@ -236,11 +236,12 @@ class Steps:
     def run_steps(self, snap: tuple, a: int, b: int, callback: Callable[[int, torch.Tensor], None] | None = None) -> tuple:
         """The snapshot after steps ``a .. b - 1``; ``callback(i, x)`` after each."""
         x, state = snap
-        run, plan, step = self.run, self.plan, self.sampler.step
+        run, plan, step, draw = self.run, self.plan, self.sampler.step, StepNoise(self.run.noise, a, x)
         with run:
             for i in range(a, b):
-                run.step = i
-                x, state = step(run, x, i, plan, state, StepNoise(run.noise, i, x))
+                run.step = draw.step = i
+                draw.x = x
+                x, state = step(run, x, i, plan, state, draw)
                 if callback is not None:
                     callback(i, x)
         return x, state
@@ -261,11 +262,12 @@ def integrate(run: Run, sampler: Sampler, plan: Plan, x_init: torch.Tensor, *, r
         state = sampler.init_state(x_init, plan)
     x = x_init
     traj = [x_init] if return_trajectory else None
-    step, source = sampler.step, run.noise
+    step, draw = sampler.step, StepNoise(run.noise, 0, x)  # one object, moved along (a step may not keep it)
     with run:
         for i in range(len(plan.t)):
-            run.step = i
-            x, state = step(run, x, i, plan, state, StepNoise(source, i, x))
+            run.step = draw.step = i
+            draw.x = x
+            x, state = step(run, x, i, plan, state, draw)
             if may_overwrite and x is not x_init:
                 may_overwrite = False
                 recording = torch.is_grad_enabled() and (x.requires_grad or (run.last is not None and run.last.requires_grad))

@@ -145,12 +145,7 @@ def check_models(denoiser, sampler) -> None:
 def check_ode_velocity(denoiser, sampler, plan) -> None:
     """Refuse, before any evaluation, a plan with stages on clean data (``RK4(at_data=True)``, ...) that
     ``denoiser`` cannot give its probability-flow velocity at."""
-    def times(p: Plan) -> list[float]:  # with the plans a wrapping sampler runs (CFG++, predictor-corrector, restart)
-        inner = [v for v in p.extra.values() if isinstance(v, Plan)]
-        inner += [w for v in p.extra.values() if isinstance(v, (list, tuple)) for w in v if isinstance(w, Plan)]
-        return p.extra.get("ode_velocity_at", []) + [t for q in inner for t in times(q)]
-
-    for t in times(plan):
+    for t in plan.velocity_times():  # with the plans a wrapping sampler runs (CFG++, predictor-corrector, restart)
         if not denoiser.has_ode_velocity(t):
             raise ValueError(f"{type(sampler).__name__} evaluates the model's probability-flow velocity on clean data "
                              f"(t = {t:.6g}, sigma = 0), which this {type(denoiser).__name__} cannot give: that needs a "

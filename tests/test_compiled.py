@@ -10,13 +10,13 @@ import torch._dynamo as dynamo
 from torch._dynamo.utils import counters
 
 from sdeflow import BrownianTreeNoise, SeededNoise, analytic, grids, guidance, sample
-from sdeflow.compiled import ENGINES, FixedGridLoop
+from sdeflow.compiled import FixedGridLoop
 from sdeflow.denoisers import ModelDenoiser
 from sdeflow.registry import SAMPLERS
 from sdeflow.sampling import planned
 from sdeflow.schedules import EDM, RectifiedFlow, VPLinear, ddpm_linear
 
-STATIC = sorted(n for n, make in SAMPLERS.items() if isinstance(make(), ENGINES) and not make().adaptive)
+STATIC = sorted(n for n, make in SAMPLERS.items() if make().linear_plan and not make().adaptive)
 
 
 class Net(torch.nn.Module):
@@ -60,7 +60,7 @@ def test_fixed_grid_program_equals_the_sampling_loop(name, case):
     with torch.no_grad():
         for kind in (0, 1):
             ts = grid(sch, 7, kind)
-            if any(not den.has_ode_velocity(t) for t in planned(SAMPLERS[name](), sch, ts).extra.get("ode_velocity_at", ())):
+            if any(not den.has_ode_velocity(t) for t in planned(SAMPLERS[name](), sch, ts).velocity_times()):
                 # a stage on clean data that an x0 network cannot answer: both refuse before any evaluation
                 for run in (lambda: loop(x, ts), lambda: sample(den, SAMPLERS[name](), ts, x)):
                     with pytest.raises(ValueError, match="clean data"):

@@ -140,6 +140,37 @@ def test_engine_samplers_declare_coefficients_as_named_records(name):
         assert type(sampler).prepare is not sdeflow.samplers.Sampler.prepare and type(sampler).step is not sdeflow.samplers.Sampler.step
 
 
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_plan_row_is_a_named_record_or_a_number(name):
+    """A plan's rows are typed: named records (of numbers, records and tuples of them), numbers or None;
+    no positional tuple layout, also in the plans a wrapper runs."""
+    def typed(v, top=False):
+        if isinstance(v, tuple) and hasattr(v, "_fields"):
+            return all(typed(w) for w in v)
+        if isinstance(v, (tuple, list)):
+            return not top and all(typed(w) for w in v)
+        return v is None or isinstance(v, (bool, int, float))
+
+    def check(plan):
+        assert all(typed(row, top=True) for row in plan.coef), (name, plan.coef[:2])
+        for inner in plan.inner:
+            check(inner)
+    check(SAMPLERS[name]().prepare(schedules.VPLinear(), grids.karras_grid(6, schedules.VPLinear())))
+
+
+def test_a_wrapper_answers_with_its_wrapped_samplers_capabilities():
+    from sdeflow.guidance import CFGPlusPlus
+    from sdeflow.samplers import DDIM, DPMSolverPP, Heun, PredictorCorrector, UniPC
+
+    for inner in (DDIM(), DPMSolverPP(order=2), Heun()):
+        for wrapper in (CFGPlusPlus(inner), PredictorCorrector(inner, n_steps=0)):
+            for cap in ("order", "adaptive", "has_history", "evaluates_first", "carries_evaluation", "needs_flow_map"):
+                assert getattr(wrapper, cap) == getattr(inner, cap), (wrapper, cap)
+    assert PredictorCorrector(DDIM(), n_steps=2).nfe_per_step == 3 and PredictorCorrector(DDIM()).couples_batch
+    with pytest.raises(ValueError, match="carries an evaluation"):
+        CFGPlusPlus(UniPC())
+
+
 def test_the_code_passes_ruff_with_the_projects_selection():
     """pycodestyle and pyflakes (pyproject.toml's [tool.ruff]) over the package, the tests and the benchmarks."""
     import subprocess

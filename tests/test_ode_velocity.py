@@ -116,14 +116,14 @@ def test_rk4_at_data_spends_four_evaluations_per_step_and_falls_back_where_the_v
     for n in (1, 3, 5):
         ts = grids.uniform_grid(n)
         plan = RK4(at_data=True).prepare(sch, ts)
-        assert plan.nfe == 4 * n and plan.extra["ode_velocity_at"] == [0.0]
+        assert plan.nfe == 4 * n and plan.velocity_at == (0.0,)
         assert RK4().prepare(sch, ts).nfe == 4 * n - 1
     with pytest.raises(ValueError, match="variant"):
         RK4(variant="ralston")
     vp = VPLinear()
     ts = grids.logsnr_grid(5, vp)
     assert RK4(at_data=True).prepare(vp, ts).nfe == RK4().prepare(vp, ts).nfe
-    assert "ode_velocity_at" not in RK4(at_data=True).prepare(vp, ts).extra
+    assert RK4(at_data=True).prepare(vp, ts).velocity_at == ()
 
 
 def test_a_model_without_a_velocity_on_clean_data_is_refused_before_any_evaluation():

@@ -237,15 +237,17 @@ def test_langevin_corrector_reaches_the_marginal_at_fixed_time():
 
 
 def test_restart_jump_is_the_forward_transition_and_nfe_adds_up():
+    from sdeflow.samplers.restart import Jump
+
     sch = VPLinear()
     ts = grids.karras_grid(10, sch)
     r = Restart(solver=Heun(), intervals=((0.1, 2.0, 3, 2),))
     plan = r.prepare(sch, ts)
-    jumps = [op for op in plan.coef if op[0] == "jump"]
+    jumps = [op for op in plan.coef if isinstance(op, Jump)]
     assert len(jumps) == 2
-    j = [k for k, op in enumerate(plan.coef) if op[0] == "jump"][0]
+    j = [k for k, op in enumerate(plan.coef) if isinstance(op, Jump)][0]
     t_lo, t_hi = plan.t[j], plan.s[j]
-    c_x, c_z = jumps[0][1], jumps[0][2]
+    c_x, c_z = jumps[0].c_x, jumps[0].c_z
     a_lo, s_lo, a_hi, s_hi = (float(sch.alpha(t_lo)), float(sch.sigma(t_lo)), float(sch.alpha(t_hi)), float(sch.sigma(t_hi)))
     assert c_x == pytest.approx(a_hi / a_lo) and (c_x * s_lo) ** 2 + c_z ** 2 == pytest.approx(s_hi ** 2)
     assert float(sch.noise_to_signal(t_hi)) == pytest.approx(2.0, rel=1e-6)

@@ -18,10 +18,10 @@ plain CFG step of scale ``lambda / (1 - exp(-h))`` (``h``: the step in ``log(alp
 the guidance CFG++ applies per step grows as steps shrink: ``lambda`` is tuned for a step budget.
 
 Stages after a step's first evaluation (Heun's second stage, the corrector's evaluations) see the
-guided field at their own states. Samplers that do not start a step by evaluating at the current
-state (adaptive solvers, EDM's churn, restart, EDICT and reversible Heun, which evaluate at their
-second state) or that carry the evaluation of a corrector over
-to the next step (UniPC, DPM-Solver++ with UniC) are refused.
+guided field at their own states. Samplers whose steps do not start by evaluating at the current
+state (:attr:`~sdeflow.samplers.Sampler.evaluates_first` is false: adaptive solvers, EDM's churn,
+restart, EDICT and reversible Heun, which evaluate at their second state) or that carry an evaluation
+over to the next step (UniPC, DPM-Solver++ with UniC) are refused.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..samplers.base import Plan, Sampler
+from ..samplers.base import Plan, Sampler, Wrapper
 from ..samplers.ddim import DDIM
 from .guided import Guided
 
@@ -56,54 +56,36 @@ class _Primed:
 
 
 @dataclass(frozen=True)
-class CFGPlusPlus(Sampler):
+class CFGPlusPlus(Wrapper):
     """CFG++ around any sampler (default DDIM). Sample a :class:`~sdeflow.guidance.Guided`
     denoiser with it; the guided denoiser's rule and scale give ``x_hat_w`` (``CFG(lambda)``)."""
 
     inner: Sampler = field(default_factory=DDIM)
 
+    @property
+    def wrapped(self) -> Sampler:
+        return self.inner
+
     def __post_init__(self):
         if not isinstance(self.inner, Sampler):
             raise TypeError(f"inner must be a sdeflow Sampler, got {type(self.inner).__name__}")
-        from ..samplers import EDICT, EDMStochastic, Restart, ReversibleHeun
-
-        if self.inner.adaptive or isinstance(self.inner, (CFGPlusPlus, EDMStochastic, Restart, EDICT, ReversibleHeun)) \
-                or getattr(self.inner, "corrector", False) is True:
-            raise ValueError(f"CFG++ cannot wrap {type(self.inner).__name__}"
-                             f"{' with a corrector' if getattr(self.inner, 'corrector', False) is True else ''}: it needs a "
-                             "fixed-grid sampler whose steps start by evaluating the model at the current state (DDIM, "
-                             "DPM-Solver(++), DEIS, iPNDM, UniP without corrector, Heun, DDPM, Euler, ...)")
-
-    @property
-    def order(self) -> int:  # type: ignore[override]
-        return self.inner.order
-
-    @property
-    def nfe_per_step(self) -> int:  # type: ignore[override]
-        return self.inner.nfe_per_step
-
-    @property
-    def stochastic(self) -> bool:  # type: ignore[override]
-        return self.inner.stochastic
-
-    @property
-    def couples_batch(self) -> bool:  # type: ignore[override]
-        return self.inner.couples_batch
+        inner = self.inner
+        if isinstance(inner, CFGPlusPlus) or inner.adaptive or not inner.evaluates_first or inner.carries_evaluation:
+            why = ("it carries an evaluation over to the next step" if inner.carries_evaluation
+                   else "CFG++ is already applied" if isinstance(inner, CFGPlusPlus) else
+                   "its steps do not start by evaluating the model at the current state")
+            raise ValueError(f"CFG++ cannot wrap {type(inner).__name__}: {why}; it needs a fixed-grid sampler whose "
+                             "steps start by evaluating the model at the current state (DDIM, DPM-Solver(++), DEIS, "
+                             "iPNDM, UniP without corrector, Heun, DDPM, Euler, ...)")
 
     @property
     def convergence_order(self) -> int:
         return 0  # the per-step shift does not vanish with the step: no limit ODE to converge to
 
-    def count_nfe(self, schedule, ts) -> int:
-        return self.inner.count_nfe(schedule, ts)
-
     def prepare(self, schedule, ts):
         inner = self.inner.prepare(schedule, ts)
         alphas = schedule.alpha(torch.as_tensor(inner.t, dtype=torch.float64)).tolist()
-        return Plan(inner.t, inner.s, alphas, inner.nfe, {"inner": inner})
-
-    def init_state(self, x, plan):
-        return self.inner.init_state(x, plan.extra["inner"])
+        return Plan(inner.t, inner.s, alphas, inner.nfe, inner=(inner,))
 
     def step(self, field, x, i, plan, state, noise):
         guided = getattr(field, "denoiser", None)
@@ -117,4 +99,4 @@ class CFGPlusPlus(Sampler):
         if neg is not None and a != 0.0:  # outside a guidance interval there is nothing to re-noise
             x = torch.add(x, x_hat - neg, alpha=a)
             state = self.inner.after_external_update(state)
-        return self.inner.step(_Primed(field, x, t, x_hat), x, i, plan.extra["inner"], state, noise)
+        return self.inner.step(_Primed(field, x, t, x_hat), x, i, plan.inner[0], state, noise)

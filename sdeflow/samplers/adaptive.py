@@ -107,6 +107,7 @@ class Adaptive(Sampler):
     order = 0
     adaptive = True
     couples_batch = True
+    evaluates_first = False  # the first evaluation may be moved off a time of infinite logSNR
 
     def __post_init__(self):
         if self.rtol <= 0 and self.atol <= 0:
@@ -115,9 +116,7 @@ class Adaptive(Sampler):
             raise ValueError(f"sigma_stop must be a noise level > 0 or None (automatic), got {self.sigma_stop!r}")
 
     def prepare(self, schedule, ts):
-        plan = Plan(ts[:-1].tolist(), ts[1:].tolist(), [()] * (ts.numel() - 1), None)
-        plan.extra["schedule"] = schedule
-        return plan
+        return Plan(ts[:-1].tolist(), ts[1:].tolist(), [None] * (ts.numel() - 1), None, schedule=schedule)
 
 
 @dataclass(frozen=True)
@@ -163,7 +162,7 @@ class DPMSolverAdaptive(Adaptive):
         return low, high, float(times[-1])
 
     def step(self, field, x, i, plan, state, noise):
-        sch = plan.extra["schedule"]
+        sch = plan.schedule
         t, s = plan.t[i], plan.s[i]
         s_end, denoise = end_time(sch, t, s, self.sigma_stop)
         lam_t, lam_s = float(sch.logsnr(t)), float(sch.logsnr(s_end))
@@ -225,7 +224,7 @@ class RK45(Adaptive):
     order = 5
 
     def step(self, field, x, i, plan, state, noise):
-        sch = plan.extra["schedule"]
+        sch = plan.schedule
         t, s = plan.t[i], plan.s[i]
         s_end, denoise = end_time(sch, t, s, self.sigma_stop)
         jump = JumpControl(self.rtol, self.atol, denoise and self.sigma_stop is None)

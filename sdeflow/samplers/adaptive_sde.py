@@ -61,7 +61,7 @@ class GottaGoFast(Adaptive):
         return f - k * dlam, k * dlam * a, math.sqrt(max(0.0, -2.0 * s * s * dlam))
 
     def step(self, field, x, i, plan, state, noise):
-        sch = plan.extra["schedule"]
+        sch = plan.schedule
         t, s = plan.t[i], plan.s[i]
         draw = 0
         if not math.isfinite(float(sch.logsnr(t))) or float(sch.logsnr(t)) < LAM_FLOOR:

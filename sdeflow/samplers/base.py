@@ -27,8 +27,8 @@ history travels in ``state``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, NamedTuple
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -68,6 +68,7 @@ class Stage(NamedTuple):
     tau: float
     c_x: float
     a: list
+    STRUCTURE = ("tau",)
 
 
 class Tableau(NamedTuple):
@@ -81,36 +82,119 @@ class Tableau(NamedTuple):
 class Plan:
     """Everything a sampler needs about the grid, computed before sampling.
 
-    ``t[i]``/``s[i]``: start and end time of step ``i``; ``coef[i]``: that step's coefficients;
-    ``nfe``: the number of field evaluations the whole run will take (``None`` if only known
-    afterwards); ``inplace``: set by the loop when nothing else holds the state, so a step may
-    overwrite its input ``x`` once it no longer needs it."""
+    ``t[i]``/``s[i]``: start and end time of step ``i``; ``coef[i]``: that step's coefficients, a named
+    record of the sampler's engine (or a number); ``nfe``: the number of field evaluations the whole run
+    will take (``None`` if only known afterwards); ``inplace``: set by the loop when nothing else holds
+    the state, so a step may overwrite its input ``x`` once it no longer needs it; ``ts``: the grid.
+
+    The rest is typed per kind of sampler: ``history``, the model outputs a multistep method keeps;
+    ``velocity_at``, the times where a stage asks the denoiser for its probability-flow velocity on clean
+    data (checked before sampling); ``inner``, the plans of the samplers a wrapper runs (CFG++ and
+    predictor-corrector: one; restart: the main pass, then each restart pass); ``schedule``, for samplers
+    that compute while sampling (the adaptive ones); ``end``, the coefficients of the explicit inverse
+    step that gives a reversible two-step sampler's state after its last step."""
 
     t: list[float]
     s: list[float]
-    coef: list[tuple]
+    coef: list
     nfe: int | None
-    extra: dict[str, Any] = field(default_factory=dict)
     inplace: bool = False
     ts: Any = None
+    history: int = 0
+    velocity_at: tuple[float, ...] = ()
+    inner: tuple["Plan", ...] = ()
+    schedule: Schedule | None = None
+    end: Any = None
+
+    def velocity_times(self) -> list[float]:
+        """:attr:`velocity_at` of this plan and of every plan it runs."""
+        return list(self.velocity_at) + [t for p in self.inner for t in p.velocity_times()]
+
+
+def map_numbers(tree, fn: Callable[[Any], Any], *, coefficients: bool = False):
+    """``tree`` (a plan's ``coef``, or any nesting of named records, tuples and lists) with ``fn``
+    applied to every other leaf, in a fixed depth-first order; containers keep their type. With
+    ``coefficients=True`` the fields a record lists in ``STRUCTURE`` (evaluation times and changes
+    of variables, which are not coefficients of the method) are left as they are. The one walker over
+    a plan's numbers: the compiled loop packs them into a tensor with it, the fitted sampler scales them."""
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        fixed = getattr(tree, "STRUCTURE", ()) if coefficients else ()
+        return type(tree)(*(v if k in fixed else map_numbers(v, fn, coefficients=coefficients)
+                            for k, v in zip(tree._fields, tree)))
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(map_numbers(v, fn, coefficients=coefficients) for v in tree)
+    return fn(tree)
+
+
+def is_number(v) -> bool:
+    """A float of a plan that carries data: nonzero (a zero coefficient is structure, a term a step
+    does not compute); bools, ints and None are structure too."""
+    return isinstance(v, float) and v != 0.0
 
 
 @dataclass(frozen=True)
 class Sampler:
-    """Base class. Subclasses set ``order`` and ``nfe_per_step``; most subclass an engine (see the
-    module docstring), the others implement :meth:`prepare` and :meth:`step`."""
+    """Base class. Subclasses set the capabilities below (as class attributes or properties); most
+    subclass an engine (see the module docstring), the others implement :meth:`prepare` and :meth:`step`."""
 
-    order: ClassVar[int] = 1
-    nfe_per_step: ClassVar[int] = 1
-    stochastic: ClassVar[bool] = False
-    #: Error-controlled: step sizes are chosen during sampling (shared by the batch), NFE is counted.
-    adaptive: ClassVar[bool] = False
-    #: A step uses statistics of the whole batch (a shared step size): results depend on the batch.
-    couples_batch: ClassVar[bool] = False
-    #: Each step is undone exactly by ``unstep`` (see :mod:`sdeflow.samplers.reversible`).
-    reversible: ClassVar[bool] = False
-    #: Steps ask for jumps ``field(x, t, target=s)``: the model must be a flow map (:mod:`.flow_map`).
-    needs_flow_map: ClassVar[bool] = False
+    @property
+    def order(self) -> int:
+        """Order of the step rule."""
+        return 1
+
+    @property
+    def nfe_per_step(self) -> int:
+        """Field evaluations per step."""
+        return 1
+
+    @property
+    def stochastic(self) -> bool:
+        """Steps draw noise."""
+        return False
+
+    @property
+    def adaptive(self) -> bool:
+        """Error-controlled: step sizes are chosen during sampling (shared by the batch), NFE is counted."""
+        return False
+
+    @property
+    def couples_batch(self) -> bool:
+        """A step uses statistics of the whole batch (a shared step size): results depend on the batch."""
+        return False
+
+    @property
+    def reversible(self) -> bool:
+        """Each step is undone exactly by ``unstep`` (see :mod:`sdeflow.samplers.reversible`)."""
+        return False
+
+    @property
+    def needs_flow_map(self) -> bool:
+        """Steps ask for jumps ``field(x, t, target=s)``: the model must be a flow map (:mod:`.flow_map`)."""
+        return False
+
+    @property
+    def evaluates_first(self) -> bool:
+        """Every step starts by evaluating the model at its input state and start time (what CFG++'s
+        re-noising and the diffusers scheduler's outputs rely on)."""
+        return True
+
+    @property
+    def carries_evaluation(self) -> bool:
+        """A step hands a model evaluation at its end state to the next step (UniC's corrector,
+        reversible Heun), so the next step does not evaluate first."""
+        return False
+
+    @property
+    def has_history(self) -> bool:
+        """Steps depend on more than their input ``x``: model outputs at earlier states (multistep) or
+        a second state (reversible samplers)."""
+        return False
+
+    @property
+    def linear_plan(self) -> bool:
+        """The plan is numbers (named records of floats) that the step only combines linearly with
+        the state, model outputs and noise: what the compiled loop packs and what fitting scales."""
+        return False
 
     @property
     def convergence_order(self) -> int:
@@ -135,6 +219,70 @@ class Sampler:
     def step(self, field: Field, x: torch.Tensor, i: int, plan: Plan, state: Any,
              noise: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Wrapper(Sampler):
+    """Base of samplers that run another sampler's steps (CFG++, predictor-corrector, restart, fitted
+    coefficients): every capability is the wrapped sampler's unless the wrapper says otherwise, and
+    its state starts as the wrapped sampler's on :meth:`inner_plan`."""
+
+    @property
+    def wrapped(self) -> Sampler:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def inner_plan(self, plan: Plan) -> Plan:
+        """The wrapped sampler's plan inside this one's (default: the first of ``plan.inner``)."""
+        return plan.inner[0]
+
+    @property
+    def order(self) -> int:
+        return self.wrapped.order
+
+    @property
+    def nfe_per_step(self) -> int:
+        return self.wrapped.nfe_per_step
+
+    @property
+    def stochastic(self) -> bool:
+        return self.wrapped.stochastic
+
+    @property
+    def adaptive(self) -> bool:
+        return self.wrapped.adaptive
+
+    @property
+    def couples_batch(self) -> bool:
+        return self.wrapped.couples_batch
+
+    @property
+    def needs_flow_map(self) -> bool:
+        return self.wrapped.needs_flow_map
+
+    @property
+    def evaluates_first(self) -> bool:
+        return self.wrapped.evaluates_first
+
+    @property
+    def carries_evaluation(self) -> bool:
+        return self.wrapped.carries_evaluation
+
+    @property
+    def has_history(self) -> bool:
+        return self.wrapped.has_history
+
+    @property
+    def convergence_order(self) -> int:
+        return self.wrapped.convergence_order
+
+    def count_nfe(self, schedule: Schedule, ts: torch.Tensor) -> int:
+        return self.wrapped.count_nfe(schedule, ts)
+
+    def init_state(self, x, plan):
+        return self.wrapped.init_state(x, self.inner_plan(plan))
+
+    def after_external_update(self, state):
+        return self.wrapped.after_external_update(state)
 
 
 def ode_coefficients(schedule: Schedule, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

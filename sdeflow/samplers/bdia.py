@@ -36,7 +36,7 @@ class BDIA(TwoStep):
                              f"got {self.gamma!r}")
 
     @property
-    def order(self) -> int:  # type: ignore[override]
+    def order(self) -> int:
         return 2 if self.gamma == 1 else 1
 
     def two_step_coefficients(self, prev, info):

@@ -32,7 +32,7 @@ class DDIM(AffineStep):
             raise ValueError(f"DDIM eta must be in [0, 1], got {self.eta!r}")
 
     @property
-    def stochastic(self) -> bool:  # type: ignore[override]
+    def stochastic(self) -> bool:
         return self.eta > 0
 
     def step_coefficients(self, a_t, s_t, a_s, s_s, t, s, schedule):

@@ -39,7 +39,7 @@ class DPMSolver(SingleStep):
             raise ValueError("form must be 'data' or 'noise' and variant 'midpoint' or 'taylor'")
 
     @property
-    def nfe_per_step(self) -> int:  # type: ignore[override]
+    def nfe_per_step(self) -> int:
         return self.order
 
     def _point(self, schedule, info, r):

@@ -23,10 +23,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .engine import ddim_coefficients, lincomb, step_infos
 from .base import Plan
 from .reversible import Reversible
+
+
+class CoupledRow(NamedTuple):
+    """DDIM's ``x' = r x + q x_hat(y, t)`` for each of the two sequences."""
+
+    r: float
+    q: float
 
 
 @dataclass(frozen=True)
@@ -34,13 +42,14 @@ class EDICT(Reversible):
     p: float = 0.93
     order = 1
     nfe_per_step = 2
+    evaluates_first = False  # at the companion sequence
 
     def __post_init__(self):
         if not (isinstance(self.p, (int, float)) and math.isfinite(self.p) and 0.5 <= self.p <= 1):
             raise ValueError(f"EDICT mixing p must be in [0.5, 1] (the paper uses 0.93), got {self.p!r}")
 
     def prepare(self, schedule, ts):
-        coef = [ddim_coefficients(v.a_t, v.s_t, v.a_s, v.s_s) for v in step_infos(schedule, ts)]
+        coef = [CoupledRow(*ddim_coefficients(v.a_t, v.s_t, v.a_s, v.s_s)) for v in step_infos(schedule, ts)]
         return Plan(ts[:-1].tolist(), ts[1:].tolist(), coef, 2 * len(coef))
 
     def init_state(self, x, plan):

@@ -17,9 +17,32 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .base import Plan, Sampler
 from .engine import ddim_coefficients
+
+
+class HeunCorrection(NamedTuple):
+    """Heun's second stage: ``x_s = k_e x_e + k_1 x_hat(x_e, s) + k_x x_hat_t + k_0 x_hat``."""
+
+    k_e: float
+    k_1: float
+    k_x: float
+    k_0: float
+
+
+class ChurnRow(NamedTuple):
+    """One planned step: churn ``x <- c_x x + c_z z`` up to ``t_hat``, the Euler step
+    ``x_e = e_x x + e_hat x_hat(x, t_hat)``, and Heun's correction when planned."""
+
+    t_hat: float
+    c_x: float
+    c_z: float
+    e_x: float
+    e_hat: float
+    heun: HeunCorrection | None
+    STRUCTURE = ("t_hat",)
 
 
 @dataclass(frozen=True)
@@ -32,8 +55,13 @@ class EDMStochastic(Sampler):
     order = 2
 
     @property
-    def nfe_per_step(self) -> int:  # type: ignore[override]
+    def nfe_per_step(self) -> int:
         return 2 if self.heun else 1
+
+    @property
+    def evaluates_first(self) -> bool:
+        """Without churn; with it a step evaluates at the churned state."""
+        return self.churn == 0
 
     def __post_init__(self):
         for name in ("churn", "s_tmin", "s_noise"):
@@ -44,7 +72,7 @@ class EDMStochastic(Sampler):
             raise ValueError(f"s_tmax must be >= s_tmin, got s_tmin={self.s_tmin}, s_tmax={self.s_tmax}")
 
     @property
-    def stochastic(self) -> bool:  # type: ignore[override]
+    def stochastic(self) -> bool:
         return self.churn > 0
 
     @property
@@ -74,8 +102,8 @@ class EDMStochastic(Sampler):
             if self.heun and s_s > 0 and a_h > 0:
                 # x_s = x_e + (step/2)(eps_hat_1 - eps_hat_0), step = alpha_s (rho_s - rho_hat)
                 half = 0.5 * a_s * (s_s / a_s - s_h / a_h)
-                heun = (1.0 + half / s_s, -half * a_s / s_s, -half / s_h, half * a_h / s_h)
-            coef.append((t_hat, c_x, c_z, e_x, e_hat, heun))
+                heun = HeunCorrection(1.0 + half / s_s, -half * a_s / s_s, -half / s_h, half * a_h / s_h)
+            coef.append(ChurnRow(t_hat, c_x, c_z, e_x, e_hat, heun))
             nfe += 2 if heun else 1
         return Plan(ts[:-1].tolist(), ts[1:].tolist(), coef, nfe)
 

@@ -82,6 +82,38 @@ class Conversion(NamedTuple):
 
     k_x: float
     k_hat: float
+    STRUCTURE = ("k_x", "k_hat")
+
+
+class CorrectorRow(NamedTuple):
+    """A planned UniC correction: ``x_s^c = c_x x_t + sum_j c_hist[j] D_{i-j} + c_new D_new`` with ``D_new``
+    the output at the predicted state, in the method's form by ``conv``."""
+
+    c_x: float
+    c_hist: tuple
+    c_new: float
+    conv: Conversion
+
+
+class MultistepRow(NamedTuple):
+    """One planned multistep step: ``x_s = c_x x_t + c_hat x_hat + sum_j c_hist[j] D_{i-j} + c_z z``, the
+    current output converted to the method's form by ``conv``; ``corrector`` when UniC follows."""
+
+    c_x: float
+    c_hat: float
+    c_hist: tuple
+    conv: Conversion
+    corrector: CorrectorRow | None
+    c_z: float
+
+
+class TableauRow(NamedTuple):
+    """One planned single-step update: its stages, the final combination, and each stage's conversion
+    (:data:`MODEL_VELOCITY` where a stage takes the model's own velocity)."""
+
+    stages: tuple
+    final: Weights
+    convs: tuple
 
 
 def native_conversions(form: str, schedule: Schedule, times) -> list[Conversion]:
@@ -100,7 +132,7 @@ def native_conversions(form: str, schedule: Schedule, times) -> list[Conversion]
 #: The conversion of a velocity-form stage on clean data (``sigma = 0``): ``x_hat = x`` there for every
 #: model, so the field's noise term is lost; the stage asks the denoiser for its own probability-flow
 #: velocity instead (:meth:`~sdeflow.denoisers.Denoiser.ode_velocity`; the plan lists those times in
-#: ``extra["ode_velocity_at"]``, which :func:`sdeflow.sample` checks the denoiser can answer before it starts).
+#: ``Plan.velocity_at``, which :func:`sdeflow.sample` checks the denoiser can answer before it starts).
 MODEL_VELOCITY = None
 
 
@@ -173,6 +205,17 @@ class Multistep(Sampler):
     corrector: bool = False
     form = "data"
     max_order = 3
+    has_history = True
+    linear_plan = True
+
+    @property
+    def carries_evaluation(self) -> bool:
+        """With the corrector, the evaluation at a step's end state starts the next step."""
+        return self.corrector
+
+    @property
+    def evaluates_first(self) -> bool:
+        return not self.corrector
 
     def __post_init__(self):
         if not 1 <= self.order <= self.max_order:
@@ -230,11 +273,11 @@ class Multistep(Sampler):
             corr = None
             if self.corrector and i < n - 1 and usable:
                 kx, kh, knew = self.corrector_weights(info, history, k)
-                corr = (kx, kh, knew, convs[i + 1])
+                corr = CorrectorRow(kx, tuple(kh), knew, convs[i + 1])
                 nfe += 1
             fresh = corr is not None
-            coef.append((c_x, c_hat, tuple(c_hist), convs[i], corr, c_z))
-        return Plan(ts[:-1].tolist(), ts[1:].tolist(), coef, nfe, {"keep": self.order})
+            coef.append(MultistepRow(c_x, c_hat, tuple(c_hist), convs[i], corr, c_z))
+        return Plan(ts[:-1].tolist(), ts[1:].tolist(), coef, nfe, history=self.order)
 
     def init_state(self, x, plan):
         return (), None
@@ -247,7 +290,7 @@ class Multistep(Sampler):
         c_x, c_hat, c_hist, conv, corr, c_z = plan.coef[i]
         if x_hat is None:
             x_hat = field(x, plan.t[i])
-            hist = (hist + (to_native(x, x_hat, conv),))[-plan.extra["keep"]:]
+            hist = (hist + (to_native(x, x_hat, conv),))[-plan.history:]
         terms = [(c_hat, x_hat)] + [(c, hist[-1 - j]) for j, c in enumerate(c_hist)]
         if not is_exactly(c_z, 0):
             terms.append((c_z, noise(span=(plan.t[i], plan.s[i]))))
@@ -258,7 +301,7 @@ class Multistep(Sampler):
         x_hat_new = field(x_new, plan.s[i])
         d_new = to_native(x_new, x_hat_new, conv_s)
         x_c = lincomb(x, kx, [(c, hist[-1 - j]) for j, c in enumerate(kh)] + [(knew, d_new)])
-        return x_c, ((hist + (d_new,))[-plan.extra["keep"]:], x_hat_new)
+        return x_c, ((hist + (d_new,))[-plan.history:], x_hat_new)
 
 
 @dataclass(frozen=True)
@@ -274,6 +317,7 @@ class SingleStep(Sampler):
 
     form = "data"
     needs_finite_logsnr = True
+    linear_plan = True
 
     def tableau(self, schedule: Schedule, info: StepInfo64):
         raise NotImplementedError
@@ -297,10 +341,9 @@ class SingleStep(Sampler):
                 for j in at_data:
                     convs[j] = MODEL_VELOCITY
                 velocity_at.update(taus[j] for j in at_data)
-            coef.append((tuple(stages), final, tuple(convs)))
+            coef.append(TableauRow(tuple(stages), final, tuple(convs)))
             nfe += len(stages)
-        return Plan(ts[:-1].tolist(), ts[1:].tolist(), coef, nfe,
-                    {"ode_velocity_at": sorted(velocity_at)} if velocity_at else {})
+        return Plan(ts[:-1].tolist(), ts[1:].tolist(), coef, nfe, velocity_at=tuple(sorted(velocity_at)))
 
     def step(self, field, x, i, plan, state, noise):
         stages, (f_x, f_b), convs = plan.coef[i]

@@ -30,7 +30,7 @@ class EulerMaruyama(AffineStep):
         check_eta(self.eta)
 
     @property
-    def stochastic(self) -> bool:  # type: ignore[override]
+    def stochastic(self) -> bool:
         return self.eta > 0
 
     def step_coefficients(self, a_t, s_t, a_s, s_s, t, s, schedule):

@@ -9,9 +9,9 @@ so that at a handful of steps the sampler follows *this* model's trajectories mo
 (solver coefficients learned against a teacher, the S4S construction; :mod:`sdeflow.tuning` fits
 them with :func:`~sdeflow.tuning.optimize_coefficients`).
 
-The coefficients are the nonzero numbers of the base plan except evaluation times (``Stage.tau``) and
-changes of variables (:class:`~.engine.Conversion`); zeros are structure (a term a step does not
-compute) and stay zero. :func:`coefficient_values` lists them in a fixed order and
+The coefficients are the nonzero numbers of the base plan except evaluation times and changes of
+variables (the fields each plan record lists as ``STRUCTURE``, read by :func:`~.base.map_numbers`);
+zeros are structure (a term a step does not compute) and stay zero. :func:`coefficient_values` lists them in a fixed order and
 :func:`with_coefficients` puts new values (floats, or tensors when fitting through autograd) in their
 places. Each coefficient ``c`` becomes ``c (1 + r)`` with a fitted relative change ``r`` (scale-free: the
 coefficients of one plan span decades); with every ``r = 0`` a :class:`FittedSampler` is its base sampler.
@@ -21,39 +21,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
 
 import torch
 
 from ..schedules import Schedule
-from .base import Plan, Sampler, Stage
-from .engine import Conversion, Multistep, SingleStep
-from .sde import AffineStep
-
-ENGINES = (AffineStep, Multistep, SingleStep)
-
-
-def _map(tree, fn: Callable[[float], Any]):
-    """``tree`` with ``fn`` applied to each coefficient, in a fixed depth-first order."""
-    if isinstance(tree, bool) or tree is None or isinstance(tree, (int, str)):
-        return tree
-    if isinstance(tree, float):
-        return tree if tree == 0.0 else fn(tree)
-    if isinstance(tree, Conversion):
-        return tree
-    if isinstance(tree, Stage):
-        return Stage(tree.tau, _map(tree.c_x, fn), _map(tree.a, fn))
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return type(tree)(*(_map(v, fn) for v in tree))
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(_map(v, fn) for v in tree)
-    return tree
+from .base import Plan, Sampler, Wrapper, is_number, map_numbers
 
 
 def coefficient_values(coef) -> list[float]:
     """The coefficients of a plan's ``coef`` (see the module docstring), in order."""
     out: list[float] = []
-    _map(coef, lambda v: out.append(v) or v)
+    map_numbers(coef, lambda v: out.append(v) if is_number(v) else None, coefficients=True)
     return out
 
 
@@ -61,17 +39,17 @@ def with_coefficients(coef, values):
     """``coef`` with its coefficients replaced, in order, by ``values`` (as many as
     :func:`coefficient_values` lists)."""
     it = iter(values)
-    new = _map(coef, lambda v: next(it))
+    new = map_numbers(coef, lambda v: next(it) if is_number(v) else v, coefficients=True)
     if next(it, None) is not None:
         raise ValueError("more values than the plan has coefficients")
     return new
 
 
 def check_fittable(sampler: Sampler, name: str | None = None) -> None:
-    """Refuse a sampler whose coefficients cannot be fitted: one not built on a linear engine, or a
+    """Refuse a sampler whose coefficients cannot be fitted: one whose plan is not linear numbers, or a
     stochastic one."""
     label = name or type(sampler).__name__
-    if not isinstance(sampler, ENGINES) or sampler.adaptive or sampler.reversible:
+    if not sampler.linear_plan or sampler.adaptive or sampler.reversible:
         raise ValueError(f"{label} has no fixed linear step rule to fit: coefficients are fitted for samplers built on "
                          "the linear engines (DDIM, Euler, Heun, midpoint, RK4, DPM-Solver(++), UniPC, DEIS, iPNDM, ...)")
     if sampler.stochastic:
@@ -79,7 +57,7 @@ def check_fittable(sampler: Sampler, name: str | None = None) -> None:
 
 
 @dataclass(frozen=True)
-class FittedSampler(Sampler):
+class FittedSampler(Wrapper):
     """``base`` with each coefficient ``c`` of its plan on the grid ``ts`` replaced by ``c (1 + r)``, with
     ``shift`` holding one relative change ``r`` per coefficient, in the order of :func:`coefficient_values`.
     It samples on that grid only."""
@@ -98,19 +76,15 @@ class FittedSampler(Sampler):
         object.__setattr__(self, "shift", tuple(float(r) for r in self.shift))
 
     @property
-    def order(self) -> int:  # type: ignore[override]
-        return self.base.order
+    def wrapped(self) -> Sampler:
+        return self.base
+
+    def inner_plan(self, plan: Plan) -> Plan:
+        return plan  # the base's own plan, its coefficients scaled
 
     @property
-    def nfe_per_step(self) -> int:  # type: ignore[override]
-        return self.base.nfe_per_step
-
-    @property
-    def convergence_order(self) -> int:
-        return self.base.convergence_order
-
-    def count_nfe(self, schedule: Schedule, ts: torch.Tensor) -> int:
-        return self.base.count_nfe(schedule, ts)
+    def linear_plan(self) -> bool:
+        return True
 
     def check_grid(self, ts: torch.Tensor) -> None:
         mine = torch.tensor(self.ts, dtype=torch.float64)
@@ -128,12 +102,6 @@ class FittedSampler(Sampler):
                              f"{len(values)} coefficients on this grid and schedule (fitted for another sampler or schedule?)")
         plan.coef = with_coefficients(plan.coef, [v * (1.0 + r) for v, r in zip(values, self.shift)])
         return plan
-
-    def init_state(self, x, plan):
-        return self.base.init_state(x, plan)
-
-    def after_external_update(self, state):
-        return self.base.after_external_update(state)
 
     def step(self, field, x, i, plan, state, noise):
         return self.base.step(field, x, i, plan, state, noise)

@@ -21,13 +21,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
+
+from typing import NamedTuple
 
 from ..denoisers.flow_map import jump_coefficients
 from .base import Plan, Sampler
 from .engine import is_exactly, axpy_
+
+
+class JumpRow(NamedTuple):
+    """One planned jump: ``x_s = c_x x_t + c_d D(x_t, t, target) + c_z z``."""
+
+    target: float
+    c_x: float
+    c_d: float
+    c_z: float
+    STRUCTURE = ("target",)
 
 
 @dataclass(frozen=True)
@@ -37,14 +48,15 @@ class FlowMapSampler(Sampler):
     gamma: float = 0.0
     order = 1
     #: Steps ask the model for jumps ``D(x_t, t, s)``: it must be a :class:`~sdeflow.denoisers.FlowMap`.
-    needs_flow_map: ClassVar[bool] = True
+    needs_flow_map = True
+    evaluates_first = False  # a jump, not x_hat
 
     def __post_init__(self):
         if not (isinstance(self.gamma, (int, float)) and 0.0 <= self.gamma <= 1.0):
             raise ValueError(f"gamma must be in [0, 1] (0: plain jumps, 1: consistency sampling), got {self.gamma!r}")
 
     @property
-    def stochastic(self) -> bool:  # type: ignore[override]
+    def stochastic(self) -> bool:
         return self.gamma > 0
 
     def prepare(self, schedule, ts):
@@ -58,7 +70,7 @@ class FlowMapSampler(Sampler):
         a, b = jump_coefficients(schedule, t, u)
         scale = torch.where(noisy, schedule.alpha(s) / schedule.alpha(u), torch.ones_like(s))
         c_z = torch.where(noisy, self.gamma * schedule.sigma(s), torch.zeros_like(s))
-        rows = list(zip(u.tolist(), (scale * a).tolist(), (scale * b).tolist(), c_z.tolist()))
+        rows = [JumpRow(*r) for r in zip(u.tolist(), (scale * a).tolist(), (scale * b).tolist(), c_z.tolist())]
         return Plan(t.tolist(), s.tolist(), rows, self.count_nfe(schedule, ts))
 
     def step(self, field, x, i, plan, state, noise):

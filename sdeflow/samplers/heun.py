@@ -60,11 +60,11 @@ class Heun(SingleStep):
     needs_finite_logsnr = False
 
     @property
-    def order(self) -> int:  # type: ignore[override]
+    def order(self) -> int:
         return 3 if self.third_order else 2
 
     @property
-    def nfe_per_step(self) -> int:  # type: ignore[override]
+    def nfe_per_step(self) -> int:
         return 3 if self.third_order else 2
 
     def tableau(self, schedule, info):

@@ -26,22 +26,34 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
-from .base import Plan, Sampler
+from .base import Plan, Sampler, Wrapper
 from .ddpm import DDPM
 
 CORRECTOR_DRAW = 16  # the corrector's noise draws start here, above any predictor's own draws
 
 
+class Langevin(NamedTuple):
+    """The corrector's target ``p_s``: ``score = (alpha_s x_hat - x) / sigma_s^2``."""
+
+    a_s: float
+    s_s: float
+
+
 @dataclass(frozen=True)
-class PredictorCorrector(Sampler):
+class PredictorCorrector(Wrapper):
     predictor: Sampler = field(default_factory=DDPM)
     snr: float = 0.16
     n_steps: int = 1
     stochastic = True
     couples_batch = True
+
+    @property
+    def wrapped(self) -> Sampler:
+        return self.predictor
 
     def __post_init__(self):
         if not isinstance(self.predictor, Sampler):
@@ -52,35 +64,27 @@ class PredictorCorrector(Sampler):
             raise ValueError(f"n_steps must be an integer >= 0, got {self.n_steps!r}")
 
     @property
-    def order(self) -> int:  # type: ignore[override]
-        return self.predictor.order
-
-    @property
-    def nfe_per_step(self) -> int:  # type: ignore[override]
+    def nfe_per_step(self) -> int:
         return self.predictor.nfe_per_step + self.n_steps
+
+    def count_nfe(self, schedule, ts):
+        return self.prepare(schedule, ts).nfe
 
     @property
     def convergence_order(self) -> int:
         """0 with a corrector: its Langevin bias at fixed ``snr`` does not shrink with the step count."""
         return self.predictor.convergence_order if self.n_steps == 0 else 0
 
-    @property
-    def adaptive(self) -> bool:  # type: ignore[override]
-        return self.predictor.adaptive
-
     def prepare(self, schedule, ts):
         inner = self.predictor.prepare(schedule, ts)
         s = ts[1:]
         a_s, s_s = schedule.alpha(s).tolist(), schedule.sigma(s).tolist()
-        corr = [(a, sg) if sg > 0 and self.n_steps > 0 else None for a, sg in zip(a_s, s_s)]
+        corr = [Langevin(a, sg) if sg > 0 and self.n_steps > 0 else None for a, sg in zip(a_s, s_s)]
         nfe = None if inner.nfe is None else inner.nfe + self.n_steps * sum(c is not None for c in corr)
-        return Plan(inner.t, inner.s, corr, nfe, {"inner": inner})
-
-    def init_state(self, x, plan):
-        return self.predictor.init_state(x, plan.extra["inner"])
+        return Plan(inner.t, inner.s, corr, nfe, inner=(inner,))
 
     def step(self, field, x, i, plan, state, noise):
-        x, state = self.predictor.step(field, x, i, plan.extra["inner"], state, noise)
+        x, state = self.predictor.step(field, x, i, plan.inner[0], state, noise)
         corr = plan.coef[i]
         if corr is None:
             return x, state

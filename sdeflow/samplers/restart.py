@@ -20,23 +20,42 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-
-from .base import Plan, Sampler
-from .engine import Multistep
+from .base import Plan, Sampler, Wrapper
 from .heun import Heun
 
 RESTART_DRAW = 32  # jump noise draws: RESTART_DRAW + index of the jump at this main step
 
 
+class Pass(NamedTuple):
+    """Step ``m`` of the inner plan ``plan`` (0: the main pass; ``k + 1``: restart pass ``k``)."""
+
+    plan: int
+    m: int
+
+
+class Jump(NamedTuple):
+    """The forward jump ``x <- c_x x + c_z z`` with noise draw ``draw``."""
+
+    c_x: float
+    c_z: float
+    draw: int
+
+
 @dataclass(frozen=True)
-class Restart(Sampler):
+class Restart(Wrapper):
     solver: Sampler = field(default_factory=Heun)
     intervals: tuple = ((0.1, 2.0, 4, 2),)
     stochastic = True
+    evaluates_first = False  # a jump step evaluates nothing
+
+    @property
+    def wrapped(self) -> Sampler:
+        return self.solver
 
     def __post_init__(self):
-        if not isinstance(self.solver, Sampler) or isinstance(self.solver, Multistep) or self.solver.stochastic \
+        if not isinstance(self.solver, Sampler) or self.solver.has_history or self.solver.stochastic \
                 or self.solver.adaptive:
             raise ValueError("Restart needs a deterministic single-step ODE solver (Heun, EDMHeun, DPMSolver, DDIM, Euler)")
         for iv in self.intervals:
@@ -44,9 +63,11 @@ class Restart(Sampler):
                 raise ValueError("each restart interval is (rho_lo, rho_hi, n_steps, repeats) with "
                                  f"0 < rho_lo < rho_hi, n_steps >= 1, repeats >= 0; got {iv!r}")
 
-    @property
-    def order(self) -> int:  # type: ignore[override]
-        return self.solver.order
+    def count_nfe(self, schedule, ts):
+        return self.prepare(schedule, ts).nfe
+
+    def init_state(self, x, plan):
+        return None
 
     @property
     def convergence_order(self) -> int:
@@ -82,23 +103,21 @@ class Restart(Sampler):
             at.setdefault(j - 1, []).append((len(subs) - 1, jump, int(repeats)))
             nfe += int(repeats) * sub.nfe
         for i in range(len(tl) - 1):
-            ops.append(("main", i))
+            ops.append(Pass(0, i))
             t_of.append(main.t[i]), s_of.append(main.s[i])
             for k, (sub_index, jump, repeats) in enumerate(at.get(i, [])):
                 sub = subs[sub_index]
                 for rep in range(repeats):
-                    ops.append(("jump",) + jump + (RESTART_DRAW + k * 1000 + rep,))
+                    ops.append(Jump(*jump, RESTART_DRAW + k * 1000 + rep))
                     t_of.append(sub.s[-1]), s_of.append(sub.t[0])
                     for m in range(len(sub.t)):
-                        ops.append(("sub", sub_index, m))
+                        ops.append(Pass(sub_index + 1, m))
                         t_of.append(sub.t[m]), s_of.append(sub.s[m])
-        return Plan(t_of, s_of, ops, nfe, {"main": main, "subs": subs})
+        return Plan(t_of, s_of, ops, nfe, inner=(main, *subs))
 
     def step(self, field, x, i, plan, state, noise):
         op = plan.coef[i]
-        if op[0] == "jump":
-            _, c_x, c_z, draw = op
-            return x.mul(c_x).add_(noise(draw=draw), alpha=c_z), state
-        inner, m = (plan.extra["main"], op[1]) if op[0] == "main" else (plan.extra["subs"][op[1]], op[2])
-        x, _ = self.solver.step(field, x, m, inner, None, noise)
+        if isinstance(op, Jump):
+            return x.mul(op.c_x).add_(noise(draw=op.draw), alpha=op.c_z), state
+        x, _ = self.solver.step(field, x, op.m, plan.inner[op.plan], None, noise)
         return x, state

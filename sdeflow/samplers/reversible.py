@@ -21,7 +21,7 @@ point; it is DDIM plus an offset, the companion (zero when sampling from noise).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 
@@ -33,7 +33,8 @@ from .engine import ddim_coefficients, lincomb, step_infos
 class Reversible(Sampler):
     """Base class: a deterministic step that :meth:`unstep` undoes exactly (see the module docstring)."""
 
-    reversible: ClassVar[bool] = True
+    reversible = True
+    has_history = True  # the second state
 
     def start_state(self, x: torch.Tensor, companion: torch.Tensor, plan: Plan):
         """The state at the grid's start given the companion (what :meth:`companion` returns)."""
@@ -66,6 +67,21 @@ class Reversible(Sampler):
                                  f"cannot be undone: {self.invertibility_hint}")
 
 
+class TwoStepRow(NamedTuple):
+    """``x_{i+1} = c_prev x_{i-1} + c_x x_i + c_hat x_hat(x_i, t_i)``."""
+
+    c_prev: float
+    c_x: float
+    c_hat: float
+
+
+class Back(NamedTuple):
+    """The explicit inverse step ``x_t = c_x x_s + c_hat x_hat(x_s, s)`` (DDIM backwards)."""
+
+    c_x: float
+    c_hat: float
+
+
 @dataclass(frozen=True)
 class TwoStep(Reversible):
     """Engine of ``x_{i+1} = c_prev x_{i-1} + c_x x_i + c_hat x_hat(x_i, t_i)`` with DDIM plus the
@@ -81,12 +97,12 @@ class TwoStep(Reversible):
         coef = []
         for i, info in enumerate(infos):
             if i == 0:
-                coef.append((0.0, *ddim_coefficients(info.a_t, info.s_t, info.a_s, info.s_s)))
+                coef.append(TwoStepRow(0.0, *ddim_coefficients(info.a_t, info.s_t, info.a_s, info.s_s)))
             else:
-                coef.append(self.two_step_coefficients(infos[i - 1], info))
+                coef.append(TwoStepRow(*self.two_step_coefficients(infos[i - 1], info)))
         last = infos[-1]
-        back = ddim_coefficients(last.a_s, last.s_s, last.a_t, last.s_t) if last.s_s > 0 else None
-        return Plan(ts[:-1].tolist(), ts[1:].tolist(), coef, len(infos), {"last_back": back})
+        back = Back(*ddim_coefficients(last.a_s, last.s_s, last.a_t, last.s_t)) if last.s_s > 0 else None
+        return Plan(ts[:-1].tolist(), ts[1:].tolist(), coef, len(infos), end=back)
 
     # state: (x_{i-1} or None before the first step, offset of the first step or None)
     def init_state(self, x, plan):
@@ -109,7 +125,7 @@ class TwoStep(Reversible):
         return lincomb(x, c_x, terms), (x, None)
 
     def end_state(self, field, x, plan):
-        c_x, c_hat = plan.extra["last_back"]
+        c_x, c_hat = plan.end
         return lincomb(x, c_x, [(c_hat, field(x, plan.s[-1]))]), None
 
     def unstep(self, field, x, i, plan, state):

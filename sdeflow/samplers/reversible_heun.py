@@ -31,18 +31,32 @@ arXiv:2105.13493 (reversible Heun; here on the probability-flow ODE).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .base import Plan
-from .engine import ddim_coefficients, lincomb, native_conversions, step_infos, to_native
+from .engine import Conversion, ddim_coefficients, lincomb, native_conversions, step_infos, to_native
 from .reversible import Reversible
 
 FORMS = ("data", "velocity")
+
+
+class HeunRow(NamedTuple):
+    """``z_s = c (2 y - z) + w f(z)``, ``y_s = c y + w (f(z) + f(z_s)) / 2``; ``to_data``: a final Euler step
+    to ``t = 0``; ``f`` the output in the form by ``conv_t`` and ``conv_s``."""
+
+    c: float
+    w: float
+    to_data: bool
+    conv_t: Conversion
+    conv_s: Conversion
 
 
 @dataclass(frozen=True)
 class ReversibleHeun(Reversible):
     form: str = "velocity"
     order = 2
+    evaluates_first = False  # at the extrapolated companion
+    carries_evaluation = True
 
     def __post_init__(self):
         if self.form not in FORMS:
@@ -58,7 +72,7 @@ class ReversibleHeun(Reversible):
         for i, v in enumerate(infos):
             # (c, w): z_s = c (2 y - z) + w f(z), y_s = c y + w (f(z) + f(z_s)) / 2
             c, w = ddim_coefficients(v.a_t, v.s_t, v.a_s, v.s_s) if self.form == "data" else (1.0, v.s - v.t)
-            coef.append((c, w, v.s_s == 0, conv[i], conv[i + 1]))
+            coef.append(HeunRow(c, w, v.s_s == 0, conv[i], conv[i + 1]))
         return Plan(ts[:-1].tolist(), ts[1:].tolist(), coef, self.count_nfe(schedule, ts))
 
     # state: (z, f(z) or None)
@@ -84,7 +98,7 @@ class ReversibleHeun(Reversible):
         return lincomb(x, c, [(w / 2, f_z), (w / 2, f_s)]), (z_s, f_s)
 
     def end_state(self, field, x, plan):
-        return x, to_native(x, field(x, plan.s[-1]), plan.coef[-1][4])
+        return x, to_native(x, field(x, plan.s[-1]), plan.coef[-1].conv_s)
 
     def unstep(self, field, x, i, plan, state):
         c, w, _, conv_t, _ = plan.coef[i]

@@ -56,6 +56,7 @@ class AffineStep(Sampler):
     returning an :class:`~sdeflow.samplers.base.Affine`; ``z`` is the step's reverse-SDE noise (``span = (t, s)``)."""
 
     nfe_per_step = 1
+    linear_plan = True
 
     def step(self, field, x, i, plan, state, noise):
         c_x, c_hat, c_z = plan.coef[i]

@@ -43,7 +43,7 @@ class SDEDPMSolverPP(Multistep):
             raise ValueError("SDE-DPM-Solver++ takes no UniC corrector (the corrector is for ODE steps)")
 
     @property
-    def stochastic(self) -> bool:  # type: ignore[override]
+    def stochastic(self) -> bool:
         return self.eta > 0
 
     @property

@@ -21,11 +21,32 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from .base import Plan, Sampler
+from .base import Affine, Plan, Sampler
 from .engine import step_infos
 from .expint import exp_adams_weights
 from .sde import check_eta, exact_sde_step
+
+
+class SecondStage(NamedTuple):
+    """The update after the stage at ``u``: ``x_s = c_x x + w0 x_hat + w1 x_hat(x_u, u) + n1 z_1 + n2 z_2``."""
+
+    c_x: float
+    w0: float
+    w1: float
+    n1: float
+    n2: float
+
+
+class SDEStepRow(NamedTuple):
+    """One planned step: the stage to ``u`` (``None``: the exact one-evaluation step ``first`` alone)
+    by the :class:`~.base.Affine` ``first``, then ``second``."""
+
+    u: float | None
+    first: Affine
+    second: SecondStage | None
+    STRUCTURE = ("u",)
 
 
 @dataclass(frozen=True)
@@ -41,7 +62,7 @@ class SDEDPMSolverPPSingle(Sampler):
             raise ValueError(f"r (position of the intermediate point) must be in (0, 1), got {self.r}")
 
     @property
-    def stochastic(self) -> bool:  # type: ignore[override]
+    def stochastic(self) -> bool:
         return self.eta > 0
 
     @property
@@ -53,7 +74,7 @@ class SDEDPMSolverPPSingle(Sampler):
         coef, nfe = [], 0
         for info in step_infos(schedule, ts):
             if not info.finite:
-                coef.append((None, exact_sde_step(info.a_t, info.s_t, info.a_s, info.s_s, self.eta)))
+                coef.append(SDEStepRow(None, exact_sde_step(info.a_t, info.s_t, info.a_s, info.s_s, self.eta), None))
                 nfe += 1
                 continue
             h, eta = info.h, self.eta
@@ -63,19 +84,19 @@ class SDEDPMSolverPPSingle(Sampler):
             w0, w1 = info.a_s * exp_adams_weights((1.0 + eta) * h, [0.0, self.r], "data")
             n1 = info.s_s * math.exp(-eta * (1 - self.r) * h) * math.sqrt(-math.expm1(-2 * eta * self.r * h))
             n2 = info.s_s * math.sqrt(-math.expm1(-2 * eta * (1 - self.r) * h))
-            coef.append((u, stage, (info.s_s / info.s_t * math.exp(-eta * h), float(w0), float(w1), n1, n2)))
+            coef.append(SDEStepRow(u, stage, SecondStage(info.s_s / info.s_t * math.exp(-eta * h), float(w0), float(w1), n1, n2)))
             nfe += 2
         return Plan(ts[:-1].tolist(), ts[1:].tolist(), coef, nfe)
 
     def step(self, field, x, i, plan, state, noise):
         t, s = plan.t[i], plan.s[i]
-        u, first, *rest = plan.coef[i]
+        u, first, second = plan.coef[i]
         x_hat = field(x, t)
         if u is None:  # the exact one-evaluation step
             c_x, c_hat, c_z = first
             x_s = x.mul(c_x).add_(x_hat, alpha=c_hat)
             return (x_s.add_(noise(span=(t, s)), alpha=c_z) if c_z else x_s), state
-        (a_x, a_hat, a_z), (c_x, w0, w1, n1, n2) = first, rest[0]
+        (a_x, a_hat, a_z), (c_x, w0, w1, n1, n2) = first, second
         z1 = noise(draw=1, span=(t, u)) if a_z or n1 else None
         x_u = x.mul(a_x).add_(x_hat, alpha=a_hat)
         if z1 is not None:
