@@ -25,6 +25,7 @@ from .euler import Euler
 from .euler_ancestral import EulerAncestral
 from .euler_maruyama import EulerMaruyama
 from .flow_map import FlowMapSampler
+from .heavy_ball import HeavyBall
 from .heun import RK4, Heun, Midpoint
 from .ipndm import IPNDM
 from .predictor_corrector import PredictorCorrector
@@ -58,6 +59,7 @@ SAMPLERS = NameTable("sampler", {
     "dpm-solver++-3m": (lambda: DPMSolverPP(order=3), "DPM-Solver++(3M)"),
     "dpm-solver++-3m-paper": (lambda: DPMSolverPP(order=3, variant="midpoint"), "DPM-Solver++(3M), the papers' finite differences"),
     "dpm-solver++-3m-unic": (lambda: DPMSolverPP(order=3, corrector=True), "DPM-Solver++(3M) + UniC corrector"),
+    "heavy-ball": (HeavyBall, "DPM-Solver++(2M) with heavy-ball momentum, beta 0.8 (wider stability, order 1)"),
     "unipc-bh1": (lambda: UniPC(order=2, variant="bh1"), "UniPC-2, B(h) = h"),
     "unipc-bh2": (lambda: UniPC(order=2, variant="bh2"), "UniPC-2, B(h) = e^h - 1"),
     "unipc-3": (lambda: UniPC(order=3, variant="bh2"), "UniPC-3 (bh2)"),
