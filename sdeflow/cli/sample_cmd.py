@@ -16,7 +16,8 @@ import torch
 from ..files import check_output, save_npz
 from ..noise import BrownianTreeNoise, GeneratorNoise, SeededNoise
 from ..sampling import sample
-from ..registry import ALL_SAMPLERS, PROBLEMS, SAMPLERS, SCHEDULES, default_sampling, lookup, parse_grid, steps_for_nfe
+from ..registry import (ALL_SAMPLERS, GUIDANCE_METHODS, PROBLEMS, SAMPLERS, SCHEDULES, default_sampling, lookup, parse_grid,
+                        steps_for_nfe)
 
 
 #: The evaluation budget without --nfe (a few-step model's default is the budget it was trained for).
@@ -107,19 +108,21 @@ def check_guidance(args) -> None:
         if given or args.guidance_logsnr or args.guidance_separate or args.guidance_method != "cfg":
             raise ValueError("the guidance settings need --guidance W (the scale)")
         return
-    from ..guidance import parse_interval
+    from ..guidance import METHODS, parse_interval
 
+    needs = METHODS.info(args.guidance_method)
     if not math.isfinite(args.guidance) or args.guidance < 0:
         raise ValueError(f"--guidance must be a finite number >= 0 (0: unconditional, 1: the conditional model, "
                          f"above 1: stronger guidance), got {args.guidance}")
-    if args.guidance_method == "cfg++" and not 0.0 <= args.guidance <= 1.0:
-        raise ValueError(f"cfg++ takes a guidance scale in [0, 1], got {args.guidance}")
+    if args.guidance > needs.max_scale:
+        raise ValueError(f"{args.guidance_method} takes a guidance scale in [0, {needs.max_scale:g}], got {args.guidance}")
     args.guidance_options = _option_values(args.guidance_option)
     args.interval = parse_interval(args.guidance_interval, "logsnr" if args.guidance_logsnr else "sigma")
-    if args.guide is not None and args.guidance_method != "auto":
+    if args.guide is not None and needs.model != "guide":
         raise ValueError("--guide is the weaker model of autoguidance: use it with --guidance-method auto")
-    if args.classifier is not None and args.guidance_method != "classifier":
-        raise ValueError("--classifier is for --guidance-method classifier")
+    if args.classifier is not None and needs.model != "classifier":
+        raise ValueError(f"--classifier is for the methods that use a classifier "
+                         f"({', '.join(m for m in METHODS if METHODS.info(m).model == 'classifier')})")
 
 
 #: The shipped guide (autoguidance) and noise-aware classifier of each shipped model that has them.
@@ -131,19 +134,20 @@ def apply_guidance(args, denoiser, sampler, model_name: str | None, device="cpu"
     """The guided denoiser and sampler of the ``--guidance`` flags (unchanged without them)."""
     if args.guidance is None:
         return denoiser, sampler
-    from ..guidance import guided, guided_sampler
+    from ..guidance import METHODS, guided, guided_sampler
     from ..pretrained import load_classifier, load_model
 
     guide = classifier = None
-    if args.guidance_method == "auto":
+    needs = METHODS.info(args.guidance_method).model
+    if needs == "guide":
         name = args.guide or DEFAULT_GUIDES.get(model_name)
         if name is None:
-            raise ValueError("autoguidance needs --guide (a weaker checkpoint of the same task)")
+            raise ValueError(f"{args.guidance_method} needs --guide (a weaker checkpoint of the same task)")
         guide = load_model(name, device=device).denoiser
-    if args.guidance_method == "classifier":
+    if needs == "classifier":
         name = args.classifier or DEFAULT_CLASSIFIERS.get(model_name)
         if name is None:
-            raise ValueError("classifier guidance needs --classifier (a noise-aware classifier checkpoint)")
+            raise ValueError(f"{args.guidance_method} needs --classifier (a noise-aware classifier checkpoint)")
         classifier = load_classifier(name, device=device)
     options = dict(args.guidance_options)
     g = guided(denoiser, args.guidance_method, args.guidance, interval=args.interval, guide=guide,
@@ -194,9 +198,9 @@ def _sample_problem(args) -> dict:
         labels = torch.where(labels == mixture.num_classes, -1, labels)  # "none": the oracle's unconditional label
     elif args.guidance is not None:
         raise ValueError(f"--guidance needs a problem with classes (labelled-ring-2d); {args.problem} has none")
-    if args.guidance_method == "classifier" and args.guidance is not None:
-        raise ValueError("classifier guidance on a problem: use sdeflow.guidance.ClassifierGuided with "
-                         "mixture.classifier(schedule) in Python")
+    if args.guidance is not None and GUIDANCE_METHODS.info(args.guidance_method).model == "classifier":
+        raise ValueError(f"{args.guidance_method} on a problem: in Python, pass the oracle's exact classifier, "
+                         "mixture.classifier(schedule), to sdeflow.guidance.guided")
     args.ts = ts
     denoiser, sampler = apply_guidance(args, mixture.denoiser(schedule), sampler, None)
     gen = torch.Generator().manual_seed(args.seed)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from ..denoisers import Denoiser
 from ..names import NameTable
@@ -31,21 +31,33 @@ def _classifier(denoiser, scale, *, interval=None, guide=None, classifier=None, 
     return ClassifierGuided(denoiser, classifier, scale)
 
 
+class Needs(NamedTuple):
+    """What a method needs besides the denoiser: ``model`` another model (``"guide"``: a weaker model of the
+    same task; ``"classifier"``: a noise-aware classifier ``(x_t, t, label) -> log p_t(c | x_t)``),
+    ``sampler`` a change of the sampler (CFG++ wraps it), ``max_scale`` the largest scale it takes."""
+
+    model: str | None = None
+    sampler: Callable[[Sampler], Sampler] | None = None
+    max_scale: float = float("inf")
+
+
 #: Every method by name (a :class:`~sdeflow.names.NameTable`): a builder ``(denoiser, scale, *, interval,
-#: guide, classifier, null, batched, **options) -> guided denoiser`` and a one-line description
-#: (``sdeflow list`` prints them).
+#: guide, classifier, null, batched, **options) -> guided denoiser``, a one-line description (``sdeflow list``
+#: prints them) and what it :class:`Needs` (the command line loads and checks it from there).
 METHODS = NameTable("guidance method", {
-    "cfg": (_rule(CFG), "classifier-free guidance: x_u + w (x_c - x_u), one batched forward"),
-    "rescale": (_rule(CFGRescale), "CFG rescaled to the conditional prediction's std, blended with phi (option phi=0.7)"),
+    "cfg": (_rule(CFG), "classifier-free guidance: x_u + w (x_c - x_u), one batched forward", Needs()),
+    "rescale": (_rule(CFGRescale), "CFG rescaled to the conditional prediction's std, blended with phi (option phi=0.7)",
+                Needs()),
     "apg": (_rule(APG), "adaptive projected guidance: orthogonal part of x_c - x_u, momentum, norm cap "
-            "(options eta=0, momentum=-0.5, norm_threshold)"),
+            "(options eta=0, momentum=-0.5, norm_threshold)", Needs()),
     "cfg++": (_rule(CFG), "CFG++: guided clean estimate, re-noised with the unconditional noise (w in [0, 1]); any "
-              "fixed-grid sampler"),
+              "fixed-grid sampler", Needs(sampler=CFGPlusPlus, max_scale=1.0)),
     "cfg-zero": (_rule(CFGZeroStar), "CFG-Zero*: per-sample optimal scale of the unconditional velocity, zero velocity "
-                 "above a noise level (option zero_sigma)"),
-    "auto": (_rule(CFG), "autoguidance: a weaker model of the same task as the negative (digits: the shipped digits-small)"),
+                 "above a noise level (option zero_sigma)", Needs()),
+    "auto": (_rule(CFG), "autoguidance: a weaker model of the same task as the negative (digits: the shipped digits-small)",
+             Needs(model="guide")),
     "classifier": (_classifier, "classifier guidance: w sigma^2/alpha grad log p_t(c | x_t) of a noise-aware classifier "
-                   "(digits: the shipped digits-noisy-classifier)"),
+                   "(digits: the shipped digits-noisy-classifier)", Needs(model="classifier")),
 })
 
 
@@ -54,16 +66,19 @@ def guided(denoiser: Denoiser, method: str = "cfg", scale: float = 3.0, *, inter
            **options) -> Denoiser:
     """The guided denoiser of ``method`` (see :data:`METHODS`) at ``scale``. ``interval``: noise
     levels ``(lo, hi]`` in sigma (or an :class:`Interval`); ``options``: the rule's own settings."""
-    build = METHODS.lookup(method)
+    build, needs = METHODS.lookup(method), METHODS.info(method)
     interval = parse_interval(interval) if interval is not None else None
-    if method == "auto" and guide is None:
-        raise ValueError("autoguidance needs guide= (a weaker model of the same task)")
-    if method != "auto" and guide is not None:
+    if needs.model == "guide" and guide is None:
+        raise ValueError(f"{method} needs guide= (a weaker model of the same task)")
+    if needs.model != "guide" and guide is not None:
         raise ValueError(f"guide= is for autoguidance (method 'auto'), not {method!r}")
+    if scale > needs.max_scale:
+        raise ValueError(f"{method} takes a guidance scale of at most {needs.max_scale:g}, got {scale}")
     return build(denoiser, scale, interval=interval, guide=guide, classifier=classifier, null=null, batched=batched,
                  **options)
 
 
 def guided_sampler(method: str, sampler: Sampler) -> Sampler:
-    """The sampler a method needs: CFG++ wraps it, the others leave it as it is."""
-    return CFGPlusPlus(sampler) if method == "cfg++" else sampler
+    """The sampler a method needs (:attr:`Needs.sampler`: CFG++ wraps it); the others leave it as it is."""
+    wrap = METHODS.info(method).sampler
+    return wrap(sampler) if wrap is not None else sampler
