@@ -11,6 +11,7 @@ from .cfgpp import CFGPlusPlus
 from .classifier import ClassifierGuided
 from .guided import Guided, Interval, parse_interval
 from .rules import APG, CFG, CFGRescale, CFGZeroStar
+from .tfg import TFG
 
 def _rule(kind):
     """A method that guides by a rule of :mod:`.rules` on the denoiser's two predictions."""
@@ -41,6 +42,23 @@ class Needs(NamedTuple):
     max_scale: float = float("inf")
 
 
+def _tfg(denoiser, scale, *, interval=None, guide=None, classifier=None, null=None, batched=True, **options):
+    if classifier is None:
+        raise ValueError("TFG needs a predictor of clean data: a classifier (x, t, label) -> log p(c | x), read at the "
+                         "schedule's smallest time")
+    if interval is not None:
+        raise ValueError("TFG takes no interval (its strength follows sigma_t through the guidance terms)")
+    t0 = denoiser.schedule.t_min
+
+    def predictor(x0, label=None, **cond):
+        return classifier(x0, t0, label)
+    try:
+        return TFG(denoiser, predictor, rho=scale, **{k: (int(v) if k in ("iterations", "probes") else v)
+                                                      for k, v in options.items()})
+    except TypeError:
+        raise ValueError(f"unknown option(s) {', '.join(options)} for TFG; allowed: mu, gamma, iterations, probes") from None
+
+
 #: Every method by name (a :class:`~sdeflow.names.NameTable`): a builder ``(denoiser, scale, *, interval,
 #: guide, classifier, null, batched, **options) -> guided denoiser``, a one-line description (``sdeflow list``
 #: prints them) and what it :class:`Needs` (the command line loads and checks it from there).
@@ -58,6 +76,8 @@ METHODS = NameTable("guidance method", {
              Needs(model="guide")),
     "classifier": (_classifier, "classifier guidance: w sigma^2/alpha grad log p_t(c | x_t) of a noise-aware classifier "
                    "(digits: the shipped digits-noisy-classifier)", Needs(model="classifier")),
+    "tfg": (_tfg, "training-free guidance by a clean-data predictor: rho = w through the denoiser, mean steps "
+            "(options mu, iterations), smoothing (gamma, probes)", Needs(model="classifier")),
 })
 
 
