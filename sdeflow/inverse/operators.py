@@ -85,6 +85,15 @@ class LinearOperator(Operator):
         form where ``A A^T`` is diagonal)."""
         return conjugate_gradient(lambda u: self(self.adjoint(u)) + _bcast(lam, u) * u, r, iters)
 
+    def conditional_draw(self, x_prior: torch.Tensor, var: float, y: torch.Tensor, noise_std: float,
+                         n: torch.Tensor) -> torch.Tensor:
+        """An exact draw from ``N(x; m, var I) N(y; A x, noise_std^2 I)`` (normalised in ``x``) given a draw
+        ``x_prior = m + sqrt(var) z`` of the first factor and standard normal noise ``n`` shaped like the
+        measurements, by Matheron's rule: ``x = x_prior + A^T (A A^T + noise_std^2 / var)^-1 (y - A x_prior - noise_std n)``."""
+        k = x_prior.shape[0]
+        y_sim = self(x_prior) + noise_std * n
+        return x_prior + self.adjoint(self.gram_solve(y.expand(k, *y.shape) - y_sim, noise_std ** 2 / var))
+
     def gram_eig(self):
         """``(e, qt, q)``: ``A A^T = Q diag(e) Q^T`` with ``e`` float64 eigenvalues (the squared singular
         values, shape broadcastable against ``qt(r)``), ``qt`` mapping a batch of measurements to

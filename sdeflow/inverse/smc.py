@@ -139,12 +139,9 @@ def _final_step(operator, y, noise_std, x_hat, r2, randn, dims):
     k = x_hat.shape[0]
     x_prior = x_hat + r2 ** 0.5 * randn(x_hat.shape)
     if operator.linear:
-        lam = noise_std ** 2 / r2
         resid = y.expand(k, *y.shape) - operator(x_hat)
-        quad = (resid * operator.gram_solve(resid, lam)).reshape(k, -1).sum(1) / r2
-        y_sim = operator(x_prior) + noise_std * randn(resid.shape)
-        x = x_prior + operator.adjoint(operator.gram_solve(y.expand(k, *y.shape) - y_sim, lam))
-        return x, -0.5 * quad
+        quad = (resid * operator.gram_solve(resid, noise_std ** 2 / r2)).reshape(k, -1).sum(1) / r2
+        return operator.conditional_draw(x_prior, r2, y, noise_std, randn(resid.shape)), -0.5 * quad
     var = noise_std ** 2 + r2
     with torch.enable_grad():
         d = x_hat.detach().requires_grad_(True)
