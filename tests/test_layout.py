@@ -243,12 +243,25 @@ def test_every_public_sampler_method_and_operator_is_registered():
         obj = getattr(samplers, name)
         if isinstance(obj, type) and issubclass(obj, samplers.Sampler) and name not in abstract:
             assert obj in named, f"{name} has no name in SAMPLERS"
-    from sdeflow.inverse.projection import ddrm
+    import importlib
+    import inspect
+    import pkgutil
 
-    public = [inverse.daps, inverse.enkg, inverse.red_diff, inverse.repaint, inverse.twisted_smc, ddrm,
-              inverse.MMPS, inverse.PiGDM, inverse.DPS, inverse.DDNM, inverse.DiffPIR]
+    public = []  # every posterior-sampling loop (denoiser, operator, y, ...) and transform defined in sdeflow.inverse
+    for info in pkgutil.iter_modules(inverse.__path__):
+        if info.name == "methods":  # the dispatch itself (solve, check_problem)
+            continue
+        module = importlib.import_module(f"sdeflow.inverse.{info.name}")
+        for name, obj in vars(module).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            if isinstance(obj, type) and issubclass(obj, inverse.PosteriorDenoiser) and obj is not inverse.PosteriorDenoiser:
+                public.append(obj)
+            elif inspect.isfunction(obj) and list(inspect.signature(obj).parameters)[:3] == ["denoiser", "operator", "y"]:
+                public.append(obj)
     wrapped = [inverse.METHODS[m].wraps for m in inverse.METHODS]
-    assert sorted(map(id, wrapped)) == sorted(map(id, public)), [getattr(w, "__name__", w) for w in wrapped]
+    assert len(public) >= 11 and sorted(map(id, wrapped)) == sorted(map(id, public)), \
+        ([getattr(w, "__name__", w) for w in wrapped], [p.__name__ for p in public])
     built = {type(make((1, 8, 8), 0)) for make in inverse.OPERATORS.values()}
     for cls in (inverse.Mask, inverse.Downsample, inverse.Blur, inverse.Identity, inverse.RandomProjection):
         assert cls in built, f"{cls.__name__} has no name in OPERATORS"
