@@ -21,6 +21,7 @@ from ..names import NameTable
 from ..noise import GeneratorNoise, NoiseSource
 from ..sampling import prior_std, sample
 from .daps import daps
+from .dpnp import dpnp
 from .enkg import enkg
 from .guidance import DPS, MMPS, PiGDM
 from .operators import Operator
@@ -84,6 +85,8 @@ METHODS = NameTable("inverse method", {
     "red-diff": (_loop(red_diff), "a point estimate: no posterior spread", lambda nfe, **o: nfe),
     "enkg": (_loop(enkg), "approximate; needs no gradient of the operator, and more particles than measured dimensions",
              lambda nfe, **o: nfe),
+    "dpnp": (_loop(dpnp), "asymptotically exact as the noise level anneals to 0, for a linear operator (exact likelihood "
+             "step, prior step by denoising steps)", lambda nfe, denoise_steps=4, **o: nfe // max(1, denoise_steps)),
     "smc": (_loop(twisted_smc), "asymptotically exact as the particles grow, for any prior (reports its effective sample "
             "size)", lambda nfe, **o: nfe),
 })
