@@ -14,8 +14,8 @@ trained on noisy inputs), TFG moves the clean estimate ``x_hat(x_t)`` by two ter
 implicit dynamics), ``log f~(x0) = log mean_k f(x0 + gamma sigma_t eps_k)`` over ``probes`` draws
 (fixed by ``seed``, so a run is reproducible): smoothing widens the basin of the predictor where
 the clean estimate is still blurry. The transform works with every sampler; TFG's fourth component,
-recurrence (each step repeated after re-noising back to its start), is :class:`Recurrent` around any
-single-step sampler.
+recurrence (each step repeated after re-noising back to its start), is
+:class:`~sdeflow.samplers.recurrent.Recurrent` around any single-step sampler.
 
 Reference: Ye, Lin, Han, Xu, Liu, Liang, Ma, Zou, Ermon, "TFG: Unified Training-Free Guidance for
 Diffusion Models", NeurIPS 2024, arXiv:2409.15761.
@@ -24,16 +24,11 @@ Diffusion Models", NeurIPS 2024, arXiv:2409.15761.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
 
 from ..denoisers import Denoiser
-from ..samplers.base import Plan, Sampler, Wrapper
-from ..samplers.ddim import DDIM
-
-RECUR_DRAW = 48  # the recurrence's re-noising draws start here, above any inner sampler's own
 
 
 class TFG(Denoiser):
@@ -109,78 +104,3 @@ class TFG(Denoiser):
                     x0 = x0.detach() + self.mu * g0
                 out = out + (x0 - x_hat.detach().to(work))
         return out.to(x_hat.dtype)
-
-
-class RecurRow(NamedTuple):
-    """Re-noising from the step's end back to its start: ``x <- c_x x + c_z z``."""
-
-    c_x: float
-    c_z: float
-
-
-@dataclass(frozen=True)
-class Recurrent(Wrapper):
-    """Each step of ``inner`` taken ``times`` times, re-noised back to its start by the exact forward
-    transition ``x_t = (alpha_t / alpha_s) x_s + sqrt(sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2) z`` between
-    the takes (TFG's recurrence, RePaint's resampling): the repeated steps let the guidance act more
-    often per noise level. ``inner`` must carry no history; a final step to ``t = 0`` is taken once."""
-
-    inner: Sampler = field(default_factory=lambda: DDIM(eta=1.0))
-    times: int = 2
-    stochastic = True
-
-    @property
-    def wrapped(self) -> Sampler:
-        return self.inner
-
-    def __post_init__(self):
-        if not isinstance(self.inner, Sampler):
-            raise TypeError(f"inner must be a sdeflow Sampler, got {type(self.inner).__name__}")
-        if self.inner.has_history or self.inner.adaptive:
-            raise ValueError(f"recurrence repeats steps one at a time: {type(self.inner).__name__} carries history "
-                             "between steps or chooses its own (use DDIM, DDPM, Euler, Heun, DPM-Solver single-step)")
-        if isinstance(self.times, bool) or not isinstance(self.times, int) or self.times < 1:
-            raise ValueError(f"times must be an integer >= 1, got {self.times!r}")
-
-    @property
-    def convergence_order(self) -> int:
-        return 0  # the re-noising adds fresh noise per step: a different process, not a discretisation
-
-    def count_nfe(self, schedule, ts):
-        return self.prepare(schedule, ts).nfe
-
-    def prepare(self, schedule, ts):
-        inner = self.inner.prepare(schedule, ts)
-        rows, nfe = [], 0
-        per_step = (inner.nfe or 0) / max(1, len(inner.t))
-        for t, s in zip(inner.t, inner.s):
-            a_t, s_t, a_s, s_s = (float(v) for v in (schedule.alpha(t), schedule.sigma(t), schedule.alpha(s),
-                                                     schedule.sigma(s)))
-            if s_s == 0 or a_s == 0:
-                rows.append(None)
-                nfe += per_step
-                continue
-            r = a_t / a_s
-            rows.append(RecurRow(r, math.sqrt(max(0.0, s_t * s_t - (r * s_s) ** 2))))
-            nfe += per_step * self.times
-        return Plan(inner.t, inner.s, rows, None if inner.nfe is None else int(round(nfe)), inner=(inner,))
-
-    def step(self, field, x, i, plan, state, noise):
-        row, inner = plan.coef[i], plan.inner[0]
-        takes = 1 if row is None else self.times
-        for k in range(takes):
-            if k > 0:
-                x = x.mul(row.c_x).add_(noise(draw=RECUR_DRAW + k), alpha=row.c_z)
-                state = self.inner.after_external_update(state)
-            x, state = self.inner.step(field, x, i, inner, state, noise if k == 0 else _Take(noise, k))
-        return x, state
-
-
-class _Take:
-    """The step's noise for take ``k > 0``: draws of their own (a repeated take is not the same path)."""
-
-    def __init__(self, noise, k: int):
-        self.noise, self.k = noise, k
-
-    def __call__(self, draw: int = 0, span=None):
-        return self.noise(draw=RECUR_DRAW + 16 * self.k + draw)

@@ -27,9 +27,9 @@ import warnings
 import torch
 
 from ..denoisers import Denoiser
-from ..noise import NoiseSource
-from ..run import Run
-from ..sampling import prior_std
+from ..noise import NoiseSource, as_noise
+from ..samplers import DDIM
+from ..sampling import prior_std, sample
 from .guidance import gaussian_posterior_var
 from .operators import Operator
 from .result import Solution
@@ -59,15 +59,44 @@ def _no_overshoot(operator: Operator, x_hat, delta, residual, pred):
     return c.reshape(n, *([1] * (delta.ndim - 1))) * delta
 
 
+class EnsembleKalman(Denoiser):
+    """The ensemble-Kalman posterior denoiser (see the module docstring): the batch is the ensemble, so
+    its output for one sample depends on the others. Sampled with DDIM (the posterior's ODE) by :func:`enkg`."""
+
+    def __init__(self, denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: float, *, gamma: float = 1.0,
+                 data_var: float = 1.0, trace_aat: float | None = None):
+        super().__init__(denoiser.schedule)
+        self.inner, self.operator, self.y, self.noise_std = denoiser, operator, y.reshape(-1), float(noise_std)
+        self.gamma, self.data_var = float(gamma), float(data_var)
+        self.trace_aat = _trace_aat(operator, operator.shape, y.dtype) if trace_aat is None else float(trace_aat)
+
+    def forward(self, x, t, **cond):
+        sch, y, num = self.schedule, self.y, x.shape[0]
+        a_t, s_t = float(sch.alpha(float(t))), float(sch.sigma(float(t)))
+        with torch.no_grad():
+            x_hat = self.inner(x, t, **cond)
+            if a_t == 0:  # pure noise: the measurement says nothing about x_t
+                return x_hat
+            pred = self.operator(x_hat).reshape(num, -1)
+            dx = (x - x.mean(0)).reshape(num, -1)
+            dg = pred - pred.mean(0)
+            c_xg = dx.T @ dg / (num - 1)                                   # (D, M)
+            v_t = float(dx.pow(2).sum(1).mean()) / dx.shape[1] + 1e-12
+            r2 = gaussian_posterior_var(sch, float(t), self.data_var)
+            gam = self.noise_std ** 2 + r2 * self.trace_aat / y.numel() + 1e-12
+            step = self.gamma * (s_t ** 2 / a_t) / v_t / gam
+            delta = step * ((y - pred) @ c_xg.T).reshape(x.shape)
+            return x_hat + _no_overshoot(self.operator, x_hat, delta, y - pred, pred)
+
+
 def enkg(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: float, ts: torch.Tensor, num: int, *,
          gamma: float = 1.0, data_var: float = 1.0, noise: NoiseSource | None = None, device=None, dtype=torch.float32,
          progress: bool = False, callback=None):
-    """An ensemble of ``num`` posterior samples for ``y = A(x) + noise_std n``; the grid
-    ``ts`` decreases to 0."""
+    """An ensemble of ``num`` posterior samples for ``y = A(x) + noise_std n``: DDIM steps (the posterior's
+    probability-flow ODE) of :class:`EnsembleKalman` along the grid ``ts``, which decreases to 0."""
     sched = denoiser.schedule
     ts = torch.as_tensor(ts, dtype=torch.float64)
     y = torch.as_tensor(y, dtype=dtype, device=device).reshape(-1)
-    shape = operator.shape
     m = y.numel()
     if num < 2:
         raise ValueError(f"ensemble Kalman guidance estimates covariances from its particles: num must be >= 2, got {num}")
@@ -75,26 +104,9 @@ def enkg(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: flo
         warnings.warn(f"ensemble Kalman guidance with {num} particles corrects along at most {num - 1} directions of the "
                       f"{m} measured values: use more particles than measured values (num >= {m + 1})",
                       RuntimeWarning, stacklevel=3)
-    tr_aat = _trace_aat(operator, shape, dtype)
-    run = Run(denoiser, noise=noise, progress=progress, total=len(ts) - 1, desc="enkg", callback=callback)
-    x = run.fresh((num, *shape), dtype, device) * prior_std(sched, float(ts[0]), data_var ** 0.5)
-    for i in range(len(ts) - 1):
-        t, s = float(ts[i]), float(ts[i + 1])
-        a_t, s_t, a_s, s_s = (float(v) for v in (sched.alpha(t), sched.sigma(t), sched.alpha(s), sched.sigma(s)))
-        run.step = i
-        with torch.no_grad(), run:
-            x_hat = run(x, t)
-            pred = operator(x_hat).reshape(num, -1)
-            dx = (x - x.mean(0)).reshape(num, -1)
-            dg = pred - pred.mean(0)
-            c_xg = dx.T @ dg / (num - 1)                                   # (D, M)
-            v_t = float(dx.pow(2).sum(1).mean()) / dx.shape[1] + 1e-12
-            r2 = gaussian_posterior_var(sched, t, data_var)
-            gam = noise_std ** 2 + r2 * tr_aat / m + 1e-12
-            step = gamma * (s_t ** 2 / a_t) / v_t / gam
-            delta = step * ((y - pred) @ c_xg.T).reshape(x.shape)
-            x_hat = x_hat + _no_overshoot(operator, x_hat, delta, y - pred, pred)
-            x = a_s * x_hat + (s_s / s_t) * (x - a_t * x_hat)              # DDIM step of the posterior's ODE
-        run.stepped(i, t, s, x)
-    run.finish(x)
-    return Solution(x, run.calls, "enkg")
+    noise = as_noise(noise)
+    x = noise(torch.empty((num, *operator.shape), dtype=dtype, device=device), -1) \
+        * prior_std(sched, float(ts[0]), data_var ** 0.5)
+    post = EnsembleKalman(denoiser, operator, y, noise_std, gamma=gamma, data_var=data_var)
+    out = sample(post, DDIM(), ts, x, noise=noise, progress=progress, callback=callback)
+    return Solution(out.x, out.nfe, "enkg")
