@@ -236,7 +236,7 @@ def test_every_public_sampler_method_and_operator_is_registered():
     import sdeflow.samplers as samplers
     from sdeflow.samplers import ALL_SAMPLERS
 
-    abstract = {"Sampler", "Multistep", "SingleStep", "Reversible", "TwoStep", "FittedSampler"}
+    abstract = {"Sampler", "Multistep", "SingleStep", "Reversible", "TwoStep", "FittedSampler", "Recurrent"}
     named = {type(make()) for make in ALL_SAMPLERS.values()}
     named |= {type(s.predictor) for s in (m() for m in ALL_SAMPLERS.values()) if hasattr(s, "predictor")}
     for name in samplers.__all__:

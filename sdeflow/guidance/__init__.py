@@ -6,6 +6,7 @@ sampler wrapping a sampler), so it works with every sampler, schedule and parame
 - :class:`Guided` with a rule: :class:`CFG`, :class:`CFGRescale`, :class:`APG`, :class:`CFGZeroStar`;
   ``guide=`` a weaker model for autoguidance; ``interval=`` an :class:`Interval` of noise levels;
 - :class:`ClassifierGuided`: the gradient of a noise-aware classifier's ``log p_t(c | x_t)``;
+- :class:`TFG`: training-free guidance by a predictor of clean data;
 - :class:`CFGPlusPlus`: CFG++, re-noising each step with the unconditional noise estimate;
 - predictor-corrector guidance: a guided denoiser sampled by
   :class:`~sdeflow.samplers.PredictorCorrector`, whose Langevin corrector then targets the tilted
@@ -18,7 +19,8 @@ from .classifier import ClassifierGuided, ModelClassifier
 from .cfgpp import CFGPlusPlus
 from .guided import Guided, Interval, parse_interval
 from .rules import APG, CFG, CFGRescale, CFGZeroStar, Rule
+from .tfg import TFG
 from .methods import METHODS, guided, guided_sampler
 
 __all__ = ["APG", "CFG", "CFGPlusPlus", "CFGRescale", "CFGZeroStar", "ClassifierGuided", "Guided", "Interval",
-           "METHODS", "ModelClassifier", "Rule", "guided", "guided_sampler", "parse_interval"]
+           "METHODS", "ModelClassifier", "Rule", "TFG", "guided", "guided_sampler", "parse_interval"]

@@ -20,7 +20,8 @@ and sdeflow's default sampler and grid per schedule family and budget (:func:`de
 Stochastic (the reverse-SDE family of :mod:`.sde`): :class:`EulerMaruyama`, :class:`DDPM`,
 :class:`DDIM` with ``eta``, :class:`EulerAncestral`, :class:`EDMStochastic` (churn),
 :class:`SDEDPMSolverPP` (1, 2M, 3M), :class:`SDEDPMSolverPPSingle` (2S), the Langevin
-:class:`PredictorCorrector`, :class:`Restart` and the error-controlled :class:`GottaGoFast`.
+:class:`PredictorCorrector`, :class:`Restart`, :class:`Recurrent` (each step repeated after re-noising)
+and the error-controlled :class:`GottaGoFast`.
 """
 
 from .adaptive import RK45, DPMSolverAdaptive
@@ -45,6 +46,7 @@ from .flow_map import FlowMapSampler
 from .heun import RK4, Heun, Midpoint
 from .ipndm import IPNDM
 from .predictor_corrector import PredictorCorrector
+from .recurrent import Recurrent
 from .restart import Restart
 from .reversible import Reversible, TwoStep
 from .reversible_heun import ReversibleHeun
@@ -58,7 +60,7 @@ from .names import (ALL_SAMPLERS, DEFAULTS, FLOW_MAP_SAMPLERS, SAMPLERS, default
 __all__ = ["Sampler", "Plan", "ode_coefficients", "Multistep", "SingleStep", "Euler", "DDIM", "Heun", "Midpoint", "RK4", "EDMHeun",
            "DPMSolver", "DPMSolverMultistep", "DPMSolverPP", "UniPC", "DEIS", "IPNDM", "DPMSolverAdaptive", "RK45",
            "EulerMaruyama", "DDPM", "EulerAncestral", "EDMStochastic", "SDEDPMSolverPP", "SDEDPMSolverPPSingle",
-           "PredictorCorrector", "Restart", "GottaGoFast", "Reversible", "TwoStep", "BDIA", "OBELM", "EDICT",
+           "PredictorCorrector", "Recurrent", "Restart", "GottaGoFast", "Reversible", "TwoStep", "BDIA", "OBELM", "EDICT",
            "ReversibleHeun", "FittedSampler", "FlowMapSampler", "SAMPLERS", "FLOW_MAP_SAMPLERS", "ALL_SAMPLERS", "DEFAULTS",
            "default_sampling", "deterministic_samplers", "family", "steps_for_nfe"]
 
