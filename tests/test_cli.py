@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sdeflow.cli.main import main
+from sdeflow.registry import GUIDANCE_METHODS
 
 
 def run(*args, cwd=None):
@@ -274,17 +275,18 @@ def test_a_grid_that_stops_short_runs_only_when_asked(tmp_path, capsys):
     assert np.load(out)["ts"].tolist() == [1.0, 0.5]
 
 
-@pytest.mark.parametrize("method", ["cfg", "apg", "cfg++", "cfg-zero", "auto", "classifier", "rescale"])
+@pytest.mark.parametrize("method", sorted(GUIDANCE_METHODS))
 def test_guided_sampling_of_the_shipped_model_reports_forwards(tmp_path, capsys, method):
-    """Every method runs from the command line; a batched CFG evaluation is two forwards, and an interval
-    that excludes the noisiest levels skips their unconditional passes."""
-    scale = "0.5" if method == "cfg++" else "2"
+    """Every method of the table runs from the command line; a batched CFG evaluation is two forwards, and
+    an interval that excludes the noisiest levels skips their unconditional passes. Methods guided by a
+    classifier's gradient report no forward count."""
+    scale = str(min(2.0, GUIDANCE_METHODS.info(method).max_scale / 2))
     argv = ["sample", "--guidance", scale, "--guidance-method", method, "--nfe", "6", "-n", "12",
             "--out", str(tmp_path / "g.npz"), "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     forwards = float(out.split("network forwards per sample")[0].split(", ")[-1]) if "forwards" in out else None
-    if method == "classifier":
+    if GUIDANCE_METHODS.info(method).model == "classifier":
         assert forwards is None  # one denoiser pass plus a classifier gradient per evaluation
     else:
         assert forwards == 12

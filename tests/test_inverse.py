@@ -65,15 +65,26 @@ def test_moment_matching_is_exact_for_a_gaussian_prior():
     assert ((torch.cov(x.T) - cov).abs() < 5 * se_cov).all()
 
 
-@pytest.mark.parametrize("name", ["mmps", "pigdm", "dps", "ddnm", "diffpir"])
+@pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_is_closer_to_the_posterior_than_the_prior(name):
+    """Every method of the table, run by name at 60 evaluations on the 6-D Gaussian problem (a method that
+    refuses its matrix operator, RePaint, inpaints three of the coordinates instead): the sample mean is
+    closer to the exact posterior mean than the prior mean is (measured: at most 0.68 of the prior's distance,
+    DPS; the others 0.03-0.57)."""
     prior, op, y, post = gaussian_problem()
-    make = {"mmps": lambda d: MMPS(d, op, y, 0.1), "pigdm": lambda d: PiGDM(d, op, y, 0.1),
-            "dps": lambda d: DPS(d, op, y, 0.1, zeta=0.3), "ddnm": lambda d: DDNM(d, op, y, 0.1),
-            "diffpir": lambda d: DiffPIR(d, op, y, 0.1)}[name]
-    x = run(make, prior, n=1000)
-    prior_err = (prior.mean() - post.mean()).norm()
-    assert (x.mean(0) - post.mean()).norm() < prior_err
+    noise = GeneratorNoise(torch.Generator().manual_seed(0))
+    den = prior.denoiser(schedules.VPLinear())
+    try:
+        sol = solve(name, den, op, y, 0.1, 60, 1000, noise=noise, dtype=torch.float64)
+    except ValueError as err:
+        assert "Mask" in str(err)
+        mask = torch.tensor([True, False, True, False, False, True])
+        op = Mask(mask)
+        y = op.measure(prior.sample(1, torch.Generator().manual_seed(3)), 0.1, torch.Generator().manual_seed(4))[0]
+        post = prior.posterior(op.matrix(), y, 0.1)
+        sol = solve(name, den, op, y, 0.1, 60, 1000, noise=noise, dtype=torch.float64)
+    assert sol.nfe <= 60
+    assert (sol.x.mean(0) - post.mean()).norm() < (prior.mean() - post.mean()).norm()
 
 
 @pytest.mark.parametrize("name", ["mmps", "pigdm", "dps", "ddnm", "diffpir"])
