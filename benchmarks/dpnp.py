@@ -13,6 +13,7 @@ Writes docs/benchmarks/dpnp.md.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import sys
@@ -60,4 +61,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     main()

@@ -13,6 +13,7 @@ Writes docs/benchmarks/heavy_ball.md.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -57,4 +58,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     main()

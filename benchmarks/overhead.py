@@ -11,6 +11,7 @@ loop with precomputed coefficients and in-place updates: the arithmetic limit.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -96,4 +97,5 @@ def overhead_table(repeats: int = 21, steps: int = 50) -> str:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     print(overhead_table())

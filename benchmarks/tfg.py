@@ -14,6 +14,7 @@ Writes docs/benchmarks/tfg.md.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -65,4 +66,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     main()

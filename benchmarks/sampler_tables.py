@@ -1,10 +1,11 @@
-"""Print the README's sampler tables and benchmark summaries from the saved benchmark results.
+"""Print the tables of docs/samplers.md (samplers by accuracy, peer ratios) from the saved benchmark results.
 
-    python benchmarks/readme_tables.py    # after benchmarks/ode_solvers.py and benchmarks/sde_samplers.py
+    python benchmarks/sampler_tables.py    # after benchmarks/ode_solvers.py and benchmarks/sde_samplers.py
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -101,4 +102,6 @@ def sde_tables(path=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--problem", default="64-D mixture", help="the ODE benchmark problem of the accuracy columns")
+    main(ap.parse_args().problem)
