@@ -1,12 +1,12 @@
 """DPnP's samples against the exact posterior of a Gaussian prior, as its chain is refined.
 
-A 6-D Gaussian prior (random rotation, variances 0.2 to 1.5) observed through a random 3x6 matrix with
-noise 0.1; ``GaussianMixture.posterior`` gives the exact posterior. DPnP (``sdeflow.inverse.dpnp``)
+``analytic.linear_gaussian_problem(6, 3, 0.1)``: a 6-D Gaussian prior (random rotation, variances 0.2 to
+1.5) observed through a random 3x6 matrix with noise 0.1, with its exact posterior. DPnP (``sdeflow.inverse.dpnp``)
 with 4000 chains in float64, exact prior denoiser (VP linear), annealed over ``levels`` noise levels
 with ``denoise_steps`` DDPM steps per denoising draw: the error of the sample mean (beside the
 Monte Carlo floor ``sqrt(tr C / n)``) and the relative Frobenius error of the sample covariance.
 
-    python benchmarks/dpnp.py      # a few minutes on 2 CPU cores
+    python benchmarks/dpnp.py      # under a minute on 2 CPU cores
 
 Writes docs/benchmarks/dpnp.md.
 """
@@ -33,15 +33,8 @@ D, M, NOISE, N = 6, 3, 0.1, 4000
 
 
 def main() -> None:
-    g = torch.Generator().manual_seed(0)
-    q, _ = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=torch.float64))
-    lam = torch.linspace(0.2, 1.5, D, dtype=torch.float64)
-    prior = analytic.GaussianMixture(torch.ones(1, dtype=torch.float64), 0.3 * torch.randn(1, D, generator=g, dtype=torch.float64),
-                                     ((q * lam) @ q.T)[None])
-    A = torch.randn(M, D, generator=g, dtype=torch.float64) / math.sqrt(D)
+    prior, A, y, post = analytic.linear_gaussian_problem(D, M, NOISE, seed=0)
     op = Matrix(A)
-    y = op.measure(prior.sample(1, g), NOISE, g)[0]
-    post = prior.posterior(A, y, NOISE)
     mean, cov = post.mean(), post.covariance()
     sch = schedules.VPLinear()
     den = prior.denoiser(sch)

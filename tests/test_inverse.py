@@ -26,16 +26,8 @@ def astuple(solution):
 
 
 def gaussian_problem(noise_std=0.1, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=torch.float64))
-    lam = torch.linspace(0.2, 1.5, D, dtype=torch.float64)
-    prior = analytic.GaussianMixture(torch.ones(1, dtype=torch.float64), 0.3 * torch.randn(1, D, generator=g, dtype=torch.float64),
-                                     ((q * lam) @ q.T)[None])
-    A = torch.randn(M, D, generator=g, dtype=torch.float64) / math.sqrt(D)
-    op = Matrix(A)
-    x_true = prior.sample(1, g)
-    y = op.measure(x_true, noise_std, g)[0]
-    return prior, op, y, prior.posterior(A, y, noise_std)
+    prior, A, y, post = analytic.linear_gaussian_problem(D, M, noise_std, seed)
+    return prior, Matrix(A), y, post
 
 
 def masked_problem():

@@ -5,9 +5,10 @@ demo measure every method against it."""
 
 from .covariance import Covariance, Diagonal, Full, LowRankPlusDiagonal
 from .denoiser import OracleDenoiser, OracleFlowMap
-from .examples import PROBLEMS, gaussian, random_mixture, ring_2d, two_classes_1d
+from .examples import PROBLEMS, gaussian, linear_gaussian_problem, random_mixture, ring_2d, two_classes_1d
 from .mixture import GaussianMixture
 from .sampler_law import gaussian_output_law, gaussian_w2
 
 __all__ = ["GaussianMixture", "OracleDenoiser", "OracleFlowMap", "Covariance", "Diagonal", "Full", "LowRankPlusDiagonal",
-           "PROBLEMS", "gaussian", "random_mixture", "ring_2d", "two_classes_1d", "gaussian_output_law", "gaussian_w2"]
+           "PROBLEMS", "gaussian", "linear_gaussian_problem", "random_mixture", "ring_2d", "two_classes_1d",
+           "gaussian_output_law", "gaussian_w2"]

@@ -60,6 +60,22 @@ def gaussian(mean, cov) -> GaussianMixture:
     return GaussianMixture(torch.ones(1), mean[None], cov[None])
 
 
+def linear_gaussian_problem(dim: int = 6, measured: int = 3, noise_std: float = 0.1, seed: int = 0):
+    """A linear-Gaussian inverse problem with its exact answer, in float64: a Gaussian prior (a random
+    rotation of variances 0.2 to 1.5, mean ``0.3 N(0, I)``) observed through a random ``measured x dim``
+    matrix ``A`` (entries ``N(0, 1 / dim)``) with noise ``noise_std``. Returns ``(prior, A, y, posterior)``,
+    ``y`` one measurement ``(measured,)`` of a prior draw, ``posterior`` the exact ``p(x | y)``."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
+    lam = torch.linspace(0.2, 1.5, dim, dtype=torch.float64)
+    prior = GaussianMixture(torch.ones(1, dtype=torch.float64), 0.3 * torch.randn(1, dim, generator=g, dtype=torch.float64),
+                            ((q * lam) @ q.T)[None])
+    A = torch.randn(measured, dim, generator=g, dtype=torch.float64) / math.sqrt(dim)
+    x_true = prior.sample(1, g)
+    y = (x_true @ A.T + noise_std * torch.randn((1, measured), generator=g, dtype=torch.float64))[0]
+    return prior, A, y, prior.posterior(A, y, noise_std)
+
+
 def _problems():
     from ..names import NameTable
 

@@ -67,8 +67,7 @@ class CFGPlusPlus(Wrapper):
         return self.inner
 
     def __post_init__(self):
-        if not isinstance(self.inner, Sampler):
-            raise TypeError(f"inner must be a sdeflow Sampler, got {type(self.inner).__name__}")
+        self.check_wrapped()
         inner = self.inner
         if isinstance(inner, CFGPlusPlus) or inner.adaptive or not inner.evaluates_first or inner.carries_evaluation:
             why = ("it carries an evaluation over to the next step" if inner.carries_evaluation

@@ -231,6 +231,12 @@ class Wrapper(Sampler):
     def wrapped(self) -> Sampler:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def check_wrapped(self, field: str = "inner") -> None:
+        """Refuse, when the wrapper is built, a wrapped object (the dataclass field ``field``) that is not a
+        sdeflow sampler."""
+        if not isinstance(self.wrapped, Sampler):
+            raise TypeError(f"{field} must be a sdeflow Sampler, got {type(self.wrapped).__name__}")
+
     def inner_plan(self, plan: Plan) -> Plan:
         """The wrapped sampler's plan inside this one's (default: the first of ``plan.inner``)."""
         return plan.inner[0]

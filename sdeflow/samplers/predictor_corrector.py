@@ -56,8 +56,7 @@ class PredictorCorrector(Wrapper):
         return self.predictor
 
     def __post_init__(self):
-        if not isinstance(self.predictor, Sampler):
-            raise TypeError(f"predictor must be a sdeflow Sampler, got {type(self.predictor).__name__}")
+        self.check_wrapped("predictor")
         if not (isinstance(self.snr, (int, float)) and math.isfinite(self.snr) and self.snr > 0):
             raise ValueError(f"snr must be a finite number > 0, got {self.snr!r}")
         if not (isinstance(self.n_steps, int) and self.n_steps >= 0):

@@ -47,8 +47,7 @@ class Recurrent(Wrapper):
         return self.inner
 
     def __post_init__(self):
-        if not isinstance(self.inner, Sampler):
-            raise TypeError(f"inner must be a sdeflow Sampler, got {type(self.inner).__name__}")
+        self.check_wrapped()
         if self.inner.has_history or self.inner.adaptive:
             raise ValueError(f"recurrence repeats steps one at a time: {type(self.inner).__name__} carries history "
                              "between steps or chooses its own (use DDIM, DDPM, Euler, Heun, DPM-Solver single-step)")
