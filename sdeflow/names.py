@@ -45,9 +45,14 @@ class NameTable(Mapping):
 
     def lookup(self, name: str) -> Callable:
         """The factory of ``name``, or a ``ValueError`` that lists every allowed name."""
-        if name not in self._entries:
+        if not isinstance(name, str) or name not in self._entries:
             raise ValueError(f"unknown {self.kind} {name!r}; allowed: {', '.join(self._entries)}")
         return self._entries[name].factory
+
+    def instance(self, value, cls: type):
+        """``value`` itself if it is a ``cls`` already, else the entry named ``value`` built with its
+        defaults (an unknown name: the ``ValueError`` of :meth:`lookup`)."""
+        return value if isinstance(value, cls) else self.lookup(value)()
 
     def make(self, name: str, *args, **kwargs):
         """``lookup(name)(*args, **kwargs)``."""

@@ -170,9 +170,7 @@ PARAMETERIZATIONS = NameTable("parameterization", {
 
 def as_parameterization(p: Parameterization | str) -> Parameterization:
     """Accept a :class:`Parameterization` or one of the names in :data:`PARAMETERIZATIONS`."""
-    if isinstance(p, Parameterization):
-        return p
-    return PARAMETERIZATIONS.lookup(p)()
+    return PARAMETERIZATIONS.instance(p, Parameterization)
 
 
 def eps_from_x_hat(x_hat: torch.Tensor, x_t: torch.Tensor, schedule: Schedule, t: Time) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 
 from sdeflow import analytic, grids, sample
 from sdeflow.registry import SAMPLERS
-from sdeflow.denoisers import ModelDenoiser
+from sdeflow.denoisers import Denoiser, ModelDenoiser
 from sdeflow.noise import SeededNoise
 from sdeflow.parameterizations import V
 from sdeflow.sampling import NonFiniteError
@@ -147,16 +147,24 @@ def test_a_single_non_finite_value_is_always_reported():
     assert not torch.isfinite(sample(den, SAMPLERS["euler"](), grids.uniform_grid(5), x, check_finite=False).x).all()
 
 
-class Recording(torch.nn.Module):
-    """The exact denoiser, recording every time the sampler evaluates it at."""
+class Recording(Denoiser):
+    """The exact denoiser, recording every time the sampler evaluates it at (its velocity on clean data
+    included: a Runge-Kutta stage of rk4-at-data)."""
 
     def __init__(self, sch):
-        super().__init__()
-        self.inner, self.schedule, self.times = MIX.denoiser(sch), sch, []
+        super().__init__(sch)
+        self.inner, self.times = MIX.denoiser(sch), []
 
     def forward(self, x_t, t, **cond):
         self.times.extend(torch.as_tensor(t, dtype=torch.float64).reshape(-1).tolist())
         return self.inner(x_t, t, **cond)
+
+    def has_ode_velocity(self, t):
+        return self.inner.has_ode_velocity(t)
+
+    def ode_velocity(self, x_t, t, **cond):
+        self.times.append(float(t))
+        return self.inner.ode_velocity(x_t, t, **cond)
 
 
 def _domain_cases():
@@ -213,24 +221,10 @@ def test_the_plan_evaluates_only_inside_the_schedules_domain(name):
 def test_the_field_is_only_evaluated_inside_the_schedules_domain(name, case):
     """The same with the model itself, for the samplers that choose their steps while sampling."""
     sched, grid = case
-    from sdeflow.denoisers import Denoiser
     from sdeflow.registry import GRIDS, SCHEDULES
 
     sch = SCHEDULES[sched]()
-    rec = Recording(sch)
-
-    class Wrapped(Denoiser):
-        def forward(self, x_t, t, **cond):
-            return rec(x_t, t, **cond)
-
-        def has_ode_velocity(self, t):
-            return rec.inner.has_ode_velocity(t)
-
-        def ode_velocity(self, x_t, t, **cond):  # a Runge-Kutta stage on clean data (rk4-at-data)
-            rec.times.append(float(t))
-            return rec.inner.ode_velocity(x_t, t, **cond)
-
-    den = Wrapped(sch)
+    rec = den = Recording(sch)
     x, _ = MIX.sample_t(3, sch, 0.999, torch.Generator().manual_seed(1))
     for n in ((12, 40) if sch.t_min > 0 else (12,)):  # 40 steps: where grids would cross a first index
         ts = GRIDS[grid](n, sch)
@@ -244,25 +238,12 @@ def test_the_field_is_only_evaluated_inside_the_schedules_domain(name, case):
 def test_a_dry_run_finds_the_times_a_real_run_evaluates(name, sched):
     """What the domain test relies on: a fixed-grid sampler evaluates the model at the same times whatever
     the model returns (the mixture's field here, zeros in the dry run)."""
-    from sdeflow.denoisers import Denoiser
 
     sch = SCHEDS[sched]
     rec = Recording(sch)
-
-    class Wrapped(Denoiser):
-        def forward(self, x_t, t, **cond):
-            return rec(x_t, t, **cond)
-
-        def has_ode_velocity(self, t):
-            return rec.inner.has_ode_velocity(t)
-
-        def ode_velocity(self, x_t, t, **cond):
-            rec.times.append(float(t))
-            return rec.inner.ode_velocity(x_t, t, **cond)
-
     ts = ts_for(sch, 9) if sched == "edm" else grids.quadratic_grid(9, t_min=sch.t_min)
     x, _ = MIX.sample_t(3, sch, float(ts[0]), torch.Generator().manual_seed(1))
-    sample(Wrapped(sch), SAMPLERS[name](), ts, x, noise=SeededNoise([1, 2, 3]))
+    sample(rec, SAMPLERS[name](), ts, x, noise=SeededNoise([1, 2, 3]))
     assert rec.times == dry_run_times(SAMPLERS[name](), sch, ts)
 
 

@@ -100,8 +100,5 @@ DENSITIES = NameTable("time density", {
 
 
 def as_density(d: TimeDensity | str) -> TimeDensity:
-    if isinstance(d, TimeDensity):
-        return d
-    if d not in DENSITIES:
-        raise ValueError(f"unknown time density {d!r}; allowed: {', '.join(DENSITIES)}")
-    return DENSITIES[d]()
+    """Accept a :class:`TimeDensity` or one of the names in :data:`DENSITIES`."""
+    return DENSITIES.instance(d, TimeDensity)
