@@ -35,13 +35,16 @@ identity, conjugate gradients otherwise).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
 import torch
 
 from ..denoisers import Denoiser
+from ..noise import NoiseSource, as_noise
 from ..samplers import DDIM
-from ..noise import NoiseSource
-from ..run import Run
-from ..sampling import prior_std
+from ..samplers.base import Plan, Sampler
+from ..sampling import prior_std, sample
 from ..shapes import as_time
 from .guidance import PosteriorDenoiser
 from .result import Solution
@@ -89,49 +92,77 @@ class DDNM(_Proximal):
         return d + A.adjoint(A.gram_apply(r, g))
 
 
-def ddrm(denoiser: Denoiser, operator: LinearOperator, y: torch.Tensor, noise_std: float, ts: torch.Tensor, num: int, *,
-         eta: float = 1.0, eta_b: float = 1.0, noise: NoiseSource | None = None, device=None, dtype=torch.float32,
-         cond: dict | None = None, progress: bool = False, callback=None):
-    """``num`` DDRM restorations for ``y = A x + noise_std n`` along the decreasing grid
-    ``ts`` (ending at 0). ``V^T v`` on the range is ``S^-1 U^T A v`` and ``V`` applied to range
-    coordinates is ``A^T U S^-1``, so the operator's eigendecomposition of ``A A^T`` suffices."""
-    if not isinstance(operator, LinearOperator):
-        raise ValueError("DDRM needs a linear operator; use DPS or the ensemble-Kalman method for nonlinear ones")
-    if not (0.0 <= eta <= 1.0 and 0.0 <= eta_b <= 1.0):
-        raise ValueError(f"eta and eta_b must lie in [0, 1], got {eta} and {eta_b}")
-    sched, cond, A = denoiser.schedule, cond or {}, operator
-    ts = torch.as_tensor(ts, dtype=torch.float64)
-    if float(sched.alpha(ts[0])) == 0.0:
-        raise ValueError("DDRM needs alpha > 0 on the whole grid; start it below t = 1 for this schedule")
-    e, qt, q = A.gram_eig()
-    inv_s = _pseudo_inverse(e).sqrt().to(dtype)          # 1 / s_i on the kept directions, 0 elsewhere
-    def to_c(v):
-        return qt(A(v)) * inv_s                     # V^T v on the range
-    def from_c(c):
-        return A.adjoint(q(c * inv_s))            # V c
-    y = torch.as_tensor(y, dtype=dtype, device=device)
-    y_bar = qt(y.reshape(-1, *A.out_shape)) * inv_s     # S^-1 U^T y
-    n = noise_std * inv_s
-    run = Run(denoiser, cond, noise=noise, progress=progress, total=len(ts) - 1, desc="ddrm", callback=callback)
+class DDRMRow(NamedTuple):
+    """A DDRM step to ``s``: DDIM's coefficients ``x_s = c_x x_t + c_hat x_hat + c_z z``, ``alpha_s`` and the
+    noise level ``l_s = sigma_s / alpha_s``."""
 
-    def randn():
-        return run.fresh((num, *A.shape), dtype, device)
-    x = randn() * prior_std(sched, float(ts[0]), 1.0)
-    keep = (inv_s > 0).to(x.device)
-    ddim = DDIM(eta=eta)
-    for i in range(len(ts) - 1):
-        a_t, s_t, a_s, s_s = (float(v) for v in (sched.alpha(ts[i]), sched.sigma(ts[i]), sched.alpha(ts[i + 1]),
-                                                  sched.sigma(ts[i + 1])))
-        l_s = s_s / a_s
-        run.step = i
-        with torch.no_grad(), run:
-            x_hat = run(x, float(ts[i]))
-        z = randn()
-        c_x, c_hat, c_z = ddim.step_coefficients(a_t, s_t, a_s, s_s, ts[i], ts[i + 1], sched)
+    c_x: float
+    c_hat: float
+    c_z: float
+    a_s: float
+    l_s: float
+
+
+@dataclass(frozen=True, eq=False)
+class DDRM(Sampler):
+    """DDRM's step as a sampler (see the module docstring): DDIM with ``eta`` on every direction of
+    ``V^T u``, then the measured directions replaced by their kernel. ``V^T v`` on the range is
+    ``S^-1 U^T A v`` and ``V`` applied to range coordinates is ``A^T U S^-1``, so the eigendecomposition
+    of ``A A^T`` suffices (computed once, at the first step)."""
+
+    operator: LinearOperator
+    y: torch.Tensor
+    noise_std: float
+    eta: float = 1.0
+    eta_b: float = 1.0
+    _spectral: dict = field(default_factory=dict, repr=False)
+    stochastic = True
+
+    def __post_init__(self):
+        if not isinstance(self.operator, LinearOperator):
+            raise ValueError("DDRM needs a linear operator; use DPS or the ensemble-Kalman method for nonlinear ones")
+        if not (0.0 <= self.eta <= 1.0 and 0.0 <= self.eta_b <= 1.0):
+            raise ValueError(f"eta and eta_b must lie in [0, 1], got {self.eta} and {self.eta_b}")
+
+    def prepare(self, schedule, ts):
+        if float(schedule.alpha(ts[0])) == 0.0:
+            raise ValueError("DDRM needs alpha > 0 on the whole grid; start it below t = 1 for this schedule")
+        ddim, rows = DDIM(eta=self.eta), []
+        for t, s in zip(ts[:-1].tolist(), ts[1:].tolist()):
+            a_t, s_t, a_s, s_s = (float(v) for v in (schedule.alpha(t), schedule.sigma(t), schedule.alpha(s),
+                                                      schedule.sigma(s)))
+            rows.append(DDRMRow(*ddim.step_coefficients(a_t, s_t, a_s, s_s, t, s, schedule), a_s, s_s / a_s))
+        return Plan(ts[:-1].tolist(), ts[1:].tolist(), rows, len(rows))
+
+    def _spectrum(self, like: torch.Tensor):
+        """``(to_c, from_c, y_bar, n, keep)`` in ``like``'s dtype and device."""
+        key = (like.dtype, like.device)
+        if key not in self._spectral:
+            A = self.operator
+            e, qt, q = A.gram_eig()
+            inv_s = _pseudo_inverse(e).sqrt().to(dtype=like.dtype, device=like.device)  # 1 / s_i kept, 0 elsewhere
+
+            def to_c(v):
+                return qt(A(v)) * inv_s                 # V^T v on the range
+
+            def from_c(c):
+                return A.adjoint(q(c * inv_s))          # V c
+
+            y = torch.as_tensor(self.y, dtype=like.dtype, device=like.device)
+            y_bar = qt(y.reshape(-1, *A.out_shape)) * inv_s  # S^-1 U^T y
+            self._spectral[key] = (to_c, from_c, y_bar, self.noise_std * inv_s, inv_s > 0)
+        return self._spectral[key]
+
+    def step(self, field, x, i, plan, state, noise):
+        c_x, c_hat, c_z, a_s, l_s = plan.coef[i]
+        to_c, from_c, y_bar, n, keep = self._spectrum(x)
+        eta, eta_b = self.eta, self.eta_b
+        x_hat = field(x, plan.t[i])
+        z = noise()
         u = (c_x * x + c_hat * x_hat + c_z * z) / a_s                          # DDIM, every direction
         c_hat, c_z = to_c(x_hat), to_c(z)
         c = (1 - eta_b) * c_hat + eta_b * y_bar + (l_s ** 2 - (eta_b * n) ** 2).clamp_min(0.0).sqrt() * c_z
-        if noise_std > 0:
+        if self.noise_std > 0:
             below = l_s < n
             n_b = torch.where(below, n, torch.ones_like(n))
             r2 = (l_s / n_b) ** 2
@@ -142,10 +173,22 @@ def ddrm(denoiser: Denoiser, operator: LinearOperator, y: torch.Tensor, noise_st
             c_below = c_hat + toward_y * (y_bar - c_hat) / n_b + fresh_b * c_z
             c = torch.where(below, c_below, c)
         u = u + from_c(torch.where(keep, c - to_c(u), torch.zeros_like(c)))
-        x = a_s * u
-        run.stepped(i, ts[i], ts[i + 1], x)
-    run.finish(x)
-    return Solution(x, run.calls, "ddrm")
+        return a_s * u, state
+
+
+def ddrm(denoiser: Denoiser, operator: LinearOperator, y: torch.Tensor, noise_std: float, ts: torch.Tensor, num: int, *,
+         eta: float = 1.0, eta_b: float = 1.0, noise: NoiseSource | None = None, device=None, dtype=torch.float32,
+         cond: dict | None = None, progress: bool = False, callback=None):
+    """``num`` DDRM restorations for ``y = A x + noise_std n`` along the decreasing grid ``ts`` (ending at
+    0): the :class:`DDRM` sampler run by :func:`sdeflow.sample` from the prior at ``ts[0]``."""
+    sampler = DDRM(operator, torch.as_tensor(y, dtype=dtype, device=device), noise_std, eta, eta_b)
+    ts = torch.as_tensor(ts, dtype=torch.float64)
+    noise = as_noise(noise)
+    like = torch.empty((num, *operator.shape), dtype=dtype, device=device)
+    x = noise(like, -1) * prior_std(denoiser.schedule, float(ts[0]), 1.0)  # step -1: the prior draw
+    with torch.no_grad():
+        out = sample(denoiser, sampler, ts, x, cond=cond, noise=noise, progress=progress, callback=callback)
+    return Solution(out.x, out.nfe, "ddrm")
 
 
 class DiffPIR(_Proximal):
