@@ -212,6 +212,17 @@ class StepNoise:
     def __call__(self, draw: int = 0, span=None) -> torch.Tensor:
         return self.source(self.x, self.step, draw, span)
 
+    def shaped(self, like: torch.Tensor, draw: int) -> torch.Tensor:
+        """Standard normal noise of this step shaped like ``like`` (a measurement, not the state), for the
+        draws a step takes beyond the state's own; ``like``'s first dimension is the batch."""
+        return self.source(like, self.step, draw)
+
+    def uniform(self, draw: int) -> float:
+        """One uniform number in (0, 1) from this step's draw ``draw`` (its first value): the offset of
+        systematic resampling, shared by the batch."""
+        z = float(self.source(self.x, self.step, draw).reshape(-1)[0])
+        return min(max(0.5 * (1.0 + math.erf(z / math.sqrt(2.0))), 1e-12), 1 - 1e-12)
+
 
 class Steps:
     """Steps of a planned run taken from a snapshot ``(x, state)`` in ``run``: what sampling,

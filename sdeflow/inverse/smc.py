@@ -25,14 +25,18 @@ Conditional Sampling in Diffusion Models", 2023, arXiv:2306.17775 (the twisted d
 
 from __future__ import annotations
 
+import math
 import warnings
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from ..denoisers import Denoiser
-from ..noise import NoiseSource
-from ..run import Run
-from ..sampling import prior_std
+from ..noise import NoiseSource, as_noise
+from ..run import Run, integrate, run_local
+from ..samplers.base import Plan, Sampler
+from ..sampling import planned, prior_std
 from .guidance import gaussian_posterior_var
 from .operators import Operator
 from .result import Solution
@@ -55,77 +59,136 @@ def _systematic(log_w: torch.Tensor, u0: float) -> torch.Tensor:
     return torch.searchsorted(torch.cumsum(w, 0), u).clamp(max=k - 1)
 
 
+class ProposalRow(NamedTuple):
+    """A step to ``s`` before the last: the ancestral kernel ``N(c_x x_t + c_hat x_hat, v I)``, the twist's
+    variance at ``s`` and whether the twist has a gradient there (``sigma_s > 0``)."""
+
+    c_x: float
+    c_hat: float
+    v: float
+    var_s: float
+    grad_s: bool
+
+
+class FinalRow(NamedTuple):
+    """The last step, to clean data: the kernel ``N(x_hat, r2 I)`` times the likelihood."""
+
+    r2: float
+
+
+class SMCState(NamedTuple):
+    """Per particle: the twist ``log p~_t(y | x_t)``, its gradient and ``x_hat`` at the current state; the log
+    weights; the effective sample size after each step so far."""
+
+    logp: torch.Tensor
+    grad: torch.Tensor
+    x_hat: torch.Tensor
+    log_w: torch.Tensor
+    ess: list
+
+
+@dataclass(frozen=True, eq=False)
+class TwistedSMC(Sampler):
+    """The twisted diffusion sampler as a sampler whose batch is the particle set (see the module
+    docstring): one denoiser evaluation (with a vector-Jacobian product) per step, carried to the next
+    step; resampling couples the batch. The grid must end at ``t = 0``. The effective sample size of every
+    step and the final log weights are kept in the run (:meth:`sdeflow.run.Run.local` of this sampler)."""
+
+    operator: Operator
+    y: torch.Tensor
+    noise_std: float
+    data_var: float = 1.0
+    ess_threshold: float = 0.5
+    stochastic = True
+    couples_batch = True
+    evaluates_first = False
+    carries_evaluation = True
+    has_history = True
+
+    def prepare(self, schedule, ts):
+        if float(ts[-1]) != 0.0:
+            raise ValueError("the twisted SMC sampler needs a grid ending at t = 0 (the twist becomes the likelihood there)")
+        if len(ts) < 2:
+            raise ValueError("the twisted SMC sampler needs at least one step")
+        t, s = ts[:-1].tolist(), ts[1:].tolist()
+        rows: list = []
+        for i in range(len(t) - 1):
+            rows.append(ProposalRow(*ancestral_coefficients(schedule, t[i], s[i]), self._twist_var(schedule, s[i]),
+                                    float(schedule.sigma(s[i])) > 0))
+        rows.append(FinalRow(gaussian_posterior_var(schedule, t[-1], self.data_var)))
+        start = ProposalRow(0.0, 0.0, 0.0, self._twist_var(schedule, t[0]), float(schedule.sigma(t[0])) > 0)
+        return Plan(t, s, rows, len(t), end=start)
+
+    def _twist_var(self, schedule, t: float) -> float:
+        return self.noise_std ** 2 + gaussian_posterior_var(schedule, float(t), self.data_var)
+
+    def _twist(self, field, x_t, t, var, with_grad):
+        """``(log p~_t(y | x_t), its gradient, x_hat)`` per particle."""
+        k = x_t.shape[0]
+        y = self.y.to(dtype=x_t.dtype, device=x_t.device)
+        with torch.enable_grad():
+            xr = x_t.detach().requires_grad_(True)
+            d = field(xr, t)
+            r = (y.expand(k, *y.shape) - self.operator(d)).reshape(k, -1)
+            var = max(var, 1e-300)
+            logp = -0.5 * (r.pow(2).sum(1) / var + r.shape[1] * math.log(2 * math.pi * var))
+            grad = torch.autograd.grad(logp.sum(), xr)[0] if with_grad else torch.zeros_like(xr)
+        return logp.detach(), grad.detach(), d.detach()
+
+    def step(self, field, x, i, plan, state, noise):
+        if state is None:  # the first step: the twist at the start
+            logp, grad, d = self._twist(field, x, plan.t[0], plan.end.var_s, plan.end.grad_s)
+            state = SMCState(logp, grad, d, torch.zeros(x.shape[0], dtype=torch.float64, device=x.device), [])
+        logp_t, grad_t, d_t, log_w, ess = state
+        row, dims, k = plan.coef[i], tuple(range(1, x.ndim)), x.shape[0]
+        if isinstance(row, FinalRow):
+            draws = iter(range(3))
+
+            def randn(shape):
+                return noise.shaped(torch.empty(shape, dtype=x.dtype, device=x.device), next(draws))
+            x, log_inc = _final_step(self.operator, self.y.to(dtype=x.dtype, device=x.device), self.noise_std, d_t,
+                                     row.r2, randn, dims)
+            log_w = log_w + (log_inc - logp_t).double()
+            ess = ess + [_ess(log_w)]
+            run_local(self, dict).update(ess=ess, log_weights=log_w)
+            return x[_systematic(log_w, noise.uniform(3))], None
+        prior_mean = row.c_x * x + row.c_hat * d_t
+        z = noise()
+        x_new = prior_mean + row.v * grad_t + row.v ** 0.5 * z
+        # log p(x_s | x_t) - log q(x_s | x_t) for equal-variance Gaussians
+        log_ratio = (-(x_new - prior_mean).pow(2).sum(dims) + z.pow(2).sum(dims) * row.v) / (2 * row.v)
+        logp_s, grad_s, d_s = self._twist(field, x_new, plan.s[i], row.var_s, row.grad_s)
+        log_w = log_w + (log_ratio + logp_s - logp_t).double()
+        ess = ess + [_ess(log_w)]
+        if ess[-1] < self.ess_threshold * k:
+            idx = _systematic(log_w, noise.uniform(1))
+            x_new, logp_s, grad_s, d_s = x_new[idx], logp_s[idx], grad_s[idx], d_s[idx]
+            log_w = torch.zeros_like(log_w)
+        return x_new, SMCState(logp_s, grad_s, d_s, log_w, ess)
+
+
 def twisted_smc(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: float, ts: torch.Tensor,
                 num_particles: int, *, data_var: float = 1.0, ess_threshold: float = 0.5, min_ess: float = 0.02,
                 noise: NoiseSource | None = None, dtype=torch.float64, device=None, progress: bool = False,
                 callback=None) -> Solution:
     """Sample ``p(x | y)`` for ``y = A(x) + noise_std n`` with ``num_particles`` particles along the
-    decreasing grid ``ts`` (which must end at 0); one denoiser evaluation (with a vector-Jacobian
-    product) per step. ``noise``: a :class:`~sdeflow.noise.NoiseSource` (default: the global RNG)."""
-    sched = denoiser.schedule
-    ts = torch.as_tensor(ts, dtype=torch.float64)
-    if float(ts[-1]) != 0.0:
-        raise ValueError("the twisted SMC sampler needs a grid ending at t = 0 (the twist becomes the likelihood there)")
-    if len(ts) < 2:
-        raise ValueError("the twisted SMC sampler needs at least one step")
-    shape = operator.shape
+    decreasing grid ``ts`` (which must end at 0): :class:`TwistedSMC` on the sampling loop, from the
+    prior at ``ts[0]``. ``noise``: a :class:`~sdeflow.noise.NoiseSource` (default: the global RNG)."""
+    sampler = TwistedSMC(operator, torch.as_tensor(y, dtype=dtype, device=device), noise_std, data_var, ess_threshold)
+    plan = planned(sampler, denoiser.schedule, ts)
     k = int(num_particles)
-    y = torch.as_tensor(y, dtype=dtype, device=device)
-    run = Run(denoiser, noise=noise, progress=progress, total=len(ts) - 1, desc="smc", callback=callback)
-
-    def randn(shape):
-        return run.fresh(shape, dtype, device)
-    x = randn((k, *shape)) * prior_std(sched, float(ts[0]), data_var ** 0.5)
-    dims = tuple(range(1, x.ndim))
-
-    def twist(x_t, t):
-        """``(log p~_t(y | x_t), grad of it, x_hat)`` per particle."""
-        s = float(sched.sigma(t))
-        var = noise_std ** 2 + gaussian_posterior_var(sched, float(t), data_var)
-        with torch.enable_grad():
-            xr = x_t.detach().requires_grad_(True)
-            d = run(xr, float(t))
-            r = (y.expand(k, *y.shape) - operator(d)).reshape(k, -1)
-            m = r.shape[1]
-            logp = -0.5 * (r.pow(2).sum(1) / max(var, 1e-300) + m * torch.log(torch.tensor(2 * torch.pi * max(var, 1e-300))))
-            grad = torch.autograd.grad(logp.sum(), xr)[0] if s > 0 else torch.zeros_like(xr)
-        return logp.detach(), grad.detach(), d.detach()
-
-    log_w = torch.zeros(k, dtype=torch.float64, device=y.device)
-    with run:
-        logp_t, grad_t, d_t = twist(x, ts[0])
-        ess = []
-        n = len(ts) - 1
-        for i in range(n - 1):  # every step but the last, to clean data
-            t, s = ts[i], ts[i + 1]
-            run.step = i
-            ca, cb, v = ancestral_coefficients(sched, t, s)
-            prior_mean = ca * x + cb * d_t
-            z = randn(x.shape)
-            x_new = prior_mean + v * grad_t + v ** 0.5 * z
-            # log p(x_s | x_t) - log q(x_s | x_t) for equal-variance Gaussians
-            log_ratio = (-(x_new - prior_mean).pow(2).sum(dims) + z.pow(2).sum(dims) * v) / (2 * v)
-            logp_s, grad_s, d_s = twist(x_new, s)
-            log_w = log_w + (log_ratio + logp_s - logp_t).double()
-            ess.append(_ess(log_w))
-            x, logp_t, grad_t, d_t = x_new, logp_s, grad_s, d_s
-            if ess[-1] < ess_threshold * k:
-                idx = _systematic(log_w, run.uniform(k, dtype, device))
-                x, logp_t, grad_t, d_t = x[idx], logp_t[idx], grad_t[idx], d_t[idx]
-                log_w = torch.zeros_like(log_w)
-            run.stepped(i, t, s, x)
-    r2 = gaussian_posterior_var(sched, float(ts[-2]), data_var)
-    x, log_inc = _final_step(operator, y, noise_std, d_t, r2, randn, dims)
-    log_w = log_w + (log_inc - logp_t).double()
-    ess.append(_ess(log_w))
-    if ess[-1] < min_ess * k:
-        warnings.warn(f"twisted SMC: the final effective sample size is {ess[-1]:.1f} of {k} particles, so the samples "
-                      "are drawn from few distinct particles; use more particles, more steps or a noise-spaced grid",
+    noise = as_noise(noise)
+    like = torch.empty((k, *operator.shape), dtype=dtype, device=device)
+    x = noise(like, -1) * prior_std(denoiser.schedule, plan.t[0], data_var ** 0.5)  # step -1: the prior draw
+    run = Run(denoiser, noise=noise, progress=progress, total=plan.nfe, desc="smc", callback=callback)
+    x, _ = integrate(run, sampler, plan, x)
+    run.finish(x, plan)
+    info = run.local(sampler)
+    if info["ess"][-1] < min_ess * k:
+        warnings.warn(f"twisted SMC: the final effective sample size is {info['ess'][-1]:.1f} of {k} particles, so the "
+                      "samples are drawn from few distinct particles; use more particles, more steps or a noise-spaced grid",
                       RuntimeWarning, stacklevel=2)
-    final = _systematic(log_w, run.uniform(k, dtype, device))
-    run.stepped(n - 1, ts[-2], ts[-1], x[final])
-    run.finish(x)
-    return Solution(x[final], run.calls, "smc", {"ess": ess, "log_weights": log_w})
+    return Solution(x, run.calls, "smc", {"ess": info["ess"], "log_weights": info["log_weights"]})
 
 
 def _ess(log_w: torch.Tensor) -> float:
