@@ -454,3 +454,20 @@ def test_every_method_takes_the_same_measurement_shapes(method, shape):
     assert out.x.shape == ((200 if method == "smc" else 24), 16) and bool(torch.isfinite(out.x).all())
     other = solve(method, den, op, MEASUREMENT_SHAPES["one"](y), 0.02, nfe=20, num=out.x.shape[0], seed=3)
     assert torch.equal(out.x, other.x)
+
+
+def test_samplers_holding_a_measurement_never_share_a_cached_plan():
+    """Plans are cached by sampler; DDRM, DAPS and twisted SMC compare equal only to themselves, so a run
+    with other settings on the same grid plans again (with field-wise equality, the second DAPS below
+    silently reused the first one's Langevin steps)."""
+    from sdeflow.inverse.daps import DAPS
+    from sdeflow.inverse.projection import DDRM
+    from sdeflow.inverse.smc import TwistedSMC
+    from sdeflow.sampling import planned
+
+    prior, op, y, _ = gaussian_problem()
+    sched, ts = schedules.VPLinear(), uniform_grid(6)
+    for make in (lambda v: DDRM(op, y, 0.1, eta=v), lambda v: DAPS(op, y, v), lambda v: TwistedSMC(op, y, v)):
+        a, b = make(0.5), make(0.9)
+        assert a != b and a == a
+        assert planned(a, sched, ts).coef != planned(b, sched, ts).coef

@@ -13,57 +13,100 @@ Decoupled Noise Annealing", 2024, arXiv:2407.01521.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import torch
 
 from ..denoisers import Denoiser
+from ..noise import NoiseSource, as_noise
 from ..samplers import DDIM
-from ..noise import NoiseSource
-from ..run import Run, Steps
-from ..sampling import planned, prior_std
+from ..samplers.base import ByIdentity, Plan, Sampler
+from ..sampling import planned, prior_std, sample
 from .guidance import gaussian_posterior_var
 from .result import Solution
 from .operators import Operator
 
 
+class DAPSRow(NamedTuple):
+    """One DAPS step to ``s``: the DDIM steps ``(t_j, Affine)`` of the prior's estimate and the time ``t_hat``
+    of its last evaluation; the decoupled posterior's prior variance ``r2`` and Langevin step ``eta``;
+    the re-noising ``x_s = a_s x + s_s z``."""
+
+    ode: tuple
+    t_hat: float
+    r2: float
+    eta: float
+    a_s: float
+    s_s: float
+    STRUCTURE = ("t_hat",)
+
+
+@dataclass(frozen=True, eq=False)
+class DAPS(ByIdentity, Sampler):
+    """DAPS's step as a sampler (see the module docstring): ``max(1, ode_steps)`` evaluations for the
+    prior's estimate, Langevin on the decoupled posterior (the operator's gradient only), re-noising."""
+
+    operator: Operator
+    y: torch.Tensor
+    noise_std: float
+    langevin_steps: int = 20
+    step_size: float = 0.5
+    ode_steps: int = 3
+    data_var: float = 1.0
+    stochastic = True
+
+    @property
+    def nfe_per_step(self) -> int:
+        return max(1, self.ode_steps)
+
+    def prepare(self, schedule, ts):
+        noise_var = max(self.noise_std, 1e-3) ** 2
+        lip = _lipschitz(self.operator, self.operator.shape, torch.float64)  # largest eigenvalue of A^T A
+        rows = []
+        for t, s in zip(ts[:-1].tolist(), ts[1:].tolist()):
+            grid = _estimate_grid(schedule, t, self.ode_steps)
+            ode = tuple(zip(grid[:-1].tolist(), planned(DDIM(), schedule, grid).coef)) if self.ode_steps > 1 else ()
+            r2 = gaussian_posterior_var(schedule, t, self.data_var)
+            eta = self.step_size / (1.0 / r2 + lip / noise_var)  # stable for the stiffer of the two terms
+            a_s, s_s = (float(schedule.alpha(s)), float(schedule.sigma(s))) if s > 0 else (1.0, 0.0)
+            rows.append(DAPSRow(ode, float(grid[-1]), r2, eta, a_s, s_s))
+        return Plan(ts[:-1].tolist(), ts[1:].tolist(), rows, len(rows) * self.nfe_per_step)
+
+    def step(self, field, x, i, plan, state, noise):
+        row, num = plan.coef[i], x.shape[0]
+        with torch.no_grad():  # (1) the prior's estimate of the clean signal
+            for t_j, (c_x, c_hat, _) in row.ode:
+                x = c_x * x + c_hat * field(x, t_j)
+            x_hat = field(x, row.t_hat)
+        y = self.y.to(dtype=x.dtype, device=x.device)
+        noise_var = max(self.noise_std, 1e-3) ** 2
+        x0 = x_hat.clone()
+        with torch.enable_grad():  # (2) Langevin on the decoupled posterior of x given x_hat and y
+            for j in range(self.langevin_steps):
+                x0 = x0.detach().requires_grad_(True)
+                log_p = -((x0 - x_hat).pow(2).reshape(num, -1).sum(1) / (2 * row.r2)
+                          + (y - self.operator(x0)).reshape(num, -1).pow(2).sum(1) / (2 * noise_var))
+                grad = torch.autograd.grad(log_p.sum(), x0)[0]
+                x0 = x0.detach() + row.eta * grad + (2 * row.eta) ** 0.5 * noise(j)
+        # (3) re-noise to the next level
+        return (row.a_s * x0 + row.s_s * noise(self.langevin_steps) if row.s_s > 0 else x0), state
+
+
 def daps(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: float, ts: torch.Tensor, num: int, *,
          langevin_steps: int = 20, step_size: float = 0.5, ode_steps: int = 3, data_var: float = 1.0,
          noise: NoiseSource | None = None, device=None, dtype=torch.float32, progress: bool = False, callback=None):
-    """``num`` posterior samples for ``y = A(x) + noise_std n``."""
-    sched = denoiser.schedule
+    """``num`` posterior samples for ``y = A(x) + noise_std n``: the :class:`DAPS` sampler run by
+    :func:`sdeflow.sample` from the prior at ``ts[0]``."""
+    sampler = DAPS(operator, torch.as_tensor(y, dtype=dtype, device=device), noise_std, langevin_steps, step_size,
+                   ode_steps, data_var)
     ts = torch.as_tensor(ts, dtype=torch.float64)
-    y = torch.as_tensor(y, dtype=dtype, device=device)
-    shape = operator.shape
-    run = Run(denoiser, noise=noise, progress=progress, total=(len(ts) - 1) * max(1, ode_steps), desc="daps",
-              callback=callback)
-
-    def randn():
-        return run.fresh((num, *shape), dtype, device)
-    x_t = randn() * prior_std(sched, float(ts[0]), data_var ** 0.5)
-    noise_var = max(noise_std, 1e-3) ** 2
-    lip = _lipschitz(operator, shape, dtype)  # largest eigenvalue of A^T A (1 for nonlinear operators)
-    x0 = x_t
-    for i in range(len(ts) - 1):
-        t, s = float(ts[i]), float(ts[i + 1])
-        run.step = i
-        # (1) the prior's estimate of the clean signal
-        with torch.no_grad(), run:
-            x_hat = _ode_estimate(run, x_t, t, ode_steps)
-        r2 = gaussian_posterior_var(sched, t, data_var)
-        # (2) Langevin on the decoupled posterior of x given x_hat and y
-        x0 = x_hat.clone()
-        eta = step_size / (1.0 / r2 + lip / noise_var)  # stable for the stiffer of the two terms
-        for _ in range(langevin_steps):
-            x0 = x0.detach().requires_grad_(True)
-            log_p = -((x0 - x_hat).pow(2).reshape(num, -1).sum(1) / (2 * r2)
-                      + (y - operator(x0)).reshape(num, -1).pow(2).sum(1) / (2 * noise_var))
-            grad = torch.autograd.grad(log_p.sum(), x0)[0]
-            x0 = x0.detach() + eta * grad + (2 * eta) ** 0.5 * randn()
-        # (3) re-noise to the next level
-        a_s, s_s = float(sched.alpha(s)), float(sched.sigma(s))
-        x_t = a_s * x0 + s_s * randn() if s > 0 else x0
-        run.stepped(i, t, s, x_t)
-    run.finish(x0)
-    return Solution(x0.detach(), run.calls, "daps")
+    noise = as_noise(noise)
+    like = torch.empty((num, *operator.shape), dtype=dtype, device=device)
+    x = noise(like, -1) * prior_std(denoiser.schedule, float(ts[0]), data_var ** 0.5)  # step -1: the prior draw
+    with torch.no_grad():
+        out = sample(denoiser, sampler, ts, x, noise=noise, progress=progress, callback=callback)
+    return Solution(out.x, out.nfe, "daps")
 
 
 def _lipschitz(operator, shape, dtype, iters: int = 20) -> float:
@@ -79,20 +122,14 @@ def _lipschitz(operator, shape, dtype, iters: int = 20) -> float:
     return max(lam, 1e-12)
 
 
-def _ode_estimate(run: Run, x_t, t, steps):
-    """``x_hat`` from ``steps - 1`` DDIM steps of the probability-flow ODE, uniform in
-    ``log(sigma / alpha)`` from ``t`` down to a hundredth of its level, and the denoiser there
-    (``steps`` evaluations in ``run``), or ``D(x_t)`` when ``steps == 0``."""
-    sched = run.denoiser.schedule
-    if steps == 0:
-        return run(x_t, t)
-    level = sched.noise_to_signal(torch.tensor(t, dtype=torch.float64))
+def _estimate_grid(schedule, t: float, steps: int) -> torch.Tensor:
+    """The times of the prior's estimate from ``t``: ``steps`` levels uniform in ``log(sigma / alpha)`` from
+    ``t``'s down to a hundredth of it (``steps - 1`` DDIM steps, then the denoiser at the last), or ``[t]``
+    when ``steps <= 1``."""
+    if steps <= 1:
+        return torch.tensor([t], dtype=torch.float64)
+    level = schedule.noise_to_signal(torch.tensor(t, dtype=torch.float64))
     lo = max(float(level) * 1e-2, 1e-3)
     levels = torch.logspace(torch.log10(level), torch.log10(torch.tensor(lo, dtype=torch.float64)), steps,
                             dtype=torch.float64)
-    grid = torch.cat([torch.tensor([t], dtype=torch.float64), sched.t_from_sigma_ratio(levels[1:])])
-    if steps > 1:
-        outer, ode = run.step, Steps(DDIM(), planned(DDIM(), sched, grid), run)
-        x_t = ode.run_steps(ode.start(x_t), 0, steps - 1)[0]
-        run.step = outer
-    return run(x_t, float(grid[-1]))
+    return torch.cat([torch.tensor([t], dtype=torch.float64), schedule.t_from_sigma_ratio(levels[1:])])

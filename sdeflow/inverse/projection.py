@@ -43,7 +43,7 @@ import torch
 from ..denoisers import Denoiser
 from ..noise import NoiseSource, as_noise
 from ..samplers import DDIM
-from ..samplers.base import Plan, Sampler
+from ..samplers.base import ByIdentity, Plan, Sampler
 from ..sampling import prior_std, sample
 from ..shapes import as_time
 from .guidance import PosteriorDenoiser
@@ -104,7 +104,7 @@ class DDRMRow(NamedTuple):
 
 
 @dataclass(frozen=True, eq=False)
-class DDRM(Sampler):
+class DDRM(ByIdentity, Sampler):
     """DDRM's step as a sampler (see the module docstring): DDIM with ``eta`` on every direction of
     ``V^T u``, then the measured directions replaced by their kernel. ``V^T v`` on the range is
     ``S^-1 U^T A v`` and ``V`` applied to range coordinates is ``A^T U S^-1``, so the eigendecomposition

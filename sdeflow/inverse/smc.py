@@ -35,7 +35,7 @@ import torch
 from ..denoisers import Denoiser
 from ..noise import NoiseSource, as_noise
 from ..run import Run, integrate, run_local
-from ..samplers.base import Plan, Sampler
+from ..samplers.base import ByIdentity, Plan, Sampler
 from ..sampling import planned, prior_std
 from .guidance import gaussian_posterior_var
 from .operators import Operator
@@ -88,7 +88,7 @@ class SMCState(NamedTuple):
 
 
 @dataclass(frozen=True, eq=False)
-class TwistedSMC(Sampler):
+class TwistedSMC(ByIdentity, Sampler):
     """The twisted diffusion sampler as a sampler whose batch is the particle set (see the module
     docstring): one denoiser evaluation (with a vector-Jacobian product) per step, carried to the next
     step; resampling couples the batch. The grid must end at ``t = 0``. The effective sample size of every

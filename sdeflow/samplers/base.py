@@ -222,6 +222,16 @@ class Sampler:
 
 
 @dataclass(frozen=True)
+class ByIdentity:
+    """Base for samplers that hold tensors or operators (a measurement, an operator's spectrum): equal only
+    to themselves. Plans are cached by sampler (:func:`sdeflow.sampling.planned`), so two such samplers
+    must never compare equal by their (scalar) fields. List it before :class:`Sampler` and declare the
+    dataclass with ``eq=False``."""
+
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+
 class Wrapper(Sampler):
     """Base of samplers that run another sampler's steps (CFG++, predictor-corrector, restart, fitted
     coefficients): every capability is the wrapped sampler's unless the wrapper says otherwise, and
