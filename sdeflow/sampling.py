@@ -202,12 +202,14 @@ def planned(sampler: Sampler, schedule: Schedule, ts, *, increasing: bool = Fals
 
 
 def prior_sample(schedule: Schedule, shape: tuple[int, ...], *, t: float = 1.0, data_std: float = 0.0,
-                 seeds=None, generator: torch.Generator | None = None, dtype=torch.float32, device=None) -> torch.Tensor:
+                 seeds=None, generator: torch.Generator | None = None, noise: NoiseSource | None = None,
+                 dtype=torch.float32, device=None) -> torch.Tensor:
     """Draw from the Gaussian approximation of ``p_t``: ``N(0, (alpha^2 data_std^2 + sigma^2) I)``.
 
-    ``seeds`` (one per sample) give per-sample reproducible draws; else ``generator`` is used."""
+    ``seeds`` (one per sample) give per-sample reproducible draws; else ``noise``, a noise source (the
+    draw of its step -1, before a run's own steps); else ``generator``."""
     like = torch.empty(shape, dtype=dtype, device=device)
-    source = SeededNoise(seeds) if seeds is not None else GeneratorNoise(generator)
+    source = SeededNoise(seeds) if seeds is not None else noise if noise is not None else GeneratorNoise(generator)
     return source(like, -1) * prior_std(schedule, t, data_std)
 
 

@@ -22,7 +22,7 @@ from ..denoisers import Denoiser
 from ..noise import NoiseSource, as_noise
 from ..samplers import DDIM
 from ..samplers.base import ByIdentity, Plan, Sampler
-from ..sampling import planned, prior_std, sample
+from ..sampling import planned, prior_sample, sample
 from .guidance import gaussian_posterior_var
 from .result import Solution
 from .operators import Operator
@@ -102,8 +102,8 @@ def daps(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: flo
                    ode_steps, data_var)
     ts = torch.as_tensor(ts, dtype=torch.float64)
     noise = as_noise(noise)
-    like = torch.empty((num, *operator.shape), dtype=dtype, device=device)
-    x = noise(like, -1) * prior_std(denoiser.schedule, float(ts[0]), data_var ** 0.5)  # step -1: the prior draw
+    x = prior_sample(denoiser.schedule, (num, *operator.shape), t=float(ts[0]), data_std=data_var ** 0.5, noise=noise,
+                     dtype=dtype, device=device)
     with torch.no_grad():
         out = sample(denoiser, sampler, ts, x, noise=noise, progress=progress, callback=callback)
     return Solution(out.x, out.nfe, "daps")

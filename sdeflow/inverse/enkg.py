@@ -29,7 +29,7 @@ import torch
 from ..denoisers import Denoiser
 from ..noise import NoiseSource, as_noise
 from ..samplers import DDIM
-from ..sampling import prior_std, sample
+from ..sampling import prior_sample, sample
 from .guidance import gaussian_posterior_var
 from .operators import Operator
 from .result import Solution
@@ -105,8 +105,8 @@ def enkg(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_std: flo
                       f"{m} measured values: use more particles than measured values (num >= {m + 1})",
                       RuntimeWarning, stacklevel=3)
     noise = as_noise(noise)
-    x = noise(torch.empty((num, *operator.shape), dtype=dtype, device=device), -1) \
-        * prior_std(sched, float(ts[0]), data_var ** 0.5)
+    x = prior_sample(sched, (num, *operator.shape), t=float(ts[0]), data_std=data_var ** 0.5, noise=noise, dtype=dtype,
+                     device=device)
     post = EnsembleKalman(denoiser, operator, y, noise_std, gamma=gamma, data_var=data_var)
     out = sample(post, DDIM(), ts, x, noise=noise, progress=progress, callback=callback)
     return Solution(out.x, out.nfe, "enkg")

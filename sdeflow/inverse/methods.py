@@ -19,7 +19,7 @@ from ..denoisers import Denoiser
 from ..grids import DEFAULT_SIGMA_MIN, check_grid, default_t_min, karras_grid
 from ..names import NameTable
 from ..noise import GeneratorNoise, NoiseSource
-from ..sampling import prior_std, sample
+from ..sampling import prior_sample, sample
 from .daps import daps
 from .dpnp import dpnp
 from .enkg import enkg
@@ -40,8 +40,8 @@ def _transform(name):
         from ..samplers import DDIM
 
         post = TRANSFORMS[name](denoiser, operator, y, noise_std, **options)
-        like = torch.empty((num, *operator.shape), dtype=dtype, device=device)
-        x_init = noise(like, -1) * prior_std(denoiser.schedule, float(ts[0]), 1.0)  # step -1: the prior draw
+        x_init = prior_sample(denoiser.schedule, (num, *operator.shape), t=float(ts[0]), data_std=1.0, noise=noise,
+                              dtype=dtype, device=device)
         result = sample(post, sampler or DDIM(eta=1.0), ts, x_init, noise=noise, progress=progress, callback=callback)
         return Solution(result.x, result.nfe, name)
     run.wraps = TRANSFORMS[name]  # what the entry runs (the registration test reads it)

@@ -44,7 +44,7 @@ from ..denoisers import Denoiser
 from ..noise import NoiseSource, as_noise
 from ..samplers import DDIM
 from ..samplers.base import ByIdentity, Plan, Sampler
-from ..sampling import prior_std, sample
+from ..sampling import prior_sample, sample
 from ..shapes import as_time
 from .guidance import PosteriorDenoiser
 from .result import Solution
@@ -184,8 +184,8 @@ def ddrm(denoiser: Denoiser, operator: LinearOperator, y: torch.Tensor, noise_st
     sampler = DDRM(operator, torch.as_tensor(y, dtype=dtype, device=device), noise_std, eta, eta_b)
     ts = torch.as_tensor(ts, dtype=torch.float64)
     noise = as_noise(noise)
-    like = torch.empty((num, *operator.shape), dtype=dtype, device=device)
-    x = noise(like, -1) * prior_std(denoiser.schedule, float(ts[0]), 1.0)  # step -1: the prior draw
+    x = prior_sample(denoiser.schedule, (num, *operator.shape), t=float(ts[0]), data_std=1.0, noise=noise, dtype=dtype,
+                     device=device)
     with torch.no_grad():
         out = sample(denoiser, sampler, ts, x, cond=cond, noise=noise, progress=progress, callback=callback)
     return Solution(out.x, out.nfe, "ddrm")

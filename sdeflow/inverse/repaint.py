@@ -18,7 +18,7 @@ from ..denoisers import Denoiser
 from ..noise import NoiseSource, as_noise
 from ..samplers import DDPM
 from ..samplers.recurrent import Recurrent
-from ..sampling import prior_std, sample
+from ..sampling import prior_sample, sample
 from .operators import Mask
 from .result import Solution
 
@@ -48,7 +48,7 @@ def repaint(denoiser: Denoiser, operator: Mask, y: torch.Tensor, ts: torch.Tenso
     y = torch.as_tensor(y, dtype=dtype, device=device).expand(num, -1)
     keep = operator.adjoint(torch.ones_like(y)).bool()  # (num, *shape)
     noise = as_noise(noise)
-    x = noise(torch.empty((num, *operator.shape), dtype=dtype, device=device), -1) * prior_std(sched, float(ts[0]), 1.0)
+    x = prior_sample(sched, (num, *operator.shape), t=float(ts[0]), data_std=1.0, noise=noise, dtype=dtype, device=device)
     sampler = Recurrent(DDPM(), resample, project=KnownEntries(sched, operator.adjoint(y), keep))
     with torch.no_grad():
         out = sample(denoiser, sampler, ts, x, cond=cond, noise=noise, progress=progress, callback=callback)

@@ -36,7 +36,7 @@ from ..denoisers import Denoiser
 from ..noise import NoiseSource, as_noise
 from ..run import Run, integrate, run_local
 from ..samplers.base import ByIdentity, Plan, Sampler
-from ..sampling import planned, prior_std
+from ..sampling import planned, prior_sample
 from .guidance import gaussian_posterior_var
 from .operators import Operator
 from .result import Solution
@@ -178,8 +178,8 @@ def twisted_smc(denoiser: Denoiser, operator: Operator, y: torch.Tensor, noise_s
     plan = planned(sampler, denoiser.schedule, ts)
     k = int(num_particles)
     noise = as_noise(noise)
-    like = torch.empty((k, *operator.shape), dtype=dtype, device=device)
-    x = noise(like, -1) * prior_std(denoiser.schedule, plan.t[0], data_var ** 0.5)  # step -1: the prior draw
+    x = prior_sample(denoiser.schedule, (k, *operator.shape), t=plan.t[0], data_std=data_var ** 0.5, noise=noise,
+                     dtype=dtype, device=device)
     run = Run(denoiser, noise=noise, progress=progress, total=plan.nfe, desc="smc", callback=callback)
     x, _ = integrate(run, sampler, plan, x)
     run.finish(x, plan)
