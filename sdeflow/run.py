@@ -220,7 +220,7 @@ class StepNoise:
     def uniform(self, draw: int) -> float:
         """One uniform number in (0, 1) from this step's draw ``draw`` (its first value): the offset of
         systematic resampling, shared by the batch."""
-        z = float(self.source(self.x, self.step, draw).reshape(-1)[0])
+        z = float(self.source(self.x.new_empty(self.x.shape[:1]), self.step, draw)[0])  # one value per sample
         return min(max(0.5 * (1.0 + math.erf(z / math.sqrt(2.0))), 1e-12), 1 - 1e-12)
 
 
