@@ -110,12 +110,12 @@ def run_restore(args) -> dict:
         if out.lower().endswith(".npz"):
             save_npz(out, input=x_true.numpy(), measurement=y.numpy(), samples=sol.x.numpy())
         else:
-            _picture(out, x_true, shown[0].reshape(model.shape), x, mean, args)
+            _picture(out, x_true, shown[0].reshape(model.shape), x, mean, args, sol.nfe)
         print(f"  wrote {out}")
     return report
 
 
-def _picture(path, x_true, shown, x, mean, args, columns: int = 8):
+def _picture(path, x_true, shown, x, mean, args, nfe: int, columns: int = 8):
     """Truth, measurement (back-projected), the samples and their mean, each titled (with its PSNR)."""
     from .demo import pyplot_module, save_figure, show_image
 
@@ -131,7 +131,7 @@ def _picture(path, x_true, shown, x, mean, args, columns: int = 8):
     for ax, (img, title) in zip(axes.flat, panels):
         show_image(ax, img)
         ax.set_title(title, fontsize=8)
-    fig.suptitle(f"{args.method} on {args.operator}, noise {args.noise_std}, NFE {args.nfe}", fontsize=9)
+    fig.suptitle(f"{args.method} on {args.operator}, noise {args.noise_std}, NFE {nfe}", fontsize=9)
     save_figure(fig, path)
 
 
