@@ -24,7 +24,7 @@ def sample_seed(seed: int, i: int) -> int:
 def generate(denoiser: Denoiser, sampler, ts: torch.Tensor, shape: tuple[int, ...], num: int, *, seed: int = 0,
              labels: torch.Tensor | None = None, batch_size: int = 256, noise: str = "seeded", rank: int = 0,
              world: int = 1, progress: bool = False, device=None, dtype=torch.float32,
-             first: int = 0) -> dict[int, torch.Tensor]:
+             first: int = 0, teleport=None) -> dict[int, torch.Tensor]:
     """``{chunk index: samples}`` for the chunks of this process (all of them when ``world == 1``).
 
     Args:
@@ -34,6 +34,8 @@ def generate(denoiser: Denoiser, sampler, ts: torch.Tensor, shape: tuple[int, ..
         noise: ``"seeded"`` (per-sample seeds) or ``"brownian"`` (per-sample Brownian trees).
         first: the index of the first sample (the samples ``first .. first + num - 1`` of the run
             seeded ``seed``: a run made in parts gives the samples of one run made at once).
+        teleport: a :class:`~sdeflow.teleport.Teleport`: each sample's noise starts at ``ts[0]`` where the
+            data's Gaussian carries it (``teleport.start``) instead of as a draw from the prior there.
     """
     if noise not in ("seeded", "brownian"):
         raise ValueError(f"noise must be 'seeded' or 'brownian' for sharded generation, got {noise!r}")
@@ -48,7 +50,11 @@ def generate(denoiser: Denoiser, sampler, ts: torch.Tensor, shape: tuple[int, ..
     out = {}
     for k, lo, hi in mine:
         seeds = [sample_seed(seed, first + i) for i in range(lo, hi)]
-        x_init = prior_sample(denoiser.schedule, (hi - lo, *shape), t=t_start, seeds=seeds, dtype=dtype, device=device)
+        if teleport is None:
+            x_init = prior_sample(denoiser.schedule, (hi - lo, *shape), t=t_start, seeds=seeds, dtype=dtype, device=device)
+        else:
+            z = SeededNoise(seeds)(torch.empty((hi - lo, *shape), dtype=dtype, device=device), -1)  # prior_sample's draw
+            x_init = teleport.start(z, denoiser.schedule, t_start)
         cond = {} if labels is None else {"label": labels[lo:hi].to(x_init.device)}
         source = SeededNoise(seeds) if noise == "seeded" else BrownianTreeNoise(seeds)
         with torch.no_grad():

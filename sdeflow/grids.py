@@ -225,33 +225,50 @@ def _named():
     from .names import NameTable
 
     return NameTable("grid", {
-        "auto": (lambda n, schedule: auto_grid(n, schedule),
+        "auto": (lambda n, schedule, t_max=None: auto_grid(n, schedule, t_max=t_max),
                  "sdeflow's few-step default: polyexponential in the noise level, ending higher as the budget shrinks"),
-        "uniform": (lambda n, schedule: within_domain(lambda k, lo: uniform_grid(k, t_min=lo), n, schedule), "uniform in t"),
-        "quadratic": (lambda n, schedule: within_domain(lambda k, lo: quadratic_grid(k, t_min=lo), n, schedule),
-                      "quadratic in t (DDIM's quadratic spacing)"),
-        "logsnr": (lambda n, schedule: logsnr_grid(n, schedule), "uniform in logSNR (DPM-Solver's default)"),
-        "karras": (lambda n, schedule: karras_grid(n, schedule), "Karras et al.'s rho = 7 spacing of the noise level"),
-        "polyexponential": (lambda n, schedule: polyexponential_grid(n, schedule, rho=2.0), "k-diffusion's polyexponential, rho = 2"),
-        "shifted": (lambda n, schedule: shift_grid(uniform_grid(n), 3.0), "uniform in t shifted by 3 (SD3's flow resolution shift)"),
-        "linspace": (lambda n, schedule: discrete_grid(n, schedule, "linspace"), "a discrete schedule's indices, linspace spacing"),
-        "leading": (lambda n, schedule: discrete_grid(n, schedule, "leading", steps_offset=1),
+        "uniform": (lambda n, schedule, t_max=None: within_domain(lambda k, lo: uniform_grid(k, t_max=t_max or 1.0, t_min=lo),
+                                                                  n, schedule), "uniform in t"),
+        "quadratic": (lambda n, schedule, t_max=None: within_domain(
+            lambda k, lo: quadratic_grid(k, t_max=t_max or 1.0, t_min=lo), n, schedule), "quadratic in t (DDIM's quadratic spacing)"),
+        "logsnr": (lambda n, schedule, t_max=None: logsnr_grid(n, schedule, t_max=t_max), "uniform in logSNR (DPM-Solver's default)"),
+        "karras": (lambda n, schedule, t_max=None: karras_grid(n, schedule, t_max=t_max),
+                   "Karras et al.'s rho = 7 spacing of the noise level"),
+        "polyexponential": (lambda n, schedule, t_max=None: polyexponential_grid(n, schedule, rho=2.0, t_max=t_max),
+                            "k-diffusion's polyexponential, rho = 2"),
+        "shifted": (_top_only(lambda n, schedule: shift_grid(uniform_grid(n), 3.0)),
+                    "uniform in t shifted by 3 (SD3's flow resolution shift)"),
+        "linspace": (_top_only(lambda n, schedule: discrete_grid(n, schedule, "linspace")),
+                     "a discrete schedule's indices, linspace spacing"),
+        "leading": (_top_only(lambda n, schedule: discrete_grid(n, schedule, "leading", steps_offset=1)),
                     "a discrete schedule's indices, leading spacing with steps_offset 1"),
-        "trailing": (lambda n, schedule: discrete_grid(n, schedule, "trailing"), "a discrete schedule's indices, trailing spacing"),
+        "trailing": (_top_only(lambda n, schedule: discrete_grid(n, schedule, "trailing")),
+                     "a discrete schedule's indices, trailing spacing"),
     })
 
 
-#: Grids by name: ``(n_steps, schedule) -> ts`` (a :class:`~sdeflow.names.NameTable`). Discrete spacings need a
-#: discrete schedule.
+def _top_only(make):
+    """A grid whose spacing fixes its own start: it takes no ``t_max``."""
+    def grid(n, schedule, t_max=None):
+        if t_max is not None:
+            raise ValueError("this grid fixes its own start and takes no t_max (a teleported run starts below the top: use "
+                             "auto, uniform, quadratic, logsnr, karras or polyexponential)")
+        return make(n, schedule)
+    return grid
+
+
+#: Grids by name: ``(n_steps, schedule, t_max=None) -> ts`` (a :class:`~sdeflow.names.NameTable`). Discrete spacings
+#: need a discrete schedule; they and ``shifted`` fix their own start (no ``t_max``).
 GRIDS = _named()
 
 
-def parse_grid(text: str, n: int, schedule: Schedule) -> torch.Tensor:
-    """A grid name from :data:`GRIDS`, or a user array of decreasing times ``"1,0.6,0.3,0"``."""
+def parse_grid(text: str, n: int, schedule: Schedule, t_max: float | None = None) -> torch.Tensor:
+    """A grid name from :data:`GRIDS` (starting at ``t_max`` when given, for the grids that take one), or a
+    user array of decreasing times ``"1,0.6,0.3,0"``."""
     if "," in text:
         try:
             values = [float(v) for v in text.split(",")]
         except ValueError:
             raise ValueError(f"a user grid is comma-separated numbers, got {text!r}") from None
         return check_grid(values)
-    return GRIDS.lookup(text)(n, schedule)
+    return GRIDS.lookup(text)(n, schedule) if t_max is None else GRIDS.lookup(text)(n, schedule, t_max=t_max)

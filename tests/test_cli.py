@@ -168,6 +168,14 @@ def _bad_inputs(tmp):
         ("guidance-option", ["sample", "--guidance", "3", "--guidance-option", "eta", "--out", ""]),
         ("guidance-option-unknown", ["sample", "--guidance", "3", "--guidance-option", "foo=1", "--out", ""]),
         ("guidance-cfgpp-scale", ["sample", "--guidance", "3", "--guidance-method", "cfg++", "--out", ""]),
+        ("teleport-time", ["sample", "--teleport", "2", "--out", ""]),
+        ("teleport-word", ["sample", "--teleport", "soon", "--out", ""]),
+        ("teleport-user-grid", ["sample", "--problem", "ring-2d", "--teleport", "auto", "--grid", "1,0.5,0", "--out", ""]),
+        ("teleport-data-alone", ["sample", "--teleport-data", str(tmp / "afile"), "--out", ""]),
+        ("teleport-fixed-start-grid", ["sample", "--problem", "ring-2d", "--teleport", "0.5", "--grid", "shifted",
+                                       "--out", ""]),
+        ("teleport-data-garbled", ["sample", "--checkpoint", "moons", "--teleport", "auto", "--teleport-data",
+                                   str(tmp / "afile"), "--out", ""]),
         ("guidance-cfgpp-sampler", ["sample", "--guidance", "0.5", "--guidance-method", "cfg++", "--sampler", "rk45",
                                     "--out", ""]),
         ("guidance-unlabelled", ["sample", "--checkpoint", "moons", "--guidance", "3", "--out", ""]),
@@ -340,3 +348,26 @@ def test_edit_moves_digits_to_the_target_class(tmp_path, capsys):
     assert np.sqrt(((arrays["flowedit"] - arrays["input"]) ** 2).mean()) > 0.1
     with Image.open(png) as img:
         assert img.size[0] > 400
+
+
+def test_teleport_skips_the_first_steps_and_stores_the_models_gaussian(tmp_path, capsys, monkeypatch):
+    """--teleport auto on an exact problem starts its grid below the top, spending the whole budget there; on a
+    checkpoint the fitted Gaussian is stored in the user folder (a shipped model) and read back the next time.
+    (What the skip buys is measured in tests/test_teleport.py.)"""
+    monkeypatch.setenv("SDEFLOW_HOME", str(tmp_path / "home"))
+    out = tmp_path / "r.npz"
+    assert main(["sample", "--problem", "ring-2d", "--teleport", "auto", "--nfe", "6", "--out", str(out), "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    t = float(said.split("teleported to t = ")[1].split()[0].rstrip(","))
+    assert 0.3 < t < 1.0 and "NFE 6" in said
+    ts = np.load(out)["ts"]
+    assert ts[0] == pytest.approx(t, abs=1e-4) and ts[-1] == 0.0 and len(ts) == 7
+    assert main(["sample", "--checkpoint", "moons", "--teleport", "0.7", "--nfe", "4", "-n", "16", "--out", "",
+                 "--no-progress"]) == 0
+    assert "teleported to t = 0.7" in capsys.readouterr().out
+    stored = tmp_path / "home" / "tuned" / "moons.teleport.safetensors"
+    assert stored.exists()
+    before = stored.stat().st_mtime_ns
+    assert main(["sample", "--checkpoint", "moons", "--teleport", "0.7", "--nfe", "4", "-n", "16", "--out", "",
+                 "--no-progress"]) == 0
+    assert stored.stat().st_mtime_ns == before  # read back, not fitted again

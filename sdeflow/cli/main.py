@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "samples.npz for a problem; '' for none)")
     smp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     smp.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    smp.add_argument("--teleport", default=None, metavar="auto|T",
+                     help="skip the first steps exactly under the data's Gaussian: start the grid at time T, or at the "
+                     "time where the Gaussian explains 99%% of the model's field (auto; up to 24 evaluations of 200 "
+                     "draws); the grid's steps are spent below it (default: no skip)")
+    smp.add_argument("--teleport-data", default=None, metavar="FILE",
+                     help="the training data (.npy/.npz, raw units) to fit the model's Gaussian from, for checkpoints "
+                     "of data not bundled with sdeflow; it is stored beside the checkpoint")
     from ..guidance import METHODS
 
     g = smp.add_argument_group("guidance (class-conditional models and labelled problems)")

@@ -74,6 +74,44 @@ def use_tuned_grid(args, model) -> None:
     return tuned
 
 
+def check_teleport(args) -> None:
+    """Refuse ``--teleport`` settings that cannot work, before any model is loaded."""
+    args.t_skip = None
+    if args.teleport is None:
+        if getattr(args, "teleport_data", None):
+            raise ValueError("--teleport-data fits the Gaussian of --teleport; give --teleport auto or a time")
+        return
+    if args.teleport != "auto":
+        try:
+            t = float(args.teleport)
+        except ValueError:
+            raise ValueError(f"--teleport takes auto or a time in (0, 1), got {args.teleport!r}") from None
+        if not 0.0 < t < 1.0:
+            raise ValueError(f"--teleport takes auto or a time in (0, 1), got {args.teleport!r}")
+    if args.grid is not None and "," in args.grid:
+        raise ValueError("--teleport starts a named grid below the top; a user grid (--grid T0,T1,..) already says where "
+                         "it starts: leave --teleport out")
+
+
+def teleported(args, gauss, denoiser, sampler, schedule, steps, num_classes: int = 0):
+    """The run's start time and grid under ``--teleport``: ``auto`` asks the Gaussian where it explains 99%
+    of the model's field (200 draws of a seed of their own, the classes in turn for a class-conditional
+    model), a number is the time itself."""
+    from ..grids import start_time
+    from ..sampling import planned
+
+    args.top = start_time(schedule)
+    if args.teleport == "auto":
+        z = torch.randn(200, *gauss.shape, generator=torch.Generator().manual_seed(args.seed + 7919))
+        cond = {"label": torch.arange(200) % num_classes} if num_classes else None
+        t_skip, _ = gauss.choose_time(denoiser, z.to(next(iter(denoiser.parameters()), z).device), cond=cond)
+    else:
+        t_skip = min(float(args.teleport), start_time(schedule))
+    ts = parse_grid(args.grid, steps, schedule, t_max=t_skip)
+    planned(sampler, schedule, ts)
+    return t_skip, ts
+
+
 def noise_source(args, gen):
     """The ``--noise`` choice; per-sample seeds are derived from ``--seed``."""
     seeds = [args.seed * 1_000_003 + b for b in range(args.num)]
@@ -167,6 +205,14 @@ def apply_guidance(args, denoiser, sampler, model_name: str | None, device="cpu"
     return g, sampler
 
 
+def _teleport_note(args) -> str:
+    if args.t_skip is None:
+        return ""
+    if float(args.ts[0]) >= args.top:
+        return ", no teleport (below the top the Gaussian explains less than 99% of the field)"
+    return f", teleported to t = {args.t_skip:.4g}"
+
+
 def _forwards_note(g, samples: int) -> str:
     forwards = getattr(g, "forwards", None)
     if not forwards:
@@ -177,6 +223,7 @@ def _forwards_note(g, samples: int) -> str:
 def run_sample(args) -> dict:
     args.nfe_given = args.nfe is not None
     check_guidance(args)
+    check_teleport(args)
     if args.problem is not None:
         if args.checkpoint is not None:
             raise ValueError("give either --checkpoint (a model) or --problem (an exact mixture), not both")
@@ -201,14 +248,23 @@ def _sample_problem(args) -> dict:
     if args.guidance is not None and GUIDANCE_METHODS.info(args.guidance_method).model == "classifier":
         raise ValueError(f"{args.guidance_method} on a problem: in Python, pass the oracle's exact classifier, "
                          "mixture.classifier(schedule), to sdeflow.guidance.guided")
+    gauss = None
+    if args.teleport is not None:
+        from ..teleport import Teleport
+
+        gauss = Teleport.from_moments(mixture.mean().reshape(shape), mixture.covariance())
+        args.t_skip, ts = teleported(args, gauss, mixture.denoiser(schedule), sampler, schedule, steps)
     args.ts = ts
     denoiser, sampler = apply_guidance(args, mixture.denoiser(schedule), sampler, None)
     gen = torch.Generator().manual_seed(args.seed)
-    x_init, _ = mixture.sample_t(args.num, schedule, float(ts[0]), gen)
+    if gauss is None:
+        x_init, _ = mixture.sample_t(args.num, schedule, float(ts[0]), gen)
+    else:
+        x_init = gauss.start(torch.randn(args.num, *shape, generator=gen, dtype=torch.float64), schedule, args.t_skip)
     result = sample(denoiser, sampler, ts, x_init.float().reshape(args.num, *shape), cond={"label": labels},
                     noise=noise_source(args, gen), progress=args.progress and sys.stderr.isatty())
     print(f"{args.num} samples of {args.problem} with {args.sampler} on {args.schedule}: "
-          f"{steps} step{'s' if steps != 1 else ''}, NFE {result.nfe}"
+          f"{steps} step{'s' if steps != 1 else ''}, NFE {result.nfe}" + _teleport_note(args)
           + _forwards_note(denoiser, args.num))
     for out in outs:
         if out.lower().endswith(".npz"):
@@ -271,12 +327,18 @@ def _sample_model(args) -> dict:
     labels = parse_labels(args.label, args.num, model.num_classes)
     if args.guidance is not None and model.num_classes == 0:
         raise ValueError("--guidance needs a class-conditional model; this one is unconditional")
+    gauss = None
+    if args.teleport is not None:
+        from ..tuning.gaussian import model_gaussian
+
+        gauss = model_gaussian(model, args.teleport_data)
+        args.t_skip, ts = teleported(args, gauss, model.denoiser, sampler, schedule, steps, model.num_classes)
     args.ts = ts
     name = args.checkpoint or "digits"
     denoiser, sampler = apply_guidance(args, model.denoiser, sampler, model.shipped, dist.device)
     chunks = generate(denoiser, sampler, ts, model.shape, args.num, seed=args.seed, labels=labels,
                       batch_size=args.batch_size, noise=args.noise, rank=dist.rank, world=dist.world,
-                      progress=args.progress and dist.main and sys.stderr.isatty(), device=dist.device)
+                      progress=args.progress and dist.main and sys.stderr.isatty(), device=dist.device, teleport=gauss)
     x = gather(chunks, dist.world)
     if dist.main:
         nfe = sampler.prepare(schedule, ts).nfe if not sampler.adaptive else "adaptive"
@@ -285,7 +347,7 @@ def _sample_model(args) -> dict:
         mine = sum(len(c) for c in chunks.values())  # this process's samples (all of them on one process)
         fitted = " (fitted coefficients)" if tuned is not None and tuned.shift is not None else ""
         print(f"{args.num} samples of {name} with {args.sampler}{fitted}{guide}, {steps} step{'s' if steps != 1 else ''}, NFE {nfe}{procs}"
-              + _forwards_note(denoiser, mine))
+              + _teleport_note(args) + _forwards_note(denoiser, mine))
         for out in outs:
             if out.lower().endswith(".npz"):
                 raw = x * (1.0 / model.meta["data"]["scale"]) - model.meta["data"]["shift"] / model.meta["data"]["scale"]
