@@ -35,6 +35,10 @@ from .schedules import Schedule
 from .shapes import as_time
 
 
+#: The normal bundle's singular-value gap (in log) below which there is no normal space.
+NORMAL_GAP = 2.302585092994046  # log(10)
+
+
 def model_score(denoiser, x_t: torch.Tensor, t: float, cond: dict | None = None) -> torch.Tensor:
     """``(alpha x_hat(x_t) - x_t) / sigma^2`` at time ``t``, differentiable in ``x_t``."""
     schedule = denoiser.schedule
@@ -127,7 +131,8 @@ def intrinsic_dimension(denoiser, x: torch.Tensor, t: float, *, method: str = "f
     ``method="flipd"``: ``D + sigma_t^2 tr grad s(alpha_t x, t)`` (trace exact, or with ``probes`` Hutchinson
     probes). ``method="normal"``: the scores at ``copies`` (default ``4 D``) noised copies
     ``alpha_t x + sigma_t z``, centred, span the normal space; the dimension is ``D`` minus the position
-    of the largest gap in their singular values."""
+    of the largest gap in their singular values, or ``D`` when no gap exceeds a factor ``e^NORMAL_GAP``
+    (10: no direction is normal at this noise level)."""
     schedule = denoiser.schedule
     a, s = float(schedule.alpha(as_time(t))), float(schedule.sigma(as_time(t)))
     b, d = x.shape[0], x[0].numel()
@@ -149,7 +154,7 @@ def intrinsic_dimension(denoiser, x: torch.Tensor, t: float, *, method: str = "f
                 scores = model_score(denoiser, a * x[i:i + 1] + s * z, t, c).reshape(k, -1)
             sv = torch.linalg.svdvals(scores - scores.mean(0))  # the spread: the point's own offset is one shared row
             gaps = torch.log(sv[:-1].clamp_min(1e-300)) - torch.log(sv[1:].clamp_min(1e-300))
-            normal = int(torch.argmax(gaps)) + 1
+            normal = int(torch.argmax(gaps)) + 1 if float(gaps.max()) > NORMAL_GAP else 0
             out.append(float(d - normal))
         return torch.tensor(out, dtype=torch.float64)
     raise ValueError(f"method must be 'flipd' or 'normal', got {method!r}")

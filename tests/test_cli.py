@@ -168,6 +168,11 @@ def _bad_inputs(tmp):
         ("guidance-option", ["sample", "--guidance", "3", "--guidance-option", "eta", "--out", ""]),
         ("guidance-option-unknown", ["sample", "--guidance", "3", "--guidance-option", "foo=1", "--out", ""]),
         ("guidance-cfgpp-scale", ["sample", "--guidance", "3", "--guidance-method", "cfg++", "--out", ""]),
+        ("diagnose-both", ["diagnose", "--checkpoint", "moons", "--problem", "ring-2d", "--out", ""]),
+        ("diagnose-schedule", ["diagnose", "--schedule", "edm", "--out", ""]),
+        ("diagnose-num", ["diagnose", "--problem", "ring-2d", "-n", "1", "--out", ""]),
+        ("diagnose-probes", ["diagnose", "--problem", "ring-2d", "--probes", "0", "--out", ""]),
+        ("diagnose-out", ["diagnose", "--problem", "ring-2d", "--out", unwritable]),
         ("teleport-time", ["sample", "--teleport", "2", "--out", ""]),
         ("teleport-word", ["sample", "--teleport", "soon", "--out", ""]),
         ("teleport-user-grid", ["sample", "--problem", "ring-2d", "--teleport", "auto", "--grid", "1,0.5,0", "--out", ""]),
@@ -371,3 +376,20 @@ def test_teleport_skips_the_first_steps_and_stores_the_models_gaussian(tmp_path,
     assert main(["sample", "--checkpoint", "moons", "--teleport", "0.7", "--nfe", "4", "-n", "16", "--out", "",
                  "--no-progress"]) == 0
     assert stored.stat().st_mtime_ns == before  # read back, not fitted again
+
+
+def test_diagnose_finds_the_exact_answers_on_an_exact_problem(tmp_path, capsys):
+    """On the exact ring the score solves the Fokker-Planck equation and is a gradient field at every level,
+    the data are 2-dimensional, and the Gaussian explains the field at the highest level; the picture is
+    written."""
+    from sdeflow.cli.diagnose_cmd import run_diagnose
+    from sdeflow.cli.main import build_parser
+
+    args = build_parser().parse_args(["diagnose", "--problem", "ring-2d", "--levels", "5", "--out", str(tmp_path / "d.png")])
+    got = run_diagnose(args)
+    assert len(got["rows"]) == 5
+    for _, level, fp, asym, explained in got["rows"]:
+        assert fp < 1e-5 and asym < 1e-12
+    assert got["rows"][0][4] > 0.999
+    assert torch.allclose(got["flipd"], torch.full_like(got["flipd"], 2.0), atol=0.05)
+    assert (tmp_path / "d.png").exists() and "intrinsic dimension" in capsys.readouterr().out

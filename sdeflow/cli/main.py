@@ -118,9 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .restore_cmd import add_restore_parser
 
     add_restore_parser(sub)
+    from .diagnose_cmd import add_diagnose_parser
     from .likelihood_cmd import add_likelihood_parser
 
     add_likelihood_parser(sub)
+    add_diagnose_parser(sub)
     from .edit_cmd import add_edit_parser
 
     add_edit_parser(sub)
@@ -229,6 +231,10 @@ def _run(args) -> int:
             from .likelihood_cmd import run_likelihood
 
             run_likelihood(args)
+        elif args.command == "diagnose":
+            from .diagnose_cmd import run_diagnose
+
+            run_diagnose(args)
         elif args.command == "tune":
             from .tune_cmd import run_tune
 
