@@ -186,3 +186,14 @@ def write_problem_plots(results, folder: str, plot_name, draw, ylabel: str) -> N
         fig.tight_layout()
         fig.savefig(os.path.join(folder, plot_name(prob)))
         plt.close(fig)
+
+
+def write_report(path: str, title: str, intro: str, *sections: list[str]) -> None:
+    """A Markdown report ``# title``, ``intro`` and the sections' lines, written atomically; says where."""
+    from sdeflow.files import atomic_write
+
+    text = [f"# {title}", "", intro, ""]
+    for lines in sections:
+        text += [*lines, ""]
+    atomic_write(path, lambda tmp: open(tmp, "w").write("\n".join(text)))
+    print(f"wrote {path}")

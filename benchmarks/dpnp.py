@@ -21,9 +21,11 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import write_report  # noqa: E402
 
 from sdeflow import GeneratorNoise, analytic, schedules  # noqa: E402
-from sdeflow.files import atomic_write  # noqa: E402
 from sdeflow.inverse import Matrix  # noqa: E402
 from sdeflow.inverse.dpnp import dpnp  # noqa: E402
 from sdeflow.inverse.methods import default_grid  # noqa: E402
@@ -47,10 +49,8 @@ def main() -> None:
         err_cov = float((torch.cov(sol.x.T) - cov).norm() / cov.norm())
         rows.append(f"| {levels} | {steps} | {sol.nfe} | {err_mean:.3f} | {100 * err_cov:.1f}% |")
         print(rows[-1], flush=True)
-    text = ["# DPnP against an exact Gaussian posterior", "", "`python benchmarks/dpnp.py`; see its docstring. "
-            f"Monte Carlo floor of the mean error with {N} samples: {floor:.3f}.", "", *rows, ""]
-    atomic_write(OUT, lambda tmp: open(tmp, "w").write("\n".join(text)))
-    print(f"wrote {OUT}")
+    write_report(OUT, "DPnP against an exact Gaussian posterior", "`python benchmarks/dpnp.py`; see its docstring. "
+                 f"Monte Carlo floor of the mean error with {N} samples: {floor:.3f}.", rows)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,12 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import write_report  # noqa: E402
 
 from sdeflow import grids, sample, schedules  # noqa: E402
 from sdeflow.analytic import ring_2d  # noqa: E402
-from sdeflow.files import atomic_write  # noqa: E402
 from sdeflow.guidance import Guided  # noqa: E402
 from sdeflow.samplers import DPMSolverPP, HeavyBall  # noqa: E402
 
@@ -50,11 +52,9 @@ def main() -> None:
                         for make in SAMPLERS.values()]
                 rows.append(f"| {sname} | {w:g} | {nfe} | " + " | ".join(f"{e:.3g}" for e in errs) + " |")
                 print(rows[-1], flush=True)
-    text = ["# Heavy-ball momentum under strong guidance", "",
-            "`python benchmarks/heavy_ball.py`; see its docstring. RMS error to the reference solve (lower is better).",
-            "", *rows, ""]
-    atomic_write(OUT, lambda tmp: open(tmp, "w").write("\n".join(text)))
-    print(f"wrote {OUT}")
+    write_report(OUT, "Heavy-ball momentum under strong guidance",
+                 "`python benchmarks/heavy_ball.py`; see its docstring. RMS error to the reference solve (lower is better).",
+                 rows)
 
 
 if __name__ == "__main__":

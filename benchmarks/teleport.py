@@ -22,9 +22,11 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import write_report  # noqa: E402
 
 from sdeflow import grids, sample, schedules  # noqa: E402
-from sdeflow.files import atomic_write  # noqa: E402
 from sdeflow.registry import PROBLEMS, SAMPLERS  # noqa: E402
 from sdeflow.samplers import DPMSolverPP  # noqa: E402
 from sdeflow.teleport import Teleport  # noqa: E402
@@ -69,13 +71,11 @@ def main() -> None:
                       .norm(dim=1).pow(2).mean().sqrt()) for n in (6, 10)]
         sweep.append(f"| {t:.3f} | {tp.explained(den, t, z_other):.4f} | {errs[0]:.3g} | {errs[1]:.3g} |")
         print(sweep[-1], flush=True)
-    text = ["# Teleportation at equal NFE", "", "`python benchmarks/teleport.py`; see its docstring. Each cell: RMS "
-            "endpoint error from the top / from `t_skip` (lower is better).", "", *rows, "",
-            "## Deeper skips", "", "64-D mixture, DDPM: `unipc-bh2` on the logSNR grid from each candidate time of "
-            "`choose_time` (24 candidates), with the fraction of the field the Gaussian explains there (500 other draws).",
-            "", *sweep, ""]
-    atomic_write(OUT, lambda tmp: open(tmp, "w").write("\n".join(text)))
-    print(f"wrote {OUT}")
+    write_report(OUT, "Teleportation at equal NFE", "`python benchmarks/teleport.py`; see its docstring. Each cell: RMS "
+                 "endpoint error from the top / from `t_skip` (lower is better).", rows,
+                 ["## Deeper skips", "", "64-D mixture, DDPM: `unipc-bh2` on the logSNR grid from each candidate time of "
+                  "`choose_time` (24 candidates), with the fraction of the field the Gaussian explains there (500 other "
+                  "draws).", "", *sweep])
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import time
 import torch
 
 from ..registry import PROBLEMS, SCHEDULES, lookup
+from .args import model_or_problem_flags
 
 
 def add_diagnose_parser(sub) -> None:
@@ -25,12 +26,7 @@ def add_diagnose_parser(sub) -> None:
                        "gradient field) and how much of it the data's Gaussian explains; then the intrinsic dimension "
                        "of the data near clean points and the time teleportation may skip to. Exact problems give "
                        "the exact answers (0, 0, and the problem's own dimension).")
-    p.add_argument("--checkpoint", default=None, metavar="NAME|PATH",
-                   help="a shipped model or a checkpoint of a bundled dataset (default: shipped:digits)")
-    p.add_argument("--problem", default=None, choices=list(PROBLEMS), metavar="NAME",
-                   help=f"an exact problem instead: one of {', '.join(PROBLEMS)}")
-    p.add_argument("--schedule", default=None, choices=list(SCHEDULES), metavar="NAME",
-                   help="schedule of a problem (default: vp-linear)")
+    model_or_problem_flags(p, "a shipped model or a checkpoint of a bundled dataset", "an exact problem instead")
     p.add_argument("-n", "--num", dest="num", type=int, default=32, help="data points per noise level (default: 32)")
     p.add_argument("--levels", type=int, default=8, help="noise levels (default: 8)")
     p.add_argument("--probes", type=int, default=None,

@@ -14,6 +14,7 @@ import torch
 
 from ..likelihood import METHODS, PROBES, TRACES, log_likelihood
 from ..registry import PROBLEMS, SCHEDULES, lookup
+from .args import model_or_problem_flags
 
 
 def add_likelihood_parser(sub) -> None:
@@ -21,12 +22,8 @@ def add_likelihood_parser(sub) -> None:
                        description="Integrate the probability-flow ODE from the data to noise with its divergence "
                        "(exact trace or Hutchinson's estimator) and print the negative log-likelihood in nats and "
                        "bits per dimension, with standard errors and the evaluations spent.")
-    p.add_argument("--checkpoint", default=None, metavar="NAME|PATH",
-                   help="a shipped model, a checkpoint .safetensors or a training run folder (default: shipped:digits)")
-    p.add_argument("--problem", default=None, choices=list(PROBLEMS), metavar="NAME",
-                   help=f"an exact problem instead of a model (the exact density is printed too): one of {', '.join(PROBLEMS)}")
-    p.add_argument("--schedule", default=None, choices=list(SCHEDULES), metavar="NAME",
-                   help=f"schedule of a problem: one of {', '.join(SCHEDULES)} (default: vp-linear)")
+    model_or_problem_flags(p, "a shipped model, a checkpoint .safetensors or a training run folder",
+                           "an exact problem instead of a model (the exact density is printed too)")
     p.add_argument("-n", "--num", dest="num", type=int, default=32, help="number of data points (default: 32)")
     p.add_argument("--trace", default=None, choices=TRACES,
                    help="exact trace or Hutchinson's estimator (default: exact for problems up to 64 dimensions "
