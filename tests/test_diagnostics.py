@@ -6,7 +6,7 @@ import torch
 
 from sdeflow import analytic, schedules
 from sdeflow.denoisers import Denoiser
-from sdeflow.diagnostics import fokker_planck_residual, intrinsic_dimension, jacobian_asymmetry, model_score
+from sdeflow.diagnostics import fokker_planck_residual, intrinsic_dimension, jacobian_asymmetry, model_score, ode_sde_gap
 
 SCHEDULES = [schedules.VPLinear(), schedules.RectifiedFlow(), schedules.EDM()]
 
@@ -114,3 +114,13 @@ def test_bad_input_is_refused():
         fokker_planck_residual(den, x, 1.0)
     with pytest.raises(ValueError, match="method must be"):
         intrinsic_dimension(den, x, 0.01, method="pca")
+
+
+def test_the_ode_and_the_sde_of_a_true_score_agree_and_a_residual_parts_them():
+    """On the ring (VP, 4000 samples): the exact score's ODE and SDE samples are as close as two SDE runs
+    (measured 0.025 against 0.049), the perturbed score's ODE and SDE part (measured 0.73 against 0.07)."""
+    mix, sch = analytic.ring_2d(), schedules.VPLinear()
+    exact = ode_sde_gap(mix.denoiser(sch), (2,), 4000)
+    assert exact["gap"] < 2 * exact["floor"]
+    bad = ode_sde_gap(Perturbed(mix.denoiser(sch), 0.3), (2,), 4000)
+    assert bad["gap"] > 5 * bad["floor"] and bad["gap"] > 10 * exact["gap"]

@@ -37,7 +37,7 @@ SMALL = {
     "likelihood": ["-n", "4"],
     "edit": ["--steps", "4"],
     "demo": ["-n", "200", "--no-progress"],
-    "diagnose": ["-n", "2", "--levels", "2"],
+    "diagnose": ["-n", "2", "--levels", "2", "--gap-samples", "8"],
 }
 
 

@@ -31,6 +31,9 @@ def add_diagnose_parser(sub) -> None:
     p.add_argument("--levels", type=int, default=8, help="noise levels (default: 8)")
     p.add_argument("--probes", type=int, default=None,
                    help="Hutchinson probes for the divergence (default: exact up to 64 dimensions, else 8)")
+    p.add_argument("--gap-samples", type=int, default=1000,
+                   help="samples of the ODE-SDE gap (sliced W2 between the two, beside two SDE runs); 0 skips it "
+                   "(default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, noise and probes (default: 0)")
     p.add_argument("--out", default="diagnose.png", help="picture to write; '' for none (default: diagnose.png)")
 
@@ -43,6 +46,8 @@ def _check(args) -> None:
     for name in ("num", "levels"):
         if getattr(args, name) < 2:
             raise ValueError(f"--{name} must be >= 2, got {getattr(args, name)}")
+    if args.gap_samples < 0 or args.gap_samples == 1:
+        raise ValueError(f"--gap-samples must be 0 (skip) or >= 2, got {args.gap_samples}")
     if args.probes is not None and args.probes < 1:
         raise ValueError(f"--probes must be >= 1, got {args.probes}")
 
@@ -76,7 +81,7 @@ def _data(args):
 
 def run_diagnose(args) -> dict:
     from ..files import check_output
-    from ..diagnostics import fokker_planck_residual, intrinsic_dimension, jacobian_asymmetry
+    from ..diagnostics import fokker_planck_residual, intrinsic_dimension, jacobian_asymmetry, ode_sde_gap
     from ..grids import logsnr_grid, start_time
 
     _check(args)
@@ -102,6 +107,10 @@ def run_diagnose(args) -> dict:
                                   {k: v[:8] for k, v in cond.items()}, probes=probes, generator=gen)
            for m in ("flipd", "normal")}
     t_skip, _ = gauss.choose_time(denoiser, torch.randn(x.shape, generator=gen, dtype=torch.float64), cond=cond)
+    gap = None
+    if args.gap_samples:
+        labels = None if cond is None else {"label": torch.arange(args.gap_samples) % (int(cond["label"].max()) + 1)}
+        gap = ode_sde_gap(denoiser, tuple(x.shape[1:]), args.gap_samples, cond=labels, seed=args.seed)
     seconds = time.time() - start
     print(f"diagnose {name}: {len(x)} points per level, {d} dimensions, divergence "
           f"{'exact' if probes is None else f'by {probes} Hutchinson probes'}, {seconds:.1f} s")
@@ -111,12 +120,15 @@ def run_diagnose(args) -> dict:
         print(f"  {level:11.4g}  {fp:22.3g}  {asym:18.3g}  {ex:17.4f}")
     print(f"  intrinsic dimension at noise level 0.01 (median of 8 points): FLIPD {float(ids['flipd'].median()):.2f}, "
           f"normal bundle {float(ids['normal'].median()):.0f} (of {d})")
+    if gap is not None:
+        print(f"  ODE against SDE ({args.gap_samples} samples each, 40 and 100 evaluations): sliced W2 {gap['gap']:.3g}, "
+              f"two SDE runs {gap['floor']:.3g} (a true score: about equal)")
     skip = "no skip" if t_skip >= top else f"t = {t_skip:.4g} (noise level {float(schedule.noise_to_signal(torch.tensor(t_skip))):.3g})"
     print(f"  teleportation (the Gaussian explains 99% of the field above it): {skip}")
     if out:
         _picture(out, rows, name, ids, d)
         print(f"  wrote {out}")
-    return {"rows": rows, "flipd": ids["flipd"], "normal": ids["normal"], "t_skip": t_skip}
+    return {"rows": rows, "flipd": ids["flipd"], "normal": ids["normal"], "t_skip": t_skip, "gap": gap}
 
 
 def _picture(path, rows, name, ids, d) -> None:
