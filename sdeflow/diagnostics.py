@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import torch
 
+from .parameterizations import score_from_x_hat
 from .schedules import Schedule
 from .shapes import as_time
 
@@ -43,9 +44,7 @@ NORMAL_GAP = 2.302585092994046  # log(10)
 
 def model_score(denoiser, x_t: torch.Tensor, t: float, cond: dict | None = None) -> torch.Tensor:
     """``(alpha x_hat(x_t) - x_t) / sigma^2`` at time ``t``, differentiable in ``x_t``."""
-    schedule = denoiser.schedule
-    a, s = float(schedule.alpha(as_time(t))), float(schedule.sigma(as_time(t)))
-    return (a * denoiser(x_t, float(t), **(cond or {})) - x_t) / (s * s)
+    return score_from_x_hat(denoiser(x_t, float(t), **(cond or {})), x_t, denoiser.schedule, float(t))
 
 
 def sde_coefficients(schedule: Schedule, t: float) -> tuple[float, float]:

@@ -158,8 +158,7 @@ class Run:
 
     def uniform(self, batch: int, dtype=torch.float32, device=None) -> float:
         """One uniform number in (0, 1) from the next draw (e.g. the offset of systematic resampling)."""
-        z = float(self.fresh((batch,), dtype, device)[0])
-        return min(max(0.5 * (1.0 + math.erf(z / math.sqrt(2.0))), 1e-12), 1 - 1e-12)
+        return normal_to_uniform(float(self.fresh((batch,), dtype, device)[0]))
 
     # ------------------------------------------------------------------ per-run state and steps
     def local(self, owner: object, factory: Callable[[], Any] = dict) -> Any:
@@ -196,6 +195,11 @@ class Run:
                                  "(sample again with check_finite='full' to find the step)")
 
 
+def normal_to_uniform(z: float) -> float:
+    """The uniform number in (0, 1) a standard normal draw ``z`` maps to (its CDF, kept off 0 and 1)."""
+    return min(max(0.5 * (1.0 + math.erf(z / math.sqrt(2.0))), 1e-12), 1 - 1e-12)
+
+
 def run_local(owner: object, factory: Callable[[], Any] = dict) -> Any:
     """``owner``'s state in the active run (:meth:`Run.local`), or None outside any run."""
     run = _ACTIVE.get()
@@ -220,8 +224,7 @@ class StepNoise:
     def uniform(self, draw: int) -> float:
         """One uniform number in (0, 1) from this step's draw ``draw`` (its first value): the offset of
         systematic resampling, shared by the batch."""
-        z = float(self.source(self.x.new_empty(self.x.shape[:1]), self.step, draw)[0])  # one value per sample
-        return min(max(0.5 * (1.0 + math.erf(z / math.sqrt(2.0))), 1e-12), 1 - 1e-12)
+        return normal_to_uniform(float(self.source(self.x.new_empty(self.x.shape[:1]), self.step, draw)[0]))  # one per sample
 
 
 class Steps:
