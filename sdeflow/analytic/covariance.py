@@ -121,18 +121,24 @@ class LowRankPlusDiagonal(Covariance):
         self.diag, self.factor = diag, factor
         self.num_components, self.dim = diag.shape
         self.rank = factor.shape[2]
+        self._outer = None  # U U^T's entries per coordinate, (K, D, R^2), built at first use
 
     def noisy(self, alpha, sigma, r):
+        # Woodbury with E = alpha^2 diag + sigma^2 I: no (B, K, D, R) intermediate, so a batch costs
+        # O(B K D R^2) flops in a few matrix products (memory, not arithmetic, bounds the naive form).
         a2 = alpha[..., None] ** 2                           # (B, 1, 1)
-        e = a2 * self.diag + sigma[..., None] ** 2           # (B, K, D)
-        u_e = self.factor / e[..., None]                     # E^-1 U, (B, K, D, R)
-        cap = a2[..., None] * torch.einsum("kdr,bkdq->bkrq", self.factor, u_e)
-        cap = cap + torch.eye(self.rank, dtype=cap.dtype)
+        w = 1 / (a2 * self.diag + sigma[..., None] ** 2)     # E^-1, (B, K, D)
+        if self._outer is None:
+            self._outer = torch.einsum("kdr,kdq->kdrq", self.factor, self.factor).reshape(
+                self.num_components, self.dim, self.rank ** 2)
+        cap = torch.bmm(w.transpose(0, 1), self._outer).transpose(0, 1)  # U^T E^-1 U, (B, K, R^2)
+        cap = a2[..., None] * cap.reshape(*w.shape[:2], self.rank, self.rank) + torch.eye(self.rank, dtype=w.dtype)
         chol = torch.linalg.cholesky(cap)
-        ur = torch.einsum("bkdr,bkd->bkr", u_e, r)           # U^T E^-1 r
+        ur = torch.bmm((r * w).transpose(0, 1), self.factor).transpose(0, 1)  # U^T E^-1 r, (B, K, R)
         sol = torch.cholesky_solve(ur[..., None], chol)[..., 0]
-        cinv_r = r / e - a2 * torch.einsum("bkdr,bkr->bkd", u_e, sol)
-        logdet = torch.log(e).sum(-1) + 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        u_sol = torch.bmm(sol.transpose(0, 1), self.factor.transpose(1, 2)).transpose(0, 1)  # (B, K, D)
+        cinv_r = w * (r - a2 * u_sol)
+        logdet = -torch.log(w).sum(-1) + 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
         return (r * cinv_r).sum(-1), logdet, self.matvec(cinv_r)
 
     def matvec(self, v):

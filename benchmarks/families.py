@@ -1,0 +1,168 @@
+"""Problem families: random exact Gaussian-mixture problems, and every sdeflow ODE configuration's
+error on them at every budget from 1 to 100 evaluations.
+
+A problem is drawn from its seed: dimension log-uniform in 2..3072, 1-16 components with log-normal
+weights, means apart by a random multiple (0.5-8) of the components' spread, covariances with a
+diagonal spectrum of random condition number (1-1000) plus a random low-rank part (rank 0-8), and a
+random overall scale (0.25-2, around the EDM preconditioning's sigma_data = 0.5). Each problem runs
+under the three processes of the ODE benchmark (a 1000-step DDPM eps model, an EDM-preconditioned x0
+model, a rectified-flow velocity model); the networks are the exact fields in those
+parameterizations. Every candidate sampler on every grid of its family runs at each budget (its
+largest step count within the budget), in float64 from the same draws of ``p_{t0}`` at the grid's
+first time, and is scored by the RMS distance to the exact probability-flow solution from that start
+(``common.Shared``).
+
+Seeds below 1000 are the problems defaults are chosen on; seeds from 1000 on are the validation
+problems, never used for choosing. Results go to ``docs/benchmarks/families.json`` one problem at a
+time (atomically), so an interrupted run resumes where it stopped.
+
+    python benchmarks/families.py --split choose --count 24      # the choosing problems
+    python benchmarks/families.py --split validate --count 24    # the validation problems
+    python benchmarks/families.py --shard 0/2 ...                # every other problem (two processes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import PROCESSES, Problem, Shared, sdeflow_denoiser  # noqa: E402
+
+from sdeflow import analytic, sample  # noqa: E402
+from sdeflow.analytic.covariance import LowRankPlusDiagonal  # noqa: E402
+from sdeflow.registry import GRIDS, SAMPLERS  # noqa: E402
+from sdeflow.samplers import steps_for_nfe  # noqa: E402
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "families.json")
+BUDGETS = [1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 50, 100]
+SPLITS = {"choose": 0, "validate": 1000}
+#: The sdeflow configurations compared: every deterministic sampler family's strongest members, on
+#: every grid that suits the process's time input.
+CANDIDATE_SAMPLERS = ["ddim", "heun", "dpm-solver-2", "dpm-solver-3", "dpm-solver++-2m", "dpm-solver++-3m",
+                      "dpm-solver++-3m-unic", "dpm-solver-3m", "unipc-bh1", "unipc-bh2", "unipc-3", "deis-3", "ipndm"]
+#: From this budget on only the third-order samplers (and iPNDM's fourth) run: lower orders lose there.
+HIGH_BUDGET, HIGH_ORDER = 50, ["dpm-solver-3", "dpm-solver++-3m", "dpm-solver++-3m-unic", "dpm-solver-3m", "unipc-3",
+                                "deis-3", "ipndm"]
+CANDIDATE_GRIDS = {"index": ["auto", "quadratic", "logsnr", "karras", "trailing"],
+                   "edm": ["auto", "karras", "logsnr", "polyexponential", "uniform"],
+                   "t": ["auto", "uniform", "logsnr", "quadratic", "karras"]}
+FAMILY_OF = {"index": "vp", "edm": "sigma", "t": "flow"}
+
+
+def log_uniform(g: torch.Generator, lo: float, hi: float) -> float:
+    return math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * float(torch.rand((), generator=g, dtype=torch.float64)))
+
+
+def draw_problem(seed: int) -> tuple[Problem, dict]:
+    """The problem of ``seed`` and the parameters it was drawn with."""
+    g = torch.Generator().manual_seed(seed)
+    dim = int(round(log_uniform(g, 2, 3072)))
+    k = int(round(log_uniform(g, 1, 16)))
+    sep, cond, scale = log_uniform(g, 0.5, 8.0), log_uniform(g, 1.0, 1000.0), log_uniform(g, 0.25, 2.0)
+    rank = int(torch.randint(0, min(8, dim - 1) + 1, (), generator=g))
+    weight_spread = 1.5 * float(torch.rand((), generator=g, dtype=torch.float64))
+    weights = torch.exp(weight_spread * torch.randn(k, generator=g, dtype=torch.float64))
+    # per-coordinate variances between scale^2 / cond and scale^2, log-uniform
+    var = scale ** 2 * torch.exp(-math.log(cond) * torch.rand(k, dim, generator=g, dtype=torch.float64))
+    spread = float(var.mean().sqrt())
+    means = sep * spread * torch.randn(k, dim, generator=g, dtype=torch.float64) / math.sqrt(2)
+    if rank:
+        # a few strong directions: each carries 0.5-3x the diagonal's total variance over `rank`
+        amp = torch.sqrt(var.sum(1, keepdim=True) / rank * (0.5 + 2.5 * torch.rand(k, rank, generator=g, dtype=torch.float64)))
+        u = torch.linalg.qr(torch.randn(k, dim, rank, generator=g, dtype=torch.float64))[0] * amp[:, None, :]
+        cov = LowRankPlusDiagonal(var, u)
+    else:
+        cov = var
+    num = int(min(128, max(16, 4096 // dim)))
+    params = {"seed": seed, "dim": dim, "components": k, "separation": sep, "condition": cond, "scale": scale,
+              "rank": rank, "weight_spread": weight_spread, "samples": num}
+    return Problem(f"family problem {seed}", analytic.GaussianMixture(weights, means, cov), (dim,), num), params
+
+
+def configurations(process):
+    return [(s, gname) for s in CANDIDATE_SAMPLERS for gname in CANDIDATE_GRIDS[process.time_input]]
+
+
+def measure(seed: int, budgets=BUDGETS) -> dict:
+    """Every configuration's RMS error at every budget, per process, on the problem of ``seed``."""
+    problem, params = draw_problem(seed)
+    out = {"params": params, "processes": {}}
+    for process in PROCESSES:
+        shared = Shared(problem, process, seed=seed)
+        den = sdeflow_denoiser(problem, process)
+        sch = process.schedule
+        configs = configurations(process)
+        errors = [[None] * len(budgets) for _ in configs]
+        for i, (sname, gname) in enumerate(configs):
+            sampler = SAMPLERS[sname]()
+            for j, nfe in enumerate(budgets):
+                if nfe >= HIGH_BUDGET and sname not in HIGH_ORDER:
+                    continue
+                n = steps_for_nfe(sampler, sch, gname, nfe)
+                ts = GRIDS[gname](n, sch)
+                if sampler.prepare(sch, ts).nfe > nfe:  # not reachable within this budget
+                    continue
+                x = sample(den, sampler, ts, shared.x_init(float(ts[0])), check_finite=False).x
+                ref = shared.reference(float(ts[0]), 0.0, steps=400)
+                err = float((x - ref).pow(2).sum(1).mean().sqrt())
+                errors[i][j] = err if math.isfinite(err) else math.inf
+        out["processes"][FAMILY_OF[process.time_input]] = {
+            "process": process.name, "configs": [f"{s} ({gname})" for s, gname in configs], "errors": errors}
+    return out
+
+
+def load(path: str = OUT) -> dict:
+    if not os.path.exists(path):
+        return {"budgets": BUDGETS, "problems": {}}
+    with open(path) as f:
+        return json.load(f)
+
+
+def save(path: str, data: dict) -> None:
+    from sdeflow.files import atomic_write
+
+    atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(data)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--split", choices=sorted(SPLITS), nargs="+", default=["choose"])
+    parser.add_argument("--count", type=int, default=24, help="number of problems in each split (default 24)")
+    parser.add_argument("--shard", default="0/1", help="i/k: run the problems whose index is i modulo k")
+    parser.add_argument("--out", default=OUT, help="the results file (shards share it)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    i, k = (int(v) for v in args.shard.split("/"))
+    torch.set_num_threads(args.threads)
+    for split in args.split:
+        for idx in range(i, args.count, k):
+            run_problem(SPLITS[split] + idx, args.out)
+
+
+def run_problem(seed: int, out: str) -> None:
+    """Measure the problem of ``seed`` unless ``out`` has it, and add it to ``out``."""
+    if str(seed) in load(out)["problems"]:
+        return
+    start = time.time()
+    result = measure(seed)
+    with open(out + ".lock", "w") as lock:  # shards share the file: one writer at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = load(out)  # re-read: another shard may have saved since
+        data["problems"][str(seed)] = result
+        save(out, data)
+    p = result["params"]
+    print(f"problem {seed}: D={p['dim']} K={p['components']} rank={p['rank']} cond={p['condition']:.0f} "
+          f"sep={p['separation']:.2f}: {time.time() - start:.0f} s", flush=True)
+
+if __name__ == "__main__":
+    main()
