@@ -1,118 +1,149 @@
-"""How close ``sdeflow sample``'s default sampler and grid are to sdeflow's best configuration.
+"""sdeflow's default sampler and grid per schedule family and budget: chosen on one set of random
+problems, validated on another.
 
-Reads the ODE benchmark's results (``docs/benchmarks/ode_solvers.json``: every sampler on every grid,
-per problem, process and NFE) and writes ``docs/benchmarks/defaults.md``: for each process, problem
-and NFE, the default's error over the best configuration's (RMS; median for the 3x32x32 problem,
-whose 32 samples make its RMS depend on the few that end in another mode), beside the previous
-default (dpm-solver++-2m on the auto grid). The stored DDPM runs on the quadratic grid at NFE >= 32
-evaluated the model below its first training index (the grid then had points below t = 1/1000);
-the grid now stops there, so those cells are re-measured here on the 2-D and 64-D problems
-(about two minutes on one core).
+Reads ``docs/benchmarks/families.json`` (``python benchmarks/families.py``: every configuration's
+error on random exact mixture problems, budgets 1-100). For each family and budget, each
+configuration's error is divided by the best configuration's on the same problem. The rule picks,
+among the samplers that take one evaluation per step (so that a budget is also a step count, as
+``SdeflowScheduler``'s ``num_inference_steps`` is), the configuration whose ratios on the choosing
+problems are least by ``max(p90 / 1.5, max / 3)`` (the targets: within 1.5x of the best on 90% of
+problems, never worse than 3x), ties going to the smaller median. It prints the resulting
+``DEFAULTS`` table, checks it against ``sdeflow.samplers.names.DEFAULTS`` and writes
+``docs/benchmarks/defaults.md``: the distribution of the ratios of the defaults in the code on the
+validation problems, which the rule never saw.
 
-    python benchmarks/defaults.py
+    python benchmarks/defaults.py           # choose, compare with the code, write the report
 """
 
 from __future__ import annotations
 
 import collections
-import json
+import math
 import os
-import re
+import statistics
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sdeflow.files import atomic_write  # noqa: E402
-from sdeflow.registry import default_sampling  # noqa: E402
-from sdeflow.schedules import EDM, RectifiedFlow, ddpm_linear  # noqa: E402
+from common import write_report  # noqa: E402
+from families import OUT as FAMILIES, SPLITS, load  # noqa: E402
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks")
-NFES = [5, 6, 8, 10, 12, 15, 20, 50]
-SCHEDULE_OF = {"DDPM eps (1000 discrete steps)": ddpm_linear(), "EDM x0 (preconditioned)": EDM(),
-               "rectified-flow velocity": RectifiedFlow()}
-PREVIOUS = ("dpm-solver++-2m", "auto")
+from sdeflow.samplers.names import DEFAULTS, default_for_family  # noqa: E402
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "defaults.md")
+#: Samplers a default may be: one model evaluation per step.
+ONE_PER_STEP = ("ddim", "dpm-solver++-2m", "dpm-solver++-3m", "dpm-solver++-3m-unic", "dpm-solver-3m", "unipc-bh1",
+                "unipc-bh2", "unipc-3", "deis-3", "ipndm")
+PROCESS_OF = {"vp": "DDPM eps, 1000 discrete steps", "sigma": "EDM x0, preconditioned", "flow": "rectified-flow velocity"}
+
+
+def ratios(data: dict, split: str, family: str) -> dict:
+    """``{budget: {config: [ratio per problem]}}`` for the problems of ``split`` (``inf`` where a
+    configuration cannot run at that budget or its run is not finite)."""
+    lo = SPLITS[split]
+    hi = min([v for v in SPLITS.values() if v > lo], default=math.inf)
+    out = collections.defaultdict(lambda: collections.defaultdict(list))
+    for seed, problem in sorted(data["problems"].items(), key=lambda kv: int(kv[0])):
+        if not lo <= int(seed) < hi:
+            continue
+        rec = problem["processes"][family]
+        for j, budget in enumerate(data["budgets"]):
+            errs = {c: (e[j] if e[j] is not None else math.inf) for c, e in zip(rec["configs"], rec["errors"])}
+            best = min(errs.values())
+            for c, e in errs.items():
+                out[budget][c].append(e / best if best > 0 else (1.0 if e == 0 else math.inf))
+    return out
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (the smallest value with at least ``q`` of the values at or below it)."""
+    v = sorted(values)
+    return v[max(0, math.ceil(q * len(v)) - 1)]
+
+
+def score(r: list[float]) -> tuple[float, float]:
+    return max(quantile(r, 0.9) / 1.5, max(r) / 3.0), statistics.median(r)
+
+
+def choose(data: dict) -> dict:
+    """``{family: [(largest budget, sampler, grid), ...]}``: the rule's choice per budget, merged where it repeats."""
+    table = {}
+    for family in PROCESS_OF:
+        rows = []
+        for budget, per_config in sorted(ratios(data, "choose", family).items()):
+            allowed = {c: r for c, r in per_config.items() if c.split(" ")[0] in ONE_PER_STEP}
+            config = min(allowed, key=lambda c: score(allowed[c]))
+            sampler, grid = config[:-1].split(" (")
+            if rows and rows[-1][1:] == (sampler, grid):
+                rows[-1] = (budget, sampler, grid)
+            else:
+                rows.append((budget, sampler, grid))
+        rows[-1] = (math.inf, *rows[-1][1:])
+        table[family] = rows
+    return table
+
+
+def validation(data: dict, split: str = "validate") -> tuple[list[str], dict]:
+    """The report's lines and the worst figures: the code's defaults on the problems of ``split``."""
+    lines, worst = [], {}
+    for family, process in PROCESS_OF.items():
+        per_budget = ratios(data, split, family)
+        n = len(next(iter(next(iter(per_budget.values())).values()))) if per_budget else 0
+        lines += [f"## {process} ({family} family), {n} validation problems", "",
+                  "| NFE | default | median | 90th percentile | worst | within 1.5x | within 3x | best on the worst problem |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for budget, per_config in sorted(per_budget.items()):
+            sampler, grid = default_for_family(family, budget)
+            r = per_config[f"{sampler} ({grid})"]
+            worst_at = max(range(len(r)), key=r.__getitem__)
+            champion = min(per_config, key=lambda c: per_config[c][worst_at])
+            within = (sum(v <= 1.5 for v in r) / len(r), sum(v <= 3 for v in r) / len(r))
+            worst[(family, budget)] = (quantile(r, 0.9), max(r), within)
+            lines.append(f"| {budget} | {sampler} ({grid}) | {statistics.median(r):.2f} | {quantile(r, 0.9):.2f} | "
+                         f"{max(r):.2f} | {within[0]:.0%} | {within[1]:.0%} | {champion} |")
+        lines.append("")
+    return lines, worst
+
+
+def problem_lines(data: dict) -> list[str]:
+    lines = ["| split | seed | dimension | components | rank | condition | separation | scale | samples |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for seed, problem in sorted(data["problems"].items(), key=lambda kv: int(kv[0])):
+        p = problem["params"]
+        split = "choose" if int(seed) < SPLITS["validate"] else "validate"
+        lines.append(f"| {split} | {seed} | {p['dim']} | {p['components']} | {p['rank']} | {p['condition']:.0f} | "
+                     f"{p['separation']:.2f} | {p['scale']:.2f} | {p['samples']} |")
+    return lines
 
 
 def main() -> None:
-    with open(os.path.join(OUT, "ode_solvers.json")) as f:
-        results = json.load(f)["results"]
-    cells = collections.defaultdict(dict)
-    for r in results:
-        m = re.match(r"sdeflow (\S+) \((\S+)\)", r["method"])
-        if m and r["nfe"] in NFES:
-            value = r["median"] if r["problem"].startswith("3x32") else r["rms"]
-            cells[(r["process"], r["problem"], r["nfe"])][(m.group(1), m.group(2))] = value
-    lines = ["# Defaults of `sdeflow sample` against sdeflow's best configuration", "",
-             "Each cell: the default's endpoint error over the best of every sdeflow sampler on every grid at that NFE "
-             "(1.00 = the default is the best), from `docs/benchmarks/ode_solvers.json`; in brackets the previous "
-             "default, dpm-solver++-2m on the auto grid. RMS error; median for the 3x32x32 problem (32 samples). "
-             "Written by `python benchmarks/defaults.py`.", ""]
-    worst = collections.defaultdict(float)
-    for process, schedule in SCHEDULE_OF.items():
-        chosen = {n: default_sampling(schedule, n) for n in NFES}
-        lines += [f"## {process}", "", "defaults: " + "; ".join(f"NFE {n}: {s} ({g})" for n, (s, g) in chosen.items()), "",
-                  "| problem | " + " | ".join(f"NFE {n}" for n in NFES) + " |", "|---" * (len(NFES) + 1) + "|"]
-        for problem in sorted({p for (pr, p, _) in cells if pr == process}):
-            row = []
-            for n in NFES:
-                c = cells[(process, problem, n)]
-                best = min(c.values())
-                if process.startswith("DDPM") and n >= 32:  # stored with grids below index 0: see below
-                    row.append("re-measured below")
-                    continue
-                ratio = c[chosen[n]] / best
-                if not problem.startswith("3x32"):
-                    worst[process] = max(worst[process], ratio)
-                row.append(f"{ratio:.2f} ({c[PREVIOUS] / best:.2f})")
-            lines.append(f"| {problem} | " + " | ".join(row) + " |")
-        lines.append("")
-    lines += remeasure_discrete()
-    lines += ["Largest ratio on the 2-D and 64-D problems in the stored runs: " +
-              ", ".join(f"{p} {w:.2f}" for p, w in worst.items()) + ".", ""]
-    atomic_write(os.path.join(OUT, "defaults.md"), lambda tmp: open(tmp, "w").write("\n".join(lines)))
-    print("\n".join(lines))
-
-
-def remeasure_discrete(nfes=(15, 20, 30, 40, 50)) -> list[str]:
-    """The DDPM process on in-domain grids: the strongest samplers on every grid, error against a
-    third-order reference solve to the first training index and the final denoising step."""
-    import torch
-
-    from sdeflow import analytic, grids, sample
-    from sdeflow.registry import GRIDS, SAMPLERS, steps_for_nfe
-
-    sched = ddpm_linear()
-    names = ["ipndm", "dpm-solver++-3m-unic", "unipc-3", "dpm-solver-3m", "deis-3", "dpm-solver++-3m", "lms", "unipc-bh2"]
-    out = ["## DDPM eps, re-measured on in-domain grids", "",
-           "Ratio of each configuration's RMS error to the best of these " + str(len(names)) + " samplers on the grids "
-           "auto, quadratic, logsnr, karras, trailing and uniform (float64, 500 / 300 samples).", "",
-           "| problem | NFE | best | default | ratio |", "|---|---|---|---|---|"]
-    for problem, mix, n in [("2-D mixture", analytic.ring_2d(), 500), ("64-D mixture", analytic.random_mixture(64, 8, seed=1), 300)]:
-        den = mix.denoiser(sched)
-        g = torch.Generator().manual_seed(0)
-        x0 = mix.sample(n, g).double()
-        eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
-        refs = {}
-        for nfe in nfes:
-            errs = {}
-            for name in names:
-                s = SAMPLERS[name]()
-                for grid in ["quadratic", "auto", "logsnr", "karras", "trailing", "uniform"]:
-                    ts = GRIDS[grid](steps_for_nfe(s, sched, grid, nfe), sched)
-                    if s.prepare(sched, ts).nfe != nfe:
-                        continue
-                    t0 = float(ts[0])
-                    if t0 not in refs:
-                        x = float(sched.alpha(t0)) * x0 + float(sched.sigma(t0)) * eps
-                        ref_ts = grids.reference_grid(torch.tensor([t0, 0.0]), sched, 400)
-                        refs[t0] = (x, sample(den, SAMPLERS["heun3"](), ref_ts, x).x)
-                    x, ref = refs[t0]
-                    errs[(name, grid)] = float((sample(den, s, ts, x).x - ref).pow(2).mean().sqrt())
-            best = min(errs, key=errs.get)
-            chosen = default_sampling(sched, nfe)
-            out.append(f"| {problem} | {nfe} | {best[0]} ({best[1]}) | {chosen[0]} ({chosen[1]}) | "
-                       f"{errs[chosen] / errs[best]:.2f} |")
-    return out + [""]
+    data = load(FAMILIES)
+    chosen = choose(data)
+    print("DEFAULTS = {")
+    for family, rows in chosen.items():
+        print(f'    "{family}": [' + ", ".join(f'({"math.inf" if b == math.inf else b}, "{s}", "{g}")' for b, s, g in rows) + "],")
+    print("}")
+    if chosen != DEFAULTS:
+        print("the code's DEFAULTS differ from this choice: the report validates the code's", file=sys.stderr)
+    body, worst = validation(data)
+    meets = [k for k, (p90, mx, _) in worst.items() if p90 <= 1.5 and mx <= 3]
+    summary = [f"Validation: the default is within 1.5x of the best configuration on at least 90% of the validation "
+               f"problems and within 3x on all of them at {len(meets)} of {len(worst)} (family, budget) cells.",
+               "Cells that miss: " + (", ".join(f"{f} NFE {b} (90th percentile {p:.2f}, worst {m:.2f})"
+                                                 for (f, b), (p, m, _) in worst.items() if (f, b) not in meets) or "none") + "."]
+    defaults = ["Defaults in the code (`sdeflow.samplers.names.DEFAULTS`; each row holds up to its budget):", ""]
+    defaults += [f"- {family}: " + "; ".join(f"up to {'any' if b == math.inf else b}: {s} ({g})" for b, s, g in rows)
+                 for family, rows in DEFAULTS.items()]
+    intro = ("Written by `python benchmarks/defaults.py` from `docs/benchmarks/families.json` "
+             "(`python benchmarks/families.py --split choose validate --count 20`). Each cell: the ratio of the "
+             "default's RMS endpoint error (float64 states, against the exact probability-flow solution from the "
+             "same start) to the best of every sdeflow configuration (the samplers and grids listed in "
+             "`benchmarks/families.py`) on the same problem and budget, over the validation problems (seeds 1000 "
+             "on), which the choice never saw. The defaults were chosen on the choosing problems (seeds below "
+             "1000) by the rule in the script's docstring.")
+    write_report(OUT, "Defaults of `sdeflow sample` against sdeflow's best configuration, on unseen problems", intro,
+                 summary, defaults, body, ["## The problems", ""] + problem_lines(data))
 
 
 if __name__ == "__main__":

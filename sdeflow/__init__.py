@@ -18,6 +18,7 @@ from .grids import auto_grid, discrete_grid, karras_grid, logsnr_grid, polyexpon
 from .noise import BrownianTreeNoise, GeneratorNoise, SeededNoise
 from .run import NonFiniteError, SampleResult, StepInfo
 from .sampling import prior_sample, sample
+from .samplers import recommended
 
 __version__ = "0.1.0"
 
@@ -36,5 +37,5 @@ __all__ = ["adapters", "analytic", "compiled", "editing", "grids", "guidance", "
            "parameterizations", "samplers", "schedules", "Denoiser", "ModelDenoiser",
            "auto_grid", "discrete_grid", "karras_grid", "logsnr_grid", "polyexponential_grid", "quadratic_grid", "shift_grid",
            "uniform_grid", "BrownianTreeNoise", "GeneratorNoise", "SeededNoise",
-           "NonFiniteError", "SampleResult", "StepInfo", "prior_sample", "sample", "FixedGridLoop",
+           "NonFiniteError", "SampleResult", "StepInfo", "prior_sample", "recommended", "sample", "FixedGridLoop",
            "Inversion", "invert"]

@@ -24,7 +24,7 @@ def sample_seed(seed: int, i: int) -> int:
 def generate(denoiser: Denoiser, sampler, ts: torch.Tensor, shape: tuple[int, ...], num: int, *, seed: int = 0,
              labels: torch.Tensor | None = None, batch_size: int = 256, noise: str = "seeded", rank: int = 0,
              world: int = 1, progress: bool = False, device=None, dtype=torch.float32,
-             first: int = 0, teleport=None) -> dict[int, torch.Tensor]:
+             first: int = 0, teleport=None, prior_time: float | None = None) -> dict[int, torch.Tensor]:
     """``{chunk index: samples}`` for the chunks of this process (all of them when ``world == 1``).
 
     Args:
@@ -36,6 +36,8 @@ def generate(denoiser: Denoiser, sampler, ts: torch.Tensor, shape: tuple[int, ..
             seeded ``seed``: a run made in parts gives the samples of one run made at once).
         teleport: a :class:`~sdeflow.teleport.Teleport`: each sample's noise starts at ``ts[0]`` where the
             data's Gaussian carries it (``teleport.start``) instead of as a draw from the prior there.
+        prior_time: the time whose prior the noise is drawn from (default ``ts[0]``); a tuned grid with
+            the ``leading`` start draws at the top of the schedule and begins below it.
     """
     if noise not in ("seeded", "brownian"):
         raise ValueError(f"noise must be 'seeded' or 'brownian' for sharded generation, got {noise!r}")
@@ -51,7 +53,8 @@ def generate(denoiser: Denoiser, sampler, ts: torch.Tensor, shape: tuple[int, ..
     for k, lo, hi in mine:
         seeds = [sample_seed(seed, first + i) for i in range(lo, hi)]
         if teleport is None:
-            x_init = prior_sample(denoiser.schedule, (hi - lo, *shape), t=t_start, seeds=seeds, dtype=dtype, device=device)
+            x_init = prior_sample(denoiser.schedule, (hi - lo, *shape), t=t_start if prior_time is None else prior_time,
+                                  seeds=seeds, dtype=dtype, device=device)
         else:
             z = SeededNoise(seeds)(torch.empty((hi - lo, *shape), dtype=dtype, device=device), -1)  # prior_sample's draw
             x_init = teleport.start(z, denoiser.schedule, t_start)

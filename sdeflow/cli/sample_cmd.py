@@ -78,9 +78,12 @@ def check_teleport(args) -> None:
     """Refuse ``--teleport`` settings that cannot work, before any model is loaded."""
     args.t_skip = None
     if args.teleport is None:
-        if getattr(args, "teleport_data", None):
-            raise ValueError("--teleport-data fits the Gaussian of --teleport; give --teleport auto or a time")
+        if getattr(args, "teleport_data", None) and args.grid != "tuned":
+            raise ValueError("--teleport-data fits the Gaussian of --teleport (or of a grid tuned with --start teleport); "
+                             "give --teleport auto or a time")
         return
+    if args.grid == "tuned":
+        raise ValueError("a tuned grid fixes where its run starts (sdeflow tune --start): leave --teleport out")
     if args.teleport != "auto":
         try:
             t = float(args.teleport)
@@ -327,18 +330,29 @@ def _sample_model(args) -> dict:
     labels = parse_labels(args.label, args.num, model.num_classes)
     if args.guidance is not None and model.num_classes == 0:
         raise ValueError("--guidance needs a class-conditional model; this one is unconditional")
-    gauss = None
+    gauss, prior_time = None, None
     if args.teleport is not None:
         from ..tuning.gaussian import model_gaussian
 
         gauss = model_gaussian(model, args.teleport_data)
         args.t_skip, ts = teleported(args, gauss, model.denoiser, sampler, schedule, steps, model.num_classes)
+    elif tuned is not None and tuned.start == "teleport":  # the grid was fitted to begin where the Gaussian carries the noise
+        from ..tuning.gaussian import model_gaussian
+
+        from ..grids import start_time
+
+        gauss, args.t_skip, args.top = model_gaussian(model, args.teleport_data), float(ts[0]), start_time(schedule)
+    elif tuned is not None and tuned.start == "leading":  # fitted to take the top's noise as a state at ts[0]
+        from ..grids import start_time
+
+        prior_time = start_time(schedule)
     args.ts = ts
     name = args.checkpoint or "digits"
     denoiser, sampler = apply_guidance(args, model.denoiser, sampler, model.shipped, dist.device)
     chunks = generate(denoiser, sampler, ts, model.shape, args.num, seed=args.seed, labels=labels,
                       batch_size=args.batch_size, noise=args.noise, rank=dist.rank, world=dist.world,
-                      progress=args.progress and dist.main and sys.stderr.isatty(), device=dist.device, teleport=gauss)
+                      progress=args.progress and dist.main and sys.stderr.isatty(), device=dist.device, teleport=gauss,
+                      prior_time=prior_time)
     x = gather(chunks, dist.world)
     if dist.main:
         nfe = sampler.prepare(schedule, ts).nfe if not sampler.adaptive else "adaptive"
@@ -346,6 +360,8 @@ def _sample_model(args) -> dict:
         guide = "" if args.guidance is None else f", {args.guidance_method} guidance at {args.guidance:g}"
         mine = sum(len(c) for c in chunks.values())  # this process's samples (all of them on one process)
         fitted = " (fitted coefficients)" if tuned is not None and tuned.shift is not None else ""
+        if tuned is not None and tuned.start == "leading":
+            fitted += f" (tuned grid starting leading at t = {float(ts[0]):.4g})"
         print(f"{args.num} samples of {name} with {args.sampler}{fitted}{guide}, {steps} step{'s' if steps != 1 else ''}, NFE {nfe}{procs}"
               + _teleport_note(args) + _forwards_note(denoiser, mine))
         for out in outs:

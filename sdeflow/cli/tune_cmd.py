@@ -47,8 +47,20 @@ def add_tune_parser(sub) -> None:
     p.add_argument("--coefficients", action="store_true",
                    help="also fit each sampler's coefficients on its tuned grid (through autograd, early-stopped on "
                    "held-out draws; give it several hundred --samples)")
-    p.add_argument("--holdout", type=float, default=0.2,
-                   help="fraction of the draws the coefficient fit keeps aside to stop on (default: 0.2)")
+    p.add_argument("--holdout", type=float, default=0.3,
+                   help="fraction of the draws every fit keeps aside: fits are selected on them, and kept only if "
+                   "they beat the best hand grid (or the sampler's own coefficients) there (default: 0.3)")
+    p.add_argument("--trim", type=float, default=0.1,
+                   help="share of the worst draws the fitting error leaves out, so that the few draws ending in "
+                   "another mode than the teacher's do not decide the fit (default: 0.1)")
+    p.add_argument("--start", default="top", choices=["top", "leading", "teleport", "search"],
+                   help="where the fitted grid begins: the top of the schedule; leading, one step below it with the "
+                   "top's noise (diffusers' leading spacing); teleport, where the data's Gaussian carries the noise "
+                   "(its time chosen as sdeflow sample --teleport auto does); search, the best of these on the "
+                   "held-out draws (default: top)")
+    p.add_argument("--teleport-data", default=None, metavar="FILE",
+                   help="data (.npy/.npz) the Gaussian of --start teleport/search is fitted to (default: the "
+                   "checkpoint's bundled dataset)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default: 0)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="the .json file to write (default: <checkpoint>.grids.json beside the checkpoint; for a shipped "
@@ -82,10 +94,17 @@ def run_tune(args) -> None:
         raise ValueError(f"--starts must be >= 0, got {args.starts}")
     if args.method == "stored" and not args.coefficients:
         raise ValueError("--method stored keeps the stored grids and only fits coefficients: add --coefficients")
-    if args.coefficients and not 0.0 < args.holdout < 1.0:
+    if args.coefficients and args.start != "top":
+        raise ValueError(f"--coefficients fits a sampler on a grid that starts at the top; --start {args.start} "
+                         "begins below it: leave one out")
+    if args.teleport_data and args.start not in ("teleport", "search"):
+        raise ValueError("--teleport-data fits the Gaussian of --start teleport or search; give one of those")
+    if not 0.0 < args.holdout < 1.0:
         raise ValueError(f"--holdout must be a fraction between 0 and 1, got {args.holdout}")
-    if args.coefficients and args.samples * min(args.holdout, 1 - args.holdout) < 1:
-        raise ValueError(f"--coefficients needs draws on both sides of --holdout {args.holdout}; "
+    if not 0.0 <= args.trim < 0.5:
+        raise ValueError(f"--trim must be a share of the draws in [0, 0.5), got {args.trim}")
+    if not 1 <= round(args.samples * (1 - args.holdout)) < args.samples:
+        raise ValueError(f"tuning needs draws on both sides of --holdout {args.holdout}; "
                          f"{args.samples} --samples are too few")
     model = load_model(args.checkpoint)
     den, sch = model.denoiser, model.denoiser.schedule
@@ -110,9 +129,16 @@ def run_tune(args) -> None:
     if args.method == "stored":  # every grid is looked up before the teacher runs
         stored = {(name, budget): find_tuned(where, name, budget, steps_for(sampler, sch, budget))
                   for name, sampler, budget in jobs}
+    gauss = None
+    if args.start in ("teleport", "search"):
+        from ..tuning.gaussian import model_gaussian
+
+        gauss = model_gaussian(model, args.teleport_data)
     times = candidate_times(space) if args.method in ("dp", "dp+descent") else None
-    teacher = Teacher(den, x, cond=cond, t_max=space.t_max, steps=args.teacher_steps, times=times)
-    print(f"teacher: {teacher.calls} evaluations on {args.samples} draws, {time.time() - start:.0f} s")
+    teacher = None
+    if gauss is None or args.method == "stored":  # with a Gaussian, each fit runs its own teacher (see optimize_grid)
+        teacher = Teacher(den, x, cond=cond, t_max=space.t_max, steps=args.teacher_steps, times=times)
+        print(f"teacher: {teacher.calls} evaluations on {args.samples} draws, {time.time() - start:.0f} s")
     for name, sampler, budget in jobs:
         start = time.time()
         if args.method == "stored":
@@ -123,20 +149,30 @@ def run_tune(args) -> None:
             print(f"{name} NFE {tuned.nfe} ({len(tuned.ts) - 1} steps): the stored grid "
                   f"{', '.join(f'{t:.4g}' for t in tuned.ts)}")
         else:
-            tuned = optimize_grid(den, sampler, budget, teacher=teacher, sampler_name=name, method=args.method,
-                                  starts=args.starts, gradient=args.gradient, iters=args.iterations)
+            given = {"teacher": teacher} if teacher is not None else {"x_init": x, "cond": cond, "teacher_steps": args.teacher_steps}
+            tuned = optimize_grid(den, sampler, budget, sampler_name=name, method=args.method,
+                                  starts=args.starts, gradient=args.gradient, iters=args.iterations,
+                                  holdout=args.holdout, trim=args.trim, start=args.start, teleport=gauss, **given)
             hand, hand_loss = tuned.best_hand
-            result = (f"no fit beat the {hand} hand grid, kept (error {hand_loss:.3g})" if tuned.method.startswith("hand:")
-                      else f"error {tuned.loss:.3g} vs {hand_loss:.3g} ({hand} grid)")
+            result = (f"no fit beat the {hand} hand grid on the held-out draws, kept (error {hand_loss:.3g})"
+                      if tuned.method.startswith("hand:")
+                      else f"held-out error {tuned.loss:.3g} vs {hand_loss:.3g} ({hand} grid)")
+            if tuned.start != "top":
+                result += f", starting {tuned.start} at t = {tuned.ts[0]:.4g}"
             print(f"{name} NFE {tuned.nfe} ({len(tuned.ts) - 1} steps): {result}, {tuned.cost_nfe} evaluations "
                   f"({tuned.cost_grad} differentiated), {time.time() - start:.0f} s; "
                   f"grid {', '.join(f'{t:.4g}' for t in tuned.ts)}")
         if args.coefficients:
             start = time.time()
+            if tuned.start != "top":  # a stored grid (--method stored) that begins below the top
+                raise ValueError(f"the {name} grid at NFE {tuned.nfe} starts {tuned.start}: coefficients are fitted on "
+                                 "grids that start at the top")
             tuned = optimize_coefficients(den, sampler, tuned.grid(), teacher=teacher, sampler_name=name,
-                                          holdout=args.holdout, tuned=tuned, rounds=args.rounds)
-            print(f"  coefficients: error {tuned.loss:.3g} vs {tuned.base_loss:.3g} with {name}'s own "
-                  f"({tuned.heldout:.3g} on the held-out draws), {len(tuned.shift)} coefficients, "
-                  f"{tuned.cost_grad} evaluations differentiated, {time.time() - start:.0f} s")
+                                          holdout=args.holdout, trim=args.trim, tuned=tuned, rounds=args.rounds)
+            kept = (f"{len(tuned.shift)} coefficients" if tuned.shift is not None
+                    else f"not kept: {name}'s own are as good")
+            print(f"  coefficients: held-out error {tuned.loss:.3g} vs {tuned.base_loss:.3g} with {name}'s own "
+                  f"(RMS {tuned.heldout:.3g}), {kept}, {tuned.cost_grad} evaluations differentiated, "
+                  f"{time.time() - start:.0f} s")
         save_tuned(out, [tuned])  # after each fit: an interrupted run keeps what it finished
     print(f"wrote {out}")

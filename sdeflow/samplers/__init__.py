@@ -54,7 +54,7 @@ from .sde_dpm_solver import SDEDPMSolverPP
 from .sde_dpm_solver_single import SDEDPMSolverPPSingle
 from .unipc import UniPC
 from .names import (ALL_SAMPLERS, DEFAULTS, FLOW_MAP_SAMPLERS, SAMPLERS, default_sampling, deterministic_samplers,
-                    family, steps_for_nfe)
+                    family, recommended, steps_for_nfe)
 
 
 __all__ = ["Sampler", "Plan", "ode_coefficients", "Multistep", "SingleStep", "Euler", "DDIM", "Heun", "Midpoint", "RK4", "EDMHeun",
@@ -62,7 +62,7 @@ __all__ = ["Sampler", "Plan", "ode_coefficients", "Multistep", "SingleStep", "Eu
            "EulerMaruyama", "DDPM", "EulerAncestral", "EDMStochastic", "SDEDPMSolverPP", "SDEDPMSolverPPSingle",
            "PredictorCorrector", "Recurrent", "Restart", "GottaGoFast", "Reversible", "TwoStep", "BDIA", "OBELM", "EDICT",
            "ReversibleHeun", "FittedSampler", "FlowMapSampler", "SAMPLERS", "FLOW_MAP_SAMPLERS", "ALL_SAMPLERS", "DEFAULTS",
-           "default_sampling", "deterministic_samplers", "family", "steps_for_nfe"]
+           "default_sampling", "deterministic_samplers", "family", "recommended", "steps_for_nfe"]
 
 
 def _registered() -> dict:

@@ -126,7 +126,25 @@ def family(schedule) -> str:
 
 def default_sampling(schedule, nfe: int) -> tuple[str, str]:
     """The default sampler and grid names for ``schedule`` at a budget of ``nfe`` evaluations."""
-    return next((sampler, grid) for most, sampler, grid in DEFAULTS[family(schedule)] if nfe <= most)
+    return default_for_family(family(schedule), nfe)
+
+
+def recommended(schedule, nfe: int):
+    """sdeflow's default configuration at a budget of ``nfe`` evaluations, ready to run:
+    ``(sampler, ts)``, the same choice ``sdeflow sample`` and ``SdeflowScheduler(sampler="auto")`` make.
+    ``sample(denoiser, *recommended(schedule, 10), x_init)`` takes at most 10 evaluations."""
+    from ..grids import GRIDS
+
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe must be an integer >= 1, got {nfe!r}")
+    name, grid = default_sampling(schedule, nfe)
+    sampler = SAMPLERS[name]()
+    return sampler, GRIDS[grid](steps_for_nfe(sampler, schedule, grid, nfe), schedule)
+
+
+def default_for_family(name: str, nfe: int) -> tuple[str, str]:
+    """The default sampler and grid names for the schedule family ``name`` (see :func:`family`) at ``nfe``."""
+    return next((sampler, grid) for most, sampler, grid in DEFAULTS[name] if nfe <= most)
 
 
 def deterministic_samplers() -> list[str]:

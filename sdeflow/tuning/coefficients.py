@@ -8,43 +8,51 @@ with autograd: each loss and its gradient cost one sampling run and one backward
 and L-BFGS minimises the loss.
 
 A step has several coefficients and a run some tens, more than the grid's few times, so the fit can
-learn the draws rather than the model. The draws are split: the fit sees the first ``1 - holdout``
-of them, and the coefficients kept are those with the least error on the rest, checked after every
-round of L-BFGS iterations (early stopping). The stored loss is on all draws, like the grid's.
+learn the draws rather than the model. The draws are split as the grid fit splits them
+(:class:`~.fit.Split`): the fit sees the first ``1 - holdout`` of them, its loss leaves out the
+``trim`` share of the worst draws (those that end in another component than the teacher's), and
+the coefficients kept are those with the least such error on the rest, checked after every round of
+L-BFGS iterations (early stopping). They are kept at all only if they beat the sampler's own
+coefficients on the held-out draws, in the trimmed error and in the plain RMS.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
 from ..samplers.fitted import check_fittable, coefficient_values, with_coefficients
 from ..run import Run
 from ..sampling import check_ode_velocity, planned
-from .fit import Teacher, CountedDenoiser, run_error
+from .fit import HOLDOUT, TRIM, CountedDenoiser, Split, Teacher, run_error
 from .store import TunedGrid
 
 
 def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = None, *, teacher: Teacher | None = None,
-                          sampler_name: str | None = None, cond: dict | None = None, holdout: float = 0.2,
-                          rounds: int = 15, iters: int = 10, patience: int = 3, teacher_steps: int = 300,
-                          tuned: TunedGrid | None = None) -> TunedGrid:
+                          sampler_name: str | None = None, cond: dict | None = None, holdout: float = HOLDOUT,
+                          trim: float = TRIM, rounds: int = 15, iters: int = 10, patience: int = 3,
+                          teacher_steps: int = 300, tuned: TunedGrid | None = None) -> TunedGrid:
     """Coefficients of ``sampler`` on the grid ``ts`` fitted to ``denoiser`` on the draws ``x_init`` of
     ``p_{ts[0]}`` (or on a :class:`~.fit.Teacher` already computed from ``ts[0]`` on them), by L-BFGS
-    through autograd with early stopping on the held-out fraction ``holdout`` of the draws: at most
-    ``rounds`` rounds of ``iters`` iterations, stopping after ``patience`` rounds without a better
-    held-out error.
+    through autograd on the error without the ``trim`` share of the worst draws, with early stopping on
+    the held-out fraction ``holdout`` of the draws: at most ``rounds`` rounds of ``iters`` iterations,
+    stopping after ``patience`` rounds without a better held-out error.
 
     Returns a :class:`TunedGrid` whose ``shift`` holds the fitted relative changes (a
     :class:`~sdeflow.samplers.FittedSampler` runs them: :meth:`TunedGrid.sampler_for`), ``loss`` the
-    error on all draws with them and ``base_loss`` without, ``heldout`` the held-out error. ``tuned``:
+    held-out trimmed error with them and ``base_loss`` without, ``heldout`` the held-out RMS with
+    them. Coefficients that do not beat the sampler's own on the held-out draws (trimmed error and
+    RMS) are not kept: ``shift`` is then ``None``, with a warning. ``tuned``:
     the :class:`TunedGrid` that fitted ``ts`` (its hand losses and cost carry over; the cost grows by
     this fit's evaluations, forward in ``cost_nfe`` and differentiated in ``cost_grad``)."""
     label = sampler_name or type(sampler).__name__
     check_fittable(sampler, label)
     if not 0.0 < holdout < 1.0:
         raise ValueError(f"holdout must be a fraction between 0 and 1, got {holdout}")
+    if not 0.0 <= trim < 0.5:
+        raise ValueError(f"trim must be a share of the draws in [0, 0.5), got {trim}")
     if min(rounds, iters, patience) < 1:
         raise ValueError(f"rounds, iters and patience must be >= 1, got {rounds}, {iters}, {patience}")
     if (x_init is None) == (teacher is None):
@@ -59,27 +67,22 @@ def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = N
         teacher_calls = teacher.calls
     elif abs(teacher.t_max - float(ts[0])) > 1e-9:
         raise ValueError(f"the teacher starts at t = {teacher.t_max:.6g} but the grid at t = {float(ts[0]):.6g}")
-    x, cond = teacher.x_init, teacher.cond
-    n_fit = int(round(x.shape[0] * (1.0 - holdout)))
-    if not 1 <= n_fit < x.shape[0]:
-        raise ValueError(f"{x.shape[0]} draws cannot be split into fitting and held-out draws at holdout={holdout}")
-    target = teacher.end.to(x.dtype)
+    split = Split(teacher, holdout)
+    x = teacher.x_init
     counted = CountedDenoiser(denoiser, x.dtype)
     base = torch.tensor(coefficient_values(plan.coef), dtype=torch.float64)
     if base.numel() == 0:
         raise ValueError(f"{label} plans no coefficients on this grid to fit")
-    part = {"fit": slice(0, n_fit), "held": slice(n_fit, None), "all": slice(None)}
 
-    def run(r: torch.Tensor, which: str) -> torch.Tensor:
+    def run(r: torch.Tensor, which: str, cut: float = trim) -> torch.Tensor:
         p = planned(sampler, sch, ts)
         p.coef = with_coefficients(p.coef, (base * (1.0 + r)).unbind(0))
-        sl = part[which]
-        c = None if cond is None else {k: v[sl] for k, v in cond.items()}
-        return run_error(sampler, p, Run(counted, c, check="off"), x[sl], target[sl])
+        xs, target, c = split.draws(which)
+        return run_error(sampler, p, Run(counted, c, check="off"), xs, target.to(x.dtype), cut)
 
-    def value(r: torch.Tensor, which: str) -> float:
+    def value(r: torch.Tensor, which: str, cut: float = trim) -> float:
         with torch.no_grad():
-            v = float(run(r, which))
+            v = float(run(r, which, cut))
         return v if math.isfinite(v) else math.inf
 
     r = torch.zeros_like(base, requires_grad=True)
@@ -108,8 +111,16 @@ def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = N
             stale += 1
             if stale >= patience:
                 break
-    base_loss, loss = value(torch.zeros_like(base), "all"), value(best_r, "all")
+    zero = torch.zeros_like(base)
+    base_loss, base_rms = value(zero, "held"), value(zero, "held", 0.0)
+    loss, rms = value(best_r, "held"), value(best_r, "held", 0.0)
+    shift = best_r.tolist()
+    if not (loss < base_loss and rms <= base_rms):
+        warnings.warn(f"fitted coefficients for {label} at NFE {plan.nfe} are no better than its own on the held-out "
+                      f"draws (error {loss:.3g} against {base_loss:.3g}, RMS {rms:.3g} against {base_rms:.3g}): "
+                      f"{label}'s own coefficients are kept", stacklevel=2)
+        shift, loss, rms = None, base_loss, base_rms
     prior = tuned or TunedGrid(ts.tolist(), label, plan.nfe, "given", base_loss)
     return TunedGrid(ts.tolist(), label, plan.nfe, prior.method, loss, prior.hand,
-                     prior.cost_nfe + counted.calls + teacher_calls, x.shape[0], shift=best_r.tolist(),
-                     base_loss=base_loss, heldout=best_held, cost_grad=prior.cost_grad + grads)
+                     prior.cost_nfe + counted.calls + teacher_calls, x.shape[0], shift=shift,
+                     base_loss=base_loss, heldout=rms, cost_grad=prior.cost_grad + grads)

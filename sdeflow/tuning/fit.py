@@ -10,7 +10,6 @@ import torch
 
 from .. import grids
 from ..denoisers import Denoiser
-from ..metrics import rms_error
 from ..run import Run, Steps
 from ..samplers import DPMSolver
 from ..sampling import sample
@@ -67,18 +66,99 @@ class Teacher:
             self.states = r.trajectory[[int(torch.nonzero(ts == float(t))[0, 0]) for t in self.times]]
 
 
-def endpoint_loss(denoiser, sampler, ts, x_init, target, cond=None) -> float:
-    """RMS over the draws of the endpoint error of ``sampler`` on ``ts`` against ``target``
-    (``inf`` where the run is not finite)."""
+#: Share of the worst draws a fit's loss leaves out: a draw that ends in another mixture component
+#: than the teacher's costs 30-100x a typical draw, and one such draw decides a plain RMS.
+TRIM = 0.1
+#: Share of the draws held out of every fit: fits are selected, and kept at all, on these.
+HOLDOUT = 0.3
+
+
+def trimmed_rms(sq_errors: torch.Tensor, trim: float = 0.0) -> torch.Tensor:
+    """Root mean of the per-draw squared errors ``sq_errors`` without the ``floor(trim * B)`` largest
+    (differentiable)."""
+    drop = int(trim * sq_errors.numel())
+    if drop:
+        sq_errors = torch.topk(sq_errors, sq_errors.numel() - drop, largest=False).values
+    return sq_errors.mean().sqrt()
+
+
+def squared_errors(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-draw squared Euclidean distance of ``x`` to ``target``, in the target's dtype."""
+    return (x.to(target.dtype) - target).flatten(1).pow(2).sum(1)
+
+
+def draw_errors(denoiser, sampler, ts, x_init, target, cond=None) -> torch.Tensor:
+    """Per-draw squared endpoint errors (float64) of ``sampler`` on ``ts`` against ``target``."""
     with torch.no_grad():
         x = sample(denoiser, sampler, ts, x_init, cond=cond, check_finite=False).x
-    loss = rms_error(x, target)
+    return squared_errors(x, target.to(torch.float64))
+
+
+def endpoint_loss(denoiser, sampler, ts, x_init, target, cond=None, trim: float = 0.0) -> float:
+    """RMS over the draws of the endpoint error of ``sampler`` on ``ts`` against ``target``, without
+    the ``trim`` share of the worst draws (``inf`` where the run is not finite)."""
+    loss = float(trimmed_rms(draw_errors(denoiser, sampler, ts, x_init, target, cond), trim))
     return loss if math.isfinite(loss) else math.inf
 
 
-def dp_grid(denoiser, sampler, space: GridSpace, teacher: Teacher) -> torch.Tensor:
+class Split:
+    """A teacher's draws split into the first ``1 - holdout`` (fitted on) and the rest (held out:
+    fits are selected, and kept at all, on them). :meth:`draws` gives ``(x_init, target, cond)`` of a part;
+    ``x_init``: the runs' first states when they are not the teacher's (a start below the top)."""
+
+    def __init__(self, teacher: "Teacher", holdout: float = HOLDOUT, x_init: torch.Tensor | None = None):
+        n = teacher.x_init.shape[0]
+        if not 0.0 < holdout < 1.0:
+            raise ValueError(f"holdout must be a fraction between 0 and 1, got {holdout}")
+        self.n_fit = int(round(n * (1.0 - holdout)))
+        if not 1 <= self.n_fit < n:
+            raise ValueError(f"{n} draws cannot be split into fitting and held-out draws at holdout={holdout}: "
+                             "use more draws")
+        self.teacher, self.x_init = teacher, teacher.x_init if x_init is None else x_init
+        self.parts = {"fit": slice(0, self.n_fit), "held": slice(self.n_fit, None), "all": slice(None)}
+
+    def draws(self, which: str):
+        sl, t = self.parts[which], self.teacher
+        cond = None if t.cond is None else {k: v[sl] if torch.is_tensor(v) and v.ndim and v.shape[0] == t.x_init.shape[0]
+                                             else v for k, v in t.cond.items()}
+        return self.x_init[sl], t.end[sl], cond
+
+    def held_out(self, denoiser, sampler, ts, trim: float) -> tuple[float, float]:
+        """``(trimmed RMS, RMS)`` of ``sampler`` on ``ts`` over the held-out draws (``inf`` if not finite)."""
+        err = draw_errors(denoiser, sampler, ts, *self.draws("held"))
+        out = float(trimmed_rms(err, trim)), float(trimmed_rms(err))
+        return tuple(v if math.isfinite(v) else math.inf for v in out)
+
+
+#: Where a tuned grid's run begins: at the top of the schedule; ``leading``, one step's worth below it
+#: (the top's noise taken as a draw there, as diffusers' ``leading`` spacing does); ``teleport``, at
+#: ``t_skip`` where the data's Gaussian carries the noise exactly (:class:`~sdeflow.teleport.Teleport`).
+STARTS = ("top", "leading", "teleport")
+
+
+def start_state(start: str, schedule, x_top: torch.Tensor, n: int, teleport=None, t_skip: float | None = None):
+    """``(t_start, x_start)``: where an ``n``-step run under the convention ``start`` (see :data:`STARTS`)
+    begins, and its first states, for the draws ``x_top`` of the prior at the top of the schedule."""
+    from ..sampling import prior_std
+
+    top = grids.start_time(schedule)
+    if start == "top":
+        return top, x_top
+    if start == "leading":
+        return (top * (n - 1) / n if n > 1 else top), x_top
+    if start == "teleport":
+        if teleport is None or t_skip is None:
+            raise ValueError("a teleport start needs the data's Gaussian (teleport=) and its time t_skip")
+        z = x_top.to(torch.float64) / prior_std(schedule, top)
+        return float(t_skip), teleport.start(z, schedule, float(t_skip)).to(x_top.dtype)
+    raise ValueError(f"unknown start {start!r}; allowed: {', '.join(STARTS)}, search")
+
+
+def dp_grid(denoiser, sampler, space: GridSpace, teacher: Teacher, draws: slice = slice(None),
+            trim: float = 0.0) -> torch.Tensor:
     """The ``n``-step grid over the teacher's candidate times (and ``t = 0``) whose summed one-step
-    errors along the teacher's trajectory are least (exact dynamic programming, :func:`best_path`)."""
+    errors along the teacher's trajectory (over its ``draws``, ``trim`` as in :func:`endpoint_loss`)
+    are least (exact dynamic programming, :func:`best_path`)."""
     n, m = space.n, len(teacher.times)
     points = teacher.times.tolist() + [0.0]
     key = sampler
@@ -86,12 +166,14 @@ def dp_grid(denoiser, sampler, space: GridSpace, teacher: Teacher) -> torch.Tens
         hash(key)
     except TypeError:  # a user's unhashable sampler: kept by identity
         key = id(sampler)
+    key = (key, draws.start, draws.stop, trim)
     cost = teacher.step_costs.get(key)
     if cost is None:  # computed once per teacher and sampler, shared by every budget
-        targets = list(teacher.states) + [teacher.end]
+        targets = [s[draws] for s in teacher.states] + [teacher.end[draws]]
         dtype = teacher.x_init.dtype
+        cond = None if teacher.cond is None else {k: v[draws] for k, v in teacher.cond.items()}
         cost = [[math.inf if j <= i else endpoint_loss(denoiser, sampler, [points[i], points[j]],
-                                                       teacher.states[i].to(dtype), targets[j], teacher.cond)
+                                                       teacher.states[i][draws].to(dtype), targets[j], cond, trim)
                  for j in range(m + 1)] for i in range(m)]
         teacher.step_costs[key] = cost
     if n == 1:  # with one step only the jump to t = 0 is allowed
@@ -190,12 +272,13 @@ def descend(loss, theta: torch.Tensor, *, iters: int = 60, h: float = 1e-3, tol:
     return theta, math.exp(fx), evals
 
 
-def run_error(sampler, plan, field, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def run_error(sampler, plan, field, x: torch.Tensor, target: torch.Tensor, trim: float = 0.0) -> torch.Tensor:
     """RMS endpoint error against ``target`` (in its dtype) of ``sampler`` running ``plan`` from ``x``
-    through ``field``, as a tensor that carries the run's gradients (the fits' differentiable loss)."""
+    through ``field``, without the ``trim`` share of the worst draws, as a tensor that carries the
+    run's gradients (the fits' differentiable loss)."""
     steps = Steps(sampler, plan, field)
     x, _ = steps.run_steps(steps.start(x), 0, len(plan.t))
-    return (x.to(target.dtype) - target).flatten(1).pow(2).sum(1).mean().sqrt()
+    return trimmed_rms(squared_errors(x, target), trim)
 
 
 class GridGradient:
@@ -211,9 +294,11 @@ class GridGradient:
     and the descent takes central differences of the loss. ``calls``: model evaluations of the runs
     (each also differentiated)."""
 
-    def __init__(self, counted, sampler, space: GridSpace, teacher: "Teacher", h: float = 1e-6):
+    def __init__(self, counted, sampler, space: GridSpace, teacher: "Teacher", h: float = 1e-6,
+                 split: "Split | None" = None, trim: float = 0.0):
         self.counted, self.sampler, self.space, self.teacher, self.h = counted, sampler, space, teacher, h
-        self.calls = 0
+        self.draws = split.draws("fit") if split is not None else (teacher.x_init, teacher.end, teacher.cond)
+        self.trim, self.calls = trim, 0
 
     def _numbers(self, theta):
         from ..compiled import pack_numbers
@@ -239,9 +324,10 @@ class GridGradient:
         entries = leaves.unbind(0)
         t, s, coef = unpack_numbers(packed, entries)
         plan.t, plan.s, plan.coef, plan.inplace = t, s, coef, False
-        field = Run(self.counted, self.teacher.cond, check="off")
+        x, end, cond = self.draws
+        field = Run(self.counted, cond, check="off")
         with torch.enable_grad():
-            loss = run_error(self.sampler, plan, field, self.teacher.x_init, self.teacher.end)
+            loss = run_error(self.sampler, plan, field, x, end, self.trim)
             if not bool(torch.isfinite(loss)):
                 return None
             (g,) = torch.autograd.grad(loss, leaves)
@@ -259,23 +345,43 @@ def check_tunable(sampler, name: str) -> None:
 def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = None, *, teacher: Teacher | None = None,
                   sampler_name: str | None = None, cond: dict | None = None, method: str = "dp+descent",
                   candidates: int = 40, starts: int = 3, iters: int = 60, teacher_steps: int = 300,
-                  t_max: float | None = None, gradient: str = "autograd") -> TunedGrid:
+                  t_max: float | None = None, gradient: str = "autograd", holdout: float = HOLDOUT,
+                  trim: float = TRIM, start: str = "top", teleport=None, t_skip: float | None = None) -> TunedGrid:
     """A grid for ``denoiser``, ``sampler`` and a budget of ``nfe`` evaluations, fitted on the draws
     ``x_init`` of ``p_{t_max}`` (about 100 are enough; see :func:`~sdeflow.sampling.prior_sample`)
     against the teacher (see the module docstring for ``method``), or against a :class:`Teacher`
     already computed on those draws (give ``teacher`` instead of ``x_init``, ``cond`` and ``t_max``).
-    The descent runs from the DP grid and from the ``starts`` hand grids with the least loss (the
-    landscape has several basins); the best result wins. ``gradient``: how the descent differentiates
-    the loss, ``"autograd"`` (one run and its backward pass per gradient, :class:`GridGradient`; checked
-    once against central differences along its own direction, and replaced by them with a warning if
-    the model's output is not differentiable in time) or ``"differences"`` (``2n`` runs).
 
-    A fit that does not beat the best hand grid on the draws is not kept: that hand grid is returned
-    (``method = "hand:<name>"``), with a warning.
+    The draws are split (:class:`Split`): the fit sees the first ``1 - holdout`` of them, and its loss
+    is the endpoint RMS error without the ``trim`` share of the worst draws (the few that end in
+    another component than the teacher's would decide a plain RMS). The descent runs from the DP grid
+    and from the ``starts`` hand grids with the least loss (the landscape has several basins); of the
+    results, the one with the least trimmed error on the held-out draws wins. ``gradient``: how the
+    descent differentiates the loss, ``"autograd"`` (one run and its backward pass per gradient,
+    :class:`GridGradient`; checked once against central differences along its own direction, and
+    replaced by them with a warning if the model's output is not differentiable in time) or
+    ``"differences"`` (``2n`` runs).
 
-    Returns a :class:`TunedGrid` with the fitted loss, every hand grid's loss and the cost of fitting
-    in model evaluations (each on the whole batch of draws), including the teacher's when it is
-    computed here (a shared ``teacher`` is paid once, by its caller: ``teacher.calls``)."""
+    ``start`` (see :data:`STARTS`): where the grid begins. Below the top (``"leading"``, or
+    ``"teleport"`` at ``t_skip`` with the data's Gaussian ``teleport``; ``t_skip`` defaults to
+    :meth:`~sdeflow.teleport.Teleport.choose_time`'s), the run starts from the top's draws carried
+    there, is still judged against the teacher's solve from the top, and its grid is fitted by the
+    descent from the hand grids (the DP's candidate states are the teacher's, from the top).
+    ``"search"`` fits every start (teleport only with ``teleport``) and keeps the best on the held-out
+    draws: the start is part of the search space. With a teleport, the draws ``x_init`` are read as
+    the noise ``z = x_init / prior std`` and every run, the teacher's included, starts from the
+    Gaussian's own state ``alpha_1 mu + C_1^{1/2} z`` at the top (where the teleport's map begins),
+    so that every start is judged against the exact map of the same noise.
+
+    The fit is kept only if it beats the best hand grid from the top on the held-out draws, in the
+    trimmed error and in the plain RMS; otherwise that hand grid is returned (``method =
+    "hand:<name>"``), with a warning that says so.
+
+    Returns a :class:`TunedGrid` whose ``loss`` and ``hand`` are the held-out trimmed errors of the
+    returned grid and of every hand grid, ``heldout`` the returned grid's held-out RMS, ``start`` its
+    start, and ``cost_nfe`` the cost of fitting in model evaluations (each on the whole batch of
+    draws), including the teacher's when it is computed here (a shared ``teacher`` is paid once, by
+    its caller: ``teacher.calls``)."""
     if method not in METHODS:
         raise ValueError(f"unknown tuning method {method!r}; allowed: {', '.join(METHODS)}")
     if gradient not in GRADIENTS:
@@ -284,55 +390,117 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
     check_tunable(sampler, label)
     if candidates < 4 or starts < 0:
         raise ValueError(f"need candidates >= 4 and starts >= 0, got {candidates} and {starts}")
+    if not 0.0 <= trim < 0.5:
+        raise ValueError(f"trim must be a share of the draws in [0, 0.5), got {trim}")
+    if start not in (*STARTS, "search"):
+        raise ValueError(f"unknown start {start!r}; allowed: {', '.join(STARTS)}, search")
+    if start == "teleport" and teleport is None:
+        raise ValueError("start='teleport' needs the data's Gaussian: pass teleport= (a sdeflow.teleport.Teleport)")
+    if start != "top" and method == "dp":
+        raise ValueError(f"start={start!r} is fitted by the descent: use method 'descent' or 'dp+descent'")
     if (x_init is None) == (teacher is None):
         raise ValueError("give the draws x_init or a Teacher computed on them, not both")
+    if teleport is not None and start in ("teleport", "search") and teacher is not None:
+        raise ValueError("a teleport start is fitted on the draws x_init (its teacher starts from the Gaussian's own "
+                         "state at the top): give x_init, not teacher")
+    draws = teacher.x_init if teacher is not None else x_init
+    if not 1 <= int(round(draws.shape[0] * (1.0 - holdout))) < draws.shape[0] or not 0.0 < holdout < 1.0:
+        raise ValueError(f"{draws.shape[0]} draws cannot be split into fitting and held-out draws at holdout={holdout}")
     sch = denoiser.schedule
     n = steps_for(sampler, sch, nfe)
     t_max = teacher.t_max if teacher is not None else t_max
     space = GridSpace(sch, n, t_max)
-    want_dp = method in ("dp", "dp+descent")
+    if start != "top" and abs(space.t_max - grids.start_time(sch)) > 1e-12:
+        raise ValueError(f"start={start!r} begins below the top and is judged from there: the draws must be the "
+                         f"prior's at the top (t_max = {grids.start_time(sch):.6g}), got t_max = {space.t_max:.6g}")
+    want_dp = method in ("dp", "dp+descent") and start in ("top", "search")
+    if teleport is not None and start in ("teleport", "search"):
+        # every start is judged against the exact map of one noise z: from the top, the Gaussian's own state
+        # alpha_1 mu + C_1^(1/2) z there (which the teleport's map continues exactly), z = x_init / prior std
+        from ..sampling import prior_std
+
+        draws = teleport.start(draws.to(torch.float64) / prior_std(sch, space.t_max), sch, space.t_max).to(draws.dtype)
     teacher_calls = 0
     if teacher is None or (want_dp and teacher.times is None):
-        draws = teacher.x_init if teacher is not None else x_init
         cond = teacher.cond if teacher is not None else cond
         teacher = Teacher(denoiser, draws, cond=cond, t_max=space.t_max, steps=teacher_steps,
                           times=candidate_times(space, candidates) if want_dp else None)
         teacher_calls = teacher.calls
+    split = Split(teacher, holdout)
     counted = CountedDenoiser(denoiser, teacher.x_init.dtype)
+    hands = hand_grids(sch, n, space.t_max)
+    held = {name: split.held_out(counted, sampler, ts, trim) for name, ts in hands.items()}
+    options = [start] if start != "search" else ["top", "leading"] + (["teleport"] if teleport is not None else [])
+    if "teleport" in options and t_skip is None:
+        from ..sampling import prior_std
+
+        z = split.draws("fit")[0].to(torch.float64) / prior_std(sch, space.t_max)
+        t_skip, _ = teleport.choose_time(counted, z, cond=split.draws("fit")[2])
+    ts, best, slope, kept = None, (math.inf, math.inf), None, method
+    for option in options:
+        t_s, x_s = start_state(option, sch, teacher.x_init, n, teleport, t_skip)
+        if option == "teleport":  # the teacher's draws are the Gaussian's state at the top: carry them on exactly
+            x_s = teleport.flow(teacher.x_init, sch, space.t_max, t_s)
+        if option != "top" and t_s >= space.t_max:  # no room below the top (one step, or no skip): the top's fit
+            continue
+        try:
+            below = GridSpace(sch, n, t_s)
+        except ValueError:  # a skip down to the smallest time leaves no grid to fit (Gaussian data): give t_skip
+            continue
+        fitted, score, used = _fit_from(counted, sampler, below, teacher, Split(teacher, holdout, x_s),
+                                        method if option == "top" else "descent", starts, iters, gradient, trim, label)
+        slope = used or slope
+        if score < best:
+            ts, best, chosen = fitted, score, option
+    hand_best = min((v, k) for k, v in held.items()) if held else None
+    if ts is None or (hand_best is not None and not (best[0] < hand_best[0][0] and best[1] <= hand_best[0][1])):
+        if hand_best is None:
+            raise ValueError("no hand grid and no fit gives a finite result")
+        best, name = hand_best
+        ts, kept, chosen = hands[name], f"hand:{name}", "top"
+        warnings.warn(f"the {method} grid for {label} at NFE {nfe} is no better than the {name} hand grid on the "
+                      f"held-out draws (error {best[0]:.3g}, RMS {best[1]:.3g}): the {name} grid is returned", stacklevel=2)
+    return TunedGrid(ts.tolist(), label, sampler.prepare(sch, ts).nfe, kept, best[0], {k: v[0] for k, v in held.items()},
+                     counted.calls + teacher_calls, teacher.x_init.shape[0], heldout=best[1],
+                     cost_grad=slope.calls if slope else 0, start=chosen)
+
+
+def _fit_from(counted, sampler, space: GridSpace, teacher: Teacher, split: Split, method: str, starts: int, iters: int,
+              gradient: str, trim: float, label: str):
+    """The fit of :func:`optimize_grid` from ``space.t_max`` on the states of ``split``: ``(grid,
+    (held-out trimmed error, held-out RMS), gradient used)``; the grid ``None`` where nothing is finite."""
+    sch, n = space.schedule, space.n
+    fit_draws = split.draws("fit")
 
     def loss_of(ts):
-        return endpoint_loss(counted, sampler, ts, teacher.x_init, teacher.end, teacher.cond)
+        return endpoint_loss(counted, sampler, ts, *fit_draws, trim=trim)
 
     hands = hand_grids(sch, n, space.t_max)
-    hand = {name: loss_of(ts) for name, ts in hands.items()}
-    finite = sorted((v, k) for k, v in hand.items() if math.isfinite(v))
+    on_fit = {name: loss_of(ts) for name, ts in hands.items()}
+    finite = sorted((v, k) for k, v in on_fit.items() if math.isfinite(v))
     begin = [space.grid(space.logits(hands[k])) for _, k in finite[:starts]] if method != "dp" else []
-    if want_dp:
-        begin.insert(0, dp_grid(counted, sampler, space, teacher))
+    if method in ("dp", "dp+descent"):
+        begin.insert(0, dp_grid(counted, sampler, space, teacher, split.parts["fit"], trim))
     if not begin:
-        raise ValueError("no hand grid gives a finite result to start the descent from")
-    ts, best = None, math.inf
-    slope = GridGradient(counted, sampler, space, teacher) if gradient == "autograd" and method != "dp" and n > 1 else None
+        begin = [space.grid(space.logits(hands[k])) for _, k in finite[:1]]
+    if not begin:
+        return None, (math.inf, math.inf), None
+    slope = GridGradient(counted, sampler, space, teacher, split=split, trim=trim) \
+        if gradient == "autograd" and method != "dp" and n > 1 else None
     if slope is not None and not _agrees(slope, lambda th: loss_of(space.grid(th)), space.logits(begin[0])):
         warnings.warn(f"the teacher loss's gradient through {label}'s run disagrees with central differences (is the "
                       "model's output differentiable in its time input?): the grid is fitted with central differences",
-                      stacklevel=2)
+                      stacklevel=3)
         slope = None
-    for start in begin:  # the DP grid (kept as it is for "dp") and the best hand grids, each refined
-        now = loss_of(start)
+    ts, best = None, (math.inf, math.inf)
+    for first in begin:  # the DP grid (kept as it is for "dp") and the best hand grids, each refined
         if method != "dp" and n > 1:
-            theta, now, _ = descend(lambda th: loss_of(space.grid(th)), space.logits(start), iters=iters, gradient=slope)
-            start = space.grid(theta)
+            theta, _, _ = descend(lambda th: loss_of(space.grid(th)), space.logits(first), iters=iters, gradient=slope)
+            first = space.grid(theta)
+        now = split.held_out(counted, sampler, first, trim)
         if now < best:
-            ts, best = start, now
-    kept = method
-    if finite and finite[0][0] <= best:  # the fit did not beat the best hand grid: that grid is the answer
-        best, name = finite[0]
-        ts, kept = hands[name], f"hand:{name}"
-        warnings.warn(f"the {method} grid for {label} at NFE {nfe} is no better than the {name} hand grid "
-                      f"(error {best:.3g}) on these draws: the {name} grid is returned", stacklevel=2)
-    return TunedGrid(ts.tolist(), label, sampler.prepare(sch, ts).nfe, kept, best, hand,
-                     counted.calls + teacher_calls, teacher.x_init.shape[0], cost_grad=slope.calls if slope else 0)
+            ts, best = first, now
+    return ts, best, slope
 
 
 def _agrees(slope: GridGradient, loss, theta: torch.Tensor) -> bool:

@@ -79,7 +79,7 @@ def hand_grids(schedule: Schedule, n: int, t_max: float | None = None) -> dict[s
     out = {}
     for name in HAND_GRIDS:
         try:
-            ts = GRIDS[name](n, schedule)
+            ts = GRIDS[name](n, schedule, t_max=t_max)
         except ValueError:
             continue
         if float(ts[-1]) == 0.0 and ts.numel() == n + 1 and not bool(grids.below_domain(ts, schedule).any()):

@@ -23,15 +23,20 @@ from ..samplers.fitted import FittedSampler
 class TunedGrid:
     """A grid fitted for one model, sampler and NFE.
 
-    ``loss``: its endpoint RMS error to the teacher on the fitting draws; ``hand``: the same loss
-    of every hand grid with the same number of steps; ``cost_nfe``: model evaluations spent fitting
-    (each on the batch of ``samples`` draws), teacher included.
+    ``loss``: its endpoint RMS error to the teacher on the held-out draws, without the worst
+    ``trim`` share of them (see :func:`~sdeflow.tuning.optimize_grid`); ``hand``: the same error of
+    every hand grid with the same number of steps; ``heldout``: its plain held-out RMS;
+    ``cost_nfe``: model evaluations spent fitting (each on the batch of ``samples`` draws), teacher
+    included.
 
     With fitted coefficients (:func:`~sdeflow.tuning.optimize_coefficients`): ``shift``, the relative
     change of each of the sampler's coefficients on this grid (see :class:`~sdeflow.samplers.FittedSampler`);
-    ``loss`` is then the error with them and ``base_loss`` the error with the sampler's own,
-    ``heldout`` the error on the draws the fit did not see, and ``cost_grad`` counts the evaluations
-    the fit differentiated through."""
+    ``loss`` is then the held-out error with them and ``base_loss`` with the sampler's own,
+    ``heldout`` the held-out RMS with them, and ``cost_grad`` counts the evaluations
+    the fit differentiated through. ``start``: how a run reaches ``ts[0]`` (see
+    :data:`~sdeflow.tuning.fit.STARTS`): ``"top"``, the prior's draw there; ``"leading"``, the top's
+    prior draw taken as a state at ``ts[0]``; ``"teleport"``, the data's Gaussian carrying the noise
+    to ``ts[0]``."""
 
     ts: list[float]
     sampler: str
@@ -45,6 +50,7 @@ class TunedGrid:
     base_loss: float | None = None
     heldout: float | None = None
     cost_grad: int = 0
+    start: str = "top"
 
     @property
     def best_hand(self) -> tuple[str, float]:
