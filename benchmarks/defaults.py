@@ -7,7 +7,8 @@ configuration's error is divided by the best configuration's on the same problem
 among the samplers that take one evaluation per step (so that a budget is also a step count, as
 ``SdeflowScheduler``'s ``num_inference_steps`` is), the configuration whose ratios on the choosing
 problems are least by ``max(p90 / 1.5, max / 3)`` (the targets: within 1.5x of the best on 90% of
-problems, never worse than 3x), ties going to the smaller median. It prints the resulting
+problems, never worse than 3x), ties going to the smaller median, and keeps the previous budget's
+choice where its score is within 10% of that (fewer switches between budgets). It prints the resulting
 ``DEFAULTS`` table, checks it against ``sdeflow.samplers.names.DEFAULTS`` and writes
 ``docs/benchmarks/defaults.md``: the distribution of the ratios of the defaults in the code on the
 validation problems, which the rule never saw.
@@ -72,8 +73,11 @@ def choose(data: dict) -> dict:
     for family in PROCESS_OF:
         rows = []
         for budget, per_config in sorted(ratios(data, "choose", family).items()):
-            allowed = {c: r for c, r in per_config.items() if c.split(" ")[0] in ONE_PER_STEP}
+            allowed = {c: r for c, r in per_config.items() if c.split(" ")[0] in ONE_PER_STEP and all(map(math.isfinite, r))}
             config = min(allowed, key=lambda c: score(allowed[c]))
+            previous = f"{rows[-1][1]} ({rows[-1][2]})" if rows else None
+            if previous in allowed and score(allowed[previous])[0] <= 1.1 * score(allowed[config])[0]:
+                config = previous  # within 10% of the best score: keep the smaller budget's choice (fewer switches)
             sampler, grid = config[:-1].split(" (")
             if rows and rows[-1][1:] == (sampler, grid):
                 rows[-1] = (budget, sampler, grid)

@@ -58,14 +58,21 @@ def resolve(args, schedule=None):
 
 def use_tuned_grid(args, model) -> None:
     """``--grid tuned``: the grid ``sdeflow tune`` stored beside the checkpoint for the sampler (default:
-    sdeflow's default at ``--nfe``) and the budget ``--nfe``, set as a user grid. Returns the stored entry
+    sdeflow's default at ``--nfe`` if a grid is stored for it, else the stored sampler with the least
+    error at that budget) and the budget ``--nfe``, set as a user grid. Returns the stored entry
     (its fitted coefficients, if any, replace the sampler's: :meth:`~sdeflow.tuning.TunedGrid.sampler_for`)."""
     from ..tuning import check_tunable, find_tuned, steps_for, tuned_paths
 
     if args.steps is not None:
         raise ValueError("--grid tuned fixes the steps of the budget --nfe; leave --steps out")
     schedule = model.denoiser.schedule
-    args.sampler = args.sampler or default_sampling(schedule, args.nfe)[0]
+    if args.sampler is None:  # the default sampler's grid; else the stored sampler at this budget with the least error
+        from ..tuning import load_tuned
+
+        default = default_sampling(schedule, args.nfe)[0]
+        stored = [g for p in tuned_paths(model.path) for g in load_tuned(p) if g.nfe == args.nfe and g.sampler in SAMPLERS]
+        args.sampler = default if not stored or any(g.sampler == default for g in stored) else \
+            min(stored, key=lambda g: g.loss).sampler
     sampler = lookup(SAMPLERS, "sampler", args.sampler)()
     check_tunable(sampler, args.sampler)
     tuned = find_tuned(tuned_paths(model.path), args.sampler, args.nfe, steps_for(sampler, schedule, args.nfe))

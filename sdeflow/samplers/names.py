@@ -105,12 +105,18 @@ FLOW_MAP_SAMPLERS = NameTable("sampler", {
 ALL_SAMPLERS = SAMPLERS.merged(FLOW_MAP_SAMPLERS)
 
 #: sdeflow's default ``(sampler, grid)`` per schedule family, for NFE budgets up to the first number
-#: (then the next row), chosen from the ODE benchmark (``docs/benchmarks/ode_solvers.json``; the
-#: ratios to the best configuration are in ``docs/benchmarks/defaults.md``, ``python benchmarks/defaults.py``).
+#: (then the next row): samplers of one evaluation per step (a budget is then a step count, as
+#: ``SdeflowScheduler``'s ``num_inference_steps`` is), chosen by ``python benchmarks/defaults.py`` on 20
+#: random exact problems (``benchmarks/families.py``) for the least ``max(p90 / 1.5, max / 3)`` of the
+#: ratio to the best configuration; ``docs/benchmarks/defaults.md`` reports the ratios on 20 others.
 DEFAULTS = {
-    "vp": [(10, "deis-3", "quadratic"), (35, "ipndm", "quadratic"), (math.inf, "dpm-solver++-3m-unic", "quadratic")],
-    "sigma": [(10, "dpm-solver++-3m-unic", "auto"), (math.inf, "ipndm", "auto")],
-    "flow": [(15, "unipc-bh2", "uniform"), (math.inf, "dpm-solver++-3m-unic", "quadratic")],
+    "vp": [(1, "ddim", "auto"), (2, "dpm-solver-3m", "quadratic"), (4, "unipc-bh1", "quadratic"), (5, "ipndm", "logsnr"),
+           (8, "ipndm", "karras"), (12, "dpm-solver-3m", "karras"), (math.inf, "unipc-3", "auto")],
+    "sigma": [(2, "ddim", "auto"), (5, "unipc-bh1", "auto"), (8, "dpm-solver++-2m", "logsnr"), (10, "dpm-solver-3m", "karras"),
+              (math.inf, "dpm-solver++-3m-unic", "auto")],
+    "flow": [(1, "ddim", "auto"), (2, "ddim", "uniform"), (5, "unipc-bh1", "auto"), (8, "ipndm", "auto"),
+             (10, "unipc-bh2", "auto"), (15, "dpm-solver-3m", "auto"), (20, "dpm-solver++-3m", "auto"),
+             (math.inf, "unipc-3", "auto")],
 }
 
 
