@@ -63,7 +63,7 @@ def measure(seed: int) -> list[dict]:
                 coef = optimize_coefficients(den, sampler, tuned.grid(), draws(sch, params["dim"], 100, 1),
                                              sampler_name=name, tuned=tuned) if nfe == BUDGETS[0] else None
             hands = {g: endpoint_loss(den, sampler, ts, fresh, target)
-                     for g, ts in hand_grids(sch, steps_for(sampler, sch, nfe)).items()}
+                     for g, ts in hand_grids(sch, steps_for(sampler, sch, nfe), grids.start_time(sch)).items()}
             best_hand = min(hands, key=hands.get)
             row = {"problem": seed, "dim": params["dim"], "process": process.name, "nfe": nfe, "sampler": name,
                    "kept": tuned.method, "hand": hands[best_hand], "hand_grid": best_hand,

@@ -31,6 +31,8 @@ Local Intrinsic Dimension Estimation with Diffusion Models" (FLIPD), NeurIPS 202
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .parameterizations import score_from_x_hat
@@ -83,13 +85,24 @@ def fokker_planck_residual(denoiser, x_t: torch.Tensor, t: float, *, cond: dict 
     backward passes); ``dt``: the central-difference step in ``t`` (default ``1e-4`` of ``min(t, 1 - t)``
     scale). Returns per sample ``residual`` (``|r|``), ``scale`` (``|ds/dt|``), ``relative`` (their ratio) and
     ``divergence`` (``div s``, exact or estimated)."""
+    r, ds_dt, div = fokker_planck_terms(denoiser, x_t, t, cond=cond, probes=probes, dt=dt, generator=generator)
+    r = r.reshape(x_t.shape[0], -1).norm(dim=1).detach()
+    scale = ds_dt.reshape(x_t.shape[0], -1).norm(dim=1).detach()
+    return {"residual": r, "scale": scale, "relative": r / scale.clamp_min(1e-300), "divergence": div.detach()}
+
+
+def fokker_planck_terms(denoiser, x_t: torch.Tensor, t: float, *, cond: dict | None = None, probes: int | None = None,
+                        dt: float | None = None, generator: torch.Generator | None = None, create_graph: bool = False):
+    """``(r, ds/dt, div s)`` of :func:`fokker_planck_residual`, ``r`` and ``ds/dt`` shaped like ``x_t``;
+    ``create_graph=True`` keeps them differentiable in the model's parameters (a training penalty,
+    :class:`~sdeflow.objectives.DenoisingLoss`'s ``fokker_planck``)."""
     schedule = denoiser.schedule
     t = float(t)
     h = dt if dt is not None else 1e-4 * max(min(t, 1.0 - t), 1e-3)
     if not (h > 0 and t - h > schedule.t_min and t + h <= 1.0):
         raise ValueError(f"t = {t} needs room for the time derivative: t_min < t - dt and t + dt <= 1 (dt = {h:.3g})")
     x = x_t.detach().to(torch.float64).requires_grad_(True)
-    with torch.no_grad():
+    with torch.set_grad_enabled(create_graph):
         ds_dt = (model_score(denoiser, x, t + h, cond) - model_score(denoiser, x, t - h, cond)) / (2 * h)
     f, g2 = sde_coefficients(schedule, t)
     with torch.enable_grad():
@@ -97,11 +110,8 @@ def fokker_planck_residual(denoiser, x_t: torch.Tensor, t: float, *, cond: dict 
         div = _divergence(s, x, None if probes is None else _probes(x, probes, generator))
         b = x.shape[0]
         phi = 0.5 * g2 * (div + s.reshape(b, -1).pow(2).sum(1)) - f * (x * s).reshape(b, -1).sum(1)
-        grad_phi = torch.autograd.grad(phi.sum(), x)[0]
-    r = (ds_dt - grad_phi).reshape(x.shape[0], -1).norm(dim=1)
-    scale = ds_dt.reshape(x.shape[0], -1).norm(dim=1)
-    return {"residual": r.detach(), "scale": scale.detach(), "relative": (r / scale.clamp_min(1e-300)).detach(),
-            "divergence": div.detach()}
+        grad_phi = torch.autograd.grad(phi.sum(), x, create_graph=create_graph)[0]
+    return ds_dt - grad_phi, ds_dt, div
 
 
 def jacobian_asymmetry(denoiser, x_t: torch.Tensor, t: float, *, cond: dict | None = None, probes: int = 8,
@@ -121,6 +131,47 @@ def jacobian_asymmetry(denoiser, x_t: torch.Tensor, t: float, *, cond: dict | No
             num = num + (jv - jtv).reshape(b, -1).pow(2).sum(1)
             den = den + jv.reshape(b, -1).pow(2).sum(1)
     return (num / den.clamp_min(1e-300)).sqrt().detach()
+
+
+def loop_circulation(denoiser, x_t: torch.Tensor, t: float, *, radius: float | None = None, points: int = 16,
+                     planes: tuple[torch.Tensor, torch.Tensor] | None = None, cond: dict | None = None,
+                     generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """The loop integral of the model's score around a circle of ``radius`` (default ``0.1 sigma_t``)
+    through each sample, in a random plane (orthonormal ``planes = (u, v)``, each ``(B, D)``, if given),
+    by the trapezoid rule on ``points`` points (exact for linear fields, spectrally accurate otherwise;
+    ``points`` model evaluations of the batch).
+
+    Returns ``curl``: the circulation over ``pi r^2``, which tends to ``v^T J u - u^T J v`` as ``r -> 0``
+    (Stokes): 0 for a gradient field, ``2 v^T A u`` for a field whose Jacobian has the antisymmetric part
+    ``A``; and ``relative``: ``|curl|`` over the field's mean change around the loop divided by ``r``
+    (scale-free, 0 for a gradient field)."""
+    if points < 3:
+        raise ValueError(f"a loop needs at least 3 points, got {points}")
+    schedule = denoiser.schedule
+    b = x_t.shape[0]
+    x = x_t.detach().to(torch.float64).reshape(b, -1)
+    r = 0.1 * float(schedule.sigma(as_time(t))) if radius is None else float(radius)
+    if not r > 0:
+        raise ValueError(f"radius must be > 0, got {radius}")
+    if planes is None:
+        g = torch.randn(b, x.shape[1], 2, generator=generator, dtype=torch.float64)
+        q = torch.linalg.qr(g)[0]
+        u, v = q[..., 0], q[..., 1]
+    else:
+        u, v = (p.to(torch.float64).reshape(b, -1) for p in planes)
+    theta = torch.arange(points, dtype=torch.float64) * (2 * math.pi / points)
+    circulation = torch.zeros(b, dtype=torch.float64)
+    change = torch.zeros(b, dtype=torch.float64)
+    with torch.no_grad():
+        center = model_score(denoiser, x.reshape(x_t.shape), t, cond).reshape(b, -1).to(torch.float64)
+        for th in theta.tolist():
+            on = x + r * (math.cos(th) * u + math.sin(th) * v)
+            s = model_score(denoiser, on.reshape(x_t.shape), t, cond).reshape(b, -1).to(torch.float64)
+            tangent = r * (-math.sin(th) * u + math.cos(th) * v)
+            circulation += (s * tangent).sum(1) * (2 * math.pi / points)
+            change += (s - center).norm(dim=1) / points
+    curl = circulation / (math.pi * r * r)
+    return {"curl": curl, "relative": curl.abs() / (change / r).clamp_min(1e-300)}
 
 
 def intrinsic_dimension(denoiser, x: torch.Tensor, t: float, *, method: str = "flipd", cond: dict | None = None,

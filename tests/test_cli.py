@@ -185,6 +185,7 @@ def _bad_inputs(tmp):
         ("tune-start-coefficients", ["tune", "--checkpoint", "moons", "--start", "leading", "--coefficients"]),
         ("tune-teleport-data-top", ["tune", "--checkpoint", "moons", "--teleport-data", str(tmp / "afile")]),
         ("tune-trim", ["tune", "--checkpoint", "moons", "--trim", "0.5"]),
+        ("train-fokker-planck", ["train", "--data", "moons", "--fokker-planck", "-1", "--out", str(tmp / "fp")]),
         ("tune-holdout", ["tune", "--checkpoint", "moons", "--holdout", "1"]),
         ("guidance-cfgpp-sampler", ["sample", "--guidance", "0.5", "--guidance-method", "cfg++", "--sampler", "rk45",
                                     "--out", ""]),
@@ -393,8 +394,8 @@ def test_diagnose_finds_the_exact_answers_on_an_exact_problem(tmp_path, capsys):
     args = build_parser().parse_args(["diagnose", "--problem", "ring-2d", "--levels", "5", "--out", str(tmp_path / "d.png")])
     got = run_diagnose(args)
     assert len(got["rows"]) == 5
-    for _, level, fp, asym, explained in got["rows"]:
-        assert fp < 1e-5 and asym < 1e-12
+    for _, level, fp, asym, explained, curl in got["rows"]:
+        assert fp < 1e-5 and asym < 1e-12 and curl < 1e-9  # loop curl: 8-point trapezoid, measured below 1e-10
     assert got["rows"][0][4] > 0.999
     assert torch.allclose(got["flipd"], torch.full_like(got["flipd"], 2.0), atol=0.05)
     assert (tmp_path / "d.png").exists() and "intrinsic dimension" in capsys.readouterr().out

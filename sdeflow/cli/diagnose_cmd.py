@@ -2,8 +2,8 @@
 
 At noise levels spaced in logSNR, on noised copies ``alpha x + sigma z`` of data points (the training
 set of a shipped model or a bundled dataset, exact samples for a problem): the relative Fokker-Planck
-residual of the score, the asymmetry of its Jacobian, and the fraction of the field the data's Gaussian
-explains; then the intrinsic dimension at the data (FLIPD and the normal bundle, at noise level 0.01)
+residual of the score, the asymmetry of its Jacobian, its curl around small loops (the loop integral
+over the loop's area), and the fraction of the field the data's Gaussian explains; then the intrinsic dimension at the data (FLIPD and the normal bundle, at noise level 0.01)
 and the teleportation time the Gaussian allows. A table on the terminal, a picture with the three
 curves (``--out``).
 """
@@ -81,7 +81,7 @@ def _data(args):
 
 def run_diagnose(args) -> dict:
     from ..files import check_output
-    from ..diagnostics import fokker_planck_residual, intrinsic_dimension, jacobian_asymmetry, ode_sde_gap
+    from ..diagnostics import fokker_planck_residual, intrinsic_dimension, jacobian_asymmetry, loop_circulation, ode_sde_gap
     from ..grids import logsnr_grid, start_time
 
     _check(args)
@@ -101,7 +101,8 @@ def run_diagnose(args) -> dict:
         asym = jacobian_asymmetry(denoiser, x_t, t, cond=cond, probes=4, generator=gen)
         z = torch.randn(x.shape, generator=gen, dtype=torch.float64)
         explained = gauss.explained(denoiser, t, z, cond)
-        rows.append((t, s / a, float(fp.median()), float(asym.median()), explained))
+        curl = loop_circulation(denoiser, x_t, t, cond=cond, points=8, generator=gen)["relative"]
+        rows.append((t, s / a, float(fp.median()), float(asym.median()), explained, float(curl.median())))
     t_id = float(schedule.t_from_sigma_ratio(torch.tensor(0.01, dtype=torch.float64)))
     ids = {m: intrinsic_dimension(denoiser, x[:8], t_id, method=m, cond=None if cond is None else
                                   {k: v[:8] for k, v in cond.items()}, probes=probes, generator=gen)
@@ -114,10 +115,10 @@ def run_diagnose(args) -> dict:
     seconds = time.time() - start
     print(f"diagnose {name}: {len(x)} points per level, {d} dimensions, divergence "
           f"{'exact' if probes is None else f'by {probes} Hutchinson probes'}, {seconds:.1f} s")
-    print("  noise level  Fokker-Planck residual  Jacobian asymmetry  Gaussian explains")
-    print("  (sigma/alpha)   (0: a true score)     (0: a gradient field)  (1: Gaussian field)")
-    for t, level, fp, asym, ex in rows:
-        print(f"  {level:11.4g}  {fp:22.3g}  {asym:18.3g}  {ex:17.4f}")
+    print("  noise level  Fokker-Planck residual  Jacobian asymmetry  loop curl  Gaussian explains")
+    print("  (sigma/alpha)   (0: a true score)     (0: a gradient field)  (0: too)  (1: Gaussian field)")
+    for t, level, fp, asym, ex, curl in rows:
+        print(f"  {level:11.4g}  {fp:22.3g}  {asym:18.3g}  {curl:9.3g}  {ex:17.4f}")
     print(f"  intrinsic dimension at noise level 0.01 (median of 8 points): FLIPD {float(ids['flipd'].median()):.2f}, "
           f"normal bundle {float(ids['normal'].median()):.0f} (of {d})")
     if gap is not None:

@@ -15,6 +15,8 @@ recipe     schedule         prediction     time input  time density    weighting
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -62,6 +64,7 @@ class TrainConfig:
     min_snr_gamma: float = 5.0
     sigma_data: float = 0.5
     ot_coupling: bool = False
+    fokker_planck: float = 0.0
     image_size: int = 32
     standardize: bool = False
     toy_size: int = 100_000
@@ -131,6 +134,10 @@ class TrainConfig:
                      "teacher_nfe", "pairs", "distill_steps"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+        if not (math.isfinite(cfg.fokker_planck) and cfg.fokker_planck >= 0):
+            raise ValueError(f"fokker_planck must be a weight >= 0, got {cfg.fokker_planck}")
+        if cfg.fokker_planck > 0 and cfg.objective != "denoise":
+            raise ValueError(f"fokker_planck is a penalty of the denoise objective, not of {cfg.objective}")
         if not 0.0 <= cfg.label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {cfg.label_dropout}")
         if cfg.lr <= 0:

@@ -72,7 +72,8 @@ def make_loss(cfg: TrainConfig, teacher=None):
         return fewstep.ConsistencyLoss(teacher, total_steps=cfg.steps)
     if cfg.objective == "progressive":
         return fewstep.ProgressiveDistillationLoss(teacher, cfg.distill_steps)
-    return DenoisingLoss(cfg.weighting, cfg.time_density, min_snr_gamma=cfg.min_snr_gamma, sigma_data=cfg.sigma_data)
+    return DenoisingLoss(cfg.weighting, cfg.time_density, min_snr_gamma=cfg.min_snr_gamma, sigma_data=cfg.sigma_data,
+                         fokker_planck=cfg.fokker_planck)
 
 
 def student_sampling(cfg: TrainConfig) -> tuple[str, str, int] | None:
