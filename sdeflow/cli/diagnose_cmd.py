@@ -3,8 +3,9 @@
 At noise levels spaced in logSNR, on noised copies ``alpha x + sigma z`` of data points (the training
 set of a shipped model or a bundled dataset, exact samples for a problem): the relative Fokker-Planck
 residual of the score, the asymmetry of its Jacobian, its curl around small loops (the loop integral
-over the loop's area), and the fraction of the field the data's Gaussian explains; then the intrinsic dimension at the data (FLIPD and the normal bundle, at noise level 0.01)
-and the teleportation time the Gaussian allows. A table on the terminal, a picture with the three
+over the loop's area), and the fraction of the field the data's Gaussian explains; then the intrinsic
+dimension at the data (FLIPD and the normal bundle, at noise level 0.01) and the teleportation time
+the Gaussian allows. A table on the terminal, a picture with the three
 curves (``--out``).
 """
 
