@@ -123,10 +123,15 @@ def auto_grid(n: int, schedule: Schedule, t_max: float | None = None) -> torch.T
     With few steps, resolving the smallest noise levels costs more accuracy than it buys: the final
     denoising step from ``sigma_min`` loses only ``O(sigma_min^2)`` while every step saved goes to the
     noise levels where trajectories bend. So ``sigma_min = clip(5 / n^2, 0.002, 0.2)`` and the
-    spacing is ``rho = 2`` (denser at low noise) for up to 10 steps, uniform in logSNR beyond.
+    spacing is ``rho = 2`` (denser at low noise) for up to 10 steps, uniform in logSNR beyond. A grid
+    that starts at a low ``t_max`` ends at most at half its first noise level.
     The constants were measured on the oracle's problems (see docs/benchmarks.md)."""
     _check_n(n)
-    t_min = default_t_min(schedule, min(max(5.0 / n ** 2, DEFAULT_SIGMA_MIN), 0.2))
+    sigma_min = min(max(5.0 / n ** 2, DEFAULT_SIGMA_MIN), 0.2)
+    if t_max is not None:  # a grid that starts low (after a teleport) still steps down: at most half its first level
+        first = float(schedule.noise_to_signal(torch.tensor(float(t_max), dtype=torch.float64)))
+        sigma_min = max(DEFAULT_SIGMA_MIN, min(sigma_min, 0.5 * first))
+    t_min = default_t_min(schedule, sigma_min)
     return polyexponential_grid(n, schedule, rho=2.0 if n <= 10 else 1.0, t_max=t_max, t_min=t_min)
 
 

@@ -146,7 +146,8 @@ class Teleport:
 
     def choose_time(self, denoiser, z: torch.Tensor, *, threshold: float = 0.99, candidates: int = 24,
                     cond: dict | None = None) -> tuple[float, list[tuple[float, float]]]:
-        """The lowest time, among ``candidates`` times uniform in logSNR below the top of the schedule,
+        """The lowest time, among ``candidates`` times uniform in logSNR below the top of the schedule
+        (all but the lowest, where no step would be left),
         down to which the Gaussian explains at least ``threshold`` of the model's field at every
         candidate (scanning from the top; ``candidates`` model evaluations of ``z`` at most). Returns
         the time (the top of the schedule when even the first candidate falls short, i.e. no skip)
@@ -155,7 +156,8 @@ class Teleport:
             raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
         schedule = denoiser.schedule
         top = start_time(schedule)
-        times = logsnr_grid(candidates, schedule, t_max=top, denoise_to_zero=False).tolist()
+        # the lowest level is left out: a run needs room for a step above the schedule's smallest time
+        times = logsnr_grid(candidates, schedule, t_max=top, denoise_to_zero=False).tolist()[:-1]
         chosen, measured = top, []
         for t in times:
             f = self.explained(denoiser, t, z, cond)
