@@ -35,7 +35,8 @@ def generate(denoiser: Denoiser, sampler, ts: torch.Tensor, shape: tuple[int, ..
         first: the index of the first sample (the samples ``first .. first + num - 1`` of the run
             seeded ``seed``: a run made in parts gives the samples of one run made at once).
         teleport: a :class:`~sdeflow.teleport.Teleport`: each sample's noise starts at ``ts[0]`` where the
-            data's Gaussian carries it (``teleport.start``) instead of as a draw from the prior there.
+            data's Gaussian carries it (``teleport.start``; a :class:`~sdeflow.teleport.ClassTeleport`
+            uses each sample's class) instead of as a draw from the prior there.
         prior_time: the time whose prior the noise is drawn from (default ``ts[0]``); a tuned grid with
             the ``leading`` start draws at the top of the schedule and begins below it.
     """
@@ -57,7 +58,7 @@ def generate(denoiser: Denoiser, sampler, ts: torch.Tensor, shape: tuple[int, ..
                                   seeds=seeds, dtype=dtype, device=device)
         else:
             z = SeededNoise(seeds)(torch.empty((hi - lo, *shape), dtype=dtype, device=device), -1)  # prior_sample's draw
-            x_init = teleport.start(z, denoiser.schedule, t_start)
+            x_init = teleport.start(z, denoiser.schedule, t_start, label=None if labels is None else labels[lo:hi])
         cond = {} if labels is None else {"label": labels[lo:hi].to(x_init.device)}
         source = SeededNoise(seeds) if noise == "seeded" else BrownianTreeNoise(seeds)
         with torch.no_grad():

@@ -7,8 +7,9 @@ Along an eigendirection of ``Sigma`` with variance ``lam``, ``p_t`` has variance
 ``x_t = alpha_t mu + C_t^{1/2} z`` for every ``t``. So noise ``z`` drawn at the top of the schedule is
 carried to any ``t_skip`` at no network cost (:meth:`Teleport.start`), and a sampler continues from
 there on a grid that starts at ``t_skip``. Exact for Gaussian data at any ``t_skip``; for other data the
-error is what the Gaussian misses above ``t_skip``, which :meth:`Teleport.explained` measures with a few
-model evaluations and :meth:`Teleport.choose_time` turns into a ``t_skip``.
+error is what the Gaussian misses above ``t_skip``, which :meth:`Teleport.explained` measures (the share
+of the variance of the model's probability-flow velocity the Gaussian's explains) with a few model
+evaluations and :meth:`Teleport.choose_time` turns into a ``t_skip``.
 
 The covariance is kept as a spectrum: an orthonormal basis ``U`` (``D x r``) with variances ``lam``, and
 one variance ``floor`` for every direction orthogonal to ``U`` (all of ``Sigma`` when ``r = D``;
@@ -104,14 +105,15 @@ class Teleport:
             raise ValueError(f"samples must be shaped (B, {', '.join(map(str, self.shape))}), got {tuple(x.shape)}")
         return x.reshape(x.shape[0], -1).to(torch.float64)
 
-    def x_hat(self, x_t: torch.Tensor, schedule: Schedule, t) -> torch.Tensor:
-        """The Gaussian's denoiser ``E[x | x_t] = mu + alpha Sigma (alpha^2 Sigma + sigma^2 I)^-1 (x_t - alpha mu)``."""
+    def x_hat(self, x_t: torch.Tensor, schedule: Schedule, t, label=None) -> torch.Tensor:
+        """The Gaussian's denoiser ``E[x | x_t] = mu + alpha Sigma (alpha^2 Sigma + sigma^2 I)^-1 (x_t - alpha mu)``.
+        ``label`` is for :class:`ClassTeleport`; one Gaussian ignores it."""
         a, s = float(schedule.alpha(as_time(t))), float(schedule.sigma(as_time(t)))
         r = self._flat(x_t) - a * self.mean.to(x_t.device)
         out = self.mean.to(x_t.device) + self._spectral(r, lambda lam: a * lam / (a * a * lam + s * s))
         return out.reshape(x_t.shape).to(x_t.dtype)
 
-    def flow(self, x_t: torch.Tensor, schedule: Schedule, t, s) -> torch.Tensor:
+    def flow(self, x_t: torch.Tensor, schedule: Schedule, t, s, label=None) -> torch.Tensor:
         """The Gaussian's probability-flow map from time ``t`` to time ``s``:
         ``x_s = alpha_s mu + C_s^{1/2} C_t^{-1/2} (x_t - alpha_t mu)``."""
         a_t, s_t = float(schedule.alpha(as_time(t))), float(schedule.sigma(as_time(t)))
@@ -123,7 +125,7 @@ class Teleport:
             return torch.sqrt((a_s * a_s * lam + s_s * s_s) / (a_t * a_t * lam + s_t * s_t).clamp_min(1e-300))
         return (a_s * mean + self._spectral(r, ratio)).reshape(x_t.shape).to(x_t.dtype)
 
-    def start(self, z: torch.Tensor, schedule: Schedule, t) -> torch.Tensor:
+    def start(self, z: torch.Tensor, schedule: Schedule, t, label=None) -> torch.Tensor:
         """``x_t = alpha_t mu + C_t^{1/2} z`` for standard normal ``z`` ``(B, *shape)``: where the Gaussian's
         probability-flow ODE carries the noise ``z`` from the top of the schedule, at no network cost."""
         a, s = float(schedule.alpha(as_time(t))), float(schedule.sigma(as_time(t)))
@@ -132,16 +134,26 @@ class Teleport:
 
     # ------------------------------------------------------------------ how much of a model it explains
     def explained(self, denoiser, t, z: torch.Tensor, cond: dict | None = None) -> float:
-        """The fraction of the model's field at time ``t`` that the Gaussian explains, on the states
-        ``start(z, t)``: ``1 - E|x_hat - x_hat_G|^2 / E|x_hat - mu|^2`` (1 for Gaussian data; one model
-        evaluation of the batch)."""
+        """The fraction of the variance of the model's probability-flow velocity at time ``t`` that the
+        Gaussian's velocity explains, on the states ``x_t = start(z, t)``:
+        ``1 - E|v - v_G|^2 / E|v - E v|^2`` (1 for Gaussian data; one model evaluation of the batch).
+        The velocity ``v = k x_hat + (sigma'/sigma) x_t``, ``k = alpha' - sigma' alpha / sigma``, is the field
+        a sampler integrates: at high noise its variance is the noise's, which the Gaussian carries
+        exactly, so a model's own small error in ``x_hat`` there does not hide the skip. The ratio does
+        not depend on how time is parameterized. With ``cond={"label": ...}`` a :class:`ClassTeleport`
+        uses each sample's class Gaussian."""
         schedule = denoiser.schedule
-        x_t = self.start(z, schedule, t)
+        label = (cond or {}).get("label")
+        tt = as_time(t)
+        a, s = float(schedule.alpha(tt)), float(schedule.sigma(tt))
+        k = float(schedule.d_alpha(tt)) - float(schedule.d_sigma(tt)) * a / s
+        x_t = self.start(z, schedule, t, label=label)
         with torch.no_grad():
             model = denoiser(x_t, float(t), **(cond or {})).reshape(z.shape[0], -1).to(torch.float64)
-        gauss = self.x_hat(x_t, schedule, t).reshape(z.shape[0], -1).to(torch.float64)
-        spread = float((model - self.mean.to(model.device)).pow(2).sum(1).mean())
-        miss = float((model - gauss).pow(2).sum(1).mean())
+        gauss = self.x_hat(x_t, schedule, t, label=label).reshape(z.shape[0], -1).to(torch.float64)
+        v = k * model + float(schedule.d_sigma(tt)) / s * x_t.reshape(z.shape[0], -1).to(torch.float64)
+        spread = float((v - v.mean(0)).pow(2).sum(1).mean())
+        miss = float((k * (model - gauss)).pow(2).sum(1).mean())
         return 1.0 - miss / max(spread, 1e-300)
 
     def choose_time(self, denoiser, z: torch.Tensor, *, threshold: float = 0.99, candidates: int = 24,
@@ -176,8 +188,81 @@ class Teleport:
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor]) -> "Teleport":
+        if cls is Teleport and "teleport.classes" in state:
+            return ClassTeleport.from_state(state)
         try:
             return cls(state["teleport.mean"], state["teleport.basis"], state["teleport.variances"],
                        float(state["teleport.floor"]))
         except KeyError as err:
             raise ValueError(f"not a teleport state: no {err.args[0]!r}") from None
+
+
+class ClassTeleport(Teleport):
+    """One Gaussian per class of a class-conditional model, and the data's overall Gaussian for samples
+    without a class (label ``-1``, or the null label of classifier-free guidance, any label outside
+    ``0..C-1``). At high noise a class-conditional field is its class's Gaussian's far more than the
+    overall one's (the class means differ), so the rule skips further. Every method takes ``label``
+    (one per sample); without it the overall Gaussian answers."""
+
+    def __init__(self, overall: Teleport, per_class: list[Teleport]):
+        if not per_class or any(c.shape != overall.shape for c in per_class):
+            raise ValueError("a class teleport needs at least one class Gaussian, each of the overall one's shape")
+        super().__init__(overall.mean.reshape(overall.shape), overall.basis, overall.variances, overall.floor)
+        self.overall, self.per_class = overall, list(per_class)
+
+    @classmethod
+    def fit_classes(cls, x: torch.Tensor, labels: torch.Tensor, rank: int | None = None) -> "ClassTeleport":
+        """The Gaussians of the samples ``x`` of each class ``0..C-1`` (``labels``) and of all of them."""
+        labels = torch.as_tensor(labels).long().reshape(-1)
+        if labels.shape[0] != x.shape[0]:
+            raise ValueError(f"labels must give one class per sample ({x.shape[0]}), got {labels.shape[0]}")
+        count = int(labels.max()) + 1
+        per = []
+        for c in range(count):
+            xs = x[labels == c]
+            if xs.shape[0] < 2:
+                raise ValueError(f"class {c} has {xs.shape[0]} samples: a class Gaussian needs at least 2")
+            per.append(Teleport.fit(xs, rank=rank))
+        return cls(Teleport.fit(x, rank=rank), per)
+
+    def _by_class(self, method: str, x: torch.Tensor, label, *args, **kwargs) -> torch.Tensor:
+        """``method`` of each row's Gaussian: its class's, or the overall one outside ``0..C-1``."""
+        if label is None:
+            return getattr(self.overall, method)(x, *args, **kwargs)
+        label = torch.as_tensor(label).reshape(-1).to(torch.long).cpu()
+        if label.numel() == 1:
+            label = label.expand(x.shape[0])
+        if label.shape[0] != x.shape[0]:
+            raise ValueError(f"label must give one class per sample ({x.shape[0]}), got {label.shape[0]}")
+        out = torch.empty_like(x)
+        for c in label.unique().tolist():
+            rows = (label == c).to(x.device)
+            gauss = self.per_class[c] if 0 <= c < len(self.per_class) else self.overall
+            out[rows] = getattr(gauss, method)(x[rows], *args, **kwargs)
+        return out
+
+    def x_hat(self, x_t, schedule, t, label=None):
+        return self._by_class("x_hat", x_t, label, schedule, t)
+
+    def flow(self, x_t, schedule, t, s, label=None):
+        return self._by_class("flow", x_t, label, schedule, t, s)
+
+    def start(self, z, schedule, t, label=None):
+        return self._by_class("start", z, label, schedule, t)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out = dict(self.overall.state())
+        out["teleport.classes"] = torch.tensor(len(self.per_class))
+        for c, gauss in enumerate(self.per_class):
+            out.update({k.replace("teleport.", f"teleport.class{c}.", 1): v for k, v in gauss.state().items()})
+        return out
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> "ClassTeleport":
+        try:
+            count = int(state["teleport.classes"])
+            per = [Teleport.from_state({k.replace(f"teleport.class{c}.", "teleport.", 1): v for k, v in state.items()
+                                        if k.startswith(f"teleport.class{c}.")}) for c in range(count)]
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"not a class teleport state: {err}") from None
+        return cls(Teleport.from_state({k: v for k, v in state.items() if k.count(".") == 1 and k != "teleport.classes"}), per)

@@ -158,3 +158,42 @@ def test_a_skip_down_to_the_lowest_level_leaves_every_grid_a_run(sch):
     out = sample(mix.denoiser(sch), SAMPLERS[name](), ts, tel.start(z, sch, t)).x
     exact = tel.flow(tel.start(z, sch, t), sch, t, 0.0)
     assert float((out - exact).abs().max()) < 1e-3  # measured 1.2e-5 (continuous schedules), 2.9e-4 (discrete DDPM)
+
+
+def test_class_gaussians_are_exact_for_classes_that_are_gaussian_and_round_trip():
+    """Two classes, each one Gaussian: with its class's Gaussian the class-conditional field is explained
+    exactly at every noise level and the teleported flow is the exact conditional map, while the overall
+    Gaussian misses the class means. The class Gaussians round-trip through their stored state, and a
+    sample without a class (-1, or the null label past the last class) gets the overall Gaussian."""
+    from sdeflow.teleport import ClassTeleport
+
+    mix = analytic.two_classes_1d()
+    sch = schedules.VPLinear()
+    parts = [mix.conditional(c) for c in (0, 1)]
+    tel = ClassTeleport(Teleport.from_moments(mix.mean(), mix.covariance()),
+                        [Teleport.from_moments(p.mean(), p.covariance()) for p in parts])
+    z = torch.randn(200, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    label = torch.arange(200) % 2
+    for t in (0.9, 0.5, 0.2):
+        assert tel.explained(mix.denoiser(sch), t, z, {"label": label}) == pytest.approx(1.0, abs=1e-12)
+    assert tel.overall.explained(mix.denoiser(sch), 0.5, z, {"label": label}) < 0.9
+    x_t = tel.start(z, sch, 0.5, label=label)
+    for c in (0, 1):  # the exact conditional flow from t = 0.5 is the class Gaussian's
+        rows = label == c
+        ts = grids.logsnr_grid(400, sch, t_max=0.5, denoise_to_zero=False)  # to the smallest level, no final jump
+        exact = sample(parts[c].denoiser(sch), samplers.DPMSolver(order=3, form="data"), ts, x_t[rows]).x
+        assert torch.allclose(tel.flow(x_t[rows], sch, 0.5, float(ts[-1]), label=c), exact, atol=1e-9)
+    back = Teleport.from_state(tel.state())
+    assert isinstance(back, ClassTeleport) and torch.equal(back.start(z, sch, 0.3, label=label),
+                                                           tel.start(z, sch, 0.3, label=label))
+    unlabelled = torch.tensor([-1, 2])
+    assert torch.equal(tel.start(z[:2], sch, 0.3, label=unlabelled), tel.overall.start(z[:2], sch, 0.3))
+
+
+def test_a_class_conditional_checkpoint_gets_class_gaussians():
+    from sdeflow.pretrained import load_model
+    from sdeflow.teleport import ClassTeleport
+    from sdeflow.tuning.gaussian import model_gaussian
+
+    gauss = model_gaussian(load_model("shipped:digits"))
+    assert isinstance(gauss, ClassTeleport) and len(gauss.per_class) == 10 and gauss.shape == (1, 8, 8)
