@@ -7,9 +7,9 @@ Along an eigendirection of ``Sigma`` with variance ``lam``, ``p_t`` has variance
 ``x_t = alpha_t mu + C_t^{1/2} z`` for every ``t``. So noise ``z`` drawn at the top of the schedule is
 carried to any ``t_skip`` at no network cost (:meth:`Teleport.start`), and a sampler continues from
 there on a grid that starts at ``t_skip``. Exact for Gaussian data at any ``t_skip``; for other data the
-error is what the Gaussian misses above ``t_skip``, which :meth:`Teleport.explained` measures (the share
-of the variance of the model's probability-flow velocity the Gaussian's explains) with a few model
-evaluations and :meth:`Teleport.choose_time` turns into a ``t_skip``.
+error is what the Gaussian misses above ``t_skip``, which :meth:`Teleport.explained` measures (the
+model's and the Gaussian's denoisers apart, in the data's variance) with a few model evaluations and
+:meth:`Teleport.choose_time` turns into a ``t_skip``.
 
 The covariance is kept as a spectrum: an orthonormal basis ``U`` (``D x r``) with variances ``lam``, and
 one variance ``floor`` for every direction orthogonal to ``U`` (all of ``Sigma`` when ``r = D``;
@@ -134,36 +134,35 @@ class Teleport:
 
     # ------------------------------------------------------------------ how much of a model it explains
     def explained(self, denoiser, t, z: torch.Tensor, cond: dict | None = None) -> float:
-        """The fraction of the variance of the model's probability-flow velocity at time ``t`` that the
-        Gaussian's velocity explains, on the states ``x_t = start(z, t)``:
-        ``1 - E|v - v_G|^2 / E|v - E v|^2`` (1 for Gaussian data; one model evaluation of the batch).
-        The velocity ``v = k x_hat + (sigma'/sigma) x_t``, ``k = alpha' - sigma' alpha / sigma``, is the field
-        a sampler integrates: at high noise its variance is the noise's, which the Gaussian carries
-        exactly, so a model's own small error in ``x_hat`` there does not hide the skip. The ratio does
-        not depend on how time is parameterized. With ``cond={"label": ...}`` a :class:`ClassTeleport`
-        uses each sample's class Gaussian."""
+        """How much of the data's variance the Gaussian's denoiser gets right at time ``t``, on the states
+        ``x_t = start(z, t)``: ``1 - E|x_hat - x_hat_G|^2 / tr Sigma`` (1 for Gaussian data; one model
+        evaluation of the batch). Measured in the data's units, it is not hidden by the model's own small
+        error where the field's variation is small (the top of the schedule). With ``cond={"label": ...}``
+        a :class:`ClassTeleport` uses each sample's class Gaussian."""
         schedule = denoiser.schedule
         label = (cond or {}).get("label")
-        tt = as_time(t)
-        a, s = float(schedule.alpha(tt)), float(schedule.sigma(tt))
-        k = float(schedule.d_alpha(tt)) - float(schedule.d_sigma(tt)) * a / s
         x_t = self.start(z, schedule, t, label=label)
         with torch.no_grad():
             model = denoiser(x_t, float(t), **(cond or {})).reshape(z.shape[0], -1).to(torch.float64)
         gauss = self.x_hat(x_t, schedule, t, label=label).reshape(z.shape[0], -1).to(torch.float64)
-        v = k * model + float(schedule.d_sigma(tt)) / s * x_t.reshape(z.shape[0], -1).to(torch.float64)
-        spread = float((v - v.mean(0)).pow(2).sum(1).mean())
-        miss = float((k * (model - gauss)).pow(2).sum(1).mean())
-        return 1.0 - miss / max(spread, 1e-300)
+        miss = float((model - gauss).pow(2).sum(1).mean())
+        return 1.0 - miss / max(self.total_variance, 1e-300)
+
+    @property
+    def total_variance(self) -> float:
+        """``tr Sigma``: the data's total variance."""
+        d = self.mean.numel()
+        return float(self.variances.sum()) + self.floor * (d - self.basis.shape[1])
 
     def choose_time(self, denoiser, z: torch.Tensor, *, threshold: float = 0.99, candidates: int = 24,
                     cond: dict | None = None) -> tuple[float, list[tuple[float, float]]]:
-        """The lowest time, among ``candidates`` times uniform in logSNR below the top of the schedule
-        (all but the lowest, where no step would be left),
-        down to which the Gaussian explains at least ``threshold`` of the model's field at every
-        candidate (scanning from the top; ``candidates`` model evaluations of ``z`` at most). Returns
-        the time (the top of the schedule when even the first candidate falls short, i.e. no skip)
-        and the ``(t, fraction)`` pairs measured."""
+        """The lowest time, among ``candidates`` times uniform in logSNR from the top of the schedule
+        (all but the lowest, where no step would be left), down to which the Gaussian's share
+        (:meth:`explained`) stays within ``1 - threshold`` of its share at the top at every candidate
+        (scanning from the top; ``candidates`` model evaluations of ``z`` at most): the Gaussian's error
+        grows by at most 1% of the data's variance beyond the model's own at the top (0 for an exact
+        field). Returns the time (the top of the schedule when the first candidate below it falls
+        short, i.e. no skip) and the ``(t, share)`` pairs measured."""
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
         schedule = denoiser.schedule
@@ -174,7 +173,7 @@ class Teleport:
         for t in times:
             f = self.explained(denoiser, t, z, cond)
             measured.append((t, f))
-            if f < threshold:
+            if f < measured[0][1] - (1.0 - threshold):  # more than 1 - threshold below the top's share
                 break
             chosen = t
         return chosen, measured
