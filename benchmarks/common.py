@@ -197,3 +197,17 @@ def write_report(path: str, title: str, intro: str, *sections: list[str]) -> Non
         text += [*lines, ""]
     atomic_write(path, lambda tmp: open(tmp, "w").write("\n".join(text)))
     print(f"wrote {path}")
+
+
+def budget_for(err: float, curve: dict[int, float]) -> float:
+    """The budget the curve needs for ``err`` (log-log interpolation; ``inf`` beyond its last budget)."""
+    pts = sorted(curve.items())
+    if err >= pts[0][1]:  # no better than the top's smallest budget: counted as that budget (conservative)
+        return pts[0][0]
+    for (n0, e0), (n1, e1) in zip(pts, pts[1:]):
+        if e1 <= err <= e0:
+            if e0 == e1:
+                return n0
+            w = math.log(e0 / err) / math.log(e0 / e1)
+            return math.exp(math.log(n0) + w * (math.log(n1) - math.log(n0)))
+    return math.inf

@@ -15,7 +15,6 @@ the same error (log-log interpolation between the measured budgets; above 30: no
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
 import sys
@@ -25,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import PROCESSES, sdeflow_denoiser, write_report  # noqa: E402
+from common import PROCESSES, budget_for, sdeflow_denoiser, write_report  # noqa: E402
 from families import SPLITS, draw_problem  # noqa: E402
 
 from sdeflow import grids, sample  # noqa: E402
@@ -48,20 +47,6 @@ def errors(den, sch, tel, z, target, t_start) -> dict[int, float]:
         x = sample(den, sampler, ts, tel.start(z, sch, t_start), check_finite=False).x
         out[nfe] = float((x - target).pow(2).sum(1).mean().sqrt())
     return out
-
-
-def budget_for(err: float, curve: dict[int, float]) -> float:
-    """The budget the curve needs for ``err`` (log-log interpolation; ``inf`` beyond its last budget)."""
-    pts = sorted(curve.items())
-    if err >= pts[0][1]:  # no better than the top's smallest budget: counted as that budget (conservative)
-        return pts[0][0]
-    for (n0, e0), (n1, e1) in zip(pts, pts[1:]):
-        if e1 <= err <= e0:
-            if e0 == e1:
-                return n0
-            w = math.log(e0 / err) / math.log(e0 / e1)
-            return math.exp(math.log(n0) + w * (math.log(n1) - math.log(n0)))
-    return math.inf
 
 
 def measure(seed: int) -> list[dict]:

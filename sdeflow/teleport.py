@@ -7,9 +7,8 @@ Along an eigendirection of ``Sigma`` with variance ``lam``, ``p_t`` has variance
 ``x_t = alpha_t mu + C_t^{1/2} z`` for every ``t``. So noise ``z`` drawn at the top of the schedule is
 carried to any ``t_skip`` at no network cost (:meth:`Teleport.start`), and a sampler continues from
 there on a grid that starts at ``t_skip``. Exact for Gaussian data at any ``t_skip``; for other data the
-error is what the Gaussian misses above ``t_skip``, which :meth:`Teleport.explained` measures (the
-model's and the Gaussian's denoisers apart, in the data's variance) with a few model evaluations and
-:meth:`Teleport.choose_time` turns into a ``t_skip``.
+error is what the Gaussian misses above ``t_skip``, which :meth:`Teleport.explained` measures with a few
+model evaluations and :meth:`Teleport.choose_time` turns into a ``t_skip``.
 
 The covariance is kept as a spectrum: an orthonormal basis ``U`` (``D x r``) with variances ``lam``, and
 one variance ``floor`` for every direction orthogonal to ``U`` (all of ``Sigma`` when ``r = D``;
@@ -100,6 +99,10 @@ class Teleport:
             out = out + (r - coef @ u.T) * fn(torch.tensor(self.floor, dtype=torch.float64, device=r.device))
         return out
 
+    def mean_of(self, batch: int, label=None) -> torch.Tensor:
+        """The mean ``(batch, D)`` of each row's Gaussian (one Gaussian: ``mu`` for every row)."""
+        return self.mean.expand(batch, -1)
+
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.shape:
             raise ValueError(f"samples must be shaped (B, {', '.join(map(str, self.shape))}), got {tuple(x.shape)}")
@@ -134,46 +137,46 @@ class Teleport:
 
     # ------------------------------------------------------------------ how much of a model it explains
     def explained(self, denoiser, t, z: torch.Tensor, cond: dict | None = None) -> float:
-        """How much of the data's variance the Gaussian's denoiser gets right at time ``t``, on the states
-        ``x_t = start(z, t)``: ``1 - E|x_hat - x_hat_G|^2 / tr Sigma`` (1 for Gaussian data; one model
-        evaluation of the batch). Measured in the data's units, it is not hidden by the model's own small
-        error where the field's variation is small (the top of the schedule). With ``cond={"label": ...}``
-        a :class:`ClassTeleport` uses each sample's class Gaussian."""
+        """The fraction of the model's field at time ``t`` that the Gaussian explains, on the states
+        ``start(z, t)``: ``1 - E|x_hat - x_hat_G|^2 / E|x_hat - mu|^2`` (1 for Gaussian data; one model
+        evaluation of the batch). With ``cond={"label": ...}`` a :class:`ClassTeleport` uses each
+        sample's class Gaussian (and its mean as ``mu``)."""
+        miss, spread = self._miss(denoiser, t, z, cond)
+        return 1.0 - miss / max(spread, 1e-300)
+
+    def _miss(self, denoiser, t, z: torch.Tensor, cond: dict | None = None) -> tuple[float, float]:
+        """``(E|x_hat - x_hat_G|^2, E|x_hat - mu|^2)`` of the model at ``start(z, t)``."""
         schedule = denoiser.schedule
         label = (cond or {}).get("label")
         x_t = self.start(z, schedule, t, label=label)
         with torch.no_grad():
             model = denoiser(x_t, float(t), **(cond or {})).reshape(z.shape[0], -1).to(torch.float64)
         gauss = self.x_hat(x_t, schedule, t, label=label).reshape(z.shape[0], -1).to(torch.float64)
-        miss = float((model - gauss).pow(2).sum(1).mean())
-        return 1.0 - miss / max(self.total_variance, 1e-300)
-
-    @property
-    def total_variance(self) -> float:
-        """``tr Sigma``: the data's total variance."""
-        d = self.mean.numel()
-        return float(self.variances.sum()) + self.floor * (d - self.basis.shape[1])
+        mu = self.mean_of(z.shape[0], label).to(device=model.device, dtype=torch.float64)
+        return float((model - gauss).pow(2).sum(1).mean()), float((model - mu).pow(2).sum(1).mean())
 
     def choose_time(self, denoiser, z: torch.Tensor, *, threshold: float = 0.99, candidates: int = 24,
                     cond: dict | None = None) -> tuple[float, list[tuple[float, float]]]:
         """The lowest time, among ``candidates`` times uniform in logSNR from the top of the schedule
-        (all but the lowest, where no step would be left), down to which the Gaussian's share
-        (:meth:`explained`) stays within ``1 - threshold`` of its share at the top at every candidate
-        (scanning from the top; ``candidates`` model evaluations of ``z`` at most): the Gaussian's error
-        grows by at most 1% of the data's variance beyond the model's own at the top (0 for an exact
-        field). Returns the time (the top of the schedule when the first candidate below it falls
-        short, i.e. no skip) and the ``(t, share)`` pairs measured."""
+        (all but the lowest, where no step would be left), down to which the Gaussian explains at least
+        ``threshold`` of the model's field at every candidate (:meth:`explained`, scanning from the top;
+        ``candidates`` model evaluations of ``z`` at most), counting as explained the part of the miss
+        the model already shows at the top (its own error there, 0 for an exact field: a learned
+        model's small error at the top, where the field varies little, does not hide the skip).
+        Returns the time (the top of the schedule when the first candidate below it falls short, i.e.
+        no skip) and the ``(t, share)`` pairs measured."""
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
         schedule = denoiser.schedule
         top = start_time(schedule)
         # the lowest level is left out: a run needs room for a step above the schedule's smallest time
         times = logsnr_grid(candidates, schedule, t_max=top, denoise_to_zero=False).tolist()[:-1]
-        chosen, measured = top, []
+        chosen, measured, base = top, [], None
         for t in times:
-            f = self.explained(denoiser, t, z, cond)
-            measured.append((t, f))
-            if f < measured[0][1] - (1.0 - threshold):  # more than 1 - threshold below the top's share
+            miss, spread = self._miss(denoiser, t, z, cond)
+            base = miss if base is None else base  # the model's own distance from the Gaussian at the top
+            measured.append((t, 1.0 - miss / max(spread, 1e-300)))
+            if (miss - base) / max(spread, 1e-300) > 1.0 - threshold:
                 break
             chosen = t
         return chosen, measured
@@ -248,6 +251,14 @@ class ClassTeleport(Teleport):
 
     def start(self, z, schedule, t, label=None):
         return self._by_class("start", z, label, schedule, t)
+
+    def mean_of(self, batch: int, label=None) -> torch.Tensor:
+        if label is None:
+            return self.overall.mean_of(batch)
+        label = torch.as_tensor(label).reshape(-1).to(torch.long).cpu()
+        label = label.expand(batch) if label.numel() == 1 else label
+        return torch.stack([(self.per_class[c] if 0 <= c < len(self.per_class) else self.overall).mean
+                            for c in label.tolist()])
 
     def state(self) -> dict[str, torch.Tensor]:
         out = dict(self.overall.state())
