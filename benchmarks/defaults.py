@@ -18,6 +18,7 @@ validation problems, which the rule never saw.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import math
 import os
@@ -130,6 +131,8 @@ def problem_lines(data: dict) -> list[str]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     data = load(FAMILIES)
     chosen = choose(data)
     print("DEFAULTS = {")

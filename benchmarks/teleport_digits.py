@@ -13,6 +13,7 @@ classes), as ``sdeflow sample --teleport auto`` chooses it.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -35,6 +36,8 @@ BUDGETS = [4, 5, 6, 8, 10, 15, 20, 30]
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     model = load_model("shipped:digits")
     gauss = model_gaussian(model)
     sch = model.denoiser.schedule

@@ -15,6 +15,7 @@ the same error (log-log interpolation between the measured budgets; above 30: no
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
@@ -78,6 +79,8 @@ def measure(seed: int) -> list[dict]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     torch.set_num_threads(1)
     seeds = [s for s in range(SPLITS["validate"], SPLITS["validate"] + 20) if draw_problem(s)[1]["dim"] <= MAX_DIM]
     rows = [r for s in seeds for r in measure(s)]
