@@ -134,7 +134,7 @@ def load_diffusers():
 def _ddpm_configs(d):
     base = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
     out = {}
-    for spacing in ["linspace", "trailing"]:
+    for spacing in ["linspace", "trailing", "leading"]:  # leading starts below the top of the schedule
         b = dict(base, timestep_spacing=spacing)
         out[f"DDIM ({spacing})"] = (d.DDIMScheduler, dict(b, set_alpha_to_one=True))
         out[f"Euler ({spacing})"] = (d.EulerDiscreteScheduler, dict(b))
@@ -148,6 +148,8 @@ def _ddpm_configs(d):
             out[f"DEIS {order} ({spacing})"] = (d.DEISMultistepScheduler, dict(b, solver_order=order))
             for v in ["bh1", "bh2"]:
                 out[f"UniPC {v} {order} ({spacing})"] = (d.UniPCMultistepScheduler, dict(b, solver_order=order, solver_type=v))
+                out[f"UniPC {v} {order} ({spacing}, final sigma_min)"] = (d.UniPCMultistepScheduler, dict(
+                    b, solver_order=order, solver_type=v, final_sigmas_type="sigma_min"))
     for order in [2, 3]:
         out[f"DPMSolverMultistep++ {order}M (karras)"] = (d.DPMSolverMultistepScheduler,
                                                           dict(base, solver_order=order, use_karras_sigmas=True))
