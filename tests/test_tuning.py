@@ -122,15 +122,20 @@ def test_a_grid_fitted_through_autograd_fits_as_well_as_differences_at_a_fractio
 
     Where two descents of a multi-basin loss end is not a stable quantity: over 8 draw seeds, each also
     with the draws scaled by 1 + 1e-7 (another CPU's rounding), the autograd fit's loss over the
-    differences fit's ranged from 0.61 to 1.50, while every fit stayed below 0.68 of the best hand grid's
-    loss and autograd spent 0.18-0.35 of the evaluations. So the fits are compared with the hand grid
-    (at most 0.8 of it) and with each other within a factor 2, not to a percent. (The gradients
-    themselves agree to 1e-5: test_the_grid_gradient_through_autograd_equals_central_differences.)"""
+    differences fit's ranged from 0.61 to 1.50 on the fitting draws, while every fit stayed below 0.68 of
+    the best hand grid's loss and autograd spent 0.18-0.35 of the evaluations. So the fits are compared
+    with the hand grid (at most 0.8 of it) and with each other within a factor 2, not to a percent. The
+    losses are held-out errors, and a fit is kept only if it beats the hand grids there: 300 draws
+    (90 held out) keep both fits, at 0.34-0.42 of the best hand grid over 3 draw seeds, within 3% of
+    each other, autograd at 0.24-0.25 of the evaluations (with 100 draws the 30 held-out ones rejected
+    both fits in favour of the quadratic grid). (The gradients themselves agree to 1e-5:
+    test_the_grid_gradient_through_autograd_equals_central_differences.)"""
     sch, sampler = SCHEDULES["vp-linear"](), SAMPLERS["unipc-bh2"]()
-    den, x = MIX8.denoiser(sch), MIX8.sample_t(100, sch, 1.0, torch.Generator().manual_seed(0))[0]
+    den, x = MIX8.denoiser(sch), MIX8.sample_t(300, sch, 1.0, torch.Generator().manual_seed(0))[0]
     fast = optimize_grid(den, sampler, 8, x, method="descent")
     slow = optimize_grid(den, sampler, 8, x, method="descent", gradient="differences")
     hand = fast.best_hand[1]
+    assert fast.method == slow.method == "descent"
     assert max(fast.loss, slow.loss) <= 0.8 * hand and fast.loss <= 2 * slow.loss, (fast.loss, slow.loss, hand)
     assert fast.cost_nfe < slow.cost_nfe / 2, (fast.cost_nfe, slow.cost_nfe)
     assert 0 < fast.cost_grad < fast.cost_nfe and slow.cost_grad == 0
