@@ -59,6 +59,24 @@ def real_split(labels: torch.Tensor, seed: int = 1):
     return torch.cat(a), torch.cat(b)
 
 
+class Scorer:
+    """The shipped classifier and the real digits' features: ``score(x, labels) -> (accuracy, FD)``;
+    ``floor``: the FD between the two real halves, ``test_accuracy``: the classifier's on real test digits."""
+
+    def __init__(self):
+        self.clf, meta, _ = load_network("digits-classifier")
+        digits = data.digits()
+        half_a, half_b = real_split(digits.labels)
+        with torch.no_grad():
+            feats = self.clf.features(digits.x)
+        self.real, self.floor, self.test_accuracy = feats[half_b], fd(feats[half_a], feats[half_b]), meta["test_accuracy"]
+        self.n_real = len(half_b)
+
+    def score(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+        with torch.no_grad():
+            return float((self.clf(x).argmax(1) == labels).double().mean()), fd(self.clf.features(x), self.real)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Accuracy and Frechet distance of the shipped digits model per sampler and NFE.")
     p.add_argument("--samplers", nargs="+", default=SAMPLER_NAMES)
@@ -71,12 +89,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     model = load_model(args.checkpoint)
-    clf, meta, _ = load_network("digits-classifier")
-    digits = data.digits()
-    half_a, half_b = real_split(digits.labels)
-    with torch.no_grad():
-        feats = clf.features(digits.x)
-    floor = fd(feats[half_a], feats[half_b])
+    scorer = Scorer()
     labels = torch.arange(10 * N_PER_CLASS) % 10
     rows = []
     schedule = model.denoiser.schedule
@@ -95,13 +108,11 @@ def main(argv=None):
                 start = time.perf_counter()
                 x = gather(generate(model.denoiser, sampler, ts, model.shape, len(labels), labels=labels, batch_size=500), 1)
                 seconds = time.perf_counter() - start
-                with torch.no_grad():
-                    acc = float((clf(x).argmax(1) == labels).double().mean())
-                    dist = fd(clf.features(x), feats[half_b])
+                acc, dist = scorer.score(x, labels)
                 rows.append(dict(sampler=name, grid=grid, budget=nfe, nfe=used, accuracy=acc, fd=dist, seconds=seconds))
                 print(f"{name:>22} ({grid}) NFE {used:3d}: accuracy {acc:.3f}  FD {dist:7.3f}  ({seconds:.1f} s)", flush=True)
-    result = dict(rows=rows, fd_floor=floor, classifier_test_accuracy=meta["test_accuracy"],
-                  n_samples=len(labels), n_real_b=len(half_b), model=args.checkpoint, grids=args.grids)
+    result = dict(rows=rows, fd_floor=scorer.floor, classifier_test_accuracy=scorer.test_accuracy,
+                  n_samples=len(labels), n_real_b=scorer.n_real, model=args.checkpoint, grids=args.grids)
     os.makedirs(DOCS, exist_ok=True)
     write_json(os.path.join(DOCS, f"{args.name}.json"), result)
     atomic_write(os.path.join(DOCS, f"{args.name}.md"), lambda tmp: open(tmp, "w").write(report(result)))

@@ -23,11 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import budget_for, write_report  # noqa: E402
-from digits_quality import fd, real_split  # noqa: E402
+from digits_quality import Scorer  # noqa: E402
 
-from sdeflow import data  # noqa: E402
 from sdeflow.generation import gather, generate  # noqa: E402
-from sdeflow.pretrained import load_model, load_network  # noqa: E402
+from sdeflow.pretrained import load_model  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS, default_sampling, steps_for_nfe  # noqa: E402
 from sdeflow.tuning.gaussian import model_gaussian  # noqa: E402
 
@@ -43,12 +42,7 @@ def main() -> None:
     sch = model.denoiser.schedule
     z = torch.randn(200, *model.shape, generator=torch.Generator().manual_seed(7919))
     t_skip, measured = gauss.choose_time(model.denoiser, z, cond={"label": torch.arange(200) % 10})
-    clf, meta, _ = load_network("digits-classifier")
-    digits = data.digits()
-    half_a, half_b = real_split(digits.labels)
-    with torch.no_grad():
-        feats = clf.features(digits.x)
-    floor = fd(feats[half_a], feats[half_b])
+    scorer = Scorer()
     labels = torch.arange(1000) % 10
     rows = []
     for nfe in BUDGETS:
@@ -59,8 +53,7 @@ def main() -> None:
             ts = GRIDS[grid](steps_for_nfe(sampler, sch, grid, nfe), sch, t_max=t0)
             x = gather(generate(model.denoiser, sampler, ts, model.shape, 1000, labels=labels, batch_size=500,
                                 teleport=tel), 1)
-            with torch.no_grad():
-                row[key] = (float((clf(x).argmax(1) == labels).double().mean()), fd(clf.features(x), feats[half_b]))
+            row[key] = scorer.score(x, labels)
         rows.append(row)
         print(f"NFE {nfe} {row['sampler']}: top FD {row['top'][1]:.3f} acc {row['top'][0]:.3f}; teleported FD "
               f"{row['teleport'][1]:.3f} acc {row['teleport'][0]:.3f}", flush=True)
@@ -80,8 +73,8 @@ def main() -> None:
     shares = ", ".join(f"{t:.3f}: {f:.3f}" for t, f in measured)
     intro = (f"Written by `python benchmarks/teleport_digits.py`. The rule's `t_skip` = {t_skip:.3f} (of the top "
              f"{float(GRIDS['auto'](1, sch)[0]):.3f}), with one Gaussian per class; the share of the field each "
-             f"candidate's Gaussian explains (t: share): {shares}. FD floor (two real halves): {floor:.3f}; the "
-             f"classifier's test accuracy: {meta['test_accuracy']:.3f}. 1000 samples per cell.")
+             f"candidate's Gaussian explains (t: share): {shares}. FD floor (two real halves): {scorer.floor:.3f}; the "
+             f"classifier's test accuracy: {scorer.test_accuracy:.3f}. 1000 samples per cell.")
     write_report(OUT, "Teleportation on the shipped digits model", intro, lines)
 
 
