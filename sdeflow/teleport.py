@@ -227,20 +227,28 @@ class ClassTeleport(Teleport):
             per.append(Teleport.fit(xs, rank=rank))
         return cls(Teleport.fit(x, rank=rank), per)
 
+    def _gauss(self, c: int) -> Teleport:
+        """Class ``c``'s Gaussian, or the overall one outside ``0..C-1``."""
+        return self.per_class[c] if 0 <= c < len(self.per_class) else self.overall
+
+    @staticmethod
+    def _labels(label, batch: int) -> torch.Tensor:
+        """One class per row (a single class given for all), on the CPU."""
+        label = torch.as_tensor(label).reshape(-1).to(torch.long).cpu()
+        label = label.expand(batch) if label.numel() == 1 else label
+        if label.shape[0] != batch:
+            raise ValueError(f"label must give one class per sample ({batch}), got {label.shape[0]}")
+        return label
+
     def _by_class(self, method: str, x: torch.Tensor, label, *args, **kwargs) -> torch.Tensor:
-        """``method`` of each row's Gaussian: its class's, or the overall one outside ``0..C-1``."""
+        """``method`` of each row's Gaussian (:meth:`_gauss`)."""
         if label is None:
             return getattr(self.overall, method)(x, *args, **kwargs)
-        label = torch.as_tensor(label).reshape(-1).to(torch.long).cpu()
-        if label.numel() == 1:
-            label = label.expand(x.shape[0])
-        if label.shape[0] != x.shape[0]:
-            raise ValueError(f"label must give one class per sample ({x.shape[0]}), got {label.shape[0]}")
+        label = self._labels(label, x.shape[0])
         out = torch.empty_like(x)
         for c in label.unique().tolist():
             rows = (label == c).to(x.device)
-            gauss = self.per_class[c] if 0 <= c < len(self.per_class) else self.overall
-            out[rows] = getattr(gauss, method)(x[rows], *args, **kwargs)
+            out[rows] = getattr(self._gauss(c), method)(x[rows], *args, **kwargs)
         return out
 
     def x_hat(self, x_t, schedule, t, label=None):
@@ -255,10 +263,7 @@ class ClassTeleport(Teleport):
     def mean_of(self, batch: int, label=None) -> torch.Tensor:
         if label is None:
             return self.overall.mean_of(batch)
-        label = torch.as_tensor(label).reshape(-1).to(torch.long).cpu()
-        label = label.expand(batch) if label.numel() == 1 else label
-        return torch.stack([(self.per_class[c] if 0 <= c < len(self.per_class) else self.overall).mean
-                            for c in label.tolist()])
+        return torch.stack([self._gauss(c).mean for c in self._labels(label, batch).tolist()])
 
     def state(self) -> dict[str, torch.Tensor]:
         out = dict(self.overall.state())

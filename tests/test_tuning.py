@@ -72,7 +72,8 @@ def test_the_grid_gradient_through_autograd_equals_central_differences(sched, na
     """One run through autograd (every number of the plan a leaf, the model differentiated in its
     time) gives the gradient of the teacher loss in the grid's parameters that central differences
     of the loss give, to 1e-5 relative, on a mixture (float64)."""
-    from sdeflow.tuning.fit import GridGradient, CountedDenoiser
+    from sdeflow.tuning.draws import CountedDenoiser
+    from sdeflow.tuning.fit import GridGradient
 
     sch, sampler = SCHEDULES[sched](), SAMPLERS[name]()
     den = MIX8.denoiser(sch)
@@ -96,7 +97,8 @@ def test_the_grid_gradient_through_a_velocity_network_on_clean_data_is_finite_an
     """rk4-at-data on a velocity network (the mixture's exact one, whose answer on clean data is a limit):
     the gradient through its last stage matches central differences."""
     from sdeflow.denoisers import ModelDenoiser
-    from sdeflow.tuning.fit import GridGradient, CountedDenoiser
+    from sdeflow.tuning.draws import CountedDenoiser
+    from sdeflow.tuning.fit import GridGradient
 
     sch, sampler = SCHEDULES["rectified-flow"](), SAMPLERS["rk4-at-data"]()
     den = ModelDenoiser(lambda x, c: MIX8.network_output(x, sch, c, "velocity"), sch, "velocity", time_input="t")
@@ -412,7 +414,7 @@ def test_a_grid_may_start_below_the_top_teleported_or_leading_and_is_judged_from
     keeps the start with the least held-out error, and every answer is judged against the one teacher."""
     from sdeflow.sampling import prior_sample
     from sdeflow.teleport import Teleport
-    from sdeflow.tuning.fit import start_state
+    from sdeflow.tuning.draws import start_state
 
     sch = SCHEDULES["ddpm-linear"]()
     mix = analytic.gaussian(torch.linspace(-1, 1, 6), torch.linspace(0.05, 1, 6))

@@ -8,26 +8,28 @@ without ever forming a dense ``D x D`` matrix for the diagonal and low-rank stru
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 
 
-class Covariance:
-    """Base class. ``alpha``/``sigma`` passed to :meth:`noisy` have shape ``(B, 1)``."""
+class Covariance(ABC):
+    """The interface every structure implements. ``alpha``/``sigma`` passed to :meth:`noisy` have shape ``(B, 1)``."""
 
     num_components: int
     dim: int
 
+    @abstractmethod
     def noisy(self, alpha: torch.Tensor, sigma: torch.Tensor, r: torch.Tensor):
         """Return ``(r^T C^-1 r, log det C, Sigma C^-1 r)`` with shapes ``(B,K), (B,K), (B,K,D)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``Sigma_k v_k`` for ``v`` of shape ``(..., K, D)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def root_apply(self, k: int, z: torch.Tensor) -> torch.Tensor:
         """Map standard normal draws ``z`` of shape ``(N, self.noise_dim)`` to ``N(0, Sigma_k)``."""
-        raise NotImplementedError
 
     @property
     def noise_dim(self) -> int:

@@ -83,7 +83,7 @@ def run_tune(args) -> None:
     from ..pretrained import load_model
     from ..sampling import prior_sample
     from ..samplers.fitted import check_fittable
-    from ..tuning import (GridSpace, Teacher, candidate_times, check_tunable, find_tuned, optimize_coefficients,
+    from ..tuning import (GridSpace, Split, Teacher, candidate_times, check_tunable, find_tuned, optimize_coefficients,
                           optimize_grid, save_tuned, steps_for, tuned_path, tuned_paths)
 
     budgets = _budgets(args.nfe)
@@ -99,13 +99,15 @@ def run_tune(args) -> None:
                          "begins below it: leave one out")
     if args.teleport_data and args.start not in ("teleport", "search"):
         raise ValueError("--teleport-data fits the Gaussian of --start teleport or search; give one of those")
-    if not 0.0 < args.holdout < 1.0:
-        raise ValueError(f"--holdout must be a fraction between 0 and 1, got {args.holdout}")
     if not 0.0 <= args.trim < 0.5:
         raise ValueError(f"--trim must be a share of the draws in [0, 0.5), got {args.trim}")
-    if not 1 <= round(args.samples * (1 - args.holdout)) < args.samples:
+    if not 0.0 < args.holdout < 1.0:
+        raise ValueError(f"--holdout must be a fraction between 0 and 1, got {args.holdout}")
+    try:
+        Split.fit_count(args.samples, args.holdout)
+    except ValueError:
         raise ValueError(f"tuning needs draws on both sides of --holdout {args.holdout}; "
-                         f"{args.samples} --samples are too few")
+                         f"{args.samples} --samples are too few") from None
     model = load_model(args.checkpoint)
     den, sch = model.denoiser, model.denoiser.schedule
     names = args.sampler.split(",") if args.sampler else [None]

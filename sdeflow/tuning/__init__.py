@@ -32,8 +32,9 @@ coefficient of the sampler's plan (the weights of the state and of the model out
 combines) to lower the same teacher loss, through autograd, with early stopping on held-out draws;
 :class:`~sdeflow.samplers.FittedSampler` runs the result.
 
-The pieces: :mod:`.space` (the parameterized grids, candidates, hand grids), :mod:`.fit` (the teacher,
-the DP, the descent, :func:`optimize_grid`), :mod:`.coefficients` (:func:`optimize_coefficients`),
+The pieces: :mod:`.space` (the parameterized grids, candidates, hand grids), :mod:`.draws` (the teacher,
+the trimmed losses, the held-out split, the starts), :mod:`.fit` (the DP, the descent,
+:func:`optimize_grid`), :mod:`.coefficients` (:func:`optimize_coefficients`),
 :mod:`.exact` (the Gaussian certificate and the tangent law), :mod:`.store` (tuned grids beside a checkpoint).
 
 Tuned grids are values: :class:`TunedGrid` records the grid with its sampler, NFE, loss, the best
@@ -44,12 +45,12 @@ file beside a checkpoint (``<checkpoint>.grids.json``; for a shipped model, in t
 
 from .coefficients import optimize_coefficients
 from .exact import ays_gaussian_grid, exact_optimal_grid
-from .fit import GRADIENTS, METHODS, GridGradient, Teacher, best_path, check_tunable, descend, dp_grid, endpoint_loss, \
-    optimize_grid
+from .draws import STARTS, Split, Teacher, endpoint_loss
+from .fit import GRADIENTS, METHODS, GridGradient, best_path, check_tunable, descend, dp_grid, optimize_grid
 from .space import HAND_GRIDS, SIGMA_FLOOR, GridSpace, candidate_times, hand_grids, steps_for
 from .store import TunedGrid, find_tuned, load_tuned, save_tuned, tuned_path, tuned_paths
 
-__all__ = ["GRADIENTS", "HAND_GRIDS", "METHODS", "GridGradient", "SIGMA_FLOOR", "GridSpace", "Teacher", "TunedGrid", "ays_gaussian_grid",
-           "best_path", "candidate_times", "check_tunable", "descend", "dp_grid", "endpoint_loss", "exact_optimal_grid", "find_tuned",
-           "hand_grids", "load_tuned", "optimize_coefficients", "optimize_grid", "save_tuned", "steps_for", "tuned_path",
-           "tuned_paths"]
+__all__ = ["GRADIENTS", "HAND_GRIDS", "METHODS", "STARTS", "GridGradient", "SIGMA_FLOOR", "GridSpace", "Split", "Teacher",
+           "TunedGrid", "ays_gaussian_grid", "best_path", "candidate_times", "check_tunable", "descend", "dp_grid",
+           "endpoint_loss", "exact_optimal_grid", "find_tuned", "hand_grids", "load_tuned", "optimize_coefficients",
+           "optimize_grid", "save_tuned", "steps_for", "tuned_path", "tuned_paths"]

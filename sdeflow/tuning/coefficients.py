@@ -9,7 +9,7 @@ and L-BFGS minimises the loss.
 
 A step has several coefficients and a run some tens, more than the grid's few times, so the fit can
 learn the draws rather than the model. The draws are split as the grid fit splits them
-(:class:`~.fit.Split`): the fit sees the first ``1 - holdout`` of them, its loss leaves out the
+(:class:`~.draws.Split`): the fit sees the first ``1 - holdout`` of them, its loss leaves out the
 ``trim`` share of the worst draws (those that end in another component than the teacher's), and
 the coefficients kept are those with the least such error on the rest, checked after every round of
 L-BFGS iterations (early stopping). They are kept at all only if they beat the sampler's own
@@ -26,7 +26,7 @@ import torch
 from ..samplers.fitted import check_fittable, coefficient_values, with_coefficients
 from ..run import Run
 from ..sampling import check_ode_velocity, planned
-from .fit import HOLDOUT, TRIM, CountedDenoiser, Split, Teacher, run_error
+from .draws import HOLDOUT, TRIM, CountedDenoiser, Split, Teacher, check_trim, run_error
 from .store import TunedGrid
 
 
@@ -35,7 +35,7 @@ def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = N
                           trim: float = TRIM, rounds: int = 15, iters: int = 10, patience: int = 3,
                           teacher_steps: int = 300, tuned: TunedGrid | None = None) -> TunedGrid:
     """Coefficients of ``sampler`` on the grid ``ts`` fitted to ``denoiser`` on the draws ``x_init`` of
-    ``p_{ts[0]}`` (or on a :class:`~.fit.Teacher` already computed from ``ts[0]`` on them), by L-BFGS
+    ``p_{ts[0]}`` (or on a :class:`~.draws.Teacher` already computed from ``ts[0]`` on them), by L-BFGS
     through autograd on the error without the ``trim`` share of the worst draws, with early stopping on
     the held-out fraction ``holdout`` of the draws: at most ``rounds`` rounds of ``iters`` iterations,
     stopping after ``patience`` rounds without a better held-out error.
@@ -49,14 +49,12 @@ def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = N
     this fit's evaluations, forward in ``cost_nfe`` and differentiated in ``cost_grad``)."""
     label = sampler_name or type(sampler).__name__
     check_fittable(sampler, label)
-    if not 0.0 < holdout < 1.0:
-        raise ValueError(f"holdout must be a fraction between 0 and 1, got {holdout}")
-    if not 0.0 <= trim < 0.5:
-        raise ValueError(f"trim must be a share of the draws in [0, 0.5), got {trim}")
+    check_trim(trim)
     if min(rounds, iters, patience) < 1:
         raise ValueError(f"rounds, iters and patience must be >= 1, got {rounds}, {iters}, {patience}")
     if (x_init is None) == (teacher is None):
         raise ValueError("give the draws x_init or a Teacher computed on them, not both")
+    Split.fit_count((teacher.x_init if teacher is not None else x_init).shape[0], holdout)  # before the teacher's solve
     sch = denoiser.schedule
     plan = planned(sampler, sch, ts)
     check_ode_velocity(denoiser, sampler, plan)

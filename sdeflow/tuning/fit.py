@@ -1,5 +1,5 @@
-"""Fitting a grid to a model: the teacher solve, the DP over candidate times, the descent, and
-:func:`optimize_grid`, which combines them (see :mod:`sdeflow.tuning`)."""
+"""Fitting a grid to a model: the DP over candidate times, the descent, and :func:`optimize_grid`,
+which combines them over the draws of :mod:`.draws` (see :mod:`sdeflow.tuning`)."""
 
 from __future__ import annotations
 
@@ -9,149 +9,14 @@ import warnings
 import torch
 
 from .. import grids
-from ..denoisers import Denoiser
-from ..run import Run, Steps
-from ..samplers import DPMSolver
-from ..sampling import sample
+from ..run import Run
+from .draws import (HOLDOUT, STARTS, TRIM, CountedDenoiser, Split, Teacher, check_trim, endpoint_loss, run_error,
+                    start_state)
 from .space import GridSpace, candidate_times, hand_grids, steps_for
 from .store import TunedGrid
 
 METHODS = ("dp+descent", "dp", "descent")
 GRADIENTS = ("autograd", "differences")
-
-
-class CountedDenoiser(Denoiser):
-    """The denoiser counting its calls; it sees states in ``dtype`` (the model's) and answers in the
-    caller's dtype, so a float64 reference solve can drive a float32 network."""
-
-    def __init__(self, denoiser, dtype):
-        super().__init__(denoiser.schedule)
-        self.inner, self.dtype, self.calls = denoiser, dtype, 0
-
-    def forward(self, x_t, t, **cond):
-        self.calls += 1
-        return self.inner(x_t.to(self.dtype), t, **cond).to(x_t.dtype)
-
-    def has_ode_velocity(self, t: float) -> bool:
-        return self.inner.has_ode_velocity(t)
-
-    def ode_velocity(self, x_t, t, **cond):
-        self.calls += 1
-        return self.inner.ode_velocity(x_t.to(self.dtype), t, **cond).to(x_t.dtype)
-
-
-class Teacher:
-    """The reference solve from the draws ``x_init`` of ``p_{t_max}`` to ``t = 0``: third-order
-    DPM-Solver in data form, float64 states, on :func:`~sdeflow.grids.reference_grid` with ``steps``
-    (merged with ``times``). ``end``: its endpoint; ``states``: its states at ``times`` (decreasing),
-    which the DP search starts its one-step trials from. ``calls``: model evaluations it took.
-    One teacher serves every sampler and NFE tuned on the same draws."""
-
-    def __init__(self, denoiser, x_init: torch.Tensor, *, cond: dict | None = None, t_max: float | None = None,
-                 steps: int = 300, times=None):
-        sch = denoiser.schedule
-        self.denoiser, self.cond, self.x_init = denoiser, cond, x_init.detach()
-        self.t_max = grids.start_time(sch) if t_max is None else float(t_max)
-        ts = grids.reference_grid(torch.tensor([self.t_max, 0.0], dtype=torch.float64), sch, steps)
-        self.times = None if times is None else torch.as_tensor(times, dtype=torch.float64)
-        if self.times is not None:
-            ts = torch.unique(torch.cat([ts, self.times])).flip(0)
-        counted = CountedDenoiser(denoiser, self.x_init.dtype)
-        with torch.no_grad():
-            r = sample(counted, DPMSolver(order=3, form="data"), ts, self.x_init.to(torch.float64), cond=cond,
-                       return_trajectory=self.times is not None)
-        self.calls, self.end, self.states = counted.calls, r.x, None
-        self.step_costs: dict = {}  # per sampler: the DP's one-step errors between candidates (every budget's)
-        if self.times is not None:
-            self.states = r.trajectory[[int(torch.nonzero(ts == float(t))[0, 0]) for t in self.times]]
-
-
-#: Share of the worst draws a fit's loss leaves out: a draw that ends in another mixture component
-#: than the teacher's costs 30-100x a typical draw, and one such draw decides a plain RMS.
-TRIM = 0.1
-#: Share of the draws held out of every fit: fits are selected, and kept at all, on these.
-HOLDOUT = 0.3
-
-
-def trimmed_rms(sq_errors: torch.Tensor, trim: float = 0.0) -> torch.Tensor:
-    """Root mean of the per-draw squared errors ``sq_errors`` without the ``floor(trim * B)`` largest
-    (differentiable)."""
-    drop = int(trim * sq_errors.numel())
-    if drop:
-        sq_errors = torch.topk(sq_errors, sq_errors.numel() - drop, largest=False).values
-    return sq_errors.mean().sqrt()
-
-
-def squared_errors(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-draw squared Euclidean distance of ``x`` to ``target``, in the target's dtype."""
-    return (x.to(target.dtype) - target).flatten(1).pow(2).sum(1)
-
-
-def draw_errors(denoiser, sampler, ts, x_init, target, cond=None) -> torch.Tensor:
-    """Per-draw squared endpoint errors (float64) of ``sampler`` on ``ts`` against ``target``."""
-    with torch.no_grad():
-        x = sample(denoiser, sampler, ts, x_init, cond=cond, check_finite=False).x
-    return squared_errors(x, target.to(torch.float64))
-
-
-def endpoint_loss(denoiser, sampler, ts, x_init, target, cond=None, trim: float = 0.0) -> float:
-    """RMS over the draws of the endpoint error of ``sampler`` on ``ts`` against ``target``, without
-    the ``trim`` share of the worst draws (``inf`` where the run is not finite)."""
-    loss = float(trimmed_rms(draw_errors(denoiser, sampler, ts, x_init, target, cond), trim))
-    return loss if math.isfinite(loss) else math.inf
-
-
-class Split:
-    """A teacher's draws split into the first ``1 - holdout`` (fitted on) and the rest (held out:
-    fits are selected, and kept at all, on them). :meth:`draws` gives ``(x_init, target, cond)`` of a part;
-    ``x_init``: the runs' first states when they are not the teacher's (a start below the top)."""
-
-    def __init__(self, teacher: "Teacher", holdout: float = HOLDOUT, x_init: torch.Tensor | None = None):
-        n = teacher.x_init.shape[0]
-        if not 0.0 < holdout < 1.0:
-            raise ValueError(f"holdout must be a fraction between 0 and 1, got {holdout}")
-        self.n_fit = int(round(n * (1.0 - holdout)))
-        if not 1 <= self.n_fit < n:
-            raise ValueError(f"{n} draws cannot be split into fitting and held-out draws at holdout={holdout}: "
-                             "use more draws")
-        self.teacher, self.x_init = teacher, teacher.x_init if x_init is None else x_init
-        self.parts = {"fit": slice(0, self.n_fit), "held": slice(self.n_fit, None), "all": slice(None)}
-
-    def draws(self, which: str):
-        sl, t = self.parts[which], self.teacher
-        cond = None if t.cond is None else {k: v[sl] if torch.is_tensor(v) and v.ndim and v.shape[0] == t.x_init.shape[0]
-                                             else v for k, v in t.cond.items()}
-        return self.x_init[sl], t.end[sl], cond
-
-    def held_out(self, denoiser, sampler, ts, trim: float) -> tuple[float, float]:
-        """``(trimmed RMS, RMS)`` of ``sampler`` on ``ts`` over the held-out draws (``inf`` if not finite)."""
-        err = draw_errors(denoiser, sampler, ts, *self.draws("held"))
-        out = float(trimmed_rms(err, trim)), float(trimmed_rms(err))
-        return tuple(v if math.isfinite(v) else math.inf for v in out)
-
-
-#: Where a tuned grid's run begins: at the top of the schedule; ``leading``, one step's worth below it
-#: (the top's noise taken as a draw there, as diffusers' ``leading`` spacing does); ``teleport``, at
-#: ``t_skip`` where the data's Gaussian carries the noise exactly (:class:`~sdeflow.teleport.Teleport`).
-STARTS = ("top", "leading", "teleport")
-
-
-def start_state(start: str, schedule, x_top: torch.Tensor, n: int, teleport=None, t_skip: float | None = None):
-    """``(t_start, x_start)``: where an ``n``-step run under the convention ``start`` (see :data:`STARTS`)
-    begins, and its first states, for the draws ``x_top`` of the prior at the top of the schedule."""
-    from ..sampling import prior_std
-
-    top = grids.start_time(schedule)
-    if start == "top":
-        return top, x_top
-    if start == "leading":
-        return (top * (n - 1) / n if n > 1 else top), x_top
-    if start == "teleport":
-        if teleport is None or t_skip is None:
-            raise ValueError("a teleport start needs the data's Gaussian (teleport=) and its time t_skip")
-        z = x_top.to(torch.float64) / prior_std(schedule, top)
-        return float(t_skip), teleport.start(z, schedule, float(t_skip)).to(x_top.dtype)
-    raise ValueError(f"unknown start {start!r}; allowed: {', '.join(STARTS)}, search")
 
 
 def dp_grid(denoiser, sampler, space: GridSpace, teacher: Teacher, draws: slice = slice(None),
@@ -272,15 +137,6 @@ def descend(loss, theta: torch.Tensor, *, iters: int = 60, h: float = 1e-3, tol:
     return theta, math.exp(fx), evals
 
 
-def run_error(sampler, plan, field, x: torch.Tensor, target: torch.Tensor, trim: float = 0.0) -> torch.Tensor:
-    """RMS endpoint error against ``target`` (in its dtype) of ``sampler`` running ``plan`` from ``x``
-    through ``field``, without the ``trim`` share of the worst draws, as a tensor that carries the
-    run's gradients (the fits' differentiable loss)."""
-    steps = Steps(sampler, plan, field)
-    x, _ = steps.run_steps(steps.start(x), 0, len(plan.t))
-    return trimmed_rms(squared_errors(x, target), trim)
-
-
 class GridGradient:
     """``gradient(theta) -> (loss, d loss / d theta)`` of the teacher loss of ``sampler`` on the grid
     ``space.grid(theta)``, by one sampling run through autograd (LD3's backpropagation through the
@@ -390,8 +246,7 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
     check_tunable(sampler, label)
     if candidates < 4 or starts < 0:
         raise ValueError(f"need candidates >= 4 and starts >= 0, got {candidates} and {starts}")
-    if not 0.0 <= trim < 0.5:
-        raise ValueError(f"trim must be a share of the draws in [0, 0.5), got {trim}")
+    check_trim(trim)
     if start not in (*STARTS, "search"):
         raise ValueError(f"unknown start {start!r}; allowed: {', '.join(STARTS)}, search")
     if start == "teleport" and teleport is None:
@@ -404,8 +259,7 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
         raise ValueError("a teleport start is fitted on the draws x_init (its teacher starts from the Gaussian's own "
                          "state at the top): give x_init, not teacher")
     draws = teacher.x_init if teacher is not None else x_init
-    if not 1 <= int(round(draws.shape[0] * (1.0 - holdout))) < draws.shape[0] or not 0.0 < holdout < 1.0:
-        raise ValueError(f"{draws.shape[0]} draws cannot be split into fitting and held-out draws at holdout={holdout}")
+    Split.fit_count(draws.shape[0], holdout)  # refused now, before the teacher's solve
     sch = denoiser.schedule
     n = steps_for(sampler, sch, nfe)
     t_max = teacher.t_max if teacher is not None else t_max
@@ -439,8 +293,6 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
     ts, best, slope, kept = None, (math.inf, math.inf), None, method
     for option in options:
         t_s, x_s = start_state(option, sch, teacher.x_init, n, teleport, t_skip)
-        if option == "teleport":  # the teacher's draws are the Gaussian's state at the top: carry them on exactly
-            x_s = teleport.flow(teacher.x_init, sch, space.t_max, t_s)
         if option != "top" and t_s >= space.t_max:  # no room below the top (one step, or no skip): the top's fit
             continue
         try:

@@ -34,7 +34,7 @@ class TunedGrid:
     ``loss`` is then the held-out error with them and ``base_loss`` with the sampler's own,
     ``heldout`` the held-out RMS with them, and ``cost_grad`` counts the evaluations
     the fit differentiated through. ``start``: how a run reaches ``ts[0]`` (see
-    :data:`~sdeflow.tuning.fit.STARTS`): ``"top"``, the prior's draw there; ``"leading"``, the top's
+    :data:`~sdeflow.tuning.draws.STARTS`): ``"top"``, the prior's draw there; ``"leading"``, the top's
     prior draw taken as a state at ``ts[0]``; ``"teleport"``, the data's Gaussian carrying the noise
     to ``ts[0]``."""
 

@@ -1,0 +1,166 @@
+"""What a fit is judged on: the teacher's solve of the draws and the counted model, the per-draw endpoint
+errors and their trimmed RMS, the split into fitting and held-out draws, and where a tuned run starts
+(see :mod:`sdeflow.tuning`)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import grids
+from ..denoisers import Denoiser
+from ..run import Steps
+from ..samplers import DPMSolver
+from ..sampling import sample
+
+
+class CountedDenoiser(Denoiser):
+    """The denoiser counting its calls; it sees states in ``dtype`` (the model's) and answers in the
+    caller's dtype, so a float64 reference solve can drive a float32 network."""
+
+    def __init__(self, denoiser, dtype):
+        super().__init__(denoiser.schedule)
+        self.inner, self.dtype, self.calls = denoiser, dtype, 0
+
+    def forward(self, x_t, t, **cond):
+        self.calls += 1
+        return self.inner(x_t.to(self.dtype), t, **cond).to(x_t.dtype)
+
+    def has_ode_velocity(self, t: float) -> bool:
+        return self.inner.has_ode_velocity(t)
+
+    def ode_velocity(self, x_t, t, **cond):
+        self.calls += 1
+        return self.inner.ode_velocity(x_t.to(self.dtype), t, **cond).to(x_t.dtype)
+
+
+class Teacher:
+    """The reference solve from the draws ``x_init`` of ``p_{t_max}`` to ``t = 0``: third-order
+    DPM-Solver in data form, float64 states, on :func:`~sdeflow.grids.reference_grid` with ``steps``
+    (merged with ``times``). ``end``: its endpoint; ``states``: its states at ``times`` (decreasing),
+    which the DP search starts its one-step trials from. ``calls``: model evaluations it took.
+    One teacher serves every sampler and NFE tuned on the same draws."""
+
+    def __init__(self, denoiser, x_init: torch.Tensor, *, cond: dict | None = None, t_max: float | None = None,
+                 steps: int = 300, times=None):
+        sch = denoiser.schedule
+        self.denoiser, self.cond, self.x_init = denoiser, cond, x_init.detach()
+        self.t_max = grids.start_time(sch) if t_max is None else float(t_max)
+        ts = grids.reference_grid(torch.tensor([self.t_max, 0.0], dtype=torch.float64), sch, steps)
+        self.times = None if times is None else torch.as_tensor(times, dtype=torch.float64)
+        if self.times is not None:
+            ts = torch.unique(torch.cat([ts, self.times])).flip(0)
+        counted = CountedDenoiser(denoiser, self.x_init.dtype)
+        with torch.no_grad():
+            r = sample(counted, DPMSolver(order=3, form="data"), ts, self.x_init.to(torch.float64), cond=cond,
+                       return_trajectory=self.times is not None)
+        self.calls, self.end, self.states = counted.calls, r.x, None
+        self.step_costs: dict = {}  # per sampler: the DP's one-step errors between candidates (every budget's)
+        if self.times is not None:
+            self.states = r.trajectory[[int(torch.nonzero(ts == float(t))[0, 0]) for t in self.times]]
+
+
+#: Share of the worst draws a fit's loss leaves out: a draw that ends in another mixture component
+#: than the teacher's costs 30-100x a typical draw, and one such draw decides a plain RMS.
+TRIM = 0.1
+#: Share of the draws held out of every fit: fits are selected, and kept at all, on these.
+HOLDOUT = 0.3
+
+
+def trimmed_rms(sq_errors: torch.Tensor, trim: float = 0.0) -> torch.Tensor:
+    """Root mean of the per-draw squared errors ``sq_errors`` without the ``floor(trim * B)`` largest
+    (differentiable)."""
+    drop = int(trim * sq_errors.numel())
+    if drop:
+        sq_errors = torch.topk(sq_errors, sq_errors.numel() - drop, largest=False).values
+    return sq_errors.mean().sqrt()
+
+
+def squared_errors(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-draw squared Euclidean distance of ``x`` to ``target``, in the target's dtype."""
+    return (x.to(target.dtype) - target).flatten(1).pow(2).sum(1)
+
+
+def draw_errors(denoiser, sampler, ts, x_init, target, cond=None) -> torch.Tensor:
+    """Per-draw squared endpoint errors (float64) of ``sampler`` on ``ts`` against ``target``."""
+    with torch.no_grad():
+        x = sample(denoiser, sampler, ts, x_init, cond=cond, check_finite=False).x
+    return squared_errors(x, target.to(torch.float64))
+
+
+def endpoint_loss(denoiser, sampler, ts, x_init, target, cond=None, trim: float = 0.0) -> float:
+    """RMS over the draws of the endpoint error of ``sampler`` on ``ts`` against ``target``, without
+    the ``trim`` share of the worst draws (``inf`` where the run is not finite)."""
+    loss = float(trimmed_rms(draw_errors(denoiser, sampler, ts, x_init, target, cond), trim))
+    return loss if math.isfinite(loss) else math.inf
+
+
+def check_trim(trim: float) -> None:
+    if not 0.0 <= trim < 0.5:
+        raise ValueError(f"trim must be a share of the draws in [0, 0.5), got {trim}")
+
+
+class Split:
+    """A teacher's draws split into the first ``1 - holdout`` (fitted on) and the rest (held out:
+    fits are selected, and kept at all, on them). :meth:`draws` gives ``(x_init, target, cond)`` of a part;
+    ``x_init``: the runs' first states when they are not the teacher's (a start below the top)."""
+
+    def __init__(self, teacher: "Teacher", holdout: float = HOLDOUT, x_init: torch.Tensor | None = None):
+        self.n_fit = self.fit_count(teacher.x_init.shape[0], holdout)
+        self.teacher, self.x_init = teacher, teacher.x_init if x_init is None else x_init
+        self.parts = {"fit": slice(0, self.n_fit), "held": slice(self.n_fit, None), "all": slice(None)}
+
+    @staticmethod
+    def fit_count(n: int, holdout: float) -> int:
+        """How many of ``n`` draws a fit sees at ``holdout``; refused unless both parts have at least one."""
+        if not 0.0 < holdout < 1.0:
+            raise ValueError(f"holdout must be a fraction between 0 and 1, got {holdout}")
+        n_fit = int(round(n * (1.0 - holdout)))
+        if not 1 <= n_fit < n:
+            raise ValueError(f"{n} draws cannot be split into fitting and held-out draws at holdout={holdout}: "
+                             "use more draws")
+        return n_fit
+
+    def draws(self, which: str):
+        sl, t = self.parts[which], self.teacher
+        cond = None if t.cond is None else {k: v[sl] if torch.is_tensor(v) and v.ndim and v.shape[0] == t.x_init.shape[0]
+                                             else v for k, v in t.cond.items()}
+        return self.x_init[sl], t.end[sl], cond
+
+    def held_out(self, denoiser, sampler, ts, trim: float) -> tuple[float, float]:
+        """``(trimmed RMS, RMS)`` of ``sampler`` on ``ts`` over the held-out draws (``inf`` if not finite)."""
+        err = draw_errors(denoiser, sampler, ts, *self.draws("held"))
+        out = float(trimmed_rms(err, trim)), float(trimmed_rms(err))
+        return tuple(v if math.isfinite(v) else math.inf for v in out)
+
+
+#: Where a tuned grid's run begins: at the top of the schedule; ``leading``, one step's worth below it
+#: (the top's noise taken as a draw there, as diffusers' ``leading`` spacing does); ``teleport``, at
+#: ``t_skip`` where the data's Gaussian carries the noise exactly (:class:`~sdeflow.teleport.Teleport`).
+STARTS = ("top", "leading", "teleport")
+
+
+def start_state(start: str, schedule, x_top: torch.Tensor, n: int, teleport=None, t_skip: float | None = None):
+    """``(t_start, x_start)``: where an ``n``-step run under the convention ``start`` (see :data:`STARTS`)
+    begins, and its first states, for the states ``x_top`` at the top of the schedule (for a teleport,
+    the Gaussian's own states there, ``teleport.start(z, top)``, which its flow carries on exactly)."""
+    top = grids.start_time(schedule)
+    if start == "top":
+        return top, x_top
+    if start == "leading":
+        return (top * (n - 1) / n if n > 1 else top), x_top
+    if start == "teleport":
+        if teleport is None or t_skip is None:
+            raise ValueError("a teleport start needs the data's Gaussian (teleport=) and its time t_skip")
+        return float(t_skip), teleport.flow(x_top, schedule, top, float(t_skip))
+    raise ValueError(f"unknown start {start!r}; allowed: {', '.join(STARTS)}, search")
+
+
+def run_error(sampler, plan, field, x: torch.Tensor, target: torch.Tensor, trim: float = 0.0) -> torch.Tensor:
+    """RMS endpoint error against ``target`` (in its dtype) of ``sampler`` running ``plan`` from ``x``
+    through ``field``, without the ``trim`` share of the worst draws, as a tensor that carries the
+    run's gradients (the fits' differentiable loss)."""
+    steps = Steps(sampler, plan, field)
+    x, _ = steps.run_steps(steps.start(x), 0, len(plan.t))
+    return trimmed_rms(squared_errors(x, target), trim)
