@@ -30,7 +30,7 @@ LAYERS = [
     {"run"},
     {"replay"},
     {"sampling"},
-    {"analytic", "compiled", "diagnostics", "generation", "guidance", "objectives", "teleport"},
+    {"analytic", "bridges", "compiled", "diagnostics", "generation", "guidance", "objectives", "teleport"},
     # applications
     {"data", "checkpoint"},
     {"inverse", "inversion", "likelihood", "reward", "adapters", "pretrained"},

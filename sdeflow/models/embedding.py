@@ -57,3 +57,17 @@ class TimeEmbedding(nn.Module):
         elif label is not None:
             raise ValueError("this network is unconditional: it takes no label")
         return emb
+
+
+def with_source(x: torch.Tensor, source: torch.Tensor | None, takes_source: bool) -> torch.Tensor:
+    """``x`` with a bridge's source concatenated along dimension 1 (channels, or features of a flat vector)
+    for a network built to take one; a clear error where the source is missing, unexpected or misshapen."""
+    if not takes_source:
+        if source is not None:
+            raise ValueError("this network was not built to take a source (build it with source=True)")
+        return x
+    if source is None:
+        raise ValueError("this network is a bridge's: it needs the source, forward(x, c, source=...)")
+    if source.shape != x.shape:
+        raise ValueError(f"the source has shape {tuple(source.shape)}, the state {tuple(x.shape)}: they must match")
+    return torch.cat([x, source.to(x.dtype)], dim=1)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .embedding import TimeEmbedding
+from .embedding import TimeEmbedding, with_source
 
 
 def group_norm(ch: int) -> nn.GroupNorm:
@@ -63,11 +63,13 @@ class UNet(nn.Module):
         num_classes: > 0 adds a class embedding; label ``num_classes`` is "no label" (label dropout).
         time_scale: scale of the time input (see :class:`TimeEmbedding`).
         jump: also take the gap ``t - s`` of a flow-map jump (``forward(x, c, gap=...)``).
+        source: also take a source image of the same shape (``forward(x, c, source=...)``), concatenated
+            to the input's channels: the network of a bridge pinned at that source (:mod:`sdeflow.bridges`).
     """
 
     def __init__(self, channels: int = 3, size: int = 32, base: int = 64, mults=(1, 2, 2), blocks: int = 2,
                  attention=(), heads: int = 4, dropout: float = 0.1, num_classes: int = 0, time_scale: float = 1000.0,
-                 jump: bool = False):
+                 jump: bool = False, source: bool = False):
         super().__init__()
         mults, attention = tuple(mults), tuple(attention)
         if size % 2 ** (len(mults) - 1):
@@ -77,9 +79,11 @@ class UNet(nn.Module):
                            time_scale=time_scale)
         if jump:
             self.config["jump"] = True
+        if source:
+            self.config["source"] = True
         emb = 4 * base
         self.embed = TimeEmbedding(emb, time_scale, num_classes, freq_dim=base, jump=jump)
-        self.inp = nn.Conv2d(channels, base, 3, padding=1)
+        self.inp = nn.Conv2d(2 * channels if source else channels, base, 3, padding=1)
         self.down, skips, ch = nn.ModuleList(), [base], base
         for level, m in enumerate(mults):
             for _ in range(blocks):
@@ -114,9 +118,9 @@ class UNet(nn.Module):
         return h
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, label: torch.Tensor | None = None,
-                gap: torch.Tensor | None = None) -> torch.Tensor:
+                gap: torch.Tensor | None = None, source: torch.Tensor | None = None) -> torch.Tensor:
         emb = F.silu(self.embed(c, label, gap))
-        h = self.inp(x)
+        h = self.inp(with_source(x, source, self.config.get("source", False)))
         hs = [h]
         for layer in self.down:
             h = self._run(layer, h, emb)
