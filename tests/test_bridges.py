@@ -422,3 +422,56 @@ def test_bad_input_is_refused_before_work():
         DDBMHeun(churn=1.0)
     with pytest.raises(ValueError, match="unknown bridge parameterization"):
         BridgeDenoiser(lambda x, c, source: x, proc, "v")
+
+
+# ---- training, checkpoints and restoring ----------------------------------------------------------
+def test_bridge_training_resumes_exactly_and_restores(tmp_path, capsys):
+    """``sdeflow train --process``: a run stopped and resumed ends with the weights of an uninterrupted one
+    (the sources are drawn from each step's generator), its checkpoint records the process and how the
+    source is made, and it loads as a bridge that ``sdeflow restore`` uses."""
+    from sdeflow import checkpoint as ckpt
+    from sdeflow.bridges import restore
+    from sdeflow.cli.main import main
+    from sdeflow.pretrained import load_model
+    from sdeflow.training.config import TrainConfig
+    from sdeflow.training.trainer import Trainer
+
+    def cfg(out, steps):
+        return TrainConfig(data="digits", out=str(tmp_path / out), process="i2sb", parameterization="x0", steps=steps,
+                           batch_size=16, checkpoint_every=2, sample_every=0, model={"base": 8}, degrade="inpaint")
+
+    Trainer(cfg("ref", 4), progress=False).fit()
+    Trainer(cfg("cut", 2), progress=False).fit()
+    Trainer(cfg("cut", 4), resume=True, progress=False).fit()
+    ref, meta = ckpt.load(str(tmp_path / "ref" / "checkpoint.safetensors"))
+    cut, _ = ckpt.load(str(tmp_path / "cut" / "checkpoint.safetensors"))
+    for k in ref:
+        torch.testing.assert_close(ref[k], cut[k], rtol=1e-6, atol=1e-7)
+    assert meta["config"]["process"] == "i2sb" and meta["config"]["degrade"] == "inpaint"
+    assert meta["network"]["source"] is True
+    model = load_model(str(tmp_path / "ref"), bridges=True)
+    assert isinstance(model.denoiser, BridgeDenoiser) and model.denoiser.process == PROCESSES["i2sb"]()
+    source = torch.zeros(3, *model.shape)
+    out = restore(model.denoiser, source, 4, generator=torch.Generator().manual_seed(0))
+    assert out.nfe == 4 and bool(torch.isfinite(out.x).all())
+    capsys.readouterr()
+    assert main(["restore", "--checkpoint", str(tmp_path / "ref"), "--nfe", "3", "--out", ""]) == 0
+    assert "bridge (i2sb" in capsys.readouterr().out
+    assert main(["restore", "--checkpoint", str(tmp_path / "ref"), "--method", "mmps", "--out", ""]) == 1
+    assert main(["sample", "--checkpoint", str(tmp_path / "ref"), "--out", str(tmp_path / "x.png")]) == 1
+    assert "sdeflow restore --checkpoint" in capsys.readouterr().err
+
+
+def test_bad_bridge_training_settings_are_refused():
+    from sdeflow.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match="unknown process"):
+        TrainConfig(process="nope").resolved()
+    with pytest.raises(ValueError, match="parameterization"):
+        TrainConfig(process="i2sb", parameterization="velocity").resolved()
+    with pytest.raises(ValueError, match="unknown operator"):
+        TrainConfig(process="i2sb", degrade="nope").resolved()
+    with pytest.raises(ValueError, match="degrade_noise"):
+        TrainConfig(process="i2sb", degrade_noise=-1.0).resolved()
+    with pytest.raises(ValueError, match="objective"):
+        TrainConfig(process="i2sb", objective="reflow", teacher="digits").resolved()

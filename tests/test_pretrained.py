@@ -18,9 +18,12 @@ def test_every_shipped_model_loads_and_is_listed():
     from sdeflow.cli.main import main
 
     for name in PRETRAINED:
-        model = load_model(name)
+        model = load_model(name, bridges=True)
         assert model.meta["step"] > 0 and model.denoiser.model.training is False
+        assert model.bridge == (name == "digits-bridge")
     assert main(["list"]) == 0
+    with pytest.raises(ValueError, match="sdeflow restore --checkpoint digits-bridge"):
+        load_model("digits-bridge")
 
 
 def test_the_shipped_classifier_recognises_held_out_real_digits():
@@ -118,3 +121,31 @@ def test_the_shipped_models_are_reached_from_the_package():
     import sdeflow
 
     assert sdeflow.pretrained.load_model("moons").shape == (2,)
+
+
+def test_the_shipped_bridge_restores_real_digits():
+    """digits-bridge at NFE 5 on 100 real digits, 2x downsampled with noise 0.05: the classifier recognises the
+    restorations (measured 0.99; the back-projected sources alone: 0.55), they agree with their measurements
+    (residual RMS measured 0.044, the noise is 0.05) and gain over 10 dB PSNR on their sources (measured 13.6)."""
+    from sdeflow.bridges import restore
+    from sdeflow.inverse.operator_names import make_operator
+    from sdeflow.metrics import psnr
+
+    model = load_model("digits-bridge", bridges=True)
+    cfg = model.settings
+    assert (cfg["process"], cfg["degrade"], cfg["degrade_noise"]) == ("ddbm-vp", "superres", 0.05)
+    d = data.digits()
+    idx = torch.arange(0, 1797, 18)[:100]
+    x, labels = d.x[idx], d.labels[idx]
+    op = make_operator("superres", model.shape)
+    y = op.measure(x, 0.05, torch.Generator().manual_seed(0))
+    source = op.back_project(y).float()
+    out = restore(model.denoiser, source, 5, generator=torch.Generator().manual_seed(1))
+    assert out.nfe == 5
+    clf, _, _ = load_network("digits-classifier")
+    with torch.no_grad():
+        acc = float((clf(out.x).argmax(1) == labels).double().mean())
+    assert acc > 0.9
+    assert float((op(out.x.double()) - y).pow(2).mean().sqrt()) < 0.1
+    gain = sum(psnr(a, b) - psnr(s, b) for a, s, b in zip(out.x, source, x)) / len(x)
+    assert gain > 10

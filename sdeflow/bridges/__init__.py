@@ -11,13 +11,15 @@ mean-reverting SDE and residual diffusion (RDDM), run on sdeflow's one sampling 
 - :mod:`.exact`: paired Gaussian mixtures, whose ``p(x0 | x1)`` and ``x_hat`` are closed form.
 """
 
-from .denoiser import BRIDGE_PARAMETERIZATIONS, BridgeDenoiser, BridgeParameterization, PinnedDenoiser
+from .denoiser import BRIDGE_PARAMETERIZATIONS, BridgeDenoiser, BridgeParameterization, PinnedDenoiser, bridge_denoiser
 from .exact import BridgeOracle, PairedMixture
 from .loss import BRIDGE_WEIGHTINGS, BridgeLoss
 from .processes import PROCESSES, RDDM, BrownianBase, LinearBridge, MeanReverting, Process, Residual, SymmetricBeta
-from .samplers import BOOT_LOGSNR, BRIDGE_SAMPLERS, Boot, DDBMHeun, bridge_grid, bridge_sampler, sample_bridge
+from .samplers import (BOOT_LOGSNR, BRIDGE_SAMPLERS, DEFAULT_BRIDGE_SAMPLER, Boot, DDBMHeun, bridge_grid, bridge_sampler,
+                       bridge_steps, for_process, restore, sample_bridge)
 
-__all__ = ["BOOT_LOGSNR", "BRIDGE_PARAMETERIZATIONS", "BRIDGE_SAMPLERS", "BRIDGE_WEIGHTINGS", "PROCESSES", "RDDM", "Boot",
-           "BridgeDenoiser", "BridgeLoss", "BridgeOracle", "BridgeParameterization", "BrownianBase", "DDBMHeun",
-           "LinearBridge", "MeanReverting", "PairedMixture", "PinnedDenoiser", "Process", "Residual", "SymmetricBeta",
-           "bridge_grid", "bridge_sampler", "sample_bridge"]
+__all__ = ["BOOT_LOGSNR", "BRIDGE_PARAMETERIZATIONS", "BRIDGE_SAMPLERS", "BRIDGE_WEIGHTINGS", "DEFAULT_BRIDGE_SAMPLER",
+           "PROCESSES", "RDDM", "Boot", "BridgeDenoiser", "BridgeLoss", "BridgeOracle", "BridgeParameterization",
+           "BrownianBase", "DDBMHeun", "LinearBridge", "MeanReverting", "PairedMixture", "PinnedDenoiser", "Process",
+           "Residual", "SymmetricBeta", "bridge_denoiser", "bridge_grid", "bridge_sampler", "bridge_steps", "for_process",
+           "restore", "sample_bridge"]

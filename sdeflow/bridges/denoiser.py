@@ -200,3 +200,10 @@ def _scale(c, x: torch.Tensor) -> torch.Tensor:
         return x if c == 1.0 else x * c
     c = torch.as_tensor(c)
     return x * expand_as_batch(c.to(device=x.device, dtype=x.dtype), x)
+
+
+def bridge_denoiser(network, process: Process, parameterization: str = "ddbm", sigma_data: float = 0.5) -> BridgeDenoiser:
+    """A network trained by ``sdeflow train --process`` as its denoiser: time input ``t``, DDBM's constants
+    ``sigma_data`` for the data and the source, no covariance assumed."""
+    p = BridgeParameterization(parameterization, sigma_data=sigma_data, sigma_source=sigma_data)
+    return BridgeDenoiser(network, process, p)

@@ -39,6 +39,12 @@ class BridgeLoss:
             raise ValueError(f"need 0 <= t_min < t_max <= 1, got {t_min}, {t_max}")
         self.weighting, self.t_min, self.t_max = weighting, float(t_min), float(t_max)
 
+    def draw(self, x: torch.Tensor, schedule=None, generator: torch.Generator | None = None):
+        """Times ``(B,)`` float64, uniform on ``[t_min, t_max]``, and noise like ``x`` (drawn on the CPU)."""
+        u = torch.rand(x.shape[0], generator=generator, dtype=torch.float64)
+        eps = torch.randn(x.shape, generator=generator, dtype=torch.float32)
+        return self.t_min + (self.t_max - self.t_min) * u, eps.to(device=x.device, dtype=x.dtype)
+
     def targets(self, denoiser: BridgeDenoiser, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, z: torch.Tensor):
         """``(y, F*, weight)`` at per-sample times ``t`` (float64 ``(B,)``)."""
         process, p = denoiser.process, denoiser.parameterization
@@ -64,11 +70,9 @@ class BridgeLoss:
         cond = dict(cond or {})
         source = cond.pop("source", None)
         denoiser.check_cond(x, {"source": source})
-        if t is None:
-            u = torch.rand(x.shape[0], generator=generator, dtype=torch.float64)
-            t = self.t_min + (self.t_max - self.t_min) * u
-        if eps is None:
-            eps = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
+        if t is None or eps is None:
+            t_draw, eps_draw = self.draw(x, None, generator)
+            t, eps = (t_draw if t is None else t), (eps_draw if eps is None else eps)
         t = torch.as_tensor(t, dtype=torch.float64)
         y, target, weight = self.targets(denoiser, x, source, t, eps)
         f = denoiser.network_output(y, t.to(x.device), source, **cond)

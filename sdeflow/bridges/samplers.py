@@ -221,15 +221,13 @@ def sample_bridge(denoiser: PinnedDenoiser, sampler, ts, source: torch.Tensor, *
     if not isinstance(denoiser, PinnedDenoiser):
         raise TypeError(f"sample_bridge needs a bridge denoiser (BridgeDenoiser, BridgeOracle), got "
                         f"{type(denoiser).__name__}")
-    sampler = bridge_sampler(sampler)
+    sampler = for_process(denoiser.process, sampler)
     ts = check_grid(ts)
     if float(ts[0]) != 1.0:
         raise ValueError(f"a bridge run starts at the source, t = 1; the grid starts at {float(ts[0]):.6g}")
     cond = {**(cond or {}), "source": source}
     denoiser.check_cond(source, cond)
     process = denoiser.process
-    if process.pinned and not isinstance(sampler, Boot):
-        sampler = Boot(sampler)
     from ..noise import as_noise
 
     noise = as_noise(noise, generator)
@@ -239,6 +237,40 @@ def sample_bridge(denoiser: PinnedDenoiser, sampler, ts, source: torch.Tensor, *
         y = process.start_residual(source, noise(source, -1))
     result = sample(denoiser, sampler, ts, y, cond=cond, noise=noise, **options)
     return to_states(result, process, source)
+
+
+#: sdeflow's sampler for pinned processes (after the boot step): the one the benchmarks measure best at 5-10 NFE
+DEFAULT_BRIDGE_SAMPLER = "unipc-bh2"
+
+
+def for_process(process, sampler) -> Sampler:
+    """``sampler`` (or its name) as it runs on ``process``: behind a :class:`Boot` step where the process is pinned."""
+    sampler = bridge_sampler(sampler)
+    return Boot(sampler) if process.pinned and not isinstance(sampler, Boot) else sampler
+
+
+def bridge_steps(process, sampler, nfe: int) -> int:
+    """The most steps of :func:`bridge_grid` whose run of ``sampler`` on ``process`` takes at most ``nfe``
+    evaluations (at least one step)."""
+    if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
+        raise ValueError(f"nfe must be a whole number >= 1, got {nfe!r}")
+    sampler = for_process(process, sampler)
+    lo, hi = 1, nfe
+    while lo < hi:  # the NFE of a run grows with its steps
+        mid = (lo + hi + 1) // 2
+        if sampler.prepare(process.residual, bridge_grid(process, mid)).nfe <= nfe:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def restore(denoiser: PinnedDenoiser, source: torch.Tensor, nfe: int, sampler=DEFAULT_BRIDGE_SAMPLER,
+            **options) -> SampleResult:
+    """Restore ``source`` (one per sample) with a bridge model in at most ``nfe`` evaluations: ``sampler`` on
+    :func:`bridge_grid` with the most steps that fit (:func:`bridge_steps`). ``options`` go to :func:`sample_bridge`."""
+    steps = bridge_steps(denoiser.process, sampler, nfe)
+    return sample_bridge(denoiser, sampler, bridge_grid(denoiser.process, steps), source, **options)
 
 
 def to_states(result: SampleResult, process, source: torch.Tensor) -> SampleResult:

@@ -150,6 +150,7 @@ def _table(title: str, table) -> None:
 
 
 def _list() -> None:
+    from ..bridges import BRIDGE_SAMPLERS, PROCESSES
     from ..guidance import METHODS as GUIDANCE_METHODS
     from ..inverse import METHODS as INVERSE_METHODS, OPERATORS
     from ..pretrained import PRETRAINED
@@ -184,8 +185,12 @@ def _list() -> None:
            GUIDANCE_METHODS)
     print("  (predictor-corrector guidance: any method with --sampler pc-langevin, whose corrector targets the "
           "tilted p_t(x|c)^w p_t(x)^(1-w))")
+    _table("processes pinned at a source (sdeflow train --process NAME; sdeflow.bridges):", PROCESSES)
+    _table("bridge samplers (sdeflow restore --checkpoint BRIDGE --sampler NAME; any sampler above works too):",
+           BRIDGE_SAMPLERS)
     print("shipped models (sdeflow sample --checkpoint NAME, or shipped:NAME where a local folder has the name): "
-          + ", ".join(PRETRAINED))
+          + ", ".join(n for n in PRETRAINED if n != "digits-bridge")
+          + "; the restoration bridge digits-bridge (sdeflow restore --checkpoint digits-bridge)")
     print("training objectives (sdeflow train --objective NAME): " + ", ".join(OBJECTIVES))
     print("training recipes (sdeflow train --recipe NAME):")
     for name, fields in RECIPES.items():

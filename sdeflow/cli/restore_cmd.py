@@ -1,10 +1,14 @@
-"""``sdeflow restore``: solve an inverse problem with a trained model as the prior.
+"""``sdeflow restore``: solve an inverse problem with a trained model as the prior, or restore with a bridge.
 
 The input is a real digit from scikit-learn's set (``--index``, the default for the digits model),
 an image file (PNG/JPEG, resized to the model's size) or an ``.npy`` array of one sample. It is
 measured with ``--operator`` and ``--noise-std`` (seeded), then ``--method`` draws ``--num``
 posterior samples; the command prints the PSNR of the sample mean and of the best sample against
 the input, and writes a picture (input | measurement | samples | mean) and optionally an ``.npz``.
+
+A bridge model (``sdeflow train --process``, the shipped ``digits-bridge``) was trained for one operator and
+noise: the input is measured with those, back-projected to its source, and the bridge restores it in
+``--nfe`` evaluations (:func:`sdeflow.bridges.restore`).
 """
 
 from __future__ import annotations
@@ -74,13 +78,18 @@ def run_restore(args) -> dict:
         from .demo import pyplot_module
 
         pyplot_module()
+    model = load_model(args.checkpoint, bridges=True)
+    if model.bridge:
+        return _restore_with_bridge(args, model, outs)
+    args.operator = args.operator or "inpaint"
+    args.method = args.method or "mmps"
+    args.noise_std = 0.05 if args.noise_std is None else args.noise_std
     if not math.isfinite(args.noise_std) or args.noise_std < 0:
         raise ValueError(f"--noise-std must be a finite number >= 0, got {args.noise_std}")
     if args.sampler and args.method not in TRANSFORMS:
         raise ValueError(f"--sampler is for the methods that transform the denoiser ({', '.join(TRANSFORMS)}); "
                          f"{args.method} brings its own steps")
     sampler = lookup(SAMPLERS, "sampler", args.sampler)() if args.sampler else None
-    model = load_model(args.checkpoint)
     if model.kind != "image" and any(o.lower().endswith(".png") for o in outs):
         raise ValueError("pictures are for image models; write an .npz instead (--out restored.npz)")
     x_true = _load_input(args, model)
@@ -98,7 +107,7 @@ def run_restore(args) -> dict:
     x = sol.x.clamp(-3, 3)
     mean = x.mean(0)
     report = {"psnr_mean": psnr(mean, x_true), "psnr_best": max(psnr(s, x_true) for s in x), "nfe": sol.nfe}
-    shown = op.adjoint(op.gram_solve(y[None], 1e-3)) if op.linear else torch.zeros_like(x_true)[None]
+    shown = op.back_project(y[None]) if op.linear else torch.zeros_like(x_true)[None]
     print(f"{args.method} on {args.operator} (noise {args.noise_std}), NFE {sol.nfe}: PSNR of the mean "
           f"{report['psnr_mean']:.2f} dB, best of {args.num} samples {report['psnr_best']:.2f} dB")
     if "ess" in sol.info:  # the particles' effective sample size: how many distinct particles the samples rest on
@@ -111,6 +120,46 @@ def run_restore(args) -> dict:
             save_npz(out, input=x_true.numpy(), measurement=y.numpy(), samples=sol.x.numpy())
         else:
             _picture(out, x_true, shown[0].reshape(model.shape), x, mean, args, sol.nfe)
+        print(f"  wrote {out}")
+    return report
+
+
+def _restore_with_bridge(args, model, outs) -> dict:
+    """A bridge model restores the source made the way it was trained (its operator and noise): ``--num``
+    restorations of one input in ``--nfe`` evaluations."""
+    from ..bridges import DEFAULT_BRIDGE_SAMPLER, restore
+
+    cfg = model.settings
+    if args.operator not in (None, cfg["degrade"]):
+        raise ValueError(f"{args.checkpoint} is a bridge trained to restore the {cfg['degrade']} operator's measurements; "
+                         f"it cannot restore --operator {args.operator} (leave --operator out)")
+    if args.method is not None:
+        raise ValueError(f"{args.checkpoint} is a bridge: it restores with its own sampler (--sampler), not a zero-shot "
+                         "--method")
+    noise = cfg["degrade_noise"] if args.noise_std is None else args.noise_std
+    if not math.isfinite(noise) or noise < 0:
+        raise ValueError(f"--noise-std must be a finite number >= 0, got {noise}")
+    args.operator, args.noise_std, args.method = cfg["degrade"], noise, "bridge"
+    num = args.num or DEFAULT_NUM
+    sampler = args.sampler or DEFAULT_BRIDGE_SAMPLER
+    if model.kind != "image" and any(o.lower().endswith(".png") for o in outs):
+        raise ValueError("pictures are for image models; write an .npz instead (--out restored.npz)")
+    x_true = _load_input(args, model)
+    op = make_operator(cfg["degrade"], model.shape, args.seed)
+    y = op.measure(x_true[None], noise, torch.Generator().manual_seed(args.seed))[0]
+    source = op.back_project(y[None]).to(x_true.dtype)
+    res = restore(model.denoiser, source.expand(num, *model.shape).clone(), args.nfe, sampler,
+                  generator=torch.Generator().manual_seed(args.seed), progress=args.progress and sys.stderr.isatty())
+    x = res.x.clamp(-3, 3)
+    mean = x.mean(0)
+    report = {"psnr_mean": psnr(mean, x_true), "psnr_best": max(psnr(s, x_true) for s in x), "nfe": res.nfe}
+    print(f"bridge ({cfg['process']}, {sampler}) on {cfg['degrade']} (noise {noise}), NFE {res.nfe}: PSNR of the mean "
+          f"{report['psnr_mean']:.2f} dB, best of {num} restorations {report['psnr_best']:.2f} dB")
+    for out in outs:
+        if out.lower().endswith(".npz"):
+            save_npz(out, input=x_true.numpy(), measurement=y.numpy(), samples=res.x.numpy())
+        else:
+            _picture(out, x_true, source[0], x, mean, args, res.nfe)
         print(f"  wrote {out}")
     return report
 
@@ -147,12 +196,14 @@ def add_restore_parser(sub) -> None:
                    help="shipped model name, run folder or .safetensors (default: shipped:digits)")
     p.add_argument("--input", default=None, help="an image or .npy file (default: a real digit, see --index)")
     p.add_argument("--index", type=int, default=0, help="which scikit-learn digit to restore (default: 0)")
-    p.add_argument("--operator", default="inpaint", choices=OPERATORS, metavar="NAME",
-                   help=f"one of: {', '.join(OPERATORS)} (default: inpaint)")
-    p.add_argument("--noise-std", type=float, default=0.05, help="measurement noise in data units (default: 0.05)")
-    p.add_argument("--method", default="mmps", choices=METHODS, metavar="NAME",
-                   help=f"one of: {', '.join(METHODS)} (default: mmps)")
-    p.add_argument("--sampler", default=None, help="sampler for mmps/pigdm/dps/ddnm/diffpir (default: ddim-eta1)")
+    p.add_argument("--operator", default=None, choices=OPERATORS, metavar="NAME",
+                   help=f"one of: {', '.join(OPERATORS)} (default: inpaint; a bridge model: the one it was trained on)")
+    p.add_argument("--noise-std", type=float, default=None,
+                   help="measurement noise in data units (default: 0.05; a bridge model: its training noise)")
+    p.add_argument("--method", default=None, choices=METHODS, metavar="NAME",
+                   help=f"one of: {', '.join(METHODS)} (default: mmps; not for a bridge model, which brings its own)")
+    p.add_argument("--sampler", default=None, help="sampler for mmps/pigdm/dps/ddnm/diffpir (default: ddim-eta1); for a "
+                   "bridge model any sampler or bridge sampler (default: unipc-bh2 after the boot step)")
     p.add_argument("--nfe", type=positive_int, default=50, help="network evaluations (default: 50)")
     p.add_argument("-n", "--num", "--num-samples", dest="num", type=positive_int, default=None,
                    help=f"posterior samples (default: {DEFAULT_NUM}; enkg: one more than the measured values, its "

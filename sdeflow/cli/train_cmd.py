@@ -48,6 +48,10 @@ HELP = {
     "lr": "learning rate (AdamW, after a linear warm-up)",
     "warmup": "steps of the linear learning-rate warm-up",
     "seed": "seed of everything random in the run",
+    "process": "train a bridge pinned at a degraded source instead (see docs/bridges.md): ddbm-vp, ddbm-ve, i2sb, "
+               "brownian, ou-bridge, ir-sde, rddm; the parameterization is then x0, eps, residual, ddbm (default) or i2sb",
+    "degrade": "a bridge run's source: the operator (sdeflow restore --operator) each clean sample is measured with",
+    "degrade_noise": "a bridge run's measurement noise (data units) before the back-projection",
 }
 
 
@@ -101,7 +105,8 @@ def run_train(args) -> dict:
         params = sum(p.numel() for p in trainer.net.parameters())
         print(f"training {trainer.architecture} ({params / 1e6:.2f}M parameters) on {trainer.data_info['name']} "
               f"({trainer.data_info['size']} samples of shape {tuple(trainer.data_info['shape'])}), "
-              f"{trainer.cfg.schedule} / {trainer.cfg.parameterization}, from step {trainer.step} to {trainer.cfg.steps}"
+              f"{trainer.cfg.process or trainer.cfg.schedule} / {trainer.cfg.parameterization}, "
+              f"from step {trainer.step} to {trainer.cfg.steps}"
               + (f" on {trainer.dist.world} processes" if trainer.dist.world > 1 else ""))
     report = trainer.fit()
     if trainer.dist.main:

@@ -85,6 +85,11 @@ class LinearOperator(Operator):
         form where ``A A^T`` is diagonal)."""
         return conjugate_gradient(lambda u: self(self.adjoint(u)) + _bcast(lam, u) * u, r, iters)
 
+    def back_project(self, y: torch.Tensor, lam: float = 1e-3) -> torch.Tensor:
+        """``A^T (A A^T + lam I)^-1 y``: measurements as a sample of the data's shape (the masked image, the
+        upsampled low-resolution image), the source of a restoration bridge and the picture of a measurement."""
+        return self.adjoint(self.gram_solve(y, lam))
+
     def conditional_draw(self, x_prior: torch.Tensor, var: float, y: torch.Tensor, noise_std: float,
                          n: torch.Tensor) -> torch.Tensor:
         """An exact draw from ``N(x; m, var I) N(y; A x, noise_std^2 I)`` (normalised in ``x``) given a draw

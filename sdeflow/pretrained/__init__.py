@@ -4,9 +4,11 @@ The package ships small models trained with ``sdeflow train`` (commands in ``doc
 ``digits`` (class-conditional 8x8 digits, rectified flow), ``digits-small`` (a deliberately weaker
 digits model: a quarter of the width, a quarter of the training; the default guide of
 autoguidance), the 2-D toys ``moons``, ``swiss-roll``, ``eight-gaussians`` and ``checkerboard``,
-``digits-classifier`` (the classifier of the quality benchmark) and ``digits-noisy-classifier`` (a
-noise-aware classifier of noised digits, for classifier guidance). :func:`load_model` takes one of
-the models' names or the path of any checkpoint; :func:`load_classifier` loads a noise-aware classifier.
+``digits-bridge`` (a DDBM-VP bridge that restores digits from their 2x-downsampled, noisy views:
+``sdeflow restore --checkpoint digits-bridge``), ``digits-classifier`` (the classifier of the quality
+benchmark) and ``digits-noisy-classifier`` (a noise-aware classifier of noised digits, for classifier
+guidance). :func:`load_model` takes one of the models' names or the path of any checkpoint;
+:func:`load_classifier` loads a noise-aware classifier.
 
 A name that is also a file or folder in the working directory (a run trained with ``--out moons``)
 means that path, with a warning; ``shipped:NAME`` always means the shipped model. The shipped files
@@ -26,7 +28,8 @@ from ..denoisers import FlowMapDenoiser, ModelDenoiser
 from .. import checkpoint as ckpt
 
 FOLDER = os.path.dirname(os.path.abspath(__file__))
-PRETRAINED = ("digits", "digits-small", "digits-reflow", "moons", "swiss-roll", "eight-gaussians", "checkerboard")
+PRETRAINED = ("digits", "digits-small", "digits-reflow", "digits-bridge", "moons", "swiss-roll", "eight-gaussians",
+              "checkerboard")
 CLASSIFIERS = ("digits-classifier", "digits-noisy-classifier")
 
 
@@ -94,6 +97,11 @@ class LoadedModel:
         return shipped_of(self.path)
 
     @property
+    def bridge(self) -> bool:
+        """A bridge pinned at a degraded source (``sdeflow train --process``): it restores, it does not sample."""
+        return bool(self.meta.get("config", {}).get("process"))
+
+    @property
     def settings(self) -> dict:
         """The training settings stored with the model (the resolved training configuration)."""
         return settings_of(self.meta)
@@ -145,7 +153,7 @@ def _check_data(meta: dict, net: torch.nn.Module) -> None:
     if config is not None:
         if not isinstance(config, dict):
             raise ValueError(f"its training configuration is a JSON {type(config).__name__}, not an object")
-        missing = [k for k in DEFINING if config.get(k) is None]
+        missing = [k for k in DEFINING if config.get(k) is None and not (k == "schedule" and config.get("process"))]
         if missing:
             raise ValueError(f"its training configuration lacks {', '.join(missing)}, which define the model")
     data = meta.get("data")
@@ -171,8 +179,10 @@ def _check_data(meta: dict, net: torch.nn.Module) -> None:
         raise ValueError(f"its data shape {shape} does not fit its network, which takes {list(takes)}")
 
 
-def load_model(spec: str = "digits", device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a shipped model by name or any sdeflow checkpoint (EMA weights) as a denoiser."""
+def load_model(spec: str = "digits", device: str | torch.device = "cpu", *, bridges: bool = False) -> LoadedModel:
+    """Load a shipped model by name or any sdeflow checkpoint (EMA weights) as a denoiser. A bridge pinned at
+    a degraded source (``digits-bridge``, ``sdeflow train --process``) restores rather than samples: it is
+    refused unless ``bridges=True`` (its denoiser is then a :class:`~sdeflow.bridges.BridgeDenoiser`)."""
     from ..schedules import SCHEDULES
 
     net, meta, path = load_network(spec)
@@ -182,9 +192,19 @@ def load_model(spec: str = "digits", device: str | torch.device = "cpu") -> Load
     cfg = settings_of(meta)
     if cfg["objective"] == "classifier":
         raise ValueError(f"{spec!r} is a classifier, not a generative model (load it with load_classifier)")
-    schedule = SCHEDULES.lookup(cfg["schedule"])()
-    kind = FlowMapDenoiser if meta["network"].get("jump") else ModelDenoiser
-    denoiser = kind(net.to(device), schedule, cfg["parameterization"], time_input=cfg["time_input"])
+    if cfg.get("process"):  # a bridge: the denoiser of its residual, sampled from a source (sdeflow restore)
+        from ..bridges import PROCESSES, bridge_denoiser
+
+        if not bridges:
+            raise ValueError(f"{spec!r} is a bridge that restores a degraded source ({cfg['degrade']}): use it with "
+                             f"sdeflow restore --checkpoint {spec} (or sdeflow.bridges.restore); it does not sample "
+                             "from noise")
+        denoiser = bridge_denoiser(net.to(device), PROCESSES.lookup(cfg["process"])(), cfg["parameterization"],
+                                   cfg["sigma_data"])
+    else:
+        schedule = SCHEDULES.lookup(cfg["schedule"])()
+        kind = FlowMapDenoiser if meta["network"].get("jump") else ModelDenoiser
+        denoiser = kind(net.to(device), schedule, cfg["parameterization"], time_input=cfg["time_input"])
     data = meta["data"]
     denoiser.sample_shape = data["shape"]
     return LoadedModel(denoiser, tuple(data["shape"]), data["kind"], meta["network"].get("num_classes", 0), meta, path)

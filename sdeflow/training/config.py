@@ -93,13 +93,19 @@ class TrainConfig:
     pairs: int = 20_000
     distill_steps: int = 4
     jump_fraction: float = 0.25
+    process: str | None = None
+    degrade: str = "superres"
+    degrade_noise: float = 0.05
 
     def resolved(self) -> "TrainConfig":
         """A copy with the recipe's fields filled in, after checking every value."""
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}; allowed: {', '.join(RECIPES)}")
-        filled = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in RECIPES[self.recipe].items()}
-        cfg = dataclasses.replace(self, **filled)
+        if self.process is not None:
+            cfg = self._bridge_filled()
+        else:
+            filled = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in RECIPES[self.recipe].items()}
+            cfg = dataclasses.replace(self, **filled)
         if cfg.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {cfg.precision!r}")
         if cfg.time_input not in TIME_SCALES:
@@ -110,8 +116,9 @@ class TrainConfig:
         from ..objectives.densities import DENSITIES
         from ..objectives.losses import WEIGHTINGS
 
-        for name, table in [("schedule", SCHEDULES), ("parameterization", PARAMETERIZATIONS), ("time_density", DENSITIES),
-                            ("weighting", WEIGHTINGS), ("sample_sampler", SAMPLERS)]:
+        tables = [("schedule", SCHEDULES), ("parameterization", PARAMETERIZATIONS), ("time_density", DENSITIES),
+                  ("weighting", WEIGHTINGS), ("sample_sampler", SAMPLERS)]
+        for name, table in tables[-1:] if cfg.process is not None else tables:
             if getattr(cfg, name) not in table:
                 raise ValueError(f"unknown {name} {getattr(cfg, name)!r}; allowed: {', '.join(table)}")
         if cfg.objective not in OBJECTIVES:
@@ -142,6 +149,29 @@ class TrainConfig:
             raise ValueError(f"label_dropout must be in [0, 1), got {cfg.label_dropout}")
         if cfg.lr <= 0:
             raise ValueError(f"lr must be > 0, got {cfg.lr}")
+        return cfg
+
+    def _bridge_filled(self) -> "TrainConfig":
+        """A bridge run (``process`` set): pairs of a clean sample and its source, made by measuring it with the
+        operator ``degrade`` and noise ``degrade_noise`` and back-projecting; a bridge parameterization
+        (default ``ddbm``), time input ``t``, weighting ``output`` or ``x0``. The schedule is the process'."""
+        from ..bridges import BRIDGE_PARAMETERIZATIONS, BRIDGE_WEIGHTINGS, PROCESSES
+        from ..inverse.operator_names import OPERATORS
+
+        PROCESSES.lookup(self.process)
+        cfg = dataclasses.replace(self, schedule=None, parameterization=self.parameterization or "ddbm",
+                                  time_input=self.time_input or "t", time_density=self.time_density or "uniform",
+                                  weighting=self.weighting or "output", conditional=False)
+        checks = [("parameterization", BRIDGE_PARAMETERIZATIONS), ("weighting", BRIDGE_WEIGHTINGS),
+                  ("time_input", ("t",)), ("time_density", ("uniform",)), ("objective", ("denoise",))]
+        for name, allowed in checks:
+            if getattr(cfg, name) not in allowed:
+                raise ValueError(f"a bridge run (--process) takes {name} {' or '.join(allowed)}, got {getattr(cfg, name)!r}")
+        OPERATORS.lookup(cfg.degrade)
+        if not (math.isfinite(cfg.degrade_noise) and cfg.degrade_noise >= 0):
+            raise ValueError(f"degrade_noise must be a finite number >= 0, got {cfg.degrade_noise}")
+        if cfg.ot_coupling or cfg.fokker_planck > 0 or cfg.teacher:
+            raise ValueError("a bridge run (--process) takes no ot_coupling, fokker_planck or teacher")
         return cfg
 
     def to_dict(self) -> dict:

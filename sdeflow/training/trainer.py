@@ -53,8 +53,10 @@ def build_network(cfg: TrainConfig, data: dict, teacher_meta: dict | None = None
         base = dict(channels=data["shape"][0], num_classes=data["num_classes"], time_scale=TIME_SCALES[cfg.time_input])
         return models.build("noisy-classifier", {**base, **cfg.model})
     arch = cfg.architecture or ("unet" if data["kind"] == "image" else "mlp")
-    classes = data["num_classes"] if cfg.conditional else 0
+    classes = data["num_classes"] if cfg.conditional and cfg.process is None else 0
     base = {"time_scale": TIME_SCALES[cfg.time_input], "num_classes": classes}
+    if cfg.process is not None:  # a bridge's network also takes the source
+        base["source"] = True
     if teacher_meta is not None:
         arch, base = teacher_meta["architecture"], teacher_meta["network"]
     elif arch == "unet":
@@ -122,7 +124,16 @@ class Trainer:
             raise ValueError(f"the data {cfg.data!r} hold no samples: nothing to train on")
         if cfg.batch_size % self.dist.world:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.dist.world} processes")
-        self.schedule = SCHEDULES.lookup(cfg.schedule)()
+        self.process = self.operator = None
+        if cfg.process is not None:
+            from ..bridges import PROCESSES
+            from ..inverse.operator_names import make_operator
+
+            self.process = PROCESSES.lookup(cfg.process)()
+            self.schedule = self.process.residual
+            self.operator = make_operator(cfg.degrade, tuple(self.data.describe()["shape"]), cfg.seed)
+        else:
+            self.schedule = SCHEDULES.lookup(cfg.schedule)()
         self.teacher, self.teacher_meta = load_teacher(cfg, self.data, self.dist.device) if cfg.teacher else (None, None)
         self.pair_noise = None
         if cfg.objective == "reflow":
@@ -143,7 +154,12 @@ class Trainer:
         self.ema = EMA(self.net, cfg.ema_decay)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16" and self.dist.device.type == "cuda")
-        self.loss = make_loss(cfg, self.teacher)
+        if self.process is not None:
+            from ..bridges import BridgeLoss
+
+            self.loss = BridgeLoss(cfg.weighting)
+        else:
+            self.loss = make_loss(cfg, self.teacher)
         self.step, self.seconds_before = 0, 0.0
         self.skipped, self.saved_step = 0, None
         if start is not None:
@@ -169,9 +185,14 @@ class Trainer:
         self._stop = False
 
     def _wrap(self, module) -> ModelDenoiser:
-        """The network as the run's denoiser (a flow map when the network takes jumps, as loading does)."""
+        """The network as the run's denoiser (a flow map when the network takes jumps, a bridge's denoiser of
+        the residual with a process, as loading does)."""
         from ..denoisers import FlowMapDenoiser
 
+        if self.process is not None:
+            from ..bridges import bridge_denoiser
+
+            return bridge_denoiser(module, self.process, self.cfg.parameterization, self.cfg.sigma_data)
         kind = FlowMapDenoiser if self.net.config.get("jump") else ModelDenoiser
         return kind(module, self.schedule, self.cfg.parameterization, time_input=self.cfg.time_input)
 
@@ -188,7 +209,8 @@ class Trainer:
         return perms[pos // n - first, pos % n]
 
     def _global_batch(self, step: int):
-        """``(x, labels, t, eps)`` of this rank's slice of the global batch of ``step``."""
+        """``(x, labels, t, eps, extra, source)`` of this rank's slice of the global batch of ``step`` (``source``:
+        a bridge run's degraded views of ``x``, else None)."""
         cfg, dev = self.cfg, self.dist.device
         g = torch.Generator().manual_seed(mix_seed(cfg.seed, step, 1))
         idx = self._batch_indices(step)
@@ -199,6 +221,9 @@ class Trainer:
             eps = self.pair_noise[idx].to(eps.dtype)
         b = cfg.batch_size // self.dist.world
         mine = slice(self.dist.rank * b, (self.dist.rank + 1) * b)
+        source = None
+        if self.operator is not None:  # the global batch's degraded views, from this step's generator
+            source = self.degrade(self.data.x[idx], g)[mine].to(dev)
         x = self.data.x[idx[mine]].to(dev)
         labels = None
         if self.cfg.objective == "classifier":
@@ -209,7 +234,12 @@ class Trainer:
             eps_mine = global_ot_pairing(x, eps.to(dev), self.dist.rank, self.dist.world)
         else:
             eps_mine = eps[mine].to(dev)
-        return x, labels, t[mine], eps_mine, (None if extra is None else extra[mine])
+        return x, labels, t[mine], eps_mine, (None if extra is None else extra[mine]), source
+
+    def degrade(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A bridge run's source of clean samples ``x``: measured with its operator and noise, back-projected."""
+        op = self.operator
+        return op.back_project(op.measure(x, self.cfg.degrade_noise, generator)).to(x.dtype)
 
     @property
     def net_classes(self) -> int:
@@ -219,11 +249,13 @@ class Trainer:
     def train_step(self, step: int) -> torch.Tensor | None:
         """One optimiser step; returns its loss, or None for a step skipped as non-finite."""
         cfg = self.cfg
-        x, labels, t, eps, extra = self._global_batch(step)
+        x, labels, t, eps, extra, source = self._global_batch(step)
         torch.manual_seed(mix_seed(cfg.seed, step, 2 + self.dist.rank))  # the network's dropout
         for group in self.opt.param_groups:
             group["lr"] = lr_at(cfg, step)
         cond = {} if labels is None else {"label": labels}
+        if source is not None:
+            cond["source"] = source
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         with torch.autocast(self.dist.device.type, dtype=dtype, enabled=dtype is not None):
             if cfg.objective == "classifier":  # cross-entropy of the class of x_t = alpha x + sigma eps
@@ -344,6 +376,17 @@ class Trainer:
         from .students import sampling
 
         denoiser = self._wrap(self.ema.model)
+        if self.process is not None:
+            from ..bridges import bridge_grid, sample_bridge
+
+            clean = self.data.x[:50].to(self.dist.device)
+            source = self.degrade(clean, torch.Generator().manual_seed(self.cfg.seed))
+            out = sample_bridge(denoiser, self.cfg.sample_sampler, bridge_grid(self.process, self.cfg.sample_nfe), source,
+                                generator=torch.Generator(device=self.dist.device).manual_seed(self.cfg.seed)).x
+            # groups of three rows of ten: the sources, their restorations, the truth
+            rows = torch.cat([torch.cat([v[k:k + 10] for v in (source, out, clean)]) for k in range(0, len(clean), 10)])
+            save_samples(rows.cpu(), os.path.join(self.cfg.out, "samples", f"step_{self.step:07d}.png"), "image", nrow=10)
+            return
         sampler, ts = sampling(self.cfg, self.schedule)
 
         n = 100 if self.data_info["kind"] == "image" else 2000
