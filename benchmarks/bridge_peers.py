@@ -196,3 +196,33 @@ def irsde(denoise, process: MeanReverting, x1, ts, generator, start=None):
         if s > 0:
             x = x + math.sqrt(g2 * dt) * torch.randn(x.shape, generator=generator, dtype=x.dtype)
     return x, nfe
+
+
+def ddbm_abc(pred_mode: str, t, beta_d=2.0, beta_min=0.1, sigma_max=80.0):
+    """DDBM's ``(a, b, c)`` in its own time and naming: ``x_t = a x1 + b x0 + c z`` (``a`` the source's),
+    from its ``alpha``, ``rho = sigma / alpha`` and ``rho_bar = sqrt(rho_T^2 - rho^2)``."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    if pred_mode == "vp":
+        def alpha_of(u):
+            return torch.exp(-0.5 * beta_min * u - 0.25 * beta_d * u * u)
+
+        def rho_of(u):
+            return torch.sqrt(torch.expm1(beta_min * u + 0.5 * beta_d * u * u))
+        alpha, alpha_T, rho, rho_T = alpha_of(t), alpha_of(torch.tensor(1.0, dtype=torch.float64)), rho_of(t), \
+            rho_of(torch.tensor(1.0, dtype=torch.float64))
+    else:
+        alpha, alpha_T, rho, rho_T = torch.ones_like(t), 1.0, t, sigma_max
+    rho_bar = torch.sqrt(rho_T ** 2 - rho ** 2)
+    return (alpha / alpha_T) * rho ** 2 / rho_T ** 2, alpha * rho_bar ** 2 / rho_T ** 2, alpha * rho_bar * rho / rho_T
+
+
+def ddbm_denoise(net, pred_mode: str, x_t, t, x1, sigma_data=0.5, cov_xy=0.0, **process):
+    """DDBM's preconditioned denoiser ``c_skip x_t + c_out net(c_in x_t, c_noise, xT=x1)`` in its own time ``t``."""
+    a, b, c = ddbm_abc(pred_mode, t, **process)
+    sd2, st2 = sigma_data ** 2, sigma_data ** 2
+    big = a * a * st2 + b * b * sd2 + 2 * a * b * cov_xy + c * c
+    c_in = 1 / big.sqrt()
+    c_skip = (b * sd2 + a * cov_xy) / big
+    c_out = (a * a * (st2 * sd2 - cov_xy ** 2) + sd2 * c * c).sqrt() * c_in
+    c_noise = 1000 * 0.25 * torch.log(torch.as_tensor(t, dtype=torch.float64) + 1e-44)
+    return c_skip * x_t + c_out * net(c_in * x_t, c_noise.expand(x_t.shape[0]), xT=x1)

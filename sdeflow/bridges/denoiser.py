@@ -173,8 +173,9 @@ class BridgeDenoiser(PinnedDenoiser):
         """The raw output ``F(in x_t, c, source=x1)`` at a scalar or per-sample time."""
         c_in, _, _, _, b, c = self._coefficients(t)
         x_t = y + _scale(b, source)
-        c = torch.as_tensor(c, dtype=torch.float32, device=y.device)
-        c = c.expand(y.shape[0]) if c.ndim == 0 else c.to(torch.float32)
+        dtype = torch.float64 if y.dtype == torch.float64 else torch.float32  # the time input at full precision
+        c = torch.as_tensor(c, dtype=dtype, device=y.device)
+        c = c.expand(y.shape[0]) if c.ndim == 0 else c.to(dtype)
         return checked_output(self.model(_scale(c_in, x_t), c, source=source, **cond), y).to(y.dtype)
 
     def forward(self, y, t, source=None, **cond):
