@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from sdeflow import analytic, metrics
-from sdeflow.bridges import (BRIDGE_PARAMETERIZATIONS, BRIDGE_SAMPLERS, PROCESSES, Boot, BridgeDenoiser, BridgeLoss,
+from sdeflow.bridges import (BRIDGE_PARAMETERIZATIONS, BRIDGE_SAMPLERS, PROCESSES, RDDM, Boot, BridgeDenoiser, BridgeLoss,
                              DDBMHeun, LinearBridge, MeanReverting, PairedMixture, bridge_grid, bridge_sampler,
                              sample_bridge)
+from sdeflow.schedules import VPLinear
 from sdeflow.grids import logsnr_grid
 from sdeflow.samplers import DDIM, DPMSolver, DPMSolverPP, Heun
 from sdeflow.sampling import sample
@@ -23,6 +24,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks
 import bridge_peers as peers  # noqa: E402
 
 NAMES = list(PROCESSES)
+VARIANTS = {"ir-sde-constant": lambda: MeanReverting(theta="constant"), "ir-sde-linear": lambda: MeanReverting(theta="linear"),
+            "rddm-rising": lambda: RDDM(alphas="increasing", betas="increasing"),
+            "rddm-falling": lambda: RDDM(alphas="decreasing", betas="decreasing"), "ou-bridge-scaled": lambda: LinearBridge(
+                VPLinear(beta_min=2.0, beta_max=2.0), scale=0.5)}
+EVERY = {**{n: PROCESSES[n] for n in NAMES}, **VARIANTS}
 A2 = torch.tensor([[1.0, 0.3], [0.0, 0.5]], dtype=torch.float64)
 
 
@@ -36,9 +42,9 @@ def one_source(pairs, n, seed=1):
 
 
 # ---- processes ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", list(EVERY))
 def test_process_ends_are_exact_and_finite(name):
-    p = PROCESSES[name]()
+    p = EVERY[name]()
     assert [float(v) for v in p.abc(0.0)] == [1.0, 0.0, 0.0]
     if p.pinned:
         assert [float(v) for v in p.abc(1.0)] == [0.0, 1.0, 0.0]
@@ -56,9 +62,9 @@ def test_process_ends_are_exact_and_finite(name):
     assert bool((lam[1:] < lam[:-1]).all())  # the residual's noise grows with t
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", list(EVERY))
 def test_process_derivatives(name):
-    p = PROCESSES[name]()
+    p = EVERY[name]()
     t = torch.linspace(0.02, 0.98, 25, dtype=torch.float64)
     t = t[(t - 0.5).abs() > 1e-3]  # I2SB's beta has a kink at t = 1/2
     h = 1e-6
@@ -86,11 +92,11 @@ def test_linear_bridge_is_gaussian_conditioning(name):
             assert [float(v) for v in p.abc(t)] == pytest.approx([1 - t, t, math.sqrt(t * (1 - t))], rel=1e-12)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", list(EVERY))
 def test_residual_transitions_exist(name):
     """The residual is a Markov (a, c) path: every transition ``y_t | y_s`` has variance
     ``c_t^2 - (a_t / a_s)^2 c_s^2 >= 0`` (the posterior steps of DDPM and I2SB need it)."""
-    p = PROCESSES[name]()
+    p = EVERY[name]()
     t = torch.linspace(0.001, 0.999, 300, dtype=torch.float64)
     a, _, c = p.abc(t)
     var = c[1:] ** 2 - (a[1:] / a[:-1]) ** 2 * c[:-1] ** 2
@@ -98,11 +104,12 @@ def test_residual_transitions_exist(name):
 
 
 def test_bad_processes_are_refused():
-    from sdeflow.bridges import RDDM
-    from sdeflow.schedules import VPCosine
+    from sdeflow.schedules import VE, VPCosine
 
     with pytest.raises(ValueError, match="finite logSNR"):
         LinearBridge(VPCosine())
+    with pytest.raises(ValueError, match="sigma\\(0\\) = 0"):
+        LinearBridge(VE())
     with pytest.raises(ValueError, match="theta"):
         MeanReverting(theta="square")
     with pytest.raises(ValueError, match="lam > 0"):
@@ -420,6 +427,8 @@ def test_bad_input_is_refused_before_work():
         bridge_grid(proc, 0)
     with pytest.raises(ValueError, match="churn"):
         DDBMHeun(churn=1.0)
+    with pytest.raises(ValueError, match="not pinned"):
+        sample_bridge(pairs.denoiser(PROCESSES["ir-sde"]()), "dbim", bridge_grid(proc, 3), x1)
     with pytest.raises(ValueError, match="unknown bridge parameterization"):
         BridgeDenoiser(lambda x, c, source: x, proc, "v")
 
@@ -518,3 +527,24 @@ def test_ddbm_models_load_as_bridges(mode):
     torch.testing.assert_close(mine, theirs, rtol=1e-9, atol=1e-9)
     with pytest.raises(ValueError, match="unknown DDBM process"):
         from_ddbm(net, "edm")
+
+
+def test_ddbm_checkpoints_load_into_their_network(tmp_path):
+    """A DDBM checkpoint saved through DistributedDataParallel (``module.`` names) loads into the network; a
+    checkpoint of another network is refused with the names, the weights untouched."""
+    from sdeflow.adapters import load_ddbm_weights
+
+    saved = _TinyDDBMNet()
+    with torch.no_grad():
+        saved.w.mul_(3.0)
+    path = tmp_path / "ema_0.9999_000100.pt"
+    torch.save({f"module.{k}": v for k, v in saved.state_dict().items()}, path)
+    net = load_ddbm_weights(_TinyDDBMNet(), path)
+    torch.testing.assert_close(net.w, saved.w)
+    other = _TinyDDBMNet(dim=3)
+    before = other.w.detach().clone()
+    with pytest.raises(ValueError, match="another shape w"):
+        load_ddbm_weights(other, path)
+    torch.testing.assert_close(other.w, before)
+    with pytest.raises(ValueError, match="unexpected extra"):
+        load_ddbm_weights(_TinyDDBMNet(), {"w": saved.w.detach(), "extra": torch.zeros(1)})

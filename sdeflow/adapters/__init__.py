@@ -11,13 +11,13 @@ only when its adapter is used.
 See ``docs/conventions.md`` for the conventions of each library and the sampler name table.
 """
 
-from .ddbm import from_ddbm
+from .ddbm import from_ddbm, load_ddbm_weights
 from .diffusers import ClipSample, DiffusersBridge, from_diffusers, schedule_from_scheduler
 from .flow_matching import from_flow_matching
 from .k_diffusion import from_k_diffusion, import_k_diffusion, k_sampler, sigmas_to_grid
 
 __all__ = ["ClipSample", "DiffusersBridge", "SdeflowScheduler", "from_ddbm", "from_diffusers", "from_flow_matching",
-           "from_k_diffusion", "import_k_diffusion", "k_sampler", "schedule_from_scheduler", "sigmas_to_grid"]
+           "from_k_diffusion", "import_k_diffusion", "k_sampler", "load_ddbm_weights", "schedule_from_scheduler", "sigmas_to_grid"]
 
 
 def __getattr__(name):

@@ -8,8 +8,9 @@ In that code a bridge model is a network ``net(c_in x_t, c_noise, xT=x1)`` with 
 - ``"ve"``: the VE process ``sigma = t`` on ``[0, sigma_max]`` pinned at ``t = sigma_max``;
   ``c_noise = 250 log(sigma)``.
 
-:func:`from_ddbm` wraps such a network (its weights loaded with its own code, as its checkpoints are that
-code's state dicts) into a :class:`~sdeflow.bridges.BridgeDenoiser` on sdeflow's
+:func:`load_ddbm_weights` reads that code's checkpoint files (the model's or the EMA's state dict, as
+saved plainly, through DistributedDataParallel or after ``torch.compile``) into the network that code
+builds, and :func:`from_ddbm` wraps the network into a :class:`~sdeflow.bridges.BridgeDenoiser` on sdeflow's
 ``LinearBridge(VPLinear(beta_min, beta_min + beta_d))`` or ``LinearBridge(EDM(sigma_max))``, with time
 running over [0, 1] (``sigma = sigma_max t`` for VE), the ``ddbm`` parameterization with the run's
 ``sigma_data`` (for the source too, as that code does) and ``cov_xy``, and the source passed as ``xT``.
@@ -71,4 +72,48 @@ def from_ddbm(net: Callable, pred_mode: str = "vp", *, beta_d: float = 2.0, beta
                           time_input=lambda process, t: 250.0 * torch.log(scale * t + 1e-44))
 
 
-__all__ = ["DDBM_PROCESSES", "from_ddbm"]
+PREFIXES = ("module.", "_orig_mod.")
+
+
+def load_ddbm_weights(net: torch.nn.Module, checkpoint) -> torch.nn.Module:
+    """Load a DDBM / DBIM checkpoint (a ``.pt`` file of that code's ``torch.save(state_dict)``, the model's or
+    its EMA's, or the dict itself) into ``net``, the network that code builds for it. Names saved through
+    DistributedDataParallel (``module.``) or ``torch.compile`` (``_orig_mod.``) are mapped back, a dict nested
+    under ``state_dict``/``model`` is unwrapped, and anything missing, unexpected or of another shape is
+    refused with the names, before any weight changes. Read with ``weights_only=True`` (no code runs)."""
+    if not isinstance(net, torch.nn.Module):
+        raise TypeError(f"net must be the torch.nn.Module the checkpoint's code builds, got {type(net).__name__}")
+    state = checkpoint
+    if not isinstance(state, dict):
+        import os
+
+        if not os.path.isfile(str(checkpoint)):
+            raise ValueError(f"no checkpoint file {checkpoint!r}")
+        state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict) and not any(
+                isinstance(v, torch.Tensor) for v in state.values()):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError("the checkpoint is not a state dict (names to tensors)")
+    renamed = {}
+    for k, v in state.items():
+        for prefix in PREFIXES:
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        renamed[k] = v
+    own = net.state_dict()
+    missing, unexpected = sorted(set(own) - set(renamed)), sorted(set(renamed) - set(own))
+    wrong = sorted(k for k in set(own) & set(renamed) if own[k].shape != renamed[k].shape)
+    if missing or unexpected or wrong:
+        def few(names):
+            return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        parts = [f"missing {few(missing)}" if missing else "", f"unexpected {few(unexpected)}" if unexpected else "",
+                 f"of another shape {few(wrong)}" if wrong else ""]
+        raise ValueError("the checkpoint does not fit this network: " + "; ".join(p for p in parts if p)
+                         + " (build the network with the settings it was trained with)")
+    net.load_state_dict(renamed)
+    return net
+
+
+__all__ = ["DDBM_PROCESSES", "from_ddbm", "load_ddbm_weights"]

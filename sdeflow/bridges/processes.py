@@ -180,6 +180,9 @@ class LinearBridge(Process):
         if not isinstance(self.base, Schedule):
             raise TypeError(f"a linear bridge's base must be a sdeflow Schedule, got {type(self.base).__name__}")
         lam1 = float(self.base.logsnr(1.0))
+        if float(self.base.sigma(0.0)) != 0.0 or float(self.base.alpha(0.0)) != 1.0:
+            raise ValueError(f"a linear bridge starts at the data: its base must have alpha(0) = 1 and sigma(0) = 0, "
+                             f"{type(self.base).__name__} has {float(self.base.alpha(0.0))} and {float(self.base.sigma(0.0))}")
         if not math.isfinite(lam1) or not (math.isfinite(self.scale) and self.scale > 0):
             raise ValueError("a linear bridge needs a base with finite logSNR at t = 1 (it pins the noise there) "
                              f"and scale > 0; got logSNR(1) = {lam1} and scale = {self.scale}")

@@ -246,6 +246,9 @@ DEFAULT_BRIDGE_SAMPLER = "unipc-bh2"
 def for_process(process, sampler) -> Sampler:
     """``sampler`` (or its name) as it runs on ``process``: behind a :class:`Boot` step where the process is pinned."""
     sampler = bridge_sampler(sampler)
+    if isinstance(sampler, Boot) and not process.pinned:
+        raise ValueError(f"{type(process).__name__} is not pinned: it starts from its own Gaussian start law, not with a "
+                         "boot step; use a sampler without one (mrs-2, unipc-bh2, ir-sde, ...)")
     return Boot(sampler) if process.pinned and not isinstance(sampler, Boot) else sampler
 
 
