@@ -104,22 +104,31 @@ def run_restore(args) -> dict:
         raise ValueError("repaint inpaints: use it with --operator inpaint or inpaint-random")
     sol = solve(args.method, denoiser, op, y, args.noise_std, args.nfe, args.num, sampler=sampler, seed=args.seed,
                 progress=args.progress and sys.stderr.isatty())
-    x = sol.x.clamp(-3, 3)
-    mean = x.mean(0)
-    report = {"psnr_mean": psnr(mean, x_true), "psnr_best": max(psnr(s, x_true) for s in x), "nfe": sol.nfe}
-    shown = op.back_project(y[None]) if op.linear else torch.zeros_like(x_true)[None]
-    print(f"{args.method} on {args.operator} (noise {args.noise_std}), NFE {sol.nfe}: PSNR of the mean "
-          f"{report['psnr_mean']:.2f} dB, best of {args.num} samples {report['psnr_best']:.2f} dB")
+    shown = op.back_project(y[None])[0] if op.linear else torch.zeros_like(x_true)
+    notes, extra = [], {}
     if "ess" in sol.info:  # the particles' effective sample size: how many distinct particles the samples rest on
         ess = sol.info["ess"]
-        report["ess"] = ess[-1]
-        print(f"  effective sample size: {ess[-1]:.1f} of {args.num} particles at the end (lowest on the way "
-              f"{min(ess):.1f}; a small one means the samples are copies of few particles)")
+        extra["ess"] = ess[-1]
+        notes.append(f"  effective sample size: {ess[-1]:.1f} of {args.num} particles at the end (lowest on the way "
+                     f"{min(ess):.1f}; a small one means the samples are copies of few particles)")
+    return _finish(args, outs, model, x_true, y, shown, sol.x, sol.nfe, f"{args.method} on {args.operator} (noise "
+                   f"{args.noise_std})", "samples", notes, extra)
+
+
+def _finish(args, outs, model, x_true, y, shown, samples, nfe: int, what: str, kind: str, notes=(), extra=None) -> dict:
+    """Print the PSNR of the samples' mean and of the best sample (and ``notes``), write ``outs``; the report."""
+    x = samples.clamp(-3, 3)
+    mean = x.mean(0)
+    report = {"psnr_mean": psnr(mean, x_true), "psnr_best": max(psnr(s, x_true) for s in x), "nfe": nfe, **(extra or {})}
+    print(f"{what}, NFE {nfe}: PSNR of the mean {report['psnr_mean']:.2f} dB, best of {len(x)} {kind} "
+          f"{report['psnr_best']:.2f} dB")
+    for line in notes:
+        print(line)
     for out in outs:
         if out.lower().endswith(".npz"):
-            save_npz(out, input=x_true.numpy(), measurement=y.numpy(), samples=sol.x.numpy())
+            save_npz(out, input=x_true.numpy(), measurement=y.numpy(), samples=samples.numpy())
         else:
-            _picture(out, x_true, shown[0].reshape(model.shape), x, mean, args, sol.nfe)
+            _picture(out, x_true, shown.reshape(model.shape), x, mean, args, nfe)
         print(f"  wrote {out}")
     return report
 
@@ -150,18 +159,8 @@ def _restore_with_bridge(args, model, outs) -> dict:
     source = op.back_project(y[None]).to(x_true.dtype)
     res = restore(model.denoiser, source.expand(num, *model.shape).clone(), args.nfe, sampler,
                   generator=torch.Generator().manual_seed(args.seed), progress=args.progress and sys.stderr.isatty())
-    x = res.x.clamp(-3, 3)
-    mean = x.mean(0)
-    report = {"psnr_mean": psnr(mean, x_true), "psnr_best": max(psnr(s, x_true) for s in x), "nfe": res.nfe}
-    print(f"bridge ({cfg['process']}, {sampler}) on {cfg['degrade']} (noise {noise}), NFE {res.nfe}: PSNR of the mean "
-          f"{report['psnr_mean']:.2f} dB, best of {num} restorations {report['psnr_best']:.2f} dB")
-    for out in outs:
-        if out.lower().endswith(".npz"):
-            save_npz(out, input=x_true.numpy(), measurement=y.numpy(), samples=res.x.numpy())
-        else:
-            _picture(out, x_true, source[0], x, mean, args, res.nfe)
-        print(f"  wrote {out}")
-    return report
+    return _finish(args, outs, model, x_true, y, source[0], res.x, res.nfe,
+                   f"bridge ({cfg['process']}, {sampler}) on {cfg['degrade']} (noise {noise})", "restorations")
 
 
 def _picture(path, x_true, shown, x, mean, args, nfe: int, columns: int = 8):
