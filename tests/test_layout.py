@@ -30,7 +30,7 @@ LAYERS = [
     {"run"},
     {"replay"},
     {"sampling"},
-    {"analytic", "bridges", "compiled", "diagnostics", "generation", "guidance", "objectives", "teleport"},
+    {"analytic", "bridges", "compiled", "diagnostics", "discrete", "generation", "guidance", "objectives", "teleport"},
     # applications
     {"data", "checkpoint"},
     {"inverse", "inversion", "likelihood", "reward", "adapters", "pretrained"},

@@ -1,0 +1,16 @@
+"""Discrete-state diffusion: token processes (masked, uniform), exact categorical draws, samplers (ancestral,
+first-hitting) and the exact oracle of small product-categorical mixtures.
+
+- :mod:`.processes`: the schedule ``alpha(t)`` and the masked and uniform forward kernels;
+- :mod:`.categorical`: exact float64 draws and the float32 race's bias;
+- :mod:`.samplers`: ancestral steps and the first-hitting sampler;
+- :mod:`.exact`: mixtures of product categoricals, their clean-token posteriors and sampler output laws.
+"""
+
+from .categorical import draw, float32_race_bias
+from .exact import ProductMixture, TokenOracle
+from .processes import TOKEN_PROCESSES, Masked, TokenProcess, TokenSchedule, Uniform
+from .samplers import TokenResult, all_noise, ancestral, first_hitting, output_law, step_probs
+
+__all__ = ["TOKEN_PROCESSES", "Masked", "ProductMixture", "TokenOracle", "TokenProcess", "TokenResult", "TokenSchedule",
+           "Uniform", "all_noise", "ancestral", "draw", "first_hitting", "float32_race_bias", "output_law", "step_probs"]

@@ -1,0 +1,124 @@
+"""Samplers of token diffusion: from all-noise at ``t = 1`` to clean tokens at ``t = 0``.
+
+A model is ``model(x_t, t) -> (B, L, V)`` clean-token probabilities (:class:`~sdeflow.discrete.exact.TokenOracle`
+or a network's softmax). Every step of a grid draws independently per position given ``x_t``:
+
+- :func:`ancestral` (D3PM / MDLM): ``x_s ~ sum_{x0} q(x_s | x_t, x0) p(x0 | x_t)`` per position, the exact
+  reverse kernel of one step given the model. On the masked process a masked token stays masked with
+  probability ``(1 - alpha_s) / (1 - alpha_t)`` and is otherwise drawn from the model; a step in which no
+  token changed reuses the model's output (``cache=True``, MDLM's caching), so NFE counts distinct states.
+- :func:`first_hitting` (masked process): the time of the next unmasking is drawn exactly (with ``n``
+  tokens masked at ``t``, the first of their independent clocks rings where
+  ``((1 - alpha_s) / (1 - alpha_t))^n = u``), one masked position chosen uniformly is drawn from the
+  model, and so on: ``L`` evaluations, and with the exact model its output law is the data's.
+
+Draws are exact by default (:func:`~sdeflow.discrete.categorical.draw`, float64 inverse CDF);
+``method="gumbel", dtype=torch.float32`` gives the biased draws of float32 samplers.
+
+References: Austin et al., "Structured Denoising Diffusion Models in Discrete State-Spaces", 2021,
+arXiv:2107.03006; Sahoo et al., "Simple and Effective Masked Diffusion Language Models", 2024,
+arXiv:2406.07524; Zheng et al., "Masked Diffusion Models are Secretly Time-Agnostic Masked Models and
+Exploit Inaccurate Categorical Sampling", 2024, arXiv:2409.02908.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from .categorical import draw, uniforms
+from .processes import Masked, TokenProcess
+
+
+@dataclass
+class TokenResult:
+    """Clean tokens ``(B, L)`` and the number of model evaluations the run took."""
+
+    x: torch.Tensor
+    nfe: int
+
+
+def step_probs(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t: float, s: float) -> torch.Tensor:
+    """``p(x_s | x_t)`` per position, ``(B, L, S)``: ``sum_{x0} q(x_s | x_t, x0) p(x0 | x_t)`` with
+    ``q(x_s | x_t, x0) = Q_{t|s}[x_s, x_t] Q_s[x0, x_s] / Q_t[x0, x_t]`` (``probs``: ``p(x0 | x_t)``, ``(B, L, V)``)."""
+    Qs, Qt, Qts = process.kernel(s), process.kernel(t), process.transition(s, t)
+    ratio = probs / Qt[:, x_t].permute(1, 2, 0).clamp_min(1e-300)              # (B, L, V): p(x0) / Q_t[x0, x_t]
+    back = Qts[:, x_t].permute(1, 2, 0)                                         # (B, L, S): Q_{t|s}[x_s, x_t]
+    out = back * torch.einsum("blv,vs->bls", ratio, Qs)
+    return out / out.sum(-1, keepdim=True)
+
+
+def all_noise(process: TokenProcess, batch: int, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draws of ``x_1``: every token masked, or uniform."""
+    if isinstance(process, Masked):
+        return torch.full((batch, length), process.mask, dtype=torch.long)
+    return torch.randint(process.vocab, (batch, length), generator=generator)
+
+
+def ancestral(model, process: TokenProcess, ts, batch: int, length: int, *, generator: torch.Generator | None = None,
+              x_init: torch.Tensor | None = None, cache: bool = True, method: str = "inverse-cdf",
+              dtype: torch.dtype = torch.float64) -> TokenResult:
+    """The exact one-step reverse kernel along the decreasing grid ``ts`` (from 1 to 0)."""
+    ts = [float(v) for v in torch.as_tensor(ts, dtype=torch.float64)]
+    x = all_noise(process, batch, length, generator) if x_init is None else x_init.clone()
+    nfe, probs, seen = 0, None, None
+    for t, s in zip(ts[:-1], ts[1:]):
+        if not cache or probs is None or not torch.equal(x, seen):
+            probs, seen, nfe = model(x, t).to(torch.float64), x.clone(), nfe + 1
+        x = draw(step_probs(process, x, probs, t, s), generator, method=method, dtype=dtype)
+    return TokenResult(x, nfe)
+
+
+def first_hitting(model, process: Masked, batch: int, length: int, *, generator: torch.Generator | None = None,
+                  x_init: torch.Tensor | None = None, method: str = "inverse-cdf",
+                  dtype: torch.dtype = torch.float64) -> TokenResult:
+    """Unmask one token at a time at exactly drawn times (one evaluation per masked token)."""
+    if not isinstance(process, Masked):
+        raise ValueError(f"the first-hitting sampler unmasks: it needs the masked process, got {type(process).__name__}")
+    x = all_noise(process, batch, length, generator) if x_init is None else x_init.clone()
+    sched = process.schedule
+    t = torch.ones(batch, dtype=torch.float64)
+    nfe = 0
+    rows = torch.arange(batch)
+    while True:
+        masked = x == process.mask
+        n = masked.sum(1)
+        if int(n.max()) == 0:
+            return TokenResult(x, nfe)
+        u = uniforms((batch,), generator)
+        one_minus = (1.0 - sched.alpha(t)) * u ** (1.0 / n.clamp_min(1).to(torch.float64))
+        t = torch.where(n > 0, sched.t_from_alpha(1.0 - one_minus), t)
+        probs = model(x, t).to(torch.float64)                                 # time-agnostic for the masked process
+        nfe += 1
+        pick = draw(masked.to(torch.float64) / n.clamp_min(1)[:, None], generator)  # a masked position, uniformly
+        token = draw(probs[rows, pick], generator, method=method, dtype=dtype)
+        x[rows, pick] = torch.where(n > 0, token, x[rows, pick])
+
+
+def output_law(process: TokenProcess, posterior, ts, length: int) -> dict:
+    """The exact law of :func:`ancestral` (no caching effects on the law) over the grid ``ts``: a dict from
+    each reachable state (a tuple) to its probability, propagated step by step over every partial state.
+    ``posterior(x_t, t) -> (B, L, V)`` is the model. For small ``L`` and ``V``."""
+    ts = [float(v) for v in torch.as_tensor(ts, dtype=torch.float64)]
+    start = all_noise(process, 1, length)[0] if isinstance(process, Masked) else None
+    if start is not None:
+        law = {tuple(start.tolist()): 1.0}
+    else:
+        states = list(itertools.product(range(process.vocab), repeat=length))
+        law = {s: process.vocab ** -length for s in states}
+    for t, s in zip(ts[:-1], ts[1:]):
+        keys = list(law)
+        x = torch.tensor(keys, dtype=torch.long)
+        p = step_probs(process, x, posterior(x, t).to(torch.float64), t, s)      # (N, L, S)
+        new: dict = {}
+        for i, key in enumerate(keys):
+            support = [torch.nonzero(p[i, pos] > 0).flatten().tolist() for pos in range(length)]
+            for combo in itertools.product(*support):
+                w = law[key]
+                for pos, v in enumerate(combo):
+                    w *= float(p[i, pos, v])
+                new[combo] = new.get(combo, 0.0) + w
+        law = new
+    return law
