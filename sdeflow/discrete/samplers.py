@@ -7,6 +7,7 @@ or a network's softmax). Every step of a grid draws independently per position g
   reverse kernel of one step given the model. On the masked process a masked token stays masked with
   probability ``(1 - alpha_s) / (1 - alpha_t)`` and is otherwise drawn from the model; a step in which no
   token changed reuses the model's output (``cache=True``, MDLM's caching), so NFE counts distinct states.
+- :func:`dfm_euler`: discrete flow matching's Euler step, the first-order version of the same move;
 - :func:`first_hitting` (masked process): the time of the next unmasking is drawn exactly (with ``n``
   tokens masked at ``t``, the first of their independent clocks rings where
   ``((1 - alpha_s) / (1 - alpha_t))^n = u``), one masked position chosen uniformly is drawn from the
@@ -50,6 +51,18 @@ def step_probs(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t:
     return out / out.sum(-1, keepdim=True)
 
 
+def euler_probs(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t: float, s: float) -> torch.Tensor:
+    """Discrete flow matching's Euler step from ``t`` to ``s`` per position, ``(B, L, S)``: the velocity of the
+    mixture path, ``u(y) = (-alpha'(t) / (1 - alpha(t))) (p(x0 = y | x_t) - [y = x_t])``, times ``t - s``,
+    added to the point mass at ``x_t`` (the jump probability clamped to 1)."""
+    rate = float(-process.schedule.d_alpha(t) / (1.0 - process.schedule.alpha(t))) * (t - s)
+    rate = min(max(rate, 0.0), 1.0)
+    out = torch.zeros(*x_t.shape, process.states, dtype=torch.float64)
+    out[..., :process.vocab] = rate * probs
+    out.scatter_add_(-1, x_t[..., None], torch.full((*x_t.shape, 1), 1.0 - rate, dtype=torch.float64))
+    return out
+
+
 def all_noise(process: TokenProcess, batch: int, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draws of ``x_1``: every token masked, or uniform."""
     if isinstance(process, Masked):
@@ -59,16 +72,23 @@ def all_noise(process: TokenProcess, batch: int, length: int, generator: torch.G
 
 def ancestral(model, process: TokenProcess, ts, batch: int, length: int, *, generator: torch.Generator | None = None,
               x_init: torch.Tensor | None = None, cache: bool = True, method: str = "inverse-cdf",
-              dtype: torch.dtype = torch.float64) -> TokenResult:
-    """The exact one-step reverse kernel along the decreasing grid ``ts`` (from 1 to 0)."""
+              dtype: torch.dtype = torch.float64, step=step_probs) -> TokenResult:
+    """The exact one-step reverse kernel along the decreasing grid ``ts`` (from 1 to 0); ``step=euler_probs``
+    takes discrete flow matching's Euler steps instead (:func:`dfm_euler`). ``x_init``: a partially noised
+    start (infilling: the known tokens given, the rest masked)."""
     ts = [float(v) for v in torch.as_tensor(ts, dtype=torch.float64)]
     x = all_noise(process, batch, length, generator) if x_init is None else x_init.clone()
     nfe, probs, seen = 0, None, None
     for t, s in zip(ts[:-1], ts[1:]):
         if not cache or probs is None or not torch.equal(x, seen):
             probs, seen, nfe = model(x, t).to(torch.float64), x.clone(), nfe + 1
-        x = draw(step_probs(process, x, probs, t, s), generator, method=method, dtype=dtype)
+        x = draw(step(process, x, probs, t, s), generator, method=method, dtype=dtype)
     return TokenResult(x, nfe)
+
+
+def dfm_euler(model, process: TokenProcess, ts, batch: int, length: int, **options) -> TokenResult:
+    """Discrete flow matching's Euler sampler (flow_matching's ``MixtureDiscreteEulerSolver`` in sdeflow's time)."""
+    return ancestral(model, process, ts, batch, length, step=euler_probs, **options)
 
 
 def first_hitting(model, process: Masked, batch: int, length: int, *, generator: torch.Generator | None = None,
@@ -97,10 +117,10 @@ def first_hitting(model, process: Masked, batch: int, length: int, *, generator:
         x[rows, pick] = torch.where(n > 0, token, x[rows, pick])
 
 
-def output_law(process: TokenProcess, posterior, ts, length: int) -> dict:
-    """The exact law of :func:`ancestral` (no caching effects on the law) over the grid ``ts``: a dict from
-    each reachable state (a tuple) to its probability, propagated step by step over every partial state.
-    ``posterior(x_t, t) -> (B, L, V)`` is the model. For small ``L`` and ``V``."""
+def output_law(process: TokenProcess, posterior, ts, length: int, step=step_probs) -> dict:
+    """The exact law of :func:`ancestral` (``step=euler_probs``: of :func:`dfm_euler`; caching does not change
+    the law) over the grid ``ts``: a dict from each reachable state (a tuple) to its probability, propagated
+    step by step over every partial state. ``posterior(x_t, t) -> (B, L, V)`` is the model. Small ``L``, ``V``."""
     ts = [float(v) for v in torch.as_tensor(ts, dtype=torch.float64)]
     start = all_noise(process, 1, length)[0] if isinstance(process, Masked) else None
     if start is not None:
@@ -111,7 +131,7 @@ def output_law(process: TokenProcess, posterior, ts, length: int) -> dict:
     for t, s in zip(ts[:-1], ts[1:]):
         keys = list(law)
         x = torch.tensor(keys, dtype=torch.long)
-        p = step_probs(process, x, posterior(x, t).to(torch.float64), t, s)      # (N, L, S)
+        p = step(process, x, posterior(x, t).to(torch.float64), t, s)            # (N, L, S)
         new: dict = {}
         for i, key in enumerate(keys):
             support = [torch.nonzero(p[i, pos] > 0).flatten().tolist() for pos in range(length)]
