@@ -195,14 +195,55 @@ def test_masked_nelbo_is_tight_at_the_exact_posterior_and_larger_elsewhere():
     assert bool(((draws.mean(0) - exact[[5, 40]]).abs() < err).all())
 
 
-@pytest.mark.parametrize("process", [Masked(3), Uniform(3)], ids=["masked", "uniform"])
-def test_dfm_euler_law_converges(process):
-    """Discrete flow matching's Euler steps: the exact output law's TV to the data halves as the steps double."""
+@pytest.mark.parametrize("process,order", [(Masked(3), 0.9), (Uniform(3), 0.5)], ids=["masked", "uniform"])
+def test_dfm_euler_law_converges(process, order):
+    """Discrete flow matching's Euler steps: the exact output law's TV to the data shrinks as the steps double,
+    at first order on the masked process (measured 1.0) and more slowly on the uniform one at these step counts
+    (measured 0.64 from 8 to 32 steps, 0.69 from 32 to 128: tokens keep jumping at the rate
+    ``-alpha' / (1 - alpha)``, which grows towards the data)."""
     from sdeflow.discrete import dfm_euler, euler_probs
 
     mix = ProductMixture.random(3, 3, components=3, seed=1)
     model = mix.denoiser(process)
     tvs = [_tv(output_law(process, model, torch.linspace(1, 0, n + 1), 3, step=euler_probs), mix) for n in (8, 16, 32)]
-    assert tvs[0] > tvs[1] > tvs[2] > 0 and math.log(tvs[0] / tvs[2]) / math.log(4) > 0.8, tvs
+    assert tvs[0] > tvs[1] > tvs[2] > 0 and math.log(tvs[0] / tvs[2]) / math.log(4) > order, tvs
     res = dfm_euler(model, process, torch.linspace(1, 0, 5), 10, 3, generator=torch.Generator().manual_seed(0))
     assert res.x.shape == (10, 3) and int(res.x.max()) < 3  # every token unmasked at t = 0
+
+
+@pytest.mark.parametrize("kind", ["masked", "uniform"])
+def test_flow_matching_solver_has_the_law_of_dfm_euler(kind):
+    """flow_matching's ``MixtureDiscreteEulerSolver`` (its time 0 = noise, ``kappa = t``) on the exact posterior:
+    its draws follow the exact output law sdeflow computes for :func:`dfm_euler` on the same grid (chi-square)."""
+    fm = pytest.importorskip("flow_matching")
+    from flow_matching.path import MixtureDiscreteProbPath
+    from flow_matching.path.scheduler import PolynomialConvexScheduler
+    from flow_matching.solver import MixtureDiscreteEulerSolver
+    from flow_matching.utils import ModelWrapper
+
+    from sdeflow.discrete import euler_probs
+
+    process = Masked(3) if kind == "masked" else Uniform(3)
+    mix = ProductMixture.random(3, 3, components=3, seed=1)
+    oracle = mix.denoiser(process)
+
+    class Posterior(ModelWrapper):
+        def forward(self, x, t, **extras):  # flow_matching's time runs from noise (0) to data (1)
+            p = oracle(x, 1.0 - t[0].double())
+            out = torch.zeros(*x.shape, process.states, dtype=torch.float64)
+            out[..., :3] = p
+            return out.float()
+
+    n, steps = 60_000, 4
+    solver = MixtureDiscreteEulerSolver(model=Posterior(None), path=MixtureDiscreteProbPath(PolynomialConvexScheduler(1.0)),
+                                        vocabulary_size=process.states)
+    torch.manual_seed(0)
+    x_init = torch.full((n, 3), 3) if kind == "masked" else torch.randint(3, (n, 3))
+    grid = torch.linspace(0.0, 1.0, steps + 1)
+    x = solver.sample(x_init=x_init, step_size=None, time_grid=grid)
+    law = output_law(process, oracle, 1.0 - grid.double(), 3, step=euler_probs)
+    counts = torch.bincount((x * torch.tensor([9, 3, 1])).sum(1), minlength=27).double()
+    expected = torch.tensor([law.get(s, 0.0) for s in itertools.product(range(3), repeat=3)], dtype=torch.float64) * n
+    chi2 = float(((counts - expected) ** 2 / expected.clamp_min(1e-9)).sum())
+    assert chi2 < 26 + 5 * math.sqrt(2 * 26), chi2
+    assert fm is not None

@@ -25,6 +25,7 @@ Exploit Inaccurate Categorical Sampling", 2024, arXiv:2409.02908.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -52,15 +53,19 @@ def step_probs(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t:
 
 
 def euler_probs(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t: float, s: float) -> torch.Tensor:
-    """Discrete flow matching's Euler step from ``t`` to ``s`` per position, ``(B, L, S)``: the velocity of the
-    mixture path, ``u(y) = (-alpha'(t) / (1 - alpha(t))) (p(x0 = y | x_t) - [y = x_t])``, times ``t - s``,
-    added to the point mass at ``x_t`` (the jump probability clamped to 1)."""
-    rate = float(-process.schedule.d_alpha(t) / (1.0 - process.schedule.alpha(t))) * (t - s)
-    rate = min(max(rate, 0.0), 1.0)
+    """Discrete flow matching's Euler step from ``t`` to ``s`` per position, ``(B, L, S)``, as flow_matching's
+    ``MixtureDiscreteEulerSolver`` takes it: a target ``y ~ p(x0 | x_t)``; where ``y != x_t`` the token jumps
+    to it with probability ``1 - exp(-(t - s) r)``, ``r = -alpha'(t) / (1 - alpha(t))`` the mixture path's
+    rate. The last step (to ``s = 0``) takes the target itself."""
     out = torch.zeros(*x_t.shape, process.states, dtype=torch.float64)
-    out[..., :process.vocab] = rate * probs
-    out.scatter_add_(-1, x_t[..., None], torch.full((*x_t.shape, 1), 1.0 - rate, dtype=torch.float64))
-    return out
+    out[..., :process.vocab] = probs
+    if s == 0:
+        return out
+    rate = float(-process.schedule.d_alpha(t) / (1.0 - process.schedule.alpha(t)))
+    jump = -math.expm1(-(t - s) * rate)
+    out = jump * out
+    stay = 1.0 - out.sum(-1, keepdim=True)  # x_t keeps 1 - jump, besides jump p(x_t) when it is its own target
+    return out.scatter_add_(-1, x_t[..., None], stay)
 
 
 def all_noise(process: TokenProcess, batch: int, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
