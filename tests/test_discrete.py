@@ -247,3 +247,37 @@ def test_flow_matching_solver_has_the_law_of_dfm_euler(kind):
     chi2 = float(((counts - expected) ** 2 / expected.clamp_min(1e-9)).sum())
     assert chi2 < 26 + 5 * math.sqrt(2 * 26), chi2
     assert fm is not None
+
+
+@pytest.mark.parametrize("process", [Masked(3), Uniform(3)], ids=["masked", "uniform"])
+def test_concrete_score_and_rates_from_the_posterior(process):
+    """SEDD's ratios ``p_t(x^{l <- y}) / p_t(x)`` from the posterior equal the ratios of the noised law computed
+    by enumeration (masked process: at masked positions; an unmasked token stays); discrete flow matching's rates
+    sum to zero per position and move mass only off ``x_t``."""
+    from sdeflow.discrete import concrete_score, dfm_rates, guided
+
+    mix = ProductMixture.random(3, 3, components=3, seed=3)
+    seqs, law = mix.sequences(), mix.law()
+    t = 0.4
+    Q = process.kernel(t)
+
+    def p_t(x):  # the noised law of one sequence, by enumeration
+        return float((law * torch.stack([Q[seqs[:, j], x[j]] for j in range(3)]).prod(0)).sum())
+
+    x_t = torch.randint(process.states, (5, 3), generator=torch.Generator().manual_seed(0))
+    score = concrete_score(process, x_t, mix.posterior(x_t, process, t), t)
+    for b in range(5):
+        for j in range(3):
+            if isinstance(process, Masked) and int(x_t[b, j]) != process.mask:
+                assert score[b, j].tolist() == [float(v == int(x_t[b, j])) for v in range(process.states)]
+                continue
+            for y in range(process.states):
+                moved = x_t[b].clone()
+                moved[j] = y
+                assert float(score[b, j, y]) == pytest.approx(p_t(moved) / p_t(x_t[b]), rel=1e-9, abs=1e-12)
+    rates = dfm_rates(process, x_t, mix.posterior(x_t, process, t), t)
+    torch.testing.assert_close(rates.sum(-1), torch.zeros(5, 3, dtype=torch.float64), atol=1e-12, rtol=0)
+    off = rates.clone().scatter_(-1, x_t[..., None], 0.0)
+    assert bool((off >= 0).all())
+    p = mix.posterior(x_t, process, t)
+    torch.testing.assert_close(guided(p, p, 2.0), p)  # guidance with a posterior against itself changes nothing

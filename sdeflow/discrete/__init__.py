@@ -4,16 +4,19 @@ first-hitting) and the exact oracle of small product-categorical mixtures.
 - :mod:`.processes`: the schedule ``alpha(t)`` and the masked and uniform forward kernels;
 - :mod:`.categorical`: exact float64 draws and the float32 race's bias;
 - :mod:`.samplers`: ancestral steps, discrete flow matching's Euler steps and the first-hitting sampler;
+- :mod:`.conversions`: SEDD's concrete score, discrete flow matching's rates and guidance from the posterior;
 - :mod:`.likelihood`: the masked-diffusion NELBO (training loss; exact by enumeration for small problems);
 - :mod:`.exact`: mixtures of product categoricals, their clean-token posteriors and sampler output laws.
 """
 
 from .categorical import draw, float32_race_bias
+from .conversions import concrete_score, dfm_rates, guided
 from .exact import ProductMixture, TokenOracle
 from .likelihood import MaskedNELBO, bits_per_token, masked_nelbo_exact
 from .processes import TOKEN_PROCESSES, Masked, TokenProcess, TokenSchedule, Uniform
 from .samplers import TokenResult, all_noise, ancestral, dfm_euler, euler_probs, first_hitting, output_law, step_probs
 
 __all__ = ["TOKEN_PROCESSES", "Masked", "MaskedNELBO", "ProductMixture", "TokenOracle", "TokenProcess", "TokenResult",
-           "TokenSchedule", "Uniform", "all_noise", "ancestral", "bits_per_token", "dfm_euler", "draw", "euler_probs",
+           "TokenSchedule", "Uniform", "all_noise", "ancestral", "bits_per_token", "concrete_score", "dfm_euler",
+           "dfm_rates", "draw", "euler_probs", "guided",
            "first_hitting", "float32_race_bias", "masked_nelbo_exact", "output_law", "step_probs"]

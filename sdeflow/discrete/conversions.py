@@ -1,0 +1,51 @@
+"""What a token model predicts, in the forms other methods use, converted from the clean-token posterior
+``p(x0^l | x_t)`` (``(B, L, V)``, what sdeflow's samplers take).
+
+- :func:`concrete_score`: SEDD's ratios ``p_t(x_t with position l set to y) / p_t(x_t)``, ``(B, L, S)``. With
+  a per-position kernel the other positions cancel, so the ratio is
+  ``sum_v p(x0^l = v | x_t) Q_t[v, y] / Q_t[v, x_t^l]`` (masked process, at a masked position:
+  ``alpha / (1 - alpha) p(x0^l = y | x_t)`` for a token ``y``). The identity needs ``Q_t[v, x_t^l] > 0``
+  for every token ``v``: everywhere on the uniform process, at masked positions on the masked one. An
+  unmasked token of the masked process is never left by the reverse process (SEDD's absorbing score
+  is defined at masked positions only): its row is 1 at ``x_t^l`` and 0 elsewhere.
+- :func:`dfm_rates`: discrete flow matching's velocity ``u(y) = (-alpha'/(1 - alpha)) (p(x0^l = y | x_t) - [y = x_t^l])``.
+- :func:`guided`: classifier-free guidance of token posteriors, ``p_c^(1 + w) p^(-w)`` renormalised per
+  position (in log space), the tokens' version of CFG.
+
+References: Lou et al., "Discrete Diffusion Modeling by Estimating the Ratios of the Data Distribution",
+2024, arXiv:2310.16834; Gat et al., "Discrete Flow Matching", 2024, arXiv:2407.15595; Nisonoff et al.,
+"Unlocking Guidance for Discrete State-Space Diffusion and Flow Models", 2024, arXiv:2406.01572.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .processes import TokenProcess
+
+
+def concrete_score(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t: float) -> torch.Tensor:
+    """SEDD's concrete score ``p_t(x^{l <- y}) / p_t(x)`` for every position and state, ``(B, L, S)`` float64."""
+    Q = process.kernel(t)                                                       # (V, S)
+    q_obs = Q[:, x_t].permute(1, 2, 0)                                          # (B, L, V): Q[v, x_t^l]
+    out = torch.einsum("blv,vs->bls", probs.to(torch.float64) / q_obs.clamp_min(1e-300), Q)
+    mask = getattr(process, "mask", None)
+    if mask is not None:  # unmasked tokens of the absorbing process stay: 1 at themselves, 0 elsewhere
+        stays = torch.zeros_like(out).scatter_(-1, x_t[..., None], 1.0)
+        out = torch.where((x_t == mask)[..., None], out, stays)
+    return out
+
+
+def dfm_rates(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t: float) -> torch.Tensor:
+    """Discrete flow matching's probability velocity at ``x_t``, ``(B, L, S)`` (sdeflow's time: towards ``t = 0``)."""
+    rate = float(-process.schedule.d_alpha(t) / (1.0 - process.schedule.alpha(t)))
+    out = torch.zeros(*x_t.shape, process.states, dtype=torch.float64)
+    out[..., :process.vocab] = probs
+    out.scatter_add_(-1, x_t[..., None], -torch.ones(*x_t.shape, 1, dtype=torch.float64))
+    return rate * out
+
+
+def guided(cond: torch.Tensor, uncond: torch.Tensor, weight: float) -> torch.Tensor:
+    """``cond^(1 + w) uncond^(-w)`` per position, renormalised (probabilities in, probabilities out)."""
+    logits = (1.0 + weight) * torch.log(cond.clamp_min(1e-300)) - weight * torch.log(uncond.clamp_min(1e-300))
+    return torch.softmax(logits, -1)
