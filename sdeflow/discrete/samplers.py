@@ -8,6 +8,7 @@ or a network's softmax). Every step of a grid draws independently per position g
   probability ``(1 - alpha_s) / (1 - alpha_t)`` and is otherwise drawn from the model; a step in which no
   token changed reuses the model's output (``cache=True``, MDLM's caching), so NFE counts distinct states.
 - :func:`dfm_euler`: discrete flow matching's Euler step, the first-order version of the same move;
+- :func:`tau_leaping`: the reverse chain's rates (from the concrete score) frozen over each step;
 - :func:`first_hitting` (masked process): the time of the next unmasking is drawn exactly (with ``n``
   tokens masked at ``t``, the first of their independent clocks rings where
   ``((1 - alpha_s) / (1 - alpha_t))^n = u``), one masked position chosen uniformly is drawn from the
@@ -66,6 +67,34 @@ def euler_probs(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t
     out = jump * out
     stay = 1.0 - out.sum(-1, keepdim=True)  # x_t keeps 1 - jump, besides jump p(x_t) when it is its own target
     return out.scatter_add_(-1, x_t[..., None], stay)
+
+
+def leap_probs(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t: float, s: float) -> torch.Tensor:
+    """A tau-leaping step of the reverse chain from ``t`` to ``s`` per position, ``(B, L, S)``: the reverse rates
+    ``R(x -> y) = beta(t) pi(x) ratio(y)`` (``beta = -alpha'/alpha`` the forward rate, ``ratio`` SEDD's concrete
+    score, :func:`~sdeflow.discrete.conversions.concrete_score`) frozen over the step, the first jump taken
+    with probability ``1 - exp(-(t - s) sum_y R)`` to ``y`` in proportion to ``R``. The last step (to
+    ``s = 0``) draws from the model. On the masked process this is :func:`euler_probs`' rule. From
+    ``alpha(t) = 0`` the masked process' rates are the limit ``-alpha' / (1 - alpha) p(y | x_t)``
+    (:func:`euler_probs`), and the uniform process' are infinite and uniform, a step that leaves its law as it is."""
+    from .conversions import concrete_score
+
+    if s == 0 or (float(process.schedule.alpha(t)) == 0.0 and isinstance(process, Masked)):
+        return euler_probs(process, x_t, probs, t, s)
+    if float(process.schedule.alpha(t)) == 0.0:
+        return torch.zeros(*x_t.shape, process.states, dtype=torch.float64).scatter_(-1, x_t[..., None], 1.0)
+    beta = float(-process.schedule.d_alpha(t) / process.schedule.alpha(t))
+    rates = beta * process.noise_law()[x_t][..., None] * concrete_score(process, x_t, probs, t)
+    rates = rates.scatter(-1, x_t[..., None], 0.0)
+    total = rates.sum(-1, keepdim=True)
+    jump = -torch.expm1(-(t - s) * total)
+    out = torch.where(total > 0, jump * rates / total.clamp_min(1e-300), torch.zeros_like(rates))
+    return out.scatter_add_(-1, x_t[..., None], 1.0 - out.sum(-1, keepdim=True))
+
+
+def tau_leaping(model, process: TokenProcess, ts, batch: int, length: int, **options) -> TokenResult:
+    """Tau-leaping on the reverse chain (:func:`leap_probs`)."""
+    return ancestral(model, process, ts, batch, length, step=leap_probs, **options)
 
 
 def all_noise(process: TokenProcess, batch: int, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
