@@ -1,7 +1,7 @@
 """Processes pinned at a source on exact mixture posteriors: sdeflow's samplers on the residual against the
 processes' own published samplers (written from their papers in ``bridge_peers.py``).
 
-    python benchmarks/bridges.py            # about 10 minutes on one CPU core
+    python benchmarks/bridges.py            # about 50 minutes on one CPU core
     python benchmarks/bridges.py --quick    # a first look
 
 Problems: pairs ``x1 = A x0 + noise_std n`` with ``x0`` a Gaussian mixture, so ``p(x0 | x1)`` is an exact

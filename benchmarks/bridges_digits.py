@@ -1,6 +1,6 @@
 """The shipped digits restoration bridge against the best zero-shot posterior sampler on the same task.
 
-    python benchmarks/bridges_digits.py            # about 15 minutes on one CPU core
+    python benchmarks/bridges_digits.py            # about 8 minutes on one CPU core
     python benchmarks/bridges_digits.py --quick    # a first look
 
 Task: 2x super-resolution of real digits with measurement noise 0.05 (``digits-bridge``'s operator): each
