@@ -39,7 +39,7 @@ import torch
 
 from ..grids import check_grid, logsnr_grid
 from ..names import NameTable
-from ..noise import NoiseSource
+from ..noise import NoiseSource, as_noise
 from ..run import SampleResult
 from ..samplers import DDIM, DDPM, DPMSolverPP, EulerMaruyama, Heun, SAMPLERS
 from ..samplers.base import Plan, Sampler, Wrapper
@@ -228,8 +228,6 @@ def sample_bridge(denoiser: PinnedDenoiser, sampler, ts, source: torch.Tensor, *
     cond = {**(cond or {}), "source": source}
     denoiser.check_cond(source, cond)
     process = denoiser.process
-    from ..noise import as_noise
-
     noise = as_noise(noise, generator)
     if process.pinned:
         y = torch.zeros_like(source)
