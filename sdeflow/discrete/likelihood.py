@@ -1,4 +1,5 @@
-"""The masked-diffusion NELBO: training loss and likelihood bound, in nats per sequence or bits per token.
+"""The masked-diffusion NELBO (training loss and likelihood bound, in nats per sequence or bits per token) and
+SEDD's score entropy (:func:`score_entropy`), the loss of a model of the concrete score.
 
 For the masked process with schedule ``alpha`` and a model of the clean-token posterior ``p(x0^l | x_t)``,
 
@@ -79,3 +80,25 @@ def masked_nelbo_exact(posterior, x0: torch.Tensor, process: Masked) -> torch.Te
 def bits_per_token(nats: torch.Tensor, length: int) -> torch.Tensor:
     """Nats per sequence as bits per token."""
     return nats / (length * math.log(2.0))
+
+
+def score_entropy(process, ratios: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor, t: float) -> torch.Tensor:
+    """SEDD's denoising score entropy of predicted ratios ``ratios`` (``(B, L, S)``, > 0 where used) at noised
+    sequences ``x_t`` of clean ``x0``, summed over positions, ``(B,)``:
+
+        sum_l sum_{y != x_t^l} w(y) [ s(y) - r(y) log s(y) + r(y) (log r(y) - 1) ],
+        r(y) = Q_t[x0^l, y] / Q_t[x0^l, x_t^l],   w(y) = beta(t) pi(x_t^l),
+
+    with ``w`` the reverse chain's weight (the forward rate into ``x_t^l``; ``beta = -alpha'/alpha``). Each term
+    is a Bregman divergence, 0 where ``s = r``; its expectation over ``x0`` given ``x_t`` is least at the
+    concrete score ``E[r | x_t]`` (:func:`~sdeflow.discrete.conversions.concrete_score`). Terms from an
+    unmasked token of the masked process have ``w = 0``."""
+    Q = process.kernel(t)
+    beta = float(-process.schedule.d_alpha(t) / process.schedule.alpha(t))
+    r = Q[x0] / Q[x0, x_t][..., None]                                             # (B, L, S)
+    w = beta * process.noise_law()[x_t][..., None].expand_as(r)
+    w = w.scatter(-1, x_t[..., None], 0.0)
+    s = ratios.to(torch.float64).clamp_min(1e-300)
+    k = torch.where(r > 0, r * (torch.log(r.clamp_min(1e-300)) - 1.0), torch.zeros_like(r))
+    terms = s - r * torch.log(s) + k
+    return (torch.where(w > 0, w * terms, torch.zeros_like(terms))).sum((-1, -2))
