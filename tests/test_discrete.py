@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from sdeflow.discrete import (Masked, ProductMixture, TokenSchedule, Uniform, ancestral, draw, first_hitting,
+from sdeflow.discrete import (Masked, ProductMixture, TokenSchedule, Uniform, ancestral, draw, exact_rates, first_hitting,
                               float32_race_bias, output_law)
 
 SCHEDULES = [TokenSchedule("linear"), TokenSchedule("cosine"), TokenSchedule("polynomial", 2.0)]
@@ -116,27 +116,6 @@ def test_first_hitting_is_exact_in_l_evaluations():
     assert ks < 1.63 / math.sqrt(len(a))  # the 1% point of the Kolmogorov distribution
 
 
-def _exact_draw_rates(p: torch.Tensor, bits: int, gumbel: bool) -> torch.Tensor:
-    """The exact probability of each token over every uniform a generator returns at ``bits`` bits
-    (multiples of ``2^-bits``; the draws clamp 0 to the smallest positive number)."""
-    if not gumbel:  # inverse CDF: token v gets the grid points in [c_{v-1}, c_v)
-        cdf = torch.cumsum(p.double(), 0)
-        edges = torch.floor(cdf * 2.0 ** bits)
-        counts = torch.diff(torch.cat([torch.zeros(1, dtype=torch.float64), edges]))
-        return counts / 2.0 ** bits
-    # the float32 Gumbel race with two tokens: the rare one (index 1) wins where
-    # log p1 + G(u1) > log p0 + G(u0); for each u1 on the grid count the u0 that lose
-    k = torch.arange(2 ** bits, dtype=torch.float64)
-    u = (k / 2.0 ** bits).to(torch.float32).clamp_min(torch.finfo(torch.float32).tiny)
-    g1 = -torch.log(-torch.log(u))                                  # float32, as the race computes it
-    lp = torch.log(p.to(torch.float32))
-    bound = (lp[1] + g1 - lp[0]).double()                           # u0 loses where G(u0) < bound
-    thresh = torch.exp(-torch.exp(-bound))                          # G(u0) < b  <=>  u0 < exp(-exp(-b))
-    lose = torch.clamp(torch.ceil(thresh * 2.0 ** bits), 0, 2 ** bits) / 2.0 ** bits
-    rare = float(lose.mean())
-    return torch.tensor([1 - rare, rare], dtype=torch.float64)
-
-
 def test_default_draws_are_unbiased_and_the_float32_race_is_not():
     """For a token at 1e-5 of the largest probability the float64 inverse CDF draws it at its rate to 1e-3 (exactly
     computed over every float64 uniform: the error is below 2^-53 / p); the float32 Gumbel race draws it
@@ -144,11 +123,11 @@ def test_default_draws_are_unbiased_and_the_float32_race_is_not():
     for ratio in (1e-2, 1e-4, 1e-5):
         p = torch.tensor([1.0, ratio], dtype=torch.float64)
         p = p / p.sum()
-        exact = _exact_draw_rates(p, 53, gumbel=False)
+        exact = exact_rates(p)
         assert abs(float(exact[1]) / float(p[1]) - 1) < 1e-3
     p = torch.tensor([1.0, 1e-5], dtype=torch.float64)
     p = p / p.sum()
-    race = _exact_draw_rates(p, 24, gumbel=True)
+    race = exact_rates(p, "gumbel", torch.float32)
     rel = float(race[1]) / float(p[1])
     assert abs(rel - 1) > 1e-3
     assert rel == pytest.approx(float32_race_bias(float(p[1]), float(p[0])), rel=2e-3)

@@ -9,7 +9,7 @@ first-hitting) and the exact oracle of small product-categorical mixtures.
 - :mod:`.exact`: mixtures of product categoricals, their clean-token posteriors and sampler output laws.
 """
 
-from .categorical import draw, float32_race_bias
+from .categorical import draw, exact_rates, float32_race_bias
 from .conversions import concrete_score, dfm_rates, guided
 from .exact import ProductMixture, TokenOracle
 from .likelihood import MaskedNELBO, bits_per_token, masked_nelbo_exact, score_entropy
@@ -19,6 +19,6 @@ from .samplers import (TokenResult, all_noise, ancestral, dfm_euler, euler_probs
 
 __all__ = ["TOKEN_PROCESSES", "Masked", "MaskedNELBO", "ProductMixture", "TokenOracle", "TokenProcess", "TokenResult",
            "TokenSchedule", "Uniform", "all_noise", "ancestral", "bits_per_token", "concrete_score", "dfm_euler",
-           "dfm_rates", "draw", "euler_probs", "guided",
+           "dfm_rates", "draw", "euler_probs", "exact_rates", "guided",
            "first_hitting", "float32_race_bias", "leap_probs", "masked_nelbo_exact", "output_law", "score_entropy", "step_probs",
            "tau_leaping"]

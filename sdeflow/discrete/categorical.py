@@ -61,3 +61,26 @@ def float32_race_bias(p: float, p_max: float) -> float:
 
     x = p_max / (p * 2.0 ** 24)
     return 1.0 if x == 0 else x / math.expm1(x)
+
+
+def exact_rates(p: torch.Tensor, method: str = "inverse-cdf", dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The exact probability with which :func:`draw` returns each token, over every uniform the generator can
+    return in ``dtype`` (multiples of ``2^-bits``, 53 bits for float64, 24 for float32; 0 clamped to the
+    smallest positive number). ``method="gumbel"`` is computed for two tokens (the race of a rare token
+    against the largest) and float32 only, by enumerating the ``2^24`` uniforms of the rare token."""
+    bits = {torch.float64: 53, torch.float32: 24}.get(dtype)
+    if bits is None:
+        raise ValueError(f"exact rates are computed for float64 and float32, got {dtype}")
+    p = torch.as_tensor(p, dtype=torch.float64)
+    if method == "inverse-cdf":  # token v gets the grid points u with cdf_{v-1} <= u < cdf_v
+        edges = torch.floor(torch.cumsum(p, 0) * 2.0 ** bits)
+        return torch.diff(torch.cat([torch.zeros(1, dtype=torch.float64), edges])) / 2.0 ** bits
+    if method != "gumbel" or p.numel() != 2 or dtype != torch.float32:
+        raise ValueError("the race's exact rates are computed for two tokens in float32")
+    u = (torch.arange(2 ** bits, dtype=torch.float64) / 2.0 ** bits).to(torch.float32).clamp_min(torch.finfo(torch.float32).tiny)
+    g1 = -torch.log(-torch.log(u))                                  # the rare token's noise, as the race computes it
+    lp = torch.log(p.to(torch.float32))
+    bound = (lp[1] + g1 - lp[0]).double()                           # the other token loses where G(u0) < bound
+    lose = torch.clamp(torch.ceil(torch.exp(-torch.exp(-bound)) * 2.0 ** bits), 0, 2 ** bits) / 2.0 ** bits
+    rare = float(lose.mean())
+    return torch.tensor([1 - rare, rare], dtype=torch.float64)
