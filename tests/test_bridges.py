@@ -246,7 +246,8 @@ def test_boot_step_law():
 
 # ---- deterministic samplers on the residual: convergence orders --------------------------------
 @pytest.mark.parametrize("sampler,order", [(DDIM(), 1), (DPMSolverPP(order=2, variant="heun", lower_order_final=False), 2),
-                                           (DPMSolver(order=3, form="data"), 3), (Heun(), 2)])
+                                           pytest.param(DPMSolver(order=3, form="data"), 3, marks=pytest.mark.slow),
+                                           (Heun(), 2)])
 @pytest.mark.parametrize("name", [pytest.param("ddbm-vp", marks=pytest.mark.slow), pytest.param("i2sb", marks=pytest.mark.slow),
                                   "ir-sde"])
 def test_convergence_order_on_the_residual(sampler, order, name):
@@ -274,7 +275,8 @@ def test_convergence_order_on_the_residual(sampler, order, name):
 
 
 # ---- the output law against the exact posterior ----------------------------------------------------
-@pytest.mark.parametrize("name", ["ddbm-vp", "ir-sde", "rddm"])
+@pytest.mark.parametrize("name", ["ddbm-vp", pytest.param("ir-sde", marks=pytest.mark.slow),
+                                  pytest.param("rddm", marks=pytest.mark.slow)])
 def test_output_law_converges_to_the_posterior(name):
     """Sliced Wasserstein distance to exact posterior draws: shrinks with NFE and at 24 steps is within
     twice the distance between two exact sample sets (the Monte Carlo floor, measured here)."""
