@@ -12,13 +12,13 @@ first-hitting) and the exact oracle of small product-categorical mixtures.
 from .categorical import draw, exact_rates, float32_race_bias
 from .conversions import concrete_score, dfm_rates, guided
 from .exact import ProductMixture, TokenOracle
-from .likelihood import MaskedNELBO, bits_per_token, masked_nelbo_exact, score_entropy
+from .likelihood import MaskedNELBO, bits_per_token, generalized_kl, masked_nelbo_exact, score_entropy
 from .processes import TOKEN_PROCESSES, Masked, TokenProcess, TokenSchedule, Uniform
 from .samplers import (TokenResult, all_noise, ancestral, dfm_euler, euler_probs, first_hitting, leap_probs, output_law,
                        step_probs, tau_leaping)
 
 __all__ = ["TOKEN_PROCESSES", "Masked", "MaskedNELBO", "ProductMixture", "TokenOracle", "TokenProcess", "TokenResult",
            "TokenSchedule", "Uniform", "all_noise", "ancestral", "bits_per_token", "concrete_score", "dfm_euler",
-           "dfm_rates", "draw", "euler_probs", "exact_rates", "guided",
+           "dfm_rates", "draw", "euler_probs", "exact_rates", "generalized_kl", "guided",
            "first_hitting", "float32_race_bias", "leap_probs", "masked_nelbo_exact", "output_law", "score_entropy", "step_probs",
            "tau_leaping"]

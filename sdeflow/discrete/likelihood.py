@@ -1,5 +1,6 @@
 """The masked-diffusion NELBO (training loss and likelihood bound, in nats per sequence or bits per token) and
-SEDD's score entropy (:func:`score_entropy`), the loss of a model of the concrete score.
+SEDD's score entropy (:func:`score_entropy`), the loss of a model of the concrete score, and discrete flow
+matching's generalized KL (:func:`generalized_kl`), the loss of a model of the rates.
 
 For the masked process with schedule ``alpha`` and a model of the clean-token posterior ``p(x0^l | x_t)``,
 
@@ -102,3 +103,21 @@ def score_entropy(process, ratios: torch.Tensor, x_t: torch.Tensor, x0: torch.Te
     k = torch.where(r > 0, r * (torch.log(r.clamp_min(1e-300)) - 1.0), torch.zeros_like(r))
     terms = s - r * torch.log(s) + k
     return (torch.where(w > 0, w * terms, torch.zeros_like(terms))).sum((-1, -2))
+
+
+def generalized_kl(process, rates: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor, t: float) -> torch.Tensor:
+    """Discrete flow matching's generalized KL of predicted rates ``rates`` (``(B, L, S)``, the off-diagonal
+    entries used, > 0 where the target is) against the conditional velocity of the mixture path given ``x0``,
+    ``u(y | x_t, x0) = r [y = x0^l]`` for ``y != x_t^l`` (``r = -alpha'/(1 - alpha)``), summed over positions:
+
+        sum_l sum_{y != x_t^l} [ u(y) log(u(y) / v(y)) - u(y) + v(y) ],   v = rates,
+
+    a Bregman divergence, 0 where ``v = u``; its expectation over ``x0`` given ``x_t`` is least at the marginal
+    velocity ``r p(x0^l = y | x_t)`` (:func:`~sdeflow.discrete.conversions.dfm_rates`)."""
+    r = float(-process.schedule.d_alpha(t) / (1.0 - process.schedule.alpha(t)))
+    target = torch.zeros(*x_t.shape, process.states, dtype=torch.float64)
+    target.scatter_(-1, x0[..., None], r)
+    off = torch.ones_like(target).scatter_(-1, x_t[..., None], 0.0)
+    v = rates.to(torch.float64).clamp_min(1e-300)
+    terms = torch.where(target > 0, target * torch.log(target.clamp_min(1e-300) / v), torch.zeros_like(v)) - target + v
+    return (off * terms).sum((-1, -2))
