@@ -309,6 +309,7 @@ FLOW = ["--batch-size", "256", "--lr", "2e-3", "--warmup", "20", "--model", "wid
         "--no-progress", "--sample-every", "100000"]
 
 
+@pytest.mark.slow  # 13 s; reflow stays in the default run through the moons students' test
 def test_reflow_of_a_gaussian_flow_is_straight_and_exact_in_one_euler_step(tmp_path):
     """Noise and data of a Gaussian's rectified flow are coupled by a linear map, so the second
     rectified flow is straight: its straightness falls by a large factor from round 1, and one Euler
