@@ -156,6 +156,8 @@ class BridgeDenoiser(PinnedDenoiser):
                 tt = as_time(key)
                 values = self.parameterization.coefficients(self.process, tt) + (self.process.abc(tt)[1],
                                                                                    self.time_input(self.process, tt))
+                if len(self._cache) > 4096:
+                    self._cache.clear()
                 hit = self._cache[key] = tuple(float(v) for v in values)
             return hit
         t = as_time(t)

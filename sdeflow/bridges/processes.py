@@ -31,6 +31,7 @@ Denoising Diffusion Models", 2024, arXiv:2308.13712.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import torch
@@ -42,17 +43,19 @@ from ..shapes import Time, as_time, expand_as_batch
 
 
 @dataclass(frozen=True)
-class Process:
+class Process(ABC):
     """Base class: ``abc(t) -> (a, b, c)`` and ``d_abc(t)`` (their time derivatives), float64."""
 
     #: ``a(1) = c(1) = 0``: every path starts at the source, and the first step must be stochastic
     pinned = False
 
-    def abc(self, t: Time) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def abc(self, t: Time) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(a, b, c)`` at ``t``."""
 
-    def d_abc(self, t: Time) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def d_abc(self, t: Time) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Their time derivatives."""
 
     def residual_logsnr(self, t: Time) -> torch.Tensor:
         """``log(a / c)``, the logSNR of the residual path (``+inf`` at ``t = 0``)."""

@@ -63,9 +63,7 @@ class ProductMixture:
         """``p(x0^l = v | x_t)``, ``(B, L, V)`` float64, for noised sequences ``x_t`` ``(B, L)`` at a scalar time
         or one per sequence."""
         t = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(x_t.shape[0])
-        a = process.schedule.alpha(t)[:, None, None]
-        eye = torch.eye(process.vocab, process.states, dtype=torch.float64)
-        Q = a * eye + (1.0 - a) * process.noise_law()[None, None, :]            # (B, V, S)
+        Q = process.kernel(t)                                                   # (B, V, S)
         q_obs = torch.gather(Q, 2, x_t[:, None, :].expand(-1, process.vocab, -1)).transpose(1, 2)  # (B, L, V)
         num = self.probs[:, None] * q_obs[None]                                 # (K, B, L, V)
         obs = num.sum(-1)                                                       # (K, B, L): (P_k[l] Q)[x_t^l]

@@ -21,6 +21,7 @@ Distribution", 2024, arXiv:2310.16834.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -72,7 +73,7 @@ class TokenSchedule:
 
 
 @dataclass(frozen=True)
-class TokenProcess:
+class TokenProcess(ABC):
     """Base: ``vocab`` tokens, a :class:`TokenSchedule`, the stationary law ``pi`` of the noise."""
 
     vocab: int
@@ -89,12 +90,15 @@ class TokenProcess:
         """Values a noised token takes (``vocab``, plus the mask for the masked process)."""
         return self.vocab
 
-    def noise_law(self) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def noise_law(self) -> torch.Tensor:
+        """``pi``, the law a noised token is redrawn from, ``(states,)`` float64."""
 
     def kernel(self, t: Time) -> torch.Tensor:
-        """``Q_t[x0, x_t]``, ``(vocab, states)`` float64 (rows: clean tokens)."""
-        a = float(self.schedule.alpha(t))
+        """``Q_t[x0, x_t]``, ``(vocab, states)`` float64 (rows: clean tokens); ``(B, vocab, states)`` for one
+        time per row (a ``(B,)`` tensor)."""
+        a = self.schedule.alpha(t)
+        a = a[..., None, None] if a.ndim else a
         eye = torch.eye(self.vocab, self.states, dtype=torch.float64)
         return a * eye + (1.0 - a) * self.noise_law()[None, :]
 
