@@ -18,7 +18,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 @dataclass
 class Dataset:
     """``x``: float32 ``(N, *shape)`` in the training range; ``labels``: int64 ``(N,)`` or None;
-    ``raw = (x - shift) / scale`` maps back to the original units; ``kind``: "image" or "vector"."""
+    ``raw = (x - shift) / scale`` maps back to the original units; ``kind``: "image" or "vector" (or "tokens",
+    images read as long token sequences by :func:`sdeflow.training.tokens.token_dataset`)."""
 
     x: torch.Tensor
     labels: torch.Tensor | None = None
@@ -40,8 +41,11 @@ class Dataset:
 
     def describe(self) -> dict:
         """What a checkpoint records about its data (enough to map samples back and to plot them)."""
-        return dict(name=self.name, shape=list(self.x.shape[1:]), kind=self.kind, scale=self.scale, shift=self.shift,
-                    num_classes=self.num_classes, size=len(self))
+        out = dict(name=self.name, shape=list(self.x.shape[1:]), kind=self.kind, scale=self.scale, shift=self.shift,
+                   num_classes=self.num_classes, size=len(self))
+        if self.kind == "tokens":  # images read as tokens: the image shape and the levels map them back
+            out.update(image=self.info["image"], levels=self.info["levels"])
+        return out
 
 
 def digits() -> Dataset:

@@ -6,6 +6,7 @@ first-hitting) and the exact oracle of small product-categorical mixtures.
 - :mod:`.samplers`: ancestral steps, discrete flow matching's Euler steps and the first-hitting sampler;
 - :mod:`.conversions`: SEDD's concrete score, discrete flow matching's rates and guidance from the posterior;
 - :mod:`.likelihood`: the masked-diffusion NELBO (training loss; exact by enumeration for small problems);
+- :mod:`.model`: a token network as the samplers' model (with classifier-free guidance) and its training losses;
 - :mod:`.exact`: mixtures of product categoricals, their clean-token posteriors and sampler output laws.
 """
 
@@ -13,11 +14,13 @@ from .categorical import draw, exact_rates, float32_race_bias
 from .conversions import concrete_score, dfm_rates, guided
 from .exact import ProductMixture, TokenOracle
 from .likelihood import MaskedNELBO, bits_per_token, generalized_kl, masked_nelbo_exact, score_entropy
+from .model import TOKEN_LOSSES, TokenLoss, TokenModel
 from .processes import TOKEN_PROCESSES, Masked, TokenProcess, TokenSchedule, Uniform
-from .samplers import (TokenResult, all_noise, ancestral, dfm_euler, euler_probs, first_hitting, leap_probs, output_law,
-                       step_probs, tau_leaping)
+from .samplers import (TOKEN_SAMPLERS, TokenResult, all_noise, ancestral, check_start, dfm_euler, euler_probs,
+                       first_hitting, leap_probs, output_law, remask_probs, sample_tokens, step_probs, tau_leaping)
 
-__all__ = ["TOKEN_PROCESSES", "Masked", "MaskedNELBO", "ProductMixture", "TokenOracle", "TokenProcess", "TokenResult",
+__all__ = ["TOKEN_LOSSES", "TOKEN_SAMPLERS", "TokenLoss", "TokenModel", "check_start", "remask_probs", "sample_tokens",
+           "TOKEN_PROCESSES", "Masked", "MaskedNELBO", "ProductMixture", "TokenOracle", "TokenProcess", "TokenResult",
            "TokenSchedule", "Uniform", "all_noise", "ancestral", "bits_per_token", "concrete_score", "dfm_euler",
            "dfm_rates", "draw", "euler_probs", "exact_rates", "generalized_kl", "guided",
            "first_hitting", "float32_race_bias", "leap_probs", "masked_nelbo_exact", "output_law", "score_entropy", "step_probs",

@@ -24,11 +24,12 @@ import torch
 from .processes import TokenProcess
 
 
-def concrete_score(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t: float) -> torch.Tensor:
-    """SEDD's concrete score ``p_t(x^{l <- y}) / p_t(x)`` for every position and state, ``(B, L, S)`` float64."""
-    Q = process.kernel(t)                                                       # (V, S)
-    q_obs = Q[:, x_t].permute(1, 2, 0)                                          # (B, L, V): Q[v, x_t^l]
-    out = torch.einsum("blv,vs->bls", probs.to(torch.float64) / q_obs.clamp_min(1e-300), Q)
+def concrete_score(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t) -> torch.Tensor:
+    """SEDD's concrete score ``p_t(x^{l <- y}) / p_t(x)`` for every position and state, ``(B, L, S)`` float64
+    (``t`` scalar or one per row)."""
+    Q = process.kernel(torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(x_t.shape[0])).to(x_t.device)
+    q_obs = torch.gather(Q, 2, x_t[:, None, :].expand(-1, process.vocab, -1)).transpose(1, 2)  # (B, L, V): Q[v, x_t^l]
+    out = torch.einsum("blv,bvs->bls", probs.to(torch.float64) / q_obs.clamp_min(1e-300), Q)
     mask = getattr(process, "mask", None)
     if mask is not None:  # unmasked tokens of the absorbing process stay: 1 at themselves, 0 elsewhere
         stays = torch.zeros_like(out).scatter_(-1, x_t[..., None], 1.0)
@@ -36,13 +37,12 @@ def concrete_score(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor
     return out
 
 
-def dfm_rates(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t: float) -> torch.Tensor:
-    """Discrete flow matching's probability velocity at ``x_t``, ``(B, L, S)`` (sdeflow's time: towards ``t = 0``)."""
-    rate = float(-process.schedule.d_alpha(t) / (1.0 - process.schedule.alpha(t)))
-    out = torch.zeros(*x_t.shape, process.states, dtype=torch.float64)
-    out[..., :process.vocab] = probs
-    out.scatter_add_(-1, x_t[..., None], -torch.ones(*x_t.shape, 1, dtype=torch.float64))
-    return rate * out
+def dfm_rates(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t) -> torch.Tensor:
+    """Discrete flow matching's probability velocity at ``x_t``, ``(B, L, S)`` (sdeflow's time: towards ``t = 0``;
+    ``t`` scalar or one per row)."""
+    out = torch.nn.functional.pad(probs.to(torch.float64), (0, process.states - process.vocab))
+    out = out - torch.nn.functional.one_hot(x_t, process.states).to(out.dtype)
+    return process.rate(t, x_t) * out
 
 
 def guided(cond: torch.Tensor, uncond: torch.Tensor, weight: float) -> torch.Tensor:

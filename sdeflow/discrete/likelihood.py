@@ -48,13 +48,19 @@ class MaskedNELBO:
         if t is None:
             u = (torch.arange(b, dtype=torch.float64) + torch.rand(b, generator=generator, dtype=torch.float64)) / b
             t = self.t_min + (1.0 - self.t_min) * u[torch.randperm(b, generator=generator)]
-        sched = self.process.schedule
         x_t = self.process.noise(x0, t, generator)
         logp = torch.log_softmax(model(x_t, t.to(x0.device)).float(), -1)
-        nll = -torch.gather(logp, -1, x0[..., None])[..., 0]                        # (B, L)
-        masked = (x_t == self.process.mask).float()
-        weight = (-sched.d_alpha(t) / (1.0 - sched.alpha(t))).to(device=x0.device, dtype=torch.float32)
-        return weight * (masked * nll).sum(-1)
+        return masked_cross_entropy(self.process, logp, x0, x_t, t)
+
+
+def masked_cross_entropy(process: Masked, logp: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
+                         t: torch.Tensor) -> torch.Tensor:
+    """The NELBO's integrand at one ``(t, x_t)`` per sequence: ``-alpha'/(1 - alpha)`` times the cross-entropy of
+    the masked positions, ``(B,)`` (``logp``: ``(B, L, V)`` log-posteriors)."""
+    nll = -torch.gather(logp, -1, x0[..., None])[..., 0]                        # (B, L)
+    masked = x_t == process.mask
+    weight = process.rate(t, x0).reshape(-1)
+    return weight.to(torch.float32) * torch.where(masked, nll, torch.zeros_like(nll)).sum(-1)
 
 
 def masked_nelbo_exact(posterior, x0: torch.Tensor, process: Masked) -> torch.Tensor:
@@ -83,7 +89,7 @@ def bits_per_token(nats: torch.Tensor, length: int) -> torch.Tensor:
     return nats / (length * math.log(2.0))
 
 
-def score_entropy(process, ratios: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor, t: float) -> torch.Tensor:
+def score_entropy(process, ratios: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
     """SEDD's denoising score entropy of predicted ratios ``ratios`` (``(B, L, S)``, > 0 where used) at noised
     sequences ``x_t`` of clean ``x0``, summed over positions, ``(B,)``:
 
@@ -93,11 +99,12 @@ def score_entropy(process, ratios: torch.Tensor, x_t: torch.Tensor, x0: torch.Te
     with ``w`` the reverse chain's weight (the forward rate into ``x_t^l``; ``beta = -alpha'/alpha``). Each term
     is a Bregman divergence, 0 where ``s = r``; its expectation over ``x0`` given ``x_t`` is least at the
     concrete score ``E[r | x_t]`` (:func:`~sdeflow.discrete.conversions.concrete_score`). Terms from an
-    unmasked token of the masked process have ``w = 0``."""
-    Q = process.kernel(t)
-    beta = float(-process.schedule.d_alpha(t) / process.schedule.alpha(t))
-    r = Q[x0] / Q[x0, x_t][..., None]                                             # (B, L, S)
-    w = beta * process.noise_law()[x_t][..., None].expand_as(r)
+    unmasked token of the masked process have ``w = 0``. ``t``: a scalar or one per row."""
+    b, length = x0.shape
+    Q = process.kernel(torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(b)).to(x0.device)
+    q = torch.gather(Q, 1, x0[..., None].expand(-1, -1, process.states))            # (B, L, S): Q[x0^l, y]
+    r = q / torch.gather(q, -1, x_t[..., None])
+    w = process.rate(t, x0, towards_data=False) * process.noise_law().to(x0.device)[x_t][..., None].expand_as(r)
     w = w.scatter(-1, x_t[..., None], 0.0)
     s = ratios.to(torch.float64).clamp_min(1e-300)
     k = torch.where(r > 0, r * (torch.log(r.clamp_min(1e-300)) - 1.0), torch.zeros_like(r))
@@ -105,7 +112,7 @@ def score_entropy(process, ratios: torch.Tensor, x_t: torch.Tensor, x0: torch.Te
     return (torch.where(w > 0, w * terms, torch.zeros_like(terms))).sum((-1, -2))
 
 
-def generalized_kl(process, rates: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor, t: float) -> torch.Tensor:
+def generalized_kl(process, rates: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
     """Discrete flow matching's generalized KL of predicted rates ``rates`` (``(B, L, S)``, the off-diagonal
     entries used, > 0 where the target is) against the conditional velocity of the mixture path given ``x0``,
     ``u(y | x_t, x0) = r [y = x0^l]`` for ``y != x_t^l`` (``r = -alpha'/(1 - alpha)``), summed over positions:
@@ -113,10 +120,9 @@ def generalized_kl(process, rates: torch.Tensor, x_t: torch.Tensor, x0: torch.Te
         sum_l sum_{y != x_t^l} [ u(y) log(u(y) / v(y)) - u(y) + v(y) ],   v = rates,
 
     a Bregman divergence, 0 where ``v = u``; its expectation over ``x0`` given ``x_t`` is least at the marginal
-    velocity ``r p(x0^l = y | x_t)`` (:func:`~sdeflow.discrete.conversions.dfm_rates`)."""
-    r = float(-process.schedule.d_alpha(t) / (1.0 - process.schedule.alpha(t)))
-    target = torch.zeros(*x_t.shape, process.states, dtype=torch.float64)
-    target.scatter_(-1, x0[..., None], r)
+    velocity ``r p(x0^l = y | x_t)`` (:func:`~sdeflow.discrete.conversions.dfm_rates`). ``t``: a scalar or one
+    per row."""
+    target = process.rate(t, x0) * torch.nn.functional.one_hot(x0, process.states).to(torch.float64)
     off = torch.ones_like(target).scatter_(-1, x_t[..., None], 0.0)
     v = rates.to(torch.float64).clamp_min(1e-300)
     terms = torch.where(target > 0, target * torch.log(target.clamp_min(1e-300) / v), torch.zeros_like(v)) - target + v

@@ -102,6 +102,20 @@ class TokenProcess(ABC):
         eye = torch.eye(self.vocab, self.states, dtype=torch.float64)
         return a * eye + (1.0 - a) * self.noise_law()[None, :]
 
+    def observed(self, x: torch.Tensor, t: Time) -> torch.Tensor:
+        """``Q_t[v, x^l]`` for every clean token ``v``, ``(B, L, vocab)`` float64: how likely each clean token
+        makes the observed ``x`` (``(B, L)``); ``t`` scalar or one per row."""
+        Q = self.kernel(torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(x.shape[0])).to(x.device)
+        return torch.gather(Q, 2, x[:, None, :].expand(-1, self.vocab, -1)).transpose(1, 2)
+
+    def rate(self, t: Time, x: torch.Tensor, towards_data: bool = True) -> torch.Tensor:
+        """The mixture path's jump rate at ``t`` shaped to broadcast against ``(B, L, S)`` tensors of ``x``'s rows:
+        ``-alpha' / (1 - alpha)`` towards the data (``towards_data``), the forward ``-alpha' / alpha`` otherwise."""
+        t = as_time(t)
+        a, da = self.schedule.alpha(t), self.schedule.d_alpha(t)
+        r = -da / ((1.0 - a) if towards_data else a)
+        return (r.reshape(-1, 1, 1) if r.ndim else r).to(x.device)
+
     def transition(self, s: Time, t: Time) -> torch.Tensor:
         """``Q_{t|s}[x_s, x_t]`` for ``s < t``, ``(states, states)``: ``r I + (1 - r) 1 pi^T``, ``r = alpha_t / alpha_s``."""
         r = float(self.schedule.alpha(t) / self.schedule.alpha(s))

@@ -25,12 +25,14 @@ Exploit Inaccurate Categorical Sampling", 2024, arXiv:2409.02908.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
 
 import torch
 
+from ..names import NameTable
 from .categorical import draw, uniforms
 from .processes import Masked, TokenProcess
 
@@ -53,20 +55,66 @@ def step_probs(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t:
     return out / out.sum(-1, keepdim=True)
 
 
-def euler_probs(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t: float, s: float) -> torch.Tensor:
+def euler_probs(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t: float, s: float,
+                corrector: float = 0.0) -> torch.Tensor:
     """Discrete flow matching's Euler step from ``t`` to ``s`` per position, ``(B, L, S)``, as flow_matching's
     ``MixtureDiscreteEulerSolver`` takes it: a target ``y ~ p(x0 | x_t)``; where ``y != x_t`` the token jumps
     to it with probability ``1 - exp(-(t - s) r)``, ``r = -alpha'(t) / (1 - alpha(t))`` the mixture path's
-    rate. The last step (to ``s = 0``) takes the target itself."""
-    out = torch.zeros(*x_t.shape, process.states, dtype=torch.float64)
-    out[..., :process.vocab] = probs
+    rate. The last step (to ``s = 0``) takes the target itself.
+
+    ``corrector = c > 0`` adds ``c`` times the forward process' rates to ``(1 + c)`` times the reverse ones
+    (flow_matching's ``div_free``; Gat et al.'s corrector): the jump rates become ``(1 + c) r [y = target] +
+    c beta pi(y)`` off the current state, ``beta = -alpha'/alpha``. The added motion leaves the marginals
+    ``q_t`` as they are (forward and reverse generators cancel on them) and lets later steps revise earlier
+    choices. It acts where ``alpha(t) > 0`` (at ``alpha = 0`` its rate is infinite and would only redraw noise)."""
+    pad = process.states - process.vocab
+    out = torch.nn.functional.pad(probs.to(torch.float64), (0, pad))
     if s == 0:
         return out
-    rate = float(-process.schedule.d_alpha(t) / (1.0 - process.schedule.alpha(t)))
-    jump = -math.expm1(-(t - s) * rate)
-    out = jump * out
-    stay = 1.0 - out.sum(-1, keepdim=True)  # x_t keeps 1 - jump, besides jump p(x_t) when it is its own target
-    return out.scatter_add_(-1, x_t[..., None], stay)
+    a = float(process.schedule.alpha(t))
+    rate = float(-process.schedule.d_alpha(t) / (1.0 - a))
+    off = 1.0 - torch.nn.functional.one_hot(x_t, process.states).to(torch.float64)
+    rates = (1.0 + corrector) * rate * out
+    if corrector > 0 and a > 0:
+        rates = rates + corrector * float(-process.schedule.d_alpha(t) / a) * process.noise_law()
+    return _first_jump(rates * off, x_t, t - s)
+
+
+def _first_jump(rates: torch.Tensor, x_t: torch.Tensor, h: float) -> torch.Tensor:
+    """The law after a step of length ``h`` with the off-diagonal ``rates`` frozen: the first jump, taken with
+    probability ``1 - exp(-h sum rates)`` to a state in proportion to its rate; otherwise ``x_t`` stays."""
+    total = rates.sum(-1, keepdim=True)
+    jump = -torch.expm1(-h * total)
+    out = torch.where(total > 0, jump * rates / total.clamp_min(1e-300), torch.zeros_like(rates))
+    return out.scatter_add_(-1, x_t[..., None], 1.0 - out.sum(-1, keepdim=True))
+
+
+def remask_probs(eta: float = 0.0):
+    """ReMDM's remasking step of the masked process (``eta = 0``: the ancestral step), as a ``step`` of
+    :func:`ancestral`: from ``t`` to ``s`` a token that is not masked is masked again with probability
+    ``sigma = eta min(1, (1 - alpha_s) / alpha_t)`` and a masked one is unmasked, drawn from the model, with
+    probability ``(alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t)``. For every ``eta`` in ``[0, 1]`` the step
+    carries the exact marginal ``q_t`` of a position to ``q_s`` (so with one position and the exact model it
+    samples the data exactly at any number of steps), and later steps can replace tokens drawn early.
+
+    Reference: Wang et al., "Remasking Discrete Diffusion Models with Inference-Time Scaling", 2025,
+    arXiv:2503.00307."""
+    if not 0.0 <= float(eta) <= 1.0:
+        raise ValueError(f"the remasking strength eta must be in [0, 1], got {eta}")
+
+    def step(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t: float, s: float) -> torch.Tensor:
+        if not isinstance(process, Masked):
+            raise ValueError(f"remasking needs the masked process, got {type(process).__name__}")
+        a_t, a_s = float(process.schedule.alpha(t)), float(process.schedule.alpha(s))
+        sigma = float(eta) * min(1.0, (1.0 - a_s) / a_t) if a_t > 0 else 0.0
+        masked = (x_t == process.mask)[..., None]
+        unmask = (a_s - (1.0 - sigma) * a_t) / (1.0 - a_t) if a_t < 1 else 0.0
+        from_mask = torch.nn.functional.pad(unmask * probs.to(torch.float64), (0, 1), value=1.0 - unmask)
+        keep = torch.nn.functional.one_hot(x_t, process.states).to(torch.float64) * (1.0 - sigma)
+        keep[..., process.mask] += sigma
+        return torch.where(masked, from_mask, keep)
+
+    return step
 
 
 def leap_probs(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t: float, s: float) -> torch.Tensor:
@@ -85,11 +133,7 @@ def leap_probs(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t:
         return torch.zeros(*x_t.shape, process.states, dtype=torch.float64).scatter_(-1, x_t[..., None], 1.0)
     beta = float(-process.schedule.d_alpha(t) / process.schedule.alpha(t))
     rates = beta * process.noise_law()[x_t][..., None] * concrete_score(process, x_t, probs, t)
-    rates = rates.scatter(-1, x_t[..., None], 0.0)
-    total = rates.sum(-1, keepdim=True)
-    jump = -torch.expm1(-(t - s) * total)
-    out = torch.where(total > 0, jump * rates / total.clamp_min(1e-300), torch.zeros_like(rates))
-    return out.scatter_add_(-1, x_t[..., None], 1.0 - out.sum(-1, keepdim=True))
+    return _first_jump(rates.scatter(-1, x_t[..., None], 0.0), x_t, t - s)
 
 
 def tau_leaping(model, process: TokenProcess, ts, batch: int, length: int, **options) -> TokenResult:
@@ -111,7 +155,7 @@ def ancestral(model, process: TokenProcess, ts, batch: int, length: int, *, gene
     takes discrete flow matching's Euler steps instead (:func:`dfm_euler`). ``x_init``: a partially noised
     start (infilling: the known tokens given, the rest masked)."""
     ts = [float(v) for v in torch.as_tensor(ts, dtype=torch.float64)]
-    x = all_noise(process, batch, length, generator) if x_init is None else x_init.clone()
+    x = all_noise(process, batch, length, generator) if x_init is None else check_start(process, x_init, batch, length)
     nfe, probs, seen = 0, None, None
     for t, s in zip(ts[:-1], ts[1:]):
         if not cache or probs is None or not torch.equal(x, seen):
@@ -120,9 +164,50 @@ def ancestral(model, process: TokenProcess, ts, batch: int, length: int, *, gene
     return TokenResult(x, nfe)
 
 
-def dfm_euler(model, process: TokenProcess, ts, batch: int, length: int, **options) -> TokenResult:
-    """Discrete flow matching's Euler sampler (flow_matching's ``MixtureDiscreteEulerSolver`` in sdeflow's time)."""
-    return ancestral(model, process, ts, batch, length, step=euler_probs, **options)
+def dfm_euler(model, process: TokenProcess, ts, batch: int, length: int, *, corrector: float = 0.0,
+              generator: torch.Generator | None = None, x_init: torch.Tensor | None = None, cache: bool = True,
+              method: str = "inverse-cdf", dtype: torch.dtype = torch.float64) -> TokenResult:
+    """Discrete flow matching's Euler sampler (flow_matching's ``MixtureDiscreteEulerSolver`` in sdeflow's time,
+    ``corrector`` its ``div_free``), drawn as that solver draws, from one uniform stream: per step the targets
+    ``y ~ p(x0 | x_t)`` at every position, then one uniform per position against ``1 - exp(-h lambda)``, then
+    the destinations of the positions that jump. Given the same uniforms it returns flow_matching's tokens
+    (``tests/test_discrete.py``); its law is :func:`euler_probs`'."""
+    ts = [float(v) for v in torch.as_tensor(ts, dtype=torch.float64)]
+    x = check_start(process, x_init, batch, length) if x_init is not None else all_noise(process, batch, length, generator)
+    nfe, probs, seen = 0, None, None
+    for t, s in zip(ts[:-1], ts[1:]):
+        if not cache or probs is None or not torch.equal(x, seen):
+            probs, seen, nfe = model(x, t).to(torch.float64), x.clone(), nfe + 1
+        y = draw(probs, generator, method=method, dtype=dtype)
+        if s == 0:
+            x = y
+            continue
+        a, da = float(process.schedule.alpha(t)), float(process.schedule.d_alpha(t))
+        rates = (1.0 + corrector) * (-da / (1.0 - a)) * torch.nn.functional.one_hot(y, process.states).to(torch.float64)
+        if corrector > 0 and a > 0:
+            rates = rates + corrector * (-da / a) * process.noise_law()
+        rates = rates.scatter(-1, x[..., None], 0.0)
+        total = rates.sum(-1)
+        jump = uniforms(x.shape, generator) < -torch.expm1(-(t - s) * total)
+        if bool(jump.any()):
+            x = x.clone()
+            x[jump] = draw(rates[jump] / total[jump][:, None], generator, method=method, dtype=dtype)
+    return TokenResult(x, nfe)
+
+
+def check_start(process: TokenProcess, x_init: torch.Tensor, batch: int | None = None,
+                length: int | None = None) -> torch.Tensor:
+    """A start of sampling (infilling: known tokens, the rest noise), refused unless ``(batch, length)`` long
+    tokens in ``0..states-1``."""
+    x = torch.as_tensor(x_init)
+    if x.dtype not in (torch.int64, torch.int32) or x.ndim != 2:
+        raise ValueError(f"x_init must be (batch, length) integer tokens, got {tuple(x.shape)} {x.dtype}")
+    if (batch is not None and x.shape[0] != batch) or (length is not None and x.shape[1] != length):
+        raise ValueError(f"x_init has shape {tuple(x.shape)}, the run ({batch}, {length})")
+    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= process.states):
+        raise ValueError(f"x_init's tokens must lie in 0..{process.states - 1} (the mask is {process.states - 1} on the "
+                         f"masked process), got values in {int(x.min())}..{int(x.max())}")
+    return x.long().clone()
 
 
 def first_hitting(model, process: Masked, batch: int, length: int, *, generator: torch.Generator | None = None,
@@ -131,7 +216,7 @@ def first_hitting(model, process: Masked, batch: int, length: int, *, generator:
     """Unmask one token at a time at exactly drawn times (one evaluation per masked token)."""
     if not isinstance(process, Masked):
         raise ValueError(f"the first-hitting sampler unmasks: it needs the masked process, got {type(process).__name__}")
-    x = all_noise(process, batch, length, generator) if x_init is None else x_init.clone()
+    x = all_noise(process, batch, length, generator) if x_init is None else check_start(process, x_init, batch, length)
     sched = process.schedule
     t = torch.ones(batch, dtype=torch.float64)
     nfe = 0
@@ -176,3 +261,56 @@ def output_law(process: TokenProcess, posterior, ts, length: int, step=step_prob
                 new[combo] = new.get(combo, 0.0) + w
         law = new
     return law
+
+
+def _uniform(nfe: int, ts) -> torch.Tensor:
+    return torch.linspace(1.0, 0.0, nfe + 1, dtype=torch.float64) if ts is None else ts
+
+
+def _ancestral(model, process, nfe, batch, length, ts=None, **options):
+    return ancestral(model, process, _uniform(nfe, ts), batch, length, **options)
+
+
+def _tau(model, process, nfe, batch, length, ts=None, **options):
+    return tau_leaping(model, process, _uniform(nfe, ts), batch, length, **options)
+
+
+def _remask(model, process, nfe, batch, length, ts=None, eta: float = 0.1, **options):
+    return ancestral(model, process, _uniform(nfe, ts), batch, length, step=remask_probs(eta), **options)
+
+
+def _euler(model, process, nfe, batch, length, ts=None, corrector: float = 0.0, **options):
+    return dfm_euler(model, process, _uniform(nfe, ts), batch, length, corrector=corrector, **options)
+
+
+def _hitting(model, process, nfe, batch, length, ts=None, **options):
+    return first_hitting(model, process, batch, length, **options)
+
+
+#: Token samplers by name: ``TOKEN_SAMPLERS[name](model, process, nfe, batch, length, ts=None, **options)``, on
+#: the grid uniform in ``t`` with ``nfe`` steps unless ``ts`` is given (the first-hitting sampler takes one
+#: evaluation per masked token whatever ``nfe``).
+TOKEN_SAMPLERS = NameTable("token sampler", {
+    "ancestral": (_ancestral, "the exact one-step reverse kernel (MDLM; caches unchanged steps)"),
+    "dfm-euler": (_euler, "discrete flow matching's Euler step (flow_matching's solver)"),
+    "dfm-corrector": (functools.partial(_euler, corrector=1.0),
+                      "discrete flow matching's Euler step with its corrector (corrector=1)"),
+    "tau-leaping": (_tau, "the reverse chain's rates frozen over each step (SEDD)"),
+    "remask": (_remask, "ReMDM's remasking predictor-corrector (masked process; eta=0.1)"),
+    "first-hitting": (_hitting, "one token at a time at exactly drawn unmasking times (masked process; NFE = L)"),
+})
+
+
+def sample_tokens(model, process: TokenProcess, sampler: str = "ancestral", nfe: int = 16, batch: int = 1,
+                  length: int | None = None, **options) -> TokenResult:
+    """Token sequences from the sampler named ``sampler`` (:data:`TOKEN_SAMPLERS`) with ``nfe`` steps; every
+    argument is checked before the first evaluation."""
+    run = TOKEN_SAMPLERS.lookup(sampler)
+    if sampler in ("remask", "first-hitting") and not isinstance(process, Masked):
+        raise ValueError(f"the {sampler} sampler needs the masked process, got {type(process).__name__}")
+    for name, value in (("nfe", nfe), ("batch", batch), ("length", length)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if options.get("x_init") is not None:
+        check_start(process, options["x_init"], batch, length)
+    return run(model, process, nfe, batch, length, **options)

@@ -8,6 +8,7 @@ from ..names import NameTable
 from .classifier import Classifier, NoisyClassifier
 from .embedding import TimeEmbedding
 from .mlp import MLP
+from .tokens import TokenTransformer, TokenUNet
 from .unet import UNet
 
 #: Architectures by name, for checkpoints: ``ARCHITECTURES[name](**config)``.
@@ -16,6 +17,8 @@ ARCHITECTURES = NameTable("architecture", {
     "unet": (UNet, "a compact class-conditional UNet for small images"),
     "classifier": (Classifier, "a small image classifier (the quality benchmark's judge)"),
     "noisy-classifier": (NoisyClassifier, "a noise-aware classifier of p_t(c | x_t) (classifier guidance)"),
+    "token-transformer": (TokenTransformer, "a small transformer over token sequences (discrete diffusion)"),
+    "token-unet": (TokenUNet, "a UNet over the embeddings of a square grid of tokens (discrete diffusion)"),
 })
 
 
@@ -63,4 +66,4 @@ def build(name: str, config: dict):
         raise ValueError(f"bad {name} configuration {config}: {reason}") from None
 
 
-__all__ = ["ARCHITECTURES", "Classifier", "NoisyClassifier", "MLP", "TimeEmbedding", "UNet", "build", "check_config"]
+__all__ = ["ARCHITECTURES", "Classifier", "NoisyClassifier", "MLP", "TimeEmbedding", "TokenTransformer", "TokenUNet", "UNet", "build", "check_config"]

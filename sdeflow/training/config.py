@@ -96,13 +96,21 @@ class TrainConfig:
     process: str | None = None
     degrade: str = "superres"
     degrade_noise: float = 0.05
+    tokens: str | None = None
+    token_schedule: str = "linear"
+    token_loss: str = "nelbo"
+    levels: int = 17
 
     def resolved(self) -> "TrainConfig":
         """A copy with the recipe's fields filled in, after checking every value."""
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}; allowed: {', '.join(RECIPES)}")
+        if self.process is not None and self.tokens is not None:
+            raise ValueError("a run is a bridge (process) or over tokens (tokens), not both")
         if self.process is not None:
             cfg = self._bridge_filled()
+        elif self.tokens is not None:
+            cfg = self._tokens_filled()
         else:
             filled = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in RECIPES[self.recipe].items()}
             cfg = dataclasses.replace(self, **filled)
@@ -118,12 +126,13 @@ class TrainConfig:
 
         tables = [("schedule", SCHEDULES), ("parameterization", PARAMETERIZATIONS), ("time_density", DENSITIES),
                   ("weighting", WEIGHTINGS), ("sample_sampler", SAMPLERS)]
-        for name, table in tables[-1:] if cfg.process is not None else tables:
+        for name, table in tables[-1:] if cfg.process is not None else [] if cfg.tokens is not None else tables:
             if getattr(cfg, name) not in table:
                 raise ValueError(f"unknown {name} {getattr(cfg, name)!r}; allowed: {', '.join(table)}")
         if cfg.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {cfg.objective!r}; allowed: {', '.join(OBJECTIVES)}")
-        allowed = ("unet", "mlp") if cfg.objective == "denoise" else ("noisy-classifier",)
+        allowed = (("token-transformer", "token-unet") if cfg.tokens is not None else
+                   ("unet", "mlp") if cfg.objective == "denoise" else ("noisy-classifier",))
         if cfg.architecture not in (None, *allowed):
             raise ValueError(f"unknown architecture {cfg.architecture!r} for the {cfg.objective} objective; "
                              f"allowed: {', '.join(allowed)}")
@@ -173,6 +182,36 @@ class TrainConfig:
         if cfg.ot_coupling or cfg.fokker_planck > 0 or cfg.teacher:
             raise ValueError("a bridge run (--process) takes no ot_coupling, fokker_planck or teacher")
         return cfg
+
+    def _tokens_filled(self) -> "TrainConfig":
+        """A token run (``tokens`` set, :mod:`sdeflow.training.tokens`): images read as ``levels`` tokens per
+        pixel, the token process ``tokens`` on the schedule ``token_schedule``, the loss ``token_loss``; the
+        network predicts the clean-token posterior (parameterization ``posterior``, time input ``t``). Its
+        preview sampler is a token sampler (default ``ancestral``)."""
+        from ..discrete import TOKEN_PROCESSES, TOKEN_SAMPLERS, TokenSchedule
+        from ..discrete.model import TOKEN_LOSSES
+
+        TOKEN_PROCESSES.lookup(self.tokens)
+        TokenSchedule(self.token_schedule)
+        TOKEN_LOSSES.lookup(self.token_loss)
+        if self.token_loss == "nelbo" and self.tokens != "masked":
+            raise ValueError(f"token_loss nelbo is the masked process' NELBO; the {self.tokens} process trains with "
+                             "score-entropy or gkl")
+        if not isinstance(self.levels, int) or self.levels < 2:
+            raise ValueError(f"levels must be an integer >= 2, got {self.levels!r}")
+        default = type(self)().sample_sampler
+        sampler = "ancestral" if self.sample_sampler == default else self.sample_sampler
+        TOKEN_SAMPLERS.lookup(sampler)
+        if sampler in ("remask", "first-hitting") and self.tokens != "masked":
+            raise ValueError(f"sample_sampler {sampler} needs the masked process")
+        for name, allowed in (("parameterization", "posterior"), ("time_input", "t"), ("objective", "denoise")):
+            value = getattr(self, name)
+            if value not in (None, allowed):
+                raise ValueError(f"a token run (--tokens) takes {name} {allowed}, got {value!r}")
+        if self.ot_coupling or self.fokker_planck > 0 or self.teacher:
+            raise ValueError("a token run (--tokens) takes no ot_coupling, fokker_planck or teacher")
+        return dataclasses.replace(self, schedule=None, parameterization="posterior", time_input="t",
+                                   time_density="uniform", weighting=self.token_loss, sample_sampler=sampler)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -52,6 +52,10 @@ def build_network(cfg: TrainConfig, data: dict, teacher_meta: dict | None = None
                              f"{data.get('num_classes') or 'no'} classes and samples of shape {data['shape']}")
         base = dict(channels=data["shape"][0], num_classes=data["num_classes"], time_scale=TIME_SCALES[cfg.time_input])
         return models.build("noisy-classifier", {**base, **cfg.model})
+    if cfg.tokens is not None:
+        from .tokens import token_network_config
+
+        return models.build(*token_network_config(cfg, data))
     arch = cfg.architecture or ("unet" if data["kind"] == "image" else "mlp")
     classes = data["num_classes"] if cfg.conditional and cfg.process is None else 0
     base = {"time_scale": TIME_SCALES[cfg.time_input], "num_classes": classes}
@@ -124,8 +128,12 @@ class Trainer:
             raise ValueError(f"the data {cfg.data!r} hold no samples: nothing to train on")
         if cfg.batch_size % self.dist.world:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.dist.world} processes")
-        self.process = self.operator = None
-        if cfg.process is not None:
+        self.process = self.operator = self.tokens = None
+        if cfg.tokens is not None:  # images read as token sequences (sdeflow.training.tokens)
+            from .tokens import token_dataset, token_process
+
+            self.data, self.tokens, self.schedule = token_dataset(self.data, cfg.levels), token_process(cfg), None
+        elif cfg.process is not None:
             from ..bridges import PROCESSES
             from ..inverse.operator_names import make_operator
 
@@ -150,11 +158,16 @@ class Trainer:
                 ckpt.load_weights(self.net, {**{k: v for k, v in own.items() if k not in weights}, **weights}, path_of(cfg.teacher))
         else:
             self.architecture = ("noisy-classifier" if cfg.objective == "classifier" else
+                                 (cfg.architecture or "token-transformer") if cfg.tokens is not None else
                                  cfg.architecture or ("unet" if self.data_info["kind"] == "image" else "mlp"))
         self.ema = EMA(self.net, cfg.ema_decay)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16" and self.dist.device.type == "cuda")
-        if self.process is not None:
+        if self.tokens is not None:
+            from ..discrete import TokenLoss
+
+            self.loss = TokenLoss(self.tokens, cfg.token_loss)
+        elif self.process is not None:
             from ..bridges import BridgeLoss
 
             self.loss = BridgeLoss(cfg.weighting)
@@ -189,6 +202,10 @@ class Trainer:
         the residual with a process, as loading does)."""
         from ..denoisers import FlowMapDenoiser
 
+        if self.tokens is not None:
+            from ..discrete import TokenModel
+
+            return TokenModel(module, self.tokens)
         if self.process is not None:
             from ..bridges import bridge_denoiser
 
@@ -368,7 +385,11 @@ class Trainer:
         self.saved_step = self.step
 
     def preview(self) -> None:
-        """A picture of EMA samples in ``out/samples/step_<n>.png`` (images and 2-D data)."""
+        """A picture of EMA samples in ``out/samples/step_<n>.png`` (images, tokens of images and 2-D data)."""
+        if self.dist.main and self.tokens is not None:
+            from .tokens import token_preview
+
+            return token_preview(self)
         if not self.dist.main or not (self.data_info["kind"] == "image" or self.data_info["shape"] == [2]) \
                 or self.cfg.objective == "classifier":
             return
