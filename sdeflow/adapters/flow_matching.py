@@ -5,6 +5,9 @@ Those libraries run time from noise (``t = 0``) to data (``t = 1``): ``x_t = t x
 (``t = 0`` data, ``t = 1`` noise, :class:`~sdeflow.schedules.RectifiedFlow`), so its time is
 ``1 - t`` and its velocity ``dx/dt = -u``. :func:`from_flow_matching` does both in one call;
 ``sigma_min`` covers torchcfm's and flow_matching's ``x_t = t x1 + (1 - (1 - sigma_min) t) x0`` path.
+
+:func:`from_flow_matching_tokens` does the same for flow_matching's discrete models (``MixtureDiscreteProbPath``):
+a posterior over tokens at time ``1 - t``, on sdeflow's masked or uniform process with the matching schedule.
 """
 
 from __future__ import annotations
@@ -44,4 +47,57 @@ def from_flow_matching(velocity: Callable, *, sigma_min: float = 0.0, time_kw: s
     return ModelDenoiser(_Reversed(velocity, time_kw), RectifiedFlow(), "velocity", time_input="t", dtype=dtype)
 
 
-__all__ = ["from_flow_matching"]
+
+
+class FlowMatchingTokens:
+    """A flow_matching discrete model (``model(x=..., t=...) -> (B, L, vocab_size)`` posterior probabilities of
+    the clean tokens, its time from the source at 0 to the data at 1) as sdeflow's token model: ``(x_t, t) ->
+    (B, L, V)`` float64 at sdeflow's time ``1 - t``. On the masked path the mask's column is dropped and a token
+    that is not masked is its own clean value (true of the exact posterior; flow_matching's solver then leaves
+    it as it is too). The model's time has ``time_dtype`` (float32, as flow_matching's default grid gives)."""
+
+    def __init__(self, model: Callable, process, time_dtype: torch.dtype = torch.float32, **extras):
+        self.model, self.process, self.time_dtype, self.extras = model, process, time_dtype, extras
+
+    @torch.no_grad()
+    def __call__(self, x_t: torch.Tensor, t, **cond) -> torch.Tensor:
+        s = (1.0 - torch.as_tensor(t, dtype=torch.float64)).to(self.time_dtype).reshape(-1).expand(x_t.shape[0])
+        probs = self.model(x=x_t, t=s.to(x_t.device), **self.extras, **cond).to(torch.float64)[..., :self.process.vocab]
+        probs = probs / probs.sum(-1, keepdim=True)
+        mask = getattr(self.process, "mask", None)
+        if mask is not None:
+            own = torch.nn.functional.one_hot(x_t.clamp(max=self.process.vocab - 1), self.process.vocab).to(probs.dtype)
+            probs = torch.where((x_t == mask)[..., None], probs, own)
+        return probs.cpu()
+
+
+def from_flow_matching_tokens(model: Callable, scheduler, vocab_size: int, *, source: str = "mask",
+                              mask_token: int | None = None, time_dtype: torch.dtype = torch.float32, **extras):
+    """A model trained on flow_matching's ``MixtureDiscreteProbPath(scheduler)`` as ``(model, process)`` for
+    :mod:`sdeflow.discrete`'s samplers. ``vocab_size`` counts every id the model outputs; ``source="mask"``: the
+    source is the mask token ``mask_token`` (default and only supported: the last id, ``vocab_size - 1``, which
+    is sdeflow's mask); ``source="uniform"``: uniform over the ``vocab_size`` tokens. ``scheduler``: a
+    ``CondOTScheduler`` (sdeflow's ``linear``) or ``PolynomialConvexScheduler(n)`` (``power`` n)."""
+    from ..discrete import Masked, TokenSchedule, Uniform
+
+    name = type(scheduler).__name__
+    if name == "CondOTScheduler":
+        schedule = TokenSchedule("linear")
+    elif name == "PolynomialConvexScheduler":
+        schedule = TokenSchedule("power", float(scheduler.n))
+    else:
+        raise ValueError(f"flow_matching scheduler {name} has no sdeflow token schedule; supported: CondOTScheduler, "
+                         "PolynomialConvexScheduler")
+    if source == "mask":
+        mask_token = vocab_size - 1 if mask_token is None else mask_token
+        if mask_token != vocab_size - 1:
+            raise ValueError(f"the mask token must be the last id ({vocab_size - 1}), sdeflow's mask; got {mask_token}")
+        process = Masked(vocab_size - 1, schedule)
+    elif source == "uniform":
+        process = Uniform(vocab_size, schedule)
+    else:
+        raise ValueError(f"source must be mask or uniform, got {source!r}")
+    return FlowMatchingTokens(model, process, time_dtype, **extras), process
+
+
+__all__ = ["FlowMatchingTokens", "from_flow_matching", "from_flow_matching_tokens"]

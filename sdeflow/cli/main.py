@@ -25,11 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    def sampling_flags(p, default_sampler, default_schedule, default_grid, default_nfe):
-        p.add_argument("--sampler", default=default_sampler, choices=list(ALL_SAMPLERS), metavar="NAME",
+    def sampling_flags(p, default_sampler, default_schedule, default_grid, default_nfe, tokens=False):
+        from ..discrete import TOKEN_SAMPLERS
+
+        extra = (f"; a token model (digits-tokens) takes one of: {', '.join(TOKEN_SAMPLERS)}, default ancestral"
+                 if tokens else "")
+        p.add_argument("--sampler", default=default_sampler, choices=list(ALL_SAMPLERS) + (list(TOKEN_SAMPLERS) if tokens else []),
+                       metavar="NAME",
                        help=f"one of: {', '.join(ALL_SAMPLERS)} (flow-map and consistency need a few-step flow-map "
                        "model) (default: "
-                       f"{default_sampler or 'the best for the schedule family and --nfe, with its grid; see sdeflow list'})")
+                       f"{default_sampler or 'the best for the schedule family and --nfe, with its grid; see sdeflow list'})"
+                       + extra)
         p.add_argument("--schedule", default=default_schedule, choices=list(SCHEDULES), metavar="NAME",
                        help=f"one of: {', '.join(SCHEDULES)} (default: {default_schedule or 'the model schedule; vp-linear for problems'})")
         p.add_argument("--grid", default=default_grid, metavar="NAME|T0,T1,...",
@@ -69,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "checkpoint .safetensors or a training run folder (default: shipped:digits)")
     smp.add_argument("--problem", default=None, choices=list(PROBLEMS), metavar="NAME",
                      help=f"sample an exact problem instead of a model: one of {', '.join(PROBLEMS)}")
-    sampling_flags(smp, None, None, None, None)
+    sampling_flags(smp, None, None, None, None, tokens=True)
     smp.add_argument("--label", default=None, metavar="all|none|K[,K...]",
                      help="classes of a class-conditional model: all (cycle, default), none, or class numbers")
     smp.add_argument("-n", "--num", "--num-samples", dest="num", type=positive_int, default=None,

@@ -320,7 +320,11 @@ def _sample_model(args) -> dict:
         raise ValueError("--schedule is fixed by the model's training; leave it out when sampling a checkpoint")
     outs = _outputs(args, "samples.png")
     dist = Distributed(args.device)
-    model = load_model(args.checkpoint or "shipped:digits", device=dist.device)
+    model = load_model(args.checkpoint or "shipped:digits", device=dist.device, tokens=True)
+    if model.kind == "tokens":  # discrete diffusion: its own samplers (sdeflow.discrete)
+        from .tokens_cmd import sample_token_model
+
+        return sample_token_model(args, model, outs, dist)
     own = student_sampling(TrainConfig.stored(model.meta))
     if own is not None and args.sampler is None:   # a few-step model: the sampling it was trained for
         args.sampler, args.grid = own[0], args.grid or own[1]

@@ -9,8 +9,8 @@
   unmasked token of the masked process is never left by the reverse process (SEDD's absorbing score
   is defined at masked positions only): its row is 1 at ``x_t^l`` and 0 elsewhere.
 - :func:`dfm_rates`: discrete flow matching's velocity ``u(y) = (-alpha'/(1 - alpha)) (p(x0^l = y | x_t) - [y = x_t^l])``.
-- :func:`guided`: classifier-free guidance of token posteriors, ``p_c^(1 + w) p^(-w)`` renormalised per
-  position (in log space), the tokens' version of CFG.
+- :func:`guided`: classifier-free guidance of token posteriors, ``p_c^w p^(1 - w)`` renormalised per
+  position (in log space), the tokens' version of CFG (``w = 1``: the conditional model).
 
 References: Lou et al., "Discrete Diffusion Modeling by Estimating the Ratios of the Data Distribution",
 2024, arXiv:2310.16834; Gat et al., "Discrete Flow Matching", 2024, arXiv:2407.15595; Nisonoff et al.,
@@ -45,7 +45,14 @@ def dfm_rates(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t) 
     return process.rate(t, x_t) * out
 
 
-def guided(cond: torch.Tensor, uncond: torch.Tensor, weight: float) -> torch.Tensor:
-    """``cond^(1 + w) uncond^(-w)`` per position, renormalised (probabilities in, probabilities out)."""
-    logits = (1.0 + weight) * torch.log(cond.clamp_min(1e-300)) - weight * torch.log(uncond.clamp_min(1e-300))
-    return torch.softmax(logits, -1)
+def guided(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """``cond^w uncond^(1 - w)`` per position, renormalised (probabilities in, probabilities out); ``w = scale`` as in
+    sdeflow's CFG (1: the conditional model)."""
+    return torch.softmax(guided_log(torch.log(cond), torch.log(uncond), scale), -1)
+
+
+def guided_log(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """``uncond + w (cond - uncond)`` of log-posteriors, renormalised per position; a token impossible under the
+    conditional model stays impossible."""
+    out = torch.where(torch.isinf(cond), cond, uncond + scale * (cond - uncond.clamp_min(-1e30)))
+    return torch.log_softmax(out, -1)

@@ -3,8 +3,9 @@
 :class:`TokenModel` turns a network's logits (:mod:`sdeflow.models.tokens`) into the clean-token posterior
 ``p(x0^l | x_t)`` the samplers take. On the masked process a token that is not masked is its own clean
 value (MDLM's "carry-over"), so the posterior there is its point mass whatever the network says. With a
-``label`` and a ``guidance`` weight ``w`` it is classifier-free guided, ``p_c^(1 + w) p^(-w)`` renormalised per
-position, the conditional and unconditional passes in one batch (a network trained with label dropout).
+``label`` and a ``guidance`` scale ``w`` it is classifier-free guided, ``p_c^w p^(1 - w)`` renormalised per
+position (``w = 1``: the conditional model), the conditional and unconditional passes in one batch (a network
+trained with label dropout).
 
 :class:`TokenLoss` is the training loss of the trainer's token runs, one per sequence, all of a posterior
 network (so every sampler runs every trained model):
@@ -26,7 +27,7 @@ import functools
 import torch
 
 from ..names import NameTable
-from .conversions import concrete_score, dfm_rates
+from .conversions import concrete_score, dfm_rates, guided_log
 from .likelihood import generalized_kl, masked_cross_entropy, score_entropy
 from .processes import Masked, TokenProcess
 
@@ -34,7 +35,7 @@ from .processes import Masked, TokenProcess
 class TokenModel:
     """``model(x_t, t) -> (B, L, V)`` float64 posterior probabilities of network ``net`` on ``process``."""
 
-    def __init__(self, net, process: TokenProcess, label=None, guidance: float = 0.0):
+    def __init__(self, net, process: TokenProcess, label=None, guidance: float = 1.0):
         self.net, self.process, self.guidance = net, process, float(guidance)
         self.label = label
 
@@ -57,15 +58,14 @@ class TokenModel:
         x = x_t.to(self.device)
         t = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(x.shape[0])
         label = self.label
-        if label is None or self.guidance == 0.0:
+        if label is None or self.guidance == 1.0:
             logp = self.log_probs(x, t, None if label is None else self._labels(label, x.shape[0]))
         else:  # the conditional and the unconditional pass in one batch
             labels = self._labels(label, x.shape[0])
             null = torch.full_like(labels, self.net.config["num_classes"])
             both = self.log_probs(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
             cond_lp, uncond_lp = both.chunk(2)
-            logp = torch.log_softmax(torch.nan_to_num((1.0 + self.guidance) * cond_lp - self.guidance * uncond_lp,
-                                                      nan=-torch.inf), -1)
+            logp = guided_log(cond_lp, uncond_lp, self.guidance)
         return logp.exp().to(device=x_t.device, dtype=torch.float64)
 
     def _labels(self, label, batch: int) -> torch.Tensor:

@@ -33,16 +33,17 @@ from ..shapes import Time, as_time
 
 @dataclass(frozen=True)
 class TokenSchedule:
-    """``alpha(t)``: ``"linear"`` ``1 - t``, ``"cosine"`` ``cos(pi t / 2)``, ``"polynomial"`` ``1 - t^power``."""
+    """``alpha(t)``: ``"linear"`` ``1 - t``, ``"cosine"`` ``cos(pi t / 2)``, ``"polynomial"`` ``1 - t^power``,
+    ``"power"`` ``(1 - t)^power`` (flow_matching's ``PolynomialConvexScheduler(power)`` in sdeflow's time)."""
 
     kind: str = "linear"
     power: float = 2.0
 
     def __post_init__(self):
-        if self.kind not in ("linear", "cosine", "polynomial"):
-            raise ValueError(f"unknown token schedule {self.kind!r}; allowed: linear, cosine, polynomial")
+        if self.kind not in ("linear", "cosine", "polynomial", "power"):
+            raise ValueError(f"unknown token schedule {self.kind!r}; allowed: linear, cosine, polynomial, power")
         if not (math.isfinite(self.power) and self.power > 0):
-            raise ValueError(f"the polynomial schedule's power must be > 0, got {self.power}")
+            raise ValueError(f"the {self.kind} schedule's power must be > 0, got {self.power}")
 
     def alpha(self, t: Time) -> torch.Tensor:
         t = as_time(t)
@@ -50,6 +51,8 @@ class TokenSchedule:
             a = 1.0 - t
         elif self.kind == "cosine":
             a = torch.cos(0.5 * math.pi * t)
+        elif self.kind == "power":
+            a = (1.0 - t).clamp_min(0.0) ** self.power
         else:
             a = 1.0 - t ** self.power
         return exact_ends(t, a, 1.0, 0.0)
@@ -60,6 +63,8 @@ class TokenSchedule:
             return -torch.ones_like(t)
         if self.kind == "cosine":
             return -0.5 * math.pi * torch.sin(0.5 * math.pi * t)
+        if self.kind == "power":
+            return -self.power * (1.0 - t).clamp_min(0.0) ** (self.power - 1.0)
         return -self.power * t ** (self.power - 1.0)
 
     def t_from_alpha(self, alpha: Time) -> torch.Tensor:
@@ -69,6 +74,8 @@ class TokenSchedule:
             return 1.0 - a
         if self.kind == "cosine":
             return torch.arccos(a) * (2.0 / math.pi)
+        if self.kind == "power":
+            return 1.0 - a ** (1.0 / self.power)
         return (1.0 - a) ** (1.0 / self.power)
 
 

@@ -6,7 +6,8 @@ or a network's softmax). Every step of a grid draws independently per position g
 - :func:`ancestral` (D3PM / MDLM): ``x_s ~ sum_{x0} q(x_s | x_t, x0) p(x0 | x_t)`` per position, the exact
   reverse kernel of one step given the model. On the masked process a masked token stays masked with
   probability ``(1 - alpha_s) / (1 - alpha_t)`` and is otherwise drawn from the model; a step in which no
-  token changed reuses the model's output (``cache=True``, MDLM's caching), so NFE counts distinct states.
+  token changed reuses the model's output (``cache=True``, MDLM's caching; the masked process only, whose
+  exact posterior does not depend on ``t``), so NFE counts distinct states.
 - :func:`dfm_euler`: discrete flow matching's Euler step, the first-order version of the same move;
 - :func:`tau_leaping`: the reverse chain's rates (from the concrete score) frozen over each step;
 - :func:`first_hitting` (masked process): the time of the next unmasking is drawn exactly (with ``n``
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 from dataclasses import dataclass
 
 import torch
@@ -156,9 +156,9 @@ def ancestral(model, process: TokenProcess, ts, batch: int, length: int, *, gene
     start (infilling: the known tokens given, the rest masked)."""
     ts = [float(v) for v in torch.as_tensor(ts, dtype=torch.float64)]
     x = all_noise(process, batch, length, generator) if x_init is None else check_start(process, x_init, batch, length)
-    nfe, probs, seen = 0, None, None
+    nfe, probs, seen, reuse = 0, None, None, isinstance(process, Masked)
     for t, s in zip(ts[:-1], ts[1:]):
-        if not cache or probs is None or not torch.equal(x, seen):
+        if not (cache and reuse) or probs is None or not torch.equal(x, seen):
             probs, seen, nfe = model(x, t).to(torch.float64), x.clone(), nfe + 1
         x = draw(step(process, x, probs, t, s), generator, method=method, dtype=dtype)
     return TokenResult(x, nfe)
@@ -174,9 +174,9 @@ def dfm_euler(model, process: TokenProcess, ts, batch: int, length: int, *, corr
     (``tests/test_discrete.py``); its law is :func:`euler_probs`'."""
     ts = [float(v) for v in torch.as_tensor(ts, dtype=torch.float64)]
     x = check_start(process, x_init, batch, length) if x_init is not None else all_noise(process, batch, length, generator)
-    nfe, probs, seen = 0, None, None
+    nfe, probs, seen, reuse = 0, None, None, isinstance(process, Masked)
     for t, s in zip(ts[:-1], ts[1:]):
-        if not cache or probs is None or not torch.equal(x, seen):
+        if not (cache and reuse) or probs is None or not torch.equal(x, seen):
             probs, seen, nfe = model(x, t).to(torch.float64), x.clone(), nfe + 1
         y = draw(probs, generator, method=method, dtype=dtype)
         if s == 0:

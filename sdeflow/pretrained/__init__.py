@@ -5,7 +5,8 @@ The package ships small models trained with ``sdeflow train`` (commands in ``doc
 digits model: a quarter of the width, a quarter of the training; the default guide of
 autoguidance), the 2-D toys ``moons``, ``swiss-roll``, ``eight-gaussians`` and ``checkerboard``,
 ``digits-bridge`` (a DDBM-VP bridge that restores digits from their 2x-downsampled, noisy views:
-``sdeflow restore --checkpoint digits-bridge``), ``digits-classifier`` (the classifier of the quality
+``sdeflow restore --checkpoint digits-bridge``), ``digits-tokens`` (masked diffusion over the digits' 64 pixels
+as tokens of 17 levels: ``sdeflow sample --checkpoint digits-tokens``), ``digits-classifier`` (the classifier of the quality
 benchmark) and ``digits-noisy-classifier`` (a noise-aware classifier of noised digits, for classifier
 guidance). :func:`load_model` takes one of the models' names or the path of any checkpoint;
 :func:`load_classifier` loads a noise-aware classifier.
@@ -28,7 +29,7 @@ from ..denoisers import FlowMapDenoiser, ModelDenoiser
 from .. import checkpoint as ckpt
 
 FOLDER = os.path.dirname(os.path.abspath(__file__))
-PRETRAINED = ("digits", "digits-small", "digits-reflow", "digits-bridge", "moons", "swiss-roll", "eight-gaussians",
+PRETRAINED = ("digits", "digits-small", "digits-reflow", "digits-bridge", "digits-tokens", "moons", "swiss-roll", "eight-gaussians",
               "checkerboard")
 CLASSIFIERS = ("digits-classifier", "digits-noisy-classifier")
 
@@ -153,7 +154,8 @@ def _check_data(meta: dict, net: torch.nn.Module) -> None:
     if config is not None:
         if not isinstance(config, dict):
             raise ValueError(f"its training configuration is a JSON {type(config).__name__}, not an object")
-        missing = [k for k in DEFINING if config.get(k) is None and not (k == "schedule" and config.get("process"))]
+        missing = [k for k in DEFINING if config.get(k) is None
+                   and not (k == "schedule" and (config.get("process") or config.get("tokens")))]
         if missing:
             raise ValueError(f"its training configuration lacks {', '.join(missing)}, which define the model")
     data = meta.get("data")
@@ -168,21 +170,29 @@ def _check_data(meta: dict, net: torch.nn.Module) -> None:
     if not isinstance(shape, list) or not shape or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1
                                                            for n in shape):
         raise ValueError(f"its data shape {shape!r} is not a list of positive integers")
-    if kind not in ("image", "vector") or (kind == "image" and len(shape) != 3):
-        raise ValueError(f"its data kind {kind!r} with shape {shape} is not an image (C, H, W) or a vector")
+    if kind not in ("image", "vector", "tokens") or (kind == "image" and len(shape) != 3) or (
+            kind == "tokens" and (len(shape) != 1 or not isinstance(data.get("image"), list)
+                                  or math.prod(data["image"]) != shape[0] or not isinstance(data.get("levels"), int))):
+        raise ValueError(f"its data kind {kind!r} with shape {shape} is not an image (C, H, W), a vector or the tokens "
+                         "of an image (with its image shape and levels)")
     for key, value in (("scale", scale), ("shift", shift)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (key == "scale" and value == 0):
             raise ValueError(f"its data {key} {value!r} is not a finite number{' other than 0' if key == 'scale' else ''}")
     c = getattr(net, "config", {})
-    takes = (c["channels"], c["size"], c["size"]) if "size" in c else (c["dim"],) if "dim" in c else None
-    if takes is not None and (math.prod(takes) != math.prod(shape) if "dim" in c else tuple(shape) != takes):
+    takes = ((c["length"],) if "length" in c else (c["channels"], c["size"], c["size"]) if "size" in c else
+             (c["dim"],) if "dim" in c else None)
+    if takes is not None and (math.prod(takes) != math.prod(shape) if "dim" in c and "length" not in c
+                              else tuple(shape) != takes):
         raise ValueError(f"its data shape {shape} does not fit its network, which takes {list(takes)}")
 
 
-def load_model(spec: str = "digits", device: str | torch.device = "cpu", *, bridges: bool = False) -> LoadedModel:
+def load_model(spec: str = "digits", device: str | torch.device = "cpu", *, bridges: bool = False,
+               tokens: bool = False) -> LoadedModel:
     """Load a shipped model by name or any sdeflow checkpoint (EMA weights) as a denoiser. A bridge pinned at
     a degraded source (``digits-bridge``, ``sdeflow train --process``) restores rather than samples: it is
-    refused unless ``bridges=True`` (its denoiser is then a :class:`~sdeflow.bridges.BridgeDenoiser`)."""
+    refused unless ``bridges=True`` (its denoiser is then a :class:`~sdeflow.bridges.BridgeDenoiser`). A token
+    model (``digits-tokens``, ``sdeflow train --tokens``) is refused unless ``tokens=True``; its ``denoiser`` is
+    then a :class:`~sdeflow.discrete.TokenModel` and its kind ``tokens``."""
     from ..schedules import SCHEDULES
 
     net, meta, path = load_network(spec)
@@ -192,7 +202,17 @@ def load_model(spec: str = "digits", device: str | torch.device = "cpu", *, brid
     cfg = settings_of(meta)
     if cfg["objective"] == "classifier":
         raise ValueError(f"{spec!r} is a classifier, not a generative model (load it with load_classifier)")
-    if cfg.get("process"):  # a bridge: the denoiser of its residual, sampled from a source (sdeflow restore)
+    if cfg.get("tokens"):  # discrete-state diffusion over the tokens of images
+        from ..discrete import TokenModel
+        from ..training.tokens import token_process
+
+        if not tokens:
+            raise ValueError(f"{spec!r} is a token model (discrete diffusion over the pixels' values): sample it with "
+                             f"sdeflow sample --checkpoint {spec} (or sdeflow.discrete.sample_tokens)")
+        from ..training.config import TrainConfig
+
+        denoiser = TokenModel(net.to(device), token_process(TrainConfig.stored(meta)))
+    elif cfg.get("process"):  # a bridge: the denoiser of its residual, sampled from a source (sdeflow restore)
         from ..bridges import PROCESSES, bridge_denoiser
 
         if not bridges:
@@ -206,7 +226,8 @@ def load_model(spec: str = "digits", device: str | torch.device = "cpu", *, brid
         kind = FlowMapDenoiser if meta["network"].get("jump") else ModelDenoiser
         denoiser = kind(net.to(device), schedule, cfg["parameterization"], time_input=cfg["time_input"])
     data = meta["data"]
-    denoiser.sample_shape = data["shape"]
+    if not cfg.get("tokens"):
+        denoiser.sample_shape = data["shape"]
     return LoadedModel(denoiser, tuple(data["shape"]), data["kind"], meta["network"].get("num_classes", 0), meta, path)
 
 
