@@ -66,4 +66,5 @@ def build(name: str, config: dict):
         raise ValueError(f"bad {name} configuration {config}: {reason}") from None
 
 
-__all__ = ["ARCHITECTURES", "Classifier", "NoisyClassifier", "MLP", "TimeEmbedding", "TokenTransformer", "TokenUNet", "UNet", "build", "check_config"]
+__all__ = ["ARCHITECTURES", "Classifier", "NoisyClassifier", "MLP", "TimeEmbedding", "TokenTransformer", "TokenUNet", "UNet",
+           "build", "check_config"]
