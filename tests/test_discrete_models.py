@@ -327,3 +327,22 @@ def test_bad_token_training_settings_are_refused():
         from sdeflow.training.trainer import Trainer
 
         Trainer(TrainConfig(data="moons", tokens="masked", out="/nonexistent/x", steps=1), progress=False)
+
+
+def test_first_hitting_in_blocks_follows_its_exact_law_and_beats_ancestral_steps():
+    """With a budget of ``nfe < L`` evaluations the first-hitting sampler unmasks blocks of equal size, the
+    larger last: its draws follow the law :func:`hitting_law` computes (chi-square), that law is the data's at
+    ``nfe = L`` and closer to it than the ancestral sampler's on ``nfe`` steps."""
+    from sdeflow.discrete import first_hitting, hitting_law
+
+    mix = ProductMixture.random(3, 3, components=3, seed=10)
+    process = Masked(3, TokenSchedule("cosine"))
+    post = mix.denoiser(process)
+    assert _tv(hitting_law(process, post, 3, 3), mix) < 1e-12
+    tvs = [_tv(hitting_law(process, post, 3, n), mix) for n in (1, 2)]
+    ancestral_tvs = [_tv(output_law(process, post, torch.linspace(1, 0, n + 1), 3), mix) for n in (2,)]
+    assert tvs[0] > tvs[1] > 0 and tvs[1] < ancestral_tvs[0], (tvs, ancestral_tvs)
+    n = 30_000
+    res = first_hitting(post, process, n, 3, nfe=2, generator=torch.Generator().manual_seed(2))
+    assert res.nfe == 2
+    _chi2_against(res.x, hitting_law(process, post, 3, 2), n)

@@ -17,9 +17,9 @@ from .likelihood import MaskedNELBO, bits_per_token, generalized_kl, masked_nelb
 from .model import TOKEN_LOSSES, TokenLoss, TokenModel
 from .processes import TOKEN_PROCESSES, Masked, TokenProcess, TokenSchedule, Uniform
 from .samplers import (TOKEN_SAMPLERS, TokenResult, all_noise, ancestral, check_start, dfm_euler, euler_probs,
-                       first_hitting, leap_probs, output_law, remask_probs, sample_tokens, step_probs, tau_leaping)
+                       first_hitting, hitting_law, leap_probs, output_law, remask_probs, sample_tokens, step_probs, tau_leaping)
 
-__all__ = ["TOKEN_LOSSES", "TOKEN_SAMPLERS", "TokenLoss", "TokenModel", "check_start", "remask_probs", "sample_tokens",
+__all__ = ["TOKEN_LOSSES", "TOKEN_SAMPLERS", "TokenLoss", "TokenModel", "check_start", "hitting_law", "remask_probs", "sample_tokens",
            "TOKEN_PROCESSES", "Masked", "MaskedNELBO", "ProductMixture", "TokenOracle", "TokenProcess", "TokenResult",
            "TokenSchedule", "Uniform", "all_noise", "ancestral", "bits_per_token", "concrete_score", "dfm_euler",
            "dfm_rates", "draw", "euler_probs", "exact_rates", "generalized_kl", "guided",

@@ -210,30 +210,77 @@ def check_start(process: TokenProcess, x_init: torch.Tensor, batch: int | None =
     return x.long().clone()
 
 
-def first_hitting(model, process: Masked, batch: int, length: int, *, generator: torch.Generator | None = None,
-                  x_init: torch.Tensor | None = None, method: str = "inverse-cdf",
-                  dtype: torch.dtype = torch.float64) -> TokenResult:
-    """Unmask one token at a time at exactly drawn times (one evaluation per masked token)."""
+def first_hitting(model, process: Masked, batch: int, length: int, *, nfe: int | None = None,
+                  generator: torch.Generator | None = None, x_init: torch.Tensor | None = None,
+                  method: str = "inverse-cdf", dtype: torch.dtype = torch.float64) -> TokenResult:
+    """Unmask the masked tokens at exactly drawn times: one token per evaluation (``nfe=None`` or at least the
+    number masked; exact), or with a budget of ``nfe`` evaluations, ``k = max(1, n // r)`` tokens at once when
+    ``n`` are masked and ``r`` evaluations are left (blocks of equal size, the larger ones last, where each
+    token sees the most context). A block's time is the ``k``-th of the ``n`` masked tokens' clocks,
+    ``(1 - alpha_s) / (1 - alpha_t) = prod_{i<k} u_i^(1 / (n - i))``; its positions are chosen uniformly among
+    the masked and drawn independently from the model."""
     if not isinstance(process, Masked):
         raise ValueError(f"the first-hitting sampler unmasks: it needs the masked process, got {type(process).__name__}")
+    if nfe is not None and (not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1):
+        raise ValueError(f"nfe must be an integer >= 1, got {nfe!r}")
     x = all_noise(process, batch, length, generator) if x_init is None else check_start(process, x_init, batch, length)
     sched = process.schedule
     t = torch.ones(batch, dtype=torch.float64)
-    nfe = 0
+    evaluations = 0
     rows = torch.arange(batch)
     while True:
         masked = x == process.mask
         n = masked.sum(1)
         if int(n.max()) == 0:
-            return TokenResult(x, nfe)
-        u = uniforms((batch,), generator)
-        one_minus = (1.0 - sched.alpha(t)) * u ** (1.0 / n.clamp_min(1).to(torch.float64))
-        t = torch.where(n > 0, sched.t_from_alpha(1.0 - one_minus), t)
+            return TokenResult(x, evaluations)
+        left = None if nfe is None else max(1, nfe - evaluations)
+        k = torch.ones_like(n) if left is None else (n // left).clamp_min(1)
+        k = torch.minimum(k, n)
+        ratio = torch.ones(batch, dtype=torch.float64)
+        for i in range(int(k.max())):  # the k-th largest of n uniforms, one factor per token of the block
+            u = uniforms((batch,), generator)
+            factor = u ** (1.0 / (n - i).clamp_min(1).to(torch.float64))
+            ratio = torch.where(i < k, ratio * factor, ratio)
+        t = torch.where(n > 0, sched.t_from_alpha(1.0 - (1.0 - sched.alpha(t)) * ratio), t)
         probs = model(x, t).to(torch.float64)                                 # time-agnostic for the masked process
-        nfe += 1
-        pick = draw(masked.to(torch.float64) / n.clamp_min(1)[:, None], generator)  # a masked position, uniformly
-        token = draw(probs[rows, pick], generator, method=method, dtype=dtype)
-        x[rows, pick] = torch.where(n > 0, token, x[rows, pick])
+        evaluations += 1
+        if int(k.max()) == 1:
+            pick = draw(masked.to(torch.float64) / n.clamp_min(1)[:, None], generator)  # a masked position, uniformly
+            token = draw(probs[rows, pick], generator, method=method, dtype=dtype)
+            x[rows, pick] = torch.where(n > 0, token, x[rows, pick])
+            continue
+        keys = torch.where(masked, uniforms(x.shape, generator), torch.full(x.shape, 2.0, dtype=torch.float64))
+        chosen = keys.argsort(1).argsort(1) < k[:, None]                      # k masked positions, uniformly
+        tokens = draw(probs, generator, method=method, dtype=dtype)
+        x = torch.where(chosen & masked, tokens, x)
+
+
+def hitting_law(process: Masked, posterior, length: int, nfe: int | None = None) -> dict:
+    """The exact output law of :func:`first_hitting` with budget ``nfe`` from the all-masked start, by
+    propagating over every partial state and every block of positions (small ``L``, ``V``; ``posterior`` is a
+    time-agnostic model, ``posterior(x, t) -> (B, L, V)``)."""
+    law = {tuple([process.mask] * length): 1.0}
+    for j in range(length):
+        new: dict = {}
+        for state, w in law.items():
+            masked = [i for i, v in enumerate(state) if v == process.mask]
+            if not masked:
+                new[state] = new.get(state, 0.0) + w
+                continue
+            n = len(masked)
+            k = 1 if nfe is None else min(n, max(1, n // max(1, nfe - j)))
+            probs = posterior(torch.tensor([state]), 0.5)[0].to(torch.float64)
+            blocks = list(itertools.combinations(masked, k))
+            for block in blocks:
+                for values in itertools.product(range(process.vocab), repeat=k):
+                    p = w / len(blocks)
+                    out = list(state)
+                    for pos, v in zip(block, values):
+                        p *= float(probs[pos, v])
+                        out[pos] = v
+                    new[tuple(out)] = new.get(tuple(out), 0.0) + p
+        law = new
+    return law
 
 
 def output_law(process: TokenProcess, posterior, ts, length: int, step=step_probs) -> dict:
@@ -284,12 +331,12 @@ def _euler(model, process, nfe, batch, length, ts=None, corrector: float = 0.0, 
 
 
 def _hitting(model, process, nfe, batch, length, ts=None, **options):
-    return first_hitting(model, process, batch, length, **options)
+    return first_hitting(model, process, batch, length, nfe=nfe, **options)
 
 
 #: Token samplers by name: ``TOKEN_SAMPLERS[name](model, process, nfe, batch, length, ts=None, **options)``, on
-#: the grid uniform in ``t`` with ``nfe`` steps unless ``ts`` is given (the first-hitting sampler takes one
-#: evaluation per masked token whatever ``nfe``).
+#: the grid uniform in ``t`` with ``nfe`` steps unless ``ts`` is given (the first-hitting sampler unmasks in
+#: ``nfe`` blocks, one token per evaluation when ``nfe`` is at least the number masked).
 TOKEN_SAMPLERS = NameTable("token sampler", {
     "ancestral": (_ancestral, "the exact one-step reverse kernel (MDLM; caches unchanged steps)"),
     "dfm-euler": (_euler, "discrete flow matching's Euler step (flow_matching's solver)"),
@@ -297,7 +344,7 @@ TOKEN_SAMPLERS = NameTable("token sampler", {
                       "discrete flow matching's Euler step with its corrector (corrector=1)"),
     "tau-leaping": (_tau, "the reverse chain's rates frozen over each step (SEDD)"),
     "remask": (_remask, "ReMDM's remasking predictor-corrector (masked process; eta=0.1)"),
-    "first-hitting": (_hitting, "one token at a time at exactly drawn unmasking times (masked process; NFE = L)"),
+    "first-hitting": (_hitting, "blocks of tokens at exactly drawn unmasking times (masked process; exact at NFE = L)"),
 })
 
 
