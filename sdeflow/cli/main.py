@@ -194,6 +194,12 @@ def _list() -> None:
     _table("processes pinned at a source (sdeflow train --process NAME; sdeflow.bridges):", PROCESSES)
     _table("bridge samplers (sdeflow restore --checkpoint BRIDGE --sampler NAME; any sampler above works too):",
            BRIDGE_SAMPLERS)
+    from ..discrete import TOKEN_LOSSES, TOKEN_PROCESSES, TOKEN_SAMPLERS
+
+    _table("token processes (sdeflow train --tokens NAME; sdeflow.discrete):", TOKEN_PROCESSES)
+    _table("token losses (sdeflow train --tokens NAME --token-loss NAME):", TOKEN_LOSSES)
+    _table("token samplers (sdeflow sample --checkpoint digits-tokens --sampler NAME; sdeflow.discrete.sample_tokens):",
+           TOKEN_SAMPLERS)
     print("shipped models (sdeflow sample --checkpoint NAME, or shipped:NAME where a local folder has the name): "
           + ", ".join(n for n in PRETRAINED if n != "digits-bridge")
           + "; the restoration bridge digits-bridge (sdeflow restore --checkpoint digits-bridge)")

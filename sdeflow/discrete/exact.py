@@ -59,6 +59,27 @@ class ProductMixture:
         """The probabilities of :meth:`sequences` (small ``L`` and ``V`` only)."""
         return self.log_prob(self.sequences()).exp()
 
+    def pair_marginals(self) -> torch.Tensor:
+        """``p(x^i = a, x^j = b)``, ``(L, L, V, V)``."""
+        return torch.einsum("k,kia,kjb->ijab", self.weights, self.probs, self.probs)
+
+    def pair_chi_square(self, x: torch.Tensor) -> float:
+        """An unbiased estimate, from draws ``x`` ``(N, L)`` of some law ``q``, of the chi-square divergence
+        ``sum (q - p)^2 / p`` of ``q``'s two-position marginals from this law's, averaged over the pairs of
+        positions: ``sum [(q_hat - p)^2 - q_hat (1 - q_hat) / (N - 1)] / p`` per pair (0 in expectation for
+        draws of this law; it measures the dependence between positions a sampler gets wrong on laws too large
+        to enumerate)."""
+        n, length = x.shape
+        v = self.vocab
+        p = self.pair_marginals()
+        total, pairs = 0.0, 0
+        for i in range(length):
+            for j in range(i + 1, length):
+                q = torch.bincount(x[:, i] * v + x[:, j], minlength=v * v).to(torch.float64).reshape(v, v) / n
+                total += float((((q - p[i, j]) ** 2 - q * (1 - q) / (n - 1)) / p[i, j]).sum())
+                pairs += 1
+        return total / pairs
+
     def posterior(self, x_t: torch.Tensor, process: TokenProcess, t) -> torch.Tensor:
         """``p(x0^l = v | x_t)``, ``(B, L, V)`` float64, for noised sequences ``x_t`` ``(B, L)`` at a scalar time
         or one per sequence."""
