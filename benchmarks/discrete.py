@@ -100,19 +100,34 @@ class FlowMatchingPeer:
 def part_one():
     rows, results = [], []
     budgets = (1, 2, 3, 4)
-    masked = Masked(V)
+    masked, uniform = Masked(V), Uniform(V)
     ancestral_steps = {b: cached_steps(masked, b, L) for b in budgets}
+
+    def grid(b):
+        return torch.linspace(1, 0, b + 1)
+
     runs = {
-        "flow_matching Euler (peer)": lambda mix, post, b: output_law(masked, post, torch.linspace(1, 0, b + 1), L, step=euler_probs),
-        "MDLM ancestral, cached (peer)": lambda mix, post, b: output_law(
-            masked, post, torch.linspace(1, 0, ancestral_steps[b] + 1), L),
-        "sdeflow first-hitting": lambda mix, post, b: hitting_law(masked, post, L, b),
-        "sdeflow remask eta 0.1": lambda mix, post, b: output_law(masked, post, torch.linspace(1, 0, b + 1), L,
-                                                                 step=remask_probs(0.1)),
-        "sdeflow remask eta 0.5": lambda mix, post, b: output_law(masked, post, torch.linspace(1, 0, b + 1), L,
-                                                                 step=remask_probs(0.5)),
+        "flow_matching Euler (peer)": lambda post, b: output_law(masked, post, grid(b), L, step=euler_probs),
+        "MDLM ancestral, cached (peer)": lambda post, b: output_law(masked, post, grid(ancestral_steps[b]), L),
+        "sdeflow first-hitting": lambda post, b: hitting_law(masked, post, L, b),
+        "sdeflow remask eta 0.1": lambda post, b: output_law(masked, post, grid(b), L, step=remask_probs(0.1)),
+        "sdeflow remask eta 0.5": lambda post, b: output_law(masked, post, grid(b), L, step=remask_probs(0.5)),
     }
-    rows += table_head("masked", budgets)
+    exact_curves("masked", masked, runs, budgets, rows, results)
+    rows.insert(-1, "| masked | MDLM's steps at that budget | " + " | ".join(str(ancestral_steps[b]) for b in budgets) + " |")
+    steps = {"flow_matching Euler (peer)": euler_probs, "D3PM/MDLM ancestral (peer)": step_probs,
+             "sdeflow tau-leaping": leap_probs, "sdeflow Euler + corrector 1": lambda *a: euler_probs(*a, corrector=1.0),
+             "sdeflow Euler + corrector 3": lambda *a: euler_probs(*a, corrector=3.0)}
+    runs = {name: (lambda post, n, step=step: output_law(uniform, post, grid(n), L, step=step)) for name, step in steps.items()}
+    rows.append("")
+    exact_curves("uniform", uniform, runs, (2, 4, 8, 16, 32), rows, results)
+    return rows, results
+
+
+def exact_curves(kind: str, process, runs: dict, budgets, rows: list, results: list) -> None:
+    """Each run's exact TV to the data at each budget, the median over the seeds, as table rows (and the ratio
+    row of the best peer over sdeflow's best)."""
+    rows += table_head(kind, budgets)
     curves = {}
     for name, run in runs.items():
         curve = {}
@@ -120,35 +135,13 @@ def part_one():
             vals = []
             for seed in SEEDS:
                 mix = ProductMixture.random(L, V, components=3, seed=seed)
-                vals.append(tv(run(mix, mix.denoiser(masked), b), mix))
+                vals.append(tv(run(mix.denoiser(process), b), mix))
             curve[b] = statistics.median(vals)
         curves[name] = curve
-        results.append({"part": 1, "process": "masked", "sampler": name, "tv_by_nfe": curve})
-        rows.append(f"| masked | {name} | " + " | ".join(f"{curve[b]:.4f}" for b in budgets) + " |")
+        results.append({"part": 1, "process": kind, "sampler": name, "tv_by_nfe": curve})
+        rows.append(f"| {kind} | {name} | " + " | ".join(f"{curve[b]:.4f}" for b in budgets) + " |")
         print(rows[-1], flush=True)
-    rows.append("| masked | MDLM's steps at that budget | " + " | ".join(str(ancestral_steps[b]) for b in budgets) + " |")
-    rows.append(ratio_row("masked", curves, budgets))
-    uniform = Uniform(V)
-    steps = (2, 4, 8, 16, 32)
-    runs = {"flow_matching Euler (peer)": euler_probs, "D3PM/MDLM ancestral (peer)": step_probs,
-            "sdeflow tau-leaping": leap_probs, "sdeflow Euler + corrector 1": lambda *a: euler_probs(*a, corrector=1.0),
-            "sdeflow Euler + corrector 3": lambda *a: euler_probs(*a, corrector=3.0)}
-    rows += [""] + table_head("uniform", steps)
-    curves = {}
-    for name, step in runs.items():
-        curve = {}
-        for n in steps:
-            vals = []
-            for seed in SEEDS:
-                mix = ProductMixture.random(L, V, components=3, seed=seed)
-                vals.append(tv(output_law(uniform, mix.denoiser(uniform), torch.linspace(1, 0, n + 1), L, step=step), mix))
-            curve[n] = statistics.median(vals)
-        curves[name] = curve
-        results.append({"part": 1, "process": "uniform", "sampler": name, "tv_by_nfe": curve})
-        rows.append(f"| uniform | {name} | " + " | ".join(f"{curve[n]:.4f}" for n in steps) + " |")
-        print(rows[-1], flush=True)
-    rows.append(ratio_row("uniform", curves, steps))
-    return rows, results
+    rows.append(ratio_row(kind, curves, budgets))
 
 
 def table_head(kind: str, budgets) -> list[str]:
