@@ -15,7 +15,6 @@ so N processes follow the same trajectory as one (up to the order of floating-po
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time
@@ -23,7 +22,6 @@ import weakref
 
 import torch
 
-from .. import models
 from ..data import Dataset, load as load_data
 from ..data.pictures import class_columns, save_samples
 from ..denoisers import ModelDenoiser
@@ -32,52 +30,16 @@ from ..files import FolderLock, write_json
 from ..noise import mix_seed
 from ..shapes import expand_as_batch
 from .. import checkpoint as ckpt
-from .config import FLOW_MAP_OBJECTIVES, TIME_SCALES, TrainConfig
+from .config import TrainConfig
 from ..objectives.coupling import global_ot_pairing
 from .ema import EMA
+from .networks import build_network
 from .students import load_teacher, make_loss, reflow_data
 
 CHECKPOINT = "checkpoint.safetensors"
 
 #: The settings a resumed run may change (they do not change the weights it reaches).
 MAY_CHANGE = ("steps", "checkpoint_every", "sample_every", "device", "skip_nonfinite")
-
-
-def build_network(cfg: TrainConfig, data: dict, teacher_meta: dict | None = None) -> torch.nn.Module:
-    """The network of a run: ``cfg.architecture`` with ``cfg.model`` overrides, sized from the data;
-    a student's is its teacher's (``teacher_meta``); a flow map's takes the gap of a jump too."""
-    if cfg.objective == "classifier":
-        if data["kind"] != "image" or not data.get("num_classes"):
-            raise ValueError(f"the classifier objective needs labelled images; {data['name']} has "
-                             f"{data.get('num_classes') or 'no'} classes and samples of shape {data['shape']}")
-        base = dict(channels=data["shape"][0], num_classes=data["num_classes"], time_scale=TIME_SCALES[cfg.time_input])
-        return models.build("noisy-classifier", {**base, **cfg.model})
-    if cfg.tokens is not None:
-        from .tokens import token_network_config
-
-        return models.build(*token_network_config(cfg, data))
-    arch = cfg.architecture or ("unet" if data["kind"] == "image" else "mlp")
-    classes = data["num_classes"] if cfg.conditional and cfg.process is None else 0
-    base = {"time_scale": TIME_SCALES[cfg.time_input], "num_classes": classes}
-    if cfg.process is not None:  # a bridge's network also takes the source
-        base["source"] = True
-    if teacher_meta is not None:
-        arch, base = teacher_meta["architecture"], teacher_meta["network"]
-    elif arch == "unet":
-        if data["kind"] != "image":
-            raise ValueError(f"the UNet needs image data (N, C, H, W); {data['name']} has samples of shape {data['shape']}")
-        c, h, w = data["shape"]
-        if h != w:
-            raise ValueError(f"the UNet needs square images, got {h}x{w}")
-        small = h <= 16
-        base.update(channels=c, size=h, base=32 if small else 64, mults=[1, 2] if small else [1, 2, 2],
-                    attention=[1] if small else [2], dropout=0.1)
-    elif arch == "mlp":
-        base.update(dim=math.prod(data["shape"]))
-    config = {**base, **cfg.model}
-    if cfg.objective in FLOW_MAP_OBJECTIVES:
-        config["jump"] = True
-    return models.build(arch, config)
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -133,13 +95,10 @@ class Trainer:
             from .tokens import token_dataset, token_process
 
             self.data, self.tokens, self.schedule = token_dataset(self.data, cfg.levels), token_process(cfg), None
-        elif cfg.process is not None:
-            from ..bridges import PROCESSES
-            from ..inverse.operator_names import make_operator
+        elif cfg.process is not None:  # pairs of clean samples and their sources (sdeflow.training.bridge_run)
+            from .bridge_run import bridge_setup
 
-            self.process = PROCESSES.lookup(cfg.process)()
-            self.schedule = self.process.residual
-            self.operator = make_operator(cfg.degrade, tuple(self.data.describe()["shape"]), cfg.seed)
+            self.process, self.schedule, self.operator = bridge_setup(cfg, self.data.describe()["shape"])
         else:
             self.schedule = SCHEDULES.lookup(cfg.schedule)()
         self.teacher, self.teacher_meta = load_teacher(cfg, self.data, self.dist.device) if cfg.teacher else (None, None)
@@ -255,8 +214,9 @@ class Trainer:
 
     def degrade(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A bridge run's source of clean samples ``x``: measured with its operator and noise, back-projected."""
-        op = self.operator
-        return op.back_project(op.measure(x, self.cfg.degrade_noise, generator)).to(x.dtype)
+        from .bridge_run import degrade
+
+        return degrade(self.operator, self.cfg.degrade_noise, x, generator)
 
     @property
     def net_classes(self) -> int:
@@ -398,16 +358,9 @@ class Trainer:
 
         denoiser = self._wrap(self.ema.model)
         if self.process is not None:
-            from ..bridges import bridge_grid, sample_bridge
+            from .bridge_run import bridge_preview
 
-            clean = self.data.x[:50].to(self.dist.device)
-            source = self.degrade(clean, torch.Generator().manual_seed(self.cfg.seed))
-            out = sample_bridge(denoiser, self.cfg.sample_sampler, bridge_grid(self.process, self.cfg.sample_nfe), source,
-                                generator=torch.Generator(device=self.dist.device).manual_seed(self.cfg.seed)).x
-            # groups of three rows of ten: the sources, their restorations, the truth
-            rows = torch.cat([torch.cat([v[k:k + 10] for v in (source, out, clean)]) for k in range(0, len(clean), 10)])
-            save_samples(rows.cpu(), os.path.join(self.cfg.out, "samples", f"step_{self.step:07d}.png"), "image", nrow=10)
-            return
+            return bridge_preview(self, denoiser)
         sampler, ts = sampling(self.cfg, self.schedule)
 
         n = 100 if self.data_info["kind"] == "image" else 2000
