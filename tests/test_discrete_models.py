@@ -304,6 +304,9 @@ def test_token_runs_resume_exactly_and_sample_from_the_cli(tmp_path, capsys, tok
     assert "does not apply to a token model" in capsys.readouterr().err
     assert main(["diagnose", "--checkpoint", str(tmp_path / "ref")]) == 1
     assert "token model" in capsys.readouterr().err
+    if tokens == "masked":
+        assert main(["likelihood", "--checkpoint", str(tmp_path / "ref"), "--num", "6", "--probes", "2"]) == 0
+        assert "bits per token" in capsys.readouterr().out
 
 
 def test_bad_token_training_settings_are_refused():
@@ -346,3 +349,17 @@ def test_first_hitting_in_blocks_follows_its_exact_law_and_beats_ancestral_steps
     res = first_hitting(post, process, n, 3, nfe=2, generator=torch.Generator().manual_seed(2))
     assert res.nfe == 2
     _chi2_against(res.x, hitting_law(process, post, 3, 2), n)
+
+
+def test_the_nelbo_estimate_of_a_token_model_is_the_exact_nelbo_in_expectation():
+    from sdeflow.discrete import masked_nelbo_exact, nelbo_estimate
+
+    mix = ProductMixture.random(3, 3, components=3, seed=11)
+    process = Masked(3, TokenSchedule("cosine"))
+    model = TokenModel(OracleNet(mix, process, scale=0.8), process)           # a wrong model: its NELBO is loose
+    x0 = mix.sequences()[:6]
+    mean, se = nelbo_estimate(model, x0, process, 4000, generator=torch.Generator().manual_seed(0))
+    exact = masked_nelbo_exact(model, x0, process)
+    assert bool(((mean - exact).abs() < 5 * se).all()), (mean, exact, se)
+    seqs, law = mix.sequences(), mix.law()                                   # in expectation over the data: above
+    assert float((law * masked_nelbo_exact(model, seqs, process)).sum()) > float((law * -mix.log_prob(seqs)).sum())

@@ -75,7 +75,9 @@ def run_likelihood(args) -> None:
         from ..data import load
         from ..pretrained import load_model
 
-        model = load_model(args.checkpoint or "shipped:digits")
+        model = load_model(args.checkpoint or "shipped:digits", tokens=True)
+        if model.kind == "tokens":
+            return token_likelihood(args, model, gen)
         denoiser, meta = model.denoiser, model.meta["data"]
         data = load(meta["name"]) if meta["name"] == "digits" or meta["kind"] == "vector" else None
         if data is None:
@@ -117,3 +119,39 @@ def run_likelihood(args) -> None:
     print(f"  {bpd:.4f} +- {se / (d * math.log(2)):.4f} bits per dimension{lattice}")
     if errs:
         print(f"  against the exact density: max error {float(torch.cat(errs).max()):.2e} nats")
+
+
+def token_likelihood(args, model, gen: torch.Generator) -> None:
+    """A token model's NELBO on the first ``--num`` sequences of its data: ``--probes`` stratified draws of
+    ``(t, x_t)`` per sequence (at least 2), in nats per sequence and bits per token (an upper bound on the
+    negative log-likelihood of the tokens; for the digits, of the 17-level pixels)."""
+    from ..data import load
+    from ..discrete import bits_per_token, nelbo_estimate
+    from ..training.tokens import to_tokens
+
+    meta = model.meta["data"]
+    if meta["name"] != "digits":
+        raise ValueError(f"the training data of this model ({meta['name']}) are not shipped: likelihood of shipped "
+                         "models and exact problems only")
+    if model.denoiser.process.__class__.__name__ != "Masked":
+        raise ValueError("the NELBO is the masked process' bound; this token model's process is uniform")
+    data = load("digits")
+    if args.num > len(data.x):
+        raise ValueError(f"--num must be at most {len(data.x)} (the size of digits)")
+    x0 = to_tokens(data.x[:args.num].reshape(args.num, -1), meta["levels"])
+    labels = data.labels[:args.num] if model.num_classes else None
+    draws = max(2, args.probes)
+    means, ses = [], []
+    for lo in range(0, args.num, args.batch_size):
+        m, se = nelbo_estimate(model.denoiser, x0[lo:lo + args.batch_size], model.denoiser.process, draws,
+                               generator=gen, label=None if labels is None else labels[lo:lo + args.batch_size])
+        means.append(m)
+        ses.append(se)
+    nll = torch.cat(means)
+    mean, se = float(nll.mean()), float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else float(ses[0][0])
+    length = x0.shape[1]
+    given = "given its class" if labels is not None else "unconditional"
+    print(f"NELBO of the first {args.num} digits as {length} tokens of {meta['levels']} levels ({given}), "
+          f"{draws} draws of (t, x_t) per digit")
+    print(f"  {mean:.4f} +- {se:.4f} nats per sequence")
+    print(f"  {float(bits_per_token(torch.tensor(mean), length)):.4f} +- {se / (length * math.log(2)):.4f} bits per token")

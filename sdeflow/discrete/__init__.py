@@ -13,15 +13,16 @@ first-hitting) and the exact oracle of small product-categorical mixtures.
 from .categorical import draw, exact_rates, float32_race_bias
 from .conversions import concrete_score, dfm_rates, guided
 from .exact import ProductMixture, TokenOracle
-from .likelihood import MaskedNELBO, bits_per_token, generalized_kl, masked_nelbo_exact, score_entropy
+from .likelihood import (MaskedNELBO, bits_per_token, generalized_kl, masked_nelbo_exact, nelbo_estimate,
+                         score_entropy)
 from .model import TOKEN_LOSSES, TokenLoss, TokenModel
 from .processes import TOKEN_PROCESSES, Masked, TokenProcess, TokenSchedule, Uniform
 from .samplers import (TOKEN_SAMPLERS, TokenResult, all_noise, ancestral, check_start, dfm_euler, euler_probs,
                        first_hitting, hitting_law, leap_probs, output_law, remask_probs, sample_tokens, step_probs, tau_leaping)
 
-__all__ = ["TOKEN_LOSSES", "TOKEN_SAMPLERS", "TokenLoss", "TokenModel", "check_start", "hitting_law", "remask_probs", "sample_tokens",
-           "TOKEN_PROCESSES", "Masked", "MaskedNELBO", "ProductMixture", "TokenOracle", "TokenProcess", "TokenResult",
-           "TokenSchedule", "Uniform", "all_noise", "ancestral", "bits_per_token", "concrete_score", "dfm_euler",
-           "dfm_rates", "draw", "euler_probs", "exact_rates", "generalized_kl", "guided",
-           "first_hitting", "float32_race_bias", "leap_probs", "masked_nelbo_exact", "output_law", "score_entropy", "step_probs",
-           "tau_leaping"]
+__all__ = ["TOKEN_LOSSES", "TOKEN_PROCESSES", "TOKEN_SAMPLERS", "all_noise", "ancestral", "bits_per_token",
+           "check_start", "concrete_score", "dfm_euler", "dfm_rates", "draw", "euler_probs", "exact_rates",
+           "first_hitting", "float32_race_bias", "generalized_kl", "guided", "hitting_law", "leap_probs", "Masked",
+           "masked_nelbo_exact", "MaskedNELBO", "nelbo_estimate", "output_law", "ProductMixture", "remask_probs",
+           "sample_tokens", "score_entropy", "step_probs", "tau_leaping", "TokenLoss", "TokenModel", "TokenOracle",
+           "TokenProcess", "TokenResult", "TokenSchedule", "Uniform"]
