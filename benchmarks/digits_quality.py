@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sdeflow.registry import GRIDS, SAMPLERS, steps_for_nfe  # noqa: E402
 from sdeflow.files import atomic_write, write_json  # noqa: E402
 from sdeflow.generation import gather, generate  # noqa: E402
-from sdeflow.metrics import DigitsScorer, real_split, squared_frechet  # noqa: E402
+from sdeflow.metrics import real_split, squared_frechet  # noqa: E402
+from sdeflow.pretrained.scoring import DigitsScorer  # noqa: E402
 from sdeflow.pretrained import load_model  # noqa: E402
 from sdeflow.tuning import find_tuned, steps_for, tuned_paths  # noqa: E402
 

@@ -4,7 +4,7 @@
 
 ``digits-tokens`` (masked diffusion over the 64 pixels as tokens of 17 levels) and ``digits`` (rectified flow
 over the same images) each draw 1000 class-conditional samples (100 per class, fixed seeds) per sampler and
-NFE; the shipped digits classifier scores them (``sdeflow.metrics.DigitsScorer``): accuracy (classified as
+NFE; the shipped digits classifier scores them (``sdeflow.pretrained.scoring.DigitsScorer``): accuracy (classified as
 the class asked for) and the squared Frechet distance (FD) of its penultimate features to real digits. The
 floors: the classifier's accuracy on its held-out real digits, and the FD between two halves of the real
 digits.
@@ -32,10 +32,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import save_json, write_report  # noqa: E402
 from sdeflow.discrete import TokenModel, sample_tokens  # noqa: E402
 from sdeflow.generation import gather, generate  # noqa: E402
-from sdeflow.metrics import DigitsScorer  # noqa: E402
+from sdeflow.pretrained.scoring import DigitsScorer  # noqa: E402
 from sdeflow.pretrained import load_model  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS, default_sampling, steps_for_nfe  # noqa: E402
-from sdeflow.training.tokens import to_images  # noqa: E402
+from sdeflow.data.tokens import to_images  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOCS = os.path.join(os.path.dirname(HERE), "docs", "benchmarks")

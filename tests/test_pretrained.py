@@ -18,12 +18,15 @@ def test_every_shipped_model_loads_and_is_listed():
     from sdeflow.cli.main import main
 
     for name in PRETRAINED:
-        model = load_model(name, bridges=True)
-        assert model.meta["step"] > 0 and model.denoiser.model.training is False
-        assert model.bridge == (name == "digits-bridge")
+        model = load_model(name, bridges=True, tokens=True)
+        net = model.denoiser.net if model.kind == "tokens" else model.denoiser.model
+        assert model.meta["step"] > 0 and net.training is False
+        assert model.bridge == (name == "digits-bridge") and (model.kind == "tokens") == (name == "digits-tokens")
     assert main(["list"]) == 0
     with pytest.raises(ValueError, match="sdeflow restore --checkpoint digits-bridge"):
         load_model("digits-bridge")
+    with pytest.raises(ValueError, match="sdeflow sample --checkpoint digits-tokens"):
+        load_model("digits-tokens")
 
 
 def test_the_shipped_classifier_recognises_held_out_real_digits():

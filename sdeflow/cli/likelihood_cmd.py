@@ -127,7 +127,7 @@ def token_likelihood(args, model, gen: torch.Generator) -> None:
     negative log-likelihood of the tokens; for the digits, of the 17-level pixels)."""
     from ..data import load
     from ..discrete import bits_per_token, nelbo_estimate
-    from ..training.tokens import to_tokens
+    from ..data.tokens import to_tokens
 
     meta = model.meta["data"]
     if meta["name"] != "digits":

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..files import check_output, save_npz
+from .args import PICTURE_LIMIT, parse_labels
 from ..noise import BrownianTreeNoise, GeneratorNoise, SeededNoise
 from ..sampling import sample
 from ..registry import (ALL_SAMPLERS, GUIDANCE_METHODS, PROBLEMS, SAMPLERS, SCHEDULES, default_sampling, lookup, parse_grid,
@@ -23,8 +24,6 @@ from ..registry import (ALL_SAMPLERS, GUIDANCE_METHODS, PROBLEMS, SAMPLERS, SCHE
 #: The evaluation budget without --nfe (a few-step model's default is the budget it was trained for).
 DEFAULT_NFE = 20
 
-#: At most this many images go into a PNG grid (the .npz holds them all).
-PICTURE_LIMIT = 400
 
 
 def resolve(args, schedule=None):
@@ -285,27 +284,6 @@ def _sample_problem(args) -> dict:
             save_samples(result.x, out, "image" if len(shape) == 3 else "vector")
         print(f"  wrote {out}")
     return {"x": result.x, "nfe": result.nfe}
-
-
-def parse_labels(text: str | None, num: int, num_classes: int) -> torch.Tensor | None:
-    """``--label``: ``all`` cycles through the classes (default), ``none`` samples unconditionally,
-    ``K`` or ``K1,K2,...`` repeats the given classes."""
-    if num_classes == 0:
-        if text not in (None, "none"):
-            raise ValueError("this model is unconditional: it takes no --label")
-        return None
-    if text is None or text == "all":
-        return torch.arange(num) % num_classes
-    if text == "none":
-        return torch.full((num,), num_classes)
-    try:
-        chosen = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise ValueError(f"--label takes all, none, or class numbers such as 3 or 1,7; got {text!r}") from None
-    bad = [k for k in chosen if not 0 <= k < num_classes]
-    if bad:
-        raise ValueError(f"--label {bad[0]} is not a class of this model (0..{num_classes - 1})")
-    return torch.tensor(chosen)[torch.arange(num) % len(chosen)]
 
 
 def _sample_model(args) -> dict:

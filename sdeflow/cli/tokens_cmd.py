@@ -12,6 +12,7 @@ import math
 import torch
 
 from ..files import save_npz
+from .args import PICTURE_LIMIT, parse_labels
 
 #: Samples per seeded chunk.
 CHUNK = 100
@@ -38,8 +39,7 @@ def sample_token_model(args, model, outs: list[str], dist) -> dict:
     from ..data.pictures import class_columns, save_samples
     from ..discrete import TOKEN_SAMPLERS, TokenModel, sample_tokens
     from ..noise import mix_seed
-    from ..training.tokens import to_images
-    from .sample_cmd import PICTURE_LIMIT, parse_labels
+    from ..data.tokens import to_images
 
     check_token_flags(args)
     if dist.world > 1:
@@ -86,7 +86,7 @@ def sample_token_model(args, model, outs: list[str], dist) -> dict:
     print(f"{args.num} samples of {name} with {args.sampler}{guide}{count}, {nfe} per chunk of {CHUNK}")
     score = None
     if model.meta["data"].get("name") == "digits" and list(model.meta["data"]["image"]) == [1, 8, 8]:
-        from ..metrics import DigitsScorer
+        from ..pretrained.scoring import DigitsScorer
 
         scorer = DigitsScorer()
         acc, fd = scorer.score(images, labels)

@@ -19,7 +19,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 class Dataset:
     """``x``: float32 ``(N, *shape)`` in the training range; ``labels``: int64 ``(N,)`` or None;
     ``raw = (x - shift) / scale`` maps back to the original units; ``kind``: "image" or "vector" (or "tokens",
-    images read as long token sequences by :func:`sdeflow.training.tokens.token_dataset`)."""
+    images read as long token sequences by :func:`sdeflow.data.tokens.token_dataset`)."""
 
     x: torch.Tensor
     labels: torch.Tensor | None = None

@@ -169,3 +169,8 @@ TOKEN_PROCESSES = NameTable("token process", {
     "masked": (Masked, "absorbing: each token is masked with probability 1 - alpha(t)"),
     "uniform": (Uniform, "uniform: each token is redrawn uniformly with probability 1 - alpha(t)"),
 })
+
+
+def process_of(name: str, vocab: int, schedule: str = "linear", power: float = 2.0) -> TokenProcess:
+    """The token process ``name`` (:data:`TOKEN_PROCESSES`) over ``vocab`` tokens on the schedule ``schedule``."""
+    return TOKEN_PROCESSES.lookup(name)(vocab, TokenSchedule(schedule, power))

@@ -203,15 +203,12 @@ def load_model(spec: str = "digits", device: str | torch.device = "cpu", *, brid
     if cfg["objective"] == "classifier":
         raise ValueError(f"{spec!r} is a classifier, not a generative model (load it with load_classifier)")
     if cfg.get("tokens"):  # discrete-state diffusion over the tokens of images
-        from ..discrete import TokenModel
-        from ..training.tokens import token_process
+        from ..discrete import TokenModel, process_of
 
         if not tokens:
             raise ValueError(f"{spec!r} is a token model (discrete diffusion over the pixels' values): sample it with "
                              f"sdeflow sample --checkpoint {spec} (or sdeflow.discrete.sample_tokens)")
-        from ..training.config import TrainConfig
-
-        denoiser = TokenModel(net.to(device), token_process(TrainConfig.stored(meta)))
+        denoiser = TokenModel(net.to(device), process_of(cfg["tokens"], cfg["levels"], cfg["token_schedule"]))
     elif cfg.get("process"):  # a bridge: the denoiser of its residual, sampled from a source (sdeflow restore)
         from ..bridges import PROCESSES, bridge_denoiser
 

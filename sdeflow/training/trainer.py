@@ -92,7 +92,8 @@ class Trainer:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.dist.world} processes")
         self.process = self.operator = self.tokens = None
         if cfg.tokens is not None:  # images read as token sequences (sdeflow.training.tokens)
-            from .tokens import token_dataset, token_process
+            from ..data.tokens import token_dataset
+            from .tokens import token_process
 
             self.data, self.tokens, self.schedule = token_dataset(self.data, cfg.levels), token_process(cfg), None
         elif cfg.process is not None:  # pairs of clean samples and their sources (sdeflow.training.bridge_run)
