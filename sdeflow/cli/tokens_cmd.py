@@ -17,6 +17,9 @@ from .args import PICTURE_LIMIT, parse_labels
 #: Samples per seeded chunk.
 CHUNK = 100
 
+#: The Frechet distance of fewer samples than this is not printed (its bias dominates).
+FD_LEAST = 200
+
 #: The token sampler and steps without ``--sampler`` / ``--nfe`` (docs/benchmarks/discrete_digits.md).
 DEFAULT_TOKEN_SAMPLER, DEFAULT_TOKEN_NFE = "ancestral", 32
 
@@ -90,8 +93,13 @@ def sample_token_model(args, model, outs: list[str], dist) -> dict:
 
         scorer = DigitsScorer()
         acc, fd = scorer.score(images, labels)
-        what = "" if labels is None else f"accuracy {acc:.3f} (classifier on real test digits: {scorer.test_accuracy:.3f}), "
-        print(f"  shipped digits classifier: {what}FD {fd:.2f} to real digits (two real halves: {scorer.floor:.2f})")
+        what = "" if labels is None else f"accuracy {acc:.3f} (classifier on real test digits: {scorer.test_accuracy:.3f}); "
+        if args.num >= FD_LEAST:
+            what += (f"FD {fd:.2f} to real digits from {args.num} samples (two real halves of about 900: "
+                     f"{scorer.floor:.2f}; fewer samples raise it)")
+        else:
+            what += f"FD left out: it needs at least {FD_LEAST} samples (-n)"
+        print(f"  shipped digits classifier: {what}")
         score = {"accuracy": acc, "fd": fd}
     for out in outs:
         if out.lower().endswith(".npz"):
