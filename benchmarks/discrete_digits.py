@@ -79,7 +79,7 @@ def main():
         record("digits-tokens", "first-hitting, CFG scale 2", nfe, x, time.perf_counter() - start)
         schedule = flow.denoiser.schedule
         default, grid = default_sampling(schedule, nfe)
-        for name, grid_name in ((default, grid), ("dpm-solver++-3m", "auto")):
+        for name, grid_name in dict.fromkeys(((default, grid), ("dpm-solver++-3m", "auto"))):
             sampler = SAMPLERS[name]()
             ts = GRIDS[grid_name](steps_for_nfe(sampler, schedule, grid_name, nfe), schedule)
             start = time.perf_counter()
