@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     def sampling_flags(p, default_sampler, default_schedule, default_grid, default_nfe, tokens=False):
         from ..discrete import TOKEN_SAMPLERS
 
-        extra = (f"; a token model (digits-tokens) takes one of: {', '.join(TOKEN_SAMPLERS)}, default ancestral"
+        extra = (f"; a token model (digits-tokens) takes one of: {', '.join(TOKEN_SAMPLERS)}, default first-hitting "
+                 "with one evaluation per token"
                  if tokens else "")
         p.add_argument("--sampler", default=default_sampler, choices=list(ALL_SAMPLERS) + (list(TOKEN_SAMPLERS) if tokens else []),
                        metavar="NAME",

@@ -20,8 +20,10 @@ CHUNK = 100
 #: The Frechet distance of fewer samples than this is not printed (its bias dominates).
 FD_LEAST = 200
 
-#: The token sampler and steps without ``--sampler`` / ``--nfe`` (docs/benchmarks/discrete_digits.md).
-DEFAULT_TOKEN_SAMPLER, DEFAULT_TOKEN_NFE = "ancestral", 32
+#: The token sampler without ``--sampler``, by process: on the masked process the first-hitting sampler, by
+#: default with one evaluation per token (``--nfe`` = the sequence's length), which draws from the model's own
+#: law with no discretisation error; on the uniform process the exact one-step kernel on as many steps.
+DEFAULT_TOKEN_SAMPLERS = {"Masked": "first-hitting", "Uniform": "ancestral"}
 
 
 def check_token_flags(args) -> None:
@@ -47,7 +49,8 @@ def sample_token_model(args, model, outs: list[str], dist) -> dict:
     check_token_flags(args)
     if dist.world > 1:
         raise ValueError("a token model samples on one process (start it without torchrun)")
-    args.sampler = args.sampler or DEFAULT_TOKEN_SAMPLER
+    process = model.denoiser.process
+    args.sampler = args.sampler or DEFAULT_TOKEN_SAMPLERS[type(process).__name__]
     if args.sampler not in TOKEN_SAMPLERS:
         raise ValueError(f"{args.sampler!r} is not a token sampler; a token model takes one of: {', '.join(TOKEN_SAMPLERS)}")
     ts = None
@@ -58,10 +61,9 @@ def sample_token_model(args, model, outs: list[str], dist) -> dict:
         ts = torch.tensor([float(v) for v in args.grid.split(",")], dtype=torch.float64)
         if float(ts[0]) != 1.0 or float(ts[-1]) != 0.0 or not bool((ts[1:] < ts[:-1]).all()):
             raise ValueError(f"--grid {args.grid}: the times must decrease strictly from 1 to 0")
-    steps = args.steps or args.nfe or DEFAULT_TOKEN_NFE
+    steps = args.steps or args.nfe or model.shape[0]
     if ts is not None:
         steps = ts.numel() - 1
-    process = model.denoiser.process
     if args.sampler in ("remask", "first-hitting") and type(process).__name__ != "Masked":
         raise ValueError(f"the {args.sampler} sampler needs a masked-process model; this one's is "
                          f"{type(process).__name__.lower()}")
