@@ -145,8 +145,8 @@ def _run_document(doc, reader, monkeypatch, capsys, compiled: bool) -> None:
         if lang == "toml":
             (reader / "run.toml").write_text(body)
         elif lang == "python":
-            if re.search(r"^\s*(from|import) diffusers", body, re.M):
-                pytest.importorskip("diffusers")
+            for peer in re.findall(r"^\s*(?:from|import) (diffusers|flow_matching)\b", body, re.M):
+                pytest.importorskip(peer)
             exec(compile(body, where, "exec"), scope)
             ran += 1
         elif lang == "bash":
