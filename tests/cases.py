@@ -34,3 +34,21 @@ def cross(names, others, default_other, representatives=True, among=REPRESENTATI
             fast = o == default_other or (representatives and n in among)
             out.append((n, o) if fast else pytest.param(n, o, marks=pytest.mark.slow))
     return out
+
+
+def resumes_exactly(tmp_path, cfg) -> dict:
+    """A run of 4 steps and one stopped at 2 and resumed to 4 (``cfg(out, steps)`` makes each configuration)
+    end with the same weights, EMA and optimiser state; returns the reference run's checkpoint metadata."""
+    import torch
+
+    from sdeflow import checkpoint as ckpt
+    from sdeflow.training.trainer import Trainer
+
+    Trainer(cfg("ref", 4), progress=False).fit()
+    Trainer(cfg("cut", 2), progress=False).fit()
+    Trainer(cfg("cut", 4), resume=True, progress=False).fit()
+    ref, meta = ckpt.load(str(tmp_path / "ref" / "checkpoint.safetensors"))
+    cut, _ = ckpt.load(str(tmp_path / "cut" / "checkpoint.safetensors"))
+    for k in ref:
+        torch.testing.assert_close(ref[k], cut[k], rtol=1e-6, atol=1e-7)
+    return meta

@@ -440,24 +440,17 @@ def test_bridge_training_resumes_exactly_and_restores(tmp_path, capsys):
     """``sdeflow train --process``: a run stopped and resumed ends with the weights of an uninterrupted one
     (the sources are drawn from each step's generator), its checkpoint records the process and how the
     source is made, and it loads as a bridge that ``sdeflow restore`` uses."""
-    from sdeflow import checkpoint as ckpt
     from sdeflow.bridges import restore
     from sdeflow.cli.main import main
     from sdeflow.pretrained import load_model
+    from cases import resumes_exactly
     from sdeflow.training.config import TrainConfig
-    from sdeflow.training.trainer import Trainer
 
     def cfg(out, steps):
         return TrainConfig(data="digits", out=str(tmp_path / out), process="i2sb", parameterization="x0", steps=steps,
                            batch_size=16, checkpoint_every=2, sample_every=0, model={"base": 8}, degrade="inpaint")
 
-    Trainer(cfg("ref", 4), progress=False).fit()
-    Trainer(cfg("cut", 2), progress=False).fit()
-    Trainer(cfg("cut", 4), resume=True, progress=False).fit()
-    ref, meta = ckpt.load(str(tmp_path / "ref" / "checkpoint.safetensors"))
-    cut, _ = ckpt.load(str(tmp_path / "cut" / "checkpoint.safetensors"))
-    for k in ref:
-        torch.testing.assert_close(ref[k], cut[k], rtol=1e-6, atol=1e-7)
+    meta = resumes_exactly(tmp_path, cfg)
     assert meta["config"]["process"] == "i2sb" and meta["config"]["degrade"] == "inpaint"
     assert meta["network"]["source"] is True
     model = load_model(str(tmp_path / "ref"), bridges=True)

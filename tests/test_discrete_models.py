@@ -264,11 +264,10 @@ def test_token_runs_resume_exactly_and_sample_from_the_cli(tmp_path, capsys, tok
     """``sdeflow train --tokens``: a run stopped and resumed ends with the weights of an uninterrupted one (times
     and masks come from each step's generator), writes previews, loads as a token model and samples from the
     command line; the commands for continuous models refuse it."""
-    from sdeflow import checkpoint as ckpt
     from sdeflow.cli.main import main
     from sdeflow.pretrained import load_model
+    from cases import resumes_exactly
     from sdeflow.training.config import TrainConfig
-    from sdeflow.training.trainer import Trainer
 
     small = dict(dim=16, depth=1, heads=2) if arch == "token-transformer" else dict(embed=8, base=8)
 
@@ -277,13 +276,7 @@ def test_token_runs_resume_exactly_and_sample_from_the_cli(tmp_path, capsys, tok
                            steps=steps, batch_size=16, checkpoint_every=2, sample_every=4 if out == "ref" else 0,
                            sample_nfe=4, model=small)
 
-    Trainer(cfg("ref", 4), progress=False).fit()
-    Trainer(cfg("cut", 2), progress=False).fit()
-    Trainer(cfg("cut", 4), resume=True, progress=False).fit()
-    ref, meta = ckpt.load(str(tmp_path / "ref" / "checkpoint.safetensors"))
-    cut, _ = ckpt.load(str(tmp_path / "cut" / "checkpoint.safetensors"))
-    for k in ref:
-        torch.testing.assert_close(ref[k], cut[k], rtol=1e-6, atol=1e-7)
+    meta = resumes_exactly(tmp_path, cfg)
     assert (tmp_path / "ref" / "samples" / "step_0000004.png").exists()
     assert meta["data"]["kind"] == "tokens" and meta["data"]["image"] == [1, 8, 8] and meta["data"]["levels"] == 17
     model = load_model(str(tmp_path / "ref"), tokens=True)
