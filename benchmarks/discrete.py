@@ -1,6 +1,6 @@
 """Token samplers against exact token laws and against the peers, and the bias of categorical draws.
 
-    python benchmarks/discrete.py            # about 25 minutes on one CPU core
+    python benchmarks/discrete.py            # about an hour on one CPU core
 
 Part 1, exact output laws: random mixtures of product categoricals (``L = 4`` positions, ``V = 4`` tokens,
 3 components; seeds 0-4), whose clean-token posterior is exact (``ProductMixture``). Each sampler's output law
@@ -240,7 +240,7 @@ def main():
     bias = ["## Rate of a rare token relative to its probability (exact over every uniform)", "",
             "| p / p_max | float64 inverse CDF (sdeflow's default) | float32 inverse CDF | float32 Gumbel race | "
             "x / (e^x - 1) |", "|---|---|---|---|---|"]
-    intro = ("Written by `python benchmarks/discrete.py` (about 25 minutes on one core). The ratio rows divide the "
+    intro = ("Written by `python benchmarks/discrete.py` (about an hour on one core). The ratio rows divide the "
              "best peer's error by sdeflow's best at the same NFE; sdeflow's ancestral step is the peers' "
              "MDLM/D3PM step, so on the uniform process the ratio is at least 1 by construction.")
     save_json(os.path.join(DOCS, "discrete.json"), results)

@@ -1,6 +1,6 @@
 """The shipped token model of digits beside the continuous digits model, at equal network evaluations.
 
-    python benchmarks/discrete_digits.py        # about 15 minutes on one CPU core
+    python benchmarks/discrete_digits.py        # about 20 minutes on one CPU core
 
 ``digits-tokens`` (masked diffusion over the 64 pixels as tokens of 17 levels) and ``digits`` (rectified flow
 over the same images) each draw 1000 class-conditional samples (100 per class, fixed seeds) per sampler and
