@@ -32,6 +32,7 @@ Results: ``docs/benchmarks/discrete.{md,json}``.
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
@@ -214,7 +215,8 @@ def part_two(n_draws: int = 100_000, chunk: int = 10_000):
     return rows, results
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)
     torch.set_num_threads(1)
     rows, results = part_one()
     big_rows, big_results = part_two()

@@ -20,6 +20,7 @@ Results: ``docs/benchmarks/discrete_digits.{md,json}``.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -54,7 +55,8 @@ def token_samples(model, sampler: str, nfe: int, labels: torch.Tensor, guidance:
     return to_images(torch.cat(xs), model.meta["data"])
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)
     torch.set_num_threads(1)
     scorer = DigitsScorer()
     labels = torch.arange(N) % 10
