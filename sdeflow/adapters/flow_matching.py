@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from ..denoisers import ModelDenoiser
+from ..discrete.model import carry_over
 from ..schedules import RectifiedFlow
 
 
@@ -63,12 +64,7 @@ class FlowMatchingTokens:
     def __call__(self, x_t: torch.Tensor, t, **cond) -> torch.Tensor:
         s = (1.0 - torch.as_tensor(t, dtype=torch.float64)).to(self.time_dtype).reshape(-1).expand(x_t.shape[0])
         probs = self.model(x=x_t, t=s.to(x_t.device), **self.extras, **cond).to(torch.float64)[..., :self.process.vocab]
-        probs = probs / probs.sum(-1, keepdim=True)
-        mask = getattr(self.process, "mask", None)
-        if mask is not None:
-            own = torch.nn.functional.one_hot(x_t.clamp(max=self.process.vocab - 1), self.process.vocab).to(probs.dtype)
-            probs = torch.where((x_t == mask)[..., None], probs, own)
-        return probs.cpu()
+        return carry_over(self.process, x_t, probs / probs.sum(-1, keepdim=True)).cpu()
 
 
 def from_flow_matching_tokens(model: Callable, scheduler, vocab_size: int, *, source: str = "mask",

@@ -49,6 +49,7 @@ from ..parameterizations import as_parameterization
 from ..samplers import SAMPLERS, default_sampling
 from ..sampling import planned
 from ..schedules import EDM, DiscreteVP, RectifiedFlow
+from .step_replay import Given, Pending, Replay, StepRun
 from .diffusers import (PREDICTION_TYPES, ClipSample, NetworkTimesteps, diffusers_class, recognize, scheduler_grid,
                         schedule_from_scheduler)
 
@@ -56,75 +57,6 @@ from .diffusers import (PREDICTION_TYPES, ClipSample, NetworkTimesteps, diffuser
 #: The diffusers scheduler a process's config is taken to come from when it names none (``grid="scheduler"``).
 DEFAULT_SOURCE = {"vp": "DPMSolverMultistepScheduler", "flow": "FlowMatchEulerDiscreteScheduler",
                   "edm": "EDMEulerScheduler"}
-
-
-class _Pending(Exception):
-    """A step asked for an evaluation it has not been given: ``(x, t)``."""
-
-    def __init__(self, x, t):
-        super().__init__()
-        self.x, self.t = x, t
-
-
-class _Given:
-    """The network of the replayed step: returns the output it was handed (or its negative, for EDM's
-    ``v_prediction``, whose output factor is ``-c_out``)."""
-
-    def __init__(self, sign: float):
-        self.output, self.sign = None, sign
-
-    def __call__(self, x, c, **cond):
-        return self.output if self.sign == 1.0 else -self.output
-
-
-class _Replay:
-    """The field of one sampler step: its ``k``-th evaluation returns the ``k``-th output given, as ``x_hat``
-    at the state the step computes; the first evaluation not given yet raises :class:`_Pending`."""
-
-    def __init__(self, denoiser, given: _Given, outputs: list):
-        self.denoiser, self.given, self.outputs, self.calls, self.last = denoiser, given, outputs, 0, None
-
-    def _next(self, x, t):
-        if self.calls == len(self.outputs):
-            raise _Pending(x, float(t))
-        self.given.output = self.outputs[self.calls].to(x.dtype)
-        self.calls += 1
-
-    def __call__(self, x, t):
-        self._next(x, t)
-        self.last = self.denoiser(x, float(t))
-        return self.last
-
-    def ode_velocity(self, x, t):
-        self._next(x, t)
-        return self.denoiser.ode_velocity(x, float(t))
-
-
-class _Noise:
-    """``noise(draw, span)`` inside a step: drawn once per step from the generator and kept, so the
-    step's recomputations see the same noise."""
-
-    def __init__(self):
-        self.kept: dict = {}
-        self.x, self.source = None, None
-
-    def __call__(self, draw: int = 0, span=None):
-        key = (draw, span)
-        if key not in self.kept:
-            self.kept[key] = self.source(self.x, 0, draw, span)
-        return self.kept[key]
-
-
-class _Run:
-    """Where the loop stands: the plan, step ``i``, its start state and sampler state, the outputs given
-    in this step, and the pending evaluation."""
-
-    def __init__(self, plan, x, sampler):
-        self.plan, self.i, self.x, self.state = plan, 0, x, sampler.init_state(x, plan)
-        self.outputs: list = []
-        self.noise = _Noise()
-        self.pending_at_start, self.pending_t, self.done = True, None, False
-        self.first = self.given = 0  # the evaluation the run began at; outputs given since
 
 
 class SdeflowScheduler(SchedulerMixin, ConfigMixin):
@@ -401,10 +333,10 @@ class SdeflowScheduler(SchedulerMixin, ConfigMixin):
                              "only begin at the first evaluation of a step")
         plan = self._plan if k == 0 else planned(self.sampler, self.schedule, self.ts[k:])
         plan.inplace = False
-        self._run = _Run(plan, sample, self.sampler)
+        self._run = StepRun(plan, sample, self.sampler)
         self._run.first = j
         self._seeded = None
-        given = _Given(self._sign)
+        given = Given(self._sign)
         den = ModelDenoiser(given, self.schedule, self.parameterization, time_input="t")
         self._given, self._denoiser = given, (den if self._clip is None else ClipSample(den, **self._clip))
 
@@ -414,10 +346,10 @@ class SdeflowScheduler(SchedulerMixin, ConfigMixin):
         run = self._run
         while True:
             run.noise.x = run.x
-            field = _Replay(self._denoiser, self._given, run.outputs)
+            field = Replay(self._denoiser, self._given, run.outputs)
             try:
                 x, state = self.sampler.step(field, run.x, run.i, run.plan, run.state, run.noise)
-            except _Pending as p:
+            except Pending as p:
                 run.pending_at_start, run.pending_t = p.x is run.x, p.t
                 return p.x
             run.i, run.x, run.state, run.outputs = run.i + 1, x, state, []

@@ -126,14 +126,14 @@ def token_likelihood(args, model, gen: torch.Generator) -> None:
     ``(t, x_t)`` per sequence (at least 2), in nats per sequence and bits per token (an upper bound on the
     negative log-likelihood of the tokens; for the digits, of the 17-level pixels)."""
     from ..data import load
-    from ..discrete import bits_per_token, nelbo_estimate
+    from ..discrete import Masked, bits_per_token, nelbo_estimate
     from ..data.tokens import to_tokens
 
     meta = model.meta["data"]
     if meta["name"] != "digits":
         raise ValueError(f"the training data of this model ({meta['name']}) are not shipped: likelihood of shipped "
                          "models and exact problems only")
-    if model.denoiser.process.__class__.__name__ != "Masked":
+    if not isinstance(model.denoiser.process, Masked):
         raise ValueError("the NELBO is the masked process' bound; this token model's process is uniform")
     data = load("digits")
     if args.num > len(data.x):

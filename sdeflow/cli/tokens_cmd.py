@@ -20,10 +20,10 @@ CHUNK = 100
 #: The Frechet distance of fewer samples than this is not printed (its bias dominates).
 FD_LEAST = 200
 
-#: The token sampler without ``--sampler``, by process: on the masked process the first-hitting sampler, by
-#: default with one evaluation per token (``--nfe`` = the sequence's length), which draws from the model's own
-#: law with no discretisation error; on the uniform process the exact one-step kernel on as many steps.
-DEFAULT_TOKEN_SAMPLERS = {"Masked": "first-hitting", "Uniform": "ancestral"}
+#: Without ``--sampler``: on the masked process the first-hitting sampler, by default with one evaluation per
+#: token (``--nfe`` = the sequence's length), which draws from the model's own law with no discretisation
+#: error; on the uniform process the exact one-step kernel on as many steps.
+DEFAULT_MASKED_SAMPLER, DEFAULT_UNIFORM_SAMPLER = "first-hitting", "ancestral"
 
 
 def check_token_flags(args) -> None:
@@ -42,7 +42,7 @@ def check_token_flags(args) -> None:
 
 def sample_token_model(args, model, outs: list[str], dist) -> dict:
     from ..data.pictures import class_columns, save_samples
-    from ..discrete import TOKEN_SAMPLERS, TokenModel, sample_tokens
+    from ..discrete import TOKEN_SAMPLERS, Masked, TokenModel, sample_tokens
     from ..noise import mix_seed
     from ..data.tokens import to_images
 
@@ -50,7 +50,7 @@ def sample_token_model(args, model, outs: list[str], dist) -> dict:
     if dist.world > 1:
         raise ValueError("a token model samples on one process (start it without torchrun)")
     process = model.denoiser.process
-    args.sampler = args.sampler or DEFAULT_TOKEN_SAMPLERS[type(process).__name__]
+    args.sampler = args.sampler or (DEFAULT_MASKED_SAMPLER if isinstance(process, Masked) else DEFAULT_UNIFORM_SAMPLER)
     if args.sampler not in TOKEN_SAMPLERS:
         raise ValueError(f"{args.sampler!r} is not a token sampler; a token model takes one of: {', '.join(TOKEN_SAMPLERS)}")
     ts = None
@@ -64,9 +64,6 @@ def sample_token_model(args, model, outs: list[str], dist) -> dict:
     steps = args.steps or args.nfe or model.shape[0]
     if ts is not None:
         steps = ts.numel() - 1
-    if args.sampler in ("remask", "first-hitting") and type(process).__name__ != "Masked":
-        raise ValueError(f"the {args.sampler} sampler needs a masked-process model; this one's is "
-                         f"{type(process).__name__.lower()}")
     args.num = args.num or 100
     labels = parse_labels(args.label, args.num, model.num_classes)
     if args.guidance is not None and labels is None:

@@ -15,12 +15,12 @@ from .conversions import concrete_score, dfm_rates, guided
 from .exact import ProductMixture, TokenOracle
 from .likelihood import (MaskedNELBO, bits_per_token, generalized_kl, masked_nelbo_exact, nelbo_estimate,
                          score_entropy)
-from .model import TOKEN_LOSSES, TokenLoss, TokenModel
+from .model import TOKEN_LOSSES, TokenLoss, TokenModel, carry_over
 from .processes import TOKEN_PROCESSES, Masked, TokenProcess, TokenSchedule, Uniform, process_of
 from .samplers import (TOKEN_SAMPLERS, TokenResult, all_noise, ancestral, check_start, dfm_euler, euler_probs,
                        first_hitting, hitting_law, leap_probs, output_law, remask_probs, sample_tokens, step_probs, tau_leaping)
 
-__all__ = ["TOKEN_LOSSES", "TOKEN_PROCESSES", "TOKEN_SAMPLERS", "all_noise", "ancestral", "bits_per_token",
+__all__ = ["TOKEN_LOSSES", "TOKEN_PROCESSES", "TOKEN_SAMPLERS", "all_noise", "ancestral", "bits_per_token", "carry_over",
            "check_start", "concrete_score", "dfm_euler", "dfm_rates", "draw", "euler_probs", "exact_rates",
            "first_hitting", "float32_race_bias", "generalized_kl", "guided", "hitting_law", "leap_probs", "Masked",
            "masked_nelbo_exact", "MaskedNELBO", "nelbo_estimate", "output_law", "process_of", "ProductMixture", "remask_probs",

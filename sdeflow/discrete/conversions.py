@@ -27,9 +27,9 @@ from .processes import TokenProcess
 def concrete_score(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t) -> torch.Tensor:
     """SEDD's concrete score ``p_t(x^{l <- y}) / p_t(x)`` for every position and state, ``(B, L, S)`` float64
     (``t`` scalar or one per row)."""
-    Q = process.kernel(torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(x_t.shape[0])).to(x_t.device)
-    q_obs = torch.gather(Q, 2, x_t[:, None, :].expand(-1, process.vocab, -1)).transpose(1, 2)  # (B, L, V): Q[v, x_t^l]
-    out = torch.einsum("blv,bvs->bls", probs.to(torch.float64) / q_obs.clamp_min(1e-300), Q)
+    q_obs = process.observed(x_t, t)                                           # (B, L, V): Q[v, x_t^l]
+    out = torch.einsum("blv,bvs->bls", probs.to(torch.float64) / q_obs.clamp_min(1e-300),
+                       process.kernels(t, x_t.shape[0], x_t.device))
     mask = getattr(process, "mask", None)
     if mask is not None:  # unmasked tokens of the absorbing process stay: 1 at themselves, 0 elsewhere
         stays = torch.zeros_like(out).scatter_(-1, x_t[..., None], 1.0)

@@ -83,9 +83,7 @@ class ProductMixture:
     def posterior(self, x_t: torch.Tensor, process: TokenProcess, t) -> torch.Tensor:
         """``p(x0^l = v | x_t)``, ``(B, L, V)`` float64, for noised sequences ``x_t`` ``(B, L)`` at a scalar time
         or one per sequence."""
-        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(x_t.shape[0])
-        Q = process.kernel(t)                                                   # (B, V, S)
-        q_obs = torch.gather(Q, 2, x_t[:, None, :].expand(-1, process.vocab, -1)).transpose(1, 2)  # (B, L, V)
+        q_obs = process.observed(x_t, t)                                        # (B, L, V)
         num = self.probs[:, None] * q_obs[None]                                 # (K, B, L, V)
         obs = num.sum(-1)                                                       # (K, B, L): (P_k[l] Q)[x_t^l]
         w = torch.softmax(torch.log(self.weights)[:, None] + torch.log(obs).sum(-1), 0)

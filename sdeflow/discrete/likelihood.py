@@ -30,6 +30,7 @@ import math
 
 import torch
 
+from ..objectives.densities import stratified
 from .processes import Masked
 
 
@@ -44,10 +45,8 @@ class MaskedNELBO:
 
     def __call__(self, model, x0: torch.Tensor, *, generator: torch.Generator | None = None,
                  t: torch.Tensor | None = None) -> torch.Tensor:
-        b = x0.shape[0]
         if t is None:
-            u = (torch.arange(b, dtype=torch.float64) + torch.rand(b, generator=generator, dtype=torch.float64)) / b
-            t = self.t_min + (1.0 - self.t_min) * u[torch.randperm(b, generator=generator)]
+            t = self.t_min + (1.0 - self.t_min) * stratified(x0.shape[0], generator)
         x_t = self.process.noise(x0, t, generator)
         logp = torch.log_softmax(model(x_t, t.to(x0.device)).float(), -1)
         return masked_cross_entropy(self.process, logp, x0, x_t, t)
@@ -101,7 +100,7 @@ def score_entropy(process, ratios: torch.Tensor, x_t: torch.Tensor, x0: torch.Te
     concrete score ``E[r | x_t]`` (:func:`~sdeflow.discrete.conversions.concrete_score`). Terms from an
     unmasked token of the masked process have ``w = 0``. ``t``: a scalar or one per row."""
     b, length = x0.shape
-    Q = process.kernel(torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(b)).to(x0.device)
+    Q = process.kernels(t, b, x0.device)
     q = torch.gather(Q, 1, x0[..., None].expand(-1, -1, process.states))            # (B, L, S): Q[x0^l, y]
     r = q / torch.gather(q, -1, x_t[..., None])
     w = process.rate(t, x0, towards_data=False) * process.noise_law().to(x0.device)[x_t][..., None].expand_as(r)

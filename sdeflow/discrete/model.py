@@ -27,6 +27,7 @@ import functools
 import torch
 
 from ..names import NameTable
+from ..objectives.densities import stratified
 from .conversions import concrete_score, dfm_rates, guided_log
 from .likelihood import generalized_kl, masked_cross_entropy, score_entropy
 from .processes import Masked, TokenProcess
@@ -46,12 +47,7 @@ class TokenModel:
     def log_probs(self, x_t: torch.Tensor, t, label=None) -> torch.Tensor:
         """Log-posteriors ``(B, L, V)`` in the network's dtype (the training losses' input)."""
         c = torch.as_tensor(t, dtype=torch.float32, device=x_t.device).reshape(-1).expand(x_t.shape[0])
-        logp = torch.log_softmax(self.net(x_t, c, label=label).float(), -1)
-        if isinstance(self.process, Masked):  # carry-over: a token that is not masked is clean
-            known = x_t != self.process.mask
-            own = torch.nn.functional.one_hot(x_t.clamp(max=self.process.vocab - 1), self.process.vocab).bool()
-            logp = torch.where(known[..., None], torch.where(own, 0.0, -torch.inf), logp)
-        return logp
+        return carry_over(self.process, x_t, torch.log_softmax(self.net(x_t, c, label=label).float(), -1), log=True)
 
     @torch.no_grad()
     def __call__(self, x_t: torch.Tensor, t, **cond) -> torch.Tensor:
@@ -72,6 +68,17 @@ class TokenModel:
         return torch.as_tensor(label, device=self.device).long().reshape(-1).expand(batch)
 
 
+def carry_over(process: TokenProcess, x_t: torch.Tensor, values: torch.Tensor, log: bool = False) -> torch.Tensor:
+    """On the masked process a token that is not masked is its own clean value (MDLM's carry-over; true of
+    the exact posterior): its row of ``values`` (``(B, L, V)`` probabilities, or log-probabilities with
+    ``log=True``) becomes that point mass. Other processes: ``values`` as they are."""
+    if not isinstance(process, Masked):
+        return values
+    own = torch.nn.functional.one_hot(x_t.clamp(max=process.vocab - 1), process.vocab).bool()
+    point = torch.where(own, 0.0 if log else 1.0, -torch.inf if log else 0.0).to(values.dtype)
+    return torch.where((x_t != process.mask)[..., None], point, values)
+
+
 class TokenLoss:
     """``loss(model, x0, cond=..., t=..., eps=x_t) -> (B,)`` per-sequence losses in nats; :meth:`draw` gives the
     step's times and noised tokens (``(t, x_t)``) from the step's generator."""
@@ -84,9 +91,7 @@ class TokenLoss:
         self.process, self.kind, self.t_min = process, kind, float(t_min)
 
     def draw(self, x0: torch.Tensor, schedule=None, generator: torch.Generator | None = None):
-        b = x0.shape[0]
-        u = (torch.arange(b, dtype=torch.float64) + torch.rand(b, generator=generator, dtype=torch.float64)) / b
-        t = self.t_min + (1.0 - 2.0 * self.t_min) * u[torch.randperm(b, generator=generator)]
+        t = self.t_min + (1.0 - 2.0 * self.t_min) * stratified(x0.shape[0], generator)
         return t, self.process.noise(x0, t, generator)
 
     def __call__(self, model: TokenModel, x0: torch.Tensor, cond: dict | None = None, t: torch.Tensor | None = None,

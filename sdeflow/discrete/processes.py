@@ -109,10 +109,14 @@ class TokenProcess(ABC):
         eye = torch.eye(self.vocab, self.states, dtype=torch.float64)
         return a * eye + (1.0 - a) * self.noise_law()[None, :]
 
-    def observed(self, x: torch.Tensor, t: Time) -> torch.Tensor:
+    def kernels(self, t, batch: int, device=None) -> torch.Tensor:
+        """``Q_t`` for each of ``batch`` rows, ``(batch, vocab, states)`` float64 (``t`` scalar or one per row)."""
+        return self.kernel(torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(batch)).to(device)
+
+    def observed(self, x: torch.Tensor, t) -> torch.Tensor:
         """``Q_t[v, x^l]`` for every clean token ``v``, ``(B, L, vocab)`` float64: how likely each clean token
         makes the observed ``x`` (``(B, L)``); ``t`` scalar or one per row."""
-        Q = self.kernel(torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(x.shape[0])).to(x.device)
+        Q = self.kernels(t, x.shape[0], x.device)
         return torch.gather(Q, 2, x[:, None, :].expand(-1, self.vocab, -1)).transpose(1, 2)
 
     def rate(self, t: Time, x: torch.Tensor, towards_data: bool = True) -> torch.Tensor:

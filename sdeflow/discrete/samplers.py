@@ -67,17 +67,21 @@ def euler_probs(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t
     c beta pi(y)`` off the current state, ``beta = -alpha'/alpha``. The added motion leaves the marginals
     ``q_t`` as they are (forward and reverse generators cancel on them) and lets later steps revise earlier
     choices. It acts where ``alpha(t) > 0`` (at ``alpha = 0`` its rate is infinite and would only redraw noise)."""
-    pad = process.states - process.vocab
-    out = torch.nn.functional.pad(probs.to(torch.float64), (0, pad))
+    out = torch.nn.functional.pad(probs.to(torch.float64), (0, process.states - process.vocab))
     if s == 0:
         return out
-    a = float(process.schedule.alpha(t))
-    rate = float(-process.schedule.d_alpha(t) / (1.0 - a))
-    off = 1.0 - torch.nn.functional.one_hot(x_t, process.states).to(torch.float64)
-    rates = (1.0 + corrector) * rate * out
-    if corrector > 0 and a > 0:
-        rates = rates + corrector * float(-process.schedule.d_alpha(t) / a) * process.noise_law()
-    return _first_jump(rates * off, x_t, t - s)
+    return _first_jump(euler_rates(process, x_t, out, t, corrector), x_t, t - s)
+
+
+def euler_rates(process: TokenProcess, x_t: torch.Tensor, target: torch.Tensor, t: float,
+                corrector: float = 0.0) -> torch.Tensor:
+    """The jump rates of discrete flow matching's Euler step off ``x_t``, ``(B, L, S)``: ``(1 + c) r target(y) +
+    c beta pi(y)`` (``target``: the law of the target over the states, or a drawn target's point mass;
+    ``r = -alpha'/(1 - alpha)``, ``beta = -alpha'/alpha``; the corrector where ``alpha(t) > 0``), 0 at ``x_t``."""
+    rates = (1.0 + corrector) * float(process.rate(t, x_t)) * target
+    if corrector > 0 and float(process.schedule.alpha(t)) > 0:
+        rates = rates + corrector * float(process.rate(t, x_t, towards_data=False)) * process.noise_law()
+    return rates.scatter(-1, x_t[..., None], 0.0)
 
 
 def _first_jump(rates: torch.Tensor, x_t: torch.Tensor, h: float) -> torch.Tensor:
@@ -131,7 +135,7 @@ def leap_probs(process: TokenProcess, x_t: torch.Tensor, probs: torch.Tensor, t:
         return euler_probs(process, x_t, probs, t, s)
     if float(process.schedule.alpha(t)) == 0.0:
         return torch.zeros(*x_t.shape, process.states, dtype=torch.float64).scatter_(-1, x_t[..., None], 1.0)
-    beta = float(-process.schedule.d_alpha(t) / process.schedule.alpha(t))
+    beta = float(process.rate(t, x_t, towards_data=False))
     rates = beta * process.noise_law()[x_t][..., None] * concrete_score(process, x_t, probs, t)
     return _first_jump(rates.scatter(-1, x_t[..., None], 0.0), x_t, t - s)
 
@@ -182,11 +186,7 @@ def dfm_euler(model, process: TokenProcess, ts, batch: int, length: int, *, corr
         if s == 0:
             x = y
             continue
-        a, da = float(process.schedule.alpha(t)), float(process.schedule.d_alpha(t))
-        rates = (1.0 + corrector) * (-da / (1.0 - a)) * torch.nn.functional.one_hot(y, process.states).to(torch.float64)
-        if corrector > 0 and a > 0:
-            rates = rates + corrector * (-da / a) * process.noise_law()
-        rates = rates.scatter(-1, x[..., None], 0.0)
+        rates = euler_rates(process, x, torch.nn.functional.one_hot(y, process.states).to(torch.float64), t, corrector)
         total = rates.sum(-1)
         jump = uniforms(x.shape, generator) < -torch.expm1(-(t - s) * total)
         if bool(jump.any()):
@@ -227,7 +227,6 @@ def first_hitting(model, process: Masked, batch: int, length: int, *, nfe: int |
     sched = process.schedule
     t = torch.ones(batch, dtype=torch.float64)
     evaluations = 0
-    rows = torch.arange(batch)
     while True:
         masked = x == process.mask
         n = masked.sum(1)
@@ -244,11 +243,6 @@ def first_hitting(model, process: Masked, batch: int, length: int, *, nfe: int |
         t = torch.where(n > 0, sched.t_from_alpha(1.0 - (1.0 - sched.alpha(t)) * ratio), t)
         probs = model(x, t).to(torch.float64)                                 # time-agnostic for the masked process
         evaluations += 1
-        if int(k.max()) == 1:
-            pick = draw(masked.to(torch.float64) / n.clamp_min(1)[:, None], generator)  # a masked position, uniformly
-            token = draw(probs[rows, pick], generator, method=method, dtype=dtype)
-            x[rows, pick] = torch.where(n > 0, token, x[rows, pick])
-            continue
         keys = torch.where(masked, uniforms(x.shape, generator), torch.full(x.shape, 2.0, dtype=torch.float64))
         chosen = keys.argsort(1).argsort(1) < k[:, None]                      # k masked positions, uniformly
         tokens = draw(probs, generator, method=method, dtype=dtype)

@@ -50,11 +50,16 @@ class Uniform(TimeDensity):
         return torch.rand(n, generator=generator, dtype=torch.float64)
 
 
+def stratified(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` uniforms on ``[0, 1)``, one in each stratum ``[i / n, (i + 1) / n)``, shuffled (float64)."""
+    u = (torch.arange(n, dtype=torch.float64) + torch.rand(n, generator=generator, dtype=torch.float64)) / n
+    return u[torch.randperm(n, generator=generator)]
+
+
 @dataclass(frozen=True)
 class Stratified(TimeDensity):
     def draw(self, n, schedule, generator):
-        u = (torch.arange(n, dtype=torch.float64) + torch.rand(n, generator=generator, dtype=torch.float64)) / n
-        u = u[torch.randperm(n, generator=generator)]
+        u = stratified(n, generator)
         if isinstance(schedule, DiscreteVP):
             return schedule.t_from_index(torch.floor(u * schedule.num_steps))
         return u
