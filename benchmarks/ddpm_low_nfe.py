@@ -6,7 +6,8 @@ NFE 5-8, where diffusers' UniPC with ``leading`` spacing starts below the top of
 as the ODE benchmark scores (``benchmarks/ode_solvers.py``): every method starts from exact draws of
 ``p_{t0}`` at its own first time ``t0`` and is judged by the RMS distance to the exact probability-flow
 solution from there (float32 states). sdeflow runs every deterministic one-evaluation-per-step and
-single-step sampler of ``benchmarks/families.py`` on its grids, from the top and from the ``leading``
+single-step sampler of ``benchmarks/families.py`` on its grids and uniform in ``t`` (diffusers' index
+spacings are uniform in ``t``), from the top and from the ``leading``
 start ``t_max (n - 1) / n`` (the convention of ``sdeflow tune --start leading``), so both libraries may
 start low. Problems: the ODE benchmark's 64-D mixture and the validation problems of the problem family
 with 32-128 dimensions and several components.
@@ -27,14 +28,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import PROCESSES, Problem, Shared, sdeflow_denoiser, write_report  # noqa: E402
-from families import CANDIDATE_GRIDS, CANDIDATE_SAMPLERS, SPLITS, draw_problem  # noqa: E402
+from families import SPLITS, draw_problem  # noqa: E402
 from peers import diffusers_runs, load_diffusers  # noqa: E402
 
 from sdeflow import analytic, sample  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS, steps_for_nfe  # noqa: E402
+from sdeflow.samplers.names import CANDIDATE_GRIDS, CANDIDATE_SAMPLERS  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "ddpm_low_nfe.md")
 BUDGETS = [5, 6, 8]
+#: sdeflow's grids here: the candidates of its family, and uniform in t (what diffusers' index spacings are).
+GRIDS_HERE = (*CANDIDATE_GRIDS["vp"], "uniform")
 
 
 def problems() -> list[Problem]:
@@ -51,7 +55,7 @@ def sdeflow_runs(shared: Shared, process, nfe: int):
     den, sch = sdeflow_denoiser(shared.problem, process), process.schedule
     for name in CANDIDATE_SAMPLERS:
         sampler = SAMPLERS[name]()
-        for grid in CANDIDATE_GRIDS[process.time_input]:
+        for grid in GRIDS_HERE:
             n = steps_for_nfe(sampler, sch, grid, nfe)
             for start in ("top", "leading"):
                 t_max = None if start == "top" else float(GRIDS[grid](n, sch)[0]) * (n - 1) / n

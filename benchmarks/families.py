@@ -42,21 +42,17 @@ from sdeflow import analytic, sample  # noqa: E402
 from sdeflow.analytic.covariance import LowRankPlusDiagonal  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS  # noqa: E402
 from sdeflow.samplers import steps_for_nfe  # noqa: E402
+from sdeflow.samplers.names import CANDIDATE_GRIDS, CANDIDATE_SAMPLERS, HIGH_BUDGET, HIGH_ORDER  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "families.json")
 BUDGETS = [1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 50, 100]
 SPLITS = {"choose": 0, "validate": 1000}
-#: The sdeflow configurations compared: every deterministic sampler family's strongest members, on
-#: every grid that suits the process's time input.
-CANDIDATE_SAMPLERS = ["ddim", "heun", "dpm-solver-2", "dpm-solver-3", "dpm-solver++-2m", "dpm-solver++-3m",
-                      "dpm-solver++-3m-unic", "dpm-solver-3m", "unipc-bh1", "unipc-bh2", "unipc-3", "deis-3", "ipndm"]
-#: From this budget on only the third-order samplers (and iPNDM's fourth) run: lower orders lose there.
-HIGH_BUDGET, HIGH_ORDER = 50, ["dpm-solver-3", "dpm-solver++-3m", "dpm-solver++-3m-unic", "dpm-solver-3m", "unipc-3",
-                                "deis-3", "ipndm"]
-CANDIDATE_GRIDS = {"index": ["auto", "quadratic", "logsnr", "karras", "trailing"],
-                   "edm": ["auto", "karras", "logsnr", "polyexponential", "uniform"],
-                   "t": ["auto", "uniform", "logsnr", "quadratic", "karras"]}
+#: The sdeflow configurations compared: ``sdeflow.samplers.names.CANDIDATE_SAMPLERS`` on every grid of
+#: ``CANDIDATE_GRIDS`` that suits the process's schedule family.
 FAMILY_OF = {"index": "vp", "edm": "sigma", "t": "flow"}
+#: Added to a problem's seed for the draws of a pilot measurement (disjoint from the benchmark's).
+PILOT_SEED = 7919
+PILOT_OUT = OUT.replace("families.json", "families_pilot.json")
 
 
 def log_uniform(g: torch.Generator, lo: float, hi: float) -> float:
@@ -90,15 +86,21 @@ def draw_problem(seed: int) -> tuple[Problem, dict]:
 
 
 def configurations(process):
-    return [(s, gname) for s in CANDIDATE_SAMPLERS for gname in CANDIDATE_GRIDS[process.time_input]]
+    return [(s, gname) for s in CANDIDATE_SAMPLERS for gname in CANDIDATE_GRIDS[FAMILY_OF[process.time_input]]]
 
 
-def measure(seed: int, budgets=BUDGETS) -> dict:
-    """Every configuration's RMS error at every budget, per process, on the problem of ``seed``."""
+def measure(seed: int, budgets=BUDGETS, pilot: int | None = None, samples: int | None = None) -> dict:
+    """Every configuration's RMS error at every budget, per process, on the problem of ``seed``.
+    ``pilot``: measure on that many fresh draws instead (another draw seed than the benchmark's):
+    what a pilot run on a model sees before it picks a configuration. ``samples``: measure on that
+    many of the benchmark's draws instead of the problem's own count (a finer measurement)."""
     problem, params = draw_problem(seed)
+    if pilot or samples:
+        problem = Problem(problem.name, problem.mixture, problem.shape, pilot or samples)
+        params = {**params, "samples": pilot or samples}
     out = {"params": params, "processes": {}}
     for process in PROCESSES:
-        shared = Shared(problem, process, seed=seed)
+        shared = Shared(problem, process, seed=seed + PILOT_SEED if pilot else seed)
         den = sdeflow_denoiser(problem, process)
         sch = process.schedule
         configs = configurations(process)
@@ -141,20 +143,33 @@ def main() -> None:
     parser.add_argument("--shard", default="0/1", help="i/k: run the problems whose index is i modulo k")
     parser.add_argument("--out", default=OUT, help="the results file (shards share it)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pilot", type=int, default=None, metavar="N",
+                        help=f"measure on N fresh draws per problem instead, into {os.path.basename(PILOT_OUT)} "
+                             "unless --out says otherwise (what a pilot run sees; see benchmarks/defaults.py)")
+    parser.add_argument("--samples", type=int, default=None, metavar="N",
+                        help="measure on N of the benchmark's draws per problem instead of the problem's own count "
+                             "(with --out: a finer measurement, see benchmarks/defaults.py --fine)")
+    parser.add_argument("--max-dim", type=int, default=None, metavar="D", help="only the problems of at most D dimensions")
     args = parser.parse_args()
+    if args.pilot and args.samples:
+        parser.error("--pilot and --samples are two measurements: give one")
+    if args.samples and args.out == OUT:
+        parser.error(f"--samples changes the measurement: give another --out than {os.path.basename(OUT)}")
+    out = PILOT_OUT if args.pilot and args.out == OUT else args.out
     i, k = (int(v) for v in args.shard.split("/"))
     torch.set_num_threads(args.threads)
     for split in args.split:
         for idx in range(i, args.count, k):
-            run_problem(SPLITS[split] + idx, args.out)
+            if args.max_dim is None or draw_problem(SPLITS[split] + idx)[1]["dim"] <= args.max_dim:
+                run_problem(SPLITS[split] + idx, out, args.pilot, args.samples)
 
 
-def run_problem(seed: int, out: str) -> None:
+def run_problem(seed: int, out: str, pilot: int | None = None, samples: int | None = None) -> None:
     """Measure the problem of ``seed`` unless ``out`` has it, and add it to ``out``."""
     if str(seed) in load(out)["problems"]:
         return
     start = time.time()
-    result = measure(seed)
+    result = measure(seed, pilot=pilot, samples=samples)
     with open(out + ".lock", "w") as lock:  # shards share the file: one writer at a time
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = load(out)  # re-read: another shard may have saved since

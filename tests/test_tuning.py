@@ -454,3 +454,103 @@ def test_a_grid_tuned_to_start_leading_is_sampled_from_the_tops_noise(tmp_path, 
     r = cli_here("sample", "--checkpoint", ckpt, "--sampler", "unipc-bh2", "--nfe", "5", "--grid", "tuned", "-n", "50",
                  "--out", str(tmp_path / "s.npz"))
     assert r.returncode == 0 and "starting leading" in r.stdout, r.stderr
+
+
+# ------------------------------------------------------------------------------ a default chosen by a pilot
+
+
+@pytest.mark.parametrize("sched,nfe", [("vp-linear", 4), pytest.param("edm", 6, marks=pytest.mark.slow),
+                                       pytest.param("rectified-flow", 10, marks=pytest.mark.slow)])
+def test_a_pilot_choice_is_the_most_accurate_candidate_against_the_exact_flow_map(sched, nfe):
+    """On Gaussian data the exact flow map of the pilot draws is known in closed form (the teleport's
+    linear map from the top to t = 0). The chosen configuration's RMS against it is the least of every
+    candidate's up to twice the teacher's own error (which is measured, and 1000x below the best
+    candidate's); its reported RMS is its RMS against the exact map to that error; every candidate
+    spends at most the budget; keep_default keeps the default unless another candidate's error is
+    below 1 / keep_default of the default's."""
+    from sdeflow.samplers.names import default_sampling
+    from sdeflow.teleport import Teleport
+    from sdeflow.tuning import candidates, choose_configuration
+
+    sch = SCHEDULES[sched]()
+    den = GAUSS.denoiser(sch)
+    x = _draws(sch, 32, 5)
+    top = grids.start_time(sch)
+    exact = Teleport.from_moments(GAUSS.means[0], torch.diag(GAUSS.cov.var[0])).flow(x, sch, top, 0.0)
+    chosen = choose_configuration(den, nfe, x)
+    options = candidates(sch, nfe)
+    assert len(options) >= 40 and all(s.prepare(sch, ts).nfe <= nfe for _, _, s, ts in options.values())
+
+    def rms(out):
+        return float((out - exact).pow(2).sum(1).mean().sqrt())
+
+    on_exact = {k: rms(sample(den, s, ts, x).x) for k, (_, _, s, ts) in options.items()}
+    teacher = Teacher(den, x, steps=300)
+    delta = rms(teacher.end)
+    assert delta < 1e-3 * min(on_exact.values()), (delta, min(on_exact.values()))
+    key = f"{chosen.sampler} ({chosen.method.split(':')[1]})"
+    assert on_exact[key] <= min(on_exact.values()) + 2 * delta
+    assert abs(chosen.loss - on_exact[key]) <= delta and chosen.hand[key] == chosen.loss
+    assert chosen.nfe == nfe and chosen.ts == options[key][3].tolist()
+    default = "{} ({})".format(*default_sampling(sch, nfe))
+    ratio = chosen.hand[default] / chosen.loss
+    kept = choose_configuration(den, nfe, teacher=teacher, keep_default=ratio * 1.01)
+    assert f"{kept.sampler} ({kept.method.split(':')[1]})" == default
+    if ratio > 1.02:
+        other = choose_configuration(den, nfe, teacher=teacher, keep_default=ratio / 1.01)
+        assert f"{other.sampler} ({other.method.split(':')[1]})" == key
+
+
+def test_a_pilot_choice_refuses_bad_requests_before_any_evaluation():
+    from sdeflow.samplers.names import HIGH_ORDER
+    from sdeflow.tuning import candidates, choose_configuration
+    from sdeflow.tuning.draws import CountedDenoiser
+
+    sch = SCHEDULES["edm"]()
+    den = CountedDenoiser(GAUSS.denoiser(sch), torch.float64)
+    x = _draws(sch, 8, 0)
+    for kwargs, message in [({"nfe": 0}, "nfe must be an integer >= 1"),
+                            ({"nfe": 5, "samplers": ["ddpm"]}, "stochastic"),
+                            ({"nfe": 5, "samplers": ["no-such"]}, "no-such"),
+                            ({"nfe": 5, "keep_default": 0.5}, "keep_default must be >= 1"),
+                            ({"nfe": 5, "teacher_steps": 0}, "teacher_steps must be >= 1")]:
+        with pytest.raises(ValueError, match=message):
+            choose_configuration(den, x_init=x, **kwargs)
+    with pytest.raises(ValueError, match="not both"):
+        choose_configuration(den, 5)
+    assert den.calls == 0
+    with pytest.raises(ValueError, match="draw them at the top"):
+        choose_configuration(den, 5, teacher=Teacher(den, x, t_max=0.5, steps=5))
+    assert {s for s, _, _, _ in candidates(sch, 50).values()} <= {*HIGH_ORDER, "dpm-solver++-3m-unic"}
+    from sdeflow.schedules import ddpm_linear
+
+    ddpm = candidates(ddpm_linear(), 5)  # a discrete spacing starts at the top on its own
+    assert "ipndm (trailing)" in ddpm and all(float(ts[0]) == 1.0 for _, _, _, ts in ddpm.values())
+
+
+def test_tune_chooses_a_default_for_a_model_and_sample_runs_it(tmp_path, cli_here):
+    """``sdeflow tune --method choose`` stores the most accurate candidate per budget; ``sdeflow sample
+    --grid tuned`` without --sampler runs it; --coefficients and --start are refused with it."""
+    import shutil
+
+    import numpy as np
+
+    from sdeflow.pretrained import path_of
+
+    ckpt = tmp_path / "moons.safetensors"
+    shutil.copy(path_of("moons"), ckpt)
+    r = cli_here("tune", "--checkpoint", ckpt, "--method", "choose", "--sampler", "heun,ipndm", "--nfe", "3",
+                 "--samples", "16", "--teacher-steps", "20")
+    assert r.returncode == 0 and "NFE 3: " in r.stdout and "the default" in r.stdout, r.stderr
+    (chosen,) = load_tuned(str(tmp_path / "moons.grids.json"))
+    assert chosen.method.startswith("choice:") and chosen.loss == min(chosen.hand.values())
+    default = next(iter(chosen.hand)).split(" ")[0]  # the default comes first, compared with the given samplers
+    assert {k.split(" ")[0] for k in chosen.hand} == {"heun", "ipndm", default} and len(chosen.hand) >= 10
+    out = tmp_path / "s.npz"
+    r = cli_here("sample", "--checkpoint", ckpt, "--nfe", "3", "--grid", "tuned", "-n", "8", "--out", out)
+    assert r.returncode == 0 and chosen.sampler in r.stdout, r.stderr
+    assert np.allclose(np.load(out)["ts"], chosen.ts)
+    r = cli_here("tune", "--checkpoint", ckpt, "--method", "choose", "--coefficients")
+    assert r.returncode == 1 and "--method choose picks" in r.stderr
+    r = cli_here("tune", "--checkpoint", ckpt, "--method", "choose", "--sampler", "ddpm")
+    assert r.returncode == 1 and "stochastic" in r.stderr

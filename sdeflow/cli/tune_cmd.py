@@ -30,9 +30,11 @@ def add_tune_parser(sub) -> None:
                    help="deterministic fixed-grid samplers to tune for (default: sdeflow's default at each budget)")
     p.add_argument("--nfe", default="5,6,8,10", metavar="N[,N...]", help="NFE budgets (default: 5,6,8,10)")
     p.add_argument("--samples", type=int, default=100, help="prior draws the grids are fitted on (default: 100)")
-    p.add_argument("--method", default="dp+descent", choices=["dp+descent", "dp", "descent", "stored"],
+    p.add_argument("--method", default="dp+descent", choices=["dp+descent", "dp", "descent", "stored", "choose"],
                    help="dynamic programming, descent from the best hand grids, or both (default: dp+descent); "
-                   "stored: keep the grid already stored for the sampler and budget (with --coefficients)")
+                   "stored: keep the grid already stored for the sampler and budget (with --coefficients); "
+                   "choose: fit nothing, run every candidate sampler (or those of --sampler) on every hand grid and "
+                   "keep the most accurate on the draws (32 --samples are enough), a default chosen for this model")
     p.add_argument("--gradient", default="autograd", choices=["autograd", "differences"],
                    help="how the descent differentiates the loss: through the sampling run (autograd, one run per "
                    "gradient; the default) or by central differences (2 runs per grid point)")
@@ -83,8 +85,8 @@ def run_tune(args) -> None:
     from ..pretrained import load_model
     from ..sampling import prior_sample
     from ..samplers.fitted import check_fittable
-    from ..tuning import (GridSpace, Split, Teacher, candidate_times, check_tunable, find_tuned, optimize_coefficients,
-                          optimize_grid, save_tuned, steps_for, tuned_path, tuned_paths)
+    from ..tuning import (GridSpace, Split, Teacher, candidate_times, candidates, check_tunable, find_tuned,
+                          optimize_coefficients, optimize_grid, save_tuned, steps_for, tuned_path, tuned_paths)
 
     budgets = _budgets(args.nfe)
     for name in ("samples", "teacher_steps", "iterations", "rounds"):
@@ -94,6 +96,9 @@ def run_tune(args) -> None:
         raise ValueError(f"--starts must be >= 0, got {args.starts}")
     if args.method == "stored" and not args.coefficients:
         raise ValueError("--method stored keeps the stored grids and only fits coefficients: add --coefficients")
+    if args.method == "choose" and (args.coefficients or args.start != "top"):
+        raise ValueError("--method choose picks a sampler and a hand grid from the top; --coefficients and --start "
+                         "belong to a fit: tune the chosen sampler's grid afterwards")
     if args.coefficients and args.start != "top":
         raise ValueError(f"--coefficients fits a sampler on a grid that starts at the top; --start {args.start} "
                          "begins below it: leave one out")
@@ -113,6 +118,9 @@ def run_tune(args) -> None:
     names = args.sampler.split(",") if args.sampler else [None]
     jobs = []
     for budget in budgets:
+        if args.method == "choose":  # unknown or stochastic samplers are refused before any evaluation
+            candidates(sch, budget, args.sampler.split(",") if args.sampler else None)
+            continue
         for name in names:
             name = name or default_sampling(sch, budget)[0]
             sampler = lookup(SAMPLERS, "sampler", name)()
@@ -141,6 +149,9 @@ def run_tune(args) -> None:
     if gauss is None or args.method == "stored":  # with a Gaussian, each fit runs its own teacher (see optimize_grid)
         teacher = Teacher(den, x, cond=cond, t_max=space.t_max, steps=args.teacher_steps, times=times)
         print(f"teacher: {teacher.calls} evaluations on {args.samples} draws, {time.time() - start:.0f} s")
+    if args.method == "choose":
+        choose(args, den, teacher, budgets, out)
+        return
     for name, sampler, budget in jobs:
         start = time.time()
         if args.method == "stored":
@@ -177,4 +188,20 @@ def run_tune(args) -> None:
                   f"(RMS {tuned.heldout:.3g}), {kept}, {tuned.cost_grad} evaluations differentiated, "
                   f"{time.time() - start:.0f} s")
         save_tuned(out, [tuned])  # after each fit: an interrupted run keeps what it finished
+    print(f"wrote {out}")
+
+
+def choose(args, den, teacher, budgets: list[int], out: str) -> None:
+    """``--method choose``: the most accurate candidate at each budget on the draws, stored as it is found."""
+    from ..tuning import choose_configuration, save_tuned
+
+    for budget in budgets:
+        start = time.time()
+        chosen = choose_configuration(den, budget, teacher=teacher,
+                                      samplers=args.sampler.split(",") if args.sampler else None)
+        default = "{} ({})".format(*default_sampling(den.schedule, budget))
+        print(f"NFE {budget}: {chosen.sampler} ({chosen.method.split(':')[1]}), RMS {chosen.loss:.3g} on "
+              f"{chosen.samples} draws; the default {default}: RMS {chosen.hand[default]:.3g}; "
+              f"{chosen.cost_nfe} evaluations, {time.time() - start:.0f} s")
+        save_tuned(out, [chosen])
     print(f"wrote {out}")

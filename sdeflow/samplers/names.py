@@ -109,6 +109,22 @@ ALL_SAMPLERS = SAMPLERS.merged(FLOW_MAP_SAMPLERS)
 #: ``SdeflowScheduler``'s ``num_inference_steps`` is), chosen by ``python benchmarks/defaults.py`` on 20
 #: random exact problems (``benchmarks/families.py``) for the least ``max(p90 / 1.5, max / 3)`` of the
 #: ratio to the best configuration; ``docs/benchmarks/defaults.md`` reports the ratios on 20 others.
+#: The configurations defaults are chosen among (``benchmarks/families.py``) and a pilot run compares
+#: (:func:`sdeflow.tuning.choose_configuration`): the strongest deterministic samplers of every family,
+#: single-step ones included, on every grid that suits the schedule family.
+CANDIDATE_SAMPLERS = ("ddim", "heun", "dpm-solver-2", "dpm-solver-3", "dpm-solver++-2m", "dpm-solver++-3m",
+                      "dpm-solver++-3m-unic", "dpm-solver-3m", "unipc-bh1", "unipc-bh2", "unipc-3", "deis-3", "ipndm")
+CANDIDATE_GRIDS = {"vp": ("auto", "quadratic", "logsnr", "karras", "trailing"),
+                   "sigma": ("auto", "karras", "logsnr", "polyexponential", "uniform"),
+                   "flow": ("auto", "uniform", "logsnr", "quadratic", "karras")}
+#: From this budget on, only the samplers of order three and more are candidates: lower orders lose there.
+HIGH_BUDGET = 50
+HIGH_ORDER = ("dpm-solver-3", "dpm-solver++-3m", "dpm-solver++-3m-unic", "dpm-solver-3m", "unipc-3", "deis-3", "ipndm")
+
+
+def candidate_samplers(nfe: int) -> tuple[str, ...]:
+    """The candidate samplers at a budget of ``nfe`` evaluations (see :data:`CANDIDATE_SAMPLERS`)."""
+    return HIGH_ORDER if nfe >= HIGH_BUDGET else CANDIDATE_SAMPLERS
 DEFAULTS = {
     "vp": [(1, "ddim", "auto"), (2, "dpm-solver-3m", "quadratic"), (4, "unipc-bh1", "quadratic"), (5, "ipndm", "logsnr"),
            (8, "ipndm", "karras"), (12, "dpm-solver-3m", "karras"), (math.inf, "unipc-3", "auto")],

@@ -32,10 +32,17 @@ coefficient of the sampler's plan (the weights of the state and of the model out
 combines) to lower the same teacher loss, through autograd, with early stopping on held-out draws;
 :class:`~sdeflow.samplers.FittedSampler` runs the result.
 
+Before any fit, :func:`choose_configuration` picks the configuration itself: every candidate sampler
+on every hand grid of the schedule's family, run at the budget on a pilot batch of draws against the
+teacher, the least error kept (``sdeflow tune --method choose``). No fixed table of defaults is close
+to the best configuration on most problems (the best grid depends on the scales of the data); a pilot
+run measures it for the model at hand.
+
 The pieces: :mod:`.space` (the parameterized grids, candidates, hand grids), :mod:`.draws` (the teacher,
 the trimmed losses, the held-out split, the starts), :mod:`.fit` (the DP, the descent,
 :func:`optimize_grid`), :mod:`.coefficients` (:func:`optimize_coefficients`),
-:mod:`.exact` (the Gaussian certificate and the tangent law), :mod:`.store` (tuned grids beside a checkpoint).
+:mod:`.exact` (the Gaussian certificate and the tangent law), :mod:`.choose` (the pilot choice),
+:mod:`.store` (tuned grids beside a checkpoint).
 
 Tuned grids are values: :class:`TunedGrid` records the grid with its sampler, NFE, loss, the best
 hand grid's loss and the fitting cost, and :func:`save_tuned` / :func:`load_tuned` keep them in a JSON
@@ -43,6 +50,7 @@ file beside a checkpoint (``<checkpoint>.grids.json``; for a shipped model, in t
 :mod:`.store`), where ``sdeflow sample --grid tuned`` finds them.
 """
 
+from .choose import candidates, choose_configuration
 from .coefficients import optimize_coefficients
 from .exact import ays_gaussian_grid, exact_optimal_grid
 from .draws import STARTS, Split, Teacher, endpoint_loss
@@ -51,6 +59,7 @@ from .space import HAND_GRIDS, SIGMA_FLOOR, GridSpace, candidate_times, hand_gri
 from .store import TunedGrid, find_tuned, load_tuned, save_tuned, tuned_path, tuned_paths
 
 __all__ = ["GRADIENTS", "HAND_GRIDS", "METHODS", "STARTS", "GridGradient", "SIGMA_FLOOR", "GridSpace", "Split", "Teacher",
-           "TunedGrid", "ays_gaussian_grid", "best_path", "candidate_times", "check_tunable", "descend", "dp_grid",
+           "TunedGrid", "ays_gaussian_grid", "best_path", "candidate_times", "candidates", "check_tunable",
+           "choose_configuration", "descend", "dp_grid",
            "endpoint_loss", "exact_optimal_grid", "find_tuned", "hand_grids", "load_tuned", "optimize_coefficients",
            "optimize_grid", "save_tuned", "steps_for", "tuned_path", "tuned_paths"]

@@ -1,0 +1,104 @@
+"""The default chosen for one model: every candidate sampler on every hand grid of its schedule family,
+run at one budget on a pilot batch of prior draws and scored against the teacher's solve of the same
+draws; the least error wins (see :func:`choose_configuration`).
+
+No fixed table of samplers and grids is within 1.5x of the best configuration on 90% of problems at
+most budgets (``docs/benchmarks/defaults.md``): the best grid depends on the scales of the data. A
+pilot run measures that for the model at hand, at the cost of a teacher solve and one run of each
+candidate on the pilot draws.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..grids import GRIDS, start_time
+from ..names import lookup
+from ..samplers import steps_for_nfe
+from ..samplers.names import CANDIDATE_GRIDS, SAMPLERS, candidate_samplers, default_sampling, family
+from .draws import CountedDenoiser, Teacher, draw_errors, trimmed_rms
+from .fit import check_tunable
+from .store import TunedGrid
+
+
+def candidates(schedule, nfe: int, samplers=None, t_max: float | None = None) -> dict[str, tuple[str, str, object, torch.Tensor]]:
+    """``{"sampler (grid)": (sampler name, grid name, sampler, ts)}``: every candidate that spends at most
+    ``nfe`` evaluations on ``schedule`` (its largest step count within the budget), the default first;
+    every grid starts at ``t_max`` (default: where sdeflow samples from, :func:`~sdeflow.grids.start_time`)."""
+    t_max = start_time(schedule) if t_max is None else float(t_max)
+    names = list(candidate_samplers(nfe) if samplers is None else samplers)
+    pairs = [default_sampling(schedule, nfe)] + [(s, g) for s in names for g in CANDIDATE_GRIDS[family(schedule)]]
+    out = {}
+    for sname, gname in pairs:
+        key = f"{sname} ({gname})"
+        if key in out:
+            continue
+        sampler = lookup(SAMPLERS, "sampler", sname)()
+        check_tunable(sampler, sname)
+        try:
+            n = steps_for_nfe(sampler, schedule, gname, nfe)
+            ts = GRIDS[gname](n, schedule)
+            if abs(float(ts[0]) - t_max) > 1e-12:  # a grid that starts elsewhere (uniform on a flow): moved to t_max
+                ts = GRIDS[gname](n, schedule, t_max=t_max)
+        except ValueError:  # a grid the schedule does not take (a discrete spacing on a continuous schedule)
+            continue
+        if sampler.prepare(schedule, ts).nfe <= nfe:
+            out[key] = (sname, gname, sampler, ts)
+    return out
+
+
+def choose_configuration(denoiser, nfe: int, x_init: torch.Tensor | None = None, *, teacher: Teacher | None = None,
+                         cond: dict | None = None, samplers=None, teacher_steps: int = 300,
+                         keep_default: float = 1.0) -> TunedGrid:
+    """The sampler and hand grid with the least endpoint RMS error at a budget of ``nfe`` evaluations on
+    the pilot draws ``x_init`` of the prior at the top of the schedule (32 are enough; see
+    :func:`~sdeflow.sampling.prior_sample`), against the teacher's many-step solve of the same draws (or
+    a :class:`Teacher` already computed on them: give ``teacher`` instead of ``x_init`` and ``cond``).
+
+    The candidates are ``samplers`` (default :func:`~sdeflow.samplers.names.candidate_samplers`: the
+    strongest deterministic samplers of every family, single-step ones included; from 50 evaluations on,
+    those of order three and more) on every grid of
+    :data:`~sdeflow.samplers.names.CANDIDATE_GRIDS` for the schedule's family, each at its largest step
+    count within the budget. sdeflow's default at ``nfe`` is kept unless a candidate's error is below
+    ``1 / keep_default`` of it.
+
+    Returns a :class:`TunedGrid` with ``method = "choice:<grid>"``: the chosen sampler, its grid ``ts``,
+    the budget ``nfe`` (a single-step sampler may spend fewer), its RMS (``loss`` and ``heldout``),
+    ``hand`` the RMS of every candidate (keyed ``"sampler (grid)"``) and ``cost_nfe`` the evaluations
+    spent (each on the whole batch), the teacher's included when it is computed here.
+    ``sdeflow sample --grid tuned`` runs it once stored (:func:`~sdeflow.tuning.save_tuned`)."""
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe must be an integer >= 1, got {nfe!r}")
+    if not keep_default >= 1.0:
+        raise ValueError(f"keep_default must be >= 1 (1: no preference for the default), got {keep_default}")
+    if (x_init is None) == (teacher is None):
+        raise ValueError("give the pilot draws x_init or a Teacher computed on them, not both")
+    if teacher_steps < 1:
+        raise ValueError(f"teacher_steps must be >= 1, got {teacher_steps}")
+    sch = denoiser.schedule
+    if teacher is not None and abs(teacher.t_max - start_time(sch)) > 1e-9:
+        raise ValueError(f"the pilot draws are at t = {teacher.t_max:.6g}: draw them at the top of the schedule, "
+                         f"t = {start_time(sch):.6g}")
+    options = candidates(sch, nfe, samplers)  # refused here (unknown or stochastic samplers) before any evaluation
+    if not options:
+        raise ValueError(f"no candidate sampler runs within {nfe} evaluations on this schedule")
+    teacher_calls = 0
+    if teacher is None:
+        teacher = Teacher(denoiser, x_init, cond=cond, steps=max(teacher_steps, 3 * nfe))
+        teacher_calls = teacher.calls
+    counted = CountedDenoiser(denoiser, teacher.x_init.dtype)
+    rms = {}
+    for key, (_, _, sampler, ts) in options.items():
+        err = float(trimmed_rms(draw_errors(counted, sampler, ts, teacher.x_init, teacher.end, teacher.cond)))
+        rms[key] = err if math.isfinite(err) else math.inf
+    default = next(iter(options))
+    best = min(rms, key=rms.get)
+    if not math.isfinite(rms[best]):
+        raise ValueError("no candidate gives a finite result on the pilot draws")
+    if rms[default] <= keep_default * rms[best]:
+        best = default
+    sname, gname, sampler, ts = options[best]
+    return TunedGrid(ts.tolist(), sname, nfe, f"choice:{gname}", rms[best], rms, counted.calls + teacher_calls,
+                     teacher.x_init.shape[0], heldout=rms[best])
