@@ -548,7 +548,7 @@ def test_tune_chooses_a_default_for_a_model_and_sample_runs_it(tmp_path, cli_her
     assert {k.split(" ")[0] for k in chosen.hand} == {"heun", "ipndm", default} and len(chosen.hand) >= 10
     out = tmp_path / "s.npz"
     r = cli_here("sample", "--checkpoint", ckpt, "--nfe", "3", "--grid", "tuned", "-n", "8", "--out", out)
-    assert r.returncode == 0 and chosen.sampler in r.stdout, r.stderr
+    assert r.returncode == 0 and f"{chosen.sampler} on the {chosen.method.split(':')[1]} grid (chosen" in r.stdout, r.stderr
     assert np.allclose(np.load(out)["ts"], chosen.ts)
     r = cli_here("tune", "--checkpoint", ckpt, "--method", "choose", "--coefficients")
     assert r.returncode == 1 and "--method choose picks" in r.stderr
