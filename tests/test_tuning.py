@@ -488,17 +488,17 @@ def test_a_pilot_choice_is_the_most_accurate_candidate_against_the_exact_flow_ma
     teacher = Teacher(den, x, steps=300)
     delta = rms(teacher.end)
     assert delta < 1e-3 * min(on_exact.values()), (delta, min(on_exact.values()))
-    key = f"{chosen.sampler} ({chosen.method.split(':')[1]})"
+    key = f"{chosen.sampler} ({chosen.chosen_grid})"
     assert on_exact[key] <= min(on_exact.values()) + 2 * delta
     assert abs(chosen.loss - on_exact[key]) <= delta and chosen.hand[key] == chosen.loss
     assert chosen.nfe == nfe and chosen.ts == options[key][3].tolist()
     default = "{} ({})".format(*default_sampling(sch, nfe))
     ratio = chosen.hand[default] / chosen.loss
     kept = choose_configuration(den, nfe, teacher=teacher, keep_default=ratio * 1.01)
-    assert f"{kept.sampler} ({kept.method.split(':')[1]})" == default
+    assert f"{kept.sampler} ({kept.chosen_grid})" == default
     if ratio > 1.02:
         other = choose_configuration(den, nfe, teacher=teacher, keep_default=ratio / 1.01)
-        assert f"{other.sampler} ({other.method.split(':')[1]})" == key
+        assert f"{other.sampler} ({other.chosen_grid})" == key
 
 
 def test_a_pilot_choice_refuses_bad_requests_before_any_evaluation():
@@ -548,9 +548,24 @@ def test_tune_chooses_a_default_for_a_model_and_sample_runs_it(tmp_path, cli_her
     assert {k.split(" ")[0] for k in chosen.hand} == {"heun", "ipndm", default} and len(chosen.hand) >= 10
     out = tmp_path / "s.npz"
     r = cli_here("sample", "--checkpoint", ckpt, "--nfe", "3", "--grid", "tuned", "-n", "8", "--out", out)
-    assert r.returncode == 0 and f"{chosen.sampler} on the {chosen.method.split(':')[1]} grid (chosen" in r.stdout, r.stderr
+    assert r.returncode == 0 and f"{chosen.sampler} on the {chosen.chosen_grid} grid (chosen" in r.stdout, r.stderr
     assert np.allclose(np.load(out)["ts"], chosen.ts)
     r = cli_here("tune", "--checkpoint", ckpt, "--method", "choose", "--coefficients")
     assert r.returncode == 1 and "--method choose picks" in r.stderr
     r = cli_here("tune", "--checkpoint", ckpt, "--method", "choose", "--sampler", "ddpm")
     assert r.returncode == 1 and "stochastic" in r.stderr
+
+
+def test_a_pilot_choice_runs_in_sdeflow_scheduler_by_its_names():
+    """The names of a choice made for a 1000-step DDPM model give ``SdeflowScheduler`` the very grid
+    the pilot measured (a diffusers pipeline sets its timesteps before any model evaluation)."""
+    from sdeflow.adapters import SdeflowScheduler
+    from sdeflow.tuning import choose_configuration
+
+    scheduler = SdeflowScheduler()
+    den = GAUSS.denoiser(scheduler.schedule)
+    chosen = choose_configuration(den, 4, GAUSS.sample_t(16, scheduler.schedule, 1.0, torch.Generator().manual_seed(0))[0],
+                                  samplers=["ddim", "unipc-bh2", "ipndm"], teacher_steps=40)
+    run = SdeflowScheduler(sampler=chosen.sampler, grid=chosen.chosen_grid)
+    run.set_timesteps(len(chosen.ts) - 1)
+    assert torch.equal(run.ts, chosen.grid())

@@ -200,7 +200,7 @@ def choose(args, den, teacher, budgets: list[int], out: str) -> None:
         chosen = choose_configuration(den, budget, teacher=teacher,
                                       samplers=args.sampler.split(",") if args.sampler else None)
         default = "{} ({})".format(*default_sampling(den.schedule, budget))
-        print(f"NFE {budget}: {chosen.sampler} ({chosen.method.split(':')[1]}), RMS {chosen.loss:.3g} on "
+        print(f"NFE {budget}: {chosen.sampler} ({chosen.chosen_grid}), RMS {chosen.loss:.3g} on "
               f"{chosen.samples} draws; the default {default}: RMS {chosen.hand[default]:.3g}; "
               f"{chosen.cost_nfe} evaluations, {time.time() - start:.0f} s")
         save_tuned(out, [chosen])

@@ -57,6 +57,13 @@ class TunedGrid:
         name = min(self.hand, key=self.hand.get)
         return name, self.hand[name]
 
+    @property
+    def chosen_grid(self) -> str | None:
+        """The name of the hand grid of a pilot choice (``method = "choice:<grid>"``, see
+        :func:`~sdeflow.tuning.choose_configuration`), else ``None``. With :attr:`sampler`, what
+        ``SdeflowScheduler(sampler=..., grid=...)`` takes to run the same configuration."""
+        return self.method.split(":", 1)[1] if self.method.startswith("choice:") else None
+
     def grid(self) -> torch.Tensor:
         return grids.check_grid(self.ts)
 
