@@ -559,6 +559,7 @@ def test_tune_chooses_a_default_for_a_model_and_sample_runs_it(tmp_path, cli_her
 def test_a_pilot_choice_runs_in_sdeflow_scheduler_by_its_names():
     """The names of a choice made for a 1000-step DDPM model give ``SdeflowScheduler`` the very grid
     the pilot measured (a diffusers pipeline sets its timesteps before any model evaluation)."""
+    pytest.importorskip("diffusers")
     from sdeflow.adapters import SdeflowScheduler
     from sdeflow.tuning import choose_configuration
 
