@@ -34,6 +34,7 @@ from families import OUT as FAMILIES, PILOT_OUT, SPLITS, load  # noqa: E402
 FINE_OUT = FAMILIES.replace("families.json", "families_fine.json")
 
 from sdeflow.samplers.names import DEFAULTS, default_for_family  # noqa: E402
+from sdeflow.tuning.choose import KEEP_DEFAULT  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "defaults.md")
 #: Samplers a default may be: one model evaluation per step.
@@ -127,12 +128,53 @@ def configuration_errors(record: dict, j: int, one_per_step: bool = False) -> di
             for c, e in zip(record["configs"], record["errors"]) if not one_per_step or c.split(" ")[0] in ONE_PER_STEP}
 
 
-def picked_on(seen: dict, family: str, budget: int) -> str:
-    """The configuration with the least error in ``seen``, sdeflow's default where it ties (as
-    :func:`sdeflow.tuning.choose_configuration` picks with ``keep_default=1``)."""
+def picked_on(seen: dict, family: str, budget: int, keep: float = KEEP_DEFAULT) -> str:
+    """The configuration with the least error in ``seen``, sdeflow's default unless that error is
+    below ``1 / keep`` of the default's (as :func:`sdeflow.tuning.choose_configuration` picks)."""
     default = "{} ({})".format(*default_for_family(family, budget))
     pick = min(seen, key=seen.get)
-    return default if seen.get(default, math.inf) <= seen[pick] else pick
+    return default if seen.get(default, math.inf) <= keep * seen[pick] else pick
+
+
+def in_split(pilot: dict, split: str) -> list[str]:
+    """The seeds of ``pilot`` in ``split``, in order."""
+    lo = SPLITS[split]
+    hi = min([v for v in SPLITS.values() if v > lo], default=math.inf)
+    return sorted((s for s in pilot["problems"] if lo <= int(s) < hi), key=int)
+
+
+#: The preferences for the default a pilot is measured with (``keep_default``).
+KEEPS = (1.0, 1.1, 1.25, 1.5, 2.0, 3.0)
+
+
+def keep_lines(data: dict, pilot: dict) -> tuple[list[str], float]:
+    """The report's lines on ``keep_default``: per value, the cells where the pilot's pick meets the
+    target on the choosing and on the validation problems; and the value the choosing problems pick
+    (the most cells, ties to the smaller preference)."""
+    counts = {}
+    for keep in KEEPS:
+        counts[keep] = []
+        for split in ("choose", "validate"):
+            seeds, met = in_split(pilot, split), 0
+            for family in PROCESS_OF:
+                for j, budget in enumerate(data["budgets"]):
+                    r = []
+                    for seed in seeds:
+                        seen = configuration_errors(pilot["problems"][seed]["processes"][family], j)
+                        every = configuration_errors(data["problems"][seed]["processes"][family], j)
+                        r.append(every[picked_on(seen, family, budget, keep)] / min(every.values()))
+                    met += meets(r)
+            counts[keep].append((met, len(seeds)))
+    best = max(KEEPS, key=lambda k: (counts[k][0][0], -k))
+    lines = ["### A preference for the default", "",
+             "`choose_configuration(keep_default=r)` keeps sdeflow's default unless a candidate's pilot error is below "
+             "`1 / r` of the default's. Cells (of 42) where the pilot's pick meets the target, by `r`, on the choosing "
+             "problems (which pick `r`) and on the validation problems:", "",
+             "| keep_default | choosing problems | validation problems |", "|---|---|---|"]
+    lines += [f"| {k:g} | {c[0][0]} ({c[0][1]} problems) | {c[1][0]} ({c[1][1]} problems) |" for k, c in counts.items()]
+    lines += ["", f"The choosing problems pick `keep_default = {best:g}` (`sdeflow.tuning.choose_configuration`'s "
+                  f"default is {KEEP_DEFAULT:g})."]
+    return lines, best
 
 
 def pilot_ratios(data: dict, pilot: dict, family: str, one_per_step: bool = False) -> tuple[dict, dict]:
@@ -142,7 +184,8 @@ def pilot_ratios(data: dict, pilot: dict, family: str, one_per_step: bool = Fals
     holds on another: the floor any choice made before seeing the draws is measured against).
     ``one_per_step``: among the samplers that take one evaluation per step only."""
     ahead, back = collections.defaultdict(list), collections.defaultdict(list)
-    for seed, problem in sorted(pilot["problems"].items(), key=lambda kv: int(kv[0])):
+    for seed in in_split(pilot, "validate"):
+        problem = pilot["problems"][seed]
         for j, budget in enumerate(data["budgets"]):
             seen = configuration_errors(problem["processes"][family], j, one_per_step)
             bench = configuration_errors(data["problems"][seed]["processes"][family], j, one_per_step)
@@ -159,13 +202,14 @@ def meets(r: list[float]) -> bool:
 def pilot_lines(data: dict, pilot: dict) -> tuple[list[str], dict]:
     """The report's section on the pilot choice, and per (family, budget) whether the pilot's pick and
     the benchmark's own best on the pilot's draws meet the target."""
-    n = len(pilot["problems"])
-    draws = {p["params"]["samples"] for p in pilot["problems"].values()}
+    n = len(in_split(pilot, "validate"))
+    draws = {pilot["problems"][s]["params"]["samples"] for s in in_split(pilot, "validate")}
     lines = ["## A default chosen for the model by a pilot run", "",
              f"`sdeflow tune --method choose` (`sdeflow.tuning.choose_configuration`) runs every candidate on a pilot "
              f"batch of draws and keeps the least error. Here: on the {n} validation problems, on "
              f"{'/'.join(map(str, sorted(draws)))} draws other than the benchmark's "
-             "(`python benchmarks/families.py --split validate --count 20 --pilot 32`, `docs/benchmarks/families_pilot.json`); "
+             "(`python benchmarks/families.py --split choose validate --count 20 --pilot 32`, "
+             "`docs/benchmarks/families_pilot.json`); "
              "the pilot's pick is scored by the ratio of its error on the benchmark's draws to the best configuration's "
              "there. The last column turns it round: the best configuration on the benchmark's draws, scored on the "
              "pilot's draws. That is how well the best configuration on one set of draws of a problem holds on "
@@ -259,6 +303,10 @@ def main() -> None:
     pilot_section = []
     if os.path.exists(PILOT_OUT):
         pilot_section, figures = pilot_lines(data, load(PILOT_OUT))
+        kept, best_keep = keep_lines(data, load(PILOT_OUT))
+        pilot_section += [""] + kept
+        if best_keep != KEEP_DEFAULT:
+            print(f"the choosing problems pick keep_default = {best_keep:g}; the code's is {KEEP_DEFAULT:g}", file=sys.stderr)
         pilot_meets, one_meets, floor = (sum(f[i] for f in figures.values()) for i in range(3))
         summary.append(f"A default chosen for the model by a pilot run (`sdeflow tune --method choose`, below) meets the "
                        f"same target at {pilot_meets} of {len(figures)} cells ({one_meets} among the samplers that take "

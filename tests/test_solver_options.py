@@ -165,7 +165,8 @@ def test_default_sampling_is_registered_and_runs_within_its_budget_on_every_sche
 def test_the_defaults_are_the_rules_choice_on_the_stored_problem_families():
     """``DEFAULTS`` is what ``benchmarks/defaults.py``'s rule chooses from the stored measurements on the
     choosing problems (``docs/benchmarks/families.json``): the table in the code is the documented
-    rule's answer, not a hand edit. Every default takes one evaluation per step at every budget 1-100,
+    rule's answer, not a hand edit; so is ``choose_configuration``'s ``keep_default`` on the pilot
+    measurements of the choosing problems (``families_pilot.json``). Every default takes one evaluation per step at every budget 1-100,
     so a budget is a step count for ``SdeflowScheduler`` as well."""
     import importlib.util
     import pathlib
@@ -179,6 +180,10 @@ def test_the_defaults_are_the_rules_choice_on_the_stored_problem_families():
         rule = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(rule)
         assert rule.choose(rule.load(rule.FAMILIES)) == DEFAULTS
+        # the pilot's preference for the default, chosen on the choosing problems' pilot measurements
+        from sdeflow.tuning.choose import KEEP_DEFAULT
+
+        assert rule.keep_lines(rule.load(rule.FAMILIES), rule.load(rule.PILOT_OUT))[1] == KEEP_DEFAULT
     finally:
         sys.path.remove(str(root))
     for fam, sched in (("vp", ddpm_linear()), ("sigma", EDM()), ("flow", RectifiedFlow())):

@@ -23,6 +23,12 @@ from .fit import check_tunable
 from .store import TunedGrid
 
 
+#: ``choose_configuration``'s preference for sdeflow's default (1: none). Chosen on the choosing
+#: problems of ``benchmarks/families.py`` by ``benchmarks/defaults.py`` (a larger preference never met
+#: the target in more cells there).
+KEEP_DEFAULT = 1.0
+
+
 def candidates(schedule, nfe: int, samplers=None, t_max: float | None = None) -> dict[str, tuple[str, str, object, torch.Tensor]]:
     """``{"sampler (grid)": (sampler name, grid name, sampler, ts)}``: every candidate that spends at most
     ``nfe`` evaluations on ``schedule`` (its largest step count within the budget), the default first;
@@ -51,7 +57,7 @@ def candidates(schedule, nfe: int, samplers=None, t_max: float | None = None) ->
 
 def choose_configuration(denoiser, nfe: int, x_init: torch.Tensor | None = None, *, teacher: Teacher | None = None,
                          cond: dict | None = None, samplers=None, teacher_steps: int = 300,
-                         keep_default: float = 1.0) -> TunedGrid:
+                         keep_default: float = KEEP_DEFAULT) -> TunedGrid:
     """The sampler and hand grid with the least endpoint RMS error at a budget of ``nfe`` evaluations on
     the pilot draws ``x_init`` of the prior at the top of the schedule (32 are enough; see
     :func:`~sdeflow.sampling.prior_sample`), against the teacher's many-step solve of the same draws (or
