@@ -31,12 +31,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import write_report  # noqa: E402
 from families import OUT as FAMILIES, PILOT_OUT, SPLITS, load  # noqa: E402
 
-FINE_OUT = FAMILIES.replace("families.json", "families_fine.json")
-
 from sdeflow.samplers.names import DEFAULTS, default_for_family  # noqa: E402
 from sdeflow.tuning.choose import KEEP_DEFAULT  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "defaults.md")
+FINE_OUT = FAMILIES.replace("families.json", "families_fine.json")
 #: Samplers a default may be: one model evaluation per step.
 ONE_PER_STEP = ("ddim", "dpm-solver++-2m", "dpm-solver++-3m", "dpm-solver++-3m-unic", "dpm-solver-3m", "unipc-bh1",
                 "unipc-bh2", "unipc-3", "deis-3", "ipndm")
@@ -47,18 +46,32 @@ PREVIOUS = {"vp": [(10, "deis-3", "quadratic"), (35, "ipndm", "quadratic"), (mat
             "flow": [(15, "unipc-bh2", "uniform"), (math.inf, "dpm-solver++-3m-unic", "quadratic")]}
 
 
+def in_split(data: dict, split: str) -> list[str]:
+    """The seeds of ``data`` in ``split``, in order."""
+    lo = SPLITS[split]
+    hi = min([v for v in SPLITS.values() if v > lo], default=math.inf)
+    return sorted((s for s in data["problems"] if lo <= int(s) < hi), key=int)
+
+
+def configuration_errors(record: dict, j: int, one_per_step: bool = False) -> dict:
+    """``{config: RMS}`` of one problem's process record at budget index ``j`` (``inf`` where it cannot run)."""
+    return {c: (e[j] if e[j] is not None and math.isfinite(e[j]) else math.inf)
+            for c, e in zip(record["configs"], record["errors"]) if not one_per_step or c.split(" ")[0] in ONE_PER_STEP}
+
+
+def default_config(family: str, budget: int) -> str:
+    """The default in the code as a configuration's key, ``"sampler (grid)"``."""
+    return "{} ({})".format(*default_for_family(family, budget))
+
+
 def ratios(data: dict, split: str, family: str) -> dict:
     """``{budget: {config: [ratio per problem]}}`` for the problems of ``split`` (``inf`` where a
     configuration cannot run at that budget or its run is not finite)."""
-    lo = SPLITS[split]
-    hi = min([v for v in SPLITS.values() if v > lo], default=math.inf)
     out = collections.defaultdict(lambda: collections.defaultdict(list))
-    for seed, problem in sorted(data["problems"].items(), key=lambda kv: int(kv[0])):
-        if not lo <= int(seed) < hi:
-            continue
-        rec = problem["processes"][family]
+    for seed in in_split(data, split):
+        rec = data["problems"][seed]["processes"][family]
         for j, budget in enumerate(data["budgets"]):
-            errs = {c: (e[j] if e[j] is not None else math.inf) for c, e in zip(rec["configs"], rec["errors"])}
+            errs = configuration_errors(rec, j)
             best = min(errs.values())
             for c, e in errs.items():
                 out[budget][c].append(e / best if best > 0 else (1.0 if e == 0 else math.inf))
@@ -122,25 +135,12 @@ def validation(data: dict, split: str = "validate") -> tuple[list[str], dict]:
     return lines, worst
 
 
-def configuration_errors(record: dict, j: int, one_per_step: bool = False) -> dict:
-    """``{config: RMS}`` of one problem's process record at budget index ``j`` (``inf`` where it cannot run)."""
-    return {c: (e[j] if e[j] is not None and math.isfinite(e[j]) else math.inf)
-            for c, e in zip(record["configs"], record["errors"]) if not one_per_step or c.split(" ")[0] in ONE_PER_STEP}
-
-
 def picked_on(seen: dict, family: str, budget: int, keep: float = KEEP_DEFAULT) -> str:
     """The configuration with the least error in ``seen``, sdeflow's default unless that error is
     below ``1 / keep`` of the default's (as :func:`sdeflow.tuning.choose_configuration` picks)."""
-    default = "{} ({})".format(*default_for_family(family, budget))
+    default = default_config(family, budget)
     pick = min(seen, key=seen.get)
     return default if seen.get(default, math.inf) <= keep * seen[pick] else pick
-
-
-def in_split(pilot: dict, split: str) -> list[str]:
-    """The seeds of ``pilot`` in ``split``, in order."""
-    lo = SPLITS[split]
-    hi = min([v for v in SPLITS.values() if v > lo], default=math.inf)
-    return sorted((s for s in pilot["problems"] if lo <= int(s) < hi), key=int)
 
 
 #: The preferences for the default a pilot is measured with (``keep_default``).
@@ -252,7 +252,7 @@ def fine_lines(fine: dict, data: dict, pilot: dict) -> tuple[list[str], dict]:
             for seed in seeds:
                 every = configuration_errors(fine["problems"][seed]["processes"][family], j)
                 best = min(every.values())
-                cols["default"].append(every["{} ({})".format(*default_for_family(family, budget))] / best)
+                cols["default"].append(every[default_config(family, budget)] / best)
                 for name, source in (("pilot", pilot), ("larger", data)):
                     seen = configuration_errors(source["problems"][seed]["processes"][family], j)
                     cols[name].append(every[picked_on(seen, family, budget)] / best)
@@ -285,11 +285,11 @@ def main() -> None:
     if chosen != DEFAULTS:
         print("the code's DEFAULTS differ from this choice: the report validates the code's", file=sys.stderr)
     body, worst = validation(data)
-    meets = [k for k, (p90, mx, _) in worst.items() if p90 <= 1.5 and mx <= 3]
+    held = [k for k, (p90, mx, _) in worst.items() if p90 <= 1.5 and mx <= 3]
     summary = [f"Validation: the default is within 1.5x of the best configuration on at least 90% of the validation "
-               f"problems and within 3x on all of them at {len(meets)} of {len(worst)} (family, budget) cells.",
+               f"problems and within 3x on all of them at {len(held)} of {len(worst)} (family, budget) cells.",
                "Cells that miss: " + (", ".join(f"{f} NFE {b} (90th percentile {p:.2f}, worst {m:.2f})"
-                                                 for (f, b), (p, m, _) in worst.items() if (f, b) not in meets) or "none") + "."]
+                                                 for (f, b), (p, m, _) in worst.items() if (f, b) not in held) or "none") + "."]
     defaults = ["Defaults in the code (`sdeflow.samplers.names.DEFAULTS`; each row holds up to its budget):", ""]
     defaults += [f"- {family}: " + "; ".join(f"up to {'any' if b == math.inf else b}: {s} ({g})" for b, s, g in rows)
                  for family, rows in DEFAULTS.items()]

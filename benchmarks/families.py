@@ -148,7 +148,7 @@ def main() -> None:
                              "unless --out says otherwise (what a pilot run sees; see benchmarks/defaults.py)")
     parser.add_argument("--samples", type=int, default=None, metavar="N",
                         help="measure on N of the benchmark's draws per problem instead of the problem's own count "
-                             "(with --out: a finer measurement, see benchmarks/defaults.py --fine)")
+                             "(a finer measurement: give --out, docs/benchmarks/families_fine.json for benchmarks/defaults.py)")
     parser.add_argument("--max-dim", type=int, default=None, metavar="D", help="only the problems of at most D dimensions")
     args = parser.parse_args()
     if args.pilot and args.samples:

@@ -166,8 +166,9 @@ def test_the_defaults_are_the_rules_choice_on_the_stored_problem_families():
     """``DEFAULTS`` is what ``benchmarks/defaults.py``'s rule chooses from the stored measurements on the
     choosing problems (``docs/benchmarks/families.json``): the table in the code is the documented
     rule's answer, not a hand edit; so is ``choose_configuration``'s ``keep_default`` on the pilot
-    measurements of the choosing problems (``families_pilot.json``). Every default takes one evaluation per step at every budget 1-100,
-    so a budget is a step count for ``SdeflowScheduler`` as well."""
+    measurements of the choosing problems (``families_pilot.json``). Every default takes one
+    evaluation per step at every budget 1-100, so a budget is a step count for ``SdeflowScheduler``
+    as well."""
     import importlib.util
     import pathlib
 

@@ -11,6 +11,7 @@ the grid and used by ``--grid tuned`` too.
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -194,14 +195,15 @@ def run_tune(args) -> None:
 def choose(args, den, teacher, budgets: list[int], out: str) -> None:
     """``--method choose``: the most accurate candidate at each budget on the draws, stored as it is found."""
     from ..tuning import choose_configuration, save_tuned
+    from ..tuning.choose import default_key
 
     for budget in budgets:
         start = time.time()
         chosen = choose_configuration(den, budget, teacher=teacher,
                                       samplers=args.sampler.split(",") if args.sampler else None)
-        default = "{} ({})".format(*default_sampling(den.schedule, budget))
+        default = default_key(den.schedule, budget)
         print(f"NFE {budget}: {chosen.sampler} ({chosen.chosen_grid}), RMS {chosen.loss:.3g} on "
-              f"{chosen.samples} draws; the default {default}: RMS {chosen.hand[default]:.3g}; "
+              f"{chosen.samples} draws; the default {default}: RMS {chosen.hand.get(default, math.inf):.3g}; "
               f"{chosen.cost_nfe} evaluations, {time.time() - start:.0f} s")
         save_tuned(out, [chosen])
     print(f"wrote {out}")

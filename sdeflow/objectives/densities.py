@@ -19,6 +19,7 @@ uniform density, as in DDPM).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -30,9 +31,13 @@ T_LO, T_HI = 1e-5, 1.0 - 1e-5
 
 
 @dataclass(frozen=True)
-class TimeDensity:
+class TimeDensity(ABC):
+    """A law of the training time ``t``: subclasses give :meth:`draw`; :meth:`sample` keeps the draws
+    inside the schedule's domain (on a discrete schedule's training steps)."""
+
+    @abstractmethod
     def draw(self, n: int, schedule: Schedule, generator: torch.Generator | None) -> torch.Tensor:
-        raise NotImplementedError
+        """``n`` raw draws of ``t``."""
 
     def sample(self, n: int, schedule: Schedule, generator: torch.Generator | None = None) -> torch.Tensor:
         t = self.draw(n, schedule, generator).clamp(max(T_LO, schedule.t_min), T_HI)

@@ -104,11 +104,6 @@ FLOW_MAP_SAMPLERS = NameTable("sampler", {
 #: Every sampler name the command line accepts.
 ALL_SAMPLERS = SAMPLERS.merged(FLOW_MAP_SAMPLERS)
 
-#: sdeflow's default ``(sampler, grid)`` per schedule family, for NFE budgets up to the first number
-#: (then the next row): samplers of one evaluation per step (a budget is then a step count, as
-#: ``SdeflowScheduler``'s ``num_inference_steps`` is), chosen by ``python benchmarks/defaults.py`` on 20
-#: random exact problems (``benchmarks/families.py``) for the least ``max(p90 / 1.5, max / 3)`` of the
-#: ratio to the best configuration; ``docs/benchmarks/defaults.md`` reports the ratios on 20 others.
 #: The configurations defaults are chosen among (``benchmarks/families.py``) and a pilot run compares
 #: (:func:`sdeflow.tuning.choose_configuration`): the strongest deterministic samplers of every family,
 #: single-step ones included, on every grid that suits the schedule family.
@@ -125,6 +120,13 @@ HIGH_ORDER = ("dpm-solver-3", "dpm-solver++-3m", "dpm-solver++-3m-unic", "dpm-so
 def candidate_samplers(nfe: int) -> tuple[str, ...]:
     """The candidate samplers at a budget of ``nfe`` evaluations (see :data:`CANDIDATE_SAMPLERS`)."""
     return HIGH_ORDER if nfe >= HIGH_BUDGET else CANDIDATE_SAMPLERS
+
+
+#: sdeflow's default ``(sampler, grid)`` per schedule family, for NFE budgets up to the first number
+#: (then the next row): samplers of one evaluation per step (a budget is then a step count, as
+#: ``SdeflowScheduler``'s ``num_inference_steps`` is), chosen by ``python benchmarks/defaults.py`` on 20
+#: random exact problems (``benchmarks/families.py``) for the least ``max(p90 / 1.5, max / 3)`` of the
+#: ratio to the best configuration; ``docs/benchmarks/defaults.md`` reports the ratios on 20 others.
 DEFAULTS = {
     "vp": [(1, "ddim", "auto"), (2, "dpm-solver-3m", "quadratic"), (4, "unipc-bh1", "quadratic"), (5, "ipndm", "logsnr"),
            (8, "ipndm", "karras"), (12, "dpm-solver-3m", "karras"), (math.inf, "unipc-3", "auto")],

@@ -18,7 +18,7 @@ from ..grids import GRIDS, start_time
 from ..names import lookup
 from ..samplers import steps_for_nfe
 from ..samplers.names import CANDIDATE_GRIDS, SAMPLERS, candidate_samplers, default_sampling, family
-from .draws import CountedDenoiser, Teacher, draw_errors, trimmed_rms
+from .draws import CountedDenoiser, Teacher, endpoint_loss
 from .fit import check_tunable
 from .store import TunedGrid
 
@@ -29,11 +29,16 @@ from .store import TunedGrid
 KEEP_DEFAULT = 1.0
 
 
-def candidates(schedule, nfe: int, samplers=None, t_max: float | None = None) -> dict[str, tuple[str, str, object, torch.Tensor]]:
+def default_key(schedule, nfe: int) -> str:
+    """sdeflow's default at ``nfe`` as a candidate's key, ``"sampler (grid)"``."""
+    return "{} ({})".format(*default_sampling(schedule, nfe))
+
+
+def candidates(schedule, nfe: int, samplers=None) -> dict[str, tuple[str, str, object, torch.Tensor]]:
     """``{"sampler (grid)": (sampler name, grid name, sampler, ts)}``: every candidate that spends at most
-    ``nfe`` evaluations on ``schedule`` (its largest step count within the budget), the default first;
-    every grid starts at ``t_max`` (default: where sdeflow samples from, :func:`~sdeflow.grids.start_time`)."""
-    t_max = start_time(schedule) if t_max is None else float(t_max)
+    ``nfe`` evaluations on ``schedule`` (its largest step count within the budget), sdeflow's default
+    among them; every grid starts where sdeflow samples from (:func:`~sdeflow.grids.start_time`)."""
+    t_max = start_time(schedule)
     names = list(candidate_samplers(nfe) if samplers is None else samplers)
     pairs = [default_sampling(schedule, nfe)] + [(s, g) for s in names for g in CANDIDATE_GRIDS[family(schedule)]]
     out = {}
@@ -95,15 +100,13 @@ def choose_configuration(denoiser, nfe: int, x_init: torch.Tensor | None = None,
         teacher = Teacher(denoiser, x_init, cond=cond, steps=max(teacher_steps, 3 * nfe))
         teacher_calls = teacher.calls
     counted = CountedDenoiser(denoiser, teacher.x_init.dtype)
-    rms = {}
-    for key, (_, _, sampler, ts) in options.items():
-        err = float(trimmed_rms(draw_errors(counted, sampler, ts, teacher.x_init, teacher.end, teacher.cond)))
-        rms[key] = err if math.isfinite(err) else math.inf
-    default = next(iter(options))
+    rms = {key: endpoint_loss(counted, sampler, ts, teacher.x_init, teacher.end, teacher.cond)
+           for key, (_, _, sampler, ts) in options.items()}
     best = min(rms, key=rms.get)
     if not math.isfinite(rms[best]):
         raise ValueError("no candidate gives a finite result on the pilot draws")
-    if rms[default] <= keep_default * rms[best]:
+    default = default_key(sch, nfe)
+    if rms.get(default, math.inf) <= keep_default * rms[best]:
         best = default
     sname, gname, sampler, ts = options[best]
     return TunedGrid(ts.tolist(), sname, nfe, f"choice:{gname}", rms[best], rms, counted.calls + teacher_calls,
