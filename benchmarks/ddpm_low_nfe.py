@@ -9,18 +9,25 @@ solution from there (float32 states). sdeflow runs every deterministic one-evalu
 single-step sampler of ``benchmarks/families.py`` on its grids and uniform in ``t`` (diffusers' index
 spacings are uniform in ``t``), from the top and from the ``leading``
 start ``t_max (n - 1) / n`` (the convention of ``sdeflow tune --start leading``), so both libraries may
-start low. Problems: the ODE benchmark's 64-D mixture and the validation problems of the problem family
-with 32-128 dimensions and several components.
+start low. Beside them, sdeflow's tuned configurations: the best hand configuration's sampler with
+its grid and then its coefficients fitted on other exact draws (``sdeflow.tuning``'s defaults), from
+the top and from the ``leading`` start. Problems: the ODE benchmark's 64-D mixture and the validation
+problems of the problem family with 32-128 dimensions and several components.
 
-    python benchmarks/ddpm_low_nfe.py      # about five minutes; writes docs/benchmarks/ddpm_low_nfe.md
+    python benchmarks/ddpm_low_nfe.py                 # about 30 minutes on one core; writes docs/benchmarks/ddpm_low_nfe.md
+    python benchmarks/ddpm_low_nfe.py --shard 0/2 &   # or two processes sharing docs/benchmarks/ddpm_low_nfe.json
+    python benchmarks/ddpm_low_nfe.py --shard 1/2     # (an interrupted run resumes from it)
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
+import json
 import math
 import os
 import sys
+import warnings
 
 import torch
 
@@ -31,11 +38,16 @@ from common import PROCESSES, Problem, Shared, sdeflow_denoiser, write_report  #
 from families import SPLITS, draw_problem  # noqa: E402
 from peers import diffusers_runs, load_diffusers  # noqa: E402
 
-from sdeflow import analytic, sample  # noqa: E402
+from sdeflow import analytic, grids, sample  # noqa: E402
+from sdeflow.files import write_json  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS, steps_for_nfe  # noqa: E402
 from sdeflow.samplers.names import CANDIDATE_GRIDS, CANDIDATE_SAMPLERS  # noqa: E402
+from sdeflow.tuning import optimize_coefficients, optimize_grid, steps_for  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "ddpm_low_nfe.md")
+RESULTS = OUT[:-3] + ".json"
+#: the tuned configurations' fitting draws: how many, and the seed (the scored draws are seed 0's)
+FIT_DRAWS, FIT_SEED = 100, 7
 BUDGETS = [5, 6, 8]
 #: sdeflow's grids here: the candidates of its family, and uniform in t (what diffusers' index spacings are).
 GRIDS_HERE = (*CANDIDATE_GRIDS["vp"], "uniform")
@@ -71,39 +83,125 @@ def sdeflow_runs(shared: Shared, process, nfe: int):
                 yield f"sdeflow {name} ({grid}, {start})", (float(ts[0]), 0.0), x.double()
 
 
+def tuned_runs(shared: Shared, process, nfe: int, name: str):
+    """``name``'s grid fitted by :func:`sdeflow.tuning.optimize_grid` from the top and from the
+    ``leading`` start, then its coefficients by :func:`sdeflow.tuning.optimize_coefficients`, each on
+    100 exact draws of ``p_{t0}`` disjoint from the scored ones (the same rule as every method here:
+    exact draws at its own first time). Fits that do not beat the best hand grid on their held-out
+    draws return that grid (with a warning), as the library does."""
+    den, sch = sdeflow_denoiser(shared.problem, process), process.schedule
+    sampler = SAMPLERS[name]()
+    n = steps_for(sampler, sch, nfe)
+    top = grids.start_time(sch)
+    g = torch.Generator().manual_seed(FIT_SEED)
+    data = shared.problem.mixture.sample(FIT_DRAWS, g).reshape(FIT_DRAWS, *shared.problem.shape)
+    noise = torch.randn(data.shape, generator=g, dtype=torch.float64)
+    for start, t0 in (("top", top), ("leading", top * (n - 1) / n)):
+        x_fit = float(sch.alpha(t0)) * data + float(sch.sigma(t0)) * noise
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a fit kept as its hand grid says so; the report names the grid kept
+            tuned = optimize_grid(den, sampler, nfe, x_fit, sampler_name=name, t_max=t0)
+            fits = [("tuned grid", sampler, tuned)]
+            try:
+                coef = optimize_coefficients(den, sampler, tuned.grid(), x_fit, sampler_name=name, tuned=tuned)
+            except ValueError:  # samplers without coefficients to fit
+                coef = None
+            if coef is not None and coef.shift is not None:
+                fits.append(("tuned grid and coefficients", coef.sampler_for(sampler), coef))
+        for what, runner, fit in fits:
+            ts = fit.grid()
+            x = sample(den, runner, ts, shared.x_init(float(ts[0])).float(), check_finite=False).x
+            yield f"sdeflow {name} ({what} [{fit.method}], {start})", (float(ts[0]), 0.0), x.double()
+
+
+def best_of(shared: Shared, runs) -> tuple[str, float]:
+    """The least RMS of ``runs`` (name, span, states) against the exact solution: (name, RMS)."""
+    best = (None, math.inf)
+    for name, span, x in runs:
+        rms = shared.score(span, x.reshape(shared.problem.num, -1))["rms"] if bool(torch.isfinite(x).all()) else math.inf
+        if rms < best[1]:
+            best = (name, rms)
+    return best
+
+
+def measure(d, problem: Problem) -> dict:
+    """Every budget of ``problem``: diffusers' best, sdeflow's best hand configuration and the best
+    tuned configuration of that configuration's sampler."""
+    process = PROCESSES[0]  # DDPM eps, 1000 discrete steps
+    shared = Shared(problem, process)
+    cells = {}
+    for nfe in BUDGETS:
+        peer = best_of(shared, ((n, s, x) for n, s, x, calls in diffusers_runs(d, shared, process, nfe)))
+        hand = best_of(shared, sdeflow_runs(shared, process, nfe))
+        sampler = hand[0].split()[1]
+        tuned = best_of(shared, tuned_runs(shared, process, nfe, sampler))
+        cells[str(nfe)] = {"diffusers": peer, "hand": hand, "tuned": tuned}
+        print(f"{problem.name} NFE {nfe}: diffusers {peer[1]:.3g} ({peer[0]}), sdeflow hand {hand[1]:.3g} ({hand[0]}), "
+              f"tuned {tuned[1]:.3g} ({tuned[0]})", flush=True)
+    return cells
+
+
+def report(results: dict) -> None:
+    lines = ["| problem | NFE | best diffusers configuration | its RMS | best sdeflow hand configuration | its RMS | "
+             "diffusers / sdeflow hand | sdeflow tuned (that sampler) | its RMS | diffusers / sdeflow best |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    hand_ratios, best_ratios = [], []
+    for problem in problems():
+        for nfe in BUDGETS:
+            c = results[problem.name][str(nfe)]
+            (pn, pr), (hn, hr), (tn, tr) = c["diffusers"], c["hand"], c["tuned"]
+            hand_ratios.append(pr / hr)
+            best_ratios.append(pr / min(hr, tr))
+            lines.append(f"| {problem.name} | {nfe} | {pn} | {pr:.3g} | {hn} | {hr:.3g} | {pr / hr:.2f} | {tn} | "
+                         f"{tr:.3g} | {pr / min(hr, tr):.2f} |")
+
+    def counts(ratios, what):
+        return (f"{what} is at least 1.5x more accurate than diffusers' best in {sum(r >= 1.5 for r in ratios)} of "
+                f"{len(ratios)} cells and at least as accurate in {sum(r >= 1 for r in ratios)}; ratios "
+                f"{min(ratios):.2f}-{max(ratios):.2f}.")
+    summary = [counts(hand_ratios, "sdeflow's best hand configuration"), "",
+               counts(best_ratios, "sdeflow's best configuration, tuned ones included,")]
+    intro = ("Written by `python benchmarks/ddpm_low_nfe.py`. The best configuration of each library per problem "
+             "and budget (sdeflow's hand configurations: sampler, grid and start); RMS against the exact "
+             "probability-flow solution from each method's own start, float32 states, on the problem's draws "
+             f"(seed 0). Tuned: the best hand configuration's sampler with its grid fitted by `optimize_grid`, "
+             f"and then its coefficients by `optimize_coefficients` (library defaults), from the top and from the "
+             f"`leading` start, each on {FIT_DRAWS} other exact draws of the start's marginal (seed {FIT_SEED}); "
+             "`[hand:...]` marks a fit that did not beat the best hand grid on its held-out draws and returned "
+             "that grid. The sampler tuned is chosen on the scored draws, as each library's best configuration is.")
+    write_report(OUT, "DDPM at NFE 5-8: sdeflow against diffusers, both free to start below the top", intro, summary, lines)
+
+
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shard", default="0/1", help="i/k: measure the problems whose index is i modulo k "
+                        "(shards share the results file; the report is written once every problem is in it)")
+    args = parser.parse_args()
     torch.set_num_threads(1)
     d, err = load_diffusers()
     if d is None:
         raise SystemExit(f"this comparison needs diffusers: {err}")
-    process = PROCESSES[0]  # DDPM eps, 1000 discrete steps
-    lines = ["| problem | NFE | best diffusers configuration | its RMS | best sdeflow configuration | its RMS | "
-             "diffusers / sdeflow |", "|---|---|---|---|---|---|---|"]
-    ratios = []
-    for problem in problems():
-        shared = Shared(problem, process)
-        for nfe in BUDGETS:
-            best = {}
-            for family, runs in (("diffusers", ((n, s, x) for n, s, x, calls in diffusers_runs(d, shared, process, nfe))),
-                                 ("sdeflow", sdeflow_runs(shared, process, nfe))):
-                for name, span, x in runs:
-                    rms = shared.score(span, x.reshape(problem.num, -1))["rms"] if bool(torch.isfinite(x).all()) else math.inf
-                    if rms < best.get(family, (None, math.inf))[1]:
-                        best[family] = (name, rms)
-            ratio = best["diffusers"][1] / best["sdeflow"][1]
-            ratios.append(ratio)
-            lines.append(f"| {problem.name} | {nfe} | {best['diffusers'][0]} | {best['diffusers'][1]:.3g} | "
-                         f"{best['sdeflow'][0]} | {best['sdeflow'][1]:.3g} | {ratio:.2f} |")
-            print(lines[-1], flush=True)
-    summary = [f"sdeflow's best is at least 1.5x more accurate than diffusers' best in {sum(r >= 1.5 for r in ratios)} of "
-               f"{len(ratios)} cells and at least as accurate in {sum(r >= 1 for r in ratios)}; ratios "
-               f"{min(ratios):.2f}-{max(ratios):.2f}."]
-    intro = ("Written by `python benchmarks/ddpm_low_nfe.py`. The best configuration of each library per problem "
-             "and budget (sdeflow's: sampler, grid and start); RMS against the exact probability-flow solution from "
-             "each method's own start, float32 states.")
-    write_report(OUT, "DDPM at NFE 5-8: sdeflow against diffusers, both free to start below the top", intro, summary, lines)
+    i, k = (int(v) for v in args.shard.split("/"))
+    todo = problems()
+    for problem in todo[i::k]:
+        if problem.name in load(RESULTS):
+            continue
+        cells = measure(d, problem)
+        with open(RESULTS + ".lock", "w") as lock:  # shards share the file: one writer at a time
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            results = load(RESULTS)
+            results[problem.name] = cells
+            write_json(RESULTS, results)
+    results = load(RESULTS)
+    if all(p.name in results for p in todo):
+        report(results)
+    else:
+        print(f"{sum(p.name in results for p in todo)} of {len(todo)} problems measured; the report waits for the rest")
+
+
+def load(path: str) -> dict:
+    return json.load(open(path)) if os.path.exists(path) else {}
 
 
 if __name__ == "__main__":
