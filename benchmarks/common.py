@@ -188,6 +188,19 @@ def write_problem_plots(results, folder: str, plot_name, draw, ylabel: str) -> N
         plt.close(fig)
 
 
+def shard(text: str) -> tuple[int, int]:
+    """``--shard i/k`` (an argparse type): the work items whose index is ``i`` modulo ``k``."""
+    import argparse
+
+    try:
+        i, k = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a shard is i/k with whole numbers 0 <= i < k, got {text!r}") from None
+    if not 0 <= i < k:
+        raise argparse.ArgumentTypeError(f"a shard is i/k with 0 <= i < k, got {text!r}")
+    return i, k
+
+
 def write_report(path: str, title: str, intro: str, *sections: list[str]) -> None:
     """A Markdown report ``# title``, ``intro`` and the sections' lines, written atomically; says where."""
     from sdeflow.files import atomic_write

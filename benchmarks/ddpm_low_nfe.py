@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import PROCESSES, Problem, Shared, sdeflow_denoiser, write_report  # noqa: E402
+from common import PROCESSES, Problem, Shared, sdeflow_denoiser, shard, write_report  # noqa: E402
 from families import SPLITS, draw_problem  # noqa: E402
 from peers import diffusers_runs, load_diffusers  # noqa: E402
 
@@ -175,14 +175,14 @@ def report(results: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shard", default="0/1", help="i/k: measure the problems whose index is i modulo k "
+    parser.add_argument("--shard", type=shard, default=(0, 1), help="i/k: measure the problems whose index is i modulo k "
                         "(shards share the results file; the report is written once every problem is in it)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     d, err = load_diffusers()
     if d is None:
         raise SystemExit(f"this comparison needs diffusers: {err}")
-    i, k = (int(v) for v in args.shard.split("/"))
+    i, k = args.shard
     todo = problems()
     for problem in todo[i::k]:
         if problem.name in load(RESULTS):

@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import PROCESSES, Problem, Shared, sdeflow_denoiser  # noqa: E402
+from common import PROCESSES, Problem, Shared, sdeflow_denoiser, shard  # noqa: E402
 
 from sdeflow import analytic, sample  # noqa: E402
 from sdeflow.analytic.covariance import LowRankPlusDiagonal  # noqa: E402
@@ -140,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", choices=sorted(SPLITS), nargs="+", default=["choose"])
     parser.add_argument("--count", type=int, default=24, help="number of problems in each split (default 24)")
-    parser.add_argument("--shard", default="0/1", help="i/k: run the problems whose index is i modulo k")
+    parser.add_argument("--shard", type=shard, default=(0, 1), help="i/k: run the problems whose index is i modulo k")
     parser.add_argument("--out", default=OUT, help="the results file (shards share it)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pilot", type=int, default=None, metavar="N",
@@ -156,7 +156,7 @@ def main() -> None:
     if args.samples and args.out == OUT:
         parser.error(f"--samples changes the measurement: give another --out than {os.path.basename(OUT)}")
     out = PILOT_OUT if args.pilot and args.out == OUT else args.out
-    i, k = (int(v) for v in args.shard.split("/"))
+    i, k = args.shard
     torch.set_num_threads(args.threads)
     for split in args.split:
         for idx in range(i, args.count, k):

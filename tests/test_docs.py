@@ -65,13 +65,13 @@ def reader(tmp_path):
 
 
 def _commands(body: str) -> list[list[str]]:
-    """The commands of a bash block: continuation lines joined, comments dropped, ``&&`` chains split,
-    leading ``VAR=value`` assignments removed."""
+    """The commands of a bash block: continuation lines joined, comments dropped, ``&&`` chains and
+    ``&`` (background) lists split, leading ``VAR=value`` assignments removed."""
     out = []
     for line in body.replace("\\\n", " ").splitlines():
         words = shlex.split(line, comments=True)
         while words:
-            cut = words.index("&&") if "&&" in words else len(words)
+            cut = next((i for i, w in enumerate(words) if w in ("&&", "&")), len(words))
             cmd, words = words[:cut], words[cut + 1:]
             while cmd and re.fullmatch(r"[A-Z_]+=\S*", cmd[0]):
                 cmd = cmd[1:]
