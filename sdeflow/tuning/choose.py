@@ -16,6 +16,7 @@ import torch
 
 from ..grids import GRIDS, start_time
 from ..names import lookup
+from ..sampling import sample
 from ..samplers import steps_for_nfe
 from ..samplers.names import CANDIDATE_GRIDS, SAMPLERS, candidate_samplers, default_sampling, family
 from .draws import CountedDenoiser, Teacher, endpoint_loss
@@ -34,11 +35,19 @@ def default_key(schedule, nfe: int) -> str:
     return "{} ({})".format(*default_sampling(schedule, nfe))
 
 
+def _grid(sampler, schedule, gname: str, nfe: int) -> torch.Tensor:
+    """The ``gname`` grid of the largest step count within ``nfe`` evaluations, starting where sdeflow
+    samples from (a grid that starts elsewhere, ``uniform`` on a flow, is moved there); ``ValueError``
+    for a grid the schedule does not take (a discrete spacing on a continuous schedule)."""
+    t_max, n = start_time(schedule), steps_for_nfe(sampler, schedule, gname, nfe)
+    ts = GRIDS[gname](n, schedule)
+    return ts if abs(float(ts[0]) - t_max) <= 1e-12 else GRIDS[gname](n, schedule, t_max=t_max)
+
+
 def candidates(schedule, nfe: int, samplers=None) -> dict[str, tuple[str, str, object, torch.Tensor]]:
     """``{"sampler (grid)": (sampler name, grid name, sampler, ts)}``: every candidate that spends at most
     ``nfe`` evaluations on ``schedule`` (its largest step count within the budget), sdeflow's default
     among them; every grid starts where sdeflow samples from (:func:`~sdeflow.grids.start_time`)."""
-    t_max = start_time(schedule)
     names = list(candidate_samplers(nfe) if samplers is None else samplers)
     pairs = [default_sampling(schedule, nfe)] + [(s, g) for s in names for g in CANDIDATE_GRIDS[family(schedule)]]
     out = {}
@@ -49,15 +58,39 @@ def candidates(schedule, nfe: int, samplers=None) -> dict[str, tuple[str, str, o
         sampler = lookup(SAMPLERS, "sampler", sname)()
         check_tunable(sampler, sname)
         try:
-            n = steps_for_nfe(sampler, schedule, gname, nfe)
-            ts = GRIDS[gname](n, schedule)
-            if abs(float(ts[0]) - t_max) > 1e-12:  # a grid that starts elsewhere (uniform on a flow): moved to t_max
-                ts = GRIDS[gname](n, schedule, t_max=t_max)
-        except ValueError:  # a grid the schedule does not take (a discrete spacing on a continuous schedule)
+            ts = _grid(sampler, schedule, gname, nfe)
+        except ValueError:
             continue
         if sampler.prepare(schedule, ts).nfe <= nfe:
             out[key] = (sname, gname, sampler, ts)
     return out
+
+
+def screen_order(denoiser, nfe: int, x_init: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
+    """The indices of the draws ``x_init`` (of the prior at the top), the most telling first: sdeflow's
+    default configuration at ``nfe`` evaluations and the same sampler and grid at twice the budget are
+    run on every draw, and the draws where they disagree most (where the run's own error is largest:
+    draws near the border of two components) come first; a draw where either run is not finite first
+    of all. Costs about ``3 nfe`` evaluations on the batch."""
+    sch = denoiser.schedule
+    sname, gname = default_sampling(sch, nfe)
+    sampler = SAMPLERS[sname]()
+    with torch.no_grad():
+        ends = [sample(denoiser, sampler, _grid(sampler, sch, gname, budget), x_init, cond=cond, check_finite=False).x
+                for budget in (nfe, 2 * nfe)]
+    gap = (ends[0] - ends[1]).to(torch.float64).flatten(1).pow(2).sum(1)
+    return torch.argsort(torch.nan_to_num(gap, nan=math.inf), descending=True, stable=True)
+
+
+def stratified_mean(top: torch.Tensor, rest: torch.Tensor, pool: int) -> torch.Tensor:
+    """The pool's mean of per-draw values (along the last dimension) estimated from all of its
+    ``top.shape[-1]`` most telling draws and a random sample ``rest`` of the others, each stratum weighted
+    by its share of the ``pool`` draws (unbiased)."""
+    k, m = top.shape[-1], rest.shape[-1]
+    if k + m > pool or (m == 0 and k < pool):
+        raise ValueError(f"{k} screened and {m} random draws do not sample a pool of {pool}")
+    rest_sum = rest.sum(-1) * ((pool - k) / m) if m else 0.0
+    return (top.sum(-1) + rest_sum) / pool
 
 
 def choose_configuration(denoiser, nfe: int, x_init: torch.Tensor | None = None, *, teacher: Teacher | None = None,

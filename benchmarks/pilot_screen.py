@@ -1,0 +1,169 @@
+"""Which draws should a pilot see? A random batch of the prior against a screened one.
+
+``sdeflow.tuning.choose_configuration`` picks a sampler and grid by their RMS error on a pilot batch of
+prior draws against the teacher's solve of them. On mixtures of separated components a few draws that end
+in another component decide the RMS, and a random batch of 32 rarely holds them. A screened pilot draws
+a larger pool, runs only sdeflow's default configuration on it, at the budget and at twice the budget,
+and sends to the teacher and the candidates the draws where the two disagree most (where the run's own
+error is largest) together with random draws of the rest; the RMS is then estimated by weighting each
+stratum by its share of the pool (an unbiased estimate of the pool's mean square).
+
+Measured here on the problem family's problems of at most 128 dimensions with several components: every
+candidate's per-draw error on a pool of draws (the first ``--pool`` screened and piloted, the next 256 kept
+for judging), then many pilots of 32 draws of each kind, each pick judged by its RMS on the judging draws
+against the best candidate's there.
+
+    python benchmarks/pilot_screen.py --shard 0/2 &     # about 40 minutes with two processes
+    python benchmarks/pilot_screen.py --shard 1/2       # both write docs/benchmarks/pilot_screen.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import fcntl
+import json
+import math
+import os
+import statistics
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import PROCESSES, Problem, Shared, sdeflow_denoiser, shard, write_report  # noqa: E402
+from families import FAMILY_OF, SPLITS, draw_problem  # noqa: E402
+
+from sdeflow import sample  # noqa: E402
+from sdeflow.files import write_json  # noqa: E402
+from sdeflow.tuning.choose import candidates, default_key, screen_order, stratified_mean  # noqa: E402
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "pilot_screen.md")
+RESULTS = OUT[:-3] + ".json"
+BUDGETS = [6, 12, 30]
+JUDGE = 256  # draws kept for judging each pick
+PILOT, REPLICATES = 32, 200
+
+
+def chosen_problems(count: int = 20) -> list[int]:
+    """Seeds of both splits with at most 128 dimensions and at least two components."""
+    out = []
+    for split in ("choose", "validate"):
+        for seed in range(SPLITS[split], SPLITS[split] + count):
+            params = draw_problem(seed)[1]
+            if params["dim"] <= 128 and params["components"] >= 2:
+                out.append(seed)
+    return out
+
+
+def measure(seed: int, pool: int) -> dict:
+    """Per family and budget: each pilot kind's ratios (pick's RMS on the judging draws over the best's)."""
+    problem, params = draw_problem(seed)
+    problem = Problem(problem.name, problem.mixture, problem.shape, pool + JUDGE)
+    out = {"params": params, "families": {}}
+    for process in PROCESSES:
+        family = FAMILY_OF[process.time_input]
+        shared = Shared(problem, process, seed=seed + 31)
+        den, sch = sdeflow_denoiser(problem, process), process.schedule
+        out["families"][family] = {}
+        for nfe in BUDGETS:
+            options = candidates(sch, nfe)
+            keys = list(options)
+            errors = []
+            for key in keys:
+                _, _, sampler, ts = options[key]
+                x = sample(den, sampler, ts, shared.x_init(float(ts[0])), check_finite=False).x
+                e = (x - shared.reference(float(ts[0]), 0.0, steps=400)).pow(2).flatten(1).sum(1)
+                errors.append(torch.where(torch.isfinite(e), e, torch.full_like(e, math.inf)))
+            errors = torch.stack(errors)  # candidates x draws
+            order = screen_order(den, nfe, shared.x_init(float(options[keys[0]][3][0]))[:pool])
+            judged = errors[:, pool:].mean(1)
+            best = float(judged.min())
+            g = torch.Generator().manual_seed(seed)
+            ratios = collections.defaultdict(list)
+            for _ in range(REPLICATES):
+                picks = {"random": errors[:, torch.randperm(pool, generator=g)[:PILOT]].mean(1)}
+                top, rest = order[:PILOT // 2], order[PILOT // 2:]
+                rand = rest[torch.randperm(rest.numel(), generator=g)[:PILOT - PILOT // 2]]
+                picks["screened"] = stratified_mean(errors[:, top], errors[:, rand], pool)
+                for kind, est in picks.items():
+                    ratios[kind].append(math.sqrt(float(judged[int(torch.argmin(est))]) / best))
+            ratios["default"] = [math.sqrt(float(judged[keys.index(default_key(sch, nfe))]) / best)]
+            out["families"][family][str(nfe)] = dict(ratios)
+            print(f"problem {seed} {family} NFE {nfe}: " + ", ".join(
+                f"{k} median {statistics.median(v):.2f}, P(>1.5) {sum(r > 1.5 for r in v) / len(v):.2f}"
+                for k, v in ratios.items()), flush=True)
+    return out
+
+
+def report(results: dict, seeds: list[int]) -> None:
+    lines = ["| split | family | NFE | pilot | problems | median ratio | share within 1.5x | share within 3x | "
+             "worst (median over pilots) | pilots meeting the target |", "|---|---|---|---|---|---|---|---|---|---|"]
+    summary = []
+    for split in ("choose", "validate"):
+        ss = [s for s in seeds if SPLITS[split] <= s < SPLITS[split] + 1000 and str(s) in results]
+        met = collections.Counter()
+        for family in ("vp", "sigma", "flow"):
+            for nfe in map(str, BUDGETS):
+                for kind in ("default", "random", "screened"):
+                    per = [results[str(s)]["families"][family][nfe][kind] for s in ss]
+                    reps = len(per[0])
+                    flat = [r for p in per for r in p]
+                    worst = statistics.median(max(p[i] for p in per) for i in range(reps))
+                    meeting = sum(_meets([p[i] for p in per]) for i in range(reps)) / reps
+                    met[kind] += meeting
+                    lines.append(f"| {split} | {family} | {nfe} | {kind} | {len(ss)} | {statistics.median(flat):.2f} | "
+                                 f"{sum(r <= 1.5 for r in flat) / len(flat):.0%} | {sum(r <= 3 for r in flat) / len(flat):.0%} | "
+                                 f"{worst:.2f} | {meeting:.0%} |")
+        summary.append(f"{split} problems ({len(ss)}): cells of {3 * len(BUDGETS)} meeting the target, expected over "
+                       "pilots: " + ", ".join(f"{k} {v:.1f}" for k, v in met.items()) + ".")
+    intro = ("Written by `python benchmarks/pilot_screen.py`. Ratio: a pick's RMS on 256 judging draws over the best "
+             f"candidate's there. Pilots of {PILOT} draws from a pool of the first draws: `random`, or `screened` "
+             f"({PILOT // 2} draws where sdeflow's default at the budget and at twice the budget disagree most, "
+             f"{PILOT - PILOT // 2} random draws of the rest, weighted by their shares of the pool); {REPLICATES} "
+             "pilots of each kind per problem. `default`: sdeflow's fixed default. Target (the defaults' target): "
+             "within 1.5x on 90% of the problems and within 3x on all; `pilots meeting the target`: the share of "
+             "pilot draws for which the cell meets it.")
+    write_report(OUT, "A screened pilot: which draws a pilot should see", intro, summary, lines)
+
+
+def _meets(r: list[float]) -> bool:
+    v = sorted(r)
+    return v[max(0, math.ceil(0.9 * len(v)) - 1)] <= 1.5 and v[-1] <= 3
+
+
+def load(path: str) -> dict:
+    return json.load(open(path)) if os.path.exists(path) else {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shard", type=shard, default=(0, 1), help="i/k: measure the problems whose index is i modulo k")
+    parser.add_argument("--pool", type=int, default=128, help="draws screened and piloted per problem (default 128)")
+    args = parser.parse_args()
+    if args.pool < PILOT:
+        parser.error(f"--pool must hold a pilot of {PILOT} draws, got {args.pool}")
+    torch.set_num_threads(1)
+    i, k = args.shard
+    seeds = chosen_problems()
+    for seed in seeds[i::k]:
+        if str(seed) in load(RESULTS):
+            continue
+        result = measure(seed, args.pool)
+        with open(RESULTS + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            results = load(RESULTS)
+            results[str(seed)] = result
+            write_json(RESULTS, results)
+    results = load(RESULTS)
+    if all(str(s) in results for s in seeds):
+        report(results, seeds)
+    else:
+        print(f"{sum(str(s) in results for s in seeds)} of {len(seeds)} problems measured; the report waits for the rest")
+
+
+if __name__ == "__main__":
+    main()
