@@ -36,6 +36,10 @@ def add_tune_parser(sub) -> None:
                    "stored: keep the grid already stored for the sampler and budget (with --coefficients); "
                    "choose: fit nothing, run every candidate sampler (or those of --sampler) on every hand grid and "
                    "keep the most accurate on the draws (32 --samples are enough), a default chosen for this model")
+    p.add_argument("--pilot", type=int, default=None, metavar="K",
+                   help="with --method choose: a screened pilot of K of the --samples draws (sdeflow's default runs on "
+                   "all of them at the budget and at twice it; the teacher and the candidates run on the K/2 draws "
+                   "where the two disagree most and K/2 others, weighted by their shares); default: all the draws")
     p.add_argument("--gradient", default="autograd", choices=["autograd", "differences"],
                    help="how the descent differentiates the loss: through the sampling run (autograd, one run per "
                    "gradient; the default) or by central differences (2 runs per grid point)")
@@ -97,6 +101,10 @@ def run_tune(args) -> None:
         raise ValueError(f"--starts must be >= 0, got {args.starts}")
     if args.method == "stored" and not args.coefficients:
         raise ValueError("--method stored keeps the stored grids and only fits coefficients: add --coefficients")
+    if args.pilot is not None and args.method != "choose":
+        raise ValueError("--pilot picks the draws of --method choose's pilot; the fits use every draw: leave it out")
+    if args.pilot is not None and not 2 <= args.pilot <= args.samples:
+        raise ValueError(f"--pilot must be from 2 to the {args.samples} --samples, got {args.pilot}")
     if args.method == "choose" and (args.coefficients or args.start != "top"):
         raise ValueError("--method choose picks a sampler and a hand grid from the top; --coefficients and --start "
                          "belong to a fit: tune the chosen sampler's grid afterwards")
@@ -147,6 +155,9 @@ def run_tune(args) -> None:
         gauss = model_gaussian(model, args.teleport_data)
     times = candidate_times(space) if args.method in ("dp", "dp+descent") else None
     teacher = None
+    if args.pilot is not None:  # a screened pilot runs its own teacher on the draws it picks at each budget
+        choose(args, den, None, budgets, out, x, cond)
+        return
     if gauss is None or args.method == "stored":  # with a Gaussian, each fit runs its own teacher (see optimize_grid)
         teacher = Teacher(den, x, cond=cond, t_max=space.t_max, steps=args.teacher_steps, times=times)
         print(f"teacher: {teacher.calls} evaluations on {args.samples} draws, {time.time() - start:.0f} s")
@@ -192,18 +203,22 @@ def run_tune(args) -> None:
     print(f"wrote {out}")
 
 
-def choose(args, den, teacher, budgets: list[int], out: str) -> None:
-    """``--method choose``: the most accurate candidate at each budget on the draws, stored as it is found."""
+def choose(args, den, teacher, budgets: list[int], out: str, x=None, cond=None) -> None:
+    """``--method choose``: the most accurate candidate at each budget on the draws (a shared ``teacher``'s,
+    or a screened pilot of ``args.pilot`` of the draws ``x``), stored as it is found."""
     from ..tuning import choose_configuration, save_tuned
     from ..tuning.choose import default_key
 
     for budget in budgets:
         start = time.time()
-        chosen = choose_configuration(den, budget, teacher=teacher,
-                                      samplers=args.sampler.split(",") if args.sampler else None)
+        given = ({"teacher": teacher} if teacher is not None else
+                 {"x_init": x, "cond": cond, "pilot": args.pilot, "seed": args.seed, "teacher_steps": args.teacher_steps})
+        chosen = choose_configuration(den, budget, samplers=args.sampler.split(",") if args.sampler else None, **given)
         default = default_key(den.schedule, budget)
+        seen = (f"{chosen.samples} draws" if teacher is not None or args.pilot >= args.samples
+                else f"a pilot of {chosen.samples} of {args.samples} draws, screened")
         print(f"NFE {budget}: {chosen.sampler} ({chosen.chosen_grid}), RMS {chosen.loss:.3g} on "
-              f"{chosen.samples} draws; the default {default}: RMS {chosen.hand.get(default, math.inf):.3g}; "
+              f"{seen}; the default {default}: RMS {chosen.hand.get(default, math.inf):.3g}; "
               f"{chosen.cost_nfe} evaluations, {time.time() - start:.0f} s")
         save_tuned(out, [chosen])
     print(f"wrote {out}")

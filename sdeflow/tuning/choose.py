@@ -19,7 +19,7 @@ from ..names import lookup
 from ..sampling import sample
 from ..samplers import steps_for_nfe
 from ..samplers.names import CANDIDATE_GRIDS, SAMPLERS, candidate_samplers, default_sampling, family
-from .draws import CountedDenoiser, Teacher, endpoint_loss
+from .draws import CountedDenoiser, Teacher, draw_errors
 from .fit import check_tunable
 from .store import TunedGrid
 
@@ -95,7 +95,7 @@ def stratified_mean(top: torch.Tensor, rest: torch.Tensor, pool: int) -> torch.T
 
 def choose_configuration(denoiser, nfe: int, x_init: torch.Tensor | None = None, *, teacher: Teacher | None = None,
                          cond: dict | None = None, samplers=None, teacher_steps: int = 300,
-                         keep_default: float = KEEP_DEFAULT) -> TunedGrid:
+                         keep_default: float = KEEP_DEFAULT, pilot: int | None = None, seed: int = 0) -> TunedGrid:
     """The sampler and hand grid with the least endpoint RMS error at a budget of ``nfe`` evaluations on
     the pilot draws ``x_init`` of the prior at the top of the schedule (32 are enough; see
     :func:`~sdeflow.sampling.prior_sample`), against the teacher's many-step solve of the same draws (or
@@ -107,6 +107,14 @@ def choose_configuration(denoiser, nfe: int, x_init: torch.Tensor | None = None,
     :data:`~sdeflow.samplers.names.CANDIDATE_GRIDS` for the schedule's family, each at its largest step
     count within the budget. sdeflow's default at ``nfe`` is kept unless a candidate's error is below
     ``1 / keep_default`` of it.
+
+    ``pilot``: a screened pilot of that many draws out of the larger pool ``x_init``. sdeflow's default
+    runs on the whole pool at the budget and at twice it (:func:`screen_order`); the teacher and the
+    candidates then run on the ``pilot // 2`` draws where the two disagree most and on a random sample
+    (``seed``) of the others, and each candidate's RMS over the pool is estimated with each stratum
+    weighted by its share of the pool (:func:`stratified_mean`). On mixtures of separated components the
+    few draws that end in another component decide the RMS; a random batch rarely holds them, a
+    screened one does (``docs/benchmarks/pilot_screen.md``).
 
     Returns a :class:`TunedGrid` with ``method = "choice:<grid>"``: the chosen sampler, its grid ``ts``,
     the budget ``nfe`` (a single-step sampler may spend fewer), its RMS (``loss`` and ``heldout``),
@@ -121,6 +129,11 @@ def choose_configuration(denoiser, nfe: int, x_init: torch.Tensor | None = None,
         raise ValueError("give the pilot draws x_init or a Teacher computed on them, not both")
     if teacher_steps < 1:
         raise ValueError(f"teacher_steps must be >= 1, got {teacher_steps}")
+    if pilot is not None:
+        if x_init is None:
+            raise ValueError("a screened pilot (pilot=) picks its draws from the pool x_init: give x_init, not a teacher")
+        if isinstance(pilot, bool) or not isinstance(pilot, int) or not 2 <= pilot <= x_init.shape[0]:
+            raise ValueError(f"pilot must be an integer from 2 to the {x_init.shape[0]} draws of x_init, got {pilot!r}")
     sch = denoiser.schedule
     if teacher is not None and abs(teacher.t_max - start_time(sch)) > 1e-9:
         raise ValueError(f"the pilot draws are at t = {teacher.t_max:.6g}: draw them at the top of the schedule, "
@@ -128,13 +141,24 @@ def choose_configuration(denoiser, nfe: int, x_init: torch.Tensor | None = None,
     options = candidates(sch, nfe, samplers)  # refused here (unknown or stochastic samplers) before any evaluation
     if not options:
         raise ValueError(f"no candidate sampler runs within {nfe} evaluations on this schedule")
+    counted = CountedDenoiser(denoiser, (teacher.x_init if teacher is not None else x_init).dtype)
+    pool, screened = (teacher.x_init if teacher is not None else x_init).shape[0], 0
+    if pilot is not None and pilot < pool:
+        order = screen_order(counted, nfe, x_init, cond)
+        screened, rest = pilot // 2, order[pilot // 2:]
+        picked = torch.cat([order[:screened], rest[torch.randperm(rest.numel(), generator=torch.Generator().manual_seed(seed))
+                                                   [:pilot - screened]]])
+        x_init, cond = x_init[picked], _rows(cond, picked, pool)
     teacher_calls = 0
     if teacher is None:
         teacher = Teacher(denoiser, x_init, cond=cond, steps=max(teacher_steps, 3 * nfe))
         teacher_calls = teacher.calls
-    counted = CountedDenoiser(denoiser, teacher.x_init.dtype)
-    rms = {key: endpoint_loss(counted, sampler, ts, teacher.x_init, teacher.end, teacher.cond)
-           for key, (_, _, sampler, ts) in options.items()}
+
+    def estimate(sampler, ts) -> float:
+        e = draw_errors(counted, sampler, ts, teacher.x_init, teacher.end, teacher.cond)
+        mean = stratified_mean(e[:screened], e[screened:], pool) if screened else e.mean()
+        return float(mean.sqrt()) if bool(torch.isfinite(mean)) else math.inf
+    rms = {key: estimate(sampler, ts) for key, (_, _, sampler, ts) in options.items()}
     best = min(rms, key=rms.get)
     if not math.isfinite(rms[best]):
         raise ValueError("no candidate gives a finite result on the pilot draws")
@@ -144,3 +168,10 @@ def choose_configuration(denoiser, nfe: int, x_init: torch.Tensor | None = None,
     sname, gname, sampler, ts = options[best]
     return TunedGrid(ts.tolist(), sname, nfe, f"choice:{gname}", rms[best], rms, counted.calls + teacher_calls,
                      teacher.x_init.shape[0], heldout=rms[best])
+
+
+def _rows(cond: dict | None, picked: torch.Tensor, pool: int) -> dict | None:
+    """``cond`` for the draws ``picked`` of a pool of ``pool``: per-draw tensors indexed, the rest as they are."""
+    if cond is None:
+        return None
+    return {k: v[picked] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == pool else v for k, v in cond.items()}
