@@ -13,8 +13,10 @@ candidate's per-draw error on a pool of draws (the first ``--pool`` screened and
 for judging), then many pilots of 32 draws of each kind, each pick judged by its RMS on the judging draws
 against the best candidate's there.
 
-    python benchmarks/pilot_screen.py --shard 0/2 &     # about 40 minutes with two processes
-    python benchmarks/pilot_screen.py --shard 1/2       # both write docs/benchmarks/pilot_screen.json
+    python benchmarks/pilot_screen.py --shard 0/2 &              # about 10 minutes with two processes
+    python benchmarks/pilot_screen.py --shard 1/2                # both write docs/benchmarks/pilot_screen.json
+    python benchmarks/pilot_screen.py --pool 512 --shard 0/2 &   # a larger pool (about 20 minutes)
+    python benchmarks/pilot_screen.py --pool 512 --shard 1/2
 """
 
 from __future__ import annotations
@@ -99,33 +101,35 @@ def measure(seed: int, pool: int) -> dict:
 
 
 def report(results: dict, seeds: list[int]) -> None:
-    lines = ["| split | family | NFE | pilot | problems | median ratio | share within 1.5x | share within 3x | "
-             "worst (median over pilots) | pilots meeting the target |", "|---|---|---|---|---|---|---|---|---|---|"]
+    """``results``: ``{pool: {seed: measure(seed, pool)}}``, every pool measured on every seed."""
+    lines = ["| pool | split | family | NFE | pilot | problems | median ratio | share within 1.5x | share within 3x | "
+             "worst (median over pilots) | pilots meeting the target |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     summary = []
-    for split in ("choose", "validate"):
-        ss = [s for s in seeds if SPLITS[split] <= s < SPLITS[split] + 1000 and str(s) in results]
-        met = collections.Counter()
-        for family in ("vp", "sigma", "flow"):
-            for nfe in map(str, BUDGETS):
-                for kind in ("default", "random", "screened"):
-                    per = [results[str(s)]["families"][family][nfe][kind] for s in ss]
-                    reps = len(per[0])
-                    flat = [r for p in per for r in p]
-                    worst = statistics.median(max(p[i] for p in per) for i in range(reps))
-                    meeting = sum(_meets([p[i] for p in per]) for i in range(reps)) / reps
-                    met[kind] += meeting
-                    lines.append(f"| {split} | {family} | {nfe} | {kind} | {len(ss)} | {statistics.median(flat):.2f} | "
-                                 f"{sum(r <= 1.5 for r in flat) / len(flat):.0%} | {sum(r <= 3 for r in flat) / len(flat):.0%} | "
-                                 f"{worst:.2f} | {meeting:.0%} |")
-        summary.append(f"{split} problems ({len(ss)}): cells of {3 * len(BUDGETS)} meeting the target, expected over "
-                       "pilots: " + ", ".join(f"{k} {v:.1f}" for k, v in met.items()) + ".")
-    intro = ("Written by `python benchmarks/pilot_screen.py`. Ratio: a pick's RMS on 256 judging draws over the best "
-             f"candidate's there. Pilots of {PILOT} draws from a pool of the first draws: `random`, or `screened` "
-             f"({PILOT // 2} draws where sdeflow's default at the budget and at twice the budget disagree most, "
-             f"{PILOT - PILOT // 2} random draws of the rest, weighted by their shares of the pool); {REPLICATES} "
-             "pilots of each kind per problem. `default`: sdeflow's fixed default. Target (the defaults' target): "
-             "within 1.5x on 90% of the problems and within 3x on all; `pilots meeting the target`: the share of "
-             "pilot draws for which the cell meets it.")
+    for pool in sorted(results, key=int):
+        for split in ("choose", "validate"):
+            ss = [s for s in seeds if SPLITS[split] <= s < SPLITS[split] + 1000]
+            met = collections.Counter()
+            for family in ("vp", "sigma", "flow"):
+                for nfe in map(str, BUDGETS):
+                    for kind in ("default", "random", "screened"):
+                        per = [results[pool][str(s)]["families"][family][nfe][kind] for s in ss]
+                        reps = len(per[0])
+                        flat = [r for p in per for r in p]
+                        worst = statistics.median(max(p[i] for p in per) for i in range(reps))
+                        meeting = sum(_meets([p[i] for p in per]) for i in range(reps)) / reps
+                        met[kind] += meeting
+                        lines.append(f"| {pool} | {split} | {family} | {nfe} | {kind} | {len(ss)} | "
+                                     f"{statistics.median(flat):.2f} | {sum(r <= 1.5 for r in flat) / len(flat):.0%} | "
+                                     f"{sum(r <= 3 for r in flat) / len(flat):.0%} | {worst:.2f} | {meeting:.0%} |")
+            summary.append(f"Pool of {pool}, {split} problems ({len(ss)}): cells of {3 * len(BUDGETS)} meeting the "
+                           "target, expected over pilots: " + ", ".join(f"{k} {v:.1f}" for k, v in met.items()) + ".")
+    intro = ("Written by `python benchmarks/pilot_screen.py` (`--pool 128` and `--pool 512`). Ratio: a pick's RMS on "
+             f"{JUDGE} judging draws over the best candidate's there. Pilots of {PILOT} draws from a pool of draws "
+             f"disjoint from the judging ones: `random`, or `screened` ({PILOT // 2} draws where sdeflow's default "
+             f"at the budget and at twice the budget disagree most, {PILOT - PILOT // 2} random draws of the rest, "
+             f"weighted by their shares of the pool); {REPLICATES} pilots of each kind per problem. `default`: "
+             "sdeflow's fixed default. Target (the defaults' target): within 1.5x on 90% of the problems and within "
+             "3x on all; `pilots meeting the target`: the share of pilots for which the cell meets it.")
     write_report(OUT, "A screened pilot: which draws a pilot should see", intro, summary, lines)
 
 
@@ -149,21 +153,21 @@ def main() -> None:
     torch.set_num_threads(1)
     i, k = args.shard
     seeds = chosen_problems()
+    pool = str(args.pool)
     for seed in seeds[i::k]:
-        if str(seed) in load(RESULTS):
+        if str(seed) in load(RESULTS).get(pool, {}):
             continue
         result = measure(seed, args.pool)
         with open(RESULTS + ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             results = load(RESULTS)
-            results[str(seed)] = result
+            results.setdefault(pool, {})[str(seed)] = result
             write_json(RESULTS, results)
-    results = load(RESULTS)
-    if all(str(s) in results for s in seeds):
+    results = {p: r for p, r in load(RESULTS).items() if all(str(s) in r for s in seeds)}
+    if pool in results:
         report(results, seeds)
     else:
-        print(f"{sum(str(s) in results for s in seeds)} of {len(seeds)} problems measured; the report waits for the rest")
-
+        print(f"{len(load(RESULTS).get(pool, {}))} of {len(seeds)} problems measured; the report waits for the rest")
 
 if __name__ == "__main__":
     main()
