@@ -15,7 +15,7 @@ against the best candidate's there.
 
     python benchmarks/pilot_screen.py --shard 0/2 &              # about 10 minutes with two processes
     python benchmarks/pilot_screen.py --shard 1/2                # both write docs/benchmarks/pilot_screen.json
-    python benchmarks/pilot_screen.py --pool 512 --shard 0/2 &   # a larger pool (about 20 minutes)
+    python benchmarks/pilot_screen.py --pool 512 --shard 0/2 &   # a larger pool (about 30 minutes)
     python benchmarks/pilot_screen.py --pool 512 --shard 1/2
 """
 
