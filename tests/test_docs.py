@@ -116,9 +116,12 @@ def compiles(body: str) -> bool:
     return bool(re.search(r"torch\.compile\(|\.compile\(\)", body))
 
 
-#: Documents whose blocks take minutes on 2 cores even at small sizes (they run in the slow set):
-#: tuning.md fits grids and coefficients on a UNet through four commands.
-SLOW_DOCS = {"docs/tuning.md"}
+#: Documents whose blocks take long on 2 cores even at small sizes (they run in the slow set):
+#: tuning.md fits grids and coefficients on a UNet through four commands (minutes); diagnostics.md,
+#: inversion.md and likelihood.md run the shipped digits model through their commands (5-10 s each;
+#: the methods themselves are checked in the default run by test_diagnostics, test_inversion and
+#: test_likelihood).
+SLOW_DOCS = {"docs/tuning.md", "docs/diagnostics.md", "docs/inversion.md", "docs/likelihood.md"}
 
 
 @pytest.mark.parametrize("doc", [pytest.param(d, marks=pytest.mark.slow)
