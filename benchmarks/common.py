@@ -188,6 +188,28 @@ def write_problem_plots(results, folder: str, plot_name, draw, ylabel: str) -> N
         plt.close(fig)
 
 
+def load_json(path: str) -> dict:
+    """The results file ``path`` (``{}`` before the first result)."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def locked_update(path: str, update) -> None:
+    """Apply ``update`` to the results file ``path`` (``{}`` at first) and save it atomically, one
+    writer at a time: shards of one benchmark share the file, and an interrupted run resumes from it."""
+    import fcntl
+
+    from sdeflow.files import write_json
+
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = load_json(path)  # re-read: another shard may have saved since
+        update(results)
+        write_json(path, results)
+
+
 def shard(text: str) -> tuple[int, int]:
     """``--shard i/k`` (an argparse type): the work items whose index is ``i`` modulo ``k``."""
     import argparse

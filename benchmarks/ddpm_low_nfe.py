@@ -22,8 +22,6 @@ problems of the problem family with 32-128 dimensions and several components.
 from __future__ import annotations
 
 import argparse
-import fcntl
-import json
 import math
 import os
 import sys
@@ -34,12 +32,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import PROCESSES, Problem, Shared, sdeflow_denoiser, shard, write_report  # noqa: E402
+from common import PROCESSES, Problem, Shared, load_json, locked_update, sdeflow_denoiser, shard, write_report  # noqa: E402
 from families import SPLITS, draw_problem  # noqa: E402
 from peers import diffusers_runs, load_diffusers  # noqa: E402
 
 from sdeflow import analytic, grids, sample  # noqa: E402
-from sdeflow.files import write_json  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS, steps_for_nfe  # noqa: E402
 from sdeflow.samplers.names import CANDIDATE_GRIDS, CANDIDATE_SAMPLERS  # noqa: E402
 from sdeflow.tuning import optimize_coefficients, optimize_grid, steps_for  # noqa: E402
@@ -185,23 +182,16 @@ def main() -> None:
     i, k = args.shard
     todo = problems()
     for problem in todo[i::k]:
-        if problem.name in load(RESULTS):
+        if problem.name in load_json(RESULTS):
             continue
         cells = measure(d, problem)
-        with open(RESULTS + ".lock", "w") as lock:  # shards share the file: one writer at a time
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            results = load(RESULTS)
-            results[problem.name] = cells
-            write_json(RESULTS, results)
-    results = load(RESULTS)
+        locked_update(RESULTS, lambda results: results.__setitem__(problem.name, cells))
+    results = load_json(RESULTS)
     if all(p.name in results for p in todo):
         report(results)
     else:
         print(f"{sum(p.name in results for p in todo)} of {len(todo)} problems measured; the report waits for the rest")
 
-
-def load(path: str) -> dict:
-    return json.load(open(path)) if os.path.exists(path) else {}
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import fcntl
-import json
 import math
 import os
 import statistics
@@ -35,11 +33,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import PROCESSES, Problem, Shared, sdeflow_denoiser, shard, write_report  # noqa: E402
+from common import PROCESSES, Problem, Shared, load_json, locked_update, sdeflow_denoiser, shard, write_report  # noqa: E402
 from families import FAMILY_OF, SPLITS, draw_problem  # noqa: E402
 
 from sdeflow import sample  # noqa: E402
-from sdeflow.files import write_json  # noqa: E402
 from sdeflow.tuning.choose import candidates, default_key, screen_order, stratified_mean  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "pilot_screen.md")
@@ -138,9 +135,6 @@ def _meets(r: list[float]) -> bool:
     return v[max(0, math.ceil(0.9 * len(v)) - 1)] <= 1.5 and v[-1] <= 3
 
 
-def load(path: str) -> dict:
-    return json.load(open(path)) if os.path.exists(path) else {}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -155,19 +149,15 @@ def main() -> None:
     seeds = chosen_problems()
     pool = str(args.pool)
     for seed in seeds[i::k]:
-        if str(seed) in load(RESULTS).get(pool, {}):
+        if str(seed) in load_json(RESULTS).get(pool, {}):
             continue
         result = measure(seed, args.pool)
-        with open(RESULTS + ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            results = load(RESULTS)
-            results.setdefault(pool, {})[str(seed)] = result
-            write_json(RESULTS, results)
-    results = {p: r for p, r in load(RESULTS).items() if all(str(s) in r for s in seeds)}
+        locked_update(RESULTS, lambda results: results.setdefault(pool, {}).__setitem__(str(seed), result))
+    results = {p: r for p, r in load_json(RESULTS).items() if all(str(s) in r for s in seeds)}
     if pool in results:
         report(results, seeds)
     else:
-        print(f"{len(load(RESULTS).get(pool, {}))} of {len(seeds)} problems measured; the report waits for the rest")
+        print(f"{len(load_json(RESULTS).get(pool, {}))} of {len(seeds)} problems measured; the report waits for the rest")
 
 if __name__ == "__main__":
     main()

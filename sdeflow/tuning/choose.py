@@ -19,7 +19,7 @@ from ..names import lookup
 from ..sampling import sample
 from ..samplers import steps_for_nfe
 from ..samplers.names import CANDIDATE_GRIDS, SAMPLERS, candidate_samplers, default_sampling, family
-from .draws import CountedDenoiser, Teacher, draw_errors
+from .draws import CountedDenoiser, Teacher, cond_rows, draw_errors
 from .fit import check_tunable
 from .store import TunedGrid
 
@@ -113,8 +113,9 @@ def choose_configuration(denoiser, nfe: int, x_init: torch.Tensor | None = None,
     candidates then run on the ``pilot // 2`` draws where the two disagree most and on a random sample
     (``seed``) of the others, and each candidate's RMS over the pool is estimated with each stratum
     weighted by its share of the pool (:func:`stratified_mean`). On mixtures of separated components the
-    few draws that end in another component decide the RMS; a random batch rarely holds them, a
-    screened one does (``docs/benchmarks/pilot_screen.md``).
+    few draws that end in another component decide the RMS, and a random batch rarely holds them. From
+    a pool of 512 the screened pick is better at NFE 6-12 and worse at NFE 30 than a random pilot's
+    (``docs/benchmarks/pilot_screen.md``).
 
     Returns a :class:`TunedGrid` with ``method = "choice:<grid>"``: the chosen sampler, its grid ``ts``,
     the budget ``nfe`` (a single-step sampler may spend fewer), its RMS (``loss`` and ``heldout``),
@@ -141,14 +142,15 @@ def choose_configuration(denoiser, nfe: int, x_init: torch.Tensor | None = None,
     options = candidates(sch, nfe, samplers)  # refused here (unknown or stochastic samplers) before any evaluation
     if not options:
         raise ValueError(f"no candidate sampler runs within {nfe} evaluations on this schedule")
-    counted = CountedDenoiser(denoiser, (teacher.x_init if teacher is not None else x_init).dtype)
-    pool, screened = (teacher.x_init if teacher is not None else x_init).shape[0], 0
+    draws = teacher.x_init if teacher is not None else x_init
+    counted = CountedDenoiser(denoiser, draws.dtype)
+    pool, screened = draws.shape[0], 0
     if pilot is not None and pilot < pool:
         order = screen_order(counted, nfe, x_init, cond)
         screened, rest = pilot // 2, order[pilot // 2:]
         picked = torch.cat([order[:screened], rest[torch.randperm(rest.numel(), generator=torch.Generator().manual_seed(seed))
                                                    [:pilot - screened]]])
-        x_init, cond = x_init[picked], _rows(cond, picked, pool)
+        x_init, cond = x_init[picked], cond_rows(cond, picked, pool)
     teacher_calls = 0
     if teacher is None:
         teacher = Teacher(denoiser, x_init, cond=cond, steps=max(teacher_steps, 3 * nfe))
@@ -169,9 +171,3 @@ def choose_configuration(denoiser, nfe: int, x_init: torch.Tensor | None = None,
     return TunedGrid(ts.tolist(), sname, nfe, f"choice:{gname}", rms[best], rms, counted.calls + teacher_calls,
                      teacher.x_init.shape[0], heldout=rms[best])
 
-
-def _rows(cond: dict | None, picked: torch.Tensor, pool: int) -> dict | None:
-    """``cond`` for the draws ``picked`` of a pool of ``pool``: per-draw tensors indexed, the rest as they are."""
-    if cond is None:
-        return None
-    return {k: v[picked] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == pool else v for k, v in cond.items()}

@@ -101,6 +101,14 @@ def check_trim(trim: float) -> None:
         raise ValueError(f"trim must be a share of the draws in [0, 0.5), got {trim}")
 
 
+def cond_rows(cond: dict | None, rows, batch: int) -> dict | None:
+    """``cond`` for the draws ``rows`` (a slice or indices) of a batch of ``batch``: per-draw tensors
+    indexed, the rest (a guidance scale, a shared tensor) as they are."""
+    if cond is None:
+        return None
+    return {k: v[rows] if torch.is_tensor(v) and v.ndim and v.shape[0] == batch else v for k, v in cond.items()}
+
+
 class Split:
     """A teacher's draws split into the first ``1 - holdout`` (fitted on) and the rest (held out:
     fits are selected, and kept at all, on them). :meth:`draws` gives ``(x_init, target, cond)`` of a part;
@@ -124,9 +132,7 @@ class Split:
 
     def draws(self, which: str):
         sl, t = self.parts[which], self.teacher
-        cond = None if t.cond is None else {k: v[sl] if torch.is_tensor(v) and v.ndim and v.shape[0] == t.x_init.shape[0]
-                                             else v for k, v in t.cond.items()}
-        return self.x_init[sl], t.end[sl], cond
+        return self.x_init[sl], t.end[sl], cond_rows(t.cond, sl, t.x_init.shape[0])
 
     def held_out(self, denoiser, sampler, ts, trim: float) -> tuple[float, float]:
         """``(trimmed RMS, RMS)`` of ``sampler`` on ``ts`` over the held-out draws (``inf`` if not finite)."""
