@@ -272,9 +272,12 @@ def _run_scheduler(cls, kwargs, steps, shared: Shared, process: Process, dtype=t
     return t0, x.to(torch.float64), calls[0]
 
 
-def diffusers_runs(d, shared: Shared, process: Process, nfe: int, seed: int | None = None):
-    """diffusers' ODE schedulers, or with ``seed`` its stochastic ones (seeded per run)."""
+def diffusers_runs(d, shared: Shared, process: Process, nfe: int, seed: int | None = None, only=None):
+    """diffusers' ODE schedulers, or with ``seed`` its stochastic ones (seeded per run); with ``only``
+    (a set of names as yielded), those configurations alone."""
     for name, (cls, kwargs) in diffusers_configs(d, process, stochastic=seed is not None).items():
+        if only is not None and f"diffusers {name}" not in only:
+            continue
         # the step counts that give nfe evaluations for 1, 2 (Heun: 2n - 1) or n + 1 (PLMS) per step
         for steps in dict.fromkeys([nfe, (nfe + 1) // 2, nfe - 1]):
             if steps < 1:
