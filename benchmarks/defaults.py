@@ -126,7 +126,7 @@ def validation(data: dict, split: str = "validate") -> tuple[list[str], dict]:
             static = min((c for c in per_config if all(map(math.isfinite, per_config[c]))),
                          key=lambda c: score(per_config[c]))  # chosen on the validation problems themselves
             within = (sum(v <= 1.5 for v in r) / len(r), sum(v <= 3 for v in r) / len(r))
-            worst[(family, budget)] = (quantile(r, 0.9), max(r), within)
+            worst[(family, budget)] = (quantile(r, 0.9), max(r), within, meets(per_config[static]))
             before = f"{quantile(old, 0.9):.2f} / {max(old):.2f}" if old and all(map(math.isfinite, old)) else "-"
             lines.append(f"| {budget} | {sampler} ({grid}) | {statistics.median(r):.2f} | {quantile(r, 0.9):.2f} | "
                          f"{max(r):.2f} | {within[0]:.0%} | {within[1]:.0%} | {before} | "
@@ -244,21 +244,38 @@ def fine_lines(fine: dict, data: dict, pilot: dict) -> tuple[list[str], dict]:
              "the RMS far less. Each column: the 90th percentile / worst ratio to the best configuration on these draws, "
              "of the default in the code, of the pilot's pick on its 32 draws, and of the pick on the benchmark's own "
              "draws (35-128 on these problems: a larger pilot).", "",
-             "| family | NFE | default | pilot, 32 draws | pilot, the benchmark's draws |", "|---|---|---|---|---|"]
+             "The least error of some 65 configurations on the draws that score them is partly those draws' luck, "
+             "which makes every ratio to it too large. The last two columns divide instead by the error, on these "
+             "draws, of the configuration best on the benchmark's draws (chosen independently of them). That errs the "
+             "other way (that pick is not always the best), so the two bracket the ratio to the problem's best "
+             "configuration. The last column: whether some single configuration, chosen with hindsight on these very "
+             "problems and draws, meets the target (the ceiling of any fixed default table).", "",
+             "| family | NFE | default | pilot, 32 draws | pilot, the benchmark's draws | default, against the benchmark's "
+             "pick | pilot, 32 draws, against the benchmark's pick | some fixed configuration meets the target |",
+             "|---|---|---|---|---|---|---|---|"]
     figures = {}
+    kinds = ("default", "pilot", "larger", "default, independent", "pilot, independent")
     for family in PROCESS_OF:
         for j, budget in enumerate(fine["budgets"]):
-            cols = collections.defaultdict(list)
+            cols, per_config = collections.defaultdict(list), collections.defaultdict(list)
             for seed in seeds:
                 every = configuration_errors(fine["problems"][seed]["processes"][family], j)
                 best = min(every.values())
+                bench = configuration_errors(data["problems"][seed]["processes"][family], j)
+                independent = every[min(bench, key=bench.get)]
+                for c, e in every.items():
+                    per_config[c].append(e / best)
                 cols["default"].append(every[default_config(family, budget)] / best)
+                cols["default, independent"].append(every[default_config(family, budget)] / independent)
                 for name, source in (("pilot", pilot), ("larger", data)):
                     seen = configuration_errors(source["problems"][seed]["processes"][family], j)
                     cols[name].append(every[picked_on(seen, family, budget)] / best)
-            figures[(family, budget)] = tuple(meets(cols[k]) for k in ("default", "pilot", "larger"))
+                    if name == "pilot":
+                        cols["pilot, independent"].append(every[picked_on(seen, family, budget)] / independent)
+            ceiling = any(meets(r) for r in per_config.values())
+            figures[(family, budget)] = (*(meets(cols[k]) for k in kinds), ceiling)
             lines.append(f"| {family} | {budget} | " + " | ".join(f"{quantile(cols[k], 0.9):.2f} / {max(cols[k]):.2f}"
-                                                                 for k in ("default", "pilot", "larger")) + " |")
+                                                                 for k in kinds) + f" | {'yes' if ceiling else 'no'} |")
     return lines, figures
 
 
@@ -285,11 +302,13 @@ def main() -> None:
     if chosen != DEFAULTS:
         print("the code's DEFAULTS differ from this choice: the report validates the code's", file=sys.stderr)
     body, worst = validation(data)
-    held = [k for k, (p90, mx, _) in worst.items() if p90 <= 1.5 and mx <= 3]
+    held = [k for k, (p90, mx, _, _) in worst.items() if p90 <= 1.5 and mx <= 3]
     summary = [f"Validation: the default is within 1.5x of the best configuration on at least 90% of the validation "
-               f"problems and within 3x on all of them at {len(held)} of {len(worst)} (family, budget) cells.",
+               f"problems and within 3x on all of them at {len(held)} of {len(worst)} (family, budget) cells. "
+               f"The best single configuration chosen with hindsight on the validation problems themselves (last "
+               f"column) meets it at {sum(w[3] for w in worst.values())}: no fixed table reaches the target on this family.",
                "Cells that miss: " + (", ".join(f"{f} NFE {b} (90th percentile {p:.2f}, worst {m:.2f})"
-                                                 for (f, b), (p, m, _) in worst.items() if (f, b) not in held) or "none") + "."]
+                                                 for (f, b), (p, m, _, _) in worst.items() if (f, b) not in held) or "none") + "."]
     defaults = ["Defaults in the code (`sdeflow.samplers.names.DEFAULTS`; each row holds up to its budget):", ""]
     defaults += [f"- {family}: " + "; ".join(f"up to {'any' if b == math.inf else b}: {s} ({g})" for b, s, g in rows)
                  for family, rows in DEFAULTS.items()]
@@ -316,11 +335,18 @@ def main() -> None:
     fine_section = []
     if os.path.exists(FINE_OUT) and os.path.exists(PILOT_OUT):
         fine_section, figures = fine_lines(load(FINE_OUT), data, load(PILOT_OUT))
-        default_meets, pilot_meets, larger_meets = (sum(f[i] for f in figures.values()) for i in range(3))
+        default_meets, pilot_meets, larger_meets, default_ind, pilot_ind, ceiling = (
+            sum(f[i] for f in figures.values()) for i in range(6))
         summary.append(f"On more draws (512 per problem, the {len(load(FINE_OUT)['problems'])} validation problems of "
                        f"at most 128 dimensions, below), the target holds at {default_meets} of {len(figures)} cells for "
                        f"the defaults, {pilot_meets} for the pilot's pick on 32 draws and {larger_meets} for a pick on "
-                       "the benchmark's 35-128 draws.")
+                       f"the benchmark's 35-128 draws. Against the configuration best on the benchmark's draws instead of "
+                       f"the least error on the scoring draws themselves (which flatters the best by those draws' luck), "
+                       f"at {default_ind} for the defaults and {pilot_ind} for the pilot's pick. No fixed table can do "
+                       f"much better: some single configuration, chosen with hindsight on these problems and draws, "
+                       f"meets the target at only {ceiling} of {len(figures)} cells (the defaults at {default_meets} of "
+                       f"them). Within this family the best configuration depends on the problem, so a default that "
+                       f"holds everywhere has to be chosen for the model: by a pilot run.")
     write_report(OUT, "Defaults of `sdeflow sample` against sdeflow's best configuration, on unseen problems", intro,
                  summary, defaults, body, pilot_section, fine_section, ["## The problems", ""] + problem_lines(data))
 
