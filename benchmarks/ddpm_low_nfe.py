@@ -16,8 +16,8 @@ problems of the problem family with 32-128 dimensions and several components. Th
 choice is run again on 2000 fresh draws and scored there (``rescore``): a choice made on the scored
 draws is credited with their luck, which on these mixtures is large.
 
-    python benchmarks/ddpm_low_nfe.py                 # about an hour on one core; writes docs/benchmarks/ddpm_low_nfe.md
-    python benchmarks/ddpm_low_nfe.py --shard 0/2 &   # or two processes sharing docs/benchmarks/ddpm_low_nfe.json
+    python benchmarks/ddpm_low_nfe.py                 # about 1.5 hours on one core; writes docs/benchmarks/ddpm_low_nfe.md
+    python benchmarks/ddpm_low_nfe.py --shard 0/2 &   # or two processes (about an hour) sharing docs/benchmarks/ddpm_low_nfe.json
     python benchmarks/ddpm_low_nfe.py --shard 1/2     # (an interrupted run resumes from it)
 """
 
@@ -199,8 +199,8 @@ def report(results: dict) -> None:
             lines.append(f"| {problem.name} | {nfe} | {pn} | {pr:.3g} | {hn} | {hr:.3g} | {pr / hr:.2f} | {tn} | "
                          f"{tr:.3g} | {pr / min(hr, tr):.2f} |")
 
-    def counts(ratios, what):
-        return (f"{what} is at least 1.5x more accurate than diffusers' best in {sum(r >= 1.5 for r in ratios)} of "
+    def counts(ratios, what, peer="diffusers' best"):
+        return (f"{what} is at least 1.5x more accurate than {peer} in {sum(r >= 1.5 for r in ratios)} of "
                 f"{len(ratios)} cells and at least as accurate in {sum(r >= 1 for r in ratios)}; ratios "
                 f"{min(ratios):.2f}-{max(ratios):.2f}.")
     summary = [counts(hand_ratios, "sdeflow's best hand configuration"), "",
@@ -224,9 +224,9 @@ def report(results: dict) -> None:
             fresh_hand.append(pr / hr)
             fresh.append(f"| {problem.name} | {nfe} | {pr:.3g} | {pm:.3g} | {ps:.2f} | {sn} | {sr:.3g} | {sm:.3g} | {ss:.2f} | "
                          f"{pr / sr:.2f} | {pm / sm:.2f} | {pr / hr:.2f} |")
-    fresh[2:2] = [counts(fresh_rms, "On the fresh draws, sdeflow's choice"), "",
-                  counts(fresh_hand, "Its hand choice alone"), "",
-                  counts(fresh_median, "On the median error, sdeflow's choice"), ""]
+    fresh[4:4] = [counts(fresh_rms, "On the fresh draws, sdeflow's choice", "diffusers' choice"), "",
+                  counts(fresh_hand, "Its hand choice alone", "diffusers' choice"), "",
+                  counts(fresh_median, "On the median error, sdeflow's choice", "diffusers' choice"), ""]
     intro = ("Written by `python benchmarks/ddpm_low_nfe.py`. The best configuration of each library per problem "
              "and budget (sdeflow's hand configurations: sampler, grid and start); RMS against the exact "
              "probability-flow solution from each method's own start, float32 states, on the problem's draws "
