@@ -121,7 +121,8 @@ def compiles(body: str) -> bool:
 #: inversion.md and likelihood.md run the shipped digits model through their commands (5-10 s each;
 #: the methods themselves are checked in the default run by test_diagnostics, test_inversion and
 #: test_likelihood).
-SLOW_DOCS = {"docs/tuning.md", "docs/diagnostics.md", "docs/inversion.md", "docs/likelihood.md"}
+SLOW_DOCS = {"docs/tuning.md", "docs/diagnostics.md", "docs/inversion.md", "docs/likelihood.md", "docs/inverse.md",
+             "docs/fewstep.md"}
 
 
 @pytest.mark.parametrize("doc", [pytest.param(d, marks=pytest.mark.slow)

@@ -36,7 +36,7 @@ def _draws(sch, num, seed):
     return GAUSS.sample_t(num, sch, grids.start_time(sch), torch.Generator().manual_seed(seed))[0]
 
 
-@pytest.mark.parametrize("sched,name", [("vp-linear", "unipc-bh2"),
+@pytest.mark.parametrize("sched,name", [pytest.param("vp-linear", "unipc-bh2", marks=pytest.mark.slow),
                                         pytest.param("rectified-flow", "dpm-solver++-2m", marks=pytest.mark.slow),
                                         pytest.param("vp-linear", "ipndm", marks=pytest.mark.slow)])
 def test_a_grid_fitted_on_100_draws_reaches_the_exact_optimum(sched, name):
@@ -342,7 +342,8 @@ def test_fitted_samplers_refuse_what_they_cannot_run():
         optimize_coefficients(GAUSS.denoiser(sch), heun, ts, _draws(sch, 2, 0), holdout=0.1)
 
 
-@pytest.mark.parametrize("sched,name,grid", [("vp-linear", "ipndm", "logsnr"), ("rectified-flow", "heun", "uniform")])
+@pytest.mark.parametrize("sched,name,grid", [pytest.param("vp-linear", "ipndm", "logsnr", marks=pytest.mark.slow),
+                                             ("rectified-flow", "heun", "uniform")])
 def test_fitted_coefficients_beat_the_best_grid_and_generalize(sched, name, grid):
     """At NFE 5 on the 16-D Gaussian, coefficients fitted on 100 draws (a fifth held out) on a hand grid
     lower the sampler's exact W2 on that grid more than 5-fold and below the exact-optimal grid's W2 (no
