@@ -16,8 +16,8 @@ problems of the problem family with 32-128 dimensions and several components. Th
 choice is run again on 2000 fresh draws and scored there (``rescore``): a choice made on the scored
 draws is credited with their luck, which on these mixtures is large.
 
-    python benchmarks/ddpm_low_nfe.py                 # about 1.5 hours on one core; writes docs/benchmarks/ddpm_low_nfe.md
-    python benchmarks/ddpm_low_nfe.py --shard 0/2 &   # or two processes (about an hour) sharing docs/benchmarks/ddpm_low_nfe.json
+    python benchmarks/ddpm_low_nfe.py                 # about two hours on one core; writes docs/benchmarks/ddpm_low_nfe.md
+    python benchmarks/ddpm_low_nfe.py --shard 0/2 &   # or two processes (1.5 hours) sharing docs/benchmarks/ddpm_low_nfe.json
     python benchmarks/ddpm_low_nfe.py --shard 1/2     # (an interrupted run resumes from it)
 """
 
