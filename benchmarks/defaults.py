@@ -267,11 +267,10 @@ def fine_lines(fine: dict, data: dict, pilot: dict) -> tuple[list[str], dict]:
                     per_config[c].append(e / best)
                 cols["default"].append(every[default_config(family, budget)] / best)
                 cols["default, independent"].append(every[default_config(family, budget)] / independent)
-                for name, source in (("pilot", pilot), ("larger", data)):
-                    seen = configuration_errors(source["problems"][seed]["processes"][family], j)
-                    cols[name].append(every[picked_on(seen, family, budget)] / best)
-                    if name == "pilot":
-                        cols["pilot, independent"].append(every[picked_on(seen, family, budget)] / independent)
+                pick = every[picked_on(configuration_errors(pilot["problems"][seed]["processes"][family], j), family, budget)]
+                cols["pilot"].append(pick / best)
+                cols["pilot, independent"].append(pick / independent)
+                cols["larger"].append(every[picked_on(bench, family, budget)] / best)
             ceiling = any(meets(r) for r in per_config.values())
             figures[(family, budget)] = (*(meets(cols[k]) for k in kinds), ceiling)
             lines.append(f"| {family} | {budget} | " + " | ".join(f"{quantile(cols[k], 0.9):.2f} / {max(cols[k]):.2f}"

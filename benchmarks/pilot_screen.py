@@ -135,7 +135,6 @@ def _meets(r: list[float]) -> bool:
     return v[max(0, math.ceil(0.9 * len(v)) - 1)] <= 1.5 and v[-1] <= 3
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

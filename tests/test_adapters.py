@@ -72,6 +72,10 @@ def _schedulers(d):
         "UniPC bh1": (d.UniPCMultistepScheduler, dict(solver_type="bh1", final_sigmas_type="sigma_min"),
                       SAMPLERS["unipc-bh1"](), 1e-5),
         "UniPC 3": (d.UniPCMultistepScheduler, dict(solver_order=3), SAMPLERS["unipc-3"](), 1e-5),
+        # the configuration that leads diffusers' side of benchmarks/ddpm_low_nfe.py: it starts below the top
+        "UniPC bh1 3 leading": (d.UniPCMultistepScheduler, dict(solver_order=3, solver_type="bh1", timestep_spacing="leading",
+                                                                final_sigmas_type="sigma_min"),
+                                samplers.UniPC(order=3, variant="bh1"), 1e-5),
         "DEIS 2": (d.DEISMultistepScheduler, dict(solver_order=2), SAMPLERS["dpm-solver-2m"](), 1e-5),
         "DEIS 3": (d.DEISMultistepScheduler, dict(solver_order=3), SAMPLERS["dpm-solver-3m"](), 1e-5),
         "Euler": (d.EulerDiscreteScheduler, dict(), SAMPLERS["ddim"](), 1e-5),
@@ -85,7 +89,8 @@ def _schedulers(d):
 
 
 SCHEDULER_NAMES = ["DDIM trailing", "DDIM leading", "DPM++ 2M", "DPM++ 2M heun", "DPM++ 3M", "DPM++ 2M karras",
-                   "DPM 2M (noise)", "DPM 3M (noise)", "UniPC bh2", "UniPC bh1", "UniPC 3", "DEIS 2", "DEIS 3", "Euler",
+                   "DPM 2M (noise)", "DPM 3M (noise)", "UniPC bh2", "UniPC bh1", "UniPC 3", "UniPC bh1 3 leading",
+                   "DEIS 2", "DEIS 3", "Euler",
                    "Euler karras", "Euler exponential", "Heun", "LMS"]
 
 

@@ -118,9 +118,9 @@ def compiles(body: str) -> bool:
 
 #: Documents whose blocks take long on 2 cores even at small sizes (they run in the slow set):
 #: tuning.md fits grids and coefficients on a UNet through four commands (minutes); diagnostics.md,
-#: inversion.md and likelihood.md run the shipped digits model through their commands (5-10 s each;
-#: the methods themselves are checked in the default run by test_diagnostics, test_inversion and
-#: test_likelihood).
+#: inversion.md, likelihood.md, inverse.md and fewstep.md run the shipped digits models through their
+#: commands (3-10 s each; the methods themselves are checked in the default run by test_diagnostics,
+#: test_inversion, test_likelihood, test_inverse and test_fewstep).
 SLOW_DOCS = {"docs/tuning.md", "docs/diagnostics.md", "docs/inversion.md", "docs/likelihood.md", "docs/inverse.md",
              "docs/fewstep.md"}
 

@@ -166,8 +166,8 @@ def test_jacobian_of_the_sampling_map_converges_to_the_exact_flow_maps():
     assert abs(fitted_order(steps, errs) - 2) <= 0.3, errs
 
 
-@pytest.mark.parametrize("name, mode", [pytest.param("dpm-solver++-2m", "checkpoint", marks=pytest.mark.slow),
-                                        pytest.param("bdia", "reversible", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("name, mode", [("dpm-solver++-2m", "checkpoint"), ("bdia", "reversible")])
 def test_gradient_memory_does_not_grow_with_the_steps(name, mode):
     """Peak tensor memory of sampling plus backward: flat within 10% from 10 to 1000 steps with
     checkpointing or reversible reconstruction, while plain autograd grows with the steps."""

@@ -36,9 +36,8 @@ def _draws(sch, num, seed):
     return GAUSS.sample_t(num, sch, grids.start_time(sch), torch.Generator().manual_seed(seed))[0]
 
 
-@pytest.mark.parametrize("sched,name", [pytest.param("vp-linear", "unipc-bh2", marks=pytest.mark.slow),
-                                        pytest.param("rectified-flow", "dpm-solver++-2m", marks=pytest.mark.slow),
-                                        pytest.param("vp-linear", "ipndm", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("sched,name", [("vp-linear", "unipc-bh2"), ("rectified-flow", "dpm-solver++-2m"), ("vp-linear", "ipndm")])
 def test_a_grid_fitted_on_100_draws_reaches_the_exact_optimum(sched, name):
     """At NFE 5 the grid fitted on 100 draws against the teacher has an exact W2 within 10% of the
     exact-optimal grid's; its error on 1000 fresh draws is within 10% of its fitting loss (no
