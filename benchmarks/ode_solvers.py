@@ -16,9 +16,11 @@ Peers are optional (``pip install "sdeflow[bench]"``); a missing one is reported
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
+import statistics
 import sys
 import time
 
@@ -26,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import NFES, PROCESSES, Shared, family, fmt, problems, save_json, sdeflow_denoiser, write_problem_plots  # noqa: E402
+from common import NFES, PROCESSES, Problem, Shared, family, fmt, problems, save_json, sdeflow_denoiser, write_problem_plots  # noqa: E402
 from overhead import overhead_table  # noqa: E402
 from peers import diffusers_runs, flow_matching_runs, k_runs, load_diffusers, load_flow_matching, load_k_diffusion  # noqa: E402
 
@@ -35,13 +37,17 @@ PEERS = ("diffusers", "k-diffusion", "flow_matching")
 from sdeflow import sample  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS  # noqa: E402
 
+#: each cell's two choices are run again from this many times the problem's draws, other ones (this seed)
+FRESH_TIMES, FRESH_SEED = 4, 1
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks")
 GRIDS_FOR = {"index": ["auto", "logsnr", "karras", "quadratic", "trailing"],
              "edm": ["auto", "karras", "logsnr", "polyexponential"],
              "t": ["auto", "uniform", "logsnr", "quadratic", "shifted"]}
 
 
-def sdeflow_runs(shared: Shared, process, nfe: int, names=None):
+def sdeflow_runs(shared: Shared, process, nfe: int, names=None, only=None):
+    """sdeflow's deterministic samplers (those in ``names`` if given) on the process's grids; with
+    ``only`` (a set of names as yielded), those configurations alone."""
     den = sdeflow_denoiser(shared.problem, process)
     sch = process.schedule
     for name, make in SAMPLERS.items():
@@ -51,6 +57,8 @@ def sdeflow_runs(shared: Shared, process, nfe: int, names=None):
         if sampler.stochastic or sampler.adaptive:
             continue
         for gname in GRIDS_FOR[process.time_input]:
+            if only is not None and f"sdeflow {name} ({gname})" not in only:
+                continue
             n = next((m for m in range(1, nfe + 1) if sampler.prepare(sch, GRIDS[gname](m, sch)).nfe == nfe), None)
             if n is None:
                 continue
@@ -60,7 +68,7 @@ def sdeflow_runs(shared: Shared, process, nfe: int, names=None):
 
 
 def run(quick: bool, raw_path: str | None = None, only: list[str] | None = None, keep: list | None = None,
-        processes: list[str] | None = None, samplers: list[str] | None = None):
+        processes: list[str] | None = None, samplers: list[str] | None = None, fresh: list | None = None):
     ks, k_err = load_k_diffusion()
     d, d_err = load_diffusers()
     fm, fm_err = load_flow_matching()
@@ -97,7 +105,7 @@ def run(quick: bool, raw_path: str | None = None, only: list[str] | None = None,
                 print(f"  {problem.name} / {process.name} / NFE {nfe}: {time.time() - start:.0f} s, "
                       f"{len(shared._refs)} reference solves", flush=True)
             if raw_path:  # partial results survive an interrupted run
-                save_json(raw_path, {"results": results, "notes": notes, "complete": False})
+                save_json(raw_path, {"results": results, "notes": notes, "complete": False, "fresh": fresh or []})
     return results, notes
 
 
@@ -106,7 +114,62 @@ def best(rows, fam):
     return min(rows, key=lambda r: r["rms"]) if rows else None
 
 
-def write_report(results, notes, overhead_md, path):
+def choices(results) -> dict:
+    """``{(problem, process, nfe): (sdeflow's row, the best peer's row)}``: each side's most accurate
+    configuration on the scored draws (``None`` where a side has none)."""
+    cells = {}
+    for r in results:
+        cells.setdefault((r["problem"], r["process"], r["nfe"]), []).append(r)
+    out = {}
+    for key, at in cells.items():
+        peers = [b for b in (best(at, fam) for fam in PEERS) if b]
+        out[key] = (best(at, "sdeflow"), min(peers, key=lambda r: r["rms"]) if peers else None)
+    return out
+
+
+def rescore(results, fresh, quick: bool, raw_path: str, notes) -> list:
+    """Each cell's two choices (sdeflow's best and the best peer, chosen on the scored draws) run
+    again from ``FRESH_TIMES`` times as many other exact draws (seed ``FRESH_SEED``) and scored
+    there. The least error of many configurations on one set of draws is partly that set's luck,
+    and more so for the side with more configurations; on other draws neither choice keeps it.
+    Appends ``{problem, process, nfe, method, rms, median}`` rows to ``fresh`` and saves them after
+    each problem and process (an interrupted run resumes)."""
+    (ks, _), (d, _), (fm, _) = load_k_diffusion(), load_diffusers(), load_flow_matching()
+    done = {(r["problem"], r["process"], r["nfe"]) for r in fresh}
+    picks = choices(results)
+    for problem in problems(quick):
+        for process in PROCESSES:
+            todo = sorted((k[2], pair) for k, pair in picks.items() if k[:2] == (problem.name, process.name) and k not in done)
+            if not todo:
+                continue
+            shared = Shared(Problem(problem.name, problem.mixture, problem.shape, FRESH_TIMES * problem.num), process,
+                            seed=FRESH_SEED)
+            for nfe, pair in todo:
+                names = {r["method"] for r in pair if r}
+                sources = [sdeflow_runs(shared, process, nfe, only=names)]
+                if d is not None:
+                    sources.append(diffusers_runs(d, shared, process, nfe, only=names))
+                if ks is not None:
+                    sources.append(k_runs(ks, shared, process, nfe, only=names))
+                if fm is not None:
+                    sources.append(flow_matching_runs(fm, shared, process, nfe, only=names))
+                scored = {}
+                for name, span, x, calls in itertools.chain(*sources):
+                    if calls == nfe and name in names:
+                        m = shared.score(span, x.reshape(shared.problem.num, -1))
+                        scored[name] = {"problem": problem.name, "process": process.name, "method": name, "nfe": nfe,
+                                        "rms": m["rms"], "median": m["median"]}
+                if names - scored.keys():
+                    raise RuntimeError(f"{problem.name} / {process.name} / NFE {nfe}: could not run "
+                                       f"{sorted(names - scored.keys())} again")
+                fresh += scored.values()
+                print(f"  fresh draws: {problem.name} / {process.name} / NFE {nfe}: " +
+                      ", ".join(f"{n} {v['rms']:.3g}" for n, v in scored.items()), flush=True)
+            save_json(raw_path, {"results": results, "notes": notes, "complete": True, "fresh": fresh})
+    return fresh
+
+
+def write_report(results, notes, overhead_md, path, fresh=()):
     lines = ["# ODE samplers: sdeflow, diffusers, k-diffusion and flow_matching on exact problems", "",
              "Written by `python benchmarks/ode_solvers.py`. Every method starts from the same data draws and",
              "noise at its own first time and is judged against the exact probability-flow ODE solution from",
@@ -115,35 +178,55 @@ def write_report(results, notes, overhead_md, path):
              "`RMS` is the root mean square over samples of the endpoint error, `median` the median per-sample",
              "error (robust to the few samples that end in another mode), `SW` the sliced Wasserstein distance",
              "to exact data samples, printed beside its floor (two independent exact sample sets). For each",
-             "family the table shows its most accurate configuration (sampler and grid) at that NFE.", ""]
+             "family the table shows its most accurate configuration (sampler and grid) at that NFE.",
+             f"The last three columns run those two choices again from {FRESH_TIMES} times as many other exact draws "
+             f"(seed {FRESH_SEED}) and score them there: the least error of many configurations on the draws that "
+             "choose it is partly those draws' luck (more so for sdeflow, which has more configurations to choose "
+             "from), and on other draws neither choice keeps it. Those columns are the measure.", ""]
     lines += [f"- {n}" for n in notes]
-    summary = []
+    again = {(r["problem"], r["process"], r["nfe"], r["method"]): r for r in fresh}
+    picks = choices(results)
+    summary, body = [], []
     for prob in dict.fromkeys(r["problem"] for r in results):
         for proc in dict.fromkeys(r["process"] for r in results):
             rows = [r for r in results if r["problem"] == prob and r["process"] == proc]
             if not rows:
                 continue
-            lines += ["", f"## {prob}, {proc}", "", f"SW floor: {rows[0]['floor']:.3g}", "",
-                      "| NFE | sdeflow best | RMS | median | SW | best peer | RMS | median | SW | peer RMS / sdeflow RMS |",
-                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            body += ["", f"## {prob}, {proc}", "", f"SW floor: {rows[0]['floor']:.3g}", "",
+                     "| NFE | sdeflow best | RMS | median | SW | best peer | RMS | median | SW | peer RMS / sdeflow RMS | "
+                     "fresh draws: sdeflow RMS | peer RMS | peer / sdeflow |",
+                     "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
             for nfe in sorted({r["nfe"] for r in rows}):
-                at = [r for r in rows if r["nfe"] == nfe]
-                ours = best(at, "sdeflow")
-                peers = [b for b in (best(at, fam) for fam in PEERS) if b]
-                peer = min(peers, key=lambda r: r["rms"]) if peers else None
+                ours, peer = picks[(prob, proc, nfe)]
                 ratio = peer["rms"] / ours["rms"] if ours and peer else math.nan
-                summary.append((prob, proc, nfe, ratio))
+                f_ours, f_peer = (again.get((prob, proc, nfe, r["method"])) if r else None for r in (ours, peer))
+                f_ratio = f_peer["rms"] / f_ours["rms"] if f_ours and f_peer else math.nan
+                summary.append((prob, proc, nfe, ratio, f_ratio))
                 cell = lambda r: [r["method"].split(" ", 1)[1], fmt(r["rms"]), fmt(r["median"]), fmt(r["sw"])] if r else ["-"] * 4  # noqa: E731
                 peer_cell = cell(peer)
                 if peer:
                     peer_cell[0] = peer["method"]
-                lines.append("| " + " | ".join([str(nfe)] + cell(ours) + peer_cell + [f"{ratio:.2f}"]) + " |")
-            lines += ["", f"![error vs NFE]({plot_name(prob)})"]
+                again_cells = [fmt(f_ours["rms"]) if f_ours else "-", fmt(f_peer["rms"]) if f_peer else "-",
+                               f"{f_ratio:.2f}" if math.isfinite(f_ratio) else "-"]
+                body.append("| " + " | ".join([str(nfe)] + cell(ours) + peer_cell + [f"{ratio:.2f}"] + again_cells) + " |")
+            body += ["", f"![error vs NFE]({plot_name(prob)})"]
+    lines += [counts(summary, 3, "On the draws that choose them"), "", counts(summary, 4, "On fresh draws")]
+    lines += body
     lines += ["", "## Every sdeflow sampler", "", sampler_table(results)]
     lines += ["", "## Per-step overhead", "", overhead_md]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return summary
+
+
+def counts(summary, column: int, where: str) -> str:
+    """How often sdeflow's choice is at least as accurate as, and twice as accurate as, the best peer's."""
+    r = [c[column] for c in summary if math.isfinite(c[column])]
+    if not r:
+        return f"{where}: not measured yet."
+    return (f"{where}, sdeflow's most accurate configuration is at least as accurate as the best peer's in "
+            f"{sum(v >= 1 for v in r)} of {len(r)} cells and at least twice as accurate in {sum(v >= 2 for v in r)} "
+            f"(peer RMS / sdeflow RMS {min(r):.2f}-{max(r):.2f}, median {statistics.median(r):.2f}).")
 
 
 def sampler_table(results, problem: str = "64-D mixture", nfes=(5, 10, 20)) -> str:
@@ -185,6 +268,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="smaller problems and NFE 5, 10, 20 only")
     parser.add_argument("--out", default=OUT, help="folder for the report and plots")
     parser.add_argument("--from-json", action="store_true", help="rebuild the report from the saved raw results")
+    parser.add_argument("--fresh", action="store_true", help="only run each cell's two choices again on fresh draws "
+                        "(the cells not yet rerun, from the saved results), then write the report")
     parser.add_argument("--problems", nargs="+", metavar="NAME",
                         help="run only these problems (e.g. 3x32x32); the saved results of the others are kept")
     parser.add_argument("--processes", nargs="+", metavar="NAME",
@@ -194,27 +279,34 @@ def main():
     args = parser.parse_args()
     if (args.processes or args.samplers) and not args.problems:
         parser.error("--processes and --samplers narrow a --problems run")
+    if args.fresh and (args.from_json or args.problems or args.quick):
+        parser.error("--fresh reruns the saved results' choices: it takes no --from-json, --problems or --quick")
     os.makedirs(args.out, exist_ok=True)
     raw = os.path.join(args.out, "ode_solvers.json")
-    if args.from_json:
+    saved = {}
+    if os.path.exists(raw):
         with open(raw) as f:
-            results, notes = (lambda d: (d["results"], d["notes"]))(json.load(f))
-    else:
-        keep = []
-        if args.problems and os.path.exists(raw):
-            with open(raw) as f:
-                keep = [r for r in json.load(f)["results"]
-                        if not (any(o.lower() in r["problem"].lower() for o in args.problems)
-                                and (not args.processes or any(o.lower() in r["process"].lower() for o in args.processes))
-                                and (not args.samplers or r["method"].split(" ")[:2] in (["sdeflow", s] for s in args.samplers)))]
-        results, notes = run(args.quick, raw, args.problems, keep, args.processes, args.samplers)
-        save_json(raw, {"results": results, "notes": notes, "complete": True})
+            saved = json.load(f)
+    elif args.from_json or args.fresh:
+        parser.error(f"no saved results at {raw}: run the benchmark first")
+    results, notes, fresh = saved.get("results", []), saved.get("notes", []), saved.get("fresh", [])
+    if not (args.from_json or args.fresh):
+        def rerun(r, samplers=True):  # a saved row this run measures again
+            return (any(o.lower() in r["problem"].lower() for o in args.problems)
+                    and (not args.processes or any(o.lower() in r["process"].lower() for o in args.processes))
+                    and (not samplers or not args.samplers or r["method"].split(" ")[:2] in (["sdeflow", s] for s in args.samplers)))
+        keep = [r for r in results if not rerun(r)] if args.problems else []
+        fresh = [r for r in fresh if not rerun(r, samplers=False)] if args.problems else []  # their choices may change
+        results, notes = run(args.quick, raw, args.problems, keep, args.processes, args.samplers, fresh)
+        save_json(raw, {"results": results, "notes": notes, "complete": True, "fresh": fresh})
+    if not args.from_json:
+        fresh = rescore(results, fresh, args.quick, raw, notes)
     overhead_md = overhead_table(repeats=5 if args.quick else 21)
-    summary = write_report(results, notes, overhead_md, os.path.join(args.out, "ode_solvers.md"))
+    summary = write_report(results, notes, overhead_md, os.path.join(args.out, "ode_solvers.md"), fresh)
     write_plots(results, args.out)
     print(overhead_md)
-    for prob, proc, nfe, ratio in summary:
-        print(f"{prob:16s} {proc:32s} NFE {nfe:3d}: best peer / best sdeflow = {ratio:.2f}")
+    for prob, proc, nfe, ratio, f_ratio in summary:
+        print(f"{prob:16s} {proc:32s} NFE {nfe:3d}: best peer / best sdeflow = {ratio:.2f}, on fresh draws {f_ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -84,9 +84,10 @@ K_SDE_SAMPLERS = {  # stochastic samplers, with k-diffusion's defaults (eta = 1,
 }
 
 
-def k_runs(ks, shared: Shared, process: Process, nfe: int, table=None, seed: int | None = None):
+def k_runs(ks, shared: Shared, process: Process, nfe: int, table=None, seed: int | None = None, only=None):
     """k-diffusion's samplers in ``table`` (the ODE ones by default); stochastic ones draw from the
-    global RNG, seeded with ``seed`` before each run."""
+    global RNG, seeded with ``seed`` before each run. With ``only`` (a set of names as yielded),
+    those configurations alone."""
     sampling, _ = ks
     smin, smax = k_sigma_range(process)
     sch = process.schedule
@@ -97,6 +98,8 @@ def k_runs(ks, shared: Shared, process: Process, nfe: int, table=None, seed: int
         if n is None:
             continue
         for gname, make in grids.items():
+            if only is not None and f"k-diffusion {sname} ({gname})" not in only:
+                continue
             sigmas = make(n).to(torch.float64)
             t0 = float(sch.t_from_sigma_ratio(sigmas[0]))
             x0 = shared.x_init(t0)
@@ -109,7 +112,7 @@ def k_runs(ks, shared: Shared, process: Process, nfe: int, table=None, seed: int
                 extra["extra_args"] = {"seed": seed}
             out = getattr(sampling, fn)(model, y, sigmas.float(), disable=True, **kw, **extra)
             yield f"k-diffusion {sname} ({gname})", (t0, 0.0), out.double(), model.calls
-    if table is not None:
+    if table is not None or (only is not None and "k-diffusion dpm_fast" not in only):
         return
     n = nfe  # DPM-Solver "fast": exactly n evaluations
     t0 = float(sch.t_from_sigma_ratio(smax))
@@ -307,11 +310,12 @@ def load_flow_matching():
 FM_METHODS = ("euler", "midpoint", "heun3", "rk4")
 
 
-def flow_matching_runs(fm, shared: Shared, process: Process, nfe: int):
+def flow_matching_runs(fm, shared: Shared, process: Process, nfe: int, only=None):
     """flow_matching's ``ODESolver`` on the rectified-flow process (its own kind of model; it takes
     velocity fields only). Its time runs from noise (0) to data (1): the oracle's velocity is
     negated and evaluated at ``1 - t``; at the data end (RK4's last stage) the oracle answers the
-    exact limit, as it does for sdeflow's ``RK4(at_data=True)``."""
+    exact limit, as it does for sdeflow's ``RK4(at_data=True)``. With ``only`` (a set of names as
+    yielded), those configurations alone."""
     if process.time_input != "t":
         return
     solver_cls, wrapper_cls = fm
@@ -322,6 +326,8 @@ def flow_matching_runs(fm, shared: Shared, process: Process, nfe: int):
             return -net(x, (1.0 - t).to(torch.float64).expand(x.shape[0]))
 
     for method in FM_METHODS:
+        if only is not None and f"flow_matching {method} (uniform)" not in only:
+            continue
         for steps in range(1, nfe + 1):
             model = Velocity(None)
             counted = Counter(model.forward)
