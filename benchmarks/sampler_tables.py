@@ -13,6 +13,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import fmt  # noqa: E402
+from ode_solvers import choices  # noqa: E402
+from sde_samplers import choices as sde_choices  # noqa: E402
 
 from sdeflow.registry import SAMPLERS  # noqa: E402
 
@@ -22,7 +24,8 @@ WHAT = {name: SAMPLERS.summary(name) for name in SAMPLERS}  # the table's own on
 def main(problem="64-D mixture",
          path=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "ode_solvers.json")):
     with open(path) as f:
-        results = json.load(f)["results"]
+        data = json.load(f)
+    results = data["results"]
     procs = [("DDPM eps (1000 discrete steps)", "DDPM eps"), ("rectified-flow velocity", "flow velocity")]
     nfes = (5, 10, 20)
     head = "| sampler | method | order | NFE/step | " + " | ".join(f"{short} NFE {n}" for _, short in procs for n in nfes) + " |"
@@ -41,7 +44,11 @@ def main(problem="64-D mixture",
         lines.append(f"| `{name}` | {WHAT.get(name, '')} | {s.convergence_order} | {cost} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
     print()
-    # summary: ratio best peer / best sdeflow per problem, process and NFE
+    # summary: each cell's best peer over sdeflow's best (both chosen on the scored draws), scored on fresh draws
+    again = {(r["problem"], r["process"], r["nfe"], r["method"]): r["rms"] for r in data.get("fresh", [])}
+    if not again:
+        print("(no fresh-draw results yet: run benchmarks/ode_solvers.py --fresh)")
+    picks = choices(results)
     probs = list(dict.fromkeys(r["problem"] for r in results))
     allp = list(dict.fromkeys(r["process"] for r in results))
     nfe_all = sorted({r["nfe"] for r in results})
@@ -50,10 +57,9 @@ def main(problem="64-D mixture",
         for pc in allp:
             cells = []
             for n in nfe_all:
-                at = [r for r in results if r["problem"] == pb and r["process"] == pc and r["nfe"] == n]
-                ours = [r["rms"] for r in at if r["method"].startswith("sdeflow ")]
-                peer = [r["rms"] for r in at if not r["method"].startswith("sdeflow ")]
-                cells.append(f"{min(peer) / min(ours):.2f}" if ours and peer and min(ours) > 0 else "-")
+                ours, peer = picks.get((pb, pc, n), (None, None))
+                f_ours, f_peer = (again.get((pb, pc, n, r["method"])) if r else None for r in (ours, peer))
+                cells.append(f"{f_peer / f_ours:.2f}" if f_ours and f_peer else "-")
             out.append(f"| {pb} | {pc} | " + " | ".join(cells) + " |")
     print("\n".join(out))
     print()
@@ -87,17 +93,24 @@ def sde_tables(path=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..
         lines.append(f"| `{name}` | {WHAT.get(name, '')} | {order} | {cost} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
     print()
-    floors = {(r["problem"], r["process"]): r["floor_sw"] for r in results}
+    # each cell's best peer over sdeflow's best SDE configuration (both chosen on the scored draws), on fresh draws
+    fresh = data.get("fresh", [])
+    if not fresh:
+        print("(no fresh-draw results yet: run benchmarks/sde_samplers.py --fresh)")
+    again = {(r["problem"], r["process"], r["nfe"], r["method"]): r["sw"] for r in fresh}
+    floors = {(r["problem"], r["process"]): r["floor_sw"] for r in fresh}
+    picks = sde_choices(results)
     nfe_all = sorted({r["nfe"] for r in results})
     out = ["| problem | process | SW floor | " + " | ".join(f"NFE {n}" for n in nfe_all) + " |", "|" + " --- |" * (3 + len(nfe_all))]
-    for (pb, pc), floor in floors.items():
+    for pb, pc in dict.fromkeys((r["problem"], r["process"]) for r in results):
         cells = []
         for n in nfe_all:
-            at = [r for r in results if r["problem"] == pb and r["process"] == pc and r["nfe"] == n]
-            ours = [r["sw"] for r in at if r["method"].startswith("sdeflow ") and r["kind"] == "sde"]
-            peer = [r["sw"] for r in at if not r["method"].startswith("sdeflow ")]
-            cells.append(f"{min(peer) / min(ours):.2f}" if ours and peer else "-")
-        out.append(f"| {pb} | {pc} | {floor:.3g} | " + " | ".join(cells) + " |")
+            ours, peer, _ = picks.get((pb, pc, n), (None, None, None))
+            f_ours, f_peer = (again.get((pb, pc, n, r["method"])) if r else None for r in (ours, peer))
+            cells.append(f"{f_peer / f_ours:.2f}" if f_ours and f_peer else "-")
+        floor = floors.get((pb, pc))
+        out.append(f"| {pb} | {pc} | {floor:.3g} | " if floor else f"| {pb} | {pc} | - | ")
+        out[-1] += " | ".join(cells) + " |"
     print("\n".join(out))
 
 
