@@ -11,8 +11,10 @@ spacings are uniform in ``t``), from the top and from the ``leading``
 start ``t_max (n - 1) / n`` (the convention of ``sdeflow tune --start leading``), so both libraries may
 start low. Beside them, sdeflow's tuned configurations: the best hand configuration's sampler with
 its grid and then its coefficients fitted on other exact draws (``sdeflow.tuning``'s defaults), from
-the top and from the ``leading`` start. Problems: the ODE benchmark's 64-D mixture and the validation
-problems of the problem family with 32-128 dimensions and several components. Then each library's
+the top and from the ``leading`` start. Problems: the ODE benchmark's 64-D mixture, the validation
+problems of the problem family with 32-128 dimensions and several components, and two 64-D problems
+of the family's generator with 8 components and low-rank-plus-diagonal covariances of condition
+number 300 (seeds 2000 and 2001). Then each library's
 choice is run again on 2000 fresh draws and scored there (``rescore``): a choice made on the scored
 draws is credited with their luck, which on these mixtures is large.
 
@@ -50,6 +52,9 @@ FIT_DRAWS, FIT_SEED = 100, 7
 #: the chosen configurations scored again: how many draws, and the seed
 FRESH_DRAWS, FRESH_SEED = 2000, 1
 BUDGETS = [5, 6, 8]
+#: 64-D problems of the family's generator with low-rank-plus-diagonal covariances of condition number
+#: 300 and 8 components (log-normal weights, separation and scale as each seed draws them): these seeds
+SIXTY_FOUR_D, SIXTY_FOUR_D_FIXED = (2000, 2001), {"dim": 64, "components": 8, "condition": 300.0, "rank": 4}
 #: sdeflow's grids here: the candidates of its family, and uniform in t (what diffusers' index spacings are).
 GRIDS_HERE = (*CANDIDATE_GRIDS["vp"], "uniform")
 
@@ -61,6 +66,9 @@ def problems() -> list[Problem]:
         if 32 <= params["dim"] <= 128 and params["components"] >= 2:
             out.append(Problem(f"family problem {seed} (D={params['dim']}, K={params['components']})", problem.mixture,
                                problem.shape, 300))
+    for seed in SIXTY_FOUR_D:
+        problem, params = draw_problem(seed, **SIXTY_FOUR_D_FIXED)
+        out.append(Problem(f"64-D problem {seed} (K=8, condition 300)", problem.mixture, problem.shape, 300))
     return out
 
 

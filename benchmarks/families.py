@@ -59,14 +59,22 @@ def log_uniform(g: torch.Generator, lo: float, hi: float) -> float:
     return math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * float(torch.rand((), generator=g, dtype=torch.float64)))
 
 
-def draw_problem(seed: int) -> tuple[Problem, dict]:
-    """The problem of ``seed`` and the parameters it was drawn with."""
+def draw_problem(seed: int, **fixed) -> tuple[Problem, dict]:
+    """The problem of ``seed`` and the parameters it was drawn with. ``fixed`` sets some of them
+    (``dim``, ``components``, ``separation``, ``condition``, ``scale``, ``rank``, ``weight_spread``);
+    the others are those of ``seed``, as drawn without it."""
+    unknown = set(fixed) - {"dim", "components", "separation", "condition", "scale", "rank", "weight_spread"}
+    if unknown:
+        raise ValueError(f"draw_problem cannot fix {sorted(unknown)}")
     g = torch.Generator().manual_seed(seed)
     dim = int(round(log_uniform(g, 2, 3072)))
     k = int(round(log_uniform(g, 1, 16)))
     sep, cond, scale = log_uniform(g, 0.5, 8.0), log_uniform(g, 1.0, 1000.0), log_uniform(g, 0.25, 2.0)
     rank = int(torch.randint(0, min(8, dim - 1) + 1, (), generator=g))
     weight_spread = 1.5 * float(torch.rand((), generator=g, dtype=torch.float64))
+    dim, k, sep = fixed.get("dim", dim), fixed.get("components", k), fixed.get("separation", sep)
+    cond, scale, rank = fixed.get("condition", cond), fixed.get("scale", scale), fixed.get("rank", rank)
+    weight_spread = fixed.get("weight_spread", weight_spread)
     weights = torch.exp(weight_spread * torch.randn(k, generator=g, dtype=torch.float64))
     # per-coordinate variances between scale^2 / cond and scale^2, log-uniform
     var = scale ** 2 * torch.exp(-math.log(cond) * torch.rand(k, dim, generator=g, dtype=torch.float64))
