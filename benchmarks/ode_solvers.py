@@ -16,6 +16,7 @@ Peers are optional (``pip install "sdeflow[bench]"``); a missing one is reported
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import math
@@ -30,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import NFES, PROCESSES, Problem, Shared, family, fmt, problems, save_json, sdeflow_denoiser, write_problem_plots  # noqa: E402
 from overhead import overhead_table  # noqa: E402
-from peers import diffusers_runs, flow_matching_runs, k_runs, load_diffusers, load_flow_matching, load_k_diffusion  # noqa: E402
+from peers import diffusers_configs, diffusers_runs, flow_matching_runs, k_runs, load_diffusers, load_flow_matching, load_k_diffusion  # noqa: E402
 
 PEERS = ("diffusers", "k-diffusion", "flow_matching")
 
@@ -68,7 +69,10 @@ def sdeflow_runs(shared: Shared, process, nfe: int, names=None, only=None):
 
 
 def run(quick: bool, raw_path: str | None = None, only: list[str] | None = None, keep: list | None = None,
-        processes: list[str] | None = None, samplers: list[str] | None = None, fresh: list | None = None):
+        processes: list[str] | None = None, samplers: list[str] | None = None, fresh: list | None = None,
+        new_peers: bool = False):
+    """Every method's scores, appended to ``keep``. ``new_peers``: only diffusers' configurations that
+    ``keep`` lacks on a problem and process (configurations added to ``benchmarks/peers.py`` later)."""
     ks, k_err = load_k_diffusion()
     d, d_err = load_diffusers()
     fm, fm_err = load_flow_matching()
@@ -83,16 +87,26 @@ def run(quick: bool, raw_path: str | None = None, only: list[str] | None = None,
         for process in PROCESSES:
             if processes and not any(o.lower() in process.name.lower() for o in processes):
                 continue
+            missing = None
+            if new_peers:
+                saved = {r["method"] for r in results if r["problem"] == problem.name and r["process"] == process.name}
+                missing = {f"diffusers {n}" for n in diffusers_configs(d, process)} - saved if d is not None else set()
+                if not missing:
+                    continue
+                print(f"  {problem.name} / {process.name}: adding {sorted(missing)}", flush=True)
             shared = Shared(problem, process)
             floor = shared.sw_floor()
             start = time.time()
             for nfe in nfes:
-                sources = [sdeflow_runs(shared, process, nfe, samplers)]
-                if d is not None and not samplers:
+                if missing:
+                    sources = [diffusers_runs(d, shared, process, nfe, only=missing)]
+                else:
+                    sources = [sdeflow_runs(shared, process, nfe, samplers)]
+                if d is not None and not samplers and not missing:
                     sources.append(diffusers_runs(d, shared, process, nfe))
-                if ks is not None and not samplers:
+                if ks is not None and not samplers and not missing:
                     sources.append(k_runs(ks, shared, process, nfe))
-                if fm is not None and not samplers:
+                if fm is not None and not samplers and not missing:
                     sources.append(flow_matching_runs(fm, shared, process, nfe))
                 for source in sources:
                     for name, span, x, calls in source:
@@ -132,20 +146,23 @@ def rescore(results, fresh, quick: bool, raw_path: str, notes) -> list:
     again from ``FRESH_TIMES`` times as many other exact draws (seed ``FRESH_SEED``) and scored
     there. The least error of many configurations on one set of draws is partly that set's luck,
     and more so for the side with more configurations; on other draws neither choice keeps it.
-    Appends ``{problem, process, nfe, method, rms, median}`` rows to ``fresh`` and saves them after
-    each problem and process (an interrupted run resumes)."""
+    Appends ``{problem, process, nfe, method, rms, median}`` rows to ``fresh`` for the choices not yet
+    rerun (a choice that changes is rerun) and saves them after each problem and process (an
+    interrupted run resumes)."""
     (ks, _), (d, _), (fm, _) = load_k_diffusion(), load_diffusers(), load_flow_matching()
-    done = {(r["problem"], r["process"], r["nfe"]) for r in fresh}
-    picks = choices(results)
+    done = {(r["problem"], r["process"], r["nfe"], r["method"]) for r in fresh}
+    todo = collections.defaultdict(list)  # (problem, process): [(nfe, names of that cell's choices not yet rerun)]
+    for (prob, proc, nfe), pair in sorted(choices(results).items(), key=lambda kv: kv[0][2]):
+        names = {r["method"] for r in pair if r and (prob, proc, nfe, r["method"]) not in done}
+        if names:
+            todo[(prob, proc)].append((nfe, names))
     for problem in problems(quick):
         for process in PROCESSES:
-            todo = sorted((k[2], pair) for k, pair in picks.items() if k[:2] == (problem.name, process.name) and k not in done)
-            if not todo:
+            if not todo[(problem.name, process.name)]:
                 continue
             shared = Shared(Problem(problem.name, problem.mixture, problem.shape, FRESH_TIMES * problem.num), process,
                             seed=FRESH_SEED)
-            for nfe, pair in todo:
-                names = {r["method"] for r in pair if r}
+            for nfe, names in todo[(problem.name, process.name)]:
                 sources = [sdeflow_runs(shared, process, nfe, only=names)]
                 if d is not None:
                     sources.append(diffusers_runs(d, shared, process, nfe, only=names))
@@ -270,6 +287,8 @@ def main():
     parser.add_argument("--from-json", action="store_true", help="rebuild the report from the saved raw results")
     parser.add_argument("--fresh", action="store_true", help="only run each cell's two choices again on fresh draws "
                         "(the cells not yet rerun, from the saved results), then write the report")
+    parser.add_argument("--new-peers", action="store_true", help="only run diffusers' configurations the saved "
+                        "results lack (on every problem and process), then the fresh-draw stage and the report")
     parser.add_argument("--problems", nargs="+", metavar="NAME",
                         help="run only these problems (e.g. 3x32x32); the saved results of the others are kept")
     parser.add_argument("--processes", nargs="+", metavar="NAME",
@@ -279,18 +298,23 @@ def main():
     args = parser.parse_args()
     if (args.processes or args.samplers) and not args.problems:
         parser.error("--processes and --samplers narrow a --problems run")
-    if args.fresh and (args.from_json or args.problems or args.quick):
-        parser.error("--fresh reruns the saved results' choices: it takes no --from-json, --problems or --quick")
+    if (args.fresh or args.new_peers) and (args.from_json or args.problems or args.quick):
+        parser.error("--fresh and --new-peers work on the saved results: they take no --from-json, --problems or --quick")
+    if args.fresh and args.new_peers:
+        parser.error("--new-peers runs the fresh-draw stage after it: give one of --fresh and --new-peers")
     os.makedirs(args.out, exist_ok=True)
     raw = os.path.join(args.out, "ode_solvers.json")
     saved = {}
     if os.path.exists(raw):
         with open(raw) as f:
             saved = json.load(f)
-    elif args.from_json or args.fresh:
+    elif args.from_json or args.fresh or args.new_peers:
         parser.error(f"no saved results at {raw}: run the benchmark first")
     results, notes, fresh = saved.get("results", []), saved.get("notes", []), saved.get("fresh", [])
-    if not (args.from_json or args.fresh):
+    if args.new_peers:
+        results, _ = run(False, raw, keep=results, fresh=fresh, new_peers=True)
+        save_json(raw, {"results": results, "notes": notes, "complete": True, "fresh": fresh})
+    elif not (args.from_json or args.fresh):
         def rerun(r, samplers=True):  # a saved row this run measures again
             return (any(o.lower() in r["problem"].lower() for o in args.problems)
                     and (not args.processes or any(o.lower() in r["process"].lower() for o in args.processes))
