@@ -43,6 +43,8 @@ from peers import diffusers_runs, load_diffusers  # noqa: E402
 from sdeflow import analytic, grids, metrics, sample  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS, steps_for_nfe  # noqa: E402
 from sdeflow.samplers.names import CANDIDATE_GRIDS, CANDIDATE_SAMPLERS  # noqa: E402
+from sdeflow.sampling import prior_std  # noqa: E402
+from sdeflow.teleport import Teleport  # noqa: E402
 from sdeflow.tuning import optimize_coefficients, optimize_grid, steps_for  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "ddpm_low_nfe.md")
@@ -134,6 +136,79 @@ def tuned_runs(shared: Shared, process, nfe: int, name: str, only=None):
             yield f"sdeflow {name} ({what} [{fit.method}], {start})", (float(ts[0]), 0.0), x.double()
 
 
+def teleport_of(problem: Problem, process) -> tuple[Teleport, float]:
+    """The data's Gaussian (the mixture's exact mean and covariance) and the time ``t_skip`` its rule
+    chooses on the model (:meth:`~sdeflow.teleport.Teleport.choose_time`, 128 noises of seed 3)."""
+    tel = Teleport.from_moments(problem.mixture.mean(), problem.mixture.covariance())
+    z = torch.randn(128, *problem.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    return tel, float(tel.choose_time(sdeflow_denoiser(problem, process), z)[0])
+
+
+def teleported_runs(shared: Shared, process, nfe: int, only=None):
+    """sdeflow's hand configurations started by teleportation: every run starts from the same exact
+    draws of ``p_1`` as the ``top`` ones, the data's Gaussian carries them to ``t_skip`` at no model
+    cost, and the sampler runs its grid from there; judged against the exact solution from the top.
+    Nothing where the rule skips nothing. With ``only`` (a set of names as yielded), those alone."""
+    tel, t_skip = teleport_of(shared.problem, process)
+    den, sch = sdeflow_denoiser(shared.problem, process), process.schedule
+    top = grids.start_time(sch)
+    if t_skip >= top:
+        return
+    x_skip = tel.flow(shared.x_init(top), sch, top, t_skip)
+    for name in CANDIDATE_SAMPLERS:
+        sampler = SAMPLERS[name]()
+        for grid in GRIDS_HERE:
+            label = f"sdeflow {name} ({grid}, teleport)"
+            if only is not None and label not in only:
+                continue
+            try:
+                n = steps_for_nfe(sampler, sch, grid, nfe)
+                ts = GRIDS[grid](n, sch, t_max=t_skip)
+            except ValueError:  # the discrete spacings fix their own start
+                continue
+            if sampler.prepare(sch, ts).nfe != nfe:
+                continue
+            x = sample(den, sampler, ts, x_skip.float(), check_finite=False).x
+            yield label, (top, 0.0), x.double()
+
+
+def teleported_tuned_runs(shared: Shared, process, nfe: int, name: str, only=None):
+    """``name``'s grid fitted by :func:`sdeflow.tuning.optimize_grid` with ``start="teleport"`` (from
+    the rule's ``t_skip``), then its coefficients, on the fitting draws of :func:`tuned_runs`; run as
+    :func:`teleported_runs` runs (a fit that falls back to a hand grid from the top runs from there)."""
+    tel, t_skip = teleport_of(shared.problem, process)
+    den, sch = sdeflow_denoiser(shared.problem, process), process.schedule
+    top = grids.start_time(sch)
+    if t_skip >= top:
+        return
+    sampler = SAMPLERS[name]()
+    g = torch.Generator().manual_seed(FIT_SEED)
+    shared.problem.mixture.sample(FIT_DRAWS, g)  # the fitting draws' noise is drawn after their data, as in tuned_runs
+    noise = torch.randn(FIT_DRAWS, *shared.problem.shape, generator=g, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a fit kept as its hand grid says so; the name says which
+        tuned = optimize_grid(den, sampler, nfe, noise * prior_std(sch, top), sampler_name=name, start="teleport",
+                              teleport=tel, t_skip=t_skip)
+        fits = [("tuned grid", sampler, tuned)]
+        try:
+            first = tel.start(noise, sch, tuned.ts[0]) if tuned.start == "teleport" else tel.start(noise, sch, top)
+            coef = optimize_coefficients(den, sampler, tuned.grid(), first, sampler_name=name, tuned=tuned)
+        except ValueError:  # samplers without coefficients to fit
+            coef = None
+        if coef is not None and coef.shift is not None:
+            fits.append(("tuned grid and coefficients", coef.sampler_for(sampler), coef))
+    for what, runner, fit in fits:
+        label = f"sdeflow {name} ({what} [{fit.method}], teleport)"
+        if only is not None and label not in only:
+            continue
+        ts = fit.grid()
+        x = shared.x_init(top)
+        if tuned.start == "teleport":
+            x = tel.flow(x, sch, top, float(ts[0]))
+        x = sample(den, runner, ts, x.float(), check_finite=False).x
+        yield label, (top, 0.0), x.double()
+
+
 def best_of(shared: Shared, runs) -> tuple[str, float]:
     """The least RMS of ``runs`` (name, span, states) against the exact solution: (name, RMS)."""
     best = (None, math.inf)
@@ -161,23 +236,56 @@ def measure(d, problem: Problem) -> dict:
     return cells
 
 
-def rescore(d, problem: Problem, cells: dict) -> dict:
-    """Each cell's chosen configurations (diffusers' best, sdeflow's best hand and best tuned, each
-    chosen on the seed-0 draws above) run again on ``FRESH_DRAWS`` draws of seed ``FRESH_SEED``:
-    {NFE: {which: [name, RMS, median, share of the squared error in the worst 1% of draws]}}.
+def teleport_stage(problem: Problem) -> dict:
+    """Every budget's best teleported configuration (:func:`teleported_runs`, then
+    :func:`teleported_tuned_runs` of that configuration's sampler): {NFE: [name, RMS]}, or ``None``
+    per budget where the rule skips nothing."""
+    process = PROCESSES[0]
+    shared = Shared(problem, process)
+    out = {}
+    for nfe in BUDGETS:
+        hand = best_of(shared, teleported_runs(shared, process, nfe))
+        if hand[0] is None:
+            out[str(nfe)] = None
+            continue
+        tuned = best_of(shared, teleported_tuned_runs(shared, process, nfe, hand[0].split()[1]))
+        out[str(nfe)] = list(min(hand, tuned, key=lambda b: b[1]))
+        print(f"{problem.name} NFE {nfe}: teleported hand {hand[1]:.3g} ({hand[0]}), tuned {tuned[1]:.3g} ({tuned[0]})",
+              flush=True)
+    return out
+
+
+def sdeflow_pick(cell: dict) -> str:
+    """Which of sdeflow's choices in ``cell`` has the least RMS on the draws that choose: ``hand``,
+    ``tuned`` or ``teleport``."""
+    return min((k for k in ("hand", "tuned", "teleport") if cell.get(k)), key=lambda k: cell[k][1])
+
+
+def rescore(d, problem: Problem, cells: dict, fresh: dict) -> dict:
+    """Each cell's chosen configurations (diffusers' best, sdeflow's best hand and best tuned, and its
+    best teleported one where that is sdeflow's choice, each chosen on the seed-0 draws above) run again on ``FRESH_DRAWS`` draws of seed
+    ``FRESH_SEED``: {NFE: {which: [name, RMS, median, share of the squared error in the worst 1% of
+    draws]}}, added to ``fresh`` (those already there are kept).
 
     On mixtures of separated components a few draws that end in another component decide an RMS,
     and the least of many configurations' RMS on one set of draws is partly that set's luck; scored
     on other draws, each library's choice is judged without it."""
     process = PROCESSES[0]
     shared = Shared(Problem(problem.name, problem.mixture, problem.shape, FRESH_DRAWS), process, seed=FRESH_SEED)
-    out = {}
+    out = {k: dict(v) for k, v in fresh.items()}
     for nfe in BUDGETS:
-        chosen = {k: cells[str(nfe)][k][0] for k in ("diffusers", "hand", "tuned")}
+        cell, done = cells[str(nfe)], out.setdefault(str(nfe), {})
+        keys = ("diffusers", "hand", "tuned") + (("teleport",) if sdeflow_pick(cell) == "teleport" else ())
+        chosen = {k: cell[k][0] for k in keys if k not in done}
+        if not chosen:
+            continue
         names = set(chosen.values())
         runs = [*((n, s, x) for n, s, x, _ in diffusers_runs(d, shared, process, nfe, only=names)),
-                *sdeflow_runs(shared, process, nfe, only=names),
-                *tuned_runs(shared, process, nfe, chosen["tuned"].split()[1], only=names)]
+                *sdeflow_runs(shared, process, nfe, only=names), *teleported_runs(shared, process, nfe, only=names)]
+        for k in ("tuned", "teleport"):
+            if k in chosen and "tuned grid" in chosen[k]:
+                runner = tuned_runs if k == "tuned" else teleported_tuned_runs
+                runs += [*runner(shared, process, nfe, chosen[k].split()[1], only=names)]
         scored = {}
         for name, span, x in runs:
             ref = shared.reference(*span)
@@ -187,35 +295,47 @@ def rescore(d, problem: Problem, cells: dict) -> dict:
         missing = names - scored.keys()
         if missing:
             raise RuntimeError(f"{problem.name} NFE {nfe}: could not run {sorted(missing)} again")
-        out[str(nfe)] = {k: [name, *scored[name]] for k, name in chosen.items()}
+        done.update({k: [name, *scored[name]] for k, name in chosen.items()})
         print(f"{problem.name} NFE {nfe} on {FRESH_DRAWS} fresh draws: " + ", ".join(
-            f"{k} {v[1]:.3g}" for k, v in out[str(nfe)].items()), flush=True)
+            f"{k} {v[1]:.3g}" for k, v in done.items()), flush=True)
     return out
+
+
+def rescored(entry: dict) -> bool:
+    """Whether every choice of a problem's cells has been run again on fresh draws."""
+    for nfe in BUDGETS:
+        cell, fresh = entry[str(nfe)], entry.get("fresh", {}).get(str(nfe), {})
+        if "teleport" not in cell or not {"diffusers", "hand", "tuned", sdeflow_pick(cell)} <= fresh.keys():
+            return False
+    return True
 
 
 def report(results: dict) -> None:
     lines = ["| problem | NFE | best diffusers configuration | its RMS | best sdeflow hand configuration | its RMS | "
-             "diffusers / sdeflow hand | sdeflow tuned (that sampler) | its RMS | diffusers / sdeflow best |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "diffusers / sdeflow hand | sdeflow tuned (that sampler) | its RMS | sdeflow teleported (best) | its RMS | "
+             "diffusers / sdeflow best |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     hand_ratios, best_ratios = [], []
     for problem in problems():
         for nfe in BUDGETS:
             c = results[problem.name][str(nfe)]
             (pn, pr), (hn, hr), (tn, tr) = c["diffusers"], c["hand"], c["tuned"]
+            gn, gr = c.get("teleport") or ("- (no skip)", math.inf)
+            best = min(hr, tr, gr)
             hand_ratios.append(pr / hr)
-            best_ratios.append(pr / min(hr, tr))
+            best_ratios.append(pr / best)
             lines.append(f"| {problem.name} | {nfe} | {pn} | {pr:.3g} | {hn} | {hr:.3g} | {pr / hr:.2f} | {tn} | "
-                         f"{tr:.3g} | {pr / min(hr, tr):.2f} |")
+                         f"{tr:.3g} | {gn} | {gr:.3g} | {pr / best:.2f} |")
 
     def counts(ratios, what, peer="diffusers' best"):
         return (f"{what} is at least 1.5x more accurate than {peer} in {sum(r >= 1.5 for r in ratios)} of "
                 f"{len(ratios)} cells and at least as accurate in {sum(r >= 1 for r in ratios)}; ratios "
                 f"{min(ratios):.2f}-{max(ratios):.2f}.")
     summary = [counts(hand_ratios, "On the draws each choice is made on, sdeflow's best hand configuration"), "",
-               counts(best_ratios, "sdeflow's best configuration, tuned ones included,")]
+               counts(best_ratios, "sdeflow's best configuration, tuned and teleported ones included,")]
     fresh = [f"## The chosen configurations on {FRESH_DRAWS} fresh draws", "",
-             f"Each library's choice above (for sdeflow the hand or tuned configuration with the smaller RMS on "
-             f"the draws above) run again from {FRESH_DRAWS} other exact draws (seed {FRESH_SEED}) and scored "
+             f"Each library's choice above (for sdeflow the hand, tuned or teleported configuration with the least "
+             f"RMS on the draws above) run again from {FRESH_DRAWS} other exact draws (seed {FRESH_SEED}) and scored "
              "there, so that neither choice is credited with the luck of the draws it was chosen on. Share: the "
              "fraction of a method's squared error that its worst 1% of draws carry.", "",
              "| problem | NFE | diffusers' choice: RMS | median | share | sdeflow's choice | RMS | median | share | "
@@ -225,7 +345,7 @@ def report(results: dict) -> None:
     for problem in problems():
         for nfe in BUDGETS:
             c, f = results[problem.name][str(nfe)], results[problem.name]["fresh"][str(nfe)]
-            pick = "hand" if c["hand"][1] <= c["tuned"][1] else "tuned"
+            pick = sdeflow_pick(c)
             (_, pr, pm, ps), (sn, sr, sm, ss), (_, hr, _, _) = f["diffusers"], f[pick], f["hand"]
             fresh_rms.append(pr / sr)
             fresh_median.append(pm / sm)
@@ -242,7 +362,12 @@ def report(results: dict) -> None:
              f"and then its coefficients by `optimize_coefficients` (library defaults), from the top and from the "
              f"`leading` start, each on {FIT_DRAWS} other exact draws of the start's marginal (seed {FIT_SEED}); "
              "`[hand:...]` marks a fit that did not beat the best hand grid on its held-out draws and returned "
-             "that grid. The sampler tuned is chosen on the scored draws, as each library's best configuration is.")
+             "that grid. The sampler tuned is chosen on the scored draws, as each library's best configuration is. "
+             "Teleported: every run starts from the same exact draws of `p_1` as those from the top, the data's "
+             "Gaussian (the mixture's exact mean and covariance) carries them to the `t_skip` its rule chooses on "
+             "the model, at no model cost, and a hand configuration, or the best one's sampler with its grid "
+             "fitted by `optimize_grid(start=\"teleport\")` and then its coefficients, runs from there; judged "
+             "against the exact solution from the top.")
     headline = [counts(fresh_rms, f"Judged on {FRESH_DRAWS} fresh draws (the last section), sdeflow's choice",
                        "diffusers' choice") + " These draws, not the ones a choice is made on, are the measure."]
     write_report(OUT, "DDPM at NFE 5-8: sdeflow against diffusers, both free to start below the top", intro, headline,
@@ -265,16 +390,19 @@ def main() -> None:
         if problem.name not in load_json(RESULTS):
             cells = measure(d, problem)
             locked_update(RESULTS, lambda results: results.__setitem__(problem.name, cells))
-        if "fresh" not in load_json(RESULTS)[problem.name]:
-            fresh = rescore(d, problem, load_json(RESULTS)[problem.name])
+        if any("teleport" not in load_json(RESULTS)[problem.name][str(nfe)] for nfe in BUDGETS):
+            teleported = teleport_stage(problem)
+            locked_update(RESULTS, lambda results: [results[problem.name][n].__setitem__("teleport", v)
+                                                    for n, v in teleported.items()])
+        entry = load_json(RESULTS)[problem.name]
+        if not rescored(entry):
+            fresh = rescore(d, problem, entry, entry.get("fresh", {}))
             locked_update(RESULTS, lambda results: results[problem.name].__setitem__("fresh", fresh))
     results = load_json(RESULTS)
-    if all("fresh" in results.get(p.name, {}) for p in todo):
+    if all(p.name in results and rescored(results[p.name]) for p in todo):
         report(results)
     else:
         print(f"{sum(p.name in results for p in todo)} of {len(todo)} problems measured; the report waits for the rest")
-
-
 
 if __name__ == "__main__":
     main()
