@@ -9,17 +9,18 @@ solution from there (float32 states). sdeflow runs every deterministic one-evalu
 single-step sampler of ``benchmarks/families.py`` on its grids and uniform in ``t`` (diffusers' index
 spacings are uniform in ``t``), from the top and from the ``leading``
 start ``t_max (n - 1) / n`` (the convention of ``sdeflow tune --start leading``), so both libraries may
-start low. Beside them, sdeflow's tuned configurations: the best hand configuration's sampler with
-its grid and then its coefficients fitted on other exact draws (``sdeflow.tuning``'s defaults), from
-the top and from the ``leading`` start. Problems: the ODE benchmark's 64-D mixture, the validation
+start low, and teleported (the top's draws carried to the rule's ``t_skip`` by the data's Gaussian).
+Beside them, sdeflow's tuned configurations: the best hand configuration's sampler with its grid and
+then its coefficients fitted on other exact draws (``sdeflow.tuning``'s defaults), from the top, from
+the ``leading`` start and from ``t_skip``. Problems: the ODE benchmark's 64-D mixture, the validation
 problems of the problem family with 32-128 dimensions and several components, and two 64-D problems
 of the family's generator with 8 components and low-rank-plus-diagonal covariances of condition
 number 300 (seeds 2000 and 2001). Then each library's
 choice is run again on 2000 fresh draws and scored there (``rescore``): a choice made on the scored
 draws is credited with their luck, which on these mixtures is large.
 
-    python benchmarks/ddpm_low_nfe.py                 # about two hours on one core; writes docs/benchmarks/ddpm_low_nfe.md
-    python benchmarks/ddpm_low_nfe.py --shard 0/2 &   # or two processes (1.5 hours) sharing docs/benchmarks/ddpm_low_nfe.json
+    python benchmarks/ddpm_low_nfe.py                 # about four hours on one core; writes docs/benchmarks/ddpm_low_nfe.md
+    python benchmarks/ddpm_low_nfe.py --shard 0/2 &   # or two processes (2.5 hours) sharing docs/benchmarks/ddpm_low_nfe.json
     python benchmarks/ddpm_low_nfe.py --shard 1/2     # (an interrupted run resumes from it)
 """
 
