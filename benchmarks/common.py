@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -155,6 +156,17 @@ def save_json(path: str, data) -> None:
     with open(tmp, "w") as f:
         json.dump(data, f)
     os.replace(tmp, path)
+
+
+def ratio_counts(ratios, where: str, who: str, measure: str) -> str:
+    """A report's sentence on peer / sdeflow ratios (above 1: sdeflow ahead): how often ``who`` is at
+    least as accurate as the best peer's choice, and twice as accurate, by ``measure``."""
+    r = [v for v in ratios if math.isfinite(v)]
+    if not r:
+        return f"{where}: not measured yet."
+    return (f"{where}, {who} is at least as accurate as the best peer's in {sum(v >= 1 for v in r)} of {len(r)} cells "
+            f"and at least twice as accurate in {sum(v >= 2 for v in r)} (peer {measure} / sdeflow {measure} "
+            f"{min(r):.2f}-{max(r):.2f}, median {statistics.median(r):.2f}).")
 
 
 def family(method: str) -> str:

@@ -21,7 +21,6 @@ import itertools
 import json
 import math
 import os
-import statistics
 import sys
 import time
 
@@ -29,7 +28,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import NFES, PROCESSES, Problem, Shared, family, fmt, problems, save_json, sdeflow_denoiser, write_problem_plots  # noqa: E402
+from common import (NFES, PROCESSES, Problem, Shared, family, fmt, problems, ratio_counts, save_json,  # noqa: E402
+                    sdeflow_denoiser, write_problem_plots)
 from overhead import overhead_table  # noqa: E402
 from peers import diffusers_configs, diffusers_runs, flow_matching_runs, k_runs, load_diffusers, load_flow_matching, load_k_diffusion  # noqa: E402
 
@@ -237,13 +237,7 @@ def write_report(results, notes, overhead_md, path, fresh=()):
 
 
 def counts(summary, column: int, where: str) -> str:
-    """How often sdeflow's choice is at least as accurate as, and twice as accurate as, the best peer's."""
-    r = [c[column] for c in summary if math.isfinite(c[column])]
-    if not r:
-        return f"{where}: not measured yet."
-    return (f"{where}, sdeflow's most accurate configuration is at least as accurate as the best peer's in "
-            f"{sum(v >= 1 for v in r)} of {len(r)} cells and at least twice as accurate in {sum(v >= 2 for v in r)} "
-            f"(peer RMS / sdeflow RMS {min(r):.2f}-{max(r):.2f}, median {statistics.median(r):.2f}).")
+    return ratio_counts((c[column] for c in summary), where, "sdeflow's most accurate configuration", "RMS")
 
 
 def sampler_table(results, problem: str = "64-D mixture", nfes=(5, 10, 20)) -> str:

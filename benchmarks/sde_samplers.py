@@ -20,7 +20,6 @@ import itertools
 import json
 import math
 import os
-import statistics
 import sys
 import time
 
@@ -28,7 +27,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import PROCESSES, Shared, family, fmt, problems, save_json, sdeflow_denoiser, write_problem_plots  # noqa: E402
+from common import (PROCESSES, Shared, family, fmt, problems, ratio_counts, save_json, sdeflow_denoiser,  # noqa: E402
+                    write_problem_plots)
 from peers import K_SDE_SAMPLERS, diffusers_runs, k_runs, load_diffusers, load_k_diffusion  # noqa: E402
 
 from sdeflow import GeneratorNoise, metrics, sample  # noqa: E402
@@ -355,13 +355,7 @@ def write_report(results, notes, exact, path, fresh=()):
 
 
 def counts(summary, column: int, where: str) -> str:
-    """How often sdeflow's SDE choice has at most the SW of the best peer's, and half of it."""
-    r = [c[column] for c in summary if math.isfinite(c[column])]
-    if not r:
-        return f"{where}: not measured yet."
-    return (f"{where}, sdeflow's best stochastic configuration has at most the best peer's SW in {sum(v >= 1 for v in r)} "
-            f"of {len(r)} cells and at most half of it in {sum(v >= 2 for v in r)} (peer SW / sdeflow SW "
-            f"{min(r):.2f}-{max(r):.2f}, median {statistics.median(r):.2f}).")
+    return ratio_counts((c[column] for c in summary), where, "sdeflow's best stochastic configuration (by SW)", "SW")
 
 
 def sampler_table(results, problem="64-D mixture", nfes=(10, 50, 200)) -> str:
