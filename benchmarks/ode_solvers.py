@@ -263,6 +263,16 @@ def plot_name(problem: str) -> str:
     return "ode_" + problem.split()[0].lower().replace("-", "") + ".png"
 
 
+def saved_overhead(report: str) -> str | None:
+    """The per-step overhead section of an existing report (timings are not in the saved results)."""
+    if not os.path.exists(report):
+        return None
+    with open(report) as f:
+        text = f.read()
+    head = "## Per-step overhead\n\n"
+    return text.split(head, 1)[1].rstrip("\n") if head in text else None
+
+
 def write_plots(results, folder):
     def draw(ax, rows):
         for fam, style in [("sdeflow", "-o"), ("diffusers", "--s"), ("k-diffusion", ":^"), ("flow_matching", "-.d")]:
@@ -278,7 +288,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller problems and NFE 5, 10, 20 only")
     parser.add_argument("--out", default=OUT, help="folder for the report and plots")
-    parser.add_argument("--from-json", action="store_true", help="rebuild the report from the saved raw results")
+    parser.add_argument("--from-json", action="store_true", help="rebuild the report from the saved raw results (the "
+                        "per-step overhead, which they do not hold, is kept from the existing report)")
     parser.add_argument("--fresh", action="store_true", help="only run each cell's two choices again on fresh draws "
                         "(the cells not yet rerun, from the saved results), then write the report")
     parser.add_argument("--new-peers", action="store_true", help="only run diffusers' configurations the saved "
@@ -319,8 +330,10 @@ def main():
         save_json(raw, {"results": results, "notes": notes, "complete": True, "fresh": fresh})
     if not args.from_json:
         fresh = rescore(results, fresh, args.quick, raw, notes)
-    overhead_md = overhead_table(repeats=5 if args.quick else 21)
-    summary = write_report(results, notes, overhead_md, os.path.join(args.out, "ode_solvers.md"), fresh)
+    report = os.path.join(args.out, "ode_solvers.md")
+    overhead_md = saved_overhead(report) if args.from_json else None
+    overhead_md = overhead_md or overhead_table(repeats=5 if args.quick else 21)
+    summary = write_report(results, notes, overhead_md, report, fresh)
     write_plots(results, args.out)
     print(overhead_md)
     for prob, proc, nfe, ratio, f_ratio in summary:
