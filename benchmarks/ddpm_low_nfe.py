@@ -75,17 +75,48 @@ def problems() -> list[Problem]:
     return out
 
 
-def sdeflow_runs(shared: Shared, process, nfe: int, only=None):
-    """sdeflow's hand configurations (with ``only``, a set of names as yielded, those alone)."""
+def teleport_of(problem: Problem, process) -> tuple[Teleport, float]:
+    """The data's Gaussian (the mixture's exact mean and covariance) and the time ``t_skip`` its rule
+    chooses on the model (:meth:`~sdeflow.teleport.Teleport.choose_time`, 128 noises of seed 3)."""
+    tel = Teleport.from_moments(problem.mixture.mean(), problem.mixture.covariance())
+    z = torch.randn(128, *problem.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    return tel, float(tel.choose_time(sdeflow_denoiser(problem, process), z)[0])
+
+
+#: Where sdeflow's runs may start: the top, the ``leading`` start, and ``teleport``: the same exact
+#: draws as the top's, carried by the data's Gaussian to the rule's ``t_skip`` at no model cost and
+#: judged against the exact solution from the top (no run where the rule skips nothing).
+STARTS = ("top", "leading", "teleport")
+
+
+def teleport_wanted(shared: Shared, process, starts, only):
+    """``(Teleport, t_skip)`` where a teleported run is asked for and the rule skips something, else ``None``."""
+    if "teleport" not in starts or not (only is None or any(o.endswith(", teleport)") for o in only)):
+        return None
+    tel, t_skip = teleport_of(shared.problem, process)
+    return (tel, t_skip) if t_skip < grids.start_time(process.schedule) else None
+
+
+def sdeflow_runs(shared: Shared, process, nfe: int, only=None, starts=("top", "leading")):
+    """sdeflow's hand configurations from each of ``starts`` (see :data:`STARTS`; with ``only``, a set
+    of names as yielded, those alone)."""
     den, sch = sdeflow_denoiser(shared.problem, process), process.schedule
+    top = grids.start_time(sch)
+    teleport = teleport_wanted(shared, process, starts, only)
+    x_skip = teleport[0].flow(shared.x_init(top), sch, top, teleport[1]) if teleport else None
     for name in CANDIDATE_SAMPLERS:
         sampler = SAMPLERS[name]()
         for grid in GRIDS_HERE:
             n = steps_for_nfe(sampler, sch, grid, nfe)
-            for start in ("top", "leading"):
-                t_max = None if start == "top" else float(GRIDS[grid](n, sch)[0]) * (n - 1) / n
-                if t_max is not None and n < 2:
-                    continue
+            for start in starts:
+                if start == "teleport":
+                    if teleport is None:
+                        continue
+                    t_max = teleport[1]
+                else:
+                    t_max = None if start == "top" else float(GRIDS[grid](n, sch)[0]) * (n - 1) / n
+                    if t_max is not None and n < 2:
+                        continue
                 try:
                     ts = GRIDS[grid](n, sch, t_max=t_max)
                 except ValueError:  # the discrete spacings fix their own start
@@ -93,17 +124,20 @@ def sdeflow_runs(shared: Shared, process, nfe: int, only=None):
                 label = f"sdeflow {name} ({grid}, {start})"
                 if sampler.prepare(sch, ts).nfe != nfe or (only is not None and label not in only):
                     continue
-                x = sample(den, sampler, ts, shared.x_init(float(ts[0])).float(), check_finite=False).x
-                yield label, (float(ts[0]), 0.0), x.double()
+                x0, span = (x_skip, (top, 0.0)) if start == "teleport" else (shared.x_init(float(ts[0])), (float(ts[0]), 0.0))
+                yield label, span, sample(den, sampler, ts, x0.float(), check_finite=False).x.double()
 
 
-def tuned_runs(shared: Shared, process, nfe: int, name: str, only=None):
-    """``name``'s grid fitted by :func:`sdeflow.tuning.optimize_grid` from the top and from the
-    ``leading`` start, then its coefficients by :func:`sdeflow.tuning.optimize_coefficients`, each on
-    100 exact draws of ``p_{t0}`` disjoint from the scored ones (the same rule as every method here:
-    exact draws at its own first time). Fits that do not beat the best hand grid on their held-out
-    draws return that grid (with a warning), as the library does. With ``only`` (a set of names as
-    yielded), the fits that give those alone: the fits are deterministic, so they are those named."""
+def tuned_runs(shared: Shared, process, nfe: int, name: str, only=None, starts=("top", "leading")):
+    """``name``'s grid fitted by :func:`sdeflow.tuning.optimize_grid` from each of ``starts``, then its
+    coefficients by :func:`sdeflow.tuning.optimize_coefficients`, each on 100 exact draws disjoint
+    from the scored ones: of ``p_{t0}`` for the top and ``leading`` (the same rule as every method
+    here: exact draws at its own first time), and their noise read as the Gaussian's from
+    ``t_skip`` for ``teleport`` (``optimize_grid(start="teleport")``; run as :func:`sdeflow_runs`
+    runs it, a fit that falls back to a hand grid from the top running from there). Fits that do not
+    beat the best hand grid on their held-out draws return that grid (with a warning), as the
+    library does. With ``only`` (a set of names as yielded), the fits that give those alone: the
+    fits are deterministic, so they are those named."""
     def wanted(what, start):
         return only is None or any(o.startswith(f"sdeflow {name} ({what} [") and o.endswith(f"], {start})") for o in only)
 
@@ -111,16 +145,26 @@ def tuned_runs(shared: Shared, process, nfe: int, name: str, only=None):
     sampler = SAMPLERS[name]()
     n = steps_for(sampler, sch, nfe)
     top = grids.start_time(sch)
+    teleport = teleport_wanted(shared, process, starts, only)
     g = torch.Generator().manual_seed(FIT_SEED)
     data = shared.problem.mixture.sample(FIT_DRAWS, g).reshape(FIT_DRAWS, *shared.problem.shape)
     noise = torch.randn(data.shape, generator=g, dtype=torch.float64)
-    for start, t0 in (("top", top), ("leading", top * (n - 1) / n)):
+    for start in starts:
         if not (wanted("tuned grid", start) or wanted("tuned grid and coefficients", start)):
             continue
-        x_fit = float(sch.alpha(t0)) * data + float(sch.sigma(t0)) * noise
+        if start == "teleport" and teleport is None:
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a fit kept as its hand grid says so; the report names the grid kept
-            tuned = optimize_grid(den, sampler, nfe, x_fit, sampler_name=name, t_max=t0)
+            if start == "teleport":
+                tel, t_skip = teleport
+                tuned = optimize_grid(den, sampler, nfe, noise * prior_std(sch, top), sampler_name=name,
+                                      start="teleport", teleport=tel, t_skip=t_skip)
+                x_fit = tel.start(noise, sch, tuned.ts[0] if tuned.start == "teleport" else top)
+            else:
+                t0 = top if start == "top" else top * (n - 1) / n
+                x_fit = float(sch.alpha(t0)) * data + float(sch.sigma(t0)) * noise
+                tuned = optimize_grid(den, sampler, nfe, x_fit, sampler_name=name, t_max=t0)
             fits = [("tuned grid", sampler, tuned)]
             try:
                 coef = (optimize_coefficients(den, sampler, tuned.grid(), x_fit, sampler_name=name, tuned=tuned)
@@ -133,81 +177,14 @@ def tuned_runs(shared: Shared, process, nfe: int, name: str, only=None):
             if not wanted(what, start):
                 continue
             ts = fit.grid()
-            x = sample(den, runner, ts, shared.x_init(float(ts[0])).float(), check_finite=False).x
-            yield f"sdeflow {name} ({what} [{fit.method}], {start})", (float(ts[0]), 0.0), x.double()
-
-
-def teleport_of(problem: Problem, process) -> tuple[Teleport, float]:
-    """The data's Gaussian (the mixture's exact mean and covariance) and the time ``t_skip`` its rule
-    chooses on the model (:meth:`~sdeflow.teleport.Teleport.choose_time`, 128 noises of seed 3)."""
-    tel = Teleport.from_moments(problem.mixture.mean(), problem.mixture.covariance())
-    z = torch.randn(128, *problem.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    return tel, float(tel.choose_time(sdeflow_denoiser(problem, process), z)[0])
-
-
-def teleported_runs(shared: Shared, process, nfe: int, only=None):
-    """sdeflow's hand configurations started by teleportation: every run starts from the same exact
-    draws of ``p_1`` as the ``top`` ones, the data's Gaussian carries them to ``t_skip`` at no model
-    cost, and the sampler runs its grid from there; judged against the exact solution from the top.
-    Nothing where the rule skips nothing. With ``only`` (a set of names as yielded), those alone."""
-    tel, t_skip = teleport_of(shared.problem, process)
-    den, sch = sdeflow_denoiser(shared.problem, process), process.schedule
-    top = grids.start_time(sch)
-    if t_skip >= top:
-        return
-    x_skip = tel.flow(shared.x_init(top), sch, top, t_skip)
-    for name in CANDIDATE_SAMPLERS:
-        sampler = SAMPLERS[name]()
-        for grid in GRIDS_HERE:
-            label = f"sdeflow {name} ({grid}, teleport)"
-            if only is not None and label not in only:
-                continue
-            try:
-                n = steps_for_nfe(sampler, sch, grid, nfe)
-                ts = GRIDS[grid](n, sch, t_max=t_skip)
-            except ValueError:  # the discrete spacings fix their own start
-                continue
-            if sampler.prepare(sch, ts).nfe != nfe:
-                continue
-            x = sample(den, sampler, ts, x_skip.float(), check_finite=False).x
-            yield label, (top, 0.0), x.double()
-
-
-def teleported_tuned_runs(shared: Shared, process, nfe: int, name: str, only=None):
-    """``name``'s grid fitted by :func:`sdeflow.tuning.optimize_grid` with ``start="teleport"`` (from
-    the rule's ``t_skip``), then its coefficients, on the fitting draws of :func:`tuned_runs`; run as
-    :func:`teleported_runs` runs (a fit that falls back to a hand grid from the top runs from there)."""
-    tel, t_skip = teleport_of(shared.problem, process)
-    den, sch = sdeflow_denoiser(shared.problem, process), process.schedule
-    top = grids.start_time(sch)
-    if t_skip >= top:
-        return
-    sampler = SAMPLERS[name]()
-    g = torch.Generator().manual_seed(FIT_SEED)
-    shared.problem.mixture.sample(FIT_DRAWS, g)  # the fitting draws' noise is drawn after their data, as in tuned_runs
-    noise = torch.randn(FIT_DRAWS, *shared.problem.shape, generator=g, dtype=torch.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a fit kept as its hand grid says so; the name says which
-        tuned = optimize_grid(den, sampler, nfe, noise * prior_std(sch, top), sampler_name=name, start="teleport",
-                              teleport=tel, t_skip=t_skip)
-        fits = [("tuned grid", sampler, tuned)]
-        try:
-            first = tel.start(noise, sch, tuned.ts[0]) if tuned.start == "teleport" else tel.start(noise, sch, top)
-            coef = optimize_coefficients(den, sampler, tuned.grid(), first, sampler_name=name, tuned=tuned)
-        except ValueError:  # samplers without coefficients to fit
-            coef = None
-        if coef is not None and coef.shift is not None:
-            fits.append(("tuned grid and coefficients", coef.sampler_for(sampler), coef))
-    for what, runner, fit in fits:
-        label = f"sdeflow {name} ({what} [{fit.method}], teleport)"
-        if only is not None and label not in only:
-            continue
-        ts = fit.grid()
-        x = shared.x_init(top)
-        if tuned.start == "teleport":
-            x = tel.flow(x, sch, top, float(ts[0]))
-        x = sample(den, runner, ts, x.float(), check_finite=False).x
-        yield label, (top, 0.0), x.double()
+            if start != "teleport":
+                x0, span = shared.x_init(float(ts[0])), (float(ts[0]), 0.0)
+            else:
+                x0, span = shared.x_init(top), (top, 0.0)
+                if tuned.start == "teleport":
+                    x0 = teleport[0].flow(x0, sch, top, float(ts[0]))
+            x = sample(den, runner, ts, x0.float(), check_finite=False).x
+            yield f"sdeflow {name} ({what} [{fit.method}], {start})", span, x.double()
 
 
 def best_of(shared: Shared, runs) -> tuple[str, float]:
@@ -238,18 +215,18 @@ def measure(d, problem: Problem) -> dict:
 
 
 def teleport_stage(problem: Problem) -> dict:
-    """Every budget's best teleported configuration (:func:`teleported_runs`, then
-    :func:`teleported_tuned_runs` of that configuration's sampler): {NFE: [name, RMS]}, or ``None``
+    """Every budget's best teleported configuration (:func:`sdeflow_runs` from ``teleport``, then
+    :func:`tuned_runs` from there for that configuration's sampler): {NFE: [name, RMS]}, or ``None``
     per budget where the rule skips nothing."""
     process = PROCESSES[0]
     shared = Shared(problem, process)
     out = {}
     for nfe in BUDGETS:
-        hand = best_of(shared, teleported_runs(shared, process, nfe))
+        hand = best_of(shared, sdeflow_runs(shared, process, nfe, starts=("teleport",)))
         if hand[0] is None:
             out[str(nfe)] = None
             continue
-        tuned = best_of(shared, teleported_tuned_runs(shared, process, nfe, hand[0].split()[1]))
+        tuned = best_of(shared, tuned_runs(shared, process, nfe, hand[0].split()[1], starts=("teleport",)))
         out[str(nfe)] = list(min(hand, tuned, key=lambda b: b[1]))
         print(f"{problem.name} NFE {nfe}: teleported hand {hand[1]:.3g} ({hand[0]}), tuned {tuned[1]:.3g} ({tuned[0]})",
               flush=True)
@@ -282,11 +259,9 @@ def rescore(d, problem: Problem, cells: dict, fresh: dict) -> dict:
             continue
         names = set(chosen.values())
         runs = [*((n, s, x) for n, s, x, _ in diffusers_runs(d, shared, process, nfe, only=names)),
-                *sdeflow_runs(shared, process, nfe, only=names), *teleported_runs(shared, process, nfe, only=names)]
-        for k in ("tuned", "teleport"):
-            if k in chosen and "tuned grid" in chosen[k]:
-                runner = tuned_runs if k == "tuned" else teleported_tuned_runs
-                runs += [*runner(shared, process, nfe, chosen[k].split()[1], only=names)]
+                *sdeflow_runs(shared, process, nfe, only=names, starts=STARTS)]
+        for sampler in dict.fromkeys(n.split()[1] for n in names if "tuned grid" in n):
+            runs += [*tuned_runs(shared, process, nfe, sampler, only=names, starts=STARTS)]
         scored = {}
         for name, span, x in runs:
             ref = shared.reference(*span)
