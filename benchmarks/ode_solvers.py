@@ -289,7 +289,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="smaller problems and NFE 5, 10, 20 only")
     parser.add_argument("--out", default=OUT, help="folder for the report and plots")
     parser.add_argument("--from-json", action="store_true", help="rebuild the report from the saved raw results (the "
-                        "per-step overhead, which they do not hold, is kept from the existing report)")
+                        "per-step overhead, which they do not hold, is kept from the existing report, as with "
+                        "--fresh and --new-peers)")
     parser.add_argument("--fresh", action="store_true", help="only run each cell's two choices again on fresh draws "
                         "(the cells not yet rerun, from the saved results), then write the report")
     parser.add_argument("--new-peers", action="store_true", help="only run diffusers' configurations the saved "
@@ -331,7 +332,8 @@ def main():
     if not args.from_json:
         fresh = rescore(results, fresh, args.quick, raw, notes)
     report = os.path.join(args.out, "ode_solvers.md")
-    overhead_md = saved_overhead(report) if args.from_json else None
+    # the timings belong to a full run; the stages on saved results keep the existing report's
+    overhead_md = saved_overhead(report) if (args.from_json or args.fresh or args.new_peers) else None
     overhead_md = overhead_md or overhead_table(repeats=5 if args.quick else 21)
     summary = write_report(results, notes, overhead_md, report, fresh)
     write_plots(results, args.out)
