@@ -9,6 +9,7 @@ Fitted coefficients (``optimize_coefficients``) are scored by the same exact W2.
 
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from sdeflow.analytic.sampler_law import gaussian_output_law, gaussian_w2
 from sdeflow.registry import GRIDS, SAMPLERS, SCHEDULES
 from sdeflow.samplers import FittedSampler
 from sdeflow.samplers.fitted import coefficient_values, with_coefficients
-from sdeflow.tuning import (GridSpace, Teacher, TunedGrid, ays_gaussian_grid, best_path, endpoint_loss,
+from sdeflow.tuning import (GridSpace, Teacher, TunedGrid, ays_gaussian_grid, best_path, candidate_times, endpoint_loss,
                             exact_optimal_grid, find_tuned, hand_grids, load_tuned, optimize_coefficients,
                             optimize_grid, save_tuned, steps_for)
 
@@ -434,6 +435,27 @@ def test_a_grid_may_start_below_the_top_teleported_or_leading_and_is_judged_from
         optimize_grid(den, SAMPLERS["unipc-bh2"](), 5, x, start="teleport")
     with pytest.raises(ValueError, match="descent"):
         optimize_grid(den, SAMPLERS["unipc-bh2"](), 5, x, start="leading", method="dp")
+
+
+def test_a_grid_fitted_on_draws_below_the_top_starts_where_the_draws_are():
+    """Draws of ``p_{t_max}`` with ``t_max`` below the top: every fit (the DP's and the descent's) is a
+    grid from ``t_max``, and its held-out error is its own run from there against the teacher from
+    ``t_max``; the descent's grid beats the best hand grid from ``t_max`` there."""
+    sch = SCHEDULES["vp-linear"]()
+    t_max = 0.6
+    den, x = MIX8.denoiser(sch), MIX8.sample_t(60, sch, t_max, torch.Generator().manual_seed(0))[0]
+    n = steps_for(SAMPLERS["unipc-bh2"](), sch, 5)
+    teacher = Teacher(den, x, t_max=t_max, steps=300, times=candidate_times(GridSpace(sch, n, t_max)))
+    for method in ("dp", "descent"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a fit may keep its hand grid; that grid starts at t_max too
+            tuned = optimize_grid(den, SAMPLERS["unipc-bh2"](), 5, teacher=teacher, method=method, starts=1, iters=20)
+        assert tuned.ts[0] == pytest.approx(t_max, abs=1e-12) and tuned.start == "top", (method, tuned.ts)
+        held = endpoint_loss(den, SAMPLERS["unipc-bh2"](), tuned.grid(), x[42:], teacher.end[42:], trim=0.1)
+        assert held == pytest.approx(tuned.loss, rel=1e-9), method
+        assert tuned.loss <= tuned.best_hand[1] * (1 + 1e-12)
+    # the descent has room to win from t_max (measured 0.58 of the best hand grid's held-out error)
+    assert tuned.method == "descent" and tuned.loss < 0.8 * tuned.best_hand[1], (tuned.loss, tuned.hand)
 
 
 def test_a_grid_tuned_to_start_leading_is_sampled_from_the_tops_noise(tmp_path, cli_here):

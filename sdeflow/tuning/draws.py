@@ -147,11 +147,13 @@ class Split:
 STARTS = ("top", "leading", "teleport")
 
 
-def start_state(start: str, schedule, x_top: torch.Tensor, n: int, teleport=None, t_skip: float | None = None):
+def start_state(start: str, schedule, x_top: torch.Tensor, n: int, teleport=None, t_skip: float | None = None,
+                top: float | None = None):
     """``(t_start, x_start)``: where an ``n``-step run under the convention ``start`` (see :data:`STARTS`)
-    begins, and its first states, for the states ``x_top`` at the top of the schedule (for a teleport,
-    the Gaussian's own states there, ``teleport.start(z, top)``, which its flow carries on exactly)."""
-    top = grids.start_time(schedule)
+    begins, and its first states, for the states ``x_top`` at the time ``top`` of the draws (default:
+    the top of the schedule; for a teleport, the Gaussian's own states there, ``teleport.start(z,
+    top)``, which its flow carries on exactly). ``"top"`` starts where the draws are, at ``top``."""
+    top = grids.start_time(schedule) if top is None else float(top)
     if start == "top":
         return top, x_top
     if start == "leading":

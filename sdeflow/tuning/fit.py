@@ -292,7 +292,7 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
         t_skip, _ = teleport.choose_time(counted, z, cond=split.draws("fit")[2])
     ts, best, slope, kept = None, (math.inf, math.inf), None, method
     for option in options:
-        t_s, x_s = start_state(option, sch, teacher.x_init, n, teleport, t_skip)
+        t_s, x_s = start_state(option, sch, teacher.x_init, n, teleport, t_skip, top=space.t_max)
         if option != "top" and t_s >= space.t_max:  # no room below the top (one step, or no skip): the top's fit
             continue
         try:
