@@ -1,23 +1,20 @@
 """DDPM at NFE 5-8 in tens of dimensions: sdeflow's best configuration, with the start below the top made
 explicit, against every diffusers scheduler configuration (``leading`` spacing included).
 
-The cell family where a peer led: a 1000-step DDPM eps model on mixtures of some 64 dimensions at
-NFE 5-8, where diffusers' UniPC with ``leading`` spacing starts below the top of the schedule. Scored
-as the ODE benchmark scores (``benchmarks/ode_solvers.py``): every method starts from exact draws of
-``p_{t0}`` at its own first time ``t0`` and is judged by the RMS distance to the exact probability-flow
-solution from there (float32 states). sdeflow runs every deterministic one-evaluation-per-step and
-single-step sampler of ``benchmarks/families.py`` on its grids and uniform in ``t`` (diffusers' index
-spacings are uniform in ``t``), from the top and from the ``leading``
-start ``t_max (n - 1) / n`` (the convention of ``sdeflow tune --start leading``), so both libraries may
-start low, and teleported (the top's draws carried to the rule's ``t_skip`` by the data's Gaussian).
-Beside them, sdeflow's tuned configurations: the best hand configuration's sampler with its grid and
-then its coefficients fitted on other exact draws (``sdeflow.tuning``'s defaults), from the top, from
-the ``leading`` start and from ``t_skip``. Problems: the ODE benchmark's 64-D mixture, the validation
-problems of the problem family with 32-128 dimensions and several components, and two 64-D problems
-of the family's generator with 8 components and low-rank-plus-diagonal covariances of condition
-number 300 (seeds 2000 and 2001). Then each library's
-choice is run again on 2000 fresh draws and scored there (``rescore``): a choice made on the scored
-draws is credited with their luck, which on these mixtures is large.
+A 1000-step DDPM eps model on mixtures of some 64 dimensions at NFE 5-8, where diffusers' UniPC with
+``leading`` spacing starts below the top. Scored as ``benchmarks/ode_solvers.py`` scores: every method
+starts from exact draws of ``p_{t0}`` at its own first time ``t0`` and is judged by the RMS distance to
+the exact probability-flow solution from there (float32 states). sdeflow runs every deterministic
+one-evaluation-per-step and single-step sampler of ``benchmarks/families.py`` on its grids and uniform
+in ``t`` (diffusers' index spacings), from the top, from the ``leading`` start ``t_max (n - 1) / n``
+(as ``sdeflow tune --start leading``) and teleported (the top's draws carried to the rule's ``t_skip``
+by the data's Gaussian); and the best hand configuration's sampler with its grid and then its
+coefficients fitted on other exact draws (``sdeflow.tuning``'s defaults) from each of those starts.
+Problems: the ODE benchmark's 64-D mixture, the problem family's validation problems with 32-128
+dimensions and several components, and two 64-D problems of the family's generator with 8 components
+and low-rank-plus-diagonal covariances of condition number 300 (seeds 2000 and 2001). Then each
+library's choice is run again on 2000 fresh draws and scored there (``rescore``): a choice made on the
+scored draws is credited with their luck, which on these mixtures is large.
 
     python benchmarks/ddpm_low_nfe.py                 # about four hours on one core; writes docs/benchmarks/ddpm_low_nfe.md
     python benchmarks/ddpm_low_nfe.py --shard 0/2 &   # or two processes (2.5 hours) sharing docs/benchmarks/ddpm_low_nfe.json
@@ -52,6 +49,8 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "be
 RESULTS = OUT[:-3] + ".json"
 #: the tuned configurations' fitting draws: how many, and the seed (the scored draws are seed 0's)
 FIT_DRAWS, FIT_SEED = 100, 7
+#: the tuned fits' revision, stored per cell; earlier ones are fitted again (2: ``leading`` fits start there)
+FIT_REVISION = 2
 #: the chosen configurations scored again: how many draws, and the seed
 FRESH_DRAWS, FRESH_SEED = 2000, 1
 BUDGETS = [5, 6, 8]
@@ -130,14 +129,11 @@ def sdeflow_runs(shared: Shared, process, nfe: int, only=None, starts=("top", "l
 
 def tuned_runs(shared: Shared, process, nfe: int, name: str, only=None, starts=("top", "leading")):
     """``name``'s grid fitted by :func:`sdeflow.tuning.optimize_grid` from each of ``starts``, then its
-    coefficients by :func:`sdeflow.tuning.optimize_coefficients`, each on 100 exact draws disjoint
-    from the scored ones: of ``p_{t0}`` for the top and ``leading`` (the same rule as every method
-    here: exact draws at its own first time), and their noise read as the Gaussian's from
-    ``t_skip`` for ``teleport`` (``optimize_grid(start="teleport")``; run as :func:`sdeflow_runs`
-    runs it, a fit that falls back to a hand grid from the top running from there). Fits that do not
-    beat the best hand grid on their held-out draws return that grid (with a warning), as the
-    library does. With ``only`` (a set of names as yielded), the fits that give those alone: the
-    fits are deterministic, so they are those named."""
+    coefficients by :func:`sdeflow.tuning.optimize_coefficients`, on 100 exact draws disjoint from the
+    scored ones: of ``p_{t0}`` for the top and ``leading``, and their noise read as the Gaussian's from
+    ``t_skip`` for ``teleport`` (a teleported fit that falls back to a hand grid runs from the top).
+    A fit that does not beat the best hand grid on its held-out draws returns that grid, as the library
+    does. With ``only`` (a set of names as yielded), the fits that give those alone (fits are deterministic)."""
     def wanted(what, start):
         return only is None or any(o.startswith(f"sdeflow {name} ({what} [") and o.endswith(f"], {start})") for o in only)
 
@@ -208,10 +204,28 @@ def measure(d, problem: Problem) -> dict:
         hand = best_of(shared, sdeflow_runs(shared, process, nfe))
         sampler = hand[0].split()[1]
         tuned = best_of(shared, tuned_runs(shared, process, nfe, sampler))
-        cells[str(nfe)] = {"diffusers": peer, "hand": hand, "tuned": tuned}
+        cells[str(nfe)] = {"diffusers": peer, "hand": hand, "tuned": tuned, "fit_revision": FIT_REVISION}
         print(f"{problem.name} NFE {nfe}: diffusers {peer[1]:.3g} ({peer[0]}), sdeflow hand {hand[1]:.3g} ({hand[0]}), "
               f"tuned {tuned[1]:.3g} ({tuned[0]})", flush=True)
     return cells
+
+
+def refit(problem: Problem, entry: dict) -> dict:
+    """``entry`` (a problem's stored cells) with each budget's tuned configuration fitted again where an
+    earlier :data:`FIT_REVISION` made it; the fresh score of a tuned choice that changes is dropped."""
+    process = PROCESSES[0]
+    shared = Shared(problem, process)
+    for nfe in BUDGETS:
+        cell, fresh = entry[str(nfe)], entry.get("fresh", {}).get(str(nfe), {})
+        if cell.get("fit_revision") == FIT_REVISION:
+            continue
+        tuned = list(best_of(shared, tuned_runs(shared, process, nfe, cell["hand"][0].split()[1])))
+        print(f"{problem.name} NFE {nfe}: tuned {tuned[1]:.3g} ({tuned[0]}), before {cell['tuned'][1]:.3g} "
+              f"({cell['tuned'][0]})", flush=True)
+        if fresh.get("tuned", [None])[0] != tuned[0]:
+            fresh.pop("tuned", None)
+        cell.update(tuned=tuned, fit_revision=FIT_REVISION)
+    return entry
 
 
 def teleport_stage(problem: Problem) -> dict:
@@ -240,14 +254,12 @@ def sdeflow_pick(cell: dict) -> str:
 
 
 def rescore(d, problem: Problem, cells: dict, fresh: dict) -> dict:
-    """Each cell's chosen configurations (diffusers' best, sdeflow's best hand and best tuned, and its
-    best teleported one where that is sdeflow's choice, each chosen on the seed-0 draws above) run again on ``FRESH_DRAWS`` draws of seed
-    ``FRESH_SEED``: {NFE: {which: [name, RMS, median, share of the squared error in the worst 1% of
-    draws]}}, added to ``fresh`` (those already there are kept).
-
-    On mixtures of separated components a few draws that end in another component decide an RMS,
-    and the least of many configurations' RMS on one set of draws is partly that set's luck; scored
-    on other draws, each library's choice is judged without it."""
+    """Each cell's choices (diffusers' best, sdeflow's best hand and tuned ones, and its teleported one
+    where that is sdeflow's pick, all chosen on the seed-0 draws) run again on ``FRESH_DRAWS`` draws of
+    seed ``FRESH_SEED``: {NFE: {which: [name, RMS, median, share of the squared error in the worst 1%
+    of draws]}}, added to ``fresh`` (those there are kept). On separated mixtures a few draws that end
+    in another component decide an RMS, and the least of many RMS on one set of draws is partly that
+    set's luck; on other draws each library's choice is judged without it."""
     process = PROCESSES[0]
     shared = Shared(Problem(problem.name, problem.mixture, problem.shape, FRESH_DRAWS), process, seed=FRESH_SEED)
     out = {k: dict(v) for k, v in fresh.items()}
@@ -366,6 +378,9 @@ def main() -> None:
         if problem.name not in load_json(RESULTS):
             cells = measure(d, problem)
             locked_update(RESULTS, lambda results: results.__setitem__(problem.name, cells))
+        if any(load_json(RESULTS)[problem.name][str(nfe)].get("fit_revision") != FIT_REVISION for nfe in BUDGETS):
+            entry = refit(problem, load_json(RESULTS)[problem.name])
+            locked_update(RESULTS, lambda results: results.__setitem__(problem.name, entry))
         if any("teleport" not in load_json(RESULTS)[problem.name][str(nfe)] for nfe in BUDGETS):
             teleported = teleport_stage(problem)
             locked_update(RESULTS, lambda results: [results[problem.name][n].__setitem__("teleport", v)
