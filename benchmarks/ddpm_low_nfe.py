@@ -290,12 +290,12 @@ def rescore(d, problem: Problem, cells: dict, fresh: dict) -> dict:
 
 
 def rescored(entry: dict) -> bool:
-    """Whether every choice of a problem's cells has been run again on fresh draws."""
-    for nfe in BUDGETS:
+    """Whether a problem's cells are fitted by this :data:`FIT_REVISION` and all their choices rerun on fresh draws."""
+    def done(nfe):
         cell, fresh = entry[str(nfe)], entry.get("fresh", {}).get(str(nfe), {})
-        if "teleport" not in cell or not {"diffusers", "hand", "tuned", sdeflow_pick(cell)} <= fresh.keys():
-            return False
-    return True
+        return ("teleport" in cell and cell.get("fit_revision") == FIT_REVISION
+                and {"diffusers", "hand", "tuned", sdeflow_pick(cell)} <= fresh.keys())
+    return all(done(nfe) for nfe in BUDGETS)
 
 
 def report(results: dict) -> None:
@@ -367,6 +367,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shard", type=shard, default=(0, 1), help="i/k: measure the problems whose index is i modulo k "
                         "(shards share the results file; the report is written once every problem is in it)")
+    parser.add_argument("--problems", nargs="+", metavar="TEXT", help="only the problems whose name holds one of these")
     args = parser.parse_args()
     torch.set_num_threads(1)
     d, err = load_diffusers()
@@ -374,13 +375,12 @@ def main() -> None:
         raise SystemExit(f"this comparison needs diffusers: {err}")
     i, k = args.shard
     todo = problems()
-    for problem in todo[i::k]:
+    for problem in [p for p in todo[i::k] if not args.problems or any(t in p.name for t in args.problems)]:
         if problem.name not in load_json(RESULTS):
             cells = measure(d, problem)
             locked_update(RESULTS, lambda results: results.__setitem__(problem.name, cells))
-        if any(load_json(RESULTS)[problem.name][str(nfe)].get("fit_revision") != FIT_REVISION for nfe in BUDGETS):
-            entry = refit(problem, load_json(RESULTS)[problem.name])
-            locked_update(RESULTS, lambda results: results.__setitem__(problem.name, entry))
+        entry = refit(problem, load_json(RESULTS)[problem.name])  # fits nothing where every cell's fits are current
+        locked_update(RESULTS, lambda results: results.__setitem__(problem.name, entry))
         if any("teleport" not in load_json(RESULTS)[problem.name][str(nfe)] for nfe in BUDGETS):
             teleported = teleport_stage(problem)
             locked_update(RESULTS, lambda results: [results[problem.name][n].__setitem__("teleport", v)
