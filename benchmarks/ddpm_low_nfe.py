@@ -212,7 +212,7 @@ def measure(d, problem: Problem) -> dict:
 
 def refit(problem: Problem, entry: dict) -> dict:
     """``entry`` (a problem's stored cells) with each budget's tuned configuration fitted again where an
-    earlier :data:`FIT_REVISION` made it; the fresh score of a tuned choice that changes is dropped."""
+    earlier :data:`FIT_REVISION` made it, and its fresh-draw score dropped (a fit may change under one name)."""
     process = PROCESSES[0]
     shared = Shared(problem, process)
     for nfe in BUDGETS:
@@ -222,8 +222,7 @@ def refit(problem: Problem, entry: dict) -> dict:
         tuned = list(best_of(shared, tuned_runs(shared, process, nfe, cell["hand"][0].split()[1])))
         print(f"{problem.name} NFE {nfe}: tuned {tuned[1]:.3g} ({tuned[0]}), before {cell['tuned'][1]:.3g} "
               f"({cell['tuned'][0]})", flush=True)
-        if fresh.get("tuned", [None])[0] != tuned[0]:
-            fresh.pop("tuned", None)
+        fresh.pop("tuned", None)
         cell.update(tuned=tuned, fit_revision=FIT_REVISION)
     return entry
 
