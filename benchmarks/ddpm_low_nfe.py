@@ -210,19 +210,19 @@ def measure(d, problem: Problem) -> dict:
     return cells
 
 
-def refit(problem: Problem, entry: dict) -> dict:
-    """``entry`` (a problem's stored cells) with each budget's tuned configuration fitted again where an
-    earlier :data:`FIT_REVISION` made it, and its fresh-draw score dropped (a fit may change under one name)."""
-    process = PROCESSES[0]
-    shared = Shared(problem, process)
-    for nfe in BUDGETS:
-        cell, fresh = entry[str(nfe)], entry.get("fresh", {}).get(str(nfe), {})
-        if cell.get("fit_revision") == FIT_REVISION:
-            continue
-        tuned = list(best_of(shared, tuned_runs(shared, process, nfe, cell["hand"][0].split()[1])))
+def refit(problem: Problem, entry: dict) -> dict | None:
+    """``entry`` with the tuned fits of an earlier :data:`FIT_REVISION` redone and their fresh-draw scores
+    dropped (a fit may change under one name); ``None`` where every cell's fits are current."""
+    stale = [nfe for nfe in BUDGETS if entry[str(nfe)].get("fit_revision") != FIT_REVISION]
+    if not stale:
+        return None
+    shared = Shared(problem, PROCESSES[0])
+    for nfe in stale:
+        cell = entry[str(nfe)]
+        tuned = list(best_of(shared, tuned_runs(shared, PROCESSES[0], nfe, cell["hand"][0].split()[1])))
         print(f"{problem.name} NFE {nfe}: tuned {tuned[1]:.3g} ({tuned[0]}), before {cell['tuned'][1]:.3g} "
               f"({cell['tuned'][0]})", flush=True)
-        fresh.pop("tuned", None)
+        entry.get("fresh", {}).get(str(nfe), {}).pop("tuned", None)
         cell.update(tuned=tuned, fit_revision=FIT_REVISION)
     return entry
 
@@ -378,8 +378,9 @@ def main() -> None:
         if problem.name not in load_json(RESULTS):
             cells = measure(d, problem)
             locked_update(RESULTS, lambda results: results.__setitem__(problem.name, cells))
-        entry = refit(problem, load_json(RESULTS)[problem.name])  # fits nothing where every cell's fits are current
-        locked_update(RESULTS, lambda results: results.__setitem__(problem.name, entry))
+        entry = refit(problem, load_json(RESULTS)[problem.name])
+        if entry is not None:
+            locked_update(RESULTS, lambda results: results.__setitem__(problem.name, entry))
         if any("teleport" not in load_json(RESULTS)[problem.name][str(nfe)] for nfe in BUDGETS):
             teleported = teleport_stage(problem)
             locked_update(RESULTS, lambda results: [results[problem.name][n].__setitem__("teleport", v)

@@ -18,6 +18,7 @@ from peers import K_SDE_SAMPLERS  # noqa: E402
 
 from sdeflow.registry import GRIDS, SAMPLERS  # noqa: E402
 
+
 def stochastic_names() -> list[str]:
     """sdeflow's stochastic samplers on a fixed grid (the adaptive one has its own rows)."""
     return [n for n, make in SAMPLERS.items() if make().stochastic and not make().adaptive]
@@ -64,7 +65,7 @@ def k_output_law(ks, fn: str, kw: dict, mixture, process, sigmas: torch.Tensor):
     return m, gain * gain * (var + rho0 * rho0) + (b * b).sum(0)
 
 
-def exact_law_rows(ks, nfes, quick):
+def exact_law_rows(ks, nfes):
     """Exact W2 between the output law and the data, sdeflow and k-diffusion, on a 16-D Gaussian."""
     from sdeflow import analytic
 

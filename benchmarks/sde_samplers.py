@@ -130,7 +130,7 @@ def run(quick: bool, raw_path: str | None):
                 results.append({**base, "kind": "sde", "method": name, "nfe": calls, "adaptive": True, **score(shared, x)})
             if raw_path:
                 save_json(raw_path, {"results": results, "notes": notes, "complete": False})
-    exact = exact_law_rows(ks, nfes, quick)
+    exact = exact_law_rows(ks, nfes)
     return results, notes, exact
 
 
