@@ -1,4 +1,5 @@
 import io
+import os
 from contextlib import redirect_stderr, redirect_stdout
 from types import SimpleNamespace
 
@@ -7,13 +8,14 @@ import torch
 
 from sdeflow.registry import SCHEDULES
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per test process: the workers share the cores
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _user_folder(tmp_path_factory):
     """What sdeflow writes for shipped models (tuned grids) goes to a temporary user folder, never to the
     tester's home; subprocesses inherit it."""
-    import os
-
     os.environ["SDEFLOW_HOME"] = str(tmp_path_factory.mktemp("sdeflow-home"))
 
 
