@@ -216,7 +216,7 @@ def mixtures(nfes, names, coef_draws: int, processes=None, samplers=None) -> lis
                                coef_heldout=coef.heldout,
                                coef_cost_nfe=sum(f.cost_nfe for f in fits.values()) + coef_teacher.calls,
                                coef_cost_grad=sum(f.cost_grad for f in fits.values()), coef_draws=coef_draws,
-                               coefficients=len(coef.shift),
+                               coefficients=len(coef.shift or ()),  # none: the fit lost on held-out draws
                                grid_seconds=grid_seconds, seconds=seconds, hand=on_hand.get("rms"),
                                hand_median=on_hand.get("median"), hand_grid=best_hand,
                                best_sdeflow=stored.get("sdeflow"), best_peer=stored.get("peer"),
@@ -270,12 +270,15 @@ def report(cert, mix) -> str:
                 "| problem | process | sampler | NFE | hand (grid) | tuned grid | + coefficients | best sdeflow hand | best peer "
                 "| tuned grid / best peer | + coefficients / best peer | fit cost (grid; coefficients, of them differentiated) |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        def own(r):  # a coefficient fit that lost on its held-out draws keeps the sampler's own
+            return ", own kept" if r.get("coefficients", 1) == 0 else ""
+
         for r in mix:
             peer = r["best_peer"][0] if r["best_peer"] else float("nan")
             bs = r["best_sdeflow"][0] if r["best_sdeflow"] else float("nan")
             hand = r["hand"] if r["hand"] is not None else float("nan")
             out.append(f"| {r['problem']} | {r['process'].split(' (')[0]} | {r['sampler']} | {r['nfe']} | "
-                       f"{hand:.3e} ({r['hand_grid']}) | {r['tuned']:.3e} | {r['coef']:.3e} ({r.get('coef_grid', 'tuned')}) | "
+                       f"{hand:.3e} ({r['hand_grid']}) | {r['tuned']:.3e} | {r['coef']:.3e} ({r.get('coef_grid', 'tuned')}{own(r)}) | "
                        f"{bs:.3e} | {peer:.3e} | "
                        f"{r['tuned'] / peer:.2f} | **{r['coef'] / peer:.2f}** | "
                        f"{r['cost_nfe']}; {r['coef_cost_nfe']}, {r['coef_cost_grad']} |")
