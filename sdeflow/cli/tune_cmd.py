@@ -59,7 +59,8 @@ def add_tune_parser(sub) -> None:
                    "they beat the best hand grid (or the sampler's own coefficients) there (default: 0.3)")
     p.add_argument("--trim", type=float, default=0.1,
                    help="share of the worst draws the fitting error leaves out, so that the few draws ending in "
-                   "another mode than the teacher's do not decide the fit (default: 0.1)")
+                   "another mode than the teacher's do not decide the fit (default: 0.1); 0 fits the plain RMS, "
+                   "which those draws decide: give it 1000 --samples")
     p.add_argument("--start", default="top", choices=["top", "leading", "teleport", "search"],
                    help="where the fitted grid begins: the top of the schedule; leading, one step below it with the "
                    "top's noise (diffusers' leading spacing); teleport, where the data's Gaussian carries the noise "
