@@ -89,7 +89,7 @@ def report(results: dict, low_nfe: dict) -> None:
                         + f"{r['grid'][0]:.3g} / {r['grid'][1]:.3g} / {r['grid'][2]:.2f} ({r['method']}) | "
                         + f"{final[0]:.3g} / {final[1]:.3g} / {final[2]:.2f}"
                         + ("" if r["kept_coefficients"] else " (own coefficients kept)") + f" | **{ratio:.2f}** |")
-    intro = (f"Written by `python benchmarks/ddpm_rms_fit.py` (see its docstring). {SAMPLER} from the `leading` start, its "
+    intro = (f"Written by `python benchmarks/ddpm_rms_fit.py` (see its docstring). The sampler `{SAMPLER}` from the `leading` start, its "
              f"grid and then its coefficients fitted to the plain RMS (`trim=0`) on {DRAWS} exact draws, one configuration "
              f"for every cell, chosen before any draw was seen; scored on the {FRESH_DRAWS} fresh draws (seed {FRESH_SEED}) "
              "of `benchmarks/ddpm_low_nfe.py`, whose choices (made on other draws) are the other columns. Each entry: RMS / "
