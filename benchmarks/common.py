@@ -121,6 +121,13 @@ class Shared:
         return metrics.sliced_wasserstein(self.exact2, self.exact)
 
 
+def tail_scores(x: torch.Tensor, ref: torch.Tensor) -> list[float]:
+    """RMS and median endpoint error of ``x`` against ``ref``, and the share of the squared error that
+    the worst 1% of draws carry."""
+    sq = (x.reshape(len(x), -1) - ref.reshape(len(ref), -1)).pow(2).sum(1).sort(descending=True).values
+    return [metrics.rms_error(x, ref), metrics.median_error(x, ref), float(sq[:math.ceil(0.01 * len(sq))].sum() / sq.sum())]
+
+
 class Counter:
     """Wraps a callable and counts its calls (the NFE a method really took)."""
 

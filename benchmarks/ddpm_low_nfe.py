@@ -34,11 +34,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import PROCESSES, Problem, Shared, load_json, locked_update, sdeflow_denoiser, shard, write_report  # noqa: E402
+from common import PROCESSES, Problem, Shared, load_json, locked_update, sdeflow_denoiser, shard, tail_scores, \
+    write_report  # noqa: E402
 from families import SPLITS, draw_problem  # noqa: E402
 from peers import diffusers_runs, load_diffusers  # noqa: E402
 
-from sdeflow import analytic, grids, metrics, sample  # noqa: E402
+from sdeflow import analytic, grids, sample  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS, steps_for_nfe  # noqa: E402
 from sdeflow.samplers.names import CANDIDATE_GRIDS, CANDIDATE_SAMPLERS  # noqa: E402
 from sdeflow.sampling import prior_std  # noqa: E402
@@ -275,10 +276,7 @@ def rescore(d, problem: Problem, cells: dict, fresh: dict) -> dict:
             runs += [*tuned_runs(shared, process, nfe, sampler, only=names, starts=STARTS)]
         scored = {}
         for name, span, x in runs:
-            ref = shared.reference(*span)
-            sq = (x.reshape(len(x), -1) - ref.reshape(len(ref), -1)).pow(2).sum(1).sort(descending=True).values
-            share = float(sq[:math.ceil(0.01 * len(sq))].sum() / sq.sum())
-            scored[name] = [metrics.rms_error(x, ref), metrics.median_error(x, ref), share]
+            scored[name] = tail_scores(x, shared.reference(*span))
         missing = names - scored.keys()
         if missing:
             raise RuntimeError(f"{problem.name} NFE {nfe}: could not run {sorted(missing)} again")

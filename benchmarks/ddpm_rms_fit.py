@@ -17,7 +17,6 @@ from ``docs/benchmarks/ddpm_low_nfe.json``. Problems: that benchmark's 64-D ones
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -28,22 +27,17 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import PROCESSES, Problem, Shared, load_json, locked_update, sdeflow_denoiser, write_report  # noqa: E402
+from common import PROCESSES, Problem, Shared, load_json, locked_update, sdeflow_denoiser, tail_scores, \
+    write_report  # noqa: E402
 from ddpm_low_nfe import BUDGETS, FRESH_DRAWS, FRESH_SEED, RESULTS as LOW_NFE, problems, sdeflow_pick  # noqa: E402
 
-from sdeflow import grids, metrics, sample  # noqa: E402
+from sdeflow import grids, sample  # noqa: E402
 from sdeflow.registry import SAMPLERS  # noqa: E402
 from sdeflow.tuning import optimize_coefficients, optimize_grid, steps_for  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "ddpm_rms_fit.md")
 RESULTS = OUT[:-3] + ".json"
 SAMPLER, DRAWS, SEED = "unipc-bh2", 1000, 7
-
-
-def fresh_scores(x: torch.Tensor, ref: torch.Tensor) -> list[float]:
-    """RMS, median error and the share of the squared error in the worst 1% of draws."""
-    sq = (x.reshape(len(x), -1) - ref.reshape(len(ref), -1)).pow(2).sum(1).sort(descending=True).values
-    return [metrics.rms_error(x, ref), metrics.median_error(x, ref), float(sq[:math.ceil(0.01 * len(sq))].sum() / sq.sum())]
 
 
 def measure(problem: Problem, nfe: int) -> dict:
@@ -65,8 +59,8 @@ def measure(problem: Problem, nfe: int) -> dict:
     ts = tuned.grid()
     ref = fresh.reference(float(ts[0]), 0.0)
     x0 = fresh.x_init(float(ts[0])).float()
-    grid_only = fresh_scores(sample(den, sampler, ts, x0, check_finite=False).x.double(), ref)
-    with_coef = fresh_scores(sample(den, coef.sampler_for(sampler), ts, x0, check_finite=False).x.double(), ref)
+    grid_only = tail_scores(sample(den, sampler, ts, x0, check_finite=False).x.double(), ref)
+    with_coef = tail_scores(sample(den, coef.sampler_for(sampler), ts, x0, check_finite=False).x.double(), ref)
     return dict(grid=grid_only, coefficients=with_coef, method=tuned.method, kept_coefficients=coef.shift is not None,
                 heldout_grid=tuned.heldout, heldout_coefficients=coef.heldout, ts=tuned.ts, shift=coef.shift,
                 cost_nfe=coef.cost_nfe, seconds=seconds)
@@ -80,7 +74,7 @@ def report(results: dict, low_nfe: dict) -> None:
             if r is None or "diffusers" not in fresh:
                 continue
             peer, pick = fresh["diffusers"], fresh.get(sdeflow_pick(low_nfe[name][str(nfe)]))
-            final = r["coefficients"] if r["kept_coefficients"] else r["grid"]
+            final = r["coefficients"]  # the grid alone's where the fitted coefficients were not kept
             ratio = peer[1] / final[0]
             met, at_least = met + (ratio >= 1.5), at_least + (ratio >= 1.0)
             rows.append(f"| {name} | {nfe} | {peer[0]} | {peer[1]:.3g} / {peer[2]:.3g} / {peer[3]:.2f} | "
