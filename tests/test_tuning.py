@@ -175,6 +175,58 @@ def test_a_fit_that_does_not_beat_the_best_hand_grid_gives_that_grid_with_a_warn
     assert fitted.method == "descent" and fitted.loss < fitted.best_hand[1]
 
 
+def test_a_fit_that_sends_more_draws_to_another_component_is_not_kept():
+    """On a 4-D mixture of 3 components, DPM-Solver++(2M) at NFE 4 on EDM, a descent on the loss that
+    leaves out the worst 30% of 28 fitting draws beats the best hand grid on the 12 held-out draws,
+    but only by sending more of the draws it fitted to another component: its RMS over all 40 draws
+    is larger. Whatever ``optimize_grid`` returns is no worse than the best hand grid in that RMS,
+    and here it is that hand grid, with a warning that says why."""
+    from sdeflow.tuning import Split
+    from sdeflow.tuning.draws import draw_errors
+
+    mix, sch, sampler = analytic.random_mixture(4, 3, seed=5), SCHEDULES["edm"](), SAMPLERS["dpm-solver++-2m"]()
+    den = mix.denoiser(sch)
+    x = mix.sample_t(40, sch, grids.start_time(sch), torch.Generator().manual_seed(0))[0]
+    with pytest.warns(UserWarning, match="RMS over all its draws"):
+        kept = optimize_grid(den, sampler, 4, x, method="descent", starts=2, iters=30, trim=0.3)
+    split = Split(Teacher(den, x, steps=300))
+    hands = hand_grids(sch, steps_for(sampler, sch, 4), grids.start_time(sch))
+    assert kept.method == f"hand:{kept.best_hand[0]}" and kept.ts == hands[kept.best_hand[0]].tolist()
+    assert split.rms(den, sampler, kept.grid()) <= min(split.rms(den, sampler, ts) for ts in hands.values()) * (1 + 1e-9)
+    err = draw_errors(den, sampler, kept.grid(), x, split.teacher.end)
+    assert split.rms(den, sampler, kept.grid()) == pytest.approx(float(err.mean().sqrt()), rel=1e-12)
+
+
+def test_coefficients_that_lose_in_the_rms_over_all_draws_are_not_kept(monkeypatch):
+    """Coefficients that win on the held-out draws are still dropped, with a warning, where the run with
+    them has the larger RMS over all the draws (here made so by scoring every full-batch run with
+    changed coefficients 1000x worse); without that, the same fit keeps them."""
+    import sdeflow.tuning.coefficients as module
+
+    sch, heun = SCHEDULES["rectified-flow"](), SAMPLERS["heun"]()
+    ts = GRIDS["uniform"](steps_for(heun, sch, 5), sch)
+    x = _draws(sch, 50, 0)
+    den = GAUSS.denoiser(sch)
+    assert optimize_coefficients(den, heun, ts, x).shift is not None
+    own = coefficient_values(heun.prepare(sch, ts).coef)
+    plain_run, plain_with, changed = module.run_error, module.with_coefficients, {}
+
+    def noting(coef, values):  # which plans carry coefficients other than the sampler's own
+        out = plain_with(coef, values)
+        changed[id(out)] = any(float(torch.as_tensor(v).detach()) != b for v, b in zip(values, own))
+        return out
+
+    def worse_on_all(sampler, plan, field, xs, target, cut=0.0):
+        err = plain_run(sampler, plan, field, xs, target, cut)
+        return err * 1000 if changed.get(id(plan.coef)) and xs.shape[0] == x.shape[0] else err
+
+    monkeypatch.setattr(module, "with_coefficients", noting)
+    monkeypatch.setattr(module, "run_error", worse_on_all)
+    with pytest.warns(UserWarning, match="RMS over all the draws"):
+        dropped = optimize_coefficients(den, heun, ts, x)
+    assert dropped.shift is None and dropped.loss == dropped.base_loss
+
+
 def test_dynamic_programming_finds_the_least_cost_path():
     """best_path equals a brute-force search over every path of n steps through the points."""
     g = torch.Generator().manual_seed(0)
@@ -468,12 +520,12 @@ def test_a_grid_tuned_to_start_leading_is_sampled_from_the_tops_noise(tmp_path, 
 
     ckpt = tmp_path / "moons.safetensors"
     shutil.copy(path_of("moons"), ckpt)
-    r = cli_here("tune", "--checkpoint", ckpt, "--sampler", "unipc-bh2", "--nfe", "5", "--samples", "40",
+    r = cli_here("tune", "--checkpoint", ckpt, "--sampler", "unipc-bh2", "--nfe", "6", "--samples", "40",
                  "--teacher-steps", "30", "--start", "leading", "--iterations", "10")
     assert r.returncode == 0, r.stderr
-    tuned = find_tuned(str(tmp_path / "moons.grids.json"), "unipc-bh2", 5)  # held out: 0.03 against the hand grids' 0.047
+    tuned = find_tuned(str(tmp_path / "moons.grids.json"), "unipc-bh2", 6)  # held out: 0.025 against the hand grids' 0.050
     assert tuned.start == "leading" and tuned.ts[0] < 0.999 and "starting leading" in r.stdout
-    r = cli_here("sample", "--checkpoint", ckpt, "--sampler", "unipc-bh2", "--nfe", "5", "--grid", "tuned", "-n", "50",
+    r = cli_here("sample", "--checkpoint", ckpt, "--sampler", "unipc-bh2", "--nfe", "6", "--grid", "tuned", "-n", "50",
                  "--out", str(tmp_path / "s.npz"))
     assert r.returncode == 0 and "starting leading" in r.stdout, r.stderr
 

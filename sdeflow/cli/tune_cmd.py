@@ -180,7 +180,7 @@ def run_tune(args) -> None:
                                   starts=args.starts, gradient=args.gradient, iters=args.iterations,
                                   holdout=args.holdout, trim=args.trim, start=args.start, teleport=gauss, **given)
             hand, hand_loss = tuned.best_hand
-            result = (f"no fit beat the {hand} hand grid on the held-out draws, kept (error {hand_loss:.3g})"
+            result = (f"no fit beat the {hand} hand grid, kept (held-out error {hand_loss:.3g})"
                       if tuned.method.startswith("hand:")
                       else f"held-out error {tuned.loss:.3g} vs {hand_loss:.3g} ({hand} grid)")
             if tuned.start != "top":

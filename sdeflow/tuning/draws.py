@@ -140,6 +140,13 @@ class Split:
         out = float(trimmed_rms(err, trim)), float(trimmed_rms(err))
         return tuple(v if math.isfinite(v) else math.inf for v in out)
 
+    def rms(self, denoiser, sampler, ts) -> float:
+        """The plain RMS of ``sampler`` on ``ts`` over all the draws, fitted and held out (``inf`` if not
+        finite). A fit's trimmed loss is blind to the ``trim`` share of its worst fitting draws, so it can
+        buy a lower typical error by sending a few more of them to another component: this shows it."""
+        v = float(trimmed_rms(draw_errors(denoiser, sampler, ts, *self.draws("all"))))
+        return v if math.isfinite(v) else math.inf
+
 
 #: Where a tuned grid's run begins: at the top of the schedule; ``leading``, one step's worth below it
 #: (the top's noise taken as a draw there, as diffusers' ``leading`` spacing does); ``teleport``, at

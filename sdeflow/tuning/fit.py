@@ -230,7 +230,9 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
     so that every start is judged against the exact map of the same noise.
 
     The fit is kept only if it beats the best hand grid from the top on the held-out draws, in the
-    trimmed error and in the plain RMS; otherwise that hand grid is returned (``method =
+    trimmed error and in the plain RMS, and is no worse than that grid in the plain RMS over all the
+    draws (the trimmed loss cannot see a fit that sends a few more of its fitting draws to another
+    component: :meth:`Split.rms`); otherwise that hand grid is returned (``method =
     "hand:<name>"``), with a warning that says so.
 
     Returns a :class:`TunedGrid` whose ``loss`` and ``hand`` are the held-out trimmed errors of the
@@ -290,7 +292,7 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
 
         z = split.draws("fit")[0].to(torch.float64) / prior_std(sch, space.t_max)
         t_skip, _ = teleport.choose_time(counted, z, cond=split.draws("fit")[2])
-    ts, best, slope, kept = None, (math.inf, math.inf), None, method
+    ts, best, slope, kept, chosen_split = None, (math.inf, math.inf), None, method, split
     for option in options:
         t_s, x_s = start_state(option, sch, teacher.x_init, n, teleport, t_skip, top=space.t_max)
         if option != "top" and t_s >= space.t_max:  # no room below the top (one step, or no skip): the top's fit
@@ -299,19 +301,30 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
             below = GridSpace(sch, n, t_s)
         except ValueError:  # a skip down to the smallest time leaves no grid to fit (Gaussian data): give t_skip
             continue
-        fitted, score, used = _fit_from(counted, sampler, below, teacher, Split(teacher, holdout, x_s),
+        option_split = Split(teacher, holdout, x_s)
+        fitted, score, used = _fit_from(counted, sampler, below, teacher, option_split,
                                         method if option == "top" else "descent", starts, iters, gradient, trim, label)
         slope = used or slope
         if score < best:
-            ts, best, chosen = fitted, score, option
+            ts, best, chosen, chosen_split = fitted, score, option, option_split
     hand_best = min((v, k) for k, v in held.items()) if held else None
-    if ts is None or (hand_best is not None and not (best[0] < hand_best[0][0] and best[1] <= hand_best[0][1])):
+    why = None if ts is not None else "gives no finite result"
+    if ts is not None and hand_best is not None:
+        (hand_loss, hand_rms), name = hand_best
+        if not (best[0] < hand_loss and best[1] <= hand_rms):
+            why = (f"is no better than the {name} hand grid on the held-out draws (error {best[0]:.3g} against "
+                   f"{hand_loss:.3g}, RMS {best[1]:.3g} against {hand_rms:.3g})")
+        else:
+            fit_rms, hand_all = chosen_split.rms(counted, sampler, ts), split.rms(counted, sampler, hands[name])
+            if not fit_rms <= hand_all:
+                why = (f"is no better than the {name} hand grid in the RMS over all its draws ({fit_rms:.3g} against "
+                       f"{hand_all:.3g}: the trimmed loss gave up some of the draws it was fitted on)")
+    if why is not None:
         if hand_best is None:
             raise ValueError("no hand grid and no fit gives a finite result")
         best, name = hand_best
         ts, kept, chosen = hands[name], f"hand:{name}", "top"
-        warnings.warn(f"the {method} grid for {label} at NFE {nfe} is no better than the {name} hand grid on the "
-                      f"held-out draws (error {best[0]:.3g}, RMS {best[1]:.3g}): the {name} grid is returned", stacklevel=2)
+        warnings.warn(f"the {method} grid for {label} at NFE {nfe} {why}: the {name} grid is returned", stacklevel=2)
     return TunedGrid(ts.tolist(), label, sampler.prepare(sch, ts).nfe, kept, best[0], {k: v[0] for k, v in held.items()},
                      counted.calls + teacher_calls, teacher.x_init.shape[0], heldout=best[1],
                      cost_grad=slope.calls if slope else 0, start=chosen)
