@@ -63,8 +63,9 @@ def main() -> None:
                 sampler = SAMPLERS[name]()
                 from_top = optimize_grid(den, sampler, nfe, tel.start(z_fit, sch, top), sampler_name=name)
                 error_top = endpoint_loss(den, sampler, from_top.grid(), fresh_top, target)
+                top_cell = f"{error_top:.3g}" + (f" ({from_top.method})" if from_top.method.startswith("hand:") else "")
                 if t_skip >= top:
-                    lines.append(f"| {seed} (D={d}) | {process.name} | {nfe} | {name} | no skip | {error_top:.3g} | - | - |")
+                    lines.append(f"| {seed} (D={d}) | {process.name} | {nfe} | {name} | no skip | {top_cell} | - | - |")
                     continue
                 prior = z_fit * prior_std(sch, top)  # optimize_grid reads the noise as x_init / prior std
                 skipped = optimize_grid(den, sampler, nfe, prior, sampler_name=name, start="teleport", teleport=tel,
@@ -72,16 +73,17 @@ def main() -> None:
                 first = tel.start(z_new, sch, skipped.ts[0]) if skipped.start == "teleport" else fresh_top
                 error_skip = endpoint_loss(den, sampler, skipped.grid(), first, target)
                 gains.append(error_top / error_skip)
-                lines.append(f"| {seed} (D={d}) | {process.name} | {nfe} | {name} | {t_skip:.3f} | {error_top:.3g} | "
+                lines.append(f"| {seed} (D={d}) | {process.name} | {nfe} | {name} | {t_skip:.3f} | {top_cell} | "
                              f"{error_skip:.3g} ({skipped.start}) | {gains[-1]:.2f} |")
                 print(lines[-1], flush=True)
     summary = [f"Teleported tuned grids against tuned grids from the top, on fresh draws: median gain "
                f"{statistics.median(gains):.2f}, range {min(gains):.2f}-{max(gains):.2f}; better in "
                f"{sum(g > 1 for g in gains)} of {len(gains)} cells."]
     intro = ("Written by `python benchmarks/teleport_tuned.py`. Gain: the fresh-draw RMS error of the grid tuned "
-             "from the top over that of the grid tuned from `t_skip` (above 1: teleporting helps). Where the fit "
-             "from `t_skip` did not beat the hand grids on its held-out draws, `optimize_grid` returned a hand grid "
-             "from the top (shown as `top`).")
+             "from the top over that of the grid tuned from `t_skip` (above 1: teleporting helps). Where a fit "
+             "did not pass `optimize_grid`'s checks against the hand grids (held-out draws, and the RMS over all "
+             "its draws), it returned a hand grid from the top: shown as `hand:<grid>` for the fit from the top, "
+             "and as `top` for the fit from `t_skip`.")
     write_report(OUT, "Teleportation with tuned grids, on fresh draws", intro, summary, lines)
 
 
