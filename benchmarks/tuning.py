@@ -14,6 +14,7 @@ draws, next to the same sampler's best hand grid in this run and to the best sde
     python benchmarks/tuning.py                 # both parts, writes docs/benchmarks/tuning.{md,json}
     python benchmarks/tuning.py --part 2 --nfe 5 6 8 10 20   # the ODE problems only (the stored certificate is kept)
     python benchmarks/tuning.py --part 2 --rescore --problems "64-D mixture"   # score stored fits again, no fitting
+    python benchmarks/tuning.py --report        # the report again from the stored results, nothing run
 
 Rare draws that land in another mixture component than the reference (a few per thousand to a few per
 hundred at 5-8 evaluations on the larger problems, under every method) can decide the RMS; the tables also give the
@@ -230,6 +231,12 @@ def mixtures(nfes, names, coef_draws: int, processes=None, samplers=None) -> lis
     return rows
 
 
+def with_coefficients(r: dict) -> list[tuple[float, bool]]:
+    """A row's tuned grid and, where its fitted coefficients were kept, the grid with them: ``(RMS, with
+    coefficients)`` (a row whose coefficient fit lost runs the sampler's own, named without them)."""
+    return [(r["tuned"], False)] + ([(r["coef"], True)] if r.get("coefficients", 1) else [])
+
+
 def report(cert, mix) -> str:
     out = ["# Grids tuned to the model", "",
            "`python benchmarks/tuning.py`. See `sdeflow.tuning` and docs/tuning.md for the methods.", ""]
@@ -287,7 +294,7 @@ def report(cert, mix) -> str:
         for key in dict.fromkeys((r["problem"], r["process"], r["nfe"]) for r in mix):
             at = [r for r in mix if (r["problem"], r["process"], r["nfe"]) == key]
             err, label = min((v, f"{r['sampler']}{' + coefficients' if c else ''}")
-                             for r in at for v, c in ((r["tuned"], False), (r["coef"], True)))
+                             for r in at for v, c in with_coefficients(r))
             peer = at[0]["best_peer"][0] if at[0]["best_peer"] else float("nan")
             out.append(f"| {key[0]} | {key[1].split(' (')[0]} | {key[2]} | {err:.3e} ({label}) | {peer:.3e} "
                        f"({at[0]['best_peer'][1] if at[0]['best_peer'] else '-'}) | **{err / peer:.2f}** |")
@@ -303,7 +310,7 @@ def report(cert, mix) -> str:
             if not at[0]["best_peer"]:
                 continue
             options = [(v, f"{r['sampler']}{' + coefficients' if c else ''}, tuned")
-                       for r in at for v, c in ((r["tuned"], False), (r["coef"], True))]
+                       for r in at for v, c in with_coefficients(r)]
             if at[0]["best_sdeflow"]:
                 options.append((at[0]["best_sdeflow"][0], at[0]["best_sdeflow"][1].removeprefix("sdeflow ")))
             err, label = min(options)
@@ -339,6 +346,7 @@ def main(argv=None):
     p.add_argument("--rescore", action="store_true",
                    help="part 2: score the chosen stored rows again from their stored grids and coefficients, "
                    "without fitting (RMS and median error)")
+    p.add_argument("--report", action="store_true", help="write the report from the stored results; run nothing")
     args = p.parse_args(argv)
     for name in args.samplers or []:
         if name not in SAMPLERS:
@@ -346,6 +354,12 @@ def main(argv=None):
         if SAMPLERS[name]().stochastic or SAMPLERS[name]().adaptive:
             p.error(f"{name} is stochastic or adaptive: grids are tuned for deterministic fixed-grid samplers")
     path = os.path.join(OUT, "tuning.json")
+    if args.report:
+        with open(path) as f:
+            stored = json.load(f)
+        text = report(stored["certificate"], stored["mixtures"])
+        atomic_write(os.path.join(OUT, "tuning.md"), lambda tmp: open(tmp, "w").write(text))
+        return
     old = {}
     if args.part is not None and os.path.exists(path):
         with open(path) as f:
