@@ -27,11 +27,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import PROCESSES, problems, sdeflow_denoiser, write_report  # noqa: E402
-from tuning import OUT, fit_draws  # noqa: E402
+from tuning import OUT, fit_draws, stored_runs  # noqa: E402
 
 from sdeflow import grids  # noqa: E402
-from sdeflow.registry import SAMPLERS  # noqa: E402
-from sdeflow.tuning import Teacher, TunedGrid  # noqa: E402
+from sdeflow.tuning import Teacher  # noqa: E402
 from sdeflow.tuning.draws import draw_errors  # noqa: E402
 
 PROBLEM = "64-D mixture"
@@ -39,14 +38,6 @@ PROBLEM = "64-D mixture"
 
 def key(r: dict) -> tuple:
     return r["process"], r["sampler"], r["nfe"]
-
-
-def runs(r: dict) -> dict:
-    """The row's two configurations: its tuned grid, and the grid its coefficients were fitted on, with them."""
-    sampler = SAMPLERS[r["sampler"]]()
-    on = r.get("coef_ts", r["ts"])
-    coef = TunedGrid(on, r["sampler"], r["used_nfe"], "stored", 0.0, shift=r["shift"]).sampler_for(sampler)
-    return {"grid": (sampler, r["ts"]), "with coefficients": (coef, on)}
 
 
 def main() -> None:
@@ -83,8 +74,8 @@ def main() -> None:
         for r in rows:
             pairs = [(f"at {args.against}", before[key(r)])] if differs(r) else []
             for label, row in pairs + [("now", r)]:
-                for name, (sampler, ts) in runs(row).items():
-                    e = draw_errors(den, sampler, torch.tensor(ts, dtype=torch.float64), x, target)
+                for name, (sampler, ts) in stored_runs(row).items():
+                    e = draw_errors(den, sampler, ts, x, target)
                     kept = "" if name == "grid" or row["shift"] else " (own kept)"
                     lines.append(f"| {process.name.split(' (')[0]} | {r['sampler']} | {r['nfe']} | {label} | {name}{kept} | "
                                  f"{float(e.mean().sqrt()):.4g} | {float(e.median().sqrt()):.4g} | "
