@@ -50,8 +50,9 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "be
 RESULTS = OUT[:-3] + ".json"
 #: the tuned configurations' fitting draws: how many, and the seed (the scored draws are seed 0's)
 FIT_DRAWS, FIT_SEED = 100, 7
-#: the tuned fits' revision, stored per cell; earlier ones are fitted again (2: ``leading`` fits start there)
-FIT_REVISION = 2
+#: the tuned fits' revision, stored per cell; earlier ones are fitted again, teleported ones included (2:
+#: ``leading`` fits start there; 3: a fit is kept only if it also wins in the RMS over all its draws)
+FIT_REVISION = 3
 #: the chosen configurations scored again: how many draws, and the seed
 FRESH_DRAWS, FRESH_SEED = 2000, 1
 BUDGETS = [5, 6, 8]
@@ -212,8 +213,8 @@ def measure(d, problem: Problem) -> dict:
 
 
 def refit(problem: Problem, entry: dict) -> dict | None:
-    """``entry`` with the tuned fits of an earlier :data:`FIT_REVISION` redone and their fresh-draw scores
-    dropped (a fit may change under one name); ``None`` where every cell's fits are current."""
+    """``entry`` with the tuned fits of an earlier :data:`FIT_REVISION` redone, the teleported choice dropped
+    (:func:`teleport_stage` fits again) and both fresh-draw scores dropped; ``None`` if every fit is current."""
     stale = [nfe for nfe in BUDGETS if entry[str(nfe)].get("fit_revision") != FIT_REVISION]
     if not stale:
         return None
@@ -223,7 +224,9 @@ def refit(problem: Problem, entry: dict) -> dict | None:
         tuned = list(best_of(shared, tuned_runs(shared, PROCESSES[0], nfe, cell["hand"][0].split()[1])))
         print(f"{problem.name} NFE {nfe}: tuned {tuned[1]:.3g} ({tuned[0]}), before {cell['tuned'][1]:.3g} "
               f"({cell['tuned'][0]})", flush=True)
-        entry.get("fresh", {}).get(str(nfe), {}).pop("tuned", None)
+        for key in ("tuned", "teleport"):
+            entry.get("fresh", {}).get(str(nfe), {}).pop(key, None)
+        cell.pop("teleport", None)
         cell.update(tuned=tuned, fit_revision=FIT_REVISION)
     return entry
 
@@ -248,8 +251,7 @@ def teleport_stage(problem: Problem) -> dict:
 
 
 def sdeflow_pick(cell: dict) -> str:
-    """Which of sdeflow's choices in ``cell`` has the least RMS on the draws that choose: ``hand``,
-    ``tuned`` or ``teleport``."""
+    """Which of sdeflow's choices in ``cell`` (hand, tuned, teleport) has the least RMS on the draws that choose."""
     return min((k for k in ("hand", "tuned", "teleport") if cell.get(k)), key=lambda k: cell[k][1])
 
 
