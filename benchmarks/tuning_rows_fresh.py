@@ -1,5 +1,5 @@
-"""Rows of ``benchmarks/tuning.py`` on fresh draws: the stored tuned grids and coefficients of the
-64-D mixture run again on draws that neither fitted nor scored them, beside those of the same rows
+"""Rows of ``benchmarks/tuning.py`` on fresh draws: the stored tuned grids and coefficients of one
+ODE problem (the 64-D mixture unless ``--problem``) run again on draws that neither fitted nor scored them, beside those of the same rows
 at an earlier revision of ``docs/benchmarks/tuning.json`` where they differ.
 
 The ODE benchmark scores each row on its own 500 draws; on these mixtures a few draws that end in
@@ -11,6 +11,8 @@ coefficients (the sampler's own where the row kept none). Reported: RMS, median 
 draws end more than 1 away.
 
     python benchmarks/tuning_rows_fresh.py --against 6ca8fda --rows DDPM:unipc-bh2:8   # writes docs/benchmarks/tuning_rows_fresh.md
+    python benchmarks/tuning_rows_fresh.py --problem "3x32x32 mixture" --against f3e2d1c --draws 500 --processes EDM
+                                                        # writes docs/benchmarks/tuning_rows_fresh_3x32x32.md
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -36,6 +39,11 @@ from sdeflow.tuning.draws import draw_errors  # noqa: E402
 PROBLEM = "64-D mixture"
 
 
+def report_name(problem: str) -> str:
+    """The report's file: ``tuning_rows_fresh.md`` for the 64-D mixture, else the problem's first word added."""
+    return "tuning_rows_fresh" + ("" if problem == PROBLEM else "_" + problem.split()[0]) + ".md"
+
+
 def key(r: dict) -> tuple:
     return r["process"], r["sampler"], r["nfe"]
 
@@ -46,12 +54,14 @@ def main() -> None:
     p.add_argument("--rows", nargs="*", default=[], metavar="PROCESS:SAMPLER:NFE",
                    help="rows to run too (PROCESS: the start of the process's name, e.g. DDPM)")
     p.add_argument("--draws", type=int, default=2000)
+    p.add_argument("--problem", default=PROBLEM, choices=[q.name for q in problems()], help="the ODE problem whose rows run")
+    p.add_argument("--processes", nargs="+", default=None, metavar="NAME", help="these processes only (e.g. EDM)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    now = [r for r in json.load(open(os.path.join(OUT, "tuning.json")))["mixtures"] if r["problem"] == PROBLEM]
+    now = [r for r in json.load(open(os.path.join(OUT, "tuning.json")))["mixtures"] if r["problem"] == args.problem]
     text = subprocess.run(["git", "show", f"{args.against}:docs/benchmarks/tuning.json"], check=True,
                           capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout
-    before = {key(r): r for r in json.loads(text)["mixtures"] if r["problem"] == PROBLEM}
+    before = {key(r): r for r in json.loads(text)["mixtures"] if r["problem"] == args.problem}
     named = [tuple(s.split(":")) for s in args.rows]
 
     def differs(r):
@@ -61,12 +71,12 @@ def main() -> None:
     def wanted(r):
         return differs(r) or any(r["process"].startswith(a) and r["sampler"] == b and r["nfe"] == int(c) for a, b, c in named)
 
-    problem = next(q for q in problems() if q.name == PROBLEM)
+    problem = next(q for q in problems() if q.name == args.problem)
     lines = ["| process | sampler | NFE | stored | configuration | RMS | median error | draws more than 1 away |",
              "|---|---|---|---|---|---|---|---|"]
     for process in PROCESSES:
         rows = [r for r in now if r["process"] == process.name and wanted(r)]
-        if not rows:
+        if not rows or args.processes and not any(o.lower() in process.name.lower() for o in args.processes):
             continue
         den, sch = sdeflow_denoiser(problem, process), process.schedule
         x = fit_draws(problem, process, grids.start_time(sch), args.draws, seed=99)
@@ -81,11 +91,11 @@ def main() -> None:
                                  f"{float(e.mean().sqrt()):.4g} | {float(e.median().sqrt()):.4g} | "
                                  f"{int((e > 1).sum())} of {args.draws} |")
                     print(lines[-1], flush=True)
-    intro = (f"Written by `python benchmarks/tuning_rows_fresh.py --against {args.against}"
-             + (f" --rows {' '.join(args.rows)}" if args.rows else "") + f"` ({args.draws} fresh draws): the rows of "
-             f"the {PROBLEM} in `docs/benchmarks/tuning.json` that differ from revision {args.against}'s, and those named, "
+    command = shlex.join(["python", "benchmarks/tuning_rows_fresh.py"] + sys.argv[1:])
+    intro = (f"Written by `{command}` ({args.draws} fresh draws): the rows of "
+             f"the {args.problem} in `docs/benchmarks/tuning.json` that differ from revision {args.against}'s, and those named, "
              "run on draws that neither fitted nor scored them.")
-    write_report(os.path.join(OUT, "tuning_rows_fresh.md"), "Tuned rows on fresh draws", intro, lines)
+    write_report(os.path.join(OUT, report_name(args.problem)), "Tuned rows on fresh draws", intro, lines)
 
 
 if __name__ == "__main__":
