@@ -7,8 +7,14 @@ another component decide an RMS there, so a change that moves a row can look bet
 those draws' luck. Here every row that differs between ``--against`` (a git revision) and the
 working tree, and the rows named by ``--rows``, run from ``--draws`` other exact draws of ``p_top``
 (seed 99) against a 600-step solve of the probability-flow ODE, as grid alone and with the row's
-coefficients (the sampler's own where the row kept none), and the row's best hand grid. Reported: RMS, median error, and how many
+coefficients (the sampler's own where the row kept none), and the row's best hand grid (started at the
+draws' time where it starts above it, as the tuned grids and the coefficient fits do). Reported: RMS, median error, and how many
 draws end more than 1 away.
+
+Each row's results are saved when it is done, in a JSON file beside the report, and the report is
+written from every row stored for the problem: runs for different processes add to one report, and
+an interrupted run resumes, skipping the rows already stored for the same revision, draw count and
+stored configuration.
 
     python benchmarks/tuning_rows_fresh.py --against 6ca8fda --rows DDPM:unipc-bh2:8   # writes docs/benchmarks/tuning_rows_fresh.md
     python benchmarks/tuning_rows_fresh.py --problem "3x32x32 mixture" --against f3e2d1c --draws 500 --processes EDM
@@ -18,6 +24,7 @@ draws end more than 1 away.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -29,7 +36,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import PROCESSES, problems, sdeflow_denoiser, write_report  # noqa: E402
+from common import PROCESSES, load_json, locked_update, problems, sdeflow_denoiser, write_report  # noqa: E402
 from tuning import OUT, fit_draws, stored_runs  # noqa: E402
 
 from sdeflow import grids  # noqa: E402
@@ -57,6 +64,25 @@ def key(r: dict) -> tuple:
     return r["process"], r["sampler"], r["nfe"]
 
 
+def fingerprint(r: dict, against: str, draws: int) -> str:
+    """What a stored result depends on: the row's grids, coefficients and hand grid, the revision it is
+    compared with and the number of draws."""
+    what = [r["ts"], r.get("coef_ts"), r["shift"], r.get("hand_grid"), against, draws]
+    return hashlib.sha1(json.dumps(what).encode()).hexdigest()[:16]
+
+
+def table(stored: dict) -> list[str]:
+    """The report's table from the stored rows, in the order of the processes, then NFE and sampler."""
+    order = {p.name: k for k, p in enumerate(PROCESSES)}
+    lines = ["| process | sampler | NFE | fresh draws | stored | configuration | RMS | median error | draws more than 1 away |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for e in sorted(stored.values(), key=lambda e: (order.get(e["process"], 9), e["nfe"], e["sampler"])):
+        for c in e["runs"]:
+            lines.append(f"| {e['process'].split(' (')[0]} | {e['sampler']} | {e['nfe']} | {e['draws']} | {c['stored']} | "
+                         f"{c['configuration']} | {c['rms']:.4g} | {c['median']:.4g} | {c['far']} of {e['draws']} |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--against", required=True, help="git revision whose docs/benchmarks/tuning.json the rows are compared with")
@@ -81,12 +107,15 @@ def main() -> None:
         return differs(r) or any(r["process"].startswith(a) and r["sampler"] == b and r["nfe"] == int(c) for a, b, c in named)
 
     problem = next(q for q in problems() if q.name == args.problem)
-    lines = ["| process | sampler | NFE | stored | configuration | RMS | median error | draws more than 1 away |",
-             "|---|---|---|---|---|---|---|---|"]
+    path = os.path.join(OUT, report_name(args.problem).removesuffix(".md") + ".json")
+    command = shlex.join(["python", "benchmarks/tuning_rows_fresh.py"] + sys.argv[1:])
     for process in PROCESSES:
-        rows = [r for r in now if r["process"] == process.name and wanted(r)]
+        stored = load_json(path)
+        rows = [r for r in now if r["process"] == process.name and wanted(r)
+                and stored.get("|".join(map(str, key(r))), {}).get("fingerprint") != fingerprint(r, args.against, args.draws)]
         if not rows or args.processes and not any(o.lower() in process.name.lower() for o in args.processes):
             continue
+        print(f"{len(rows)} rows to run ({process.name}); each is saved when done", flush=True)
         den, sch = sdeflow_denoiser(problem, process), process.schedule
         top = grids.start_time(sch)
         x = fit_draws(problem, process, top, args.draws, seed=99)
@@ -97,19 +126,25 @@ def main() -> None:
                     for label, row in pairs + [("now", r)] for name, run in stored_runs(row).items()]
             sampler = SAMPLERS[r["sampler"]]()
             hand = GRIDS[r["hand_grid"]](steps_for(sampler, sch, r["nfe"]), sch) if r.get("hand_grid") else None
-            if hand is not None and abs(float(hand[0]) - top) < 1e-9:  # the row's best hand grid, from the same draws
-                runs.append(("now", f"hand grid ({r['hand_grid']})", (sampler, hand)))
+            if hand is not None:  # the row's best hand grid, from the same draws (its first time moved to theirs)
+                moved = abs(float(hand[0]) - top) > 1e-9
+                hand = hand.clone().index_fill_(0, torch.tensor([0]), top)
+                runs.append(("now", f"hand grid ({r['hand_grid']}{f', from t = {top:g}' if moved else ''})", (sampler, hand)))
+            entry = {"process": process.name, "sampler": r["sampler"], "nfe": r["nfe"], "draws": args.draws,
+                     "command": command, "fingerprint": fingerprint(r, args.against, args.draws), "runs": []}
             for label, name, (sampler, ts) in runs:
                 e = in_chunks(lambda d, y: draw_errors(den, sampler, ts, d, y), x, target)
-                lines.append(f"| {process.name.split(' (')[0]} | {r['sampler']} | {r['nfe']} | {label} | {name} | "
-                             f"{float(e.mean().sqrt()):.4g} | {float(e.median().sqrt()):.4g} | "
-                             f"{int((e > 1).sum())} of {args.draws} |")
-                print(lines[-1], flush=True)
-    command = shlex.join(["python", "benchmarks/tuning_rows_fresh.py"] + sys.argv[1:])
-    intro = (f"Written by `{command}` ({args.draws} fresh draws): the rows of "
-             f"the {args.problem} in `docs/benchmarks/tuning.json` that differ from revision {args.against}'s, and those named, "
-             "run on draws that neither fitted nor scored them, beside the row's best hand grid (same sampler).")
-    write_report(os.path.join(OUT, report_name(args.problem)), "Tuned rows on fresh draws", intro, lines)
+                entry["runs"].append({"stored": label, "configuration": name, "rms": float(e.mean().sqrt()),
+                                      "median": float(e.median().sqrt()), "far": int((e > 1).sum())})
+                print(table({"": entry})[-1], flush=True)
+            locked_update(path, lambda results: results.update({"|".join(map(str, key(r))): entry}))
+    stored = {k: e for k, e in load_json(path).items() if any(k.startswith(p.name + "|") for p in PROCESSES)}
+    commands = ", ".join(f"`{c}`" for c in dict.fromkeys(e["command"] for e in stored.values()))
+    intro = (f"Written by {commands}: the rows of "
+             f"the {args.problem} in `docs/benchmarks/tuning.json` that differed from the named revision's, and those named, "
+             "run on fresh draws that neither fitted nor scored them, beside the row's best hand grid (same sampler). "
+             f"Each row is stored in `docs/benchmarks/{os.path.basename(path)}` when it is done.")
+    write_report(os.path.join(OUT, report_name(args.problem)), "Tuned rows on fresh draws", intro, table(stored))
 
 
 if __name__ == "__main__":
