@@ -15,6 +15,8 @@ draws, next to the same sampler's best hand grid in this run and to the best sde
     python benchmarks/tuning.py --part 2 --nfe 5 6 8 10 20   # the ODE problems only (the stored certificate is kept)
     python benchmarks/tuning.py --part 2 --rescore --problems "64-D mixture"   # score stored fits again, no fitting
     python benchmarks/tuning.py --part 2 --stale --problems "3x32x32 mixture"  # refit the rows of an older fitting
+    python benchmarks/tuning.py --part 2 --trim 0 --problems "3x32x32 mixture" --processes EDM --nfe 5 6 8 --coef-draws 200
+                                                # fits to the plain RMS, kept apart in docs/benchmarks/tuning_trim0.{json,md}
     python benchmarks/tuning.py --report        # the report again from the stored results, nothing run
 
 Each part-2 row is saved to docs/benchmarks/tuning.json when it is done (runs side by side share the
@@ -47,6 +49,7 @@ from sdeflow.files import atomic_write  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS, SCHEDULES  # noqa: E402
 from sdeflow.tuning import Teacher, TunedGrid, ays_gaussian_grid, candidate_times, endpoint_loss, exact_optimal_grid, \
     GridSpace, hand_grids, optimize_coefficients, optimize_grid, steps_for  # noqa: E402
+from sdeflow.tuning.draws import TRIM  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks")
 SAMPLER_NAMES = ["dpm-solver++-2m", "unipc-bh2", "ipndm"]
@@ -219,8 +222,9 @@ def plan(stored: list[dict], names, nfes, coef_draws: int, processes=None, sampl
     return todo
 
 
-def mixtures(todo: dict, path: str) -> None:
-    """Fit and score the rows of :func:`plan`, saving each to ``path`` as it is done."""
+def mixtures(todo: dict, path: str, trim: float = TRIM) -> None:
+    """Fit and score the rows of :func:`plan`, saving each to ``path`` as it is done; the fits leave
+    out the ``trim`` share of their worst draws (``sdeflow.tuning``'s default unless given)."""
     for problem in problems():
         for process in PROCESSES:
             if (problem.name, process.name) not in todo:
@@ -243,7 +247,7 @@ def mixtures(todo: dict, path: str) -> None:
                 sampler = SAMPLERS[name]()
                 n = steps_for(sampler, sch, nfe)
                 start = time.time()
-                tuned = optimize_grid(den, sampler, nfe, teacher=teacher, sampler_name=name)
+                tuned = optimize_grid(den, sampler, nfe, teacher=teacher, sampler_name=name, trim=trim)
                 ts = tuned.grid()
                 grid_seconds = time.time() - start
                 hand, hand_grids_ = {}, {}
@@ -261,7 +265,7 @@ def mixtures(todo: dict, path: str) -> None:
                 if on_draws:
                     g = min(on_draws, key=on_draws.get)
                     starts[g] = hand_grids_[g].clone().index_fill_(0, torch.tensor([0]), t0)
-                fits = {k: optimize_coefficients(den, sampler, v, teacher=coef_teacher, sampler_name=name)
+                fits = {k: optimize_coefficients(den, sampler, v, teacher=coef_teacher, sampler_name=name, trim=trim)
                         for k, v in starts.items()}
                 coef_grid = min(fits, key=lambda k: fits[k].heldout)
                 coef, coef_ts = fits[coef_grid], starts[coef_grid]
@@ -280,7 +284,7 @@ def mixtures(todo: dict, path: str) -> None:
                            hand_median=on_hand.get("median"), hand_grid=best_hand,
                            best_sdeflow=stored.get("sdeflow"), best_peer=stored.get("peer"),
                            best_sdeflow_median=medians.get("sdeflow"), best_peer_median=medians.get("peer"), ts=tuned.ts,
-                           coef_ts=coef_ts.tolist(), shift=coef.shift, fit_revision=FIT_REVISION)
+                           coef_ts=coef_ts.tolist(), shift=coef.shift, fit_revision=FIT_REVISION, trim=trim)
                 save_rows(path, [row])
                 peer = row["best_peer"][0] if row["best_peer"] else float("nan")
                 print(f"  {name} NFE {nfe}: tuned grid {row['tuned']:.3e}, + coefficients {row['coef']:.3e} on {coef_grid} "
@@ -313,6 +317,9 @@ def main(argv=None):
     p.add_argument("--rescore", action="store_true",
                    help="part 2: score the chosen stored rows again from their stored grids and coefficients, "
                    "without fitting (RMS and median error)")
+    p.add_argument("--trim", type=float, default=None,
+                   help="part 2: fit with this share of the worst draws left out (0: the plain RMS) instead of sdeflow.tuning's "
+                   f"default ({TRIM:g}); the rows are stored apart, in docs/benchmarks/tuning_trim<share>.json, with their report")
     p.add_argument("--report", action="store_true", help="write the report from the stored results; run nothing")
     args = p.parse_args(argv)
     for name in args.samplers or []:
@@ -322,7 +329,11 @@ def main(argv=None):
             p.error(f"{name} is stochastic or adaptive: grids are tuned for deterministic fixed-grid samplers")
     if args.rescore and (args.stale or args.refit):
         p.error("--rescore scores stored fits without fitting; it does not go with --stale or --refit")
-    path = os.path.join(OUT, "tuning.json")
+    if args.trim is not None and not 0.0 <= args.trim < 0.5:
+        p.error(f"--trim must be a share of the draws in [0, 0.5), got {args.trim}")
+    if args.trim is not None and args.part != 2:
+        p.error("--trim applies to part 2: give --part 2")
+    path = os.path.join(OUT, "tuning.json" if args.trim is None else f"tuning_trim{args.trim:g}.json")
     run = (lambda part: False) if args.report else (lambda part: args.part in (None, part))
     if run(1):
         cert = certificate([n for n in args.nfe or NFES if n in (5, 8)])
@@ -340,10 +351,10 @@ def main(argv=None):
             todo = plan(stored, args.problems, nfes, args.coef_draws, args.processes, args.samplers, args.stale, args.refit)
             print(f"{sum(map(len, todo.values()))} rows to fit ({', '.join(f'{a}, {b}' for a, b in todo) or 'none'}); "
                   "each is saved when done", flush=True)
-            mixtures(todo, path)
+            mixtures(todo, path, TRIM if args.trim is None else args.trim)
     results = load_json(path)
     text = report(results.get("certificate", []), results.get("mixtures", []), FIT_REVISION)
-    atomic_write(os.path.join(OUT, "tuning.md"), lambda tmp: open(tmp, "w").write(text))
+    atomic_write(path.removesuffix(".json") + ".md", lambda tmp: open(tmp, "w").write(text))
     print(text)
 
 

@@ -64,10 +64,11 @@ def key(r: dict) -> tuple:
     return r["process"], r["sampler"], r["nfe"]
 
 
-def fingerprint(r: dict, against: str, draws: int) -> str:
-    """What a stored result depends on: the row's grids, coefficients and hand grid, the revision it is
-    compared with and the number of draws."""
+def fingerprint(r: dict, against: str, draws: int, other: dict | None = None) -> str:
+    """What a stored result depends on: the row's grids, coefficients and hand grid, those of the row
+    fitted with another trim that runs beside it, the revision it is compared with and the number of draws."""
     what = [r["ts"], r.get("coef_ts"), r["shift"], r.get("hand_grid"), against, draws]
+    what += [other["ts"], other.get("coef_ts"), other["shift"], other["trim"]] if other else []
     return hashlib.sha1(json.dumps(what).encode()).hexdigest()[:16]
 
 
@@ -91,6 +92,9 @@ def main() -> None:
     p.add_argument("--draws", type=int, default=2000)
     p.add_argument("--problem", default=PROBLEM, choices=[q.name for q in problems()], help="the ODE problem whose rows run")
     p.add_argument("--processes", nargs="+", default=None, metavar="NAME", help="these processes only (e.g. EDM)")
+    p.add_argument("--trim", type=float, default=None,
+                   help="run beside each row the same row fitted with this trim, where docs/benchmarks/tuning_trim<trim>.json "
+                   "(benchmarks/tuning.py --trim) holds one, and run those rows")
     args = p.parse_args()
     torch.set_num_threads(1)
     now = [r for r in json.load(open(os.path.join(OUT, "tuning.json")))["mixtures"] if r["problem"] == args.problem]
@@ -98,13 +102,16 @@ def main() -> None:
                           capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout
     before = {key(r): r for r in json.loads(text)["mixtures"] if r["problem"] == args.problem}
     named = [tuple(s.split(":")) for s in args.rows]
+    other = {} if args.trim is None else {key(r): r for r in load_json(os.path.join(OUT, f"tuning_trim{args.trim:g}.json")).get(
+        "mixtures", []) if r["problem"] == args.problem}
 
     def differs(r):
         q = before.get(key(r))
         return q is not None and (q["shift"] != r["shift"] or q["ts"] != r["ts"] or q.get("coef_ts") != r.get("coef_ts"))
 
     def wanted(r):
-        return differs(r) or any(r["process"].startswith(a) and r["sampler"] == b and r["nfe"] == int(c) for a, b, c in named)
+        return differs(r) or key(r) in other or any(r["process"].startswith(a) and r["sampler"] == b and r["nfe"] == int(c)
+                                                    for a, b, c in named)
 
     problem = next(q for q in problems() if q.name == args.problem)
     path = os.path.join(OUT, report_name(args.problem).removesuffix(".md") + ".json")
@@ -112,7 +119,8 @@ def main() -> None:
     for process in PROCESSES:
         stored = load_json(path)
         rows = [r for r in now if r["process"] == process.name and wanted(r)
-                and stored.get("|".join(map(str, key(r))), {}).get("fingerprint") != fingerprint(r, args.against, args.draws)]
+                and stored.get("|".join(map(str, key(r))), {}).get("fingerprint")
+                != fingerprint(r, args.against, args.draws, other.get(key(r)))]
         if not rows or args.processes and not any(o.lower() in process.name.lower() for o in args.processes):
             continue
         print(f"{len(rows)} rows to run ({process.name}); each is saved when done", flush=True)
@@ -122,6 +130,7 @@ def main() -> None:
         target = in_chunks(lambda d: Teacher(den, d, steps=600).end, x)
         for r in rows:
             pairs = [(f"at {args.against}", before[key(r)])] if differs(r) else []
+            pairs += [(f"now, trim {args.trim:g}", other[key(r)])] if key(r) in other else []
             runs = [(label, name + ("" if name == "grid" or row["shift"] else " (own kept)"), run)
                     for label, row in pairs + [("now", r)] for name, run in stored_runs(row).items()]
             sampler = SAMPLERS[r["sampler"]]()
@@ -131,7 +140,7 @@ def main() -> None:
                 hand = hand.clone().index_fill_(0, torch.tensor([0]), top)
                 runs.append(("now", f"hand grid ({r['hand_grid']}{f', from t = {top:g}' if moved else ''})", (sampler, hand)))
             entry = {"process": process.name, "sampler": r["sampler"], "nfe": r["nfe"], "draws": args.draws,
-                     "command": command, "fingerprint": fingerprint(r, args.against, args.draws), "runs": []}
+                     "command": command, "fingerprint": fingerprint(r, args.against, args.draws, other.get(key(r))), "runs": []}
             for label, name, (sampler, ts) in runs:
                 e = in_chunks(lambda d, y: draw_errors(den, sampler, ts, d, y), x, target)
                 entry["runs"].append({"stored": label, "configuration": name, "rms": float(e.mean().sqrt()),
