@@ -84,6 +84,49 @@ def table(stored: dict) -> list[str]:
     return lines
 
 
+def kept(e: dict, stored: str) -> dict | None:
+    """The configuration a row keeps among its runs stored as ``stored``: with its coefficients where
+    it kept them, else its tuned grid alone (``None`` where it has no such runs)."""
+    runs = {c["configuration"]: c for c in e["runs"] if c["stored"] == stored}
+    return runs.get("with coefficients", runs.get("grid"))
+
+
+def counts(ratios: list[float], better: str, worse: str) -> str:
+    """How many of ``ratios`` (other / kept, RMS or median) are above 1, below 1 and within 0.5%, with their ranges."""
+    up = [r for r in ratios if r > 1.005]
+    down = [1 / r for r in ratios if r < 1 / 1.005]
+    def span(v):
+        return f" ({min(v):.2f}-{max(v):.2f}x)" if v else ""
+    return f"{better} {len(up)}{span(up)}, {worse} {len(down)}{span(down)}, equal {len(ratios) - len(up) - len(down)}"
+
+
+def summary(stored: dict) -> list[str]:
+    """Per process: how the kept configuration compares on the fresh draws with the row's best hand
+    grid, with the fit of the compared revision and with the fit of another trim, where run."""
+    lines = ["| process | rows | RMS against the best hand grid | median error against it | RMS against the fit at "
+             "the compared revision | median error against it | RMS against the fit with another trim | median error "
+             "against it |", "|---|---|---|---|---|---|---|---|"]
+    for process in PROCESSES:
+        rows = [e for e in stored.values() if e["process"] == process.name]
+        if not rows:
+            continue
+        cells = []
+        for prefix in ("hand grid", "at ", "now, trim"):
+            pairs = []
+            for e in rows:
+                now = kept(e, "now")
+                if prefix == "hand grid":
+                    other = next((c for c in e["runs"] if c["stored"] == "now" and c["configuration"].startswith(prefix)), None)
+                else:
+                    other = next((kept(e, c["stored"]) for c in e["runs"] if c["stored"].startswith(prefix)), None)
+                if now is not None and other is not None:
+                    pairs.append((other["rms"] / now["rms"], other["median"] / now["median"]))
+            cells += [counts([a for a, _ in pairs], "kept lower", "kept higher") + f" (of {len(pairs)})",
+                      counts([b for _, b in pairs], "kept lower", "kept higher")] if pairs else ["-", "-"]
+        lines.append(f"| {process.name.split(' (')[0]} | {len(rows)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--against", required=True, help="git revision whose docs/benchmarks/tuning.json the rows are compared with")
@@ -153,7 +196,9 @@ def main() -> None:
              f"the {args.problem} in `docs/benchmarks/tuning.json` that differed from the named revision's, and those named, "
              "run on fresh draws that neither fitted nor scored them, beside the row's best hand grid (same sampler). "
              f"Each row is stored in `docs/benchmarks/{os.path.basename(path)}` when it is done.")
-    write_report(os.path.join(OUT, report_name(args.problem)), "Tuned rows on fresh draws", intro, table(stored))
+    intro += (" Summary: for each row the configuration it keeps (its coefficients where it kept them, else its tuned "
+              "grid alone) against the others on the same draws; the ranges are how much lower or higher.")
+    write_report(os.path.join(OUT, report_name(args.problem)), "Tuned rows on fresh draws", intro, summary(stored), table(stored))
 
 
 if __name__ == "__main__":
