@@ -49,7 +49,7 @@ from sdeflow.files import atomic_write  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS, SCHEDULES  # noqa: E402
 from sdeflow.tuning import Teacher, TunedGrid, ays_gaussian_grid, candidate_times, endpoint_loss, exact_optimal_grid, \
     GridSpace, hand_grids, optimize_coefficients, optimize_grid, steps_for  # noqa: E402
-from sdeflow.tuning.draws import TRIM  # noqa: E402
+from sdeflow.tuning.draws import TRIM, check_trim  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks")
 SAMPLER_NAMES = ["dpm-solver++-2m", "unipc-bh2", "ipndm"]
@@ -329,8 +329,11 @@ def main(argv=None):
             p.error(f"{name} is stochastic or adaptive: grids are tuned for deterministic fixed-grid samplers")
     if args.rescore and (args.stale or args.refit):
         p.error("--rescore scores stored fits without fitting; it does not go with --stale or --refit")
-    if args.trim is not None and not 0.0 <= args.trim < 0.5:
-        p.error(f"--trim must be a share of the draws in [0, 0.5), got {args.trim}")
+    if args.trim is not None:
+        try:
+            check_trim(args.trim)
+        except ValueError as e:
+            p.error(f"--{e}")
     if args.trim is not None and args.part != 2:
         p.error("--trim applies to part 2: give --part 2")
     path = os.path.join(OUT, "tuning.json" if args.trim is None else f"tuning_trim{args.trim:g}.json")

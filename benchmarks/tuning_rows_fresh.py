@@ -17,7 +17,7 @@ an interrupted run resumes, skipping the rows already stored for the same revisi
 stored configuration.
 
     python benchmarks/tuning_rows_fresh.py --against 6ca8fda --rows DDPM:unipc-bh2:8   # writes docs/benchmarks/tuning_rows_fresh.md
-    python benchmarks/tuning_rows_fresh.py --problem "3x32x32 mixture" --against f3e2d1c --draws 500 --processes EDM
+    python benchmarks/tuning_rows_fresh.py --problem "3x32x32 mixture" --against f3e2d1c --draws 400 --processes EDM
                                                         # writes docs/benchmarks/tuning_rows_fresh_3x32x32.md
 """
 
@@ -62,6 +62,11 @@ def report_name(problem: str) -> str:
 
 def key(r: dict) -> tuple:
     return r["process"], r["sampler"], r["nfe"]
+
+
+def stored_key(r: dict) -> str:
+    """A row's :func:`key` as the key of its entry in the stored results (JSON keys are strings)."""
+    return "|".join(map(str, key(r)))
 
 
 def fingerprint(r: dict, against: str, draws: int, other: dict | None = None) -> str:
@@ -145,8 +150,13 @@ def main() -> None:
                           capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout
     before = {key(r): r for r in json.loads(text)["mixtures"] if r["problem"] == args.problem}
     named = [tuple(s.split(":")) for s in args.rows]
-    other = {} if args.trim is None else {key(r): r for r in load_json(os.path.join(OUT, f"tuning_trim{args.trim:g}.json")).get(
-        "mixtures", []) if r["problem"] == args.problem}
+    other = {}
+    if args.trim is not None:
+        trimmed = os.path.join(OUT, f"tuning_trim{args.trim:g}.json")
+        if not os.path.exists(trimmed):
+            p.error(f"--trim {args.trim:g}: {os.path.relpath(trimmed)} does not exist; benchmarks/tuning.py --part 2 "
+                    f"--trim {args.trim:g} fits those rows")
+        other = {key(r): r for r in load_json(trimmed).get("mixtures", []) if r["problem"] == args.problem}
 
     def differs(r):
         q = before.get(key(r))
@@ -162,7 +172,7 @@ def main() -> None:
     for process in PROCESSES:
         stored = load_json(path)
         rows = [r for r in now if r["process"] == process.name and wanted(r)
-                and stored.get("|".join(map(str, key(r))), {}).get("fingerprint")
+                and stored.get(stored_key(r), {}).get("fingerprint")
                 != fingerprint(r, args.against, args.draws, other.get(key(r)))]
         if not rows or args.processes and not any(o.lower() in process.name.lower() for o in args.processes):
             continue
@@ -189,7 +199,7 @@ def main() -> None:
                 entry["runs"].append({"stored": label, "configuration": name, "rms": float(e.mean().sqrt()),
                                       "median": float(e.median().sqrt()), "far": int((e > 1).sum())})
                 print(table({"": entry})[-1], flush=True)
-            locked_update(path, lambda results: results.update({"|".join(map(str, key(r))): entry}))
+            locked_update(path, lambda results: results.update({stored_key(r): entry}))
     stored = {k: e for k, e in load_json(path).items() if any(k.startswith(p.name + "|") for p in PROCESSES)}
     commands = ", ".join(f"`{c}`" for c in dict.fromkeys(e["command"] for e in stored.values()))
     intro = (f"Written by {commands}: the rows of "
