@@ -177,6 +177,33 @@ def test_a_fit_that_does_not_beat_the_best_hand_grid_gives_that_grid_with_a_warn
     assert fitted.method == "descent" and fitted.loss < fitted.best_hand[1]
 
 
+def test_holdout_is_a_share_of_the_draws_or_a_number_of_them():
+    """``holdout`` below 1 is a share of the draws (rounded), from 1 up a whole number of them, and the
+    held-out draws are the last ones: the hand grid a losing fit returns carries its error on exactly
+    those. Anything else, or a split with either side empty, is refused before any solve."""
+    from sdeflow.tuning import Split
+
+    assert [Split.fit_count(100, h) for h in (0.3, 30, 30.0, 0.25, 99)] == [70, 70, 70, 75, 1]
+    assert Split.fit_count(50, 0.3) == 35 and Split.fit_count(270, 200) == 70
+    for bad in (0, -1, 1.5, -0.3, math.nan, math.inf):
+        with pytest.raises(ValueError, match="holdout must be a share of the draws between 0 and 1, or a whole number"):
+            Split.fit_count(100, bad)
+    for n, h in ((100, 100), (100, 150), (2, 0.1)):
+        with pytest.raises(ValueError, match="cannot be split"):
+            Split.fit_count(n, h)
+    sch = SCHEDULES["vp-linear"]()
+    den, x = MIX8.denoiser(sch), MIX8.sample_t(50, sch, 1.0, torch.Generator().manual_seed(0))[0]
+    with pytest.raises(ValueError, match="holdout"):
+        optimize_grid(den, SAMPLERS["euler"](), 4, x, method="dp", candidates=4, holdout=50)
+    with pytest.warns(UserWarning, match="no better than the .* hand grid"):
+        kept = optimize_grid(den, SAMPLERS["euler"](), 4, x, method="dp", candidates=4, holdout=20)
+    from sdeflow.tuning import candidate_times
+
+    teacher = Teacher(den, x, steps=300, times=candidate_times(GridSpace(sch, 4), 4))  # the fit's own teacher
+    held = endpoint_loss(den, SAMPLERS["euler"](), kept.grid(), x[30:], teacher.end[30:], trim=0.1)
+    assert held == pytest.approx(kept.loss, rel=1e-9)
+
+
 def test_a_fit_that_sends_more_draws_to_another_component_is_not_kept():
     """On a 4-D mixture of 3 components, DPM-Solver++(2M) at NFE 4 on EDM, a descent on the loss that
     leaves out the worst 30% of 28 fitting draws beats the best hand grid on the 12 held-out draws,
@@ -391,7 +418,7 @@ def test_fitted_samplers_refuse_what_they_cannot_run():
     with pytest.raises(ValueError, match="finite"):
         FittedSampler(heun, tuple(ts.tolist()), (math.nan,) * n)
     with pytest.raises(ValueError, match="holdout"):
-        optimize_coefficients(GAUSS.denoiser(sch), heun, ts, _draws(sch, 10, 0), holdout=1.0)
+        optimize_coefficients(GAUSS.denoiser(sch), heun, ts, _draws(sch, 10, 0), holdout=1.5)
     with pytest.raises(ValueError, match="too few|cannot be split"):
         optimize_coefficients(GAUSS.denoiser(sch), heun, ts, _draws(sch, 2, 0), holdout=0.1)
 

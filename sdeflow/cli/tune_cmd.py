@@ -55,8 +55,9 @@ def add_tune_parser(sub) -> None:
                    help="also fit each sampler's coefficients on its tuned grid (through autograd, early-stopped on "
                    "held-out draws; give it several hundred --samples)")
     p.add_argument("--holdout", type=float, default=0.3,
-                   help="fraction of the draws every fit keeps aside: fits are selected on them, and kept only if "
-                   "they beat the best hand grid (or the sampler's own coefficients) there (default: 0.3)")
+                   help="draws every fit keeps aside, a share of --samples below 1 or a number of them from 1 up: "
+                   "fits are selected on them, and kept only if they beat the best hand grid (or the sampler's own "
+                   "coefficients) there (default: 0.3)")
     p.add_argument("--trim", type=float, default=0.1,
                    help="share of the worst draws the fitting error leaves out, so that the few draws ending in "
                    "another mode than the teacher's do not decide the fit (default: 0.1); 0 fits the plain RMS, "
@@ -91,6 +92,7 @@ def run_tune(args) -> None:
     from ..pretrained import load_model
     from ..sampling import prior_sample
     from ..samplers.fitted import check_fittable
+    from ..tuning.draws import check_holdout
     from ..tuning import (GridSpace, Split, Teacher, candidate_times, candidates, check_tunable, find_tuned,
                           optimize_coefficients, optimize_grid, save_tuned, steps_for, tuned_path, tuned_paths)
 
@@ -116,8 +118,10 @@ def run_tune(args) -> None:
         raise ValueError("--teleport-data fits the Gaussian of --start teleport or search; give one of those")
     if not 0.0 <= args.trim < 0.5:
         raise ValueError(f"--trim must be a share of the draws in [0, 0.5), got {args.trim}")
-    if not 0.0 < args.holdout < 1.0:
-        raise ValueError(f"--holdout must be a fraction between 0 and 1, got {args.holdout}")
+    try:
+        check_holdout(args.holdout)
+    except ValueError as e:
+        raise ValueError(f"--{e}") from None
     try:
         Split.fit_count(args.samples, args.holdout)
     except ValueError:

@@ -109,10 +109,18 @@ def cond_rows(cond: dict | None, rows, batch: int) -> dict | None:
     return {k: v[rows] if torch.is_tensor(v) and v.ndim and v.shape[0] == batch else v for k, v in cond.items()}
 
 
+def check_holdout(holdout: float) -> None:
+    """Refuse a ``holdout`` that is neither a share of the draws (between 0 and 1) nor a whole number of them."""
+    if not (0.0 < holdout < 1.0 or holdout >= 1 and float(holdout).is_integer()):
+        raise ValueError(f"holdout must be a share of the draws between 0 and 1, or a whole number of draws from 1 "
+                         f"up, got {holdout}")
+
+
 class Split:
-    """A teacher's draws split into the first ``1 - holdout`` (fitted on) and the rest (held out:
-    fits are selected, and kept at all, on them). :meth:`draws` gives ``(x_init, target, cond)`` of a part;
-    ``x_init``: the runs' first states when they are not the teacher's (a start below the top)."""
+    """A teacher's draws split into those fitted on and the last ``holdout`` (a share of them below 1,
+    a number of them from 1 up), held out: fits are selected, and kept at all, on them. :meth:`draws`
+    gives ``(x_init, target, cond)`` of a part; ``x_init``: the runs' first states when they are not
+    the teacher's (a start below the top)."""
 
     def __init__(self, teacher: "Teacher", holdout: float = HOLDOUT, x_init: torch.Tensor | None = None):
         self.n_fit = self.fit_count(teacher.x_init.shape[0], holdout)
@@ -122,9 +130,8 @@ class Split:
     @staticmethod
     def fit_count(n: int, holdout: float) -> int:
         """How many of ``n`` draws a fit sees at ``holdout``; refused unless both parts have at least one."""
-        if not 0.0 < holdout < 1.0:
-            raise ValueError(f"holdout must be a fraction between 0 and 1, got {holdout}")
-        n_fit = int(round(n * (1.0 - holdout)))
+        check_holdout(holdout)
+        n_fit = int(round(n * (1.0 - holdout))) if holdout < 1 else n - int(holdout)
         if not 1 <= n_fit < n:
             raise ValueError(f"{n} draws cannot be split into fitting and held-out draws at holdout={holdout}: "
                              "use more draws")
