@@ -204,6 +204,42 @@ def test_holdout_is_a_share_of_the_draws_or_a_number_of_them():
     assert held == pytest.approx(kept.loss, rel=1e-9)
 
 
+def test_check_draws_alone_decide_whether_a_fit_is_kept():
+    """With ``check``, the last draws take no part in the fit or its selection and alone decide whether
+    it is kept. Fitted on the same first 35 of these draws and selected on the same next 15, Euler's
+    grid at NFE 5 is kept, or the best hand grid returned, as the rule (trimmed error lower and RMS no
+    higher than the hand grid's) says on the 10 check draws, computed here, whatever the held-out
+    draws say: for draw seed 7 they refuse the fit and the check draws keep it, for seed 12 the
+    reverse. The split itself: fitted, held-out and check draws in that order, each a share below 1
+    or a number from 1 up, and refused where a part would be empty."""
+    from sdeflow.tuning import Split, hand_grids
+
+    assert Split.fit_count(1400, 300, 400) == 700 and Split.fit_count(100, 0.3, 0.2) == 50
+    for n, h, c in ((100, 50, 50), (100, 0.3, 0.001)):
+        with pytest.raises(ValueError, match="cannot be split"):
+            Split.fit_count(n, h, c)
+    with pytest.raises(ValueError, match="check must be a share of the draws"):
+        Split.fit_count(100, 0.3, 2.5)
+    sch, euler = SCHEDULES["vp-linear"](), SAMPLERS["euler"]()
+    den = MIX8.denoiser(sch)
+    hands = hand_grids(sch, 5, grids.start_time(sch))
+    for seed, held_keeps in ((7, False), (12, True)):
+        x = MIX8.sample_t(60, sch, 1.0, torch.Generator().manual_seed(seed))[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plain = optimize_grid(den, euler, 5, x[:50], method="descent", starts=1, iters=20)
+            checked = optimize_grid(den, euler, 5, x, method="descent", starts=1, iters=20, holdout=15, check=10)
+        assert (plain.method == "descent") == held_keeps and (checked.method == "descent") != held_keeps
+        fitted = torch.tensor(checked.ts if checked.method == "descent" else plain.ts, dtype=torch.float64)
+        hand = hands[checked.best_hand[0]]
+        split = Split(Teacher(den, x, steps=300), 15, check=10)
+        assert split.parts["check"] == slice(50, None) and split.parts["held"] == slice(35, 50)
+        (fit_c, fit_rms), (hand_c, hand_rms) = (split.held_out(den, euler, g, 0.1, "check") for g in (fitted, hand))
+        assert (fit_c < hand_c and fit_rms <= hand_rms) == (checked.method == "descent")
+        if checked.method != "descent":
+            assert checked.ts == hand.tolist()
+
+
 def test_a_fit_that_sends_more_draws_to_another_component_is_not_kept():
     """On a 4-D mixture of 3 components, DPM-Solver++(2M) at NFE 4 on EDM, a descent on the loss that
     leaves out the worst 30% of 28 fitting draws beats the best hand grid on the 12 held-out draws,
@@ -253,6 +289,39 @@ def test_coefficients_that_lose_in_the_rms_over_all_draws_are_not_kept(monkeypat
     monkeypatch.setattr(module, "run_error", worse_on_all)
     with pytest.warns(UserWarning, match="RMS over all the draws"):
         dropped = optimize_coefficients(den, heun, ts, x)
+    assert dropped.shift is None and dropped.loss == dropped.base_loss
+
+
+def test_coefficients_are_kept_by_the_check_draws_alone(monkeypatch):
+    """With ``check=10`` the last 10 of 60 draws take no part in the fit: on the same first 35 fitting
+    and next 15 held-out draws it fits the same coefficients as without them. They alone decide: made
+    to score every run with changed coefficients 1000x worse, they drop the coefficients, with a
+    warning, though the held-out draws would keep them."""
+    import sdeflow.tuning.coefficients as module
+
+    sch, heun = SCHEDULES["rectified-flow"](), SAMPLERS["heun"]()
+    ts = GRIDS["uniform"](steps_for(heun, sch, 5), sch)
+    x = _draws(sch, 60, 0)
+    den = GAUSS.denoiser(sch)
+    alone = optimize_coefficients(den, heun, ts, x[:50])
+    checked = optimize_coefficients(den, heun, ts, x, holdout=15, check=10)
+    assert alone.shift is not None and checked.shift == pytest.approx(alone.shift, rel=1e-6, abs=1e-9)
+    own = coefficient_values(heun.prepare(sch, ts).coef)
+    plain_run, plain_with, changed = module.run_error, module.with_coefficients, {}
+
+    def noting(coef, values):  # which plans carry coefficients other than the sampler's own
+        out = plain_with(coef, values)
+        changed[id(out)] = any(float(torch.as_tensor(v).detach()) != b for v, b in zip(values, own))
+        return out
+
+    def worse_on_check(sampler, plan, field, xs, target, cut=0.0):
+        err = plain_run(sampler, plan, field, xs, target, cut)
+        return err * 1000 if changed.get(id(plan.coef)) and xs.shape[0] == 10 else err
+
+    monkeypatch.setattr(module, "with_coefficients", noting)
+    monkeypatch.setattr(module, "run_error", worse_on_check)
+    with pytest.warns(UserWarning, match="on the 10 check draws"):
+        dropped = optimize_coefficients(den, heun, ts, x, holdout=15, check=10)
     assert dropped.shift is None and dropped.loss == dropped.base_loss
 
 
@@ -371,6 +440,10 @@ def test_tune_writes_grids_beside_the_checkpoint_and_sample_uses_them(tmp_path, 
     assert after.ts == before.ts and after.shift is not None and before.shift is None
     r = cli_here("tune", "--checkpoint", ckpt, "--sampler", "euler", "--nfe", "4", "--method", "stored")
     assert r.returncode == 1 and "add --coefficients" in r.stderr
+    r = cli_here("tune", "--checkpoint", ckpt, "--sampler", "euler", "--nfe", "4", "--samples", "30", "--teacher-steps",
+                 "20", "--method", "dp", "--holdout", "10", "--check-draws", "10", "--out", tmp_path / "checked.json")
+    assert r.returncode == 0 and "euler NFE 4" in r.stdout, r.stderr
+    assert find_tuned(str(tmp_path / "checked.json"), "euler", 4).samples == 30
     r = cli_here("tune", "--checkpoint", ckpt, "--sampler", "euler", "--nfe", "7", "--method", "stored", "--coefficients")
     assert r.returncode == 1 and "no grid tuned for euler at NFE 7" in r.stderr
     r = cli_here("tune", "--checkpoint", ckpt, "--sampler", "ddpm", "--nfe", "4")

@@ -58,6 +58,10 @@ def add_tune_parser(sub) -> None:
                    help="draws every fit keeps aside, a share of --samples below 1 or a number of them from 1 up: "
                    "fits are selected on them, and kept only if they beat the best hand grid (or the sampler's own "
                    "coefficients) there (default: 0.3)")
+    p.add_argument("--check-draws", type=float, default=0,
+                   help="draws kept apart from every fit and its selection, a share of --samples below 1 or a number "
+                   "of them from 1 up: where given, they alone decide whether a fit is kept against the best hand "
+                   "grid (or the sampler's own coefficients); the held-out draws also selected it (default: none)")
     p.add_argument("--trim", type=float, default=0.1,
                    help="share of the worst draws the fitting error leaves out, so that the few draws ending in "
                    "another mode than the teacher's do not decide the fit (default: 0.1); 0 fits the plain RMS, "
@@ -120,12 +124,15 @@ def run_tune(args) -> None:
         raise ValueError(f"--trim must be a share of the draws in [0, 0.5), got {args.trim}")
     try:
         check_holdout(args.holdout)
+        if args.check_draws:
+            check_holdout(args.check_draws, "check-draws")
     except ValueError as e:
         raise ValueError(f"--{e}") from None
     try:
-        Split.fit_count(args.samples, args.holdout)
+        Split.fit_count(args.samples, args.holdout, args.check_draws)
     except ValueError:
-        raise ValueError(f"tuning needs draws on both sides of --holdout {args.holdout}; "
+        also = f" and --check-draws {args.check_draws:g}" if args.check_draws else ""
+        raise ValueError(f"tuning needs draws to fit on and to hold out at --holdout {args.holdout:g}{also}; "
                          f"{args.samples} --samples are too few") from None
     model = load_model(args.checkpoint)
     den, sch = model.denoiser, model.denoiser.schedule
@@ -182,7 +189,8 @@ def run_tune(args) -> None:
             given = {"teacher": teacher} if teacher is not None else {"x_init": x, "cond": cond, "teacher_steps": args.teacher_steps}
             tuned = optimize_grid(den, sampler, budget, sampler_name=name, method=args.method,
                                   starts=args.starts, gradient=args.gradient, iters=args.iterations,
-                                  holdout=args.holdout, trim=args.trim, start=args.start, teleport=gauss, **given)
+                                  holdout=args.holdout, check=args.check_draws, trim=args.trim, start=args.start,
+                                  teleport=gauss, **given)
             hand, hand_loss = tuned.best_hand
             result = (f"no fit beat the {hand} hand grid, kept (held-out error {hand_loss:.3g})"
                       if tuned.method.startswith("hand:")
@@ -198,7 +206,8 @@ def run_tune(args) -> None:
                 raise ValueError(f"the {name} grid at NFE {tuned.nfe} starts {tuned.start}: coefficients are fitted on "
                                  "grids that start at the top")
             tuned = optimize_coefficients(den, sampler, tuned.grid(), teacher=teacher, sampler_name=name,
-                                          holdout=args.holdout, trim=args.trim, tuned=tuned, rounds=args.rounds)
+                                          holdout=args.holdout, check=args.check_draws, trim=args.trim, tuned=tuned,
+                                          rounds=args.rounds)
             kept = (f"{len(tuned.shift)} coefficients" if tuned.shift is not None
                     else f"not kept: {name}'s own are as good")
             print(f"  coefficients: held-out error {tuned.loss:.3g} vs {tuned.base_loss:.3g} with {name}'s own "

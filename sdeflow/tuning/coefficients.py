@@ -35,7 +35,7 @@ from .store import TunedGrid
 def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = None, *, teacher: Teacher | None = None,
                           sampler_name: str | None = None, cond: dict | None = None, holdout: float = HOLDOUT,
                           trim: float = TRIM, rounds: int = 15, iters: int = 10, patience: int = 3,
-                          teacher_steps: int = 300, tuned: TunedGrid | None = None) -> TunedGrid:
+                          teacher_steps: int = 300, tuned: TunedGrid | None = None, check: float = 0) -> TunedGrid:
     """Coefficients of ``sampler`` on the grid ``ts`` fitted to ``denoiser`` on the draws ``x_init`` of
     ``p_{ts[0]}`` (or on a :class:`~.draws.Teacher` already computed from ``ts[0]`` on them), by L-BFGS
     through autograd on the error without the ``trim`` share of the worst draws, with early stopping on
@@ -47,7 +47,9 @@ def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = N
     held-out trimmed error with them and ``base_loss`` without, ``heldout`` the held-out RMS with
     them. Coefficients that do not beat the sampler's own on the held-out draws (trimmed error and
     RMS), or lose to them in the RMS over all the draws, are not kept: ``shift`` is then ``None``, with
-    a warning. ``tuned``:
+    a warning. ``check`` (none by default): the last draws kept apart from the fit and its early
+    stopping, which then alone decide whether the coefficients are kept (as for
+    :func:`~.fit.optimize_grid`). ``tuned``:
     the :class:`TunedGrid` that fitted ``ts`` (its hand losses and cost carry over; the cost grows by
     this fit's evaluations, forward in ``cost_nfe`` and differentiated in ``cost_grad``)."""
     label = sampler_name or type(sampler).__name__
@@ -57,7 +59,7 @@ def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = N
         raise ValueError(f"rounds, iters and patience must be >= 1, got {rounds}, {iters}, {patience}")
     if (x_init is None) == (teacher is None):
         raise ValueError("give the draws x_init or a Teacher computed on them, not both")
-    Split.fit_count((teacher.x_init if teacher is not None else x_init).shape[0], holdout)  # before the teacher's solve
+    Split.fit_count((teacher.x_init if teacher is not None else x_init).shape[0], holdout, check)  # before the solve
     sch = denoiser.schedule
     plan = planned(sampler, sch, ts)
     check_ode_velocity(denoiser, sampler, plan)
@@ -68,7 +70,7 @@ def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = N
         teacher_calls = teacher.calls
     elif abs(teacher.t_max - float(ts[0])) > 1e-9:
         raise ValueError(f"the teacher starts at t = {teacher.t_max:.6g} but the grid at t = {float(ts[0]):.6g}")
-    split = Split(teacher, holdout)
+    split = Split(teacher, holdout, check=check)
     x = teacher.x_init
     counted = CountedDenoiser(denoiser, x.dtype)
     base = torch.tensor(coefficient_values(plan.coef), dtype=torch.float64)
@@ -117,7 +119,13 @@ def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = N
     loss, rms = value(best_r, "held"), value(best_r, "held", 0.0)
     shift = best_r.tolist()
     why = None
-    if not (loss < base_loss and rms <= base_rms):
+    if split.n_check:  # the draws kept for this decision alone make it
+        fit_c = value(best_r, "check"), value(best_r, "check", 0.0)
+        base_c = value(zero, "check"), value(zero, "check", 0.0)
+        if not (fit_c[0] < base_c[0] and fit_c[1] <= base_c[1]):
+            why = (f"on the {split.n_check} check draws (error {fit_c[0]:.3g} against {base_c[0]:.3g}, RMS "
+                   f"{fit_c[1]:.3g} against {base_c[1]:.3g})")
+    elif not (loss < base_loss and rms <= base_rms):
         why = (f"on the held-out draws (error {loss:.3g} against {base_loss:.3g}, RMS {rms:.3g} against "
                f"{base_rms:.3g})")
     else:

@@ -109,46 +109,63 @@ def cond_rows(cond: dict | None, rows, batch: int) -> dict | None:
     return {k: v[rows] if torch.is_tensor(v) and v.ndim and v.shape[0] == batch else v for k, v in cond.items()}
 
 
-def check_holdout(holdout: float) -> None:
-    """Refuse a ``holdout`` that is neither a share of the draws (between 0 and 1) nor a whole number of them."""
+def check_holdout(holdout: float, name: str = "holdout") -> None:
+    """Refuse a ``holdout`` (or ``check``) that is neither a share of the draws (between 0 and 1) nor a
+    whole number of them."""
     if not (0.0 < holdout < 1.0 or holdout >= 1 and float(holdout).is_integer()):
-        raise ValueError(f"holdout must be a share of the draws between 0 and 1, or a whole number of draws from 1 "
+        raise ValueError(f"{name} must be a share of the draws between 0 and 1, or a whole number of draws from 1 "
                          f"up, got {holdout}")
 
 
 class Split:
-    """A teacher's draws split into those fitted on and the last ``holdout`` (a share of them below 1,
-    a number of them from 1 up), held out: fits are selected, and kept at all, on them. :meth:`draws`
-    gives ``(x_init, target, cond)`` of a part; ``x_init``: the runs' first states when they are not
-    the teacher's (a start below the top)."""
+    """A teacher's draws split into those fitted on, the next ``holdout`` (held out: fits are selected
+    on them, and kept at all only if they beat the best hand grid there) and the last ``check`` (kept
+    for that decision alone, which they then make instead; none by default). Each is a share of the
+    draws below 1, a number of them from 1 up. :meth:`draws` gives ``(x_init, target, cond)`` of a
+    part; ``x_init``: the runs' first states when they are not the teacher's (a start below the top)."""
 
-    def __init__(self, teacher: "Teacher", holdout: float = HOLDOUT, x_init: torch.Tensor | None = None):
-        self.n_fit = self.fit_count(teacher.x_init.shape[0], holdout)
+    def __init__(self, teacher: "Teacher", holdout: float = HOLDOUT, x_init: torch.Tensor | None = None,
+                 check: float = 0):
+        n = teacher.x_init.shape[0]
+        self.n_fit = self.fit_count(n, holdout, check)
+        self.n_check = self.count(n, check) if check else 0
         self.teacher, self.x_init = teacher, teacher.x_init if x_init is None else x_init
-        self.parts = {"fit": slice(0, self.n_fit), "held": slice(self.n_fit, None), "all": slice(None)}
+        end = n - self.n_check
+        self.parts = {"fit": slice(0, self.n_fit), "held": slice(self.n_fit, end), "check": slice(end, None),
+                      "all": slice(0, end)}
 
     @staticmethod
-    def fit_count(n: int, holdout: float) -> int:
-        """How many of ``n`` draws a fit sees at ``holdout``; refused unless both parts have at least one."""
+    def count(n: int, share: float) -> int:
+        """How many of ``n`` draws a share below 1 (rounded) or a number from 1 up is."""
+        return n - int(round(n * (1.0 - share))) if share < 1 else int(share)
+
+    @staticmethod
+    def fit_count(n: int, holdout: float, check: float = 0) -> int:
+        """How many of ``n`` draws a fit sees at ``holdout`` and ``check``; refused unless the fitted and
+        held-out parts have at least one draw each (and the check part, where asked for)."""
         check_holdout(holdout)
-        n_fit = int(round(n * (1.0 - holdout))) if holdout < 1 else n - int(holdout)
-        if not 1 <= n_fit < n:
-            raise ValueError(f"{n} draws cannot be split into fitting and held-out draws at holdout={holdout}: "
-                             "use more draws")
+        if check:
+            check_holdout(check, "check")
+        n_held, n_check = Split.count(n, holdout), Split.count(n, check) if check else 0
+        n_fit = n - n_held - n_check
+        if n_fit < 1 or n_held < 1 or check and n_check < 1:
+            raise ValueError(f"{n} draws cannot be split into fitting and held-out draws at holdout={holdout}"
+                             f"{f' and check={check}' if check else ''}: use more draws")
         return n_fit
 
     def draws(self, which: str):
         sl, t = self.parts[which], self.teacher
         return self.x_init[sl], t.end[sl], cond_rows(t.cond, sl, t.x_init.shape[0])
 
-    def held_out(self, denoiser, sampler, ts, trim: float) -> tuple[float, float]:
-        """``(trimmed RMS, RMS)`` of ``sampler`` on ``ts`` over the held-out draws (``inf`` if not finite)."""
-        err = draw_errors(denoiser, sampler, ts, *self.draws("held"))
+    def held_out(self, denoiser, sampler, ts, trim: float, which: str = "held") -> tuple[float, float]:
+        """``(trimmed RMS, RMS)`` of ``sampler`` on ``ts`` over the held-out draws (or the part ``which``;
+        ``inf`` if not finite)."""
+        err = draw_errors(denoiser, sampler, ts, *self.draws(which))
         out = float(trimmed_rms(err, trim)), float(trimmed_rms(err))
         return tuple(v if math.isfinite(v) else math.inf for v in out)
 
     def rms(self, denoiser, sampler, ts) -> float:
-        """The plain RMS of ``sampler`` on ``ts`` over all the draws, fitted and held out (``inf`` if not
+        """The plain RMS of ``sampler`` on ``ts`` over all the draws fitted and held out (``inf`` if not
         finite). A fit's trimmed loss is blind to the ``trim`` share of its worst fitting draws, so it can
         buy a lower typical error by sending a few more of them to another component: this shows it."""
         v = float(trimmed_rms(draw_errors(denoiser, sampler, ts, *self.draws("all"))))

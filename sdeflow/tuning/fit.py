@@ -202,7 +202,8 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
                   sampler_name: str | None = None, cond: dict | None = None, method: str = "dp+descent",
                   candidates: int = 40, starts: int = 3, iters: int = 60, teacher_steps: int = 300,
                   t_max: float | None = None, gradient: str = "autograd", holdout: float = HOLDOUT,
-                  trim: float = TRIM, start: str = "top", teleport=None, t_skip: float | None = None) -> TunedGrid:
+                  trim: float = TRIM, start: str = "top", teleport=None, t_skip: float | None = None,
+                  check: float = 0) -> TunedGrid:
     """A grid for ``denoiser``, ``sampler`` and a budget of ``nfe`` evaluations, fitted on the draws
     ``x_init`` of ``p_{t_max}`` (about 100 are enough; see :func:`~sdeflow.sampling.prior_sample`)
     against the teacher (see the module docstring for ``method``), or against a :class:`Teacher`
@@ -234,7 +235,10 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
     trimmed error and in the plain RMS, and is no worse than that grid in the plain RMS over all the
     draws (the trimmed loss cannot see a fit that sends a few more of its fitting draws to another
     component: :meth:`Split.rms`); otherwise that hand grid is returned (``method =
-    "hand:<name>"``), with a warning that says so.
+    "hand:<name>"``), with a warning that says so. Those draws also selected the fit, which flatters it;
+    ``check`` (a share of the draws below 1, a number of them from 1 up; none by default) keeps the
+    last draws apart from fitting and selection, and the decision is made on them alone: the fit is
+    kept only if it beats that hand grid there, in the trimmed error and in the plain RMS.
 
     Returns a :class:`TunedGrid` whose ``loss`` and ``hand`` are the held-out trimmed errors of the
     returned grid and of every hand grid, ``heldout`` the returned grid's held-out RMS, ``start`` its
@@ -262,7 +266,7 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
         raise ValueError("a teleport start is fitted on the draws x_init (its teacher starts from the Gaussian's own "
                          "state at the top): give x_init, not teacher")
     draws = teacher.x_init if teacher is not None else x_init
-    Split.fit_count(draws.shape[0], holdout)  # refused now, before the teacher's solve
+    Split.fit_count(draws.shape[0], holdout, check)  # refused now, before the teacher's solve
     sch = denoiser.schedule
     n = steps_for(sampler, sch, nfe)
     t_max = teacher.t_max if teacher is not None else t_max
@@ -283,7 +287,7 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
         teacher = Teacher(denoiser, draws, cond=cond, t_max=space.t_max, steps=teacher_steps,
                           times=candidate_times(space, candidates) if want_dp else None)
         teacher_calls = teacher.calls
-    split = Split(teacher, holdout)
+    split = Split(teacher, holdout, check=check)
     counted = CountedDenoiser(denoiser, teacher.x_init.dtype)
     hands = hand_grids(sch, n, space.t_max)
     held = {name: split.held_out(counted, sampler, ts, trim) for name, ts in hands.items()}
@@ -302,7 +306,7 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
             below = GridSpace(sch, n, t_s)
         except ValueError:  # a skip down to the smallest time leaves no grid to fit (Gaussian data): give t_skip
             continue
-        option_split = Split(teacher, holdout, x_s)
+        option_split = Split(teacher, holdout, x_s, check)
         fitted, score, used = _fit_from(counted, sampler, below, teacher, option_split,
                                         method if option == "top" else "descent", starts, iters, gradient, trim, label)
         slope = used or slope
@@ -312,7 +316,13 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
     why = None if ts is not None else "gives no finite result"
     if ts is not None and hand_best is not None:
         (hand_loss, hand_rms), name = hand_best
-        if not (best[0] < hand_loss and best[1] <= hand_rms):
+        if split.n_check:  # the draws kept for this decision alone make it
+            (fit_c, fit_rms), (hand_c, hand_rms) = (s.held_out(counted, sampler, g, trim, "check")
+                                                     for s, g in ((chosen_split, ts), (split, hands[name])))
+            if not (fit_c < hand_c and fit_rms <= hand_rms):
+                why = (f"is no better than the {name} hand grid on the {split.n_check} check draws (error "
+                       f"{fit_c:.3g} against {hand_c:.3g}, RMS {fit_rms:.3g} against {hand_rms:.3g})")
+        elif not (best[0] < hand_loss and best[1] <= hand_rms):
             why = (f"is no better than the {name} hand grid on the held-out draws (error {best[0]:.3g} against "
                    f"{hand_loss:.3g}, RMS {best[1]:.3g} against {hand_rms:.3g})")
         else:
