@@ -90,10 +90,13 @@ def table(stored: dict) -> list[str]:
 
 
 def kept(e: dict, stored: str) -> dict | None:
-    """The configuration a row keeps among its runs stored as ``stored``: with its coefficients where
-    it kept them, else its tuned grid alone (``None`` where it has no such runs)."""
-    runs = {c["configuration"]: c for c in e["runs"] if c["stored"] == stored}
-    return runs.get("with coefficients", runs.get("grid"))
+    """The configuration a row ends with among its runs stored as ``stored``: its second stage's, the
+    coefficients fitted on the grid the row chose for them (the tuned grid or a hand grid), or that
+    grid with the sampler's own coefficients where the fit was not kept; its tuned grid alone where
+    the row has no second stage (``None`` where it has no such runs)."""
+    runs = [c for c in e["runs"] if c["stored"] == stored]
+    return next((c for c in runs if c["configuration"].startswith("with coefficients")),
+                next((c for c in runs if c["configuration"] == "grid"), None))
 
 
 def counts(ratios: list[float], better: str, worse: str) -> str:
