@@ -262,31 +262,37 @@ def test_a_fit_that_sends_more_draws_to_another_component_is_not_kept():
     assert split.rms(den, sampler, kept.grid()) == pytest.approx(float(err.mean().sqrt()), rel=1e-12)
 
 
+def _worse_with_changed_coefficients(monkeypatch, sampler, sch, ts, batch: int) -> None:
+    """Make ``optimize_coefficients`` score every run over ``batch`` draws whose coefficients differ from
+    ``sampler``'s own on ``ts`` 1000x worse (which plans carry changed coefficients is noted as they are made)."""
+    import sdeflow.tuning.coefficients as module
+
+    own = coefficient_values(sampler.prepare(sch, ts).coef)
+    plain_run, plain_with, changed = module.run_error, module.with_coefficients, {}
+
+    def noting(coef, values):
+        out = plain_with(coef, values)
+        changed[id(out)] = any(float(torch.as_tensor(v).detach()) != b for v, b in zip(values, own))
+        return out
+
+    def worse(sampler, plan, field, xs, target, cut=0.0):
+        err = plain_run(sampler, plan, field, xs, target, cut)
+        return err * 1000 if changed.get(id(plan.coef)) and xs.shape[0] == batch else err
+
+    monkeypatch.setattr(module, "with_coefficients", noting)
+    monkeypatch.setattr(module, "run_error", worse)
+
+
 def test_coefficients_that_lose_in_the_rms_over_all_draws_are_not_kept(monkeypatch):
     """Coefficients that win on the held-out draws are still dropped, with a warning, where the run with
     them has the larger RMS over all the draws (here made so by scoring every full-batch run with
     changed coefficients 1000x worse); without that, the same fit keeps them."""
-    import sdeflow.tuning.coefficients as module
-
     sch, heun = SCHEDULES["rectified-flow"](), SAMPLERS["heun"]()
     ts = GRIDS["uniform"](steps_for(heun, sch, 5), sch)
     x = _draws(sch, 50, 0)
     den = GAUSS.denoiser(sch)
     assert optimize_coefficients(den, heun, ts, x).shift is not None
-    own = coefficient_values(heun.prepare(sch, ts).coef)
-    plain_run, plain_with, changed = module.run_error, module.with_coefficients, {}
-
-    def noting(coef, values):  # which plans carry coefficients other than the sampler's own
-        out = plain_with(coef, values)
-        changed[id(out)] = any(float(torch.as_tensor(v).detach()) != b for v, b in zip(values, own))
-        return out
-
-    def worse_on_all(sampler, plan, field, xs, target, cut=0.0):
-        err = plain_run(sampler, plan, field, xs, target, cut)
-        return err * 1000 if changed.get(id(plan.coef)) and xs.shape[0] == x.shape[0] else err
-
-    monkeypatch.setattr(module, "with_coefficients", noting)
-    monkeypatch.setattr(module, "run_error", worse_on_all)
+    _worse_with_changed_coefficients(monkeypatch, heun, sch, ts, x.shape[0])
     with pytest.warns(UserWarning, match="RMS over all the draws"):
         dropped = optimize_coefficients(den, heun, ts, x)
     assert dropped.shift is None and dropped.loss == dropped.base_loss
@@ -297,8 +303,6 @@ def test_coefficients_are_kept_by_the_check_draws_alone(monkeypatch):
     and next 15 held-out draws it fits the same coefficients as without them. They alone decide: made
     to score every run with changed coefficients 1000x worse, they drop the coefficients, with a
     warning, though the held-out draws would keep them."""
-    import sdeflow.tuning.coefficients as module
-
     sch, heun = SCHEDULES["rectified-flow"](), SAMPLERS["heun"]()
     ts = GRIDS["uniform"](steps_for(heun, sch, 5), sch)
     x = _draws(sch, 60, 0)
@@ -306,20 +310,7 @@ def test_coefficients_are_kept_by_the_check_draws_alone(monkeypatch):
     alone = optimize_coefficients(den, heun, ts, x[:50])
     checked = optimize_coefficients(den, heun, ts, x, holdout=15, check=10)
     assert alone.shift is not None and checked.shift == pytest.approx(alone.shift, rel=1e-6, abs=1e-9)
-    own = coefficient_values(heun.prepare(sch, ts).coef)
-    plain_run, plain_with, changed = module.run_error, module.with_coefficients, {}
-
-    def noting(coef, values):  # which plans carry coefficients other than the sampler's own
-        out = plain_with(coef, values)
-        changed[id(out)] = any(float(torch.as_tensor(v).detach()) != b for v, b in zip(values, own))
-        return out
-
-    def worse_on_check(sampler, plan, field, xs, target, cut=0.0):
-        err = plain_run(sampler, plan, field, xs, target, cut)
-        return err * 1000 if changed.get(id(plan.coef)) and xs.shape[0] == 10 else err
-
-    monkeypatch.setattr(module, "with_coefficients", noting)
-    monkeypatch.setattr(module, "run_error", worse_on_check)
+    _worse_with_changed_coefficients(monkeypatch, heun, sch, ts, 10)
     with pytest.warns(UserWarning, match="on the 10 check draws"):
         dropped = optimize_coefficients(den, heun, ts, x, holdout=15, check=10)
     assert dropped.shift is None and dropped.loss == dropped.base_loss
