@@ -60,8 +60,8 @@ def add_tune_parser(sub) -> None:
                    "coefficients) there (default: 0.3)")
     p.add_argument("--check-draws", type=float, default=0,
                    help="draws kept apart from every fit and its selection, a share of --samples below 1 or a number "
-                   "of them from 1 up: where given, they alone decide whether a fit is kept against the best hand "
-                   "grid (or the sampler's own coefficients); the held-out draws also selected it (default: none)")
+                   "of them from 1 up: a fit is kept only if it beats the best hand grid (or the sampler's own "
+                   "coefficients) on them too, as the held-out draws that selected it (default: none)")
     p.add_argument("--trim", type=float, default=0.1,
                    help="share of the worst draws the fitting error leaves out, so that the few draws ending in "
                    "another mode than the teacher's do not decide the fit (default: 0.1); 0 fits the plain RMS, "

@@ -48,7 +48,7 @@ def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = N
     them. Coefficients that do not beat the sampler's own on the held-out draws (trimmed error and
     RMS), or lose to them in the RMS over all the draws, are not kept: ``shift`` is then ``None``, with
     a warning. ``check`` (none by default): the last draws kept apart from the fit and its early
-    stopping, which then alone decide whether the coefficients are kept (as for
+    stopping, on which the coefficients must beat the sampler's own too (as for
     :func:`~.fit.optimize_grid`). ``tuned``:
     the :class:`TunedGrid` that fitted ``ts`` (its hand losses and cost carry over; the cost grows by
     this fit's evaluations, forward in ``cost_nfe`` and differentiated in ``cost_grad``)."""
@@ -119,13 +119,7 @@ def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = N
     loss, rms = value(best_r, "held"), value(best_r, "held", 0.0)
     shift = best_r.tolist()
     why = None
-    if split.n_check:  # the draws kept for this decision alone make it
-        fit_c = value(best_r, "check"), value(best_r, "check", 0.0)
-        base_c = value(zero, "check"), value(zero, "check", 0.0)
-        if not (fit_c[0] < base_c[0] and fit_c[1] <= base_c[1]):
-            why = (f"on the {split.n_check} check draws (error {fit_c[0]:.3g} against {base_c[0]:.3g}, RMS "
-                   f"{fit_c[1]:.3g} against {base_c[1]:.3g})")
-    elif not (loss < base_loss and rms <= base_rms):
+    if not (loss < base_loss and rms <= base_rms):
         why = (f"on the held-out draws (error {loss:.3g} against {base_loss:.3g}, RMS {rms:.3g} against "
                f"{base_rms:.3g})")
     else:
@@ -133,6 +127,12 @@ def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = N
         if not fit_all <= base_all:
             why = (f"in the RMS over all the draws ({fit_all:.3g} against {base_all:.3g}: the trimmed loss gave up "
                    "some of the draws it was fitted on)")
+    if why is None and split.n_check:  # draws that neither fitted nor stopped the fit have their say too
+        fit_c = value(best_r, "check"), value(best_r, "check", 0.0)
+        base_c = value(zero, "check"), value(zero, "check", 0.0)
+        if not (fit_c[0] < base_c[0] and fit_c[1] <= base_c[1]):
+            why = (f"on the {split.n_check} check draws (error {fit_c[0]:.3g} against {base_c[0]:.3g}, RMS "
+                   f"{fit_c[1]:.3g} against {base_c[1]:.3g})")
     if why is not None:
         warnings.warn(f"fitted coefficients for {label} at NFE {plan.nfe} are no better than its own {why}: "
                       f"{label}'s own coefficients are kept", stacklevel=2)

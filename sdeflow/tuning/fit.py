@@ -237,8 +237,8 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
     component: :meth:`Split.rms`); otherwise that hand grid is returned (``method =
     "hand:<name>"``), with a warning that says so. Those draws also selected the fit, which flatters it;
     ``check`` (a share of the draws below 1, a number of them from 1 up; none by default) keeps the
-    last draws apart from fitting and selection, and the decision is made on them alone: the fit is
-    kept only if it beats that hand grid there, in the trimmed error and in the plain RMS.
+    last draws apart from fitting and selection, and the fit must beat that hand grid there too, in
+    the trimmed error and in the plain RMS.
 
     Returns a :class:`TunedGrid` whose ``loss`` and ``hand`` are the held-out trimmed errors of the
     returned grid and of every hand grid, ``heldout`` the returned grid's held-out RMS, ``start`` its
@@ -316,13 +316,7 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
     why = None if ts is not None else "gives no finite result"
     if ts is not None and hand_best is not None:
         (hand_loss, hand_rms), name = hand_best
-        if split.n_check:  # the draws kept for this decision alone make it
-            (fit_c, fit_rms), (hand_c, hand_rms) = (s.held_out(counted, sampler, g, trim, "check")
-                                                     for s, g in ((chosen_split, ts), (split, hands[name])))
-            if not (fit_c < hand_c and fit_rms <= hand_rms):
-                why = (f"is no better than the {name} hand grid on the {split.n_check} check draws (error "
-                       f"{fit_c:.3g} against {hand_c:.3g}, RMS {fit_rms:.3g} against {hand_rms:.3g})")
-        elif not (best[0] < hand_loss and best[1] <= hand_rms):
+        if not (best[0] < hand_loss and best[1] <= hand_rms):
             why = (f"is no better than the {name} hand grid on the held-out draws (error {best[0]:.3g} against "
                    f"{hand_loss:.3g}, RMS {best[1]:.3g} against {hand_rms:.3g})")
         else:
@@ -330,6 +324,12 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
             if not fit_rms <= hand_all:
                 why = (f"is no better than the {name} hand grid in the RMS over all its draws ({fit_rms:.3g} against "
                        f"{hand_all:.3g}: the trimmed loss gave up some of the draws it was fitted on)")
+        if why is None and split.n_check:  # draws that neither fitted nor selected it have their say too
+            (fit_c, fit_rms), (hand_c, hand_rms) = (s.held_out(counted, sampler, g, trim, "check")
+                                                     for s, g in ((chosen_split, ts), (split, hands[name])))
+            if not (fit_c < hand_c and fit_rms <= hand_rms):
+                why = (f"is no better than the {name} hand grid on the {split.n_check} check draws (error "
+                       f"{fit_c:.3g} against {hand_c:.3g}, RMS {fit_rms:.3g} against {hand_rms:.3g})")
     if why is not None:
         if hand_best is None:
             raise ValueError("no hand grid and no fit gives a finite result")
