@@ -55,8 +55,10 @@ CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cache")
 LEVEL = 0.005
 
 
-def name_of(problem: str) -> str:
-    return "check_size_" + problem.split()[0].replace("-", "").lower()
+def name_of(problem: str, stored: str = "tuning.json") -> str:
+    """The file name (without extension) of the report and the cache for ``problem``'s rows of ``stored``."""
+    rows = "" if stored == "tuning.json" else "_" + stored.removesuffix(".json").removeprefix("tuning_")
+    return "check_size_" + problem.split()[0].replace("-", "").lower() + rows
 
 
 def fingerprint(r: dict, pool: int, score: int) -> str:
@@ -181,6 +183,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--problem", default="3x32x32 mixture", choices=[q.name for q in problems()])
     p.add_argument("--processes", nargs="+", default=None, metavar="NAME", help="these processes only (e.g. EDM)")
+    p.add_argument("--stored", default="tuning.json", metavar="FILE",
+                   help="the stored rows (in docs/benchmarks) to replay: tuning.json, or rows stored apart by "
+                   "benchmarks/tuning.py, e.g. tuning_check400.json (default: tuning.json)")
     p.add_argument("--pool", type=int, default=400, help="draws the check sets are taken from (seed 98)")
     p.add_argument("--score", type=int, default=400, help="draws the decisions are scored on (seed 99)")
     p.add_argument("--sizes", nargs="+", type=int, default=[30, 100, 200, 400], help="check set sizes")
@@ -188,12 +193,14 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if min(args.pool, args.score) < 2 or min(args.sizes) < 2 or args.resamples < 1:
         p.error("--pool, --score and --sizes need at least 2 draws, --resamples at least 1")
+    if not os.path.isfile(os.path.join(OUT, args.stored)):
+        p.error(f"--stored {args.stored}: no such file in docs/benchmarks (benchmarks/tuning.py --part 2 writes it)")
     torch.set_num_threads(1)
-    rows = [r for r in json.load(open(os.path.join(OUT, "tuning.json")))["mixtures"]
+    rows = [r for r in json.load(open(os.path.join(OUT, args.stored)))["mixtures"]
             if r["problem"] == args.problem and r.get("hand_grid")]
     problem = next(q for q in problems() if q.name == args.problem)
     os.makedirs(CACHE, exist_ok=True)
-    path = os.path.join(CACHE, name_of(args.problem) + ".json")
+    path = os.path.join(CACHE, name_of(args.problem, args.stored) + ".json")
     for process in PROCESSES:
         if args.processes and not any(o.lower() in process.name.lower() for o in args.processes):
             continue
@@ -227,7 +234,7 @@ def main(argv=None) -> None:
                                                            kv[0].split("|")[1])))
     command = shlex.join(["python", "benchmarks/check_size.py"] + (argv if argv is not None else sys.argv[1:]))
     intro = (f"Written by `{command}` (the rows of every process stored so far). The {args.problem}'s rows of "
-             f"`docs/benchmarks/tuning.json`, each row's final configuration (its coefficients on the grid it chose for "
+             f"`docs/benchmarks/{args.stored}`, each row's final configuration (its coefficients on the grid it chose for "
              f"them, or that grid) against its best hand grid on {args.pool} "
              f"pool draws and {args.score} scoring draws (exact draws of the prior, a 600-step reference solve). Check "
              f"sets of each size, drawn from the pool ({args.resamples} per size below the pool's), decide by "
@@ -237,7 +244,7 @@ def main(argv=None) -> None:
              "over the rows (rows whose fit returned the hand grid count as 1). The second table: on the pool and "
              "scoring draws together, the rows whose ratio of RMS to the hand grid's has its whole 90% interval (2000 "
              "paired bootstrap resamples of the draws) below 1, above 1, or across it.")
-    write_report(os.path.join(OUT, name_of(args.problem) + ".md"), "How many draws the check that keeps a fit needs",
+    write_report(os.path.join(OUT, name_of(args.problem, args.stored) + ".md"), "How many draws the check that keeps a fit needs",
                  intro, summary(results, args.sizes, args.pool), significance(results), per_row(results, args.sizes))
 
 

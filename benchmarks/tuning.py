@@ -222,9 +222,11 @@ def plan(stored: list[dict], names, nfes, coef_draws: int, processes=None, sampl
     return todo
 
 
-def mixtures(todo: dict, path: str, trim: float = TRIM) -> None:
+def mixtures(todo: dict, path: str, trim: float = TRIM, check: int = 0) -> None:
     """Fit and score the rows of :func:`plan`, saving each to ``path`` as it is done; the fits leave
-    out the ``trim`` share of their worst draws (``sdeflow.tuning``'s default unless given)."""
+    out the ``trim`` share of their worst draws (``sdeflow.tuning``'s default unless given). ``check``:
+    that many further draws beside each fit's, kept apart from fitting and selection, decide whether
+    each fit is kept (``sdeflow.tuning``'s ``check``); the fits see as many draws as without them."""
     for problem in problems():
         for process in PROCESSES:
             if (problem.name, process.name) not in todo:
@@ -234,8 +236,8 @@ def mixtures(todo: dict, path: str, trim: float = TRIM) -> None:
             score = scorer(problem, process)
             t0 = grids.start_time(sch)
             start = time.time()
-            teacher = Teacher(den, fit_draws(problem, process, t0, 100), times=candidate_times(GridSpace(sch, 1)))
-            coef_teachers = {n: Teacher(den, fit_draws(problem, process, t0, n, seed=8), t_max=t0)
+            teacher = Teacher(den, fit_draws(problem, process, t0, 100 + check), times=candidate_times(GridSpace(sch, 1)))
+            coef_teachers = {n: Teacher(den, fit_draws(problem, process, t0, n + check, seed=8), t_max=t0)
                              for n in sorted({c for _, _, c in todo[problem.name, process.name]})}
             print(f"{problem.name}, {process.name}: teachers {teacher.calls} and "
                   f"{sum(c.calls for c in coef_teachers.values())} evaluations, {time.time() - start:.0f} s", flush=True)
@@ -247,7 +249,8 @@ def mixtures(todo: dict, path: str, trim: float = TRIM) -> None:
                 sampler = SAMPLERS[name]()
                 n = steps_for(sampler, sch, nfe)
                 start = time.time()
-                tuned = optimize_grid(den, sampler, nfe, teacher=teacher, sampler_name=name, trim=trim)
+                split = {"holdout": 30, "check": check} if check else {}
+                tuned = optimize_grid(den, sampler, nfe, teacher=teacher, sampler_name=name, trim=trim, **split)
                 ts = tuned.grid()
                 grid_seconds = time.time() - start
                 hand, hand_grids_ = {}, {}
@@ -260,13 +263,14 @@ def mixtures(todo: dict, path: str, trim: float = TRIM) -> None:
                 # coefficient draws (the tuned grid saw only 100 draws); the lower held-out error wins
                 starts = {"tuned": ts}
                 on_draws = {g: endpoint_loss(den, sampler, hts.clone().index_fill_(0, torch.tensor([0]), t0),
-                                             coef_teacher.x_init, coef_teacher.end)
+                                             coef_teacher.x_init[:coef_draws], coef_teacher.end[:coef_draws])
                             for g, hts in hand_grids_.items()}
                 if on_draws:
                     g = min(on_draws, key=on_draws.get)
                     starts[g] = hand_grids_[g].clone().index_fill_(0, torch.tensor([0]), t0)
-                fits = {k: optimize_coefficients(den, sampler, v, teacher=coef_teacher, sampler_name=name, trim=trim)
-                        for k, v in starts.items()}
+                split = {"holdout": round(0.3 * coef_draws), "check": check} if check else {}
+                fits = {k: optimize_coefficients(den, sampler, v, teacher=coef_teacher, sampler_name=name, trim=trim,
+                                                 **split) for k, v in starts.items()}
                 coef_grid = min(fits, key=lambda k: fits[k].heldout)
                 coef, coef_ts = fits[coef_grid], starts[coef_grid]
                 seconds = time.time() - start
@@ -284,7 +288,8 @@ def mixtures(todo: dict, path: str, trim: float = TRIM) -> None:
                            hand_median=on_hand.get("median"), hand_grid=best_hand,
                            best_sdeflow=stored.get("sdeflow"), best_peer=stored.get("peer"),
                            best_sdeflow_median=medians.get("sdeflow"), best_peer_median=medians.get("peer"), ts=tuned.ts,
-                           coef_ts=coef_ts.tolist(), shift=coef.shift, fit_revision=FIT_REVISION, trim=trim)
+                           coef_ts=coef_ts.tolist(), shift=coef.shift, fit_revision=FIT_REVISION, trim=trim,
+                           check=check)
                 save_rows(path, [row])
                 peer = row["best_peer"][0] if row["best_peer"] else float("nan")
                 print(f"  {name} NFE {nfe}: tuned grid {row['tuned']:.3e}, + coefficients {row['coef']:.3e} on {coef_grid} "
@@ -320,6 +325,9 @@ def main(argv=None):
     p.add_argument("--trim", type=float, default=None,
                    help="part 2: fit with this share of the worst draws left out (0: the plain RMS) instead of sdeflow.tuning's "
                    f"default ({TRIM:g}); the rows are stored apart, in docs/benchmarks/tuning_trim<share>.json, with their report")
+    p.add_argument("--check-draws", type=int, default=0,
+                   help="part 2: this many further draws beside each fit's decide whether it is kept (sdeflow.tuning's "
+                   "check); the rows are stored apart, in docs/benchmarks/tuning_check<draws>.json, with their report")
     p.add_argument("--report", action="store_true", help="write the report from the stored results; run nothing")
     args = p.parse_args(argv)
     for name in args.samplers or []:
@@ -334,9 +342,13 @@ def main(argv=None):
             check_trim(args.trim)
         except ValueError as e:
             p.error(f"--{e}")
-    if args.trim is not None and args.part != 2:
-        p.error("--trim applies to part 2: give --part 2")
+    if (args.trim is not None or args.check_draws) and args.part != 2:
+        p.error("--trim and --check-draws apply to part 2: give --part 2")
+    if args.check_draws < 0 or args.trim is not None and args.check_draws:
+        p.error("--check-draws is a number of draws, 0 or more, and goes without --trim")
     path = os.path.join(OUT, "tuning.json" if args.trim is None else f"tuning_trim{args.trim:g}.json")
+    if args.check_draws:
+        path = os.path.join(OUT, f"tuning_check{args.check_draws}.json")
     run = (lambda part: False) if args.report else (lambda part: args.part in (None, part))
     if run(1):
         cert = certificate([n for n in args.nfe or NFES if n in (5, 8)])
@@ -354,7 +366,7 @@ def main(argv=None):
             todo = plan(stored, args.problems, nfes, args.coef_draws, args.processes, args.samplers, args.stale, args.refit)
             print(f"{sum(map(len, todo.values()))} rows to fit ({', '.join(f'{a}, {b}' for a, b in todo) or 'none'}); "
                   "each is saved when done", flush=True)
-            mixtures(todo, path, TRIM if args.trim is None else args.trim)
+            mixtures(todo, path, TRIM if args.trim is None else args.trim, args.check_draws)
     results = load_json(path)
     text = report(results.get("certificate", []), results.get("mixtures", []), FIT_REVISION)
     atomic_write(path.removesuffix(".json") + ".md", lambda tmp: open(tmp, "w").write(text))
