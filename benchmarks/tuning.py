@@ -17,6 +17,8 @@ draws, next to the same sampler's best hand grid in this run and to the best sde
     python benchmarks/tuning.py --part 2 --stale --problems "3x32x32 mixture"  # refit the rows of an older fitting
     python benchmarks/tuning.py --part 2 --trim 0 --problems "3x32x32 mixture" --processes EDM --nfe 5 6 8 --coef-draws 200
                                                 # fits to the plain RMS, kept apart in docs/benchmarks/tuning_trim0.{json,md}
+    python benchmarks/tuning.py --part 2 --check-draws 400 --processes DDPM --samplers ipndm --nfe 10
+                                                # 400 check draws beside each fit's, kept apart in tuning_check400.{json,md}
     python benchmarks/tuning.py --report        # the report again from the stored results, nothing run
 
 Each part-2 row is saved to docs/benchmarks/tuning.json when it is done (runs side by side share the
