@@ -9,7 +9,7 @@ and L-BFGS minimises the loss.
 
 A step has several coefficients and a run some tens, more than the grid's few times, so the fit can
 learn the draws rather than the model. The draws are split as the grid fit splits them
-(:class:`~.draws.Split`): the fit sees all but the last ``holdout`` of them, its loss leaves out the
+(:class:`~.draws.Split`): the fit sees those before the ``holdout`` held out, its loss leaves out the
 ``trim`` share of the worst draws (those that end in another component than the teacher's), and
 the coefficients kept are those with the least such error on the rest, checked after every round of
 L-BFGS iterations (early stopping). They are kept at all only if they beat the sampler's own
@@ -39,8 +39,8 @@ def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = N
     """Coefficients of ``sampler`` on the grid ``ts`` fitted to ``denoiser`` on the draws ``x_init`` of
     ``p_{ts[0]}`` (or on a :class:`~.draws.Teacher` already computed from ``ts[0]`` on them), by L-BFGS
     through autograd on the error without the ``trim`` share of the worst draws, with early stopping on
-    the held-out ``holdout`` of the draws (a share below 1, a number from 1 up): at most ``rounds`` rounds of ``iters`` iterations,
-    stopping after ``patience`` rounds without a better held-out error.
+    the ``holdout`` draws held out (a share below 1, a number from 1 up): at most ``rounds`` rounds
+    of ``iters`` iterations, stopping after ``patience`` rounds without a better held-out error.
 
     Returns a :class:`TunedGrid` whose ``shift`` holds the fitted relative changes (a
     :class:`~sdeflow.samplers.FittedSampler` runs them: :meth:`TunedGrid.sampler_for`), ``loss`` the

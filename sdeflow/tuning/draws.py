@@ -120,9 +120,10 @@ def check_holdout(holdout: float, name: str = "holdout") -> None:
 class Split:
     """A teacher's draws split into those fitted on, the next ``holdout`` (held out: fits are selected
     on them, and kept at all only if they beat the best hand grid there) and the last ``check`` (apart
-    from fitting and selection: a fit must beat that grid on them too; none by default). Each is a share of the
-    draws below 1, a number of them from 1 up. :meth:`draws` gives ``(x_init, target, cond)`` of a
-    part; ``x_init``: the runs' first states when they are not the teacher's (a start below the top)."""
+    from fitting and selection: a fit must beat that grid on them too; none by default). Each is a
+    share of the draws below 1, a number of them from 1 up. :meth:`draws` gives ``(x_init, target,
+    cond)`` of a part; ``x_init``: the runs' first states when they are not the teacher's (a start
+    below the top)."""
 
     def __init__(self, teacher: "Teacher", holdout: float = HOLDOUT, x_init: torch.Tensor | None = None,
                  check: float = 0):

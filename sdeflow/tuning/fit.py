@@ -209,9 +209,9 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
     against the teacher (see the module docstring for ``method``), or against a :class:`Teacher`
     already computed on those draws (give ``teacher`` instead of ``x_init``, ``cond`` and ``t_max``).
 
-    The draws are split (:class:`Split`): the last ``holdout`` of them (a share below 1, a number of
-    draws from 1 up) are held out, the fit sees the others, and its loss
-    is the endpoint RMS error without the ``trim`` share of the worst draws (the few that end in
+    The draws are split (:class:`Split`): the fit sees the first ones, ``holdout`` of them after those
+    (a share below 1, a number of draws from 1 up) are held out, and the fit's loss is the endpoint RMS
+    error without the ``trim`` share of the worst draws (the few that end in
     another component than the teacher's would decide a plain RMS). The descent runs from the DP grid
     and from the ``starts`` hand grids with the least loss (the landscape has several basins); of the
     results, the one with the least trimmed error on the held-out draws wins. ``gradient``: how the
