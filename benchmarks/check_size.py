@@ -219,9 +219,9 @@ def main(argv=None) -> None:
             entry = row_errors(den, sch, r, x, target)
             entry["fingerprint"] = fingerprint(r, args.pool, args.score)
             locked_update(path, lambda results: results.update({stored_key(r): entry}))
-            pool, score = torch.tensor(entry["kept"]), torch.tensor(entry["hand"])
-            print(f"  {r['sampler']} NFE {r['nfe']}: kept {float(pool[args.pool:].mean().sqrt()):.4g}, hand "
-                  f"{float(score[args.pool:].mean().sqrt()):.4g} on the scoring draws", flush=True)
+            kept, hand = (torch.tensor(entry[k][args.pool:]) for k in ("kept", "hand"))  # on the scoring draws
+            print(f"  {r['sampler']} NFE {r['nfe']}: kept {float(kept.mean().sqrt()):.4g}, hand "
+                  f"{float(hand.mean().sqrt()):.4g} on the scoring draws", flush=True)
     stored = load_json(path)
     wanted = {stored_key(r): r for r in rows}
     results = {k: replay(v, args.pool, args.sizes, args.resamples, seed=0)

@@ -251,8 +251,8 @@ def mixtures(todo: dict, path: str, trim: float = TRIM, check: int = 0) -> None:
                 sampler = SAMPLERS[name]()
                 n = steps_for(sampler, sch, nfe)
                 start = time.time()
-                split = {"holdout": 30, "check": check} if check else {}
-                tuned = optimize_grid(den, sampler, nfe, teacher=teacher, sampler_name=name, trim=trim, **split)
+                parts = {"holdout": 30, "check": check} if check else {}  # 70 fitted and 30 held out, as by default
+                tuned = optimize_grid(den, sampler, nfe, teacher=teacher, sampler_name=name, trim=trim, **parts)
                 ts = tuned.grid()
                 grid_seconds = time.time() - start
                 hand, hand_grids_ = {}, {}
@@ -270,9 +270,9 @@ def mixtures(todo: dict, path: str, trim: float = TRIM, check: int = 0) -> None:
                 if on_draws:
                     g = min(on_draws, key=on_draws.get)
                     starts[g] = hand_grids_[g].clone().index_fill_(0, torch.tensor([0]), t0)
-                split = {"holdout": round(0.3 * coef_draws), "check": check} if check else {}
+                parts = {"holdout": round(0.3 * coef_draws), "check": check} if check else {}
                 fits = {k: optimize_coefficients(den, sampler, v, teacher=coef_teacher, sampler_name=name, trim=trim,
-                                                 **split) for k, v in starts.items()}
+                                                 **parts) for k, v in starts.items()}
                 coef_grid = min(fits, key=lambda k: fits[k].heldout)
                 coef, coef_ts = fits[coef_grid], starts[coef_grid]
                 seconds = time.time() - start
@@ -348,9 +348,8 @@ def main(argv=None):
         p.error("--trim and --check-draws apply to part 2: give --part 2")
     if args.check_draws < 0 or args.trim is not None and args.check_draws:
         p.error("--check-draws is a number of draws, 0 or more, and goes without --trim")
-    path = os.path.join(OUT, "tuning.json" if args.trim is None else f"tuning_trim{args.trim:g}.json")
-    if args.check_draws:
-        path = os.path.join(OUT, f"tuning_check{args.check_draws}.json")
+    path = os.path.join(OUT, f"tuning_check{args.check_draws}.json" if args.check_draws else
+                        "tuning.json" if args.trim is None else f"tuning_trim{args.trim:g}.json")
     run = (lambda part: False) if args.report else (lambda part: args.part in (None, part))
     if run(1):
         cert = certificate([n for n in args.nfe or NFES if n in (5, 8)])

@@ -28,7 +28,7 @@ import torch
 from ..samplers.fitted import check_fittable, coefficient_values, with_coefficients
 from ..run import Run
 from ..sampling import check_ode_velocity, planned
-from .draws import HOLDOUT, TRIM, CountedDenoiser, Split, Teacher, check_trim, run_error
+from .draws import HOLDOUT, TRIM, CountedDenoiser, Split, Teacher, check_trim, refusal, run_error
 from .store import TunedGrid
 
 
@@ -118,21 +118,8 @@ def optimize_coefficients(denoiser, sampler, ts, x_init: torch.Tensor | None = N
     base_loss, base_rms = value(zero, "held"), value(zero, "held", 0.0)
     loss, rms = value(best_r, "held"), value(best_r, "held", 0.0)
     shift = best_r.tolist()
-    why = None
-    if not (loss < base_loss and rms <= base_rms):
-        why = (f"on the held-out draws (error {loss:.3g} against {base_loss:.3g}, RMS {rms:.3g} against "
-               f"{base_rms:.3g})")
-    else:
-        fit_all, base_all = value(best_r, "all", 0.0), value(zero, "all", 0.0)
-        if not fit_all <= base_all:
-            why = (f"in the RMS over all the draws ({fit_all:.3g} against {base_all:.3g}: the trimmed loss gave up "
-                   "some of the draws it was fitted on)")
-    if why is None and split.n_check:  # draws that neither fitted nor stopped the fit have their say too
-        fit_c = value(best_r, "check"), value(best_r, "check", 0.0)
-        base_c = value(zero, "check"), value(zero, "check", 0.0)
-        if not (fit_c[0] < base_c[0] and fit_c[1] <= base_c[1]):
-            why = (f"on the {split.n_check} check draws (error {fit_c[0]:.3g} against {base_c[0]:.3g}, RMS "
-                   f"{fit_c[1]:.3g} against {base_c[1]:.3g})")
+    why = refusal((loss, rms), (base_loss, base_rms), lambda part: (value(best_r, part), value(best_r, part, 0.0)),
+                  lambda part: (value(zero, part), value(zero, part, 0.0)), split.n_check)
     if why is not None:
         warnings.warn(f"fitted coefficients for {label} at NFE {plan.nfe} are no better than its own {why}: "
                       f"{label}'s own coefficients are kept", stacklevel=2)

@@ -165,12 +165,28 @@ class Split:
         out = float(trimmed_rms(err, trim)), float(trimmed_rms(err))
         return tuple(v if math.isfinite(v) else math.inf for v in out)
 
-    def rms(self, denoiser, sampler, ts) -> float:
-        """The plain RMS of ``sampler`` on ``ts`` over all the draws fitted and held out (``inf`` if not
-        finite). A fit's trimmed loss is blind to the ``trim`` share of its worst fitting draws, so it can
-        buy a lower typical error by sending a few more of them to another component: this shows it."""
-        v = float(trimmed_rms(draw_errors(denoiser, sampler, ts, *self.draws("all"))))
-        return v if math.isfinite(v) else math.inf
+
+
+def refusal(fit: tuple[float, float], base: tuple[float, float], fit_on, base_on, n_check: int = 0) -> str | None:
+    """Why a fit is not kept against ``base`` (the best hand grid, or the sampler's own coefficients),
+    or ``None`` where it is. ``fit``, ``base``: ``(trimmed RMS, RMS)`` over the held-out draws;
+    ``fit_on(part)``, ``base_on(part)``: the same over a part of :class:`Split` (``"all"``, ``"check"``).
+    A fit is kept where it has the lower trimmed error and no higher RMS on the held-out draws, no
+    higher RMS over the draws fitted and held out (its trimmed loss is blind to its worst fitting draws,
+    so it can buy a lower typical error by sending a few more of them to another component: this shows
+    it), and, where there are ``n_check`` check draws, the lower trimmed error and no higher RMS on them."""
+    if not (fit[0] < base[0] and fit[1] <= base[1]):
+        return f"on the held-out draws (error {fit[0]:.3g} against {base[0]:.3g}, RMS {fit[1]:.3g} against {base[1]:.3g})"
+    fit_all, base_all = fit_on("all")[1], base_on("all")[1]
+    if not fit_all <= base_all:
+        return (f"in the RMS over all the draws ({fit_all:.3g} against {base_all:.3g}: the trimmed loss gave up some "
+                "of the draws it was fitted on)")
+    if n_check:  # draws that neither fitted nor selected it have their say too
+        fit, base = fit_on("check"), base_on("check")
+        if not (fit[0] < base[0] and fit[1] <= base[1]):
+            return (f"on the {n_check} check draws (error {fit[0]:.3g} against {base[0]:.3g}, RMS {fit[1]:.3g} "
+                    f"against {base[1]:.3g})")
+    return None
 
 
 #: Where a tuned grid's run begins: at the top of the schedule; ``leading``, one step's worth below it

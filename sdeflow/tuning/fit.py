@@ -10,8 +10,8 @@ import torch
 
 from .. import grids
 from ..run import Run
-from .draws import (HOLDOUT, STARTS, TRIM, CountedDenoiser, Split, Teacher, check_trim, endpoint_loss, run_error,
-                    start_state)
+from .draws import (HOLDOUT, STARTS, TRIM, CountedDenoiser, Split, Teacher, check_trim, endpoint_loss, refusal,
+                    run_error, start_state)
 from .space import GridSpace, candidate_times, hand_grids, steps_for
 from .store import TunedGrid
 
@@ -234,7 +234,7 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
     The fit is kept only if it beats the best hand grid from the top on the held-out draws, in the
     trimmed error and in the plain RMS, and is no worse than that grid in the plain RMS over all the
     draws (the trimmed loss cannot see a fit that sends a few more of its fitting draws to another
-    component: :meth:`Split.rms`); otherwise that hand grid is returned (``method =
+    component: :func:`~.draws.refusal`); otherwise that hand grid is returned (``method =
     "hand:<name>"``), with a warning that says so. Those draws also selected the fit, which flatters it;
     ``check`` (a share of the draws below 1, a number of them from 1 up; none by default) keeps the
     last draws apart from fitting and selection, and the fit must beat that hand grid there too, in
@@ -315,21 +315,11 @@ def optimize_grid(denoiser, sampler, nfe: int, x_init: torch.Tensor | None = Non
     hand_best = min((v, k) for k, v in held.items()) if held else None
     why = None if ts is not None else "gives no finite result"
     if ts is not None and hand_best is not None:
-        (hand_loss, hand_rms), name = hand_best
-        if not (best[0] < hand_loss and best[1] <= hand_rms):
-            why = (f"is no better than the {name} hand grid on the held-out draws (error {best[0]:.3g} against "
-                   f"{hand_loss:.3g}, RMS {best[1]:.3g} against {hand_rms:.3g})")
-        else:
-            fit_rms, hand_all = chosen_split.rms(counted, sampler, ts), split.rms(counted, sampler, hands[name])
-            if not fit_rms <= hand_all:
-                why = (f"is no better than the {name} hand grid in the RMS over all its draws ({fit_rms:.3g} against "
-                       f"{hand_all:.3g}: the trimmed loss gave up some of the draws it was fitted on)")
-        if why is None and split.n_check:  # draws that neither fitted nor selected it have their say too
-            (fit_c, fit_rms), (hand_c, hand_rms) = (s.held_out(counted, sampler, g, trim, "check")
-                                                     for s, g in ((chosen_split, ts), (split, hands[name])))
-            if not (fit_c < hand_c and fit_rms <= hand_rms):
-                why = (f"is no better than the {name} hand grid on the {split.n_check} check draws (error "
-                       f"{fit_c:.3g} against {hand_c:.3g}, RMS {fit_rms:.3g} against {hand_rms:.3g})")
+        hand_held, name = hand_best
+        why = refusal(best, hand_held, lambda part: chosen_split.held_out(counted, sampler, ts, trim, part),
+                      lambda part: split.held_out(counted, sampler, hands[name], trim, part), split.n_check)
+        if why is not None:
+            why = f"is no better than the {name} hand grid {why}"
     if why is not None:
         if hand_best is None:
             raise ValueError("no hand grid and no fit gives a finite result")
