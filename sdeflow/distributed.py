@@ -3,6 +3,7 @@ sampling (``sdeflow sample`` shards its chunks) and training (DistributedDataPar
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -46,6 +47,7 @@ class Distributed:
         self.device = torch.device(device)
         if self.world > 1 and not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            atexit.register(close)
 
     @property
     def main(self) -> bool:
@@ -54,3 +56,11 @@ class Distributed:
     def barrier(self):
         if self.world > 1:
             torch.distributed.barrier()
+
+
+def close() -> None:
+    """Take down the process group this process started (a no-op when there is none). Registered to run
+    at exit: a gloo group left for the interpreter's own teardown can abort the process (SIGABRT,
+    "terminate called without an active exception") after all the work is done, failing a finished run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -155,10 +155,30 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def torchrun(n, *args):
+def torchrun(n, *args, module=("-m", "sdeflow")):
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_addr=127.0.0.1",
-                           f"--master_port={_free_port()}", "-m", "sdeflow", *args], capture_output=True, text=True,
+                           f"--master_port={_free_port()}", *module, *args], capture_output=True, text=True,
                           env=ENV, timeout=300)
+
+
+@pytest.mark.slow
+def test_process_group_is_taken_down_before_the_interpreter(tmp_path):
+    """A gloo group left to the interpreter's teardown can abort a finished run (SIGABRT); the group
+    ``Distributed`` starts is destroyed at exit. The script's own exit handler, registered first, runs
+    last and sees whether a group is still up, after a collective like training's."""
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import atexit, sys, torch\n"
+        "from sdeflow.distributed import Distributed\n"
+        "atexit.register(lambda: sys.stdout.write(f'group up at exit: {torch.distributed.is_initialized()}\\n'))\n"
+        "d = Distributed('cpu')\n"
+        "x = torch.full((3,), float(d.rank))\n"
+        "torch.distributed.all_reduce(x)\n"
+        "sys.stdout.write(f'sum {x.tolist()}\\n')\n")
+    res = torchrun(2, module=(str(script),))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("sum [1.0, 1.0, 1.0]") == 2, res.stdout
+    assert res.stdout.count("group up at exit: False") == 2, res.stdout
 
 
 @pytest.mark.slow
