@@ -42,12 +42,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import PROCESSES, load_json, locked_update, problems, sdeflow_denoiser, write_report  # noqa: E402
-from tuning import OUT, fit_draws, stored_runs  # noqa: E402
+from tuning import OUT, fit_draws, hand_grid, stored_runs  # noqa: E402
 from tuning_rows_fresh import in_chunks, stored_key  # noqa: E402
 
 from sdeflow import grids  # noqa: E402
-from sdeflow.registry import GRIDS, SAMPLERS  # noqa: E402
-from sdeflow.tuning import Teacher, steps_for  # noqa: E402
+from sdeflow.registry import SAMPLERS  # noqa: E402
+from sdeflow.tuning import Teacher  # noqa: E402
 from sdeflow.tuning.draws import TRIM, draw_errors, trimmed_rms  # noqa: E402
 
 CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cache")
@@ -72,8 +72,7 @@ def row_errors(den, sch, r: dict, x: torch.Tensor, target: torch.Tensor) -> dict
     best hand grid (``hand``); ``same``: whether the two are one configuration (the row returned that grid)."""
     sampler, ts = stored_runs(r)["with coefficients"]  # the second stage's: on the tuned grid or on a hand grid
     base = SAMPLERS[r["sampler"]]()
-    hand = GRIDS[r["hand_grid"]](steps_for(base, sch, r["nfe"]), sch).clone()
-    hand[0] = grids.start_time(sch)  # the draws' time, where the fits start
+    hand = hand_grid(r["hand_grid"], base, sch, r["nfe"])
     kept = in_chunks(lambda d, y: draw_errors(den, sampler, ts, d, y), x, target)
     same = not r["shift"] and len(ts) == len(hand) and bool(torch.allclose(ts, hand))
     other = kept if same else in_chunks(lambda d, y: draw_errors(den, base, hand, d, y), x, target)

@@ -146,6 +146,26 @@ def scorer(problem, process):
     return score
 
 
+def hand_grid(name: str, sampler, sch, nfe: int) -> torch.Tensor:
+    """The hand grid ``name`` for ``sampler`` at ``nfe`` evaluations, from where the fits and their draws
+    start (:func:`sdeflow.grids.start_time`: its first time moved to 0.999 on rectified flow), so that
+    tuned and hand grids are judged on one problem."""
+    ts = GRIDS[name](steps_for(sampler, sch, nfe), sch).clone()
+    ts[0] = grids.start_time(sch)
+    return ts
+
+
+def hand_scores(score, process, sampler, nfe: int) -> tuple[dict, dict]:
+    """The process's hand grids that let ``sampler`` spend exactly ``nfe`` evaluations, each from
+    :func:`hand_grid`'s start: ``({name: score}, {name: grid})``."""
+    scores, ts = {}, {}
+    for g in HAND[process.time_input]:
+        hts = hand_grid(g, sampler, process.schedule, nfe)
+        if sampler.prepare(process.schedule, hts).nfe == nfe:
+            scores[g], ts[g] = score(sampler, hts), hts
+    return scores, ts
+
+
 def stored_runs(r: dict) -> dict:
     """A stored row's two configurations as ``(sampler, grid)``: its tuned grid, and the grid its
     coefficients were fitted on with them (the sampler's own where the row kept none)."""
@@ -165,14 +185,15 @@ def rescore(rows: list[dict]) -> None:
             at = [r for r in rows if r["problem"] == problem.name and r["process"] == process.name]
             if not at:
                 continue
-            score, sch = scorer(problem, process), process.schedule
+            score = scorer(problem, process)
             for r in at:
                 sampler = SAMPLERS[r["sampler"]]()
                 tuned, coef = (score(*run) for run in stored_runs(r).values())
                 r.update(tuned=tuned["rms"], tuned_median=tuned["median"], coef=coef["rms"], coef_median=coef["median"])
-                if r["hand_grid"]:
-                    hand = score(sampler, GRIDS[r["hand_grid"]](steps_for(sampler, sch, r["nfe"]), sch))
-                    r.update(hand=hand["rms"], hand_median=hand["median"])
+                hand = hand_scores(score, process, sampler, r["nfe"])[0]
+                if hand:  # the best of them again: the start of a hand grid may have moved since the row was fitted
+                    r["hand_grid"] = min(hand, key=lambda g: hand[g]["rms"])
+                    r.update(hand=hand[r["hand_grid"]]["rms"], hand_median=hand[r["hand_grid"]]["median"])
                 medians = stored_best(r["problem"], r["process"], r["nfe"], "median")
                 r["best_sdeflow_median"], r["best_peer_median"] = medians.get("sdeflow"), medians.get("peer")
             print(f"{problem.name}, {process.name}: {len(at)} rows scored again", flush=True)
@@ -249,27 +270,21 @@ def mixtures(todo: dict, path: str, trim: float = TRIM, check: int = 0) -> None:
                 medians = stored_best(problem.name, process.name, nfe, "median")
                 coef_teacher = coef_teachers[coef_draws]
                 sampler = SAMPLERS[name]()
-                n = steps_for(sampler, sch, nfe)
                 start = time.time()
                 parts = {"holdout": 30, "check": check} if check else {}  # 70 fitted and 30 held out, as by default
                 tuned = optimize_grid(den, sampler, nfe, teacher=teacher, sampler_name=name, trim=trim, **parts)
                 ts = tuned.grid()
                 grid_seconds = time.time() - start
-                hand, hand_grids_ = {}, {}
-                for g in HAND[process.time_input]:
-                    hts = GRIDS[g](n, sch)
-                    if sampler.prepare(sch, hts).nfe == nfe:
-                        hand[g], hand_grids_[g] = score(sampler, hts), hts
+                hand, hand_grids_ = hand_scores(score, process, sampler, nfe)
                 best_hand = min(hand, key=lambda g: hand[g]["rms"]) if hand else None
                 # the coefficients are fitted on the tuned grid and on the hand grid that is best on the
                 # coefficient draws (the tuned grid saw only 100 draws); the lower held-out error wins
                 starts = {"tuned": ts}
-                on_draws = {g: endpoint_loss(den, sampler, hts.clone().index_fill_(0, torch.tensor([0]), t0),
-                                             coef_teacher.x_init[:coef_draws], coef_teacher.end[:coef_draws])
-                            for g, hts in hand_grids_.items()}
+                on_draws = {g: endpoint_loss(den, sampler, hts, coef_teacher.x_init[:coef_draws],
+                                             coef_teacher.end[:coef_draws]) for g, hts in hand_grids_.items()}
                 if on_draws:
                     g = min(on_draws, key=on_draws.get)
-                    starts[g] = hand_grids_[g].clone().index_fill_(0, torch.tensor([0]), t0)
+                    starts[g] = hand_grids_[g]
                 parts = {"holdout": round(0.3 * coef_draws), "check": check} if check else {}
                 fits = {k: optimize_coefficients(den, sampler, v, teacher=coef_teacher, sampler_name=name, trim=trim,
                                                  **parts) for k, v in starts.items()}

@@ -48,8 +48,10 @@ def report(cert, mix, revision: int) -> str:
                 "that is best on the coefficient draws, the one with the lower held-out error kept (named), on "
                 + ", ".join(f"{n} further draws ({p})" for p, n in dict.fromkeys((r["problem"], r["coef_draws"]) for r in mix))
                 + " (a fifth held out for early stopping); `hand`: the same sampler's "
-                "best hand grid; `best sdeflow` / `best peer`: the best row of any method and grid in "
-                "docs/benchmarks/ode_solvers.json at that NFE (peers: diffusers, k-diffusion, flow_matching). Costs: "
+                "best hand grid, from where the fits start (on rectified flow t = 0.999: its first time moved there "
+                "from 1); `best sdeflow` / `best peer`: the best row of any method and grid in "
+                "docs/benchmarks/ode_solvers.json at that NFE (peers: diffusers, k-diffusion, flow_matching), all run "
+                "from t = 1, on rectified flow another start of the same draws than the other columns'. Costs: "
                 "model evaluations of the fits (teachers included; each on its batch of draws), and the evaluations "
                 "the coefficient fit differentiated through.", "",
                 "| problem | process | sampler | NFE | hand (grid) | tuned grid | + coefficients | best sdeflow hand | best peer "

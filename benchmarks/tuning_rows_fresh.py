@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import PROCESSES, load_json, locked_update, problems, sdeflow_denoiser, write_report  # noqa: E402
-from tuning import OUT, fit_draws, stored_runs  # noqa: E402
+from tuning import OUT, fit_draws, hand_grid, stored_runs  # noqa: E402
 
 from sdeflow import grids  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS  # noqa: E402
@@ -190,10 +190,9 @@ def main() -> None:
             runs = [(label, name + ("" if name == "grid" or row["shift"] else " (own kept)"), run)
                     for label, row in pairs + [("now", r)] for name, run in stored_runs(row).items()]
             sampler = SAMPLERS[r["sampler"]]()
-            hand = GRIDS[r["hand_grid"]](steps_for(sampler, sch, r["nfe"]), sch) if r.get("hand_grid") else None
-            if hand is not None:  # the row's best hand grid, from the same draws (its first time moved to theirs)
-                moved = abs(float(hand[0]) - top) > 1e-9
-                hand = hand.clone().index_fill_(0, torch.tensor([0]), top)
+            if r.get("hand_grid"):  # the row's best hand grid, from the same draws (its first time moved to theirs)
+                hand = hand_grid(r["hand_grid"], sampler, sch, r["nfe"])
+                moved = abs(float(GRIDS[r["hand_grid"]](steps_for(sampler, sch, r["nfe"]), sch)[0]) - top) > 1e-9
                 runs.append(("now", f"hand grid ({r['hand_grid']}{f', from t = {top:g}' if moved else ''})", (sampler, hand)))
             entry = {"process": process.name, "sampler": r["sampler"], "nfe": r["nfe"], "draws": args.draws,
                      "command": command, "fingerprint": fingerprint(r, args.against, args.draws, other.get(key(r))), "runs": []}
