@@ -74,6 +74,18 @@ def oracle_network(problem: Problem, process: Process):
     return net
 
 
+#: the ODE benchmark runs each cell's two choices again from this many times the problem's draws,
+#: other ones (this seed); benchmarks/tuning.py runs its best tuned configurations on the same draws
+FRESH_TIMES, FRESH_SEED = 4, 1
+
+
+def fresh_shared(problem: Problem, process: Process) -> "Shared":
+    """The ODE benchmark's fresh draws of ``problem`` (:data:`FRESH_TIMES` times as many, seed
+    :data:`FRESH_SEED`)."""
+    return Shared(Problem(problem.name, problem.mixture, problem.shape, FRESH_TIMES * problem.num), process,
+                  seed=FRESH_SEED)
+
+
 def sdeflow_denoiser(problem: Problem, process: Process) -> ModelDenoiser:
     return ModelDenoiser(oracle_network(problem, process), process.schedule, process.parameterization,
                          time_input=process.time_input)

@@ -28,8 +28,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import (NFES, PROCESSES, Problem, Shared, family, fmt, problems, ratio_counts, save_json,  # noqa: E402
-                    sdeflow_denoiser, write_problem_plots)
+from common import (FRESH_SEED, FRESH_TIMES, NFES, PROCESSES, Shared, family, fmt, fresh_shared, problems,  # noqa: E402
+                    ratio_counts, save_json, sdeflow_denoiser, write_problem_plots)
 from overhead import overhead_table  # noqa: E402
 from peers import diffusers_configs, diffusers_runs, flow_matching_runs, k_runs, load_diffusers, load_flow_matching, load_k_diffusion  # noqa: E402
 
@@ -38,8 +38,6 @@ PEERS = ("diffusers", "k-diffusion", "flow_matching")
 from sdeflow import sample  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS  # noqa: E402
 
-#: each cell's two choices are run again from this many times the problem's draws, other ones (this seed)
-FRESH_TIMES, FRESH_SEED = 4, 1
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks")
 GRIDS_FOR = {"index": ["auto", "logsnr", "karras", "quadratic", "trailing"],
              "edm": ["auto", "karras", "logsnr", "polyexponential"],
@@ -160,8 +158,7 @@ def rescore(results, fresh, quick: bool, raw_path: str, notes) -> list:
         for process in PROCESSES:
             if not todo[(problem.name, process.name)]:
                 continue
-            shared = Shared(Problem(problem.name, problem.mixture, problem.shape, FRESH_TIMES * problem.num), process,
-                            seed=FRESH_SEED)
+            shared = fresh_shared(problem, process)
             for nfe, names in todo[(problem.name, process.name)]:
                 sources = [sdeflow_runs(shared, process, nfe, only=names)]
                 if d is not None:

@@ -42,8 +42,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import PROCESSES, Shared, family, load_json, locked_update, problems, sdeflow_denoiser  # noqa: E402
-from tuning_report import report  # noqa: E402
+from common import (PROCESSES, Shared, family, fresh_shared, load_json, locked_update, problems,  # noqa: E402
+                    sdeflow_denoiser)
+from tuning_report import best_tuned, report  # noqa: E402
 
 from sdeflow import analytic, grids, sample  # noqa: E402
 from sdeflow.analytic.sampler_law import gaussian_output_law, gaussian_w2  # noqa: E402
@@ -199,6 +200,48 @@ def rescore(rows: list[dict]) -> None:
             print(f"{problem.name}, {process.name}: {len(at)} rows scored again", flush=True)
 
 
+def fresh(rows: list[dict], path: str) -> None:
+    """Each cell's best tuned configuration, chosen on the benchmark's draws as the report's table
+    chooses it, run again on the ODE benchmark's fresh draws (those its best peer was run on again,
+    :func:`common.fresh_shared`) and scored against their reference solve: one
+    ``{problem, process, nfe, label, rms, median, draws, config}`` per cell of ``rows``, saved in the
+    results file ``path`` after each problem and process; a cell whose choice is unchanged since it was
+    stored keeps its stored entry (a run resumes)."""
+    for problem in problems():
+        for process in PROCESSES:
+            cells = {}
+            for r in rows:
+                if (r["problem"], r["process"]) == (problem.name, process.name):
+                    cells.setdefault(r["nfe"], []).append(r)
+            if not cells:
+                continue
+            shared, den = fresh_shared(problem, process), sdeflow_denoiser(problem, process)
+            done = {(f["problem"], f["process"], f["nfe"]): f for f in load_json(path).get("fresh", [])}
+            out = []
+            for nfe, at in sorted(cells.items()):
+                _, label, r, coef = best_tuned(at)
+                config = [r["sampler"], coef, r["ts"], r.get("coef_ts") if coef else None, r["shift"] if coef else None]
+                prior = done.get((problem.name, process.name, nfe))
+                if prior is not None and prior["config"] == config:
+                    out.append(prior)
+                    continue
+                sampler, ts = stored_runs(r)["with coefficients" if coef else "grid"]
+                x = sample(den, sampler, ts, shared.x_init(float(ts[0])).float()).x.double()
+                got = shared.score((float(ts[0]), float(ts[-1])), x)
+                out.append(dict(problem=problem.name, process=process.name, nfe=nfe, label=label, rms=got["rms"],
+                                median=got["median"], draws=shared.problem.num, config=config))
+                print(f"  fresh draws: {problem.name} / {process.name} / NFE {nfe}: {label} {got['rms']:.3g}", flush=True)
+            here = {(f["problem"], f["process"], f["nfe"]) for f in out}
+            locked_update(path, lambda results: results.update(fresh=[
+                f for f in results.get("fresh", []) if (f["problem"], f["process"], f["nfe"]) not in here] + out))
+
+
+def peer_fresh() -> dict:
+    """The ODE benchmark's fresh-draw rows, ``{(problem, process, nfe, method): row}``."""
+    rows = load_json(os.path.join(OUT, "ode_solvers.json")).get("fresh", [])
+    return {(f["problem"], f["process"], f["nfe"], f["method"]): f for f in rows}
+
+
 def key(r: dict) -> tuple:
     """A part-2 row's identity: its problem, process, sampler and budget."""
     return r["problem"], r["process"], r["sampler"], r["nfe"]
@@ -319,7 +362,7 @@ def main(argv=None):
     p.add_argument("--part", type=int, choices=[1, 2], default=None,
                    help="run one part only (the other part's stored results are kept)")
     p.add_argument("--nfe", nargs="+", type=int, default=None,
-                   help="budgets (default: " + " ".join(map(str, NFES)) + "; with --stale: every stored one)")
+                   help="budgets (default: " + " ".join(map(str, NFES)) + "; with --stale, --rescore or --fresh: every stored one)")
     p.add_argument("--problems", nargs="+", default=["64-D mixture"],
                    help="ODE benchmark problems for part 2 (64-D mixture, 3x32x32 mixture, 2-D mixture); the stored rows "
                    "of the others are kept")
@@ -345,6 +388,9 @@ def main(argv=None):
     p.add_argument("--check-draws", type=int, default=0,
                    help="part 2: this many further draws beside each fit's decide whether it is kept (sdeflow.tuning's "
                    "check); the rows are stored apart, in docs/benchmarks/tuning_check<draws>.json, with their report")
+    p.add_argument("--fresh", action="store_true",
+                   help="part 2: run each chosen cell's best tuned configuration (chosen on the benchmark's draws) again "
+                   "on the ODE benchmark's fresh draws, those its best peer was run on again, without fitting")
     p.add_argument("--report", action="store_true", help="write the report from the stored results; run nothing")
     args = p.parse_args(argv)
     for name in args.samplers or []:
@@ -352,8 +398,8 @@ def main(argv=None):
             p.error(f"unknown sampler {name!r}; sdeflow list shows the names")
         if SAMPLERS[name]().stochastic or SAMPLERS[name]().adaptive:
             p.error(f"{name} is stochastic or adaptive: grids are tuned for deterministic fixed-grid samplers")
-    if args.rescore and (args.stale or args.refit):
-        p.error("--rescore scores stored fits without fitting; it does not go with --stale or --refit")
+    if (args.rescore or args.fresh) and (args.stale or args.refit):
+        p.error("--rescore and --fresh score stored fits without fitting; they do not go with --stale or --refit")
     if args.trim is not None:
         try:
             check_trim(args.trim)
@@ -370,21 +416,25 @@ def main(argv=None):
         cert = certificate([n for n in args.nfe or NFES if n in (5, 8)])
         locked_update(path, lambda results: results.update(certificate=cert, mixtures=results.get("mixtures", [])))
     if run(2):  # the stored rows of other problems are kept
-        nfes = args.nfe or (None if args.stale else NFES)
+        nfes = args.nfe or (None if args.stale or args.rescore or args.fresh else NFES)
         stored = load_json(path).get("mixtures", [])
+        chosen = [r for r in stored if r["problem"] in args.problems and (not args.processes or any(
+            o.lower() in r["process"].lower() for o in args.processes)) and (
+            not args.samplers or r["sampler"] in args.samplers) and (nfes is None or r["nfe"] in nfes)]
         if args.rescore:
-            rows = [r for r in stored if r["problem"] in args.problems and (not args.processes or any(
-                o.lower() in r["process"].lower() for o in args.processes)) and (
-                not args.samplers or r["sampler"] in args.samplers) and r["nfe"] in nfes]
-            rescore(rows)
-            save_rows(path, rows)
-        else:
+            rescore(chosen)
+            save_rows(path, chosen)
+        if args.fresh:  # every row of a chosen cell takes part in its choice, whatever --samplers says
+            cells = {(r["problem"], r["process"], r["nfe"]) for r in chosen}
+            fresh([r for r in stored if (r["problem"], r["process"], r["nfe"]) in cells], path)
+        if not (args.rescore or args.fresh):
             todo = plan(stored, args.problems, nfes, args.coef_draws, args.processes, args.samplers, args.stale, args.refit)
             print(f"{sum(map(len, todo.values()))} rows to fit ({', '.join(f'{a}, {b}' for a, b in todo) or 'none'}); "
                   "each is saved when done", flush=True)
             mixtures(todo, path, TRIM if args.trim is None else args.trim, args.check_draws)
     results = load_json(path)
-    text = report(results.get("certificate", []), results.get("mixtures", []), FIT_REVISION)
+    text = report(results.get("certificate", []), results.get("mixtures", []), FIT_REVISION, results.get("fresh", []),
+                  peer_fresh())
     atomic_write(path.removesuffix(".json") + ".md", lambda tmp: open(tmp, "w").write(text))
     print(text)
 

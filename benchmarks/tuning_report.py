@@ -9,9 +9,17 @@ def with_coefficients(r: dict) -> list[tuple[float, bool]]:
     return [(r["tuned"], False)] + ([(r["coef"], True)] if r.get("coefficients", 1) else [])
 
 
-def report(cert, mix, revision: int) -> str:
+def best_tuned(at: list[dict]) -> tuple[float, str, dict, bool]:
+    """A cell's best tuned configuration on the benchmark's draws (any row's grid alone, or with its
+    kept coefficients): ``(RMS, label, row, with coefficients)``."""
+    return min(((v, f"{r['sampler']}{' + coefficients' if c else ''}", r, c) for r in at for v, c in with_coefficients(r)),
+               key=lambda e: e[:2])
+
+
+def report(cert, mix, revision: int, fresh=(), peer_fresh=None) -> str:
     """The report's Markdown; rows (and the cells holding one) fitted by an older revision than
-    ``revision`` are marked."""
+    ``revision`` are marked. ``fresh``: each cell's best tuned configuration on the ODE benchmark's
+    fresh draws; ``peer_fresh``: that benchmark's fresh rows, ``{(problem, process, nfe, method): row}``."""
     def older(rows):
         return " †" if any(r.get("fit_revision") != revision for r in rows) else ""
 
@@ -69,20 +77,42 @@ def report(cert, mix, revision: int) -> str:
                        f"{bs:.3e} | {peer:.3e} | "
                        f"{r['tuned'] / peer:.2f} | **{r['coef'] / peer:.2f}** | "
                        f"{r['cost_nfe']}; {r['coef_cost_nfe']}, {r['coef_cost_grad']} |")
-        out += ["", "Best of each process and NFE (any tuned sampler, grid only or with coefficients):", "",
-                "| problem | process | NFE | best tuned | best peer | ratio |", "|---|---|---|---|---|---|"]
+        out += ["", "Best of each process and NFE (any tuned sampler, grid only or with coefficients), chosen on the "
+                "benchmark's draws; then both choices run again on the ODE benchmark's fresh draws (4 times as many, "
+                "seed 1: those its best peer was run on again; `python benchmarks/tuning.py --part 2 --fresh`), where "
+                "neither keeps the luck of the draws it was chosen on:", "",
+                "| problem | process | NFE | best tuned | best peer | ratio | fresh draws: best tuned | best peer | ratio |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        on_fresh = {(f["problem"], f["process"], f["nfe"]): f for f in fresh}
+
+        def again(key, at, hand: bool) -> tuple:
+            """RMS on the fresh draws of the cell's choice (its best tuned configuration, or with ``hand``
+            the ODE benchmark's best sdeflow row) and of its best peer; None where not run."""
+            label = best_tuned(at)[1]
+            if hand:
+                mine = (peer_fresh or {}).get((*key, at[0]["best_sdeflow"][1]))
+            else:
+                mine = on_fresh.get(key) if on_fresh.get(key, {}).get("label") == label else None
+            peer = (peer_fresh or {}).get((*key, at[0]["best_peer"][1])) if at[0]["best_peer"] else None
+            return (mine and mine["rms"]), (peer and peer["rms"])
+
+        def shown(mine, peer) -> str:
+            return " | ".join([f"{mine:.3e}" if mine else "-", f"{peer:.3e}" if peer else "-",
+                               f"**{mine / peer:.2f}**" if mine and peer else "-"])
+
         for key in dict.fromkeys((r["problem"], r["process"], r["nfe"]) for r in mix):
             at = [r for r in mix if (r["problem"], r["process"], r["nfe"]) == key]
-            err, label = min((v, f"{r['sampler']}{' + coefficients' if c else ''}")
-                             for r in at for v, c in with_coefficients(r))
+            err, label, _, _ = best_tuned(at)
             peer = at[0]["best_peer"][0] if at[0]["best_peer"] else float("nan")
             out.append(f"| {key[0]} | {key[1].split(' (')[0]} | {key[2]}{older(at)} | {err:.3e} ({label}) | {peer:.3e} "
-                       f"({at[0]['best_peer'][1] if at[0]['best_peer'] else '-'}) | **{err / peer:.2f}** |")
+                       f"({at[0]['best_peer'][1] if at[0]['best_peer'] else '-'}) | **{err / peer:.2f}** | "
+                       f"{shown(*again(key, at, hand=False))} |")
         out += ["", "sdeflow's best, hand grid or tuned, against the best peer, with the target: at most half the best "
-                "peer at NFE 5-8, at most the best peer at NFE 10-20:", "",
+                "peer at NFE 5-8, at most the best peer at NFE 10-20; then the two choices (made on the benchmark's draws) "
+                "on the fresh draws, with the target judged there:", "",
                 "| problem | process | NFE | best sdeflow (hand or tuned) | best peer | ratio | target | median error: best "
-                "sdeflow / best peer |",
-                "|---|---|---|---|---|---|---|---|"]
+                "sdeflow / best peer | fresh draws: ratio | target |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
         order = {p: k for k, p in enumerate(["2-D mixture", "64-D mixture", "3x32x32 mixture"])}
         for key in sorted(dict.fromkeys((r["problem"], r["process"], r["nfe"]) for r in mix),
                           key=lambda k: (order.get(k[0], 9), k[0], k[1], k[2])):
@@ -94,6 +124,8 @@ def report(cert, mix, revision: int) -> str:
             if at[0]["best_sdeflow"]:
                 options.append((at[0]["best_sdeflow"][0], at[0]["best_sdeflow"][1].removeprefix("sdeflow ")))
             err, label = min(options)
+            mine_fresh, peer_fresh_rms = again(key, at, hand=not label.endswith(", tuned"))
+            fresh_ratio = mine_fresh / peer_fresh_rms if mine_fresh and peer_fresh_rms else None
             peer = at[0]["best_peer"][0]
             goal = 0.5 if key[2] <= 8 else 1.0  # judged on the ratio as shown: the same method as a peer's ties
             medians = [r[k] for r in at for k in ("tuned_median", "coef_median") if r.get(k) is not None]
@@ -104,7 +136,8 @@ def report(cert, mix, revision: int) -> str:
                       if medians and peer_median else "-")
             out.append(f"| {key[0]} | {key[1].split(' (')[0]} | {key[2]}{older(at)} | {err:.3e} ({label}) | {peer:.3e} | "
                        f"**{err / peer:.2f}** | {'met' if round(err / peer, 2) <= goal else 'missed'} (<= {goal:g}) | "
-                       f"{median} |")
+                       f"{median} | " + (f"**{fresh_ratio:.2f}** | {'met' if round(fresh_ratio, 2) <= goal else 'missed'} |"
+                                        if fresh_ratio else "- | - |"))
         if older(mix):
             out += ["", "† A row (or a cell with a row) fitted by an older revision of the fitting, before the held-out "
                     "split, the trimmed loss and the check on all draws; `python benchmarks/tuning.py --part 2 --stale "
