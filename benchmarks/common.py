@@ -74,6 +74,12 @@ def oracle_network(problem: Problem, process: Process):
     return net
 
 
+#: The hand grids the ODE benchmark runs for each kind of network time input (and the tuning benchmark
+#: compares its fits with).
+HAND_GRIDS = {"index": ["auto", "logsnr", "karras", "quadratic", "trailing"],
+              "edm": ["auto", "karras", "logsnr", "polyexponential"],
+              "t": ["auto", "uniform", "logsnr", "quadratic", "shifted"]}
+
 #: the ODE benchmark runs each cell's two choices again from this many times the problem's draws,
 #: other ones (this seed); benchmarks/tuning.py runs its best tuned configurations on the same draws
 FRESH_TIMES, FRESH_SEED = 4, 1

@@ -20,7 +20,7 @@ import warnings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import PROCESSES, problems, save_json, sdeflow_denoiser  # noqa: E402
-from tuning import fit_draws  # noqa: E402
+from tuning_rows import fit_draws  # noqa: E402
 
 from sdeflow import grids  # noqa: E402
 from sdeflow.files import atomic_write  # noqa: E402

@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import PROCESSES, problems, sdeflow_denoiser  # noqa: E402
-from tuning import OUT, fit_draws  # noqa: E402
+from tuning_rows import OUT, fit_draws  # noqa: E402
 
 from sdeflow import grids, sample  # noqa: E402
 from sdeflow.files import atomic_write, write_json  # noqa: E402

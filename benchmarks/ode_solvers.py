@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import (FRESH_SEED, FRESH_TIMES, NFES, PROCESSES, Shared, family, fmt, fresh_shared, problems,  # noqa: E402
+from common import (FRESH_SEED, FRESH_TIMES, HAND_GRIDS, NFES, PROCESSES, Shared, family, fmt, fresh_shared, problems,  # noqa: E402
                     ratio_counts, save_json, sdeflow_denoiser, write_problem_plots)
 from overhead import overhead_table  # noqa: E402
 from peers import diffusers_configs, diffusers_runs, flow_matching_runs, k_runs, load_diffusers, load_flow_matching, load_k_diffusion  # noqa: E402
@@ -39,9 +39,6 @@ from sdeflow import sample  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks")
-GRIDS_FOR = {"index": ["auto", "logsnr", "karras", "quadratic", "trailing"],
-             "edm": ["auto", "karras", "logsnr", "polyexponential"],
-             "t": ["auto", "uniform", "logsnr", "quadratic", "shifted"]}
 
 
 def sdeflow_runs(shared: Shared, process, nfe: int, names=None, only=None):
@@ -55,7 +52,7 @@ def sdeflow_runs(shared: Shared, process, nfe: int, names=None, only=None):
         sampler = make()
         if sampler.stochastic or sampler.adaptive:
             continue
-        for gname in GRIDS_FOR[process.time_input]:
+        for gname in HAND_GRIDS[process.time_input]:
             if only is not None and f"sdeflow {name} ({gname})" not in only:
                 continue
             n = next((m for m in range(1, nfe + 1) if sampler.prepare(sch, GRIDS[gname](m, sch)).nfe == nfe), None)

@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import PROCESSES, load_json, locked_update, problems, sdeflow_denoiser, write_report  # noqa: E402
-from tuning import OUT, fit_draws, hand_grid, stored_runs  # noqa: E402
+from tuning_rows import OUT, fit_draws, hand_grid, stored_runs  # noqa: E402
 
 from sdeflow import grids  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS  # noqa: E402
