@@ -119,12 +119,12 @@ def report(cert, mix, revision: int, fresh=(), peer_fresh=None) -> str:
             at = [r for r in mix if (r["problem"], r["process"], r["nfe"]) == key]
             if not at[0]["best_peer"]:
                 continue
-            options = [(v, f"{r['sampler']}{' + coefficients' if c else ''}, tuned")
-                       for r in at for v, c in with_coefficients(r)]
+            tuned_err, tuned_label = best_tuned(at)[:2]
+            options = [(tuned_err, f"{tuned_label}, tuned")]
             if at[0]["best_sdeflow"]:
                 options.append((at[0]["best_sdeflow"][0], at[0]["best_sdeflow"][1].removeprefix("sdeflow ")))
             err, label = min(options)
-            mine_fresh, peer_fresh_rms = again(key, at, hand=not label.endswith(", tuned"))
+            mine_fresh, peer_fresh_rms = again(key, at, hand=label != options[0][1])
             fresh_ratio = mine_fresh / peer_fresh_rms if mine_fresh and peer_fresh_rms else None
             peer = at[0]["best_peer"][0]
             goal = 0.5 if key[2] <= 8 else 1.0  # judged on the ratio as shown: the same method as a peer's ties
