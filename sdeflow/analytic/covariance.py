@@ -21,7 +21,8 @@ class Covariance(ABC):
 
     @abstractmethod
     def noisy(self, alpha: torch.Tensor, sigma: torch.Tensor, r: torch.Tensor):
-        """Return ``(r^T C^-1 r, log det C, Sigma C^-1 r)`` with shapes ``(B,K), (B,K), (B,K,D)``."""
+        """Return ``(r^T C^-1 r, log det C, Sigma C^-1 r)`` with shapes ``(B,K), (B,K), (B,K,D)``; ``alpha`` and
+        ``sigma`` are ``(B, 1)``, or ``(1, 1)`` for a batch at one time (``log det C`` is then ``(1, K)``)."""
 
     @abstractmethod
     def matvec(self, v: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,17 @@ from ..shapes import Time, as_time, expand_as_batch
 from .covariance import Covariance, Diagonal, Full
 
 
+def _shared_time(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or its one value where a ``(B,)`` time holds the same value for the whole batch (as a
+    sampler's step does), so that the per-time terms of every component are computed once, not once per
+    sample. Only on the CPU outside a traced program (the check reads the values) and for a time that
+    carries no gradient (each sample's time keeps its own)."""
+    if (t.ndim == 1 and t.numel() > 1 and t.device.type == "cpu" and not t.requires_grad
+            and not torch.compiler.is_compiling() and bool((t == t[0]).all())):
+        return t[0]
+    return t
+
+
 class GaussianMixture:
     """``sum_k weights[k] N(means[k], Sigma_k)``.
 
@@ -160,9 +171,8 @@ class GaussianMixture:
         x = x_t.reshape(x_t.shape[0], -1).to(torch.float64)
         if x.shape[1] != self.dim:
             raise ValueError(f"state has {x.shape[1]} values per sample, the mixture has dimension {self.dim}")
-        t = as_time(t)
-        a = schedule.alpha(t).reshape(-1, 1).expand(x.shape[0], 1)
-        s = schedule.sigma(t).reshape(-1, 1).expand(x.shape[0], 1)
+        t = _shared_time(as_time(t))
+        a, s = schedule.alpha(t).reshape(-1, 1), schedule.sigma(t).reshape(-1, 1)  # (B, 1), or (1, 1) shared
         r = x[:, None, :] - a[..., None] * self.means           # (B, K, D)
         quad, logdet, gain = self.cov.noisy(a, s, r)
         logits = torch.log(self.weights) - 0.5 * (quad + logdet + self.dim * math.log(2 * math.pi))
