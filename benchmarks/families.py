@@ -10,7 +10,7 @@ model, a rectified-flow velocity model); the networks are the exact fields in th
 parameterizations. Every candidate sampler on every grid of its family runs at each budget (its
 largest step count within the budget), in float64 from the same draws of ``p_{t0}`` at the grid's
 first time, and is scored by the RMS distance to the exact probability-flow solution from that start
-(``common.Shared``).
+(``common.Shared``), and by that distance's RMS without the worst 1% of the draws and its median.
 
 Seeds below 1000 are the problems defaults are chosen on; seeds from 1000 on are the validation
 problems, never used for choosing. Results go to ``docs/benchmarks/families.json`` one problem at a
@@ -43,6 +43,7 @@ from sdeflow.analytic.covariance import LowRankPlusDiagonal  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS  # noqa: E402
 from sdeflow.samplers import steps_for_nfe  # noqa: E402
 from sdeflow.samplers.names import CANDIDATE_GRIDS, CANDIDATE_SAMPLERS, HIGH_BUDGET, HIGH_ORDER  # noqa: E402
+from sdeflow.tuning.draws import squared_errors, trimmed_rms  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "families.json")
 BUDGETS = [1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 50, 100]
@@ -53,6 +54,11 @@ FAMILY_OF = {"index": "vp", "edm": "sigma", "t": "flow"}
 #: Added to a problem's seed for the draws of a pilot measurement (disjoint from the benchmark's).
 PILOT_SEED = 7919
 PILOT_OUT = OUT.replace("families.json", "families_pilot.json")
+#: What a problem's record holds per configuration and budget, over its draws: the RMS endpoint error,
+#: the RMS without the worst ``TAIL`` share of the draws (``floor(TAIL * draws)`` of them: none below 100
+#: draws), and the median error.
+MEASURES = ("errors", "trimmed", "medians")
+TAIL = 0.01
 
 
 def log_uniform(g: torch.Generator, lo: float, hi: float) -> float:
@@ -98,7 +104,7 @@ def configurations(process):
 
 
 def measure(seed: int, budgets=BUDGETS, pilot: int | None = None, samples: int | None = None) -> dict:
-    """Every configuration's RMS error at every budget, per process, on the problem of ``seed``.
+    """Every configuration's error (each of :data:`MEASURES`) at every budget, per process, on the problem of ``seed``.
     ``pilot``: measure on that many fresh draws instead (another draw seed than the benchmark's):
     what a pilot run on a model sees before it picks a configuration. ``samples``: measure on that
     many of the benchmark's draws instead of the problem's own count (a finer measurement)."""
@@ -112,7 +118,7 @@ def measure(seed: int, budgets=BUDGETS, pilot: int | None = None, samples: int |
         den = sdeflow_denoiser(problem, process)
         sch = process.schedule
         configs = configurations(process)
-        errors = [[None] * len(budgets) for _ in configs]
+        tables = [[[None] * len(budgets) for _ in configs] for _ in MEASURES]
         for i, (sname, gname) in enumerate(configs):
             sampler = SAMPLERS[sname]()
             for j, nfe in enumerate(budgets):
@@ -123,11 +129,13 @@ def measure(seed: int, budgets=BUDGETS, pilot: int | None = None, samples: int |
                 if sampler.prepare(sch, ts).nfe > nfe:  # not reachable within this budget
                     continue
                 x = sample(den, sampler, ts, shared.x_init(float(ts[0])), check_finite=False).x
-                ref = shared.reference(float(ts[0]), 0.0, steps=400)
-                err = float((x - ref).pow(2).sum(1).mean().sqrt())
-                errors[i][j] = err if math.isfinite(err) else math.inf
+                sq = squared_errors(x, shared.reference(float(ts[0]), 0.0, steps=400))
+                for table, value in zip(tables, (sq.mean(), trimmed_rms(sq, TAIL) ** 2, sq.median())):
+                    err = float(value.sqrt())
+                    table[i][j] = err if math.isfinite(err) else math.inf
         out["processes"][FAMILY_OF[process.time_input]] = {
-            "process": process.name, "configs": [f"{s} ({gname})" for s, gname in configs], "errors": errors}
+            "process": process.name, "configs": [f"{s} ({gname})" for s, gname in configs],
+            **dict(zip(MEASURES, tables))}
     return out
 
 

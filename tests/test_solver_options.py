@@ -198,6 +198,31 @@ def test_the_defaults_are_the_rules_choice_on_the_stored_problem_families():
             assert SAMPLERS[name]().prepare(sched, GRIDS[grid](nfe, sched)).nfe == nfe, (fam, nfe, name, grid)
 
 
+def test_the_tails_report_reads_the_worst_draws_share_from_the_two_rms():
+    """``benchmarks/defaults_tails.py`` recovers the share of the squared error that the worst 1% of
+    the draws carry from the RMS over all draws and the RMS without them, as ``families.py`` stores."""
+    import importlib.util
+    import pathlib
+
+    from sdeflow.tuning.draws import trimmed_rms
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(root))
+    try:
+        spec = importlib.util.spec_from_file_location("defaults_tails", root / "defaults_tails.py")
+        tails = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(tails)
+    finally:
+        sys.path.remove(str(root))
+    g = torch.Generator().manual_seed(0)
+    for n, outliers in ((512, 0), (512, 3), (250, 9)):
+        sq = torch.rand(n, generator=g, dtype=torch.float64) ** 4
+        sq[:outliers] = 1e3 * (1 + torch.rand(outliers, generator=g, dtype=torch.float64))
+        worst = torch.topk(sq, int(tails.TAIL * n)).values.sum() / sq.sum()
+        share = tails.tail_share(float(sq.mean().sqrt()), float(trimmed_rms(sq, tails.TAIL)), n)
+        assert share == pytest.approx(float(worst), rel=1e-9)
+
+
 @pytest.mark.parametrize("sampler", [RK45(), DPMSolverAdaptive()], ids=["rk45", "dpm-23"])
 def test_adaptive_solvers_on_a_bfloat16_state_do_not_chase_unreachable_tolerances(sampler):
     """A bfloat16 state cannot hold relative errors below 2^-8; the tolerance is floored there, so

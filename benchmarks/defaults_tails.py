@@ -1,0 +1,109 @@
+"""The defaults' target judged by other measures of the error than the RMS.
+
+On mixtures of separated components a few draws that end in another component than the exact
+solution carry most of a configuration's squared error, and which configuration avoids them on one
+set of draws is partly luck. This report reads the finer measurement of ``benchmarks/families.py``
+(``docs/benchmarks/families_fine.json``: the validation problems of at most 128 dimensions on 512
+draws each) and judges the defaults in the code by the target of ``benchmarks/defaults.py`` (within
+1.5x of the best configuration on 90% of the problems, within 3x on all), with each configuration's
+error measured three ways (``families.MEASURES``): the RMS, the RMS without the worst 1% of the draws
+(5 of 512) and the median error. Beside each: whether some single configuration, chosen with
+hindsight on these problems, meets the target (the ceiling of any fixed default table), and the
+share of the default's squared error that its worst 1% of draws carry.
+
+    python benchmarks/defaults_tails.py   # writes docs/benchmarks/defaults_tails.md (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import write_report  # noqa: E402
+from defaults import FINE_OUT, PROCESS_OF, configuration_errors, default_config, meets, quantile  # noqa: E402
+from families import MEASURES, TAIL, load  # noqa: E402
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "defaults_tails.md")
+NAMES = {"errors": "RMS", "trimmed": "RMS without the worst 1%", "medians": "median"}
+
+
+def tail_share(rms: float, trimmed: float, draws: int) -> float:
+    """The share of the squared error that the ``floor(TAIL * draws)`` worst draws carry, from the RMS
+    over all the draws and over the others."""
+    kept = draws - int(TAIL * draws)
+    return 1.0 - kept * trimmed ** 2 / (draws * rms ** 2) if rms > 0 else 0.0
+
+
+def cell(fine: dict, family: str, j: int, measure: str) -> tuple[list[float], bool]:
+    """The default's ratio to the best configuration per problem under ``measure``, and whether some
+    single configuration meets the target on these problems."""
+    budget, ratios, per_config = fine["budgets"][j], [], {}
+    for seed in sorted(fine["problems"], key=int):
+        every = configuration_errors(fine["problems"][seed]["processes"][family], j, measure=measure)
+        best = min(every.values())
+        ratios.append(every[default_config(family, budget)] / best)
+        for c, e in every.items():
+            per_config.setdefault(c, []).append(e / best)
+    return ratios, any(meets(r) for r in per_config.values())
+
+
+def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    fine = load(FINE_OUT)
+    records = [p["processes"][f] for p in fine["problems"].values() for f in PROCESS_OF]
+    if not fine["problems"] or any(m not in r for r in records for m in MEASURES):
+        sys.exit(f"{FINE_OUT} lacks the measures {', '.join(MEASURES)}: measure it with `python benchmarks/families.py "
+                 "--split validate --count 20 --samples 512 --max-dim 128 --out docs/benchmarks/families_fine.json` "
+                 "(after moving the old file away)")
+    seeds = sorted(fine["problems"], key=int)
+    draws = sorted({fine["problems"][s]["params"]["samples"] for s in seeds})
+    head = " | ".join(f"{NAMES[m]}: default, 90th percentile / worst | some fixed configuration meets it" for m in MEASURES)
+    rows = [f"| family | NFE | {head} | default's worst 1% of draws: share of its squared error, median / largest |",
+            "|---|---|" + "---|---|" * len(MEASURES) + "---|"]
+    counts = {m: [0, 0] for m in MEASURES}
+    for family in PROCESS_OF:
+        for j, budget in enumerate(fine["budgets"]):
+            cols = []
+            for m in MEASURES:
+                ratios, ceiling = cell(fine, family, j, m)
+                counts[m][0] += meets(ratios)
+                counts[m][1] += ceiling
+                cols.append(f"{quantile(ratios, 0.9):.2f} / {max(ratios):.2f}{' (meets)' if meets(ratios) else ''} | "
+                            f"{'yes' if ceiling else 'no'}")
+            shares = []
+            for seed in seeds:
+                rec, key = fine["problems"][seed]["processes"][family], default_config(family, budget)
+                rms, trimmed = (configuration_errors(rec, j, measure=m)[key] for m in ("errors", "trimmed"))
+                if math.isfinite(rms):
+                    shares.append(tail_share(rms, trimmed, fine["problems"][seed]["params"]["samples"]))
+            rows.append(f"| {family} | {budget} | " + " | ".join(cols) +
+                        f" | {statistics.median(shares):.2f} / {max(shares):.2f} |")
+    cells = len(PROCESS_OF) * len(fine["budgets"])
+    summary = ["The defaults meet the target (within 1.5x of the best configuration on 90% of the problems, within 3x "
+               "on all) at " + ", ".join(f"{counts[m][0]} of {cells} cells judged by the {NAMES[m]}" for m in MEASURES)
+               + ". Some single configuration, chosen with hindsight on these problems, meets it at "
+               + ", ".join(f"{counts[m][1]} ({NAMES[m]})" for m in MEASURES) + ": the ceiling of any fixed table. "
+               "The defaults were chosen by the RMS on other problems (`benchmarks/defaults.py`); a rule choosing by "
+               "another measure is not run here, as 16-128 draws per choosing problem leave at most one draw out."]
+    intro = (f"Written by `python benchmarks/defaults_tails.py` from `docs/benchmarks/families_fine.json` (the "
+             f"{len(seeds)} validation problems of at most 128 dimensions of `benchmarks/families.py`, "
+             f"{'/'.join(map(str, draws))} draws each; `python benchmarks/families.py --split validate --count 20 "
+             "--samples 512 --max-dim 128 --out docs/benchmarks/families_fine.json`). Each cell: the ratio of the "
+             "default's error (`sdeflow.samplers.names.DEFAULTS`) to the least error of every configuration on the "
+             "same problem and budget, float64 states against the exact probability-flow solution from the same "
+             "start, with the error of a configuration measured over the draws as the RMS (as in "
+             "[defaults.md](defaults.md)), as the RMS without its worst 1% of draws, and as the median; the 90th "
+             "percentile and the largest ratio over the problems.")
+    write_report(OUT, "The defaults' target judged by the RMS, the RMS without the worst 1% of draws, and the median",
+                 intro, summary, rows)
+
+
+if __name__ == "__main__":
+    main()
