@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import PROCESSES, Problem, Shared, sdeflow_denoiser, shard  # noqa: E402
 
 from sdeflow import analytic, sample  # noqa: E402
-from sdeflow.analytic.covariance import LowRankPlusDiagonal  # noqa: E402
+from sdeflow.analytic.covariance import Full, LowRankPlusDiagonal  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS  # noqa: E402
 from sdeflow.samplers import steps_for_nfe  # noqa: E402
 from sdeflow.samplers.names import CANDIDATE_GRIDS, CANDIDATE_SAMPLERS, HIGH_BUDGET, HIGH_ORDER  # noqa: E402
@@ -54,6 +54,9 @@ FAMILY_OF = {"index": "vp", "edm": "sigma", "t": "flow"}
 #: Added to a problem's seed for the draws of a pilot measurement (disjoint from the benchmark's).
 PILOT_SEED = 7919
 PILOT_OUT = OUT.replace("families.json", "families_pilot.json")
+#: Added to a problem's seed for the draws of a measurement on the data's Gaussian, and where it goes.
+GAUSSIAN_SEED = 3000
+GAUSSIAN_OUT = OUT.replace("families.json", "families_gaussian.json")
 #: What a problem's record holds per configuration and budget, over its draws: the RMS endpoint error,
 #: the RMS without the worst ``TAIL`` share of the draws (``floor(TAIL * draws)`` of them: none below 100
 #: draws), and the median error.
@@ -103,18 +106,27 @@ def configurations(process):
     return [(s, gname) for s in CANDIDATE_SAMPLERS for gname in CANDIDATE_GRIDS[FAMILY_OF[process.time_input]]]
 
 
-def measure(seed: int, budgets=BUDGETS, pilot: int | None = None, samples: int | None = None) -> dict:
+def gaussian_of(mixture: analytic.GaussianMixture) -> analytic.GaussianMixture:
+    """The Gaussian with the mixture's exact mean and covariance."""
+    return analytic.GaussianMixture(torch.ones(1, dtype=torch.float64), mixture.mean()[None], Full(mixture.covariance()[None]))
+
+
+def measure(seed: int, budgets=BUDGETS, pilot: int | None = None, samples: int | None = None,
+            gaussian: bool = False) -> dict:
     """Every configuration's error (each of :data:`MEASURES`) at every budget, per process, on the problem of ``seed``.
     ``pilot``: measure on that many fresh draws instead (another draw seed than the benchmark's):
     what a pilot run on a model sees before it picks a configuration. ``samples``: measure on that
-    many of the benchmark's draws instead of the problem's own count (a finer measurement)."""
+    many of the benchmark's draws instead of the problem's own count (a finer measurement).
+    ``gaussian``: measure on the Gaussian of the problem's data instead (:func:`gaussian_of`, other
+    draws): what a choice made on the data's mean and covariance alone, without the model, sees."""
     problem, params = draw_problem(seed)
-    if pilot or samples:
-        problem = Problem(problem.name, problem.mixture, problem.shape, pilot or samples)
-        params = {**params, "samples": pilot or samples}
+    if pilot or samples or gaussian:
+        mixture = gaussian_of(problem.mixture) if gaussian else problem.mixture
+        problem = Problem(problem.name, mixture, problem.shape, pilot or samples or problem.num)
+        params = {**params, "samples": problem.num}
     out = {"params": params, "processes": {}}
     for process in PROCESSES:
-        shared = Shared(problem, process, seed=seed + PILOT_SEED if pilot else seed)
+        shared = Shared(problem, process, seed=seed + (PILOT_SEED if pilot else GAUSSIAN_SEED if gaussian else 0))
         den = sdeflow_denoiser(problem, process)
         sch = process.schedule
         configs = configurations(process)
@@ -166,26 +178,32 @@ def main() -> None:
                         help="measure on N of the benchmark's draws per problem instead of the problem's own count "
                              "(a finer measurement: give --out, docs/benchmarks/families_fine.json for benchmarks/defaults.py)")
     parser.add_argument("--max-dim", type=int, default=None, metavar="D", help="only the problems of at most D dimensions")
+    parser.add_argument("--gaussian", action="store_true",
+                        help=f"measure on the Gaussian of each problem's data (its exact mean and covariance) instead, "
+                             f"into {os.path.basename(GAUSSIAN_OUT)} unless --out says otherwise (see "
+                             "benchmarks/defaults_tails.py)")
     args = parser.parse_args()
     if args.pilot and args.samples:
         parser.error("--pilot and --samples are two measurements: give one")
-    if args.samples and args.out == OUT:
+    if args.pilot and args.gaussian:
+        parser.error("--pilot and --gaussian are two measurements: give one")
+    if args.samples and args.out == OUT and not args.gaussian:
         parser.error(f"--samples changes the measurement: give another --out than {os.path.basename(OUT)}")
-    out = PILOT_OUT if args.pilot and args.out == OUT else args.out
+    out = args.out if args.out != OUT else PILOT_OUT if args.pilot else GAUSSIAN_OUT if args.gaussian else OUT
     i, k = args.shard
     torch.set_num_threads(args.threads)
     for split in args.split:
         for idx in range(i, args.count, k):
             if args.max_dim is None or draw_problem(SPLITS[split] + idx)[1]["dim"] <= args.max_dim:
-                run_problem(SPLITS[split] + idx, out, args.pilot, args.samples)
+                run_problem(SPLITS[split] + idx, out, args.pilot, args.samples, args.gaussian)
 
 
-def run_problem(seed: int, out: str, pilot: int | None = None, samples: int | None = None) -> None:
+def run_problem(seed: int, out: str, pilot: int | None = None, samples: int | None = None, gaussian: bool = False) -> None:
     """Measure the problem of ``seed`` unless ``out`` has it, and add it to ``out``."""
     if str(seed) in load(out)["problems"]:
         return
     start = time.time()
-    result = measure(seed, pilot=pilot, samples=samples)
+    result = measure(seed, pilot=pilot, samples=samples, gaussian=gaussian)
     with open(out + ".lock", "w") as lock:  # shards share the file: one writer at a time
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = load(out)  # re-read: another shard may have saved since
