@@ -760,6 +760,50 @@ def test_a_screened_pilot_is_refused_where_it_cannot_run_and_is_the_plain_choice
     assert screened.samples == 8 and set(screened.hand) == set(plain.hand)
 
 
+def test_a_choice_on_the_data_gaussian_is_the_choice_on_a_model_of_that_gaussian():
+    """``GaussianDenoiser`` answers the exact ``x_hat`` of the data's Gaussian: where the data are that
+    Gaussian, the candidates' errors on it are those on the model's exact denoiser (the same pick), and
+    the model is never evaluated."""
+    from sdeflow.teleport import Teleport
+    from sdeflow.tuning import choose_configuration
+    from sdeflow.tuning.draws import CountedDenoiser
+    from sdeflow.tuning.gaussian import GaussianDenoiser
+
+    for name in ("vp-linear", "edm", "rectified-flow"):
+        sch = SCHEDULES[name]()
+        x = _draws(sch, 16, 2)
+        gauss = GaussianDenoiser(Teleport.from_moments(GAUSS.means[0], torch.diag(GAUSS.cov.var[0])), sch)
+        t = torch.tensor(0.3, dtype=torch.float64)
+        assert torch.allclose(gauss(x, t), GAUSS.x_hat(x, sch, t), rtol=1e-10, atol=1e-12)
+        model = CountedDenoiser(GAUSS.denoiser(sch), torch.float64)
+        few = {"samplers": ["ddim", "ipndm", "dpm-solver++-2m"], "teacher_steps": 60}
+        on_model, on_gauss = choose_configuration(model, 5, x, **few), choose_configuration(gauss, 5, x, **few)
+        assert (on_gauss.sampler, on_gauss.chosen_grid) == (on_model.sampler, on_model.chosen_grid)
+        assert on_gauss.hand.keys() == on_model.hand.keys()
+        assert all(on_gauss.hand[k] == pytest.approx(on_model.hand[k], rel=1e-8) for k in on_model.hand)
+        calls = model.calls
+        choose_configuration(gauss, 5, x, **few)
+        assert model.calls == calls
+
+
+def test_tune_chooses_on_the_data_gaussian_without_the_model(tmp_path, cli_here):
+    """``sdeflow tune --method choose --on gaussian`` stores a choice made on the data's Gaussian and
+    says that no model evaluation was spent; ``--on gaussian`` without ``--method choose`` is refused."""
+    import shutil
+
+    from sdeflow.pretrained import path_of
+
+    ckpt = tmp_path / "moons.safetensors"
+    shutil.copy(path_of("moons"), ckpt)
+    r = cli_here("tune", "--checkpoint", ckpt, "--method", "choose", "--on", "gaussian", "--sampler", "heun,ipndm",
+                 "--nfe", "3", "--samples", "16", "--teacher-steps", "20")
+    assert r.returncode == 0 and "evaluations of the data's Gaussian (none of the model)" in r.stdout, r.stderr
+    (chosen,) = load_tuned(str(tmp_path / "moons.grids.json"))
+    assert chosen.method.startswith("choice:") and chosen.loss == min(chosen.hand.values())
+    r = cli_here("tune", "--checkpoint", ckpt, "--on", "gaussian", "--nfe", "3")
+    assert r.returncode == 1 and "--on gaussian runs --method choose" in r.stderr, r.stderr
+
+
 def test_tune_chooses_a_default_for_a_model_and_sample_runs_it(tmp_path, cli_here):
     """``sdeflow tune --method choose`` stores the most accurate candidate per budget; ``sdeflow sample
     --grid tuned`` without --sampler runs it; --coefficients and --start are refused with it."""

@@ -40,6 +40,9 @@ def add_tune_parser(sub) -> None:
                    help="with --method choose: a screened pilot of K of the --samples draws (sdeflow's default runs on "
                    "all of them at the budget and at twice it; the teacher and the candidates run on the K/2 draws "
                    "where the two disagree most and K/2 others, weighted by their shares); default: all the draws")
+    p.add_argument("--on", default="model", choices=["model", "gaussian"],
+                   help="with --method choose: run the candidates on the model (default), or on the Gaussian of its "
+                   "training data (--teleport-data, or the checkpoint's bundled dataset), no model evaluation at all")
     p.add_argument("--gradient", default="autograd", choices=["autograd", "differences"],
                    help="how the descent differentiates the loss: through the sampling run (autograd, one run per "
                    "gradient; the default) or by central differences (2 runs per grid point)")
@@ -72,8 +75,8 @@ def add_tune_parser(sub) -> None:
                    "(its time chosen as sdeflow sample --teleport auto does); search, the best of these on the "
                    "held-out draws (default: top)")
     p.add_argument("--teleport-data", default=None, metavar="FILE",
-                   help="data (.npy/.npz) the Gaussian of --start teleport/search is fitted to (default: the "
-                   "checkpoint's bundled dataset)")
+                   help="data (.npy/.npz) the Gaussian of --start teleport/search or --on gaussian is fitted to "
+                   "(default: the checkpoint's bundled dataset)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default: 0)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="the .json file to write (default: <checkpoint>.grids.json beside the checkpoint; for a shipped "
@@ -118,8 +121,11 @@ def run_tune(args) -> None:
     if args.coefficients and args.start != "top":
         raise ValueError(f"--coefficients fits a sampler on a grid that starts at the top; --start {args.start} "
                          "begins below it: leave one out")
-    if args.teleport_data and args.start not in ("teleport", "search"):
-        raise ValueError("--teleport-data fits the Gaussian of --start teleport or search; give one of those")
+    if args.on == "gaussian" and args.method != "choose":
+        raise ValueError("--on gaussian runs --method choose's candidates on the data's Gaussian; a fit needs the model")
+    if args.teleport_data and args.start not in ("teleport", "search") and args.on != "gaussian":
+        raise ValueError("--teleport-data fits the Gaussian of --start teleport or search or of --on gaussian; "
+                         "give one of those")
     if not 0.0 <= args.trim < 0.5:
         raise ValueError(f"--trim must be a share of the draws in [0, 0.5), got {args.trim}")
     try:
@@ -161,10 +167,12 @@ def run_tune(args) -> None:
         stored = {(name, budget): find_tuned(where, name, budget, steps_for(sampler, sch, budget))
                   for name, sampler, budget in jobs}
     gauss = None
-    if args.start in ("teleport", "search"):
-        from ..tuning.gaussian import model_gaussian
+    if args.start in ("teleport", "search") or args.on == "gaussian":
+        from ..tuning.gaussian import GaussianDenoiser, model_gaussian
 
         gauss = model_gaussian(model, args.teleport_data)
+        if args.on == "gaussian":  # the choice runs on the data's Gaussian in the model's place
+            den, gauss = GaussianDenoiser(gauss, sch), None
     times = candidate_times(space) if args.method in ("dp", "dp+descent") else None
     teacher = None
     if args.pilot is not None:  # a screened pilot runs its own teacher on the draws it picks at each budget
@@ -172,7 +180,7 @@ def run_tune(args) -> None:
         return
     if gauss is None or args.method == "stored":  # with a Gaussian, each fit runs its own teacher (see optimize_grid)
         teacher = Teacher(den, x, cond=cond, t_max=space.t_max, steps=args.teacher_steps, times=times)
-        print(f"teacher: {teacher.calls} evaluations on {args.samples} draws, {time.time() - start:.0f} s")
+        print(f"teacher: {teacher.calls} {evaluations(args)} on {args.samples} draws, {time.time() - start:.0f} s")
     if args.method == "choose":
         choose(args, den, teacher, budgets, out)
         return
@@ -217,6 +225,11 @@ def run_tune(args) -> None:
     print(f"wrote {out}")
 
 
+def evaluations(args) -> str:
+    """What the evaluations counted are: the model's, or the data's Gaussian's in its place (``--on``)."""
+    return "evaluations" if args.on == "model" else "evaluations of the data's Gaussian (none of the model)"
+
+
 def choose(args, den, teacher, budgets: list[int], out: str, x=None, cond=None) -> None:
     """``--method choose``: the most accurate candidate at each budget on the draws (a shared ``teacher``'s,
     or a screened pilot of ``args.pilot`` of the draws ``x``), stored as it is found."""
@@ -233,6 +246,6 @@ def choose(args, den, teacher, budgets: list[int], out: str, x=None, cond=None) 
                 else f"a pilot of {chosen.samples} of {args.samples} draws, screened")
         print(f"NFE {budget}: {chosen.sampler} ({chosen.chosen_grid}), RMS {chosen.loss:.3g} on "
               f"{seen}; the default {default}: RMS {chosen.hand.get(default, math.inf):.3g}; "
-              f"{chosen.cost_nfe} evaluations, {time.time() - start:.0f} s")
+              f"{chosen.cost_nfe} {evaluations(args)}, {time.time() - start:.0f} s")
         save_tuned(out, [chosen])
     print(f"wrote {out}")

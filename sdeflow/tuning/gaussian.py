@@ -14,12 +14,27 @@ import os
 
 import torch
 
+from ..denoisers.base import Denoiser
 from ..files import atomic_write, in_package, user_folder
 from ..teleport import ClassTeleport, Teleport
 
 #: Above this many values per sample the covariance is kept as its top principal directions.
 FULL_UP_TO = 4096
 RANK = 64
+
+
+class GaussianDenoiser(Denoiser):
+    """The exact ``x_hat`` of a data Gaussian (a :class:`~sdeflow.teleport.Teleport`, or one per class
+    given ``label=``) under ``schedule``: what a model of that Gaussian answers, at no network cost.
+    ``sdeflow tune --method choose --on gaussian`` picks a configuration on it instead of on the model."""
+
+    def __init__(self, gauss: Teleport, schedule):
+        super().__init__(schedule)
+        self.gauss = gauss
+        self.sample_shape = gauss.shape
+
+    def forward(self, x_t: torch.Tensor, t, label=None, **cond) -> torch.Tensor:
+        return self.gauss.x_hat(x_t, self.schedule, t, label)
 
 
 def gaussian_path(checkpoint_path: str) -> str:
