@@ -167,6 +167,22 @@ def test_default_sampling_is_registered_and_runs_within_its_budget_on_every_sche
     assert torch.isfinite(r.x).all() and r.nfe <= max(nfe, sampler.prepare(schedule, GRIDS[grid](1, schedule)).nfe)
 
 
+def benchmark_module(name: str):
+    """The script ``benchmarks/<name>.py`` loaded as a module (its folder on the path while it loads)."""
+    import importlib.util
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(root))
+    try:
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", root / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(root))
+    return module
+
+
 def test_the_defaults_are_the_rules_choice_on_the_stored_problem_families():
     """``DEFAULTS`` is what ``benchmarks/defaults.py``'s rule chooses from the stored measurements on the
     choosing problems (``docs/benchmarks/families.json``): the table in the code is the documented
@@ -174,24 +190,13 @@ def test_the_defaults_are_the_rules_choice_on_the_stored_problem_families():
     measurements of the choosing problems (``families_pilot.json``). Every default takes one
     evaluation per step at every budget 1-100, so a budget is a step count for ``SdeflowScheduler``
     as well."""
-    import importlib.util
-    import pathlib
-
     from sdeflow.samplers.names import DEFAULTS, default_for_family
+    from sdeflow.tuning.choose import KEEP_DEFAULT
 
-    root = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(root))
-    try:
-        spec = importlib.util.spec_from_file_location("defaults_rule", root / "defaults.py")
-        rule = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(rule)
-        assert rule.choose(rule.load(rule.FAMILIES)) == DEFAULTS
-        # the pilot's preference for the default, chosen on the choosing problems' pilot measurements
-        from sdeflow.tuning.choose import KEEP_DEFAULT
-
-        assert rule.keep_lines(rule.load(rule.FAMILIES), rule.load(rule.PILOT_OUT))[1] == KEEP_DEFAULT
-    finally:
-        sys.path.remove(str(root))
+    rule = benchmark_module("defaults")
+    assert rule.choose(rule.load(rule.FAMILIES)) == DEFAULTS
+    # the pilot's preference for the default, chosen on the choosing problems' pilot measurements
+    assert rule.keep_lines(rule.load(rule.FAMILIES), rule.load(rule.PILOT_OUT))[1] == KEEP_DEFAULT
     for fam, sched in (("vp", ddpm_linear()), ("sigma", EDM()), ("flow", RectifiedFlow())):
         for nfe in range(1, 101):
             name, grid = default_for_family(fam, nfe)
@@ -201,19 +206,9 @@ def test_the_defaults_are_the_rules_choice_on_the_stored_problem_families():
 def test_the_tails_report_reads_the_worst_draws_share_from_the_two_rms():
     """``benchmarks/defaults_tails.py`` recovers the share of the squared error that the worst 1% of
     the draws carry from the RMS over all draws and the RMS without them, as ``families.py`` stores."""
-    import importlib.util
-    import pathlib
-
     from sdeflow.tuning.draws import trimmed_rms
 
-    root = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(root))
-    try:
-        spec = importlib.util.spec_from_file_location("defaults_tails", root / "defaults_tails.py")
-        tails = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(tails)
-    finally:
-        sys.path.remove(str(root))
+    tails = benchmark_module("defaults_tails")
     g = torch.Generator().manual_seed(0)
     for n, outliers in ((512, 0), (512, 3), (250, 9)):
         sq = torch.rand(n, generator=g, dtype=torch.float64) ** 4
