@@ -799,7 +799,9 @@ def test_tune_chooses_on_the_data_gaussian_without_the_model(tmp_path, cli_here)
                  "--nfe", "3", "--samples", "16", "--teacher-steps", "20")
     assert r.returncode == 0 and "evaluations of the data's Gaussian (none of the model)" in r.stdout, r.stderr
     (chosen,) = load_tuned(str(tmp_path / "moons.grids.json"))
-    assert chosen.method.startswith("choice:") and chosen.loss == min(chosen.hand.values())
+    assert chosen.method.startswith("choice:") and chosen.loss == min(chosen.hand.values()) and chosen.on == "gaussian"
+    r = cli_here("sample", "--checkpoint", ckpt, "--nfe", "3", "--grid", "tuned", "-n", "8", "--out", tmp_path / "s.npz")
+    assert r.returncode == 0 and "(chosen on the data's Gaussian, by sdeflow tune" in r.stdout, r.stderr
     r = cli_here("tune", "--checkpoint", ckpt, "--on", "gaussian", "--nfe", "3")
     assert r.returncode == 1 and "--on gaussian runs --method choose" in r.stderr, r.stderr
 
@@ -819,7 +821,7 @@ def test_tune_chooses_a_default_for_a_model_and_sample_runs_it(tmp_path, cli_her
                  "--samples", "16", "--teacher-steps", "20")
     assert r.returncode == 0 and "NFE 3: " in r.stdout and "the default" in r.stdout, r.stderr
     (chosen,) = load_tuned(str(tmp_path / "moons.grids.json"))
-    assert chosen.method.startswith("choice:") and chosen.loss == min(chosen.hand.values())
+    assert chosen.method.startswith("choice:") and chosen.loss == min(chosen.hand.values()) and chosen.on == "model"
     default = next(iter(chosen.hand)).split(" ")[0]  # the default comes first, compared with the given samplers
     assert {k.split(" ")[0] for k in chosen.hand} == {"heun", "ipndm", default} and len(chosen.hand) >= 10
     out = tmp_path / "s.npz"

@@ -352,7 +352,8 @@ def _sample_model(args) -> dict:
         if tuned is not None and tuned.start == "leading":
             fitted += f" (tuned grid starting leading at t = {float(ts[0]):.4g})"
         if tuned is not None and tuned.chosen_grid is not None:
-            fitted += f" on the {tuned.chosen_grid} grid (chosen for this model by sdeflow tune --method choose)"
+            how = "on the data's Gaussian, " if tuned.on == "gaussian" else "for this model "
+            fitted += f" on the {tuned.chosen_grid} grid (chosen {how}by sdeflow tune --method choose)"
         print(f"{args.num} samples of {name} with {args.sampler}{fitted}{guide}, {steps} step{'s' if steps != 1 else ''}, NFE {nfe}{procs}"
               + _teleport_note(args) + _forwards_note(denoiser, mine))
         for out in outs:

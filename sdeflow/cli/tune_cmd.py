@@ -241,6 +241,7 @@ def choose(args, den, teacher, budgets: list[int], out: str, x=None, cond=None) 
         given = ({"teacher": teacher} if teacher is not None else
                  {"x_init": x, "cond": cond, "pilot": args.pilot, "seed": args.seed, "teacher_steps": args.teacher_steps})
         chosen = choose_configuration(den, budget, samplers=args.sampler.split(",") if args.sampler else None, **given)
+        chosen.on = args.on
         default = default_key(den.schedule, budget)
         seen = (f"{chosen.samples} draws" if teacher is not None or args.pilot >= args.samples
                 else f"a pilot of {chosen.samples} of {args.samples} draws, screened")

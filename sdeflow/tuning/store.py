@@ -36,7 +36,8 @@ class TunedGrid:
     the fit differentiated through. ``start``: how a run reaches ``ts[0]`` (see
     :data:`~sdeflow.tuning.draws.STARTS`): ``"top"``, the prior's draw there; ``"leading"``, the top's
     prior draw taken as a state at ``ts[0]``; ``"teleport"``, the data's Gaussian carrying the noise
-    to ``ts[0]``."""
+    to ``ts[0]``. ``on``: what a pilot choice ran on, ``"model"``, or ``"gaussian"``, the Gaussian of
+    the training data in the model's place (``sdeflow tune --method choose --on gaussian``)."""
 
     ts: list[float]
     sampler: str
@@ -51,6 +52,7 @@ class TunedGrid:
     heldout: float | None = None
     cost_grad: int = 0
     start: str = "top"
+    on: str = "model"
 
     @property
     def best_hand(self) -> tuple[str, float]:
