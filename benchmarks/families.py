@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import PROCESSES, Problem, Shared, sdeflow_denoiser, shard  # noqa: E402
 
 from sdeflow import analytic, sample  # noqa: E402
-from sdeflow.analytic.covariance import Full, LowRankPlusDiagonal  # noqa: E402
+from sdeflow.analytic.covariance import LowRankPlusDiagonal  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS  # noqa: E402
 from sdeflow.samplers import steps_for_nfe  # noqa: E402
 from sdeflow.samplers.names import CANDIDATE_GRIDS, CANDIDATE_SAMPLERS, HIGH_BUDGET, HIGH_ORDER  # noqa: E402
@@ -106,22 +106,18 @@ def configurations(process):
     return [(s, gname) for s in CANDIDATE_SAMPLERS for gname in CANDIDATE_GRIDS[FAMILY_OF[process.time_input]]]
 
 
-def gaussian_of(mixture: analytic.GaussianMixture) -> analytic.GaussianMixture:
-    """The Gaussian with the mixture's exact mean and covariance."""
-    return analytic.GaussianMixture(torch.ones(1, dtype=torch.float64), mixture.mean()[None], Full(mixture.covariance()[None]))
-
-
 def measure(seed: int, budgets=BUDGETS, pilot: int | None = None, samples: int | None = None,
             gaussian: bool = False) -> dict:
     """Every configuration's error (each of :data:`MEASURES`) at every budget, per process, on the problem of ``seed``.
     ``pilot``: measure on that many fresh draws instead (another draw seed than the benchmark's):
     what a pilot run on a model sees before it picks a configuration. ``samples``: measure on that
     many of the benchmark's draws instead of the problem's own count (a finer measurement).
-    ``gaussian``: measure on the Gaussian of the problem's data instead (:func:`gaussian_of`, other
+    ``gaussian``: measure on the Gaussian with the problem's exact mean and covariance instead (other
     draws): what a choice made on the data's mean and covariance alone, without the model, sees."""
     problem, params = draw_problem(seed)
     if pilot or samples or gaussian:
-        mixture = gaussian_of(problem.mixture) if gaussian else problem.mixture
+        mix = problem.mixture
+        mixture = analytic.gaussian(mix.mean(), mix.covariance()) if gaussian else mix
         problem = Problem(problem.name, mixture, problem.shape, pilot or samples or problem.num)
         params = {**params, "samples": problem.num}
     out = {"params": params, "processes": {}}
@@ -142,9 +138,8 @@ def measure(seed: int, budgets=BUDGETS, pilot: int | None = None, samples: int |
                     continue
                 x = sample(den, sampler, ts, shared.x_init(float(ts[0])), check_finite=False).x
                 sq = squared_errors(x, shared.reference(float(ts[0]), 0.0, steps=400))
-                for table, value in zip(tables, (sq.mean(), trimmed_rms(sq, TAIL) ** 2, sq.median())):
-                    err = float(value.sqrt())
-                    table[i][j] = err if math.isfinite(err) else math.inf
+                for table, value in zip(tables, (sq.mean().sqrt(), trimmed_rms(sq, TAIL), sq.median().sqrt())):
+                    table[i][j] = float(value) if math.isfinite(float(value)) else math.inf
         out["processes"][FAMILY_OF[process.time_input]] = {
             "process": process.name, "configs": [f"{s} ({gname})" for s, gname in configs],
             **dict(zip(MEASURES, tables))}

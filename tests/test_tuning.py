@@ -774,13 +774,14 @@ def test_a_choice_on_the_data_gaussian_is_the_choice_on_a_model_of_that_gaussian
         x = _draws(sch, 16, 2)
         gauss = GaussianDenoiser(Teleport.from_moments(GAUSS.means[0], torch.diag(GAUSS.cov.var[0])), sch)
         t = torch.tensor(0.3, dtype=torch.float64)
-        assert torch.allclose(gauss(x, t), GAUSS.x_hat(x, sch, t), rtol=1e-10, atol=1e-12)
+        # float64 rounding: measured 3e-14 relative, 9e-16 absolute at most on these schedules
+        assert torch.allclose(gauss(x, t), GAUSS.x_hat(x, sch, t), rtol=1e-12, atol=1e-14)
         model = CountedDenoiser(GAUSS.denoiser(sch), torch.float64)
         few = {"samplers": ["ddim", "ipndm", "dpm-solver++-2m"], "teacher_steps": 60}
         on_model, on_gauss = choose_configuration(model, 5, x, **few), choose_configuration(gauss, 5, x, **few)
         assert (on_gauss.sampler, on_gauss.chosen_grid) == (on_model.sampler, on_model.chosen_grid)
         assert on_gauss.hand.keys() == on_model.hand.keys()
-        assert all(on_gauss.hand[k] == pytest.approx(on_model.hand[k], rel=1e-8) for k in on_model.hand)
+        assert all(on_gauss.hand[k] == pytest.approx(on_model.hand[k], rel=1e-12) for k in on_model.hand)  # floor 2e-15
         calls = model.calls
         choose_configuration(gauss, 5, x, **few)
         assert model.calls == calls

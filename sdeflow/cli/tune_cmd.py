@@ -170,9 +170,10 @@ def run_tune(args) -> None:
     if args.start in ("teleport", "search") or args.on == "gaussian":
         from ..tuning.gaussian import GaussianDenoiser, model_gaussian
 
-        gauss = model_gaussian(model, args.teleport_data)
-        if args.on == "gaussian":  # the choice runs on the data's Gaussian in the model's place
-            den, gauss = GaussianDenoiser(gauss, sch), None
+        if args.on == "gaussian":  # the choice runs on the data's Gaussian in the model's place (from the top)
+            den = GaussianDenoiser(model_gaussian(model, args.teleport_data), sch)
+        else:
+            gauss = model_gaussian(model, args.teleport_data)
     times = candidate_times(space) if args.method in ("dp", "dp+descent") else None
     teacher = None
     if args.pilot is not None:  # a screened pilot runs its own teacher on the draws it picks at each budget

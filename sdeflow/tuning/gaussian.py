@@ -25,7 +25,8 @@ RANK = 64
 
 class GaussianDenoiser(Denoiser):
     """The exact ``x_hat`` of a data Gaussian (a :class:`~sdeflow.teleport.Teleport`, or one per class
-    given ``label=``) under ``schedule``: what a model of that Gaussian answers, at no network cost.
+    given ``label=``) under ``schedule``, at one time for the whole batch (as a sampler calls it): what a
+    model of that Gaussian answers, at no network cost.
     ``sdeflow tune --method choose --on gaussian`` picks a configuration on it instead of on the model."""
 
     def __init__(self, gauss: Teleport, schedule):
