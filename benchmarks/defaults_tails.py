@@ -12,7 +12,9 @@ hindsight on these problems, meets the target (the ceiling of any fixed default 
 share of the default's squared error that its worst 1% of draws carry. Then two choices made for
 each problem, judged the same way: the configuration least in error on the Gaussian of the problem's
 data (``families.py --gaussian``: its exact mean and covariance, no model evaluation), and the pilot
-run's pick on 32 draws of the model (``families.py --pilot 32``).
+run's pick on 32 draws of the model (``families.py --pilot 32``); and, where measured
+(``families.py --gaussian --fit N``), the Gaussian fitted to N samples of the data, as
+``sdeflow tune --on gaussian`` fits it.
 
     python benchmarks/defaults_tails.py   # writes docs/benchmarks/defaults_tails.md (seconds)
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import statistics
 import sys
 
@@ -30,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import write_report  # noqa: E402
 from defaults import FINE_OUT, PILOT_OUT, PROCESS_OF, configuration_errors, default_config, meets, picked_on, quantile  # noqa: E402
-from families import GAUSSIAN_OUT, MEASURES, TAIL, load  # noqa: E402
+from families import FIT_OUT, GAUSSIAN_OUT, MEASURES, TAIL, load  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "defaults_tails.md")
 GAUSS = "the data's Gaussian"
@@ -62,6 +65,59 @@ def judged(ratios: list[float]) -> str:
     return f"{quantile(ratios, 0.9):.2f} / {max(ratios):.2f}{' (meets)' if meets(ratios) else ''}"
 
 
+def picks(seen: dict, seeds: list[str], family: str, j: int) -> list[str]:
+    """Per problem, the configuration picked on the measurement ``seen`` as ``choose_configuration`` picks:
+    the least error, sdeflow's default where it ties."""
+    budget = seen["budgets"][j]
+    return [picked_on(configuration_errors(seen["problems"][s]["processes"][family], j), family, budget) for s in seeds]
+
+
+def pick_ratios(fine: dict, seen: dict, family: str, j: int, measure: str) -> list[float]:
+    """Per problem, the ratio of the error of the configuration picked on ``seen`` to the best
+    configuration's, both on the finer measurement's draws by ``measure``."""
+    seeds = sorted(fine["problems"], key=int)
+    ratios = []
+    for seed, pick in zip(seeds, picks(seen, seeds, family, j)):
+        every = configuration_errors(fine["problems"][seed]["processes"][family], j, measure=measure)
+        ratios.append(every[pick] / min(every.values()))
+    return ratios
+
+
+def fitted_lines(fine: dict, gauss: dict) -> list[str]:
+    """The lines on the Gaussian fitted to a few samples of the data (``families.py --gaussian --fit N``, as
+    ``sdeflow tune --on gaussian`` fits it) against the one with the data's exact moments: per sample
+    count measured, the cells where its pick meets the target by each measure, and how often it picks what
+    the exact moments pick."""
+    seeds = sorted(fine["problems"], key=int)
+    folder, pattern = os.path.dirname(FIT_OUT), re.escape(os.path.basename(FIT_OUT)).replace(re.escape("{}"), r"(\d+)")
+    found = sorted((int(m.group(1)), os.path.join(folder, name)) for name in os.listdir(folder)
+                   if (m := re.fullmatch(pattern, name)))
+    if not found:
+        return []
+    lines = ["", "The data's Gaussian fitted to N samples of the data (mean and sample covariance, as `sdeflow tune "
+             "--on gaussian` fits it to the training data; `python benchmarks/families.py --split validate --count 20 "
+             f"--max-dim 128 --samples 128 --gaussian --fit N`), against the exact moments above: the cells (of "
+             f"{len(PROCESS_OF) * len(fine['budgets'])}) "
+             "where its pick meets the target by each measure, and the share of the problems and cells where it "
+             "picks what the exact moments pick.", "",
+             "| data's Gaussian | " + " | ".join(f"cells meeting the target, {NAMES[m]}" for m in MEASURES)
+             + " | same pick as the exact moments |", "|---|" + "---|" * (len(MEASURES) + 1)]
+    for n, path in [(None, None)] + found:
+        seen = gauss if path is None else load(path)
+        if any(s not in seen["problems"] for s in seeds):
+            sys.exit(f"{path} lacks some of the problems: finish its measurement (`--fit {n}`)")
+        met, same, total = [0] * len(MEASURES), 0, 0
+        for family in PROCESS_OF:
+            for j in range(len(fine["budgets"])):
+                for i, m in enumerate(MEASURES):
+                    met[i] += meets(pick_ratios(fine, seen, family, j, m))
+                mine, exact = picks(seen, seeds, family, j), picks(gauss, seeds, family, j)
+                same, total = same + sum(a == b for a, b in zip(mine, exact)), total + len(seeds)
+        lines.append(f"| {'exact mean and covariance' if n is None else f'fitted to {n} samples'} | "
+                     + " | ".join(map(str, met)) + f" | {same / total:.0%} |")
+    return lines
+
+
 def pick_lines(fine: dict, gauss: dict, pilot: dict) -> tuple[list[str], dict]:
     """The section on choices made for each problem: the configuration least in error on the Gaussian of
     the problem's data (``gauss``, no model evaluation) and the pilot's pick on 32 draws of the model
@@ -89,15 +145,11 @@ def pick_lines(fine: dict, gauss: dict, pilot: dict) -> tuple[list[str], dict]:
             cols = []
             for m in MEASURES:
                 for k, seen in picks.items():
-                    ratios = []
-                    for seed in seeds:
-                        every = configuration_errors(fine["problems"][seed]["processes"][family], j, measure=m)
-                        pick = picked_on(configuration_errors(seen["problems"][seed]["processes"][family], j), family, budget)
-                        ratios.append(every[pick] / min(every.values()))
+                    ratios = pick_ratios(fine, seen, family, j, m)
                     counts[m, k] += meets(ratios)
                     cols.append(judged(ratios))
             rows.append(f"| {family} | {budget} | " + " | ".join(cols) + " |")
-    return rows, counts
+    return rows + fitted_lines(fine, gauss), counts
 
 
 def main() -> None:

@@ -57,6 +57,9 @@ PILOT_OUT = OUT.replace("families.json", "families_pilot.json")
 #: Added to a problem's seed for the draws of a measurement on the data's Gaussian, and where it goes.
 GAUSSIAN_SEED = 3000
 GAUSSIAN_OUT = OUT.replace("families.json", "families_gaussian.json")
+#: Added to a problem's seed for the data a Gaussian is fitted to (``--gaussian --fit N``), and where it goes.
+FIT_SEED = 5000
+FIT_OUT = OUT.replace("families.json", "families_gaussian_fit{}.json")
 #: What a problem's record holds per configuration and budget, over its draws: the RMS endpoint error,
 #: the RMS without the worst ``TAIL`` share of the draws (``floor(TAIL * draws)`` of them: none below 100
 #: draws), and the median error.
@@ -107,19 +110,26 @@ def configurations(process):
 
 
 def measure(seed: int, budgets=BUDGETS, pilot: int | None = None, samples: int | None = None,
-            gaussian: bool = False) -> dict:
+            gaussian: bool = False, fit: int | None = None) -> dict:
     """Every configuration's error (each of :data:`MEASURES`) at every budget, per process, on the problem of ``seed``.
     ``pilot``: measure on that many fresh draws instead (another draw seed than the benchmark's):
     what a pilot run on a model sees before it picks a configuration. ``samples``: measure on that
     many of the benchmark's draws instead of the problem's own count (a finer measurement).
     ``gaussian``: measure on the Gaussian with the problem's exact mean and covariance instead (other
-    draws): what a choice made on the data's mean and covariance alone, without the model, sees."""
+    draws): what a choice made on the data's mean and covariance alone, without the model, sees.
+    ``fit``: with ``gaussian``, the Gaussian fitted to that many samples of the data instead, as
+    ``sdeflow tune --on gaussian`` fits it to the training data (:func:`~sdeflow.tuning.gaussian.fit_gaussian`;
+    the same draws of ``p_{t0}`` as the exact Gaussian's)."""
+    if fit and not gaussian:
+        raise ValueError("fit= is the number of data samples a Gaussian is fitted to: it needs gaussian=True")
     problem, params = draw_problem(seed)
     if pilot or samples or gaussian:
-        mix = problem.mixture
-        mixture = analytic.gaussian(mix.mean(), mix.covariance()) if gaussian else mix
+        mixture = problem.mixture
+        if gaussian:
+            mixture = analytic.gaussian(*(data_moments(mixture, fit, seed + FIT_SEED) if fit else
+                                          (mixture.mean(), mixture.covariance())))
         problem = Problem(problem.name, mixture, problem.shape, pilot or samples or problem.num)
-        params = {**params, "samples": problem.num}
+        params = {**params, "samples": problem.num, **({"fitted_to": fit} if fit else {})}
     out = {"params": params, "processes": {}}
     for process in PROCESSES:
         shared = Shared(problem, process, seed=seed + (PILOT_SEED if pilot else GAUSSIAN_SEED if gaussian else 0))
@@ -144,6 +154,15 @@ def measure(seed: int, budgets=BUDGETS, pilot: int | None = None, samples: int |
             "process": process.name, "configs": [f"{s} ({gname})" for s, gname in configs],
             **dict(zip(MEASURES, tables))}
     return out
+
+
+def data_moments(mixture, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and covariance of the Gaussian that ``sdeflow tune --on gaussian`` fits to ``n`` samples
+    of ``mixture`` (drawn with ``seed``)."""
+    from sdeflow.tuning.gaussian import fit_gaussian
+
+    g = fit_gaussian(mixture.sample(n, torch.Generator().manual_seed(seed)))
+    return g.mean, (g.basis * g.variances) @ g.basis.T
 
 
 def load(path: str = OUT) -> dict:
@@ -177,28 +196,36 @@ def main() -> None:
                         help=f"measure on the Gaussian of each problem's data (its exact mean and covariance) instead, "
                              f"into {os.path.basename(GAUSSIAN_OUT)} unless --out says otherwise (see "
                              "benchmarks/defaults_tails.py)")
+    parser.add_argument("--fit", type=int, default=None, metavar="N",
+                        help="with --gaussian: the Gaussian fitted to N samples of each problem's data instead, as "
+                             "sdeflow tune --on gaussian fits it, into "
+                             f"{os.path.basename(FIT_OUT.format('N'))} unless --out says otherwise")
     args = parser.parse_args()
+    if args.fit is not None and (not args.gaussian or args.fit < 2):
+        parser.error("--fit N (at least 2 samples) fits the Gaussian of --gaussian: give both")
     if args.pilot and args.samples:
         parser.error("--pilot and --samples are two measurements: give one")
     if args.pilot and args.gaussian:
         parser.error("--pilot and --gaussian are two measurements: give one")
     if args.samples and args.out == OUT and not args.gaussian:
         parser.error(f"--samples changes the measurement: give another --out than {os.path.basename(OUT)}")
-    out = args.out if args.out != OUT else PILOT_OUT if args.pilot else GAUSSIAN_OUT if args.gaussian else OUT
+    out = args.out if args.out != OUT else PILOT_OUT if args.pilot else FIT_OUT.format(args.fit) if args.fit else \
+        GAUSSIAN_OUT if args.gaussian else OUT
     i, k = args.shard
     torch.set_num_threads(args.threads)
     for split in args.split:
         for idx in range(i, args.count, k):
             if args.max_dim is None or draw_problem(SPLITS[split] + idx)[1]["dim"] <= args.max_dim:
-                run_problem(SPLITS[split] + idx, out, args.pilot, args.samples, args.gaussian)
+                run_problem(SPLITS[split] + idx, out, args.pilot, args.samples, args.gaussian, args.fit)
 
 
-def run_problem(seed: int, out: str, pilot: int | None = None, samples: int | None = None, gaussian: bool = False) -> None:
+def run_problem(seed: int, out: str, pilot: int | None = None, samples: int | None = None, gaussian: bool = False,
+                fit: int | None = None) -> None:
     """Measure the problem of ``seed`` unless ``out`` has it, and add it to ``out``."""
     if str(seed) in load(out)["problems"]:
         return
     start = time.time()
-    result = measure(seed, pilot=pilot, samples=samples, gaussian=gaussian)
+    result = measure(seed, pilot=pilot, samples=samples, gaussian=gaussian, fit=fit)
     with open(out + ".lock", "w") as lock:  # shards share the file: one writer at a time
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = load(out)  # re-read: another shard may have saved since

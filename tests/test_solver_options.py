@@ -1,6 +1,7 @@
 """The practical options of the ODE solvers: warm-up and final orders, adaptive tolerance,
 final denoising step, thresholding, grids and their NFE."""
 
+import math
 import sys
 
 import pytest
@@ -216,6 +217,24 @@ def test_the_tails_report_reads_the_worst_draws_share_from_the_two_rms():
         worst = torch.topk(sq, int(tails.TAIL * n)).values.sum() / sq.sum()
         share = tails.tail_share(float(sq.mean().sqrt()), float(trimmed_rms(sq, tails.TAIL)), n)
         assert share == pytest.approx(float(worst), rel=1e-9)
+
+
+def test_the_fitted_gaussian_of_a_family_problem_is_its_samples_mean_and_covariance():
+    """``families.py --gaussian --fit N`` measures on the Gaussian ``sdeflow tune --on gaussian`` fits: the
+    mean and unbiased covariance of N samples of the problem's data (reassembled from the fit's basis),
+    which approach the data's exact moments as N grows; ``fit`` without ``gaussian`` is refused."""
+    families = benchmark_module("families")
+    problem, params = families.draw_problem(1005)
+    mix = problem.mixture
+    for n in (200, 20000):
+        mean, cov = families.data_moments(mix, n, 7)
+        x = mix.sample(n, torch.Generator().manual_seed(7))
+        assert torch.allclose(mean, x.mean(0), rtol=0, atol=1e-12)
+        assert torch.allclose(cov, torch.cov(x.T), rtol=1e-10, atol=1e-12)
+    # the mean's error is about sqrt(tr(cov) / n): within 5 of those at n = 20000
+    assert float((mean - mix.mean()).norm()) < 5 * math.sqrt(float(mix.covariance().trace()) / 20000)
+    with pytest.raises(ValueError, match="gaussian=True"):
+        families.measure(1005, budgets=[1], fit=100)
 
 
 @pytest.mark.parametrize("sampler", [RK45(), DPMSolverAdaptive()], ids=["rk45", "dpm-23"])
