@@ -57,6 +57,19 @@ def chosen_problems(count: int = 20) -> list[int]:
     return out
 
 
+def candidate_runs(den, options: dict, shared: Shared) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every candidate of ``options`` (:func:`~sdeflow.tuning.choose.candidates`) run on the shared draws:
+    per-draw squared endpoint errors against the exact solution (candidates x draws, ``inf`` where not
+    finite) and the endpoints (candidates x draws x values)."""
+    errors, ends = [], []
+    for _, _, sampler, ts in options.values():
+        x = sample(den, sampler, ts, shared.x_init(float(ts[0])), check_finite=False).x
+        e = (x - shared.reference(float(ts[0]), 0.0, steps=400)).pow(2).flatten(1).sum(1)
+        errors.append(torch.where(torch.isfinite(e), e, torch.full_like(e, math.inf)))
+        ends.append(x.flatten(1))
+    return torch.stack(errors), torch.stack(ends)
+
+
 def measure(seed: int, pool: int) -> dict:
     """Per family and budget: each pilot kind's ratios (pick's RMS on the judging draws over the best's)."""
     problem, params = draw_problem(seed)
@@ -70,13 +83,7 @@ def measure(seed: int, pool: int) -> dict:
         for nfe in BUDGETS:
             options = candidates(sch, nfe)
             keys = list(options)
-            errors = []
-            for key in keys:
-                _, _, sampler, ts = options[key]
-                x = sample(den, sampler, ts, shared.x_init(float(ts[0])), check_finite=False).x
-                e = (x - shared.reference(float(ts[0]), 0.0, steps=400)).pow(2).flatten(1).sum(1)
-                errors.append(torch.where(torch.isfinite(e), e, torch.full_like(e, math.inf)))
-            errors = torch.stack(errors)  # candidates x draws
+            errors, _ = candidate_runs(den, options, shared)
             order = screen_order(den, nfe, shared.x_init(float(options[keys[0]][3][0]))[:pool])
             judged = errors[:, pool:].mean(1)
             best = float(judged.min())

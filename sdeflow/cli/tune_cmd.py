@@ -40,6 +40,10 @@ def add_tune_parser(sub) -> None:
                    help="with --method choose: a screened pilot of K of the --samples draws (sdeflow's default runs on "
                    "all of them at the budget and at twice it; the teacher and the candidates run on the K/2 draws "
                    "where the two disagree most and K/2 others, weighted by their shares); default: all the draws")
+    p.add_argument("--verify", type=int, default=None, metavar="M",
+                   help="with --method choose: a verified pilot (give a few hundred --samples): the candidates run on "
+                   "32 random draws of them, the 4 least in error there on all of them, and the teacher on the M "
+                   "draws where those 4 part most (16 is enough); the least error over all the draws, so estimated, wins")
     p.add_argument("--on", default="model", choices=["model", "gaussian"],
                    help="with --method choose: run the candidates on the model (default), or on the Gaussian of its "
                    "training data (--teleport-data, or the checkpoint's bundled dataset), no model evaluation at all")
@@ -115,6 +119,16 @@ def run_tune(args) -> None:
         raise ValueError("--pilot picks the draws of --method choose's pilot; the fits use every draw: leave it out")
     if args.pilot is not None and not 2 <= args.pilot <= args.samples:
         raise ValueError(f"--pilot must be from 2 to the {args.samples} --samples, got {args.pilot}")
+    if args.verify is not None:
+        from ..tuning.choose import VERIFY_PILOT
+
+        if args.method != "choose" or args.pilot is not None:
+            raise ValueError("--verify checks the finalists of --method choose's random pilot: use it with --method "
+                             "choose and without --pilot (a screened pilot)")
+        if args.verify < 1 or args.samples <= VERIFY_PILOT + args.verify:
+            raise ValueError(f"--verify M checks M >= 1 of the --samples draws beside a pilot of {VERIFY_PILOT}: give "
+                             f"more than {VERIFY_PILOT} + M --samples (a few hundred), got --verify {args.verify} "
+                             f"and {args.samples} --samples")
     if args.method == "choose" and (args.coefficients or args.start != "top"):
         raise ValueError("--method choose picks a sampler and a hand grid from the top; --coefficients and --start "
                          "belong to a fit: tune the chosen sampler's grid afterwards")
@@ -176,7 +190,7 @@ def run_tune(args) -> None:
             gauss = model_gaussian(model, args.teleport_data)
     times = candidate_times(space) if args.method in ("dp", "dp+descent") else None
     teacher = None
-    if args.pilot is not None:  # a screened pilot runs its own teacher on the draws it picks at each budget
+    if args.pilot is not None or args.verify is not None:  # these run their own teacher on the draws they pick
         choose(args, den, None, budgets, out, x, cond)
         return
     if gauss is None or args.method == "stored":  # with a Gaussian, each fit runs its own teacher (see optimize_grid)
@@ -233,19 +247,22 @@ def evaluations(args) -> str:
 
 def choose(args, den, teacher, budgets: list[int], out: str, x=None, cond=None) -> None:
     """``--method choose``: the most accurate candidate at each budget on the draws (a shared ``teacher``'s,
-    or a screened pilot of ``args.pilot`` of the draws ``x``), stored as it is found."""
+    a screened pilot of ``args.pilot`` of the draws ``x``, or a verified pilot on them, ``args.verify``), stored as
+    it is found."""
     from ..tuning import choose_configuration, save_tuned
     from ..tuning.choose import default_key
 
     for budget in budgets:
         start = time.time()
         given = ({"teacher": teacher} if teacher is not None else
-                 {"x_init": x, "cond": cond, "pilot": args.pilot, "seed": args.seed, "teacher_steps": args.teacher_steps})
+                 {"x_init": x, "cond": cond, "pilot": args.pilot, "verify": args.verify, "seed": args.seed,
+                  "teacher_steps": args.teacher_steps})
         chosen = choose_configuration(den, budget, samplers=args.sampler.split(",") if args.sampler else None, **given)
         chosen.on = args.on
         default = default_key(den.schedule, budget)
-        seen = (f"{chosen.samples} draws" if teacher is not None or args.pilot >= args.samples
-                else f"a pilot of {chosen.samples} of {args.samples} draws, screened")
+        seen = (f"{chosen.samples} draws" if teacher is not None or (args.pilot or 0) >= args.samples
+                else f"a pilot of {chosen.samples} of {args.samples} draws, screened" if args.pilot
+                else f"a pilot of {chosen.samples} of {args.samples} draws, its finalists checked on all of them")
         print(f"NFE {budget}: {chosen.sampler} ({chosen.chosen_grid}), RMS {chosen.loss:.3g} on "
               f"{seen}; the default {default}: RMS {chosen.hand.get(default, math.inf):.3g}; "
               f"{chosen.cost_nfe} {evaluations(args)}, {time.time() - start:.0f} s")

@@ -19,7 +19,7 @@ from ..names import lookup
 from ..sampling import sample
 from ..samplers import steps_for_nfe
 from ..samplers.names import CANDIDATE_GRIDS, SAMPLERS, candidate_samplers, default_sampling, family
-from .draws import CountedDenoiser, Teacher, cond_rows, draw_errors
+from .draws import CountedDenoiser, Teacher, cond_rows, draw_errors, squared_errors
 from .fit import check_tunable
 from .store import TunedGrid
 
@@ -93,9 +93,49 @@ def stratified_mean(top: torch.Tensor, rest: torch.Tensor, pool: int) -> torch.T
     return (top.sum(-1) + rest_sum) / pool
 
 
+#: A verified pilot (``choose_configuration(verify=...)``): the random pilot's size, and how many of its
+#: candidates least in error are run on the whole pool. Fixed before ``benchmarks/pilot_verify.py``
+#: measured them.
+VERIFY_PILOT, FINALISTS = 32, 4
+
+
+def spread_order(ends: torch.Tensor) -> torch.Tensor:
+    """The draws (the second dimension of ``ends``: runs x draws x ...) ordered by how far the runs
+    spread on them, largest first (the squared distance of the farthest run from their mean); a draw
+    where a run is not finite first of all."""
+    flat = ends.to(torch.float64).flatten(2)
+    spread = (flat - flat.mean(0)).pow(2).sum(-1).amax(0)
+    return torch.argsort(torch.nan_to_num(spread, nan=math.inf), descending=True, stable=True)
+
+
+def verified(denoiser, counted, options: dict, errors: dict, pool_x: torch.Tensor, pool_cond: dict | None,
+             piloted: torch.Tensor, checked: int, teacher_steps: int) -> tuple[dict, int]:
+    """The :data:`FINALISTS` candidates least in error on the pilot (``errors``: per-draw squared errors
+    on the pool's draws ``piloted``) run on the whole pool; the teacher runs on the ``checked`` draws
+    where they spread most (where one of them ends in another component than the others), and each
+    finalist's mean square over the pool is estimated from those and the pilot's other draws, each
+    stratum weighted by its share (:func:`stratified_mean`). Returns ``{finalist: RMS}`` and the
+    teacher's evaluations."""
+    pool = pool_x.shape[0]
+    finalists = [k for k in sorted(errors, key=lambda k: float(errors[k].mean())) if bool(torch.isfinite(errors[k].mean()))]
+    finalists = finalists[:FINALISTS]
+    with torch.no_grad():
+        ends = torch.stack([sample(counted, options[k][2], options[k][3], pool_x, cond=pool_cond, check_finite=False).x
+                            for k in finalists])
+    rows = spread_order(ends)[:checked]
+    teacher = Teacher(denoiser, pool_x[rows], cond=cond_rows(pool_cond, rows, pool), steps=teacher_steps)
+    rest = ~torch.isin(piloted, rows)
+    out = {}
+    for i, k in enumerate(finalists):
+        mean = stratified_mean(squared_errors(ends[i, rows], teacher.end), errors[k][rest], pool)
+        out[k] = float(mean.sqrt()) if bool(torch.isfinite(mean)) else math.inf
+    return out, teacher.calls
+
+
 def choose_configuration(denoiser, nfe: int, x_init: torch.Tensor | None = None, *, teacher: Teacher | None = None,
                          cond: dict | None = None, samplers=None, teacher_steps: int = 300,
-                         keep_default: float = KEEP_DEFAULT, pilot: int | None = None, seed: int = 0) -> TunedGrid:
+                         keep_default: float = KEEP_DEFAULT, pilot: int | None = None, seed: int = 0,
+                         verify: int | None = None) -> TunedGrid:
     """The sampler and hand grid with the least endpoint RMS error at a budget of ``nfe`` evaluations on
     the pilot draws ``x_init`` of the prior at the top of the schedule (32 are enough; see
     :func:`~sdeflow.sampling.prior_sample`), against the teacher's many-step solve of the same draws (or
@@ -117,6 +157,14 @@ def choose_configuration(denoiser, nfe: int, x_init: torch.Tensor | None = None,
     a pool of 512 the screened pick is better at NFE 6-12 and worse at NFE 30 than a random pilot's
     (``docs/benchmarks/pilot_screen.md``).
 
+    ``verify``: a verified pilot, with ``x_init`` a larger pool (a few hundred draws). The candidates run
+    on a random pilot of :data:`VERIFY_PILOT` draws of the pool (``seed``); the :data:`FINALISTS` least
+    in error there then run on the whole pool, the teacher on the ``verify`` draws where they spread most
+    (16 is enough), and the finalist with the least RMS over the pool, estimated stratum by stratum
+    (:func:`verified`), wins. A configuration that sends one draw in a hundred to another component is
+    seen there, where a pilot of 32 rarely sees it (``docs/benchmarks/pilot_verify.md``); it costs the
+    finalists' runs on the pool and the teacher on ``verify`` more draws.
+
     Returns a :class:`TunedGrid` with ``method = "choice:<grid>"``: the chosen sampler, its grid ``ts``,
     the budget ``nfe`` (a single-step sampler may spend fewer), its RMS (``loss`` and ``heldout``),
     ``hand`` the RMS of every candidate (keyed ``"sampler (grid)"``) and ``cost_nfe`` the evaluations
@@ -130,6 +178,15 @@ def choose_configuration(denoiser, nfe: int, x_init: torch.Tensor | None = None,
         raise ValueError("give the pilot draws x_init or a Teacher computed on them, not both")
     if teacher_steps < 1:
         raise ValueError(f"teacher_steps must be >= 1, got {teacher_steps}")
+    if verify is not None:
+        if pilot is not None or x_init is None:
+            raise ValueError("a verified pilot (verify=) draws its pilot from the pool x_init and checks its finalists "
+                             "there: give x_init, and not pilot= (a screened pilot) as well")
+        if isinstance(verify, bool) or not isinstance(verify, int) or verify < 1:
+            raise ValueError(f"verify must be an integer >= 1 (the pool's draws checked), got {verify!r}")
+        if x_init.shape[0] <= VERIFY_PILOT + verify:
+            raise ValueError(f"a verified pilot checks {verify} draws beside a pilot of {VERIFY_PILOT}: the pool x_init "
+                             f"needs more than {VERIFY_PILOT + verify} draws (a few hundred), got {x_init.shape[0]}")
     if pilot is not None:
         if x_init is None:
             raise ValueError("a screened pilot (pilot=) picks its draws from the pool x_init: give x_init, not a teacher")
@@ -151,21 +208,29 @@ def choose_configuration(denoiser, nfe: int, x_init: torch.Tensor | None = None,
         picked = torch.cat([order[:screened], rest[torch.randperm(rest.numel(), generator=torch.Generator().manual_seed(seed))
                                                    [:pilot - screened]]])
         x_init, cond = x_init[picked], cond_rows(cond, picked, pool)
+    if verify is not None:
+        pool_x, pool_cond = x_init, cond
+        piloted = torch.randperm(pool, generator=torch.Generator().manual_seed(seed))[:VERIFY_PILOT]
+        x_init, cond = x_init[piloted], cond_rows(cond, piloted, pool)
     teacher_calls = 0
     if teacher is None:
         teacher = Teacher(denoiser, x_init, cond=cond, steps=max(teacher_steps, 3 * nfe))
         teacher_calls = teacher.calls
 
-    def estimate(sampler, ts) -> float:
-        e = draw_errors(counted, sampler, ts, teacher.x_init, teacher.end, teacher.cond)
-        mean = stratified_mean(e[:screened], e[screened:], pool) if screened else e.mean()
-        return float(mean.sqrt()) if bool(torch.isfinite(mean)) else math.inf
-    rms = {key: estimate(sampler, ts) for key, (_, _, sampler, ts) in options.items()}
-    best = min(rms, key=rms.get)
+    errors = {key: draw_errors(counted, sampler, ts, teacher.x_init, teacher.end, teacher.cond)
+              for key, (_, _, sampler, ts) in options.items()}
+    means = {key: stratified_mean(e[:screened], e[screened:], pool) if screened else e.mean() for key, e in errors.items()}
+    rms = {key: float(m.sqrt()) if bool(torch.isfinite(m)) else math.inf for key, m in means.items()}
+    running = rms  # the candidates the pick is made among, by these errors
+    if verify is not None and math.isfinite(min(rms.values())):
+        running, calls = verified(denoiser, counted, options, errors, pool_x, pool_cond, piloted, verify,
+                                  max(teacher_steps, 3 * nfe))
+        rms, teacher_calls = {**rms, **running}, teacher_calls + calls
+    best = min(running, key=running.get)
     if not math.isfinite(rms[best]):
         raise ValueError("no candidate gives a finite result on the pilot draws")
     default = default_key(sch, nfe)
-    if rms.get(default, math.inf) <= keep_default * rms[best]:
+    if running.get(default, math.inf) <= keep_default * rms[best]:
         best = default
     sname, gname, sampler, ts = options[best]
     return TunedGrid(ts.tolist(), sname, nfe, f"choice:{gname}", rms[best], rms, counted.calls + teacher_calls,

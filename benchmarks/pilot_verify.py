@@ -1,0 +1,179 @@
+"""A pilot whose finalists are checked on a large pool: does it catch the rare draws a pilot misses?
+
+``sdeflow.tuning.choose_configuration`` picks the candidate with the least RMS error on 32 pilot draws
+against the teacher's solve of them. On mixtures of separated components some configurations send about
+one draw in a hundred to another component than the exact solution; 32 draws rarely hold such a draw, so
+the pilot can pick a configuration whose RMS on many draws is 5-25x the best
+(``docs/benchmarks/defaults_tails.md``: rectified flow at NFE 30-50). A verified pilot runs the pilot's
+``FINALISTS`` best candidates on the whole pool (no teacher), finds the ``CHECKED`` draws where they
+disagree most (where one of them leaves the others' component), runs the teacher on those draws alone,
+and picks among the finalists by their RMS over the pool estimated from the checked draws and the
+pilot's random draws of the rest, each stratum weighted by its share of the pool
+(:func:`~sdeflow.tuning.choose.stratified_mean`). The rule (4 finalists, 16 checked draws) was fixed
+before this measurement.
+
+Measured on the problem family's problems of at most 128 dimensions with several components (those of
+``benchmarks/pilot_screen.py``): every candidate's endpoint and per-draw error on ``POOL`` draws and the judging ones,
+then many pilots of each kind from the pool, each pick judged by its RMS on the judging draws against
+the best candidate's there. ``random 48`` spends the verified pilot's teacher draws on a random pilot.
+
+    python benchmarks/pilot_verify.py --split validate --shard 0/2 &   # about 17 minutes with two processes
+    python benchmarks/pilot_verify.py --split validate --shard 1/2     # both write docs/benchmarks/pilot_verify.json
+    python benchmarks/pilot_verify.py --judge 1024 --shard 0/2 & ...   # judged on 1024 draws (about 20 minutes)
+    python benchmarks/pilot_verify.py --split choose --shard 0/2 & ... # the choosing problems as well
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import math
+import os
+import statistics
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import PROCESSES, Problem, Shared, load_json, locked_update, sdeflow_denoiser, shard, write_report  # noqa: E402
+from families import FAMILY_OF, SPLITS, draw_problem  # noqa: E402
+from pilot_screen import _meets, candidate_runs, chosen_problems  # noqa: E402
+
+from sdeflow.tuning.choose import candidates, default_key, stratified_mean  # noqa: E402
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "pilot_verify.md")
+RESULTS = OUT[:-3] + ".json"
+BUDGETS = [6, 12, 30, 50]
+POOL, PILOT, REPLICATES = 512, 32, 200
+JUDGES = (256, 1024)  # judging draws: one draw in a hundred that a configuration loses shows in the larger
+FINALISTS, CHECKED = 4, 16
+KINDS = ("default", f"random {PILOT}", f"random {PILOT + CHECKED}", "verified")
+
+
+def verified_estimate(errors: torch.Tensor, ends: torch.Tensor, piloted: torch.Tensor) -> torch.Tensor:
+    """Each candidate's estimated mean square over the pool (``inf`` for all but the finalists): the
+    ``FINALISTS`` least in error on the ``piloted`` draws run on the pool (``ends``: candidates x pool x
+    values), the ``CHECKED`` draws where they spread most measured, the pilot's other draws standing for
+    the rest of the pool."""
+    pool = ends.shape[1]
+    top = torch.argsort(errors[:, piloted].mean(1), stable=True)[:FINALISTS]
+    finals = ends[top]
+    spread = (finals - finals.mean(0)).pow(2).sum(-1).amax(0)
+    checked = torch.argsort(torch.nan_to_num(spread, nan=math.inf), descending=True, stable=True)[:CHECKED]
+    rest = piloted[~torch.isin(piloted, checked)]
+    est = torch.full((errors.shape[0],), math.inf, dtype=errors.dtype)
+    est[top] = stratified_mean(errors[top][:, checked], errors[top][:, rest], pool)
+    return est
+
+
+def measure(seed: int, judge: int) -> dict:
+    """Per family and budget: each pilot kind's ratios (pick's RMS on ``judge`` judging draws over the best's)."""
+    problem, params = draw_problem(seed)
+    problem = Problem(problem.name, problem.mixture, problem.shape, POOL + judge)
+    out = {"params": params, "families": {}}
+    for process in PROCESSES:
+        family = FAMILY_OF[process.time_input]
+        shared = Shared(problem, process, seed=seed + 53)
+        den, sch = sdeflow_denoiser(problem, process), process.schedule
+        out["families"][family] = {}
+        for nfe in BUDGETS:
+            options = candidates(sch, nfe)
+            errors, ends = candidate_runs(den, options, shared)
+            judged = errors[:, POOL:].mean(1)
+            best = float(judged.min())
+            g = torch.Generator().manual_seed(seed)
+            ratios = collections.defaultdict(list)
+            for _ in range(REPLICATES):
+                order = torch.randperm(POOL, generator=g)
+                picks = {f"random {PILOT}": errors[:, order[:PILOT]].mean(1),
+                         f"random {PILOT + CHECKED}": errors[:, order[:PILOT + CHECKED]].mean(1),
+                         "verified": verified_estimate(errors[:, :POOL], ends[:, :POOL], order[:PILOT])}
+                for kind, est in picks.items():
+                    ratios[kind].append(math.sqrt(float(judged[int(torch.argmin(est))]) / best))
+            ratios["default"] = [math.sqrt(float(judged[list(options).index(default_key(sch, nfe))]) / best)]
+            out["families"][family][str(nfe)] = {"ratios": dict(ratios), "candidates": len(options)}
+            print(f"problem {seed} {family} NFE {nfe}: " + ", ".join(
+                f"{k} median {statistics.median(v):.2f}, P(>1.5) {sum(r > 1.5 for r in v) / len(v):.2f}"
+                for k, v in ratios.items()), flush=True)
+    return out
+
+
+def cost(kind: str, nfe: int, count: int, teacher_steps: int = 300) -> int:
+    """Evaluations of one draw that ``kind`` spends at ``nfe`` with ``count`` candidates (the teacher at
+    ``max(teacher_steps, 3 nfe)`` steps, as ``choose_configuration`` runs it)."""
+    teacher = max(teacher_steps, 3 * nfe)
+    if kind.startswith("random"):
+        n = int(kind.split()[1])
+        return n * (teacher + count * nfe)
+    return PILOT * (teacher + count * nfe) + FINALISTS * nfe * POOL + CHECKED * (teacher + FINALISTS * nfe)
+
+
+def report(every: dict) -> None:
+    """``every``: ``{judging draws: {seed: measure(seed, judge)}}``."""
+    lines = ["| judging draws | split | family | NFE | pilot | problems | median ratio | share within 1.5x | share within 3x | "
+             "worst (median over pilots) | pilots meeting the target | evaluations of one draw |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    summary = []
+    for judge, split in ((j, sp) for j in sorted(every, key=int) for sp in ("choose", "validate")):
+        results = every[judge]
+        ss = sorted((s for s in results if SPLITS[split] <= int(s) < SPLITS[split] + 1000), key=int)
+        if not ss:
+            continue
+        met = collections.Counter()
+        for family in ("vp", "sigma", "flow"):
+            for nfe in BUDGETS:
+                count = results[ss[0]]["families"][family][str(nfe)]["candidates"]
+                for kind in KINDS:
+                    per = [results[s]["families"][family][str(nfe)]["ratios"][kind] for s in ss]
+                    reps = max(len(p) for p in per)
+                    per = [p * (reps // len(p)) for p in per]  # the default: one ratio per problem
+                    flat = [r for p in per for r in p]
+                    worst = statistics.median(max(p[i] for p in per) for i in range(reps))
+                    meeting = sum(_meets([p[i] for p in per]) for i in range(reps)) / reps
+                    met[kind] += meeting
+                    spent = "" if kind == "default" else f"{cost(kind, nfe, count):,}"
+                    lines.append(f"| {judge} | {split} | {family} | {nfe} | {kind} | {len(ss)} | {statistics.median(flat):.2f} | "
+                                 f"{sum(r <= 1.5 for r in flat) / len(flat):.0%} | {sum(r <= 3 for r in flat) / len(flat):.0%} "
+                                 f"| {worst:.2f} | {meeting:.0%} | {spent} |")
+        summary.append(f"Judged on {judge} draws, {split} problems ({len(ss)}): cells of {3 * len(BUDGETS)} meeting the target, "
+                       "expected over pilots: " + ", ".join(f"{k} {v:.1f}" for k, v in met.items()) + ".")
+    intro = ("Written by `python benchmarks/pilot_verify.py` (`--judge 256` and `--judge 1024`). Ratio: a pick's RMS "
+             f"on the judging draws over the best candidate's there. Pilots from a pool of {POOL} draws disjoint from "
+             "the judging ones: "
+             f"`random {PILOT}` (what `sdeflow tune --method choose` runs), `random {PILOT + CHECKED}`, and "
+             f"`verified` ({PILOT} random draws, then the {FINALISTS} least in error run on the whole pool and the "
+             f"{CHECKED} draws where they spread most measured against the teacher; the finalist least in error "
+             f"over the pool, estimated stratum by stratum, wins); {REPLICATES} pilots of each kind per problem. "
+             "`default`: sdeflow's fixed default. Target: within 1.5x on 90% of the problems and within 3x on all; "
+             "`pilots meeting the target`: the share of pilots for which the cell meets it. Evaluations of one "
+             "draw: the teacher's (300 steps) and the candidates', one draw each (a batch evaluates many at once).")
+    write_report(OUT, "A verified pilot: its finalists checked on a pool of draws", intro, summary, lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--split", choices=sorted(SPLITS), nargs="+", default=["validate"])
+    parser.add_argument("--shard", type=shard, default=(0, 1), help="i/k: measure the problems whose index is i modulo k")
+    parser.add_argument("--judge", type=int, choices=JUDGES, default=JUDGES[0], help="judging draws per problem")
+    args = parser.parse_args()
+    judge = str(args.judge)
+    torch.set_num_threads(1)
+    i, k = args.shard
+    seeds = [s for s in chosen_problems() if any(SPLITS[sp] <= s < SPLITS[sp] + 1000 for sp in args.split)]
+    for seed in seeds[i::k]:
+        if str(seed) in load_json(RESULTS).get(judge, {}):
+            continue
+        result = measure(seed, args.judge)
+        locked_update(RESULTS, lambda results: results.setdefault(judge, {}).__setitem__(str(seed), result))
+    every = load_json(RESULTS)
+    if all(str(s) in every.get(judge, {}) for s in seeds):
+        report(every)
+    else:
+        print(f"{len(every.get(judge, {}))} of {len(seeds)} problems measured; the report waits for the rest")
+
+
+if __name__ == "__main__":
+    main()
