@@ -70,38 +70,67 @@ def candidate_runs(den, options: dict, shared: Shared) -> tuple[torch.Tensor, to
     return torch.stack(errors), torch.stack(ends)
 
 
+def candidate_cells(seed: int, draws: int, offset: int, budgets):
+    """The problem of ``seed`` on ``draws`` shared draws (drawn with ``seed + offset``), every candidate run
+    (:func:`candidate_runs`): per process and budget, ``(family, nfe, den, shared, options, errors, ends)``."""
+    problem = draw_problem(seed)[0]
+    problem = Problem(problem.name, problem.mixture, problem.shape, draws)
+    for process in PROCESSES:
+        shared = Shared(problem, process, seed=seed + offset)
+        den = sdeflow_denoiser(problem, process)
+        for nfe in budgets:
+            options = candidates(process.schedule, nfe)
+            yield (FAMILY_OF[process.time_input], nfe, den, shared, options, *candidate_runs(den, options, shared))
+
+
+def pilot_ratios(errors: torch.Tensor, pool: int, seed: int, default: int, picks_of, label: str) -> dict:
+    """``{kind: [ratio per pilot]}``: ``REPLICATES`` times, ``picks_of(generator)`` gives each kind's
+    estimates of the candidates' mean squares from the first ``pool`` draws; its least is judged by its
+    mean square on the other draws against the best candidate's there (as an RMS ratio); ``"default"``:
+    the candidate ``default``'s ratio."""
+    judged = errors[:, pool:].mean(1)
+    best = float(judged.min())
+    g = torch.Generator().manual_seed(seed)
+    ratios = collections.defaultdict(list)
+    for _ in range(REPLICATES):
+        for kind, est in picks_of(g).items():
+            ratios[kind].append(math.sqrt(float(judged[int(torch.argmin(est))]) / best))
+    ratios["default"] = [math.sqrt(float(judged[default]) / best)]
+    print(f"{label}: " + ", ".join(f"{k} median {statistics.median(v):.2f}, P(>1.5) {sum(r > 1.5 for r in v) / len(v):.2f}"
+                                   for k, v in ratios.items()), flush=True)
+    return dict(ratios)
+
+
 def measure(seed: int, pool: int) -> dict:
     """Per family and budget: each pilot kind's ratios (pick's RMS on the judging draws over the best's)."""
-    problem, params = draw_problem(seed)
-    problem = Problem(problem.name, problem.mixture, problem.shape, pool + JUDGE)
-    out = {"params": params, "families": {}}
-    for process in PROCESSES:
-        family = FAMILY_OF[process.time_input]
-        shared = Shared(problem, process, seed=seed + 31)
-        den, sch = sdeflow_denoiser(problem, process), process.schedule
-        out["families"][family] = {}
-        for nfe in BUDGETS:
-            options = candidates(sch, nfe)
-            keys = list(options)
-            errors, _ = candidate_runs(den, options, shared)
-            order = screen_order(den, nfe, shared.x_init(float(options[keys[0]][3][0]))[:pool])
-            judged = errors[:, pool:].mean(1)
-            best = float(judged.min())
-            g = torch.Generator().manual_seed(seed)
-            ratios = collections.defaultdict(list)
-            for _ in range(REPLICATES):
-                picks = {"random": errors[:, torch.randperm(pool, generator=g)[:PILOT]].mean(1)}
-                top, rest = order[:PILOT // 2], order[PILOT // 2:]
-                rand = rest[torch.randperm(rest.numel(), generator=g)[:PILOT - PILOT // 2]]
-                picks["screened"] = stratified_mean(errors[:, top], errors[:, rand], pool)
-                for kind, est in picks.items():
-                    ratios[kind].append(math.sqrt(float(judged[int(torch.argmin(est))]) / best))
-            ratios["default"] = [math.sqrt(float(judged[keys.index(default_key(sch, nfe))]) / best)]
-            out["families"][family][str(nfe)] = dict(ratios)
-            print(f"problem {seed} {family} NFE {nfe}: " + ", ".join(
-                f"{k} median {statistics.median(v):.2f}, P(>1.5) {sum(r > 1.5 for r in v) / len(v):.2f}"
-                for k, v in ratios.items()), flush=True)
+    out = {"params": draw_problem(seed)[1], "families": {}}
+    for family, nfe, den, shared, options, errors, _ in candidate_cells(seed, pool + JUDGE, 31, BUDGETS):
+        keys = list(options)
+        order = screen_order(den, nfe, shared.x_init(float(options[keys[0]][3][0]))[:pool])
+
+        def picks_of(g):
+            picks = {"random": errors[:, torch.randperm(pool, generator=g)[:PILOT]].mean(1)}
+            top, rest = order[:PILOT // 2], order[PILOT // 2:]
+            rand = rest[torch.randperm(rest.numel(), generator=g)[:PILOT - PILOT // 2]]
+            picks["screened"] = stratified_mean(errors[:, top], errors[:, rand], pool)
+            return picks
+        default = keys.index(default_key(den.schedule, nfe))
+        out["families"].setdefault(family, {})[str(nfe)] = pilot_ratios(
+            errors, pool, seed, default, picks_of, f"problem {seed} {family} NFE {nfe}")
     return out
+
+
+def cell_figures(per: list[list[float]]) -> tuple[str, float]:
+    """A cell's columns over its problems (``per``: each problem's ratios, one per pilot, or one standing for
+    every pilot): the median ratio, the shares within 1.5x and 3x, the worst ratio (median over pilots) and
+    the share of pilots for which the cell meets the target; and that share."""
+    reps = max(len(p) for p in per)
+    per = [p * (reps // len(p)) for p in per]
+    flat = [r for p in per for r in p]
+    worst = statistics.median(max(p[i] for p in per) for i in range(reps))
+    meeting = sum(_meets([p[i] for p in per]) for i in range(reps)) / reps
+    return (f"{statistics.median(flat):.2f} | {sum(r <= 1.5 for r in flat) / len(flat):.0%} | "
+            f"{sum(r <= 3 for r in flat) / len(flat):.0%} | {worst:.2f} | {meeting:.0%}"), meeting
 
 
 def report(results: dict, seeds: list[int]) -> None:
@@ -116,15 +145,9 @@ def report(results: dict, seeds: list[int]) -> None:
             for family in ("vp", "sigma", "flow"):
                 for nfe in map(str, BUDGETS):
                     for kind in ("default", "random", "screened"):
-                        per = [results[pool][str(s)]["families"][family][nfe][kind] for s in ss]
-                        reps = len(per[0])
-                        flat = [r for p in per for r in p]
-                        worst = statistics.median(max(p[i] for p in per) for i in range(reps))
-                        meeting = sum(_meets([p[i] for p in per]) for i in range(reps)) / reps
+                        figures, meeting = cell_figures([results[pool][str(s)]["families"][family][nfe][kind] for s in ss])
                         met[kind] += meeting
-                        lines.append(f"| {pool} | {split} | {family} | {nfe} | {kind} | {len(ss)} | "
-                                     f"{statistics.median(flat):.2f} | {sum(r <= 1.5 for r in flat) / len(flat):.0%} | "
-                                     f"{sum(r <= 3 for r in flat) / len(flat):.0%} | {worst:.2f} | {meeting:.0%} |")
+                        lines.append(f"| {pool} | {split} | {family} | {nfe} | {kind} | {len(ss)} | {figures} |")
             summary.append(f"Pool of {pool}, {split} problems ({len(ss)}): cells of {3 * len(BUDGETS)} meeting the "
                            "target, expected over pilots: " + ", ".join(f"{k} {v:.1f}" for k, v in met.items()) + ".")
     intro = ("Written by `python benchmarks/pilot_screen.py` (`--pool 128` and `--pool 512`). Ratio: a pick's RMS on "

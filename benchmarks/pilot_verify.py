@@ -29,7 +29,6 @@ import argparse
 import collections
 import math
 import os
-import statistics
 import sys
 
 import torch
@@ -37,11 +36,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import PROCESSES, Problem, Shared, load_json, locked_update, sdeflow_denoiser, shard, write_report  # noqa: E402
-from families import FAMILY_OF, SPLITS, draw_problem  # noqa: E402
-from pilot_screen import _meets, candidate_runs, chosen_problems  # noqa: E402
+from common import load_json, locked_update, shard, write_report  # noqa: E402
+from families import SPLITS, draw_problem  # noqa: E402
+from pilot_screen import candidate_cells, cell_figures, chosen_problems, pilot_ratios  # noqa: E402
 
-from sdeflow.tuning.choose import candidates, default_key, stratified_mean  # noqa: E402
+from sdeflow.tuning.choose import default_key, spread_order, stratified_mean  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "pilot_verify.md")
 RESULTS = OUT[:-3] + ".json"
@@ -55,48 +54,28 @@ KINDS = ("default", f"random {PILOT}", f"random {PILOT + CHECKED}", "verified")
 def verified_estimate(errors: torch.Tensor, ends: torch.Tensor, piloted: torch.Tensor) -> torch.Tensor:
     """Each candidate's estimated mean square over the pool (``inf`` for all but the finalists): the
     ``FINALISTS`` least in error on the ``piloted`` draws run on the pool (``ends``: candidates x pool x
-    values), the ``CHECKED`` draws where they spread most measured, the pilot's other draws standing for
-    the rest of the pool."""
-    pool = ends.shape[1]
+    values), the ``CHECKED`` draws where they spread most measured (:func:`~sdeflow.tuning.choose.spread_order`),
+    the pilot's other draws standing for the rest of the pool."""
     top = torch.argsort(errors[:, piloted].mean(1), stable=True)[:FINALISTS]
-    finals = ends[top]
-    spread = (finals - finals.mean(0)).pow(2).sum(-1).amax(0)
-    checked = torch.argsort(torch.nan_to_num(spread, nan=math.inf), descending=True, stable=True)[:CHECKED]
+    checked = spread_order(ends[top])[:CHECKED]
     rest = piloted[~torch.isin(piloted, checked)]
     est = torch.full((errors.shape[0],), math.inf, dtype=errors.dtype)
-    est[top] = stratified_mean(errors[top][:, checked], errors[top][:, rest], pool)
+    est[top] = stratified_mean(errors[top][:, checked], errors[top][:, rest], ends.shape[1])
     return est
 
 
 def measure(seed: int, judge: int) -> dict:
     """Per family and budget: each pilot kind's ratios (pick's RMS on ``judge`` judging draws over the best's)."""
-    problem, params = draw_problem(seed)
-    problem = Problem(problem.name, problem.mixture, problem.shape, POOL + judge)
-    out = {"params": params, "families": {}}
-    for process in PROCESSES:
-        family = FAMILY_OF[process.time_input]
-        shared = Shared(problem, process, seed=seed + 53)
-        den, sch = sdeflow_denoiser(problem, process), process.schedule
-        out["families"][family] = {}
-        for nfe in BUDGETS:
-            options = candidates(sch, nfe)
-            errors, ends = candidate_runs(den, options, shared)
-            judged = errors[:, POOL:].mean(1)
-            best = float(judged.min())
-            g = torch.Generator().manual_seed(seed)
-            ratios = collections.defaultdict(list)
-            for _ in range(REPLICATES):
-                order = torch.randperm(POOL, generator=g)
-                picks = {f"random {PILOT}": errors[:, order[:PILOT]].mean(1),
-                         f"random {PILOT + CHECKED}": errors[:, order[:PILOT + CHECKED]].mean(1),
-                         "verified": verified_estimate(errors[:, :POOL], ends[:, :POOL], order[:PILOT])}
-                for kind, est in picks.items():
-                    ratios[kind].append(math.sqrt(float(judged[int(torch.argmin(est))]) / best))
-            ratios["default"] = [math.sqrt(float(judged[list(options).index(default_key(sch, nfe))]) / best)]
-            out["families"][family][str(nfe)] = {"ratios": dict(ratios), "candidates": len(options)}
-            print(f"problem {seed} {family} NFE {nfe}: " + ", ".join(
-                f"{k} median {statistics.median(v):.2f}, P(>1.5) {sum(r > 1.5 for r in v) / len(v):.2f}"
-                for k, v in ratios.items()), flush=True)
+    out = {"params": draw_problem(seed)[1], "families": {}}
+    for family, nfe, den, _, options, errors, ends in candidate_cells(seed, POOL + judge, 53, BUDGETS):
+        def picks_of(g):
+            order = torch.randperm(POOL, generator=g)
+            return {f"random {PILOT}": errors[:, order[:PILOT]].mean(1),
+                    f"random {PILOT + CHECKED}": errors[:, order[:PILOT + CHECKED]].mean(1),
+                    "verified": verified_estimate(errors[:, :POOL], ends[:, :POOL], order[:PILOT])}
+        default = list(options).index(default_key(den.schedule, nfe))
+        ratios = pilot_ratios(errors, POOL, seed, default, picks_of, f"problem {seed} {family} NFE {nfe}")
+        out["families"].setdefault(family, {})[str(nfe)] = {"ratios": ratios, "candidates": len(options)}
     return out
 
 
@@ -126,17 +105,10 @@ def report(every: dict) -> None:
             for nfe in BUDGETS:
                 count = results[ss[0]]["families"][family][str(nfe)]["candidates"]
                 for kind in KINDS:
-                    per = [results[s]["families"][family][str(nfe)]["ratios"][kind] for s in ss]
-                    reps = max(len(p) for p in per)
-                    per = [p * (reps // len(p)) for p in per]  # the default: one ratio per problem
-                    flat = [r for p in per for r in p]
-                    worst = statistics.median(max(p[i] for p in per) for i in range(reps))
-                    meeting = sum(_meets([p[i] for p in per]) for i in range(reps)) / reps
+                    figures, meeting = cell_figures([results[s]["families"][family][str(nfe)]["ratios"][kind] for s in ss])
                     met[kind] += meeting
                     spent = "" if kind == "default" else f"{cost(kind, nfe, count):,}"
-                    lines.append(f"| {judge} | {split} | {family} | {nfe} | {kind} | {len(ss)} | {statistics.median(flat):.2f} | "
-                                 f"{sum(r <= 1.5 for r in flat) / len(flat):.0%} | {sum(r <= 3 for r in flat) / len(flat):.0%} "
-                                 f"| {worst:.2f} | {meeting:.0%} | {spent} |")
+                    lines.append(f"| {judge} | {split} | {family} | {nfe} | {kind} | {len(ss)} | {figures} | {spent} |")
         summary.append(f"Judged on {judge} draws, {split} problems ({len(ss)}): cells of {3 * len(BUDGETS)} meeting the target, "
                        "expected over pilots: " + ", ".join(f"{k} {v:.1f}" for k, v in met.items()) + ".")
     intro = ("Written by `python benchmarks/pilot_verify.py` (`--judge 256` and `--judge 1024`). Ratio: a pick's RMS "

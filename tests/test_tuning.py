@@ -394,18 +394,27 @@ def test_bad_tuning_requests_are_refused_before_any_work():
         ays_gaussian_grid(5, sch, 0.0)
 
 
-def test_tune_writes_grids_beside_the_checkpoint_and_sample_uses_them(tmp_path, cli_here):
-    """``sdeflow tune`` stores a grid per sampler and budget beside a checkpoint; ``sdeflow sample
-    --grid tuned`` samples on exactly that grid; a budget with no tuned grid, a stochastic sampler and
-    --grid tuned on an exact problem are refused with what is allowed."""
+@pytest.fixture
+def moons_checkpoint(tmp_path):
+    """A copy of the shipped moons checkpoint in the test's folder (``sdeflow tune`` stores beside it)."""
     import shutil
 
-    import numpy as np
-
-    from sdeflow.pretrained import load_model, path_of
+    from sdeflow.pretrained import path_of
 
     ckpt = tmp_path / "moons.safetensors"
     shutil.copy(path_of("moons"), ckpt)
+    return ckpt
+
+
+def test_tune_writes_grids_beside_the_checkpoint_and_sample_uses_them(tmp_path, cli_here, moons_checkpoint):
+    """``sdeflow tune`` stores a grid per sampler and budget beside a checkpoint; ``sdeflow sample
+    --grid tuned`` samples on exactly that grid; a budget with no tuned grid, a stochastic sampler and
+    --grid tuned on an exact problem are refused with what is allowed."""
+    import numpy as np
+
+    from sdeflow.pretrained import load_model
+
+    ckpt = moons_checkpoint
     r = cli_here("tune", "--checkpoint", ckpt, "--sampler", "euler,heun", "--nfe", "3,4", "--samples", "16",
                  "--teacher-steps", "20", "--method", "dp")
     assert r.returncode == 0, r.stderr
@@ -606,16 +615,12 @@ def test_a_grid_fitted_on_draws_below_the_top_starts_where_the_draws_are():
     assert tuned.method == "descent" and tuned.loss < 0.8 * tuned.best_hand[1], (tuned.loss, tuned.hand)
 
 
-def test_a_grid_tuned_to_start_leading_is_sampled_from_the_tops_noise(tmp_path, cli_here):
+def test_a_grid_tuned_to_start_leading_is_sampled_from_the_tops_noise(tmp_path, cli_here, moons_checkpoint):
     """``sdeflow tune --start leading`` stores the start with the grid; ``sdeflow sample --grid tuned`` then
     draws the noise at the top of the schedule and begins at the grid's first time, and says so."""
-    import shutil
-
-    from sdeflow.pretrained import path_of
     from sdeflow.tuning import find_tuned
 
-    ckpt = tmp_path / "moons.safetensors"
-    shutil.copy(path_of("moons"), ckpt)
+    ckpt = moons_checkpoint
     r = cli_here("tune", "--checkpoint", ckpt, "--sampler", "unipc-bh2", "--nfe", "6", "--samples", "40",
                  "--teacher-steps", "30", "--start", "leading", "--iterations", "10")
     assert r.returncode == 0, r.stderr
@@ -852,15 +857,10 @@ def test_a_choice_on_the_data_gaussian_is_the_choice_on_a_model_of_that_gaussian
         assert model.calls == calls
 
 
-def test_tune_chooses_on_the_data_gaussian_without_the_model(tmp_path, cli_here):
+def test_tune_chooses_on_the_data_gaussian_without_the_model(tmp_path, cli_here, moons_checkpoint):
     """``sdeflow tune --method choose --on gaussian`` stores a choice made on the data's Gaussian and
     says that no model evaluation was spent; ``--on gaussian`` without ``--method choose`` is refused."""
-    import shutil
-
-    from sdeflow.pretrained import path_of
-
-    ckpt = tmp_path / "moons.safetensors"
-    shutil.copy(path_of("moons"), ckpt)
+    ckpt = moons_checkpoint
     r = cli_here("tune", "--checkpoint", ckpt, "--method", "choose", "--on", "gaussian", "--sampler", "heun,ipndm",
                  "--nfe", "3", "--samples", "16", "--teacher-steps", "20")
     assert r.returncode == 0 and "evaluations of the data's Gaussian (none of the model)" in r.stdout, r.stderr
@@ -872,16 +872,11 @@ def test_tune_chooses_on_the_data_gaussian_without_the_model(tmp_path, cli_here)
     assert r.returncode == 1 and "--on gaussian runs --method choose" in r.stderr, r.stderr
 
 
-def test_tune_verifies_a_pilot_on_all_its_draws(tmp_path, cli_here):
+def test_tune_verifies_a_pilot_on_all_its_draws(tmp_path, cli_here, moons_checkpoint):
     """``sdeflow tune --method choose --verify M`` picks on a pilot of 32 of the draws with its finalists
     checked on all of them and says so; the pick is a finalist, by the verified RMS; --verify is refused
     with --pilot, outside --method choose and with too few draws, before any evaluation."""
-    import shutil
-
-    from sdeflow.pretrained import path_of
-
-    ckpt = tmp_path / "moons.safetensors"
-    shutil.copy(path_of("moons"), ckpt)
+    ckpt = moons_checkpoint
     r = cli_here("tune", "--checkpoint", ckpt, "--method", "choose", "--verify", "8", "--sampler", "heun,ipndm",
                  "--nfe", "3", "--samples", "64", "--teacher-steps", "20")
     assert r.returncode == 0 and "a pilot of 32 of 64 draws, its finalists checked on all of them" in r.stdout, r.stderr
@@ -893,17 +888,12 @@ def test_tune_verifies_a_pilot_on_all_its_draws(tmp_path, cli_here):
         assert r.returncode == 1 and says in r.stderr and "teacher" not in r.stdout, r.stderr
 
 
-def test_tune_chooses_a_default_for_a_model_and_sample_runs_it(tmp_path, cli_here):
+def test_tune_chooses_a_default_for_a_model_and_sample_runs_it(tmp_path, cli_here, moons_checkpoint):
     """``sdeflow tune --method choose`` stores the most accurate candidate per budget; ``sdeflow sample
     --grid tuned`` without --sampler runs it; --coefficients and --start are refused with it."""
-    import shutil
-
     import numpy as np
 
-    from sdeflow.pretrained import path_of
-
-    ckpt = tmp_path / "moons.safetensors"
-    shutil.copy(path_of("moons"), ckpt)
+    ckpt = moons_checkpoint
     r = cli_here("tune", "--checkpoint", ckpt, "--method", "choose", "--sampler", "heun,ipndm", "--nfe", "3",
                  "--samples", "16", "--teacher-steps", "20")
     assert r.returncode == 0 and "NFE 3: " in r.stdout and "the default" in r.stdout, r.stderr
