@@ -20,6 +20,7 @@ the best candidate's there. ``random 48`` spends the verified pilot's teacher dr
     python benchmarks/pilot_verify.py --split validate --shard 0/2 &   # about 17 minutes with two processes
     python benchmarks/pilot_verify.py --split validate --shard 1/2     # both write docs/benchmarks/pilot_verify.json
     python benchmarks/pilot_verify.py --judge 1024 --shard 0/2 & ...   # judged on 1024 draws (about 20 minutes)
+    python benchmarks/pilot_verify.py --families --shard 0/2 & ...     # as the defaults' target is judged (about 17 minutes)
     python benchmarks/pilot_verify.py --split choose --shard 0/2 & ... # the choosing problems as well
 """
 
@@ -37,13 +38,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import load_json, locked_update, shard, write_report  # noqa: E402
-from families import SPLITS, draw_problem  # noqa: E402
+from defaults import FINE_OUT, PROCESS_OF, configuration_errors, meets  # noqa: E402
+from families import BUDGETS as FAMILY_BUDGETS, MEASURES, SPLITS, draw_problem, load  # noqa: E402
 from pilot_screen import candidate_cells, cell_figures, chosen_problems, pilot_ratios  # noqa: E402
 
 from sdeflow.tuning.choose import default_key, spread_order, stratified_mean  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "pilot_verify.md")
 RESULTS = OUT[:-3] + ".json"
+FAMILY_PICKS = os.path.join(os.path.dirname(OUT), "families_verified.json")
+PICK_REPLICATES = 20
 BUDGETS = [6, 12, 30, 50]
 POOL, PILOT, REPLICATES = 512, 32, 200
 JUDGES = (256, 1024)  # judging draws: one draw in a hundred that a configuration loses shows in the larger
@@ -77,6 +81,51 @@ def measure(seed: int, judge: int) -> dict:
         ratios = pilot_ratios(errors, POOL, seed, default, picks_of, f"problem {seed} {family} NFE {nfe}")
         out["families"].setdefault(family, {})[str(nfe)] = {"ratios": ratios, "candidates": len(options)}
     return out
+
+
+def family_picks(seed: int) -> dict:
+    """On the problem of ``seed``, from a pool of ``POOL`` draws other than the finer measurement's
+    (``docs/benchmarks/families_fine.json``): per family and budget of ``families.BUDGETS``, the picks of
+    ``PICK_REPLICATES`` random pilots of 32 draws and of as many verified pilots."""
+    out = {}
+    for family, nfe, _, _, options, errors, ends in candidate_cells(seed, POOL, 53, FAMILY_BUDGETS):
+        keys, g = list(options), torch.Generator().manual_seed(seed)
+        picks = {f"random {PILOT}": [], "verified": []}
+        for _ in range(PICK_REPLICATES):
+            order = torch.randperm(POOL, generator=g)
+            picks[f"random {PILOT}"].append(keys[int(torch.argmin(errors[:, order[:PILOT]].mean(1)))])
+            picks["verified"].append(keys[int(torch.argmin(verified_estimate(errors, ends, order[:PILOT])))])
+        out.setdefault(family, {})[str(nfe)] = picks
+        print(f"problem {seed} {family} NFE {nfe}: picked", flush=True)
+    return out
+
+
+def family_lines(picked: dict) -> list[str]:
+    """The picks of :func:`family_picks` judged as the defaults' target is (``benchmarks/defaults_tails.py``):
+    on the finer measurement's 512 draws of each problem, by each measure; the cells (of 42) that meet
+    the target, expected over the pilots."""
+    fine = load(FINE_OUT)
+    seeds = sorted(fine["problems"], key=int)
+    if any(s not in picked for s in seeds):
+        return []
+    met = collections.Counter()
+    for family in PROCESS_OF:
+        for j, budget in enumerate(fine["budgets"]):
+            for m in MEASURES:
+                every = [configuration_errors(fine["problems"][s]["processes"][family], j, measure=m) for s in seeds]
+                for kind in (f"random {PILOT}", "verified"):
+                    for r in range(PICK_REPLICATES):
+                        ratios = [e[picked[s][family][str(budget)][kind][r]] / min(e.values()) for s, e in zip(seeds, every)]
+                        met[kind, m] += meets(ratios) / PICK_REPLICATES
+    cells = len(PROCESS_OF) * len(fine["budgets"])
+    return ["", f"On the defaults' target itself: the {len(seeds)} validation problems of at most 128 dimensions, every "
+            f"budget 1-100 of the three families, each pick judged on the 512 draws of "
+            "`docs/benchmarks/families_fine.json` ([defaults_tails.md](defaults_tails.md)), from pools of "
+            f"{POOL} other draws (`python benchmarks/pilot_verify.py --families`, {PICK_REPLICATES} pilots of each kind "
+            f"per problem; `docs/benchmarks/families_verified.json`). Cells of {cells} meeting the target, expected "
+            "over the pilots, by the RMS / the RMS without the worst 1% of draws / the median: "
+            + "; ".join(f"{kind} {' / '.join(f'{met[kind, m]:.1f}' for m in MEASURES)}"
+                        for kind in (f"random {PILOT}", "verified")) + "."]
 
 
 def cost(kind: str, nfe: int, count: int, teacher_steps: int = 300) -> int:
@@ -121,6 +170,8 @@ def report(every: dict) -> None:
              "`default`: sdeflow's fixed default. Target: within 1.5x on 90% of the problems and within 3x on all; "
              "`pilots meeting the target`: the share of pilots for which the cell meets it. Evaluations of one "
              "draw: the teacher's (300 steps) and the candidates', one draw each (a batch evaluates many at once).")
+    if os.path.exists(FAMILY_PICKS):
+        summary += family_lines(load_json(FAMILY_PICKS))
     write_report(OUT, "A verified pilot: its finalists checked on a pool of draws", intro, summary, lines)
 
 
@@ -130,10 +181,22 @@ def main() -> None:
     parser.add_argument("--split", choices=sorted(SPLITS), nargs="+", default=["validate"])
     parser.add_argument("--shard", type=shard, default=(0, 1), help="i/k: measure the problems whose index is i modulo k")
     parser.add_argument("--judge", type=int, choices=JUDGES, default=JUDGES[0], help="judging draws per problem")
+    parser.add_argument("--families", action="store_true",
+                        help="instead: the picks on the problems of docs/benchmarks/families_fine.json at every budget, "
+                             "judged there as the defaults' target is")
     args = parser.parse_args()
     judge = str(args.judge)
     torch.set_num_threads(1)
     i, k = args.shard
+    if args.families:
+        fine = sorted(load(FINE_OUT)["problems"], key=int)
+        for seed in fine[i::k]:
+            if seed not in load_json(FAMILY_PICKS):
+                result = family_picks(int(seed))
+                locked_update(FAMILY_PICKS, lambda picked: picked.__setitem__(seed, result))
+        if all(s in load_json(FAMILY_PICKS) for s in fine) and load_json(RESULTS):
+            report(load_json(RESULTS))
+        return
     seeds = [s for s in chosen_problems() if any(SPLITS[sp] <= s < SPLITS[sp] + 1000 for sp in args.split)]
     for seed in seeds[i::k]:
         if str(seed) in load_json(RESULTS).get(judge, {}):

@@ -237,6 +237,36 @@ def test_the_fitted_gaussian_of_a_family_problem_is_its_samples_mean_and_covaria
         families.measure(1005, budgets=[1], fit=100)
 
 
+def test_the_verified_pilot_benchmark_estimates_what_the_library_picks_on():
+    """``benchmarks/pilot_verify.py`` simulates ``choose_configuration(verify=16)`` from per-draw errors and
+    endpoints on the whole pool: given the teacher's per-draw errors, its estimates of the finalists' RMS
+    are the library's (measured: equal to the last bit) and its pick is the library's pick (two pilots, two picks)."""
+    from sdeflow import grids
+    from sdeflow.schedules import SCHEDULES
+    from sdeflow.tuning import choose_configuration
+    from sdeflow.tuning.choose import VERIFY_PILOT, candidates
+    from sdeflow.tuning.draws import Teacher
+
+    verify = benchmark_module("pilot_verify")
+    sch = SCHEDULES["vp-linear"]()
+    mix = analytic.random_mixture(4, 3, spread=4.0, seed=2)
+    den = mix.denoiser(sch)
+    x = mix.sample_t(96, sch, grids.start_time(sch), torch.Generator().manual_seed(1))[0]
+    few = {"samplers": ["ddim", "ipndm", "unipc-bh2"], "teacher_steps": 60}
+    options = candidates(sch, 8, few["samplers"])
+    teacher = Teacher(den, x, steps=60)
+    ends = torch.stack([sample(den, s, ts, x).x for _, _, s, ts in options.values()])
+    errors = (ends - teacher.end).pow(2).sum(-1)
+    for seed in (0, 3):
+        chosen = choose_configuration(den, 8, x, verify=verify.CHECKED, seed=seed, **few)
+        piloted = torch.randperm(96, generator=torch.Generator().manual_seed(seed))[:VERIFY_PILOT]
+        est = verify.verified_estimate(errors, ends, piloted)
+        keys = list(options)
+        assert keys[int(torch.argmin(est))] == f"{chosen.sampler} ({chosen.chosen_grid})"
+        for i in torch.nonzero(torch.isfinite(est)).flatten().tolist():
+            assert math.sqrt(float(est[i])) == pytest.approx(chosen.hand[keys[i]], rel=1e-12)
+
+
 @pytest.mark.parametrize("sampler", [RK45(), DPMSolverAdaptive()], ids=["rk45", "dpm-23"])
 def test_adaptive_solvers_on_a_bfloat16_state_do_not_chase_unreachable_tolerances(sampler):
     """A bfloat16 state cannot hold relative errors below 2^-8; the tolerance is floored there, so
