@@ -21,7 +21,7 @@ the best candidate's there. ``random 48`` spends the verified pilot's teacher dr
     python benchmarks/pilot_verify.py --split validate --shard 1/2     # both write docs/benchmarks/pilot_verify.json
     python benchmarks/pilot_verify.py --judge 1024 --shard 0/2 & ...   # judged on 1024 draws (about 20 minutes)
     python benchmarks/pilot_verify.py --families --shard 0/2 & ...     # as the defaults' target is judged (about 17 minutes)
-    python benchmarks/pilot_verify.py --split choose --shard 0/2 & ... # the choosing problems as well
+    python benchmarks/pilot_verify.py --split choose --judge 1024 --shard 0/2 & ...  # the choosing problems too
 """
 
 from __future__ import annotations
