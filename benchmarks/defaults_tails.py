@@ -75,15 +75,21 @@ def picks(seen: dict, seeds: list[str], family: str, j: int) -> list[str]:
     return [picked_on(configuration_errors(seen["problems"][s]["processes"][family], j), family, budget) for s in seeds]
 
 
-def pick_ratios(fine: dict, seen: dict, family: str, j: int, measure: str) -> list[float]:
-    """Per problem, the ratio of the error of the configuration picked on ``seen`` to the best
-    configuration's, both on the finer measurement's draws by ``measure``."""
+def judged_ratios(fine: dict, chosen: list[str], family: str, j: int, measure: str) -> list[float]:
+    """Per problem of ``fine`` (in seed order), the ratio of the error of its ``chosen`` configuration to
+    the best configuration's, both on ``fine``'s draws by ``measure``."""
     seeds = sorted(fine["problems"], key=int)
     ratios = []
-    for seed, pick in zip(seeds, picks(seen, seeds, family, j)):
+    for seed, pick in zip(seeds, chosen):
         every = configuration_errors(fine["problems"][seed]["processes"][family], j, measure=measure)
         ratios.append(every[pick] / min(every.values()))
     return ratios
+
+
+def pick_ratios(fine: dict, seen: dict, family: str, j: int, measure: str) -> list[float]:
+    """Per problem, the ratio of the error of the configuration picked on ``seen`` to the best
+    configuration's, both on the finer measurement's draws by ``measure``."""
+    return judged_ratios(fine, picks(seen, sorted(fine["problems"], key=int), family, j), family, j, measure)
 
 
 def fitted_lines(fine: dict, gauss: dict) -> list[str]:
@@ -132,12 +138,8 @@ def every_dimension_lines(gauss_all: dict, pilot: dict) -> list[str]:
     judge = {"budgets": data["budgets"], "problems": {s: data["problems"][s] for s in seeds}}
     met = collections.Counter()
     for family in PROCESS_OF:
-        for j, budget in enumerate(data["budgets"]):
-            default = []
-            for seed in seeds:
-                every = configuration_errors(data["problems"][seed]["processes"][family], j)
-                default.append(every[default_config(family, budget)] / min(every.values()))
-            met["the fixed defaults"] += meets(default)
+        for j in range(len(data["budgets"])):
+            met["the fixed defaults"] += meets(cell(judge, family, j, "errors")[0])
             met[GAUSS] += meets(pick_ratios(judge, gauss_all, family, j, "errors"))
             met["the pilot"] += meets(pick_ratios(judge, pilot, family, j, "errors"))
     dims = [data["problems"][s]["params"]["dim"] for s in seeds]

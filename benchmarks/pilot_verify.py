@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import math
 import os
 import sys
@@ -38,7 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import load_json, locked_update, shard, write_report  # noqa: E402
-from defaults import FINE_OUT, PROCESS_OF, configuration_errors, meets  # noqa: E402
+from defaults import FINE_OUT, PROCESS_OF, meets  # noqa: E402
+from defaults_tails import judged_ratios  # noqa: E402
 from families import BUDGETS as FAMILY_BUDGETS, MEASURES, SPLITS, draw_problem, load  # noqa: E402
 from pilot_screen import candidate_cells, cell_figures, chosen_problems, pilot_ratios  # noqa: E402
 
@@ -111,12 +113,9 @@ def family_lines(picked: dict) -> list[str]:
     met = collections.Counter()
     for family in PROCESS_OF:
         for j, budget in enumerate(fine["budgets"]):
-            for m in MEASURES:
-                every = [configuration_errors(fine["problems"][s]["processes"][family], j, measure=m) for s in seeds]
-                for kind in (f"random {PILOT}", "verified"):
-                    for r in range(PICK_REPLICATES):
-                        ratios = [e[picked[s][family][str(budget)][kind][r]] / min(e.values()) for s, e in zip(seeds, every)]
-                        met[kind, m] += meets(ratios) / PICK_REPLICATES
+            for m, kind, r in itertools.product(MEASURES, (f"random {PILOT}", "verified"), range(PICK_REPLICATES)):
+                chosen = [picked[s][family][str(budget)][kind][r] for s in seeds]
+                met[kind, m] += meets(judged_ratios(fine, chosen, family, j, m)) / PICK_REPLICATES
     cells = len(PROCESS_OF) * len(fine["budgets"])
     return ["", f"On the defaults' target itself: the {len(seeds)} validation problems of at most 128 dimensions, every "
             f"budget 1-100 of the three families, each pick judged on the 512 draws of "

@@ -108,17 +108,15 @@ def spread_order(ends: torch.Tensor) -> torch.Tensor:
     return torch.argsort(torch.nan_to_num(spread, nan=math.inf), descending=True, stable=True)
 
 
-def verified(denoiser, counted, options: dict, errors: dict, pool_x: torch.Tensor, pool_cond: dict | None,
-             piloted: torch.Tensor, checked: int, teacher_steps: int) -> tuple[dict, int]:
-    """The :data:`FINALISTS` candidates least in error on the pilot (``errors``: per-draw squared errors
-    on the pool's draws ``piloted``) run on the whole pool; the teacher runs on the ``checked`` draws
-    where they spread most (where one of them ends in another component than the others), and each
-    finalist's mean square over the pool is estimated from those and the pilot's other draws, each
-    stratum weighted by its share (:func:`stratified_mean`). Returns ``{finalist: RMS}`` and the
-    teacher's evaluations."""
+def verified(denoiser, counted, options: dict, finalists: list[str], errors: dict, pool_x: torch.Tensor,
+             pool_cond: dict | None, piloted: torch.Tensor, checked: int, teacher_steps: int) -> tuple[dict, int]:
+    """The ``finalists`` (keys of ``options``) run on the whole pool ``pool_x``; the teacher runs on the
+    ``checked`` draws where they spread most (where one of them ends in another component than the
+    others), and each finalist's mean square over the pool is estimated from those and its per-draw
+    squared errors on the pilot's other draws (``errors``, on the pool's draws ``piloted``), each stratum
+    weighted by its share (:func:`stratified_mean`). Returns ``{finalist: RMS}`` and the teacher's
+    evaluations."""
     pool = pool_x.shape[0]
-    finalists = [k for k in sorted(errors, key=lambda k: float(errors[k].mean())) if bool(torch.isfinite(errors[k].mean()))]
-    finalists = finalists[:FINALISTS]
     with torch.no_grad():
         ends = torch.stack([sample(counted, options[k][2], options[k][3], pool_x, cond=pool_cond, check_finite=False).x
                             for k in finalists])
@@ -223,7 +221,8 @@ def choose_configuration(denoiser, nfe: int, x_init: torch.Tensor | None = None,
     rms = {key: float(m.sqrt()) if bool(torch.isfinite(m)) else math.inf for key, m in means.items()}
     running = rms  # the candidates the pick is made among, by these errors
     if verify is not None and math.isfinite(min(rms.values())):
-        running, calls = verified(denoiser, counted, options, errors, pool_x, pool_cond, piloted, verify,
+        finalists = sorted((k for k in rms if math.isfinite(rms[k])), key=rms.get)[:FINALISTS]
+        running, calls = verified(denoiser, counted, options, finalists, errors, pool_x, pool_cond, piloted, verify,
                                   max(teacher_steps, 3 * nfe))
         rms, teacher_calls = {**rms, **running}, teacher_calls + calls
     best = min(running, key=running.get)
