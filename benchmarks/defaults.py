@@ -29,13 +29,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import write_report  # noqa: E402
-from families import OUT as FAMILIES, PILOT_OUT, SPLITS, load  # noqa: E402
+from families import FINE_OUT, OUT as FAMILIES, PILOT_OUT, SCHEDULE_OF, SPLITS, joined, load, load_fine, moved_name  # noqa: E402
 
 from sdeflow.samplers.names import DEFAULTS, default_for_family  # noqa: E402
 from sdeflow.tuning.choose import KEEP_DEFAULT  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "defaults.md")
-FINE_OUT = FAMILIES.replace("families.json", "families_fine.json")
 #: Samplers a default may be: one model evaluation per step.
 ONE_PER_STEP = ("ddim", "dpm-solver++-2m", "dpm-solver++-3m", "dpm-solver++-3m-unic", "dpm-solver-3m", "unipc-bh1",
                 "unipc-bh2", "unipc-3", "deis-3", "ipndm")
@@ -172,7 +171,8 @@ def split_ceiling(data: dict, family: str, j: int, split: str = "validate") -> s
 def picked_on(seen: dict, family: str, budget: int, keep: float = KEEP_DEFAULT) -> str:
     """The configuration with the least error in ``seen``, sdeflow's default unless that error is
     below ``1 / keep`` of the default's (as :func:`sdeflow.tuning.choose_configuration` picks)."""
-    default = default_config(family, budget)
+    default = default_config(family, budget)  # among the tuner's candidates (families.joined(..., True)): moved
+    default = default if default in seen else moved_name(default, SCHEDULE_OF[family])
     pick = min(seen, key=seen.get)
     return default if seen.get(default, math.inf) <= keep * seen[pick] else pick
 
@@ -275,11 +275,13 @@ def fine_lines(fine: dict, data: dict, pilot: dict) -> tuple[list[str], dict]:
              f"The {len(seeds)} validation problems of at most {max(dims)} dimensions measured again on "
              f"{'/'.join(map(str, draws))} draws (`python benchmarks/families.py --split validate --count 20 --samples 512 "
              "--max-dim 128 --out docs/benchmarks/families_fine.json`), where one draw ending in another component moves "
-             "the RMS far less. Each column: the 90th percentile / worst ratio to the best configuration on these draws, "
-             "of the default in the code, of the pilot's pick on its 32 draws, and of the pick on the benchmark's own "
-             "draws (35-128 on these problems: a larger pilot).", "",
-             "The least error of some 65 configurations on the draws that score them is partly those draws' luck, "
-             "which makes every ratio to it too large. The last two columns divide instead by the error, on these "
+             "the RMS far less. On a flow, the same draws run again on the uniform and quadratic grids moved to start at "
+             "t = 0.999, as `sdeflow tune --method choose` runs them (the same command with `--moved`), join the "
+             "configurations; the pilots pick among the tuner's candidates. Each column: the 90th percentile / worst "
+             "ratio to the best configuration on these draws, of the default in the code, of the pilot's pick on its 32 "
+             "draws, and of the pick on the benchmark's own draws (35-128 on these problems: a larger pilot).", "",
+             "The least error of some 65 configurations (91 on a flow) on the draws that score them is partly those draws' "
+             "luck, which makes every ratio to it too large. The last two columns divide instead by the error, on these "
              "draws, of the configuration best on the benchmark's draws (chosen independently of them). That errs the "
              "other way (that pick is not always the best), so the two bracket the ratio to the problem's best "
              "configuration. The last column: whether some single configuration, chosen with hindsight on these very "
@@ -372,7 +374,9 @@ def main() -> None:
                        "16-128 draws per problem can tell apart.")
     fine_section = []
     if os.path.exists(FINE_OUT) and os.path.exists(PILOT_OUT):
-        fine_section, figures = fine_lines(load(FINE_OUT), data, load(PILOT_OUT))
+        fine = load_fine()  # the judge: every configuration; the picks among the tuner's candidates
+        fine_section, figures = fine_lines(fine, joined(FAMILIES, True, fine["problems"]),
+                                           joined(PILOT_OUT, True, fine["problems"]))
         default_meets, pilot_meets, larger_meets, default_ind, pilot_ind, ceiling = (
             sum(f[i] for f in figures.values()) for i in range(6))
         summary.append(f"On more draws (512 per problem, the {len(load(FINE_OUT)['problems'])} validation problems of "

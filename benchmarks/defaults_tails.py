@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import write_report  # noqa: E402
 from defaults import (FAMILIES, FINE_OUT, PILOT_OUT, PROCESS_OF, configuration_errors, default_config, in_split,  # noqa: E402
                       meets, picked_on, quantile)
-from families import FIT_OUT, GAUSSIAN_OUT, MEASURES, TAIL, load  # noqa: E402
+from families import FIT_OUT, GAUSSIAN_OUT, MEASURES, TAIL, joined, load, load_fine  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "defaults_tails.md")
 GAUSS = "the data's Gaussian"
@@ -112,7 +112,7 @@ def fitted_lines(fine: dict, gauss: dict) -> list[str]:
              "| data's Gaussian | " + " | ".join(f"cells meeting the target, {NAMES[m]}" for m in MEASURES)
              + " | same pick as the exact moments |", "|---|" + "---|" * (len(MEASURES) + 1)]
     for n, path in [(None, None)] + found:
-        seen = gauss if path is None else load(path)
+        seen = gauss if path is None else joined(path, True)
         if any(s not in seen["problems"] for s in seeds):
             sys.exit(f"{path} lacks some of the problems: finish its measurement (`--fit {n}`)")
         met, same, total = [0] * len(MEASURES), 0, 0
@@ -184,14 +184,41 @@ def pick_lines(fine: dict, gauss: dict, pilot: dict) -> tuple[list[str], dict]:
             rows.append(f"| {family} | {budget} | " + " | ".join(cols) + " |")
     every = []
     if os.path.exists(GAUSSIAN_ALL):
-        every = every_dimension_lines(load(GAUSSIAN_ALL), pilot)
+        every = every_dimension_lines(load(GAUSSIAN_ALL), load(PILOT_OUT))  # judged without moved grids: plain picks
     return rows + fitted_lines(fine, gauss) + every, counts
+
+
+def moved_lines(fine: dict) -> list[str]:
+    """The section on the grids the tuner moves (``families.py --moved``): per sampler, the median (and
+    10th-90th percentiles) over the problems, grids and budgets of its RMS from the moved start over
+    its RMS from the grid's own start, at budgets up to 8 and from 10 on."""
+    lines = ["", "## The grids the tuner moves", "",
+             "On rectified flow `sdeflow sample --grid uniform` (and `quadratic`) starts at t = 1, and "
+             "`sdeflow tune --method choose` runs the same grids from t = 0.999, where it samples from. Per "
+             "sampler, the ratio of its RMS on these draws from 0.999 to its RMS from 1 on the same grid, over "
+             "the problems, the two grids and the budgets: median (10th-90th percentile).", "",
+             "| sampler | NFE 1-8 | NFE 10-100 |", "|---|---|---|"]
+    ratios = collections.defaultdict(lambda: ([], []))
+    for problem in fine["problems"].values():
+        record = problem["processes"]["flow"]
+        index = {c: i for i, c in enumerate(record["configs"])}
+        for c, i in ((c, i) for c, i in index.items() if " from " in c):
+            plain = index[c.split(" from ")[0] + ")"]
+            for j, budget in enumerate(fine["budgets"]):
+                a, b = record["errors"][i][j], record["errors"][plain][j]
+                if a is not None and b is not None and 0 < b < math.inf and a < math.inf:
+                    ratios[c.split(" (")[0]][budget >= 10].append(a / b)
+    for sampler, parts in sorted(ratios.items()):
+        lines.append(f"| {sampler} | " + " | ".join(
+            f"{statistics.median(r):.2f} ({quantile(r, 0.1):.2f}-{quantile(r, 0.9):.2f})" if r else "-"
+            for r in parts) + " |")
+    return lines
 
 
 def main() -> None:
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                             formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
-    fine = load(FINE_OUT)
+    fine = load_fine()
     records = [p["processes"][f] for p in fine["problems"].values() for f in PROCESS_OF]
     if not fine["problems"] or any(m not in r for r in records for m in MEASURES):
         sys.exit(f"{FINE_OUT} lacks the measures {', '.join(MEASURES)}: measure it with `python benchmarks/families.py "
@@ -229,7 +256,9 @@ def main() -> None:
     intro = (f"Written by `python benchmarks/defaults_tails.py` from `docs/benchmarks/families_fine.json` (the "
              f"{len(seeds)} validation problems of at most 128 dimensions of `benchmarks/families.py`, "
              f"{'/'.join(map(str, draws))} draws each; `python benchmarks/families.py --split validate --count 20 "
-             "--samples 512 --max-dim 128 --out docs/benchmarks/families_fine.json`). Each cell: the ratio of the "
+             "--samples 512 --max-dim 128 --out docs/benchmarks/families_fine.json`; on a flow, with the same draws on the "
+             "uniform and quadratic grids moved to t = 0.999 as `sdeflow tune --method choose` runs them: `--moved`). "
+             "Each cell: the ratio of the "
              "default's error (`sdeflow.samplers.names.DEFAULTS`) to the least error of every configuration on the "
              "same problem and budget, float64 states against the exact probability-flow solution from the same "
              "start, with the error of a configuration measured over the draws as the RMS (as in "
@@ -237,14 +266,14 @@ def main() -> None:
              "percentile and the largest ratio over the problems.")
     section = []
     if os.path.exists(GAUSSIAN_OUT):
-        section, picked = pick_lines(fine, load(GAUSSIAN_OUT), load(PILOT_OUT))
+        section, picked = pick_lines(fine, joined(GAUSSIAN_OUT, True), joined(PILOT_OUT, True, fine["problems"]))
         summary.append("Chosen for each problem instead, the configuration least in error on the Gaussian of the "
                        "problem's data (its mean and covariance alone, no model evaluation) meets the target at "
                        + ", ".join(f"{picked[m, GAUSS]} ({NAMES[m]})" for m in MEASURES)
                        + " of the cells, and the pilot run's pick on 32 draws of the model at "
                        + ", ".join(f"{picked[m, 'the pilot']} ({NAMES[m]})" for m in MEASURES) + " (below).")
     write_report(OUT, "The defaults' target judged by the RMS, the RMS without the worst 1% of draws, and the median",
-                 intro, summary, rows, section)
+                 intro, summary, rows, section, moved_lines(fine))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ time (atomically), so an interrupted run resumes where it stopped.
     python benchmarks/families.py --split choose --count 24      # the choosing problems
     python benchmarks/families.py --split validate --count 24    # the validation problems
     python benchmarks/families.py --shard 0/2 ...                # every other problem (two processes)
+    python benchmarks/families.py ... --moved    # the same draws on the grids the tuner moves (see moved_grids)
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import PROCESSES, Problem, Shared, sdeflow_denoiser, shard  # noqa: E402
 
-from sdeflow import analytic, sample  # noqa: E402
+from sdeflow import analytic, grids, sample  # noqa: E402
 from sdeflow.analytic.covariance import LowRankPlusDiagonal  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS  # noqa: E402
 from sdeflow.samplers import steps_for_nfe  # noqa: E402
-from sdeflow.samplers.names import CANDIDATE_GRIDS, CANDIDATE_SAMPLERS, HIGH_BUDGET, HIGH_ORDER  # noqa: E402
+from sdeflow.samplers.names import CANDIDATE_GRIDS, CANDIDATE_SAMPLERS, HIGH_BUDGET, HIGH_ORDER, family  # noqa: E402
 from sdeflow.tuning.draws import squared_errors, trimmed_rms  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "families.json")
@@ -51,6 +52,7 @@ SPLITS = {"choose": 0, "validate": 1000}
 #: The sdeflow configurations compared: ``sdeflow.samplers.names.CANDIDATE_SAMPLERS`` on every grid of
 #: ``CANDIDATE_GRIDS`` that suits the process's schedule family.
 FAMILY_OF = {"index": "vp", "edm": "sigma", "t": "flow"}
+SCHEDULE_OF = {FAMILY_OF[p.time_input]: p.schedule for p in PROCESSES}
 #: Added to a problem's seed for the draws of a pilot measurement (disjoint from the benchmark's).
 PILOT_SEED = 7919
 PILOT_OUT = OUT.replace("families.json", "families_pilot.json")
@@ -60,6 +62,8 @@ GAUSSIAN_OUT = OUT.replace("families.json", "families_gaussian.json")
 #: Added to a problem's seed for the data a Gaussian is fitted to (``--gaussian --fit N``), and where it goes.
 FIT_SEED = 5000
 FIT_OUT = OUT.replace("families.json", "families_gaussian_fit{}.json")
+#: The finer measurement (``--samples 512 --max-dim 128``).
+FINE_OUT = OUT.replace("families.json", "families_fine.json")
 #: What a problem's record holds per configuration and budget, over its draws: the RMS endpoint error,
 #: the RMS without the worst ``TAIL`` share of the draws (``floor(TAIL * draws)`` of them: none below 100
 #: draws), and the median error.
@@ -109,8 +113,23 @@ def configurations(process):
     return [(s, gname) for s in CANDIDATE_SAMPLERS for gname in CANDIDATE_GRIDS[FAMILY_OF[process.time_input]]]
 
 
+def moved_grids(schedule) -> list[str]:
+    """The candidate grids that start above where sdeflow samples from (``grids.start_time``: 0.999 on a
+    flow, whose logSNR is infinite at 1): ``uniform`` and ``quadratic`` on a flow. ``sdeflow tune --method
+    choose`` runs them moved to that start (:func:`sdeflow.tuning.choose.candidates`), a run of its own."""
+    top = grids.start_time(schedule)
+    return [g for g in CANDIDATE_GRIDS[family(schedule)] if float(GRIDS[g](4, schedule)[0]) > top + 1e-12]
+
+
+def moved_name(config: str, schedule) -> str:
+    """The key under which :func:`measure` (``moved=True``) stores the run of ``config`` (``"sampler (grid)"``)
+    that ``sdeflow tune --method choose`` makes: ``"sampler (grid from 0.999)"`` for a moved grid."""
+    sname, gname = config[:-1].split(" (")
+    return f"{sname} ({gname} from {grids.start_time(schedule):g})" if gname in moved_grids(schedule) else config
+
+
 def measure(seed: int, budgets=BUDGETS, pilot: int | None = None, samples: int | None = None,
-            gaussian: bool = False, fit: int | None = None) -> dict:
+            gaussian: bool = False, fit: int | None = None, moved: bool = False) -> dict:
     """Every configuration's error (each of :data:`MEASURES`) at every budget, per process, on the problem of ``seed``.
     ``pilot``: measure on that many fresh draws instead (another draw seed than the benchmark's):
     what a pilot run on a model sees before it picks a configuration. ``samples``: measure on that
@@ -119,7 +138,9 @@ def measure(seed: int, budgets=BUDGETS, pilot: int | None = None, samples: int |
     draws): what a choice made on the data's mean and covariance alone, without the model, sees.
     ``fit``: with ``gaussian``, the Gaussian fitted to that many samples of the data instead, as
     ``sdeflow tune --on gaussian`` fits it to the training data (:func:`~sdeflow.tuning.gaussian.fit_gaussian`;
-    the same draws of ``p_{t0}`` as the exact Gaussian's)."""
+    the same draws of ``p_{t0}`` as the exact Gaussian's). ``moved``: only the grids of :func:`moved_grids`,
+    moved to where sdeflow samples from, as ``sdeflow tune --method choose`` runs them (the same draws;
+    keys of :func:`moved_name`; a process without such grids is left out)."""
     if fit and not gaussian:
         raise ValueError("fit= is the number of data samples a Gaussian is fitted to: it needs gaussian=True")
     problem, params = draw_problem(seed)
@@ -135,7 +156,9 @@ def measure(seed: int, budgets=BUDGETS, pilot: int | None = None, samples: int |
         shared = Shared(problem, process, seed=seed + (PILOT_SEED if pilot else GAUSSIAN_SEED if gaussian else 0))
         den = sdeflow_denoiser(problem, process)
         sch = process.schedule
-        configs = configurations(process)
+        configs = [(sn, g) for sn, g in configurations(process) if not moved or g in moved_grids(sch)]
+        if not configs:
+            continue
         tables = [[[None] * len(budgets) for _ in configs] for _ in MEASURES]
         for i, (sname, gname) in enumerate(configs):
             sampler = SAMPLERS[sname]()
@@ -143,7 +166,7 @@ def measure(seed: int, budgets=BUDGETS, pilot: int | None = None, samples: int |
                 if nfe >= HIGH_BUDGET and sname not in HIGH_ORDER:
                     continue
                 n = steps_for_nfe(sampler, sch, gname, nfe)
-                ts = GRIDS[gname](n, sch)
+                ts = GRIDS[gname](n, sch, **({"t_max": grids.start_time(sch)} if moved else {}))
                 if sampler.prepare(sch, ts).nfe > nfe:  # not reachable within this budget
                     continue
                 x = sample(den, sampler, ts, shared.x_init(float(ts[0])), check_finite=False).x
@@ -151,7 +174,8 @@ def measure(seed: int, budgets=BUDGETS, pilot: int | None = None, samples: int |
                 for table, value in zip(tables, (sq.mean().sqrt(), trimmed_rms(sq, TAIL), sq.median().sqrt())):
                     table[i][j] = float(value) if math.isfinite(float(value)) else math.inf
         out["processes"][FAMILY_OF[process.time_input]] = {
-            "process": process.name, "configs": [f"{s} ({gname})" for s, gname in configs],
+            "process": process.name, "configs": [moved_name(f"{s} ({gname})", sch) if moved else f"{s} ({gname})"
+                                                 for s, gname in configs],
             **dict(zip(MEASURES, tables))}
     return out
 
@@ -170,6 +194,41 @@ def load(path: str = OUT) -> dict:
         return {"budgets": BUDGETS, "problems": {}}
     with open(path) as f:
         return json.load(f)
+
+
+def moved_path(path: str) -> str:
+    """Where ``--moved`` keeps the runs of the moved grids on the draws of the measurement at ``path``."""
+    return path[:-len(".json")] + "_moved.json"
+
+
+def joined(path: str, replace: bool = False, seeds=None) -> dict:
+    """The measurement at ``path`` with its moved grids' runs (:func:`moved_path`, ``--moved``: the same
+    draws) joined to each process's configurations: beside the grids as ``sdeflow sample --grid`` runs
+    them, where a pick is judged against every configuration sdeflow runs; or, ``replace``, in their
+    place, the candidates ``sdeflow tune --method choose`` runs, where a measurement stands for the
+    tuner's choice. ``seeds``: the problems that need them (all of ``path``'s by default)."""
+    data = load(path)
+    if not os.path.exists(moved_path(path)):
+        return data
+    moved = load(moved_path(path))["problems"]
+    if missing := sorted(set(data["problems"] if seeds is None else seeds) - set(moved), key=int):
+        sys.exit(f"{moved_path(path)} lacks problems {', '.join(missing)}: measure them with the command that "
+                 f"measured {os.path.basename(path)} and --moved")
+    for seed in set(moved) & set(data["problems"]):
+        for fam, record in moved[seed]["processes"].items():
+            mine = data["problems"][seed]["processes"][fam]
+            keep = [i for i, c in enumerate(mine["configs"])
+                    if not replace or moved_name(c, SCHEDULE_OF[fam]) not in record["configs"]]
+            for key in ("configs", *(m for m in MEASURES if m in mine)):  # older measurements hold the RMS alone
+                mine[key] = [mine[key][i] for i in keep] + record[key]
+    return data
+
+
+def load_fine() -> dict:
+    """The finer measurement (``families_fine.json``) joined with its moved grids' runs
+    (``families_fine_moved.json``): the best configuration is the best of every configuration sdeflow
+    runs, the tuner's included."""
+    return joined(FINE_OUT)
 
 
 def save(path: str, data: dict) -> None:
@@ -200,6 +259,10 @@ def main() -> None:
                         help="with --gaussian: the Gaussian fitted to N samples of each problem's data instead, as "
                              "sdeflow tune --on gaussian fits it, into "
                              f"{os.path.basename(FIT_OUT.format('N'))} unless --out says otherwise")
+    parser.add_argument("--moved", action="store_true",
+                        help="measure only the grids sdeflow tune --method choose moves to where sdeflow samples from "
+                             "(uniform and quadratic on a flow, from 0.999), on the same draws as the measurement the "
+                             "other options name, into its file's _moved.json beside it")
     args = parser.parse_args()
     if args.fit is not None and (not args.gaussian or args.fit < 2):
         parser.error("--fit N (at least 2 samples) fits the Gaussian of --gaussian: give both")
@@ -211,21 +274,22 @@ def main() -> None:
         parser.error(f"--samples changes the measurement: give another --out than {os.path.basename(OUT)}")
     out = args.out if args.out != OUT else PILOT_OUT if args.pilot else FIT_OUT.format(args.fit) if args.fit else \
         GAUSSIAN_OUT if args.gaussian else OUT
+    out = moved_path(out) if args.moved else out
     i, k = args.shard
     torch.set_num_threads(args.threads)
     for split in args.split:
         for idx in range(i, args.count, k):
             if args.max_dim is None or draw_problem(SPLITS[split] + idx)[1]["dim"] <= args.max_dim:
-                run_problem(SPLITS[split] + idx, out, args.pilot, args.samples, args.gaussian, args.fit)
+                run_problem(SPLITS[split] + idx, out, args.pilot, args.samples, args.gaussian, args.fit, args.moved)
 
 
 def run_problem(seed: int, out: str, pilot: int | None = None, samples: int | None = None, gaussian: bool = False,
-                fit: int | None = None) -> None:
+                fit: int | None = None, moved: bool = False) -> None:
     """Measure the problem of ``seed`` unless ``out`` has it, and add it to ``out``."""
     if str(seed) in load(out)["problems"]:
         return
     start = time.time()
-    result = measure(seed, pilot=pilot, samples=samples, gaussian=gaussian, fit=fit)
+    result = measure(seed, pilot=pilot, samples=samples, gaussian=gaussian, fit=fit, moved=moved)
     with open(out + ".lock", "w") as lock:  # shards share the file: one writer at a time
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = load(out)  # re-read: another shard may have saved since

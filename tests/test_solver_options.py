@@ -268,6 +268,48 @@ def test_the_verified_pilot_benchmark_estimates_what_the_library_picks_on():
             assert math.sqrt(float(est[i])) == pytest.approx(chosen.hand[keys[i]], rel=1e-12)
 
 
+def test_the_family_benchmark_judges_the_tuners_moved_grids_as_the_tuner_runs_them(tmp_path):
+    """``families.py --moved`` measures the grids ``choose_configuration`` moves to where sdeflow samples from
+    (uniform and quadratic on a flow, from 0.999): each error is that of the tuner's own candidate on the
+    same draws (measured: equal to the last bit); ``joined`` sets them beside the grids as ``sdeflow sample``
+    runs them (the judge) or in their place (the tuner's candidates)."""
+    from sdeflow.tuning.choose import candidates
+
+    families = benchmark_module("families")
+    flow = families.SCHEDULE_OF["flow"]
+    assert families.moved_grids(flow) == ["uniform", "quadratic"]
+    assert families.moved_grids(families.SCHEDULE_OF["vp"]) == families.moved_grids(families.SCHEDULE_OF["sigma"]) == []
+    moved = families.measure(1005, budgets=[3, 6], samples=16, moved=True)
+    assert list(moved["processes"]) == ["flow"]
+    record = moved["processes"]["flow"]
+    problem = families.draw_problem(1005)[0]
+    problem = families.Problem(problem.name, problem.mixture, problem.shape, 16)
+    process = next(p for p in families.PROCESSES if p.time_input == "t")
+    shared, den = families.Shared(problem, process, seed=1005), families.sdeflow_denoiser(problem, process)
+    checked = 0
+    for j, nfe in enumerate((3, 6)):
+        for key, (_, _, sampler, ts) in candidates(flow, nfe).items():
+            name = families.moved_name(key, flow)
+            if name == key or record["errors"][record["configs"].index(name)][j] is None:
+                continue
+            x = sample(den, sampler, ts, shared.x_init(float(ts[0]))).x
+            rms = float((x - shared.reference(float(ts[0]), 0.0, steps=400)).pow(2).sum(1).mean().sqrt())
+            assert record["errors"][record["configs"].index(name)][j] == pytest.approx(rms, rel=1e-12)
+            checked += 1
+    assert checked >= 40  # 13 samplers on two grids at two budgets, less those a budget cannot reach
+    path = str(tmp_path / "m.json")
+    plain = {"process": "x", "configs": ["ddim (uniform)", "ddim (auto)"], **{m: [[2.0], [3.0]] for m in families.MEASURES}}
+    families.save(path, {"budgets": [3], "problems": {"1005": {"processes": {"flow": plain}}}})
+    families.save(families.moved_path(path), {"budgets": [3], "problems": {"1005": {"processes": {"flow": {
+        "configs": ["ddim (uniform from 0.999)"], **{m: [[1.0]] for m in families.MEASURES}}}}}})
+    judge, tuner = (families.joined(path, r)["problems"]["1005"]["processes"]["flow"] for r in (False, True))
+    assert judge["configs"] == ["ddim (uniform)", "ddim (auto)", "ddim (uniform from 0.999)"]
+    assert judge["errors"] == [[2.0], [3.0], [1.0]]
+    assert tuner["configs"] == ["ddim (auto)", "ddim (uniform from 0.999)"] and tuner["medians"] == [[3.0], [1.0]]
+    with pytest.raises(SystemExit, match="lacks problems 1006"):
+        families.joined(path, seeds=["1005", "1006"])
+
+
 @pytest.mark.parametrize("sampler", [RK45(), DPMSolverAdaptive()], ids=["rk45", "dpm-23"])
 def test_adaptive_solvers_on_a_bfloat16_state_do_not_chase_unreachable_tolerances(sampler):
     """A bfloat16 state cannot hold relative errors below 2^-8; the tolerance is floored there, so
