@@ -11,7 +11,10 @@ problems, never worse than 3x), ties going to the smaller median, and keeps the 
 choice where its score is within 10% of that (fewer switches between budgets). It prints the resulting
 ``DEFAULTS`` table, checks it against ``sdeflow.samplers.names.DEFAULTS`` and writes
 ``docs/benchmarks/defaults.md``: the distribution of the ratios of the defaults in the code on the
-validation problems, which the rule never saw.
+validation problems, which the rule never saw. The rule chooses among the grids as ``sdeflow sample``
+runs them, each against the best of those; the report judges against every configuration sdeflow
+runs, the grids ``sdeflow tune --method choose`` moves to where it samples from included
+(``families.py --moved``), and a pilot's pick is made among the tuner's candidates.
 
     python benchmarks/defaults.py           # choose, compare with the code, write the report
 """
@@ -29,7 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import write_report  # noqa: E402
-from families import FINE_OUT, OUT as FAMILIES, PILOT_OUT, SCHEDULE_OF, SPLITS, joined, load, load_fine, moved_name  # noqa: E402
+from families import FINE_OUT, OUT as FAMILIES, PILOT_OUT, SPLITS, joined, load, load_fine, meets, moved_name, \
+    nameable, quantile, tuner_candidates  # noqa: E402
 
 from sdeflow.samplers.names import DEFAULTS, default_for_family  # noqa: E402
 from sdeflow.tuning.choose import KEEP_DEFAULT  # noqa: E402
@@ -78,12 +82,6 @@ def ratios(data: dict, split: str, family: str) -> dict:
     return out
 
 
-def quantile(values: list[float], q: float) -> float:
-    """The ``q`` quantile (the smallest value with at least ``q`` of the values at or below it)."""
-    v = sorted(values)
-    return v[max(0, math.ceil(q * len(v)) - 1)]
-
-
 def score(r: list[float]) -> tuple[float, float]:
     return max(quantile(r, 0.9) / 1.5, max(r) / 3.0), statistics.median(r)
 
@@ -94,7 +92,8 @@ def choose(data: dict) -> dict:
     for family in PROCESS_OF:
         rows = []
         for budget, per_config in sorted(ratios(data, "choose", family).items()):
-            allowed = {c: r for c, r in per_config.items() if c.split(" ")[0] in ONE_PER_STEP and all(map(math.isfinite, r))}
+            allowed = {c: r for c, r in per_config.items() if c.split(" ")[0] in ONE_PER_STEP and all(map(math.isfinite, r))
+                       and nameable(c)}
             config = min(allowed, key=lambda c: score(allowed[c]))
             previous = f"{rows[-1][1]} ({rows[-1][2]})" if rows else None
             if previous in allowed and score(allowed[previous])[0] <= 1.1 * score(allowed[config])[0]:
@@ -123,7 +122,7 @@ def validation(data: dict, split: str = "validate") -> tuple[list[str], dict]:
             sampler, grid = default_for_family(family, budget)
             r = per_config[f"{sampler} ({grid})"]
             old = per_config.get("{} ({})".format(*next((s, g) for most, s, g in PREVIOUS[family] if budget <= most)))
-            static = min((c for c in per_config if all(map(math.isfinite, per_config[c]))),
+            static = min((c for c in per_config if all(map(math.isfinite, per_config[c])) and nameable(c)),
                          key=lambda c: score(per_config[c]))  # chosen on the validation problems themselves
             within = (sum(v <= 1.5 for v in r) / len(r), sum(v <= 3 for v in r) / len(r))
             worst[(family, budget)] = (quantile(r, 0.9), max(r), within, meets(per_config[static]))
@@ -153,7 +152,7 @@ def split_ceiling(data: dict, family: str, j: int, split: str = "validate") -> s
         best = min(errs.values())
         rows.append((data["problems"][seed]["params"], {c: e / best for c, e in errs.items()}))
     allowed = len(rows) - math.ceil(0.9 * len(rows))  # problems that may be beyond 1.5x
-    configs = list(rows[0][1])
+    configs = [c for c in rows[0][1] if nameable(c)]
 
     def fewest_beyond(side):  # the least count beyond 1.5x of a configuration never beyond 3x on ``side``
         counts = [sum(r[c] > 1.5 for _, r in side) for c in configs if all(r[c] <= 3 for _, r in side)]
@@ -169,10 +168,10 @@ def split_ceiling(data: dict, family: str, j: int, split: str = "validate") -> s
 
 
 def picked_on(seen: dict, family: str, budget: int, keep: float = KEEP_DEFAULT) -> str:
-    """The configuration with the least error in ``seen``, sdeflow's default unless that error is
-    below ``1 / keep`` of the default's (as :func:`sdeflow.tuning.choose_configuration` picks)."""
-    default = default_config(family, budget)  # among the tuner's candidates (families.joined(..., True)): moved
-    default = default if default in seen else moved_name(default, SCHEDULE_OF[family])
+    """The configuration with the least error among the tuner's candidates in ``seen``, sdeflow's default
+    unless that error is below ``1 / keep`` of the default's (as :func:`sdeflow.tuning.choose_configuration` picks)."""
+    seen, default = tuner_candidates(seen, family), default_config(family, budget)
+    default = moved_name(default, family) if moved_name(default, family) in seen else default
     pick = min(seen, key=seen.get)
     return default if seen.get(default, math.inf) <= keep * seen[pick] else pick
 
@@ -227,10 +226,6 @@ def pilot_ratios(data: dict, pilot: dict, family: str, one_per_step: bool = Fals
             ahead[budget].append(every[picked_on(seen, family, budget)] / min(every.values()))
             back[budget].append(seen[min(bench, key=bench.get)] / min(seen.values()))
     return ahead, back
-
-
-def meets(r: list[float]) -> bool:
-    return quantile(r, 0.9) <= 1.5 and max(r) <= 3
 
 
 def pilot_lines(data: dict, pilot: dict) -> tuple[list[str], dict]:
@@ -328,8 +323,8 @@ def problem_lines(data: dict) -> list[str]:
 def main() -> None:
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                             formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
-    data = load(FAMILIES)
-    chosen = choose(data)
+    data, pilot = joined(FAMILIES), joined(PILOT_OUT) if os.path.exists(PILOT_OUT) else None
+    chosen = choose(load(FAMILIES))  # among the grids a table names, each against the best of them
     print("DEFAULTS = {")
     for family, rows in chosen.items():
         print(f'    "{family}": [' + ", ".join(f'({"math.inf" if b == math.inf else b}, "{s}", "{g}")' for b, s, g in rows) + "],")
@@ -356,13 +351,14 @@ def main() -> None:
              "(`python benchmarks/families.py --split choose validate --count 20`). Each cell: the ratio of the "
              "default's RMS endpoint error (float64 states, against the exact probability-flow solution from the "
              "same start) to the best of every sdeflow configuration (the samplers and grids listed in "
-             "`benchmarks/families.py`) on the same problem and budget, over the validation problems (seeds 1000 "
-             "on), which the choice never saw. The defaults were chosen on the choosing problems (seeds below "
-             "1000) by the rule in the script's docstring.")
+             "`benchmarks/families.py`; on rectified flow also the uniform and quadratic grids from t = 0.999, as "
+             "`sdeflow tune --method choose` runs them: `--moved`) on the same problem and budget, over the "
+             "validation problems (seeds 1000 on), which the choice never saw. The defaults were chosen on the "
+             "choosing problems (seeds below 1000) by the rule in the script's docstring.")
     pilot_section = []
     if os.path.exists(PILOT_OUT):
-        pilot_section, figures = pilot_lines(data, load(PILOT_OUT))
-        kept, best_keep = keep_lines(data, load(PILOT_OUT))
+        pilot_section, figures = pilot_lines(data, pilot)
+        kept, best_keep = keep_lines(data, pilot)
         pilot_section += [""] + kept
         if best_keep != KEEP_DEFAULT:
             print(f"the choosing problems pick keep_default = {best_keep:g}; the code's is {KEEP_DEFAULT:g}", file=sys.stderr)
@@ -374,9 +370,7 @@ def main() -> None:
                        "16-128 draws per problem can tell apart.")
     fine_section = []
     if os.path.exists(FINE_OUT) and os.path.exists(PILOT_OUT):
-        fine = load_fine()  # the judge: every configuration; the picks among the tuner's candidates
-        fine_section, figures = fine_lines(fine, joined(FAMILIES, True, fine["problems"]),
-                                           joined(PILOT_OUT, True, fine["problems"]))
+        fine_section, figures = fine_lines(load_fine(), data, pilot)
         default_meets, pilot_meets, larger_meets, default_ind, pilot_ind, ceiling = (
             sum(f[i] for f in figures.values()) for i in range(6))
         summary.append(f"On more draws (512 per problem, the {len(load(FINE_OUT)['problems'])} validation problems of "

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import write_report  # noqa: E402
 from defaults import (FAMILIES, FINE_OUT, PILOT_OUT, PROCESS_OF, configuration_errors, default_config, in_split,  # noqa: E402
                       meets, picked_on, quantile)
-from families import FIT_OUT, GAUSSIAN_OUT, MEASURES, TAIL, joined, load, load_fine  # noqa: E402
+from families import FIT_OUT, GAUSSIAN_OUT, MEASURES, TAIL, joined, load_fine  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "defaults_tails.md")
 GAUSS = "the data's Gaussian"
@@ -112,7 +112,7 @@ def fitted_lines(fine: dict, gauss: dict) -> list[str]:
              "| data's Gaussian | " + " | ".join(f"cells meeting the target, {NAMES[m]}" for m in MEASURES)
              + " | same pick as the exact moments |", "|---|" + "---|" * (len(MEASURES) + 1)]
     for n, path in [(None, None)] + found:
-        seen = gauss if path is None else joined(path, True)
+        seen = gauss if path is None else joined(path)
         if any(s not in seen["problems"] for s in seeds):
             sys.exit(f"{path} lacks some of the problems: finish its measurement (`--fit {n}`)")
         met, same, total = [0] * len(MEASURES), 0, 0
@@ -131,7 +131,7 @@ def every_dimension_lines(gauss_all: dict, pilot: dict) -> list[str]:
     """The lines on all the validation problems, up to 3072 dimensions, judged on the benchmark's own
     draws (``families.json``, 16-128 per problem, by the RMS): the cells where the defaults, the pick on
     the data's Gaussian (``gauss_all``) and the pilot's pick meet the target."""
-    data = load(FAMILIES)
+    data = joined(FAMILIES)
     seeds = [s for s in in_split(data, "validate") if s in gauss_all["problems"]]
     if len(seeds) < len(in_split(data, "validate")):
         return []  # its measurement is not finished
@@ -184,7 +184,7 @@ def pick_lines(fine: dict, gauss: dict, pilot: dict) -> tuple[list[str], dict]:
             rows.append(f"| {family} | {budget} | " + " | ".join(cols) + " |")
     every = []
     if os.path.exists(GAUSSIAN_ALL):
-        every = every_dimension_lines(load(GAUSSIAN_ALL), load(PILOT_OUT))  # judged without moved grids: plain picks
+        every = every_dimension_lines(joined(GAUSSIAN_ALL), pilot)
     return rows + fitted_lines(fine, gauss) + every, counts
 
 
@@ -266,7 +266,7 @@ def main() -> None:
              "percentile and the largest ratio over the problems.")
     section = []
     if os.path.exists(GAUSSIAN_OUT):
-        section, picked = pick_lines(fine, joined(GAUSSIAN_OUT, True), joined(PILOT_OUT, True, fine["problems"]))
+        section, picked = pick_lines(fine, joined(GAUSSIAN_OUT), joined(PILOT_OUT))
         summary.append("Chosen for each problem instead, the configuration least in error on the Gaussian of the "
                        "problem's data (its mean and covariance alone, no model evaluation) meets the target at "
                        + ", ".join(f"{picked[m, GAUSS]} ({NAMES[m]})" for m in MEASURES)

@@ -121,11 +121,15 @@ def moved_grids(schedule) -> list[str]:
     return [g for g in CANDIDATE_GRIDS[family(schedule)] if float(GRIDS[g](4, schedule)[0]) > top + 1e-12]
 
 
-def moved_name(config: str, schedule) -> str:
+#: Per schedule family, the grids the tuner moves.
+MOVED = {family: moved_grids(schedule) for family, schedule in SCHEDULE_OF.items()}
+
+
+def moved_name(config: str, family: str) -> str:
     """The key under which :func:`measure` (``moved=True``) stores the run of ``config`` (``"sampler (grid)"``)
     that ``sdeflow tune --method choose`` makes: ``"sampler (grid from 0.999)"`` for a moved grid."""
     sname, gname = config[:-1].split(" (")
-    return f"{sname} ({gname} from {grids.start_time(schedule):g})" if gname in moved_grids(schedule) else config
+    return f"{sname} ({gname} from {grids.start_time(SCHEDULE_OF[family]):g})" if gname in MOVED[family] else config
 
 
 def measure(seed: int, budgets=BUDGETS, pilot: int | None = None, samples: int | None = None,
@@ -156,7 +160,7 @@ def measure(seed: int, budgets=BUDGETS, pilot: int | None = None, samples: int |
         shared = Shared(problem, process, seed=seed + (PILOT_SEED if pilot else GAUSSIAN_SEED if gaussian else 0))
         den = sdeflow_denoiser(problem, process)
         sch = process.schedule
-        configs = [(sn, g) for sn, g in configurations(process) if not moved or g in moved_grids(sch)]
+        configs = [(sn, g) for sn, g in configurations(process) if not moved or g in MOVED[FAMILY_OF[process.time_input]]]
         if not configs:
             continue
         tables = [[[None] * len(budgets) for _ in configs] for _ in MEASURES]
@@ -174,7 +178,7 @@ def measure(seed: int, budgets=BUDGETS, pilot: int | None = None, samples: int |
                 for table, value in zip(tables, (sq.mean().sqrt(), trimmed_rms(sq, TAIL), sq.median().sqrt())):
                     table[i][j] = float(value) if math.isfinite(float(value)) else math.inf
         out["processes"][FAMILY_OF[process.time_input]] = {
-            "process": process.name, "configs": [moved_name(f"{s} ({gname})", sch) if moved else f"{s} ({gname})"
+            "process": process.name, "configs": [moved_name(f"{s} ({gname})", FAMILY_OF[process.time_input]) if moved else f"{s} ({gname})"
                                                  for s, gname in configs],
             **dict(zip(MEASURES, tables))}
     return out
@@ -201,12 +205,11 @@ def moved_path(path: str) -> str:
     return path[:-len(".json")] + "_moved.json"
 
 
-def joined(path: str, replace: bool = False, seeds=None) -> dict:
+def joined(path: str, seeds=None) -> dict:
     """The measurement at ``path`` with its moved grids' runs (:func:`moved_path`, ``--moved``: the same
-    draws) joined to each process's configurations: beside the grids as ``sdeflow sample --grid`` runs
-    them, where a pick is judged against every configuration sdeflow runs; or, ``replace``, in their
-    place, the candidates ``sdeflow tune --method choose`` runs, where a measurement stands for the
-    tuner's choice. ``seeds``: the problems that need them (all of ``path``'s by default)."""
+    draws) joined to each process's configurations, beside the grids as ``sdeflow sample --grid`` runs
+    them: a pick is judged against every configuration sdeflow runs, and a pilot picks among the tuner's
+    (:func:`tuner_candidates`). ``seeds``: the problems that need them (all of ``path``'s by default)."""
     data = load(path)
     if not os.path.exists(moved_path(path)):
         return data
@@ -217,11 +220,20 @@ def joined(path: str, replace: bool = False, seeds=None) -> dict:
     for seed in set(moved) & set(data["problems"]):
         for fam, record in moved[seed]["processes"].items():
             mine = data["problems"][seed]["processes"][fam]
-            keep = [i for i, c in enumerate(mine["configs"])
-                    if not replace or moved_name(c, SCHEDULE_OF[fam]) not in record["configs"]]
             for key in ("configs", *(m for m in MEASURES if m in mine)):  # older measurements hold the RMS alone
-                mine[key] = [mine[key][i] for i in keep] + record[key]
+                mine[key] = mine[key] + record[key]
     return data
+
+
+def nameable(config: str) -> bool:
+    """Whether a table of defaults (``sdeflow sample``'s grid names) can name ``config``: not a moved run."""
+    return " from " not in config
+
+
+def tuner_candidates(errors: dict, family: str) -> dict:
+    """``errors`` (``{config: error}``) less the runs from the top of the grids the tuner moves, where
+    their moved runs are there: the candidates ``sdeflow tune --method choose`` runs."""
+    return {c: e for c, e in errors.items() if moved_name(c, family) not in errors.keys() - {c}}
 
 
 def load_fine() -> dict:
@@ -229,6 +241,17 @@ def load_fine() -> dict:
     (``families_fine_moved.json``): the best configuration is the best of every configuration sdeflow
     runs, the tuner's included."""
     return joined(FINE_OUT)
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (the smallest value with at least ``q`` of the values at or below it)."""
+    v = sorted(values)
+    return v[max(0, math.ceil(q * len(v)) - 1)]
+
+
+def meets(r: list[float]) -> bool:
+    """The defaults' target: within 1.5x of the best on 90% of the problems, within 3x on all."""
+    return quantile(r, 0.9) <= 1.5 and max(r) <= 3
 
 
 def save(path: str, data: dict) -> None:

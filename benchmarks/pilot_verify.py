@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import load_json, locked_update, shard, write_report  # noqa: E402
 from defaults import FINE_OUT, PROCESS_OF, meets  # noqa: E402
 from defaults_tails import judged_ratios  # noqa: E402
-from families import BUDGETS as FAMILY_BUDGETS, MEASURES, SCHEDULE_OF, SPLITS, draw_problem, load, load_fine, moved_name  # noqa: E402
+from families import BUDGETS as FAMILY_BUDGETS, MEASURES, SPLITS, draw_problem, load, load_fine, moved_name  # noqa: E402
 from pilot_screen import candidate_cells, cell_figures, chosen_problems, pilot_ratios  # noqa: E402
 
 from sdeflow.tuning.choose import default_key, spread_order, stratified_mean  # noqa: E402
@@ -118,7 +118,7 @@ def family_lines(picked: dict) -> list[str]:
     met = collections.Counter()
     for family, (j, budget), m in itertools.product(PROCESS_OF, enumerate(fine["budgets"]), MEASURES):
         # the picks are the tuner's own runs: a grid it moves to where sdeflow samples from is judged as moved
-        ratios = {kind: [judged_ratios(fine, [moved_name(c, SCHEDULE_OF[family]) for c in chosen], family, j, m)
+        ratios = {kind: [judged_ratios(fine, [moved_name(c, family) for c in chosen], family, j, m)
                          for chosen in zip(*(picked[s][family][str(budget)][kind] for s in seeds))] for kind in kinds}
         for kind, runs in ratios.items():
             met[kind, m] += sum(map(meets, runs))

@@ -272,7 +272,7 @@ def test_the_family_benchmark_judges_the_tuners_moved_grids_as_the_tuner_runs_th
     """``families.py --moved`` measures the grids ``choose_configuration`` moves to where sdeflow samples from
     (uniform and quadratic on a flow, from 0.999): each error is that of the tuner's own candidate on the
     same draws (measured: equal to the last bit); ``joined`` sets them beside the grids as ``sdeflow sample``
-    runs them (the judge) or in their place (the tuner's candidates)."""
+    runs them (the judge), and ``tuner_candidates`` keeps them in those grids' place (the tuner's pick)."""
     from sdeflow.tuning.choose import candidates
 
     families = benchmark_module("families")
@@ -289,7 +289,7 @@ def test_the_family_benchmark_judges_the_tuners_moved_grids_as_the_tuner_runs_th
     checked = 0
     for j, nfe in enumerate((3, 6)):
         for key, (_, _, sampler, ts) in candidates(flow, nfe).items():
-            name = families.moved_name(key, flow)
+            name = families.moved_name(key, "flow")
             if name == key or record["errors"][record["configs"].index(name)][j] is None:
                 continue
             x = sample(den, sampler, ts, shared.x_init(float(ts[0]))).x
@@ -302,10 +302,12 @@ def test_the_family_benchmark_judges_the_tuners_moved_grids_as_the_tuner_runs_th
     families.save(path, {"budgets": [3], "problems": {"1005": {"processes": {"flow": plain}}}})
     families.save(families.moved_path(path), {"budgets": [3], "problems": {"1005": {"processes": {"flow": {
         "configs": ["ddim (uniform from 0.999)"], **{m: [[1.0]] for m in families.MEASURES}}}}}})
-    judge, tuner = (families.joined(path, r)["problems"]["1005"]["processes"]["flow"] for r in (False, True))
+    judge = families.joined(path)["problems"]["1005"]["processes"]["flow"]
     assert judge["configs"] == ["ddim (uniform)", "ddim (auto)", "ddim (uniform from 0.999)"]
-    assert judge["errors"] == [[2.0], [3.0], [1.0]]
-    assert tuner["configs"] == ["ddim (auto)", "ddim (uniform from 0.999)"] and tuner["medians"] == [[3.0], [1.0]]
+    assert judge["errors"] == [[2.0], [3.0], [1.0]] and judge["medians"] == [[2.0], [3.0], [1.0]]
+    errors = dict(zip(judge["configs"], (e[0] for e in judge["errors"])))
+    assert families.tuner_candidates(errors, "flow") == {"ddim (auto)": 3.0, "ddim (uniform from 0.999)": 1.0}
+    assert families.tuner_candidates({"ddim (uniform)": 2.0}, "flow") == {"ddim (uniform)": 2.0}  # no moved run
     with pytest.raises(SystemExit, match="lacks problems 1006"):
         families.joined(path, seeds=["1005", "1006"])
 
