@@ -16,6 +16,8 @@ Measured on the problem family's problems of at most 128 dimensions with several
 ``benchmarks/pilot_screen.py``): every candidate's endpoint and per-draw error on ``POOL`` draws and the judging ones,
 then many pilots of each kind from the pool, each pick judged by its RMS on the judging draws against
 the best candidate's there. ``random 48`` spends the verified pilot's teacher draws on a random pilot.
+With ``--families``, the picks are also judged as the defaults' target is, beside the pick of the teacher
+on the whole pool (the limit of any pilot from it), each on the run the tuner makes.
 
     python benchmarks/pilot_verify.py --split validate --shard 0/2 &   # about 17 minutes with two processes
     python benchmarks/pilot_verify.py --split validate --shard 1/2     # both write docs/benchmarks/pilot_verify.json
