@@ -122,7 +122,7 @@ def moved_grids(schedule) -> list[str]:
 
 
 #: Per schedule family, the grids the tuner moves.
-MOVED = {family: moved_grids(schedule) for family, schedule in SCHEDULE_OF.items()}
+MOVED = {fam: moved_grids(schedule) for fam, schedule in SCHEDULE_OF.items()}
 
 
 def moved_name(config: str, family: str) -> str:
