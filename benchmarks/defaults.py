@@ -171,7 +171,7 @@ def picked_on(seen: dict, family: str, budget: int, keep: float = KEEP_DEFAULT) 
     """The configuration with the least error among the tuner's candidates in ``seen``, sdeflow's default
     unless that error is below ``1 / keep`` of the default's (as :func:`sdeflow.tuning.choose_configuration` picks)."""
     seen, default = tuner_candidates(seen, family), default_config(family, budget)
-    default = moved_name(default, family) if moved_name(default, family) in seen else default
+    default = moved if (moved := moved_name(default, family)) in seen else default
     pick = min(seen, key=seen.get)
     return default if seen.get(default, math.inf) <= keep * seen[pick] else pick
 

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import write_report  # noqa: E402
 from defaults import (FAMILIES, FINE_OUT, PILOT_OUT, PROCESS_OF, configuration_errors, default_config, in_split,  # noqa: E402
                       meets, picked_on, quantile)
-from families import FIT_OUT, GAUSSIAN_OUT, MEASURES, TAIL, joined, load_fine  # noqa: E402
+from families import FIT_OUT, GAUSSIAN_OUT, MEASURES, TAIL, joined, load_fine, nameable, plain_name  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "defaults_tails.md")
 GAUSS = "the data's Gaussian"
@@ -202,8 +202,8 @@ def moved_lines(fine: dict) -> list[str]:
     for problem in fine["problems"].values():
         record = problem["processes"]["flow"]
         index = {c: i for i, c in enumerate(record["configs"])}
-        for c, i in ((c, i) for c, i in index.items() if " from " in c):
-            plain = index[c.split(" from ")[0] + ")"]
+        for c, i in ((c, i) for c, i in index.items() if not nameable(c)):
+            plain = index[plain_name(c)]
             for j, budget in enumerate(fine["budgets"]):
                 a, b = record["errors"][i][j], record["errors"][plain][j]
                 if a is not None and b is not None and 0 < b < math.inf and a < math.inf:

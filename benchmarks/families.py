@@ -225,15 +225,20 @@ def joined(path: str, seeds=None) -> dict:
     return data
 
 
+def plain_name(config: str) -> str:
+    """The key of the run from the grid's own start that a :func:`moved_name` key moves (itself otherwise)."""
+    return config.split(" from ")[0] + ")" if " from " in config else config
+
+
 def nameable(config: str) -> bool:
     """Whether a table of defaults (``sdeflow sample``'s grid names) can name ``config``: not a moved run."""
-    return " from " not in config
+    return plain_name(config) == config
 
 
 def tuner_candidates(errors: dict, family: str) -> dict:
     """``errors`` (``{config: error}``) less the runs from the top of the grids the tuner moves, where
     their moved runs are there: the candidates ``sdeflow tune --method choose`` runs."""
-    return {c: e for c, e in errors.items() if moved_name(c, family) not in errors.keys() - {c}}
+    return {c: e for c, e in errors.items() if moved_name(c, family) == c or moved_name(c, family) not in errors}
 
 
 def load_fine() -> dict:

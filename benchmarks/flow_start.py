@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import PROCESSES, Problem, Shared, sdeflow_denoiser, write_report  # noqa: E402
-from families import FINE_OUT, MOVED, SCHEDULE_OF, draw_problem, load, quantile  # noqa: E402
+from families import FINE_OUT, MOVED, draw_problem, load, quantile  # noqa: E402
 
 from sdeflow import grids, sample  # noqa: E402
 from sdeflow.registry import GRIDS, SAMPLERS  # noqa: E402
@@ -88,7 +88,6 @@ def main() -> None:
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                             formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     torch.set_num_threads(1)
-    assert SCHEDULE_OF["flow"] is next(p for p in PROCESSES if p.time_input == "t").schedule
     seeds = sorted(load(FINE_OUT)["problems"], key=int)
     rows = [r for seed in seeds for r in measure(int(seed))]
     by_sampler, by_budget = collections.defaultdict(list), collections.defaultdict(list)

@@ -46,18 +46,18 @@ from defaults_tails import judged_ratios  # noqa: E402
 from families import BUDGETS as FAMILY_BUDGETS, MEASURES, SPLITS, draw_problem, load, load_fine, moved_name  # noqa: E402
 from pilot_screen import candidate_cells, cell_figures, chosen_problems, pilot_ratios  # noqa: E402
 
-from sdeflow.tuning.choose import default_key, spread_order, stratified_mean  # noqa: E402
+from sdeflow.tuning.choose import FINALISTS, VERIFY_PILOT, default_key, spread_order, stratified_mean  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "pilot_verify.md")
 RESULTS = OUT[:-3] + ".json"
 FAMILY_PICKS = os.path.join(os.path.dirname(OUT), "families_verified.json")
 PICK_REPLICATES = 20
 BUDGETS = [6, 12, 30, 50]
-POOL, PILOT, REPLICATES = 512, 32, 200
+POOL, PILOT, REPLICATES = 512, VERIFY_PILOT, 200  # the library's verified pilot: 32 draws, 4 finalists
 #: The pick a pilot of every pool draw makes (the teacher on all of them): the limit of any pilot's pick.
 WHOLE_POOL = f"whole pool {POOL}"
 JUDGES = (256, 1024)  # judging draws: one draw in a hundred that a configuration loses shows in the larger
-FINALISTS, CHECKED = 4, 16
+CHECKED = 16
 KINDS = ("default", f"random {PILOT}", f"random {PILOT + CHECKED}", "verified")
 
 

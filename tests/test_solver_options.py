@@ -279,6 +279,10 @@ def test_the_family_benchmark_judges_the_tuners_moved_grids_as_the_tuner_runs_th
     flow = families.SCHEDULE_OF["flow"]
     assert families.moved_grids(flow) == ["uniform", "quadratic"]
     assert families.moved_grids(families.SCHEDULE_OF["vp"]) == families.moved_grids(families.SCHEDULE_OF["sigma"]) == []
+    assert families.moved_name("ipndm (uniform)", "flow") == "ipndm (uniform from 0.999)"
+    assert families.plain_name("ipndm (uniform from 0.999)") == "ipndm (uniform)" == families.plain_name("ipndm (uniform)")
+    assert families.moved_name("ipndm (auto)", "flow") == "ipndm (auto)"  # auto starts at 0.999 already
+    assert families.moved_name("ipndm (uniform)", "vp") == "ipndm (uniform)"  # nothing moves on VP
     moved = families.measure(1005, budgets=[3, 6], samples=16, moved=True)
     assert list(moved["processes"]) == ["flow"]
     record = moved["processes"]["flow"]
