@@ -897,6 +897,7 @@ def test_tune_chooses_a_default_for_a_model_and_sample_runs_it(tmp_path, cli_her
     r = cli_here("tune", "--checkpoint", ckpt, "--method", "choose", "--sampler", "heun,ipndm", "--nfe", "3",
                  "--samples", "16", "--teacher-steps", "20")
     assert r.returncode == 0 and "NFE 3: " in r.stdout and "the default" in r.stdout, r.stderr
+    assert r.stdout.strip().endswith(f"with: sdeflow sample --checkpoint {ckpt} --grid tuned --nfe 3")
     (chosen,) = load_tuned(str(tmp_path / "moons.grids.json"))
     assert chosen.method.startswith("choice:") and chosen.loss == min(chosen.hand.values()) and chosen.on == "model"
     default = next(iter(chosen.hand)).split(" ")[0]  # the default comes first, compared with the given samplers
@@ -912,6 +913,17 @@ def test_tune_chooses_a_default_for_a_model_and_sample_runs_it(tmp_path, cli_her
     assert r.returncode == 0 and "a pilot of 8 of 32 draws, screened" in r.stdout, r.stderr
     (screened,) = load_tuned(str(tmp_path / "screened.json"))
     assert screened.samples == 8 and screened.method.startswith("choice:")
+    hint = r.stdout.strip().splitlines()[-1].split("sample on its grids with: sdeflow ")[1].split()
+    assert hint[-2:] == ["--tuned", str(tmp_path / "screened.json")]  # a file of the user's: the hint names it
+    r = cli_here(*hint, "-n", "8", "--out", out)  # the command tune prints runs the grid it stored
+    assert r.returncode == 0 and f"{screened.sampler} on the {screened.chosen_grid} grid" in r.stdout, r.stderr
+    assert np.allclose(np.load(out)["ts"], screened.ts)
+    (tmp_path / "empty.json").write_text('{"grids": []}')
+    for bad, message in (([tmp_path / "none.json"], "no such file"), ([tmp_path / "empty.json"], "holds no tuned grid"),
+                         ([tmp_path / "screened.json", "--grid", "auto"], "leave --grid auto out"),
+                         ([tmp_path / "screened.json", "--nfe", "7"], "no grid tuned for")):
+        r = cli_here("sample", "--checkpoint", ckpt, "--tuned", *bad, "-n", "8", "--out", out)
+        assert r.returncode == 1 and message in r.stderr and "wrote" not in r.stdout, r.stderr
     for bad, message in ((["--pilot", "64"], "--pilot must be from 2 to the 16 --samples"),
                          (["--method", "dp", "--pilot", "8"], "--pilot picks the draws of --method choose")):
         r = cli_here("tune", "--checkpoint", ckpt, "--method", "choose", "--samples", "16", *bad)

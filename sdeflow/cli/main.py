@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip the first steps exactly under the data's Gaussian: start the grid at time T, or at the "
                      "time where the Gaussian explains 99%% of the model's field (auto; up to 24 evaluations of 200 "
                      "draws); the grid's steps are spent below it (default: no skip)")
+    smp.add_argument("--tuned", default=None, metavar="FILE",
+                     help="the tuned-grid file of --grid tuned, written for this model by sdeflow tune --out FILE "
+                     "(implies --grid tuned; default: the grids beside the checkpoint)")
     smp.add_argument("--teleport-data", default=None, metavar="FILE",
                      help="the training data (.npy/.npz, raw units) to fit the model's Gaussian from, for checkpoints "
                      "of data not bundled with sdeflow; it is stored beside the checkpoint")

@@ -8,6 +8,7 @@ they do not depend on ``--batch-size`` nor on the number of processes under torc
 from __future__ import annotations
 
 import math
+import os
 import sys
 
 import numpy as np
@@ -65,19 +66,36 @@ def use_tuned_grid(args, model) -> None:
     if args.steps is not None:
         raise ValueError("--grid tuned fixes the steps of the budget --nfe; leave --steps out")
     schedule = model.denoiser.schedule
+    paths = [args.tuned] if getattr(args, "tuned", None) else tuned_paths(model.path)
     if args.sampler is None:  # the default sampler's grid; else the stored sampler at this budget with the least error
         from ..tuning import load_tuned
 
         default = default_sampling(schedule, args.nfe)[0]
-        stored = [g for p in tuned_paths(model.path) for g in load_tuned(p) if g.nfe == args.nfe and g.sampler in SAMPLERS]
+        stored = [g for p in paths for g in load_tuned(p) if g.nfe == args.nfe and g.sampler in SAMPLERS]
         args.sampler = default if not stored or any(g.sampler == default for g in stored) else \
             min(stored, key=lambda g: g.loss).sampler
     sampler = lookup(SAMPLERS, "sampler", args.sampler)()
     check_tunable(sampler, args.sampler)
-    tuned = find_tuned(tuned_paths(model.path), args.sampler, args.nfe, steps_for(sampler, schedule, args.nfe))
+    tuned = find_tuned(paths, args.sampler, args.nfe, steps_for(sampler, schedule, args.nfe))
     args.grid = ",".join(repr(t) for t in tuned.ts)
     args.nfe_given = False  # the budget chose this grid
     return tuned
+
+
+def check_tuned(args) -> None:
+    """``--tuned FILE``: the grids of ``--grid tuned`` from a file of the user's (``sdeflow tune --out FILE``);
+    a missing file, one that is not a tuned-grid file or another ``--grid`` is refused before any work."""
+    if getattr(args, "tuned", None) is None:
+        return
+    from ..tuning import load_tuned
+
+    if args.grid not in (None, "tuned"):
+        raise ValueError(f"--tuned FILE runs a grid stored in FILE; leave --grid {args.grid} out (or write --grid tuned)")
+    if not os.path.isfile(args.tuned):
+        raise ValueError(f"--tuned {args.tuned}: no such file (sdeflow tune --out FILE writes one)")
+    if not load_tuned(args.tuned):
+        raise ValueError(f"--tuned {args.tuned} holds no tuned grid")
+    args.grid = "tuned"
 
 
 def check_teleport(args) -> None:
@@ -232,6 +250,7 @@ def _forwards_note(g, samples: int) -> str:
 def run_sample(args) -> dict:
     args.nfe_given = args.nfe is not None
     check_guidance(args)
+    check_tuned(args)
     check_teleport(args)
     if args.problem is not None:
         if args.checkpoint is not None:

@@ -237,7 +237,15 @@ def run_tune(args) -> None:
                   f"(RMS {tuned.heldout:.3g}), {kept}, {tuned.cost_grad} evaluations differentiated, "
                   f"{time.time() - start:.0f} s")
         save_tuned(out, [tuned])  # after each fit: an interrupted run keeps what it finished
-    print(f"wrote {out}")
+    wrote(args, out, budgets)
+
+
+def wrote(args, out: str, budgets: list[int]) -> None:
+    """Name the file written and the command that samples on its grids (at the first budget)."""
+    names = args.sampler.split(",") if args.sampler and args.method != "choose" else []
+    command = (f"sdeflow sample --checkpoint {args.checkpoint} --grid tuned --nfe {budgets[0]}"
+               + (f" --sampler {names[0]}" if names else "") + (f" --tuned {out}" if args.out else ""))
+    print(f"wrote {out}; sample on its grids with: {command}")
 
 
 def evaluations(args) -> str:
@@ -267,4 +275,4 @@ def choose(args, den, teacher, budgets: list[int], out: str, x=None, cond=None) 
               f"{seen}; the default {default}: RMS {chosen.hand.get(default, math.inf):.3g}; "
               f"{chosen.cost_nfe} {evaluations(args)}, {time.time() - start:.0f} s")
         save_tuned(out, [chosen])
-    print(f"wrote {out}")
+    wrote(args, out, budgets)
