@@ -430,6 +430,7 @@ def test_tune_writes_grids_beside_the_checkpoint_and_sample_uses_them(tmp_path, 
     r = cli_here("tune", "--checkpoint", ckpt, "--sampler", "heun", "--nfe", "4", "--samples", "40", "--teacher-steps",
                  "20", "--method", "descent", "--starts", "1", "--coefficients", "--holdout", "0.25")
     assert r.returncode == 0 and "coefficients: held-out error" in r.stdout, r.stderr
+    assert f"with: sdeflow sample --checkpoint {ckpt} --grid tuned --nfe 4 --sampler heun" in r.stdout
     fitted = find_tuned(str(tmp_path / "moons.grids.json"), "heun", 3)  # 2 steps: NFE 3 (see above)
     plan = SAMPLERS["heun"]().prepare(load_model(str(ckpt)).denoiser.schedule, fitted.grid())
     assert len(fitted.shift) == len(coefficient_values(plan.coef)) and fitted.loss <= fitted.base_loss
