@@ -66,7 +66,7 @@ def use_tuned_grid(args, model) -> None:
     if args.steps is not None:
         raise ValueError("--grid tuned fixes the steps of the budget --nfe; leave --steps out")
     schedule = model.denoiser.schedule
-    paths = [args.tuned] if getattr(args, "tuned", None) else tuned_paths(model.path)
+    paths = [args.tuned] if args.tuned else tuned_paths(model.path)
     if args.sampler is None:  # the default sampler's grid; else the stored sampler at this budget with the least error
         from ..tuning import load_tuned
 
@@ -85,7 +85,7 @@ def use_tuned_grid(args, model) -> None:
 def check_tuned(args) -> None:
     """``--tuned FILE``: the grids of ``--grid tuned`` from a file of the user's (``sdeflow tune --out FILE``);
     a missing file, one that is not a tuned-grid file or another ``--grid`` is refused before any work."""
-    if getattr(args, "tuned", None) is None:
+    if args.tuned is None:
         return
     from ..tuning import load_tuned
 

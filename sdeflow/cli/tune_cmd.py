@@ -242,10 +242,12 @@ def run_tune(args) -> None:
 
 def wrote(args, out: str, budgets: list[int]) -> None:
     """Name the file written and the command that samples on its grids (at the first budget)."""
+    import shlex
+
     names = args.sampler.split(",") if args.sampler and args.method != "choose" else []
-    command = (f"sdeflow sample --checkpoint {args.checkpoint} --grid tuned --nfe {budgets[0]}"
-               + (f" --sampler {names[0]}" if names else "") + (f" --tuned {out}" if args.out else ""))
-    print(f"wrote {out}; sample on its grids with: {command}")
+    command = ["sdeflow", "sample", "--checkpoint", str(args.checkpoint), "--grid", "tuned", "--nfe", str(budgets[0])]
+    command += (["--sampler", names[0]] if names else []) + (["--tuned", out] if args.out else [])
+    print(f"wrote {out}; sample on its grids with: {shlex.join(command)}")
 
 
 def evaluations(args) -> str:
