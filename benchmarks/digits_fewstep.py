@@ -10,13 +10,15 @@ sdeflow's default sampler at the same NFE, and with Euler at larger NFE for refe
 Frechet distance of the shipped classifier's features against real digits (floor 1.20). The training
 time is the checkpoint's ``train_seconds`` (wall clock on the CPU it was trained on).
 
-Writes ``docs/benchmarks/digits_fewstep.{md,json}`` and, with ``--picture STUDENT``, ``docs/fewstep.png``:
+Writes ``docs/benchmarks/digits_fewstep.{md,json}`` (the students of an earlier run of the same teacher
+that this run does not measure stay in it) and, with ``--picture STUDENT``, ``docs/fewstep.png``:
 one row per (model, NFE), the teacher's Euler steps above the student's, the same noise in every row.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -35,6 +37,7 @@ from sdeflow.grids import uniform_grid  # noqa: E402
 from sdeflow.pretrained import load_model, load_network  # noqa: E402
 from sdeflow.registry import ALL_SAMPLERS, GRIDS, default_sampling, lookup, steps_for_nfe  # noqa: E402
 from sdeflow.samplers import Euler  # noqa: E402
+from sdeflow.training.config import TrainConfig  # noqa: E402
 from sdeflow.training.students import sampling  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -83,16 +86,25 @@ def main(argv=None) -> None:
         name, grid = default_sampling(sched, nfe)
         sampler = lookup(ALL_SAMPLERS, "sampler", name)()
         ts = GRIDS[grid](steps_for_nfe(sampler, sched, grid, nfe), sched)
-        score(f"teacher, {name} ({grid} grid)", teacher.denoiser, sampler, ts, teacher.shape, nfe)
+        score("teacher, sdeflow's default", teacher.denoiser, sampler, ts, teacher.shape, nfe)
+        rows[-1]["config"] = f"{name} ({grid})"
     for label, spec in students.items():
         student = load_model(spec)
         for nfe in args.nfe:
-            sampler, ts = sampling(student.config, student.denoiser.schedule, nfe)
+            sampler, ts = sampling(TrainConfig.stored(student.meta), student.denoiser.schedule, nfe)
             score(label, student.denoiser, sampler, ts, student.shape, nfe, student.meta.get("train_seconds"))
 
-    result = dict(rows=rows, teacher=args.teacher, students=students, n_samples=len(labels),
+    out = os.path.join(DOCS, "benchmarks", f"{args.name}.json")
+    kept = {}
+    if os.path.exists(out):  # the students of an earlier run that this one does not measure stay in the report
+        with open(out) as f:
+            earlier = json.load(f)
+        if earlier.get("teacher") == args.teacher:
+            kept = {k: v for k, v in earlier.get("students", {}).items() if k not in students}
+            rows += [row for row in earlier["rows"] if row["model"] in kept]
+    result = dict(rows=rows, teacher=args.teacher, students={**students, **kept}, n_samples=len(labels),
                   classifier_test_accuracy=meta["test_accuracy"])
-    write_json(os.path.join(DOCS, "benchmarks", f"{args.name}.json"), result)
+    write_json(out, result)
     text = report(result)
     atomic_write(os.path.join(DOCS, "benchmarks", f"{args.name}.md"), lambda tmp: open(tmp, "w").write(text))
     print(text)
@@ -117,6 +129,9 @@ def report(r: dict) -> str:
         vals = [f"{cell[m, n]['accuracy']:.3f} / {cell[m, n]['fd']:.2f}" if (m, n) in cell else "" for n in nfes]
         sec = next((row["train_seconds"] for row in r["rows"] if row["model"] == m), None)
         lines.append(f"| {m} | " + " | ".join(vals) + f" | {'' if sec is None else f'{sec / 60:.0f} min'} |")
+    configs = [f"NFE {row['budget']}: {row['config']}" for row in r["rows"] if "config" in row]
+    if configs:
+        lines += ["", "sdeflow's default sampler (grid) at each budget: " + "; ".join(configs) + "."]
     return "\n".join(lines) + "\n"
 
 

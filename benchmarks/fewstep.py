@@ -31,6 +31,7 @@ from sdeflow.metrics import sliced_wasserstein
 from sdeflow.pretrained import load_model
 from sdeflow.registry import ALL_SAMPLERS, GRIDS, default_sampling, lookup, steps_for_nfe
 from sdeflow.samplers import Euler
+from sdeflow.training.config import TrainConfig
 from sdeflow.training.students import sampling
 
 OBJECTIVES = ("reflow", "shortcut", "meanflow", "consistency", "progressive")
@@ -84,7 +85,7 @@ def main() -> None:
                 student = load_model(path)
                 got = {}
                 for nfe in NFES:
-                    sampler, ts = sampling(student.config, student.denoiser.schedule, nfe)
+                    sampler, ts = sampling(TrainConfig.stored(student.meta), student.denoiser.schedule, nfe)
                     got[nfe] = score(student.denoiser, sampler, ts, data)
                 res[objective] = {"sliced_w2": got, "train_seconds": seconds, "steps": args.steps}
                 print(toy, objective, {k: round(v, 4) for k, v in got.items()}, f"{seconds:.0f} s", flush=True)

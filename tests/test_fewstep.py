@@ -366,3 +366,33 @@ def test_consistency_training_refines_its_grid_to_1280_intervals_and_distillatio
     assert [cd.intervals(k) for k in (0, 100, 799)] == [10, 10, 160]
     with pytest.raises(ValueError, match="s0 <= s1"):
         ConsistencyLoss(teacher, s0=40, s1=20)
+
+
+# ---- the few-step benchmarks run on the current interfaces ---------------------------------------------
+@pytest.mark.slow  # 150 s on a shared 2-core CPU: one reflow student of moons, then 1000 digits at NFE 1
+def test_the_few_step_benchmarks_run_and_their_students_beat_the_teacher_at_one_step(tmp_path, monkeypatch):
+    """``benchmarks/fewstep.py`` (one reflow student of moons) and ``benchmarks/digits_fewstep.py`` (the
+    shipped digits-reflow student) run end to end and write reports in which the student's one step is
+    closer to the data than the teacher's one Euler step."""
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    from test_solver_options import benchmark_module
+
+    out = tmp_path / "fewstep"
+    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "fewstep.py"
+    subprocess.run([sys.executable, str(script), "--toys", "moons", "--objectives", "reflow",
+                    "--steps", "300", "--out", str(out)], check=True, capture_output=True, text=True)
+    moons = json.loads(out.with_suffix(".json").read_text())["moons"]
+    assert moons["reflow"]["sliced_w2"]["1"] < 0.6 * moons["teacher-euler"]["1"], moons
+    assert "| moons | reflow |" in out.with_suffix(".md").read_text()
+
+    script = benchmark_module("digits_fewstep")
+    (tmp_path / "benchmarks").mkdir()
+    monkeypatch.setattr(script, "DOCS", str(tmp_path))
+    script.main(["--students", "reflow=digits-reflow", "--nfe", "1", "--teacher-nfe", "--name", "check"])
+    rows = {r["model"]: r for r in json.loads((tmp_path / "benchmarks" / "check.json").read_text())["rows"]}
+    assert rows["reflow"]["nfe"] == 1 and rows["reflow"]["accuracy"] > 0.9, rows
+    assert rows["reflow"]["fd"] < 0.5 * rows["teacher, Euler"]["fd"], rows
