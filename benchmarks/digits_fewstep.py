@@ -102,8 +102,8 @@ def main(argv=None) -> None:
         if earlier.get("teacher") == args.teacher:
             kept = {k: v for k, v in earlier.get("students", {}).items() if k not in students}
             rows += [row for row in earlier["rows"] if row["model"] in kept]
-    result = dict(rows=rows, teacher=args.teacher, students={**students, **kept}, n_samples=len(labels),
-                  classifier_test_accuracy=meta["test_accuracy"])
+    result = dict(rows=rows, teacher=args.teacher, students={**students, **kept}, kept=sorted(kept),
+                  n_samples=len(labels), classifier_test_accuracy=meta["test_accuracy"])
     write_json(out, result)
     text = report(result)
     atomic_write(os.path.join(DOCS, "benchmarks", f"{args.name}.md"), lambda tmp: open(tmp, "w").write(text))
@@ -132,6 +132,8 @@ def report(r: dict) -> str:
     configs = [f"NFE {row['budget']}: {row['config']}" for row in r["rows"] if "config" in row]
     if configs:
         lines += ["", "sdeflow's default sampler (grid) at each budget: " + "; ".join(configs) + "."]
+    if r.get("kept"):
+        lines += ["", "Rows kept from an earlier run of this script, not measured in this one: " + ", ".join(r["kept"]) + "."]
     return "\n".join(lines) + "\n"
 
 
