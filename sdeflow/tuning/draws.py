@@ -176,7 +176,8 @@ def refusal(fit: tuple[float, float], base: tuple[float, float], fit_on, base_on
     so it can buy a lower typical error by sending a few more of them to another component: this shows
     it), and, where there are ``n_check`` check draws, the lower trimmed error and no higher RMS on them."""
     if not (fit[0] < base[0] and fit[1] <= base[1]):
-        return f"on the held-out draws (error {fit[0]:.3g} against {base[0]:.3g}, RMS {fit[1]:.3g} against {base[1]:.3g})"
+        return (f"on the held-out draws (trimmed RMS {fit[0]:.3g} against {base[0]:.3g}, RMS {fit[1]:.3g} against "
+                f"{base[1]:.3g}: a fit must be lower in the first and no higher in the second)")
     fit_all, base_all = fit_on("all")[1], base_on("all")[1]
     if not fit_all <= base_all:
         return (f"in the RMS over all the draws ({fit_all:.3g} against {base_all:.3g}: the trimmed loss gave up some "
@@ -184,8 +185,8 @@ def refusal(fit: tuple[float, float], base: tuple[float, float], fit_on, base_on
     if n_check:  # draws that neither fitted nor selected it have their say too
         fit, base = fit_on("check"), base_on("check")
         if not (fit[0] < base[0] and fit[1] <= base[1]):
-            return (f"on the {n_check} check draws (error {fit[0]:.3g} against {base[0]:.3g}, RMS {fit[1]:.3g} "
-                    f"against {base[1]:.3g})")
+            return (f"on the {n_check} check draws (trimmed RMS {fit[0]:.3g} against {base[0]:.3g}, RMS {fit[1]:.3g} "
+                    f"against {base[1]:.3g}: a fit must be lower in the first and no higher in the second)")
     return None
 
 
