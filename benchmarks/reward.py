@@ -57,9 +57,11 @@ def run(steps: int, iterations: int, n_eval: int = 4000, seed: int = 0) -> dict:
     start = time.perf_counter()
     opt = torch.optim.Adam(model.parameters())
     history = []
-    for lr in (1e-2, 3e-3, 1e-3):  # a step-down learning rate: a third of the iterations each
+    # a step-down learning rate, a third of the iterations each, from 1e-2 at 20 chain steps and less on a
+    # longer chain: at 50 steps 1e-2 sends the chain KL to 68 within 20 iterations (the optimum is 0.26)
+    for lr in (1e-2, 3e-3, 1e-3):
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * min(1.0, 20 / steps)
         history += reward_finetune(model, base, lambda x: x @ B, ts, (2,), iterations=max(1, iterations // 3),
                                    batch_size=256, optimizer=opt, generator=g)
     seconds = time.perf_counter() - start
