@@ -68,13 +68,14 @@ def main(argv=None) -> None:
     labels = torch.arange(10 * N_PER_CLASS) % 10
     rows, pictures = [], {}
 
-    def score(label, den, sampler, ts, shape, nfe, seconds=None):
+    def score(label, den, sampler, ts, shape, nfe, seconds=None, config=None):
         x = gather(generate(den, sampler, ts, shape, len(labels), labels=labels, batch_size=500), 1)
         with torch.no_grad():
             acc = float((clf(x).argmax(1) == labels).double().mean())
             dist = fd(clf.features(x), real)
         used = sampler.prepare(den.schedule, ts).nfe
-        rows.append(dict(model=label, nfe=used, budget=nfe, accuracy=acc, fd=dist, train_seconds=seconds))
+        rows.append(dict(model=label, nfe=used, budget=nfe, accuracy=acc, fd=dist, train_seconds=seconds,
+                         **({"config": config} if config else {})))
         pictures[label, nfe] = x[:10]
         print(f"{label:>32} NFE {used}: accuracy {acc:.3f}  FD {dist:7.2f}", flush=True)
 
@@ -86,8 +87,7 @@ def main(argv=None) -> None:
         name, grid = default_sampling(sched, nfe)
         sampler = lookup(ALL_SAMPLERS, "sampler", name)()
         ts = GRIDS[grid](steps_for_nfe(sampler, sched, grid, nfe), sched)
-        score("teacher, sdeflow's default", teacher.denoiser, sampler, ts, teacher.shape, nfe)
-        rows[-1]["config"] = f"{name} ({grid})"
+        score("teacher, sdeflow's default", teacher.denoiser, sampler, ts, teacher.shape, nfe, config=f"{name} ({grid})")
     for label, spec in students.items():
         student = load_model(spec)
         for nfe in args.nfe:

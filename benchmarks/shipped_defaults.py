@@ -39,10 +39,11 @@ from defaults import PREVIOUS  # noqa: E402
 from sdeflow.files import write_json  # noqa: E402
 from sdeflow.grids import start_time  # noqa: E402
 from sdeflow.pretrained import load_model  # noqa: E402
+from sdeflow.sampling import prior_sample  # noqa: E402
 from sdeflow.samplers.names import family  # noqa: E402
 from sdeflow.tuning import Teacher, choose_configuration  # noqa: E402
 from sdeflow.tuning.choose import candidates, default_key  # noqa: E402
-from sdeflow.tuning.draws import draw_errors  # noqa: E402
+from sdeflow.tuning.draws import draw_errors, squared_errors  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "shipped_defaults")
 MODELS = ("moons", "eight-gaussians", "swiss-roll", "checkerboard", "digits-small", "digits")
@@ -55,8 +56,8 @@ def draws(model, n: int, seed: int) -> tuple[torch.Tensor, dict | None]:
     """``n`` float64 draws of sdeflow's prior at the top of the schedule, and class labels cycling
     through the classes for a class-conditional model."""
     sch = model.denoiser.schedule
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn((n, *model.shape), generator=g, dtype=torch.float64) * float(sch.sigma(start_time(sch)))
+    x = prior_sample(sch, (n, *model.shape), t=start_time(sch), generator=torch.Generator().manual_seed(seed),
+                     dtype=torch.float64)
     return x, ({"label": torch.arange(n) % model.num_classes} if model.num_classes else None)
 
 
@@ -70,7 +71,7 @@ def measure(name: str, budgets) -> dict:
     x, cond = draws(model, DRAWS[model.kind], seed=1)
     start = time.perf_counter()
     teacher = Teacher(den, x, cond=cond, steps=300)
-    floor = float((Teacher(den, x, cond=cond, steps=150).end - teacher.end).flatten(1).pow(2).sum(1).mean().sqrt())
+    floor = float(squared_errors(Teacher(den, x, cond=cond, steps=150).end, teacher.end).mean().sqrt())
     pilot_x, pilot_cond = draws(model, PILOT, seed=2)
     pilot_teacher = Teacher(den, pilot_x, cond=pilot_cond, steps=300)  # one reference serves every budget's pick
     rec = {"draws": x.shape[0], "reference_floor": floor, "family": family(sch), "budgets": {}}
