@@ -320,13 +320,13 @@ def fault_tuning_a_shipped_model_leaves_the_package_untouched(tmp_path, monkeypa
     from sdeflow.tuning import find_tuned, tuned_path, tuned_paths
 
     monkeypatch.setenv("SDEFLOW_HOME", str(tmp_path / "home"))
-    shipped = os.path.join(FOLDER, "digits.grids.json")
-    before = _digest(shipped)
+    shipped, moons = os.path.join(FOLDER, "digits.grids.json"), os.path.join(FOLDER, "moons.grids.json")
+    before, moons_before = _digest(shipped), _digest(moons)  # the shipped grids and choices
     assert main(["tune", "--checkpoint", "moons", "--sampler", "euler", "--nfe", "3", "--samples", "8",
                  "--teacher-steps", "10", "--method", "dp"]) == 0
     mine = tuned_path(os.path.join(FOLDER, "moons.safetensors"))
     assert mine == str(tmp_path / "home" / "tuned" / "moons.grids.json") and os.path.exists(mine)
-    assert _digest(shipped) == before and not os.path.exists(os.path.join(FOLDER, "moons.grids.json"))
+    assert _digest(shipped) == before and _digest(moons) == moons_before
     paths = tuned_paths(os.path.join(FOLDER, "digits.safetensors"))
     assert paths == [str(tmp_path / "home" / "tuned" / "digits.grids.json"), shipped]
     assert find_tuned(paths, "unipc-bh2", 5).shift is not None  # the shipped entry, no user file yet

@@ -383,6 +383,25 @@ def test_tuned_grids_are_saved_merged_and_found(tmp_path):
         load_tuned(str(tmp_path / "bad.grids.json"))
 
 
+def test_a_pilot_choice_is_kept_beside_fitted_grids_one_per_budget(tmp_path):
+    """A choice (``sdeflow tune --method choose``) replaces the earlier choice at its budget, whatever
+    sampler either picked, and never a fitted grid; ``find_tuned`` gives a sampler's fitted grid before a
+    choice of it, and ``find_chosen`` the first choice at a budget along the paths (the user's first)."""
+    from sdeflow.tuning import find_chosen
+
+    path, shipped = str(tmp_path / "model.grids.json"), str(tmp_path / "shipped.grids.json")
+    fitted = TunedGrid([1.0, 0.4, 0.0], "euler", 2, "descent", 0.09, {}, 50, 10)
+    first = TunedGrid([1.0, 0.5, 0.0], "euler", 2, "choice:uniform", 0.2, {"euler (uniform)": 0.2}, 100, 10)
+    save_tuned(path, [fitted, first])
+    assert find_tuned(path, "euler", 2) == fitted and find_chosen(path, 2) == first and find_chosen(path, 3) is None
+    second = TunedGrid([1.0, 0.6, 0.0], "heun", 2, "choice:auto", 0.1, {"heun (auto)": 0.1}, 100, 10)
+    save_tuned(path, [second])
+    assert load_tuned(path) == [fitted, second] and find_chosen(path, 2) == second
+    save_tuned(shipped, [first, TunedGrid([1.0, 0.5, 0.0], "ddim", 1, "choice:auto", 0.3, {}, 100, 10)])
+    assert find_chosen([path, shipped], 2) == second and find_chosen([path, shipped], 1).sampler == "ddim"
+    assert find_chosen([str(tmp_path / "none.json"), shipped], 2) == first
+
+
 def test_bad_tuning_requests_are_refused_before_any_work():
     sch = SCHEDULES["vp-linear"]()
     den, x = GAUSS.denoiser(sch), _draws(sch, 4, 0)
@@ -898,15 +917,43 @@ def test_tune_chooses_a_default_for_a_model_and_sample_runs_it(tmp_path, cli_her
     r = cli_here("tune", "--checkpoint", ckpt, "--method", "choose", "--sampler", "heun,ipndm", "--nfe", "3",
                  "--samples", "16", "--teacher-steps", "20")
     assert r.returncode == 0 and "NFE 3: " in r.stdout and "the default" in r.stdout, r.stderr
-    assert r.stdout.strip().endswith(f"with: sdeflow sample --checkpoint {ckpt} --grid tuned --nfe 3")
+    assert r.stdout.strip().endswith(f"sdeflow sample runs it by default: sdeflow sample --checkpoint {ckpt} --nfe 3")
     (chosen,) = load_tuned(str(tmp_path / "moons.grids.json"))
     assert chosen.method.startswith("choice:") and chosen.loss == min(chosen.hand.values()) and chosen.on == "model"
     default = next(iter(chosen.hand)).split(" ")[0]  # the default comes first, compared with the given samplers
     assert {k.split(" ")[0] for k in chosen.hand} == {"heun", "ipndm", default} and len(chosen.hand) >= 10
-    out = tmp_path / "s.npz"
+    out, plain = tmp_path / "s.npz", tmp_path / "plain.npz"
     r = cli_here("sample", "--checkpoint", ckpt, "--nfe", "3", "--grid", "tuned", "-n", "8", "--out", out)
     assert r.returncode == 0 and f"{chosen.sampler} on the {chosen.chosen_grid} grid (chosen" in r.stdout, r.stderr
     assert np.allclose(np.load(out)["ts"], chosen.ts)
+    r = cli_here("sample", "--checkpoint", ckpt, "--nfe", "3", "-n", "8", "--out", plain)  # the choice is the default
+    assert r.returncode == 0 and f"{chosen.sampler} on the {chosen.chosen_grid} grid (chosen" in r.stdout, r.stderr
+    assert np.array_equal(np.load(plain)["samples"], np.load(out)["samples"])
+    import sdeflow
+    from sdeflow.pretrained import load_model
+    from sdeflow.tuning import model_recommended, model_recommended_name
+
+    model = load_model(ckpt)
+    sampler, ts = model_recommended(model, 3)
+    assert type(sampler) is type(SAMPLERS[chosen.sampler]()) and torch.equal(ts, chosen.grid())
+    assert model_recommended_name(model, 3) == f"{chosen.sampler} ({chosen.chosen_grid})"
+    assert model_recommended_name(model, 4) == "{} ({})".format(*sdeflow.samplers.default_sampling(model.denoiser.schedule, 4))
+    table = sdeflow.recommended(model.denoiser.schedule, 4)  # no choice stored at NFE 4: the table's
+    assert type(model_recommended(model, 4)[0]) is type(table[0]) and torch.equal(model_recommended(model, 4)[1], table[1])
+    with pytest.raises(ValueError, match="nfe must be an integer >= 1"):
+        model_recommended(model, 0)
+    n = len(chosen.ts) - 1  # a grid of the chosen sampler's steps that no hand grid is, as if fitted
+    fit = TunedGrid([chosen.ts[0] * (1 - i / n) ** 1.5 for i in range(n + 1)], chosen.sampler, 3, "descent", 0.0, {}, 0, 16)
+    assert not np.allclose(fit.ts, chosen.ts)
+    save_tuned(str(tmp_path / "moons.grids.json"), [fit])  # a grid fitted for the chosen sampler at the same budget
+    r = cli_here("sample", "--checkpoint", ckpt, "--nfe", "3", "--grid", "tuned", "-n", "8", "--out", out)
+    assert r.returncode == 0 and "(chosen" not in r.stdout and np.allclose(np.load(out)["ts"], fit.ts), r.stderr
+    r = cli_here("sample", "--checkpoint", ckpt, "--nfe", "3", "-n", "8", "--out", plain)  # the default: the choice
+    assert r.returncode == 0 and np.allclose(np.load(plain)["ts"], chosen.ts), r.stderr
+    for flags in (["--sampler", "heun"], ["--grid", "karras"], ["--nfe", "4"]):  # a flag says how: the table's
+        r = cli_here("sample", "--checkpoint", ckpt, *(["--nfe", "3"] if "--nfe" not in flags else []), *flags,
+                     "-n", "8", "--out", plain)
+        assert r.returncode == 0 and "(chosen" not in r.stdout, r.stderr
     r = cli_here("tune", "--checkpoint", ckpt, "--method", "choose", "--coefficients")
     assert r.returncode == 1 and "--method choose picks" in r.stderr
     r = cli_here("tune", "--checkpoint", ckpt, "--method", "choose", "--sampler", "heun,ipndm", "--nfe", "3",

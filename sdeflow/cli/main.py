@@ -180,7 +180,8 @@ def _list() -> None:
         print(f"  {name:<{width}}  {SAMPLERS.summary(name)}; {order}, {cost}, {kind}")
     _table("few-step samplers of flow-map models:", FLOW_MAP_SAMPLERS)
     _table("grids (--grid NAME; also tuned: a model's grids fitted by sdeflow tune; or decreasing times: 1,0.5,0):", GRIDS)
-    print("defaults of sdeflow sample (by schedule family and NFE; from the ODE benchmark):")
+    print("defaults of sdeflow sample (by schedule family and NFE; a model with a configuration chosen for it at the "
+          "budget, by sdeflow tune --method choose or shipped with it, runs that instead):")
     for fam, rows in DEFAULTS.items():
         lo, parts = 1, []
         for most, sampler, grid in rows:

@@ -8,7 +8,6 @@ they do not depend on ``--batch-size`` nor on the number of processes under torc
 from __future__ import annotations
 
 import math
-import os
 import sys
 
 import numpy as np
@@ -16,9 +15,10 @@ import torch
 
 from ..files import check_output, save_npz
 from .args import PICTURE_LIMIT, parse_labels
+from .tune_cmd import check_tuned, chosen_default, use_tuned_grid
 from ..noise import BrownianTreeNoise, GeneratorNoise, SeededNoise
 from ..sampling import sample
-from ..registry import (ALL_SAMPLERS, GUIDANCE_METHODS, PROBLEMS, SAMPLERS, SCHEDULES, default_sampling, lookup, parse_grid,
+from ..registry import (ALL_SAMPLERS, GUIDANCE_METHODS, PROBLEMS, SCHEDULES, default_sampling, lookup, parse_grid,
                         steps_for_nfe)
 
 
@@ -54,48 +54,6 @@ def resolve(args, schedule=None):
 
     planned(sampler, schedule, ts)  # a grid the schedule cannot take is refused now, before any work
     return schedule, sampler, ts, steps
-
-
-def use_tuned_grid(args, model) -> None:
-    """``--grid tuned``: the grid ``sdeflow tune`` stored beside the checkpoint for the sampler (default:
-    sdeflow's default at ``--nfe`` if a grid is stored for it, else the stored sampler with the least
-    error at that budget) and the budget ``--nfe``, set as a user grid. Returns the stored entry
-    (its fitted coefficients, if any, replace the sampler's: :meth:`~sdeflow.tuning.TunedGrid.sampler_for`)."""
-    from ..tuning import check_tunable, find_tuned, steps_for, tuned_paths
-
-    if args.steps is not None:
-        raise ValueError("--grid tuned fixes the steps of the budget --nfe; leave --steps out")
-    schedule = model.denoiser.schedule
-    paths = [args.tuned] if args.tuned else tuned_paths(model.path)
-    if args.sampler is None:  # the default sampler's grid; else the stored sampler at this budget with the least error
-        from ..tuning import load_tuned
-
-        default = default_sampling(schedule, args.nfe)[0]
-        stored = [g for p in paths for g in load_tuned(p) if g.nfe == args.nfe and g.sampler in SAMPLERS]
-        args.sampler = default if not stored or any(g.sampler == default for g in stored) else \
-            min(stored, key=lambda g: g.loss).sampler
-    sampler = lookup(SAMPLERS, "sampler", args.sampler)()
-    check_tunable(sampler, args.sampler)
-    tuned = find_tuned(paths, args.sampler, args.nfe, steps_for(sampler, schedule, args.nfe))
-    args.grid = ",".join(repr(t) for t in tuned.ts)
-    args.nfe_given = False  # the budget chose this grid
-    return tuned
-
-
-def check_tuned(args) -> None:
-    """``--tuned FILE``: the grids of ``--grid tuned`` from a file of the user's (``sdeflow tune --out FILE``);
-    a missing file, one that is not a tuned-grid file or another ``--grid`` is refused before any work."""
-    if args.tuned is None:
-        return
-    from ..tuning import load_tuned
-
-    if args.grid not in (None, "tuned"):
-        raise ValueError(f"--tuned FILE runs a grid stored in FILE; leave --grid {args.grid} out (or write --grid tuned)")
-    if not os.path.isfile(args.tuned):
-        raise ValueError(f"--tuned {args.tuned}: no such file (sdeflow tune --out FILE writes one)")
-    if not load_tuned(args.tuned):
-        raise ValueError(f"--tuned {args.tuned} holds no tuned grid")
-    args.grid = "tuned"
 
 
 def check_teleport(args) -> None:
@@ -326,7 +284,9 @@ def _sample_model(args) -> dict:
     if own is not None and args.sampler is None:   # a few-step model: the sampling it was trained for
         args.sampler, args.grid = own[0], args.grid or own[1]
     args.nfe = args.nfe or (own[2] if own is not None else DEFAULT_NFE)
-    tuned = use_tuned_grid(args, model) if args.grid == "tuned" else None
+    tuned = chosen_default(args, model)  # the configuration chosen for this model at this budget, if one is stored
+    if args.grid == "tuned":
+        tuned = use_tuned_grid(args, model)
     if args.sampler is not None:
         args.grid = args.grid or "auto"
     schedule, sampler, ts, steps = resolve(args, model.denoiser.schedule)

@@ -12,6 +12,7 @@ the grid and used by ``--grid tuned`` too.
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import torch
@@ -247,6 +248,10 @@ def wrote(args, out: str, budgets: list[int]) -> None:
     names = args.sampler.split(",") if args.sampler and args.method != "choose" else []
     command = ["sdeflow", "sample", "--checkpoint", str(args.checkpoint), "--grid", "tuned", "--nfe", str(budgets[0])]
     command += (["--sampler", names[0]] if names else []) + (["--tuned", out] if args.out else [])
+    if args.method == "choose" and not args.out:  # a choice beside the model is sdeflow sample's default at its budget
+        command = [c for c in command if c not in ("--grid", "tuned")]
+        print(f"wrote {out}; sdeflow sample runs it by default: {shlex.join(command)}")
+        return
     print(f"wrote {out}; sample on its grids with: {shlex.join(command)}")
 
 
@@ -278,3 +283,69 @@ def choose(args, den, teacher, budgets: list[int], out: str, x=None, cond=None) 
               f"{chosen.cost_nfe} {evaluations(args)}, {time.time() - start:.0f} s")
         save_tuned(out, [chosen])
     wrote(args, out, budgets)
+
+
+# What sdeflow sample reads of the files sdeflow tune writes
+
+def use_tuned_grid(args, model) -> None:
+    """``--grid tuned``: the grid ``sdeflow tune`` stored beside the checkpoint for the sampler and the
+    budget ``--nfe`` (default sampler: the one chosen for the model at ``--nfe`` by ``sdeflow tune --method
+    choose``, if a choice is stored; else sdeflow's default if a grid is stored for it, else the stored
+    sampler with the least error at that budget), set as a user grid; a grid fitted for the sampler is
+    taken before a choice of it. Returns the stored entry (its fitted coefficients, if any, replace the
+    sampler's: :meth:`~sdeflow.tuning.TunedGrid.sampler_for`)."""
+    from ..tuning import check_tunable, find_chosen, find_tuned, load_tuned, steps_for, tuned_paths
+
+    if args.steps is not None:
+        raise ValueError("--grid tuned fixes the steps of the budget --nfe; leave --steps out")
+    schedule = model.denoiser.schedule
+    paths = [args.tuned] if args.tuned else tuned_paths(model.path)
+    if args.sampler is None and (chosen := find_chosen(paths, args.nfe)) is not None:
+        args.sampler = chosen.sampler
+    elif args.sampler is None:  # the default sampler's grid; else the stored sampler at this budget with the least error
+        default = default_sampling(schedule, args.nfe)[0]
+        stored = [g for p in paths for g in load_tuned(p) if g.nfe == args.nfe and g.sampler in SAMPLERS]
+        args.sampler = default if not stored or any(g.sampler == default for g in stored) else \
+            min(stored, key=lambda g: g.loss).sampler
+    sampler = lookup(SAMPLERS, "sampler", args.sampler)()
+    check_tunable(sampler, args.sampler)
+    return run_stored(args, find_tuned(paths, args.sampler, args.nfe, steps_for(sampler, schedule, args.nfe)))
+
+
+def run_stored(args, tuned):
+    """Set the stored entry ``tuned``'s grid as the run's (a user grid that the budget chose); returns it."""
+    args.grid = ",".join(repr(t) for t in tuned.ts)
+    args.nfe_given = False
+    return tuned
+
+
+def chosen_default(args, model):
+    """The configuration chosen for ``model`` at ``--nfe`` (stored by ``sdeflow tune --method choose``
+    beside it, or shipped with it), set as the run's sampler and grid, where one is stored and no flag
+    says how to sample (``--sampler``, ``--grid``, ``--steps``, ``--teleport``): ``sdeflow sample``'s
+    default, before the table's (:data:`~sdeflow.samplers.names.DEFAULTS`). Returns it, or ``None``."""
+    from ..tuning import find_chosen, tuned_paths
+
+    if any(v is not None for v in (args.sampler, args.grid, args.steps, args.teleport)):
+        return None
+    chosen = find_chosen(tuned_paths(model.path), args.nfe)
+    if chosen is None:
+        return None
+    args.sampler = chosen.sampler
+    return run_stored(args, chosen)
+
+
+def check_tuned(args) -> None:
+    """``--tuned FILE``: the grids of ``--grid tuned`` from a file of the user's (``sdeflow tune --out FILE``);
+    a missing file, one that is not a tuned-grid file or another ``--grid`` is refused before any work."""
+    if args.tuned is None:
+        return
+    from ..tuning import load_tuned
+
+    if args.grid not in (None, "tuned"):
+        raise ValueError(f"--tuned FILE runs a grid stored in FILE; leave --grid {args.grid} out (or write --grid tuned)")
+    if not os.path.isfile(args.tuned):
+        raise ValueError(f"--tuned {args.tuned}: no such file (sdeflow tune --out FILE writes one)")
+    if not load_tuned(args.tuned):
+        raise ValueError(f"--tuned {args.tuned} holds no tuned grid")
+    args.grid = "tuned"

@@ -56,10 +56,12 @@ from .exact import ays_gaussian_grid, exact_optimal_grid
 from .draws import STARTS, Split, Teacher, endpoint_loss
 from .fit import GRADIENTS, METHODS, GridGradient, best_path, check_tunable, descend, dp_grid, optimize_grid
 from .space import HAND_GRIDS, SIGMA_FLOOR, GridSpace, candidate_times, hand_grids, steps_for
-from .store import TunedGrid, find_tuned, load_tuned, save_tuned, tuned_path, tuned_paths
+from .store import (TunedGrid, find_chosen, find_tuned, load_tuned, model_choice, model_recommended, model_recommended_name,
+                    save_tuned, tuned_path, tuned_paths)
 
 __all__ = ["GRADIENTS", "HAND_GRIDS", "METHODS", "STARTS", "GridGradient", "SIGMA_FLOOR", "GridSpace", "Split", "Teacher",
            "TunedGrid", "ays_gaussian_grid", "best_path", "candidate_times", "candidates", "check_tunable",
            "choose_configuration", "descend", "dp_grid",
-           "endpoint_loss", "exact_optimal_grid", "find_tuned", "hand_grids", "load_tuned", "optimize_coefficients",
+           "endpoint_loss", "exact_optimal_grid", "find_chosen", "find_tuned", "hand_grids", "load_tuned", "model_choice",
+           "model_recommended", "model_recommended_name", "optimize_coefficients",
            "optimize_grid", "save_tuned", "steps_for", "tuned_path", "tuned_paths"]

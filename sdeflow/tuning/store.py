@@ -1,5 +1,9 @@
 """Tuned grids as values, kept in a JSON file beside a checkpoint (``<checkpoint>.grids.json``).
 
+A file holds two kinds of entry: grids fitted for a sampler and budget (one per sampler and budget),
+and configurations chosen for the model by a pilot run (``sdeflow tune --method choose``: one per
+budget, :func:`find_chosen`), which ``sdeflow sample`` runs by default at that budget.
+
 A shipped model's files are read-only to sdeflow: the grids a user tunes for it go to
 ``<user folder>/tuned/<name>.grids.json`` (:func:`~sdeflow.files.user_folder`), and ``--grid tuned``
 looks there first, then in the grids shipped with the model (:func:`tuned_paths`): the user's entry
@@ -103,11 +107,18 @@ def load_tuned(path: str) -> list[TunedGrid]:
         raise ValueError(f"{path} is not a tuned-grid file: {e}") from None
 
 
+def _key(g: TunedGrid) -> tuple:
+    """What an entry replaces: a fitted grid, the one of its sampler and NFE; a pilot's choice, the choice
+    at its NFE (whatever sampler it picked)."""
+    return ("", g.nfe) if g.chosen_grid is not None else (g.sampler, g.nfe)
+
+
 def save_tuned(path: str, new: list[TunedGrid]) -> list[TunedGrid]:
-    """Add ``new`` to the grids in ``path`` (replacing any for the same sampler and NFE), atomically."""
-    keep = {(g.sampler, g.nfe): g for g in load_tuned(path)}
-    keep.update({(g.sampler, g.nfe): g for g in new})
-    entries = sorted(keep.values(), key=lambda g: (g.sampler, g.nfe))
+    """Add ``new`` to the entries in ``path`` (replacing any with the same key: a fitted grid, the one
+    for the same sampler and NFE; a pilot's choice, the choice at the same NFE), atomically."""
+    keep = {_key(g): g for g in load_tuned(path)}
+    keep.update({_key(g): g for g in new})
+    entries = sorted(keep.values(), key=lambda g: (g.chosen_grid is not None, g.sampler, g.nfe))
     write_json(path, {"grids": [asdict(g) for g in entries]})
     return entries
 
@@ -119,7 +130,7 @@ def find_tuned(path: str | list[str], sampler: str, nfe: int, steps: int | None 
     paths = [path] if isinstance(path, str) else list(path)
     stored = []
     for p in paths:
-        entries = load_tuned(p)
+        entries = sorted(load_tuned(p), key=lambda g: g.chosen_grid is not None)  # a fitted grid before a choice
         stored += entries
         for g in entries:
             if g.sampler == sampler and (g.nfe == nfe or (steps is not None and len(g.ts) - 1 == steps and g.nfe <= nfe)):
@@ -127,3 +138,42 @@ def find_tuned(path: str | list[str], sampler: str, nfe: int, steps: int | None 
     have = ", ".join(f"{g.sampler} at NFE {g.nfe}" for g in stored) or "none"
     raise ValueError(f"no grid tuned for {sampler} at NFE {nfe} in {' or '.join(paths)} (stored: {have}); "
                      f"write one with: sdeflow tune --checkpoint ... --sampler {sampler} --nfe {nfe}")
+
+
+def find_chosen(path: str | list[str], nfe: int) -> TunedGrid | None:
+    """The configuration chosen for the model at a budget of ``nfe`` by ``sdeflow tune --method choose``
+    (:func:`~sdeflow.tuning.choose_configuration`) stored in ``path``, or ``None``. A list of paths is
+    searched in order (:func:`tuned_paths`: the user's choice before the one shipped with a model)."""
+    for p in [path] if isinstance(path, str) else path:
+        for g in load_tuned(p):
+            if g.chosen_grid is not None and g.nfe == nfe:
+                return g
+    return None
+
+
+def model_choice(model, nfe) -> TunedGrid | None:
+    """The configuration chosen for ``model`` (a :class:`~sdeflow.pretrained.LoadedModel`) at a budget of
+    ``nfe`` evaluations by ``sdeflow tune --method choose``: stored beside its checkpoint, in the user
+    folder for a shipped model, or shipped with the model (the shipped models have them); else ``None``."""
+    return find_chosen(tuned_paths(model.path), nfe) if isinstance(nfe, int) and not isinstance(nfe, bool) else None
+
+
+def model_recommended(model, nfe: int):
+    """``(sampler, ts)``: what ``sdeflow sample`` runs on ``model`` by default at a budget of ``nfe``
+    evaluations: :func:`model_choice` where one is stored for ``nfe``, else
+    :func:`sdeflow.recommended` (the table of the schedule's family)."""
+    from ..samplers import SAMPLERS, recommended
+
+    chosen = model_choice(model, nfe)
+    if chosen is None:  # (recommended refuses a budget that is not a whole number >= 1)
+        return recommended(model.denoiser.schedule, nfe)
+    return SAMPLERS[chosen.sampler](), chosen.grid()
+
+
+def model_recommended_name(model, nfe: int) -> str:
+    """``"sampler (grid)"``: the names of :func:`model_recommended`'s configuration."""
+    from ..samplers import default_sampling
+
+    chosen = model_choice(model, nfe)
+    return "{} ({})".format(*((chosen.sampler, chosen.chosen_grid) if chosen else
+                              default_sampling(model.denoiser.schedule, nfe)))
