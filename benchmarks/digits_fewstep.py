@@ -5,7 +5,8 @@
 Each student (a run folder or a shipped name; ``label=spec``) is sampled the way it was trained for
 (``sdeflow.training.students.sampling``: flow-map jumps, consistency sampling, Euler after reflow, DDIM
 after progressive distillation) at NFE 1, 2 and 4; the teacher with Euler on the uniform grid and with
-sdeflow's default sampler at the same NFE, and with Euler at larger NFE for reference. Scores as in
+sdeflow's default sampler at the same NFE (what ``sdeflow sample`` runs on it: the configuration shipped
+with the model for that budget, ``sdeflow.tuning.model_recommended``), and with Euler at larger NFE for reference. Scores as in
 ``digits_quality.py``: 1000 class-conditional samples (100 per class, per-sample seeds), accuracy and
 Frechet distance of the shipped classifier's features against real digits (floor 1.20). The training
 time is the checkpoint's ``train_seconds`` (wall clock on the CPU it was trained on).
@@ -35,10 +36,10 @@ from sdeflow.files import atomic_write, write_json  # noqa: E402
 from sdeflow.generation import gather, generate  # noqa: E402
 from sdeflow.grids import uniform_grid  # noqa: E402
 from sdeflow.pretrained import load_model, load_network  # noqa: E402
-from sdeflow.registry import ALL_SAMPLERS, GRIDS, default_sampling, lookup, steps_for_nfe  # noqa: E402
 from sdeflow.samplers import Euler  # noqa: E402
 from sdeflow.training.config import TrainConfig  # noqa: E402
 from sdeflow.training.students import sampling  # noqa: E402
+from sdeflow.tuning import model_recommended, model_recommended_name  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOCS = os.path.join(os.path.dirname(HERE), "docs")
@@ -80,14 +81,11 @@ def main(argv=None) -> None:
         print(f"{label:>32} NFE {used}: accuracy {acc:.3f}  FD {dist:7.2f}", flush=True)
 
     teacher = load_model(args.teacher)
-    sched = teacher.denoiser.schedule
     for nfe in sorted(set(args.nfe) | set(args.teacher_nfe)):
         score("teacher, Euler", teacher.denoiser, Euler(), uniform_grid(nfe), teacher.shape, nfe)
-    for nfe in args.nfe:
-        name, grid = default_sampling(sched, nfe)
-        sampler = lookup(ALL_SAMPLERS, "sampler", name)()
-        ts = GRIDS[grid](steps_for_nfe(sampler, sched, grid, nfe), sched)
-        score("teacher, sdeflow's default", teacher.denoiser, sampler, ts, teacher.shape, nfe, config=f"{name} ({grid})")
+    for nfe in args.nfe:  # what sdeflow sample runs on the teacher: its shipped choice, else the table's
+        score("teacher, sdeflow's default", teacher.denoiser, *model_recommended(teacher, nfe), teacher.shape, nfe,
+              config=model_recommended_name(teacher, nfe))
     for label, spec in students.items():
         student = load_model(spec)
         for nfe in args.nfe:

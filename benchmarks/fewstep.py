@@ -29,10 +29,10 @@ from sdeflow.generation import gather, generate
 from sdeflow.grids import uniform_grid
 from sdeflow.metrics import sliced_wasserstein
 from sdeflow.pretrained import load_model
-from sdeflow.registry import ALL_SAMPLERS, GRIDS, default_sampling, lookup, steps_for_nfe
 from sdeflow.samplers import Euler
 from sdeflow.training.config import TrainConfig
 from sdeflow.training.students import sampling
+from sdeflow.tuning import model_recommended, model_recommended_name
 
 OBJECTIVES = ("reflow", "shortcut", "meanflow", "consistency", "progressive")
 NFES = (1, 2, 4, 8)
@@ -60,7 +60,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--toys", nargs="+", default=["moons", "eight-gaussians"])
     ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--objectives", nargs="+", default=list(OBJECTIVES))
+    ap.add_argument("--objectives", nargs="*", default=list(OBJECTIVES),
+                    help="the students to train (default: all; none: measure the teacher's rows only)")
     ap.add_argument("--out", default="docs/benchmarks/fewstep")
     args = ap.parse_args()
     results = {}
@@ -71,15 +72,14 @@ def main() -> None:
         for toy in args.toys:
             data = load_data(toy, toy_size=4 * N, seed=11).x
             floor = sliced_wasserstein(data[N:2 * N], data[:N], n_projections=512)
-            teacher = load_model(toy).denoiser
+            model = load_model(toy)
+            teacher = model.denoiser
             kept = {o: r for o, r in results.get(toy, {}).items() if o in OBJECTIVES and o not in args.objectives}
-            res = results[toy] = {"floor": floor, "teacher-euler": {}, "teacher-best": {}, **kept}
+            res = results[toy] = {"floor": floor, "teacher-euler": {}, "teacher-best": {}, "teacher-config": {}, **kept}
             for nfe in NFES:
                 res["teacher-euler"][nfe] = score(teacher, Euler(), uniform_grid(nfe), data)
-                name, grid = default_sampling(teacher.schedule, nfe)
-                sampler = lookup(ALL_SAMPLERS, "sampler", name)()
-                ts = GRIDS[grid](steps_for_nfe(sampler, teacher.schedule, grid, nfe), teacher.schedule)
-                res["teacher-best"][nfe] = score(teacher, sampler, ts, data)
+                res["teacher-best"][nfe] = score(teacher, *model_recommended(model, nfe), data)  # what sdeflow sample runs
+                res["teacher-config"][nfe] = model_recommended_name(model, nfe)
             for objective in args.objectives:
                 path, seconds = train(toy, objective, args.steps, folder)
                 student = load_model(path)
@@ -116,6 +116,10 @@ def report(results: dict) -> str:
         for objective in OBJECTIVES:
             if objective in r:
                 row(toy, objective, r[objective]["sliced_w2"], r[objective]["train_seconds"])
+    lines += ["", "The teacher's default sampler is what `sdeflow sample` runs on it (`sdeflow.tuning.model_recommended`: the "
+              "configuration shipped with the model for that budget): " + "; ".join(
+                  f"{toy} " + ", ".join(f"NFE {n} {c}" for n, c in r["teacher-config"].items())
+                  for toy, r in results.items() if "teacher-config" in r) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -7,9 +7,11 @@ each grid starting where sdeflow samples from) runs on each shipped sampling mod
 from the same draws of the prior at the top of the schedule, and is scored by the RMS distance of
 its endpoints to the reference solve of the same draws (``sdeflow.tuning.Teacher``: third-order
 DPM-Solver, 300 steps; its distance to the 150-step solve is reported as the reference's floor). The
-table gives, per model and budget, the default's RMS over the least of every candidate's, the same
-for the defaults before the rule (``defaults.PREVIOUS``), and for the configuration a 32-draw pilot
-(``choose_configuration``, on draws apart from the judging ones) picks.
+table gives, per model and budget, the table default's RMS over the least of every candidate's, the
+same for the defaults before the rule (``defaults.PREVIOUS``), for the configuration a 32-draw pilot
+(``choose_configuration``, on draws apart from the judging ones) picks, and for the configuration
+shipped with the model (``sdeflow/pretrained/<name>.grids.json``, ``sdeflow tune --method choose`` on
+draws of other seeds), which is what ``sdeflow sample`` runs on the model by default.
 
     python benchmarks/shipped_defaults.py                      # every model; resumes per model
     python benchmarks/shipped_defaults.py --models moons --nfe 4 8
@@ -41,7 +43,7 @@ from sdeflow.grids import start_time  # noqa: E402
 from sdeflow.pretrained import load_model  # noqa: E402
 from sdeflow.sampling import prior_sample  # noqa: E402
 from sdeflow.samplers.names import family  # noqa: E402
-from sdeflow.tuning import Teacher, choose_configuration  # noqa: E402
+from sdeflow.tuning import Teacher, choose_configuration, find_chosen  # noqa: E402
 from sdeflow.tuning.choose import candidates, default_key  # noqa: E402
 from sdeflow.tuning.draws import draw_errors, squared_errors  # noqa: E402
 
@@ -59,6 +61,12 @@ def draws(model, n: int, seed: int) -> tuple[torch.Tensor, dict | None]:
     x = prior_sample(sch, (n, *model.shape), t=start_time(sch), generator=torch.Generator().manual_seed(seed),
                      dtype=torch.float64)
     return x, ({"label": torch.arange(n) % model.num_classes} if model.num_classes else None)
+
+
+def shipped_key(name: str, nfe: int) -> str | None:
+    """The configuration shipped with the model at ``nfe`` (``sampler (grid)``), or ``None``."""
+    chosen = find_chosen(os.path.splitext(load_model(name).path)[0] + ".grids.json", nfe)
+    return None if chosen is None else f"{chosen.sampler} ({chosen.chosen_grid})"
 
 
 def previous_key(fam: str, nfe: int) -> str:
@@ -96,22 +104,27 @@ def ratio(cell: dict, which: str) -> float:
     return errs.get(cell[which], math.inf) / min(errs.values())
 
 
+ROWS = (("default", "table default"), ("previous", "previous default"), ("pilot", "32-draw pilot"),
+        ("shipped", "shipped choice"))
+
+
 def report(results: dict) -> None:
     models = [m for m in MODELS if m in results] + [m for m in results if m not in MODELS]
     budgets = sorted({int(b) for r in results.values() for b in r["budgets"]})
     lines = ["| model | " + " | ".join(f"NFE {b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
     for m in models:
-        for which, label in (("default", "default"), ("previous", "previous default"), ("pilot", "32-draw pilot")):
+        for which, label in ROWS:
             cells = [results[m]["budgets"].get(str(b)) for b in budgets]
             lines.append(f"| {m}: {label} | " + " | ".join(f"{ratio(c, which):.2f}" if c else "" for c in cells) + " |")
     best = ["| model | " + " | ".join(f"NFE {b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
     for m in models:
         cells = [results[m]["budgets"].get(str(b)) for b in budgets]
         best.append(f"| {m} | " + " | ".join(
-            f"{min(c['errors'], key=c['errors'].get)}: {min(c['errors'].values()):.3g}; default {c['default']}: "
-            f"{c['errors'][c['default']]:.3g}" if c else "" for c in cells) + " |")
+            f"{min(c['errors'], key=c['errors'].get)}: {min(c['errors'].values()):.3g}; table default {c['default']}: "
+            f"{c['errors'][c['default']]:.3g}; shipped {c['shipped']}: {c['errors'][c['shipped']]:.3g}" if c else ""
+            for c in cells) + " |")
     summary = []
-    for which, label in (("default", "the default"), ("previous", "the previous default"), ("pilot", "the 32-draw pilot's pick")):
+    for which, label in ROWS:
         r = [ratio(c, which) for m in models for c in results[m]["budgets"].values()]
         summary.append(f"- {label}: median {statistics.median(r):.2f}x the best, worst {max(r):.2f}x; within 1.5x in "
                        f"{sum(v <= 1.5 for v in r)} and within 3x in {sum(v <= 3 for v in r)} of {len(r)} cells")
@@ -121,9 +134,12 @@ def report(results: dict) -> None:
              "of every candidate configuration of `sdeflow tune --method choose` (the same draws of the prior at the "
              "top of the schedule, the grids starting where sdeflow samples from) against a 300-step reference solve "
              f"({counts} draws; the reference's distance to a 150-step "
-             f"solve: {floors}). The default is `sdeflow sample`'s choice (`sdeflow.samplers.names.DEFAULTS`), chosen on "
+             f"solve: {floors}). The table default is the family's row of `sdeflow.samplers.names.DEFAULTS`, chosen on "
              "random exact Gaussian mixtures (`benchmarks/defaults.py`), never on these models; the previous default is "
-             "the table before that rule; the pilot's pick is `choose_configuration` on 32 other draws.")
+             "the table before that rule; the pilot's pick is `choose_configuration` on 32 other draws; the shipped "
+             "choice is the configuration shipped beside the model (`sdeflow/pretrained/<name>.grids.json`, "
+             "`sdeflow tune --method choose` on draws of other seeds), what `sdeflow sample` and "
+             "`sdeflow.tuning.model_recommended` run on the model by default.")
     write_report(OUT + ".md", "sdeflow's defaults on the shipped models", intro,
                  ["Over all cells:", "", *summary], ["## Ratio to the best configuration", "", *lines],
                  ["## The best configuration and the default (RMS)", "", *best])
@@ -146,6 +162,10 @@ def main(argv=None) -> None:
             continue
         results[name] = measure(name, args.nfe)
         write_json(OUT + ".json", results)
+    for name, rec in results.items():  # the shipped choices are read where they are now: scored on the stored errors
+        for nfe, cell in rec["budgets"].items():
+            cell["shipped"] = shipped_key(name, int(nfe))
+    write_json(OUT + ".json", results)
     report(results)
 
 
