@@ -67,6 +67,9 @@ def main(argv=None):
                 sampler = SAMPLERS[name]()
                 if grid in ("tuned", "tuned-grid"):
                     tuned = find_tuned(tuned_paths(model.path), name, nfe, steps_for(sampler, schedule, nfe))
+                    if tuned.chosen_grid is not None:  # a pilot's choice of a hand grid, not a fitted one
+                        raise ValueError(f"no grid fitted for {name} at NFE {nfe} (a choice of the {tuned.chosen_grid} "
+                                         "grid is stored): fit one with sdeflow tune")
                     ts = tuned.grid()
                     if grid == "tuned":
                         sampler = tuned.sampler_for(sampler)  # with its fitted coefficients, where stored
