@@ -1,4 +1,5 @@
-"""``sdeflow tune``: fit time grids to a model for samplers and NFE budgets, stored beside its checkpoint.
+"""``sdeflow tune``: fit time grids to a model for samplers and NFE budgets, stored beside its checkpoint
+(or, ``--method choose``, choose its sampler and hand grid per budget: then ``sdeflow sample``'s default).
 
 The grids are fitted on ``--samples`` prior draws (per-sample seeds; labels cycle through the
 classes of a class-conditional model) against one teacher solve shared by every sampler and budget,
@@ -36,7 +37,8 @@ def add_tune_parser(sub) -> None:
                    help="dynamic programming, descent from the best hand grids, or both (default: dp+descent); "
                    "stored: keep the grid already stored for the sampler and budget (with --coefficients); "
                    "choose: fit nothing, run every candidate sampler (or those of --sampler) on every hand grid and "
-                   "keep the most accurate on the draws (32 --samples are enough), a default chosen for this model")
+                   "keep the most accurate on the draws (32 --samples are enough): sdeflow sample's default for this model "
+                   "at that budget")
     p.add_argument("--pilot", type=int, default=None, metavar="K",
                    help="with --method choose: a screened pilot of K of the --samples draws (sdeflow's default runs on "
                    "all of them at the budget and at twice it; the teacher and the candidates run on the K/2 draws "
