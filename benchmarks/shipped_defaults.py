@@ -41,7 +41,7 @@ from defaults import PREVIOUS  # noqa: E402
 
 from sdeflow.files import write_json  # noqa: E402
 from sdeflow.grids import start_time  # noqa: E402
-from sdeflow.pretrained import load_model  # noqa: E402
+from sdeflow.pretrained import load_model, path_of  # noqa: E402
 from sdeflow.sampling import prior_sample  # noqa: E402
 from sdeflow.samplers.names import family  # noqa: E402
 from sdeflow.tuning import Teacher, choose_configuration, find_chosen  # noqa: E402
@@ -66,7 +66,7 @@ def draws(model, n: int, seed: int) -> tuple[torch.Tensor, dict | None]:
 
 def shipped_key(name: str, nfe: int) -> str | None:
     """The configuration shipped with the model at ``nfe`` (``sampler (grid)``), or ``None``."""
-    chosen = find_chosen(os.path.splitext(load_model(name).path)[0] + ".grids.json", nfe)
+    chosen = find_chosen(os.path.splitext(path_of(name))[0] + ".grids.json", nfe)
     return None if chosen is None else f"{chosen.sampler} ({chosen.chosen_grid})"
 
 

@@ -289,7 +289,7 @@ def choose(args, den, teacher, budgets: list[int], out: str, x=None, cond=None) 
 
 # What sdeflow sample reads of the files sdeflow tune writes
 
-def use_tuned_grid(args, model) -> None:
+def use_tuned_grid(args, model):
     """``--grid tuned``: the grid ``sdeflow tune`` stored beside the checkpoint for the sampler and the
     budget ``--nfe`` (default sampler: the one chosen for the model at ``--nfe`` by ``sdeflow tune --method
     choose``, if a choice is stored; else sdeflow's default if a grid is stored for it, else the stored
@@ -326,11 +326,11 @@ def chosen_default(args, model):
     beside it, or shipped with it), set as the run's sampler and grid, where one is stored and no flag
     says how to sample (``--sampler``, ``--grid``, ``--steps``, ``--teleport``): ``sdeflow sample``'s
     default, before the table's (:data:`~sdeflow.samplers.names.DEFAULTS`). Returns it, or ``None``."""
-    from ..tuning import find_chosen, tuned_paths
+    from ..tuning import model_choice
 
     if any(v is not None for v in (args.sampler, args.grid, args.steps, args.teleport)):
         return None
-    chosen = find_chosen(tuned_paths(model.path), args.nfe)
+    chosen = model_choice(model, args.nfe)
     if chosen is None:
         return None
     args.sampler = chosen.sampler
