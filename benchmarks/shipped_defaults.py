@@ -18,7 +18,7 @@ draws of other seeds), which is what ``sdeflow sample`` runs on the model by def
 
 Writes ``docs/benchmarks/shipped_defaults.{md,json}``; a model's record is written as soon as it is
 measured, so an interrupted run resumes with the next model, and a run measures only the budgets a
-model's record lacks (``--redo``: all of them again).
+model's record lacks (``--redo``: the given ones again).
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ from sdeflow.grids import start_time  # noqa: E402
 from sdeflow.pretrained import load_model, path_of  # noqa: E402
 from sdeflow.sampling import prior_sample  # noqa: E402
 from sdeflow.samplers.names import family  # noqa: E402
-from sdeflow.tuning import Teacher, choose_configuration, find_chosen  # noqa: E402
+from sdeflow.tuning import Teacher, choose_configuration, find_chosen, tuned_paths  # noqa: E402
 from sdeflow.tuning.choose import candidates, default_key  # noqa: E402
-from sdeflow.tuning.draws import draw_errors, squared_errors  # noqa: E402
+from sdeflow.tuning.draws import endpoint_loss, squared_errors  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "shipped_defaults")
 MODELS = ("moons", "eight-gaussians", "swiss-roll", "checkerboard", "digits-small", "digits")
@@ -66,7 +66,7 @@ def draws(model, n: int, seed: int) -> tuple[torch.Tensor, dict | None]:
 
 def shipped_key(name: str, nfe: int) -> str | None:
     """The configuration shipped with the model at ``nfe`` (``sampler (grid)``), or ``None``."""
-    chosen = find_chosen(os.path.splitext(path_of(name))[0] + ".grids.json", nfe)
+    chosen = find_chosen(tuned_paths(path_of(name))[-1], nfe)  # the shipped file, not a user's
     return None if chosen is None else f"{chosen.sampler} ({chosen.chosen_grid})"
 
 
@@ -85,14 +85,12 @@ def measure(name: str, budgets) -> dict:
     pilot_teacher = Teacher(den, pilot_x, cond=pilot_cond, steps=300)  # one reference serves every budget's pick
     rec = {"draws": x.shape[0], "reference_floor": floor, "family": family(sch), "budgets": {}}
     for nfe in budgets:
-        errs = {}
-        for key, (_, _, sampler, ts) in candidates(sch, nfe).items():
-            rms = float(draw_errors(den, sampler, ts, x, teacher.end, cond).mean().sqrt())
-            errs[key] = rms if math.isfinite(rms) else math.inf
+        errs = {key: endpoint_loss(den, sampler, ts, x, teacher.end, cond)
+                for key, (_, _, sampler, ts) in candidates(sch, nfe).items()}
         pick = choose_configuration(den, nfe, teacher=pilot_teacher)
         rec["budgets"][str(nfe)] = {"errors": errs, "default": default_key(sch, nfe),
                                     "previous": previous_key(family(sch), nfe),
-                                    "pilot": f"{pick.sampler} ({pick.method.split(':', 1)[1]})"}
+                                    "pilot": f"{pick.sampler} ({pick.chosen_grid})"}
         best = min(errs.values())
         print(f"{name} NFE {nfe}: default {errs[default_key(sch, nfe)] / best:.2f}x the best "
               f"({min(errs, key=errs.get)}, {best:.3g})", flush=True)
@@ -150,7 +148,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--nfe", nargs="+", type=int, default=list(BUDGETS))
-    p.add_argument("--redo", action="store_true", help="measure the models again even where the results hold them")
+    p.add_argument("--redo", action="store_true", help="measure the given budgets again even where the results hold them")
     args = p.parse_args(argv)
     for name in args.models:
         load_model(name)  # an unknown name is refused before any measurement
@@ -159,8 +157,8 @@ def main(argv=None) -> None:
         with open(OUT + ".json") as f:
             results = json.load(f)
     for name in args.models:
-        have = results.get(name, {}).get("budgets", {}) if not args.redo else {}
-        missing = [nfe for nfe in args.nfe if str(nfe) not in have]
+        have = results.get(name, {}).get("budgets", {})
+        missing = [nfe for nfe in args.nfe if args.redo or str(nfe) not in have]
         if not missing:
             continue
         rec = measure(name, missing)  # the same draws and reference as any earlier run's: its cells join them

@@ -20,22 +20,20 @@ import argparse
 import os
 import sys
 
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import write_report  # noqa: E402
+from shipped_defaults import draws as prior_draws  # noqa: E402
 
 from sdeflow.files import write_json  # noqa: E402
-from sdeflow.grids import start_time  # noqa: E402
 from sdeflow.guidance import guided  # noqa: E402
 from sdeflow.pretrained import load_model  # noqa: E402
-from sdeflow.sampling import prior_sample, sample  # noqa: E402
 from sdeflow.samplers import recommended  # noqa: E402
 from sdeflow.samplers.names import default_sampling  # noqa: E402
 from sdeflow.tuning import Teacher, model_recommended, model_recommended_name  # noqa: E402
-from sdeflow.tuning.draws import squared_errors  # noqa: E402
+from sdeflow.tuning.draws import draw_errors  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "shipped_guided")
 BUDGETS = (4, 6, 8, 10, 15, 20, 30)
@@ -43,17 +41,14 @@ FAR = 1.0
 
 
 def errors(den, sampler, ts, x, cond, ref) -> dict:
-    with torch.no_grad():
-        e = squared_errors(sample(den, sampler, ts, x, cond=cond).x, ref).sqrt()
+    e = draw_errors(den, sampler, ts, x, ref, cond).sqrt()
     return {"rms": float(e.pow(2).mean().sqrt()), "median": float(e.median()), "far": int((e > FAR).sum())}
 
 
 def measure(name: str, scale: float, draws: int, budgets) -> dict:
     model = load_model(name)
     den, sch = model.denoiser, model.denoiser.schedule
-    x = prior_sample(sch, (draws, *model.shape), t=start_time(sch), generator=torch.Generator().manual_seed(99),
-                     dtype=torch.float64)
-    cond = {"label": torch.arange(draws) % model.num_classes}
+    x, cond = prior_draws(model, draws, seed=99)
     g = guided(den, "cfg", scale)
     ref = Teacher(g, x, cond=cond, steps=300).end
     out = {}

@@ -6,18 +6,15 @@ it, and beat the table's default on draws it was not chosen on where the table i
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from sdeflow.grids import start_time
 from sdeflow.pretrained import load_model
-from sdeflow.sampling import prior_sample, sample
+from sdeflow.sampling import prior_sample
 from sdeflow.samplers import recommended
-from sdeflow.tuning import Teacher, find_chosen, model_recommended
+from sdeflow.tuning import Teacher, endpoint_loss, find_chosen, model_recommended, tuned_paths
 from sdeflow.tuning.choose import candidates
-from sdeflow.tuning.draws import squared_errors
 
 MODELS = ("moons", "eight-gaussians", "swiss-roll", "checkerboard", "digits-small", "digits")
 #: The budgets each shipped model has a choice for (docs/tuning.md, "Shipped with the models").
@@ -25,7 +22,7 @@ BUDGETS = (*range(1, 21), 25, 30, 40, 50, 75, 100)
 
 
 def shipped_file(model) -> str:
-    return os.path.splitext(model.path)[0] + ".grids.json"
+    return tuned_paths(model.path)[-1]  # the file shipped beside the weights, not a user's
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -62,10 +59,7 @@ def test_the_shipped_choice_beats_the_table_on_fresh_draws_of_the_moons():
     x = prior_sample(sch, (256, 2), t=start_time(sch), generator=torch.Generator().manual_seed(2024), dtype=torch.float64)
     ref = Teacher(den, x, steps=300).end
 
-    def rms(sampler, ts):
-        with torch.no_grad():
-            return float(squared_errors(sample(den, sampler, ts, x).x, ref).mean().sqrt())
-
     for nfe in (4, 10, 15, 20):
-        table, shipped = rms(*recommended(sch, nfe)), rms(*model_recommended(model, nfe))
+        table = endpoint_loss(den, *recommended(sch, nfe), x, ref)
+        shipped = endpoint_loss(den, *model_recommended(model, nfe), x, ref)
         assert shipped < 0.5 * table, (nfe, shipped, table)
